@@ -1,0 +1,537 @@
+//! The daemon's configuration: a TOML file deserialized into [`raw`] structs (unknown keys
+//! rejected) and validated into the typed [`Config`] the server runs on. Every field is
+//! documented in `docs/config.md`.
+//!
+//! Errors carry the file, the dotted key path and the reason, and print as
+//! `FILE: key.path: reason` — the one line `airlockd check-config` shows before exiting 64.
+
+mod duration;
+mod locate;
+pub mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_engine::DeviceChoice;
+use ipnet::IpNet;
+
+pub use duration::parse_duration;
+use raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
+
+/// A configuration problem: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `listener.tls.cert` or `models[0].device`; empty when the
+    /// problem is the file itself (unreadable, not TOML).
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        // One line, always: the TOML parser's messages may span several.
+        let reason = self.reason.split_whitespace().collect::<Vec<_>>().join(" ");
+        write!(f, "{reason}")
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure before the file name is attached: `path` is the dotted key path.
+#[derive(Debug)]
+pub struct Invalid {
+    pub path: String,
+    pub reason: String,
+}
+
+fn invalid(path: impl Into<String>, reason: impl fmt::Display) -> Invalid {
+    Invalid { path: path.into(), reason: reason.to_string() }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub limits: Limits,
+    pub models: Vec<ModelConfig>,
+    pub logging: LoggingConfig,
+}
+
+/// Where and how clients connect.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: ListenAddress,
+    /// A TLS handshake that takes longer is abandoned: a client that opens a socket and says
+    /// nothing must not hold a connection slot.
+    pub handshake_timeout: Duration,
+    pub mode: ListenerMode,
+}
+
+/// A TCP address or a Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Whether the daemon terminates TLS itself or sits behind a reverse proxy that does.
+#[derive(Debug, Clone)]
+pub enum ListenerMode {
+    Tls(TlsConfig),
+    Proxy(ProxyConfig),
+}
+
+/// `[listener.tls]`: file paths, resolved relative to the config file. The files are read
+/// when the TLS state is built (at start and on every reload), not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; `None` only with `danger_no_client_auth`.
+    pub client_ca: Option<PathBuf>,
+    pub crls: Vec<PathBuf>,
+    pub danger_no_client_auth: bool,
+}
+
+/// `[listener.proxy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Peers whose `X-Forwarded-For` and client-certificate headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Whether peers on the Unix socket are trusted (`"unix"` in `trusted_proxies`).
+    pub trust_unix_peers: bool,
+    /// Lowercase header name carrying the client certificate.
+    pub client_cert_header: http::HeaderName,
+    pub client_cert_format: ClientCertFormat,
+    pub danger_allow_non_loopback_proxy: bool,
+}
+
+/// How the trusted proxy encodes the client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertFormat {
+    /// Envoy's `x-forwarded-client-cert` (`Hash=…;Cert="…";URI=…`).
+    Xfcc,
+    /// A URL-escaped PEM certificate (nginx `$ssl_client_escaped_cert`, HAProxy, Traefik).
+    EscapedPem,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: NonZeroUsize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub request_deadline: Duration,
+    pub max_connections: NonZeroUsize,
+    pub max_concurrent_requests: NonZeroUsize,
+    pub shutdown_grace: Duration,
+}
+
+/// Which engine serves a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelBackend {
+    /// The real engine: a Hugging Face model directory run with burn.
+    Burn { path: PathBuf, device: DeviceChoice, verify_manifest: bool },
+    /// The deterministic test engine. Never for production: it answers with canned text.
+    Test { token_delay: Duration },
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub backend: ModelBackend,
+    pub max_queue: NonZeroUsize,
+    pub max_active: NonZeroUsize,
+    pub max_context: Option<NonZeroUsize>,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `airlock_daemon=debug,info`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Reads and validates `file`. Relative paths inside are resolved against the file's
+    /// directory, so a config and its certificates can move together.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            path: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&source, &base).map_err(|Invalid { path, reason }| ConfigError {
+            file: file.to_path_buf(),
+            path,
+            reason,
+        })
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    fn parse(source: &str, base: &Path) -> Result<Config, Invalid> {
+        let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(source, &e))?;
+        Self::from_raw(raw, base)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
+        let listener = listener(raw.listener, base)?;
+        let limits = Limits::try_from(raw.limits)?;
+        let mut models = Vec::with_capacity(raw.models.len());
+        for (i, model) in raw.models.into_iter().enumerate() {
+            let model = model_config(model, base).map_err(|e| Invalid {
+                path: format!("models[{i}].{}", e.path),
+                reason: e.reason,
+            })?;
+            if models.iter().any(|m: &ModelConfig| m.name == model.name) {
+                return Err(invalid(format!("models[{i}].name"), format!("duplicate model name `{}`", model.name)));
+            }
+            models.push(model);
+        }
+        if models.is_empty() {
+            return Err(invalid("models", "at least one [[models]] entry is required"));
+        }
+        let logging = LoggingConfig::try_from(raw.logging)?;
+        Ok(Config { listener, limits, models, logging })
+    }
+
+    /// Warnings about dangerous but permitted settings, logged at start and on reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.listener.mode {
+            ListenerMode::Tls(tls) if tls.danger_no_client_auth => out.push(
+                "listener.tls.danger_no_client_auth = true: client certificates are NOT verified; \
+                 any client can connect"
+                    .to_owned(),
+            ),
+            ListenerMode::Tls(_) => {}
+            ListenerMode::Proxy(proxy) => {
+                out.push(format!(
+                    "listener.mode = \"proxy\": serving plain HTTP on {}; TLS and client \
+                     certificates must be verified by the reverse proxy",
+                    self.listener.address
+                ));
+                if proxy.danger_allow_non_loopback_proxy {
+                    out.push(
+                        "listener.proxy.danger_allow_non_loopback_proxy = true: plain HTTP may be \
+                         reachable from other hosts"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        for model in &self.models {
+            if matches!(model.backend, ModelBackend::Test { .. }) {
+                out.push(format!(
+                    "model `{}` uses backend = \"test\": canned test output, never for production",
+                    model.name
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Maps a deserializer error to the key path its span points at.
+fn toml_error(source: &str, err: &toml::de::Error) -> Invalid {
+    let message = err.message().trim().to_owned();
+    let mut path = err.span().map(|span| locate::key_path(source, span)).unwrap_or_default();
+    // serde reports a missing field at the enclosing table: name the field itself.
+    let reason = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+        Some(field) => {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(field);
+            "required key is missing".to_owned()
+        }
+        None => message,
+    };
+    Invalid { path, reason }
+}
+
+fn resolve(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() { path } else { base.join(path) }
+}
+
+fn duration_field(path: &str, value: Option<String>, default: Duration) -> Result<Duration, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(&text).map_err(|reason| invalid(path, reason)),
+    }
+}
+
+fn nonzero(path: &str, value: Option<u64>, default: usize) -> Result<NonZeroUsize, Invalid> {
+    let value = match value {
+        None => default,
+        Some(v) => usize::try_from(v).map_err(|_| invalid(path, "value is too large"))?,
+    };
+    NonZeroUsize::new(value).ok_or_else(|| invalid(path, "must be at least 1"))
+}
+
+fn listener(raw: RawListener, base: &Path) -> Result<ListenerConfig, Invalid> {
+    let handshake_timeout =
+        duration_field("listener.handshake_timeout", raw.handshake_timeout, Duration::from_secs(10))?;
+    if handshake_timeout.is_zero() {
+        return Err(invalid("listener.handshake_timeout", "must be greater than zero"));
+    }
+    let address = match raw.address.strip_prefix("unix:") {
+        Some(path) if !path.is_empty() => ListenAddress::Unix(resolve(base, PathBuf::from(path))),
+        Some(_) => return Err(invalid("listener.address", "`unix:` needs a socket path")),
+        None => ListenAddress::Tcp(raw.address.parse().map_err(|_| {
+            invalid(
+                "listener.address",
+                format!("`{}` is not `ip:port` (e.g. \"127.0.0.1:8443\", \"[::]:8443\") or `unix:/path`", raw.address),
+            )
+        })?),
+    };
+    let mode = match raw.mode.as_deref().unwrap_or("tls") {
+        "tls" => {
+            if raw.proxy.is_some() {
+                return Err(invalid("listener.proxy", "only allowed with listener.mode = \"proxy\""));
+            }
+            if matches!(address, ListenAddress::Unix(_)) {
+                return Err(invalid("listener.address", "a unix socket needs listener.mode = \"proxy\""));
+            }
+            let tls = raw.tls.ok_or_else(|| invalid("listener.tls", "required when listener.mode = \"tls\""))?;
+            ListenerMode::Tls(tls_config(tls, base)?)
+        }
+        "proxy" => {
+            if raw.tls.is_some() {
+                return Err(invalid("listener.tls", "not used with listener.mode = \"proxy\"; remove it"));
+            }
+            let proxy = raw.proxy.ok_or_else(|| {
+                invalid("listener.proxy", "required when listener.mode = \"proxy\" (at least trusted_proxies)")
+            })?;
+            let proxy = proxy_config(proxy)?;
+            if let ListenAddress::Tcp(addr) = &address
+                && !addr.ip().is_loopback()
+                && !proxy.danger_allow_non_loopback_proxy
+            {
+                return Err(invalid(
+                    "listener.address",
+                    format!(
+                        "{addr} is not a loopback address; plain HTTP in proxy mode is only served on \
+                         loopback or a unix socket unless listener.proxy.danger_allow_non_loopback_proxy = true"
+                    ),
+                ));
+            }
+            ListenerMode::Proxy(proxy)
+        }
+        other => return Err(invalid("listener.mode", format!("`{other}` is not one of \"tls\", \"proxy\""))),
+    };
+    Ok(ListenerConfig { address, handshake_timeout, mode })
+}
+
+fn tls_config(raw: RawTls, base: &Path) -> Result<TlsConfig, Invalid> {
+    let client_ca = raw.client_ca.map(|p| resolve(base, p));
+    if client_ca.is_none() && !raw.danger_no_client_auth {
+        return Err(invalid(
+            "listener.tls.client_ca",
+            "required: clients authenticate with certificates (set danger_no_client_auth = true to \
+             accept any client)",
+        ));
+    }
+    if raw.danger_no_client_auth && (client_ca.is_some() || !raw.crls.is_empty()) {
+        return Err(invalid(
+            "listener.tls.danger_no_client_auth",
+            "cannot be combined with client_ca or crls",
+        ));
+    }
+    Ok(TlsConfig {
+        cert: resolve(base, raw.cert),
+        key: resolve(base, raw.key),
+        client_ca,
+        crls: raw.crls.into_iter().map(|p| resolve(base, p)).collect(),
+        danger_no_client_auth: raw.danger_no_client_auth,
+    })
+}
+
+fn proxy_config(raw: RawProxy) -> Result<ProxyConfig, Invalid> {
+    let mut trusted_proxies = Vec::new();
+    let mut trust_unix_peers = false;
+    for (i, entry) in raw.trusted_proxies.iter().enumerate() {
+        if entry == "unix" {
+            trust_unix_peers = true;
+            continue;
+        }
+        let net = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    format!("listener.proxy.trusted_proxies[{i}]"),
+                    format!("`{entry}` is not an IP address, a CIDR (e.g. \"10.0.0.0/8\") or \"unix\""),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    let header_text = raw.client_cert_header.as_deref().unwrap_or("x-forwarded-client-cert");
+    let client_cert_header = http::HeaderName::from_bytes(header_text.as_bytes())
+        .map_err(|_| invalid("listener.proxy.client_cert_header", format!("`{header_text}` is not a header name")))?;
+    let client_cert_format = match raw.client_cert_format.as_deref() {
+        None if client_cert_header.as_str() == "x-forwarded-client-cert" => ClientCertFormat::Xfcc,
+        None => ClientCertFormat::EscapedPem,
+        Some("xfcc") => ClientCertFormat::Xfcc,
+        Some("escaped-pem") => ClientCertFormat::EscapedPem,
+        Some(other) => {
+            return Err(invalid(
+                "listener.proxy.client_cert_format",
+                format!("`{other}` is not one of \"xfcc\", \"escaped-pem\""),
+            ));
+        }
+    };
+    Ok(ProxyConfig {
+        trusted_proxies,
+        trust_unix_peers,
+        client_cert_header,
+        client_cert_format,
+        danger_allow_non_loopback_proxy: raw.danger_allow_non_loopback_proxy,
+    })
+}
+
+impl TryFrom<RawLimits> for Limits {
+    type Error = Invalid;
+
+    fn try_from(raw: RawLimits) -> Result<Self, Invalid> {
+        let max_header_bytes = match raw.max_header_bytes {
+            None => 16 * 1024,
+            // hyper cannot read headers into a buffer smaller than 8 KiB.
+            Some(v @ 8192..=1_048_576) => v as usize,
+            Some(_) => return Err(invalid("limits.max_header_bytes", "must be between 8192 and 1048576")),
+        };
+        let limits = Limits {
+            max_body_bytes: nonzero("limits.max_body_bytes", raw.max_body_bytes, 4 * 1024 * 1024)?,
+            header_read_timeout: duration_field(
+                "limits.header_read_timeout",
+                raw.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            max_header_bytes,
+            request_deadline: duration_field("limits.request_deadline", raw.request_deadline, Duration::from_secs(300))?,
+            max_connections: nonzero("limits.max_connections", raw.max_connections, 1024)?,
+            max_concurrent_requests: nonzero("limits.max_concurrent_requests", raw.max_concurrent_requests, 256)?,
+            shutdown_grace: duration_field("limits.shutdown_grace", raw.shutdown_grace, Duration::from_secs(30))?,
+        };
+        for (path, d) in [
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.request_deadline", limits.request_deadline),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(path, "must be greater than zero"));
+            }
+        }
+        Ok(limits)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        match Limits::try_from(RawLimits::default()) {
+            Ok(limits) => limits,
+            // The defaults above are constants that validate; this arm is unreachable.
+            Err(_) => Limits {
+                max_body_bytes: NonZeroUsize::MIN,
+                header_read_timeout: Duration::from_secs(10),
+                max_header_bytes: 16 * 1024,
+                request_deadline: Duration::from_secs(300),
+                max_connections: NonZeroUsize::MIN,
+                max_concurrent_requests: NonZeroUsize::MIN,
+                shutdown_grace: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+/// Validates one model; paths in errors are relative to the entry (`device`, not `models[0].device`).
+fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
+    if raw.name.is_empty() || raw.name.len() > 128 || raw.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("name", "must be 1 to 128 characters without spaces or control characters"));
+    }
+    let backend = match raw.backend.as_deref().unwrap_or("burn") {
+        "burn" => {
+            if raw.test_token_delay.is_some() {
+                return Err(invalid("test_token_delay", "only allowed with backend = \"test\""));
+            }
+            let path = raw.path.ok_or_else(|| invalid("path", "required: the model directory"))?;
+            let device = match raw.device.as_deref().unwrap_or("auto") {
+                "auto" => DeviceChoice::Auto,
+                "gpu" => DeviceChoice::Gpu,
+                "cpu" => DeviceChoice::Cpu,
+                other => return Err(invalid("device", format!("`{other}` is not one of \"auto\", \"gpu\", \"cpu\""))),
+            };
+            ModelBackend::Burn { path: resolve(base, path), device, verify_manifest: raw.verify.unwrap_or(true) }
+        }
+        "test" => {
+            for (key, set) in [("path", raw.path.is_some()), ("device", raw.device.is_some()), ("verify", raw.verify.is_some())] {
+                if set {
+                    return Err(invalid(key, "not used with backend = \"test\""));
+                }
+            }
+            ModelBackend::Test { token_delay: duration_field("test_token_delay", raw.test_token_delay, Duration::ZERO)? }
+        }
+        other => return Err(invalid("backend", format!("`{other}` is not one of \"burn\", \"test\""))),
+    };
+    Ok(ModelConfig {
+        name: raw.name,
+        backend,
+        max_queue: nonzero("max_queue", raw.max_queue, 64)?,
+        max_active: nonzero("max_active", raw.max_active, 8)?,
+        max_context: match raw.max_context {
+            None => None,
+            Some(v) => Some(nonzero("max_context", Some(v), 1)?),
+        },
+    })
+}
+
+impl TryFrom<RawLogging> for LoggingConfig {
+    type Error = Invalid;
+
+    fn try_from(raw: RawLogging) -> Result<Self, Invalid> {
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("logging.format", format!("`{other}` is not one of \"text\", \"json\""))),
+        };
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(invalid("logging.level", format!("`{level}` is not a valid filter: {e}")));
+        }
+        Ok(LoggingConfig { format, level })
+    }
+}

@@ -1,0 +1,97 @@
+//! `airlockd`: parses the command line, validates the config (exit 64 with `FILE: key: reason`
+//! on a bad one), installs logging, and calls into the library.
+
+use std::process::ExitCode;
+
+use airlock_daemon::cli::{CertsCommand, Cli, Command, EXIT_FAILURE, EXIT_USAGE};
+use airlock_daemon::config::{Config, LoggingConfig};
+use airlock_daemon::{certs, dev, logging, server};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => match Config::load(&args.config) {
+            Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
+                println!("{}: ok", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail_config(e),
+        },
+        Command::Serve(args) => {
+            let config = match Config::load(&args.config) {
+                Ok(config) => config,
+                Err(e) => return fail_config(e),
+            };
+            logging::init(&config.logging);
+            serve(args.config, config, None)
+        }
+        Command::Certs(CertsCommand::Init { dir, tenants }) => match certs::init(&dir, &tenants) {
+            Ok(report) => {
+                for path in &report.created {
+                    println!("created {}", path.display());
+                }
+                for path in &report.kept {
+                    println!("kept    {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Command::Certs(CertsCommand::Revoke { dir, cert }) => match certs::revoke(&dir, &cert) {
+            Ok(r) => {
+                let note = if r.already_revoked { " (already revoked)" } else { "" };
+                println!(
+                    "revoked serial {}{note}; {} is now CRL number {}; send SIGHUP to airlockd to apply",
+                    r.serial,
+                    dir.join(certs::CRL).display(),
+                    r.crl_number
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Command::Dev(args) => {
+            logging::init(&LoggingConfig::default());
+            let config_path = match dev::prepare(&args.dir, args.port) {
+                Ok(path) => path,
+                Err(e) => return fail(EXIT_FAILURE, e),
+            };
+            let config = match Config::load(&config_path) {
+                Ok(config) => config,
+                Err(e) => return fail_config(e),
+            };
+            let banner = dev::instructions(&args.dir, args.port);
+            serve(config_path, config, Some(banner))
+        }
+    }
+}
+
+fn serve(path: std::path::PathBuf, config: Config, banner: Option<String>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(server::run(path, config, banner)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "airlockd failed");
+            fail(EXIT_FAILURE, e)
+        }
+    }
+}
+
+/// Prints one line to stderr and returns `code`.
+fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("airlockd: {error}");
+    ExitCode::from(code)
+}
+
+/// A configuration error prints exactly `FILE: key.path: reason` and exits 64.
+fn fail_config(error: airlock_daemon::config::ConfigError) -> ExitCode {
+    eprintln!("{error}");
+    ExitCode::from(EXIT_USAGE)
+}

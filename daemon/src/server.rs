@@ -1,0 +1,259 @@
+//! The server: binds the listener, accepts connections up to `limits.max_connections`,
+//! reloads on SIGHUP, and drains on SIGTERM/SIGINT.
+//!
+//! On start it prints exactly one line to stdout once the models are loaded and the
+//! listener is bound (tests and scripts wait for it):
+//!
+//! ```text
+//! listening on https://127.0.0.1:8443      (listener.mode = "tls")
+//! listening on http://127.0.0.1:8080       (listener.mode = "proxy", TCP)
+//! listening on unix:/run/airlockd.sock     (listener.mode = "proxy", Unix socket)
+//! ```
+
+mod conn;
+mod engine;
+mod request;
+mod state;
+mod stub;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_engine::Engine;
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+
+pub use engine::EngineSetupError;
+pub use request::X_REQUEST_ID;
+use state::{State, StateError};
+
+use crate::config::{Config, ListenAddress, ListenerMode};
+use crate::notify::{self, Notifier};
+
+/// The application the server hands requests to. One switch point between the temporary
+/// stand-in and the real `app`/`http` modules.
+mod app {
+    pub use super::stub::{App, AppSettings, BoxBody, handle};
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("loading models: {0}")]
+    Engine(#[from] EngineSetupError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("model loading task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns after the drain. `banner`, if any, is
+/// printed after the `listening on` line (`airlockd dev` uses it for its instructions).
+pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -> Result<(), ServerError> {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; not notifying systemd");
+            None
+        }
+    };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+
+    // Signals first: a SIGTERM during a long model load must still stop us cleanly.
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+
+    let models = config.models.clone();
+    tracing::info!(models = models.len(), "loading models");
+    let engine: Arc<dyn Engine> = tokio::task::spawn_blocking(move || engine::build(&models)).await??;
+    for model in engine.models() {
+        tracing::info!(model = %model.id, device = %model.device, context = model.context_length, "model ready");
+    }
+
+    let max_connections = config.limits.max_connections.get();
+    let shutdown_grace = config.limits.shutdown_grace;
+    let listener = Listener::bind(&config.listener.address).await?;
+    let scheme = match config.listener.mode {
+        ListenerMode::Tls(_) => "https://",
+        ListenerMode::Proxy(_) => "http://",
+    };
+    let state = Arc::new(ArcSwap::from_pointee(State::build(config, engine.clone())?));
+
+    match &listener {
+        Listener::Tcp(..) => announce(&format!("listening on {scheme}{}", listener.local())),
+        Listener::Unix(..) => announce(&format!("listening on {}", listener.local())),
+    }
+    if let Some(banner) = banner {
+        announce(&banner);
+    }
+    tracing::info!(address = %listener.local(), "listening");
+    if let Some(n) = &notifier {
+        let _ = n.ready();
+    }
+    let watchdog = notifier.as_ref().and(notify::watchdog_interval()).map(|interval| {
+        tokio::spawn(async move {
+            let Ok(Some(n)) = Notifier::from_env() else { return };
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let _ = n.watchdog();
+            }
+        })
+    });
+
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (io, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Over the limit, the connection is closed at once: answering 503 would
+                // first cost a TLS handshake, which is what an overload cannot afford.
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = ?peer, max_connections, "connection limit reached; closing new connection");
+                    drop(io);
+                    continue;
+                };
+                let state = state.load_full();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match io {
+                        Accepted::Tcp(s) => conn::serve(s, peer, state, watcher, permit).await,
+                        Accepted::Unix(s) => conn::serve(s, peer, state, watcher, permit).await,
+                    }
+                });
+            }
+            _ = hup.recv() => reload(&config_path, &state, &engine, notifier.as_ref()).await,
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+
+    if let Some(n) = &notifier {
+        let _ = n.stopping();
+    }
+    drop(listener);
+    tracing::info!(grace_s = shutdown_grace.as_secs_f64(), "draining in-flight requests");
+    match tokio::time::timeout(shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// SIGHUP: builds a new state from the file and swaps it in; on any error the old state stays.
+async fn reload(path: &Path, state: &ArcSwap<State>, engine: &Arc<dyn Engine>, notifier: Option<&Notifier>) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration and certificates");
+    if let Some(n) = notifier {
+        let _ = n.reloading();
+    }
+    let current = state.load_full();
+    let (path_owned, engine) = (path.to_path_buf(), engine.clone());
+    let result = tokio::task::spawn_blocking(move || current.reload(&path_owned, engine)).await;
+    match result {
+        Ok(Ok((next, warnings))) => {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            state.store(Arc::new(next));
+            tracing::info!("reload complete: new connections use the new configuration");
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
+        Err(e) => tracing::error!(error = %e, "reload task failed; keeping the previous configuration"),
+    }
+    if let Some(n) = notifier {
+        let _ = n.ready();
+    }
+}
+
+/// Prints the start-up line to stdout and flushes it.
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+enum Listener {
+    Tcp(TcpListener, SocketAddr),
+    Unix(UnixListener, PathBuf),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn bind(address: &ListenAddress) -> Result<Listener, ServerError> {
+        let err = |source| ServerError::Bind { address: address.to_string(), source };
+        match address {
+            ListenAddress::Tcp(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(err)?;
+                let local = listener.local_addr().map_err(err)?;
+                Ok(Listener::Tcp(listener, local))
+            }
+            ListenAddress::Unix(path) => {
+                // A socket file left by a previous run would make bind fail; remove only sockets.
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type())
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                let listener = UnixListener::bind(path).map_err(err)?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    fn local(&self) -> String {
+        match self {
+            Listener::Tcp(_, addr) => addr.to_string(),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Accepted, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l, _) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Accepted::Tcp(s), Some(peer)))
+            }
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                Ok((Accepted::Unix(s), None))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

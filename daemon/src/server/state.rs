@@ -1,0 +1,76 @@
+//! The swappable part of the server: everything a SIGHUP reload may change. Each accepted
+//! connection takes the current [`State`] and keeps it for its lifetime, so a reload affects
+//! new connections while in-flight requests finish on the state they started with.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use airlock_engine::Engine;
+use tokio_rustls::TlsAcceptor;
+
+use super::app::{App, AppSettings};
+use crate::config::{Config, ListenerMode, ModelConfig};
+use crate::tls::{self, TlsError};
+
+/// One generation of runtime state.
+pub struct State {
+    pub config: Config,
+    pub app: Arc<App>,
+    /// `None` in proxy mode.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Why a state could not be built (at start: fatal; on reload: the old state stays).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("{0} cannot change on reload; restart the daemon")]
+    NeedsRestart(&'static str),
+}
+
+impl State {
+    /// Builds TLS and the application state from a validated config.
+    pub fn build(config: Config, engine: Arc<dyn Engine>) -> Result<State, StateError> {
+        let tls = match &config.listener.mode {
+            ListenerMode::Tls(tls_cfg) => Some(TlsAcceptor::from(tls::server_config(tls_cfg)?)),
+            ListenerMode::Proxy(_) => None,
+        };
+        let settings = AppSettings {
+            max_body_bytes: config.limits.max_body_bytes.get(),
+            request_deadline: config.limits.request_deadline,
+            max_concurrent_requests: config.limits.max_concurrent_requests.get(),
+        };
+        Ok(State { app: App::new(engine, settings), tls, config })
+    }
+
+    /// Re-reads `path` and builds the next state. The listener and the loaded models stay
+    /// as they are: changing the listen address or mode is refused, changed models are
+    /// reported in `warnings`.
+    pub fn reload(&self, path: &Path, engine: Arc<dyn Engine>) -> Result<(State, Vec<String>), StateError> {
+        let config = Config::load(path)?;
+        if config.listener.address != self.config.listener.address {
+            return Err(StateError::NeedsRestart("listener.address"));
+        }
+        if std::mem::discriminant(&config.listener.mode) != std::mem::discriminant(&self.config.listener.mode) {
+            return Err(StateError::NeedsRestart("listener.mode"));
+        }
+        let mut warnings = config.warnings();
+        if !same_models(&config.models, &self.config.models) {
+            warnings.push("[[models]] changed: models load only at start; restart to apply".to_owned());
+        }
+        if config.limits.max_connections != self.config.limits.max_connections {
+            warnings.push("limits.max_connections changed: applies after a restart".to_owned());
+        }
+        if config.logging != self.config.logging {
+            warnings.push("[logging] changed: applies after a restart".to_owned());
+        }
+        Ok((State::build(config, engine)?, warnings))
+    }
+}
+
+fn same_models(a: &[ModelConfig], b: &[ModelConfig]) -> bool {
+    a == b
+}

@@ -1,0 +1,138 @@
+//! The TLS state of the listener: server certificate, client-certificate verifier with CRLs,
+//! protocol versions, cipher suites and ALPN, built from [`TlsConfig`] with rustls and the
+//! `ring` provider. Built at start and again on every reload; a build that fails leaves the
+//! running state alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, ring};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+/// Why the TLS state could not be built. Names the file; never prints key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+    #[error("{}: no {what} found", path.display())]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("server certificate and key: {0}")]
+    ServerCert(String),
+}
+
+/// ALPN protocols offered, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Only AEAD suites with forward secrecy: TLS 1.3's three and TLS 1.2 ECDHE with AES-GCM or
+/// ChaCha20-Poly1305 (no CBC, no static RSA).
+fn provider() -> CryptoProvider {
+    let mut provider = ring::default_provider();
+    provider.cipher_suites = vec![
+        ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ring::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ring::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ring::cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    provider
+}
+
+/// Builds the rustls server configuration, reading every file named in `cfg`.
+///
+/// Client certificates are required and verified against `client_ca`. With CRLs configured,
+/// the leaf certificate's revocation status is checked against them; a leaf whose issuer has
+/// no CRL among them is refused (unknown status fails closed), and an expired CRL (past its
+/// nextUpdate) fails every handshake it would have to vouch for. Session resumption is then
+/// disabled, so that a certificate revoked by a reload cannot ride on an earlier session.
+pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(provider());
+    let verifier = if cfg.danger_no_client_auth {
+        WebPkiClientVerifier::no_client_auth()
+    } else {
+        let Some(ca_path) = cfg.client_ca.as_deref() else {
+            return Err(TlsError::Verifier("listener.tls.client_ca is not set".into()));
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in certs(ca_path)? {
+            roots.add(cert).map_err(|e| TlsError::Pem { path: ca_path.to_path_buf(), reason: e.to_string() })?;
+        }
+        let mut crls = Vec::new();
+        for path in &cfg.crls {
+            crls.extend(crls_in(path)?);
+        }
+        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder = if crls.is_empty() {
+            builder
+        } else {
+            builder.with_crls(crls).only_check_end_entity_revocation().enforce_revocation_expiration()
+        };
+        builder.build().map_err(|e| TlsError::Verifier(e.to_string()))?
+    };
+
+    let chain = certs(&cfg.cert)?;
+    let key = private_key(&cfg.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::ServerCert(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::ServerCert(e.to_string()))?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if !cfg.crls.is_empty() {
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+    }
+    Ok(Arc::new(config))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+/// Every certificate in a PEM file.
+pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { path: path.to_path_buf(), what: "PEM certificate" });
+    }
+    Ok(certs)
+}
+
+fn crls_in(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty { path: path.to_path_buf(), what: "PEM X509 CRL" });
+    }
+    Ok(crls)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    // The parse error never contains key bytes, only the PEM section problem.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: format!("no usable private key: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! The backend-neutral interface between the gateway and an inference engine.
+//!
+//! No burn, hyper or tokenizer types cross this boundary: the daemon sees models, requests,
+//! and a stream of token events. A request's [`Generation`] handle is the only way to receive
+//! its events; dropping the handle cancels the request (a client that disconnects mid-stream
+//! must not keep a GPU busy).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::EngineError;
+
+/// A model the engine can serve, as `/v1/models` and `/readyz` report it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    /// The name clients use in `model` fields.
+    pub id: String,
+    /// Unix seconds at which the model was loaded.
+    pub created: u64,
+    /// Maximum prompt + completion length, in tokens.
+    pub context_length: usize,
+    /// The device the model runs on, e.g. `cpu (flex, f32)` or `gpu (Vulkan: NVIDIA H100, f16)`.
+    pub device: String,
+}
+
+/// One chat message, as OpenAI's `messages` array carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What the model is asked to continue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Raw text, tokenized as is (with the model's BOS token when its tokenizer adds one).
+    Text(String),
+    /// Chat messages, rendered with the model's own chat template, generation prompt added.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as given (developer CLI, tests).
+    TokenIds(Vec<u32>),
+}
+
+/// Sampling parameters. The defaults are the engine's, not OpenAI's: the gateway fills in
+/// OpenAI's defaults (temperature 1, top_p 1) before submitting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; `None` disables it.
+    pub top_k: Option<usize>,
+    /// Drop tokens whose probability is below `min_p` × the top token's; 0 disables it.
+    pub min_p: f32,
+    /// Multiplicative penalty (> 1 discourages) on tokens already in prompt or output.
+    pub repetition_penalty: f32,
+    /// OpenAI's presence penalty, in [-2, 2].
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, in [-2, 2].
+    pub frequency_penalty: f32,
+    /// Same seed + same request = same output.
+    pub seed: Option<u64>,
+    /// Upper bound on generated tokens; `None` means up to the context length.
+    pub max_tokens: Option<usize>,
+    /// Stop strings: generation ends before the first occurrence, which is not emitted.
+    pub stop: Vec<String>,
+    /// Keep generating past EOS tokens (benchmarks with a fixed length).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// A request for the engine.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Correlates engine logs with the gateway's request id.
+    pub request_id: String,
+    /// The tenant the request is charged to (used for fair scheduling).
+    pub tenant: String,
+    /// A model id from [`Engine::models`].
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An EOS token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// Cancelled by the caller (never reported to a client: it has gone).
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Token counts, as OpenAI's `usage` object reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> usize {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Timings of one generation, for logs, metrics and the audit log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct GenerationTimings {
+    /// Time from submission to the first generated token.
+    pub time_to_first_token_ms: f64,
+    /// Prefill throughput, prompt tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Decode throughput, generated tokens per second after the first.
+    pub decode_tokens_per_s: f64,
+}
+
+/// What a generation reports, in order: one `Started`, any number of `Token`s, then exactly
+/// one `Finished` or `Failed`.
+#[derive(Clone, Debug)]
+pub enum TokenEvent {
+    /// The prompt was accepted and tokenized.
+    Started { prompt_tokens: usize },
+    /// One generated token. `text` is the newly decodable text (may be empty while a
+    /// multi-byte character or a possible stop string is held back).
+    Token { id: u32, text: String },
+    /// Generation ended normally. `text` flushes anything held back.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: GenerationTimings,
+        text: String,
+    },
+    /// Generation failed after it was accepted.
+    Failed(EngineError),
+}
+
+/// The receiving end of one request. Dropping it cancels the request.
+pub struct Generation {
+    events: mpsc::Receiver<TokenEvent>,
+    cancel: CancelToken,
+}
+
+impl Generation {
+    /// Creates a handle and the sender an engine feeds. `capacity` bounds the events buffered
+    /// for a slow reader; the engine stops stepping that sequence while it is full.
+    pub fn channel(capacity: usize) -> (GenerationSender, Generation) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let cancel = CancelToken::default();
+        (
+            GenerationSender { events: tx, cancel: cancel.clone() },
+            Generation { events: rx, cancel },
+        )
+    }
+
+    /// The next event, or `None` once the engine has dropped the sequence.
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event, blocking the calling thread (CLI, benchmarks; never on a runtime).
+    pub fn blocking_next(&mut self) -> Option<TokenEvent> {
+        self.events.blocking_recv()
+    }
+
+    /// Asks the engine to stop this request within one decode step.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation").field("cancelled", &self.cancel.is_cancelled()).finish()
+    }
+}
+
+/// The engine's end of one request.
+#[derive(Debug)]
+pub struct GenerationSender {
+    events: mpsc::Sender<TokenEvent>,
+    cancel: CancelToken,
+}
+
+impl GenerationSender {
+    /// Sends an event from an engine thread. Returns `false` when the receiver is gone or the
+    /// request was cancelled: the engine must then free the sequence.
+    pub fn send_blocking(&self, event: TokenEvent) -> bool {
+        !self.cancel.is_cancelled() && self.events.blocking_send(event).is_ok()
+    }
+
+    /// Sends an event without waiting; `Err` returns the event when the buffer is full.
+    pub fn try_send(&self, event: TokenEvent) -> Result<(), Option<TokenEvent>> {
+        if self.is_cancelled() {
+            return Err(None);
+        }
+        self.events.try_send(event).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(ev) => Some(ev),
+            mpsc::error::TrySendError::Closed(_) => None,
+        })
+    }
+
+    /// True once the request was cancelled or its receiver dropped.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.events.is_closed()
+    }
+}
+
+/// A shared cancellation flag.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Engine health, for `/readyz` and metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EngineStatus {
+    /// Requests waiting for a sequence slot.
+    pub queued: usize,
+    /// Sequences being decoded.
+    pub active: usize,
+    /// Bytes held by KV caches.
+    pub kv_cache_bytes: usize,
+}
+
+/// An inference engine as the gateway sees it.
+pub trait Engine: Send + Sync + 'static {
+    /// The models this engine serves.
+    fn models(&self) -> Vec<ModelInfo>;
+
+    /// Counts the tokens a prompt takes for `model` (chat template applied), for admission
+    /// control before submission.
+    fn count_prompt_tokens(&self, model: &str, prompt: &Prompt) -> Result<usize, EngineError>;
+
+    /// Queues a request. Fails at once with [`EngineError::QueueFull`] when the bounded
+    /// queue is full, [`EngineError::UnknownModel`], or [`EngineError::ContextLength`].
+    fn submit(&self, request: GenerateRequest) -> Result<Generation, EngineError>;
+
+    /// Current queue and cache figures.
+    fn status(&self) -> EngineStatus;
+}

@@ -1,0 +1,303 @@
+//! Shared helpers for the integration tests: a dev PKI made by `airlockd certs init`, the real
+//! `airlockd` binary started on `127.0.0.1:0` with a temp config, and mTLS clients.
+//! See `tests/common/README.md`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `airlockd` binary under test.
+pub const AIRLOCKD: &str = env!("CARGO_BIN_EXE_airlockd");
+
+/// The model name of the default test-engine model.
+pub const TEST_MODEL: &str = "test-model";
+
+/// Runs `airlockd` with `args` to completion; returns (status, stdout, stderr).
+pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(AIRLOCKD).args(args).output().expect("run airlockd");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A development PKI in a temp directory: `ca.pem`, `server.pem`/`.key`, `crl.pem`,
+/// `client-NAME.pem`/`.key` per tenant.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// `airlockd certs init --dir TMP --tenant T...`.
+    pub fn new(tenants: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["certs", "init", "--dir", dir.path().to_str().unwrap()];
+        for t in tenants {
+            args.extend(["--tenant", t]);
+        }
+        let (status, out, err) = airlockd(&args);
+        assert!(status.success(), "certs init failed: {out}{err}");
+        Pki { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// (`client-NAME.pem`, `client-NAME.key`).
+    pub fn client(&self, tenant: &str) -> (PathBuf, PathBuf) {
+        (self.path(&format!("client-{tenant}.pem")), self.path(&format!("client-{tenant}.key")))
+    }
+
+    /// `airlockd certs revoke --dir DIR --cert client-NAME.pem`.
+    pub fn revoke(&self, tenant: &str) {
+        let (cert, _) = self.client(tenant);
+        let (status, out, err) =
+            airlockd(&["certs", "revoke", "--dir", self.dir().to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+        assert!(status.success(), "certs revoke failed: {out}{err}");
+    }
+}
+
+/// How to configure the daemon under test. `Default` is TLS mode with client certificates
+/// from the PKI, its CRL, and one test-engine model named [`TEST_MODEL`].
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    /// `"tls"` or `"proxy"`.
+    pub mode: &'static str,
+    /// Extra lines for `[listener]` (e.g. `handshake_timeout = "1s"`).
+    pub listener: String,
+    /// Lines for `[listener.proxy]` in proxy mode.
+    pub proxy: String,
+    /// Lines for `[limits]`.
+    pub limits: String,
+    /// The `[[models]]` entries.
+    pub models: String,
+    /// Anything else, appended verbatim.
+    pub extra: String,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            mode: "tls",
+            listener: String::new(),
+            proxy: "trusted_proxies = [\"127.0.0.1\"]\n".into(),
+            limits: "shutdown_grace = \"10s\"\n".into(),
+            models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n"),
+            extra: String::new(),
+        }
+    }
+}
+
+impl TestConfig {
+    /// The TOML text, with file paths pointing into `pki`.
+    pub fn to_toml(&self, pki: &Pki) -> String {
+        let q = |p: PathBuf| format!("{:?}", p.to_str().unwrap());
+        let mut s = format!("[listener]\nmode = \"{}\"\naddress = \"127.0.0.1:0\"\n{}\n", self.mode, self.listener);
+        if self.mode == "tls" {
+            s += &format!(
+                "[listener.tls]\ncert = {}\nkey = {}\nclient_ca = {}\ncrls = [{}]\n\n",
+                q(pki.path("server.pem")),
+                q(pki.path("server.key")),
+                q(pki.ca()),
+                q(pki.path("crl.pem")),
+            );
+        } else {
+            s += &format!("[listener.proxy]\n{}\n", self.proxy);
+        }
+        s += &format!("[limits]\n{}\n{}\n[logging]\nlevel = \"info\"\n{}", self.limits, self.models, self.extra);
+        s
+    }
+}
+
+/// A running `airlockd serve`, killed on drop.
+pub struct Daemon {
+    child: Child,
+    /// The bound address, from the `listening on https://ADDR` line on stdout.
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<String>>,
+    _config_dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Writes `cfg` to a temp file and starts the daemon; waits (up to 60 s) for it to listen.
+    pub fn start(pki: &Pki, cfg: &TestConfig) -> Daemon {
+        Self::start_toml(&cfg.to_toml(pki))
+    }
+
+    /// Starts the daemon with exactly this config text.
+    pub fn start_toml(toml: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("airlockd.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let mut child = Command::new(AIRLOCKD)
+            .args(["serve", "--config", config_path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let addr = rest.trim_start_matches("https://").trim_start_matches("http://").to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("airlockd did not start; its log:\n{}", logs.lock().unwrap());
+            }
+        };
+        Daemon { child, addr, config_path, logs, _config_dir: dir }
+    }
+
+    /// `https://localhost:PORT` + `path` (the dev server certificate names localhost).
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`, for proxy mode.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A reqwest client presenting `tenant`'s certificate, resolving localhost to the daemon.
+    pub fn client(&self, pki: &Pki, tenant: &str) -> reqwest::Client {
+        let tls = client_tls(&pki.ca(), Some(pki.client(tenant)));
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .resolve("localhost", self.addr)
+            .build()
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Everything the daemon logged to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; false after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Waits for the process to exit; `None` after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A rustls client config (ring provider) trusting `ca`, presenting `client` if given,
+/// offering ALPN h2 and http/1.1.
+pub fn client_tls(ca: &Path, client: Option<(PathBuf, PathBuf)>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// One HTTP/1.1 `GET path` over a fresh TLS connection to `addr` (SNI localhost); returns the
+/// raw response text, or the I/O or TLS error (a refused client certificate surfaces here,
+/// at the handshake or on the first read).
+pub async fn raw_get(addr: SocketAddr, mut tls: rustls::ClientConfig, path: &str) -> std::io::Result<String> {
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// The SHA-256 (hex) of the leaf certificate a fresh TLS connection to `addr` is served.
+pub async fn server_cert_sha256(addr: SocketAddr, tls: rustls::ClientConfig) -> String {
+    use sha2::Digest;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (_, session) = stream.get_ref();
+    let leaf = &session.peer_certificates().unwrap()[0];
+    hex::encode(sha2::Sha256::digest(leaf))
+}
