@@ -23,19 +23,37 @@ async fn valid_client_certificate_round_trip() {
 
     let resp = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN should pick h2");
+    assert_eq!(
+        resp.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN should pick h2"
+    );
     assert!(resp.headers().contains_key("x-request-id"));
 
-    let resp = client.get(daemon.url("/v1/models")).header("x-request-id", "test-req-42").send().await.unwrap();
+    let resp = client
+        .get(daemon.url("/v1/models"))
+        .header("x-request-id", "test-req-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "test-req-42");
     let body = resp.text().await.unwrap();
     assert!(body.contains(TEST_MODEL), "{body}");
 
     // HTTP/1.1 over raw TLS works too, and an insane request id is replaced.
-    let text = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice"))), "/healthz").await.unwrap();
+    let text = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+        "/healthz",
+    )
+    .await
+    .unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(daemon.wait_for_log("test-req-42", Duration::from_secs(5)), "request id in the access log");
+    assert!(
+        daemon.wait_for_log("test-req-42", Duration::from_secs(5)),
+        "request id in the access log"
+    );
 }
 
 #[tokio::test]
@@ -44,7 +62,11 @@ async fn refused_without_a_client_certificate() {
     let daemon = Daemon::start(&pki, &TestConfig::default());
     let result = raw_get(daemon.addr, client_tls(&pki.ca(), None), "/healthz").await;
     assert!(refused(&result), "{result:?}");
-    assert!(daemon.wait_for_log("TLS handshake failed", Duration::from_secs(5)), "{}", daemon.logs());
+    assert!(
+        daemon.wait_for_log("TLS handshake failed", Duration::from_secs(5)),
+        "{}",
+        daemon.logs()
+    );
 }
 
 #[tokio::test]
@@ -52,7 +74,12 @@ async fn refused_with_a_certificate_from_another_ca() {
     let pki = Pki::new(&["alice"]);
     let other = Pki::new(&["alice"]);
     let daemon = Daemon::start(&pki, &TestConfig::default());
-    let result = raw_get(daemon.addr, client_tls(&pki.ca(), Some(other.client("alice"))), "/healthz").await;
+    let result = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(other.client("alice"))),
+        "/healthz",
+    )
+    .await;
     assert!(refused(&result), "{result:?}");
 }
 
@@ -60,13 +87,29 @@ async fn refused_with_a_certificate_from_another_ca() {
 async fn refused_with_an_expired_certificate() {
     let pki = Pki::new(&["alice"]);
     let now = time::OffsetDateTime::now_utc();
-    airlock_daemon::certs::issue_client(pki.dir(), "old", now - time::Duration::days(30), now - time::Duration::days(1))
-        .unwrap();
+    airlock_daemon::certs::issue_client(
+        pki.dir(),
+        "old",
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
     let daemon = Daemon::start(&pki, &TestConfig::default());
-    let result = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("old"))), "/healthz").await;
+    let result = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("old"))),
+        "/healthz",
+    )
+    .await;
     assert!(refused(&result), "{result:?}");
     // The same CA's valid certificate still works.
-    let ok = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice"))), "/healthz").await.unwrap();
+    let ok = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+        "/healthz",
+    )
+    .await
+    .unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
@@ -75,29 +118,52 @@ async fn refused_with_a_revoked_certificate() {
     let pki = Pki::new(&["alice", "bob"]);
     pki.revoke("bob");
     let daemon = Daemon::start(&pki, &TestConfig::default());
-    let result = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("bob"))), "/healthz").await;
+    let result = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("bob"))),
+        "/healthz",
+    )
+    .await;
     assert!(refused(&result), "{result:?}");
-    let ok = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice"))), "/healthz").await.unwrap();
+    let ok = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+        "/healthz",
+    )
+    .await
+    .unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
 #[tokio::test]
 async fn silent_client_is_dropped_after_the_handshake_timeout() {
     let pki = Pki::new(&["alice"]);
-    let cfg = TestConfig { listener: "handshake_timeout = \"1s\"\n".into(), ..TestConfig::default() };
+    let cfg = TestConfig {
+        listener: "handshake_timeout = \"1s\"\n".into(),
+        ..TestConfig::default()
+    };
     let daemon = Daemon::start(&pki, &cfg);
     let mut tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
     let start = Instant::now();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection should be closed: {read:?}");
-    assert!(start.elapsed() >= Duration::from_millis(900), "closed too early");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection should be closed: {read:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
 }
 
 #[tokio::test]
 async fn slow_header_client_is_dropped_while_others_are_served() {
     let pki = Pki::new(&["alice"]);
-    let cfg = TestConfig { limits: "header_read_timeout = \"1s\"\n".into(), ..TestConfig::default() };
+    let cfg = TestConfig {
+        limits: "header_read_timeout = \"1s\"\n".into(),
+        ..TestConfig::default()
+    };
     let daemon = Daemon::start(&pki, &cfg);
 
     // A client that completes TLS, then trickles an unfinished request head.
@@ -107,7 +173,9 @@ async fn slow_header_client_is_dropped_while_others_are_served() {
     let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut slow = connector.connect(name, tcp).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
     let start = Instant::now();
 
     // Meanwhile another client is served promptly.
@@ -118,7 +186,71 @@ async fn slow_header_client_is_dropped_while_others_are_served() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "slow client was not dropped");
-    assert!(start.elapsed() >= Duration::from_millis(900), "dropped too early");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "dropped too early"
+    );
     let text = String::from_utf8_lossy(&buf);
-    assert!(!text.contains(" 200 "), "slow request must not be served: {text}");
+    assert!(
+        !text.contains(" 200 "),
+        "slow request must not be served: {text}"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed() {
+    let pki = Pki::new(&["alice"]);
+    let cfg = TestConfig {
+        limits: "max_connections = 1\n".into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let tls = || client_tls(&pki.ca(), Some(pki.client("alice")));
+
+    // A silent TCP connection holds the only slot (until the handshake timeout).
+    let holder = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let result = raw_get(daemon.addr, tls(), "/healthz").await;
+    assert!(refused(&result), "{result:?}");
+    assert!(
+        daemon.wait_for_log("connection limit reached", Duration::from_secs(5)),
+        "{}",
+        daemon.logs()
+    );
+
+    // Freeing the slot lets the next client in.
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let result = raw_get(daemon.addr, tls(), "/healthz").await;
+        if !refused(&result) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed: {result:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn tls12_clients_are_served_with_aead_suites() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new(&["alice"]);
+    let daemon = Daemon::start(&pki, &TestConfig::default());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(pki.ca()).unwrap())
+        .unwrap();
+    let (cert, key) = pki.client("alice");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap()],
+            rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+        )
+        .unwrap();
+    let text = raw_get(daemon.addr, tls, "/healthz").await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }

@@ -16,15 +16,21 @@ async fn forwarded_headers_from_an_untrusted_peer_are_ignored_and_logged() {
     let pki = Pki::new(&["alice"]);
     let cfg = TestConfig {
         mode: "proxy",
-        proxy: "trusted_proxies = [\"10.20.30.40\"]\nclient_cert_header = \"x-client-cert\"\n".into(),
+        proxy: "trusted_proxies = [\"10.20.30.40\"]\nclient_cert_header = \"x-client-cert\"\n"
+            .into(),
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
-    assert!(daemon.logs().contains("plain HTTP"), "proxy mode warns at start: {}", daemon.logs());
+    assert!(
+        daemon.logs().contains("plain HTTP"),
+        "proxy mode warns at start: {}",
+        daemon.logs()
+    );
 
     let pem = std::fs::read_to_string(pki.client("alice").0).unwrap();
-    let escaped = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
-    let client = reqwest::Client::new();
+    let escaped =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let client = common::http_client();
     let resp = client
         .get(daemon.http_url("/healthz"))
         .header("x-client-cert", escaped)
@@ -33,7 +39,11 @@ async fn forwarded_headers_from_an_untrusted_peer_are_ignored_and_logged() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(daemon.wait_for_log(IGNORED, Duration::from_secs(5)), "{}", daemon.logs());
+    assert!(
+        daemon.wait_for_log(IGNORED, Duration::from_secs(5)),
+        "{}",
+        daemon.logs()
+    );
     assert!(daemon.logs().contains("x-client-cert"), "{}", daemon.logs());
 }
 
@@ -47,8 +57,9 @@ async fn forwarded_headers_from_a_trusted_peer_are_used_silently() {
     };
     let daemon = Daemon::start(&pki, &cfg);
     let pem = std::fs::read_to_string(pki.client("alice").0).unwrap();
-    let escaped = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
-    let resp = reqwest::Client::new()
+    let escaped =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let resp = common::http_client()
         .get(daemon.http_url("/healthz"))
         .header("x-client-cert", escaped)
         .header("x-forwarded-for", "203.0.113.7")
@@ -59,20 +70,29 @@ async fn forwarded_headers_from_a_trusted_peer_are_used_silently() {
     assert!(resp.headers().contains_key("x-request-id"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = daemon.logs();
-    assert!(!logs.contains(IGNORED) && !logs.contains("unusable forwarded"), "{logs}");
+    assert!(
+        !logs.contains(IGNORED) && !logs.contains("unusable forwarded"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
 async fn proxy_mode_refuses_a_public_address() {
     let pki = Pki::new(&[]);
-    let cfg = TestConfig { mode: "proxy", ..TestConfig::default() };
+    let cfg = TestConfig {
+        mode: "proxy",
+        ..TestConfig::default()
+    };
     let toml = cfg.to_toml(&pki).replace("127.0.0.1:0", "0.0.0.0:0");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.toml");
     std::fs::write(&file, toml).unwrap();
     let (status, _, err) = common::airlockd(&["check-config", "--config", file.to_str().unwrap()]);
     assert_eq!(status.code(), Some(64));
-    assert!(err.contains("listener.address") && err.contains("danger_allow_non_loopback_proxy"), "{err}");
+    assert!(
+        err.contains("listener.address") && err.contains("danger_allow_non_loopback_proxy"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -80,8 +100,14 @@ async fn serves_on_a_unix_socket() {
     let pki = Pki::new(&[]);
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("airlockd.sock");
-    let cfg = TestConfig { mode: "proxy", proxy: "trusted_proxies = [\"unix\"]\n".into(), ..TestConfig::default() };
-    let toml = cfg.to_toml(&pki).replace("127.0.0.1:0", &format!("unix:{}", socket.display()));
+    let cfg = TestConfig {
+        mode: "proxy",
+        proxy: "trusted_proxies = [\"unix\"]\n".into(),
+        ..TestConfig::default()
+    };
+    let toml = cfg
+        .to_toml(&pki)
+        .replace("127.0.0.1:0", &format!("unix:{}", socket.display()));
     // Daemon::start parses a TCP address; watch the socket file instead.
     let mut child = std::process::Command::new(common::AIRLOCKD)
         .args(["serve", "--config"])
@@ -103,7 +129,10 @@ async fn serves_on_a_unix_socket() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut stream = stream.expect("unix socket never appeared");
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: airlock\r\nconnection: close\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: airlock\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     let _ = child.kill();

@@ -23,11 +23,23 @@ async fn sighup_applies_a_new_crl() {
 
     pki.revoke("alice");
     daemon.signal("HUP");
-    assert!(daemon.wait_for_log(RELOADED, Duration::from_secs(10)), "{}", daemon.logs());
+    assert!(
+        daemon.wait_for_log(RELOADED, Duration::from_secs(10)),
+        "{}",
+        daemon.logs()
+    );
 
     let result = raw_get(daemon.addr, alice(), "/healthz").await;
-    assert!(!ok(&result), "revoked certificate accepted after reload: {result:?}");
-    let bob = raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("bob"))), "/healthz").await;
+    assert!(
+        !ok(&result),
+        "revoked certificate accepted after reload: {result:?}"
+    );
+    let bob = raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("bob"))),
+        "/healthz",
+    )
+    .await;
     assert!(ok(&bob), "{bob:?}");
 }
 
@@ -35,23 +47,46 @@ async fn sighup_applies_a_new_crl() {
 async fn failed_reload_keeps_the_old_state() {
     let pki = Pki::new(&["alice"]);
     let daemon = Daemon::start(&pki, &TestConfig::default());
-    let before = server_cert_sha256(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice")))).await;
+    let before = server_cert_sha256(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+    )
+    .await;
 
     std::fs::write(&daemon.config_path, "[listener]\naddress = 12\n").unwrap();
     daemon.signal("HUP");
-    assert!(daemon.wait_for_log("reload failed", Duration::from_secs(10)), "{}", daemon.logs());
-    assert!(daemon.logs().contains("listener.address"), "the reason names the key: {}", daemon.logs());
+    assert!(
+        daemon.wait_for_log("reload failed", Duration::from_secs(10)),
+        "{}",
+        daemon.logs()
+    );
+    assert!(
+        daemon.logs().contains("listener.address"),
+        "the reason names the key: {}",
+        daemon.logs()
+    );
 
-    let after = server_cert_sha256(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice")))).await;
+    let after = server_cert_sha256(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+    )
+    .await;
     assert_eq!(before, after);
-    assert!(ok(&raw_get(daemon.addr, client_tls(&pki.ca(), Some(pki.client("alice"))), "/healthz").await));
+    assert!(ok(&raw_get(
+        daemon.addr,
+        client_tls(&pki.ca(), Some(pki.client("alice"))),
+        "/healthz"
+    )
+    .await));
 }
 
 #[tokio::test]
 async fn sighup_swaps_the_server_certificate_without_disturbing_an_inflight_stream() {
     let pki = Pki::new(&["alice"]);
     let cfg = TestConfig {
-        models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"100ms\"\n"),
+        models: format!(
+            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"100ms\"\n"
+        ),
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
@@ -67,7 +102,7 @@ async fn sighup_swaps_the_server_certificate_without_disturbing_an_inflight_stre
                 .post(url)
                 .json(&serde_json::json!({
                     "model": TEST_MODEL,
-                    "messages": [{"role": "user", "content": "hello"}],
+                    "messages": [{"role": "user", "content": common::TWENTY_WORDS}],
                     "stream": true,
                     "max_tokens": 20,
                 }))
@@ -85,12 +120,28 @@ async fn sighup_swaps_the_server_certificate_without_disturbing_an_inflight_stre
     std::fs::remove_file(pki.path("server.key")).unwrap();
     airlock_daemon::certs::init(pki.dir(), &[]).unwrap();
     daemon.signal("HUP");
-    assert!(daemon.wait_for_log(RELOADED, Duration::from_secs(10)), "{}", daemon.logs());
+    assert!(
+        daemon.wait_for_log(RELOADED, Duration::from_secs(10)),
+        "{}",
+        daemon.logs()
+    );
 
     let after = server_cert_sha256(daemon.addr, tls()).await;
-    assert_ne!(before, after, "a new connection must see the new certificate");
-    assert!(!stream.is_finished(), "the stream should still be running across the reload");
+    assert_ne!(
+        before, after,
+        "a new connection must see the new certificate"
+    );
+    assert!(
+        !stream.is_finished(),
+        "the stream should still be running across the reload"
+    );
 
-    let body = tokio::time::timeout(Duration::from_secs(30), stream).await.unwrap().unwrap();
-    assert!(body.trim_end().ends_with("data: [DONE]"), "stream cut short: {body}");
+    let body = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        body.trim_end().ends_with("data: [DONE]"),
+        "stream cut short: {body}"
+    );
 }

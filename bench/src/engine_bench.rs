@@ -1,1 +1,80 @@
-fn main() {}
+//! Engine benchmark: load time, time to first token, prefill throughput (a 512-token prompt
+//! by default) and single-stream decode throughput (a fixed number of tokens, EOS ignored)
+//! for one model directory on one device. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo run --release -p airlock-bench --bin engine-bench -- --model DIR --device cpu
+//! ```
+
+use std::path::PathBuf;
+
+use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Measure load time, TTFT, prefill and decode throughput of one model")]
+struct Args {
+    /// A Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Prompt length in tokens (deterministic pseudo-random ids).
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens to decode (EOS ignored).
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Check the integrity manifest while loading (counted in the load time).
+    #[arg(long)]
+    verify_manifest: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(args.model.join("config.json")).context("reading config.json")?,
+    )?;
+    let vocab = config["vocab_size"].as_u64().context("config.json: vocab_size")? as u32;
+    // A fixed linear-congruential sequence: the same prompt on every run and machine.
+    let mut state = 12345u64;
+    let ids: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % u64::from(vocab.saturating_sub(300).max(1))) as u32 + 100.min(vocab - 1)
+        })
+        .collect();
+    let device = match args.device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Gpu => DeviceChoice::Gpu,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+    };
+    let mut opts = GenerateOptions::new(&args.model, Prompt::TokenIds(ids));
+    opts.device = device;
+    opts.verify_manifest = args.verify_manifest;
+    opts.params = SamplingParams { max_tokens: Some(args.decode_tokens), ignore_eos: true, ..Default::default() };
+    let report = generate_once(&opts)?;
+    println!("model:            {}", args.model.display());
+    println!("device:           {}", report.device);
+    println!("load:             {:.2} s", report.timings.load_s);
+    println!("TTFT:             {:.1} ms ({} prompt tokens)", report.timings.ttft_ms, args.prompt_tokens);
+    println!("prefill:          {:.1} tok/s", report.timings.prefill_tokens_per_s);
+    println!("decode:           {:.2} tok/s ({} tokens, single stream)", report.timings.decode_tokens_per_s, report.generated_ids.len());
+    println!(
+        "reproduce:        cargo run --release -p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}",
+        args.model.display(),
+        format!("{:?}", args.device).to_lowercase(),
+        args.prompt_tokens,
+        args.decode_tokens,
+        if args.verify_manifest { " --verify-manifest" } else { "" }
+    );
+    Ok(())
+}

@@ -30,7 +30,10 @@ const CRL_VALIDITY: Duration = Duration::days(30);
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {reason}", path.display())]
     Parse { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
@@ -42,7 +45,10 @@ pub enum CertsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
-    move |source| CertsError::Io { path: path.to_path_buf(), source }
+    move |source| CertsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The files `init` wrote (or found and kept).
@@ -54,7 +60,10 @@ pub struct InitReport {
 
 /// The paths of one client's certificate and key.
 pub fn client_paths(dir: &Path, tenant: &str) -> (PathBuf, PathBuf) {
-    (dir.join(format!("client-{tenant}.pem")), dir.join(format!("client-{tenant}.key")))
+    (
+        dir.join(format!("client-{tenant}.pem")),
+        dir.join(format!("client-{tenant}.key")),
+    )
 }
 
 /// Creates the CA, server certificate, CRL and one client certificate per tenant in `dir`.
@@ -73,7 +82,11 @@ pub fn init(dir: &Path, tenants: &[String]) -> Result<InitReport, CertsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name("Airlock development CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
@@ -107,7 +120,12 @@ pub fn init(dir: &Path, tenants: &[String]) -> Result<InitReport, CertsError> {
             report.kept.extend([cert, key]);
         } else {
             let now = OffsetDateTime::now_utc();
-            issue_client(dir, tenant, now - Duration::hours(1), now + Duration::days(365))?;
+            issue_client(
+                dir,
+                tenant,
+                now - Duration::hours(1),
+                now + Duration::days(365),
+            )?;
             report.created.extend([cert, key]);
         }
     }
@@ -118,8 +136,12 @@ pub fn init(dir: &Path, tenants: &[String]) -> Result<InitReport, CertsError> {
 fn issue_server(dir: &Path, issuer: &Issuer<'_, KeyPair>) -> Result<(), CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-    params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
     params.distinguished_name = name("localhost");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -174,21 +196,30 @@ pub struct RevokeReport {
 pub fn revoke(dir: &Path, cert: &Path) -> Result<RevokeReport, CertsError> {
     let pem = fs::read(cert).map_err(io(cert))?;
     let der = first_pem(cert, &pem, "CERTIFICATE")?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| CertsError::Parse { path: cert.to_path_buf(), reason: e.to_string() })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| CertsError::Parse {
+        path: cert.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let ca_path = dir.join(CA_CERT);
     let ca_pem = fs::read(&ca_path).map_err(io(&ca_path))?;
     let ca_der = first_pem(&ca_path, &ca_pem, "CERTIFICATE")?;
-    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
-        .map_err(|e| CertsError::Parse { path: ca_path.clone(), reason: e.to_string() })?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| CertsError::Parse {
+        path: ca_path.clone(),
+        reason: e.to_string(),
+    })?;
     if parsed.issuer().as_raw() != ca.subject().as_raw() {
-        return Err(CertsError::ForeignCert { path: cert.to_path_buf(), ca: ca_path });
+        return Err(CertsError::ForeignCert {
+            path: cert.to_path_buf(),
+            ca: ca_path,
+        });
     }
     let serial = parsed.raw_serial().to_vec();
 
     let crl_path = dir.join(CRL);
     let (number, mut revoked) = read_crl(&crl_path)?;
-    let already_revoked = revoked.iter().any(|r| r.serial_number.as_ref() == serial.as_slice());
+    let already_revoked = revoked
+        .iter()
+        .any(|r| r.serial_number.as_ref() == serial.as_slice());
     if !already_revoked {
         revoked.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
@@ -200,7 +231,11 @@ pub fn revoke(dir: &Path, cert: &Path) -> Result<RevokeReport, CertsError> {
     let issuer = load_issuer(dir)?;
     let crl_number = number + 1;
     write_crl(&crl_path, &issuer, crl_number, revoked)?;
-    Ok(RevokeReport { serial: hex::encode(&serial), already_revoked, crl_number })
+    Ok(RevokeReport {
+        serial: hex::encode(&serial),
+        already_revoked,
+        crl_number,
+    })
 }
 
 /// The CRL number and revoked entries of an existing CRL (`(0, [])` when there is none).
@@ -208,14 +243,25 @@ fn read_crl(path: &Path) -> Result<(u64, Vec<RevokedCertParams>), CertsError> {
     let pem = match fs::read(path) {
         Ok(pem) => pem,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
-        Err(e) => return Err(CertsError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(CertsError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
     };
     let der = first_pem(path, &pem, "X509 CRL")?;
-    let (_, crl) = x509_parser::parse_x509_crl(&der)
-        .map_err(|e| CertsError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| CertsError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let number = crl
         .crl_number()
-        .map(|n| n.to_bytes_be().iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b))))
+        .map(|n| {
+            n.to_bytes_be().iter().fold(0u64, |acc, b| {
+                acc.saturating_mul(256).saturating_add(u64::from(*b))
+            })
+        })
         .unwrap_or(0);
     let revoked = crl
         .iter_revoked_certificates()
@@ -253,9 +299,14 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertsError> {
     let cert = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
     let key = fs::read_to_string(&key_path).map_err(io(&key_path))?;
     // rcgen's error says what is wrong with the PEM without echoing it.
-    let key = KeyPair::from_pem(&key)
-        .map_err(|e| CertsError::Parse { path: key_path.clone(), reason: e.to_string() })?;
-    Issuer::from_ca_cert_pem(&cert, key).map_err(|e| CertsError::Parse { path: cert_path, reason: e.to_string() })
+    let key = KeyPair::from_pem(&key).map_err(|e| CertsError::Parse {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    Issuer::from_ca_cert_pem(&cert, key).map_err(|e| CertsError::Parse {
+        path: cert_path,
+        reason: e.to_string(),
+    })
 }
 
 fn first_pem(path: &Path, pem: &[u8], label: &str) -> Result<Vec<u8>, CertsError> {
@@ -265,18 +316,30 @@ fn first_pem(path: &Path, pem: &[u8], label: &str) -> Result<Vec<u8>, CertsError
         _ => SectionKind::Certificate,
     };
     for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(pem) {
-        let (kind, der) = section.map_err(|e| CertsError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
+        let (kind, der) = section.map_err(|e| CertsError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         if kind == wanted {
             return Ok(der);
         }
     }
-    Err(CertsError::Parse { path: path.to_path_buf(), reason: format!("no PEM {label} found") })
+    Err(CertsError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("no PEM {label} found"),
+    })
 }
 
 fn check_tenant(tenant: &str) -> Result<(), CertsError> {
     let ok = (1..=64).contains(&tenant.len())
-        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(CertsError::BadTenant(tenant.to_owned())) }
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CertsError::BadTenant(tenant.to_owned()))
+    }
 }
 
 fn name(cn: &str) -> DistinguishedName {
@@ -295,8 +358,14 @@ fn random_serial() -> SerialNumber {
 /// Writes a private key readable by its owner only (mode 0600), replacing any old file.
 fn write_key(path: &Path, key: &KeyPair) -> Result<(), CertsError> {
     let _ = fs::remove_file(path);
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
-    file.write_all(key.serialize_pem().as_bytes()).map_err(io(path))
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(key.serialize_pem().as_bytes())
+        .map_err(io(path))
 }
 
 fn write_public(path: &Path, pem: &str) -> Result<(), CertsError> {

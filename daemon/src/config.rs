@@ -6,22 +6,24 @@
 //! `FILE: key.path: reason` — the one line `airlockd check-config` shows before exiting 64.
 
 mod duration;
+mod listener;
 mod locate;
 pub mod raw;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_engine::DeviceChoice;
-use ipnet::IpNet;
 
 pub use duration::parse_duration;
-use raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
+pub use listener::{
+    ClientCertFormat, ListenAddress, ListenerConfig, ListenerMode, ProxyConfig, TlsConfig,
+};
+use raw::{RawConfig, RawLimits, RawLogging, RawModel};
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,10 @@ pub struct Invalid {
 }
 
 fn invalid(path: impl Into<String>, reason: impl fmt::Display) -> Invalid {
-    Invalid { path: path.into(), reason: reason.to_string() }
+    Invalid {
+        path: path.into(),
+        reason: reason.to_string(),
+    }
 }
 
 /// The validated configuration.
@@ -65,73 +70,6 @@ pub struct Config {
     pub limits: Limits,
     pub models: Vec<ModelConfig>,
     pub logging: LoggingConfig,
-}
-
-/// Where and how clients connect.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub address: ListenAddress,
-    /// A TLS handshake that takes longer is abandoned: a client that opens a socket and says
-    /// nothing must not hold a connection slot.
-    pub handshake_timeout: Duration,
-    pub mode: ListenerMode,
-}
-
-/// A TCP address or a Unix socket path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddress {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for ListenAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-/// Whether the daemon terminates TLS itself or sits behind a reverse proxy that does.
-#[derive(Debug, Clone)]
-pub enum ListenerMode {
-    Tls(TlsConfig),
-    Proxy(ProxyConfig),
-}
-
-/// `[listener.tls]`: file paths, resolved relative to the config file. The files are read
-/// when the TLS state is built (at start and on every reload), not here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA bundle client certificates must chain to; `None` only with `danger_no_client_auth`.
-    pub client_ca: Option<PathBuf>,
-    pub crls: Vec<PathBuf>,
-    pub danger_no_client_auth: bool,
-}
-
-/// `[listener.proxy]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// Peers whose `X-Forwarded-For` and client-certificate headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Whether peers on the Unix socket are trusted (`"unix"` in `trusted_proxies`).
-    pub trust_unix_peers: bool,
-    /// Lowercase header name carrying the client certificate.
-    pub client_cert_header: http::HeaderName,
-    pub client_cert_format: ClientCertFormat,
-    pub danger_allow_non_loopback_proxy: bool,
-}
-
-/// How the trusted proxy encodes the client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientCertFormat {
-    /// Envoy's `x-forwarded-client-cert` (`Hash=…;Cert="…";URI=…`).
-    Xfcc,
-    /// A URL-escaped PEM certificate (nginx `$ssl_client_escaped_cert`, HAProxy, Traefik).
-    EscapedPem,
 }
 
 /// `[limits]`.
@@ -150,7 +88,11 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelBackend {
     /// The real engine: a Hugging Face model directory run with burn.
-    Burn { path: PathBuf, device: DeviceChoice, verify_manifest: bool },
+    Burn {
+        path: PathBuf,
+        device: DeviceChoice,
+        verify_manifest: bool,
+    },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
 }
@@ -182,7 +124,10 @@ pub enum LogFormat {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -210,7 +155,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
-        let listener = listener(raw.listener, base)?;
+        let listener = listener::listener(raw.listener, base)?;
         let limits = Limits::try_from(raw.limits)?;
         let mut models = Vec::with_capacity(raw.models.len());
         for (i, model) in raw.models.into_iter().enumerate() {
@@ -219,15 +164,37 @@ impl Config {
                 reason: e.reason,
             })?;
             if models.iter().any(|m: &ModelConfig| m.name == model.name) {
-                return Err(invalid(format!("models[{i}].name"), format!("duplicate model name `{}`", model.name)));
+                return Err(invalid(
+                    format!("models[{i}].name"),
+                    format!("duplicate model name `{}`", model.name),
+                ));
             }
             models.push(model);
         }
+        // The test engine serves a single model and runs alone.
+        let tests = models
+            .iter()
+            .filter(|m| matches!(m.backend, ModelBackend::Test { .. }))
+            .count();
+        if tests > 0 && models.len() > 1 {
+            return Err(invalid(
+                "models[1].backend",
+                "backend = \"test\" is for tests and runs alone: use exactly one [[models]] entry",
+            ));
+        }
         if models.is_empty() {
-            return Err(invalid("models", "at least one [[models]] entry is required"));
+            return Err(invalid(
+                "models",
+                "at least one [[models]] entry is required",
+            ));
         }
         let logging = LoggingConfig::try_from(raw.logging)?;
-        Ok(Config { listener, limits, models, logging })
+        Ok(Config {
+            listener,
+            limits,
+            models,
+            logging,
+        })
     }
 
     /// Warnings about dangerous but permitted settings, logged at start and on reload.
@@ -270,9 +237,15 @@ impl Config {
 /// Maps a deserializer error to the key path its span points at.
 fn toml_error(source: &str, err: &toml::de::Error) -> Invalid {
     let message = err.message().trim().to_owned();
-    let mut path = err.span().map(|span| locate::key_path(source, span)).unwrap_or_default();
+    let mut path = err
+        .span()
+        .map(|span| locate::key_path(source, span))
+        .unwrap_or_default();
     // serde reports a missing field at the enclosing table: name the field itself.
-    let reason = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+    let reason = match message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
         Some(field) => {
             if !path.is_empty() {
                 path.push('.');
@@ -286,10 +259,18 @@ fn toml_error(source: &str, err: &toml::de::Error) -> Invalid {
 }
 
 fn resolve(base: &Path, path: PathBuf) -> PathBuf {
-    if path.is_absolute() { path } else { base.join(path) }
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
 }
 
-fn duration_field(path: &str, value: Option<String>, default: Duration) -> Result<Duration, Invalid> {
+fn duration_field(
+    path: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
     match value {
         None => Ok(default),
         Some(text) => parse_duration(&text).map_err(|reason| invalid(path, reason)),
@@ -304,127 +285,6 @@ fn nonzero(path: &str, value: Option<u64>, default: usize) -> Result<NonZeroUsiz
     NonZeroUsize::new(value).ok_or_else(|| invalid(path, "must be at least 1"))
 }
 
-fn listener(raw: RawListener, base: &Path) -> Result<ListenerConfig, Invalid> {
-    let handshake_timeout =
-        duration_field("listener.handshake_timeout", raw.handshake_timeout, Duration::from_secs(10))?;
-    if handshake_timeout.is_zero() {
-        return Err(invalid("listener.handshake_timeout", "must be greater than zero"));
-    }
-    let address = match raw.address.strip_prefix("unix:") {
-        Some(path) if !path.is_empty() => ListenAddress::Unix(resolve(base, PathBuf::from(path))),
-        Some(_) => return Err(invalid("listener.address", "`unix:` needs a socket path")),
-        None => ListenAddress::Tcp(raw.address.parse().map_err(|_| {
-            invalid(
-                "listener.address",
-                format!("`{}` is not `ip:port` (e.g. \"127.0.0.1:8443\", \"[::]:8443\") or `unix:/path`", raw.address),
-            )
-        })?),
-    };
-    let mode = match raw.mode.as_deref().unwrap_or("tls") {
-        "tls" => {
-            if raw.proxy.is_some() {
-                return Err(invalid("listener.proxy", "only allowed with listener.mode = \"proxy\""));
-            }
-            if matches!(address, ListenAddress::Unix(_)) {
-                return Err(invalid("listener.address", "a unix socket needs listener.mode = \"proxy\""));
-            }
-            let tls = raw.tls.ok_or_else(|| invalid("listener.tls", "required when listener.mode = \"tls\""))?;
-            ListenerMode::Tls(tls_config(tls, base)?)
-        }
-        "proxy" => {
-            if raw.tls.is_some() {
-                return Err(invalid("listener.tls", "not used with listener.mode = \"proxy\"; remove it"));
-            }
-            let proxy = raw.proxy.ok_or_else(|| {
-                invalid("listener.proxy", "required when listener.mode = \"proxy\" (at least trusted_proxies)")
-            })?;
-            let proxy = proxy_config(proxy)?;
-            if let ListenAddress::Tcp(addr) = &address
-                && !addr.ip().is_loopback()
-                && !proxy.danger_allow_non_loopback_proxy
-            {
-                return Err(invalid(
-                    "listener.address",
-                    format!(
-                        "{addr} is not a loopback address; plain HTTP in proxy mode is only served on \
-                         loopback or a unix socket unless listener.proxy.danger_allow_non_loopback_proxy = true"
-                    ),
-                ));
-            }
-            ListenerMode::Proxy(proxy)
-        }
-        other => return Err(invalid("listener.mode", format!("`{other}` is not one of \"tls\", \"proxy\""))),
-    };
-    Ok(ListenerConfig { address, handshake_timeout, mode })
-}
-
-fn tls_config(raw: RawTls, base: &Path) -> Result<TlsConfig, Invalid> {
-    let client_ca = raw.client_ca.map(|p| resolve(base, p));
-    if client_ca.is_none() && !raw.danger_no_client_auth {
-        return Err(invalid(
-            "listener.tls.client_ca",
-            "required: clients authenticate with certificates (set danger_no_client_auth = true to \
-             accept any client)",
-        ));
-    }
-    if raw.danger_no_client_auth && (client_ca.is_some() || !raw.crls.is_empty()) {
-        return Err(invalid(
-            "listener.tls.danger_no_client_auth",
-            "cannot be combined with client_ca or crls",
-        ));
-    }
-    Ok(TlsConfig {
-        cert: resolve(base, raw.cert),
-        key: resolve(base, raw.key),
-        client_ca,
-        crls: raw.crls.into_iter().map(|p| resolve(base, p)).collect(),
-        danger_no_client_auth: raw.danger_no_client_auth,
-    })
-}
-
-fn proxy_config(raw: RawProxy) -> Result<ProxyConfig, Invalid> {
-    let mut trusted_proxies = Vec::new();
-    let mut trust_unix_peers = false;
-    for (i, entry) in raw.trusted_proxies.iter().enumerate() {
-        if entry == "unix" {
-            trust_unix_peers = true;
-            continue;
-        }
-        let net = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                invalid(
-                    format!("listener.proxy.trusted_proxies[{i}]"),
-                    format!("`{entry}` is not an IP address, a CIDR (e.g. \"10.0.0.0/8\") or \"unix\""),
-                )
-            })?;
-        trusted_proxies.push(net);
-    }
-    let header_text = raw.client_cert_header.as_deref().unwrap_or("x-forwarded-client-cert");
-    let client_cert_header = http::HeaderName::from_bytes(header_text.as_bytes())
-        .map_err(|_| invalid("listener.proxy.client_cert_header", format!("`{header_text}` is not a header name")))?;
-    let client_cert_format = match raw.client_cert_format.as_deref() {
-        None if client_cert_header.as_str() == "x-forwarded-client-cert" => ClientCertFormat::Xfcc,
-        None => ClientCertFormat::EscapedPem,
-        Some("xfcc") => ClientCertFormat::Xfcc,
-        Some("escaped-pem") => ClientCertFormat::EscapedPem,
-        Some(other) => {
-            return Err(invalid(
-                "listener.proxy.client_cert_format",
-                format!("`{other}` is not one of \"xfcc\", \"escaped-pem\""),
-            ));
-        }
-    };
-    Ok(ProxyConfig {
-        trusted_proxies,
-        trust_unix_peers,
-        client_cert_header,
-        client_cert_format,
-        danger_allow_non_loopback_proxy: raw.danger_allow_non_loopback_proxy,
-    })
-}
-
 impl TryFrom<RawLimits> for Limits {
     type Error = Invalid;
 
@@ -433,7 +293,12 @@ impl TryFrom<RawLimits> for Limits {
             None => 16 * 1024,
             // hyper cannot read headers into a buffer smaller than 8 KiB.
             Some(v @ 8192..=1_048_576) => v as usize,
-            Some(_) => return Err(invalid("limits.max_header_bytes", "must be between 8192 and 1048576")),
+            Some(_) => {
+                return Err(invalid(
+                    "limits.max_header_bytes",
+                    "must be between 8192 and 1048576",
+                ));
+            }
         };
         let limits = Limits {
             max_body_bytes: nonzero("limits.max_body_bytes", raw.max_body_bytes, 4 * 1024 * 1024)?,
@@ -443,10 +308,22 @@ impl TryFrom<RawLimits> for Limits {
                 Duration::from_secs(10),
             )?,
             max_header_bytes,
-            request_deadline: duration_field("limits.request_deadline", raw.request_deadline, Duration::from_secs(300))?,
+            request_deadline: duration_field(
+                "limits.request_deadline",
+                raw.request_deadline,
+                Duration::from_secs(300),
+            )?,
             max_connections: nonzero("limits.max_connections", raw.max_connections, 1024)?,
-            max_concurrent_requests: nonzero("limits.max_concurrent_requests", raw.max_concurrent_requests, 256)?,
-            shutdown_grace: duration_field("limits.shutdown_grace", raw.shutdown_grace, Duration::from_secs(30))?,
+            max_concurrent_requests: nonzero(
+                "limits.max_concurrent_requests",
+                raw.max_concurrent_requests,
+                256,
+            )?,
+            shutdown_grace: duration_field(
+                "limits.shutdown_grace",
+                raw.shutdown_grace,
+                Duration::from_secs(30),
+            )?,
         };
         for (path, d) in [
             ("limits.header_read_timeout", limits.header_read_timeout),
@@ -480,32 +357,70 @@ impl Default for Limits {
 
 /// Validates one model; paths in errors are relative to the entry (`device`, not `models[0].device`).
 fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
-    if raw.name.is_empty() || raw.name.len() > 128 || raw.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid("name", "must be 1 to 128 characters without spaces or control characters"));
+    if raw.name.is_empty()
+        || raw.name.len() > 128
+        || raw
+            .name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(
+            "name",
+            "must be 1 to 128 characters without spaces or control characters",
+        ));
     }
     let backend = match raw.backend.as_deref().unwrap_or("burn") {
         "burn" => {
             if raw.test_token_delay.is_some() {
-                return Err(invalid("test_token_delay", "only allowed with backend = \"test\""));
+                return Err(invalid(
+                    "test_token_delay",
+                    "only allowed with backend = \"test\"",
+                ));
             }
-            let path = raw.path.ok_or_else(|| invalid("path", "required: the model directory"))?;
+            let path = raw
+                .path
+                .ok_or_else(|| invalid("path", "required: the model directory"))?;
             let device = match raw.device.as_deref().unwrap_or("auto") {
                 "auto" => DeviceChoice::Auto,
                 "gpu" => DeviceChoice::Gpu,
                 "cpu" => DeviceChoice::Cpu,
-                other => return Err(invalid("device", format!("`{other}` is not one of \"auto\", \"gpu\", \"cpu\""))),
+                other => {
+                    return Err(invalid(
+                        "device",
+                        format!("`{other}` is not one of \"auto\", \"gpu\", \"cpu\""),
+                    ));
+                }
             };
-            ModelBackend::Burn { path: resolve(base, path), device, verify_manifest: raw.verify.unwrap_or(true) }
+            ModelBackend::Burn {
+                path: resolve(base, path),
+                device,
+                verify_manifest: raw.verify.unwrap_or(true),
+            }
         }
         "test" => {
-            for (key, set) in [("path", raw.path.is_some()), ("device", raw.device.is_some()), ("verify", raw.verify.is_some())] {
+            for (key, set) in [
+                ("path", raw.path.is_some()),
+                ("device", raw.device.is_some()),
+                ("verify", raw.verify.is_some()),
+            ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));
                 }
             }
-            ModelBackend::Test { token_delay: duration_field("test_token_delay", raw.test_token_delay, Duration::ZERO)? }
+            ModelBackend::Test {
+                token_delay: duration_field(
+                    "test_token_delay",
+                    raw.test_token_delay,
+                    Duration::ZERO,
+                )?,
+            }
         }
-        other => return Err(invalid("backend", format!("`{other}` is not one of \"burn\", \"test\""))),
+        other => {
+            return Err(invalid(
+                "backend",
+                format!("`{other}` is not one of \"burn\", \"test\""),
+            ));
+        }
     };
     Ok(ModelConfig {
         name: raw.name,
@@ -526,11 +441,19 @@ impl TryFrom<RawLogging> for LoggingConfig {
         let format = match raw.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("logging.format", format!("`{other}` is not one of \"text\", \"json\""))),
+            other => {
+                return Err(invalid(
+                    "logging.format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                ));
+            }
         };
         let level = raw.level.unwrap_or_else(|| "info".into());
         if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
-            return Err(invalid("logging.level", format!("`{level}` is not a valid filter: {e}")));
+            return Err(invalid(
+                "logging.level",
+                format!("`{level}` is not a valid filter: {e}"),
+            ));
         }
         Ok(LoggingConfig { format, level })
     }

@@ -10,7 +10,10 @@ use crate::certs;
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Certs(#[from] certs::CertsError),
     #[error("installing the built-in model: {0}")]
@@ -20,18 +23,27 @@ pub enum DevError {
 /// The tenant `dev` issues a client certificate for.
 pub const DEV_TENANT: &str = "demo";
 /// The model name `dev` serves.
-pub const DEV_MODEL: &str = "airlock-tiny";
+pub const DEV_MODEL: &str = airlock_engine::default_model::NAME;
 
 /// Prepares `dir` and returns the config file path.
 pub fn prepare(dir: &Path, port: u16) -> Result<PathBuf, DevError> {
-    std::fs::create_dir_all(dir).map_err(|source| DevError::Io { path: dir.to_path_buf(), source })?;
-    let dir = std::fs::canonicalize(dir).map_err(|source| DevError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| DevError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let dir = std::fs::canonicalize(dir).map_err(|source| DevError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let pki = dir.join("certs");
     certs::init(&pki, &[DEV_TENANT.to_owned()])?;
     let model_dir = airlock_engine::default_model::install(&dir.join("model"))?;
     let config = dir.join("airlockd.toml");
     let text = config_text(&pki, &model_dir, port);
-    std::fs::write(&config, text).map_err(|source| DevError::Io { path: config.clone(), source })?;
+    std::fs::write(&config, text).map_err(|source| DevError::Io {
+        path: config.clone(),
+        source,
+    })?;
     Ok(config)
 }
 
@@ -64,9 +76,11 @@ fn toml_string(path: &Path) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// The quick-start text printed once the daemon listens.
+/// The quick-start text printed once the daemon listens on `port`.
 pub fn instructions(dir: &Path, port: u16) -> String {
-    let pki = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).join("certs");
+    let pki = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .join("certs");
     let (cert, key) = certs::client_paths(&pki, DEV_TENANT);
     let ca = pki.join(certs::CA_CERT);
     let (cert, key, ca) = (cert.display(), key.display(), ca.display());

@@ -66,10 +66,14 @@ impl CertIdentity {
         use sha2::Digest;
         use x509_parser::extensions::GeneralName;
 
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
-        let common_name =
-            cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
         let mut identity = CertIdentity {
             common_name,
             sha256_fingerprint: hex::encode(sha2::Sha256::digest(der)),
@@ -93,7 +97,9 @@ impl CertIdentity {
         use rustls_pki_types::CertificateDer;
         use rustls_pki_types::pem::PemObject;
 
-        let der = CertificateDer::pem_slice_iter(pem).next().ok_or(IdentityError::NoPem)?;
+        let der = CertificateDer::pem_slice_iter(pem)
+            .next()
+            .ok_or(IdentityError::NoPem)?;
         let der = der.map_err(|e| IdentityError::Parse(e.to_string()))?;
         Self::from_der(&der)
     }
@@ -106,7 +112,11 @@ impl ConnInfo {
         self.tls_client_cert
             .as_ref()
             .map(|c| (CertSource::Tls, c))
-            .or_else(|| self.forwarded_client_cert.as_ref().map(|c| (CertSource::TrustedProxy, c)))
+            .or_else(|| {
+                self.forwarded_client_cert
+                    .as_ref()
+                    .map(|c| (CertSource::TrustedProxy, c))
+            })
     }
 
     /// The client's IP address: the one a trusted proxy forwarded, else the TCP peer's.

@@ -4,10 +4,12 @@
 //! authentication → tenant policy → rate limits → prompt filter → audit admit → engine →
 //! output filter → audit complete. `main.rs` only parses the command line and calls in here.
 
+pub mod app;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod notify;

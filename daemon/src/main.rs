@@ -9,9 +9,24 @@ use airlock_daemon::{certs, dev, logging, server};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own output, exit 0.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, not clap's multi-line usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("airlockd: {first} (see `airlockd --help`)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     match cli.command {
-        Command::CheckConfig(args) => match Config::load(&args.config) {
+        Command::CheckConfig(args) => match load(&args.config) {
             Ok(config) => {
                 for warning in config.warnings() {
                     eprintln!("warning: {warning}");
@@ -22,7 +37,7 @@ fn main() -> ExitCode {
             Err(e) => fail_config(e),
         },
         Command::Serve(args) => {
-            let config = match Config::load(&args.config) {
+            let config = match load(&args.config) {
                 Ok(config) => config,
                 Err(e) => return fail_config(e),
             };
@@ -43,7 +58,11 @@ fn main() -> ExitCode {
         },
         Command::Certs(CertsCommand::Revoke { dir, cert }) => match certs::revoke(&dir, &cert) {
             Ok(r) => {
-                let note = if r.already_revoked { " (already revoked)" } else { "" };
+                let note = if r.already_revoked {
+                    " (already revoked)"
+                } else {
+                    ""
+                };
                 println!(
                     "revoked serial {}{note}; {} is now CRL number {}; send SIGHUP to airlockd to apply",
                     r.serial,
@@ -60,18 +79,23 @@ fn main() -> ExitCode {
                 Ok(path) => path,
                 Err(e) => return fail(EXIT_FAILURE, e),
             };
-            let config = match Config::load(&config_path) {
+            let config = match load(&config_path) {
                 Ok(config) => config,
                 Err(e) => return fail_config(e),
             };
-            let banner = dev::instructions(&args.dir, args.port);
+            let (dir, port) = (args.dir, args.port);
+            let banner: server::Banner =
+                Box::new(move |addr| dev::instructions(&dir, addr.map_or(port, |a| a.port())));
             serve(config_path, config, Some(banner))
         }
     }
 }
 
-fn serve(path: std::path::PathBuf, config: Config, banner: Option<String>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+fn serve(path: std::path::PathBuf, config: Config, banner: Option<server::Banner>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the async runtime: {e}")),
     };
@@ -88,6 +112,13 @@ fn serve(path: std::path::PathBuf, config: Config, banner: Option<String>) -> Ex
 fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("airlockd: {error}");
     ExitCode::from(code)
+}
+
+/// Loads and validates the config, including that its TLS files load.
+fn load(path: &std::path::Path) -> Result<Config, airlock_daemon::config::ConfigError> {
+    let config = Config::load(path)?;
+    airlock_daemon::tls::check_files(&config, path)?;
+    Ok(config)
 }
 
 /// A configuration error prints exactly `FILE: key.path: reason` and exits 64.

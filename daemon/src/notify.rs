@@ -33,9 +33,17 @@ impl Notifier {
             #[cfg(target_os = "linux")]
             Some(b'@') => Target::Abstract(bytes[1..].to_vec()),
             Some(b'/') => Target::Path(PathBuf::from(&value)),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is not a socket path")),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NOTIFY_SOCKET is not a socket path",
+                ));
+            }
         };
-        Ok(Some(Notifier { socket: UnixDatagram::unbound()?, target }))
+        Ok(Some(Notifier {
+            socket: UnixDatagram::unbound()?,
+            target,
+        }))
     }
 
     /// Sends one state message, e.g. `READY=1`.
@@ -57,7 +65,10 @@ impl Notifier {
 
     /// `RELOADING=1` with the `MONOTONIC_USEC` that `Type=notify-reload` requires.
     pub fn reloading(&self) -> io::Result<()> {
-        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading", monotonic_usec()))
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+            monotonic_usec()
+        ))
     }
 
     pub fn stopping(&self) -> io::Result<()> {
@@ -97,7 +108,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let server = UnixDatagram::bind(&path).unwrap();
-        let notifier = Notifier { socket: UnixDatagram::unbound().unwrap(), target: Target::Path(path) };
+        let notifier = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            target: Target::Path(path),
+        };
         notifier.ready().unwrap();
         notifier.reloading().unwrap();
         let mut buf = [0u8; 256];

@@ -14,7 +14,6 @@ mod conn;
 mod engine;
 mod request;
 mod state;
-mod stub;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,10 +34,10 @@ use state::{State, StateError};
 use crate::config::{Config, ListenAddress, ListenerMode};
 use crate::notify::{self, Notifier};
 
-/// The application the server hands requests to. One switch point between the temporary
-/// stand-in and the real `app`/`http` modules.
+/// The application the server hands requests to.
 mod app {
-    pub use super::stub::{App, AppSettings, BoxBody, handle};
+    pub use crate::app::{App, AppSettings};
+    pub use crate::http::{BoxBody, handle};
 }
 
 /// Why the server could not start.
@@ -49,16 +48,27 @@ pub enum ServerError {
     #[error("{0}")]
     State(#[from] StateError),
     #[error("cannot listen on {address}: {source}")]
-    Bind { address: String, source: std::io::Error },
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("model loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Text printed to stdout after the `listening on` line, given the bound TCP address
+/// (`airlockd dev` prints its instructions this way).
+pub type Banner = Box<dyn FnOnce(Option<SocketAddr>) -> String + Send>;
+
 /// Runs the daemon until SIGTERM/SIGINT; returns after the drain. `banner`, if any, is
-/// printed after the `listening on` line (`airlockd dev` uses it for its instructions).
-pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -> Result<(), ServerError> {
+/// printed after the `listening on` line.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    banner: Option<Banner>,
+) -> Result<(), ServerError> {
     let notifier = match Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {
@@ -77,7 +87,8 @@ pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -
 
     let models = config.models.clone();
     tracing::info!(models = models.len(), "loading models");
-    let engine: Arc<dyn Engine> = tokio::task::spawn_blocking(move || engine::build(&models)).await??;
+    let engine: Arc<dyn Engine> =
+        tokio::task::spawn_blocking(move || engine::build(&models)).await??;
     for model in engine.models() {
         tracing::info!(model = %model.id, device = %model.device, context = model.context_length, "model ready");
     }
@@ -96,22 +107,31 @@ pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -
         Listener::Unix(..) => announce(&format!("listening on {}", listener.local())),
     }
     if let Some(banner) = banner {
-        announce(&banner);
+        let addr = match &listener {
+            Listener::Tcp(_, addr) => Some(*addr),
+            Listener::Unix(..) => None,
+        };
+        announce(&banner(addr));
     }
     tracing::info!(address = %listener.local(), "listening");
     if let Some(n) = &notifier {
         let _ = n.ready();
     }
-    let watchdog = notifier.as_ref().and(notify::watchdog_interval()).map(|interval| {
-        tokio::spawn(async move {
-            let Ok(Some(n)) = Notifier::from_env() else { return };
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                let _ = n.watchdog();
-            }
-        })
-    });
+    let watchdog = notifier
+        .as_ref()
+        .and(notify::watchdog_interval())
+        .map(|interval| {
+            tokio::spawn(async move {
+                let Ok(Some(n)) = Notifier::from_env() else {
+                    return;
+                };
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    let _ = n.watchdog();
+                }
+            })
+        });
 
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -153,10 +173,18 @@ pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -
         let _ = n.stopping();
     }
     drop(listener);
-    tracing::info!(grace_s = shutdown_grace.as_secs_f64(), "draining in-flight requests");
-    match tokio::time::timeout(shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    tracing::info!(
+        grace_s = shutdown_grace.as_secs_f64(),
+        "draining in-flight requests"
+    );
+    tokio::select! {
+        drained = tokio::time::timeout(shutdown_grace, graceful.shutdown()) => match drained {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        },
+        // An operator who signals again wants out now.
+        _ = term.recv() => tracing::warn!("second SIGTERM: closing remaining connections"),
+        _ = int.recv() => tracing::warn!("second SIGINT: closing remaining connections"),
     }
     if let Some(task) = watchdog {
         task.abort();
@@ -165,7 +193,12 @@ pub async fn run(config_path: PathBuf, config: Config, banner: Option<String>) -
 }
 
 /// SIGHUP: builds a new state from the file and swaps it in; on any error the old state stays.
-async fn reload(path: &Path, state: &ArcSwap<State>, engine: &Arc<dyn Engine>, notifier: Option<&Notifier>) {
+async fn reload(
+    path: &Path,
+    state: &ArcSwap<State>,
+    engine: &Arc<dyn Engine>,
+    notifier: Option<&Notifier>,
+) {
     tracing::info!(config = %path.display(), "SIGHUP: reloading configuration and certificates");
     if let Some(n) = notifier {
         let _ = n.reloading();
@@ -181,8 +214,12 @@ async fn reload(path: &Path, state: &ArcSwap<State>, engine: &Arc<dyn Engine>, n
             state.store(Arc::new(next));
             tracing::info!("reload complete: new connections use the new configuration");
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
-        Err(e) => tracing::error!(error = %e, "reload task failed; keeping the previous configuration"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reload failed; keeping the previous configuration")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed; keeping the previous configuration")
+        }
     }
     if let Some(n) = notifier {
         let _ = n.ready();
@@ -208,7 +245,10 @@ enum Accepted {
 
 impl Listener {
     async fn bind(address: &ListenAddress) -> Result<Listener, ServerError> {
-        let err = |source| ServerError::Bind { address: address.to_string(), source };
+        let err = |source| ServerError::Bind {
+            address: address.to_string(),
+            source,
+        };
         match address {
             ListenAddress::Tcp(addr) => {
                 let listener = TcpListener::bind(addr).await.map_err(err)?;

@@ -12,13 +12,16 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::config::TlsConfig;
+use crate::config::{Config, ConfigError, ListenerMode, TlsConfig};
 
 /// Why the TLS state could not be built. Names the file; never prints key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{}: cannot read: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {reason}", path.display())]
     Pem { path: PathBuf, reason: String },
     #[error("{}: no {what} found", path.display())]
@@ -63,23 +66,34 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         WebPkiClientVerifier::no_client_auth()
     } else {
         let Some(ca_path) = cfg.client_ca.as_deref() else {
-            return Err(TlsError::Verifier("listener.tls.client_ca is not set".into()));
+            return Err(TlsError::Verifier(
+                "listener.tls.client_ca is not set".into(),
+            ));
         };
         let mut roots = RootCertStore::empty();
         for cert in certs(ca_path)? {
-            roots.add(cert).map_err(|e| TlsError::Pem { path: ca_path.to_path_buf(), reason: e.to_string() })?;
+            roots.add(cert).map_err(|e| TlsError::Pem {
+                path: ca_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         }
         let mut crls = Vec::new();
         for path in &cfg.crls {
             crls.extend(crls_in(path)?);
         }
-        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         let builder = if crls.is_empty() {
             builder
         } else {
-            builder.with_crls(crls).only_check_end_entity_revocation().enforce_revocation_expiration()
+            builder
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .enforce_revocation_expiration()
         };
-        builder.build().map_err(|e| TlsError::Verifier(e.to_string()))?
+        builder
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?
     };
 
     let chain = certs(&cfg.cert)?;
@@ -98,8 +112,44 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Loads the TLS files a config names, reporting a failure as a config error on the key that
+/// names the file (`FILE: listener.tls.key: …`), so `check-config` and start-up catch an
+/// unreadable key or a malformed CRL before serving.
+pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
+    let ListenerMode::Tls(tls) = &config.listener.mode else {
+        return Ok(());
+    };
+    let Err(e) = server_config(tls) else {
+        return Ok(());
+    };
+    let failed = match &e {
+        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
+            Some(path)
+        }
+        TlsError::Verifier(_) | TlsError::ServerCert(_) => None,
+    };
+    let key = match failed {
+        Some(p) if *p == tls.cert => "listener.tls.cert".to_owned(),
+        Some(p) if *p == tls.key => "listener.tls.key".to_owned(),
+        Some(p) if Some(p) == tls.client_ca.as_ref() => "listener.tls.client_ca".to_owned(),
+        Some(p) => match tls.crls.iter().position(|c| c == p) {
+            Some(i) => format!("listener.tls.crls[{i}]"),
+            None => "listener.tls".to_owned(),
+        },
+        None => "listener.tls".to_owned(),
+    };
+    Err(ConfigError {
+        file: file.to_path_buf(),
+        path: key,
+        reason: e.to_string(),
+    })
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Every certificate in a PEM file.
@@ -107,9 +157,15 @@ pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: path.to_path_buf(), what: "PEM certificate" });
+        return Err(TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "PEM certificate",
+        });
     }
     Ok(certs)
 }
@@ -118,9 +174,15 @@ fn crls_in(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Tl
     let pem = read(path)?;
     let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     if crls.is_empty() {
-        return Err(TlsError::Empty { path: path.to_path_buf(), what: "PEM X509 CRL" });
+        return Err(TlsError::Empty {
+            path: path.to_path_buf(),
+            what: "PEM X509 CRL",
+        });
     }
     Ok(crls)
 }

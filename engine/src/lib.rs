@@ -2,19 +2,33 @@
 //! (Vulkan, Metal, DX12) or burn's pure-Rust CPU backend.
 //!
 //! The gateway talks to it only through [`Engine`] and the types in [`api`]; the developer
-//! CLI uses [`generate_once`] and [`write_manifest`].
+//! CLI uses [`generate_once`], [`write_manifest`] and [`default_model::install`].
 
 pub mod api;
 pub mod default_model;
+mod detok;
+mod device;
 mod engine;
 mod error;
+mod generate;
+mod hf_config;
+mod loader;
+mod manifest;
+mod model;
+mod sampling;
+mod sequence;
 mod spec;
 pub mod test_engine;
+mod tokenizer;
+mod weights;
 
 pub use api::{
     CancelToken, ChatMessage, Engine, EngineStatus, FinishReason, GenerateRequest, Generation,
     GenerationSender, GenerationTimings, ModelInfo, Prompt, SamplingParams, TokenEvent, Usage,
 };
+pub use device::gpu_available;
 pub use engine::BurnEngine;
 pub use error::EngineError;
+pub use generate::{GenerateOptions, GenerateReport, GenerateTimings, generate_once};
+pub use manifest::{MANIFEST_FILE, verify_manifest, write_manifest};
 pub use spec::{DeviceChoice, ModelSpec};

@@ -21,10 +21,21 @@ pub const AIRLOCKD: &str = env!("CARGO_BIN_EXE_airlockd");
 /// The model name of the default test-engine model.
 pub const TEST_MODEL: &str = "test-model";
 
+/// A prompt the test engine echoes back one word per token: with `test_token_delay = "100ms"`
+/// a streamed reply takes about two seconds.
+pub const TWENTY_WORDS: &str = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+
 /// Runs `airlockd` with `args` to completion; returns (status, stdout, stderr).
 pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(AIRLOCKD).args(args).output().expect("run airlockd");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(AIRLOCKD)
+        .args(args)
+        .output()
+        .expect("run airlockd");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A development PKI in a temp directory: `ca.pem`, `server.pem`/`.key`, `crl.pem`,
@@ -60,14 +71,23 @@ impl Pki {
 
     /// (`client-NAME.pem`, `client-NAME.key`).
     pub fn client(&self, tenant: &str) -> (PathBuf, PathBuf) {
-        (self.path(&format!("client-{tenant}.pem")), self.path(&format!("client-{tenant}.key")))
+        (
+            self.path(&format!("client-{tenant}.pem")),
+            self.path(&format!("client-{tenant}.key")),
+        )
     }
 
     /// `airlockd certs revoke --dir DIR --cert client-NAME.pem`.
     pub fn revoke(&self, tenant: &str) {
         let (cert, _) = self.client(tenant);
-        let (status, out, err) =
-            airlockd(&["certs", "revoke", "--dir", self.dir().to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+        let (status, out, err) = airlockd(&[
+            "certs",
+            "revoke",
+            "--dir",
+            self.dir().to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ]);
         assert!(status.success(), "certs revoke failed: {out}{err}");
     }
 }
@@ -107,7 +127,10 @@ impl TestConfig {
     /// The TOML text, with file paths pointing into `pki`.
     pub fn to_toml(&self, pki: &Pki) -> String {
         let q = |p: PathBuf| format!("{:?}", p.to_str().unwrap());
-        let mut s = format!("[listener]\nmode = \"{}\"\naddress = \"127.0.0.1:0\"\n{}\n", self.mode, self.listener);
+        let mut s = format!(
+            "[listener]\nmode = \"{}\"\naddress = \"127.0.0.1:0\"\n{}\n",
+            self.mode, self.listener
+        );
         if self.mode == "tls" {
             s += &format!(
                 "[listener.tls]\ncert = {}\nkey = {}\nclient_ca = {}\ncrls = [{}]\n\n",
@@ -119,7 +142,10 @@ impl TestConfig {
         } else {
             s += &format!("[listener.proxy]\n{}\n", self.proxy);
         }
-        s += &format!("[limits]\n{}\n{}\n[logging]\nlevel = \"info\"\n{}", self.limits, self.models, self.extra);
+        s += &format!(
+            "[limits]\n{}\n{}\n[logging]\nlevel = \"info\"\n{}",
+            self.limits, self.models, self.extra
+        );
         s
     }
 }
@@ -131,6 +157,7 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     logs: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -142,19 +169,42 @@ impl Daemon {
 
     /// Starts the daemon with exactly this config text.
     pub fn start_toml(toml: &str) -> Daemon {
+        Self::start_toml_env(toml, &[])
+    }
+
+    /// Starts the daemon with this config text and extra environment variables.
+    pub fn start_toml_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("airlockd.toml");
         std::fs::write(&config_path, toml).unwrap();
+        let args = ["serve", "--config", config_path.to_str().unwrap()];
+        Self::spawn(&args, env, config_path.clone(), dir)
+    }
+
+    /// Runs `airlockd ARGS` (e.g. `dev --dir D --port 0`) and waits for its `listening on` line.
+    pub fn start_args(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(args, &[], PathBuf::new(), dir)
+    }
+
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        config_path: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> Daemon {
         let mut child = Command::new(AIRLOCKD)
-            .args(["serve", "--config", config_path.to_str().unwrap()])
+            .args(args)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
+        let stdout_text = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
         std::thread::spawn(move || {
@@ -166,15 +216,22 @@ impl Daemon {
         });
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
+        let sink = stdout_text.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("listening on ") {
-                    let addr = rest.trim_start_matches("https://").trim_start_matches("http://").to_owned();
+                    let addr = rest
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .to_owned();
                     let _ = tx.send(addr);
                 }
+                let mut out = sink.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(addr) => addr.parse().unwrap(),
             Err(_) => {
                 let _ = child.kill();
@@ -183,7 +240,19 @@ impl Daemon {
                 panic!("airlockd did not start; its log:\n{}", logs.lock().unwrap());
             }
         };
-        Daemon { child, addr, config_path, logs, _config_dir: dir }
+        Daemon {
+            child,
+            addr,
+            config_path,
+            logs,
+            stdout: stdout_text,
+            _config_dir: dir,
+        }
+    }
+
+    /// Everything the daemon printed to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// `https://localhost:PORT` + `path` (the dev server certificate names localhost).
@@ -212,7 +281,11 @@ impl Daemon {
 
     /// Sends a signal by name (`HUP`, `TERM`, `INT`) with kill(1).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -253,6 +326,22 @@ impl Drop for Daemon {
     }
 }
 
+/// A plain-HTTP reqwest client (proxy mode tests). reqwest is built without a default
+/// crypto provider, so even a plain client needs one configured.
+pub fn http_client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
 /// A rustls client config (ring provider) trusting `ca`, presenting `client` if given,
 /// offering ALPN h2 and http/1.1.
 pub fn client_tls(ca: &Path, client: Option<(PathBuf, PathBuf)>) -> rustls::ClientConfig {
@@ -260,13 +349,18 @@ pub fn client_tls(ca: &Path, client: Option<(PathBuf, PathBuf)>) -> rustls::Clie
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
     let mut config = match client {
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
             let key = PrivateKeyDer::from_pem_file(key).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
@@ -279,11 +373,17 @@ pub fn client_tls(ca: &Path, client: Option<(PathBuf, PathBuf)>) -> rustls::Clie
 /// One HTTP/1.1 `GET path` over a fresh TLS connection to `addr` (SNI localhost); returns the
 /// raw response text, or the I/O or TLS error (a refused client certificate surfaces here,
 /// at the handshake or on the first read).
-pub async fn raw_get(addr: SocketAddr, mut tls: rustls::ClientConfig, path: &str) -> std::io::Result<String> {
+pub async fn raw_get(
+    addr: SocketAddr,
+    mut tls: rustls::ClientConfig,
+    path: &str,
+) -> std::io::Result<String> {
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
     let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
@@ -296,7 +396,10 @@ pub async fn server_cert_sha256(addr: SocketAddr, tls: rustls::ClientConfig) -> 
     use sha2::Digest;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     let (_, session) = stream.get_ref();
     let leaf = &session.peer_certificates().unwrap()[0];
     hex::encode(sha2::Sha256::digest(leaf))

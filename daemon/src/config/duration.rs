@@ -6,9 +6,12 @@ use std::time::Duration;
 /// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"` (whole numbers only).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let bad = || format!("`{text}` is not a duration; write e.g. \"500ms\", \"10s\", \"5m\" or \"1h\"");
+    let bad =
+        || format!("`{text}` is not a duration; write e.g. \"500ms\", \"10s\", \"5m\" or \"1h\"");
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),

@@ -32,31 +32,43 @@ fn err(text: &str) -> (String, String) {
 #[test]
 fn minimal_config_gets_defaults_and_resolves_paths() {
     let config = parse(MINIMAL).unwrap();
-    let ListenerMode::Tls(tls) = &config.listener.mode else { panic!("tls mode") };
+    let ListenerMode::Tls(tls) = &config.listener.mode else {
+        panic!("tls mode")
+    };
     assert_eq!(tls.cert, Path::new("/etc/airlock/server.pem"));
     assert_eq!(tls.crls, vec![PathBuf::from("/etc/airlock/crl.pem")]);
     assert_eq!(config.listener.handshake_timeout, Duration::from_secs(10));
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.logging, LoggingConfig::default());
-    assert_eq!(config.models[0].backend, ModelBackend::Test { token_delay: Duration::ZERO });
+    assert_eq!(
+        config.models[0].backend,
+        ModelBackend::Test {
+            token_delay: Duration::ZERO
+        }
+    );
 }
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    let (path, reason) = err(&MINIMAL.replace("crls = [\"crl.pem\"]", "crls = [\"crl.pem\"]\nbogus = 1"));
+    let (path, reason) =
+        err(&MINIMAL.replace("crls = [\"crl.pem\"]", "crls = [\"crl.pem\"]\nbogus = 1"));
     assert_eq!(path, "listener.tls.bogus");
     assert!(reason.contains("unknown field `bogus`"), "{reason}");
 
     let (path, _) = err(&format!("{MINIMAL}\n[tenants]\nx = 1\n"));
     assert_eq!(path, "tenants");
 
-    let (path, _) = err(&format!("{MINIMAL}\n[[models]]\nname = \"n\"\nbackend = \"test\"\ncolour = \"red\"\n"));
+    let (path, _) = err(&format!(
+        "{MINIMAL}\n[[models]]\nname = \"n\"\nbackend = \"test\"\ncolour = \"red\"\n"
+    ));
     assert_eq!(path, "models[1].colour");
 }
 
 #[test]
 fn type_errors_name_the_key() {
-    let (path, reason) = err(&format!("{MINIMAL}\n[limits]\nmax_connections = \"many\"\n"));
+    let (path, reason) = err(&format!(
+        "{MINIMAL}\n[limits]\nmax_connections = \"many\"\n"
+    ));
     assert_eq!(path, "limits.max_connections");
     assert!(reason.contains("invalid type"), "{reason}");
 }
@@ -71,14 +83,42 @@ fn missing_keys_name_the_key() {
 #[test]
 fn validation_errors() {
     let cases: &[(&str, &str, &str)] = &[
-        ("address = \"127.0.0.1:8443\"", "address = \"localhost\"", "listener.address"),
+        (
+            "address = \"127.0.0.1:8443\"",
+            "address = \"localhost\"",
+            "listener.address",
+        ),
         ("client_ca = \"ca.pem\"\n", "", "listener.tls.client_ca"),
-        ("[listener]\n", "[listener]\nhandshake_timeout = \"10\"\n", "listener.handshake_timeout"),
-        ("[listener]\n", "[listener]\nmode = \"plain\"\n", "listener.mode"),
-        ("backend = \"test\"", "backend = \"onnx\"", "models[0].backend"),
-        ("backend = \"test\"", "backend = \"test\"\npath = \"/m\"", "models[0].path"),
-        ("backend = \"test\"", "path = \"/m\"\ndevice = \"tpu\"", "models[0].device"),
-        ("backend = \"test\"", "path = \"/m\"\nmax_active = 0", "models[0].max_active"),
+        (
+            "[listener]\n",
+            "[listener]\nhandshake_timeout = \"10\"\n",
+            "listener.handshake_timeout",
+        ),
+        (
+            "[listener]\n",
+            "[listener]\nmode = \"plain\"\n",
+            "listener.mode",
+        ),
+        (
+            "backend = \"test\"",
+            "backend = \"onnx\"",
+            "models[0].backend",
+        ),
+        (
+            "backend = \"test\"",
+            "backend = \"test\"\npath = \"/m\"",
+            "models[0].path",
+        ),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\ndevice = \"tpu\"",
+            "models[0].device",
+        ),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\nmax_active = 0",
+            "models[0].max_active",
+        ),
         ("name = \"m\"", "name = \"two words\"", "models[0].name"),
     ];
     for (from, to, want) in cases {
@@ -91,8 +131,14 @@ fn validation_errors() {
     assert_eq!(path, "limits.max_header_bytes");
     let (path, _) = err(&format!("{MINIMAL}\n[logging]\nformat = \"xml\"\n"));
     assert_eq!(path, "logging.format");
-    let (path, _) = err(&format!("{MINIMAL}\n[[models]]\nname = \"m\"\nbackend = \"test\"\n"));
+    let (path, _) = err(&format!(
+        "{MINIMAL}\n[[models]]\nname = \"m\"\nbackend = \"test\"\n"
+    ));
     assert_eq!(path, "models[1].name");
+    let (path, _) = err(&format!(
+        "{MINIMAL}\n[[models]]\nname = \"n\"\npath = \"/m\"\n"
+    ));
+    assert_eq!(path, "models[1].backend");
     let (path, _) = err(&MINIMAL.replace("[[models]]\nname = \"m\"\nbackend = \"test\"\n", ""));
     assert_eq!(path, "models");
 }
@@ -113,39 +159,63 @@ backend = "test"
 #[test]
 fn proxy_mode() {
     let config = parse(PROXY).unwrap();
-    let ListenerMode::Proxy(proxy) = &config.listener.mode else { panic!("proxy mode") };
+    let ListenerMode::Proxy(proxy) = &config.listener.mode else {
+        panic!("proxy mode")
+    };
     assert_eq!(proxy.trusted_proxies.len(), 2);
     assert!(proxy.trust_unix_peers);
     assert_eq!(proxy.client_cert_header.as_str(), "x-forwarded-client-cert");
     assert_eq!(proxy.client_cert_format, ClientCertFormat::Xfcc);
     assert!(config.warnings().iter().any(|w| w.contains("plain HTTP")));
 
-    let nginx = PROXY.replace("\"unix\"]", "\"unix\"]\nclient_cert_header = \"X-Client-Cert\"");
-    let ListenerMode::Proxy(proxy) = parse(&nginx).unwrap().listener.mode else { panic!() };
+    let nginx = PROXY.replace(
+        "\"unix\"]",
+        "\"unix\"]\nclient_cert_header = \"X-Client-Cert\"",
+    );
+    let ListenerMode::Proxy(proxy) = parse(&nginx).unwrap().listener.mode else {
+        panic!()
+    };
     assert_eq!(proxy.client_cert_header.as_str(), "x-client-cert");
     assert_eq!(proxy.client_cert_format, ClientCertFormat::EscapedPem);
 
     let unix = PROXY.replace("127.0.0.1:8080", "unix:/run/airlockd.sock");
-    assert_eq!(parse(&unix).unwrap().listener.address, ListenAddress::Unix("/run/airlockd.sock".into()));
+    assert_eq!(
+        parse(&unix).unwrap().listener.address,
+        ListenAddress::Unix("/run/airlockd.sock".into())
+    );
 }
 
 #[test]
 fn proxy_mode_refuses_non_loopback_unless_dangerous() {
     let public = PROXY.replace("127.0.0.1:8080", "0.0.0.0:8080");
     assert_eq!(err(&public).0, "listener.address");
-    let allowed = public.replace("\"unix\"]", "\"unix\"]\ndanger_allow_non_loopback_proxy = true");
+    let allowed = public.replace(
+        "\"unix\"]",
+        "\"unix\"]\ndanger_allow_non_loopback_proxy = true",
+    );
     let config = parse(&allowed).unwrap();
-    assert!(config.warnings().iter().any(|w| w.contains("danger_allow_non_loopback_proxy")));
+    assert!(
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("danger_allow_non_loopback_proxy"))
+    );
 
     let (path, _) = err(&PROXY.replace("\"unix\"]", "\"unix\", \"not-an-ip\"]"));
     assert_eq!(path, "listener.proxy.trusted_proxies[3]");
-    let (path, _) = err(&PROXY.replace("[listener.proxy]", "[listener.tls]\ncert = \"a\"\nkey = \"b\"\n[listener.proxy]"));
+    let (path, _) = err(&PROXY.replace(
+        "[listener.proxy]",
+        "[listener.tls]\ncert = \"a\"\nkey = \"b\"\n[listener.proxy]",
+    ));
     assert_eq!(path, "listener.tls");
 }
 
 #[test]
 fn danger_no_client_auth_warns() {
-    let text = MINIMAL.replace("client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]", "danger_no_client_auth = true");
+    let text = MINIMAL.replace(
+        "client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]",
+        "danger_no_client_auth = true",
+    );
     let config = parse(&text).unwrap();
     assert!(config.warnings().iter().any(|w| w.contains("NOT verified")));
 }
@@ -157,7 +227,10 @@ fn load_reports_file_key_and_reason() {
     std::fs::write(&file, MINIMAL.replace("\"127.0.0.1:8443\"", "\"nope\"")).unwrap();
     let e = Config::load(&file).unwrap_err();
     let line = e.to_string();
-    assert!(line.starts_with(&format!("{}: listener.address: ", file.display())), "{line}");
+    assert!(
+        line.starts_with(&format!("{}: listener.address: ", file.display())),
+        "{line}"
+    );
     assert!(!line.contains('\n'), "{line}");
 
     std::fs::write(&file, "[listener\n").unwrap();

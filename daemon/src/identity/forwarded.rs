@@ -118,7 +118,9 @@ pub fn parse_escaped_pem(value: &str) -> Result<Option<CertIdentity>, String> {
         return Ok(None);
     }
     let pem = percent_encoding::percent_decode_str(value).collect::<Vec<u8>>();
-    CertIdentity::from_pem(&pem).map(Some).map_err(|e| e.to_string())
+    CertIdentity::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses Envoy's `x-forwarded-client-cert`. Each proxy hop appends one comma-separated
@@ -136,7 +138,9 @@ pub fn parse_xfcc(value: &str) -> Result<Option<CertIdentity>, String> {
         if pair.is_empty() {
             continue;
         }
-        let (key, raw) = pair.split_once('=').ok_or_else(|| format!("malformed field `{}`", truncate(pair)))?;
+        let (key, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("malformed field `{}`", truncate(pair)))?;
         let val = unquote(raw.trim());
         match key.trim().to_ascii_lowercase().as_str() {
             "cert" => cert = Some(val),
@@ -154,7 +158,9 @@ pub fn parse_xfcc(value: &str) -> Result<Option<CertIdentity>, String> {
     }
     if let Some(cert) = cert {
         let parsed = parse_escaped_pem(&cert)?.ok_or("Cert is empty")?;
-        if !identity.sha256_fingerprint.is_empty() && identity.sha256_fingerprint != parsed.sha256_fingerprint {
+        if !identity.sha256_fingerprint.is_empty()
+            && identity.sha256_fingerprint != parsed.sha256_fingerprint
+        {
             return Err("Hash does not match Cert".into());
         }
         return Ok(Some(parsed));
@@ -169,7 +175,9 @@ pub fn parse_xfcc(value: &str) -> Result<Option<CertIdentity>, String> {
 fn common_name(subject: &str) -> Option<String> {
     subject.split(',').find_map(|rdn| {
         let (k, v) = rdn.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("CN").then(|| v.trim().to_owned())
+        k.trim()
+            .eq_ignore_ascii_case("CN")
+            .then(|| v.trim().to_owned())
     })
 }
 

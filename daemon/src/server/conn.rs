@@ -26,15 +26,25 @@ enum Protocol {
 
 /// Serves a TCP or Unix connection until it closes. The permit (a `limits.max_connections`
 /// slot) is held until then.
-pub async fn serve<IO>(io: IO, peer: Option<SocketAddr>, state: Arc<State>, watcher: Watcher, permit: OwnedSemaphorePermit)
-where
+pub async fn serve<IO>(
+    io: IO,
+    peer: Option<SocketAddr>,
+    state: Arc<State>,
+    watcher: Watcher,
+    permit: OwnedSemaphorePermit,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _permit = permit;
     match &state.tls {
         Some(acceptor) => {
             let handshake = acceptor.accept(io);
-            let stream = match tokio::time::timeout(state.config.listener.handshake_timeout, handshake).await {
+            let stream = match tokio::time::timeout(
+                state.config.listener.handshake_timeout,
+                handshake,
+            )
+            .await
+            {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::info!(peer = ?peer, error = %e, "TLS handshake failed");
@@ -46,7 +56,9 @@ where
                 }
             };
             let (_, session) = stream.get_ref();
-            let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+            let alpn = session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
             let tls_client_cert = match session.peer_certificates().and_then(|c| c.first()) {
                 None => None,
                 Some(leaf) => match CertIdentity::from_der(leaf) {
@@ -58,7 +70,11 @@ where
                     }
                 },
             };
-            let protocol = if alpn.as_deref() == Some("h2") { Protocol::Http2 } else { Protocol::Http1 };
+            let protocol = if alpn.as_deref() == Some("h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
             let conn = ConnInfo {
                 peer_addr: peer,
                 trusted_proxy: false,
@@ -106,7 +122,9 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(Some(u32::try_from(limits.max_concurrent_requests.get()).unwrap_or(u32::MAX)))
+        .max_concurrent_streams(Some(
+            u32::try_from(limits.max_concurrent_requests.get()).unwrap_or(u32::MAX),
+        ))
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let builder = match protocol {
         Protocol::Http1 => builder.http1_only(),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use airlock_engine::test_engine::{TestEngine, TestEngineConfig};
 use airlock_engine::{Engine, EngineError, ModelSpec};
 
 use crate::config::{ModelBackend, ModelConfig};
@@ -14,22 +15,31 @@ pub enum EngineSetupError {
     Engine(#[from] EngineError),
     #[error("backend = \"test\" and backend = \"burn\" models cannot be mixed in one daemon")]
     Mixed,
+    #[error("backend = \"test\" serves exactly one model")]
+    OneTestModel,
 }
 
 /// Loads every configured model (blocking: call from `spawn_blocking` or before the runtime
 /// serves traffic).
 pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
-    let test_models: Vec<_> = models.iter().filter(|m| matches!(m.backend, ModelBackend::Test { .. })).collect();
+    let test_models: Vec<_> = models
+        .iter()
+        .filter(|m| matches!(m.backend, ModelBackend::Test { .. }))
+        .collect();
     if !test_models.is_empty() {
         if test_models.len() != models.len() {
             return Err(EngineSetupError::Mixed);
         }
-        return Ok(test_engine(models));
+        return test_engine(models);
     }
     let specs: Vec<ModelSpec> = models
         .iter()
         .filter_map(|m| match &m.backend {
-            ModelBackend::Burn { path, device, verify_manifest } => Some(ModelSpec {
+            ModelBackend::Burn {
+                path,
+                device,
+                verify_manifest,
+            } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
                 device: *device,
@@ -44,33 +54,19 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
     Ok(Arc::new(airlock_engine::BurnEngine::load(&specs)?))
 }
 
-fn test_engine(models: &[ModelConfig]) -> Arc<dyn Engine> {
-    Arc::new(stub_engine::StubEngine { names: models.iter().map(|m| m.name.clone()).collect() })
-}
-
-/// TEMPORARY until `airlock_engine::test_engine::TestEngine` lands.
-mod stub_engine {
-    use airlock_engine::{Engine, EngineError, EngineStatus, GenerateRequest, Generation, ModelInfo, Prompt};
-
-    pub struct StubEngine {
-        pub names: Vec<String>,
-    }
-
-    impl Engine for StubEngine {
-        fn models(&self) -> Vec<ModelInfo> {
-            self.names
-                .iter()
-                .map(|n| ModelInfo { id: n.clone(), created: 0, context_length: 2048, device: "test".into() })
-                .collect()
-        }
-        fn count_prompt_tokens(&self, model: &str, _: &Prompt) -> Result<usize, EngineError> {
-            Err(EngineError::UnknownModel(model.to_owned()))
-        }
-        fn submit(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
-            Err(EngineError::UnknownModel(request.model))
-        }
-        fn status(&self) -> EngineStatus {
-            EngineStatus::default()
-        }
-    }
+fn test_engine(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
+    let [model] = models else {
+        return Err(EngineSetupError::OneTestModel);
+    };
+    let ModelBackend::Test { token_delay } = model.backend else {
+        return Err(EngineSetupError::Mixed);
+    };
+    let config = TestEngineConfig {
+        model: model.name.clone(),
+        context_length: model.max_context.map_or(2048, |c| c.get()),
+        token_delay,
+        max_active: model.max_active.get(),
+        max_queue: model.max_queue.get(),
+    };
+    Ok(Arc::new(TestEngine::new(config)?))
 }

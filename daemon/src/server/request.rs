@@ -31,7 +31,8 @@ pub async fn serve(
         .filter(|v| is_sane_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    let id_value =
+        HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(X_REQUEST_ID, id_value.clone());
 
     let span = tracing::info_span!(
@@ -69,11 +70,17 @@ pub async fn serve(
         ListenerMode::Tls(_) => conn,
     };
 
-    let mut resp = app::handle(state.app.clone(), conn, req).instrument(span.clone()).await;
+    let mut resp = app::handle(state.app.clone(), conn, req)
+        .instrument(span.clone())
+        .await;
     resp.headers_mut().insert(X_REQUEST_ID, id_value);
     span.in_scope(|| {
         // Latency to response headers; a streamed body may run on well after this line.
-        tracing::info!(status = resp.status().as_u16(), latency_ms = start.elapsed().as_millis() as u64, "response");
+        tracing::info!(
+            status = resp.status().as_u16(),
+            latency_ms = start.elapsed().as_millis() as u64,
+            "response"
+        );
     });
     resp
 }
@@ -82,7 +89,9 @@ pub async fn serve(
 /// log syntax or oversized values through the id.
 fn is_sane_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 #[cfg(test)]

@@ -43,23 +43,34 @@ impl State {
             request_deadline: config.limits.request_deadline,
             max_concurrent_requests: config.limits.max_concurrent_requests.get(),
         };
-        Ok(State { app: App::new(engine, settings), tls, config })
+        Ok(State {
+            app: App::new(engine, settings),
+            tls,
+            config,
+        })
     }
 
     /// Re-reads `path` and builds the next state. The listener and the loaded models stay
     /// as they are: changing the listen address or mode is refused, changed models are
     /// reported in `warnings`.
-    pub fn reload(&self, path: &Path, engine: Arc<dyn Engine>) -> Result<(State, Vec<String>), StateError> {
+    pub fn reload(
+        &self,
+        path: &Path,
+        engine: Arc<dyn Engine>,
+    ) -> Result<(State, Vec<String>), StateError> {
         let config = Config::load(path)?;
         if config.listener.address != self.config.listener.address {
             return Err(StateError::NeedsRestart("listener.address"));
         }
-        if std::mem::discriminant(&config.listener.mode) != std::mem::discriminant(&self.config.listener.mode) {
+        if std::mem::discriminant(&config.listener.mode)
+            != std::mem::discriminant(&self.config.listener.mode)
+        {
             return Err(StateError::NeedsRestart("listener.mode"));
         }
         let mut warnings = config.warnings();
         if !same_models(&config.models, &self.config.models) {
-            warnings.push("[[models]] changed: models load only at start; restart to apply".to_owned());
+            warnings
+                .push("[[models]] changed: models load only at start; restart to apply".to_owned());
         }
         if config.limits.max_connections != self.config.limits.max_connections {
             warnings.push("limits.max_connections changed: applies after a restart".to_owned());

@@ -13,7 +13,10 @@ fn builds_from_a_dev_pki() {
         danger_no_client_auth: false,
     };
     let config = server_config(&cfg).unwrap();
-    assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(
+        config.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
     assert_eq!(config.send_tls13_tickets, 0);
 
     // Revoking re-signs the CRL, which must still load.
@@ -39,7 +42,10 @@ fn errors_name_the_file() {
     let e = server_config(&cfg).unwrap_err().to_string();
     assert!(e.contains("missing.key"), "{e}");
 
-    let cfg = TlsConfig { key: dir.path().join(certs::SERVER_CERT), ..cfg };
+    let cfg = TlsConfig {
+        key: dir.path().join(certs::SERVER_CERT),
+        ..cfg
+    };
     let e = server_config(&cfg).unwrap_err().to_string();
     assert!(e.contains("server.pem") && e.contains("private key"), "{e}");
 }
@@ -50,7 +56,35 @@ fn key_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     certs::init(dir.path(), &["bob".to_owned()]).unwrap();
     for name in [certs::CA_KEY, certs::SERVER_KEY, "client-bob.key"] {
-        let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
+}
+
+#[test]
+fn check_files_names_the_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &[]).unwrap();
+    std::fs::write(dir.path().join("crl.pem"), "not a crl").unwrap();
+    let file = dir.path().join("airlockd.toml");
+    std::fs::write(
+        &file,
+        "[listener]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]\n[[models]]\nname = \"m\"\nbackend = \"test\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&file).unwrap();
+    let e = check_files(&config, &file).unwrap_err();
+    assert_eq!(e.path, "listener.tls.crls[0]", "{e}");
+
+    certs::init(dir.path(), &[]).unwrap();
+    std::fs::remove_file(dir.path().join("crl.pem")).unwrap();
+    certs::init(dir.path(), &[]).unwrap();
+    std::fs::write(dir.path().join("server.key"), "garbage").unwrap();
+    let e = check_files(&config, &file).unwrap_err();
+    assert_eq!(e.path, "listener.tls.key", "{e}");
+    assert!(!e.to_string().contains("garbage"), "{e}");
 }

@@ -8,7 +8,10 @@ use crate::config::ProxyConfig;
 
 fn proxy_config(format: ClientCertFormat, header: &'static str) -> ProxyConfig {
     ProxyConfig {
-        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+        trusted_proxies: vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ],
         trust_unix_peers: false,
         client_cert_header: HeaderName::from_static(header),
         client_cert_format: format,
@@ -31,8 +34,12 @@ fn conn(peer: &str, trusted: bool) -> ConnInfo {
 fn alice() -> (String, CertIdentity) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["alice.example".to_owned()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
-    params.subject_alt_names.push(rcgen::SanType::URI("spiffe://airlock/alice".try_into().unwrap()));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://airlock/alice".try_into().unwrap(),
+    ));
     let cert = params.self_signed(&key).unwrap();
     let identity = CertIdentity::from_der(cert.der()).unwrap();
     (cert.pem(), identity)
@@ -54,10 +61,16 @@ fn nginx_escaped_pem_from_a_trusted_proxy() {
     let mut headers = HeaderMap::new();
     let escaped = utf8_percent_encode(&pem, NON_ALPHANUMERIC).to_string();
     headers.insert("x-client-cert", HeaderValue::from_str(&escaped).unwrap());
-    headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.1.2.3"));
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_static("203.0.113.9, 10.1.2.3"),
+    );
     let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
     assert_eq!(fwd.client_cert, Some(want));
-    assert_eq!(fwd.client_ip, Some("203.0.113.9".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        fwd.client_ip,
+        Some("203.0.113.9".parse::<IpAddr>().unwrap())
+    );
     assert!(fwd.ignored_headers.is_empty() && fwd.error.is_none());
 }
 
@@ -100,7 +113,11 @@ fn xfcc_with_cert() {
     assert_eq!(parse_xfcc(&value).unwrap(), Some(want.clone()));
 
     let wrong_hash = format!("Hash={};Cert=\"{escaped}\"", "a".repeat(64));
-    assert!(parse_xfcc(&wrong_hash).unwrap_err().contains("does not match"));
+    assert!(
+        parse_xfcc(&wrong_hash)
+            .unwrap_err()
+            .contains("does not match")
+    );
 }
 
 #[test]
@@ -132,7 +149,10 @@ fn escaped_pem_edge_cases() {
 fn unparseable_cert_from_a_trusted_proxy_is_an_error_not_an_identity() {
     let cfg = proxy_config(ClientCertFormat::Xfcc, "x-forwarded-client-cert");
     let mut headers = HeaderMap::new();
-    headers.insert("x-forwarded-client-cert", HeaderValue::from_static("Cert=\"garbage\""));
+    headers.insert(
+        "x-forwarded-client-cert",
+        HeaderValue::from_static("Cert=\"garbage\""),
+    );
     let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
     assert_eq!(fwd.client_cert, None);
     assert!(fwd.error.is_some());
@@ -142,9 +162,15 @@ fn unparseable_cert_from_a_trusted_proxy_is_an_error_not_an_identity() {
 fn forwarded_for_skips_trusted_hops_and_rejects_garbage() {
     let cfg = proxy_config(ClientCertFormat::Xfcc, "x-forwarded-client-cert");
     let mut headers = HeaderMap::new();
-    headers.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 198.51.100.4, 10.0.0.2"));
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_static("1.1.1.1, 198.51.100.4, 10.0.0.2"),
+    );
     let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
-    assert_eq!(fwd.client_ip, Some("198.51.100.4".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        fwd.client_ip,
+        Some("198.51.100.4".parse::<IpAddr>().unwrap())
+    );
     headers.insert("x-forwarded-for", HeaderValue::from_static("nonsense"));
     let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
     assert_eq!(fwd.client_ip, None);

@@ -1,0 +1,69 @@
+//! The application state every request sees: the engine and the request limits.
+//!
+//! The server builds one [`App`] per configuration generation (a SIGHUP reload builds a new
+//! one); [`crate::http::handle`] serves requests against it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_engine::Engine;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Request limits, from the `[limits]` section of the configuration.
+#[derive(Clone, Debug)]
+pub struct AppSettings {
+    /// Largest request body accepted. Protects memory: a body is never buffered past this.
+    pub max_body_bytes: usize,
+    /// Wall-clock budget of a request up to its complete response (non-streaming) or up to
+    /// its first generated token (streaming). Protects against requests stuck in a queue.
+    pub request_deadline: Duration,
+    /// Inference requests (chat, completions, generate) served at once, streams included;
+    /// beyond it requests are refused with 503. Protects the engine queue and memory.
+    pub max_concurrent_requests: usize,
+}
+
+/// Shared application state.
+pub struct App {
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) settings: AppSettings,
+    /// One permit per inference request in flight.
+    slots: Arc<Semaphore>,
+    /// `system_fingerprint` in responses: the build serving them.
+    pub(crate) fingerprint: String,
+}
+
+impl App {
+    pub fn new(engine: Arc<dyn Engine>, settings: AppSettings) -> Arc<App> {
+        let slots = Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1)));
+        Arc::new(App {
+            engine,
+            settings,
+            slots,
+            fingerprint: format!("fp_airlock_{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    /// A slot for one inference request, or `None` when all are taken (never waits: a
+    /// client is better served by a prompt 503 than by an unbounded wait).
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// Inference requests in flight (streams count until their body is dropped).
+    pub(crate) fn requests_in_flight(&self) -> usize {
+        self.settings.max_concurrent_requests.max(1) - self.slots.available_permits()
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+}
+
+/// Unix seconds now, for `created` fields.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,133 @@
+//! The HTTP application: OpenAI-compatible routes over the engine.
+//!
+//! [`handle`] serves one request and never fails: every error becomes a response in
+//! OpenAI's error shape, in one place ([`error::ApiError::into_response`]). The server has
+//! already done TLS, set `x-request-id` and opened the request's tracing span.
+//!
+//! The request path inside `handle`, in order (see `serve` for why each step sits where it
+//! does): deadline → route (404/405) → authenticate (all routes but `/healthz`, `/readyz`)
+//! → concurrency slot → body (content type, size limit) → parse and validate → engine.
+
+mod body;
+mod endpoints;
+mod error;
+mod inference;
+mod openai;
+mod response;
+mod route;
+mod sse;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body::Body;
+use hyper::{Request, Response};
+
+pub use error::{ApiError, ErrorObject};
+use inference::RequestContext;
+use route::Route;
+
+use crate::app::App;
+use crate::identity::ConnInfo;
+
+/// The response body type of every route.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The request header carrying the request id (set by the server before `handle`).
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// Serves one request. Generic over the body so tests can drive it without sockets; the
+/// server passes `hyper::body::Incoming`.
+pub async fn handle<B>(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<B>) -> Response<BoxBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    // The deadline covers everything up to the response head: reading the body, waiting in
+    // the engine queue, and for a non-streaming request the whole generation. A stream's
+    // head goes out with its first token; from then on the client's pace and `max_tokens`
+    // bound it, and a disconnect cancels it. Expiry drops `serve`, which cancels the engine
+    // request.
+    let deadline = app.settings.request_deadline;
+    match tokio::time::timeout(deadline, serve(&app, &conn, req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => ApiError::Timeout(deadline).into_response(),
+    }
+}
+
+async fn serve<B>(app: &Arc<App>, conn: &ConnInfo, req: Request<B>) -> Result<Response<BoxBody>, ApiError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    // Routing first: whether a route is open decides whether it needs authentication.
+    let route = route::resolve(req.method(), req.uri().path())?;
+
+    // Deny by default: one authentication step for every route not on the open list.
+    let principal = if route.is_open() { None } else { Some(authenticate(conn, &req)?) };
+
+    let inference = match route {
+        Route::Healthz => return Ok(endpoints::healthz()),
+        Route::Readyz => return Ok(endpoints::readyz(app)),
+        Route::Models => return Ok(endpoints::models(app)),
+        Route::Model(id) => return endpoints::model(app, &id),
+        Route::ChatCompletions => Inference::Chat,
+        Route::Completions => Inference::Completions,
+        Route::Generate => Inference::Generate,
+    };
+
+    // A concurrency slot before the body is read: memory held by request bodies stays
+    // below max_concurrent_requests × max_body_bytes, and an overloaded server answers at
+    // once instead of after an upload.
+    let slot = app
+        .try_slot()
+        .ok_or(ApiError::TooManyRequests { limit: app.settings.max_concurrent_requests })?;
+
+    let request_id = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let (parts, body) = req.into_parts();
+    let bytes = body::read_limited(&parts.headers, body, app.settings.max_body_bytes).await?;
+
+    let ctx = RequestContext {
+        request_id,
+        tenant: principal.map_or_else(|| "anonymous".to_owned(), |p| p.tenant),
+    };
+    match inference {
+        Inference::Chat => endpoints::chat(app, &ctx, &bytes, slot).await,
+        Inference::Completions => endpoints::completions(app, &ctx, &bytes, slot).await,
+        Inference::Generate => endpoints::generate(app, &ctx, &bytes, slot).await,
+    }
+}
+
+/// The routes that run inference.
+enum Inference {
+    Chat,
+    Completions,
+    Generate,
+}
+
+/// Who a request acts for.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The tenant requests are charged to.
+    pub tenant: String,
+}
+
+/// The authentication step. Today the transport has already verified the client
+/// certificate (TLS mode) or a trusted proxy vouched for it; its common name (else its
+/// fingerprint) names the tenant. Tenant policy and API keys plug in here, and only here.
+fn authenticate<B>(conn: &ConnInfo, _req: &Request<B>) -> Result<Principal, ApiError> {
+    let tenant = conn
+        .client_cert()
+        .map(|(_, cert)| cert.common_name.clone().unwrap_or_else(|| cert.sha256_fingerprint.clone()))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    Ok(Principal { tenant })
+}
+
+#[cfg(test)]
+mod tests;

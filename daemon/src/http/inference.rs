@@ -1,0 +1,137 @@
+//! Running one request on the engine: submit, then either collect the whole completion or
+//! wait for its first token and hand the rest to an event stream.
+
+use std::sync::Arc;
+
+use airlock_engine::{
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prompt,
+    SamplingParams, TokenEvent, Usage,
+};
+
+use super::error::ApiError;
+
+/// Who asked, for the engine's scheduling and logs.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub tenant: String,
+}
+
+/// What to run.
+#[derive(Debug)]
+pub struct Job {
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// The request field the prompt came from, named in context-length errors.
+    pub prompt_param: &'static str,
+}
+
+/// A finished, successful generation.
+#[derive(Debug)]
+pub struct Completed {
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// A stream that has produced its first token (or already ended).
+pub struct Started {
+    pub generation: Generation,
+    /// The first token, or the end of a generation that produced none.
+    pub first: TokenEvent,
+}
+
+/// Submits a job. Submission tokenizes the prompt (and may render a chat template), which is
+/// CPU work: it runs on the blocking pool, not on the runtime. Dropping the returned future
+/// drops the [`Generation`] and so cancels the request.
+async fn submit(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Generation, ApiError> {
+    let prompt_param = job.prompt_param;
+    let request = GenerateRequest {
+        request_id: ctx.request_id.clone(),
+        tenant: ctx.tenant.clone(),
+        model: job.model,
+        prompt: job.prompt,
+        params: job.params,
+    };
+    let engine = Arc::clone(engine);
+    match tokio::task::spawn_blocking(move || engine.submit(request)).await {
+        Ok(result) => result.map_err(|e| ApiError::engine(e, prompt_param)),
+        Err(join) => {
+            tracing::error!(error = %join, "engine submission panicked");
+            Err(ApiError::engine(EngineError::Inference("submission panicked".into()), prompt_param))
+        }
+    }
+}
+
+/// Runs a job to its end and returns the whole completion.
+pub async fn complete(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Completed, ApiError> {
+    let prompt_param = job.prompt_param;
+    let mut generation = submit(engine, ctx, job).await?;
+    let mut text = String::new();
+    loop {
+        match end_of(generation.next().await, prompt_param)? {
+            Step::Started => {}
+            Step::Token(piece) => text.push_str(&piece),
+            Step::Finished { reason, usage, timings, text: rest } => {
+                text.push_str(&rest);
+                log_finished(reason, usage, &timings);
+                return Ok(Completed { text, reason, usage });
+            }
+        }
+    }
+}
+
+/// Submits a job and waits until its first token (or its end): errors until then still
+/// become a proper HTTP status instead of an error inside a 200 stream.
+pub async fn start(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Started, ApiError> {
+    let prompt_param = job.prompt_param;
+    let mut generation = submit(engine, ctx, job).await?;
+    loop {
+        match generation.next().await {
+            Some(TokenEvent::Started { .. }) => {}
+            Some(
+                first @ (TokenEvent::Token { .. }
+                | TokenEvent::Finished { reason: FinishReason::Stop | FinishReason::Length, .. }),
+            ) => return Ok(Started { generation, first }),
+            // Failed, cancelled, or the engine hung up: always an error.
+            other => {
+                end_of(other, prompt_param)?;
+            }
+        }
+    }
+}
+
+/// One event, classified; engine failures and premature ends become errors.
+pub enum Step {
+    Started,
+    Token(String),
+    Finished { reason: FinishReason, usage: Usage, timings: GenerationTimings, text: String },
+}
+
+pub fn end_of(event: Option<TokenEvent>, prompt_param: &'static str) -> Result<Step, ApiError> {
+    match event {
+        Some(TokenEvent::Started { .. }) => Ok(Step::Started),
+        Some(TokenEvent::Token { text, .. }) => Ok(Step::Token(text)),
+        Some(TokenEvent::Finished { reason: FinishReason::Cancelled, .. }) | None => {
+            // The engine dropped or cancelled a request we still wanted: it is shutting down.
+            Err(ApiError::engine(EngineError::Unavailable, prompt_param))
+        }
+        Some(TokenEvent::Finished { reason, usage, timings, text }) => {
+            Ok(Step::Finished { reason, usage, timings, text })
+        }
+        Some(TokenEvent::Failed(e)) => Err(ApiError::engine(e, prompt_param)),
+    }
+}
+
+/// One log line per finished generation, in the request's span.
+pub fn log_finished(reason: FinishReason, usage: Usage, timings: &GenerationTimings) {
+    tracing::info!(
+        finish_reason = reason.as_str(),
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        ttft_ms = timings.time_to_first_token_ms,
+        decode_tokens_per_s = timings.decode_tokens_per_s,
+        "generation finished"
+    );
+}

@@ -1,0 +1,142 @@
+//! OpenAI API wire types: what requests may carry and exactly what responses contain, so
+//! that the official SDKs work unchanged. Field names and `object` strings are OpenAI's.
+
+pub mod chat;
+pub mod completions;
+pub mod params;
+
+use airlock_engine::{ModelInfo, Usage};
+use serde::{Deserialize, Serialize};
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with `choices: []` and the request's `usage`.
+    pub include_usage: Option<bool>,
+}
+
+/// `usage`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct UsageJson {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl From<Usage> for UsageJson {
+    fn from(u: Usage) -> Self {
+        UsageJson {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens(),
+        }
+    }
+}
+
+/// One entry of `GET /v1/models`, and the body of `GET /v1/models/{id}`.
+#[derive(Debug, Serialize)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+impl From<&ModelInfo> for ModelObject {
+    fn from(m: &ModelInfo) -> Self {
+        ModelObject { id: m.id.clone(), object: "model", created: m.created, owned_by: "airlock" }
+    }
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+/// `chat.completion`.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: [ChatChoice; 1],
+    pub usage: UsageJson,
+    pub system_fingerprint: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<()>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// `chat.completion.chunk`.
+#[derive(Debug, Serialize)]
+pub struct ChatChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub system_fingerprint: &'a str,
+    pub choices: Vec<ChunkChoice<'a>>,
+    /// Absent unless `include_usage`; then `null` on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageJson>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice<'a> {
+    pub index: u32,
+    pub delta: Delta<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+}
+
+/// `text_completion` (both the response and its stream chunks).
+#[derive(Debug, Serialize)]
+pub struct TextCompletion<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub system_fingerprint: &'a str,
+    pub choices: Vec<TextChoice<'a>>,
+    /// Always present on the full response; on chunks as for [`ChatChunk::usage`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageJson>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextChoice<'a> {
+    pub text: &'a str,
+    pub index: u32,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// `POST /generate` response.
+#[derive(Debug, Serialize)]
+pub struct GenerateResponse {
+    pub generated_text: String,
+    pub finish_reason: &'static str,
+    pub usage: UsageJson,
+}

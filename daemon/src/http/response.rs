@@ -1,0 +1,36 @@
+//! Response bodies: JSON documents and (see `sse`) event streams.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::Response;
+use serde::Serialize;
+
+use super::BoxBody;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON response. Serializing our own response types cannot fail; should it ever, the
+/// client still gets a well-formed 500 in the error shape.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<BoxBody> {
+    let (status, bytes) = match serde_json::to_vec(value) {
+        Ok(bytes) => (status, Bytes::from(bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize a response");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(
+                    br#"{"error":{"message":"the server had an error while processing the request","type":"server_error","param":null,"code":null}}"#,
+                ),
+            )
+        }
+    };
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

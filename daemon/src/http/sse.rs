@@ -1,0 +1,227 @@
+//! Server-sent events for streamed completions: `data: {chunk}\n\n` per event, then
+//! `data: [DONE]\n\n`.
+//!
+//! The response body owns the request's [`Generation`] and its concurrency slot: when the
+//! client disconnects, hyper drops the body, which drops the generation (cancelling it in the
+//! engine) and frees the slot. One frame per event, so hyper writes each as it comes.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use airlock_engine::{FinishReason, Generation, TokenEvent};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderValue, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::Response;
+use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::BoxBody;
+use super::error::ApiError;
+use super::inference::{Started, Step, end_of, log_finished};
+use super::openai::{ChatChunk, ChunkChoice, Delta, TextChoice, TextCompletion, UsageJson};
+
+/// Which OpenAI chunk format to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `chat.completion.chunk`, with `delta`s.
+    Chat,
+    /// `text_completion`, with `text`s.
+    Text,
+}
+
+/// Writes the chunks of one stream.
+#[derive(Debug)]
+pub struct Chunker {
+    pub shape: Shape,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub fingerprint: String,
+    pub include_usage: bool,
+    /// The request field the prompt came from, for error events.
+    pub prompt_param: &'static str,
+}
+
+impl Chunker {
+    /// `null` on every chunk when usage was asked for (OpenAI's convention), else absent.
+    fn no_usage(&self) -> Option<Option<UsageJson>> {
+        self.include_usage.then_some(None)
+    }
+
+    fn chat(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+        event(&ChatChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.fingerprint,
+            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason }],
+            usage: self.no_usage(),
+        })
+    }
+
+    fn text(&self, text: &str, finish_reason: Option<&'static str>) -> Bytes {
+        event(&TextCompletion {
+            id: &self.id,
+            object: "text_completion",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.fingerprint,
+            choices: vec![TextChoice { text, index: 0, logprobs: None, finish_reason }],
+            usage: self.no_usage(),
+        })
+    }
+
+    /// Chat streams open with the assistant's role and empty content.
+    pub fn opening(&self) -> Option<Bytes> {
+        match self.shape {
+            Shape::Chat => Some(self.chat(Delta { role: Some("assistant"), content: Some("") }, None)),
+            Shape::Text => None,
+        }
+    }
+
+    pub fn content(&self, text: &str) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(Delta { role: None, content: Some(text) }, None),
+            Shape::Text => self.text(text, None),
+        }
+    }
+
+    pub fn finish(&self, reason: FinishReason) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(Delta::default(), Some(reason.as_str())),
+            Shape::Text => self.text("", Some(reason.as_str())),
+        }
+    }
+
+    /// The extra last chunk: no choices, the request's usage.
+    pub fn usage(&self, usage: UsageJson) -> Bytes {
+        match self.shape {
+            Shape::Chat => event(&ChatChunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: &self.fingerprint,
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+            Shape::Text => event(&TextCompletion {
+                id: &self.id,
+                object: "text_completion",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: &self.fingerprint,
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+        }
+    }
+}
+
+/// `data: <json>\n\n`.
+fn event<T: Serialize>(value: &T) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    if let Err(e) = serde_json::to_writer(&mut out, value) {
+        // Our own chunk types always serialize; should one not, the stream says so.
+        tracing::error!(error = %e, "cannot serialize a stream chunk");
+        out.truncate(6);
+        out.extend_from_slice(br#"{"error":{"message":"the server had an error while processing the request","type":"server_error","param":null,"code":null}}"#);
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// An error after the stream began: an event with OpenAI's error object (the SDKs raise it),
+/// then `[DONE]`, as vLLM does.
+fn error_event(error: &ApiError) -> Bytes {
+    if error.status().is_server_error() {
+        tracing::warn!(error = %error, "stream failed");
+    }
+    #[derive(Serialize)]
+    struct ErrorEvent {
+        error: super::error::ErrorObject,
+    }
+    event(&ErrorEvent { error: error.object() })
+}
+
+/// The state the body stream carries between events.
+struct StreamState {
+    generation: Generation,
+    chunker: Chunker,
+    out: VecDeque<Bytes>,
+    done: bool,
+    span: tracing::Span,
+    /// Held until the body is dropped; frees a concurrency slot.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl StreamState {
+    /// Turns one engine event into zero or more SSE events.
+    fn on_event(&mut self, event: Option<TokenEvent>) {
+        match end_of(event, self.chunker.prompt_param) {
+            Ok(Step::Started) => {}
+            Ok(Step::Token(text)) => {
+                // Empty while the engine holds text back (partial UTF-8, possible stop string).
+                if !text.is_empty() {
+                    self.out.push_back(self.chunker.content(&text));
+                }
+            }
+            Ok(Step::Finished { reason, usage, timings, text }) => {
+                if !text.is_empty() {
+                    self.out.push_back(self.chunker.content(&text));
+                }
+                self.out.push_back(self.chunker.finish(reason));
+                if self.chunker.include_usage {
+                    self.out.push_back(self.chunker.usage(usage.into()));
+                }
+                self.out.push_back(Bytes::from_static(DONE));
+                self.done = true;
+                self.span.in_scope(|| log_finished(reason, usage, &timings));
+            }
+            Err(error) => {
+                self.span.in_scope(|| self.out.push_back(error_event(&error)));
+                self.out.push_back(Bytes::from_static(DONE));
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// The 200 response streaming a started generation.
+pub fn response(started: Started, chunker: Chunker, slot: OwnedSemaphorePermit) -> Response<BoxBody> {
+    let mut state = StreamState {
+        generation: started.generation,
+        out: chunker.opening().into_iter().collect(),
+        chunker,
+        done: false,
+        span: tracing::Span::current(),
+        _slot: slot,
+    };
+    state.on_event(Some(started.first));
+    let events = stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(bytes) = state.out.pop_front() {
+                return Some((Ok::<_, Infallible>(Frame::data(bytes)), state));
+            }
+            if state.done {
+                return None;
+            }
+            let event = state.generation.next().await;
+            state.on_event(event);
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(events).boxed());
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style reverse proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}

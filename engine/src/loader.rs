@@ -1,0 +1,70 @@
+//! Loading one Hugging Face model directory: manifest, config, weights, tokenizer, device.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::device::place;
+use crate::hf_config::ModelConfig;
+use crate::manifest::verify_manifest;
+use crate::model::Model;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::Weights;
+use crate::{DeviceChoice, EngineError};
+
+/// A model ready to run, with what the gateway reports about it.
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Arc<TextTokenizer>,
+    /// The model's context, capped by the operator's `max_context`.
+    pub context_length: usize,
+    /// e.g. `cpu (flex, f32)`.
+    pub device: String,
+    pub load_time: Duration,
+}
+
+/// Loads `dir` on `device`. With `verify`, the integrity manifest must be present and match;
+/// without, loading goes on with a warning.
+pub fn load_dir(
+    dir: &Path,
+    device: DeviceChoice,
+    verify: bool,
+    max_context: Option<usize>,
+) -> Result<LoadedModel, EngineError> {
+    let started = Instant::now();
+    if verify {
+        verify_manifest(dir)?;
+    } else {
+        tracing::warn!(dir = %dir.display(), "integrity manifest NOT verified (verify_manifest = false)");
+    }
+    let config = ModelConfig::from_dir(dir)?;
+    let tokenizer = TextTokenizer::from_dir(dir, &config.eos_token_ids)?;
+    let weights = Weights::open(dir)?;
+    let placement = place(device)?;
+    let mut context_length = config.context_length;
+    if let Some(cap) = max_context {
+        context_length = context_length.min(cap.max(1));
+    }
+    // burn reports some failures (out of device memory, a driver error) by panicking; a
+    // model that fails to load must be an error, not a crashed daemon.
+    let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Model::load(config, &weights, &placement.device, placement.dtype)
+    }))
+    .map_err(|_| EngineError::Device(format!("{}: loading the weights panicked", placement.description)))??;
+    let loaded = LoadedModel {
+        model,
+        tokenizer: Arc::new(tokenizer),
+        context_length,
+        device: placement.description,
+        load_time: started.elapsed(),
+    };
+    tracing::info!(
+        dir = %dir.display(),
+        architecture = ?loaded.model.config.architecture,
+        device = %loaded.device,
+        context_length,
+        load_ms = loaded.load_time.as_millis() as u64,
+        "model loaded"
+    );
+    Ok(loaded)
+}

@@ -1,0 +1,207 @@
+//! Tokenization and chat templates, matching what `transformers` produces for the same
+//! directory: `tokenizer.json` via the `tokenizers` crate, the `chat_template` from
+//! `tokenizer_config.json` rendered with minijinja in Jinja2-compatible mode.
+
+use std::path::Path;
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::hf_config::token_ids;
+use crate::{ChatMessage, EngineError, Prompt};
+
+/// A model's tokenizer, chat template and end-of-sequence ids.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat: Option<Environment<'static>>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    bos_id: Option<u32>,
+    add_bos: Option<bool>,
+    eos_ids: Vec<u32>,
+}
+
+#[derive(Serialize)]
+struct ChatContext<'a> {
+    messages: Vec<MessageCtx<'a>>,
+    add_generation_prompt: bool,
+    bos_token: &'a str,
+    eos_token: &'a str,
+    tools: Option<()>,
+    documents: Option<()>,
+}
+
+#[derive(Serialize)]
+struct MessageCtx<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn special_token(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
+}
+
+fn raise_exception(message: String) -> Result<Value, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`, and `tokenizer_config.json` / `generation_config.json` when
+    /// present. `config_eos` are the ids `config.json` lists.
+    pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<TextTokenizer, EngineError> {
+        let tok_path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| EngineError::Load { path: tok_path.clone(), reason: format!("invalid tokenizer: {e}") })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = read_json(&cfg_path)?.unwrap_or(serde_json::Value::Null);
+        let bos_token = special_token(cfg.get("bos_token"));
+        let eos_token = special_token(cfg.get("eos_token"));
+        let add_bos = cfg.get("add_bos_token").and_then(serde_json::Value::as_bool);
+        let template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+            _ => None,
+        };
+        let template = match template {
+            Some(t) => Some(t),
+            None => {
+                // Newer checkpoints ship the template as its own file.
+                let p = dir.join("chat_template.jinja");
+                p.exists()
+                    .then(|| std::fs::read_to_string(&p))
+                    .transpose()
+                    .map_err(|e| EngineError::Load { path: p.clone(), reason: format!("cannot read: {e}") })?
+            }
+        };
+        let chat = match template {
+            Some(source) => {
+                let mut env = Environment::new();
+                // transformers renders with these Jinja2 settings.
+                env.set_trim_blocks(true);
+                env.set_lstrip_blocks(true);
+                env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+                env.add_function("raise_exception", raise_exception);
+                env.add_template_owned("chat", source).map_err(|e| EngineError::Load {
+                    path: cfg_path.clone(),
+                    reason: format!("`chat_template`: {e}"),
+                })?;
+                Some(env)
+            }
+            None => None,
+        };
+
+        let mut eos_ids: Vec<u32> = config_eos.to_vec();
+        let gen_path = dir.join("generation_config.json");
+        if let Some(gen_cfg) = read_json(&gen_path)? {
+            eos_ids.extend(token_ids(gen_cfg.get("eos_token_id")).unwrap_or_default());
+        }
+        if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+            eos_ids.push(id);
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        Ok(TextTokenizer { inner, chat, bos_token, eos_token, bos_id, add_bos, eos_ids })
+    }
+
+    /// Ids that end a generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub(crate) fn encode_raw(&self, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
+        self.inner
+            .encode(text, special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    /// Tokenizes plain text as `tokenizer(text)` does: special tokens (BOS) as the
+    /// tokenizer's post-processor and `add_bos_token` say.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let mut ids = self.encode_raw(text, true)?;
+        if let Some(bos) = self.bos_id {
+            match self.add_bos {
+                Some(true) if ids.first() != Some(&bos) => ids.insert(0, bos),
+                Some(false) if ids.first() == Some(&bos) => {
+                    let plain = self.encode_raw(text, false)?;
+                    if plain.first() != Some(&bos) {
+                        ids.remove(0);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Renders `messages` with the model's chat template, generation prompt added.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        self.render_chat_with(messages, true)
+    }
+
+    pub(crate) fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let env = self.chat.as_ref().ok_or_else(|| {
+            EngineError::Tokenizer("this model has no chat template; send a text prompt".into())
+        })?;
+        let template = env.get_template("chat").map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let ctx = ChatContext {
+            messages: messages.iter().map(|m| MessageCtx { role: &m.role, content: &m.content }).collect(),
+            add_generation_prompt,
+            bos_token: self.bos_token.as_deref().unwrap_or(""),
+            eos_token: self.eos_token.as_deref().unwrap_or(""),
+            tools: None,
+            documents: None,
+        };
+        template.render(ctx).map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
+    }
+
+    /// The token ids of a prompt. Rendered chat text already holds its special tokens, so
+    /// it is tokenized without adding any (as `apply_chat_template(tokenize=True)` does).
+    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let ids = match prompt {
+            Prompt::Text(text) => self.encode_text(text)?,
+            Prompt::Chat(messages) => self.encode_raw(&self.render_chat(messages)?, false)?,
+            Prompt::TokenIds(ids) => ids.clone(),
+        };
+        if ids.is_empty() {
+            return Err(EngineError::InvalidRequest { param: "prompt", reason: "the prompt is empty".into() });
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.decode_with(ids, true)
+    }
+
+    pub(crate) fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.inner.decode(ids, skip_special).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

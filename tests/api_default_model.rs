@@ -1,0 +1,73 @@
+//! One end-to-end request against the real engine: the embedded default model (random
+//! weights, so the text is meaningless; the shape, counts and stream framing are checked).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Daemon, Pki, TestConfig};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn default_model_chat_completion_plain_and_streamed() {
+    let pki = Pki::new(&["alice"]);
+    let model_dir = tempfile::tempdir().unwrap();
+    let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
+    let name = airlock_engine::default_model::NAME;
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
+            path.to_str().unwrap()
+        ),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let client = daemon.client(&pki, "alice");
+
+    let ready: Value = client.get(daemon.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["models"][0]["id"], name);
+    assert!(ready["models"][0]["device"].as_str().unwrap().starts_with("cpu"), "{ready}");
+
+    let req = json!({
+        "model": name,
+        "messages": [{"role": "user", "content": "Hello!"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    let resp = client.post(daemon.url("/v1/chat/completions")).json(&req).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{body}");
+    let usage = &body["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{body}");
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&completion), "{body}");
+    let plain = body["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+
+    // Greedy decoding: the streamed text is the same as the plain one.
+    let mut req = req;
+    req["stream"] = json!(true);
+    let text = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(streamed, plain);
+}

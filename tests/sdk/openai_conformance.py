@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""OpenAI SDK conformance check for a running airlockd.
+
+Drives the gateway with the official, unmodified `openai` Python SDK over mutual TLS and
+exits non-zero on any deviation from the OpenAI API shapes and behaviours that clients
+rely on. One line is printed per check, then a final line `N passed, M failed`.
+
+    python tests/sdk/openai_conformance.py \
+        --base-url https://127.0.0.1:8443/v1 \
+        --cert DIR/certs/client-demo.pem --key DIR/certs/client-demo.key \
+        --cacert DIR/certs/ca.pem --model airlock-tiny
+
+Exit status: 0 all checks passed, 1 at least one failed, 2 bad arguments or setup.
+See tests/sdk/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+try:
+    import httpx
+    import openai
+    from openai.types import Completion, Model
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+except ImportError as err:  # pragma: no cover - environment problem, not a deviation
+    sys.exit(f"error: {err}; install the pinned SDK: pip install -r tests/sdk/requirements.txt")
+
+PROMPT_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+LEGACY_PROMPT = "Once upon a time"
+
+
+class Deviation(AssertionError):
+    """The gateway did something an OpenAI client would not expect."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise Deviation(message)
+
+
+def strict(model_cls: type, obj: Any) -> Any:
+    """Validate an SDK object (or raw dict) against the SDK's pydantic type.
+
+    The SDK builds response objects leniently (no validation), so a wrong type or a
+    missing required field would otherwise go unnoticed until a user touches it."""
+    data = obj if isinstance(obj, dict) else obj.to_dict(mode="json")
+    try:
+        return model_cls.model_validate(data)
+    except Exception as err:  # pydantic.ValidationError
+        raise Deviation(f"response does not validate as {model_cls.__name__}: {err}") from None
+
+
+def short(text: Any, limit: int = 60) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    http: httpx.Client  # mutual TLS, used by the SDK and for raw requests
+    client: openai.OpenAI
+
+    @property
+    def model(self) -> str:
+        return self.args.model
+
+    def url(self, path: str) -> str:
+        return self.args.base_url.rstrip("/") + path
+
+    def raw_post(self, path: str, body: bytes | dict, timeout: float | None = None) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.http.post(
+            self.url(path),
+            content=content,
+            headers={"content-type": "application/json", "authorization": f"Bearer {self.args.api_key}"},
+            timeout=timeout or self.args.timeout,
+        )
+
+    def chat(self, **kw: Any) -> ChatCompletion:
+        kw.setdefault("model", self.model)
+        kw.setdefault("messages", PROMPT_MESSAGES)
+        return self.client.chat.completions.create(**kw)
+
+
+def tls_context(cacert: str, cert: str | None, key: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cacert)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def make_http(args: argparse.Namespace, with_client_cert: bool = True) -> httpx.Client:
+    # Equivalent to httpx.Client(cert=(cert, key), verify=cacert), without httpx 0.28's
+    # deprecation warning for those two arguments.
+    ctx = tls_context(args.cacert, args.cert if with_client_cert else None, args.key if with_client_cert else None)
+    return httpx.Client(verify=ctx, timeout=args.timeout)
+
+
+def make_sdk(args: argparse.Namespace, http: httpx.Client) -> openai.OpenAI:
+    # max_retries=0: a retried 5xx or reset would hide exactly the deviations we look for.
+    return openai.OpenAI(base_url=args.base_url, api_key=args.api_key, http_client=http, max_retries=0)
+
+
+# ---------------------------------------------------------------------------- checks
+
+CHECKS: list[tuple[str, Callable[[Ctx], str | None]]] = []
+
+
+def check(name: str) -> Callable:
+    def register(fn: Callable[[Ctx], str | None]) -> Callable[[Ctx], str | None]:
+        CHECKS.append((name, fn))
+        return fn
+
+    return register
+
+
+# 1 --------------------------------------------------------------------------
+
+
+@check("models.list")
+def models_list(ctx: Ctx) -> str:
+    page = ctx.client.models.list()
+    models = list(page)
+    for m in models:
+        strict(Model, m)
+        expect(m.object == "model", f"model {m.id!r}: object is {m.object!r}, want 'model'")
+    ids = [m.id for m in models]
+    expect(ctx.model in ids, f"model {ctx.model!r} not in models.list(): {ids}")
+    return f"{len(ids)} model(s): {', '.join(ids)}"
+
+
+@check("models.retrieve")
+def models_retrieve(ctx: Ctx) -> str:
+    m = strict(Model, ctx.client.models.retrieve(ctx.model))
+    expect(m.id == ctx.model, f"retrieve({ctx.model!r}) returned id {m.id!r}")
+    expect(m.object == "model", f"object is {m.object!r}, want 'model'")
+    return f"owned_by={m.owned_by!r}"
+
+
+# 2 --------------------------------------------------------------------------
+
+
+def check_chat_completion(r: ChatCompletion, *, max_tokens: int | None = None) -> ChatCompletion:
+    r = strict(ChatCompletion, r)
+    expect(r.id.startswith("chatcmpl-"), f"id {r.id!r} does not start with 'chatcmpl-'")
+    expect(r.object == "chat.completion", f"object is {r.object!r}, want 'chat.completion'")
+    expect(len(r.choices) == 1, f"want exactly 1 choice, got {len(r.choices)}")
+    c = r.choices[0]
+    expect(c.index == 0, f"choices[0].index is {c.index}")
+    expect(c.message.role == "assistant", f"message.role is {c.message.role!r}, want 'assistant'")
+    expect(isinstance(c.message.content, str), f"message.content is {type(c.message.content).__name__}, want str")
+    expect(c.finish_reason in ("stop", "length"), f"finish_reason is {c.finish_reason!r}, want 'stop' or 'length'")
+    u = r.usage
+    expect(u is not None, "usage is missing")
+    expect(u.prompt_tokens > 0, f"usage.prompt_tokens is {u.prompt_tokens}, want > 0")
+    expect(u.completion_tokens >= 0, f"usage.completion_tokens is {u.completion_tokens}")
+    expect(
+        u.total_tokens == u.prompt_tokens + u.completion_tokens,
+        f"usage.total_tokens {u.total_tokens} != prompt {u.prompt_tokens} + completion {u.completion_tokens}",
+    )
+    if max_tokens is not None:
+        expect(u.completion_tokens <= max_tokens, f"completion_tokens {u.completion_tokens} > limit {max_tokens}")
+        if c.finish_reason == "stop":
+            pass  # EOS before the limit
+        elif u.completion_tokens < max_tokens:
+            raise Deviation(f"finish_reason 'length' but only {u.completion_tokens} of {max_tokens} tokens")
+    return r
+
+
+@check("chat non-streaming (max_tokens=8, temperature=0)")
+def chat_basic(ctx: Ctx) -> str:
+    raw = ctx.client.chat.completions.with_raw_response.create(
+        model=ctx.model, messages=PROMPT_MESSAGES, max_tokens=8, temperature=0
+    )
+    ctype = raw.headers.get("content-type", "")
+    expect(ctype.startswith("application/json"), f"content-type is {ctype!r}, want application/json")
+    r = check_chat_completion(raw.parse(), max_tokens=8)
+    u = r.usage
+    return (
+        f"finish={r.choices[0].finish_reason} usage={u.prompt_tokens}+{u.completion_tokens}={u.total_tokens} "
+        f"content={short(r.choices[0].message.content)}"
+    )
+
+
+# 3 --------------------------------------------------------------------------
+
+
+@check("chat seed=42 temperature=0.8 is reproducible")
+def chat_seed(ctx: Ctx) -> str:
+    kw = dict(max_tokens=16, temperature=0.8, seed=42)
+    a = check_chat_completion(ctx.chat(**kw), max_tokens=16)
+    b = check_chat_completion(ctx.chat(**kw), max_tokens=16)
+    ca, cb = a.choices[0].message.content, b.choices[0].message.content
+    expect(ca == cb, f"same seed, different output: {short(ca)} vs {short(cb)}")
+    expect(a.id != b.id, f"two completions share id {a.id!r}")
+    return f"content={short(ca)}"
+
+
+# 4 --------------------------------------------------------------------------
+
+
+@check("chat streaming (include_usage) matches non-streaming")
+def chat_stream(ctx: Ctx) -> str:
+    kw = dict(max_tokens=16, temperature=0)
+    ref = check_chat_completion(ctx.chat(**kw), max_tokens=16)
+
+    stream = ctx.chat(**kw, stream=True, stream_options={"include_usage": True})
+    chunks = [strict(ChatCompletionChunk, ch) for ch in stream]
+    expect(len(chunks) >= 2, f"only {len(chunks)} chunk(s)")
+    ids = {ch.id for ch in chunks}
+    expect(len(ids) == 1, f"chunks carry {len(ids)} different ids: {sorted(ids)}")
+    cid = ids.pop()
+    expect(cid.startswith("chatcmpl-"), f"chunk id {cid!r} does not start with 'chatcmpl-'")
+    for i, ch in enumerate(chunks):
+        expect(ch.object == "chat.completion.chunk", f"chunk {i}: object is {ch.object!r}")
+
+    *body, last = chunks
+    expect(last.choices == [], f"last chunk has {len(last.choices)} choice(s); want [] (the usage chunk)")
+    expect(last.usage is not None, "last chunk has no usage although include_usage was set")
+    for i, ch in enumerate(body):
+        expect(ch.usage is None, f"chunk {i} (not last) carries usage")
+        expect(len(ch.choices) == 1, f"chunk {i} has {len(ch.choices)} choices, want 1")
+        expect(ch.choices[0].index == 0, f"chunk {i}: choices[0].index is {ch.choices[0].index}")
+
+    first = body[0].choices[0].delta
+    expect(first.role == "assistant", f"first delta role is {first.role!r}, want 'assistant'")
+    finished = [(i, ch.choices[0].finish_reason) for i, ch in enumerate(body) if ch.choices[0].finish_reason]
+    expect(len(finished) == 1, f"want exactly one chunk with finish_reason, got {finished}")
+    expect(finished[0][0] == len(body) - 1, f"finish_reason on chunk {finished[0][0]}, not the last choice chunk")
+    finish = finished[0][1]
+    expect(finish in ("stop", "length"), f"finish_reason is {finish!r}")
+
+    text = "".join(ch.choices[0].delta.content or "" for ch in body)
+    want = ref.choices[0].message.content
+    expect(text == want, f"streamed content {short(text)} != non-streaming {short(want)}")
+    expect(finish == ref.choices[0].finish_reason, f"finish_reason {finish!r} != non-streaming {ref.choices[0].finish_reason!r}")
+    u, ru = last.usage, ref.usage
+    expect(
+        u.total_tokens == u.prompt_tokens + u.completion_tokens,
+        f"stream usage.total_tokens {u.total_tokens} != {u.prompt_tokens} + {u.completion_tokens}",
+    )
+    expect(
+        (u.prompt_tokens, u.completion_tokens) == (ru.prompt_tokens, ru.completion_tokens),
+        f"stream usage {u.prompt_tokens}+{u.completion_tokens} != non-streaming {ru.prompt_tokens}+{ru.completion_tokens}",
+    )
+    return f"{len(chunks)} chunks, finish={finish}, content={short(text)}"
+
+
+# 5 --------------------------------------------------------------------------
+
+
+@check("chat max_completion_tokens=3")
+def chat_max_completion_tokens(ctx: Ctx) -> str:
+    r = check_chat_completion(ctx.chat(max_completion_tokens=3, temperature=0), max_tokens=3)
+    return f"finish={r.choices[0].finish_reason} completion_tokens={r.usage.completion_tokens}"
+
+
+# 6 --------------------------------------------------------------------------
+
+
+def check_completion(r: Completion, max_tokens: int) -> Completion:
+    r = strict(Completion, r)
+    expect(r.id.startswith("cmpl-"), f"id {r.id!r} does not start with 'cmpl-'")
+    expect(r.object == "text_completion", f"object is {r.object!r}, want 'text_completion'")
+    expect(len(r.choices) == 1, f"want exactly 1 choice, got {len(r.choices)}")
+    c = r.choices[0]
+    expect(isinstance(c.text, str), f"choices[0].text is {type(c.text).__name__}")
+    expect(c.finish_reason in ("stop", "length"), f"finish_reason is {c.finish_reason!r}")
+    u = r.usage
+    expect(u is not None, "usage is missing")
+    expect(u.total_tokens == u.prompt_tokens + u.completion_tokens, f"usage totals inconsistent: {u}")
+    expect(u.completion_tokens <= max_tokens, f"completion_tokens {u.completion_tokens} > max_tokens {max_tokens}")
+    return r
+
+
+@check("legacy completions non-streaming")
+def legacy_completion(ctx: Ctx) -> str:
+    r = ctx.client.completions.create(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0)
+    r = check_completion(r, 8)
+    return f"finish={r.choices[0].finish_reason} text={short(r.choices[0].text)}"
+
+
+def strict_completion_chunk(ch: Completion) -> Completion:
+    """Validate a legacy streaming chunk. The SDK reuses `Completion` for chunks, whose
+    `finish_reason` is typed non-null, yet OpenAI sends null until the last chunk; allow that."""
+    data = ch.to_dict(mode="json")
+    for c in data.get("choices") or []:
+        if isinstance(c, dict) and c.get("finish_reason", "x") is None:
+            c["finish_reason"] = "stop"  # placeholder for validation only
+    strict(Completion, data)
+    return ch
+
+
+@check("legacy completions streaming matches non-streaming")
+def legacy_completion_stream(ctx: Ctx) -> str:
+    kw = dict(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0)
+    ref = check_completion(ctx.client.completions.create(**kw), 8)
+    chunks = [strict_completion_chunk(ch) for ch in ctx.client.completions.create(**kw, stream=True)]
+    expect(chunks, "stream produced no chunks")
+    for i, ch in enumerate(chunks):
+        expect(ch.id.startswith("cmpl-"), f"chunk {i}: id {ch.id!r} does not start with 'cmpl-'")
+        expect(ch.object == "text_completion", f"chunk {i}: object is {ch.object!r}")
+    with_choices = [ch for ch in chunks if ch.choices]
+    text = "".join(ch.choices[0].text for ch in with_choices)
+    finished = [ch.choices[0].finish_reason for ch in with_choices if ch.choices[0].finish_reason]
+    expect(len(finished) == 1, f"want exactly one chunk with finish_reason, got {finished}")
+    want = ref.choices[0].text
+    expect(text == want, f"streamed text {short(text)} != non-streaming {short(want)}")
+    return f"{len(chunks)} chunks, finish={finished[0]}"
+
+
+# 7 --------------------------------------------------------------------------
+
+
+def error_object(resp: httpx.Response, want_status: int) -> dict:
+    body_text = resp.text[:300]
+    expect(resp.status_code == want_status, f"HTTP {resp.status_code}, want {want_status}; body: {body_text}")
+    ctype = resp.headers.get("content-type", "")
+    expect(ctype.startswith("application/json"), f"error content-type is {ctype!r}, want application/json")
+    try:
+        body = resp.json()
+    except ValueError:
+        raise Deviation(f"error body is not JSON: {body_text!r}") from None
+    expect(isinstance(body, dict) and isinstance(body.get("error"), dict), f"no 'error' object in {body_text}")
+    err = body["error"]
+    missing = [k for k in ("message", "type", "param", "code") if k not in err]
+    expect(not missing, f"error object lacks {missing}: {err}")
+    expect(isinstance(err["message"], str) and err["message"], f"error.message is {err['message']!r}")
+    expect(isinstance(err["type"], str) and err["type"], f"error.type is {err['type']!r}")
+    expect(err["param"] is None or isinstance(err["param"], str), f"error.param is {err['param']!r}")
+    expect(err["code"] is None or isinstance(err["code"], str), f"error.code is {err['code']!r}")
+    return err
+
+
+def sdk_error(call: Callable[[], Any], cls: type, status: int) -> openai.APIStatusError:
+    try:
+        result = call()
+    except cls as err:
+        expect(err.status_code == status, f"{cls.__name__} with status {err.status_code}, want {status}")
+        expect(isinstance(err.body, dict) and err.body.get("message"), f"error body lacks message: {err.body!r}")
+        return err
+    except openai.APIStatusError as err:
+        raise Deviation(f"raised {type(err).__name__} (HTTP {err.status_code}: {err.message}), want {cls.__name__}") from None
+    raise Deviation(f"no error; got {short(result, 120)}")
+
+
+@check("unknown model -> NotFoundError")
+def err_unknown_model(ctx: Ctx) -> str:
+    name = "no-such-model-airlock-conformance"
+    err = sdk_error(lambda: ctx.chat(model=name, max_tokens=1), openai.NotFoundError, 404)
+    err2 = sdk_error(lambda: ctx.client.models.retrieve(name), openai.NotFoundError, 404)
+    return f"type={err.type!r} code={err.code!r}; models.retrieve: code={err2.code!r}"
+
+
+@check("n=2 -> BadRequestError")
+def err_n2(ctx: Ctx) -> str:
+    err = sdk_error(lambda: ctx.chat(n=2, max_tokens=1), openai.BadRequestError, 400)
+    expect(err.param in (None, "n"), f"error.param is {err.param!r}, want 'n' (or null)")
+    return f"param={err.param!r} message={short(err.message)}"
+
+
+@check('temperature="hot" -> 400 with error.{message,type,param,code}')
+def err_bad_temperature(ctx: Ctx) -> str:
+    body = {"model": ctx.model, "messages": PROMPT_MESSAGES, "max_tokens": 1, "temperature": "hot"}
+    err = error_object(ctx.raw_post("/chat/completions", body), 400)
+    expect(err["param"] in (None, "temperature"), f"error.param is {err['param']!r}, want 'temperature' (or null)")
+    # The same through the SDK (extra_body overrides the typed argument).
+    sdk_error(lambda: ctx.chat(max_tokens=1, extra_body={"temperature": "hot"}), openai.BadRequestError, 400)
+    return f"type={err['type']!r} param={err['param']!r} code={err['code']!r}"
+
+
+@check("oversized body -> 413")
+def err_oversized(ctx: Ctx) -> str:
+    size = int(ctx.args.oversize_mb * 1024 * 1024)
+    body = json.dumps({"model": ctx.model, "messages": [{"role": "user", "content": "a" * size}]}).encode()
+    try:
+        resp = ctx.raw_post("/chat/completions", body, timeout=max(ctx.args.timeout, 60))
+    except httpx.TransportError as err:
+        probe = probe_declared_length(ctx, len(body))
+        raise Deviation(
+            f"client never saw a response to a {len(body)}-byte body ({type(err).__name__}: {err}); the server "
+            f"likely answered early and closed/reset the connection while the body was still being sent, so "
+            f"clients lose the 413 (raw probe declaring Content-Length without sending it: {probe})"
+        ) from None
+    err = error_object(resp, 413)
+    return f"{len(body)} bytes: type={err['type']!r} code={err['code']!r}"
+
+
+def probe_declared_length(ctx: Ctx, length: int) -> str:
+    """Send only headers declaring `length` body bytes and report the status line, if any."""
+    u = urlsplit(ctx.url("/chat/completions"))
+    tls = tls_context(ctx.args.cacert, ctx.args.cert, ctx.args.key)
+    try:
+        with socket.create_connection((u.hostname, u.port or 443), timeout=10) as raw:
+            with tls.wrap_socket(raw, server_hostname=u.hostname) as s:
+                s.sendall(
+                    f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {length}\r\n\r\n".encode()
+                )
+                head = s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+                return repr(head) if head else "connection closed without a response"
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+
+
+# 8 --------------------------------------------------------------------------
+
+
+@check("no client certificate -> TLS handshake fails")
+def no_client_cert(ctx: Ctx) -> str:
+    notes = []
+    with make_http(ctx.args, with_client_cert=False) as bare:
+        try:
+            resp = bare.get(ctx.url("/models"), headers={"authorization": f"Bearer {ctx.args.api_key}"})
+        except httpx.TransportError as err:
+            # TLS 1.2 fails in the handshake (ConnectError); with TLS 1.3 the client finishes
+            # its side first and may only see the server's alert on the first read.
+            notes.append(f"httpx: {type(err).__name__}: {first_line(err)}")
+        else:
+            raise Deviation(f"server answered HTTP {resp.status_code} to a client without a certificate")
+        sdk = make_sdk(ctx.args, bare)
+        try:
+            sdk.models.list()
+        except openai.APIConnectionError as err:
+            notes.append(f"SDK: {type(err).__name__} ({type(err.__cause__).__name__})")
+        except openai.APIStatusError as err:
+            raise Deviation(f"SDK without certificate got HTTP {err.status_code}, want a connection error") from None
+        else:
+            raise Deviation("SDK without a client certificate listed models")
+    return "; ".join(notes)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err) or repr(err)
+    return text.splitlines()[0][:120]
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base-url", required=True, help="e.g. https://127.0.0.1:8443/v1")
+    p.add_argument("--cert", required=True, help="client certificate (PEM)")
+    p.add_argument("--key", required=True, help="client private key (PEM)")
+    p.add_argument("--cacert", required=True, help="CA that signed the server certificate (PEM)")
+    p.add_argument("--model", required=True, help="model name the gateway serves, e.g. airlock-tiny")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"), help="bearer token (default: 'unused')")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
+    p.add_argument("--oversize-mb", type=float, default=20.0, help="body size for the 413 check (default 20 MB)")
+    p.add_argument("-k", "--only", action="append", default=[], help="run only checks whose name contains this (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of unexpected exceptions")
+    args = p.parse_args(argv)
+    for name in ("cert", "key", "cacert"):
+        path = getattr(args, name)
+        if not os.path.isfile(path):
+            p.error(f"--{name}: no such file: {path}")
+    if not args.base_url.startswith("https://"):
+        p.error("--base-url must be https:// (the gateway only speaks mutual TLS)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        http = make_http(args)
+    except (ssl.SSLError, OSError) as err:
+        print(f"error: loading TLS material: {err}", file=sys.stderr)
+        return 2
+    client = make_sdk(args, http)
+    ctx = Ctx(args=args, http=http, client=client)
+    print(f"openai {openai.__version__}, httpx {httpx.__version__}; {args.base_url} model={args.model}")
+
+    selected = [(n, f) for n, f in CHECKS if not args.only or any(k.lower() in n.lower() for k in args.only)]
+    if not selected:
+        print(f"error: no check matches {args.only}", file=sys.stderr)
+        return 2
+    passed = failed = 0
+    for name, fn in selected:
+        start = time.monotonic()
+        try:
+            detail = fn(ctx)
+        except Deviation as err:
+            failed += 1
+            print(f"FAIL {name}: {err}")
+        except openai.APIStatusError as err:
+            failed += 1
+            print(f"FAIL {name}: unexpected {type(err).__name__} HTTP {err.status_code}: {err.message}")
+        except openai.APIConnectionError as err:
+            failed += 1
+            cause = err.__cause__
+            print(f"FAIL {name}: connection error: {err} ({type(cause).__name__}: {cause})")
+        except Exception as err:  # a crash in the SDK's parsing is a deviation too
+            failed += 1
+            print(f"FAIL {name}: unexpected {type(err).__name__}: {err}")
+            if args.verbose:
+                traceback.print_exc()
+        else:
+            passed += 1
+            elapsed = time.monotonic() - start
+            print(f"PASS {name} ({elapsed:.2f}s)" + (f": {detail}" if detail else ""))
+    http.close()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
