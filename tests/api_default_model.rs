@@ -23,10 +23,23 @@ async fn default_model_chat_completion_plain_and_streamed() {
     let daemon = Daemon::start(&pki, &cfg);
     let client = daemon.client(&pki, "alice");
 
-    let ready: Value = client.get(daemon.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = client
+        .get(daemon.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["models"][0]["id"], name);
-    assert!(ready["models"][0]["device"].as_str().unwrap().starts_with("cpu"), "{ready}");
+    assert!(
+        ready["models"][0]["device"]
+            .as_str()
+            .unwrap()
+            .starts_with("cpu"),
+        "{ready}"
+    );
 
     let req = json!({
         "model": name,
@@ -34,7 +47,12 @@ async fn default_model_chat_completion_plain_and_streamed() {
         "max_tokens": 8,
         "temperature": 0,
     });
-    let resp = client.post(daemon.url("/v1/chat/completions")).json(&req).send().await.unwrap();
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion", "{body}");
@@ -44,7 +62,10 @@ async fn default_model_chat_completion_plain_and_streamed() {
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{body}");
     let completion = usage["completion_tokens"].as_u64().unwrap();
     assert!((1..=8).contains(&completion), "{body}");
-    let plain = body["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let plain = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Greedy decoding: the streamed text is the same as the plain one.
     let mut req = req;
@@ -67,7 +88,11 @@ async fn default_model_chat_completion_plain_and_streamed() {
     let streamed: String = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(streamed, plain);
 }

@@ -49,14 +49,24 @@ fn sse_data(text: &str) -> Vec<String> {
 
 fn assert_error(body: &Value, kind: &str, param: Option<&str>, code: Option<&str>) {
     let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert_eq!(e["type"], kind, "{body}");
     assert_eq!(e["param"].as_str(), param, "{body}");
     assert_eq!(e["code"].as_str(), code, "{body}");
 }
 
 async fn readyz(client: &reqwest::Client, daemon: &Daemon) -> Value {
-    client.get(daemon.url("/readyz")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(daemon.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -64,12 +74,19 @@ async fn chat_completions_plain_and_streamed() {
     let (pki, daemon) = start("", "");
     let client = daemon.client(&pki, "alice");
 
-    let (status, body) =
-        post_json(&client, daemon.url("/v1/chat/completions"), &chat("hello airlock world")).await;
+    let (status, body) = post_json(
+        &client,
+        daemon.url("/v1/chat/completions"),
+        &chat("hello airlock world"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(body["choices"][0]["message"]["content"], "hello airlock world");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "hello airlock world"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["usage"]["completion_tokens"], 3);
     assert_eq!(
@@ -81,25 +98,45 @@ async fn chat_completions_plain_and_streamed() {
     req["stream"] = json!(true);
     req["max_tokens"] = json!(3);
     req["stream_options"] = json!({"include_usage": true});
-    let resp = client.post(daemon.url("/v1/chat/completions")).json(&req).send().await.unwrap();
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let text = resp.text().await.unwrap();
     let events = sse_data(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let chunks: Vec<Value> =
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let content: String =
-        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(content, "one two three");
-    let reasons: Vec<&str> =
-        chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect();
+    let reasons: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
     assert_eq!(reasons, ["length"]);
     let usage = &chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], 3);
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["usage"].is_null())
+    );
 }
 
 #[tokio::test]
@@ -115,7 +152,12 @@ async fn completions_and_generate() {
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
 
     let req = json!({"model": TEST_MODEL, "prompt": ["gamma delta"], "stream": true});
-    let text = client.post(daemon.url("/v1/completions")).json(&req).send().await.unwrap();
+    let text = client
+        .post(daemon.url("/v1/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     let events = sse_data(&text.text().await.unwrap());
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let streamed: String = events[..events.len() - 1]
@@ -148,7 +190,13 @@ async fn request_errors_in_openai_shape() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_error(&body, "invalid_request_error", None, Some("invalid_json"));
-    assert!(body["error"]["message"].as_str().unwrap().contains("line 2 column"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 column"),
+        "{body}"
+    );
 
     let mut req = chat("x");
     req["temperature"] = json!("warm");
@@ -160,31 +208,64 @@ async fn request_errors_in_openai_shape() {
     req["n"] = json!(2);
     let (status, body) = post_json(&client, url.clone(), &req).await;
     assert_eq!(status, 400);
-    assert_error(&body, "invalid_request_error", Some("n"), Some("unsupported_parameter"));
+    assert_error(
+        &body,
+        "invalid_request_error",
+        Some("n"),
+        Some("unsupported_parameter"),
+    );
 
     let mut req = chat("x");
     req["model"] = json!("no-such-model");
     let (status, body) = post_json(&client, url.clone(), &req).await;
     assert_eq!(status, 404);
-    assert_error(&body, "not_found_error", Some("model"), Some("model_not_found"));
+    assert_error(
+        &body,
+        "not_found_error",
+        Some("model"),
+        Some("model_not_found"),
+    );
 
-    let resp = client.get(daemon.url("/v1/models/no-such-model")).send().await.unwrap();
+    let resp = client
+        .get(daemon.url("/v1/models/no-such-model"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 
-    let resp = client.get(daemon.url("/v1/no/such/route")).send().await.unwrap();
+    let resp = client
+        .get(daemon.url("/v1/no/such/route"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
-    assert_error(&resp.json().await.unwrap(), "not_found_error", None, Some("not_found"));
+    assert_error(
+        &resp.json().await.unwrap(),
+        "not_found_error",
+        None,
+        Some("not_found"),
+    );
 
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
-    assert_error(&resp.json().await.unwrap(), "invalid_request_error", None, Some("method_not_allowed"));
+    assert_error(
+        &resp.json().await.unwrap(),
+        "invalid_request_error",
+        None,
+        Some("method_not_allowed"),
+    );
 
     // 64 KiB against a 4 KiB limit: refused from Content-Length, before the body is read.
     let big = json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": "w ".repeat(32 * 1024)}]});
     let resp = client.post(&url).json(&big).send().await.unwrap();
     assert_eq!(resp.status(), 413);
-    assert_error(&resp.json().await.unwrap(), "invalid_request_error", None, Some("request_too_large"));
+    assert_error(
+        &resp.json().await.unwrap(),
+        "invalid_request_error",
+        None,
+        Some("request_too_large"),
+    );
 
     // The same without a Content-Length (a streamed upload): cut off at the limit.
     let chunks = futures_util::stream::iter(
@@ -199,7 +280,14 @@ async fn request_errors_in_openai_shape() {
         .unwrap();
     assert_eq!(resp.status(), 413);
 
-    let models: Value = client.get(daemon.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: Value = client
+        .get(daemon.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], TEST_MODEL);
     assert_eq!(models["data"][0]["owned_by"], "airlock");
@@ -211,7 +299,12 @@ async fn client_disconnect_mid_stream_cancels_generation() {
     let client = daemon.client(&pki, "alice");
     let mut req = chat(&"word ".repeat(1000));
     req["stream"] = json!(true);
-    let resp = client.post(daemon.url("/v1/chat/completions")).json(&req).send().await.unwrap();
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut seen = String::new();
@@ -230,24 +323,45 @@ async fn client_disconnect_mid_stream_cancels_generation() {
         if ready["engine"]["active"] == 0 && ready["requests_in_flight"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "generation still running after disconnect: {ready}");
+        assert!(
+            Instant::now() < deadline,
+            "generation still running after disconnect: {ready}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test]
 async fn concurrency_limit_answers_503_with_retry_after() {
-    let (pki, daemon) = start("max_concurrent_requests = 1\n", "test_token_delay = \"20ms\"\n");
+    let (pki, daemon) = start(
+        "max_concurrent_requests = 1\n",
+        "test_token_delay = \"20ms\"\n",
+    );
     let client = daemon.client(&pki, "alice");
     let mut req = chat(&"word ".repeat(1000));
     req["stream"] = json!(true);
-    let held = client.post(daemon.url("/v1/chat/completions")).json(&req).send().await.unwrap();
+    let held = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(held.status(), 200);
 
-    let resp = client.post(daemon.url("/generate")).json(&json!({"prompt": "x"})).send().await.unwrap();
+    let resp = client
+        .post(daemon.url("/generate"))
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
-    assert_error(&resp.json().await.unwrap(), "server_error", None, Some("server_overloaded"));
+    assert_error(
+        &resp.json().await.unwrap(),
+        "server_error",
+        None,
+        Some("server_overloaded"),
+    );
 
     // Probes stay open to all and are not counted.
     let health = client.get(daemon.url("/healthz")).send().await.unwrap();

@@ -257,3 +257,41 @@ async fn systemd_notify_protocol() {
         .expect("daemon did not exit");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let pki = Pki::new(&["alice"]);
+    // `extra` lands right after `[logging] level = ...`.
+    let cfg = TestConfig {
+        extra: "format = \"json\"\n".into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let client = daemon.client(&pki, "alice");
+    let resp = client
+        .get(daemon.url("/healthz"))
+        .header("x-request-id", "json-req-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        daemon.wait_for_log("json-req-1", Duration::from_secs(5)),
+        "{}",
+        daemon.logs()
+    );
+    for line in daemon.logs().lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+    }
+    let access = daemon
+        .logs()
+        .lines()
+        .find(|l| l.contains("json-req-1") && l.contains("latency_ms"))
+        .map(str::to_owned);
+    let access: serde_json::Value =
+        serde_json::from_str(&access.expect("access log line")).unwrap();
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["span"]["request_id"], "json-req-1");
+}

@@ -30,7 +30,7 @@ async fn dev_serves_the_default_model_and_prints_working_instructions() {
         )),
         "{out}"
     );
-    assert!(out.contains("httpx.Client(cert="), "{out}");
+    assert!(out.contains("tls.load_cert_chain("), "{out}");
 
     let tls = client_tls(
         &certs.join("ca.pem"),

@@ -254,3 +254,37 @@ async fn tls12_clients_are_served_with_aead_suites() {
     let text = raw_get(daemon.addr, tls, "/healthz").await.unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let pki = Pki::new(&["alice"]);
+    let daemon = Daemon::start(
+        &pki,
+        &TestConfig {
+            limits: "max_header_bytes = 8192\n".into(),
+            ..TestConfig::default()
+        },
+    );
+    let mut tls = client_tls(&pki.ca(), Some(pki.client("alice")));
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    // The server may stop reading (and close) before the whole head is written.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    assert!(!text.contains(" 200 "), "{text}");
+}

@@ -43,13 +43,18 @@ fn main() -> anyhow::Result<()> {
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(args.model.join("config.json")).context("reading config.json")?,
     )?;
-    let vocab = config["vocab_size"].as_u64().context("config.json: vocab_size")? as u32;
+    let vocab = config["vocab_size"]
+        .as_u64()
+        .context("config.json: vocab_size")? as u32;
     // A fixed linear-congruential sequence: the same prompt on every run and machine.
     let mut state = 12345u64;
     let ids: Vec<u32> = (0..args.prompt_tokens)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) % u64::from(vocab.saturating_sub(300).max(1))) as u32 + 100.min(vocab - 1)
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % u64::from(vocab.saturating_sub(300).max(1))) as u32
+                + 100.min(vocab - 1)
         })
         .collect();
     let device = match args.device {
@@ -60,21 +65,39 @@ fn main() -> anyhow::Result<()> {
     let mut opts = GenerateOptions::new(&args.model, Prompt::TokenIds(ids));
     opts.device = device;
     opts.verify_manifest = args.verify_manifest;
-    opts.params = SamplingParams { max_tokens: Some(args.decode_tokens), ignore_eos: true, ..Default::default() };
+    opts.params = SamplingParams {
+        max_tokens: Some(args.decode_tokens),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let report = generate_once(&opts)?;
     println!("model:            {}", args.model.display());
     println!("device:           {}", report.device);
     println!("load:             {:.2} s", report.timings.load_s);
-    println!("TTFT:             {:.1} ms ({} prompt tokens)", report.timings.ttft_ms, args.prompt_tokens);
-    println!("prefill:          {:.1} tok/s", report.timings.prefill_tokens_per_s);
-    println!("decode:           {:.2} tok/s ({} tokens, single stream)", report.timings.decode_tokens_per_s, report.generated_ids.len());
+    println!(
+        "TTFT:             {:.1} ms ({} prompt tokens)",
+        report.timings.ttft_ms, args.prompt_tokens
+    );
+    println!(
+        "prefill:          {:.1} tok/s",
+        report.timings.prefill_tokens_per_s
+    );
+    println!(
+        "decode:           {:.2} tok/s ({} tokens, single stream)",
+        report.timings.decode_tokens_per_s,
+        report.generated_ids.len()
+    );
     println!(
         "reproduce:        cargo run --release -p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}",
         args.model.display(),
         format!("{:?}", args.device).to_lowercase(),
         args.prompt_tokens,
         args.decode_tokens,
-        if args.verify_manifest { " --verify-manifest" } else { "" }
+        if args.verify_manifest {
+            " --verify-manifest"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `airlockd dev`: everything needed to try the gateway in one command, like
 //! `vault server -dev`. Creates (or reuses) a dev PKI with tenant `demo`, writes a config,
-//! installs the built-in model, and prints a ready-to-paste curl command and Python snippet.
+//! installs the built-in model, and prints a ready-to-paste curl command and an OpenAI Python
+//! SDK snippet (an `ssl.SSLContext` with the client certificate, passed to httpx as `verify`:
+//! httpx 0.28 ignores the older `cert=` argument).
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +63,8 @@ fn config_text(pki: &Path, model: &Path, port: u16) -> String {
          [[models]]\n\
          name = \"{DEV_MODEL}\"\n\
          path = {model}\n\
-         device = \"auto\"\n",
+         # The built-in model is tiny: the CPU backend is fast enough and probes no GPU.\n\
+         device = \"cpu\"\n",
         cert = p(certs::SERVER_CERT),
         key = p(certs::SERVER_KEY),
         ca = p(certs::CA_CERT),
@@ -97,9 +100,11 @@ Try it with curl:
 
 Or with the OpenAI Python SDK:
 
-  import httpx, openai
-  http = httpx.Client(cert=("{cert}", "{key}"), verify="{ca}")
-  client = openai.OpenAI(base_url="https://localhost:{port}/v1", api_key="unused", http_client=http)
+  import ssl, httpx, openai
+  tls = ssl.create_default_context(cafile="{ca}")
+  tls.load_cert_chain("{cert}", "{key}")
+  client = openai.OpenAI(base_url="https://localhost:{port}/v1", api_key="unused",
+                         http_client=httpx.Client(verify=tls))
   reply = client.chat.completions.create(model="{DEV_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}])
   print(reply.choices[0].message.content)
 

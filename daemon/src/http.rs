@@ -7,6 +7,9 @@
 //! The request path inside `handle`, in order (see `serve` for why each step sits where it
 //! does): deadline → route (404/405) → authenticate (all routes but `/healthz`, `/readyz`)
 //! → concurrency slot → body (content type, size limit) → parse and validate → engine.
+//! The steps that need the parsed request (tenant policy on the model, token reservation,
+//! prompt filter, audit admit) belong between "parse and validate" and the engine, i.e. in
+//! front of `inference::complete`/`inference::start`.
 
 mod body;
 mod endpoints;
@@ -57,7 +60,11 @@ where
     }
 }
 
-async fn serve<B>(app: &Arc<App>, conn: &ConnInfo, req: Request<B>) -> Result<Response<BoxBody>, ApiError>
+async fn serve<B>(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<B>,
+) -> Result<Response<BoxBody>, ApiError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -66,7 +73,11 @@ where
     let route = route::resolve(req.method(), req.uri().path())?;
 
     // Deny by default: one authentication step for every route not on the open list.
-    let principal = if route.is_open() { None } else { Some(authenticate(conn, &req)?) };
+    let principal = if route.is_open() {
+        None
+    } else {
+        Some(authenticate(conn, &req)?)
+    };
 
     let inference = match route {
         Route::Healthz => return Ok(endpoints::healthz()),
@@ -81,9 +92,9 @@ where
     // A concurrency slot before the body is read: memory held by request bodies stays
     // below max_concurrent_requests × max_body_bytes, and an overloaded server answers at
     // once instead of after an upload.
-    let slot = app
-        .try_slot()
-        .ok_or(ApiError::TooManyRequests { limit: app.settings.max_concurrent_requests })?;
+    let slot = app.try_slot().ok_or(ApiError::TooManyRequests {
+        limit: app.settings.max_concurrent_requests,
+    })?;
 
     let request_id = req
         .headers()
@@ -124,7 +135,11 @@ pub struct Principal {
 fn authenticate<B>(conn: &ConnInfo, _req: &Request<B>) -> Result<Principal, ApiError> {
     let tenant = conn
         .client_cert()
-        .map(|(_, cert)| cert.common_name.clone().unwrap_or_else(|| cert.sha256_fingerprint.clone()))
+        .map(|(_, cert)| {
+            cert.common_name
+                .clone()
+                .unwrap_or_else(|| cert.sha256_fingerprint.clone())
+        })
         .unwrap_or_else(|| "anonymous".to_owned());
     Ok(Principal { tenant })
 }

@@ -8,7 +8,15 @@ use crate::EngineError;
 
 macro_rules! asset {
     ($name:literal) => {
-        ($name, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/default-model/", $name)).as_slice())
+        (
+            $name,
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/assets/default-model/",
+                $name
+            ))
+            .as_slice(),
+        )
     };
 }
 
@@ -30,14 +38,20 @@ pub const NAME: &str = "airlock-default";
 /// Writes the embedded default model's files into `dir` (those missing or different) and
 /// returns the model directory (`dir` itself).
 pub fn install(dir: &Path) -> Result<PathBuf, EngineError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| EngineError::Load { path: dir.to_path_buf(), reason: format!("cannot create: {e}") })?;
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::Load {
+        path: dir.to_path_buf(),
+        reason: format!("cannot create: {e}"),
+    })?;
     for (name, bytes) in FILES {
         let path = dir.join(name);
-        let same = std::fs::read(&path).map(|on_disk| on_disk == *bytes).unwrap_or(false);
+        let same = std::fs::read(&path)
+            .map(|on_disk| on_disk == *bytes)
+            .unwrap_or(false);
         if !same {
-            std::fs::write(&path, bytes)
-                .map_err(|e| EngineError::Load { path: path.clone(), reason: format!("cannot write: {e}") })?;
+            std::fs::write(&path, bytes).map_err(|e| EngineError::Load {
+                path: path.clone(),
+                reason: format!("cannot write: {e}"),
+            })?;
         }
     }
     Ok(dir.to_path_buf())

@@ -31,7 +31,11 @@ impl IncrementalDecoder {
     pub fn new(prompt: &[u32]) -> Self {
         let keep = prompt.len().min(5);
         let ids = prompt[prompt.len() - keep..].to_vec();
-        IncrementalDecoder { prefix: 0, read: ids.len(), ids }
+        IncrementalDecoder {
+            prefix: 0,
+            read: ids.len(),
+            ids,
+        }
     }
 
     /// Adds a token; returns the text it completes (possibly empty).
@@ -39,13 +43,14 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let after = tok.decode(&self.ids[self.prefix..])?;
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
-            if let Some(delta) = after.get(before.len()..) {
-                let delta = delta.to_owned();
-                self.prefix = self.read;
-                self.read = self.ids.len();
-                return Ok(delta);
-            }
+        if after.len() > before.len()
+            && !after.ends_with('\u{FFFD}')
+            && let Some(delta) = after.get(before.len()..)
+        {
+            let delta = delta.to_owned();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            return Ok(delta);
         }
         Ok(String::new())
     }
@@ -56,7 +61,10 @@ impl IncrementalDecoder {
         let after = tok.decode(&self.ids[self.prefix..])?;
         self.prefix = self.read;
         self.read = self.ids.len();
-        Ok(after.get(before.len()..).map(str::to_owned).unwrap_or_default())
+        Ok(after
+            .get(before.len()..)
+            .map(str::to_owned)
+            .unwrap_or_default())
     }
 }
 
@@ -78,7 +86,10 @@ pub enum StopOutcome {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
@@ -86,7 +97,12 @@ impl StopMatcher {
         if self.stops.is_empty() {
             return StopOutcome::Continue(std::mem::take(&mut self.pending));
         }
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..pos].to_owned();
             self.pending.clear();
             return StopOutcome::Stop(out);

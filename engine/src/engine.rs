@@ -57,7 +57,10 @@ pub struct BurnEngine {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl BurnEngine {
@@ -78,7 +81,10 @@ impl BurnEngine {
     }
 
     fn model(&self, name: &str) -> Result<&ModelHandle, EngineError> {
-        self.models.iter().find(|m| m.info.id == name).ok_or_else(|| EngineError::UnknownModel(name.to_owned()))
+        self.models
+            .iter()
+            .find(|m| m.info.id == name)
+            .ok_or_else(|| EngineError::UnknownModel(name.to_owned()))
     }
 }
 
@@ -93,7 +99,12 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
     let thread = std::thread::Builder::new()
         .name(format!("airlock-infer-{}", spec.name))
         .spawn(move || {
-            let loaded = match load_dir(&spec2.path, spec2.device, spec2.verify_manifest, spec2.max_context) {
+            let loaded = match load_dir(
+                &spec2.path,
+                spec2.device,
+                spec2.verify_manifest,
+                spec2.max_context,
+            ) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -108,13 +119,26 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 device: model.device.clone(),
             };
             let vocab = model.model.config.vocab_size;
-            if ready_tx.send(Ok((info, vocab, Arc::clone(&model.tokenizer)))).is_err() {
+            if ready_tx
+                .send(Ok((info, vocab, Arc::clone(&model.tokenizer))))
+                .is_err()
+            {
                 return;
             }
-            let mut worker = Worker { model, queue: queue_rx, counters: c2, shutdown: s2, max_active: spec2.max_active.max(1), active: Vec::new() };
+            let mut worker = Worker {
+                model,
+                queue: queue_rx,
+                counters: c2,
+                shutdown: s2,
+                max_active: spec2.max_active.max(1),
+                active: Vec::new(),
+            };
             worker.run();
         })
-        .map_err(|e| EngineError::Load { path: spec.path.clone(), reason: format!("cannot start the inference thread: {e}") })?;
+        .map_err(|e| EngineError::Load {
+            path: spec.path.clone(),
+            reason: format!("cannot start the inference thread: {e}"),
+        })?;
     let (info, vocab_size, tokenizer) = match ready_rx.recv() {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -123,7 +147,10 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
         }
         Err(_) => {
             let _ = thread.join();
-            return Err(EngineError::Load { path: spec.path.clone(), reason: "the inference thread died while loading".into() });
+            return Err(EngineError::Load {
+                path: spec.path.clone(),
+                reason: "the inference thread died while loading".into(),
+            });
         }
     };
     Ok(ModelHandle {
@@ -159,7 +186,9 @@ impl Worker {
         loop {
             if self.shutdown.load(Ordering::Acquire) {
                 for a in self.active.drain(..) {
-                    let _ = a.sender.try_send(TokenEvent::Failed(EngineError::Unavailable));
+                    let _ = a
+                        .sender
+                        .try_send(TokenEvent::Failed(EngineError::Unavailable));
                 }
                 return;
             }
@@ -167,10 +196,18 @@ impl Worker {
                 return;
             }
             let progressed = self.round();
-            self.active.retain(|a| !(a.seq.is_finished() && a.outbox.is_empty()) && !a.sender.is_cancelled());
-            self.counters.active.store(self.active.len(), Ordering::Relaxed);
+            self.active.retain(|a| {
+                !(a.sender.is_cancelled() || a.seq.is_finished() && a.outbox.is_empty())
+            });
+            self.counters
+                .active
+                .store(self.active.len(), Ordering::Relaxed);
             let per_token = self.model.model.kv_bytes_per_token();
-            let kv: usize = self.active.iter().map(|a| a.seq.cached_tokens() * per_token).sum();
+            let kv: usize = self
+                .active
+                .iter()
+                .map(|a| a.seq.cached_tokens() * per_token)
+                .sum();
             self.counters.kv_cache_bytes.store(kv, Ordering::Relaxed);
             if !progressed && !self.active.is_empty() {
                 // Every sequence waits on a slow reader: do not spin.
@@ -199,10 +236,17 @@ impl Worker {
                 continue;
             }
             let mut outbox = VecDeque::new();
-            outbox.push_back(TokenEvent::Started { prompt_tokens: job.prompt.len() });
+            outbox.push_back(TokenEvent::Started {
+                prompt_tokens: job.prompt.len(),
+            });
             let seq = Sequence::new(&self.model, job.prompt, &job.params, job.submitted);
             tracing::debug!(request_id = %job.request_id, "sequence admitted");
-            self.active.push(Active { seq, sender: job.sender, outbox, request_id: job.request_id });
+            self.active.push(Active {
+                seq,
+                sender: job.sender,
+                outbox,
+                request_id: job.request_id,
+            });
         }
         true
     }
@@ -229,7 +273,9 @@ impl Worker {
             }
             let model = &self.model;
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| a.seq.step(model)))
-                .unwrap_or_else(|_| Err(EngineError::Inference("the forward pass panicked".into())));
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Inference("the forward pass panicked".into()))
+                });
             progressed = true;
             match result {
                 Ok(events) => a.outbox.extend(events),
@@ -284,7 +330,10 @@ impl Engine for BurnEngine {
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
             return Err(EngineError::InvalidRequest {
                 param: "prompt",
-                reason: format!("token id {bad} is outside the vocabulary ({})", m.vocab_size),
+                reason: format!(
+                    "token id {bad} is outside the vocabulary ({})",
+                    m.vocab_size
+                ),
             });
         }
         let context = m.info.context_length;
@@ -311,7 +360,9 @@ impl Engine for BurnEngine {
             Err(e) => {
                 m.counters.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => EngineError::QueueFull { capacity: m.max_queue },
+                    TrySendError::Full(_) => EngineError::QueueFull {
+                        capacity: m.max_queue,
+                    },
                     TrySendError::Disconnected(_) => EngineError::Unavailable,
                 })
             }

@@ -37,7 +37,10 @@ impl GenerateOptions {
             model_dir: model_dir.into(),
             prompt,
             chat: false,
-            params: SamplingParams { max_tokens: Some(32), ..SamplingParams::default() },
+            params: SamplingParams {
+                max_tokens: Some(32),
+                ..SamplingParams::default()
+            },
             device: DeviceChoice::Auto,
             verify_manifest: false,
             keep_logits: false,
@@ -75,9 +78,10 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
     validate(&opts.params)?;
     let loaded = load_dir(&opts.model_dir, opts.device, opts.verify_manifest, None)?;
     let prompt = match (&opts.prompt, opts.chat) {
-        (Prompt::Text(text), true) => {
-            Prompt::Chat(vec![ChatMessage { role: "user".into(), content: text.clone() }])
-        }
+        (Prompt::Text(text), true) => Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: text.clone(),
+        }]),
         (p, _) => p.clone(),
     };
     let ids = loaded.tokenizer.encode_prompt(&prompt)?;
@@ -100,7 +104,12 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
         for event in step {
             match event {
                 TokenEvent::Token { text: t, .. } => text.push_str(&t),
-                TokenEvent::Finished { reason, timings, text: t, .. } => {
+                TokenEvent::Finished {
+                    reason,
+                    timings,
+                    text: t,
+                    ..
+                } => {
                     text.push_str(&t);
                     finished = Some((reason, timings));
                 }
@@ -108,7 +117,8 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
             }
         }
     }
-    let (reason, t) = finished.ok_or_else(|| EngineError::Inference("generation ended without finishing".into()))?;
+    let (reason, t) = finished
+        .ok_or_else(|| EngineError::Inference("generation ended without finishing".into()))?;
     Ok(GenerateReport {
         prompt_ids: seq.prompt().to_vec(),
         generated_ids: seq.generated().to_vec(),

@@ -96,7 +96,10 @@ struct RawConfig {
 /// Reads a token id field that may be an int, a list of ints or null.
 pub(crate) fn token_ids(value: Option<&serde_json::Value>) -> Option<Vec<u32>> {
     match value? {
-        serde_json::Value::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()).map(|v| vec![v]),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .map(|v| vec![v]),
         serde_json::Value::Array(items) => Some(
             items
                 .iter()
@@ -111,14 +114,19 @@ impl ModelConfig {
     /// Reads and validates `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<ModelConfig, EngineError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| EngineError::Load { path: path.clone(), reason: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::Load {
+            path: path.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
         Self::parse(&text, &path)
     }
 
     /// Parses the text of a `config.json`; `path` is used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<ModelConfig, EngineError> {
-        let err = |reason: String| EngineError::Load { path: path.to_path_buf(), reason };
+        let err = |reason: String| EngineError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
         let raw: RawConfig =
             serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
         let arch_name = raw
@@ -141,7 +149,9 @@ impl ModelConfig {
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
-            return Err(err(format!("`hidden_act`: `{act}` is not supported (only `silu`)")));
+            return Err(err(format!(
+                "`hidden_act`: `{act}` is not supported (only `silu`)"
+            )));
         }
         let need = |v: Option<usize>, field: &str| -> Result<usize, EngineError> {
             match v {
@@ -155,7 +165,10 @@ impl ModelConfig {
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
         let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = need(raw.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
+        let num_kv_heads = need(
+            raw.num_key_value_heads.or(Some(num_heads)),
+            "num_key_value_heads",
+        )?;
         if num_heads % num_kv_heads != 0 {
             return Err(err(format!(
                 "`num_key_value_heads`: {num_kv_heads} does not divide num_attention_heads \
@@ -177,10 +190,15 @@ impl ModelConfig {
         }
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
-            return Err(err(format!("`rms_norm_eps`: {rms_norm_eps} must be positive")));
+            return Err(err(format!(
+                "`rms_norm_eps`: {rms_norm_eps} must be positive"
+            )));
         }
-        let params_theta =
-            raw.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(serde_json::Value::as_f64);
+        let params_theta = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64);
         let rope_theta = raw.rope_theta.or(params_theta).unwrap_or(10_000.0);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
             return Err(err(format!("`rope_theta`: {rope_theta} must be > 1")));
@@ -197,7 +215,12 @@ impl ModelConfig {
             Architecture::Qwen2 => raw.use_sliding_window.unwrap_or(false),
             Architecture::Llama => false,
         };
-        if window_on && let Some(w) = raw.sliding_window.as_ref().and_then(serde_json::Value::as_u64) {
+        if window_on
+            && let Some(w) = raw
+                .sliding_window
+                .as_ref()
+                .and_then(serde_json::Value::as_u64)
+        {
             let w = usize::try_from(w).unwrap_or(usize::MAX);
             if w > 0 {
                 context_length = context_length.min(w);
@@ -260,11 +283,15 @@ impl ModelConfig {
 }
 
 fn parse_rope_scaling(value: Option<&serde_json::Value>) -> Result<RopeScaling, String> {
-    let Some(value) = value else { return Ok(RopeScaling::None) };
+    let Some(value) = value else {
+        return Ok(RopeScaling::None);
+    };
     if value.is_null() {
         return Ok(RopeScaling::None);
     }
-    let obj = value.as_object().ok_or("`rope_scaling`: must be an object or null")?;
+    let obj = value
+        .as_object()
+        .ok_or("`rope_scaling`: must be an object or null")?;
     let kind = obj
         .get("rope_type")
         .or_else(|| obj.get("type"))
@@ -303,10 +330,13 @@ mod tests {
 
     #[test]
     fn rejects_unknown_architecture_naming_the_field() {
-        let e = ModelConfig::parse(r#"{"architectures":["GPT2LMHeadModel"]}"#, Path::new("c.json"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = ModelConfig::parse(
+            r#"{"architectures":["GPT2LMHeadModel"]}"#,
+            Path::new("c.json"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.contains("c.json") && e.contains("architectures"), "{e}");
     }
 

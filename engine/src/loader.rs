@@ -50,7 +50,12 @@ pub fn load_dir(
     let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Model::load(config, &weights, &placement.device, placement.dtype)
     }))
-    .map_err(|_| EngineError::Device(format!("{}: loading the weights panicked", placement.description)))??;
+    .map_err(|_| {
+        EngineError::Device(format!(
+            "{}: loading the weights panicked",
+            placement.description
+        ))
+    })??;
     let loaded = LoadedModel {
         model,
         tokenizer: Arc::new(tokenizer),

@@ -33,7 +33,10 @@ struct FileEntry {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> EngineError {
-    EngineError::Load { path: path.to_path_buf(), reason: e.to_string() }
+    EngineError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String), EngineError> {
@@ -83,11 +86,18 @@ pub fn write_manifest(dir: &Path) -> Result<PathBuf, EngineError> {
     let mut files = Vec::new();
     for rel in list_files(dir)? {
         let (size, sha256) = sha256_file(&dir.join(&rel))?;
-        files.push(FileEntry { path: rel, size, sha256 });
+        files.push(FileEntry {
+            path: rel,
+            size,
+            sha256,
+        });
     }
     let path = dir.join(MANIFEST_FILE);
-    let mut text = serde_json::to_string_pretty(&Manifest { files })
-        .map_err(|e| EngineError::Load { path: path.clone(), reason: e.to_string() })?;
+    let mut text =
+        serde_json::to_string_pretty(&Manifest { files }).map_err(|e| EngineError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     text.push('\n');
     std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
     Ok(path)
@@ -117,7 +127,10 @@ pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
     let mut listed = std::collections::HashSet::new();
     for entry in &manifest.files {
         if entry.path.split('/').any(|c| c == ".." || c.is_empty()) || entry.path.starts_with('/') {
-            return Err(integrity(path.clone(), format!("`{}` is not a relative path", entry.path)));
+            return Err(integrity(
+                path.clone(),
+                format!("`{}` is not a relative path", entry.path),
+            ));
         }
         let file = dir.join(&entry.path);
         if !file.is_file() {
@@ -125,16 +138,25 @@ pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
         }
         let (size, sha) = sha256_file(&file)?;
         if size != entry.size {
-            return Err(integrity(file, format!("size is {size} bytes, the manifest says {}", entry.size)));
+            return Err(integrity(
+                file,
+                format!("size is {size} bytes, the manifest says {}", entry.size),
+            ));
         }
         if !sha.eq_ignore_ascii_case(&entry.sha256) {
-            return Err(integrity(file, format!("sha256 is {sha}, the manifest says {}", entry.sha256)));
+            return Err(integrity(
+                file,
+                format!("sha256 is {sha}, the manifest says {}", entry.sha256),
+            ));
         }
         listed.insert(entry.path.clone());
     }
     for rel in list_files(dir)? {
         if loader_reads(&rel) && !listed.contains(&rel) {
-            return Err(integrity(dir.join(&rel), "not listed in the manifest".into()));
+            return Err(integrity(
+                dir.join(&rel),
+                "not listed in the manifest".into(),
+            ));
         }
     }
     Ok(())

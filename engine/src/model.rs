@@ -76,7 +76,12 @@ fn inference(e: impl std::fmt::Display) -> EngineError {
 
 impl Model {
     /// Builds the model from `weights`, checking every tensor's presence and shape.
-    pub fn load(config: ModelConfig, weights: &Weights, device: &Device, dtype: DType) -> Result<Model, EngineError> {
+    pub fn load(
+        config: ModelConfig,
+        weights: &Weights,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model, EngineError> {
         let c = &config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let q_out = c.num_heads * hd;
@@ -88,11 +93,19 @@ impl Model {
             let n = data.len();
             Tensor::from_data(TensorData::new(data, [n]), (device, dtype))
         };
-        let linear = |name: &str, inp: usize, out: usize, bias: bool| -> Result<Linear, EngineError> {
-            let weight = t2(weights.f32_transposed(&format!("{name}.weight"), out, inp)?, [inp, out]);
-            let bias = if bias { Some(t1(weights.f32(&format!("{name}.bias"), &[out])?)) } else { None };
-            Ok(Linear { weight, bias })
-        };
+        let linear =
+            |name: &str, inp: usize, out: usize, bias: bool| -> Result<Linear, EngineError> {
+                let weight = t2(
+                    weights.f32_transposed(&format!("{name}.weight"), out, inp)?,
+                    [inp, out],
+                );
+                let bias = if bias {
+                    Some(t1(weights.f32(&format!("{name}.bias"), &[out])?))
+                } else {
+                    None
+                };
+                Ok(Linear { weight, bias })
+            };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -103,9 +116,24 @@ impl Model {
                 v: linear(&format!("{p}.self_attn.v_proj"), h, kv_out, c.qkv_bias)?,
                 o: linear(&format!("{p}.self_attn.o_proj"), q_out, h, c.o_bias)?,
                 mlp_norm: t1(weights.f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?),
-                gate: linear(&format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                up: linear(&format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                down: linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                gate: linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                up: linear(
+                    &format!("{p}.mlp.up_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                down: linear(
+                    &format!("{p}.mlp.down_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
             });
         }
         let embed = weights.rows("model.embed_tokens.weight", c.vocab_size, h)?;
@@ -118,15 +146,30 @@ impl Model {
         } else {
             "lm_head.weight"
         };
-        let lm_head = t2(weights.f32_transposed(head_name, c.vocab_size, h)?, [h, c.vocab_size]);
+        let lm_head = t2(
+            weights.f32_transposed(head_name, c.vocab_size, h)?,
+            [h, c.vocab_size],
+        );
         let norm = t1(weights.f32("model.norm.weight", &[h])?);
         let inv_freq = config.inv_freq().into_iter().map(|f| f as f32).collect();
-        Ok(Model { config, device: device.clone(), dtype, embed, layers, norm, lm_head, inv_freq })
+        Ok(Model {
+            config,
+            device: device.clone(),
+            dtype,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
     }
 
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+        KvCache {
+            layers: (0..self.layers.len()).map(|_| None).collect(),
+            len: 0,
+        }
     }
 
     /// Bytes one cached position takes across all layers.
@@ -137,10 +180,18 @@ impl Model {
 
     fn rms_norm(&self, x: Tensor<2>, weight: &Tensor<1>) -> Tensor<2> {
         // Reduced in f32 whatever the storage type: squares of f16 activations overflow.
-        let x32 = if self.dtype == DType::F32 { x } else { x.cast(FloatDType::F32) };
+        let x32 = if self.dtype == DType::F32 {
+            x
+        } else {
+            x.cast(FloatDType::F32)
+        };
         let var = x32.clone().square().mean_dim(1);
         let normed = x32 * var.add_scalar(self.config.rms_norm_eps).sqrt().recip();
-        let normed = if self.dtype == DType::F32 { normed } else { normed.cast(FloatDType::F16) };
+        let normed = if self.dtype == DType::F32 {
+            normed
+        } else {
+            normed.cast(FloatDType::F16)
+        };
         normed * weight.clone().unsqueeze::<2>()
     }
 
@@ -159,7 +210,9 @@ impl Model {
             }
         }
         debug_assert_eq!(cos.len(), n * 2 * half);
-        let make = |d: Vec<f32>| Tensor::<3>::from_data(TensorData::new(d, [1, n, hd]), (&self.device, self.dtype));
+        let make = |d: Vec<f32>| {
+            Tensor::<3>::from_data(TensorData::new(d, [1, n, hd]), (&self.device, self.dtype))
+        };
         (make(cos), make(sin))
     }
 
@@ -178,7 +231,9 @@ impl Model {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
-            return Err(EngineError::Inference("forward called with no tokens".into()));
+            return Err(EngineError::Inference(
+                "forward called with no tokens".into(),
+            ));
         }
         let past = cache.len;
         let total = past + n;
@@ -193,21 +248,39 @@ impl Model {
 
         let mut rows = Vec::with_capacity(n * h);
         for &t in tokens {
-            self.embed.push_row(t as usize, &mut rows).ok_or_else(|| EngineError::InvalidRequest {
-                param: "prompt",
-                reason: format!("token id {t} is outside the vocabulary ({})", self.embed.rows()),
+            self.embed.push_row(t as usize, &mut rows).ok_or_else(|| {
+                EngineError::InvalidRequest {
+                    param: "prompt",
+                    reason: format!(
+                        "token id {t} is outside the vocabulary ({})",
+                        self.embed.rows()
+                    ),
+                }
             })?;
         }
-        let mut x: Tensor<2> = Tensor::from_data(TensorData::new(rows, [n, h]), (&self.device, self.dtype));
+        let mut x: Tensor<2> =
+            Tensor::from_data(TensorData::new(rows, [n, h]), (&self.device, self.dtype));
         let (cos, sin) = self.rope_tables(past, n);
         let mask = (n > 1).then(|| self.causal_mask(past, n, group));
         let scale = 1.0 / (hd as f64).sqrt();
 
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let normed = self.rms_norm(x.clone(), &layer.attn_norm);
-            let q = layer.q.forward(normed.clone()).reshape([n, nh, hd]).swap_dims(0, 1);
-            let k = layer.k.forward(normed.clone()).reshape([n, nkv, hd]).swap_dims(0, 1);
-            let v = layer.v.forward(normed).reshape([n, nkv, hd]).swap_dims(0, 1);
+            let q = layer
+                .q
+                .forward(normed.clone())
+                .reshape([n, nh, hd])
+                .swap_dims(0, 1);
+            let k = layer
+                .k
+                .forward(normed.clone())
+                .reshape([n, nkv, hd])
+                .swap_dims(0, 1);
+            let v = layer
+                .v
+                .forward(normed)
+                .reshape([n, nkv, hd])
+                .swap_dims(0, 1);
             let q = Self::apply_rope(q, &cos, &sin);
             let k = Self::apply_rope(k, &cos, &sin);
             let (k_all, v_all) = match slot.take() {
@@ -229,7 +302,11 @@ impl Model {
             if self.dtype != DType::F32 {
                 probs = probs.cast(FloatDType::F16);
             }
-            let attn = probs.matmul(v_all).reshape([nh, n, hd]).swap_dims(0, 1).reshape([n, nh * hd]);
+            let attn = probs
+                .matmul(v_all)
+                .reshape([nh, n, hd])
+                .swap_dims(0, 1)
+                .reshape([n, nh * hd]);
             x = x + layer.o.forward(attn);
 
             let normed = self.rms_norm(x.clone(), &layer.mlp_norm);
@@ -240,7 +317,9 @@ impl Model {
 
         let last = x.narrow(0, n - 1, 1);
         let logits = self.rms_norm(last, &self.norm).matmul(self.lm_head.clone());
-        logits.try_into_vec_as::<f32>().map_err(|e| inference(format!("{e:?}")))
+        logits
+            .try_into_vec_as::<f32>()
+            .map_err(|e| inference(format!("{e:?}")))
     }
 
     /// Additive mask `[1, group × n, past + n]`: row `g·n + i` is query position `past + i`,
@@ -253,6 +332,9 @@ impl Model {
                 data.extend((0..total).map(|j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }));
             }
         }
-        Tensor::from_data(TensorData::new(data, [1, group * n, total]), (&self.device, DType::F32))
+        Tensor::from_data(
+            TensorData::new(data, [1, group * n, total]),
+            (&self.device, DType::F32),
+        )
     }
 }

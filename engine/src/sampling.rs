@@ -7,7 +7,12 @@ use crate::{EngineError, SamplingParams};
 
 /// Checks sampling parameters before a request is queued.
 pub fn validate(p: &SamplingParams) -> Result<(), EngineError> {
-    let bad = |param: &'static str, reason: &str| Err(EngineError::InvalidRequest { param, reason: reason.into() });
+    let bad = |param: &'static str, reason: &str| {
+        Err(EngineError::InvalidRequest {
+            param,
+            reason: reason.into(),
+        })
+    };
     if !(p.temperature.is_finite() && p.temperature >= 0.0) {
         return bad("temperature", "must be a finite number >= 0");
     }
@@ -51,8 +56,17 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let seen = if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { Default::default() };
-        Sampler { params: params.clone(), rng, counts: Default::default(), seen }
+        let seen = if params.repetition_penalty != 1.0 {
+            prompt.iter().copied().collect()
+        } else {
+            Default::default()
+        };
+        Sampler {
+            params: params.clone(),
+            rng,
+            counts: Default::default(),
+            seen,
+        }
     }
 
     /// Records a generated token.
@@ -70,7 +84,11 @@ impl Sampler {
             for &id in &self.seen {
                 if let Some(l) = logits.get_mut(id as usize) {
                     // transformers' RepetitionPenaltyLogitsProcessor.
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -150,7 +168,10 @@ mod tests {
     use super::*;
 
     fn params(t: f32) -> SamplingParams {
-        SamplingParams { temperature: t, ..Default::default() }
+        SamplingParams {
+            temperature: t,
+            ..Default::default()
+        }
     }
 
     fn draw(p: &SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
@@ -165,32 +186,56 @@ mod tests {
 
     #[test]
     fn same_seed_same_output() {
-        let p = SamplingParams { seed: Some(7), ..params(1.0) };
+        let p = SamplingParams {
+            seed: Some(7),
+            ..params(1.0)
+        };
         let logits = [0.5, 0.4, 0.3, 0.2, 0.1];
         assert_eq!(draw(&p, &logits, 50), draw(&p, &logits, 50));
-        let other = SamplingParams { seed: Some(8), ..p.clone() };
+        let other = SamplingParams {
+            seed: Some(8),
+            ..p.clone()
+        };
         assert_ne!(draw(&p, &logits, 50), draw(&other, &logits, 50));
     }
 
     #[test]
     fn top_k_top_p_min_p_restrict_the_candidates() {
         let logits = [0.0, 5.0, 4.9, 1.0, -3.0];
-        let k = SamplingParams { top_k: Some(2), seed: Some(1), ..params(1.0) };
+        let k = SamplingParams {
+            top_k: Some(2),
+            seed: Some(1),
+            ..params(1.0)
+        };
         assert!(draw(&k, &logits, 200).iter().all(|&t| t == 1 || t == 2));
-        let p = SamplingParams { top_p: 0.3, seed: Some(1), ..params(1.0) };
+        let p = SamplingParams {
+            top_p: 0.3,
+            seed: Some(1),
+            ..params(1.0)
+        };
         assert!(draw(&p, &logits, 200).iter().all(|&t| t == 1));
-        let m = SamplingParams { min_p: 0.5, seed: Some(1), ..params(1.0) };
+        let m = SamplingParams {
+            min_p: 0.5,
+            seed: Some(1),
+            ..params(1.0)
+        };
         let got = draw(&m, &logits, 200);
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
     }
 
     #[test]
     fn penalties_discourage_repeats() {
-        let p = SamplingParams { frequency_penalty: 2.0, ..params(0.0) };
+        let p = SamplingParams {
+            frequency_penalty: 2.0,
+            ..params(0.0)
+        };
         let mut s = Sampler::new(&p, &[]);
         s.observe(0);
         assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
-        let r = SamplingParams { repetition_penalty: 4.0, ..params(0.0) };
+        let r = SamplingParams {
+            repetition_penalty: 4.0,
+            ..params(0.0)
+        };
         let mut s = Sampler::new(&r, &[0]);
         assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
     }

@@ -30,7 +30,12 @@ pub struct Sequence {
 
 impl Sequence {
     /// `prompt` must be non-empty and shorter than the context (checked at submission).
-    pub fn new(model: &LoadedModel, prompt: Vec<u32>, params: &SamplingParams, submitted: Instant) -> Sequence {
+    pub fn new(
+        model: &LoadedModel,
+        prompt: Vec<u32>,
+        params: &SamplingParams,
+        submitted: Instant,
+    ) -> Sequence {
         let room = model.context_length.saturating_sub(prompt.len());
         let max_new = params.max_tokens.map_or(room, |m| m.min(room));
         Sequence {
@@ -127,7 +132,12 @@ impl Sequence {
 
     /// Ends the sequence, flushing held-back text (an incomplete character, a partial stop
     /// string that never completed).
-    fn finish(&mut self, m: &LoadedModel, reason: FinishReason, mut text: String) -> Result<TokenEvent, EngineError> {
+    fn finish(
+        &mut self,
+        m: &LoadedModel,
+        reason: FinishReason,
+        mut text: String,
+    ) -> Result<TokenEvent, EngineError> {
         let tail = self.decoder.flush(&*m.tokenizer)?;
         match self.stop.push(&tail) {
             StopOutcome::Stop(t) => {
@@ -149,7 +159,10 @@ impl Sequence {
         let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
         TokenEvent::Finished {
             reason,
-            usage: Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated.len() },
+            usage: Usage {
+                prompt_tokens: self.prompt.len(),
+                completion_tokens: self.generated.len(),
+            },
             timings: GenerationTimings {
                 time_to_first_token_ms: first.duration_since(self.submitted).as_secs_f64() * 1e3,
                 prefill_tokens_per_s: rate(self.prompt.len(), self.prefill_s),

@@ -50,11 +50,16 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::Load {
+        path: path.to_path_buf(),
+        reason: format!("cannot read: {e}"),
+    })?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
+        .map_err(|e| EngineError::Load {
+            path: path.to_path_buf(),
+            reason: format!("invalid JSON: {e}"),
+        })
 }
 
 fn raise_exception(message: String) -> Result<Value, JinjaError> {
@@ -66,13 +71,17 @@ impl TextTokenizer {
     /// present. `config_eos` are the ids `config.json` lists.
     pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<TextTokenizer, EngineError> {
         let tok_path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::Load { path: tok_path.clone(), reason: format!("invalid tokenizer: {e}") })?;
+        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Load {
+            path: tok_path.clone(),
+            reason: format!("invalid tokenizer: {e}"),
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(serde_json::Value::Null);
         let bos_token = special_token(cfg.get("bos_token"));
         let eos_token = special_token(cfg.get("eos_token"));
-        let add_bos = cfg.get("add_bos_token").and_then(serde_json::Value::as_bool);
+        let add_bos = cfg
+            .get("add_bos_token")
+            .and_then(serde_json::Value::as_bool);
         let template = match cfg.get("chat_template") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(serde_json::Value::Array(items)) => items
@@ -89,7 +98,10 @@ impl TextTokenizer {
                 p.exists()
                     .then(|| std::fs::read_to_string(&p))
                     .transpose()
-                    .map_err(|e| EngineError::Load { path: p.clone(), reason: format!("cannot read: {e}") })?
+                    .map_err(|e| EngineError::Load {
+                        path: p.clone(),
+                        reason: format!("cannot read: {e}"),
+                    })?
             }
         };
         let chat = match template {
@@ -98,12 +110,15 @@ impl TextTokenizer {
                 // transformers renders with these Jinja2 settings.
                 env.set_trim_blocks(true);
                 env.set_lstrip_blocks(true);
-                env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+                env.set_unknown_method_callback(
+                    minijinja_contrib::pycompat::unknown_method_callback,
+                );
                 env.add_function("raise_exception", raise_exception);
-                env.add_template_owned("chat", source).map_err(|e| EngineError::Load {
-                    path: cfg_path.clone(),
-                    reason: format!("`chat_template`: {e}"),
-                })?;
+                env.add_template_owned("chat", source)
+                    .map_err(|e| EngineError::Load {
+                        path: cfg_path.clone(),
+                        reason: format!("`chat_template`: {e}"),
+                    })?;
                 Some(env)
             }
             None => None,
@@ -120,7 +135,15 @@ impl TextTokenizer {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
-        Ok(TextTokenizer { inner, chat, bos_token, eos_token, bos_id, add_bos, eos_ids })
+        Ok(TextTokenizer {
+            inner,
+            chat,
+            bos_token,
+            eos_token,
+            bos_id,
+            add_bos,
+            eos_ids,
+        })
     }
 
     /// Ids that end a generation.
@@ -167,16 +190,26 @@ impl TextTokenizer {
         let env = self.chat.as_ref().ok_or_else(|| {
             EngineError::Tokenizer("this model has no chat template; send a text prompt".into())
         })?;
-        let template = env.get_template("chat").map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let template = env
+            .get_template("chat")
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let ctx = ChatContext {
-            messages: messages.iter().map(|m| MessageCtx { role: &m.role, content: &m.content }).collect(),
+            messages: messages
+                .iter()
+                .map(|m| MessageCtx {
+                    role: &m.role,
+                    content: &m.content,
+                })
+                .collect(),
             add_generation_prompt,
             bos_token: self.bos_token.as_deref().unwrap_or(""),
             eos_token: self.eos_token.as_deref().unwrap_or(""),
             tools: None,
             documents: None,
         };
-        template.render(ctx).map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
+        template
+            .render(ctx)
+            .map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
     }
 
     /// The token ids of a prompt. Rendered chat text already holds its special tokens, so
@@ -188,7 +221,10 @@ impl TextTokenizer {
             Prompt::TokenIds(ids) => ids.clone(),
         };
         if ids.is_empty() {
-            return Err(EngineError::InvalidRequest { param: "prompt", reason: "the prompt is empty".into() });
+            return Err(EngineError::InvalidRequest {
+                param: "prompt",
+                reason: "the prompt is empty".into(),
+            });
         }
         Ok(ids)
     }
@@ -198,8 +234,14 @@ impl TextTokenizer {
         self.decode_with(ids, true)
     }
 
-    pub(crate) fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
-        self.inner.decode(ids, skip_special).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    pub(crate) fn decode_with(
+        &self,
+        ids: &[u32],
+        skip_special: bool,
+    ) -> Result<String, EngineError> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 }
 

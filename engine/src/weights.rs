@@ -74,15 +74,20 @@ impl RowTable {
 }
 
 fn map_file(path: &Path) -> Result<Mmap, EngineError> {
-    let file = File::open(path)
-        .map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("cannot open: {e}") })?;
+    let file = File::open(path).map_err(|e| EngineError::Load {
+        path: path.to_path_buf(),
+        reason: format!("cannot open: {e}"),
+    })?;
     // SAFETY: the model directory is read-only for the daemon's lifetime by deployment
     // contract (its integrity manifest is checked before this); a file truncated underneath
     // us is the one case a map cannot defend against, and reading weights through `read`
     // would cost a resident copy of multi-gigabyte files.
     #[expect(unsafe_code, reason = "memory-mapping weight files; see SAFETY above")]
     let map = unsafe { Mmap::map(&file) };
-    map.map_err(|e| EngineError::Load { path: path.to_path_buf(), reason: format!("cannot map: {e}") })
+    map.map_err(|e| EngineError::Load {
+        path: path.to_path_buf(),
+        reason: format!("cannot map: {e}"),
+    })
 }
 
 impl Weights {
@@ -97,14 +102,22 @@ impl Weights {
                 path: index.clone(),
                 reason: format!("cannot read: {e}"),
             })?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                EngineError::Load { path: index.clone(), reason: format!("invalid JSON: {e}") }
-            })?;
-            let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                EngineError::Load { path: index.clone(), reason: "`weight_map`: missing".into() }
-            })?;
-            let mut files: Vec<String> =
-                map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| EngineError::Load {
+                    path: index.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
+            let map = value
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| EngineError::Load {
+                    path: index.clone(),
+                    reason: "`weight_map`: missing".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             files.sort();
             files.dedup();
             for f in &files {
@@ -127,10 +140,11 @@ impl Weights {
         for name in names {
             let path = dir.join(&name);
             let map = map_file(&path)?;
-            let (header, meta) = SafeTensors::read_metadata(&map).map_err(|e| EngineError::Load {
-                path: path.clone(),
-                reason: format!("invalid safetensors header: {e}"),
-            })?;
+            let (header, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| EngineError::Load {
+                    path: path.clone(),
+                    reason: format!("invalid safetensors header: {e}"),
+                })?;
             let data_start = 8 + header;
             let file_idx = files.len();
             for (tensor, info) in meta.tensors() {
@@ -191,7 +205,10 @@ impl Weights {
     }
 
     fn file_path(&self, entry: &Entry) -> PathBuf {
-        self.files.get(entry.file).map(|f| f.0.clone()).unwrap_or_default()
+        self.files
+            .get(entry.file)
+            .map(|f| f.0.clone())
+            .unwrap_or_default()
     }
 
     fn describe_files(&self) -> PathBuf {
@@ -219,7 +236,12 @@ impl Weights {
 
     /// The 2-D tensor `name` of shape `[rows, cols]`, transposed to `[cols, rows]` (a
     /// PyTorch `Linear` weight `[out, in]` becomes the `[in, out]` matrix `x · W` needs).
-    pub fn f32_transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, EngineError> {
+    pub fn f32_transposed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>, EngineError> {
         let src = self.f32(name, &[rows, cols])?;
         let mut out = vec![0.0f32; rows * cols];
         // Blocked so both sides stay in cache.
@@ -243,15 +265,26 @@ impl Weights {
             .files
             .get(entry.file)
             .map(|(_, m)| Arc::clone(m))
-            .ok_or_else(|| EngineError::Load { path: self.describe_files(), reason: format!("tensor `{name}`: bad file index") })?;
-        Ok(RowTable { map, dtype: entry.dtype, start: entry.start, rows, cols })
+            .ok_or_else(|| EngineError::Load {
+                path: self.describe_files(),
+                reason: format!("tensor `{name}`: bad file index"),
+            })?;
+        Ok(RowTable {
+            map,
+            dtype: entry.dtype,
+            start: entry.start,
+            rows,
+            cols,
+        })
     }
 }
 
 fn convert_into(bytes: &[u8], dtype: WeightDType, out: &mut Vec<f32>) {
     match dtype {
         WeightDType::F32 => out.extend(
-            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         ),
         WeightDType::F16 => out.extend(
             bytes

@@ -38,13 +38,20 @@ fn streams_started_tokens_finished() -> anyhow::Result<()> {
     let info = e.models();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].device, "cpu (flex, f32)");
-    let params = SamplingParams { max_tokens: Some(8), ignore_eos: true, ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: Some(8),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut g = e.submit(request("The quick brown fox", params))?;
     let mut tokens = 0;
     let mut text = String::new();
     match g.blocking_next() {
         Some(TokenEvent::Started { prompt_tokens }) => {
-            assert_eq!(prompt_tokens, e.count_prompt_tokens("m", &Prompt::Text("The quick brown fox".into()))?)
+            assert_eq!(
+                prompt_tokens,
+                e.count_prompt_tokens("m", &Prompt::Text("The quick brown fox".into()))?
+            )
         }
         other => anyhow::bail!("expected Started, got {other:?}"),
     }
@@ -54,7 +61,12 @@ fn streams_started_tokens_finished() -> anyhow::Result<()> {
                 tokens += 1;
                 text.push_str(&t);
             }
-            Some(TokenEvent::Finished { reason, usage, text: t, .. }) => {
+            Some(TokenEvent::Finished {
+                reason,
+                usage,
+                text: t,
+                ..
+            }) => {
                 text.push_str(&t);
                 assert_eq!(reason, FinishReason::Length);
                 assert_eq!(usage.completion_tokens, 8);
@@ -64,7 +76,6 @@ fn streams_started_tokens_finished() -> anyhow::Result<()> {
         }
     }
     assert_eq!(tokens, 8);
-    assert!(!text.contains('\u{FFFD}') || text.is_empty() || true);
     Ok(())
 }
 
@@ -73,7 +84,13 @@ fn same_seed_same_text() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let e = engine(dir.path(), 4, 2)?;
     let run = || -> anyhow::Result<Vec<u32>> {
-        let params = SamplingParams { temperature: 1.0, seed: Some(42), max_tokens: Some(12), ignore_eos: true, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(42),
+            max_tokens: Some(12),
+            ignore_eos: true,
+            ..Default::default()
+        };
         let mut g = e.submit(request("Hello", params))?;
         let mut ids = Vec::new();
         while let Some(ev) = g.blocking_next() {
@@ -95,14 +112,27 @@ fn context_length_is_checked_at_submit() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let e = engine(dir.path(), 4, 1)?;
     let ctx = e.models()[0].context_length;
-    let params = SamplingParams { max_tokens: Some(ctx), ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: Some(ctx),
+        ..Default::default()
+    };
     match e.submit(request("Hello", params)) {
-        Err(EngineError::ContextLength { context_length, max_tokens, .. }) => {
+        Err(EngineError::ContextLength {
+            context_length,
+            max_tokens,
+            ..
+        }) => {
             assert_eq!((context_length, max_tokens), (ctx, ctx));
         }
         other => anyhow::bail!("expected ContextLength, got {other:?}"),
     }
-    assert!(matches!(e.submit(GenerateRequest { model: "nope".into(), ..request("x", SamplingParams::default()) }), Err(EngineError::UnknownModel(_))));
+    assert!(matches!(
+        e.submit(GenerateRequest {
+            model: "nope".into(),
+            ..request("x", SamplingParams::default())
+        }),
+        Err(EngineError::UnknownModel(_))
+    ));
     Ok(())
 }
 
@@ -110,13 +140,24 @@ fn context_length_is_checked_at_submit() -> anyhow::Result<()> {
 fn cancelled_generation_frees_its_slot() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let e = engine(dir.path(), 4, 1)?;
-    let long = SamplingParams { max_tokens: Some(1500), ignore_eos: true, ..Default::default() };
+    let long = SamplingParams {
+        max_tokens: Some(1500),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut g = e.submit(request("Hello", long))?;
-    assert!(matches!(g.blocking_next(), Some(TokenEvent::Started { .. })));
+    assert!(matches!(
+        g.blocking_next(),
+        Some(TokenEvent::Started { .. })
+    ));
     assert!(matches!(g.blocking_next(), Some(TokenEvent::Token { .. })));
     drop(g);
     // The single slot is free again within a few steps: a short request completes.
-    let short = SamplingParams { max_tokens: Some(2), ignore_eos: true, ..Default::default() };
+    let short = SamplingParams {
+        max_tokens: Some(2),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let started = Instant::now();
     let mut g2 = e.submit(request("Hi", short))?;
     let mut finished = false;
@@ -141,10 +182,17 @@ fn cancelled_generation_frees_its_slot() -> anyhow::Result<()> {
 fn full_queue_is_refused_at_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let e = engine(dir.path(), 1, 1)?;
-    let long = SamplingParams { max_tokens: Some(1500), ignore_eos: true, ..Default::default() };
+    let long = SamplingParams {
+        max_tokens: Some(1500),
+        ignore_eos: true,
+        ..Default::default()
+    };
     // One running (held by its unread handle), then one queued, then refused.
     let mut running = e.submit(request("a", long.clone()))?;
-    assert!(matches!(running.blocking_next(), Some(TokenEvent::Started { .. })));
+    assert!(matches!(
+        running.blocking_next(),
+        Some(TokenEvent::Started { .. })
+    ));
     let _queued = e.submit(request("b", long.clone()))?;
     let t = Instant::now();
     match e.submit(request("c", long)) {

@@ -50,10 +50,15 @@ fn missing_and_unlisted_files_are_refused() -> anyhow::Result<()> {
     }
     std::fs::remove_file(dir.path().join("extra.safetensors"))?;
     std::fs::remove_file(dir.path().join("tokenizer.json"))?;
-    assert!(matches!(verify_manifest(dir.path()), Err(EngineError::Integrity { .. })));
+    assert!(matches!(
+        verify_manifest(dir.path()),
+        Err(EngineError::Integrity { .. })
+    ));
     std::fs::remove_file(dir.path().join("airlock-manifest.json"))?;
     match verify_manifest(dir.path()) {
-        Err(e @ EngineError::Integrity { .. }) => assert!(e.to_string().contains("verify_manifest"), "{e}"),
+        Err(e @ EngineError::Integrity { .. }) => {
+            assert!(e.to_string().contains("verify_manifest"), "{e}")
+        }
         other => anyhow::bail!("expected Integrity, got {other:?}"),
     }
     Ok(())

@@ -11,22 +11,36 @@ fn fixtures() -> PathBuf {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs every prompt of every variant on `device`; returns (variant, prompt, max |Δlogit|).
 pub fn check_all(device: DeviceChoice, tolerance: f32) -> anyhow::Result<()> {
-    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json"))?)?;
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json"))?)?;
     let steps = expected["greedy_new_tokens"].as_u64().unwrap_or(16) as usize;
     let mut failures = Vec::new();
-    for (name, v) in expected["variants"].as_object().ok_or_else(|| anyhow::anyhow!("variants"))? {
+    for (name, v) in expected["variants"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("variants"))?
+    {
         let dir = fixtures().join(v["dir"].as_str().unwrap_or_default());
         for (i, p) in v["prompts"].as_array().into_iter().flatten().enumerate() {
             let mut opts = GenerateOptions::new(&dir, Prompt::TokenIds(ids(&p["prompt_ids"])));
             opts.device = device;
             opts.verify_manifest = true;
             opts.keep_logits = true;
-            opts.params = SamplingParams { max_tokens: Some(steps), ignore_eos: true, ..Default::default() };
+            opts.params = SamplingParams {
+                max_tokens: Some(steps),
+                ignore_eos: true,
+                ..Default::default()
+            };
             let report = generate_once(&opts)?;
             let logits = report.logits.unwrap_or_default();
             let want: Vec<f32> = p["last_logits"]
@@ -35,10 +49,22 @@ pub fn check_all(device: DeviceChoice, tolerance: f32) -> anyhow::Result<()> {
                 .flatten()
                 .filter_map(|x| x.as_f64().map(|x| x as f32))
                 .collect();
-            anyhow::ensure!(logits.len() == want.len(), "{name}/{i}: {} logits, expected {}", logits.len(), want.len());
-            let diff = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            anyhow::ensure!(
+                logits.len() == want.len(),
+                "{name}/{i}: {} logits, expected {}",
+                logits.len(),
+                want.len()
+            );
+            let diff = logits
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             let greedy_ok = report.generated_ids == ids(&p["greedy_ids"]);
-            println!("{name}/prompt{i}: max |Δlogit| = {diff:.2e}, greedy ids {}", if greedy_ok { "identical" } else { "DIFFER" });
+            println!(
+                "{name}/prompt{i}: max |Δlogit| = {diff:.2e}, greedy ids {}",
+                if greedy_ok { "identical" } else { "DIFFER" }
+            );
             if diff > tolerance || !greedy_ok {
                 failures.push(format!(
                     "{name}/prompt{i}: max diff {diff:e}; greedy {:?} vs {:?}",
@@ -48,7 +74,11 @@ pub fn check_all(device: DeviceChoice, tolerance: f32) -> anyhow::Result<()> {
             }
         }
     }
-    anyhow::ensure!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
     Ok(())
 }
 

@@ -44,10 +44,19 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let text = String::from_utf8_lossy(value.as_bytes());
-    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let is_json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if is_json { Ok(()) } else { Err(ApiError::UnsupportedMediaType(text.into_owned())) }
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(text.into_owned()))
+    }
 }
 
 /// Parses a JSON body into `T`. Unknown fields are ignored by `T`'s own definition.
@@ -76,7 +85,8 @@ pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, A
             param: None,
         });
     }
-    serde_path_to_error::deserialize(value).map_err(|e| classify(e.path().to_string(), e.into_inner()))
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| classify(e.path().to_string(), e.into_inner()))
 }
 
 fn classify(path: String, inner: serde_json::Error) -> ApiError {
@@ -104,7 +114,9 @@ fn classify(path: String, inner: serde_json::Error) -> ApiError {
                     message: format!("invalid request body: {reason}"),
                     param: None,
                 },
-                (None, false) => ApiError::invalid(path.clone(), format!("invalid `{path}`: {reason}")),
+                (None, false) => {
+                    ApiError::invalid(path.clone(), format!("invalid `{path}`: {reason}"))
+                }
             }
         }
     }
@@ -152,7 +164,10 @@ mod tests {
     #[test]
     fn syntax_errors_say_where() {
         let e = parse_json::<Req>(b"{\n  \"temperature\": 1,,\n}").unwrap_err();
-        assert!(matches!(e, ApiError::MalformedJson { line: 2, .. }), "{e:?}");
+        assert!(
+            matches!(e, ApiError::MalformedJson { line: 2, .. }),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("line 2 column"), "{e}");
         let e = parse_json::<Req>(b"{\"temperature\": 1").unwrap_err();
         assert!(matches!(e, ApiError::MalformedJson { .. }), "{e:?}");
@@ -179,9 +194,15 @@ mod tests {
     fn content_types() {
         let mut h = HeaderMap::new();
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Application/JSON; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
         assert_eq!(check_content_type(&h).unwrap_err().status(), 415);
     }
 }

@@ -52,7 +52,11 @@ pub fn readyz(app: &App) -> Response<BoxBody> {
         .engine
         .models()
         .into_iter()
-        .map(|m| ReadyModel { id: m.id, device: m.device, context_length: m.context_length })
+        .map(|m| ReadyModel {
+            id: m.id,
+            device: m.device,
+            context_length: m.context_length,
+        })
         .collect();
     let ready = !models.is_empty();
     let body = Readiness {
@@ -62,20 +66,33 @@ pub fn readyz(app: &App) -> Response<BoxBody> {
         requests_in_flight: app.requests_in_flight(),
         reason: (!ready).then_some("no model is loaded"),
     };
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json_response(status, &body)
 }
 
 /// `GET /v1/models`.
 pub fn models(app: &App) -> Response<BoxBody> {
     let data = app.engine.models().iter().map(ModelObject::from).collect();
-    json_response(StatusCode::OK, &ModelList { object: "list", data })
+    json_response(
+        StatusCode::OK,
+        &ModelList {
+            object: "list",
+            data,
+        },
+    )
 }
 
 /// `GET /v1/models/{id}`.
 pub fn model(app: &App, id: &str) -> Result<Response<BoxBody>, ApiError> {
     let models = app.engine.models();
-    let model = models.iter().find(|m| m.id == id).ok_or_else(|| ApiError::ModelNotFound(id.to_owned()))?;
+    let model = models
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| ApiError::ModelNotFound(id.to_owned()))?;
     Ok(json_response(StatusCode::OK, &ModelObject::from(model)))
 }
 
@@ -125,7 +142,10 @@ pub async fn chat(
             model: &req.model,
             choices: [ChatChoice {
                 index: 0,
-                message: AssistantMessage { role: "assistant", content: done.text },
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: done.text,
+                },
                 logprobs: None,
                 finish_reason: done.reason.as_str(),
             }],

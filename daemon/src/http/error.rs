@@ -16,12 +16,19 @@ use super::response::json_response;
 pub enum ApiError {
     /// The body is not syntactically valid JSON.
     #[error("malformed JSON in the request body at line {line} column {column}: {reason}")]
-    MalformedJson { line: usize, column: usize, reason: String },
+    MalformedJson {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
 
     /// A field is missing, has the wrong type, or an invalid value. `param` is its path
     /// (`temperature`, `messages[0].content`), `None` for the body as a whole.
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String> },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
 
     /// A field we understand but cannot honour (`n` > 1, image parts, `echo`).
     #[error("{message}")]
@@ -37,7 +44,11 @@ pub enum ApiError {
 
     /// The path exists but not for this method.
     #[error("method {method} is not allowed on {path}; allowed: {allow}")]
-    MethodNotAllowed { method: String, path: String, allow: &'static str },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
 
     /// The body exceeds `limits.max_body_bytes`.
     #[error("the request body exceeds the limit of {limit} bytes")]
@@ -62,7 +73,10 @@ pub enum ApiError {
     /// The engine refused or failed the request. `prompt_param` names the field the prompt
     /// came from (`messages`, `prompt`), used for context-length errors.
     #[error("{source}")]
-    Engine { source: EngineError, prompt_param: &'static str },
+    Engine {
+        source: EngineError,
+        prompt_param: &'static str,
+    },
 }
 
 /// The OpenAI error object.
@@ -94,15 +108,24 @@ const SERVER: &str = "server_error";
 
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::InvalidRequest { message: message.into(), param: Some(param.into()) }
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
     }
 
     pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::Unsupported { message: message.into(), param: param.into() }
+        ApiError::Unsupported {
+            message: message.into(),
+            param: param.into(),
+        }
     }
 
     pub fn engine(source: EngineError, prompt_param: &'static str) -> ApiError {
-        ApiError::Engine { source, prompt_param }
+        ApiError::Engine {
+            source,
+            prompt_param,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -122,12 +145,19 @@ impl ApiError {
         } else {
             tracing::debug!(status = rendered.status.as_u16(), error = %self, "request refused");
         }
-        let mut resp = json_response(rendered.status, &ErrorBody { error: &rendered.object });
+        let mut resp = json_response(
+            rendered.status,
+            &ErrorBody {
+                error: &rendered.object,
+            },
+        );
         if let Some(seconds) = rendered.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(allow) = rendered.allow {
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         resp
     }
@@ -136,7 +166,12 @@ impl ApiError {
         let message = self.to_string();
         let plain = |status, kind, param: Option<String>, code| Rendered {
             status,
-            object: ErrorObject { message: message.clone(), kind, param, code },
+            object: ErrorObject {
+                message: message.clone(),
+                kind,
+                param,
+                code,
+            },
             retry_after: None,
             allow: None,
         };
@@ -164,7 +199,12 @@ impl ApiError {
             ),
             ApiError::MethodNotAllowed { allow, .. } => Rendered {
                 allow: Some(*allow),
-                ..plain(StatusCode::METHOD_NOT_ALLOWED, INVALID, None, Some("method_not_allowed"))
+                ..plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    INVALID,
+                    None,
+                    Some("method_not_allowed"),
+                )
             },
             ApiError::PayloadTooLarge { .. } => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -181,14 +221,20 @@ impl ApiError {
             ApiError::BodyRead(_) => plain(StatusCode::BAD_REQUEST, INVALID, None, None),
             ApiError::TooManyRequests { .. } => Rendered {
                 retry_after: Some(1),
-                ..plain(StatusCode::SERVICE_UNAVAILABLE, SERVER, None, Some("server_overloaded"))
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER,
+                    None,
+                    Some("server_overloaded"),
+                )
             },
             ApiError::Timeout(_) => {
                 plain(StatusCode::GATEWAY_TIMEOUT, SERVER, None, Some("timeout"))
             }
-            ApiError::Engine { source, prompt_param } => {
-                render_engine(source, prompt_param, message.clone())
-            }
+            ApiError::Engine {
+                source,
+                prompt_param,
+            } => render_engine(source, prompt_param, message.clone()),
         }
     }
 }
@@ -196,7 +242,12 @@ impl ApiError {
 fn render_engine(source: &EngineError, prompt_param: &'static str, message: String) -> Rendered {
     let rendered = |status, kind, param: Option<&str>, code, message| Rendered {
         status,
-        object: ErrorObject { message, kind, param: param.map(str::to_owned), code },
+        object: ErrorObject {
+            message,
+            kind,
+            param: param.map(str::to_owned),
+            code,
+        },
         retry_after: None,
         allow: None,
     };
@@ -215,9 +266,13 @@ fn render_engine(source: &EngineError, prompt_param: &'static str, message: Stri
             Some("context_length_exceeded"),
             message,
         ),
-        EngineError::InvalidRequest { param, reason } => {
-            rendered(StatusCode::BAD_REQUEST, INVALID, Some(*param), None, reason.clone())
-        }
+        EngineError::InvalidRequest { param, reason } => rendered(
+            StatusCode::BAD_REQUEST,
+            INVALID,
+            Some(*param),
+            None,
+            reason.clone(),
+        ),
         EngineError::QueueFull { .. } => Rendered {
             retry_after: Some(1),
             ..rendered(

@@ -45,7 +45,11 @@ pub struct Started {
 /// Submits a job. Submission tokenizes the prompt (and may render a chat template), which is
 /// CPU work: it runs on the blocking pool, not on the runtime. Dropping the returned future
 /// drops the [`Generation`] and so cancels the request.
-async fn submit(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Generation, ApiError> {
+async fn submit(
+    engine: &Arc<dyn Engine>,
+    ctx: &RequestContext,
+    job: Job,
+) -> Result<Generation, ApiError> {
     let prompt_param = job.prompt_param;
     let request = GenerateRequest {
         request_id: ctx.request_id.clone(),
@@ -59,13 +63,20 @@ async fn submit(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Res
         Ok(result) => result.map_err(|e| ApiError::engine(e, prompt_param)),
         Err(join) => {
             tracing::error!(error = %join, "engine submission panicked");
-            Err(ApiError::engine(EngineError::Inference("submission panicked".into()), prompt_param))
+            Err(ApiError::engine(
+                EngineError::Inference("submission panicked".into()),
+                prompt_param,
+            ))
         }
     }
 }
 
 /// Runs a job to its end and returns the whole completion.
-pub async fn complete(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Completed, ApiError> {
+pub async fn complete(
+    engine: &Arc<dyn Engine>,
+    ctx: &RequestContext,
+    job: Job,
+) -> Result<Completed, ApiError> {
     let prompt_param = job.prompt_param;
     let mut generation = submit(engine, ctx, job).await?;
     let mut text = String::new();
@@ -73,10 +84,19 @@ pub async fn complete(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) 
         match end_of(generation.next().await, prompt_param)? {
             Step::Started => {}
             Step::Token(piece) => text.push_str(&piece),
-            Step::Finished { reason, usage, timings, text: rest } => {
+            Step::Finished {
+                reason,
+                usage,
+                timings,
+                text: rest,
+            } => {
                 text.push_str(&rest);
                 log_finished(reason, usage, &timings);
-                return Ok(Completed { text, reason, usage });
+                return Ok(Completed {
+                    text,
+                    reason,
+                    usage,
+                });
             }
         }
     }
@@ -84,7 +104,11 @@ pub async fn complete(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) 
 
 /// Submits a job and waits until its first token (or its end): errors until then still
 /// become a proper HTTP status instead of an error inside a 200 stream.
-pub async fn start(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> Result<Started, ApiError> {
+pub async fn start(
+    engine: &Arc<dyn Engine>,
+    ctx: &RequestContext,
+    job: Job,
+) -> Result<Started, ApiError> {
     let prompt_param = job.prompt_param;
     let mut generation = submit(engine, ctx, job).await?;
     loop {
@@ -92,7 +116,10 @@ pub async fn start(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> 
             Some(TokenEvent::Started { .. }) => {}
             Some(
                 first @ (TokenEvent::Token { .. }
-                | TokenEvent::Finished { reason: FinishReason::Stop | FinishReason::Length, .. }),
+                | TokenEvent::Finished {
+                    reason: FinishReason::Stop | FinishReason::Length,
+                    ..
+                }),
             ) => return Ok(Started { generation, first }),
             // Failed, cancelled, or the engine hung up: always an error.
             other => {
@@ -106,20 +133,37 @@ pub async fn start(engine: &Arc<dyn Engine>, ctx: &RequestContext, job: Job) -> 
 pub enum Step {
     Started,
     Token(String),
-    Finished { reason: FinishReason, usage: Usage, timings: GenerationTimings, text: String },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: GenerationTimings,
+        text: String,
+    },
 }
 
 pub fn end_of(event: Option<TokenEvent>, prompt_param: &'static str) -> Result<Step, ApiError> {
     match event {
         Some(TokenEvent::Started { .. }) => Ok(Step::Started),
         Some(TokenEvent::Token { text, .. }) => Ok(Step::Token(text)),
-        Some(TokenEvent::Finished { reason: FinishReason::Cancelled, .. }) | None => {
+        Some(TokenEvent::Finished {
+            reason: FinishReason::Cancelled,
+            ..
+        })
+        | None => {
             // The engine dropped or cancelled a request we still wanted: it is shutting down.
             Err(ApiError::engine(EngineError::Unavailable, prompt_param))
         }
-        Some(TokenEvent::Finished { reason, usage, timings, text }) => {
-            Ok(Step::Finished { reason, usage, timings, text })
-        }
+        Some(TokenEvent::Finished {
+            reason,
+            usage,
+            timings,
+            text,
+        }) => Ok(Step::Finished {
+            reason,
+            usage,
+            timings,
+            text,
+        }),
         Some(TokenEvent::Failed(e)) => Err(ApiError::engine(e, prompt_param)),
     }
 }

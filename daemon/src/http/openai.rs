@@ -44,7 +44,12 @@ pub struct ModelObject {
 
 impl From<&ModelInfo> for ModelObject {
     fn from(m: &ModelInfo) -> Self {
-        ModelObject { id: m.id.clone(), object: "model", created: m.created, owned_by: "airlock" }
+        ModelObject {
+            id: m.id.clone(),
+            object: "model",
+            created: m.created,
+            owned_by: "airlock",
+        }
     }
 }
 

@@ -52,7 +52,11 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
     if allowed {
         Ok(route)
     } else {
-        Err(ApiError::MethodNotAllowed { method: method.to_string(), path: path.to_owned(), allow })
+        Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
+            allow,
+        })
     }
 }
 
@@ -92,17 +96,29 @@ mod tests {
             resolve(&Method::GET, "/v1/models/org%2Fm").ok(),
             Some(Route::Model("org/m".into()))
         );
-        assert_eq!(resolve(&Method::GET, "/v1/models/org/m").ok(), Some(Route::Model("org/m".into())));
+        assert_eq!(
+            resolve(&Method::GET, "/v1/models/org/m").ok(),
+            Some(Route::Model("org/m".into()))
+        );
         assert!(matches!(
             resolve(&Method::GET, "/v1/chat/completions"),
             Err(ApiError::MethodNotAllowed { allow: "POST", .. })
         ));
         assert!(matches!(
             resolve(&Method::POST, "/v1/models"),
-            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD", .. })
+            Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD",
+                ..
+            })
         ));
-        assert!(matches!(resolve(&Method::GET, "/v1/models/"), Err(ApiError::NotFound { .. })));
-        assert!(matches!(resolve(&Method::GET, "/nope"), Err(ApiError::NotFound { .. })));
+        assert!(matches!(
+            resolve(&Method::GET, "/v1/models/"),
+            Err(ApiError::NotFound { .. })
+        ));
+        assert!(matches!(
+            resolve(&Method::GET, "/nope"),
+            Err(ApiError::NotFound { .. })
+        ));
         assert!(Route::Readyz.is_open() && !Route::Models.is_open());
     }
 

@@ -58,7 +58,12 @@ impl Chunker {
             created: self.created,
             model: &self.model,
             system_fingerprint: &self.fingerprint,
-            choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason }],
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            }],
             usage: self.no_usage(),
         })
     }
@@ -70,7 +75,12 @@ impl Chunker {
             created: self.created,
             model: &self.model,
             system_fingerprint: &self.fingerprint,
-            choices: vec![TextChoice { text, index: 0, logprobs: None, finish_reason }],
+            choices: vec![TextChoice {
+                text,
+                index: 0,
+                logprobs: None,
+                finish_reason,
+            }],
             usage: self.no_usage(),
         })
     }
@@ -78,14 +88,26 @@ impl Chunker {
     /// Chat streams open with the assistant's role and empty content.
     pub fn opening(&self) -> Option<Bytes> {
         match self.shape {
-            Shape::Chat => Some(self.chat(Delta { role: Some("assistant"), content: Some("") }, None)),
+            Shape::Chat => Some(self.chat(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
+                None,
+            )),
             Shape::Text => None,
         }
     }
 
     pub fn content(&self, text: &str) -> Bytes {
         match self.shape {
-            Shape::Chat => self.chat(Delta { role: None, content: Some(text) }, None),
+            Shape::Chat => self.chat(
+                Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                None,
+            ),
             Shape::Text => self.text(text, None),
         }
     }
@@ -147,7 +169,9 @@ fn error_event(error: &ApiError) -> Bytes {
     struct ErrorEvent {
         error: super::error::ErrorObject,
     }
-    event(&ErrorEvent { error: error.object() })
+    event(&ErrorEvent {
+        error: error.object(),
+    })
 }
 
 /// The state the body stream carries between events.
@@ -172,7 +196,12 @@ impl StreamState {
                     self.out.push_back(self.chunker.content(&text));
                 }
             }
-            Ok(Step::Finished { reason, usage, timings, text }) => {
+            Ok(Step::Finished {
+                reason,
+                usage,
+                timings,
+                text,
+            }) => {
                 if !text.is_empty() {
                     self.out.push_back(self.chunker.content(&text));
                 }
@@ -185,7 +214,8 @@ impl StreamState {
                 self.span.in_scope(|| log_finished(reason, usage, &timings));
             }
             Err(error) => {
-                self.span.in_scope(|| self.out.push_back(error_event(&error)));
+                self.span
+                    .in_scope(|| self.out.push_back(error_event(&error)));
                 self.out.push_back(Bytes::from_static(DONE));
                 self.done = true;
             }
@@ -194,7 +224,11 @@ impl StreamState {
 }
 
 /// The 200 response streaming a started generation.
-pub fn response(started: Started, chunker: Chunker, slot: OwnedSemaphorePermit) -> Response<BoxBody> {
+pub fn response(
+    started: Started,
+    chunker: Chunker,
+    slot: OwnedSemaphorePermit,
+) -> Response<BoxBody> {
     let mut state = StreamState {
         generation: started.generation,
         out: chunker.opening().into_iter().collect(),
@@ -219,7 +253,10 @@ pub fn response(started: Started, chunker: Chunker, slot: OwnedSemaphorePermit) 
     let mut resp = Response::new(StreamBody::new(events).boxed());
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style reverse proxies not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

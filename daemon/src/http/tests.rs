@@ -61,7 +61,11 @@ fn request(method: Method, path: &str, body: impl Into<Bytes>) -> Request<Full<B
 async fn send(app: &Arc<App>, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
     let resp = handle(Arc::clone(app), conn(), req).await;
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     (parts.status, parts.headers, bytes)
 }
 
@@ -77,7 +81,10 @@ fn chat_body(content: &str) -> Value {
 /// The `data:` payloads of an SSE body, in order.
 fn sse_events(bytes: &[u8]) -> Vec<String> {
     let text = std::str::from_utf8(bytes).expect("UTF-8 stream");
-    assert!(text.ends_with("\n\n"), "stream ends with a blank line: {text:?}");
+    assert!(
+        text.ends_with("\n\n"),
+        "stream ends with a blank line: {text:?}"
+    );
     text.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| e.strip_prefix("data: ").expect("data event").to_owned())
@@ -102,10 +109,16 @@ async fn chat_completion() {
     assert_eq!(body["object"], "chat.completion");
     assert!(body["id"].as_str().expect("id").starts_with("chatcmpl-"));
     assert_eq!(body["model"], MODEL);
-    assert_eq!(body["choices"][0]["message"], json!({"role": "assistant", "content": "hello there world"}));
+    assert_eq!(
+        body["choices"][0]["message"],
+        json!({"role": "assistant", "content": "hello there world"})
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["choices"][0]["logprobs"], Value::Null);
-    assert_eq!(body["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
+    );
     assert!(body["system_fingerprint"].is_string());
 }
 
@@ -116,7 +129,11 @@ async fn chat_stream_with_usage() {
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
     req["max_tokens"] = json!(2);
-    let (status, headers, bytes) = send(&app, request(Method::POST, "/v1/chat/completions", req.to_string())).await;
+    let (status, headers, bytes) = send(
+        &app,
+        request(Method::POST, "/v1/chat/completions", req.to_string()),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream");
     let events = sse_events(&bytes);
@@ -125,7 +142,10 @@ async fn chat_stream_with_usage() {
         .iter()
         .map(|e| serde_json::from_str(e).expect("JSON chunk"))
         .collect();
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -138,23 +158,45 @@ async fn chat_stream_with_usage() {
     let last = &chunks[chunks.len() - 1];
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["completion_tokens"], 2);
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
 }
 
 #[tokio::test]
 async fn completions_and_generate() {
     let app = app();
-    let (status, body) = post(&app, "/v1/completions", json!({"model": MODEL, "prompt": "x y"})).await;
+    let (status, body) = post(
+        &app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "x y"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["choices"][0]["text"], "x y");
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
 
     let long = "w ".repeat(40);
-    let (_, body) = post(&app, "/v1/completions", json!({"model": MODEL, "prompt": long})).await;
-    assert_eq!(body["usage"]["completion_tokens"], 16, "OpenAI's default of 16 for completions");
+    let (_, body) = post(
+        &app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": long}),
+    )
+    .await;
+    assert_eq!(
+        body["usage"]["completion_tokens"], 16,
+        "OpenAI's default of 16 for completions"
+    );
 
-    let (status, body) = post(&app, "/generate", json!({"prompt": "p q r", "max_tokens": 2})).await;
+    let (status, body) = post(
+        &app,
+        "/generate",
+        json!({"prompt": "p q r", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["generated_text"], "p q");
     assert_eq!(body["usage"]["total_tokens"], 5);
@@ -164,68 +206,136 @@ async fn completions_and_generate() {
 async fn completion_stream_without_usage() {
     let app = app();
     let req = json!({"model": MODEL, "prompt": "one two", "stream": true});
-    let (status, _, bytes) = send(&app, request(Method::POST, "/v1/completions", req.to_string())).await;
+    let (status, _, bytes) = send(
+        &app,
+        request(Method::POST, "/v1/completions", req.to_string()),
+    )
+    .await;
     assert_eq!(status, 200);
     let events = sse_events(&bytes);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> =
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).expect("JSON")).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("JSON"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, "one two");
     assert!(chunks.iter().all(|c| c.get("usage").is_none()));
-    assert_eq!(chunks.last().expect("chunk")["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chunks.last().expect("chunk")["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]
 async fn request_errors() {
     let app = app();
-    let (status, _, bytes) = send(&app, request(Method::POST, "/v1/chat/completions", "{\"model\": ")).await;
+    let (status, _, bytes) = send(
+        &app,
+        request(Method::POST, "/v1/chat/completions", "{\"model\": "),
+    )
+    .await;
     let body: Value = serde_json::from_slice(&bytes).expect("JSON");
     assert_eq!(status, 400);
-    assert_eq!(error_of(&body), ("invalid_request_error", None, Some("invalid_json")));
-    assert!(body["error"]["message"].as_str().expect("msg").contains("line 1 column"));
+    assert_eq!(
+        error_of(&body),
+        ("invalid_request_error", None, Some("invalid_json"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("line 1 column")
+    );
 
     let mut req = chat_body("x");
     req["temperature"] = json!("hot");
     let (status, body) = post(&app, "/v1/chat/completions", req).await;
-    assert_eq!((status, error_of(&body).1), (StatusCode::BAD_REQUEST, Some("temperature")));
+    assert_eq!(
+        (status, error_of(&body).1),
+        (StatusCode::BAD_REQUEST, Some("temperature"))
+    );
 
     let mut req = chat_body("x");
     req["n"] = json!(2);
     let (status, body) = post(&app, "/v1/chat/completions", req).await;
-    assert_eq!((status, error_of(&body).1), (StatusCode::BAD_REQUEST, Some("n")));
+    assert_eq!(
+        (status, error_of(&body).1),
+        (StatusCode::BAD_REQUEST, Some("n"))
+    );
 
-    let (status, body) = post(&app, "/v1/chat/completions", json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
+    let (status, body) = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(status, 404);
-    assert_eq!(error_of(&body), ("not_found_error", Some("model"), Some("model_not_found")));
+    assert_eq!(
+        error_of(&body),
+        ("not_found_error", Some("model"), Some("model_not_found"))
+    );
 
-    let (status, body) = post(&app, "/v1/completions", json!({"model": MODEL, "prompt": "x", "echo": true})).await;
-    assert_eq!((status, error_of(&body).1), (StatusCode::BAD_REQUEST, Some("echo")));
+    let (status, body) = post(
+        &app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "x", "echo": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body).1),
+        (StatusCode::BAD_REQUEST, Some("echo"))
+    );
 
     let (status, body) = post(&app, "/v1/chat/completions", json!({"messages": []})).await;
-    assert_eq!((status, error_of(&body).1), (StatusCode::BAD_REQUEST, Some("model")));
+    assert_eq!(
+        (status, error_of(&body).1),
+        (StatusCode::BAD_REQUEST, Some("model"))
+    );
 
     let (status, _, bytes) = send(&app, request(Method::GET, "/v1/nothing", "")).await;
     let body: Value = serde_json::from_slice(&bytes).expect("JSON");
-    assert_eq!((status, error_of(&body).2), (StatusCode::NOT_FOUND, Some("not_found")));
+    assert_eq!(
+        (status, error_of(&body).2),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
 
     let (status, headers, _) = send(&app, request(Method::GET, "/v1/chat/completions", "")).await;
     assert_eq!(status, 405);
     assert_eq!(headers[header::ALLOW], "POST");
 
     let mut req = request(Method::POST, "/generate", "prompt=x");
-    req.headers_mut().insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().expect("value"));
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded".parse().expect("value"),
+    );
     assert_eq!(send(&app, req).await.0, 415);
 }
 
 #[tokio::test]
 async fn context_length_is_a_400_with_numbers() {
-    let app = app_with(TestEngineConfig { context_length: 8, ..Default::default() }, settings());
+    let app = app_with(
+        TestEngineConfig {
+            context_length: 8,
+            ..Default::default()
+        },
+        settings(),
+    );
     let mut req = chat_body("a b c");
     req["max_tokens"] = json!(10);
     let (status, body) = post(&app, "/v1/chat/completions", req).await;
     assert_eq!(status, 400);
-    assert_eq!(error_of(&body), ("invalid_request_error", Some("messages"), Some("context_length_exceeded")));
+    assert_eq!(
+        error_of(&body),
+        (
+            "invalid_request_error",
+            Some("messages"),
+            Some("context_length_exceeded")
+        )
+    );
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains('8') && message.contains("10"), "{message}");
 }
@@ -264,14 +374,24 @@ async fn models_and_probes() {
     assert_eq!(body["data"][0]["object"], "model");
     assert_eq!(body["data"][0]["owned_by"], "airlock");
 
-    let (status, _, _) = send(&app, request(Method::GET, &format!("/v1/models/{MODEL}"), "")).await;
+    let (status, _, _) = send(
+        &app,
+        request(Method::GET, &format!("/v1/models/{MODEL}"), ""),
+    )
+    .await;
     assert_eq!(status, 200);
     let (status, _, bytes) = send(&app, request(Method::GET, "/v1/models/other", "")).await;
     let body: Value = serde_json::from_slice(&bytes).expect("JSON");
-    assert_eq!((status, error_of(&body).2), (StatusCode::NOT_FOUND, Some("model_not_found")));
+    assert_eq!(
+        (status, error_of(&body).2),
+        (StatusCode::NOT_FOUND, Some("model_not_found"))
+    );
 
     let (status, _, bytes) = send(&app, request(Method::GET, "/healthz", "")).await;
-    assert_eq!((status, &bytes[..]), (StatusCode::OK, &b"{\"status\":\"ok\"}"[..]));
+    assert_eq!(
+        (status, &bytes[..]),
+        (StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
+    );
     let (status, _, bytes) = send(&app, request(Method::GET, "/readyz", "")).await;
     let body: Value = serde_json::from_slice(&bytes).expect("JSON");
     assert_eq!(status, 200);
@@ -282,14 +402,36 @@ async fn models_and_probes() {
 
 #[tokio::test]
 async fn concurrency_limit_answers_503_and_dropped_streams_free_slots() {
-    let engine = TestEngineConfig { token_delay: Duration::from_millis(10), ..Default::default() };
-    let app = app_with(engine, AppSettings { max_concurrent_requests: 1, ..settings() });
+    let engine = TestEngineConfig {
+        token_delay: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let app = app_with(
+        engine,
+        AppSettings {
+            max_concurrent_requests: 1,
+            ..settings()
+        },
+    );
     let mut req = chat_body(&"w ".repeat(500));
     req["stream"] = json!(true);
-    let stream = handle(Arc::clone(&app), conn(), request(Method::POST, "/v1/chat/completions", req.to_string())).await;
+    let stream = handle(
+        Arc::clone(&app),
+        conn(),
+        request(Method::POST, "/v1/chat/completions", req.to_string()),
+    )
+    .await;
     assert_eq!(stream.status(), 200);
 
-    let (status, headers, _) = send(&app, request(Method::POST, "/generate", json!({"prompt": "x"}).to_string())).await;
+    let (status, headers, _) = send(
+        &app,
+        request(
+            Method::POST,
+            "/generate",
+            json!({"prompt": "x"}).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(status, 503);
     assert_eq!(headers[header::RETRY_AFTER], "1");
     assert_eq!(app.engine.status().active, 1);
@@ -307,8 +449,17 @@ async fn concurrency_limit_answers_503_and_dropped_streams_free_slots() {
 
 #[tokio::test]
 async fn deadline_answers_504_and_cancels() {
-    let engine = TestEngineConfig { token_delay: Duration::from_millis(20), ..Default::default() };
-    let app = app_with(engine, AppSettings { request_deadline: Duration::from_millis(100), ..settings() });
+    let engine = TestEngineConfig {
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let app = app_with(
+        engine,
+        AppSettings {
+            request_deadline: Duration::from_millis(100),
+            ..settings()
+        },
+    );
     let (status, body) = post(&app, "/generate", json!({"prompt": "w ".repeat(100)})).await;
     assert_eq!(status, 504);
     assert_eq!(error_of(&body), ("server_error", None, Some("timeout")));
@@ -324,16 +475,31 @@ async fn failure_mid_stream_is_an_error_event() {
     let app = app();
     let mut req = chat_body(&format!("a {} b", airlock_engine::test_engine::FAIL_WORD));
     req["stream"] = json!(true);
-    let (status, _, bytes) = send(&app, request(Method::POST, "/v1/chat/completions", req.to_string())).await;
+    let (status, _, bytes) = send(
+        &app,
+        request(Method::POST, "/v1/chat/completions", req.to_string()),
+    )
+    .await;
     assert_eq!(status, 200);
     let events = sse_events(&bytes);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let error: Value = serde_json::from_str(&events[events.len() - 2]).expect("JSON");
     assert_eq!(error["error"]["type"], "server_error");
-    assert!(!error["error"]["message"].as_str().expect("msg").contains("__airlock"), "no internals leak");
+    assert!(
+        !error["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("__airlock"),
+        "no internals leak"
+    );
 
     // Not streaming, the same failure is a plain 500.
-    let (status, body) = post(&app, "/generate", json!({"prompt": airlock_engine::test_engine::FAIL_WORD})).await;
+    let (status, body) = post(
+        &app,
+        "/generate",
+        json!({"prompt": airlock_engine::test_engine::FAIL_WORD}),
+    )
+    .await;
     assert_eq!(status, 500);
     assert_eq!(error_of(&body), ("server_error", None, None));
 }

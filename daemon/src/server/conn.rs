@@ -17,6 +17,11 @@ use crate::config::ListenerMode;
 use crate::identity::forwarded::is_trusted_peer;
 use crate::identity::{CertIdentity, ConnInfo};
 
+/// HTTP/2 streams one connection may have open. Not `max_concurrent_requests`: that limit
+/// is the application's, answered promptly with 503; a lower stream cap would instead make
+/// clients queue silently. This only bounds a single connection's stream flood.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Which HTTP versions to speak on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -122,9 +127,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(Some(
-            u32::try_from(limits.max_concurrent_requests.get()).unwrap_or(u32::MAX),
-        ))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let builder = match protocol {
         Protocol::Http1 => builder.http1_only(),

@@ -12,7 +12,13 @@ fn fixtures() -> PathBuf {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn each_variant(mut f: impl FnMut(&str, &TextTokenizer, &Value)) {
@@ -32,14 +38,34 @@ fn encode_and_decode_match_transformers() {
     each_variant(|name, tok, v| {
         for case in v["tokenizer"].as_array().expect("tokenizer cases") {
             let text = case["text"].as_str().expect("text");
-            assert_eq!(tok.encode_text(text).expect("encode"), ids(&case["ids"]), "{name}: ids of {text:?}");
-            assert_eq!(tok.encode_raw(text, false).expect("encode"), ids(&case["ids_no_special"]), "{name}: {text:?}");
-            assert_eq!(tok.decode_with(&ids(&case["ids"]), false).expect("decode"), case["decoded"].as_str().expect("s"), "{name}: decode {text:?}");
-            assert_eq!(tok.decode_with(&ids(&case["ids"]), true).expect("decode"), case["decoded_skip_special"].as_str().expect("s"), "{name}: decode skip {text:?}");
+            assert_eq!(
+                tok.encode_text(text).expect("encode"),
+                ids(&case["ids"]),
+                "{name}: ids of {text:?}"
+            );
+            assert_eq!(
+                tok.encode_raw(text, false).expect("encode"),
+                ids(&case["ids_no_special"]),
+                "{name}: {text:?}"
+            );
+            assert_eq!(
+                tok.decode_with(&ids(&case["ids"]), false).expect("decode"),
+                case["decoded"].as_str().expect("s"),
+                "{name}: decode {text:?}"
+            );
+            assert_eq!(
+                tok.decode_with(&ids(&case["ids"]), true).expect("decode"),
+                case["decoded_skip_special"].as_str().expect("s"),
+                "{name}: decode skip {text:?}"
+            );
         }
         for case in v["decode"].as_array().expect("decode cases") {
             let skip = case["skip_special_tokens"].as_bool().expect("bool");
-            assert_eq!(tok.decode_with(&ids(&case["ids"]), skip).expect("decode"), case["text"].as_str().expect("s"), "{name}: {case}");
+            assert_eq!(
+                tok.decode_with(&ids(&case["ids"]), skip).expect("decode"),
+                case["text"].as_str().expect("s"),
+                "{name}: {case}"
+            );
         }
     });
 }
@@ -60,12 +86,20 @@ fn chat_templates_render_like_transformers() {
             let gen_prompt = case["add_generation_prompt"].as_bool().expect("bool");
             let text = tok.render_chat_with(&messages, gen_prompt).expect("render");
             assert_eq!(text, case["text"].as_str().expect("text"), "{name}");
-            assert_eq!(tok.encode_raw(&text, false).expect("encode"), ids(&case["ids"]), "{name}");
+            assert_eq!(
+                tok.encode_raw(&text, false).expect("encode"),
+                ids(&case["ids"]),
+                "{name}"
+            );
         }
         // Prompt 0 is plain text encoded with special tokens, as a completion prompt is.
         let p0 = &v["prompts"][0];
         let text = p0["text"].as_str().expect("text");
-        assert_eq!(tok.encode_text(text).expect("encode"), ids(&p0["prompt_ids"]), "{name}: prompt 0");
+        assert_eq!(
+            tok.encode_text(text).expect("encode"),
+            ids(&p0["prompt_ids"]),
+            "{name}: prompt 0"
+        );
     });
 }
 
@@ -73,7 +107,11 @@ fn chat_templates_render_like_transformers() {
 fn eos_ids_include_generation_config() {
     each_variant(|name, tok, v| {
         for id in ids(&v["eos_token_ids"]) {
-            assert!(tok.eos_ids().contains(&id), "{name}: eos {id} missing from {:?}", tok.eos_ids());
+            assert!(
+                tok.eos_ids().contains(&id),
+                "{name}: eos {id} missing from {:?}",
+                tok.eos_ids()
+            );
         }
     });
 }

@@ -34,12 +34,18 @@ impl ChatRequest {
     /// Refuses fields we cannot honour rather than answering as if they were absent.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
         if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported("logprobs", "logprobs are not supported"));
+            return Err(ApiError::unsupported(
+                "logprobs",
+                "logprobs are not supported",
+            ));
         }
         if let Some(Value::Array(tools)) = &self.tools
             && !tools.is_empty()
         {
-            return Err(ApiError::unsupported("tools", "tool calling is not supported"));
+            return Err(ApiError::unsupported(
+                "tools",
+                "tool calling is not supported",
+            ));
         }
         if let Some(format) = &self.response_format {
             let kind = format.get("type").and_then(Value::as_str);
@@ -56,7 +62,10 @@ impl ChatRequest {
     /// The messages as the engine's chat template takes them.
     pub fn prompt(&self) -> Result<Prompt, ApiError> {
         if self.messages.is_empty() {
-            return Err(ApiError::invalid("messages", "messages must contain at least one message"));
+            return Err(ApiError::invalid(
+                "messages",
+                "messages must contain at least one message",
+            ));
         }
         let messages = self
             .messages
@@ -90,7 +99,10 @@ fn convert_message(i: usize, message: &RawMessage) -> Result<ChatMessage, ApiErr
         // An assistant turn that only called tools has no content.
         None | Some(Value::Null) if role == "assistant" => String::new(),
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid(param, format!("a {role} message needs content")));
+            return Err(ApiError::invalid(
+                param,
+                format!("a {role} message needs content"),
+            ));
         }
         Some(Value::Array(parts)) => text_parts(&param, parts)?,
         Some(_) => {
@@ -100,7 +112,10 @@ fn convert_message(i: usize, message: &RawMessage) -> Result<ChatMessage, ApiErr
             ));
         }
     };
-    Ok(ChatMessage { role: role.to_owned(), content })
+    Ok(ChatMessage {
+        role: role.to_owned(),
+        content,
+    })
 }
 
 /// Joins `{"type":"text","text":…}` parts; refuses images, audio and files by name.
@@ -162,8 +177,16 @@ mod tests {
                 {"role": "assistant", "content": null}
             ]
         }));
-        let Prompt::Chat(messages) = req.prompt().expect("valid") else { panic!("chat prompt") };
-        assert_eq!(messages[0], ChatMessage { role: "system".into(), content: "sys".into() });
+        let Prompt::Chat(messages) = req.prompt().expect("valid") else {
+            panic!("chat prompt")
+        };
+        assert_eq!(
+            messages[0],
+            ChatMessage {
+                role: "system".into(),
+                content: "sys".into()
+            }
+        );
         assert_eq!(messages[1].content, "ab");
         assert_eq!(messages[2].content, "");
     }
@@ -179,14 +202,18 @@ mod tests {
             Some("messages[0].content[1]")
         );
         assert_eq!(
-            param(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]})).as_deref(),
+            param(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}))
+                .as_deref(),
             Some("messages[0].role")
         );
         assert_eq!(
             param(json!({"model": "m", "messages": [{"role": "user"}]})).as_deref(),
             Some("messages[0].content")
         );
-        assert_eq!(param(json!({"model": "m", "messages": []})).as_deref(), Some("messages"));
+        assert_eq!(
+            param(json!({"model": "m", "messages": []})).as_deref(),
+            Some("messages")
+        );
     }
 
     #[test]
@@ -201,6 +228,9 @@ mod tests {
             check(json!({"model": "m", "messages": [], "logprobs": true})),
             Err(Some("logprobs".into()))
         );
-        assert!(check(json!({"model": "m", "messages": [], "response_format": {"type": "text"}})).is_ok());
+        assert!(
+            check(json!({"model": "m", "messages": [], "response_format": {"type": "text"}}))
+                .is_ok()
+        );
     }
 }

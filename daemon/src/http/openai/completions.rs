@@ -32,10 +32,16 @@ impl CompletionRequest {
             return Err(ApiError::unsupported("suffix", "suffix is not supported"));
         }
         if self.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::unsupported("best_of", "only best_of = 1 is supported"));
+            return Err(ApiError::unsupported(
+                "best_of",
+                "only best_of = 1 is supported",
+            ));
         }
         if self.logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported("logprobs", "logprobs are not supported"));
+            return Err(ApiError::unsupported(
+                "logprobs",
+                "logprobs are not supported",
+            ));
         }
         Ok(())
     }
@@ -54,9 +60,10 @@ impl CompletionRequest {
 fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
     match prompt {
         Value::String(s) => Ok(Prompt::Text(s.clone())),
-        Value::Array(items) if items.is_empty() => {
-            Err(ApiError::invalid("prompt", "prompt must not be an empty array"))
-        }
+        Value::Array(items) if items.is_empty() => Err(ApiError::invalid(
+            "prompt",
+            "prompt must not be an empty array",
+        )),
         Value::Array(items) if items.iter().all(Value::is_number) => token_ids(items),
         Value::Array(items) if items.len() == 1 => match &items[0] {
             Value::String(s) => Ok(Prompt::Text(s.clone())),
@@ -70,7 +77,10 @@ fn parse_prompt(prompt: &Value) -> Result<Prompt, ApiError> {
             "prompt",
             "several prompts in one request are not supported; send one prompt per request",
         )),
-        _ => Err(ApiError::invalid("prompt", "prompt must be a string or an array")),
+        _ => Err(ApiError::invalid(
+            "prompt",
+            "prompt must be a string or an array",
+        )),
     }
 }
 
@@ -117,7 +127,11 @@ mod tests {
     #[test]
     fn echo_is_refused() {
         let req: CompletionRequest =
-            serde_json::from_value(json!({"model": "m", "prompt": "x", "echo": true})).expect("parses");
-        assert_eq!(req.check_unsupported().map_err(|e| e.object().param), Err(Some("echo".into())));
+            serde_json::from_value(json!({"model": "m", "prompt": "x", "echo": true}))
+                .expect("parses");
+        assert_eq!(
+            req.check_unsupported().map_err(|e| e.object().param),
+            Err(Some("echo".into()))
+        );
     }
 }

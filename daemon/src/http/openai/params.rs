@@ -44,13 +44,19 @@ impl SamplingFields {
         if let Some(n) = self.n
             && n != 1
         {
-            return Err(ApiError::unsupported("n", format!("n = {n} is not supported; only n = 1")));
+            return Err(ApiError::unsupported(
+                "n",
+                format!("n = {n} is not supported; only n = 1"),
+            ));
         }
         let temperature = self.temperature.unwrap_or(1.0);
         in_range("temperature", temperature, 0.0, 2.0)?;
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
         }
         let presence_penalty = self.presence_penalty.unwrap_or(0.0);
         in_range("presence_penalty", presence_penalty, -2.0, 2.0)?;
@@ -69,7 +75,10 @@ impl SamplingFields {
             None | Some(-1 | 0) => None,
             Some(k) if k > 0 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
             Some(k) => {
-                return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or > 0, got {k}")));
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("top_k must be -1 (off) or > 0, got {k}"),
+                ));
             }
         };
         let (param, max) = match (self.max_completion_tokens, self.max_tokens) {
@@ -77,7 +86,12 @@ impl SamplingFields {
             (None, m) => ("max_tokens", m),
         };
         let max_tokens = match max {
-            Some(0) => return Err(ApiError::invalid(param, format!("{param} must be at least 1"))),
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be at least 1"),
+                ));
+            }
             Some(m) => Some(m as usize),
             None => default_max_tokens,
         };
@@ -102,7 +116,10 @@ fn in_range(param: &'static str, value: f32, min: f32, max: f32) -> Result<(), A
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ApiError::invalid(param, format!("{param} must be in [{min}, {max}], got {value}")))
+        Err(ApiError::invalid(
+            param,
+            format!("{param} must be in [{min}, {max}], got {value}"),
+        ))
     }
 }
 
@@ -116,7 +133,10 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
             if items.len() > MAX_STOP {
                 return Err(ApiError::invalid(
                     "stop",
-                    format!("at most {MAX_STOP} stop sequences are allowed, got {}", items.len()),
+                    format!(
+                        "at most {MAX_STOP} stop sequences are allowed, got {}",
+                        items.len()
+                    ),
                 ));
             }
             let mut list = Vec::with_capacity(items.len());
@@ -134,7 +154,10 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
             list
         }
         Some(_) => {
-            return Err(ApiError::invalid("stop", "stop must be a string or an array of strings"));
+            return Err(ApiError::invalid(
+                "stop",
+                "stop must be a string or an array of strings",
+            ));
         }
     };
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
@@ -151,26 +174,54 @@ mod tests {
     }
 
     fn param_of(v: Value) -> Option<String> {
-        fields(v).to_params(None).expect_err("refused").object().param
+        fields(v)
+            .to_params(None)
+            .expect_err("refused")
+            .object()
+            .param
     }
 
     #[test]
     fn defaults_are_openai_defaults() {
         let p = fields(json!({})).to_params(None).expect("valid");
-        assert_eq!((p.temperature, p.top_p, p.max_tokens, p.top_k), (1.0, 1.0, None, None));
+        assert_eq!(
+            (p.temperature, p.top_p, p.max_tokens, p.top_k),
+            (1.0, 1.0, None, None)
+        );
         assert!(p.stop.is_empty());
-        assert_eq!(fields(json!({"max_tokens": null})).to_params(Some(16)).expect("ok").max_tokens, Some(16));
+        assert_eq!(
+            fields(json!({"max_tokens": null}))
+                .to_params(Some(16))
+                .expect("ok")
+                .max_tokens,
+            Some(16)
+        );
     }
 
     #[test]
     fn ranges_name_their_field() {
-        assert_eq!(param_of(json!({"temperature": 2.5})).as_deref(), Some("temperature"));
+        assert_eq!(
+            param_of(json!({"temperature": 2.5})).as_deref(),
+            Some("temperature")
+        );
         assert_eq!(param_of(json!({"top_p": 0})).as_deref(), Some("top_p"));
-        assert_eq!(param_of(json!({"presence_penalty": -3})).as_deref(), Some("presence_penalty"));
+        assert_eq!(
+            param_of(json!({"presence_penalty": -3})).as_deref(),
+            Some("presence_penalty")
+        );
         assert_eq!(param_of(json!({"n": 2})).as_deref(), Some("n"));
-        assert_eq!(param_of(json!({"max_tokens": 0})).as_deref(), Some("max_tokens"));
-        assert_eq!(param_of(json!({"stop": ["a", "b", "c", "d", "e"]})).as_deref(), Some("stop"));
-        assert_eq!(param_of(json!({"stop": ["a", 1]})).as_deref(), Some("stop[1]"));
+        assert_eq!(
+            param_of(json!({"max_tokens": 0})).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param_of(json!({"stop": ["a", "b", "c", "d", "e"]})).as_deref(),
+            Some("stop")
+        );
+        assert_eq!(
+            param_of(json!({"stop": ["a", 1]})).as_deref(),
+            Some("stop[1]")
+        );
         assert_eq!(param_of(json!({"top_k": -5})).as_deref(), Some("top_k"));
     }
 
