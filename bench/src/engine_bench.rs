@@ -88,7 +88,12 @@ fn main() -> anyhow::Result<()> {
         report.generated_ids.len()
     );
     println!(
-        "reproduce:        cargo run --release -p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}",
+        "reproduce:        cargo run {}-p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}",
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            "--release "
+        },
         args.model.display(),
         format!("{:?}", args.device).to_lowercase(),
         args.prompt_tokens,

@@ -30,16 +30,42 @@ pub struct App {
     slots: Arc<Semaphore>,
     /// `system_fingerprint` in responses: the build serving them.
     pub(crate) fingerprint: String,
+    /// The audit log and the settings of this configuration generation; `None` only when
+    /// the configuration has no `[audit]` section.
+    pub(crate) audit: Option<Arc<crate::audit::trail::Binding>>,
+    /// Authentication and tenant policy of this configuration generation.
+    pub(crate) access: Arc<crate::access::Access>,
 }
 
 impl App {
     pub fn new(engine: Arc<dyn Engine>, settings: AppSettings) -> Arc<App> {
+        Self::with_audit(engine, settings, None)
+    }
+
+    /// An application whose requests are audited through `audit`.
+    pub fn with_audit(
+        engine: Arc<dyn Engine>,
+        settings: AppSettings,
+        audit: Option<Arc<crate::audit::trail::Binding>>,
+    ) -> Arc<App> {
+        Self::with_policy(engine, settings, audit, crate::access::Access::legacy())
+    }
+
+    /// An application with its audit log and its authentication and tenant policy.
+    pub fn with_policy(
+        engine: Arc<dyn Engine>,
+        settings: AppSettings,
+        audit: Option<Arc<crate::audit::trail::Binding>>,
+        access: Arc<crate::access::Access>,
+    ) -> Arc<App> {
         let slots = Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1)));
         Arc::new(App {
             engine,
             settings,
             slots,
             fingerprint: format!("fp_airlock_{}", env!("CARGO_PKG_VERSION")),
+            audit,
+            access,
         })
     }
 
@@ -56,6 +82,13 @@ impl App {
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Whether requests can be served as far as the audit log is concerned (`/readyz`).
+    pub fn audit_ready(&self) -> bool {
+        self.audit
+            .as_ref()
+            .is_none_or(|a| a.danger_allow_unaudited || a.log.healthy())
     }
 
     pub fn settings(&self) -> &AppSettings {

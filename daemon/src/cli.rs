@@ -30,6 +30,15 @@ pub enum Command {
     /// One-command quick start: certificates, config and the built-in model, served on
     /// https://127.0.0.1:8443.
     Dev(DevArgs),
+    /// Models: run the engine directly (`generate`), write integrity manifests (`manifest`).
+    #[command(subcommand)]
+    Model(crate::model_cli::ModelCommand),
+    /// The tamper-evident audit log: verify, export, digest, backup, keygen.
+    #[command(subcommand)]
+    Audit(crate::audit::cli::AuditCommand),
+    /// API keys: create (printed once), list, revoke, rotate.
+    #[command(subcommand)]
+    Keys(crate::keys::cli::KeysCommand),
 }
 
 #[derive(Debug, Args)]

@@ -5,9 +5,11 @@
 //! Errors carry the file, the dotted key path and the reason, and print as
 //! `FILE: key.path: reason` — the one line `airlockd check-config` shows before exiting 64.
 
+pub mod audit;
 mod duration;
 mod listener;
 mod locate;
+pub mod policy;
 pub mod raw;
 #[cfg(test)]
 mod tests;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use airlock_engine::DeviceChoice;
 
+pub use audit::AuditConfig;
 pub use duration::parse_duration;
 pub use listener::{
     ClientCertFormat, ListenAddress, ListenerConfig, ListenerMode, ProxyConfig, TlsConfig,
@@ -70,6 +73,10 @@ pub struct Config {
     pub limits: Limits,
     pub models: Vec<ModelConfig>,
     pub logging: LoggingConfig,
+    /// `[auth]` and `[[tenants]]`.
+    pub policy: policy::PolicyConfig,
+    /// `[audit]`; `None` only runs with a loud warning (see `warnings`).
+    pub audit: Option<AuditConfig>,
 }
 
 /// `[limits]`.
@@ -189,11 +196,15 @@ impl Config {
             ));
         }
         let logging = LoggingConfig::try_from(raw.logging)?;
+        let policy = policy::policy(raw.auth, raw.tenants, base)?;
+        let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         Ok(Config {
             listener,
             limits,
             models,
             logging,
+            audit,
+            policy,
         })
     }
 
@@ -221,6 +232,18 @@ impl Config {
                     );
                 }
             }
+        }
+        match &self.audit {
+            None => out.push(
+                "no [audit] section: requests are NOT recorded in a tamper-evident audit log"
+                    .to_owned(),
+            ),
+            Some(audit) if audit.danger_allow_unaudited => out.push(
+                "audit.danger_allow_unaudited = true: requests are served even when their audit \
+                 records cannot be written"
+                    .to_owned(),
+            ),
+            Some(_) => {}
         }
         for model in &self.models {
             if matches!(model.backend, ModelBackend::Test { .. }) {

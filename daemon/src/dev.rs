@@ -96,7 +96,7 @@ Try it with curl:
   curl --cert {cert} --key {key} --cacert {ca} \
     https://localhost:{port}/v1/chat/completions \
     -H 'content-type: application/json' \
-    -d '{{"model":"{DEV_MODEL}","messages":[{{"role":"user","content":"Hello!"}}]}}'
+    -d '{{"model":"{DEV_MODEL}","messages":[{{"role":"user","content":"Hello!"}}],"max_tokens":32}}'
 
 Or with the OpenAI Python SDK:
 
@@ -105,7 +105,7 @@ Or with the OpenAI Python SDK:
   tls.load_cert_chain("{cert}", "{key}")
   client = openai.OpenAI(base_url="https://localhost:{port}/v1", api_key="unused",
                          http_client=httpx.Client(verify=tls))
-  reply = client.chat.completions.create(model="{DEV_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}])
+  reply = client.chat.completions.create(model="{DEV_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
   print(reply.choices[0].message.content)
 
 Press Ctrl-C to stop.

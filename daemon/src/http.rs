@@ -11,9 +11,11 @@
 //! prompt filter, audit admit) belong between "parse and validate" and the engine, i.e. in
 //! front of `inference::complete`/`inference::start`.
 
+mod audited;
 mod body;
 mod endpoints;
 mod error;
+mod gate;
 mod inference;
 mod openai;
 mod response;
@@ -53,11 +55,23 @@ where
     // bound it, and a disconnect cancels it. Expiry drops `serve`, which cancels the engine
     // request.
     let deadline = app.settings.request_deadline;
-    match tokio::time::timeout(deadline, serve(&app, &conn, req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(error)) => error.into_response(),
-        Err(_) => ApiError::Timeout(deadline).into_response(),
-    }
+    // Audit wraps the whole request so that refusals at any step are recorded too; the
+    // admission record itself is written last before the engine (`inference::submit`).
+    let trail = audited::open(&app, &conn, &req);
+    let served = audited::scope(
+        trail.clone(),
+        tokio::time::timeout(deadline, serve(&app, &conn, req)),
+    )
+    .await;
+    let (resp, code) = match served {
+        Ok(Ok(resp)) => (resp, None),
+        Ok(Err(error)) => {
+            let code = error.object().code;
+            (error.into_response(), code)
+        }
+        Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
+    };
+    audited::finish(trail.as_deref(), resp, code).await
 }
 
 async fn serve<B>(
@@ -76,8 +90,12 @@ where
     let principal = if route.is_open() {
         None
     } else {
-        Some(authenticate(conn, &req)?)
+        Some(app.access.authenticate(conn, req.headers()).await?)
     };
+    // Who the audit records name from here on (refusals after this point included).
+    if let (Some(p), Some(trail)) = (&principal, crate::audit::trail::current()) {
+        trail.note_principal(&p.tenant, &p.subject);
+    }
 
     let inference = match route {
         Route::Healthz => return Ok(endpoints::healthz()),
@@ -104,14 +122,47 @@ where
     let (parts, body) = req.into_parts();
     let bytes = body::read_limited(&parts.headers, body, app.settings.max_body_bytes).await?;
 
+    let (tenant, policy) = principal.map_or_else(
+        || ("anonymous".to_owned(), None),
+        |p| (p.tenant, p.policy),
+    );
     let ctx = RequestContext {
         request_id,
-        tenant: principal.map_or_else(|| "anonymous".to_owned(), |p| p.tenant),
+        tenant,
+        policy: policy.clone(),
     };
-    match inference {
+    let mut resp = match inference {
         Inference::Chat => endpoints::chat(app, &ctx, &bytes, slot).await,
         Inference::Completions => endpoints::completions(app, &ctx, &bytes, slot).await,
         Inference::Generate => endpoints::generate(app, &ctx, &bytes, slot).await,
+    }?;
+    // The tenant's limits on every inference response (429s carry them too).
+    if let Some(policy) = policy {
+        ratelimit_headers(resp.headers_mut(), &policy.limiter.status());
+    }
+    Ok(resp)
+}
+
+/// OpenAI's `x-ratelimit-*` headers; a limit the tenant does not have is left out.
+pub(crate) fn ratelimit_headers(
+    headers: &mut http::HeaderMap,
+    status: &airlock_policy::ratelimit::RateStatus,
+) {
+    let seconds = |d: std::time::Duration| format!("{:.3}s", d.as_secs_f64());
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    if let Some(limit) = status.limit_requests {
+        put("x-ratelimit-limit-requests", limit.to_string());
+        put("x-ratelimit-remaining-requests", status.remaining_requests.to_string());
+        put("x-ratelimit-reset-requests", seconds(status.reset_requests));
+    }
+    if let Some(limit) = status.limit_tokens {
+        put("x-ratelimit-limit-tokens", limit.to_string());
+        put("x-ratelimit-remaining-tokens", status.remaining_tokens.to_string());
+        put("x-ratelimit-reset-tokens", seconds(status.reset_tokens));
     }
 }
 
@@ -122,27 +173,7 @@ enum Inference {
     Generate,
 }
 
-/// Who a request acts for.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    /// The tenant requests are charged to.
-    pub tenant: String,
-}
-
-/// The authentication step. Today the transport has already verified the client
-/// certificate (TLS mode) or a trusted proxy vouched for it; its common name (else its
-/// fingerprint) names the tenant. Tenant policy and API keys plug in here, and only here.
-fn authenticate<B>(conn: &ConnInfo, _req: &Request<B>) -> Result<Principal, ApiError> {
-    let tenant = conn
-        .client_cert()
-        .map(|(_, cert)| {
-            cert.common_name
-                .clone()
-                .unwrap_or_else(|| cert.sha256_fingerprint.clone())
-        })
-        .unwrap_or_else(|| "anonymous".to_owned());
-    Ok(Principal { tenant })
-}
+pub use crate::access::Principal;
 
 #[cfg(test)]
 mod tests;

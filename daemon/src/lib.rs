@@ -4,14 +4,18 @@
 //! authentication → tenant policy → rate limits → prompt filter → audit admit → engine →
 //! output filter → audit complete. `main.rs` only parses the command line and calls in here.
 
+pub mod access;
 pub mod app;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod logging;
+pub mod model_cli;
 pub mod notify;
 pub mod server;
 pub mod tls;

@@ -73,6 +73,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_FAILURE, e),
         },
+        Command::Model(command) => ExitCode::from(airlock_daemon::model_cli::run(command)),
+        Command::Audit(command) => ExitCode::from(airlock_daemon::audit::cli::run(command)),
+        Command::Keys(command) => ExitCode::from(airlock_daemon::keys::cli::run(command)),
         Command::Dev(args) => {
             logging::init(&LoggingConfig::default());
             let config_path = match dev::prepare(&args.dir, args.port) {

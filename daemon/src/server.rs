@@ -56,6 +56,8 @@ pub enum ServerError {
     Signal(std::io::Error),
     #[error("model loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Text printed to stdout after the `listening on` line, given the bound TCP address
@@ -100,7 +102,19 @@ pub async fn run(
         ListenerMode::Tls(_) => "https://",
         ListenerMode::Proxy(_) => "http://",
     };
-    let state = Arc::new(ArcSwap::from_pointee(State::build(config, engine.clone())?));
+    // The audit log opens (and records the start) before anything is served: a daemon that
+    // cannot record its decisions must not make any.
+    let config_hash = crate::audit::config_hash(&config_path);
+    let audit_log = match &config.audit {
+        Some(cfg) => Some(crate::audit::lifecycle::start(cfg, &config, &config_hash).await?),
+        None => None,
+    };
+    let state = Arc::new(ArcSwap::from_pointee(State::build_audited(
+        config,
+        engine.clone(),
+        audit_log.clone(),
+        config_hash,
+    )?));
 
     match &listener {
         Listener::Tcp(..) => announce(&format!("listening on {scheme}{}", listener.local())),
@@ -189,6 +203,9 @@ pub async fn run(
     if let Some(task) = watchdog {
         task.abort();
     }
+    if let Some(log) = audit_log {
+        crate::audit::lifecycle::stop(log, "signal").await;
+    }
     Ok(())
 }
 
@@ -213,9 +230,19 @@ async fn reload(
             }
             state.store(Arc::new(next));
             tracing::info!("reload complete: new connections use the new configuration");
+            let log = state.load().audit_log.clone();
+            if let Some(log) = log {
+                let hash = crate::audit::config_hash(path);
+                crate::audit::lifecycle::reloaded(&log, &hash, None).await;
+            }
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "reload failed; keeping the previous configuration")
+            tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+            let log = state.load().audit_log.clone();
+            if let Some(log) = log {
+                let hash = crate::audit::config_hash(path);
+                crate::audit::lifecycle::reloaded(&log, &hash, Some(e.to_string())).await;
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "reload task failed; keeping the previous configuration")

@@ -33,7 +33,7 @@ const FILES: &[(&str, &[u8])] = &[
 ];
 
 /// The name `airlockd dev` serves the default model under.
-pub const NAME: &str = "airlock-default";
+pub const NAME: &str = "airlock-tiny-random";
 
 /// Writes the embedded default model's files into `dir` (those missing or different) and
 /// returns the model directory (`dir` itself).

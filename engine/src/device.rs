@@ -1,7 +1,7 @@
 //! Device selection: a wgpu GPU when there is one, else burn's pure-Rust CPU backend.
 //!
 //! Adapters are first *listed* with plain wgpu, which opens no device and compiles no
-//! shader, so `Auto` never touches a software rasterizer: some (lavapipe in mesa 22.x)
+//! shader, so `Auto` never touches a software rasterizer: some (lavapipe with SPIR-V shaders)
 //! crash the process compiling compute pipelines, which no `catch_unwind` can stop. A
 //! device is opened only for a hardware adapter, or when the operator asked for `gpu`.
 

@@ -13,7 +13,8 @@ use crate::EngineError;
 use crate::hf_config::ModelConfig;
 use crate::weights::{RowTable, Weights};
 
-/// `x · W (+ b)` with `W` stored `[in, out]`.
+/// `x · Wᵀ (+ b)` with `W` stored as PyTorch does, `[out, in]`: no transposed copy at load,
+/// and for one-token decode the product is a row-contiguous matrix-vector product.
 struct Linear {
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
@@ -21,7 +22,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone());
+        let y = x.matmul(self.weight.clone().transpose());
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
@@ -96,8 +97,8 @@ impl Model {
         let linear =
             |name: &str, inp: usize, out: usize, bias: bool| -> Result<Linear, EngineError> {
                 let weight = t2(
-                    weights.f32_transposed(&format!("{name}.weight"), out, inp)?,
-                    [inp, out],
+                    weights.f32(&format!("{name}.weight"), &[out, inp])?,
+                    [out, inp],
                 );
                 let bias = if bias {
                     Some(t1(weights.f32(&format!("{name}.bias"), &[out])?))
@@ -147,8 +148,8 @@ impl Model {
             "lm_head.weight"
         };
         let lm_head = t2(
-            weights.f32_transposed(head_name, c.vocab_size, h)?,
-            [h, c.vocab_size],
+            weights.f32(head_name, &[c.vocab_size, h])?,
+            [c.vocab_size, h],
         );
         let norm = t1(weights.f32("model.norm.weight", &[h])?);
         let inv_freq = config.inv_freq().into_iter().map(|f| f as f32).collect();
@@ -316,7 +317,9 @@ impl Model {
         cache.len = total;
 
         let last = x.narrow(0, n - 1, 1);
-        let logits = self.rms_norm(last, &self.norm).matmul(self.lm_head.clone());
+        let logits = self
+            .rms_norm(last, &self.norm)
+            .matmul(self.lm_head.clone().transpose());
         logits
             .try_into_vec_as::<f32>()
             .map_err(|e| inference(format!("{e:?}")))

@@ -234,30 +234,6 @@ impl Weights {
         Ok(out)
     }
 
-    /// The 2-D tensor `name` of shape `[rows, cols]`, transposed to `[cols, rows]` (a
-    /// PyTorch `Linear` weight `[out, in]` becomes the `[in, out]` matrix `x · W` needs).
-    pub fn f32_transposed(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Vec<f32>, EngineError> {
-        let src = self.f32(name, &[rows, cols])?;
-        let mut out = vec![0.0f32; rows * cols];
-        // Blocked so both sides stay in cache.
-        const B: usize = 64;
-        for r0 in (0..rows).step_by(B) {
-            for c0 in (0..cols).step_by(B) {
-                for r in r0..(r0 + B).min(rows) {
-                    for c in c0..(c0 + B).min(cols) {
-                        out[c * rows + r] = src[r * cols + c];
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// A row table over the 2-D tensor `name` of shape `[rows, cols]`.
     pub fn rows(&self, name: &str, rows: usize, cols: usize) -> Result<RowTable, EngineError> {
         let entry = self.entry(name, &[rows, cols])?;

@@ -8,7 +8,7 @@ rely on. One line is printed per check, then a final line `N passed, M failed`.
     python tests/sdk/openai_conformance.py \
         --base-url https://127.0.0.1:8443/v1 \
         --cert DIR/certs/client-demo.pem --key DIR/certs/client-demo.key \
-        --cacert DIR/certs/ca.pem --model airlock-tiny
+        --cacert DIR/certs/ca.pem --model airlock-tiny-random
 
 Exit status: 0 all checks passed, 1 at least one failed, 2 bad arguments or setup.
 See tests/sdk/README.md.
@@ -460,7 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cert", required=True, help="client certificate (PEM)")
     p.add_argument("--key", required=True, help="client private key (PEM)")
     p.add_argument("--cacert", required=True, help="CA that signed the server certificate (PEM)")
-    p.add_argument("--model", required=True, help="model name the gateway serves, e.g. airlock-tiny")
+    p.add_argument("--model", required=True, help="model name the gateway serves, e.g. airlock-tiny-random")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"), help="bearer token (default: 'unused')")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
     p.add_argument("--oversize-mb", type=float, default=20.0, help="body size for the 413 check (default 20 MB)")

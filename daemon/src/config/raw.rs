@@ -17,6 +17,15 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub logging: RawLogging,
+    /// `[auth]`: credentials accepted (API keys, JWTs, certificates).
+    #[serde(default)]
+    pub auth: Option<super::policy::RawAuth>,
+    /// `[[tenants]]`: tenant policy.
+    #[serde(default)]
+    pub tenants: Vec<super::policy::RawTenant>,
+    /// `[audit]` (see `super::audit`).
+    #[serde(default)]
+    pub audit: Option<super::audit::RawAudit>,
 }
 
 /// `[listener]`.

@@ -58,13 +58,22 @@ pub fn readyz(app: &App) -> Response<BoxBody> {
             context_length: m.context_length,
         })
         .collect();
-    let ready = !models.is_empty();
+    // Not ready while audit records cannot be written: requests would only get 503.
+    let audit_ok = app.audit_ready();
+    let reason = if models.is_empty() {
+        Some("no model is loaded")
+    } else if !audit_ok {
+        Some("audit_unavailable: audit records cannot be written")
+    } else {
+        None
+    };
+    let ready = reason.is_none();
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         models,
         engine: app.engine.status(),
         requests_in_flight: app.requests_in_flight(),
-        reason: (!ready).then_some("no model is loaded"),
+        reason,
     };
     let status = if ready {
         StatusCode::OK

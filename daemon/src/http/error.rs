@@ -70,6 +70,39 @@ pub enum ApiError {
     #[error("the request did not complete within the server's deadline of {}s", .0.as_secs_f64())]
     Timeout(Duration),
 
+    /// The request's audit record could not be committed: the gateway refuses service
+    /// rather than serve unaudited. The reason is logged, not sent.
+    #[error("the audit log is unavailable; the request was not served")]
+    AuditUnavailable,
+
+    /// No valid credential. The message never contains the presented credential.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// Too many failed key verifications from this client: refused before hashing.
+    #[error("too many authentication attempts; retry in {retry_after}s")]
+    AuthThrottled { retry_after: u64 },
+
+    /// Authenticated, but the tenant may not do this (e.g. use this model).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        code: &'static str,
+        param: Option<String>,
+    },
+
+    /// A tenant filter's deny rule matched. Names the rule, never the matched text.
+    #[error("the request was refused by content policy rule `{rule_id}`")]
+    ContentPolicy { rule_id: String },
+
+    /// A tenant rate limit refused the request.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: u64,
+        status: airlock_policy::ratelimit::RateStatus,
+    },
+
     /// The engine refused or failed the request. `prompt_param` names the field the prompt
     /// came from (`messages`, `prompt`), used for context-length errors.
     #[error("{source}")]
@@ -155,6 +188,9 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let ApiError::RateLimited { status, .. } = &self {
+            super::ratelimit_headers(resp.headers_mut(), status);
+        }
         if let Some(allow) = rendered.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -231,6 +267,51 @@ impl ApiError {
             ApiError::Timeout(_) => {
                 plain(StatusCode::GATEWAY_TIMEOUT, SERVER, None, Some("timeout"))
             }
+            ApiError::AuditUnavailable => Rendered {
+                retry_after: Some(1),
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER,
+                    None,
+                    Some("audit_unavailable"),
+                )
+            },
+            ApiError::Unauthorized(_) => plain(
+                StatusCode::UNAUTHORIZED,
+                INVALID,
+                None,
+                Some("invalid_api_key"),
+            ),
+            ApiError::AuthThrottled { retry_after } => Rendered {
+                retry_after: Some(*retry_after),
+                ..plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    None,
+                    Some("rate_limit_exceeded"),
+                )
+            },
+            ApiError::Forbidden { code, param, .. } => plain(
+                StatusCode::FORBIDDEN,
+                INVALID,
+                param.clone(),
+                Some(*code),
+            ),
+            ApiError::ContentPolicy { .. } => plain(
+                StatusCode::FORBIDDEN,
+                INVALID,
+                None,
+                Some("content_policy_violation"),
+            ),
+            ApiError::RateLimited { retry_after, .. } => Rendered {
+                retry_after: Some(*retry_after),
+                ..plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    None,
+                    Some("rate_limit_exceeded"),
+                )
+            },
             ApiError::Engine {
                 source,
                 prompt_param,

@@ -15,6 +15,8 @@ use super::error::ApiError;
 pub struct RequestContext {
     pub request_id: String,
     pub tenant: String,
+    /// The tenant's policy (limits, filters); `None` for legacy certificate tenants.
+    pub policy: Option<Arc<airlock_policy::Tenant>>,
 }
 
 /// What to run.
@@ -40,6 +42,10 @@ pub struct Started {
     pub generation: Generation,
     /// The first token, or the end of a generation that produced none.
     pub first: TokenEvent,
+    /// The tenant's rate-limit admission. A stream keeps its whole token reservation and
+    /// frees its concurrency slot once the stream is handed over.
+    #[expect(dead_code, reason = "held for its Drop, which frees the concurrency slot")]
+    pub admission: Option<airlock_policy::ratelimit::Admission>,
 }
 
 /// Submits a job. Submission tokenizes the prompt (and may render a chat template), which is
@@ -48,9 +54,24 @@ pub struct Started {
 async fn submit(
     engine: &Arc<dyn Engine>,
     ctx: &RequestContext,
-    job: Job,
-) -> Result<Generation, ApiError> {
+    mut job: Job,
+) -> Result<(Generation, Option<airlock_policy::ratelimit::Admission>), ApiError> {
     let prompt_param = job.prompt_param;
+    // Tenant policy → rate limit / token reservation → prompt filter (see `gate`), before
+    // audit admit so that the audit records what the engine will really see.
+    let admission = ctx
+        .policy
+        .as_ref()
+        .map(|t| super::gate::admit(t, &mut job))
+        .transpose()?;
+    // Audit admit is the last step before the engine: the admission record is durable
+    // before the engine sees the request, or the request is refused (fail closed).
+    if let Some(trail) = crate::audit::trail::current()
+        && let Err(e) = trail.admit(&ctx.tenant, &job.model, &job.prompt).await
+    {
+        tracing::error!(error = %e, "audit admission record not written: refusing the request");
+        return Err(ApiError::AuditUnavailable);
+    }
     let request = GenerateRequest {
         request_id: ctx.request_id.clone(),
         tenant: ctx.tenant.clone(),
@@ -60,7 +81,9 @@ async fn submit(
     };
     let engine = Arc::clone(engine);
     match tokio::task::spawn_blocking(move || engine.submit(request)).await {
-        Ok(result) => result.map_err(|e| ApiError::engine(e, prompt_param)),
+        Ok(result) => result
+            .map(|g| (g, admission))
+            .map_err(|e| ApiError::engine(e, prompt_param)),
         Err(join) => {
             tracing::error!(error = %join, "engine submission panicked");
             Err(ApiError::engine(
@@ -78,7 +101,7 @@ pub async fn complete(
     job: Job,
 ) -> Result<Completed, ApiError> {
     let prompt_param = job.prompt_param;
-    let mut generation = submit(engine, ctx, job).await?;
+    let (mut generation, admission) = submit(engine, ctx, job).await?;
     let mut text = String::new();
     loop {
         match end_of(generation.next().await, prompt_param)? {
@@ -92,6 +115,19 @@ pub async fn complete(
             } => {
                 text.push_str(&rest);
                 log_finished(reason, usage, &timings);
+                // Return the unused part of the token reservation.
+                if let Some(admission) = admission {
+                    let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                    admission.complete(u32::try_from(used).unwrap_or(u32::MAX));
+                }
+                // Output filter on the whole completion (streams: not yet filtered).
+                if let Some(tenant) = &ctx.policy {
+                    text = super::gate::filter_output(tenant, text)?;
+                }
+                if let Some(trail) = crate::audit::trail::current() {
+                    let ttft = timings.time_to_first_token_ms.max(0.0) as u64;
+                    trail.note_finished(reason, usage, Some(ttft), &text);
+                }
                 return Ok(Completed {
                     text,
                     reason,
@@ -110,7 +146,7 @@ pub async fn start(
     job: Job,
 ) -> Result<Started, ApiError> {
     let prompt_param = job.prompt_param;
-    let mut generation = submit(engine, ctx, job).await?;
+    let (mut generation, admission) = submit(engine, ctx, job).await?;
     loop {
         match generation.next().await {
             Some(TokenEvent::Started { .. }) => {}
@@ -120,7 +156,13 @@ pub async fn start(
                     reason: FinishReason::Stop | FinishReason::Length,
                     ..
                 }),
-            ) => return Ok(Started { generation, first }),
+            ) => {
+                return Ok(Started {
+                    generation,
+                    first,
+                    admission,
+                });
+            }
             // Failed, cancelled, or the engine hung up: always an error.
             other => {
                 end_of(other, prompt_param)?;

@@ -183,6 +183,20 @@ struct StreamState {
     span: tracing::Span,
     /// Held until the body is dropped; frees a concurrency slot.
     _slot: OwnedSemaphorePermit,
+    /// The completion record, committed before the final events in `tail` are sent.
+    audit: Option<crate::audit::trail::StreamAudit>,
+    /// The final events (finish reason, usage, `[DONE]` or an error), held back until the
+    /// completion record is durable.
+    tail: Vec<Bytes>,
+    /// What the completion record says.
+    ending: Option<Ending>,
+}
+
+struct Ending {
+    reason: Option<FinishReason>,
+    usage: Option<airlock_engine::Usage>,
+    ttft_ms: Option<u64>,
+    error_code: Option<&'static str>,
 }
 
 impl StreamState {
@@ -193,6 +207,9 @@ impl StreamState {
             Ok(Step::Token(text)) => {
                 // Empty while the engine holds text back (partial UTF-8, possible stop string).
                 if !text.is_empty() {
+                    if let Some(audit) = &mut self.audit {
+                        audit.token(&text);
+                    }
                     self.out.push_back(self.chunker.content(&text));
                 }
             }
@@ -203,21 +220,35 @@ impl StreamState {
                 text,
             }) => {
                 if !text.is_empty() {
+                    if let Some(audit) = &mut self.audit {
+                        audit.token(&text);
+                    }
                     self.out.push_back(self.chunker.content(&text));
                 }
-                self.out.push_back(self.chunker.finish(reason));
+                self.tail.push(self.chunker.finish(reason));
                 if self.chunker.include_usage {
-                    self.out.push_back(self.chunker.usage(usage.into()));
+                    self.tail.push(self.chunker.usage(usage.into()));
                 }
-                self.out.push_back(Bytes::from_static(DONE));
+                self.tail.push(Bytes::from_static(DONE));
                 self.done = true;
+                self.ending = Some(Ending {
+                    reason: Some(reason),
+                    usage: Some(usage),
+                    ttft_ms: Some(timings.time_to_first_token_ms.max(0.0) as u64),
+                    error_code: None,
+                });
                 self.span.in_scope(|| log_finished(reason, usage, &timings));
             }
             Err(error) => {
-                self.span
-                    .in_scope(|| self.out.push_back(error_event(&error)));
-                self.out.push_back(Bytes::from_static(DONE));
+                self.span.in_scope(|| self.tail.push(error_event(&error)));
+                self.tail.push(Bytes::from_static(DONE));
                 self.done = true;
+                self.ending = Some(Ending {
+                    reason: None,
+                    usage: None,
+                    ttft_ms: None,
+                    error_code: error.object().code.or(Some("stream_error")),
+                });
             }
         }
     }
@@ -236,6 +267,9 @@ pub fn response(
         done: false,
         span: tracing::Span::current(),
         _slot: slot,
+        audit: crate::audit::trail::current().map(|trail| trail.stream()),
+        tail: Vec::new(),
+        ending: None,
     };
     state.on_event(Some(started.first));
     let events = stream::unfold(state, |mut state| async move {
@@ -244,7 +278,29 @@ pub fn response(
                 return Some((Ok::<_, Infallible>(Frame::data(bytes)), state));
             }
             if state.done {
-                return None;
+                let ending = state.ending.take()?;
+                // Audit complete: the record is durable before the final event is sent.
+                if let Some(audit) = &mut state.audit {
+                    let written = audit
+                        .finish(
+                            ending.reason,
+                            ending.usage,
+                            ending.ttft_ms,
+                            ending.error_code,
+                        )
+                        .await;
+                    if let Err(e) = written {
+                        state.span.in_scope(|| {
+                            tracing::error!(error = %e, "audit completion record not written: ending the stream with an error");
+                        });
+                        state.tail = vec![
+                            error_event(&ApiError::AuditUnavailable),
+                            Bytes::from_static(DONE),
+                        ];
+                    }
+                }
+                state.out.extend(state.tail.drain(..));
+                continue;
             }
             let event = state.generation.next().await;
             state.on_event(event);

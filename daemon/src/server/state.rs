@@ -18,6 +18,8 @@ pub struct State {
     pub app: Arc<App>,
     /// `None` in proxy mode.
     pub tls: Option<TlsAcceptor>,
+    /// The audit log (one per process, carried across reloads); `None` without `[audit]`.
+    pub audit_log: Option<Arc<crate::audit::AuditLog>>,
 }
 
 /// Why a state could not be built (at start: fatal; on reload: the old state stays).
@@ -29,11 +31,33 @@ pub enum StateError {
     Tls(#[from] TlsError),
     #[error("{0} cannot change on reload; restart the daemon")]
     NeedsRestart(&'static str),
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Keys(#[from] crate::keys::KeyStoreError),
 }
 
 impl State {
-    /// Builds TLS and the application state from a validated config.
-    pub fn build(config: Config, engine: Arc<dyn Engine>) -> Result<State, StateError> {
+    /// Builds TLS and the application state from a validated config, with the process's
+    /// audit log (if `[audit]` is configured) and the hash of the config file.
+    pub fn build_audited(
+        config: Config,
+        engine: Arc<dyn Engine>,
+        audit_log: Option<Arc<crate::audit::AuditLog>>,
+        config_hash: String,
+    ) -> Result<State, StateError> {
+        let binding = match (&audit_log, &config.audit) {
+            (Some(log), Some(cfg)) => Some(Arc::new(crate::audit::trail::Binding {
+                log: Arc::clone(log),
+                digest: Arc::new(crate::audit::DigestKey::load(&cfg.digest_key)?),
+                config_hash,
+                store_text: cfg.store_text,
+                tenant_store_text: cfg.tenant_store_text.clone(),
+                danger_allow_unaudited: cfg.danger_allow_unaudited,
+            })),
+            (None, None) => None,
+            _ => return Err(StateError::NeedsRestart("[audit]")),
+        };
         let tls = match &config.listener.mode {
             ListenerMode::Tls(tls_cfg) => Some(TlsAcceptor::from(tls::server_config(tls_cfg)?)),
             ListenerMode::Proxy(_) => None,
@@ -44,9 +68,15 @@ impl State {
             max_concurrent_requests: config.limits.max_concurrent_requests.get(),
         };
         Ok(State {
-            app: App::new(engine, settings),
+            app: App::with_policy(
+                engine,
+                settings,
+                binding,
+                crate::access::Access::new(config.policy.clone())?,
+            ),
             tls,
             config,
+            audit_log,
         })
     }
 
@@ -78,7 +108,14 @@ impl State {
         if config.logging != self.config.logging {
             warnings.push("[logging] changed: applies after a restart".to_owned());
         }
-        Ok((State::build(config, engine)?, warnings))
+        if let (Some(new), Some(old)) = (&config.audit, &self.config.audit)
+            && (new.db != old.db || new.signing_key != old.signing_key)
+        {
+            warnings.push("audit.db / audit.signing_key changed: apply after a restart".to_owned());
+        }
+        let hash = crate::audit::config_hash(path);
+        let state = State::build_audited(config, engine, self.audit_log.clone(), hash)?;
+        Ok((state, warnings))
     }
 }
 

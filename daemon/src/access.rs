@@ -1,0 +1,305 @@
+//! The authentication step of the request path, adapting HTTP and TLS to the policy crate.
+//!
+//! Credentials, in order of precedence:
+//! 1. an API key (`alk_…`) in `Authorization: Bearer` or `x-api-key`;
+//! 2. a JWT in `Authorization: Bearer` (when `[auth] jwks` is set);
+//! 3. the client certificate alone (TLS, or forwarded by a trusted proxy), by the
+//!    tenants' `cert_*` rules — or, with `cert_tenants = "cn"`, its CN.
+//!
+//! With none of these the answer is 401: deny by default. No failure message contains
+//! the presented credential.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use airlock_policy::jwt::thumbprint_from_hex;
+use airlock_policy::tenant::FailureThrottle;
+use airlock_policy::{ApiKey, CertIdentity as PolicyCert, PolicyError, Tenant, VerifiedKeyCache};
+use http::HeaderMap;
+use tokio::sync::Semaphore;
+
+use crate::config::policy::{CertTenants, PolicyConfig};
+use crate::http::ApiError;
+use crate::identity::{CertIdentity, ConnInfo};
+use crate::keys::KeySnapshot;
+
+/// Argon2 verifications run at once (each takes ~19 MiB and tens of ms of CPU).
+const ARGON2_CONCURRENCY: usize = 2;
+/// Cache-miss verifications a client gets in a burst, then one per [`THROTTLE_PERIOD`].
+const THROTTLE_BURST: u32 = 10;
+const THROTTLE_PERIOD: Duration = Duration::from_secs(6);
+const THROTTLE_CLIENTS: usize = 10_000;
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Who a request acts for.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The tenant requests are charged to.
+    pub tenant: String,
+    /// Who within the tenant: a key id, a token `sub`, or a certificate name.
+    pub subject: String,
+    /// The tenant's policy; `None` in legacy `cert_tenants = "cn"` mode without tenants.
+    pub policy: Option<Arc<Tenant>>,
+}
+
+/// The authentication state of one configuration generation.
+pub struct Access {
+    config: PolicyConfig,
+    keys: Option<Arc<KeySnapshot>>,
+    cache: VerifiedKeyCache,
+    throttle: FailureThrottle<String>,
+    argon2: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// Builds the state; opens the key database if one is configured.
+    pub fn new(config: PolicyConfig) -> Result<Arc<Self>, crate::keys::KeyStoreError> {
+        let keys = config
+            .key_db
+            .as_deref()
+            .map(KeySnapshot::start)
+            .transpose()?;
+        Ok(Arc::new(Self {
+            cache: VerifiedKeyCache::new(config.key_cache_ttl, CACHE_CAPACITY),
+            throttle: FailureThrottle::new(
+                NonZeroU32::new(THROTTLE_BURST).unwrap_or(NonZeroU32::MIN),
+                THROTTLE_PERIOD,
+                THROTTLE_CLIENTS,
+            ),
+            argon2: Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
+            keys,
+            config,
+        }))
+    }
+
+    /// The legacy default: certificate CN names the tenant, no keys, no tokens.
+    pub fn legacy() -> Arc<Self> {
+        let config = PolicyConfig::default();
+        Arc::new(Self {
+            cache: VerifiedKeyCache::new(config.key_cache_ttl, 1),
+            throttle: FailureThrottle::new(NonZeroU32::MIN, THROTTLE_PERIOD, 1),
+            argon2: Arc::new(Semaphore::new(1)),
+            keys: None,
+            config,
+        })
+    }
+
+    /// The authentication step.
+    pub async fn authenticate(
+        &self,
+        conn: &ConnInfo,
+        headers: &HeaderMap,
+    ) -> Result<Principal, ApiError> {
+        let cert = conn.client_cert().map(|(_, c)| c);
+        match credential(headers)? {
+            Some(c) if c.starts_with(airlock_policy::key::PREFIX) => {
+                self.with_key(c, cert, conn).await
+            }
+            Some(c) => self.with_token(c, cert),
+            None => self.with_cert(cert),
+        }
+    }
+
+    fn tenant_policy(&self, name: &str) -> Result<Option<Arc<Tenant>>, ApiError> {
+        match self.config.cert_tenants {
+            CertTenants::CommonName => Ok(self.config.tenants.get(name).cloned()),
+            CertTenants::Rules => self
+                .config
+                .tenants
+                .get(name)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| unauthorized("the credential's tenant is not configured")),
+        }
+    }
+
+    /// A tenant with `require_cert` accepts keys and tokens only over its own certificate.
+    fn check_cert_requirement(
+        policy: Option<&Arc<Tenant>>,
+        cert: Option<&CertIdentity>,
+    ) -> Result<(), ApiError> {
+        if let Some(t) = policy.filter(|t| t.require_cert) {
+            let owned = cert.is_some_and(|c| t.owns_cert(&policy_cert(c)));
+            if !owned {
+                return Err(unauthorized(
+                    "this tenant's credentials must be presented over its client certificate",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn with_key(
+        &self,
+        presented: &str,
+        cert: Option<&CertIdentity>,
+        conn: &ConnInfo,
+    ) -> Result<Principal, ApiError> {
+        // Format and checksum first: a mistyped key costs no lookup and no hashing.
+        let key = ApiKey::parse(presented).map_err(|_| unauthorized("malformed API key"))?;
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or_else(|| unauthorized("API keys are not enabled"))?;
+        let record = keys.get(key.id()).ok_or_else(invalid_key)?;
+        let now = SystemTime::now();
+        if !record.usable(now) {
+            return Err(invalid_key());
+        }
+        record
+            .check_binding(cert.map(|c| c.sha256_fingerprint.as_str()))
+            .map_err(|_| unauthorized("this API key is bound to another client certificate"))?;
+        if !self.cache.check(&key, &record, now) {
+            // Throttle before hashing: guesses cost the guesser, not the server.
+            let client = cert.map_or_else(
+                || conn.client_ip().map_or_else(|| "unknown".into(), |ip| ip.to_string()),
+                |c| c.sha256_fingerprint.clone(),
+            );
+            if let Err(wait) = self.throttle.attempt(&client) {
+                return Err(ApiError::AuthThrottled {
+                    retry_after: wait.as_secs().max(1),
+                });
+            }
+            let permit = Arc::clone(&self.argon2)
+                .acquire_owned()
+                .await
+                .map_err(|_| unauthorized("authentication unavailable"))?;
+            let (k, phc) = (key.clone(), record.phc.clone());
+            let verified = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                airlock_policy::hash::verify_key(&k, &phc)
+            })
+            .await
+            .map_err(|_| unauthorized("authentication unavailable"))?;
+            match verified {
+                Ok(true) => self.cache.insert(&key, &record, now),
+                Ok(false) => return Err(invalid_key()),
+                Err(e) => {
+                    tracing::warn!(key_id = %record.id, error = %e, "stored key hash unusable");
+                    return Err(invalid_key());
+                }
+            }
+        }
+        let policy = self.tenant_policy(&record.tenant)?;
+        Self::check_cert_requirement(policy.as_ref(), cert)?;
+        Ok(Principal {
+            tenant: record.tenant,
+            subject: format!("key:{}", record.id),
+            policy,
+        })
+    }
+
+    fn with_token(&self, token: &str, cert: Option<&CertIdentity>) -> Result<Principal, ApiError> {
+        let jwt = self
+            .config
+            .jwt
+            .as_ref()
+            .ok_or_else(|| unauthorized("malformed API key"))?;
+        let x5t = cert.and_then(|c| thumbprint_from_hex(&c.sha256_fingerprint));
+        let id = jwt.verify(token, x5t.as_deref()).map_err(|e| {
+            tracing::debug!(error = %e, "token refused");
+            match e {
+                PolicyError::CertificateMismatch => {
+                    unauthorized("the token is bound to another client certificate")
+                }
+                _ => unauthorized("invalid token"),
+            }
+        })?;
+        let policy = self.tenant_policy(&id.tenant)?;
+        Self::check_cert_requirement(policy.as_ref(), cert)?;
+        Ok(Principal {
+            tenant: id.tenant,
+            subject: format!("jwt:{}", id.subject),
+            policy,
+        })
+    }
+
+    fn with_cert(&self, cert: Option<&CertIdentity>) -> Result<Principal, ApiError> {
+        let cert = cert.ok_or_else(|| {
+            unauthorized("authentication required: an API key, a token or a client certificate")
+        })?;
+        let name = cert
+            .common_name
+            .clone()
+            .unwrap_or_else(|| cert.sha256_fingerprint.clone());
+        if let Some(t) = self.config.tenants.for_cert(&policy_cert(cert)) {
+            return Ok(Principal {
+                tenant: t.name.clone(),
+                subject: format!("cert:{name}"),
+                policy: Some(Arc::clone(t)),
+            });
+        }
+        match self.config.cert_tenants {
+            CertTenants::CommonName => Ok(Principal {
+                tenant: name.clone(),
+                subject: format!("cert:{name}"),
+                policy: None,
+            }),
+            CertTenants::Rules => Err(unauthorized(
+                "the client certificate does not belong to any tenant",
+            )),
+        }
+    }
+}
+
+fn policy_cert(c: &CertIdentity) -> PolicyCert {
+    PolicyCert {
+        common_name: c.common_name.clone(),
+        sans: c
+            .dns_names
+            .iter()
+            .chain(&c.uris)
+            .chain(&c.emails)
+            .cloned()
+            .collect(),
+        sha256: c.sha256_fingerprint.clone(),
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::Unauthorized(message.to_owned())
+}
+
+fn invalid_key() -> ApiError {
+    unauthorized("invalid API key")
+}
+
+/// The presented credential from `Authorization: Bearer` or `x-api-key`; both present
+/// and different is refused rather than guessed at.
+fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let bearer = match headers.get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| unauthorized("malformed Authorization header"))?;
+            let (scheme, rest) = v
+                .split_once(' ')
+                .ok_or_else(|| unauthorized("malformed Authorization header"))?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(unauthorized("the Authorization scheme must be Bearer"));
+            }
+            Some(rest.trim())
+        }
+    };
+    let api_key = headers
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::trim))
+        .transpose()
+        .map_err(|_| unauthorized("malformed x-api-key header"))?;
+    match (bearer, api_key) {
+        (Some(a), Some(b)) if a != b => Err(unauthorized(
+            "Authorization and x-api-key carry different credentials",
+        )),
+        (Some(c), _) | (None, Some(c)) if c.is_empty() => Err(unauthorized("empty credential")),
+        (Some(c), _) | (None, Some(c)) => Ok(Some(c)),
+        (None, None) => Ok(None),
+    }
+}

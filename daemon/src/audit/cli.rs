@@ -1,0 +1,176 @@
+//! `airlockd audit ...`: verify, export, digest, backup, keygen.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Subcommand;
+
+use super::keys::{self, DigestKey};
+use super::tools::{self, ExportFilter};
+use super::verify;
+
+/// Exit code of `audit verify` when the log is not intact.
+pub const EXIT_TAMPERED: u8 = 2;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every record, link and checkpoint signature; exit 0 only when intact, 2 when
+    /// tampered (the first bad sequence number and what is wrong are printed), 1 on errors.
+    Verify {
+        /// The database; repeat for rotated files, oldest first, the live file last.
+        #[arg(long = "db", value_name = "FILE", required = true)]
+        db: Vec<PathBuf>,
+        /// The checkpoint public key (`audit-signing.pub`). Without it checkpoints are only
+        /// checked against the key the file itself names.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print records as JSON lines (one object per record, with its chain hash).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// Only records at or after this time (RFC 3339, or a UTC date).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only records of this tenant.
+        #[arg(long, value_name = "T")]
+        tenant: Option<String>,
+        /// Output format (only `jsonl`).
+        #[arg(long, value_name = "FORMAT", default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
+    /// Keyed digest (HMAC-SHA256) of a file's bytes, as records carry it in
+    /// `prompt_digest`, `message_digests` and `output_digest`.
+    Digest {
+        /// The text (exact bytes; no trailing newline is removed).
+        #[arg(long, value_name = "FILE")]
+        text: PathBuf,
+        /// The digest key file (`audit-digest.key`).
+        #[arg(long, value_name = "FILE", required_unless_present = "config")]
+        key: Option<PathBuf>,
+        /// Or the daemon's configuration, whose `[audit] digest_key` is used.
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "key")]
+        config: Option<PathBuf>,
+    },
+    /// Copy a live database with SQLite's online backup API.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Create the checkpoint signing key, its public key and the digest key in DIR
+    /// (existing files are kept).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs one audit subcommand; returns the exit code.
+pub fn run(command: AuditCommand) -> u8 {
+    match command {
+        AuditCommand::Verify { db, pubkey } => verify_cmd(&db, pubkey.as_deref()),
+        AuditCommand::Export {
+            db, since, tenant, ..
+        } => {
+            let since_ms = match since.as_deref().map(tools::parse_since).transpose() {
+                Ok(s) => s,
+                Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+            };
+            let filter = ExportFilter { since_ms, tenant };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match tools::export(&db, &filter, &mut out) {
+                Ok(_) => 0,
+                Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+            }
+        }
+        AuditCommand::Digest { text, key, config } => {
+            let key_path = match (key, config) {
+                (Some(k), _) => k,
+                (None, Some(c)) => match crate::config::Config::load(&c) {
+                    Ok(cfg) => match cfg.audit {
+                        Some(a) => a.digest_key,
+                        None => {
+                            return fail(
+                                crate::cli::EXIT_USAGE,
+                                format!("{}: no [audit] section", c.display()),
+                            );
+                        }
+                    },
+                    Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+                },
+                (None, None) => {
+                    return fail(crate::cli::EXIT_USAGE, "--key or --config is required");
+                }
+            };
+            let key = match DigestKey::load(&key_path) {
+                Ok(k) => k,
+                Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+            };
+            match std::fs::read(&text) {
+                Ok(bytes) => {
+                    println!("{}", key.digest(&bytes));
+                    0
+                }
+                Err(e) => fail(crate::cli::EXIT_FAILURE, format!("{}: {e}", text.display())),
+            }
+        }
+        AuditCommand::Backup { db, to } => match tools::backup(&db, &to) {
+            Ok(()) => {
+                println!("backed up {} to {}", db.display(), to.display());
+                0
+            }
+            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+        },
+        AuditCommand::Keygen { dir } => match keys::keygen(&dir) {
+            Ok(created) => {
+                for path in created {
+                    println!("created {}", path.display());
+                }
+                0
+            }
+            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+        },
+    }
+}
+
+fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
+    let key = match pubkey.map(keys::read_public).transpose() {
+        Ok(k) => k,
+        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+    };
+    let start = Instant::now();
+    let report = match verify::verify(db, key.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+    };
+    let secs = start.elapsed().as_secs_f64();
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    match &report.finding {
+        Some(finding) => {
+            println!("TAMPERED: {finding}");
+            EXIT_TAMPERED
+        }
+        None => {
+            println!(
+                "intact: {} records (seq {}..{}), {} checkpoints (last at seq {}), verified in {:.3} s ({:.0} records/s)",
+                report.records,
+                report.first_seq.unwrap_or(0),
+                report.last_seq,
+                report.checkpoints,
+                report.last_checkpoint,
+                secs,
+                report.records as f64 / secs.max(1e-9),
+            );
+            0
+        }
+    }
+}
+
+fn fail(code: u8, error: impl std::fmt::Display) -> u8 {
+    eprintln!("airlockd: {error}");
+    code
+}

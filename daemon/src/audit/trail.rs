@@ -1,0 +1,425 @@
+//! One request's audit records, fail closed.
+//!
+//! `http::handle` opens a [`Trail`] for every request outside the open list and runs the
+//! request inside [`scope`], so the steps deep in the path reach it without threading it
+//! through every signature:
+//!
+//! * `inference::submit` calls [`Trail::admit`] right before the engine: the admission
+//!   record is committed first, or the request is refused with 503 `audit_unavailable`.
+//! * A request refused earlier (401, 403, 404, 413, 429, ...) gets one `deny` record from
+//!   [`Trail::finish`], committed before the refusal is sent.
+//! * A non-streaming completion gets its `complete` record from [`Trail::finish`] before
+//!   the response leaves `handle`; a stream writes it itself ([`StreamAudit`]) before its
+//!   final event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use airlock_engine::{ChatMessage, FinishReason, Prompt, Usage};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::keys::{DigestKey, finish};
+use super::record::{Kind, Record};
+use super::{AuditError, AuditLog};
+use crate::identity::ConnInfo;
+
+/// How much prompt/output text a tenant's records keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreText {
+    /// Keyed digests only (the default).
+    #[default]
+    None,
+    /// Text with digits and e-mail addresses masked.
+    Redacted,
+    /// Text as sent and generated.
+    Full,
+}
+
+impl StoreText {
+    pub fn parse(s: &str) -> Option<StoreText> {
+        match s {
+            "none" => Some(StoreText::None),
+            "redacted" => Some(StoreText::Redacted),
+            "full" => Some(StoreText::Full),
+            _ => None,
+        }
+    }
+
+    fn apply(self, text: &str) -> Option<String> {
+        match self {
+            StoreText::None => None,
+            StoreText::Full => Some(text.to_owned()),
+            StoreText::Redacted => Some(redact(text)),
+        }
+    }
+}
+
+/// Masks e-mail addresses and digits (account numbers, phone numbers, card numbers).
+pub fn redact(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            if word.contains('@') {
+                let tail: String = word.chars().filter(|c| c.is_whitespace()).collect();
+                format!("[email]{tail}")
+            } else {
+                word.chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// What requests need from the audit configuration in force (one per config generation).
+#[derive(Debug)]
+pub struct Binding {
+    pub log: Arc<AuditLog>,
+    pub digest: Arc<DigestKey>,
+    /// SHA-256 of the configuration file in force.
+    pub config_hash: String,
+    pub store_text: StoreText,
+    pub tenant_store_text: HashMap<String, StoreText>,
+    /// `danger_allow_unaudited`: serve even when records cannot be written.
+    pub danger_allow_unaudited: bool,
+}
+
+impl Binding {
+    fn store_text_for(&self, tenant: &str) -> StoreText {
+        self.tenant_store_text
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.store_text)
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Arc<Trail>;
+}
+
+/// Runs `fut` with `trail` reachable through [`current`].
+pub async fn scope<F: Future>(trail: Arc<Trail>, fut: F) -> F::Output {
+    CURRENT.scope(trail, fut).await
+}
+
+/// The trail of the request being served, if it is audited.
+pub fn current() -> Option<Arc<Trail>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    tenant: Option<String>,
+    principal: Option<String>,
+    model: Option<String>,
+    filter_rules: Vec<String>,
+    admit_seq: Option<u64>,
+    streaming: bool,
+    finish_reason: Option<&'static str>,
+    usage: Option<Usage>,
+    ttft_ms: Option<u64>,
+    output_digest: Option<String>,
+    output_text: Option<String>,
+}
+
+/// One request's audit state.
+#[derive(Debug)]
+pub struct Trail {
+    binding: Arc<Binding>,
+    started: Instant,
+    request_id: String,
+    /// Identity and route facts known before authentication.
+    base: Record,
+    progress: Mutex<Progress>,
+}
+
+impl Trail {
+    pub fn new(
+        binding: Arc<Binding>,
+        conn: &ConnInfo,
+        request_id: &str,
+        method: &str,
+        path: &str,
+    ) -> Arc<Trail> {
+        let mut base = Record::new(Kind::Admit);
+        base.set("request_id", request_id)
+            .set("route", format!("{method} {path}"))
+            .set("config_hash", binding.config_hash.as_str());
+        if let Some(addr) = conn.peer_addr {
+            base.set("source", addr.to_string());
+        }
+        if let Some(ip) = conn.forwarded_for {
+            // Only ever set from a trusted proxy's header (see identity::forwarded).
+            base.set("forwarded_for", json!([ip.to_string()]));
+        }
+        if let Some((source, cert)) = conn.client_cert() {
+            let method = match source {
+                crate::identity::CertSource::Tls => "mtls",
+                crate::identity::CertSource::TrustedProxy => "proxy_client_cert",
+            };
+            base.set("auth_method", method)
+                .set("cert_fingerprint", cert.sha256_fingerprint.as_str())
+                .set("cert_cn", cert.common_name.clone());
+        }
+        Arc::new(Trail {
+            binding,
+            started: Instant::now(),
+            request_id: request_id.to_owned(),
+            base,
+            progress: Mutex::new(Progress::default()),
+        })
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        match self.progress.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The principal the authentication step settled on (API key id, JWT iss/sub, ...).
+    pub fn note_principal(&self, tenant: &str, principal: &str) {
+        let mut p = self.progress();
+        p.tenant = Some(tenant.to_owned());
+        p.principal = Some(principal.to_owned());
+    }
+
+    /// Filter rules that fired (recorded with the admission or denial).
+    pub fn note_filter_rules(&self, rules: &[String]) {
+        self.progress().filter_rules.extend_from_slice(rules);
+    }
+
+    fn record(&self, kind: Kind) -> Record {
+        let mut record = self.base.clone();
+        record.kind = kind;
+        let p = self.progress();
+        record
+            .set("tenant", p.tenant.clone())
+            .set("principal", p.principal.clone())
+            .set("model", p.model.clone())
+            .set("filter_rules", json!(p.filter_rules));
+        record
+    }
+
+    async fn write(&self, record: Record) -> Result<u64, AuditError> {
+        match self.binding.log.append(record).await {
+            Ok(seq) => Ok(seq),
+            Err(e) if self.binding.danger_allow_unaudited => {
+                tracing::error!(error = %e, "audit record NOT written; serving anyway (danger_allow_unaudited)");
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The admission record, committed before the engine sees the request.
+    pub async fn admit(
+        &self,
+        tenant: &str,
+        model: &str,
+        prompt: &Prompt,
+    ) -> Result<(), AuditError> {
+        {
+            let mut p = self.progress();
+            p.tenant.get_or_insert_with(|| tenant.to_owned());
+            p.model = Some(model.to_owned());
+        }
+        let mut record = self.record(Kind::Admit);
+        record.set("decision", "allow");
+        let digest = &self.binding.digest;
+        let store = self.binding.store_text_for(tenant);
+        match prompt {
+            Prompt::Text(text) => {
+                record.set("prompt_digest", digest.digest(text.as_bytes()));
+                record.set("prompt_text", store.apply(text));
+            }
+            Prompt::Chat(messages) => {
+                record.set("prompt_digest", digest.digest(&chat_bytes(messages)));
+                let each: Vec<Value> = messages
+                    .iter()
+                    .map(|m| Value::from(digest.digest(m.content.as_bytes())))
+                    .collect();
+                record.set("message_digests", each);
+                if store != StoreText::None {
+                    let kept: Vec<Value> = messages
+                        .iter()
+                        .map(|m| json!({"role": m.role, "content": store.apply(&m.content)}))
+                        .collect();
+                    record.set("prompt_messages", kept);
+                }
+            }
+            Prompt::TokenIds(ids) => {
+                let bytes = serde_json::to_vec(ids).unwrap_or_default();
+                record.set("prompt_digest", digest.digest(&bytes));
+            }
+        }
+        let seq = self.write(record).await?;
+        self.progress().admit_seq = Some(seq);
+        Ok(())
+    }
+
+    /// What the engine reported at the end of a non-streaming generation.
+    pub fn note_finished(
+        &self,
+        reason: FinishReason,
+        usage: Usage,
+        ttft_ms: Option<u64>,
+        text: &str,
+    ) {
+        let store = self
+            .binding
+            .store_text_for(self.progress().tenant.as_deref().unwrap_or(""));
+        let digest = self.binding.digest.digest(text.as_bytes());
+        let mut p = self.progress();
+        p.finish_reason = Some(reason.as_str());
+        p.usage = Some(usage);
+        p.ttft_ms = ttft_ms;
+        p.output_digest = Some(digest);
+        p.output_text = store.apply(text);
+    }
+
+    /// Called by `handle` once the response is known: the `deny` record of a request refused
+    /// before admission, or the `complete` record of a non-streaming one. A stream writes its
+    /// own. An error means the response must not be sent.
+    pub async fn finish(&self, status: u16, error_code: Option<&str>) -> Result<(), AuditError> {
+        let (admitted, streaming) = {
+            let p = self.progress();
+            (p.admit_seq.is_some(), p.streaming)
+        };
+        if streaming {
+            return Ok(());
+        }
+        let record = if admitted {
+            self.completion(status, error_code)
+        } else {
+            let kind = if status >= 400 {
+                Kind::Deny
+            } else {
+                Kind::Admit
+            };
+            let mut record = self.record(kind);
+            record
+                .set("decision", if status >= 400 { "deny" } else { "allow" })
+                .set("reason", error_code.map(str::to_owned))
+                .set("status", status)
+                .set("latency_ms", self.elapsed_ms());
+            record
+        };
+        self.write(record).await.map(drop)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn completion(&self, status: u16, error_code: Option<&str>) -> Record {
+        let p = self.progress();
+        let mut record = Record::new(Kind::Complete);
+        record
+            .set("request_id", self.request_id.as_str())
+            .set("tenant", p.tenant.clone())
+            .set("admit_seq", p.admit_seq)
+            .set("status", status)
+            .set("reason", error_code.map(str::to_owned))
+            .set("finish_reason", p.finish_reason)
+            .set("latency_ms", self.elapsed_ms())
+            .set("ttft_ms", p.ttft_ms)
+            .set("output_digest", p.output_digest.clone())
+            .set("output_text", p.output_text.clone());
+        if let Some(usage) = p.usage {
+            record
+                .set("prompt_tokens", usage.prompt_tokens as u64)
+                .set("completion_tokens", usage.completion_tokens as u64);
+        }
+        record
+    }
+
+    /// Hands the completion over to a stream (called when the stream is built).
+    pub fn stream(self: &Arc<Self>) -> StreamAudit {
+        self.progress().streaming = true;
+        let store = self
+            .binding
+            .store_text_for(self.progress().tenant.as_deref().unwrap_or(""));
+        StreamAudit {
+            trail: Arc::clone(self),
+            mac: Some(self.binding.digest.hasher()),
+            text: (store != StoreText::None).then(String::new),
+            store,
+            done: false,
+        }
+    }
+}
+
+/// The canonical bytes a chat prompt's digest covers: `[{"content":…,"role":…},…]`.
+pub fn chat_bytes(messages: &[ChatMessage]) -> Vec<u8> {
+    let value: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+    let mut out = Vec::new();
+    super::record::canonical(&Value::Array(value), &mut out);
+    out
+}
+
+/// A stream's completion record: the output digest is computed as tokens pass.
+pub struct StreamAudit {
+    trail: Arc<Trail>,
+    mac: Option<Hmac<Sha256>>,
+    text: Option<String>,
+    store: StoreText,
+    done: bool,
+}
+
+impl StreamAudit {
+    pub fn token(&mut self, text: &str) {
+        if let Some(mac) = &mut self.mac {
+            mac.update(text.as_bytes());
+        }
+        if let Some(t) = &mut self.text {
+            t.push_str(text);
+        }
+    }
+
+    fn record(&mut self, status: u16, error_code: Option<&str>) -> Record {
+        self.done = true;
+        let mut record = self.trail.completion(status, error_code);
+        if let Some(mac) = self.mac.take() {
+            record.set("output_digest", finish(mac));
+        }
+        if let Some(text) = self.text.take() {
+            record.set("output_text", self.store.apply(&text));
+        }
+        record
+    }
+
+    /// The completion record, committed before the stream's final event.
+    pub async fn finish(
+        &mut self,
+        reason: Option<FinishReason>,
+        usage: Option<Usage>,
+        ttft_ms: Option<u64>,
+        error_code: Option<&str>,
+    ) -> Result<(), AuditError> {
+        {
+            let mut p = self.trail.progress();
+            p.finish_reason = reason.map(FinishReason::as_str);
+            p.usage = usage;
+            p.ttft_ms = ttft_ms;
+        }
+        let record = self.record(200, error_code);
+        self.trail.write(record).await.map(drop)
+    }
+}
+
+impl Drop for StreamAudit {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away mid-stream: record it without anyone to wait.
+            self.trail.progress().finish_reason = Some("cancelled");
+            let record = self.record(499, Some("client_disconnected"));
+            self.trail.binding.log.append_detached(record);
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Offline verification: every record's hash and link, every checkpoint's signature, the
+//! links between rotated files. Stops at the first problem and names its sequence number
+//! and kind. Reads the database read-only; needs only the public key.
+//!
+//! The fast path is one SHA-256 per record and no parsing; a record is parsed only to
+//! classify a mismatch (its body names its own `seq`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use rusqlite::{Connection, OpenFlags};
+
+use super::AuditError;
+use super::record::{GENESIS, chain_hash, checkpoint_message};
+use super::writer::meta;
+
+/// What is wrong at a sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A record's content no longer matches its hash or the chain.
+    Modified,
+    /// A record is missing (a gap, or later records renumbered down).
+    Deleted,
+    /// A record that the chain does not contain was added.
+    Inserted,
+    /// Records are in the wrong order.
+    Reordered,
+    /// Records signed by a checkpoint are gone from the end.
+    Truncated,
+    /// A checkpoint's signature is not the daemon's.
+    ForgedCheckpoint,
+    /// A rotated file does not continue its predecessor.
+    BrokenLink,
+}
+
+impl Problem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Modified => "modified",
+            Problem::Deleted => "deleted",
+            Problem::Inserted => "inserted",
+            Problem::Reordered => "reordered",
+            Problem::Truncated => "truncated",
+            Problem::ForgedCheckpoint => "forged checkpoint",
+            Problem::BrokenLink => "broken link between files",
+        }
+    }
+}
+
+/// The first problem found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub file: PathBuf,
+    pub seq: u64,
+    pub problem: Problem,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: seq {}: {}: {}",
+            self.file.display(),
+            self.seq,
+            self.problem.as_str(),
+            self.detail
+        )
+    }
+}
+
+/// What verification saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: u64,
+    pub last_checkpoint: u64,
+    pub finding: Option<Finding>,
+    pub warnings: Vec<String>,
+}
+
+/// Verifies `files` in order (oldest rotated file first, the live file last).
+pub fn verify(files: &[PathBuf], pubkey: Option<&VerifyingKey>) -> Result<Report, AuditError> {
+    let mut report = Report::default();
+    let mut link: Option<(u64, [u8; 32])> = None;
+    for file in files {
+        let end = verify_file(file, pubkey, link, &mut report)?;
+        if report.finding.is_some() {
+            break;
+        }
+        link = Some(end);
+    }
+    Ok(report)
+}
+
+struct Row {
+    seq: u64,
+    body: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+fn body_seq(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}
+
+/// One file; returns its last (seq, hash) for the next file's link.
+fn verify_file(
+    file: &Path,
+    pubkey: Option<&VerifyingKey>,
+    link: Option<(u64, [u8; 32])>,
+    report: &mut Report,
+) -> Result<(u64, [u8; 32]), AuditError> {
+    let sql = |source| AuditError::Sqlite {
+        path: file.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    let first_seq: u64 = meta(&conn, "first_seq")
+        .map_err(sql)?
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| AuditError::Format(format!("{}: not an audit log", file.display())))?;
+    let prev_hash: [u8; 32] = meta(&conn, "prev_hash")
+        .map_err(sql)?
+        .and_then(|v| hex::decode(v).ok())
+        .and_then(|v| v.try_into().ok())
+        .unwrap_or(GENESIS);
+    let clean = meta(&conn, "clean").map_err(sql)?.as_deref() == Some("1");
+    let stored_key = meta(&conn, "public_key")
+        .map_err(sql)?
+        .and_then(|v| hex::decode(v).ok())
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+    let key = match (pubkey, &stored_key) {
+        (Some(k), _) => Some(*k),
+        (None, Some(k)) => {
+            report.warnings.push(format!(
+                "{}: no --pubkey given: checkpoints were checked against the key stored in the \
+                 file, which proves consistency but not authorship",
+                file.display()
+            ));
+            Some(*k)
+        }
+        (None, None) => None,
+    };
+    let found = |seq, problem, detail: String| Finding {
+        file: file.to_path_buf(),
+        seq,
+        problem,
+        detail,
+    };
+
+    if let Some((last_seq, last_hash)) = link
+        && (first_seq != last_seq + 1 || prev_hash != last_hash)
+    {
+        report.finding = Some(found(
+            first_seq,
+            Problem::BrokenLink,
+            format!(
+                "file starts at seq {first_seq} but does not continue the previous file (ends at {last_seq})"
+            ),
+        ));
+        return Ok((0, GENESIS));
+    }
+
+    let mut checkpoints: BTreeMap<u64, (Vec<u8>, i64, Vec<u8>)> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT seq, hash, ts_ms, signature FROM checkpoints ORDER BY seq")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .map_err(sql)?;
+        for row in rows {
+            let (seq, value) = row.map_err(sql)?;
+            checkpoints.insert(seq, value);
+        }
+    }
+    report.checkpoints += checkpoints.len() as u64;
+
+    let mut stmt = conn
+        .prepare("SELECT seq, body, hash FROM records ORDER BY seq")
+        .map_err(sql)?;
+    let mut rows = stmt
+        .query_map([], |r| {
+            Ok(Row {
+                seq: r.get(0)?,
+                body: r.get(1)?,
+                hash: r.get(2)?,
+            })
+        })
+        .map_err(sql)?
+        .peekable();
+    let mut expected = first_seq;
+    let mut prev = prev_hash;
+    let mut last_checkpoint = 0;
+    while let Some(row) = rows.next() {
+        let row = row.map_err(sql)?;
+        report.first_seq.get_or_insert(row.seq);
+        if row.seq != expected {
+            report.finding = Some(found(
+                expected,
+                Problem::Deleted,
+                format!(
+                    "records {expected}..{} are missing",
+                    row.seq.saturating_sub(1)
+                ),
+            ));
+            return Ok((0, GENESIS));
+        }
+        let computed = chain_hash(row.seq, &prev, &row.body);
+        if row.hash[..] != computed[..] {
+            let next = match rows.peek() {
+                Some(Ok(next)) => Some((next.seq, body_seq(&next.body))),
+                _ => None,
+            };
+            let (problem, detail) = classify(&row, next);
+            report.finding = Some(found(row.seq, problem, detail));
+            return Ok((0, GENESIS));
+        }
+        if let Some((hash, ts, signature)) = checkpoints.get(&row.seq) {
+            if let Some(problem) = check_signature(key.as_ref(), row.seq, hash, *ts, signature) {
+                report.finding = Some(found(row.seq, Problem::ForgedCheckpoint, problem));
+                return Ok((0, GENESIS));
+            }
+            if hash[..] != computed[..] {
+                report.finding = Some(found(
+                    row.seq,
+                    Problem::Modified,
+                    format!(
+                        "the chain does not match the signed checkpoint: records after seq \
+                         {last_checkpoint} were rewritten"
+                    ),
+                ));
+                return Ok((0, GENESIS));
+            }
+            last_checkpoint = row.seq;
+        }
+        prev = computed;
+        expected = row.seq + 1;
+        report.records += 1;
+    }
+    let last_seq = expected - 1;
+    report.last_seq = last_seq;
+    report.last_checkpoint = last_checkpoint;
+    // Checkpoints past the last record: the records they sealed were removed.
+    if let Some((&seq, (_, ts, signature))) = checkpoints.range(expected..).next() {
+        let forged = checkpoints
+            .get(&seq)
+            .and_then(|(hash, _, _)| check_signature(key.as_ref(), seq, hash, *ts, signature));
+        report.finding = Some(match forged {
+            Some(problem) => found(seq, Problem::ForgedCheckpoint, problem),
+            None => found(
+                expected,
+                Problem::Truncated,
+                format!("a signed checkpoint covers seq {seq}, but the log ends at seq {last_seq}"),
+            ),
+        });
+        return Ok((0, GENESIS));
+    }
+    // Checkpoints that name a sequence no record has (within the range) were inserted.
+    if let Some((&seq, _)) = checkpoints
+        .range(..expected)
+        .find(|(seq, _)| **seq < first_seq)
+    {
+        report.finding = Some(found(
+            seq,
+            Problem::ForgedCheckpoint,
+            "checkpoint for a sequence number this file does not hold".into(),
+        ));
+        return Ok((0, GENESIS));
+    }
+    if last_seq > last_checkpoint {
+        if clean {
+            report.finding = Some(found(
+                last_checkpoint + 1,
+                Problem::Truncated,
+                format!(
+                    "the log was closed cleanly but records {}..{last_seq} are not covered by \
+                     its final checkpoint (the tail was truncated or records were appended)",
+                    last_checkpoint + 1
+                ),
+            ));
+            return Ok((0, GENESIS));
+        }
+        report.warnings.push(format!(
+            "{}: records {}..{last_seq} are not yet sealed by a checkpoint (the daemon is running \
+             or stopped uncleanly)",
+            file.display(),
+            last_checkpoint + 1
+        ));
+    }
+    Ok((last_seq, prev))
+}
+
+/// Tells modification, insertion and reordering apart from what the bodies say.
+fn classify(row: &Row, next: Option<(u64, Option<u64>)>) -> (Problem, String) {
+    match body_seq(&row.body) {
+        None => (
+            Problem::Modified,
+            "the record is not a valid canonical record".into(),
+        ),
+        Some(own) if own != row.seq => {
+            let next_is_this = next.is_some_and(|(_, b)| b == Some(row.seq));
+            if own > row.seq && next_is_this {
+                (
+                    Problem::Reordered,
+                    format!("holds record {own}; record {} comes after it", row.seq),
+                )
+            } else if own > row.seq {
+                (
+                    Problem::Deleted,
+                    format!(
+                        "holds record {own}: records before it were removed and the rest renumbered"
+                    ),
+                )
+            } else if next_is_this {
+                (
+                    Problem::Inserted,
+                    format!(
+                        "a copy of record {own} was inserted here; the original seq {} follows it",
+                        row.seq
+                    ),
+                )
+            } else {
+                (
+                    Problem::Reordered,
+                    format!("holds record {own}, which belongs earlier"),
+                )
+            }
+        }
+        Some(_) => {
+            if next.is_some_and(|(_, b)| b == Some(row.seq)) {
+                (
+                    Problem::Inserted,
+                    "a record was inserted here; the original record with this seq follows it"
+                        .into(),
+                )
+            } else {
+                (
+                    Problem::Modified,
+                    "the record's content does not match its hash and the chain".into(),
+                )
+            }
+        }
+    }
+}
+
+fn check_signature(
+    key: Option<&VerifyingKey>,
+    seq: u64,
+    hash: &[u8],
+    ts: i64,
+    signature: &[u8],
+) -> Option<String> {
+    let Some(key) = key else {
+        return Some("no public key to check the checkpoint with".into());
+    };
+    let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+        return Some("malformed checkpoint hash".into());
+    };
+    let Ok(signature) = <[u8; 64]>::try_from(signature) else {
+        return Some("malformed signature".into());
+    };
+    let message = checkpoint_message(seq, &hash, ts);
+    match key.verify(&message, &Signature::from_bytes(&signature)) {
+        Ok(()) => None,
+        Err(_) => Some("the signature does not verify with the public key".into()),
+    }
+}

@@ -1,0 +1,558 @@
+//! The single writer thread. Requests hand records to it over a bounded queue and wait on
+//! a oneshot for their own record's commit; the thread takes everything queued (group
+//! commit: one transaction and one fsync for many records), numbers and chains them, adds a
+//! signed checkpoint every `checkpoint_every` records or `checkpoint_interval`, commits, and
+//! answers each caller. SQLite runs here only, never on the async runtime.
+//!
+//! On a failed commit the transaction is rolled back, the chain head stays where it was,
+//! every caller in the batch gets an error, and [`AuditLog::healthy`] turns false. While
+//! unhealthy the thread retries once a second with a `resumed` record, so service comes
+//! back by itself once writes succeed again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::keys::SigningKey;
+use super::record::{GENESIS, Kind, Record, chain_hash, checkpoint_message};
+use super::rotate::{Rotation, apply_retention, archived_name};
+use super::{AuditError, now_ms};
+
+/// How the writer runs (from `[audit]`).
+#[derive(Debug)]
+pub struct WriterSettings {
+    pub db: PathBuf,
+    pub signing_key: SigningKey,
+    /// A checkpoint at least every this many records.
+    pub checkpoint_every: u64,
+    /// And at least this often while records arrive.
+    pub checkpoint_interval: Duration,
+    /// How long a request waits for its record's commit before it is refused.
+    pub write_timeout: Duration,
+    /// Records waiting for the writer; beyond it requests are refused (503).
+    pub queue: usize,
+    /// Rotation by size/age, retention of rotated files.
+    pub rotation: Rotation,
+}
+
+/// Records in one transaction at most.
+const MAX_BATCH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Msg {
+    Append(Record, Option<Reply>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle requests and the server use. Cheap to share (`Arc`).
+pub struct AuditLog {
+    tx: SyncSender<Msg>,
+    healthy: Arc<AtomicBool>,
+    write_timeout: Duration,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(crate) public_key_hex: String,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) the database, appends a `recovery` record when the previous run did
+    /// not stop cleanly, and starts the writer thread. Blocking: call before serving or on
+    /// the blocking pool.
+    pub fn open(settings: WriterSettings) -> Result<Arc<AuditLog>, AuditError> {
+        let mut state = WriterState::open(&settings)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+        let healthy = Arc::new(AtomicBool::new(true));
+        state.healthy = Arc::clone(&healthy);
+        let public_key_hex = state.key.public_hex();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || state.run(&rx))
+            .map_err(|source| AuditError::Io {
+                path: settings.db.clone(),
+                source,
+            })?;
+        Ok(Arc::new(AuditLog {
+            tx,
+            healthy,
+            write_timeout: settings.write_timeout,
+            thread: std::sync::Mutex::new(Some(thread)),
+            public_key_hex,
+        }))
+    }
+
+    /// Whether the last commit succeeded (`/readyz`).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Appends a record and waits for its commit; returns its sequence number.
+    pub async fn append(&self, record: Record) -> Result<u64, AuditError> {
+        let (reply, wait) = oneshot::channel();
+        match self.tx.try_send(Msg::Append(record, Some(reply))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(AuditError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => return Err(AuditError::Stopped),
+        }
+        match tokio::time::timeout(self.write_timeout, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout(self.write_timeout)),
+        }
+    }
+
+    /// Queues a record without waiting (a stream the client abandoned: nobody is left to
+    /// refuse). Never blocks.
+    pub fn append_detached(&self, record: Record) {
+        if self.tx.try_send(Msg::Append(record, None)).is_err() {
+            tracing::error!("audit queue full or closed: a detached audit record was dropped");
+        }
+    }
+
+    /// Final checkpoint, marks the log cleanly closed, stops the thread. Blocking.
+    pub fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = wait.blocking_recv();
+        }
+        let handle = match self.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Opens a database with the pragmas every writer and reader uses.
+/// `busy` bounds how long a commit waits for a lock held by another process (a backup, an
+/// operator's sqlite3 shell) before it counts as a failed write.
+pub fn connect(path: &Path, busy: Duration) -> Result<Connection, AuditError> {
+    let err = |source| AuditError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.busy_timeout(busy).map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY, hash BLOB NOT NULL,
+    ts_ms INTEGER NOT NULL, signature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Error> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(drop)
+}
+
+struct WriterState {
+    conn: Connection,
+    db: PathBuf,
+    /// After a rotation whose new file could not be opened yet: its (first_seq, prev_hash).
+    /// `write` opens it first, so a failed rotation is a failed write, retried like one.
+    pending_file: Option<(u64, [u8; 32], String)>,
+    rotation: Rotation,
+    file_first_seq: u64,
+    file_started: Instant,
+    write_timeout: Duration,
+    key: SigningKey,
+    head_seq: u64,
+    head_hash: [u8; 32],
+    checkpointed_seq: u64,
+    last_checkpoint: Instant,
+    checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    healthy: Arc<AtomicBool>,
+    failures: u64,
+}
+
+impl WriterState {
+    fn open(settings: &WriterSettings) -> Result<WriterState, AuditError> {
+        let conn = connect(&settings.db, settings.write_timeout)?;
+        let key = SigningKey::from_seed(settings.signing_key.seed_copy());
+        let sql = |source| AuditError::Sqlite {
+            path: settings.db.clone(),
+            source,
+        };
+        if meta(&conn, "format").map_err(sql)?.is_none() {
+            init_meta(&conn, 1, &GENESIS, None).map_err(sql)?;
+            set_meta(&conn, "clean", "1").map_err(sql)?;
+        }
+        let file_first_seq: u64 = meta(&conn, "first_seq")
+            .map_err(sql)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let age_ms = meta(&conn, "created_ms")
+            .map_err(sql)?
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(0, |created| now_ms().saturating_sub(created).max(0));
+        let file_started = Instant::now()
+            .checked_sub(Duration::from_millis(age_ms as u64))
+            .unwrap_or_else(Instant::now);
+        set_meta(&conn, "public_key", &key.public_hex()).map_err(sql)?;
+        let clean = meta(&conn, "clean").map_err(sql)?.as_deref() == Some("1");
+        let head: Option<(u64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        let (head_seq, head_hash) = match head {
+            Some((seq, hash)) => {
+                let hash: [u8; 32] = hash.try_into().map_err(|_| {
+                    AuditError::Format(format!("record {seq} has a malformed hash"))
+                })?;
+                (seq, hash)
+            }
+            None => {
+                let first = file_first_seq;
+                let prev = meta(&conn, "prev_hash")
+                    .map_err(sql)?
+                    .and_then(|v| hex::decode(v).ok())
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .unwrap_or(GENESIS);
+                (first.saturating_sub(1), prev)
+            }
+        };
+        let checkpointed_seq: u64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql)?;
+        set_meta(&conn, "clean", "0").map_err(sql)?;
+        let mut state = WriterState {
+            conn,
+            db: settings.db.clone(),
+            pending_file: None,
+            rotation: settings.rotation.clone(),
+            file_first_seq,
+            file_started,
+            write_timeout: settings.write_timeout,
+            key,
+            head_seq,
+            head_hash,
+            checkpointed_seq,
+            last_checkpoint: Instant::now(),
+            checkpoint_every: settings.checkpoint_every.max(1),
+            checkpoint_interval: settings.checkpoint_interval,
+            healthy: Arc::new(AtomicBool::new(true)),
+            failures: 0,
+        };
+        if !clean {
+            tracing::warn!(
+                last_seq = head_seq,
+                "the audit log was not closed cleanly (crash or kill -9): appending a recovery record"
+            );
+            let record = Record::new(Kind::Recovery)
+                .with("last_seq", head_seq)
+                .with("last_checkpoint_seq", checkpointed_seq)
+                .with(
+                    "unsealed_records",
+                    head_seq.saturating_sub(checkpointed_seq),
+                );
+            state
+                .commit(vec![(record, None)], true)
+                .map_err(|e| AuditError::Format(format!("writing the recovery record: {e}")))?;
+        }
+        Ok(state)
+    }
+
+    fn run(mut self, rx: &Receiver<Msg>) {
+        let tick = Duration::from_millis(250);
+        let mut last_probe = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.close();
+                    return;
+                }
+            };
+            let mut batch = Vec::new();
+            let mut close = None;
+            let mut next = first;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Append(record, reply) => batch.push((record, reply)),
+                    Msg::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if !batch.is_empty() {
+                if self.commit(batch, false).is_ok() {
+                    self.maybe_rotate();
+                }
+            } else if !self.healthy.load(Ordering::Acquire)
+                && last_probe.elapsed() >= Duration::from_secs(1)
+            {
+                last_probe = Instant::now();
+                let _ = self.commit(Vec::new(), false);
+            } else if self.head_seq > self.checkpointed_seq
+                && self.last_checkpoint.elapsed() >= self.checkpoint_interval
+            {
+                let _ = self.commit(Vec::new(), true);
+            }
+            if let Some(done) = close {
+                self.close();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Final checkpoint and the clean flag.
+    fn close(&mut self) {
+        if self.head_seq > self.checkpointed_seq && self.commit(Vec::new(), true).is_err() {
+            return;
+        }
+        if let Err(e) = set_meta(&self.conn, "clean", "1") {
+            tracing::error!(error = %e, "cannot mark the audit log closed");
+        }
+    }
+
+    /// Writes `batch` (plus a `resumed` record after a failure, plus a checkpoint when one is
+    /// due or `force_checkpoint`) in one transaction and answers every caller.
+    fn commit(
+        &mut self,
+        mut batch: Vec<(Record, Option<Reply>)>,
+        force_checkpoint: bool,
+    ) -> Result<(), String> {
+        let recovering = !self.healthy.load(Ordering::Acquire);
+        if recovering {
+            let record = Record::new(Kind::Resumed).with("failed_commits", self.failures);
+            batch.insert(0, (record, None));
+        }
+        match self.write(&batch, force_checkpoint) {
+            Ok((seq, hash, checkpointed)) => {
+                let first = self.head_seq + 1;
+                self.head_seq = seq;
+                self.head_hash = hash;
+                if checkpointed {
+                    self.checkpointed_seq = seq;
+                    self.last_checkpoint = Instant::now();
+                }
+                if recovering {
+                    tracing::warn!(
+                        failed_commits = self.failures,
+                        "audit log writes succeed again: serving resumes"
+                    );
+                    self.failures = 0;
+                    self.healthy.store(true, Ordering::Release);
+                }
+                for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(first + i as u64));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failures += 1;
+                if !recovering || self.failures.is_multiple_of(60) {
+                    tracing::error!(
+                        error = %e,
+                        failed_commits = self.failures,
+                        "AUDIT LOG WRITE FAILED: refusing requests (503 audit_unavailable) until writes succeed"
+                    );
+                }
+                self.healthy.store(false, Ordering::Release);
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(AuditError::Unavailable(message.clone())));
+                    }
+                }
+                Err(message)
+            }
+        }
+    }
+
+    /// One transaction; returns the new head and whether a checkpoint was written. The
+    /// writer's own head only moves after the commit succeeded.
+    fn write(
+        &mut self,
+        batch: &[(Record, Option<Reply>)],
+        force_checkpoint: bool,
+    ) -> Result<(u64, [u8; 32], bool), rusqlite::Error> {
+        if let Some((first_seq, prev, previous)) = &self.pending_file {
+            let conn = connect(&self.db, self.write_timeout).map_err(|e| match e {
+                AuditError::Sqlite { source, .. } => source,
+                other => rusqlite::Error::InvalidParameterName(other.to_string()),
+            })?;
+            init_meta(&conn, *first_seq, prev, Some(previous))?;
+            set_meta(&conn, "public_key", &self.key.public_hex())?;
+            set_meta(&conn, "clean", "0")?;
+            self.conn = conn;
+            self.pending_file = None;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut seq = self.head_seq;
+        let mut hash = self.head_hash;
+        let ts = now_ms();
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO records (seq, body, hash) VALUES (?1, ?2, ?3)")?;
+            for (record, _) in batch {
+                seq += 1;
+                let body = record.encode(seq, ts);
+                hash = chain_hash(seq, &hash, &body);
+                insert.execute(params![seq, body, &hash[..]])?;
+            }
+        }
+        let due = seq >= self.checkpointed_seq + self.checkpoint_every
+            || (seq > self.checkpointed_seq
+                && self.last_checkpoint.elapsed() >= self.checkpoint_interval);
+        let checkpoint = seq > self.checkpointed_seq && (due || force_checkpoint);
+        if checkpoint {
+            let signature = self.key.sign(&checkpoint_message(seq, &hash, ts));
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO checkpoints (seq, hash, ts_ms, signature) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![seq, &hash[..], ts, &signature[..]])?;
+        }
+        tx.commit()?;
+        Ok((seq, hash, checkpoint))
+    }
+}
+
+/// The meta rows of a new file continuing the chain at `first_seq` after `prev`.
+fn init_meta(
+    conn: &Connection,
+    first_seq: u64,
+    prev: &[u8; 32],
+    previous_file: Option<&str>,
+) -> Result<(), rusqlite::Error> {
+    set_meta(conn, "format", "airlock-audit-v1")?;
+    set_meta(conn, "first_seq", &first_seq.to_string())?;
+    set_meta(conn, "prev_hash", &hex::encode(prev))?;
+    set_meta(conn, "created_ms", &now_ms().to_string())?;
+    if let Some(previous) = previous_file {
+        set_meta(conn, "previous_file", previous)?;
+    }
+    Ok(())
+}
+
+impl WriterState {
+    fn file_bytes(&self) -> u64 {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(0);
+        u64::try_from(pages.saturating_mul(size)).unwrap_or(0)
+    }
+
+    fn maybe_rotate(&mut self) {
+        if self.pending_file.is_some() || self.head_seq < self.file_first_seq {
+            return;
+        }
+        let by_size = self
+            .rotation
+            .max_bytes
+            .is_some_and(|max| self.file_bytes() > max);
+        let by_age = self
+            .rotation
+            .max_age
+            .is_some_and(|age| self.file_started.elapsed() >= age);
+        if !(by_size || by_age) {
+            return;
+        }
+        if let Err(e) = self.rotate() {
+            tracing::error!(error = %e, "audit log rotation failed");
+        }
+    }
+
+    /// Seals the live file, renames it, and continues the chain in a new one.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        if self.head_seq > self.checkpointed_seq {
+            self.commit(Vec::new(), true)
+                .map_err(AuditError::Unavailable)?;
+        }
+        set_meta(&self.conn, "clean", "1")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let archived = archived_name(&self.db, self.file_first_seq);
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        if let Err((conn, e)) = old.close() {
+            self.conn = conn;
+            return Err(e.into());
+        }
+        if let Err(source) = std::fs::rename(&self.db, &archived) {
+            // Keep writing to the same file.
+            self.conn = connect(&self.db, self.write_timeout)?;
+            set_meta(&self.conn, "clean", "0")?;
+            return Err(AuditError::Io {
+                path: archived,
+                source,
+            });
+        }
+        let previous = archived.display().to_string();
+        tracing::info!(rotated_to = %previous, next_seq = self.head_seq + 1, "audit log rotated");
+        self.pending_file = Some((self.head_seq + 1, self.head_hash, previous.clone()));
+        self.file_first_seq = self.head_seq + 1;
+        self.file_started = Instant::now();
+        let record = Record::new(Kind::Rotate)
+            .with("previous_file", previous)
+            .with("previous_last_seq", self.head_seq)
+            .with("previous_last_hash", hex::encode(self.head_hash));
+        self.commit(vec![(record, None)], false)
+            .map_err(AuditError::Unavailable)?;
+        if let Some(keep) = self.rotation.keep {
+            let removed = apply_retention(&self.db, keep);
+            if !removed.is_empty() {
+                tracing::info!(files = ?removed, "audit retention removed rotated files");
+                let record = Record::new(Kind::Retention)
+                    .with("removed_files", removed)
+                    .with("keep_s", keep.as_secs());
+                self.commit(vec![(record, None)], false)
+                    .map_err(AuditError::Unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! `[audit]`: the tamper-evident audit log (see `docs/audit.md`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Invalid, duration_field, invalid, resolve};
+use crate::audit::rotate::Rotation;
+use crate::audit::trail::StoreText;
+
+/// `[audit]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub db: PathBuf,
+    pub signing_key: PathBuf,
+    pub digest_key: PathBuf,
+    #[serde(default)]
+    pub checkpoint_every_records: Option<u64>,
+    #[serde(default)]
+    pub checkpoint_every: Option<String>,
+    #[serde(default)]
+    pub write_timeout: Option<String>,
+    #[serde(default)]
+    pub queue: Option<u64>,
+    #[serde(default)]
+    pub store_text: Option<String>,
+    #[serde(default)]
+    pub tenant_store_text: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+    #[serde(default)]
+    pub rotate_after: Option<String>,
+    #[serde(default)]
+    pub keep_days: Option<u64>,
+    #[serde(default)]
+    pub danger_allow_unaudited: bool,
+}
+
+/// The validated `[audit]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The SQLite database (WAL mode: `-wal` and `-shm` files sit beside it).
+    pub db: PathBuf,
+    /// Ed25519 checkpoint signing key (64 hex characters); a forger without it cannot
+    /// re-seal a rewritten log.
+    pub signing_key: PathBuf,
+    /// HMAC-SHA256 key of prompt/output digests; without it nobody can test guesses of a
+    /// prompt against the log.
+    pub digest_key: PathBuf,
+    /// A signed checkpoint at least every this many records.
+    pub checkpoint_every_records: NonZeroU64,
+    /// And at least this often while records arrive.
+    pub checkpoint_every: Duration,
+    /// How long a request waits for its record to be durable before it gets 503.
+    pub write_timeout: Duration,
+    /// Records queued for the writer at most (beyond: 503).
+    pub queue: usize,
+    /// Default text retention for all tenants.
+    pub store_text: StoreText,
+    /// Per-tenant overrides of `store_text`.
+    pub tenant_store_text: HashMap<String, StoreText>,
+    /// Rotation by size/age into a new file chained to the old one; retention of whole
+    /// rotated files.
+    pub rotation: Rotation,
+    /// Serve even when audit records cannot be written. Labs only; warns at every start.
+    pub danger_allow_unaudited: bool,
+}
+
+fn store_text(path: &str, value: &str) -> Result<StoreText, Invalid> {
+    StoreText::parse(value).ok_or_else(|| {
+        invalid(
+            path,
+            format!("`{value}` is not one of \"none\", \"redacted\", \"full\""),
+        )
+    })
+}
+
+/// Validates `[audit]`; key files must exist and hold 32-byte hex keys.
+pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
+    let signing_key = resolve(base, raw.signing_key);
+    let digest_key = resolve(base, raw.digest_key);
+    if let Err(e) = crate::audit::SigningKey::load(&signing_key) {
+        return Err(invalid("audit.signing_key", e));
+    }
+    if let Err(e) = crate::audit::DigestKey::load(&digest_key) {
+        return Err(invalid("audit.digest_key", e));
+    }
+    let every = raw.checkpoint_every_records.unwrap_or(1000);
+    let checkpoint_every_records = NonZeroU64::new(every)
+        .ok_or_else(|| invalid("audit.checkpoint_every_records", "must be at least 1"))?;
+    let checkpoint_every = duration_field(
+        "audit.checkpoint_every",
+        raw.checkpoint_every,
+        Duration::from_secs(10),
+    )?;
+    let write_timeout = duration_field(
+        "audit.write_timeout",
+        raw.write_timeout,
+        Duration::from_secs(5),
+    )?;
+    for (path, d) in [
+        ("audit.checkpoint_every", checkpoint_every),
+        ("audit.write_timeout", write_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(path, "must be greater than zero"));
+        }
+    }
+    let queue = match raw.queue {
+        None => 65_536,
+        Some(v @ 1..=16_777_216) => v as usize,
+        Some(_) => return Err(invalid("audit.queue", "must be between 1 and 16777216")),
+    };
+    let default = match raw.store_text.as_deref() {
+        None => StoreText::None,
+        Some(v) => store_text("audit.store_text", v)?,
+    };
+    let mut tenants = HashMap::new();
+    for (tenant, value) in raw.tenant_store_text {
+        let parsed = store_text(&format!("audit.tenant_store_text.{tenant}"), &value)?;
+        tenants.insert(tenant, parsed);
+    }
+    let max_age = match raw.rotate_after {
+        None => None,
+        Some(text) => {
+            let d = duration_field("audit.rotate_after", Some(text), Duration::ZERO)?;
+            if d.is_zero() {
+                return Err(invalid("audit.rotate_after", "must be greater than zero"));
+            }
+            Some(d)
+        }
+    };
+    let max_bytes = match raw.rotate_bytes {
+        None => None,
+        Some(v) if v >= 65_536 => Some(v),
+        Some(_) => return Err(invalid("audit.rotate_bytes", "must be at least 65536")),
+    };
+    let keep = match raw.keep_days {
+        None => None,
+        Some(0) => return Err(invalid("audit.keep_days", "must be at least 1")),
+        Some(days) => Some(Duration::from_secs(days.saturating_mul(86_400))),
+    };
+    Ok(AuditConfig {
+        db: resolve(base, raw.db),
+        signing_key,
+        digest_key,
+        checkpoint_every_records,
+        checkpoint_every,
+        write_timeout,
+        queue,
+        store_text: default,
+        tenant_store_text: tenants,
+        rotation: Rotation {
+            max_bytes,
+            max_age,
+            keep,
+        },
+        danger_allow_unaudited: raw.danger_allow_unaudited,
+    })
+}

@@ -1,0 +1,265 @@
+//! The API key store: one SQLite table of argon2id hashes (never keys), shared by the
+//! `airlockd keys` commands and the running daemon.
+//!
+//! The daemon does not query SQLite per request. It keeps an in-memory snapshot of the
+//! table, refreshed by its own thread whenever `PRAGMA data_version` says another
+//! connection (a `keys revoke` in another process) committed. The thread polls every
+//! [`REFRESH`]; a revocation or rotation therefore takes effect within that interval plus
+//! one table read — documented as at most 1 second (docs/config.md, `[auth]`).
+
+pub mod cli;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_policy::{ApiKey, KeyId, KeyRecord};
+use arc_swap::ArcSwap;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// How often the daemon checks the database for changes.
+pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// Key store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("key database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("no key with id {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Policy(#[from] airlock_policy::PolicyError),
+}
+
+/// An open key database.
+pub struct KeyStore {
+    path: PathBuf,
+    conn: Connection,
+}
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn time(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+impl KeyStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        let err = |source| KeyStoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY,
+                 tenant TEXT NOT NULL,
+                 phc TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 expires_at INTEGER,
+                 bound_cert_sha256 TEXT,
+                 revoked INTEGER NOT NULL DEFAULT 0
+             );",
+        )
+        .map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn,
+        })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> KeyStoreError + '_ {
+        |source| KeyStoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Creates a key; the returned [`ApiKey`] is the only time the secret exists outside
+    /// the client.
+    pub fn create(
+        &self,
+        tenant: &str,
+        expires_at: Option<SystemTime>,
+        bound_cert_sha256: Option<String>,
+    ) -> Result<(ApiKey, KeyRecord), KeyStoreError> {
+        let key = ApiKey::generate();
+        let record = KeyRecord {
+            id: key.id().clone(),
+            tenant: tenant.to_owned(),
+            phc: airlock_policy::hash::hash_key(&key)?,
+            created_at: SystemTime::now(),
+            expires_at,
+            bound_cert_sha256,
+            revoked: false,
+        };
+        self.conn
+            .execute(
+                "INSERT INTO api_keys (id, tenant, phc, created_at, expires_at, bound_cert_sha256, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    record.id.as_str(),
+                    record.tenant,
+                    record.phc,
+                    secs(record.created_at),
+                    record.expires_at.map(secs),
+                    record.bound_cert_sha256,
+                ],
+            )
+            .map_err(self.err())?;
+        Ok((key, record))
+    }
+
+    /// All keys, oldest first.
+    pub fn list(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, tenant, phc, created_at, expires_at, bound_cert_sha256, revoked
+                 FROM api_keys ORDER BY created_at, id",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, i64>(6)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, tenant, phc, created, expires, bound, revoked) = row.map_err(self.err())?;
+            // A row with a malformed id cannot match any presented key: skip it.
+            let Ok(id) = KeyId::parse(&id) else { continue };
+            out.push(KeyRecord {
+                id,
+                tenant,
+                phc,
+                created_at: time(created),
+                expires_at: expires.map(time),
+                bound_cert_sha256: bound,
+                revoked: revoked != 0,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, KeyStoreError> {
+        Ok(self.list()?.into_iter().find(|r| r.id == *id))
+    }
+
+    /// Revokes a key at once.
+    pub fn revoke(&self, id: &KeyId) -> Result<(), KeyStoreError> {
+        let n = self
+            .conn
+            .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id.as_str()])
+            .map_err(self.err())?;
+        if n == 0 {
+            return Err(KeyStoreError::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Issues a new key for the same tenant and binding; the old one stays valid for
+    /// `overlap` more (or until its own expiry, if sooner).
+    pub fn rotate(
+        &self,
+        id: &KeyId,
+        overlap: Duration,
+    ) -> Result<(ApiKey, KeyRecord, SystemTime), KeyStoreError> {
+        let old = self
+            .get(id)?
+            .filter(|r| !r.revoked)
+            .ok_or_else(|| KeyStoreError::NotFound(id.to_string()))?;
+        let (key, record) =
+            self.create(&old.tenant, old.expires_at, old.bound_cert_sha256.clone())?;
+        let mut until = SystemTime::now() + overlap;
+        if let Some(at) = old.expires_at {
+            until = until.min(at);
+        }
+        self.conn
+            .execute(
+                "UPDATE api_keys SET expires_at = ?2 WHERE id = ?1",
+                params![id.as_str(), secs(until)],
+            )
+            .map_err(self.err())?;
+        Ok((key, record, until))
+    }
+
+    fn data_version(&self) -> Result<i64, KeyStoreError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(self.err())
+    }
+}
+
+/// The daemon's view of the key table.
+pub struct KeySnapshot {
+    records: ArcSwap<HashMap<KeyId, KeyRecord>>,
+}
+
+impl KeySnapshot {
+    /// Loads the table and starts the refresh thread, which ends once the snapshot is
+    /// dropped (at the next [`REFRESH`] tick).
+    pub fn start(path: &Path) -> Result<Arc<Self>, KeyStoreError> {
+        let store = KeyStore::open(path)?;
+        let snapshot = Arc::new(Self {
+            records: ArcSwap::from_pointee(index(store.list()?)),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&snapshot);
+        let mut version = store.data_version()?;
+        let spawned = std::thread::Builder::new()
+            .name("airlock-keys".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(REFRESH);
+                    let Some(snapshot) = weak.upgrade() else { return };
+                    match store.data_version() {
+                        Ok(v) if v == version => continue,
+                        Ok(v) => version = v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "key database: cannot check for changes");
+                            continue;
+                        }
+                    }
+                    match store.list() {
+                        Ok(records) => snapshot.records.store(Arc::new(index(records))),
+                        Err(e) => tracing::warn!(error = %e, "key database: reload failed"),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "key database: cannot start the refresh thread");
+        }
+        Ok(snapshot)
+    }
+
+    pub fn get(&self, id: &KeyId) -> Option<KeyRecord> {
+        self.records.load().get(id).cloned()
+    }
+}
+
+fn index(records: Vec<KeyRecord>) -> HashMap<KeyId, KeyRecord> {
+    records.into_iter().map(|r| (r.id.clone(), r)).collect()
+}

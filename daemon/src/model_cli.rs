@@ -1,0 +1,164 @@
+//! `airlockd model`: run the engine directly (no server) and write integrity manifests.
+
+use std::path::{Path, PathBuf};
+
+use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Run one prompt through the engine and print the continuation (no server, no TLS).
+    Generate(GenerateArgs),
+    /// Write DIR/airlock-manifest.json: the SHA-256 and size of every file in the model
+    /// directory. The daemon refuses a model whose files do not match it.
+    Manifest {
+        /// The Hugging Face model directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The Hugging Face model directory.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The prompt text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// The prompt as comma-separated token ids, used as given.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Render the prompt as one user message with the model's chat template.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    pub chat: bool,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub top_p: f32,
+    /// Random seed: the same seed and request give the same output.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Keep generating past EOS (fixed-length runs for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Refuse the model unless its airlock-manifest.json matches (default: warn only).
+    #[arg(long)]
+    pub verify: bool,
+    /// Write the float32 logits at the last prompt position to FILE as a JSON array.
+    #[arg(long, value_name = "FILE")]
+    pub logits_out: Option<PathBuf>,
+    /// Print one JSON object: prompt_ids, generated_ids, text, timings, device.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Gpu => DeviceChoice::Gpu,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// Runs a `model` subcommand; returns the process exit code.
+pub fn run(command: ModelCommand) -> u8 {
+    match command {
+        ModelCommand::Manifest { dir } => match airlock_engine::write_manifest(&dir) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("airlockd: {e}");
+                EXIT_FAILURE
+            }
+        },
+        ModelCommand::Generate(args) => generate(args),
+    }
+}
+
+fn generate(args: GenerateArgs) -> u8 {
+    let prompt = match (args.prompt, args.prompt_ids) {
+        (_, Some(ids)) => Prompt::TokenIds(ids),
+        (Some(text), None) => Prompt::Text(text),
+        (None, None) => {
+            eprintln!("airlockd: model generate: give --prompt TEXT or --prompt-ids 1,2,3");
+            return EXIT_USAGE;
+        }
+    };
+    let mut opts = GenerateOptions::new(&args.model, prompt);
+    opts.chat = args.chat;
+    opts.device = args.device.into();
+    opts.verify_manifest = args.verify;
+    opts.keep_logits = args.logits_out.is_some();
+    opts.params.max_tokens = Some(args.max_tokens);
+    opts.params.temperature = args.temperature;
+    opts.params.top_p = args.top_p;
+    opts.params.seed = args.seed;
+    opts.params.ignore_eos = args.ignore_eos;
+
+    let report = match airlock_engine::generate_once(&opts) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("airlockd: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if let Some(path) = &args.logits_out {
+        if let Err(e) = write_logits(path, &report) {
+            eprintln!("airlockd: {}: {e}", path.display());
+            return EXIT_FAILURE;
+        }
+    }
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("airlockd: cannot encode the report: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+    } else {
+        println!("{}", report.text);
+        let t = &report.timings;
+        eprintln!(
+            "{} prompt + {} generated tokens on {} ({}): load {:.2} s, TTFT {:.1} ms, \
+             prefill {:.1} tok/s, decode {:.1} tok/s",
+            report.prompt_ids.len(),
+            report.generated_ids.len(),
+            report.device,
+            report.finish_reason,
+            t.load_s,
+            t.ttft_ms,
+            t.prefill_tokens_per_s,
+            t.decode_tokens_per_s,
+        );
+    }
+    0
+}
+
+fn write_logits(path: &Path, report: &GenerateReport) -> std::io::Result<()> {
+    let logits = report.logits.as_deref().unwrap_or_default();
+    let text = serde_json::to_string(logits).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
+}

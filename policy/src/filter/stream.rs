@@ -1,0 +1,105 @@
+//! The streaming output filter.
+//!
+//! Model output arrives in small pieces; a card number or a denied phrase may be split
+//! across them. The filter holds back the last [`HOLD_BACK`] bytes, and any redaction
+//! match that would straddle the release point, so every match is examined whole. Released
+//! text keeps a little context so `\b` behaves as it would on the whole text.
+//!
+//! A deny match ends the stream: the text released is everything up to [`HOLD_BACK`]
+//! bytes before the end of the first deny match (earlier releases never pass that point,
+//! since they always stay [`HOLD_BACK`] behind the text seen so far). That is a function
+//! of the whole text alone, so any chunking, including one chunk (the non-streaming
+//! path), gives the same result.
+
+use super::{FilterSet, HOLD_BACK};
+
+/// Bytes of released text kept as context for the next matches.
+const CONTEXT: usize = 8;
+
+/// One response's output filter.
+#[derive(Debug)]
+pub struct StreamFilter<'a> {
+    set: &'a FilterSet,
+    /// Context (already released) followed by held-back text.
+    buf: String,
+    /// Where held-back text starts in `buf`.
+    held: usize,
+    denied: Option<String>,
+    redactions: Vec<(String, usize)>,
+}
+
+impl<'a> StreamFilter<'a> {
+    pub fn new(set: &'a FilterSet) -> Self {
+        Self {
+            set,
+            buf: String::new(),
+            held: 0,
+            denied: None,
+            redactions: Vec::new(),
+        }
+    }
+
+    /// Adds a piece of output; returns the text that may be sent now. After a deny
+    /// ([`Self::denied`]), returns the last releasable text once, then nothing.
+    pub fn push(&mut self, chunk: &str) -> String {
+        if self.denied.is_some() {
+            return String::new();
+        }
+        self.buf.push_str(chunk);
+        if let Some((end, rule)) = self.set.first_deny(&self.buf, self.held) {
+            self.denied = Some(rule);
+            return self.release(end.saturating_sub(HOLD_BACK));
+        }
+        self.release(self.buf.len().saturating_sub(HOLD_BACK))
+    }
+
+    /// The end of the output: releases everything still held (unless denied).
+    pub fn finish(&mut self) -> String {
+        if self.denied.is_some() {
+            return String::new();
+        }
+        self.release(self.buf.len())
+    }
+
+    /// The deny rule that ended the stream, if any.
+    pub fn denied(&self) -> Option<&str> {
+        self.denied.as_deref()
+    }
+
+    /// Redaction counts so far, for the audit log.
+    pub fn redactions(&self) -> &[(String, usize)] {
+        &self.redactions
+    }
+
+    /// Releases held text up to `limit` (moved back to a char boundary and to the start
+    /// of any redaction match straddling it).
+    fn release(&mut self, limit: usize) -> String {
+        let mut safe = floor_char(&self.buf, limit.max(self.held));
+        let spans = self.set.redactions(&self.buf, self.held);
+        for s in &spans {
+            if s.start < safe && s.end > safe {
+                safe = s.start;
+            }
+        }
+        let done: Vec<_> = spans.into_iter().filter(|s| s.end <= safe).collect();
+        for (id, n) in self.set.count(&done) {
+            match self.redactions.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, total)) => *total += n,
+                None => self.redactions.push((id, n)),
+            }
+        }
+        let out = self.set.apply(&self.buf, self.held, safe, &done);
+        let keep_from = floor_char(&self.buf, safe.saturating_sub(CONTEXT));
+        self.buf.drain(..keep_from);
+        self.held = safe - keep_from;
+        out
+    }
+}
+
+fn floor_char(s: &str, mut at: usize) -> usize {
+    at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}

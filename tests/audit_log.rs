@@ -1,0 +1,462 @@
+//! The audit log over the real binary: every request recorded (allowed and denied), the chain
+//! verified offline by `airlockd audit verify`, tampering pinpointed, prompts absent from the
+//! database under the default policy, fail-closed on write failure with recovery, and a
+//! `kill -9` during a burst.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Daemon, Pki, TEST_MODEL, TestConfig, airlockd};
+use serde_json::{Value, json};
+
+/// Keys from `airlockd audit keygen` and an `[audit]` section pointing at them.
+struct Audit {
+    dir: tempfile::TempDir,
+}
+
+impl Audit {
+    fn new() -> Audit {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, out, err) =
+            airlockd(&["audit", "keygen", "--dir", dir.path().to_str().unwrap()]);
+        assert!(status.success(), "keygen: {out}{err}");
+        Audit { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("audit.db")
+    }
+
+    fn section(&self, extra: &str) -> String {
+        format!(
+            "[audit]\ndb = {:?}\nsigning_key = {:?}\ndigest_key = {:?}\ncheckpoint_every_records = 20\n{extra}\n",
+            self.db(),
+            self.path("audit-signing.key"),
+            self.path("audit-digest.key"),
+        )
+    }
+
+    fn verify(&self) -> (i32, String) {
+        let db = self.db();
+        let pubkey = self.path("audit-signing.pub");
+        let (status, out, err) = airlockd(&[
+            "audit",
+            "verify",
+            "--db",
+            db.to_str().unwrap(),
+            "--pubkey",
+            pubkey.to_str().unwrap(),
+        ]);
+        (status.code().unwrap_or(-1), format!("{out}{err}"))
+    }
+
+    fn export(&self) -> Vec<Value> {
+        let (status, out, err) = airlockd(&[
+            "audit",
+            "export",
+            "--db",
+            self.db().to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ]);
+        assert!(status.success(), "export: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn config(audit: &Audit, limits: &str, audit_extra: &str) -> TestConfig {
+    TestConfig {
+        limits: format!("shutdown_grace = \"10s\"\n{limits}"),
+        extra: audit.section(audit_extra),
+        ..TestConfig::default()
+    }
+}
+
+fn chat(content: &str) -> Value {
+    json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}]})
+}
+
+fn stop(mut daemon: Daemon) {
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(30)).is_some());
+}
+
+fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn file_bytes(db: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(db).unwrap();
+    for suffix in ["-wal", "-journal"] {
+        if let Ok(more) = std::fs::read(format!("{}{suffix}", db.display())) {
+            bytes.extend(more);
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn requests_are_recorded_and_the_chain_verifies() {
+    let pki = Pki::new(&["alice"]);
+    let audit = Audit::new();
+    let daemon = Daemon::start(&pki, &config(&audit, "max_body_bytes = 2048", ""));
+    let client = daemon.client(&pki, "alice");
+    const SECRET: &str = "the launch code is zebra-kumquat-4471";
+
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&chat(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ok_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let streamed = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&json!({"model": TEST_MODEL, "stream": true, "messages": [{"role": "user", "content": SECRET}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let stream_id = streamed.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(streamed.text().await.unwrap().contains("[DONE]"));
+    // Denied: unknown route (404), unknown model (404), body too large (413).
+    assert_eq!(
+        client
+            .get(daemon.url("/v1/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&chat(&"x".repeat(4096)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // /readyz is open and not recorded; it reports the audit log healthy.
+    assert_eq!(
+        client
+            .get(daemon.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stop(daemon);
+
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+
+    let records = audit.export();
+    assert_eq!(records[0]["kind"], "start");
+    assert_eq!(records.last().unwrap()["kind"], "stop");
+    let admits = of_kind(&records, "admit");
+    let completes = of_kind(&records, "complete");
+    for id in [&ok_id, &stream_id] {
+        let admit = admits
+            .iter()
+            .find(|r| r["request_id"] == id.as_str())
+            .expect("admit record");
+        assert_eq!(admit["decision"], "allow");
+        assert_eq!(admit["cert_cn"], "alice");
+        assert_eq!(admit["auth_method"], "mtls");
+        assert!(
+            admit["prompt_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+        assert!(admit["config_hash"].as_str().unwrap().len() == 64);
+        assert!(admit.get("prompt_text").is_none() && admit.get("prompt_messages").is_none());
+        let done = completes
+            .iter()
+            .find(|r| r["request_id"] == id.as_str())
+            .expect("complete record");
+        assert_eq!(done["status"], 200);
+        assert_eq!(done["finish_reason"], "stop");
+        assert!(done["completion_tokens"].as_u64().unwrap() > 0);
+        assert!(
+            done["output_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+        assert!(done["seq"].as_u64() > admit["seq"].as_u64());
+    }
+    let denies = of_kind(&records, "deny");
+    let statuses: Vec<u64> = denies
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [404, 413], "{denies:?}");
+    assert_eq!(denies[0]["route"], "GET /v1/nope");
+    assert_eq!(denies[1]["reason"], "request_too_large");
+    // An unknown model is the engine's answer: admitted, then completed with 404.
+    let nope = admits
+        .iter()
+        .find(|r| r["model"] == "nope")
+        .expect("admit of the unknown model");
+    let done = completes
+        .iter()
+        .find(|r| r["request_id"] == nope["request_id"])
+        .unwrap();
+    assert_eq!(done["status"], 404);
+
+    // The prompt (and the echoed output) never reach the file under the default policy.
+    let bytes = file_bytes(&audit.db());
+    assert!(
+        !bytes.windows(13).any(|w| w == b"zebra-kumquat"),
+        "prompt text found in the audit db"
+    );
+
+    // `audit digest` finds the request that carried a message.
+    let text = audit.path("msg.txt");
+    std::fs::write(&text, SECRET).unwrap();
+    let (status, out, _) = airlockd(&[
+        "audit",
+        "digest",
+        "--text",
+        text.to_str().unwrap(),
+        "--key",
+        audit.path("audit-digest.key").to_str().unwrap(),
+    ]);
+    assert!(status.success());
+    let digest = out.trim();
+    assert!(admits.iter().any(|r| r["message_digests"][0] == digest));
+
+    // Backup copies a verifiable log.
+    let copy = audit.path("copy.db");
+    let (status, _, err) = airlockd(&[
+        "audit",
+        "backup",
+        "--db",
+        audit.db().to_str().unwrap(),
+        "--to",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    let (status, out, _) = airlockd(&["audit", "verify", "--db", copy.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+
+    // Tampering is pinpointed by the CLI.
+    let seq = admits[0]["seq"].as_u64().unwrap();
+    let conn = rusqlite::Connection::open(audit.db()).unwrap();
+    conn.execute(
+        "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), 'alice', 'bob') AS BLOB) WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    drop(conn);
+    let (code, out) = audit.verify();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("seq {seq}: modified")), "{out}");
+}
+
+#[tokio::test]
+async fn store_text_full_keeps_text_for_that_tenant_only() {
+    let pki = Pki::new(&["alice", "bob"]);
+    let audit = Audit::new();
+    let daemon = Daemon::start(
+        &pki,
+        &config(&audit, "", "[audit.tenant_store_text]\nalice = \"full\"\n"),
+    );
+    for tenant in ["alice", "bob"] {
+        let client = daemon.client(&pki, tenant);
+        let resp = client
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&chat(&format!("hello from {tenant}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    stop(daemon);
+    let records = audit.export();
+    let admits = of_kind(&records, "admit");
+    let alice = admits.iter().find(|r| r["cert_cn"] == "alice").unwrap();
+    assert_eq!(alice["prompt_messages"][0]["content"], "hello from alice");
+    let bob = admits.iter().find(|r| r["cert_cn"] == "bob").unwrap();
+    assert!(bob.get("prompt_messages").is_none());
+}
+
+#[tokio::test]
+async fn write_failure_refuses_service_then_recovers() {
+    let pki = Pki::new(&["alice"]);
+    let audit = Audit::new();
+    let daemon = Daemon::start(&pki, &config(&audit, "", "write_timeout = \"1s\""));
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+    assert_eq!(
+        client
+            .post(&url)
+            .json(&chat("before"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Another process holds the database's write lock: every commit fails.
+    let blocker = rusqlite::Connection::open(audit.db()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let resp = client
+        .post(&url)
+        .json(&chat("during"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable");
+    let denied = client.get(daemon.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(denied.status(), 503, "even refusals are not sent unaudited");
+    let mut not_ready = false;
+    for _ in 0..50 {
+        if client
+            .get(daemon.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        not_ready,
+        "/readyz fails while the audit log cannot be written"
+    );
+    assert!(daemon.logs().contains("AUDIT LOG WRITE FAILED"));
+
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    let mut recovered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if client
+            .get(daemon.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "service resumes by itself");
+    assert_eq!(
+        client
+            .post(&url)
+            .json(&chat("after"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stop(daemon);
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let records = audit.export();
+    assert_eq!(of_kind(&records, "resumed").len(), 1);
+    // The refused request left no admission record: it never reached the engine.
+    assert_eq!(of_kind(&records, "admit").len(), 2);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_burst_keeps_every_served_request() {
+    let pki = Pki::new(&["alice"]);
+    let audit = Audit::new();
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"5ms\"\nmax_active = 16\n"
+        ),
+        ..config(&audit, "", "")
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 3)).await;
+            let resp = client
+                .post(url)
+                .json(&chat("one two three four five"))
+                .send()
+                .await
+                .ok()?;
+            let id = resp
+                .headers()
+                .get("x-request-id")?
+                .to_str()
+                .ok()?
+                .to_owned();
+            let ok = resp.status() == 200 && resp.bytes().await.is_ok();
+            ok.then_some(id)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.signal("KILL");
+    let mut served = Vec::new();
+    for task in tasks {
+        if let Ok(Some(id)) = task.await {
+            served.push(id);
+        }
+    }
+    drop(daemon);
+    assert!(
+        !served.is_empty(),
+        "some requests completed before the kill"
+    );
+
+    // Restart on the same log: a recovery record, and the chain verifies.
+    let daemon = Daemon::start(&pki, &cfg);
+    stop(daemon);
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let records = audit.export();
+    assert_eq!(of_kind(&records, "recovery").len(), 1);
+    for id in &served {
+        for kind in ["admit", "complete"] {
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r["kind"] == kind && r["request_id"] == id.as_str()),
+                "served request {id} has no {kind} record"
+            );
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Identity and tenant policy through the real daemon: 401/403/429 with their headers, API
+//! keys created and revoked while it runs, the token budget under 200 concurrent requests,
+//! and prompt redaction observed through the (echoing) test engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Pki, TEST_MODEL, TestConfig};
+use serde_json::{Value, json};
+
+const TENANTS: &str = r#"
+[auth]
+key_db = "KEYDB"
+
+[[tenants]]
+name = "acme"
+models = ["test-model"]
+cert_cn = ["alice"]
+max_tokens = 50
+[[tenants.filters]]
+id = "no-zeus"
+action = "deny"
+literal = "project zeus"
+case_insensitive = true
+[[tenants.filters]]
+id = "pii-email"
+action = "redact"
+detector = "email"
+apply = "prompt"
+
+[[tenants]]
+name = "beta"
+models = ["another-model"]
+cert_cn = ["bob"]
+
+[[tenants]]
+name = "keyed"
+models = ["*"]
+requests_per_minute = 3
+burst = 3
+"#;
+
+struct Setup {
+    pki: Pki,
+    daemon: Daemon,
+    config: std::path::PathBuf,
+}
+
+fn start(tenants: &str, model_extra: &str) -> Setup {
+    let pki = Pki::new(&["alice", "bob", "carol"]);
+    let keydb = pki.dir().join("keys.db");
+    let cfg = TestConfig {
+        models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n{model_extra}"),
+        extra: tenants.replace("KEYDB", keydb.to_str().unwrap()),
+        ..TestConfig::default()
+    };
+    let text = cfg.to_toml(&pki);
+    let config = pki.dir().join("policy.toml");
+    std::fs::write(&config, &text).unwrap();
+    let daemon = Daemon::start_toml(&text);
+    Setup {
+        pki,
+        daemon,
+        config,
+    }
+}
+
+fn create_key(config: &std::path::Path, tenant: &str) -> String {
+    let (status, stdout, stderr) = common::airlockd(&[
+        "keys",
+        "create",
+        "--tenant",
+        tenant,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    let key = stdout.trim().to_owned();
+    assert!(key.starts_with("alk_"), "{stdout}");
+    key
+}
+
+fn chat(content: &str) -> Value {
+    json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 40})
+}
+
+async fn post(req: reqwest::RequestBuilder, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = req.json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn certificates_keys_and_refusals() {
+    let s = start(TENANTS, "");
+    let url = s.daemon.url("/v1/chat/completions");
+
+    // A certificate that belongs to a tenant.
+    let alice = s.daemon.client(&s.pki, "alice");
+    let (status, _, body) = post(alice.post(&url), &chat("hello")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A tenant that may not use this model: 403.
+    let bob = s.daemon.client(&s.pki, "bob");
+    let (status, _, body) = post(bob.post(&url), &chat("hello")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_allowed");
+
+    // A verified certificate of no tenant, no key: 401 (deny by default).
+    let carol = s.daemon.client(&s.pki, "carol");
+    let (status, _, body) = post(carol.post(&url), &chat("hello")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+
+    // An API key, in either header.
+    let key = create_key(&s.config, "keyed");
+    let (status, headers, body) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-ratelimit-limit-requests"], "3");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "2");
+    assert!(headers.contains_key("x-ratelimit-reset-requests"));
+    let (status, _, _) = post(carol.post(&url).header("x-api-key", &key), &chat("hi")).await;
+    assert_eq!(status, 200);
+
+    // A mistyped key and a well-formed unknown key: 401, never echoed.
+    let mut typo = key.clone();
+    typo.pop();
+    typo.push(if key.ends_with('A') { 'B' } else { 'A' });
+    let unknown = airlock_policy::ApiKey::generate().expose().to_owned();
+    for bad in [typo, unknown] {
+        let resp = carol
+            .post(&url)
+            .bearer_auth(&bad)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains(&bad[4..]), "echoed the key: {text}");
+    }
+
+    // Third request in the minute: 429 with Retry-After and the headers.
+    let resp = carol
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&chat("hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.headers()["x-ratelimit-remaining-requests"], "0");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn revocation_takes_effect_while_running() {
+    let s = start(
+        &TENANTS.replace("requests_per_minute = 3\nburst = 3\n", ""),
+        "",
+    );
+    let url = s.daemon.url("/v1/chat/completions");
+    let carol = s.daemon.client(&s.pki, "carol");
+    let key = create_key(&s.config, "keyed");
+    let (status, _, body) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
+    assert_eq!(status, 200, "{body}");
+    let id = &key[4..16];
+    let (st, out, err) = common::airlockd(&[
+        "keys",
+        "revoke",
+        id,
+        "--config",
+        s.config.to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{out}{err}");
+    let revoked_at = Instant::now();
+    loop {
+        let (status, _, _) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_millis(1500),
+            "revoked key still accepted after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, out, _) = common::airlockd(&["keys", "list", "--config", s.config.to_str().unwrap()]);
+    assert!(st.success());
+    assert!(out.contains(id) && out.contains("revoked"), "{out}");
+    assert!(!out.contains(&key[16..]), "list shows a secret: {out}");
+}
+
+#[tokio::test]
+async fn prompt_filters_redact_and_deny() {
+    let s = start(TENANTS, "");
+    let url = s.daemon.url("/v1/chat/completions");
+    let alice = s.daemon.client(&s.pki, "alice");
+    let (status, _, body) =
+        post(alice.post(&url), &chat("write to bob@example.com today")).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("[REDACTED:email]"), "{content}");
+    assert!(!content.contains("bob@example.com"), "{content}");
+
+    let (status, _, body) = post(alice.post(&url), &chat("tell me about Project ZEUS")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "content_policy_violation");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no-zeus") && !message.to_lowercase().contains("zeus about"));
+}
+
+#[tokio::test]
+async fn token_budget_holds_under_200_concurrent_requests() {
+    const BUDGET: u64 = 3000;
+    let tenants = format!(
+        "[[tenants]]\nname = \"acme\"\nmodels = [\"*\"]\ncert_cn = [\"alice\"]\ntokens_per_minute = {BUDGET}\n"
+    );
+    let s = start(&tenants, "max_queue = 256\nmax_active = 32\n");
+    let url = s.daemon.url("/v1/chat/completions");
+    let alice = s.daemon.client(&s.pki, "alice");
+    let body = json!({
+        "model": TEST_MODEL,
+        "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
+        "max_tokens": 8
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (client, url, body) = (alice.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (status, v)
+        }));
+    }
+    let (mut ok, mut limited, mut served) = (0, 0, 0u64);
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                served += v["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            429 => limited += 1,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(ok > 0 && limited > 0, "ok {ok}, limited {limited}");
+    assert!(served <= BUDGET, "served {served} tokens > budget {BUDGET}");
+}
