@@ -166,6 +166,22 @@ async fn requests_are_recorded_and_the_chain_verifies() {
             .status(),
         200
     );
+    // While the daemon runs: the live file verifies (its tail not yet sealed), and an online
+    // backup copies a log that verifies on its own.
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let copy = audit.path("copy.db");
+    let (status, _, err) = airlockd(&[
+        "audit",
+        "backup",
+        "--db",
+        audit.db().to_str().unwrap(),
+        "--to",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    let (status, out, err) = airlockd(&["audit", "verify", "--db", copy.to_str().unwrap()]);
+    assert!(status.success(), "{out}{err}");
     stop(daemon);
 
     let (code, out) = audit.verify();
@@ -234,6 +250,20 @@ async fn requests_are_recorded_and_the_chain_verifies() {
         "prompt text found in the audit db"
     );
 
+    // `--checkpoints` interleaves the signed anchors for off-host storage.
+    let (status, out, _) = airlockd(&[
+        "audit",
+        "export",
+        "--db",
+        audit.db().to_str().unwrap(),
+        "--checkpoints",
+    ]);
+    assert!(status.success());
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "checkpoint");
+    assert_eq!(last["seq"], records.last().unwrap()["seq"]);
+    assert_eq!(last["hash"], records.last().unwrap()["hash"]);
+
     // `audit digest` finds the request that carried a message.
     let text = audit.path("msg.txt");
     std::fs::write(&text, SECRET).unwrap();
@@ -248,20 +278,6 @@ async fn requests_are_recorded_and_the_chain_verifies() {
     assert!(status.success());
     let digest = out.trim();
     assert!(admits.iter().any(|r| r["message_digests"][0] == digest));
-
-    // Backup copies a verifiable log.
-    let copy = audit.path("copy.db");
-    let (status, _, err) = airlockd(&[
-        "audit",
-        "backup",
-        "--db",
-        audit.db().to_str().unwrap(),
-        "--to",
-        copy.to_str().unwrap(),
-    ]);
-    assert!(status.success(), "{err}");
-    let (status, out, _) = airlockd(&["audit", "verify", "--db", copy.to_str().unwrap()]);
-    assert!(status.success(), "{out}");
 
     // Tampering is pinpointed by the CLI.
     let seq = admits[0]["seq"].as_u64().unwrap();
@@ -458,5 +474,184 @@ async fn kill_9_during_a_burst_keeps_every_served_request() {
                 "served request {id} has no {kind} record"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn policy_refusals_are_recorded_before_they_are_sent() {
+    let pki = Pki::new(&["alice", "bob", "carol"]);
+    let audit = Audit::new();
+    let tenants = r#"
+[[tenants]]
+name = "acme"
+models = ["test-model"]
+cert_cn = ["alice"]
+requests_per_minute = 2
+burst = 2
+[[tenants.filters]]
+id = "no-zeus"
+action = "deny"
+literal = "project zeus"
+case_insensitive = true
+
+[[tenants]]
+name = "beta"
+models = ["another-model"]
+cert_cn = ["bob"]
+"#;
+    let cfg = TestConfig {
+        extra: format!("{}\n{tenants}", audit.section("")),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let url = daemon.url("/v1/chat/completions");
+    let alice = daemon.client(&pki, "alice");
+    let bob = daemon.client(&pki, "bob");
+    let carol = daemon.client(&pki, "carol");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // 401: a verified certificate of no tenant.
+    assert_eq!(
+        status(carol.post(&url).json(&chat("hi")).send().await.unwrap()),
+        401
+    );
+    // 403: a model the tenant may not use.
+    assert_eq!(
+        status(bob.post(&url).json(&chat("hi")).send().await.unwrap()),
+        403
+    );
+    // 403: a prompt filter rule.
+    assert_eq!(
+        status(
+            alice
+                .post(&url)
+                .json(&chat("about Project Zeus"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    // 429: past the tenant's burst.
+    let mut limited = false;
+    for _ in 0..4 {
+        if status(alice.post(&url).json(&chat("hi")).send().await.unwrap()) == 429 {
+            limited = true;
+        }
+    }
+    assert!(limited, "the burst of 2 is exceeded");
+    stop(daemon);
+
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let records = audit.export();
+    let denies = of_kind(&records, "deny");
+    let find = |cn: &str, status: u64| {
+        denies
+            .iter()
+            .find(|r| r["cert_cn"] == cn && r["status"] == status)
+            .unwrap_or_else(|| panic!("no {status} deny for {cn}: {denies:#?}"))
+    };
+    let r401 = find("carol", 401);
+    assert_eq!(r401["decision"], "deny");
+    assert!(r401.get("tenant").is_none());
+    let r403 = find("bob", 403);
+    assert_eq!(r403["tenant"], "beta");
+    let zeus = denies
+        .iter()
+        .find(|r| r["filter_rules"] == json!(["no-zeus"]))
+        .expect("filter deny names its rule");
+    assert_eq!(zeus["status"], 403);
+    assert_eq!(zeus["tenant"], "acme");
+    let r429 = find("alice", 429);
+    assert_eq!(r429["tenant"], "acme");
+    assert!(r429["reason"].is_string());
+}
+
+/// Runs the `sqlite3` CLI on `db` (as an attacker with file access would).
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI is needed by this test (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn tampering_with_the_sqlite3_cli_is_pinpointed() {
+    let pki = Pki::new(&["alice"]);
+    let audit = Audit::new();
+    let daemon = Daemon::start(&pki, &config(&audit, "", ""));
+    let client = daemon.client(&pki, "alice");
+    for i in 0..30 {
+        let resp = client
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&chat(&format!("request {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    stop(daemon);
+    assert_eq!(audit.verify().0, 0);
+    let last_checkpoint: u64 = sqlite3(&audit.db(), "SELECT MAX(seq) FROM checkpoints")
+        .parse()
+        .unwrap();
+    let first_checkpoint: u64 = sqlite3(&audit.db(), "SELECT MIN(seq) FROM checkpoints")
+        .parse()
+        .unwrap();
+    assert!(last_checkpoint > 40, "{last_checkpoint}");
+
+    let cases: Vec<(String, u64, &str)> = vec![
+        (
+            "UPDATE records SET body = CAST(replace(CAST(body AS TEXT), '\"v\":1', '\"v\":2') AS BLOB) WHERE seq = 10".into(),
+            10,
+            "modified",
+        ),
+        ("DELETE FROM records WHERE seq = 12".into(), 12, "deleted"),
+        (
+            "UPDATE records SET seq = -1 WHERE seq = 14; UPDATE records SET seq = 14 WHERE seq = 15; UPDATE records SET seq = 15 WHERE seq = -1;".into(),
+            14,
+            "reordered",
+        ),
+        (
+            "UPDATE records SET seq = -seq WHERE seq >= 16; UPDATE records SET seq = -seq + 1 WHERE seq < 0; INSERT INTO records (seq, body, hash) SELECT 16, body, hash FROM records WHERE seq = 2;".into(),
+            16,
+            "inserted",
+        ),
+        (
+            format!("DELETE FROM records WHERE seq > {}", last_checkpoint - 2),
+            last_checkpoint - 1,
+            "truncated",
+        ),
+        (
+            format!("UPDATE checkpoints SET hash = zeroblob(32) WHERE seq = {first_checkpoint}"),
+            first_checkpoint,
+            "forged checkpoint",
+        ),
+    ];
+    let pubkey = audit.path("audit-signing.pub");
+    for (i, (sql, seq, kind)) in cases.iter().enumerate() {
+        let copy = audit.path(&format!("tampered-{i}.db"));
+        std::fs::copy(audit.db(), &copy).unwrap();
+        sqlite3(&copy, sql);
+        let (status, out, err) = airlockd(&[
+            "audit",
+            "verify",
+            "--db",
+            copy.to_str().unwrap(),
+            "--pubkey",
+            pubkey.to_str().unwrap(),
+        ]);
+        assert_eq!(status.code(), Some(2), "{sql}: {out}{err}");
+        assert!(
+            out.contains(&format!("seq {seq}: {kind}:")),
+            "{sql}: expected seq {seq} {kind}, got {out}"
+        );
     }
 }

@@ -76,12 +76,13 @@ fn check_config_exits_64_with_file_key_and_reason() {
         )
     );
 
-    let text = TestConfig::default().to_toml(&pki) + "\n[tenants]\nalice = {}\n";
+    // (`[[tenants]]` is a real section now: an unknown one stands in for a typo.)
+    let text = TestConfig::default().to_toml(&pki) + "\n[tenantz]\nalice = {}\n";
     std::fs::write(&file, text).unwrap();
     let (status, _, err) = airlockd(&["check-config", "--config", file.to_str().unwrap()]);
     assert_eq!(status.code(), Some(64));
     assert!(
-        err.starts_with(&format!("{}: tenants: unknown field", file.display())),
+        err.starts_with(&format!("{}: tenantz: unknown field", file.display())),
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

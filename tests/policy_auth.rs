@@ -82,11 +82,35 @@ fn create_key(config: &std::path::Path, tenant: &str) -> String {
     key
 }
 
+/// A new key reaches the running daemon within its refresh bound (1 s): retry until then.
+async fn first_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> reqwest::header::HeaderMap {
+    let started = Instant::now();
+    loop {
+        let (status, headers, body) = post(client.post(url).bearer_auth(key), &chat("hi")).await;
+        if status == 200 {
+            return headers;
+        }
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "new key not accepted: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn chat(content: &str) -> Value {
     json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 40})
 }
 
-async fn post(req: reqwest::RequestBuilder, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post(
+    req: reqwest::RequestBuilder,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = req.json(body).send().await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -117,8 +141,7 @@ async fn certificates_keys_and_refusals() {
 
     // An API key, in either header.
     let key = create_key(&s.config, "keyed");
-    let (status, headers, body) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
-    assert_eq!(status, 200, "{body}");
+    let headers = first_accepted(&carol, &url, &key).await;
     assert_eq!(headers["x-ratelimit-limit-requests"], "3");
     assert_eq!(headers["x-ratelimit-remaining-requests"], "2");
     assert!(headers.contains_key("x-ratelimit-reset-requests"));
@@ -143,7 +166,11 @@ async fn certificates_keys_and_refusals() {
         assert!(!text.contains(&bad[4..]), "echoed the key: {text}");
     }
 
-    // Third request in the minute: 429 with Retry-After and the headers.
+    // The burst is 3: the third request passes, the fourth gets 429 with Retry-After and
+    // the headers.
+    let (status, headers, _) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
     let resp = carol
         .post(&url)
         .bearer_auth(&key)
@@ -167,16 +194,10 @@ async fn revocation_takes_effect_while_running() {
     let url = s.daemon.url("/v1/chat/completions");
     let carol = s.daemon.client(&s.pki, "carol");
     let key = create_key(&s.config, "keyed");
-    let (status, _, body) = post(carol.post(&url).bearer_auth(&key), &chat("hi")).await;
-    assert_eq!(status, 200, "{body}");
+    first_accepted(&carol, &url, &key).await;
     let id = &key[4..16];
-    let (st, out, err) = common::airlockd(&[
-        "keys",
-        "revoke",
-        id,
-        "--config",
-        s.config.to_str().unwrap(),
-    ]);
+    let (st, out, err) =
+        common::airlockd(&["keys", "revoke", id, "--config", s.config.to_str().unwrap()]);
     assert!(st.success(), "{out}{err}");
     let revoked_at = Instant::now();
     loop {
@@ -202,8 +223,7 @@ async fn prompt_filters_redact_and_deny() {
     let s = start(TENANTS, "");
     let url = s.daemon.url("/v1/chat/completions");
     let alice = s.daemon.client(&s.pki, "alice");
-    let (status, _, body) =
-        post(alice.post(&url), &chat("write to bob@example.com today")).await;
+    let (status, _, body) = post(alice.post(&url), &chat("write to bob@example.com today")).await;
     assert_eq!(status, 200, "{body}");
     let content = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(content.contains("[REDACTED:email]"), "{content}");
@@ -254,4 +274,90 @@ async fn token_budget_holds_under_200_concurrent_requests() {
     }
     assert!(ok > 0 && limited > 0, "ok {ok}, limited {limited}");
     assert!(served <= BUDGET, "served {served} tokens > budget {BUDGET}");
+}
+
+#[tokio::test]
+async fn streamed_output_is_filtered_across_tokens() {
+    let tenants = r#"
+[[tenants]]
+name = "acme"
+models = ["*"]
+cert_cn = ["alice"]
+[[tenants.filters]]
+id = "no-seven-eight"
+action = "deny"
+literal = "seven eight"
+apply = "output"
+"#;
+    let s = start(tenants, "");
+    let url = s.daemon.url("/v1/chat/completions");
+    let alice = s.daemon.client(&s.pki, "alice");
+    let body = json!({
+        "model": TEST_MODEL,
+        "messages": [{"role": "user", "content": common::TWENTY_WORDS}],
+        "max_tokens": 40,
+        "stream": true
+    });
+    let resp = alice.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let mut content = String::new();
+    let mut finish = None;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            content.push_str(c);
+        }
+        if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+    }
+    assert_eq!(finish.as_deref(), Some("content_filter"), "{text}");
+    assert!(!content.contains("seven eight"), "{content}");
+
+    // The same output, not streamed: refused naming the rule.
+    let mut body = body;
+    body["stream"] = json!(false);
+    let (status, _, body) = post(alice.post(&url), &body).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-seven-eight")
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_bound_key_needs_its_certificate() {
+    let s = start(TENANTS, "");
+    let url = s.daemon.url("/v1/chat/completions");
+    let (cert, _) = s.pki.client("carol");
+    let (status, stdout, stderr) = common::airlockd(&[
+        "keys",
+        "create",
+        "--tenant",
+        "keyed",
+        "--bind-cert",
+        cert.to_str().unwrap(),
+        "--expires",
+        "90d",
+        "--config",
+        s.config.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    let key = stdout.trim().to_owned();
+    let carol = s.daemon.client(&s.pki, "carol");
+    first_accepted(&carol, &url, &key).await;
+    let alice = s.daemon.client(&s.pki, "alice");
+    let (status, _, body) = post(alice.post(&url).bearer_auth(&key), &chat("hi")).await;
+    assert_eq!(status, 401, "{body}");
+    let (_, list, _) = common::airlockd(&["keys", "list", "--config", s.config.to_str().unwrap()]);
+    assert!(
+        list.contains("active") && !list.contains(&key[16..]),
+        "{list}"
+    );
 }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use airlock_policy::filter::{Action, Detector, FilterSet, FilterSpec, Matcher, RuleSpec, StreamFilter};
+use airlock_policy::filter::{
+    Action, Detector, FilterSet, FilterSpec, Matcher, RuleSpec, StreamFilter,
+};
 use airlock_policy::{ApiKey, KeyId, KeyRecord, VerifiedKeyCache};
 
 fn main() -> anyhow::Result<()> {
@@ -55,16 +57,24 @@ fn auth() -> anyhow::Result<()> {
         // lookup, usability, HMAC-keyed cache check.
         let presented = &keys[i % keys.len()];
         let key = ApiKey::parse(black_box(presented))?;
-        let record = table.get(key.id()).ok_or_else(|| anyhow::anyhow!("missing"))?;
+        let record = table
+            .get(key.id())
+            .ok_or_else(|| anyhow::anyhow!("missing"))?;
         if record.usable(now) && cache.check(&key, record, now) {
             hits += 1;
         }
     }
     let per = t.elapsed() / iterations as u32;
     anyhow::ensure!(hits as usize == iterations, "cache misses");
-    println!("auth: warm-cache per-request cost: {:.2} µs ({iterations} requests, 1000 keys)", per.as_secs_f64() * 1e6);
-    println!("auth: argon2id (m=19456 KiB, t=2, p=1) hash {:.1} ms, verify (cache miss) {:.1} ms",
-        hash_time.as_secs_f64() * 1e3, verify_time.as_secs_f64() * 1e3);
+    println!(
+        "auth: warm-cache per-request cost: {:.2} µs ({iterations} requests, 1000 keys)",
+        per.as_secs_f64() * 1e6
+    );
+    println!(
+        "auth: argon2id (m=19456 KiB, t=2, p=1) hash {:.1} ms, verify (cache miss) {:.1} ms",
+        hash_time.as_secs_f64() * 1e3,
+        verify_time.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -87,7 +97,10 @@ fn filters() -> anyhow::Result<()> {
             case_insensitive: false,
         })
         .collect();
-    for (i, lit) in ["project zeus", "internal only", "do not distribute"].iter().enumerate() {
+    for (i, lit) in ["project zeus", "internal only", "do not distribute"]
+        .iter()
+        .enumerate()
+    {
         rules.push(RuleSpec {
             id: format!("deny-{i}"),
             action: Action::Deny,
@@ -109,16 +122,28 @@ fn filters() -> anyhow::Result<()> {
     let mb = text.len() as f64 / 1e6;
 
     let t = Instant::now();
-    let out = set.check_input(&text).map_err(|d| anyhow::anyhow!("denied by {}", d.rule_id))?;
+    let out = set
+        .check_input(&text)
+        .map_err(|d| anyhow::anyhow!("denied by {}", d.rule_id))?;
     let secs = t.elapsed().as_secs_f64();
     let redactions: usize = out.redactions.iter().map(|(_, n)| n).sum();
-    println!("filter: prompt (10 detectors + 4 deny rules): {:.1} MB/s over {mb:.1} MB, {redactions} redactions", mb / secs);
+    println!(
+        "filter: prompt (10 detectors + 4 deny rules): {:.1} MB/s over {mb:.1} MB, {redactions} redactions",
+        mb / secs
+    );
 
-    let clean = "plain words without anything sensitive in them at all, repeated. ".repeat(16 * 1024 * 1024 / 66);
+    let clean = "plain words without anything sensitive in them at all, repeated. "
+        .repeat(16 * 1024 * 1024 / 66);
     let cmb = clean.len() as f64 / 1e6;
     let t = Instant::now();
-    black_box(set.check_input(&clean).map_err(|d| anyhow::anyhow!("denied by {}", d.rule_id))?);
-    println!("filter: prompt, clean text: {:.1} MB/s over {cmb:.1} MB", cmb / t.elapsed().as_secs_f64());
+    black_box(
+        set.check_input(&clean)
+            .map_err(|d| anyhow::anyhow!("denied by {}", d.rule_id))?,
+    );
+    println!(
+        "filter: prompt, clean text: {:.1} MB/s over {cmb:.1} MB",
+        cmb / t.elapsed().as_secs_f64()
+    );
 
     // Streaming in token-sized pieces (~4 bytes), as model output arrives.
     let sample = &text[..2 << 20];

@@ -54,7 +54,9 @@ pub struct Access {
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Access").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Access")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,7 +161,10 @@ impl Access {
         if !self.cache.check(&key, &record, now) {
             // Throttle before hashing: guesses cost the guesser, not the server.
             let client = cert.map_or_else(
-                || conn.client_ip().map_or_else(|| "unknown".into(), |ip| ip.to_string()),
+                || {
+                    conn.client_ip()
+                        .map_or_else(|| "unknown".into(), |ip| ip.to_string())
+                },
                 |c| c.sha256_fingerprint.clone(),
             );
             if let Err(wait) = self.throttle.attempt(&client) {

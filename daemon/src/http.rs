@@ -66,6 +66,9 @@ where
     let (resp, code) = match served {
         Ok(Ok(resp)) => (resp, None),
         Ok(Err(error)) => {
+            if let (ApiError::ContentPolicy { rule_id }, Some(trail)) = (&error, &trail) {
+                trail.note_filter_rules(std::slice::from_ref(rule_id));
+            }
             let code = error.object().code;
             (error.into_response(), code)
         }
@@ -122,10 +125,8 @@ where
     let (parts, body) = req.into_parts();
     let bytes = body::read_limited(&parts.headers, body, app.settings.max_body_bytes).await?;
 
-    let (tenant, policy) = principal.map_or_else(
-        || ("anonymous".to_owned(), None),
-        |p| (p.tenant, p.policy),
-    );
+    let (tenant, policy) =
+        principal.map_or_else(|| ("anonymous".to_owned(), None), |p| (p.tenant, p.policy));
     let ctx = RequestContext {
         request_id,
         tenant,
@@ -156,12 +157,18 @@ pub(crate) fn ratelimit_headers(
     };
     if let Some(limit) = status.limit_requests {
         put("x-ratelimit-limit-requests", limit.to_string());
-        put("x-ratelimit-remaining-requests", status.remaining_requests.to_string());
+        put(
+            "x-ratelimit-remaining-requests",
+            status.remaining_requests.to_string(),
+        );
         put("x-ratelimit-reset-requests", seconds(status.reset_requests));
     }
     if let Some(limit) = status.limit_tokens {
         put("x-ratelimit-limit-tokens", limit.to_string());
-        put("x-ratelimit-remaining-tokens", status.remaining_tokens.to_string());
+        put(
+            "x-ratelimit-remaining-tokens",
+            status.remaining_tokens.to_string(),
+        );
         put("x-ratelimit-reset-tokens", seconds(status.reset_tokens));
     }
 }

@@ -101,7 +101,8 @@ impl KeyStore {
             id: key.id().clone(),
             tenant: tenant.to_owned(),
             phc: airlock_policy::hash::hash_key(&key)?,
-            created_at: SystemTime::now(),
+            // Whole seconds, as stored.
+            created_at: time(secs(SystemTime::now())),
             expires_at,
             bound_cert_sha256,
             revoked: false,
@@ -171,7 +172,10 @@ impl KeyStore {
     pub fn revoke(&self, id: &KeyId) -> Result<(), KeyStoreError> {
         let n = self
             .conn
-            .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id.as_str()])
+            .execute(
+                "UPDATE api_keys SET revoked = 1 WHERE id = ?1",
+                [id.as_str()],
+            )
             .map_err(self.err())?;
         if n == 0 {
             return Err(KeyStoreError::NotFound(id.to_string()));
@@ -234,7 +238,9 @@ impl KeySnapshot {
             .spawn(move || {
                 loop {
                     std::thread::sleep(REFRESH);
-                    let Some(snapshot) = weak.upgrade() else { return };
+                    let Some(snapshot) = weak.upgrade() else {
+                        return;
+                    };
                     match store.data_version() {
                         Ok(v) if v == version => continue,
                         Ok(v) => version = v,
@@ -262,4 +268,60 @@ impl KeySnapshot {
 
 fn index(records: Vec<KeyRecord>) -> HashMap<KeyId, KeyRecord> {
     records.into_iter().map(|r| (r.id.clone(), r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_list_revoke_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let (key, record) = store.create("acme", None, Some("ab".into())).unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed, vec![record.clone()]);
+        assert!(!listed[0].phc.contains(key.expose()));
+        assert!(airlock_policy::hash::verify_key(&key, &listed[0].phc).unwrap());
+
+        let (new_key, new_record, until) =
+            store.rotate(&record.id, Duration::from_secs(60)).unwrap();
+        assert_ne!(new_key.expose(), key.expose());
+        assert_eq!(new_record.tenant, "acme");
+        assert_eq!(new_record.bound_cert_sha256.as_deref(), Some("ab"));
+        let old = store.get(&record.id).unwrap().unwrap();
+        assert_eq!(old.expires_at.map(secs), Some(secs(until)));
+        assert!(old.usable(SystemTime::now()));
+        assert!(!old.usable(until + Duration::from_secs(1)));
+
+        store.revoke(&new_record.id).unwrap();
+        assert!(store.get(&new_record.id).unwrap().unwrap().revoked);
+        let unknown = airlock_policy::ApiKey::generate();
+        assert!(matches!(
+            store.revoke(unknown.id()),
+            Err(KeyStoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn snapshot_sees_changes_from_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let snapshot = KeySnapshot::start(&path).unwrap();
+        let store = KeyStore::open(&path).unwrap();
+        let (_, record) = store.create("acme", None, None).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while snapshot.get(&record.id).is_none() {
+            assert!(std::time::Instant::now() < deadline, "not seen within 1 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        store.revoke(&record.id).unwrap();
+        while !snapshot.get(&record.id).is_some_and(|r| r.revoked) {
+            assert!(
+                std::time::Instant::now() < deadline + Duration::from_secs(1),
+                "revocation not seen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

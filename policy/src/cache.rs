@@ -80,9 +80,7 @@ impl VerifiedKeyCache {
         let digest = phc_digest(&record.phc);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         match entries.get(&tag) {
-            Some(e) if e.id == record.id && e.phc_digest == digest && now < e.valid_until => {
-                true
-            }
+            Some(e) if e.id == record.id && e.phc_digest == digest && now < e.valid_until => true,
             Some(_) => {
                 entries.remove(&tag);
                 false

@@ -162,12 +162,18 @@ impl FilterSet {
         let mut redact_patterns = Vec::new();
         for rule in &spec.rules {
             if rule.id.is_empty() || !seen.insert(rule.id.as_str()) {
-                return Err(bad(&rule.id, "rule ids must be unique and non-empty".into()));
+                return Err(bad(
+                    &rule.id,
+                    "rule ids must be unique and non-empty".into(),
+                ));
             }
             let (pattern, detector, label) = match &rule.matcher {
                 Matcher::Literal(lit) => {
                     if lit.is_empty() || lit.len() > HOLD_BACK / 2 {
-                        return Err(bad(&rule.id, format!("literal must be 1..={} bytes", HOLD_BACK / 2)));
+                        return Err(bad(
+                            &rule.id,
+                            format!("literal must be 1..={} bytes", HOLD_BACK / 2),
+                        ));
                     }
                     if rule.action == Action::Deny {
                         let slot = &mut literals[usize::from(rule.case_insensitive)];
@@ -297,7 +303,11 @@ impl FilterSet {
             let mut at = from;
             while let Some((start, end)) = self.redact_patterns[rule].find_at(text, at) {
                 spans.push(Span { start, end, rule });
-                at = if end > start { end } else { next_char(text, end) };
+                at = if end > start {
+                    end
+                } else {
+                    next_char(text, end)
+                };
             }
         }
         // Earliest first; at equal starts the longer; then drop overlaps.
@@ -348,7 +358,13 @@ fn set_of(rules: &[PatternRule]) -> Result<Option<RegexSet>, PolicyError> {
     let flags: Vec<bool> = rules.iter().map(|r| r.case_insensitive()).collect();
     let patterns: Vec<String> = patterns
         .zip(flags)
-        .map(|(p, ci)| if ci { format!("(?i:{p})") } else { p.to_owned() })
+        .map(|(p, ci)| {
+            if ci {
+                format!("(?i:{p})")
+            } else {
+                p.to_owned()
+            }
+        })
         .collect();
     RegexSetBuilder::new(patterns)
         .size_limit(1 << 24)

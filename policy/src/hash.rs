@@ -42,10 +42,11 @@ pub fn verify_key(key: &ApiKey, phc: &str) -> Result<bool, PolicyError> {
     if parsed.algorithm != argon2::ARGON2ID_IDENT {
         return Err(PolicyError::Hashing("stored hash is not argon2id".into()));
     }
-    let params =
-        Params::try_from(&parsed).map_err(|e| PolicyError::Hashing(e.to_string()))?;
+    let params = Params::try_from(&parsed).map_err(|e| PolicyError::Hashing(e.to_string()))?;
     if params.m_cost() < MEMORY_KIB || params.t_cost() < ITERATIONS {
-        return Err(PolicyError::Hashing("stored hash parameters too weak".into()));
+        return Err(PolicyError::Hashing(
+            "stored hash parameters too weak".into(),
+        ));
     }
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     match argon.verify_password(key.expose().as_bytes(), &parsed) {

@@ -120,7 +120,9 @@ impl JwtVerifier {
             let key = DecodingKey::from_jwk(jwk)
                 .map_err(|e| PolicyError::Config(format!("JWKS key {kid:?}: {e}")))?;
             if keys.insert(kid.clone(), PinnedKey { alg, key }).is_some() {
-                return Err(PolicyError::Config(format!("JWKS kid {kid:?} appears twice")));
+                return Err(PolicyError::Config(format!(
+                    "JWKS kid {kid:?} appears twice"
+                )));
             }
         }
         Ok(Self { settings, keys })
@@ -171,7 +173,10 @@ impl JwtVerifier {
         let bound = claims
             .get("cnf")
             .and_then(|c| c.get("x5t#S256"))
-            .map(|v| v.as_str().ok_or_else(|| bad("cnf x5t#S256 is not a string")))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| bad("cnf x5t#S256 is not a string"))
+            })
             .transpose()?;
         if let Some(expected) = bound {
             let presented = client_x5t_s256.ok_or(PolicyError::CertificateMismatch)?;

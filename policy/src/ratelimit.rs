@@ -11,9 +11,9 @@
 //! the principals that come and go. All time comes from a `governor` clock, so tests
 //! drive it with `FakeRelativeClock`.
 
-mod tokens;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::num::NonZeroU32;
 
@@ -80,12 +80,7 @@ pub struct Refusal {
     pub status: RateStatus,
 }
 
-type Requests<C> = RateLimiter<
-    NotKeyed,
-    InMemoryState,
-    C,
-    StateInformationMiddleware,
->;
+type Requests<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 
 /// One tenant's limiter.
 pub struct TenantLimiter<C: Clock = DefaultClock> {
@@ -157,7 +152,11 @@ impl<C: Clock + Clone> TenantLimiter<C> {
                     (n < max.get()).then_some(n + 1)
                 });
             if taken.is_err() {
-                return Err(refuse(Exceeded::Concurrency, Duration::from_secs(1), self.status()));
+                return Err(refuse(
+                    Exceeded::Concurrency,
+                    Duration::from_secs(1),
+                    self.status(),
+                ));
             }
         }
         let release_slot = || {
@@ -177,7 +176,11 @@ impl<C: Clock + Clone> TenantLimiter<C> {
             if tokens > b.capacity() {
                 release_slot();
                 drop(bucket);
-                return Err(refuse(Exceeded::TooLarge, Duration::from_secs(60), self.status()));
+                return Err(refuse(
+                    Exceeded::TooLarge,
+                    Duration::from_secs(60),
+                    self.status(),
+                ));
             }
             if let Some(wait) = b.wait_for(tokens) {
                 release_slot();

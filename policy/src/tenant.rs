@@ -147,8 +147,14 @@ mod tests {
             sans: vec![san.to_owned()],
             sha256: fp.to_owned(),
         };
-        assert_eq!(set.for_cert(&cert(Some("svc-a"), "x", "00")).unwrap().name, "a");
-        assert_eq!(set.for_cert(&cert(None, "b.internal", "00")).unwrap().name, "b");
+        assert_eq!(
+            set.for_cert(&cert(Some("svc-a"), "x", "00")).unwrap().name,
+            "a"
+        );
+        assert_eq!(
+            set.for_cert(&cert(None, "b.internal", "00")).unwrap().name,
+            "b"
+        );
         assert_eq!(set.for_cert(&cert(None, "x", "abcd")).unwrap().name, "c");
         assert!(set.for_cert(&cert(Some("svc-z"), "x", "00")).is_none());
         assert!(set.get("a").unwrap().allows_model("m1"));

@@ -35,6 +35,10 @@ pub enum AuditCommand {
         /// Only records of this tenant.
         #[arg(long, value_name = "T")]
         tenant: Option<String>,
+        /// Also print each signed checkpoint (`"kind":"checkpoint"`) after the record it
+        /// seals: ship them off the host to anchor the log's tail.
+        #[arg(long)]
+        checkpoints: bool,
         /// Output format (only `jsonl`).
         #[arg(long, value_name = "FORMAT", default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
@@ -72,13 +76,21 @@ pub fn run(command: AuditCommand) -> u8 {
     match command {
         AuditCommand::Verify { db, pubkey } => verify_cmd(&db, pubkey.as_deref()),
         AuditCommand::Export {
-            db, since, tenant, ..
+            db,
+            since,
+            tenant,
+            checkpoints,
+            ..
         } => {
             let since_ms = match since.as_deref().map(tools::parse_since).transpose() {
                 Ok(s) => s,
                 Err(e) => return fail(crate::cli::EXIT_USAGE, e),
             };
-            let filter = ExportFilter { since_ms, tenant };
+            let filter = ExportFilter {
+                since_ms,
+                tenant,
+                checkpoints,
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match tools::export(&db, &filter, &mut out) {
                 Ok(_) => 0,
@@ -140,6 +152,18 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
         Ok(k) => k,
         Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
     };
+    if let [only] = db {
+        let rotated = super::rotate::rotated_files(only);
+        if let Some(oldest) = rotated.first() {
+            eprintln!(
+                "note: {} rotated file(s) precede {} (oldest {}); pass them first, oldest \
+                 first, to verify the whole chain",
+                rotated.len(),
+                only.display(),
+                oldest.display()
+            );
+        }
+    }
     let start = Instant::now();
     let report = match verify::verify(db, key.as_ref()) {
         Ok(r) => r,

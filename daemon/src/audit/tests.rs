@@ -343,3 +343,30 @@ async fn rotation_chains_files_and_retention_keeps_a_contiguous_tail() {
     files.push(db.clone());
     assert_eq!(verify(&files, Some(&key)).unwrap().finding, None);
 }
+
+#[tokio::test]
+async fn a_removed_database_fails_writes_until_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let log = AuditLog::open(settings(&db, 1000)).unwrap();
+    log.append(Record::new(Kind::Start)).await.unwrap();
+    let away = dir.path().join("moved.db");
+    std::fs::rename(&db, &away).unwrap();
+    assert!(log.append(Record::new(Kind::Admit)).await.is_err());
+    assert!(!log.healthy());
+    std::fs::rename(&away, &db).unwrap();
+    let mut healthy = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if log.healthy() {
+            healthy = true;
+            break;
+        }
+    }
+    assert!(healthy, "writes resume once the file is back");
+    log.append(Record::new(Kind::Admit)).await.unwrap();
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+    assert_eq!(check(&db), None);
+}

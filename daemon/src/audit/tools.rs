@@ -15,6 +15,9 @@ pub struct ExportFilter {
     pub since_ms: Option<i64>,
     /// Only records of this tenant.
     pub tenant: Option<String>,
+    /// Also emit each signed checkpoint (`"kind":"checkpoint"`) after the record it seals,
+    /// so a SIEM holds anchors that a forger on this host cannot rewrite.
+    pub checkpoints: bool,
 }
 
 /// Writes every matching record as one JSON object per line, with its chain hash added as
@@ -25,6 +28,28 @@ pub fn export(db: &Path, filter: &ExportFilter, out: &mut dyn Write) -> Result<u
         source,
     };
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    let mut anchors = std::collections::HashMap::new();
+    if filter.checkpoints {
+        let mut stmt = conn
+            .prepare("SELECT seq, hash, ts_ms, signature FROM checkpoints")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, u64>(0)?,
+                    (
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ),
+                ))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (seq, anchor) = row.map_err(sql)?;
+            anchors.insert(seq, anchor);
+        }
+    }
     let mut stmt = conn
         .prepare("SELECT body, hash FROM records ORDER BY seq")
         .map_err(sql)?;
@@ -50,10 +75,23 @@ pub fn export(db: &Path, filter: &ExportFilter, out: &mut dyn Write) -> Result<u
         {
             continue;
         }
+        let seq = record.get("seq").and_then(serde_json::Value::as_u64);
         record.insert("hash".into(), hex::encode(hash).into());
         serde_json::to_writer(&mut *out, &record).map_err(|e| AuditError::Format(e.to_string()))?;
         out.write_all(b"\n").map_err(io)?;
         n += 1;
+        if let Some((hash, ts_ms, signature)) = seq.and_then(|s| anchors.get(&s)) {
+            let anchor = serde_json::json!({
+                "kind": "checkpoint",
+                "seq": seq,
+                "hash": hex::encode(hash),
+                "ts_ms": ts_ms,
+                "signature": hex::encode(signature),
+            });
+            serde_json::to_writer(&mut *out, &anchor)
+                .map_err(|e| AuditError::Format(e.to_string()))?;
+            out.write_all(b"\n").map_err(io)?;
+        }
     }
     out.flush().map_err(io)?;
     Ok(n)

@@ -183,6 +183,8 @@ struct WriterState {
     /// `write` opens it first, so a failed rotation is a failed write, retried like one.
     pending_file: Option<(u64, [u8; 32], String)>,
     rotation: Rotation,
+    /// (device, inode) of the open file, to notice it being removed or replaced.
+    file_id: Option<(u64, u64)>,
     file_first_seq: u64,
     file_started: Instant,
     write_timeout: Duration,
@@ -258,6 +260,7 @@ impl WriterState {
             db: settings.db.clone(),
             pending_file: None,
             rotation: settings.rotation.clone(),
+            file_id: file_id(&settings.db),
             file_first_seq,
             file_started,
             write_timeout: settings.write_timeout,
@@ -413,17 +416,23 @@ impl WriterState {
         &mut self,
         batch: &[(Record, Option<Reply>)],
         force_checkpoint: bool,
-    ) -> Result<(u64, [u8; 32], bool), rusqlite::Error> {
+    ) -> Result<(u64, [u8; 32], bool), AuditError> {
         if let Some((first_seq, prev, previous)) = &self.pending_file {
-            let conn = connect(&self.db, self.write_timeout).map_err(|e| match e {
-                AuditError::Sqlite { source, .. } => source,
-                other => rusqlite::Error::InvalidParameterName(other.to_string()),
-            })?;
+            let conn = connect(&self.db, self.write_timeout)?;
             init_meta(&conn, *first_seq, prev, Some(previous))?;
             set_meta(&conn, "public_key", &self.key.public_hex())?;
             set_meta(&conn, "clean", "0")?;
             self.conn = conn;
             self.pending_file = None;
+            self.file_id = file_id(&self.db);
+        }
+        // SQLite keeps writing to a file that was deleted or replaced under it, and those
+        // records would vanish with the process: that is a failed write too.
+        if self.file_id.is_none() || file_id(&self.db) != self.file_id {
+            return Err(AuditError::Unavailable(format!(
+                "{} was removed or replaced while open",
+                self.db.display()
+            )));
         }
         let tx = self
             .conn
@@ -525,6 +534,7 @@ impl WriterState {
         if let Err(source) = std::fs::rename(&self.db, &archived) {
             // Keep writing to the same file.
             self.conn = connect(&self.db, self.write_timeout)?;
+            self.file_id = file_id(&self.db);
             set_meta(&self.conn, "clean", "0")?;
             return Err(AuditError::Io {
                 path: archived,
@@ -555,4 +565,10 @@ impl WriterState {
         }
         Ok(())
     }
+}
+
+/// (device, inode) of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

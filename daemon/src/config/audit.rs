@@ -162,3 +162,81 @@ pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
         danger_allow_unaudited: raw.danger_allow_unaudited,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::Config;
+    use crate::audit::trail::StoreText;
+
+    const BASE: &str = "[listener]\naddress = \"127.0.0.1:8443\"\n[listener.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n[[models]]\nname = \"m\"\nbackend = \"test\"\n";
+
+    fn parse(audit: &str, dir: &Path) -> Result<Config, (String, String)> {
+        let text = format!(
+            "{BASE}[audit]\ndb = \"audit.db\"\nsigning_key = \"audit-signing.key\"\ndigest_key = \"audit-digest.key\"\n{audit}"
+        );
+        Config::parse(&text, dir).map_err(|e| (e.path, e.reason))
+    }
+
+    #[test]
+    fn audit_section_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::audit::keys::keygen(dir.path()).unwrap();
+        let config = parse("", dir.path()).unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.db, dir.path().join("audit.db"));
+        assert_eq!(audit.checkpoint_every_records.get(), 1000);
+        assert_eq!(audit.checkpoint_every, Duration::from_secs(10));
+        assert_eq!(audit.store_text, StoreText::None);
+        assert!(!audit.danger_allow_unaudited);
+
+        let config = parse(
+            "store_text = \"redacted\"\nrotate_bytes = 1048576\nkeep_days = 400\n[audit.tenant_store_text]\nacme = \"full\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.store_text, StoreText::Redacted);
+        assert_eq!(audit.tenant_store_text["acme"], StoreText::Full);
+        assert_eq!(audit.rotation.max_bytes, Some(1_048_576));
+        assert_eq!(audit.rotation.keep, Some(Duration::from_secs(400 * 86_400)));
+
+        let danger = parse("danger_allow_unaudited = true\n", dir.path()).unwrap();
+        assert!(
+            danger
+                .warnings()
+                .iter()
+                .any(|w| w.contains("danger_allow_unaudited"))
+        );
+
+        for (text, path) in [
+            ("store_text = \"some\"\n", "audit.store_text"),
+            (
+                "checkpoint_every_records = 0\n",
+                "audit.checkpoint_every_records",
+            ),
+            ("write_timeout = \"0s\"\n", "audit.write_timeout"),
+            ("rotate_bytes = 10\n", "audit.rotate_bytes"),
+            ("keep_days = 0\n", "audit.keep_days"),
+        ] {
+            assert_eq!(parse(text, dir.path()).unwrap_err().0, path, "{text}");
+        }
+        assert!(parse("nope = 1\n", dir.path()).is_err());
+    }
+
+    #[test]
+    fn missing_or_malformed_keys_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(parse("", dir.path()).unwrap_err().0, "audit.signing_key");
+        crate::audit::keys::keygen(dir.path()).unwrap();
+        std::fs::write(dir.path().join("audit-digest.key"), "not hex").unwrap();
+        let (path, reason) = parse("", dir.path()).unwrap_err();
+        assert_eq!(path, "audit.digest_key");
+        assert!(
+            !reason.contains("not hex"),
+            "never echo key material: {reason}"
+        );
+    }
+}

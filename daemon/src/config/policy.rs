@@ -151,8 +151,9 @@ pub fn policy(
         }
         Some(path) => {
             let path = resolve(base, path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid("auth.jwks", format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid("auth.jwks", format!("cannot read {}: {e}", path.display()))
+            })?;
             let settings = JwtSettings {
                 issuer: auth
                     .jwt_issuer
@@ -161,7 +162,11 @@ pub fn policy(
                     .jwt_audience
                     .ok_or_else(|| invalid("auth.jwt_audience", "required with auth.jwks"))?,
                 tenant_claim: auth.jwt_tenant_claim.unwrap_or_else(|| "tenant".into()),
-                leeway: duration_field("auth.jwt_leeway", auth.jwt_leeway, Duration::from_secs(30))?,
+                leeway: duration_field(
+                    "auth.jwt_leeway",
+                    auth.jwt_leeway,
+                    Duration::from_secs(30),
+                )?,
             };
             if settings.leeway > Duration::from_secs(300) {
                 return Err(invalid("auth.jwt_leeway", "must be at most 5m"));
@@ -191,7 +196,10 @@ fn nz(path: &str, v: Option<u32>) -> Result<Option<NonZeroU32>, Invalid> {
 
 fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
     if raw.name.is_empty() || raw.name.len() > 128 || raw.name.chars().any(char::is_control) {
-        return Err(invalid("name", "must be 1 to 128 characters without control characters"));
+        return Err(invalid(
+            "name",
+            "must be 1 to 128 characters without control characters",
+        ));
     }
     let requests = match (raw.requests_per_second, raw.requests_per_minute) {
         (Some(_), Some(_)) => {
@@ -229,14 +237,24 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
     identities.extend(raw.cert_cn.into_iter().map(IdentityRule::CommonName));
     identities.extend(raw.cert_san.into_iter().map(IdentityRule::San));
     for fp in raw.cert_sha256 {
-        let fp: String = fp.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+        let fp: String = fp
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
         if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid("cert_sha256", "must be SHA-256 fingerprints in hex"));
+            return Err(invalid(
+                "cert_sha256",
+                "must be SHA-256 fingerprints in hex",
+            ));
         }
         identities.push(IdentityRule::Fingerprint(fp));
     }
     if raw.require_cert && identities.is_empty() {
-        return Err(invalid("require_cert", "needs cert_cn, cert_san or cert_sha256 rules"));
+        return Err(invalid(
+            "require_cert",
+            "needs cert_cn, cert_san or cert_sha256 rules",
+        ));
     }
     let max_input_bytes = match raw.max_input_bytes {
         None => airlock_policy::filter::DEFAULT_MAX_INPUT_BYTES,
@@ -249,16 +267,25 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
             "deny" => Action::Deny,
             "redact" => Action::Redact,
             other => {
-                return Err(invalid(at("action"), format!("`{other}` is not one of \"deny\", \"redact\"")));
+                return Err(invalid(
+                    at("action"),
+                    format!("`{other}` is not one of \"deny\", \"redact\""),
+                ));
             }
         };
         let matcher = match (rule.detector, rule.regex, rule.literal) {
-            (Some(d), None, None) => Matcher::Detector(Detector::from_name(&d).ok_or_else(|| {
-                invalid(at("detector"), format!("unknown detector `{d}`"))
-            })?),
+            (Some(d), None, None) => Matcher::Detector(
+                Detector::from_name(&d)
+                    .ok_or_else(|| invalid(at("detector"), format!("unknown detector `{d}`")))?,
+            ),
             (None, Some(r), None) => Matcher::Regex(r),
             (None, None, Some(l)) => Matcher::Literal(l),
-            _ => return Err(invalid(at("id"), "set exactly one of detector, regex, literal")),
+            _ => {
+                return Err(invalid(
+                    at("id"),
+                    "set exactly one of detector, regex, literal",
+                ));
+            }
         };
         let spec = RuleSpec {
             id: rule.id,
@@ -274,7 +301,10 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
                 output.push(spec);
             }
             other => {
-                return Err(invalid(at("apply"), format!("`{other}` is not one of \"prompt\", \"output\", \"both\"")));
+                return Err(invalid(
+                    at("apply"),
+                    format!("`{other}` is not one of \"prompt\", \"output\", \"both\""),
+                ));
             }
         }
     }
@@ -298,4 +328,104 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
         identities,
         require_cert: raw.require_cert,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::CertTenants;
+
+    const BASE: &str = r#"
+[listener]
+address = "127.0.0.1:8443"
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+[[models]]
+name = "m"
+backend = "test"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, (String, String)> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/airlock"))
+            .map_err(|e| (e.path, e.reason))
+    }
+
+    #[test]
+    fn no_tenants_is_legacy_cn_mode() {
+        let c = parse("").unwrap();
+        assert_eq!(c.policy.cert_tenants, CertTenants::CommonName);
+        assert!(c.policy.tenants.is_empty() && c.policy.jwt.is_none());
+    }
+
+    #[test]
+    fn tenants_parse_with_limits_and_filters() {
+        let c = parse(
+            r#"
+[auth]
+key_db = "keys.db"
+[[tenants]]
+name = "acme"
+models = ["m"]
+requests_per_minute = 60
+burst = 5
+tokens_per_minute = 1000
+cert_cn = ["svc"]
+[[tenants.filters]]
+id = "cards"
+action = "redact"
+detector = "payment_card"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.policy.cert_tenants, CertTenants::Rules);
+        assert_eq!(
+            c.policy.key_db.as_deref(),
+            Some(Path::new("/etc/airlock/keys.db"))
+        );
+        let t = c.policy.tenants.get("acme").unwrap();
+        assert_eq!(t.limiter.status().limit_requests, Some(5));
+        assert!(!t.input_filter.is_empty() && !t.output_filter.is_empty());
+    }
+
+    #[test]
+    fn invalid_policies_name_the_key() {
+        let cases = [
+            ("[[tenants]]\nname = \"a\"\nbogus = 1\n", "tenants"),
+            (
+                "[auth]\ncert_tenants = \"cn\"\n[[tenants]]\nname = \"a\"\n",
+                "auth.cert_tenants",
+            ),
+            (
+                "[[tenants]]\nname = \"a\"\nrequests_per_second = 1\nrequests_per_minute = 1\n",
+                "tenants[0].requests_per_minute",
+            ),
+            (
+                "[[tenants]]\nname = \"a\"\n[[tenants.filters]]\nid = \"x\"\naction = \"deny\"\ndetector = \"nope\"\n",
+                "tenants[0].filters[0].detector",
+            ),
+            (
+                "[[tenants]]\nname = \"a\"\n[[tenants.filters]]\nid = \"x\"\naction = \"deny\"\nregex = \"(\"\n",
+                "tenants[0].filters",
+            ),
+            (
+                "[[tenants]]\nname = \"a\"\nrequire_cert = true\n",
+                "tenants[0].require_cert",
+            ),
+            ("[auth]\njwt_issuer = \"x\"\n", "auth.jwt_issuer"),
+            (
+                "[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\n",
+                "tenants",
+            ),
+        ];
+        for (text, path) in cases {
+            let (p, reason) = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {text}"));
+            assert!(p.starts_with(path), "{text}: {p}: {reason}");
+        }
+    }
 }

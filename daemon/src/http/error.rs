@@ -278,7 +278,7 @@ impl ApiError {
             },
             ApiError::Unauthorized(_) => plain(
                 StatusCode::UNAUTHORIZED,
-                INVALID,
+                "authentication_error",
                 None,
                 Some("invalid_api_key"),
             ),
@@ -286,20 +286,20 @@ impl ApiError {
                 retry_after: Some(*retry_after),
                 ..plain(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "requests",
+                    "rate_limit_error",
                     None,
                     Some("rate_limit_exceeded"),
                 )
             },
             ApiError::Forbidden { code, param, .. } => plain(
                 StatusCode::FORBIDDEN,
-                INVALID,
+                "permission_error",
                 param.clone(),
                 Some(*code),
             ),
             ApiError::ContentPolicy { .. } => plain(
                 StatusCode::FORBIDDEN,
-                INVALID,
+                "permission_error",
                 None,
                 Some("content_policy_violation"),
             ),
@@ -307,7 +307,7 @@ impl ApiError {
                 retry_after: Some(*retry_after),
                 ..plain(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "requests",
+                    "rate_limit_error",
                     None,
                     Some("rate_limit_exceeded"),
                 )

@@ -86,11 +86,13 @@ pub fn admit(tenant: &Arc<Tenant>, job: &mut Job) -> Result<Admission, ApiError>
 fn prompt_token_bound(prompt: &Prompt) -> usize {
     match prompt {
         Prompt::Text(t) => t.len() + 8,
-        Prompt::Chat(messages) => messages
-            .iter()
-            .map(|m| m.content.len() + m.role.len() + 16)
-            .sum::<usize>()
-            + 32,
+        Prompt::Chat(messages) => {
+            messages
+                .iter()
+                .map(|m| m.content.len() + m.role.len() + 16)
+                .sum::<usize>()
+                + 32
+        }
         Prompt::TokenIds(ids) => ids.len(),
     }
 }

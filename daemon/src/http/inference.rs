@@ -42,10 +42,12 @@ pub struct Started {
     pub generation: Generation,
     /// The first token, or the end of a generation that produced none.
     pub first: TokenEvent,
-    /// The tenant's rate-limit admission. A stream keeps its whole token reservation and
-    /// frees its concurrency slot once the stream is handed over.
-    #[expect(dead_code, reason = "held for its Drop, which frees the concurrency slot")]
+    /// The tenant's rate-limit admission, held by the stream: its concurrency slot lasts
+    /// as long as the stream, and the unused tokens return when it finishes (a stream cut
+    /// short keeps its whole reservation).
     pub admission: Option<airlock_policy::ratelimit::Admission>,
+    /// The tenant's output filter, applied to the stream as it goes.
+    pub output_filter: Option<Arc<airlock_policy::FilterSet>>,
 }
 
 /// Submits a job. Submission tokenizes the prompt (and may render a chat template), which is
@@ -161,6 +163,11 @@ pub async fn start(
                     generation,
                     first,
                     admission,
+                    output_filter: ctx
+                        .policy
+                        .as_ref()
+                        .map(|t| Arc::clone(&t.output_filter))
+                        .filter(|f| !f.is_empty()),
                 });
             }
             // Failed, cancelled, or the engine hung up: always an error.

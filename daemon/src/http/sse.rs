@@ -119,6 +119,14 @@ impl Chunker {
         }
     }
 
+    /// The last content chunk of a stream ended by the tenant's output filter.
+    pub fn content_filtered(&self) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(Delta::default(), Some("content_filter")),
+            Shape::Text => self.text("", Some("content_filter")),
+        }
+    }
+
     /// The extra last chunk: no choices, the request's usage.
     pub fn usage(&self, usage: UsageJson) -> Bytes {
         match self.shape {
@@ -190,6 +198,11 @@ struct StreamState {
     tail: Vec<Bytes>,
     /// What the completion record says.
     ending: Option<Ending>,
+    /// The tenant's output filter: holds back a bounded window so matches split across
+    /// tokens are caught; a deny ends the stream with `finish_reason: "content_filter"`.
+    filter: Option<airlock_policy::filter::StreamFilter<std::sync::Arc<airlock_policy::FilterSet>>>,
+    /// The tenant's rate-limit admission (see `Started::admission`).
+    admission: Option<airlock_policy::ratelimit::Admission>,
 }
 
 struct Ending {
@@ -200,11 +213,50 @@ struct Ending {
 }
 
 impl StreamState {
+    /// After a filter step: if the filter denied, sends what it released, ends the stream
+    /// with `finish_reason: "content_filter"` and returns true (dropping the generation
+    /// with the state cancels it in the engine).
+    fn filter_denied(&mut self, released: &str) -> bool {
+        let Some(rule) = self
+            .filter
+            .as_ref()
+            .and_then(|f| f.denied())
+            .map(str::to_owned)
+        else {
+            return false;
+        };
+        if !released.is_empty() {
+            if let Some(audit) = &mut self.audit {
+                audit.token(released);
+            }
+            self.out.push_back(self.chunker.content(released));
+        }
+        self.span
+            .in_scope(|| tracing::info!(rule_id = %rule, "output filter ended the stream"));
+        self.tail.push(self.chunker.content_filtered());
+        self.tail.push(Bytes::from_static(DONE));
+        self.done = true;
+        self.ending = Some(Ending {
+            reason: Some(FinishReason::Stop),
+            usage: None,
+            ttft_ms: None,
+            error_code: Some("content_filter"),
+        });
+        true
+    }
+
     /// Turns one engine event into zero or more SSE events.
     fn on_event(&mut self, event: Option<TokenEvent>) {
         match end_of(event, self.chunker.prompt_param) {
             Ok(Step::Started) => {}
             Ok(Step::Token(text)) => {
+                let text = match &mut self.filter {
+                    Some(f) => f.push(&text),
+                    None => text,
+                };
+                if self.filter_denied(&text) {
+                    return;
+                }
                 // Empty while the engine holds text back (partial UTF-8, possible stop string).
                 if !text.is_empty() {
                     if let Some(audit) = &mut self.audit {
@@ -219,11 +271,28 @@ impl StreamState {
                 timings,
                 text,
             }) => {
+                let text = match &mut self.filter {
+                    Some(f) => {
+                        let mut out = f.push(&text);
+                        if f.denied().is_none() {
+                            out.push_str(&f.finish());
+                        }
+                        out
+                    }
+                    None => text,
+                };
+                if self.filter_denied(&text) {
+                    return;
+                }
                 if !text.is_empty() {
                     if let Some(audit) = &mut self.audit {
                         audit.token(&text);
                     }
                     self.out.push_back(self.chunker.content(&text));
+                }
+                if let Some(admission) = self.admission.take() {
+                    let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                    admission.complete(u32::try_from(used).unwrap_or(u32::MAX));
                 }
                 self.tail.push(self.chunker.finish(reason));
                 if self.chunker.include_usage {
@@ -270,6 +339,10 @@ pub fn response(
         audit: crate::audit::trail::current().map(|trail| trail.stream()),
         tail: Vec::new(),
         ending: None,
+        filter: started
+            .output_filter
+            .map(airlock_policy::filter::StreamFilter::new),
+        admission: started.admission,
     };
     state.on_event(Some(started.first));
     let events = stream::unfold(state, |mut state| async move {

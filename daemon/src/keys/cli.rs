@@ -71,7 +71,10 @@ fn store(config: &Path) -> Result<(KeyStore, Config), Failure> {
     let path = cfg.policy.key_db.clone().ok_or_else(|| {
         (
             EXIT_USAGE,
-            format!("{}: auth.key_db: not set; API keys are disabled", config.display()),
+            format!(
+                "{}: auth.key_db: not set; API keys are disabled",
+                config.display()
+            ),
         )
     })?;
     let store = KeyStore::open(&path).map_err(|e| (EXIT_FAILURE, e.to_string()))?;
@@ -98,7 +101,10 @@ fn date(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| secs.to_string())
 }
 

@@ -61,9 +61,7 @@ impl Detector {
             Detector::Email => {
                 r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,2}\.[A-Za-z]{2,24}\b"
             }
-            Detector::Phone => {
-                r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\) ?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b"
-            }
+            Detector::Phone => r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\) ?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b",
             Detector::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
             Detector::PaymentCard => r"\b\d(?:[ -]?\d){12,18}\b",
             Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
@@ -113,7 +111,7 @@ fn luhn(candidate: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn iban_mod97(candidate: &str) -> bool {
@@ -140,8 +138,7 @@ fn iban_mod97(candidate: &str) -> bool {
 
 fn ssn_issuable(candidate: &str) -> bool {
     let mut parts = candidate.split('-');
-    let (Some(area), Some(group), Some(serial)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(area), Some(group), Some(serial)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"

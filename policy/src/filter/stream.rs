@@ -11,15 +11,21 @@
 //! of the whole text alone, so any chunking, including one chunk (the non-streaming
 //! path), gives the same result.
 
+use std::ops::Deref;
+
 use super::{FilterSet, HOLD_BACK};
 
 /// Bytes of released text kept as context for the next matches.
 const CONTEXT: usize = 8;
 
-/// One response's output filter.
+/// Least text released at once (see `push`).
+const RELEASE_BATCH: usize = 64;
+
+/// One response's output filter, over a borrowed (`&FilterSet`) or shared
+/// (`Arc<FilterSet>`) set.
 #[derive(Debug)]
-pub struct StreamFilter<'a> {
-    set: &'a FilterSet,
+pub struct StreamFilter<S: Deref<Target = FilterSet>> {
+    set: S,
     /// Context (already released) followed by held-back text.
     buf: String,
     /// Where held-back text starts in `buf`.
@@ -28,8 +34,8 @@ pub struct StreamFilter<'a> {
     redactions: Vec<(String, usize)>,
 }
 
-impl<'a> StreamFilter<'a> {
-    pub fn new(set: &'a FilterSet) -> Self {
+impl<S: Deref<Target = FilterSet>> StreamFilter<S> {
+    pub fn new(set: S) -> Self {
         Self {
             set,
             buf: String::new(),
@@ -50,7 +56,14 @@ impl<'a> StreamFilter<'a> {
             self.denied = Some(rule);
             return self.release(end.saturating_sub(HOLD_BACK));
         }
-        self.release(self.buf.len().saturating_sub(HOLD_BACK))
+        // Release in batches: each release rescans the held window, so releasing per
+        // token would cost a window scan per token. Where the release points fall does
+        // not change the output, only when it is sent.
+        let limit = self.buf.len().saturating_sub(HOLD_BACK);
+        if limit < self.held + RELEASE_BATCH {
+            return String::new();
+        }
+        self.release(limit)
     }
 
     /// The end of the output: releases everything still held (unless denied).

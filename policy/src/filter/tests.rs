@@ -24,20 +24,56 @@ fn each_detector_positive_and_negative() {
     let mut bad_key = key.to_owned();
     bad_key.replace_range(10..11, if &key[10..11] == "a" { "b" } else { "a" });
     let cases: &[(Detector, &str, &str)] = &[
-        (Detector::Email, "mail bob.smith+x@mail.example.com now", "bob at example dot com"),
-        (Detector::Phone, "call (555) 123-4567 or +1 555-123-4567", "version 5551234567x"),
-        (Detector::UsSsn, "ssn 123-45-6789.", "ssn 666-45-6789 or 123-00-6789"),
-        (Detector::PaymentCard, "card 4111 1111 1111 1111 ok", "order 4111 1111 1111 1112 ok"),
-        (Detector::PaymentCard, "card 5500-0000-0000-0004 ok", "id 1234567890123456"),
-        (Detector::Iban, "pay DE89 3704 0044 0532 0130 00 now", "ref DE89 3704 0044 0532 0130 01 now"),
-        (Detector::Ipv4, "host 192.168.1.20 up", "version 1.2.3 and 999.1.1.1"),
-        (Detector::Ipv6, "host fe80::1ff:fe23:4567:890a up", "at 12:30:45 today"),
+        (
+            Detector::Email,
+            "mail bob.smith+x@mail.example.com now",
+            "bob at example dot com",
+        ),
+        (
+            Detector::Phone,
+            "call (555) 123-4567 or +1 555-123-4567",
+            "version 5551234567x",
+        ),
+        (
+            Detector::UsSsn,
+            "ssn 123-45-6789.",
+            "ssn 666-45-6789 or 123-00-6789",
+        ),
+        (
+            Detector::PaymentCard,
+            "card 4111 1111 1111 1111 ok",
+            "order 4111 1111 1111 1112 ok",
+        ),
+        (
+            Detector::PaymentCard,
+            "card 5500-0000-0000-0004 ok",
+            "id 1234567890123456",
+        ),
+        (
+            Detector::Iban,
+            "pay DE89 3704 0044 0532 0130 00 now",
+            "ref DE89 3704 0044 0532 0130 01 now",
+        ),
+        (
+            Detector::Ipv4,
+            "host 192.168.1.20 up",
+            "version 1.2.3 and 999.1.1.1",
+        ),
+        (
+            Detector::Ipv6,
+            "host fe80::1ff:fe23:4567:890a up",
+            "at 12:30:45 today",
+        ),
         (
             Detector::PrivateKey,
             "-----BEGIN RSA PRIVATE KEY-----\nMIIE",
             "-----BEGIN PUBLIC KEY-----",
         ),
-        (Detector::CloudKey, "aws AKIAIOSFODNN7EXAMPLE x", "AKIA short"),
+        (
+            Detector::CloudKey,
+            "aws AKIAIOSFODNN7EXAMPLE x",
+            "AKIA short",
+        ),
         (
             Detector::CloudKey,
             "gh ghp_abcdefghijklmnopqrstuvwxyz0123456789 x",
@@ -91,21 +127,54 @@ fn rule(id: &str, action: Action, matcher: Matcher, ci: bool) -> RuleSpec {
 
 fn mixed() -> FilterSet {
     spec(vec![
-        rule("no-secret", Action::Deny, Matcher::Literal("Project Zeus".into()), true),
-        rule("no-drop", Action::Deny, Matcher::Regex(r"DROP\s+TABLE".into()), false),
-        rule("email", Action::Redact, Matcher::Detector(Detector::Email), false),
-        rule("card", Action::Redact, Matcher::Detector(Detector::PaymentCard), false),
-        rule("ticket", Action::Redact, Matcher::Regex(r"TKT-\d{4}".into()), false),
+        rule(
+            "no-secret",
+            Action::Deny,
+            Matcher::Literal("Project Zeus".into()),
+            true,
+        ),
+        rule(
+            "no-drop",
+            Action::Deny,
+            Matcher::Regex(r"DROP\s+TABLE".into()),
+            false,
+        ),
+        rule(
+            "email",
+            Action::Redact,
+            Matcher::Detector(Detector::Email),
+            false,
+        ),
+        rule(
+            "card",
+            Action::Redact,
+            Matcher::Detector(Detector::PaymentCard),
+            false,
+        ),
+        rule(
+            "ticket",
+            Action::Redact,
+            Matcher::Regex(r"TKT-\d{4}".into()),
+            false,
+        ),
     ])
 }
 
 #[test]
 fn deny_names_the_rule_not_the_text() {
     let f = mixed();
-    let err = f.check_input("tell me about project zeus please").unwrap_err();
+    let err = f
+        .check_input("tell me about project zeus please")
+        .unwrap_err();
     assert_eq!(err.rule_id, "no-secret");
-    assert_eq!(f.check_input("x; DROP  TABLE users").unwrap_err().rule_id, "no-drop");
-    assert!(f.check_input("x; drop table users").is_ok(), "case-sensitive rule");
+    assert_eq!(
+        f.check_input("x; DROP  TABLE users").unwrap_err().rule_id,
+        "no-drop"
+    );
+    assert!(
+        f.check_input("x; drop table users").is_ok(),
+        "case-sensitive rule"
+    );
     let big = "a".repeat(5000);
     assert_eq!(f.check_input(&big).unwrap_err().rule_id, "input_too_large");
 }
@@ -132,9 +201,21 @@ fn invalid_specs_refused() {
         rule("a", Action::Deny, Matcher::Literal("x".into()), false),
         rule("a", Action::Deny, Matcher::Literal("y".into()), false),
     ];
-    assert!(FilterSet::compile(&FilterSpec { rules: dup, ..FilterSpec::default() }).is_err());
+    assert!(
+        FilterSet::compile(&FilterSpec {
+            rules: dup,
+            ..FilterSpec::default()
+        })
+        .is_err()
+    );
     let bad = vec![rule("a", Action::Deny, Matcher::Regex("(".into()), false)];
-    assert!(FilterSet::compile(&FilterSpec { rules: bad, ..FilterSpec::default() }).is_err());
+    assert!(
+        FilterSet::compile(&FilterSpec {
+            rules: bad,
+            ..FilterSpec::default()
+        })
+        .is_err()
+    );
 }
 
 fn stream(f: &FilterSet, chunks: &[&str]) -> (String, Option<String>) {
@@ -151,7 +232,9 @@ fn stream(f: &FilterSet, chunks: &[&str]) -> (String, Option<String>) {
 
 fn every_split(f: &FilterSet, text: &str) {
     let whole = f.check_output(text);
-    let boundaries: Vec<usize> = (0..=text.len()).filter(|i| text.is_char_boundary(*i)).collect();
+    let boundaries: Vec<usize> = (0..=text.len())
+        .filter(|i| text.is_char_boundary(*i))
+        .collect();
     for &i in &boundaries {
         for &j in boundaries.iter().filter(|&&j| j >= i).step_by(7) {
             let got = stream(f, &[&text[..i], &text[i..j], &text[j..]]);

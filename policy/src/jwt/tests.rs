@@ -124,12 +124,28 @@ fn refuses_oct_keys_and_kidless_keys() {
 
 #[test]
 fn rejects_bad_times() {
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("exp", json!(now() - 60))));
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("nbf", json!(now() + 60))));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("exp", json!(now() - 60)),
+    ));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("nbf", json!(now() + 60)),
+    ));
     let s = (now() + 600).to_string();
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("exp", json!(s))));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("exp", json!(s)),
+    ));
     let s = (now() - 10).to_string();
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("nbf", json!(s))));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("nbf", json!(s)),
+    ));
     for missing in ["exp", "nbf", "iss", "aud"] {
         let mut c = claims();
         c.as_object_mut().unwrap().remove(missing);
@@ -140,18 +156,34 @@ fn rejects_bad_times() {
 #[test]
 fn leeway_is_honoured() {
     let v = verifier();
-    let token = sign(Algorithm::RS256, Some("rsa1"), &with("exp", json!(now() - 2)));
+    let token = sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("exp", json!(now() - 2)),
+    );
     assert!(v.verify(&token, None).is_ok());
 }
 
 #[test]
 fn rejects_wrong_issuer_audience_or_missing_identity() {
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("iss", json!("https://evil"))));
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("aud", json!("other"))));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("iss", json!("https://evil")),
+    ));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("aud", json!("other")),
+    ));
     let mut c = claims();
     c.as_object_mut().unwrap().remove("org");
     rejected(&sign(Algorithm::RS256, Some("rsa1"), &c));
-    rejected(&sign(Algorithm::RS256, Some("rsa1"), &with("sub", json!(""))));
+    rejected(&sign(
+        Algorithm::RS256,
+        Some("rsa1"),
+        &with("sub", json!("")),
+    ));
 }
 
 #[test]

@@ -86,7 +86,10 @@ fn concurrent_reservations_never_overrun_the_budget() {
     let l = TenantLimiter::with_clock(&spec, clock);
     let admitted: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..200).map(|_| s.spawn(|| l.admit(30).ok())).collect();
-        handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
     });
     assert_eq!(admitted.len(), 33);
     assert!(admitted.iter().map(|a| a.reserved()).sum::<u32>() <= 1000);

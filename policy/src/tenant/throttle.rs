@@ -7,8 +7,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::HashMapStateStore;
 use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 type Limiter<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -97,8 +97,14 @@ mod tests {
         for _ in 0..3 {
             assert!(t.attempt(&"10.0.0.1".to_owned()).is_ok());
         }
-        assert_eq!(t.attempt(&"10.0.0.1".to_owned()), Err(Duration::from_secs(2)));
-        assert!(t.attempt(&"10.0.0.2".to_owned()).is_ok(), "other clients unaffected");
+        assert_eq!(
+            t.attempt(&"10.0.0.1".to_owned()),
+            Err(Duration::from_secs(2))
+        );
+        assert!(
+            t.attempt(&"10.0.0.2".to_owned()).is_ok(),
+            "other clients unaffected"
+        );
         clock.advance(Duration::from_secs(2));
         assert!(t.attempt(&"10.0.0.1".to_owned()).is_ok());
         clock.advance(Duration::from_secs(60));
