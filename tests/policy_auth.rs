@@ -361,3 +361,51 @@ async fn a_certificate_bound_key_needs_its_certificate() {
         "{list}"
     );
 }
+
+/// The prompt cap and the token reservation use the model's own count (the test engine:
+/// one token per word plus one per chat message), not a byte estimate: both boundaries are
+/// exact.
+#[tokio::test]
+async fn prompt_cap_and_reservation_use_the_real_token_count() {
+    const CAPPED: &str = r#"
+[[tenants]]
+name = "capped"
+models = ["*"]
+cert_cn = ["alice"]
+max_prompt_tokens = 21
+tokens_per_minute = 30
+"#;
+    let s = start(CAPPED, "");
+    let url = s.daemon.url("/v1/chat/completions");
+    let alice = s.daemon.client(&s.pki, "alice");
+    let ask = |content: String, max_tokens: u32| json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens});
+
+    // 21 words + 1 for the message: one over the cap, refused with both numbers.
+    let over = format!("{} more", common::TWENTY_WORDS);
+    let (status, headers, body) = post(alice.post(&url), &ask(over, 1)).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "prompt_too_long");
+    assert_eq!(body["error"]["param"], "messages");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("22") && message.contains("21"),
+        "{message}"
+    );
+    // An authenticated refusal still carries the tenant's limits.
+    assert_eq!(headers["x-ratelimit-limit-tokens"], "30");
+
+    // Exactly at the cap, and 21 + 9 = the whole per-minute budget: admitted.
+    let at_cap = || common::TWENTY_WORDS.to_owned();
+    let (status, _, body) = post(alice.post(&url), &ask(at_cap(), 9)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 21, "{body}");
+
+    // 21 + 10 can never fit in 30 tokens a minute.
+    let (status, headers, body) = post(alice.post(&url), &ask(at_cap(), 10)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("alone"),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+}

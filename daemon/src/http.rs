@@ -58,12 +58,14 @@ where
     // Audit wraps the whole request so that refusals at any step are recorded too; the
     // admission record itself is written last before the engine (`inference::submit`).
     let trail = audited::open(&app, &conn, &req);
+    // Set by `serve` once authentication names a tenant with a policy.
+    let mut limited = None;
     let served = audited::scope(
         trail.clone(),
-        tokio::time::timeout(deadline, serve(&app, &conn, req)),
+        tokio::time::timeout(deadline, serve(&app, &conn, req, &mut limited)),
     )
     .await;
-    let (resp, code) = match served {
+    let (mut resp, code) = match served {
         Ok(Ok(resp)) => (resp, None),
         Ok(Err(error)) => {
             if let (ApiError::ContentPolicy { rule_id }, Some(trail)) = (&error, &trail) {
@@ -74,6 +76,14 @@ where
         }
         Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
     };
+    // The tenant's limits on every response after authentication, refusals included. A
+    // rate-limit refusal already carries the figures from its own decision.
+    if let Some(policy) = limited
+        && !resp.headers().contains_key("x-ratelimit-limit-requests")
+        && !resp.headers().contains_key("x-ratelimit-limit-tokens")
+    {
+        ratelimit_headers(resp.headers_mut(), &policy.limiter.status());
+    }
     audited::finish(trail.as_deref(), resp, code).await
 }
 
@@ -81,6 +91,7 @@ async fn serve<B>(
     app: &Arc<App>,
     conn: &ConnInfo,
     req: Request<B>,
+    limited: &mut Option<Arc<airlock_policy::Tenant>>,
 ) -> Result<Response<BoxBody>, ApiError>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -95,6 +106,7 @@ where
     } else {
         Some(app.access.authenticate(conn, req.headers()).await?)
     };
+    *limited = principal.as_ref().and_then(|p| p.policy.clone());
     // Who the audit records name from here on (refusals after this point included).
     if let (Some(p), Some(trail)) = (&principal, crate::audit::trail::current()) {
         trail.note_principal(&p.tenant, &p.subject);
@@ -130,18 +142,13 @@ where
     let ctx = RequestContext {
         request_id,
         tenant,
-        policy: policy.clone(),
+        policy,
     };
-    let mut resp = match inference {
+    match inference {
         Inference::Chat => endpoints::chat(app, &ctx, &bytes, slot).await,
         Inference::Completions => endpoints::completions(app, &ctx, &bytes, slot).await,
         Inference::Generate => endpoints::generate(app, &ctx, &bytes, slot).await,
-    }?;
-    // The tenant's limits on every inference response (429s carry them too).
-    if let Some(policy) = policy {
-        ratelimit_headers(resp.headers_mut(), &policy.limiter.status());
     }
-    Ok(resp)
 }
 
 /// OpenAI's `x-ratelimit-*` headers; a limit the tenant does not have is left out.

@@ -1,11 +1,14 @@
 //! Tenant policy on a parsed request, just before the engine: model allow-list and caps →
-//! rate limits and token reservation → prompt filter. In that order because each step is
-//! cheaper than the next and a refusal should cost the least work; the filter runs last
-//! so what it lets through (redacted) is exactly what audit admit and the engine see.
+//! prompt filter → prompt token count → prompt cap → rate limits and token reservation.
+//! Cheap refusals come first. The filter runs before the count because redaction changes
+//! the prompt: the cap and the reservation must be measured on exactly what audit admit
+//! and the engine will see, or a redaction that adds tokens could overrun the budget.
+//! Tokenizing is the costly step either way (the reservation needs its result), so the
+//! limiter cannot usefully run before it.
 
 use std::sync::Arc;
 
-use airlock_engine::Prompt;
+use airlock_engine::{Engine, EngineError, Prompt};
 use airlock_policy::Tenant;
 use airlock_policy::ratelimit::{Admission, Exceeded};
 
@@ -18,7 +21,11 @@ const DEFAULT_RESERVED_COMPLETION: usize = 4096;
 
 /// Applies `tenant`'s policy to `job` (capping `max_tokens`, redacting the prompt) and
 /// returns its rate-limit admission.
-pub fn admit(tenant: &Arc<Tenant>, job: &mut Job) -> Result<Admission, ApiError> {
+pub async fn admit(
+    engine: &Arc<dyn Engine>,
+    tenant: &Arc<Tenant>,
+    job: &mut Job,
+) -> Result<Admission, ApiError> {
     if !tenant.allows_model(&job.model) {
         return Err(ApiError::Forbidden {
             message: format!(
@@ -40,26 +47,31 @@ pub fn admit(tenant: &Arc<Tenant>, job: &mut Job) -> Result<Admission, ApiError>
     };
     job.params.max_tokens = max_tokens;
 
-    // Prompt tokens are not known before the engine tokenizes; a byte-level tokenizer
-    // never makes more tokens than bytes, plus the chat template's framing.
-    let prompt_bound = prompt_token_bound(&job.prompt);
-    // The prompt cap is checked against the usual estimate of 4 bytes per token: the real
-    // count exists only after tokenization, inside the engine.
+    filter_prompt(tenant, &mut job.prompt)?;
+
+    // The engine's own count (chat template included) of the prompt it will be given;
+    // skipped when nothing needs it, since submission tokenizes again.
+    let prompt_tokens =
+        if tenant.max_prompt_tokens.is_some() || tenant.limits.tokens_per_minute.is_some() {
+            count_prompt_tokens(engine, job).await?
+        } else {
+            0
+        };
     if let Some(limit) = tenant.max_prompt_tokens
-        && prompt_bound / 4 > limit as usize
+        && prompt_tokens > limit as usize
     {
         return Err(ApiError::Forbidden {
             message: format!(
-                "the prompt exceeds tenant `{}`'s limit of about {limit} tokens",
+                "the prompt is {prompt_tokens} tokens, over tenant `{}`'s limit of {limit}",
                 tenant.name
             ),
             code: "prompt_too_long",
-            param: None,
+            param: Some(job.prompt_param.into()),
         });
     }
-    let reserve = prompt_bound.saturating_add(max_tokens.unwrap_or(0));
+    let reserve = prompt_tokens.saturating_add(max_tokens.unwrap_or(0));
     let reserve = u32::try_from(reserve).unwrap_or(u32::MAX);
-    let admission = tenant.limiter.admit(reserve).map_err(|r| {
+    tenant.limiter.admit(reserve).map_err(|r| {
         let what = match r.exceeded {
             Exceeded::Requests => "requests",
             Exceeded::Tokens => "tokens per minute",
@@ -71,30 +83,29 @@ pub fn admit(tenant: &Arc<Tenant>, job: &mut Job) -> Result<Admission, ApiError>
             retry_after: r.retry_after.as_secs_f64().ceil().max(1.0) as u64,
             status: r.status,
         }
-    })?;
-
-    match filter_prompt(tenant, &mut job.prompt) {
-        Ok(()) => Ok(admission),
-        Err(e) => {
-            // Refused before the engine: nothing was used.
-            admission.complete(0);
-            Err(e)
-        }
-    }
+    })
 }
 
-fn prompt_token_bound(prompt: &Prompt) -> usize {
-    match prompt {
-        Prompt::Text(t) => t.len() + 8,
-        Prompt::Chat(messages) => {
-            messages
-                .iter()
-                .map(|m| m.content.len() + m.role.len() + 16)
-                .sum::<usize>()
-                + 32
-        }
-        Prompt::TokenIds(ids) => ids.len(),
-    }
+/// Tokenization is CPU work proportional to the prompt: it runs on the blocking pool, not
+/// on the runtime. The prompt moves there and back rather than being copied.
+async fn count_prompt_tokens(engine: &Arc<dyn Engine>, job: &mut Job) -> Result<usize, ApiError> {
+    let engine = Arc::clone(engine);
+    let model = job.model.clone();
+    let prompt = std::mem::replace(&mut job.prompt, Prompt::TokenIds(Vec::new()));
+    let (prompt, counted) = tokio::task::spawn_blocking(move || {
+        let counted = engine.count_prompt_tokens(&model, &prompt);
+        (prompt, counted)
+    })
+    .await
+    .map_err(|join| {
+        tracing::error!(error = %join, "prompt token count panicked");
+        ApiError::engine(
+            EngineError::Inference("token count panicked".into()),
+            job.prompt_param,
+        )
+    })?;
+    job.prompt = prompt;
+    counted.map_err(|e| ApiError::engine(e, job.prompt_param))
 }
 
 fn filter_prompt(tenant: &Tenant, prompt: &mut Prompt) -> Result<(), ApiError> {

@@ -59,13 +59,12 @@ async fn submit(
     mut job: Job,
 ) -> Result<(Generation, Option<airlock_policy::ratelimit::Admission>), ApiError> {
     let prompt_param = job.prompt_param;
-    // Tenant policy → rate limit / token reservation → prompt filter (see `gate`), before
+    // Tenant policy → prompt filter → token count and reservation (see `gate`), before
     // audit admit so that the audit records what the engine will really see.
-    let admission = ctx
-        .policy
-        .as_ref()
-        .map(|t| super::gate::admit(t, &mut job))
-        .transpose()?;
+    let admission = match &ctx.policy {
+        Some(t) => Some(super::gate::admit(engine, t, &mut job).await?),
+        None => None,
+    };
     // Audit admit is the last step before the engine: the admission record is durable
     // before the engine sees the request, or the request is refused (fail closed).
     if let Some(trail) = crate::audit::trail::current()
