@@ -26,7 +26,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// The prompt text.
-    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     pub prompt: Option<String>,
     /// The prompt as comma-separated token ids, used as given.
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
@@ -124,11 +129,11 @@ fn generate(args: GenerateArgs) -> u8 {
             return EXIT_FAILURE;
         }
     };
-    if let Some(path) = &args.logits_out {
-        if let Err(e) = write_logits(path, &report) {
-            eprintln!("airlockd: {}: {e}", path.display());
-            return EXIT_FAILURE;
-        }
+    if let Some(path) = &args.logits_out
+        && let Err(e) = write_logits(path, &report)
+    {
+        eprintln!("airlockd: {}: {e}", path.display());
+        return EXIT_FAILURE;
     }
     if args.json {
         match serde_json::to_string(&report) {

@@ -183,7 +183,10 @@ impl Generation {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let cancel = CancelToken::default();
         (
-            GenerationSender { events: tx, cancel: cancel.clone() },
+            GenerationSender {
+                events: tx,
+                cancel: cancel.clone(),
+            },
             Generation { events: rx, cancel },
         )
     }
@@ -212,7 +215,9 @@ impl Drop for Generation {
 
 impl fmt::Debug for Generation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Generation").field("cancelled", &self.cancel.is_cancelled()).finish()
+        f.debug_struct("Generation")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish()
     }
 }
 

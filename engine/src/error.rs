@@ -28,7 +28,11 @@ pub enum EngineError {
         "this model's maximum context length is {context_length} tokens; the request asks for \
          {prompt_tokens} prompt tokens plus {max_tokens} completion tokens"
     )]
-    ContextLength { context_length: usize, prompt_tokens: usize, max_tokens: usize },
+    ContextLength {
+        context_length: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    },
 
     /// A request parameter is out of range. `param` names the field.
     #[error("{param}: {reason}")]

@@ -30,8 +30,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    Engine, EngineError, EngineStatus, FinishReason, GenerateRequest, Generation,
-    GenerationSender, GenerationTimings, ModelInfo, Prompt, TokenEvent, Usage,
+    Engine, EngineError, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
+    GenerationTimings, ModelInfo, Prompt, TokenEvent, Usage,
 };
 
 /// A prompt word that makes the request fail after its first generated token.
@@ -130,8 +130,15 @@ impl TestEngine {
                 .map_err(|e| EngineError::Inference(format!("cannot start worker thread: {e}")))?;
             workers.push(handle);
         }
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(TestEngine { shared, jobs: Some(jobs), workers, created })
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(TestEngine {
+            shared,
+            jobs: Some(jobs),
+            workers,
+            created,
+        })
     }
 
     fn check_model(&self, model: &str) -> Result<(), EngineError> {
@@ -209,7 +216,11 @@ impl Engine for TestEngine {
         let (prompt_tokens, echo) = tokenize(&request.prompt);
         let max_tokens = request.params.max_tokens.unwrap_or(0);
         if prompt_tokens >= context_length || prompt_tokens + max_tokens > context_length {
-            return Err(EngineError::ContextLength { context_length, prompt_tokens, max_tokens });
+            return Err(EngineError::ContextLength {
+                context_length,
+                prompt_tokens,
+                max_tokens,
+            });
         }
         let jobs = self.jobs.as_ref().ok_or(EngineError::Unavailable)?;
         let fail = echo.iter().any(|w| w == FAIL_WORD);
@@ -229,9 +240,9 @@ impl Engine for TestEngine {
             Err(e) => {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 match e {
-                    TrySendError::Full(_) => {
-                        Err(EngineError::QueueFull { capacity: self.shared.config.max_queue })
-                    }
+                    TrySendError::Full(_) => Err(EngineError::QueueFull {
+                        capacity: self.shared.config.max_queue,
+                    }),
                     TrySendError::Disconnected(_) => Err(EngineError::Unavailable),
                 }
             }
@@ -298,7 +309,11 @@ impl StopScan<'_> {
         self.text.push_str(piece);
         let pending = &self.text[self.emitted..];
         // A stop string may start inside text already held back, never inside emitted text.
-        let hit = self.stop.iter().filter_map(|s| pending.find(s.as_str())).min();
+        let hit = self
+            .stop
+            .iter()
+            .filter_map(|s| pending.find(s.as_str()))
+            .min();
         if let Some(at) = hit {
             let out = pending[..at].to_owned();
             self.emitted = self.text.len();
@@ -332,14 +347,29 @@ fn longest_suffix_prefix(haystack: &str, needle: &str) -> usize {
 
 /// Decodes one job to its end.
 fn run(shared: &Shared, job: Job) {
-    let Job { prompt_tokens, echo, params, fail, submitted, tx } = job;
+    let Job {
+        prompt_tokens,
+        echo,
+        params,
+        fail,
+        submitted,
+        tx,
+    } = job;
     if !deliver(shared, &tx, TokenEvent::Started { prompt_tokens }) {
         return;
     }
     let room = shared.config.context_length.saturating_sub(prompt_tokens);
     let limit = params.max_tokens.map_or(room, |m| m.min(room));
-    let natural = if params.ignore_eos || echo.is_empty() { None } else { Some(echo.len()) };
-    let mut scan = StopScan { stop: &params.stop, text: String::new(), emitted: 0 };
+    let natural = if params.ignore_eos || echo.is_empty() {
+        None
+    } else {
+        Some(echo.len())
+    };
+    let mut scan = StopScan {
+        stop: &params.stop,
+        text: String::new(),
+        emitted: 0,
+    };
     let mut generated = 0usize;
     let mut first_token: Option<Instant> = None;
     let reason = loop {
@@ -356,18 +386,36 @@ fn run(shared: &Shared, job: Job) {
             thread::sleep(shared.config.token_delay);
         }
         let word = &echo[generated % echo.len()];
-        let piece = if generated == 0 { word.clone() } else { format!(" {word}") };
+        let piece = if generated == 0 {
+            word.clone()
+        } else {
+            format!(" {word}")
+        };
         generated += 1;
         first_token.get_or_insert_with(Instant::now);
         match scan.push(&piece) {
             Ok(text) => {
-                if !deliver(shared, &tx, TokenEvent::Token { id: token_id(word), text }) {
+                if !deliver(
+                    shared,
+                    &tx,
+                    TokenEvent::Token {
+                        id: token_id(word),
+                        text,
+                    },
+                ) {
                     return;
                 }
             }
             Err(text) => {
                 // The stop string is not emitted, but its tokens were generated and count.
-                let event = finished(FinishReason::Stop, prompt_tokens, generated, submitted, first_token, text);
+                let event = finished(
+                    FinishReason::Stop,
+                    prompt_tokens,
+                    generated,
+                    submitted,
+                    first_token,
+                    text,
+                );
                 deliver(shared, &tx, event);
                 return;
             }
@@ -378,7 +426,14 @@ fn run(shared: &Shared, job: Job) {
             return;
         }
     };
-    let event = finished(reason, prompt_tokens, generated, submitted, first_token, scan.rest());
+    let event = finished(
+        reason,
+        prompt_tokens,
+        generated,
+        submitted,
+        first_token,
+        scan.rest(),
+    );
     deliver(shared, &tx, event);
 }
 
@@ -396,7 +451,11 @@ fn finished(
     let decode = now.duration_since(first).as_secs_f64();
     let timings = GenerationTimings {
         time_to_first_token_ms: ttft * 1000.0,
-        prefill_tokens_per_s: if ttft > 0.0 { prompt_tokens as f64 / ttft } else { 0.0 },
+        prefill_tokens_per_s: if ttft > 0.0 {
+            prompt_tokens as f64 / ttft
+        } else {
+            0.0
+        },
         decode_tokens_per_s: if decode > 0.0 {
             completion_tokens.saturating_sub(1) as f64 / decode
         } else {
@@ -405,7 +464,10 @@ fn finished(
     };
     TokenEvent::Finished {
         reason,
-        usage: Usage { prompt_tokens, completion_tokens },
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+        },
         timings,
         text,
     }

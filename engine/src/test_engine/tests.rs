@@ -26,7 +26,10 @@ fn collect(mut generation: Generation) -> (String, TokenEvent) {
     let mut out = String::new();
     let mut started = false;
     loop {
-        match generation.blocking_next().expect("generation ends with an event") {
+        match generation
+            .blocking_next()
+            .expect("generation ends with an event")
+        {
             TokenEvent::Started { .. } => started = true,
             TokenEvent::Token { text, .. } => {
                 assert!(started, "Token before Started");
@@ -53,20 +56,36 @@ fn finish(event: &TokenEvent) -> (FinishReason, Usage) {
 #[test]
 fn echoes_prompt_and_stops() {
     let engine = engine(TestEngineConfig::default());
-    let generation = engine.submit(request(text("hello  big\nworld"), SamplingParams::default()));
+    let generation = engine.submit(request(
+        text("hello  big\nworld"),
+        SamplingParams::default(),
+    ));
     let (out, last) = collect(generation.expect("submitted"));
     assert_eq!(out, "hello big world");
     assert_eq!(
         finish(&last),
-        (FinishReason::Stop, Usage { prompt_tokens: 3, completion_tokens: 3 })
+        (
+            FinishReason::Stop,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 3
+            }
+        )
     );
 }
 
 #[test]
 fn max_tokens_cuts_with_length() {
     let engine = engine(TestEngineConfig::default());
-    let params = SamplingParams { max_tokens: Some(2), ..Default::default() };
-    let (out, last) = collect(engine.submit(request(text("a b c d"), params)).expect("submitted"));
+    let params = SamplingParams {
+        max_tokens: Some(2),
+        ..Default::default()
+    };
+    let (out, last) = collect(
+        engine
+            .submit(request(text("a b c d"), params))
+            .expect("submitted"),
+    );
     assert_eq!(out, "a b");
     assert_eq!(finish(&last).0, FinishReason::Length);
     assert_eq!(finish(&last).1.completion_tokens, 2);
@@ -74,23 +93,57 @@ fn max_tokens_cuts_with_length() {
 
 #[test]
 fn ignore_eos_repeats_until_context_end() {
-    let config = TestEngineConfig { context_length: 7, ..Default::default() };
+    let config = TestEngineConfig {
+        context_length: 7,
+        ..Default::default()
+    };
     let engine = engine(config);
-    let params = SamplingParams { ignore_eos: true, ..Default::default() };
-    let (out, last) = collect(engine.submit(request(text("x y"), params)).expect("submitted"));
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (out, last) = collect(
+        engine
+            .submit(request(text("x y"), params))
+            .expect("submitted"),
+    );
     assert_eq!(out, "x y x y x");
-    assert_eq!(finish(&last), (FinishReason::Length, Usage { prompt_tokens: 2, completion_tokens: 5 }));
+    assert_eq!(
+        finish(&last),
+        (
+            FinishReason::Length,
+            Usage {
+                prompt_tokens: 2,
+                completion_tokens: 5
+            }
+        )
+    );
 }
 
 #[test]
 fn chat_echoes_last_message_and_counts_roles() {
     let engine = engine(TestEngineConfig::default());
     let prompt = Prompt::Chat(vec![
-        ChatMessage { role: "system".into(), content: "be brief".into() },
-        ChatMessage { role: "user".into(), content: "ping pong".into() },
+        ChatMessage {
+            role: "system".into(),
+            content: "be brief".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "ping pong".into(),
+        },
     ]);
-    assert_eq!(engine.count_prompt_tokens("test-echo", &prompt).expect("counted"), 6);
-    let (out, last) = collect(engine.submit(request(prompt, SamplingParams::default())).expect("submitted"));
+    assert_eq!(
+        engine
+            .count_prompt_tokens("test-echo", &prompt)
+            .expect("counted"),
+        6
+    );
+    let (out, last) = collect(
+        engine
+            .submit(request(prompt, SamplingParams::default()))
+            .expect("submitted"),
+    );
     assert_eq!(out, "ping pong");
     assert_eq!(finish(&last).1.prompt_tokens, 6);
 }
@@ -98,9 +151,13 @@ fn chat_echoes_last_message_and_counts_roles() {
 #[test]
 fn stop_string_ends_before_it_and_is_not_emitted() {
     let engine = engine(TestEngineConfig::default());
-    let params = SamplingParams { stop: vec![" c d".into()], ..Default::default() };
-    let mut generation =
-        engine.submit(request(text("a b c d e"), params)).expect("submitted");
+    let params = SamplingParams {
+        stop: vec![" c d".into()],
+        ..Default::default()
+    };
+    let mut generation = engine
+        .submit(request(text("a b c d e"), params))
+        .expect("submitted");
     let mut pieces = Vec::new();
     let last = loop {
         match generation.blocking_next().expect("event") {
@@ -110,7 +167,10 @@ fn stop_string_ends_before_it_and_is_not_emitted() {
         }
     };
     assert_eq!(pieces.concat(), "a b");
-    assert!(pieces.iter().all(|p| !p.contains('c')), "held-back text leaked: {pieces:?}");
+    assert!(
+        pieces.iter().all(|p| !p.contains('c')),
+        "held-back text leaked: {pieces:?}"
+    );
     match last {
         TokenEvent::Finished { reason, text, .. } => {
             assert_eq!(reason, FinishReason::Stop);
@@ -123,15 +183,25 @@ fn stop_string_ends_before_it_and_is_not_emitted() {
 #[test]
 fn held_back_text_is_flushed_when_no_stop_follows() {
     let engine = engine(TestEngineConfig::default());
-    let params = SamplingParams { stop: vec![" b x".into()], ..Default::default() };
-    let (out, last) = collect(engine.submit(request(text("a b"), params)).expect("submitted"));
+    let params = SamplingParams {
+        stop: vec![" b x".into()],
+        ..Default::default()
+    };
+    let (out, last) = collect(
+        engine
+            .submit(request(text("a b"), params))
+            .expect("submitted"),
+    );
     assert_eq!(out, "a b");
     assert_eq!(finish(&last).0, FinishReason::Stop);
 }
 
 #[test]
 fn unknown_model_and_context_length_fail_at_submit() {
-    let engine = engine(TestEngineConfig { context_length: 4, ..Default::default() });
+    let engine = engine(TestEngineConfig {
+        context_length: 4,
+        ..Default::default()
+    });
     let mut req = request(text("a"), SamplingParams::default());
     req.model = "nope".into();
     assert!(matches!(engine.submit(req), Err(EngineError::UnknownModel(m)) if m == "nope"));
@@ -139,13 +209,24 @@ fn unknown_model_and_context_length_fail_at_submit() {
     let err = engine.submit(request(text("a b c d"), SamplingParams::default()));
     assert!(matches!(
         err,
-        Err(EngineError::ContextLength { context_length: 4, prompt_tokens: 4, max_tokens: 0 })
+        Err(EngineError::ContextLength {
+            context_length: 4,
+            prompt_tokens: 4,
+            max_tokens: 0
+        })
     ));
-    let params = SamplingParams { max_tokens: Some(3), ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: Some(3),
+        ..Default::default()
+    };
     let err = engine.submit(request(text("a b"), params));
     assert!(matches!(
         err,
-        Err(EngineError::ContextLength { context_length: 4, prompt_tokens: 2, max_tokens: 3 })
+        Err(EngineError::ContextLength {
+            context_length: 4,
+            prompt_tokens: 2,
+            max_tokens: 3
+        })
     ));
 }
 
@@ -161,27 +242,45 @@ fn queue_full_when_workers_and_queue_are_busy() {
     let long = || request(text(&"w ".repeat(100)), SamplingParams::default());
     let mut first = engine.submit(long()).expect("first runs");
     // Wait until the worker has taken the first job, so the queue slot is free.
-    assert!(matches!(first.blocking_next(), Some(TokenEvent::Started { .. })));
+    assert!(matches!(
+        first.blocking_next(),
+        Some(TokenEvent::Started { .. })
+    ));
     let _second = engine.submit(long()).expect("second waits in the queue");
-    assert!(matches!(engine.submit(long()), Err(EngineError::QueueFull { capacity: 1 })));
+    assert!(matches!(
+        engine.submit(long()),
+        Err(EngineError::QueueFull { capacity: 1 })
+    ));
     let status = engine.status();
     assert_eq!((status.active, status.queued), (1, 1));
 }
 
 #[test]
 fn dropping_the_generation_frees_the_worker() {
-    let config = TestEngineConfig { token_delay: Duration::from_millis(5), ..Default::default() };
+    let config = TestEngineConfig {
+        token_delay: Duration::from_millis(5),
+        ..Default::default()
+    };
     let engine = engine(config);
     let mut generation = engine
         .submit(request(text(&"w ".repeat(1000)), SamplingParams::default()))
         .expect("submitted");
-    assert!(matches!(generation.blocking_next(), Some(TokenEvent::Started { .. })));
-    assert!(matches!(generation.blocking_next(), Some(TokenEvent::Token { .. })));
+    assert!(matches!(
+        generation.blocking_next(),
+        Some(TokenEvent::Started { .. })
+    ));
+    assert!(matches!(
+        generation.blocking_next(),
+        Some(TokenEvent::Token { .. })
+    ));
     assert_eq!(engine.status().active, 1);
     drop(generation);
     let deadline = Instant::now() + Duration::from_secs(5);
     while engine.status().active != 0 {
-        assert!(Instant::now() < deadline, "worker still busy after cancellation");
+        assert!(
+            Instant::now() < deadline,
+            "worker still busy after cancellation"
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -190,9 +289,16 @@ fn dropping_the_generation_frees_the_worker() {
 fn fail_word_fails_after_first_token() {
     let engine = engine(TestEngineConfig::default());
     let prompt = text(&format!("a {FAIL_WORD} b"));
-    let (out, last) = collect(engine.submit(request(prompt, SamplingParams::default())).expect("submitted"));
+    let (out, last) = collect(
+        engine
+            .submit(request(prompt, SamplingParams::default()))
+            .expect("submitted"),
+    );
     assert_eq!(out, "a");
-    assert!(matches!(last, TokenEvent::Failed(EngineError::Inference(_))));
+    assert!(matches!(
+        last,
+        TokenEvent::Failed(EngineError::Inference(_))
+    ));
 }
 
 #[test]
@@ -203,7 +309,10 @@ fn token_ids_are_deterministic() {
 
 #[test]
 fn drop_with_a_busy_unread_generation_returns() {
-    let config = TestEngineConfig { max_active: 1, ..Default::default() };
+    let config = TestEngineConfig {
+        max_active: 1,
+        ..Default::default()
+    };
     let engine = engine(config);
     // Never read: the worker fills the event buffer and waits; shutdown must still end it.
     let _generation = engine
