@@ -77,6 +77,7 @@ fn config(audit: &Audit, limits: &str, audit_extra: &str) -> TestConfig {
     TestConfig {
         limits: format!("shutdown_grace = \"10s\"\n{limits}"),
         extra: audit.section(audit_extra),
+        audit: None,
         ..TestConfig::default()
     }
 }
@@ -501,6 +502,7 @@ cert_cn = ["bob"]
 "#;
     let cfg = TestConfig {
         extra: format!("{}\n{tenants}", audit.section("")),
+        audit: None,
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
@@ -653,5 +655,22 @@ async fn tampering_with_the_sqlite3_cli_is_pinpointed() {
             out.contains(&format!("seq {seq}: {kind}:")),
             "{sql}: expected seq {seq} {kind}, got {out}"
         );
+    }
+}
+
+#[test]
+fn a_config_without_audit_is_refused() {
+    let pki = Pki::new(&["alice"]);
+    let text = TestConfig {
+        audit: None,
+        ..TestConfig::default()
+    }
+    .to_toml(&pki);
+    let file = pki.path("unaudited.toml");
+    std::fs::write(&file, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let (status, _, err) = airlockd(&[command, "--config", file.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(64), "{command}: {err}");
+        assert!(err.contains(": audit: required"), "{command}: {err}");
     }
 }

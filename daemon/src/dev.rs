@@ -20,6 +20,8 @@ pub enum DevError {
     Certs(#[from] certs::CertsError),
     #[error("installing the built-in model: {0}")]
     Model(#[from] airlock_engine::EngineError),
+    #[error("audit keys: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The tenant `dev` issues a client certificate for.
@@ -40,8 +42,11 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PathBuf, DevError> {
     let pki = dir.join("certs");
     certs::init(&pki, &[DEV_TENANT.to_owned()])?;
     let model_dir = airlock_engine::default_model::install(&dir.join("model"))?;
+    // The audit log is not optional, in dev mode either: keys are created once and kept.
+    let audit = dir.join("audit");
+    crate::audit::keys::keygen(&audit)?;
     let config = dir.join("airlockd.toml");
-    let text = config_text(&pki, &model_dir, port);
+    let text = config_text(&pki, &model_dir, &audit, port);
     std::fs::write(&config, text).map_err(|source| DevError::Io {
         path: config.clone(),
         source,
@@ -49,8 +54,9 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PathBuf, DevError> {
     Ok(config)
 }
 
-fn config_text(pki: &Path, model: &Path, port: u16) -> String {
+fn config_text(pki: &Path, model: &Path, audit: &Path, port: u16) -> String {
     let p = |name: &str| toml_string(&pki.join(name));
+    let a = |name: &str| toml_string(&audit.join(name));
     format!(
         "# Written by `airlockd dev`; rewritten on every run. See docs/config.md.\n\
          [listener]\n\
@@ -64,12 +70,22 @@ fn config_text(pki: &Path, model: &Path, port: u16) -> String {
          name = \"{DEV_MODEL}\"\n\
          path = {model}\n\
          # The built-in model is tiny: the CPU backend is fast enough and probes no GPU.\n\
-         device = \"cpu\"\n",
+         device = \"cpu\"\n\n\
+         # Every request is recorded; verify with\n\
+         # airlockd audit verify --db {audit_db} --pubkey {audit_pub}\n\
+         [audit]\n\
+         db = {audit_db}\n\
+         signing_key = {audit_key}\n\
+         digest_key = {digest_key}\n",
         cert = p(certs::SERVER_CERT),
         key = p(certs::SERVER_KEY),
         ca = p(certs::CA_CERT),
         crl = p(certs::CRL),
         model = toml_string(model),
+        audit_db = a("audit.db"),
+        audit_pub = a(crate::audit::keys::PUBLIC_KEY_FILE),
+        audit_key = a(crate::audit::keys::SIGNING_KEY_FILE),
+        digest_key = a(crate::audit::keys::DIGEST_KEY_FILE),
     )
 }
 

@@ -121,6 +121,16 @@ fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
 fn load(path: &std::path::Path) -> Result<Config, airlock_daemon::config::ConfigError> {
     let config = Config::load(path)?;
     airlock_daemon::tls::check_files(&config, path)?;
+    // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
+    if config.audit.is_none() {
+        return Err(airlock_daemon::config::ConfigError {
+            file: path.to_path_buf(),
+            path: "audit".into(),
+            reason: "required: every request is recorded in the audit log; \
+                     `airlockd audit keygen --dir DIR` creates its keys (docs/audit.md)"
+                .into(),
+        });
+    }
     Ok(config)
 }
 

@@ -54,6 +54,10 @@ impl Pki {
         }
         let (status, out, err) = airlockd(&args);
         assert!(status.success(), "certs init failed: {out}{err}");
+        // Keys for the default `[audit]` section (see `TestConfig::audit`).
+        let keys = dir.path().join("audit");
+        let (status, out, err) = airlockd(&["audit", "keygen", "--dir", keys.to_str().unwrap()]);
+        assert!(status.success(), "audit keygen failed: {out}{err}");
         Pki { dir }
     }
 
@@ -108,6 +112,11 @@ pub struct TestConfig {
     pub models: String,
     /// Anything else, appended verbatim.
     pub extra: String,
+    /// Extra lines for the `[audit]` section. `Some` (the default: `Some("")`) writes the
+    /// section with the PKI's audit keys and `db = "audit.db"`, relative to the config file,
+    /// so each daemon gets its own log in its own temp directory; `None` writes no section
+    /// (for a test that brings its own in `extra`).
+    pub audit: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -119,6 +128,7 @@ impl Default for TestConfig {
             limits: "shutdown_grace = \"10s\"\n".into(),
             models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n"),
             extra: String::new(),
+            audit: Some(String::new()),
         }
     }
 }
@@ -146,6 +156,13 @@ impl TestConfig {
             "[limits]\n{}\n{}\n[logging]\nlevel = \"info\"\n{}",
             self.limits, self.models, self.extra
         );
+        if let Some(lines) = &self.audit {
+            s += &format!(
+                "\n[audit]\ndb = \"audit.db\"\nsigning_key = {}\ndigest_key = {}\n{lines}\n",
+                q(pki.path("audit/audit-signing.key")),
+                q(pki.path("audit/audit-digest.key")),
+            );
+        }
         s
     }
 }
