@@ -201,7 +201,8 @@ async fn requests_are_recorded_and_the_chain_verifies() {
             .expect("admit record");
         assert_eq!(admit["decision"], "allow");
         assert_eq!(admit["cert_cn"], "alice");
-        assert_eq!(admit["auth_method"], "mtls");
+        assert_eq!(admit["auth_method"], "certificate");
+        assert_eq!(admit["cert_source"], "mtls");
         assert!(
             admit["prompt_digest"]
                 .as_str()

@@ -41,6 +41,43 @@ pub struct Principal {
     pub subject: String,
     /// The tenant's policy; `None` in legacy `cert_tenants = "cn"` mode without tenants.
     pub policy: Option<Arc<Tenant>>,
+    /// The credential that authenticated the request (for the audit log).
+    pub method: AuthMethod,
+}
+
+/// How a principal authenticated: the audit log's `auth_method` and its details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An API key (its id; never the secret).
+    ApiKey { key_id: String },
+    /// A bearer JWT: its `iss` and `sub`.
+    Jwt { issuer: String, subject: String },
+    /// The client certificate alone (its SHA-256 fingerprint).
+    Certificate { fingerprint: String },
+}
+
+impl AuthMethod {
+    /// The `auth_method` value recorded in the audit log.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMethod::ApiKey { .. } => "api_key",
+            AuthMethod::Jwt { .. } => "jwt",
+            AuthMethod::Certificate { .. } => "certificate",
+        }
+    }
+
+    /// The audit fields naming the credential (besides `auth_method`).
+    pub fn audit_fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            AuthMethod::ApiKey { key_id } => vec![("key_id", key_id.clone())],
+            AuthMethod::Jwt { issuer, subject } => {
+                vec![("jwt_iss", issuer.clone()), ("jwt_sub", subject.clone())]
+            }
+            AuthMethod::Certificate { fingerprint } => {
+                vec![("cert_fingerprint", fingerprint.clone())]
+            }
+        }
+    }
 }
 
 /// The authentication state of one configuration generation.
@@ -198,6 +235,7 @@ impl Access {
             tenant: record.tenant,
             subject: format!("key:{}", record.id),
             policy,
+            method: AuthMethod::ApiKey { key_id: record.id },
         })
     }
 
@@ -223,6 +261,10 @@ impl Access {
             tenant: id.tenant,
             subject: format!("jwt:{}", id.subject),
             policy,
+            method: AuthMethod::Jwt {
+                issuer: id.issuer,
+                subject: id.subject,
+            },
         })
     }
 
@@ -239,6 +281,9 @@ impl Access {
                 tenant: t.name.clone(),
                 subject: format!("cert:{name}"),
                 policy: Some(Arc::clone(t)),
+                method: AuthMethod::Certificate {
+                    fingerprint: cert.sha256_fingerprint.clone(),
+                },
             });
         }
         match self.config.cert_tenants {
@@ -246,6 +291,9 @@ impl Access {
                 tenant: name.clone(),
                 subject: format!("cert:{name}"),
                 policy: None,
+                method: AuthMethod::Certificate {
+                    fingerprint: cert.sha256_fingerprint.clone(),
+                },
             }),
             CertTenants::Rules => Err(unauthorized(
                 "the client certificate does not belong to any tenant",

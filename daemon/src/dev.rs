@@ -22,10 +22,18 @@ pub enum DevError {
     Model(#[from] airlock_engine::EngineError),
     #[error("audit keys: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("demo API key: {0}")]
+    Keys(#[from] crate::keys::KeyStoreError),
 }
 
 /// The tenant `dev` issues a client certificate for.
 pub const DEV_TENANT: &str = "demo";
+/// Where `dev` keeps the demo tenant's API key (0600): the key store holds only its hash, so
+/// this file is what lets every run print a key that works.
+const DEV_KEY_FILE: &str = "demo-api-key";
+/// The key store, relative to the config file.
+const DEV_KEY_DB: &str = "keys.db";
+
 /// The model name `dev` serves.
 pub const DEV_MODEL: &str = airlock_engine::default_model::NAME;
 
@@ -51,7 +59,43 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PathBuf, DevError> {
         path: config.clone(),
         source,
     })?;
+    demo_key(&dir)?;
     Ok(config)
+}
+
+/// Makes sure the demo tenant has a usable API key on file, creating one when the file is
+/// missing or its key is no longer in the store (or revoked).
+fn demo_key(dir: &Path) -> Result<String, DevError> {
+    let file = dir.join(DEV_KEY_FILE);
+    let store = crate::keys::KeyStore::open(&dir.join(DEV_KEY_DB))?;
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(key) = airlock_policy::ApiKey::parse(text.trim())
+        && store
+            .get(key.id())?
+            .is_some_and(|record| record.usable(std::time::SystemTime::now()))
+    {
+        return Ok(key.expose().to_owned());
+    }
+    let (key, _) = store.create(DEV_TENANT, None, None)?;
+    write_private(&file, key.expose())?;
+    Ok(key.expose().to_owned())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| DevError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    writeln!(f, "{text}").map_err(io)
 }
 
 fn config_text(pki: &Path, model: &Path, audit: &Path, port: u16) -> String {
@@ -71,6 +115,14 @@ fn config_text(pki: &Path, model: &Path, audit: &Path, port: u16) -> String {
          path = {model}\n\
          # The built-in model is tiny: the CPU backend is fast enough and probes no GPU.\n\
          device = \"cpu\"\n\n\
+         # Tenant `demo`: its client certificate alone identifies it (curl), and SDKs that\n\
+         # must send an API key use the one in {DEV_KEY_FILE} (`airlockd keys list --config`).\n\
+         [auth]\n\
+         key_db = \"{DEV_KEY_DB}\"\n\n\
+         [[tenants]]\n\
+         name = \"{DEV_TENANT}\"\n\
+         models = [\"*\"]\n\
+         cert_cn = [\"{DEV_TENANT}\"]\n\n\
          # Every request is recorded; verify with\n\
          # airlockd audit verify --db {audit_db} --pubkey {audit_pub}\n\
          [audit]\n\
@@ -97,9 +149,14 @@ fn toml_string(path: &Path) -> String {
 
 /// The quick-start text printed once the daemon listens on `port`.
 pub fn instructions(dir: &Path, port: u16) -> String {
-    let pki = std::fs::canonicalize(dir)
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .join("certs");
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let key_file = dir.join(DEV_KEY_FILE);
+    // `prepare` wrote it moments ago; a placeholder keeps the banner readable if not.
+    let api_key = std::fs::read_to_string(&key_file)
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_else(|_| "<see airlockd keys create>".into());
+    let key_file = key_file.display();
+    let pki = dir.join("certs");
     let (cert, key) = certs::client_paths(&pki, DEV_TENANT);
     let ca = pki.join(certs::CA_CERT);
     let (cert, key, ca) = (cert.display(), key.display(), ca.display());
@@ -114,12 +171,13 @@ Try it with curl:
     -H 'content-type: application/json' \
     -d '{{"model":"{DEV_MODEL}","messages":[{{"role":"user","content":"Hello!"}}],"max_tokens":32}}'
 
-Or with the OpenAI Python SDK:
+Or with the OpenAI Python SDK, which always sends an API key: this is tenant "{DEV_TENANT}"'s
+(kept in {key_file}; the store holds only its argon2id hash):
 
   import ssl, httpx, openai
   tls = ssl.create_default_context(cafile="{ca}")
   tls.load_cert_chain("{cert}", "{key}")
-  client = openai.OpenAI(base_url="https://localhost:{port}/v1", api_key="unused",
+  client = openai.OpenAI(base_url="https://localhost:{port}/v1", api_key="{api_key}",
                          http_client=httpx.Client(verify=tls))
   reply = client.chat.completions.create(model="{DEV_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
   print(reply.choices[0].message.content)

@@ -110,6 +110,7 @@ where
     // Who the audit records name from here on (refusals after this point included).
     if let (Some(p), Some(trail)) = (&principal, crate::audit::trail::current()) {
         trail.note_principal(&p.tenant, &p.subject);
+        trail.note_auth(p.method.as_str(), p.method.audit_fields());
     }
 
     let inference = match route {

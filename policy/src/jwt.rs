@@ -62,6 +62,8 @@ impl fmt::Debug for JwtVerifier {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenIdentity {
     pub tenant: String,
+    /// The token's `iss` (the configured issuer it was checked against).
+    pub issuer: String,
     /// The token's `sub`.
     pub subject: String,
     /// The `kid` that verified it.
@@ -186,6 +188,7 @@ impl JwtVerifier {
         }
         Ok(TokenIdentity {
             tenant,
+            issuer: self.settings.issuer.clone(),
             subject,
             kid,
             cert_bound: bound.is_some(),

@@ -113,8 +113,13 @@ pub fn current() -> Option<Arc<Trail>> {
 struct Progress {
     tenant: Option<String>,
     principal: Option<String>,
+    /// `auth_method` and the credential's fields, once authentication succeeded.
+    auth: Vec<(&'static str, String)>,
     model: Option<String>,
-    filter_rules: Vec<String>,
+    /// Filter actions on the prompt (and refusals before admission).
+    filter_hits: Vec<FilterHit>,
+    /// Filter actions on the output, after admission (for the `complete` record).
+    output_filter_hits: Vec<FilterHit>,
     admit_seq: Option<u64>,
     streaming: bool,
     finish_reason: Option<&'static str>,
@@ -122,6 +127,46 @@ struct Progress {
     ttft_ms: Option<u64>,
     output_digest: Option<String>,
     output_text: Option<String>,
+}
+
+/// One filter rule that acted on a request: its id, what it did and how many times. Never
+/// the matched text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FilterHit {
+    rule: String,
+    action: &'static str,
+    count: usize,
+}
+
+fn note_hit(hits: &mut Vec<FilterHit>, rule: &str, action: &'static str, count: usize) {
+    match hits
+        .iter_mut()
+        .find(|h| h.rule == rule && h.action == action)
+    {
+        Some(hit) => hit.count = hit.count.saturating_add(count),
+        None => hits.push(FilterHit {
+            rule: rule.to_owned(),
+            action,
+            count,
+        }),
+    }
+}
+
+/// `filter_rules` (distinct rule ids, in order) and `filter_actions` (id, action, count).
+fn set_filter_fields(record: &mut Record, hits: &[FilterHit]) {
+    let mut rules: Vec<&str> = Vec::new();
+    for hit in hits {
+        if !rules.contains(&hit.rule.as_str()) {
+            rules.push(&hit.rule);
+        }
+    }
+    let actions: Vec<Value> = hits
+        .iter()
+        .map(|h| json!({"rule": h.rule, "action": h.action, "count": h.count as u64}))
+        .collect();
+    record
+        .set("filter_rules", json!(rules))
+        .set("filter_actions", actions);
 }
 
 /// One request's audit state.
@@ -155,11 +200,11 @@ impl Trail {
             base.set("forwarded_for", json!([ip.to_string()]));
         }
         if let Some((source, cert)) = conn.client_cert() {
-            let method = match source {
+            let source = match source {
                 crate::identity::CertSource::Tls => "mtls",
                 crate::identity::CertSource::TrustedProxy => "proxy_client_cert",
             };
-            base.set("auth_method", method)
+            base.set("cert_source", source)
                 .set("cert_fingerprint", cert.sha256_fingerprint.as_str())
                 .set("cert_cn", cert.common_name.clone());
         }
@@ -186,9 +231,33 @@ impl Trail {
         p.principal = Some(principal.to_owned());
     }
 
-    /// Filter rules that fired (recorded with the admission or denial).
+    /// How the caller authenticated: `auth_method` (`api_key`, `jwt`, `certificate`) and
+    /// the credential's fields (`key_id`; `jwt_iss`, `jwt_sub`; `cert_fingerprint`).
+    pub fn note_auth(&self, method: &'static str, fields: Vec<(&'static str, String)>) {
+        let mut auth = vec![("auth_method", method.to_owned())];
+        auth.extend(fields);
+        self.progress().auth = auth;
+    }
+
+    /// Deny rules that refused the request, once each (recorded with the denial, or with
+    /// the completion when the output was refused after admission).
     pub fn note_filter_rules(&self, rules: &[String]) {
-        self.progress().filter_rules.extend_from_slice(rules);
+        for rule in rules {
+            self.note_filter(rule, "deny", 1);
+        }
+    }
+
+    /// A filter rule that acted (`action` = `redact` or `deny`) `count` times: before
+    /// admission it belongs to the prompt (`admit`/`deny` record), after it to the output
+    /// (`complete` record). Rule ids and counts only, never the matched text.
+    pub fn note_filter(&self, rule: &str, action: &'static str, count: usize) {
+        let mut p = self.progress();
+        let hits = if p.admit_seq.is_some() {
+            &mut p.output_filter_hits
+        } else {
+            &mut p.filter_hits
+        };
+        note_hit(hits, rule, action, count);
     }
 
     fn record(&self, kind: Kind) -> Record {
@@ -198,8 +267,11 @@ impl Trail {
         record
             .set("tenant", p.tenant.clone())
             .set("principal", p.principal.clone())
-            .set("model", p.model.clone())
-            .set("filter_rules", json!(p.filter_rules));
+            .set("model", p.model.clone());
+        for (key, value) in &p.auth {
+            record.set(key, value.as_str());
+        }
+        set_filter_fields(&mut record, &p.filter_hits);
         record
     }
 
@@ -328,6 +400,7 @@ impl Trail {
             .set("ttft_ms", p.ttft_ms)
             .set("output_digest", p.output_digest.clone())
             .set("output_text", p.output_text.clone());
+        set_filter_fields(&mut record, &p.output_filter_hits);
         if let Some(usage) = p.usage {
             record
                 .set("prompt_tokens", usage.prompt_tokens as u64)

@@ -119,6 +119,12 @@ fn filter_prompt(tenant: &Tenant, prompt: &mut Prompt) -> Result<(), ApiError> {
             .map_err(|d| ApiError::ContentPolicy { rule_id: d.rule_id })?;
         if !filtered.redactions.is_empty() {
             tracing::info!(redactions = ?filtered.redactions, "prompt redacted");
+            // Rule ids and counts into the admission record (never the matched text).
+            if let Some(trail) = crate::audit::trail::current() {
+                for (rule, count) in &filtered.redactions {
+                    trail.note_filter(rule, "redact", *count);
+                }
+            }
             let owned = filtered.text.into_owned();
             *text = owned;
         }
