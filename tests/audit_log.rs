@@ -675,3 +675,157 @@ fn a_config_without_audit_is_refused() {
         assert!(err.contains(": audit: required"), "{command}: {err}");
     }
 }
+
+/// Who authenticated and which filter rules acted: an API-key request names `api_key` and
+/// its key id; a redacted prompt names the redaction rule with its count, never the text;
+/// keys created and revoked by the CLI while the daemon runs become `admin` records.
+#[tokio::test]
+async fn auth_methods_filter_actions_and_key_changes_are_recorded() {
+    let pki = Pki::new(&["alice", "carol"]);
+    let audit = Audit::new();
+    let keydb = pki.dir().join("keys.db");
+    let tenants = format!(
+        r#"
+[auth]
+key_db = {keydb:?}
+
+[[tenants]]
+name = "acme"
+models = ["test-model"]
+cert_cn = ["alice"]
+[[tenants.filters]]
+id = "pii-email"
+action = "redact"
+detector = "email"
+apply = "prompt"
+
+[[tenants]]
+name = "keyed"
+models = ["*"]
+"#
+    );
+    let cfg = TestConfig {
+        extra: format!("{}\n{tenants}", audit.section("")),
+        audit: None,
+        ..TestConfig::default()
+    };
+    let text = cfg.to_toml(&pki);
+    let config_path = pki.dir().join("audited-policy.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let daemon = Daemon::start_toml(&text);
+    let url = daemon.url("/v1/chat/completions");
+
+    let (status, out, err) = airlockd(&[
+        "keys",
+        "create",
+        "--tenant",
+        "keyed",
+        "--config",
+        config_path.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{out}{err}");
+    let key = out.trim().to_owned();
+    let key_id = key[4..16].to_owned();
+
+    // The key reaches the daemon within its refresh bound.
+    let carol = daemon.client(&pki, "carol");
+    let started = std::time::Instant::now();
+    loop {
+        let resp = carol
+            .post(&url)
+            .bearer_auth(&key)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "key not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice = daemon.client(&pki, "alice");
+    let resp = alice
+        .post(&url)
+        .json(&chat("mail bob@example.com or eve@example.org"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A revocation by the CLI in another process: the daemon sees it within its refresh
+    // bound and writes the admin record through its own writer.
+    let (status, out, err) = airlockd(&[
+        "keys",
+        "revoke",
+        &key_id,
+        "--config",
+        config_path.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{out}{err}");
+    let started = std::time::Instant::now();
+    loop {
+        let resp = carol
+            .post(&url)
+            .bearer_auth(&key)
+            .json(&chat("hi"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "key not revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(daemon);
+
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let records = audit.export();
+    let admin = of_kind(&records, "admin");
+    let event = |name: &str| {
+        admin
+            .iter()
+            .find(|r| r["event"] == name && r["key_id"] == key_id.as_str())
+            .unwrap_or_else(|| panic!("no {name} admin record: {admin:#?}"))
+    };
+    assert_eq!(event("key_created")["tenant"], "keyed");
+    assert_eq!(event("key_revoked")["tenant"], "keyed");
+    let admits = of_kind(&records, "admit");
+    let by_key = admits
+        .iter()
+        .find(|r| r["tenant"] == "keyed")
+        .expect("admit of the API-key request");
+    assert_eq!(by_key["auth_method"], "api_key");
+    assert_eq!(by_key["key_id"], key_id.as_str());
+    let redacted = admits
+        .iter()
+        .find(|r| r["tenant"] == "acme")
+        .expect("admit of the redacted request");
+    assert_eq!(redacted["auth_method"], "certificate");
+    assert_eq!(redacted["filter_rules"], json!(["pii-email"]));
+    assert_eq!(
+        redacted["filter_actions"],
+        json!([{"rule": "pii-email", "action": "redact", "count": 2}])
+    );
+    let bytes = file_bytes(&audit.db());
+    assert!(
+        !bytes
+            .windows(b"example.com".len())
+            .any(|w| w == b"example.com"),
+        "matched text in the audit log"
+    );
+    assert!(
+        !bytes
+            .windows(key.len() - 16)
+            .any(|w| w == &key.as_bytes()[16..]),
+        "a key secret in the audit log"
+    );
+}

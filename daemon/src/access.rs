@@ -97,13 +97,57 @@ impl std::fmt::Debug for Access {
     }
 }
 
+/// The audit `admin` record of a key change: event, key id, tenant (never a secret).
+fn admin_record(event: &crate::keys::KeyEvent) -> crate::audit::record::Record {
+    use crate::keys::KeyEvent;
+    let mut record = crate::audit::record::Record::new(crate::audit::record::Kind::Admin);
+    record.set("event", event.name());
+    match event {
+        KeyEvent::Created {
+            id,
+            tenant,
+            expires_at,
+        }
+        | KeyEvent::ExpiryChanged {
+            id,
+            tenant,
+            expires_at,
+        } => {
+            record
+                .set("key_id", id.as_str())
+                .set("tenant", tenant.as_str())
+                .set("expires_at", *expires_at);
+        }
+        KeyEvent::Revoked { id, tenant } | KeyEvent::Removed { id, tenant } => {
+            record
+                .set("key_id", id.as_str())
+                .set("tenant", tenant.as_str());
+        }
+    }
+    record
+}
+
 impl Access {
     /// Builds the state; opens the key database if one is configured.
-    pub fn new(config: PolicyConfig) -> Result<Arc<Self>, crate::keys::KeyStoreError> {
+    /// With `audit`, key changes made while the daemon runs (`airlockd keys` in another
+    /// process) are written to the audit log as `admin` records.
+    pub fn new(
+        config: PolicyConfig,
+        audit: Option<Arc<crate::audit::AuditLog>>,
+    ) -> Result<Arc<Self>, crate::keys::KeyStoreError> {
         let keys = config
             .key_db
             .as_deref()
-            .map(KeySnapshot::start)
+            .map(|path| {
+                let observer = audit.map(|log| -> crate::keys::KeyObserver {
+                    Box::new(move |events| {
+                        for event in events {
+                            log.append_detached(admin_record(event));
+                        }
+                    })
+                });
+                KeySnapshot::start_observed(path, observer)
+            })
             .transpose()?;
         Ok(Arc::new(Self {
             cache: VerifiedKeyCache::new(config.key_cache_ttl, CACHE_CAPACITY),
@@ -235,7 +279,9 @@ impl Access {
             tenant: record.tenant,
             subject: format!("key:{}", record.id),
             policy,
-            method: AuthMethod::ApiKey { key_id: record.id },
+            method: AuthMethod::ApiKey {
+                key_id: record.id.to_string(),
+            },
         })
     }
 

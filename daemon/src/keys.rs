@@ -218,6 +218,90 @@ impl KeyStore {
     }
 }
 
+/// A change to the key table seen by the daemon's refresh thread (for the audit log's
+/// `admin` records). Ids and tenants only: the table holds no secrets, and none are named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// A key appeared (`keys create`, or the new key of `keys rotate`).
+    Created {
+        id: String,
+        tenant: String,
+        expires_at: Option<i64>,
+    },
+    /// A key was revoked (`keys revoke`).
+    Revoked { id: String, tenant: String },
+    /// A key's expiry changed (the old key of `keys rotate` gets its overlap deadline).
+    ExpiryChanged {
+        id: String,
+        tenant: String,
+        expires_at: Option<i64>,
+    },
+    /// A key disappeared from the table (deleted outside `airlockd keys`).
+    Removed { id: String, tenant: String },
+}
+
+impl KeyEvent {
+    /// The `event` field of the admin record.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyEvent::Created { .. } => "key_created",
+            KeyEvent::Revoked { .. } => "key_revoked",
+            KeyEvent::ExpiryChanged { .. } => "key_expiry_changed",
+            KeyEvent::Removed { .. } => "key_removed",
+        }
+    }
+}
+
+/// What changed between two versions of the table, in a stable order (by key id).
+pub fn diff(old: &HashMap<KeyId, KeyRecord>, new: &HashMap<KeyId, KeyRecord>) -> Vec<KeyEvent> {
+    let mut events = Vec::new();
+    let mut ids: Vec<&KeyId> = old.keys().chain(new.keys()).collect();
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids.dedup();
+    for id in ids {
+        let (id_str, expiry) = (id.to_string(), |r: &KeyRecord| r.expires_at.map(secs));
+        match (old.get(id), new.get(id)) {
+            (None, Some(n)) => {
+                events.push(KeyEvent::Created {
+                    id: id_str.clone(),
+                    tenant: n.tenant.clone(),
+                    expires_at: expiry(n),
+                });
+                if n.revoked {
+                    events.push(KeyEvent::Revoked {
+                        id: id_str,
+                        tenant: n.tenant.clone(),
+                    });
+                }
+            }
+            (Some(o), Some(n)) => {
+                if n.revoked && !o.revoked {
+                    events.push(KeyEvent::Revoked {
+                        id: id_str.clone(),
+                        tenant: n.tenant.clone(),
+                    });
+                }
+                if expiry(o) != expiry(n) {
+                    events.push(KeyEvent::ExpiryChanged {
+                        id: id_str,
+                        tenant: n.tenant.clone(),
+                        expires_at: expiry(n),
+                    });
+                }
+            }
+            (Some(o), None) => events.push(KeyEvent::Removed {
+                id: id_str,
+                tenant: o.tenant.clone(),
+            }),
+            (None, None) => {}
+        }
+    }
+    events
+}
+
+/// Told of each batch of changes the refresh thread sees (not of the initial load).
+pub type KeyObserver = Box<dyn Fn(&[KeyEvent]) + Send>;
+
 /// The daemon's view of the key table.
 pub struct KeySnapshot {
     records: ArcSwap<HashMap<KeyId, KeyRecord>>,
@@ -227,6 +311,14 @@ impl KeySnapshot {
     /// Loads the table and starts the refresh thread, which ends once the snapshot is
     /// dropped (at the next [`REFRESH`] tick).
     pub fn start(path: &Path) -> Result<Arc<Self>, KeyStoreError> {
+        Self::start_observed(path, None)
+    }
+
+    /// As [`KeySnapshot::start`]; `observer` hears of every change the refresh thread sees.
+    pub fn start_observed(
+        path: &Path,
+        observer: Option<KeyObserver>,
+    ) -> Result<Arc<Self>, KeyStoreError> {
         let store = KeyStore::open(path)?;
         let snapshot = Arc::new(Self {
             records: ArcSwap::from_pointee(index(store.list()?)),
@@ -250,7 +342,16 @@ impl KeySnapshot {
                         }
                     }
                     match store.list() {
-                        Ok(records) => snapshot.records.store(Arc::new(index(records))),
+                        Ok(records) => {
+                            let new = Arc::new(index(records));
+                            let old = snapshot.records.swap(Arc::clone(&new));
+                            if let Some(observer) = &observer {
+                                let events = diff(&old, &new);
+                                if !events.is_empty() {
+                                    observer(&events);
+                                }
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "key database: reload failed"),
                     }
                 }
@@ -301,6 +402,44 @@ mod tests {
             store.revoke(unknown.id()),
             Err(KeyStoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn diff_names_created_revoked_and_rotated_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let (_, a) = store.create("acme", None, None).unwrap();
+        let before = index(store.list().unwrap());
+        let (_, b) = store.create("beta", None, None).unwrap();
+        store.revoke(&a.id).unwrap();
+        let after = index(store.list().unwrap());
+        let events = diff(&before, &after);
+        assert!(events.contains(&KeyEvent::Created {
+            id: b.id.to_string(),
+            tenant: "beta".into(),
+            expires_at: None,
+        }));
+        assert!(events.contains(&KeyEvent::Revoked {
+            id: a.id.to_string(),
+            tenant: "acme".into(),
+        }));
+        assert_eq!(events.len(), 2, "{events:?}");
+
+        let (_, c, until) = store.rotate(&b.id, Duration::from_secs(60)).unwrap();
+        let rotated = index(store.list().unwrap());
+        let events = diff(&after, &rotated);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events.contains(&KeyEvent::ExpiryChanged {
+            id: b.id.to_string(),
+            tenant: "beta".into(),
+            expires_at: Some(secs(until)),
+        }));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, KeyEvent::Created { id, .. } if *id == c.id.to_string()))
+        );
+        assert!(diff(&rotated, &rotated).is_empty());
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl State {
                 engine,
                 settings,
                 binding,
-                crate::access::Access::new(config.policy.clone())?,
+                crate::access::Access::new(config.policy.clone(), audit_log.clone())?,
             ),
             tls,
             config,
