@@ -829,3 +829,74 @@ models = ["*"]
         "a key secret in the audit log"
     );
 }
+
+/// Output filter actions (rule ids and counts, never the matched text) land on the
+/// completion record, for non-streamed and streamed responses alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_redactions_are_recorded_on_completion() {
+    let pki = Pki::new(&["alice"]);
+    let audit = Audit::new();
+    let tenants = r#"
+[[tenants]]
+name = "scrub"
+models = ["*"]
+cert_cn = ["alice"]
+[[tenants.filters]]
+id = "out-email"
+action = "redact"
+detector = "email"
+apply = "output"
+"#;
+    let cfg = TestConfig {
+        extra: format!("{}\n{tenants}", audit.section("")),
+        audit: None,
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start_toml(&cfg.to_toml(&pki));
+    let alice = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+
+    // The test engine echoes the prompt, so the output carries the address.
+    let resp = alice
+        .post(&url)
+        .json(&chat("write to bob@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("[REDACTED:email]"), "{content}");
+
+    let mut streamed = chat("then to eve@example.org");
+    streamed["stream"] = json!(true);
+    let text = alice
+        .post(&url)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[REDACTED:email]"), "{text}");
+    assert!(text.contains("[DONE]"), "{text}");
+    stop(daemon);
+
+    let (code, out) = audit.verify();
+    assert_eq!(code, 0, "{out}");
+    let records = audit.export();
+    let completes = of_kind(&records, "complete");
+    let redacting: Vec<_> = completes
+        .iter()
+        .filter(|r| {
+            r["filter_actions"] == json!([{"rule": "out-email", "action": "redact", "count": 1}])
+        })
+        .collect();
+    assert_eq!(redacting.len(), 2, "completion records: {completes:#?}");
+    let bytes = file_bytes(&audit.db());
+    assert!(
+        !bytes.windows(b"example.".len()).any(|w| w == b"example."),
+        "matched text in the audit log"
+    );
+}

@@ -112,6 +112,17 @@ fn next_char(text: &str, at: usize) -> usize {
         .map_or(text.len() + 1, |c| at + c.len_utf8())
 }
 
+/// The result of filtering a whole model output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputCheck {
+    /// The text to send (redacted; cut at a deny).
+    pub text: String,
+    /// The deny rule that fired, if any.
+    pub denied: Option<String>,
+    /// Redactions per rule id, with counts (never the matched text).
+    pub redactions: Vec<(String, usize)>,
+}
+
 /// A compiled filter set.
 #[derive(Debug)]
 pub struct FilterSet {
@@ -255,12 +266,22 @@ impl FilterSet {
     /// text to send and, if a deny rule fired, its id (the response then ends with
     /// `finish_reason: "content_filter"`).
     pub fn check_output(&self, text: &str) -> (String, Option<String>) {
+        let checked = self.check_output_counted(text);
+        (checked.text, checked.denied)
+    }
+
+    /// [`Self::check_output`], with the redaction counts per rule for the audit log.
+    pub fn check_output_counted(&self, text: &str) -> OutputCheck {
         let mut stream = StreamFilter::new(self);
         let mut out = stream.push(text);
         if stream.denied().is_none() {
             out.push_str(&stream.finish());
         }
-        (out, stream.denied().map(str::to_owned))
+        OutputCheck {
+            text: out,
+            denied: stream.denied().map(str::to_owned),
+            redactions: stream.redactions().to_vec(),
+        }
     }
 
     /// Whether any rule exists (callers skip filtering work for empty sets).

@@ -446,6 +446,11 @@ pub struct StreamAudit {
 }
 
 impl StreamAudit {
+    /// An output filter rule that acted on this stream (rule id and count only).
+    pub fn note_filter(&self, rule: &str, action: &'static str, count: usize) {
+        self.trail.note_filter(rule, action, count);
+    }
+
     pub fn token(&mut self, text: &str) {
         if let Some(mac) = &mut self.mac {
             mac.update(text.as_bytes());

@@ -146,9 +146,16 @@ pub fn filter_output(tenant: &Tenant, text: String) -> Result<String, ApiError> 
     if tenant.output_filter.is_empty() {
         return Ok(text);
     }
-    let (out, denied) = tenant.output_filter.check_output(&text);
-    match denied {
+    let checked = tenant.output_filter.check_output_counted(&text);
+    // After admission, so these land on the completion record (the deny is noted where
+    // the refusal is rendered).
+    if let Some(trail) = crate::audit::trail::current() {
+        for (rule, count) in &checked.redactions {
+            trail.note_filter(rule, "redact", *count);
+        }
+    }
+    match checked.denied {
         Some(rule_id) => Err(ApiError::ContentPolicy { rule_id }),
-        None => Ok(out),
+        None => Ok(checked.text),
     }
 }

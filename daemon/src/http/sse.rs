@@ -231,6 +231,9 @@ impl StreamState {
             }
             self.out.push_back(self.chunker.content(released));
         }
+        if let Some(audit) = &self.audit {
+            audit.note_filter(&rule, "deny", 1);
+        }
         self.span
             .in_scope(|| tracing::info!(rule_id = %rule, "output filter ended the stream"));
         self.tail.push(self.chunker.content_filtered());
@@ -354,6 +357,12 @@ pub fn response(
                 let ending = state.ending.take()?;
                 // Audit complete: the record is durable before the final event is sent.
                 if let Some(audit) = &mut state.audit {
+                    // Output redactions (rule ids and counts) go on the completion record.
+                    if let Some(filter) = &state.filter {
+                        for (rule, count) in filter.redactions() {
+                            audit.note_filter(rule, "redact", *count);
+                        }
+                    }
                     let written = audit
                         .finish(
                             ending.reason,
