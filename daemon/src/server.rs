@@ -86,6 +86,10 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    // A file-size limit (RLIMIT_FSIZE, e.g. a quota) must surface as a failed write that the
+    // audit log answers by refusing service, not as SIGXFSZ killing the daemon mid-request.
+    // Registering a handler replaces the default action (terminate); nothing reads it.
+    let _xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ)).map_err(ServerError::Signal)?;
 
     let models = config.models.clone();
     tracing::info!(models = models.len(), "loading models");
