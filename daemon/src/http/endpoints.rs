@@ -109,6 +109,48 @@ fn include_usage(options: Option<&super::openai::StreamOptions>) -> bool {
     options.and_then(|o| o.include_usage).unwrap_or(false)
 }
 
+/// How a streamed OpenAI response is shaped.
+struct StreamSpec {
+    shape: Shape,
+    include_usage: bool,
+}
+
+/// The end of an OpenAI route: an SSE response already built, or a finished generation for
+/// the route to shape.
+enum Run {
+    Streamed(Response<BoxBody>),
+    Completed(inference::Completed),
+}
+
+/// Runs `job` as a stream (when `stream` is given) or to completion. The concurrency slot
+/// lives as long as the stream's body, or until the generation completes.
+async fn run(
+    app: &App,
+    ctx: &RequestContext,
+    job: Job,
+    slot: OwnedSemaphorePermit,
+    id: &str,
+    stream: Option<StreamSpec>,
+) -> Result<Run, ApiError> {
+    let Some(spec) = stream else {
+        let done = inference::complete(&app.engine, ctx, job).await?;
+        drop(slot);
+        return Ok(Run::Completed(done));
+    };
+    let (model, prompt_param) = (job.model.clone(), job.prompt_param);
+    let started = inference::start(&app.engine, ctx, job).await?;
+    let chunker = Chunker {
+        shape: spec.shape,
+        id: id.to_owned(),
+        created: unix_now(),
+        model,
+        fingerprint: app.fingerprint.clone(),
+        include_usage: spec.include_usage,
+        prompt_param,
+    };
+    Ok(Run::Streamed(sse::response(started, chunker, slot)))
+}
+
 /// `POST /v1/chat/completions`.
 pub async fn chat(
     app: &App,
@@ -127,21 +169,14 @@ pub async fn chat(
         prompt_param: "messages",
     };
     let id = format!("chatcmpl-{}", object_id());
-    if req.stream == Some(true) {
-        let started = inference::start(&app.engine, ctx, job).await?;
-        let chunker = Chunker {
-            shape: Shape::Chat,
-            id,
-            created: unix_now(),
-            model: req.model,
-            fingerprint: app.fingerprint.clone(),
-            include_usage: include_usage(req.stream_options.as_ref()),
-            prompt_param: "messages",
-        };
-        return Ok(sse::response(started, chunker, slot));
-    }
-    let done = inference::complete(&app.engine, ctx, job).await?;
-    drop(slot);
+    let stream = (req.stream == Some(true)).then(|| StreamSpec {
+        shape: Shape::Chat,
+        include_usage: include_usage(req.stream_options.as_ref()),
+    });
+    let done = match run(app, ctx, job, slot, &id, stream).await? {
+        Run::Streamed(response) => return Ok(response),
+        Run::Completed(done) => done,
+    };
     Ok(json_response(
         StatusCode::OK,
         &ChatCompletion {
@@ -182,21 +217,14 @@ pub async fn completions(
         prompt_param: "prompt",
     };
     let id = format!("cmpl-{}", object_id());
-    if req.stream == Some(true) {
-        let started = inference::start(&app.engine, ctx, job).await?;
-        let chunker = Chunker {
-            shape: Shape::Text,
-            id,
-            created: unix_now(),
-            model: req.model,
-            fingerprint: app.fingerprint.clone(),
-            include_usage: include_usage(req.stream_options.as_ref()),
-            prompt_param: "prompt",
-        };
-        return Ok(sse::response(started, chunker, slot));
-    }
-    let done = inference::complete(&app.engine, ctx, job).await?;
-    drop(slot);
+    let stream = (req.stream == Some(true)).then(|| StreamSpec {
+        shape: Shape::Text,
+        include_usage: include_usage(req.stream_options.as_ref()),
+    });
+    let done = match run(app, ctx, job, slot, &id, stream).await? {
+        Run::Streamed(response) => return Ok(response),
+        Run::Completed(done) => done,
+    };
     Ok(json_response(
         StatusCode::OK,
         &TextCompletion {
