@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod generate;
 mod hf_config;
+mod linear;
 mod loader;
 mod manifest;
 mod model;

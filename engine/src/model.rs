@@ -11,24 +11,8 @@ use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
 use crate::EngineError;
 use crate::hf_config::ModelConfig;
+use crate::linear::Linear;
 use crate::weights::{RowTable, Weights};
-
-/// `x · Wᵀ (+ b)` with `W` stored as PyTorch does, `[out, in]`: no transposed copy at load,
-/// and for one-token decode the product is a row-contiguous matrix-vector product.
-struct Linear {
-    weight: Tensor<2>,
-    bias: Option<Tensor<1>>,
-}
-
-impl Linear {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone().transpose());
-        match &self.bias {
-            Some(b) => y + b.clone().unsqueeze::<2>(),
-            None => y,
-        }
-    }
-}
 
 struct Layer {
     attn_norm: Tensor<1>,
@@ -67,7 +51,7 @@ pub struct Model {
     embed: RowTable,
     layers: Vec<Layer>,
     norm: Tensor<1>,
-    lm_head: Tensor<2>,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
 }
 
@@ -87,26 +71,13 @@ impl Model {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let q_out = c.num_heads * hd;
         let kv_out = c.num_kv_heads * hd;
-        let t2 = |data: Vec<f32>, shape: [usize; 2]| -> Tensor<2> {
-            Tensor::from_data(TensorData::new(data, shape), (device, dtype))
-        };
         let t1 = |data: Vec<f32>| -> Tensor<1> {
             let n = data.len();
             Tensor::from_data(TensorData::new(data, [n]), (device, dtype))
         };
-        let linear =
-            |name: &str, inp: usize, out: usize, bias: bool| -> Result<Linear, EngineError> {
-                let weight = t2(
-                    weights.f32(&format!("{name}.weight"), &[out, inp])?,
-                    [out, inp],
-                );
-                let bias = if bias {
-                    Some(t1(weights.f32(&format!("{name}.bias"), &[out])?))
-                } else {
-                    None
-                };
-                Ok(Linear { weight, bias })
-            };
+        let linear = |name: &str, inp: usize, out: usize, bias: bool| {
+            Linear::load(weights, name, inp, out, bias, device, dtype)
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -147,10 +118,7 @@ impl Model {
         } else {
             "lm_head.weight"
         };
-        let lm_head = t2(
-            weights.f32(head_name, &[c.vocab_size, h])?,
-            [c.vocab_size, h],
-        );
+        let lm_head = Linear::load_matrix(weights, head_name, h, c.vocab_size, device, dtype)?;
         let norm = t1(weights.f32("model.norm.weight", &[h])?);
         let inv_freq = config.inv_freq().into_iter().map(|f| f as f32).collect();
         Ok(Model {
@@ -317,9 +285,7 @@ impl Model {
         cache.len = total;
 
         let last = x.narrow(0, n - 1, 1);
-        let logits = self
-            .rms_norm(last, &self.norm)
-            .matmul(self.lm_head.clone().transpose());
+        let logits = self.lm_head.forward(self.rms_norm(last, &self.norm));
         logits
             .try_into_vec_as::<f32>()
             .map_err(|e| inference(format!("{e:?}")))
