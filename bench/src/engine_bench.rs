@@ -3,12 +3,17 @@
 //! for one model directory on one device. Prints figures; asserts nothing.
 //!
 //! ```sh
-//! cargo run --release -p airlock-bench --bin engine-bench -- --model DIR --device cpu
+//! cargo run --release -p airlock-bench --bin engine-bench -- --model DIR --device cpu --streams 1,4,16
 //! ```
 
 use std::path::PathBuf;
 
-use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use std::time::Instant;
+
+use airlock_engine::{
+    BurnEngine, DeviceChoice, Engine, GenerateOptions, GenerateRequest, ModelSpec, Prompt,
+    SamplingParams, TokenEvent, generate_once,
+};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +41,83 @@ struct Args {
     /// Check the integrity manifest while loading (counted in the load time).
     #[arg(long)]
     verify_manifest: bool,
+    /// Also measure aggregate decode throughput through the engine API with this many
+    /// concurrent streams each (comma-separated, e.g. `1,4,16`): every stream is one request
+    /// of `--decode-tokens` tokens on a short prompt, all submitted at once.
+    #[arg(long, value_delimiter = ',')]
+    streams: Vec<usize>,
+}
+
+/// Aggregate decode tokens/s with `n` concurrent requests: tokens after each stream's first,
+/// over the time from the first token anywhere to the last stream's end.
+fn concurrent_decode(args: &Args, device: DeviceChoice, n: usize) -> anyhow::Result<f64> {
+    let engine = BurnEngine::load(&[ModelSpec {
+        device,
+        verify_manifest: false,
+        max_queue: n,
+        max_active: n,
+        ..ModelSpec::new("bench", &args.model)
+    }])?;
+    let params = SamplingParams {
+        max_tokens: Some(args.decode_tokens),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut gens = Vec::with_capacity(n);
+    for i in 0..n {
+        gens.push(engine.submit(GenerateRequest {
+            request_id: format!("bench-{i}"),
+            tenant: "bench".into(),
+            tenant_weight: 1,
+            model: "bench".into(),
+            prompt: Prompt::TokenIds(vec![100 + i as u32, 101, 102, 103]),
+            params: params.clone(),
+        })?);
+    }
+    let readers: Vec<_> = gens
+        .into_iter()
+        .map(|mut g| {
+            std::thread::spawn(move || {
+                let (mut first, mut last, mut tokens) = (None, None, 0usize);
+                while let Some(ev) = g.blocking_next() {
+                    match ev {
+                        TokenEvent::Token { .. } => {
+                            tokens += 1;
+                            first.get_or_insert_with(Instant::now);
+                        }
+                        TokenEvent::Finished { .. } => {
+                            last = Some(Instant::now());
+                            break;
+                        }
+                        TokenEvent::Failed(e) => return Err(anyhow::anyhow!("{e}")),
+                        TokenEvent::Started { .. } => {}
+                    }
+                }
+                Ok((first, last, tokens))
+            })
+        })
+        .collect();
+    let (mut first, mut last, mut tokens) = (None::<Instant>, None::<Instant>, 0usize);
+    for r in readers {
+        let (f, l, t) = r
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(l);
+        tokens += t.saturating_sub(1);
+    }
+    let secs = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok(if secs > 0.0 {
+        tokens as f64 / secs
+    } else {
+        0.0
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,8 +169,15 @@ fn main() -> anyhow::Result<()> {
         report.timings.decode_tokens_per_s,
         report.generated_ids.len()
     );
+    for &n in &args.streams {
+        let rate = concurrent_decode(&args, device, n.max(1))?;
+        println!(
+            "decode x{n:<3}:      {rate:.2} tok/s aggregate ({} tokens per stream, engine API)",
+            args.decode_tokens
+        );
+    }
     println!(
-        "reproduce:        cargo run {}-p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}",
+        "reproduce:        cargo run {}-p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}{}",
         if cfg!(debug_assertions) {
             ""
         } else {
@@ -102,6 +191,12 @@ fn main() -> anyhow::Result<()> {
             " --verify-manifest"
         } else {
             ""
+        },
+        if args.streams.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = args.streams.iter().map(|n| n.to_string()).collect();
+            format!(" --streams {}", list.join(","))
         }
     );
     Ok(())

@@ -181,13 +181,18 @@ impl Access {
         headers: &HeaderMap,
     ) -> Result<Principal, ApiError> {
         let cert = conn.client_cert().map(|(_, c)| c);
-        match credential(headers)? {
-            Some(c) if c.starts_with(airlock_policy::key::PREFIX) => {
-                self.with_key(c, cert, conn).await
+        let (method, result) = match credential(headers) {
+            Err(e) => ("header", Err(e)),
+            Ok(Some(c)) if c.starts_with(airlock_policy::key::PREFIX) => {
+                ("api_key", self.with_key(c, cert, conn).await)
             }
-            Some(c) => self.with_token(c, cert),
-            None => self.with_cert(cert),
+            Ok(Some(c)) => ("jwt", self.with_token(c, cert)),
+            Ok(None) => ("certificate", self.with_cert(cert)),
+        };
+        if let Err(e) = &result {
+            crate::metrics::global().auth_failure(method, failure_reason(e));
         }
+        result
     }
 
     fn tenant_policy(&self, name: &str) -> Result<Option<Arc<Tenant>>, ApiError> {
@@ -359,6 +364,39 @@ fn policy_cert(c: &CertIdentity) -> PolicyCert {
             .cloned()
             .collect(),
         sha256: c.sha256_fingerprint.clone(),
+    }
+}
+
+/// A fixed reason code for the metrics (the message never carries the credential, but a
+/// code keeps the label set small and stable).
+fn failure_reason(error: &ApiError) -> &'static str {
+    let ApiError::Unauthorized(message) = error else {
+        return match error {
+            ApiError::AuthThrottled { .. } => "throttled",
+            _ => "other",
+        };
+    };
+    let m = message.as_str();
+    if m.contains("malformed") || m.contains("scheme") || m.contains("empty credential") {
+        "malformed"
+    } else if m.contains("different credentials") {
+        "conflicting_credentials"
+    } else if m == "invalid API key" {
+        "invalid_key"
+    } else if m == "invalid token" {
+        "invalid_token"
+    } else if m.contains("not enabled") {
+        "method_disabled"
+    } else if m.contains("bound to another") || m.contains("must be presented over") {
+        "certificate_mismatch"
+    } else if m.contains("not configured") || m.contains("does not belong") {
+        "unknown_tenant"
+    } else if m.starts_with("authentication required") {
+        "missing_credential"
+    } else if m.contains("unavailable") {
+        "unavailable"
+    } else {
+        "other"
     }
 }
 

@@ -39,6 +39,29 @@ pub enum Command {
     /// API keys: create (printed once), list, revoke, rotate.
     #[command(subcommand)]
     Keys(crate::keys::cli::KeysCommand),
+    /// A running daemon's summary (uptime, models, load, audit health) from its admin
+    /// listener's /status.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The admin listener, e.g. http://127.0.0.1:9464 (default: that, or the config's
+    /// `[admin] address`).
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    pub admin: Option<String>,
+    /// Read the admin address from this configuration file's `[admin]` section.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// For an `[admin.tls]` listener: the CA bundle its server certificate chains to.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// For an `[admin.tls]` listener: the client certificate (PEM) it requires.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

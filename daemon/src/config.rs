@@ -5,7 +5,11 @@
 //! Errors carry the file, the dotted key path and the reason, and print as
 //! `FILE: key.path: reason` — the one line `airlockd check-config` shows before exiting 64.
 
+pub mod admin;
 pub mod audit;
+pub mod credential;
+#[cfg(test)]
+mod doc_check;
 mod duration;
 mod listener;
 mod locate;
@@ -19,8 +23,9 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_engine::DeviceChoice;
+use airlock_engine::{DeviceChoice, Quantize};
 
+pub use admin::AdminConfig;
 pub use audit::AuditConfig;
 pub use duration::parse_duration;
 pub use listener::{
@@ -77,6 +82,8 @@ pub struct Config {
     pub policy: policy::PolicyConfig,
     /// `[audit]`; `None` only runs with a loud warning (see `warnings`).
     pub audit: Option<AuditConfig>,
+    /// `[admin]`: the metrics and status listener; `None`: none is served.
+    pub admin: Option<AdminConfig>,
 }
 
 /// `[limits]`.
@@ -99,6 +106,8 @@ pub enum ModelBackend {
         path: PathBuf,
         device: DeviceChoice,
         verify_manifest: bool,
+        /// Weight quantization at load (`None`: the file's precision).
+        quantize: Option<Quantize>,
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
@@ -112,6 +121,13 @@ pub struct ModelConfig {
     pub max_queue: NonZeroUsize,
     pub max_active: NonZeroUsize,
     pub max_context: Option<NonZeroUsize>,
+    /// Most prompt tokens one sequence prefills per engine step (long prompts go in chunks
+    /// between other sequences' decode steps).
+    pub prefill_chunk: NonZeroUsize,
+    /// Most tokens in one batched forward pass.
+    pub max_batch_tokens: NonZeroUsize,
+    /// KV-cache budget in bytes; `None`: room for `max_active` full contexts.
+    pub kv_cache_bytes: Option<NonZeroUsize>,
 }
 
 /// `[logging]`.
@@ -198,6 +214,7 @@ impl Config {
         let logging = LoggingConfig::try_from(raw.logging)?;
         let policy = policy::policy(raw.auth, raw.tenants, base)?;
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
+        let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
         Ok(Config {
             listener,
             limits,
@@ -205,6 +222,7 @@ impl Config {
             logging,
             audit,
             policy,
+            admin,
         })
     }
 
@@ -414,10 +432,22 @@ fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
                     ));
                 }
             };
+            let quantize = match raw.quantize.as_deref() {
+                None => None,
+                Some("q8") => Some(Quantize::Q8),
+                Some("q4") => Some(Quantize::Q4),
+                Some(other) => {
+                    return Err(invalid(
+                        "quantize",
+                        format!("`{other}` is not one of \"q8\", \"q4\""),
+                    ));
+                }
+            };
             ModelBackend::Burn {
                 path: resolve(base, path),
                 device,
                 verify_manifest: raw.verify.unwrap_or(true),
+                quantize,
             }
         }
         "test" => {
@@ -425,6 +455,7 @@ fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
                 ("path", raw.path.is_some()),
                 ("device", raw.device.is_some()),
                 ("verify", raw.verify.is_some()),
+                ("quantize", raw.quantize.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));
@@ -454,7 +485,46 @@ fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
             None => None,
             Some(v) => Some(nonzero("max_context", Some(v), 1)?),
         },
+        prefill_chunk: nonzero("prefill_chunk", raw.prefill_chunk, 256)?,
+        max_batch_tokens: nonzero("max_batch_tokens", raw.max_batch_tokens, 512)?,
+        kv_cache_bytes: match raw.kv_cache {
+            None => None,
+            Some(size) => Some(byte_size("kv_cache", size)?),
+        },
     })
+}
+
+/// `1048576`, `"1048576"`, `"512MiB"`, `"2GiB"`, `"64 KiB"` → bytes (binary units only, so
+/// there is no doubt whether a G is 10⁹ or 2³⁰).
+fn byte_size(path: &str, size: raw::RawSize) -> Result<NonZeroUsize, Invalid> {
+    let bytes = match size {
+        raw::RawSize::Bytes(b) => b,
+        raw::RawSize::Text(text) => {
+            let t = text.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (digits, unit) = t.split_at(split);
+            let shift = match unit.trim() {
+                "" | "B" => 0,
+                "KiB" => 10,
+                "MiB" => 20,
+                "GiB" => 30,
+                "TiB" => 40,
+                other => {
+                    return Err(invalid(
+                        path,
+                        format!("unit `{other}` is not one of B, KiB, MiB, GiB, TiB"),
+                    ));
+                }
+            };
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| invalid(path, format!("`{text}` is not a size like \"2GiB\"")))?;
+            n.checked_mul(1 << shift)
+                .ok_or_else(|| invalid(path, "value is too large"))?
+        }
+    };
+    let bytes = usize::try_from(bytes).map_err(|_| invalid(path, "value is too large"))?;
+    NonZeroUsize::new(bytes).ok_or_else(|| invalid(path, "must be at least 1 byte"))
 }
 
 impl TryFrom<RawLogging> for LoggingConfig {

@@ -128,7 +128,16 @@ fn config_text(pki: &Path, model: &Path, audit: &Path, port: u16) -> String {
          [audit]\n\
          db = {audit_db}\n\
          signing_key = {audit_key}\n\
-         digest_key = {digest_key}\n",
+         digest_key = {digest_key}\n\n\
+         # Metrics (/metrics) and `airlockd status --config THIS_FILE`, for this host only.\n\
+         [admin]\n\
+         address = \"{admin}\"\n",
+        // `--port 0` (tests, parallel runs) picks a free admin port too.
+        admin = if port == 0 {
+            "127.0.0.1:0"
+        } else {
+            crate::config::admin::DEFAULT_ADDRESS
+        },
         cert = p(certs::SERVER_CERT),
         key = p(certs::SERVER_KEY),
         ca = p(certs::CA_CERT),

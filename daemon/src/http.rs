@@ -55,19 +55,29 @@ where
     // bound it, and a disconnect cancels it. Expiry drops `serve`, which cancels the engine
     // request.
     let deadline = app.settings.request_deadline;
+    // Metrics: the route's fixed name (never the raw path) and what the path learns.
+    let started = std::time::Instant::now();
+    let route_label = route::resolve(req.method(), req.uri().path()).map_or("other", |r| r.label());
+    let note = Arc::new(crate::metrics::RequestNote::default());
     // Audit wraps the whole request so that refusals at any step are recorded too; the
     // admission record itself is written last before the engine (`inference::submit`).
     let trail = audited::open(&app, &conn, &req);
     // Set by `serve` once authentication names a tenant with a policy.
     let mut limited = None;
-    let served = audited::scope(
-        trail.clone(),
-        tokio::time::timeout(deadline, serve(&app, &conn, req, &mut limited)),
+    let served = crate::metrics::scope(
+        Arc::clone(&note),
+        audited::scope(
+            trail.clone(),
+            tokio::time::timeout(deadline, serve(&app, &conn, req, &mut limited)),
+        ),
     )
     .await;
     let (mut resp, code) = match served {
         Ok(Ok(resp)) => (resp, None),
         Ok(Err(error)) => {
+            if let ApiError::ContentPolicy { rule_id } = &error {
+                crate::metrics::global().filter_action(rule_id, "deny", 1);
+            }
             if let (ApiError::ContentPolicy { rule_id }, Some(trail)) = (&error, &trail) {
                 trail.note_filter_rules(std::slice::from_ref(rule_id));
             }
@@ -76,6 +86,14 @@ where
         }
         Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
     };
+    // Only configured tenants name a series; anyone else counts as `unknown`.
+    crate::metrics::global().request(
+        limited.as_ref().map(|t| t.name.as_str()),
+        note.model(),
+        route_label,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     // The tenant's limits on every response after authentication, refusals included. A
     // rate-limit refusal already carries the figures from its own decision.
     if let Some(policy) = limited

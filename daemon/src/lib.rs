@@ -5,6 +5,7 @@
 //! output filter → audit complete. `main.rs` only parses the command line and calls in here.
 
 pub mod access;
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod certs;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod model_cli;
 pub mod notify;
 pub mod server;

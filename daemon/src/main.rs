@@ -76,6 +76,23 @@ fn main() -> ExitCode {
         Command::Model(command) => ExitCode::from(airlock_daemon::model_cli::run(command)),
         Command::Audit(command) => ExitCode::from(airlock_daemon::audit::cli::run(command)),
         Command::Keys(command) => ExitCode::from(airlock_daemon::keys::cli::run(command)),
+        Command::Status(args) => {
+            use airlock_daemon::admin::status::{ClientTls, Target, run};
+            let tls = ClientTls {
+                ca: args.cacert,
+                cert: args.cert,
+                key: args.key,
+            };
+            let target = match (args.admin, args.config) {
+                (_, Some(config)) => Target::Config(config),
+                (Some(url), None) => Target::Url(url),
+                (None, None) => Target::Url(format!(
+                    "http://{}",
+                    airlock_daemon::config::admin::DEFAULT_ADDRESS
+                )),
+            };
+            ExitCode::from(run(target, &tls))
+        }
         Command::Dev(args) => {
             logging::init(&LoggingConfig::default());
             let config_path = match dev::prepare(&args.dir, args.port) {
@@ -121,6 +138,7 @@ fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {
 fn load(path: &std::path::Path) -> Result<Config, airlock_daemon::config::ConfigError> {
     let config = Config::load(path)?;
     airlock_daemon::tls::check_files(&config, path)?;
+    airlock_daemon::admin::check_files(&config, path)?;
     // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
     if config.audit.is_none() {
         return Err(airlock_daemon::config::ConfigError {

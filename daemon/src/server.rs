@@ -9,7 +9,11 @@
 //! listening on http://127.0.0.1:8080       (listener.mode = "proxy", TCP)
 //! listening on unix:/run/airlockd.sock     (listener.mode = "proxy", Unix socket)
 //! ```
+//!
+//! With an `[admin]` section, the next line names the admin listener (`crate::admin`):
+//! `admin listening on http://127.0.0.1:9464`.
 
+mod activation;
 mod conn;
 mod engine;
 mod request;
@@ -31,7 +35,7 @@ pub use engine::EngineSetupError;
 pub use request::X_REQUEST_ID;
 use state::{State, StateError};
 
-use crate::config::{Config, ListenAddress, ListenerMode};
+use crate::config::{Config, ListenAddress, ListenerConfig, ListenerMode};
 use crate::notify::{self, Notifier};
 
 /// The application the server hands requests to.
@@ -52,12 +56,18 @@ pub enum ServerError {
         address: String,
         source: std::io::Error,
     },
+    #[error("listener.address = \"systemd\": {0}")]
+    Activation(#[from] activation::ActivationError),
+    #[error("listener.address = \"systemd\": {0}")]
+    ActivatedMode(String),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("model loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Text printed to stdout after the `listening on` line, given the bound TCP address
@@ -98,10 +108,11 @@ pub async fn run(
     for model in engine.models() {
         tracing::info!(model = %model.id, device = %model.device, context = model.context_length, "model ready");
     }
+    crate::metrics::global().set_models(&engine.models());
 
     let max_connections = config.limits.max_connections.get();
     let shutdown_grace = config.limits.shutdown_grace;
-    let listener = Listener::bind(&config.listener.address).await?;
+    let listener = Listener::bind(&config.listener).await?;
     let scheme = match config.listener.mode {
         ListenerMode::Tls(_) => "https://",
         ListenerMode::Proxy(_) => "http://",
@@ -119,10 +130,28 @@ pub async fn run(
         audit_log.clone(),
         config_hash,
     )?));
+    // The admin listener (metrics, status) binds before the start line: a daemon whose
+    // admin address is taken fails to start instead of running unobserved.
+    let admin_config = state.load().config.admin.clone();
+    let admin = match admin_config {
+        Some(cfg) => {
+            let current = Arc::clone(&state);
+            let sources = crate::admin::Sources {
+                engine: engine.clone(),
+                in_flight: Box::new(move || current.load().app.requests_in_flight()),
+                audited: audit_log.is_some(),
+            };
+            Some(crate::admin::AdminServer::start(&cfg, sources).await?)
+        }
+        None => None,
+    };
 
     match &listener {
         Listener::Tcp(..) => announce(&format!("listening on {scheme}{}", listener.local())),
         Listener::Unix(..) => announce(&format!("listening on {}", listener.local())),
+    }
+    if let Some(admin) = &admin {
+        announce(&format!("admin listening on {}", admin.url()));
     }
     if let Some(banner) = banner {
         let addr = match &listener {
@@ -207,6 +236,9 @@ pub async fn run(
     if let Some(task) = watchdog {
         task.abort();
     }
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     if let Some(log) = audit_log {
         crate::audit::lifecycle::stop(log, "signal").await;
     }
@@ -266,7 +298,9 @@ fn announce(line: &str) {
 
 enum Listener {
     Tcp(TcpListener, SocketAddr),
-    Unix(UnixListener, PathBuf),
+    /// The path, and whether we created the socket file (and so remove it at exit); a socket
+    /// passed by systemd belongs to its `.socket` unit.
+    Unix(UnixListener, PathBuf, bool),
 }
 
 enum Accepted {
@@ -275,12 +309,14 @@ enum Accepted {
 }
 
 impl Listener {
-    async fn bind(address: &ListenAddress) -> Result<Listener, ServerError> {
+    async fn bind(config: &ListenerConfig) -> Result<Listener, ServerError> {
+        let address = &config.address;
         let err = |source| ServerError::Bind {
             address: address.to_string(),
             source,
         };
         match address {
+            ListenAddress::Systemd => Self::inherited(&config.mode),
             ListenAddress::Tcp(addr) => {
                 let listener = TcpListener::bind(addr).await.map_err(err)?;
                 let local = listener.local_addr().map_err(err)?;
@@ -294,7 +330,51 @@ impl Listener {
                     let _ = std::fs::remove_file(path);
                 }
                 let listener = UnixListener::bind(path).map_err(err)?;
-                Ok(Listener::Unix(listener, path.clone()))
+                Ok(Listener::Unix(listener, path.clone(), true))
+            }
+        }
+    }
+
+    /// The socket systemd passed, held to the same rules as a configured address: TLS mode
+    /// is TCP only, and plain-HTTP proxy mode listens on loopback or a Unix socket unless
+    /// `danger_allow_non_loopback_proxy` says otherwise.
+    fn inherited(mode: &ListenerMode) -> Result<Listener, ServerError> {
+        let err = |source| ServerError::Bind {
+            address: "systemd".into(),
+            source,
+        };
+        match activation::take()? {
+            activation::Inherited::Tcp(listener, addr) => {
+                if let ListenerMode::Proxy(proxy) = mode
+                    && !addr.ip().is_loopback()
+                    && !proxy.danger_allow_non_loopback_proxy
+                {
+                    return Err(ServerError::ActivatedMode(format!(
+                        "the passed socket {addr} is not a loopback address; plain HTTP in \
+                         proxy mode needs listener.proxy.danger_allow_non_loopback_proxy = true \
+                         there"
+                    )));
+                }
+                listener.set_nonblocking(true).map_err(err)?;
+                Ok(Listener::Tcp(
+                    TcpListener::from_std(listener).map_err(err)?,
+                    addr,
+                ))
+            }
+            activation::Inherited::Unix(listener, path) => {
+                if let ListenerMode::Tls(_) = mode {
+                    return Err(ServerError::ActivatedMode(
+                        "the passed socket is a Unix socket, which needs listener.mode = \"proxy\""
+                            .into(),
+                    ));
+                }
+                listener.set_nonblocking(true).map_err(err)?;
+                let path = path.unwrap_or_else(|| PathBuf::from("(unnamed)"));
+                Ok(Listener::Unix(
+                    UnixListener::from_std(listener).map_err(err)?,
+                    path,
+                    false,
+                ))
             }
         }
     }
@@ -302,7 +382,7 @@ impl Listener {
     fn local(&self) -> String {
         match self {
             Listener::Tcp(_, addr) => addr.to_string(),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Listener::Unix(_, path, _) => format!("unix:{}", path.display()),
         }
     }
 
@@ -313,7 +393,7 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok((Accepted::Tcp(s), Some(peer)))
             }
-            Listener::Unix(l, _) => {
+            Listener::Unix(l, ..) => {
                 let (s, _) = l.accept().await?;
                 Ok((Accepted::Unix(s), None))
             }
@@ -323,7 +403,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, path, true) = self {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -98,6 +98,9 @@ pub struct GenerateRequest {
     pub request_id: String,
     /// The tenant the request is charged to (used for fair scheduling).
     pub tenant: String,
+    /// The tenant's scheduling weight (≥ 1; 0 counts as 1): its share of the engine against
+    /// other busy tenants is proportional to it.
+    pub tenant_weight: u32,
     /// A model id from [`Engine::models`].
     pub model: String,
     pub prompt: Prompt,

@@ -1,8 +1,14 @@
-//! [`BurnEngine`]: per model, one inference thread fed by a bounded queue. The thread admits
-//! up to `max_active` sequences and steps each once per round (round-robin), so a long
-//! generation cannot starve a short one; a sequence whose client reads slowly is skipped
-//! until its event buffer drains, and a cancelled one is dropped (freeing its KV cache)
-//! before its next step.
+//! [`BurnEngine`]: per model, one inference thread fed by a bounded queue (continuous
+//! batching). The thread moves submitted requests into per-tenant queues, admits up to
+//! `max_active` sequences (fairest tenant first, see [`crate::scheduler`]) while the KV-cache
+//! budget has blocks for them, and runs ONE batched forward pass per step over every running
+//! sequence: one token for each decoding sequence plus prefill chunks of at most
+//! `prefill_chunk` tokens within a `max_batch_tokens` budget, so a long prompt never stalls
+//! anyone's decoding. Sequences join and leave between steps; a sequence whose client reads
+//! slowly is skipped until its event buffer drains, and a cancelled one is dropped (freeing
+//! its KV blocks) before its next step. When a running sequence needs a block and none is
+//! free, a newer sequence is preempted: its cache is freed and it is requeued to be
+//! recomputed from its prompt and generated tokens (nothing already sent is sent again).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -12,8 +18,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::kv::BlockPool;
 use crate::loader::{LoadedModel, load_dir};
+use crate::model::BatchItem;
 use crate::sampling::validate;
+use crate::scheduler::TenantQueues;
 use crate::sequence::Sequence;
 use crate::tokenizer::TextTokenizer;
 use crate::{
@@ -26,6 +35,8 @@ const EVENT_BUFFER: usize = 64;
 
 struct Job {
     request_id: String,
+    tenant: String,
+    weight: u32,
     prompt: Vec<u32>,
     params: crate::SamplingParams,
     sender: GenerationSender,
@@ -44,6 +55,9 @@ struct ModelHandle {
     /// Token ids at or above this are refused at submission.
     vocab_size: usize,
     tokenizer: Arc<TextTokenizer>,
+    /// Cache positions the KV budget holds: a request needing more is refused at submission.
+    kv_positions: usize,
+    kv_budget_bytes: usize,
     queue: Option<SyncSender<Job>>,
     max_queue: usize,
     counters: Arc<Counters>,
@@ -119,8 +133,16 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 device: model.device.clone(),
             };
             let vocab = model.model.config.vocab_size;
+            let per_position = model.model.kv_bytes_per_token();
+            let max_active = spec2.max_active.max(1);
+            // Default: every slot can hold a full context, so nothing is ever preempted.
+            let budget = spec2
+                .kv_cache_bytes
+                .unwrap_or(max_active * model.context_length * per_position);
+            let pool = BlockPool::new(budget, per_position);
+            let sizes = (pool.capacity_positions(), budget);
             if ready_tx
-                .send(Ok((info, vocab, Arc::clone(&model.tokenizer))))
+                .send(Ok((info, vocab, Arc::clone(&model.tokenizer), sizes)))
                 .is_err()
             {
                 return;
@@ -130,8 +152,15 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 queue: queue_rx,
                 counters: c2,
                 shutdown: s2,
-                max_active: spec2.max_active.max(1),
+                limits: Limits {
+                    max_active,
+                    prefill_chunk: spec2.prefill_chunk.max(1),
+                    max_batch_tokens: spec2.max_batch_tokens.max(1),
+                },
+                pool,
+                tenants: TenantQueues::default(),
                 active: Vec::new(),
+                admissions: 0,
             };
             worker.run();
         })
@@ -139,7 +168,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
             path: spec.path.clone(),
             reason: format!("cannot start the inference thread: {e}"),
         })?;
-    let (info, vocab_size, tokenizer) = match ready_rx.recv() {
+    let (info, vocab_size, tokenizer, (kv_positions, kv_budget_bytes)) = match ready_rx.recv() {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             let _ = thread.join();
@@ -157,6 +186,8 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
         info,
         vocab_size,
         tokenizer,
+        kv_positions,
+        kv_budget_bytes,
         queue: Some(queue_tx),
         max_queue: spec.max_queue,
         counters,
@@ -165,11 +196,50 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
     })
 }
 
-struct Active {
+/// A request's sequence and delivery state, waiting in its tenant's queue or running.
+struct Slot {
     seq: Sequence,
+    tenant: String,
     sender: GenerationSender,
     outbox: VecDeque<TokenEvent>,
     request_id: String,
+    /// `Started` was sent (a preempted sequence does not send it again).
+    started: bool,
+    /// KV-cache blocks held.
+    blocks: usize,
+    /// Admission order: the newest running sequence is the first to be preempted.
+    admitted: u64,
+}
+
+impl Slot {
+    /// Sends buffered events until the client's buffer is full. Returns whether any went.
+    fn flush(&mut self) -> bool {
+        let mut sent = false;
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.sender.try_send(ev) {
+                Ok(()) => sent = true,
+                Err(Some(ev)) => {
+                    self.outbox.push_front(ev);
+                    break;
+                }
+                Err(None) => break,
+            }
+        }
+        sent
+    }
+
+    fn fail(&mut self, e: EngineError) {
+        tracing::warn!(request_id = %self.request_id, error = %e, "generation failed");
+        self.outbox.push_back(TokenEvent::Failed(e));
+        self.seq.abort();
+    }
+}
+
+/// Scheduling limits of one worker.
+struct Limits {
+    max_active: usize,
+    prefill_chunk: usize,
+    max_batch_tokens: usize,
 }
 
 struct Worker {
@@ -177,38 +247,42 @@ struct Worker {
     queue: Receiver<Job>,
     counters: Arc<Counters>,
     shutdown: Arc<AtomicBool>,
-    max_active: usize,
-    active: Vec<Active>,
+    limits: Limits,
+    pool: BlockPool,
+    tenants: TenantQueues<Slot>,
+    /// Running sequences, in admission order.
+    active: Vec<Slot>,
+    admissions: u64,
 }
 
 impl Worker {
     fn run(&mut self) {
         loop {
             if self.shutdown.load(Ordering::Acquire) {
-                for a in self.active.drain(..) {
+                let waiting = self.tenants.drain_all();
+                for a in self.active.drain(..).chain(waiting) {
                     let _ = a
                         .sender
                         .try_send(TokenEvent::Failed(EngineError::Unavailable));
                 }
                 return;
             }
-            if !self.admit() {
+            if !self.receive() {
                 return;
             }
-            let progressed = self.round();
-            self.active.retain(|a| {
-                !(a.sender.is_cancelled() || a.seq.is_finished() && a.outbox.is_empty())
-            });
+            let gone = self.tenants.remove_waiting(|s| s.sender.is_cancelled());
+            self.counters
+                .queued
+                .fetch_sub(gone.len(), Ordering::Relaxed);
+            self.admit();
+            let progressed = self.step();
+            self.retire();
             self.counters
                 .active
                 .store(self.active.len(), Ordering::Relaxed);
-            let per_token = self.model.model.kv_bytes_per_token();
-            let kv: usize = self
-                .active
-                .iter()
-                .map(|a| a.seq.cached_tokens() * per_token)
-                .sum();
-            self.counters.kv_cache_bytes.store(kv, Ordering::Relaxed);
+            self.counters
+                .kv_cache_bytes
+                .store(self.pool.bytes_in_use(), Ordering::Relaxed);
             if !progressed && !self.active.is_empty() {
                 // Every sequence waits on a slow reader: do not spin.
                 std::thread::sleep(Duration::from_millis(2));
@@ -216,87 +290,286 @@ impl Worker {
         }
     }
 
-    /// Takes queued jobs while there are free slots. Returns `false` once the engine is gone.
-    fn admit(&mut self) -> bool {
-        while self.active.len() < self.max_active {
-            let job = if self.active.is_empty() {
-                match self.queue.recv_timeout(Duration::from_millis(200)) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => return true,
-                    Err(RecvTimeoutError::Disconnected) => return false,
-                }
-            } else {
-                match self.queue.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => return true,
-                }
-            };
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            if job.sender.is_cancelled() {
-                continue;
+    /// Moves submitted jobs into their tenants' queues, waiting a little when there is
+    /// nothing to do. Returns `false` once the engine is gone.
+    fn receive(&mut self) -> bool {
+        let idle = self.active.is_empty() && self.tenants.waiting() == 0;
+        if idle {
+            match self.queue.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => self.enqueue(job),
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
             }
-            let mut outbox = VecDeque::new();
-            outbox.push_back(TokenEvent::Started {
-                prompt_tokens: job.prompt.len(),
-            });
-            let seq = Sequence::new(&self.model, job.prompt, &job.params, job.submitted);
-            tracing::debug!(request_id = %job.request_id, "sequence admitted");
-            self.active.push(Active {
-                seq,
-                sender: job.sender,
-                outbox,
-                request_id: job.request_id,
-            });
+        }
+        while let Ok(job) = self.queue.try_recv() {
+            self.enqueue(job);
         }
         true
     }
 
-    /// Steps every sequence that can take a step once. Returns whether any did.
-    fn round(&mut self) -> bool {
+    fn enqueue(&mut self, job: Job) {
+        let mut seq = Sequence::new(&self.model, job.prompt, &job.params, job.submitted);
+        seq.cap_positions(self.pool.capacity_positions());
+        let slot = Slot {
+            seq,
+            tenant: job.tenant,
+            sender: job.sender,
+            outbox: VecDeque::new(),
+            request_id: job.request_id,
+            started: false,
+            blocks: 0,
+            admitted: 0,
+        };
+        let tenant = slot.tenant.clone();
+        self.tenants.push_back(&tenant, job.weight, slot);
+    }
+
+    /// Frees a running sequence's KV cache and requeues it at the front of its tenant's
+    /// queue, to be prefilled again (prompt and generated tokens) when readmitted.
+    fn preempt(&mut self, index: usize) {
+        let mut slot = self.active.remove(index);
+        tracing::debug!(request_id = %slot.request_id, "sequence preempted");
+        slot.seq.preempt();
+        self.pool.give_back(std::mem::take(&mut slot.blocks));
+        self.tenants.leave(&slot.tenant);
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let tenant = slot.tenant.clone();
+        self.tenants.push_front(&tenant, slot);
+    }
+
+    /// The newest running sequence of `tenant`.
+    fn newest_of(&self, tenant: &str) -> Option<usize> {
+        (0..self.active.len())
+            .filter(|&i| self.active[i].tenant == tenant)
+            .max_by_key(|&i| self.active[i].admitted)
+    }
+
+    /// Admits waiting sequences, fairest tenant first, while slots and KV blocks for their
+    /// first prefill chunk are free. With every slot taken by tenants above their share while
+    /// another waits below its own, the newest sequence of the tenant most over its share is
+    /// preempted to make room.
+    fn admit(&mut self) {
+        loop {
+            let tenant = if self.active.len() >= self.limits.max_active {
+                let Some((starved, victim)) = self.tenants.slot_victim(self.limits.max_active)
+                else {
+                    return;
+                };
+                let Some(i) = self.newest_of(&victim) else {
+                    return;
+                };
+                self.preempt(i);
+                starved
+            } else {
+                match self.tenants.next_to_admit(self.limits.max_active) {
+                    Some(t) => t,
+                    None => return,
+                }
+            };
+            let Some(mut slot) = self.tenants.admit(&tenant) else {
+                return;
+            };
+            let first = slot.seq.pending().min(self.limits.prefill_chunk);
+            let need = BlockPool::blocks_for(slot.seq.cached_tokens() + first);
+            if !self.pool.try_take(need) {
+                // The pool is exhausted: the request stays queued until blocks are freed.
+                self.tenants.leave(&tenant);
+                self.tenants.push_front(&tenant, slot);
+                return;
+            }
+            slot.blocks = need;
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            self.admissions += 1;
+            slot.admitted = self.admissions;
+            if !slot.started {
+                slot.started = true;
+                slot.outbox.push_back(TokenEvent::Started {
+                    prompt_tokens: slot.seq.prompt().len(),
+                });
+            }
+            tracing::debug!(request_id = %slot.request_id, "sequence admitted");
+            self.active.push(slot);
+        }
+    }
+
+    /// Which sequences take part in this step and with how many tokens: every decoding
+    /// sequence one token, then prefill chunks, lowest tenant virtual time first, within
+    /// the step's token budget. Takes the KV blocks they need, preempting newer sequences
+    /// (of the tenant with the highest virtual time) when the pool runs dry.
+    fn plan(&mut self) -> Vec<(usize, usize)> {
+        let ready: Vec<usize> = (0..self.active.len())
+            .filter(|&i| {
+                let a = &self.active[i];
+                !a.sender.is_cancelled() && a.outbox.is_empty() && !a.seq.is_finished()
+            })
+            .collect();
+        let mut decodes: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| self.active[i].seq.pending() == 1)
+            .collect();
+        let mut prefills: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|&i| self.active[i].seq.pending() > 1)
+            .collect();
+        decodes.sort_by_key(|&i| self.active[i].admitted);
+        prefills.sort_by(|&a, &b| {
+            let (sa, sb) = (&self.active[a], &self.active[b]);
+            self.tenants
+                .vtime(&sa.tenant)
+                .total_cmp(&self.tenants.vtime(&sb.tenant))
+                .then(sa.admitted.cmp(&sb.admitted))
+        });
+        let mut budget = self.limits.max_batch_tokens;
+        // Planned by admission number, so preemption (which shifts indices) cannot confuse
+        // them; resolved to indices at the end.
+        let mut planned: Vec<(u64, usize)> = Vec::new();
+        let order: Vec<(u64, bool)> = decodes
+            .iter()
+            .map(|&i| (self.active[i].admitted, true))
+            .chain(prefills.iter().map(|&i| (self.active[i].admitted, false)))
+            .collect();
+        for (id, decode) in order {
+            let Some(i) = self.active.iter().position(|a| a.admitted == id) else {
+                continue; // preempted for an earlier item
+            };
+            let pending = self.active[i].seq.pending();
+            let chunk = pending.min(self.limits.prefill_chunk);
+            let n = if decode {
+                1
+            } else if budget > 0 {
+                chunk.min(budget)
+            } else if planned.is_empty() {
+                chunk
+            } else {
+                continue;
+            };
+            let need = BlockPool::blocks_for(self.active[i].seq.cached_tokens() + n)
+                .saturating_sub(self.active[i].blocks);
+            while self.pool.free() < need {
+                // The newest sequence admitted after this one, of the tenant furthest ahead.
+                let victim = (0..self.active.len())
+                    .filter(|&j| self.active[j].admitted > id)
+                    .max_by(|&a, &b| {
+                        let (sa, sb) = (&self.active[a], &self.active[b]);
+                        self.tenants
+                            .vtime(&sa.tenant)
+                            .total_cmp(&self.tenants.vtime(&sb.tenant))
+                            .then(sa.admitted.cmp(&sb.admitted))
+                    });
+                let Some(j) = victim else { break };
+                let vid = self.active[j].admitted;
+                planned.retain(|&(p, _)| p != vid);
+                self.preempt(j);
+            }
+            let Some(i) = self.active.iter().position(|a| a.admitted == id) else {
+                continue;
+            };
+            if !self.pool.try_take(need) {
+                // Nothing newer to preempt: this sequence gives way to the older ones.
+                self.preempt(i);
+                continue;
+            }
+            self.active[i].blocks += need;
+            budget = budget.saturating_sub(n);
+            planned.push((id, n));
+        }
+        let mut plan: Vec<(usize, usize)> = planned
+            .into_iter()
+            .filter_map(|(id, n)| {
+                self.active
+                    .iter()
+                    .position(|a| a.admitted == id)
+                    .map(|i| (i, n))
+            })
+            .collect();
+        plan.sort_unstable();
+        plan
+    }
+
+    /// Runs one batched forward pass over every sequence that can take a step. Returns
+    /// whether anything happened (a step, or events delivered).
+    fn step(&mut self) -> bool {
         let mut progressed = false;
         for a in &mut self.active {
-            if a.sender.is_cancelled() {
-                continue;
-            }
-            while let Some(ev) = a.outbox.pop_front() {
-                match a.sender.try_send(ev) {
-                    Ok(()) => progressed = true,
-                    Err(Some(ev)) => {
-                        a.outbox.push_front(ev);
-                        break;
-                    }
-                    Err(None) => break,
+            progressed |= a.flush();
+            if a.outbox.is_empty() && a.seq.wants_nothing() {
+                match a.seq.finish_empty(&self.model) {
+                    Ok(ev) => a.outbox.push_back(ev),
+                    Err(e) => a.fail(e),
                 }
+                progressed = true;
             }
-            if !a.outbox.is_empty() || a.seq.is_finished() {
-                continue;
-            }
-            let model = &self.model;
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| a.seq.step(model)))
-                .unwrap_or_else(|_| {
-                    Err(EngineError::Inference("the forward pass panicked".into()))
+        }
+        let plan = self.plan();
+        if plan.is_empty() {
+            return progressed;
+        }
+        let inputs: Vec<(Vec<u32>, bool)> = plan
+            .iter()
+            .map(|&(i, n)| self.active[i].seq.next_input(n))
+            .collect();
+        let mut items = Vec::with_capacity(plan.len());
+        let mut next = plan.iter().zip(&inputs).peekable();
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if let Some((_, (tokens, want))) = next.next_if(|((p, _), _)| *p == i) {
+                items.push(BatchItem {
+                    tokens,
+                    cache: a.seq.cache_mut(),
+                    want_logits: *want,
                 });
-            progressed = true;
-            match result {
-                Ok(events) => a.outbox.extend(events),
-                Err(e) => {
-                    tracing::warn!(request_id = %a.request_id, error = %e, "generation failed");
-                    a.outbox.push_back(TokenEvent::Failed(e));
-                    a.seq.abort();
+            }
+        }
+        let model = &self.model.model;
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward_batch(&mut items)))
+            .unwrap_or_else(|_| Err(EngineError::Inference("the forward pass panicked".into())));
+        drop(items);
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(logits) => {
+                for ((&(i, n), logits), (tokens, _)) in plan.iter().zip(logits).zip(&inputs) {
+                    debug_assert_eq!(n, tokens.len());
+                    let a = &mut self.active[i];
+                    self.tenants.charge(&a.tenant, tokens.len());
+                    match a.seq.after_forward(&self.model, logits, elapsed) {
+                        Ok(events) => a.outbox.extend(events),
+                        Err(e) => a.fail(e),
+                    }
                 }
             }
-            while let Some(ev) = a.outbox.pop_front() {
-                match a.sender.try_send(ev) {
-                    Ok(()) => {}
-                    Err(Some(ev)) => {
-                        a.outbox.push_front(ev);
-                        break;
-                    }
-                    Err(None) => break,
+            Err(e) => {
+                for &(i, _) in &plan {
+                    self.active[i].fail(e.clone());
                 }
             }
         }
-        progressed
+        for &(i, _) in &plan {
+            self.active[i].flush();
+        }
+        true
+    }
+
+    /// Drops cancelled sequences and finished ones whose events are delivered; a finished
+    /// sequence gives its KV blocks back at once, even while its last events wait.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &mut self.active[i];
+            // Read once: the client may cancel between two reads.
+            let cancelled = a.sender.is_cancelled();
+            if a.seq.is_finished() || cancelled {
+                a.seq.preempt();
+                self.pool.give_back(std::mem::take(&mut a.blocks));
+            }
+            if cancelled || a.seq.is_finished() && a.outbox.is_empty() {
+                let a = self.active.remove(i);
+                self.tenants.leave(&a.tenant);
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -345,11 +618,34 @@ impl Engine for BurnEngine {
                 max_tokens: wanted,
             });
         }
+        // Without `max_tokens` the completion is capped to what the budget holds instead.
+        let kv_needed = prompt.len() + request.params.max_tokens.unwrap_or(1);
+        if kv_needed > m.kv_positions {
+            return Err(EngineError::KvBudget {
+                budget_tokens: m.kv_positions,
+                budget_bytes: m.kv_budget_bytes,
+                prompt_tokens: prompt.len(),
+                max_tokens: request.params.max_tokens.unwrap_or(1),
+            });
+        }
         let queue = m.queue.as_ref().ok_or(EngineError::Unavailable)?;
         let (sender, generation) = Generation::channel(EVENT_BUFFER);
-        m.counters.queued.fetch_add(1, Ordering::Relaxed);
+        // The bound covers the worker's tenant queues too, not only the channel.
+        if m.counters
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < m.max_queue.max(1)).then_some(q + 1)
+            })
+            .is_err()
+        {
+            return Err(EngineError::QueueFull {
+                capacity: m.max_queue,
+            });
+        }
         let job = Job {
             request_id: request.request_id,
+            tenant: request.tenant,
+            weight: request.tenant_weight.max(1),
             prompt,
             params: request.params,
             sender,

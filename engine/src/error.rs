@@ -34,6 +34,19 @@ pub enum EngineError {
         max_tokens: usize,
     },
 
+    /// Prompt plus requested completion exceed the model's whole KV-cache budget: the
+    /// request could never run, however long it waited.
+    #[error(
+        "this model's KV-cache budget holds {budget_tokens} tokens ({budget_bytes} bytes); the \
+         request asks for {prompt_tokens} prompt tokens plus {max_tokens} completion tokens"
+    )]
+    KvBudget {
+        budget_tokens: usize,
+        budget_bytes: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    },
+
     /// A request parameter is out of range. `param` names the field.
     #[error("{param}: {reason}")]
     InvalidRequest { param: &'static str, reason: String },

@@ -9,6 +9,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::EngineError;
+use crate::gguf::{GgufFile, Value};
+use crate::weights::WeightDType;
 
 /// The architectures whose weights and forward pass this engine implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,12 +33,15 @@ pub struct Llama3Scaling {
 }
 
 /// How RoPE frequencies are scaled.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`"linear"`).
     Linear(f64),
     Llama3(Llama3Scaling),
+    /// One divisor per rotated pair: GGUF's `rope_freqs` tensor, which is how llama.cpp
+    /// stores Llama 3.1 scaling (already computed from the factors above).
+    Factors(Vec<f64>),
 }
 
 /// A validated model configuration.
@@ -255,9 +260,10 @@ impl ModelConfig {
         let base: Vec<f64> = (0..self.head_dim / 2)
             .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / dim))
             .collect();
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear(f) => base.into_iter().map(|x| x / f).collect(),
+            RopeScaling::Factors(f) => base.into_iter().zip(f).map(|(x, f)| x / f).collect(),
             RopeScaling::Llama3(s) => {
                 // transformers `_compute_llama3_parameters`.
                 let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
@@ -279,6 +285,175 @@ impl ModelConfig {
                     .collect()
             }
         }
+    }
+}
+
+impl ModelConfig {
+    /// The configuration of a GGUF file, from its `{arch}.*` metadata and tensor shapes.
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, EngineError> {
+        let arch = file.architecture()?;
+        let architecture = match arch {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(file.err(format!(
+                    "metadata `general.architecture`: `{other}` is not supported (supported: \
+                     llama, qwen2)"
+                )));
+            }
+        };
+        let get = |key: &str| file.get(&format!("{arch}.{key}"));
+        let need = |key: &str| -> Result<usize, EngineError> {
+            match get(key) {
+                None => Err(file.err(format!("metadata `{arch}.{key}`: missing"))),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| {
+                        file.err(format!(
+                            "metadata `{arch}.{key}`: {v:?} is not a positive integer"
+                        ))
+                    }),
+            }
+        };
+        let hidden_size = need("embedding_length")?;
+        let num_heads = need("attention.head_count")?;
+        let num_kv_heads = match get("attention.head_count_kv") {
+            Some(_) => need("attention.head_count_kv")?,
+            None => num_heads,
+        };
+        if num_heads % num_kv_heads != 0 {
+            return Err(file.err(format!(
+                "metadata `{arch}.attention.head_count_kv`: {num_kv_heads} does not divide \
+                 head_count {num_heads}"
+            )));
+        }
+        let head_dim = match get("attention.key_length") {
+            Some(_) => need("attention.key_length")?,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => {
+                return Err(file.err(format!(
+                    "metadata `{arch}.embedding_length`: {hidden_size} is not a multiple of \
+                     head_count {num_heads} and `attention.key_length` is not given"
+                )));
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(file.err(format!("head dimension {head_dim} must be even for RoPE")));
+        }
+        if get("rope.dimension_count").is_some() && need("rope.dimension_count")? != head_dim {
+            return Err(file.err(format!(
+                "metadata `{arch}.rope.dimension_count`: partial rotary embeddings are not \
+                 supported (head dimension {head_dim})"
+            )));
+        }
+        let float = |key: &str, default: Option<f64>| -> Result<f64, EngineError> {
+            match get(key) {
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    file.err(format!("metadata `{arch}.{key}`: {v:?} is not a number"))
+                }),
+                None => {
+                    default.ok_or_else(|| file.err(format!("metadata `{arch}.{key}`: missing")))
+                }
+            }
+        };
+        let rms_norm_eps = float("attention.layer_norm_rms_epsilon", None)?;
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            return Err(file.err(format!(
+                "metadata `{arch}.attention.layer_norm_rms_epsilon`: {rms_norm_eps} must be positive"
+            )));
+        }
+        let rope_theta = float("rope.freq_base", Some(10_000.0))?;
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(file.err(format!(
+                "metadata `{arch}.rope.freq_base`: {rope_theta} must be > 1"
+            )));
+        }
+        let tensor = |name: &str| file.tensors.iter().find(|t| t.name == name);
+        let rope_scaling = match (
+            get("rope.scaling.type").and_then(Value::as_str),
+            tensor("rope_freqs.weight"),
+        ) {
+            (_, Some(t)) => {
+                let n = head_dim / 2;
+                if t.shape != [n] || t.dtype != WeightDType::F32 {
+                    return Err(file.err(format!(
+                        "tensor `rope_freqs.weight`: {:?} {:?}, expected F32 [{n}]",
+                        t.dtype, t.shape
+                    )));
+                }
+                let factors: Vec<f64> = file
+                    .bytes(t)
+                    .chunks_exact(4)
+                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                    .collect();
+                if factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                    return Err(file.err("tensor `rope_freqs.weight`: factors must be positive"));
+                }
+                RopeScaling::Factors(factors)
+            }
+            (None | Some("none"), None) => RopeScaling::None,
+            (Some("linear"), None) => {
+                let f = float("rope.scaling.factor", None)?;
+                if !(f.is_finite() && f > 0.0) {
+                    return Err(file.err(format!(
+                        "metadata `{arch}.rope.scaling.factor`: {f} must be positive"
+                    )));
+                }
+                RopeScaling::Linear(f)
+            }
+            (Some(other), None) => {
+                return Err(file.err(format!(
+                    "metadata `{arch}.rope.scaling.type`: `{other}` is not supported \
+                     (supported: none, linear, llama3 via rope_freqs)"
+                )));
+            }
+        };
+        let embd = tensor("token_embd.weight")
+            .ok_or_else(|| file.err("tensor `token_embd.weight` is missing"))?;
+        let vocab_size = match embd.shape.as_slice() {
+            [rows, cols] if *cols == hidden_size => *rows,
+            other => {
+                return Err(file.err(format!(
+                    "tensor `token_embd.weight` has shape {other:?}, expected [vocab, {hidden_size}]"
+                )));
+            }
+        };
+        let has = |kind: &str| tensor(&format!("blk.0.{kind}.bias")).is_some();
+        let mut eos_token_ids = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(id) = file
+                .get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+            {
+                eos_token_ids.push(id);
+            }
+        }
+        Ok(ModelConfig {
+            architecture,
+            vocab_size,
+            hidden_size,
+            intermediate_size: need("feed_forward_length")?,
+            num_layers: need("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            context_length: need("context_length")?,
+            tie_word_embeddings: tensor("output.weight").is_none(),
+            qkv_bias: architecture == Architecture::Qwen2 || has("attn_q"),
+            o_bias: has("attn_output"),
+            mlp_bias: has("ffn_up"),
+            eos_token_ids,
+        })
     }
 }
 

@@ -1,22 +1,36 @@
 //! Linear layers: `x · Wᵀ (+ b)` with `W` stored as PyTorch does, `[out, in]`.
 //!
 //! Every projection of the model (q/k/v/o, gate/up/down, LM head) goes through [`Linear`], so
-//! how a weight is stored and multiplied (a burn tensor today; quantized blocks and CPU
-//! kernels of our own) is decided here and nowhere else.
+//! how a weight is stored and multiplied is decided here and nowhere else:
+//!
+//! * on burn's Flex CPU device, `W` is a [`PackedMatrix`] multiplied by our own kernels
+//!   ([`crate::kernels`]): the file's 16-bit dtype is kept when it is exact (a bf16
+//!   checkpoint stays bf16, half the bytes per decoded token, same results as widening it to
+//!   `f32` first), or `Q8_0` / `Q4_0` blocks with `quantize`;
+//! * on a wgpu device, `W` is a burn tensor in the device's float dtype (f16 on GPUs).
+//!   `quantize` is refused there: see [`Linear::load_with`].
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::EngineError;
+use crate::kernels::{Format, PackedMatrix};
+use crate::spec::Quantize;
 use crate::weights::Weights;
+
+enum Weight {
+    Tensor(Box<Tensor<2>>),
+    Packed(PackedMatrix),
+}
 
 /// One projection `[in] → [out]`.
 pub struct Linear {
-    weight: Tensor<2>,
+    weight: Weight,
     bias: Option<Tensor<1>>,
 }
 
 impl Linear {
-    /// Loads `{name}.weight` (`[out, inp]`) and, with `bias`, `{name}.bias` (`[out]`).
+    /// Loads `{name}.weight` (`[out, inp]`) and, with `bias`, `{name}.bias` (`[out]`), at the
+    /// file's precision.
     pub fn load(
         weights: &Weights,
         name: &str,
@@ -26,8 +40,30 @@ impl Linear {
         device: &Device,
         dtype: DType,
     ) -> Result<Linear, EngineError> {
-        let mut linear =
-            Self::load_matrix(weights, &format!("{name}.weight"), inp, out, device, dtype)?;
+        Self::load_with(weights, name, inp, out, bias, device, dtype, None)
+    }
+
+    /// [`Linear::load`], quantizing the weight to `quantize` blocks when given.
+    #[expect(clippy::too_many_arguments, reason = "mirrors `load` plus one option")]
+    pub fn load_with(
+        weights: &Weights,
+        name: &str,
+        inp: usize,
+        out: usize,
+        bias: bool,
+        device: &Device,
+        dtype: DType,
+        quantize: Option<Quantize>,
+    ) -> Result<Linear, EngineError> {
+        let mut linear = Self::load_matrix_with(
+            weights,
+            &format!("{name}.weight"),
+            inp,
+            out,
+            device,
+            dtype,
+            quantize,
+        )?;
         if bias {
             let b = weights.f32(&format!("{name}.bias"), &[out])?;
             linear.bias = Some(Tensor::from_data(
@@ -48,16 +84,76 @@ impl Linear {
         device: &Device,
         dtype: DType,
     ) -> Result<Linear, EngineError> {
+        Self::load_matrix_with(weights, tensor, inp, out, device, dtype, None)
+    }
+
+    /// [`Linear::load_matrix`], quantizing the weight to `quantize` blocks when given.
+    ///
+    /// Quantization runs only on the CPU device: on wgpu it is refused with an error naming
+    /// the option (burn 0.22's block-quantized matmul is not wired up here).
+    pub fn load_matrix_with(
+        weights: &Weights,
+        tensor: &str,
+        inp: usize,
+        out: usize,
+        device: &Device,
+        dtype: DType,
+        quantize: Option<Quantize>,
+    ) -> Result<Linear, EngineError> {
         let w = weights.f32(tensor, &[out, inp])?;
-        Ok(Linear {
-            weight: Tensor::from_data(TensorData::new(w, [out, inp]), (device, dtype)),
-            bias: None,
-        })
+        let cpu = *device == Device::flex();
+        let weight = match (cpu, quantize) {
+            (false, None) => Weight::Tensor(Box::new(Tensor::from_data(
+                TensorData::new(w, [out, inp]),
+                (device, dtype),
+            ))),
+            (false, Some(q)) => {
+                return Err(EngineError::Device(format!(
+                    "quantize = \"{}\" is supported on the CPU device only; remove it or set \
+                     device = \"cpu\"",
+                    q.name()
+                )));
+            }
+            (true, q) => {
+                let packed = match q {
+                    None => PackedMatrix::lossless(&w, out, inp),
+                    Some(Quantize::Q8) => PackedMatrix::pack(&w, out, inp, Format::Q8_0),
+                    Some(Quantize::Q4) => PackedMatrix::pack(&w, out, inp, Format::Q4_0),
+                };
+                Weight::Packed(packed.map_err(|e| EngineError::Load {
+                    path: tensor.into(),
+                    reason: match q {
+                        Some(q) => format!("quantize = \"{}\": {e}", q.name()),
+                        None => e.to_string(),
+                    },
+                })?)
+            }
+        };
+        Ok(Linear { weight, bias: None })
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone().transpose());
+        let y = match &self.weight {
+            Weight::Tensor(w) => x.matmul(w.as_ref().clone().transpose()),
+            Weight::Packed(w) => {
+                let device = x.device();
+                let dtype = x.dtype();
+                let [rows, _] = x.dims();
+                let data = x.into_data();
+                let xs: Vec<f32> = match data.as_slice::<f32>() {
+                    Ok(s) => s.to_vec(),
+                    Err(_) => data.iter::<f32>().collect(),
+                };
+                let [out, _] = w.shape();
+                // `Linear` was built with `inp` columns and the model only feeds it those; a
+                // mismatch is a programming error that burn's matmul would panic on too.
+                let y = w
+                    .matmul_t(&xs, rows)
+                    .unwrap_or_else(|| vec![f32::NAN; rows * out]);
+                Tensor::from_data(TensorData::new(y, [rows, out]), (&device, dtype))
+            }
+        };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,

@@ -1,16 +1,55 @@
-//! Loading one Hugging Face model directory: manifest, config, weights, tokenizer, device.
+//! Loading one model directory (Hugging Face safetensors or GGUF): manifest, config, weights,
+//! tokenizer, device.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::place;
+use crate::gguf::GgufFile;
 use crate::hf_config::ModelConfig;
 use crate::manifest::verify_manifest;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use crate::{DeviceChoice, EngineError};
+
+/// The format is chosen by what `dir` holds: safetensors weights (`model.safetensors` or an
+/// index) make it a Hugging Face directory; otherwise exactly one `*.gguf` file makes it a
+/// GGUF directory (more than one is refused rather than guessed between). With neither, the
+/// Hugging Face loader reports what is missing.
+fn gguf_file(dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    if dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists() {
+        return Ok(None);
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // Let the Hugging Face path name the missing directory or file.
+        Err(_) => return Ok(None),
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(EngineError::Load {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "{} GGUF files ({}); a model directory holds exactly one",
+                found.len(),
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
 
 /// A model ready to run, with what the gateway reports about it.
 pub struct LoadedModel {
@@ -37,9 +76,19 @@ pub fn load_dir(
     } else {
         tracing::warn!(dir = %dir.display(), "integrity manifest NOT verified (verify_manifest = false)");
     }
-    let config = ModelConfig::from_dir(dir)?;
-    let tokenizer = TextTokenizer::from_dir(dir, &config.eos_token_ids)?;
-    let weights = Weights::open(dir)?;
+    let (config, tokenizer, weights) = match gguf_file(dir)? {
+        None => {
+            let config = ModelConfig::from_dir(dir)?;
+            let tokenizer = TextTokenizer::from_dir(dir, &config.eos_token_ids)?;
+            (config, tokenizer, Weights::open(dir)?)
+        }
+        Some(path) => {
+            let file = GgufFile::open(&path)?;
+            let config = ModelConfig::from_gguf(&file)?;
+            let tokenizer = TextTokenizer::from_gguf(dir, &file, &config.eos_token_ids)?;
+            (config, tokenizer, Weights::from_gguf(&file)?)
+        }
+    };
     let placement = place(device)?;
     let mut context_length = config.context_length;
     if let Some(cap) = max_context {

@@ -105,7 +105,10 @@ pub fn write_manifest(dir: &Path) -> Result<PathBuf, EngineError> {
 
 fn loader_reads(rel: &str) -> bool {
     !rel.contains('/')
-        && (rel.ends_with(".json") || rel.ends_with(".safetensors") || rel.ends_with(".jinja"))
+        && (rel.ends_with(".json")
+            || rel.ends_with(".safetensors")
+            || rel.ends_with(".gguf")
+            || rel.ends_with(".jinja"))
 }
 
 /// Checks every file `dir/airlock-manifest.json` lists, and that no file the loader reads

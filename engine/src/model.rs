@@ -1,10 +1,10 @@
 //! The Llama-family decoder forward pass in burn: embedding, RMSNorm, RoPE, grouped-query
 //! attention with a per-sequence KV cache, SwiGLU MLP, final norm and LM head.
 //!
-//! One call runs one sequence over `n` new tokens (`n` > 1 is prefill, 1 is decode). Every
-//! activation is `[tokens, features]` and attention is `[kv_heads, group × tokens, keys]`,
-//! so stepping several sequences in one pass later means stacking along a leading batch
-//! axis, not rewriting the layers.
+//! One call ([`Model::forward_batch`]) runs several sequences, each over its own `n` new
+//! tokens (a prefill chunk or one decode token): every activation is `[rows, features]` with
+//! all items' rows stacked, so each projection runs once per layer for the whole batch, while
+//! RoPE and attention (`[kv_heads, group × n, keys]`) run per item against its own cache.
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
@@ -26,11 +26,17 @@ struct Layer {
     down: Linear,
 }
 
-/// The keys and values of every position a sequence has seen, per layer.
+/// The keys and values of every position a sequence has seen, per layer: `[kv_heads,
+/// capacity, head_dim]` tensors of which the first `len` positions are filled. Capacity
+/// doubles when full, so a decode step writes one position in place instead of copying the
+/// whole cache (`Tensor::cat` on every step did).
 pub struct KvCache {
     layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
     len: usize,
 }
+
+/// Smallest capacity a cache tensor is allocated with, in positions.
+const MIN_CAPACITY: usize = 32;
 
 impl KvCache {
     /// Positions cached so far.
@@ -38,9 +44,66 @@ impl KvCache {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Drops every cached position (recompute preemption), keeping the layer count.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
     }
+
+    /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at positions `past..past + n` of `layer`
+    /// and returns the filled keys and values `[kv_heads, past + n, head_dim]`.
+    fn append(
+        &mut self,
+        layer: usize,
+        past: usize,
+        k: Tensor<3>,
+        v: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [heads, n, hd] = k.dims();
+        let total = past + n;
+        let (kc, vc) = match self.layers[layer].take() {
+            Some((kc, vc)) if kc.dims()[1] >= total => (kc, vc),
+            old => {
+                let cap = total.max(MIN_CAPACITY).next_power_of_two();
+                let fresh = || Tensor::<3>::zeros([heads, cap, hd], (&k.device(), k.dtype()));
+                let (mut kc, mut vc) = (fresh(), fresh());
+                if let Some((ko, vo)) = old
+                    && past > 0
+                {
+                    kc = kc.slice_assign([0..heads, 0..past, 0..hd], ko.narrow(1, 0, past));
+                    vc = vc.slice_assign([0..heads, 0..past, 0..hd], vo.narrow(1, 0, past));
+                }
+                (kc, vc)
+            }
+        };
+        let kc = kc.slice_assign([0..heads, past..total, 0..hd], k);
+        let vc = vc.slice_assign([0..heads, past..total, 0..hd], v);
+        let out = (
+            kc.clone().narrow(1, 0, total),
+            vc.clone().narrow(1, 0, total),
+        );
+        self.layers[layer] = Some((kc, vc));
+        out
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// The new tokens, after the positions already in `cache`.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Return the logits of the last new position (the chunk that ends a prompt, a decode).
+    pub want_logits: bool,
+}
+
+/// Where an item's rows sit in the stacked activation, and its per-position tables.
+struct Span {
+    offset: usize,
+    n: usize,
+    past: usize,
+    cos: Tensor<3>,
+    sin: Tensor<3>,
+    mask: Option<Tensor<3>>,
 }
 
 /// A loaded model on one device.
@@ -197,98 +260,164 @@ impl Model {
     /// Runs `tokens` through the model after the positions already in `cache`, appends their
     /// keys and values to it, and returns the logits of the last position (`f32`, vocab-sized).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, EngineError> {
+        let mut items = [BatchItem {
+            tokens,
+            cache,
+            want_logits: true,
+        }];
+        self.forward_batch(&mut items)?
+            .pop()
+            .flatten()
+            .ok_or_else(|| inference("the batch returned no logits"))
+    }
+
+    /// One forward pass over several sequences at once. Every item's new tokens are stacked
+    /// into one `[rows, hidden]` activation, so each projection runs once per layer for the
+    /// whole batch (the weights are read once per step); RoPE and attention run per item, at
+    /// its own positions against its own cache. Returns, per item, the logits of its last
+    /// position when `want_logits` is set.
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
         let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
-            return Err(EngineError::Inference(
-                "forward called with no tokens".into(),
-            ));
-        }
-        let past = cache.len;
-        let total = past + n;
-        if total > c.context_length {
-            return Err(EngineError::Inference(format!(
-                "sequence of {total} tokens exceeds the context length {}",
-                c.context_length
-            )));
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
         let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
         let group = nh / nkv;
-
-        let mut rows = Vec::with_capacity(n * h);
-        for &t in tokens {
-            self.embed.push_row(t as usize, &mut rows).ok_or_else(|| {
-                EngineError::InvalidRequest {
-                    param: "prompt",
-                    reason: format!(
-                        "token id {t} is outside the vocabulary ({})",
-                        self.embed.rows()
-                    ),
-                }
-            })?;
+        let mut rows = Vec::new();
+        let mut spans = Vec::with_capacity(items.len());
+        let mut offset = 0;
+        for item in items.iter() {
+            let n = item.tokens.len();
+            if n == 0 {
+                return Err(inference("forward called with no tokens"));
+            }
+            let past = item.cache.len;
+            if past + n > c.context_length {
+                return Err(EngineError::Inference(format!(
+                    "sequence of {} tokens exceeds the context length {}",
+                    past + n,
+                    c.context_length
+                )));
+            }
+            for &t in item.tokens {
+                self.embed.push_row(t as usize, &mut rows).ok_or_else(|| {
+                    EngineError::InvalidRequest {
+                        param: "prompt",
+                        reason: format!(
+                            "token id {t} is outside the vocabulary ({})",
+                            self.embed.rows()
+                        ),
+                    }
+                })?;
+            }
+            let (cos, sin) = self.rope_tables(past, n);
+            let mask = (n > 1).then(|| self.causal_mask(past, n, group));
+            spans.push(Span {
+                offset,
+                n,
+                past,
+                cos,
+                sin,
+                mask,
+            });
+            offset += n;
         }
-        let mut x: Tensor<2> =
-            Tensor::from_data(TensorData::new(rows, [n, h]), (&self.device, self.dtype));
-        let (cos, sin) = self.rope_tables(past, n);
-        let mask = (n > 1).then(|| self.causal_mask(past, n, group));
+        let total_rows = offset;
+        let mut x: Tensor<2> = Tensor::from_data(
+            TensorData::new(rows, [total_rows, h]),
+            (&self.device, self.dtype),
+        );
         let scale = 1.0 / (hd as f64).sqrt();
 
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (li, layer) in self.layers.iter().enumerate() {
             let normed = self.rms_norm(x.clone(), &layer.attn_norm);
-            let q = layer
-                .q
-                .forward(normed.clone())
-                .reshape([n, nh, hd])
-                .swap_dims(0, 1);
-            let k = layer
-                .k
-                .forward(normed.clone())
-                .reshape([n, nkv, hd])
-                .swap_dims(0, 1);
-            let v = layer
-                .v
-                .forward(normed)
-                .reshape([n, nkv, hd])
-                .swap_dims(0, 1);
-            let q = Self::apply_rope(q, &cos, &sin);
-            let k = Self::apply_rope(k, &cos, &sin);
-            let (k_all, v_all) = match slot.take() {
-                Some((kc, vc)) => (Tensor::cat(vec![kc, k], 1), Tensor::cat(vec![vc, v], 1)),
-                None => (k, v),
-            };
-            *slot = Some((k_all.clone(), v_all.clone()));
+            let q_all = layer.q.forward(normed.clone());
+            let k_all = layer.k.forward(normed.clone());
+            let v_all = layer.v.forward(normed);
+            let mut outs = Vec::with_capacity(items.len());
+            for (item, sp) in items.iter_mut().zip(&spans) {
+                let n = sp.n;
+                let rows_of = |t: &Tensor<2>, heads: usize| {
+                    t.clone()
+                        .narrow(0, sp.offset, n)
+                        .reshape([n, heads, hd])
+                        .swap_dims(0, 1)
+                };
+                let q = Self::apply_rope(rows_of(&q_all, nh), &sp.cos, &sp.sin);
+                let k = Self::apply_rope(rows_of(&k_all, nkv), &sp.cos, &sp.sin);
+                let v = rows_of(&v_all, nkv);
+                let (keys, values) = item.cache.append(li, sp.past, k, v);
 
-            // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
-            let q = q.reshape([nkv, group * n, hd]);
-            let mut scores = q.matmul(k_all.swap_dims(1, 2)).mul_scalar(scale);
-            if self.dtype != DType::F32 {
-                scores = scores.cast(FloatDType::F32);
+                // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
+                let q = q.reshape([nkv, group * n, hd]);
+                let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
+                if self.dtype != DType::F32 {
+                    scores = scores.cast(FloatDType::F32);
+                }
+                if let Some(mask) = &sp.mask {
+                    scores = scores + mask.clone();
+                }
+                let mut probs = softmax(scores, 2);
+                if self.dtype != DType::F32 {
+                    probs = probs.cast(FloatDType::F16);
+                }
+                outs.push(
+                    probs
+                        .matmul(values)
+                        .reshape([nh, n, hd])
+                        .swap_dims(0, 1)
+                        .reshape([n, nh * hd]),
+                );
             }
-            if let Some(mask) = &mask {
-                scores = scores + mask.clone();
-            }
-            let mut probs = softmax(scores, 2);
-            if self.dtype != DType::F32 {
-                probs = probs.cast(FloatDType::F16);
-            }
-            let attn = probs
-                .matmul(v_all)
-                .reshape([nh, n, hd])
-                .swap_dims(0, 1)
-                .reshape([n, nh * hd]);
+            let attn = if outs.len() == 1 {
+                outs.pop().ok_or_else(|| inference("empty batch"))?
+            } else {
+                Tensor::cat(outs, 0)
+            };
             x = x + layer.o.forward(attn);
 
             let normed = self.rms_norm(x.clone(), &layer.mlp_norm);
             let gated = silu(layer.gate.forward(normed.clone())) * layer.up.forward(normed);
             x = x + layer.down.forward(gated);
         }
-        cache.len = total;
+        for (item, sp) in items.iter_mut().zip(&spans) {
+            item.cache.len = sp.past + sp.n;
+        }
 
-        let last = x.narrow(0, n - 1, 1);
+        // The LM head only on the rows whose logits are wanted: one per finishing item.
+        let wanted: Vec<usize> = items
+            .iter()
+            .zip(&spans)
+            .filter(|(item, _)| item.want_logits)
+            .map(|(_, sp)| sp.offset + sp.n - 1)
+            .collect();
+        let mut out = vec![None; items.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let last: Vec<Tensor<2>> = wanted.iter().map(|&r| x.clone().narrow(0, r, 1)).collect();
+        let last = if last.len() == 1 {
+            last.into_iter()
+                .next()
+                .ok_or_else(|| inference("empty batch"))?
+        } else {
+            Tensor::cat(last, 0)
+        };
         let logits = self.lm_head.forward(self.rms_norm(last, &self.norm));
-        logits
+        let flat = logits
             .try_into_vec_as::<f32>()
-            .map_err(|e| inference(format!("{e:?}")))
+            .map_err(|e| inference(format!("{e:?}")))?;
+        let vocab = flat.len() / wanted.len();
+        let mut chunks = flat.chunks_exact(vocab);
+        for (slot, item) in out.iter_mut().zip(items.iter()) {
+            if item.want_logits {
+                *slot = chunks.next().map(<[f32]>::to_vec);
+            }
+        }
+        Ok(out)
     }
 
     /// Additive mask `[1, group × n, past + n]`: row `g·n + i` is query position `past + i`,

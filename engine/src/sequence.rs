@@ -1,5 +1,7 @@
-//! One generation's state machine: prefill, then one decode step at a time, each producing
-//! the [`TokenEvent`]s the request's handle receives.
+//! One generation's state machine: prefill (possibly in chunks), then one decode step at a
+//! time, each producing the [`TokenEvent`]s the request's handle receives. The engine feeds
+//! it through batched forward passes; a preempted sequence drops its cache and prefills its
+//! prompt and generated tokens again.
 
 use std::time::Instant;
 
@@ -56,6 +58,14 @@ impl Sequence {
         }
     }
 
+    /// Caps the completion so that prompt and completion fit in `positions` cache positions
+    /// (the KV-cache budget, for a request without `max_tokens`).
+    pub fn cap_positions(&mut self, positions: usize) {
+        self.max_new = self
+            .max_new
+            .min(positions.saturating_sub(self.prompt.len()));
+    }
+
     pub fn keep_prompt_logits(&mut self) {
         self.keep_prompt_logits = true;
     }
@@ -82,26 +92,79 @@ impl Sequence {
         self.cache.len()
     }
 
-    /// Runs one forward pass and returns the events it produces.
+    /// Tokens known but not yet in the cache: the prompt (or what remains of it) before the
+    /// first token, then the last sampled token. After a preemption, everything again.
+    pub fn pending(&self) -> usize {
+        (self.prompt.len() + self.generated.len()).saturating_sub(self.cache.len())
+    }
+
+    /// Whether the sequence must end without a forward pass (`max_tokens` 0).
+    pub fn wants_nothing(&self) -> bool {
+        !self.finished && self.max_new == 0
+    }
+
+    /// Ends a sequence that [`Self::wants_nothing`].
+    pub fn finish_empty(&mut self, m: &LoadedModel) -> Result<TokenEvent, EngineError> {
+        self.finish(m, FinishReason::Length, String::new())
+    }
+
+    /// The next at most `max` pending tokens, and whether they end the known tokens (so their
+    /// last position's logits give the next token).
+    pub fn next_input(&self, max: usize) -> (Vec<u32>, bool) {
+        let start = self.cache.len();
+        let pending = self.pending();
+        let n = pending.min(max.max(1));
+        let known = self.prompt.iter().chain(self.generated.iter());
+        (known.skip(start).take(n).copied().collect(), n == pending)
+    }
+
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// Frees the KV cache (recompute preemption): the prompt and the tokens generated so far
+    /// are prefilled again when the sequence resumes; the sampler's state is kept, so the
+    /// continuation is the one it would have been.
+    pub fn preempt(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Runs one forward pass over every pending token and returns the events it produces
+    /// (the one-shot path; the engine batches through [`Self::next_input`] and
+    /// [`Self::after_forward`]).
     pub fn step(&mut self, m: &LoadedModel) -> Result<Vec<TokenEvent>, EngineError> {
         if self.finished {
             return Ok(Vec::new());
         }
-        if self.max_new == 0 {
-            return Ok(vec![self.finish(m, FinishReason::Length, String::new())?]);
+        if self.wants_nothing() {
+            return Ok(vec![self.finish_empty(m)?]);
         }
-        let mut logits = if self.cache.is_empty() {
-            let t = Instant::now();
-            let logits = m.model.forward(&self.prompt, &mut self.cache)?;
-            self.prefill_s = t.elapsed().as_secs_f64();
-            if self.keep_prompt_logits {
-                self.prompt_logits = Some(logits.clone());
-            }
-            logits
-        } else {
-            let last = self.generated.last().copied().unwrap_or_default();
-            m.model.forward(&[last], &mut self.cache)?
+        let (tokens, _) = self.next_input(usize::MAX);
+        let t = Instant::now();
+        let logits = m.model.forward(&tokens, &mut self.cache)?;
+        self.after_forward(m, Some(logits), t.elapsed().as_secs_f64())
+    }
+
+    /// Takes the result of a forward pass over [`Self::next_input`]'s tokens that took
+    /// `elapsed_s`: with logits, samples the next token and returns its events.
+    pub fn after_forward(
+        &mut self,
+        m: &LoadedModel,
+        logits: Option<Vec<f32>>,
+        elapsed_s: f64,
+    ) -> Result<Vec<TokenEvent>, EngineError> {
+        if self.first_token_at.is_none() {
+            self.prefill_s += elapsed_s;
+        }
+        let Some(mut logits) = logits else {
+            return Ok(Vec::new());
         };
+        if self.finished {
+            return Ok(Vec::new());
+        }
+        if self.keep_prompt_logits && self.generated.is_empty() {
+            self.prompt_logits = Some(logits.clone());
+        }
         let id = self.sampler.sample(&mut logits);
         self.sampler.observe(id);
         self.generated.push(id);

@@ -31,4 +31,60 @@ pub struct ModelSpec {
     pub max_active: usize,
     /// Cap on the context length, below the model's own (`None`: the model's).
     pub max_context: Option<usize>,
+    /// Most prompt tokens one sequence prefills per step, so a long prompt is processed in
+    /// chunks between other sequences' decode steps instead of stalling them.
+    pub prefill_chunk: usize,
+    /// Most tokens (decode tokens plus prefill chunks) in one batched forward pass.
+    pub max_batch_tokens: usize,
+    /// The KV-cache budget in bytes (`None`: `max_active` × context length × bytes per
+    /// cached position, so no sequence is ever preempted).
+    pub kv_cache_bytes: Option<usize>,
+    /// Quantize the projection weights (LM head included) to 8- or 4-bit blocks at load
+    /// (CPU device only; `None`: keep the file's precision).
+    pub quantize: Option<Quantize>,
+}
+
+impl ModelSpec {
+    /// Default [`ModelSpec::prefill_chunk`].
+    pub const DEFAULT_PREFILL_CHUNK: usize = 256;
+    /// Default [`ModelSpec::max_batch_tokens`].
+    pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+
+    /// A model served with the default queue, slots and scheduling limits.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            path: path.into(),
+            device: DeviceChoice::Auto,
+            verify_manifest: true,
+            max_queue: 64,
+            max_active: 8,
+            max_context: None,
+            prefill_chunk: Self::DEFAULT_PREFILL_CHUNK,
+            max_batch_tokens: Self::DEFAULT_MAX_BATCH_TOKENS,
+            kv_cache_bytes: None,
+            quantize: None,
+        }
+    }
+}
+
+/// Weight quantization applied at load (CPU device only): llama.cpp-compatible 32-element
+/// blocks with an `f16` scale each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    /// `Q8_0`: 8-bit weights, 8.5 bits per weight; logits stay close to the file's.
+    Q8,
+    /// `Q4_0`: 4-bit weights, 4.5 bits per weight; fastest decode, visibly lower quality.
+    Q4,
+}
+
+impl Quantize {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Q8 => "q8",
+            Quantize::Q4 => "q4",
+        }
+    }
 }

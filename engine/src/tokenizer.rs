@@ -7,6 +7,8 @@ use std::path::Path;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use serde::Serialize;
 
+use crate::gguf::GgufFile;
+use crate::gguf::tokenizer as gguf_tokenizer;
 use crate::hf_config::token_ids;
 use crate::{ChatMessage, EngineError, Prompt};
 
@@ -62,6 +64,21 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
         })
 }
 
+/// The chat template environment, with the Jinja2 settings transformers renders with.
+fn chat_env(source: String, path: &Path, field: &str) -> Result<Environment<'static>, EngineError> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_template_owned("chat", source)
+        .map_err(|e| EngineError::Load {
+            path: path.to_path_buf(),
+            reason: format!("{field}: {e}"),
+        })?;
+    Ok(env)
+}
+
 fn raise_exception(message: String) -> Result<Value, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, message))
 }
@@ -104,25 +121,9 @@ impl TextTokenizer {
                     })?
             }
         };
-        let chat = match template {
-            Some(source) => {
-                let mut env = Environment::new();
-                // transformers renders with these Jinja2 settings.
-                env.set_trim_blocks(true);
-                env.set_lstrip_blocks(true);
-                env.set_unknown_method_callback(
-                    minijinja_contrib::pycompat::unknown_method_callback,
-                );
-                env.add_function("raise_exception", raise_exception);
-                env.add_template_owned("chat", source)
-                    .map_err(|e| EngineError::Load {
-                        path: cfg_path.clone(),
-                        reason: format!("`chat_template`: {e}"),
-                    })?;
-                Some(env)
-            }
-            None => None,
-        };
+        let chat = template
+            .map(|source| chat_env(source, &cfg_path, "`chat_template`"))
+            .transpose()?;
 
         let mut eos_ids: Vec<u32> = config_eos.to_vec();
         let gen_path = dir.join("generation_config.json");
@@ -144,6 +145,60 @@ impl TextTokenizer {
             add_bos,
             eos_ids,
         })
+    }
+
+    /// The tokenizer of a GGUF model directory: `tokenizer.json` (+ `tokenizer_config.json`,
+    /// `generation_config.json`) beside the file when present, as for a Hugging Face
+    /// directory, else rebuilt from the file's `tokenizer.ggml.*` metadata. The GGUF chat
+    /// template and special tokens fill in whatever the JSON files do not say.
+    pub fn from_gguf(
+        dir: &Path,
+        file: &GgufFile,
+        config_eos: &[u32],
+    ) -> Result<TextTokenizer, EngineError> {
+        let specials = gguf_tokenizer::specials(file);
+        let mut tok = if dir.join("tokenizer.json").exists() {
+            Self::from_dir(dir, config_eos)?
+        } else {
+            let (inner, add_bos) = gguf_tokenizer::build(file)?;
+            let mut eos_ids = config_eos.to_vec();
+            eos_ids.sort_unstable();
+            eos_ids.dedup();
+            TextTokenizer {
+                inner,
+                chat: None,
+                bos_token: None,
+                eos_token: None,
+                bos_id: None,
+                add_bos: Some(add_bos),
+                eos_ids,
+            }
+        };
+        let text = |id: Option<u32>| id.and_then(|id| tok.inner.id_to_token(id));
+        if tok.bos_token.is_none() {
+            tok.bos_token = text(specials.bos_id);
+        }
+        if tok.eos_token.is_none() {
+            tok.eos_token = text(specials.eos_id);
+        }
+        if tok.bos_id.is_none() {
+            tok.bos_id = specials.bos_id;
+        }
+        if tok.add_bos.is_none() {
+            tok.add_bos = specials.add_bos;
+        }
+        if tok.chat.is_none()
+            && let Some(source) = file
+                .get("tokenizer.chat_template")
+                .and_then(crate::gguf::Value::as_str)
+        {
+            tok.chat = Some(chat_env(
+                source.to_owned(),
+                &file.path,
+                "metadata `tokenizer.chat_template`",
+            )?);
+        }
+        Ok(tok)
     }
 
     /// Ids that end a generation.

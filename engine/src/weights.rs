@@ -1,6 +1,14 @@
-//! Memory-mapped safetensors weights (single file or sharded with an index), converted to
-//! `f32` on demand. Every lookup checks presence, dtype and shape and names the tensor.
+//! Memory-mapped weights, converted to `f32` on demand: safetensors (single file or sharded
+//! with an index) or one GGUF file. Every lookup checks presence, dtype and shape and names
+//! the tensor.
+//!
+//! Lookups always use Hugging Face names and layouts (`model.layers.0.self_attn.q_proj.weight`,
+//! `[out, in]`), so the model never learns which format it came from: a GGUF tensor is
+//! registered under its HF name, and llama.cpp's per-head row permutation of Llama's q/k
+//! projections is undone as rows are read (whole rows move, so this works on quantized rows
+//! too: Q8_0/Q4_0 blocks run along the input dimension, inside a row).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,22 +18,53 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::EngineError;
+use crate::gguf::GgufFile;
+use crate::quant::{self, QK};
 
-/// Element types we convert from.
+/// Element types we convert from. `Q8_0`/`Q4_0` are GGUF's block formats (see
+/// [`crate::quant`]): a row is a run of 32-element blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightDType {
     F32,
     F16,
     BF16,
+    Q8_0,
+    Q4_0,
 }
 
 impl WeightDType {
-    fn size(self) -> usize {
+    /// Elements per block (1 for plain floats).
+    pub fn block_elems(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q8_0 | Self::Q4_0 => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
+            Self::Q8_0 => quant::Q8_0_BLOCK_BYTES,
+            Self::Q4_0 => quant::Q4_0_BLOCK_BYTES,
         }
     }
+
+    /// Bytes of `n` consecutive elements (`n` a multiple of [`Self::block_elems`]).
+    pub fn bytes_for(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+}
+
+/// A weight tensor as stored, in HF layout: what a [`crate::linear::Linear`] that keeps
+/// quantized blocks needs to use them without requantizing.
+pub struct RawTensor<'a> {
+    pub dtype: WeightDType,
+    /// Row-major, outermost first (`[out, in]` for a projection).
+    pub shape: Vec<usize>,
+    /// Borrowed from the mapped file, or a copy when rows had to be reordered.
+    pub bytes: Cow<'a, [u8]>,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +75,9 @@ struct Entry {
     /// Absolute byte range inside the mapped file.
     start: usize,
     end: usize,
+    /// GGUF Llama q/k projections: the head count whose per-head row permutation
+    /// (llama.cpp's `permute`) is undone on read.
+    unpermute_heads: Option<usize>,
 }
 
 /// The weight files of one model directory.
@@ -65,15 +107,15 @@ impl RowTable {
         if row >= self.rows {
             return None;
         }
-        let size = self.dtype.size();
-        let begin = self.start + row * self.cols * size;
-        let bytes = self.map.get(begin..begin + self.cols * size)?;
+        let size = self.dtype.bytes_for(self.cols);
+        let begin = self.start + row * size;
+        let bytes = self.map.get(begin..begin + size)?;
         convert_into(bytes, self.dtype, out);
         Some(())
     }
 }
 
-fn map_file(path: &Path) -> Result<Mmap, EngineError> {
+pub(crate) fn map_file(path: &Path) -> Result<Mmap, EngineError> {
     let file = File::open(path).map_err(|e| EngineError::Load {
         path: path.to_path_buf(),
         reason: format!("cannot open: {e}"),
@@ -161,7 +203,7 @@ impl Weights {
                 };
                 let (s, e) = info.data_offsets;
                 let numel: usize = info.shape.iter().product();
-                if e < s || e - s != numel * dtype.size() || data_start + e > map.len() {
+                if e < s || e - s != dtype.bytes_for(numel) || data_start + e > map.len() {
                     return Err(EngineError::Load {
                         path: path.clone(),
                         reason: format!("tensor `{tensor}`: data offsets out of range"),
@@ -175,12 +217,61 @@ impl Weights {
                         shape: info.shape.clone(),
                         start: data_start + s,
                         end: data_start + e,
+                        unpermute_heads: None,
                     },
                 );
             }
             files.push((path, Arc::new(map)));
         }
         Ok(Weights { files, entries })
+    }
+
+    /// Registers the tensors of a GGUF file under their Hugging Face names.
+    pub fn from_gguf(file: &GgufFile) -> Result<Weights, EngineError> {
+        let arch = file.architecture()?;
+        let heads = |key: &str| -> Option<usize> {
+            file.get(&format!("{arch}.{key}"))
+                .and_then(crate::gguf::Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0)
+        };
+        let n_head = heads("attention.head_count");
+        let n_kv = heads("attention.head_count_kv").or(n_head);
+        let mut entries = HashMap::new();
+        for t in &file.tensors {
+            let name = hf_name(&t.name);
+            // llama.cpp permutes q/k rows only for the `llama` architecture (other
+            // architectures use NEOX-style RoPE, which is HF's layout).
+            let unpermute_heads = match (arch, t.name.rsplit('.').nth(1)) {
+                ("llama", Some("attn_q")) => n_head,
+                ("llama", Some("attn_k")) => n_kv,
+                _ => None,
+            };
+            if let Some(h) = unpermute_heads {
+                let rows = t.shape.first().copied().unwrap_or(0);
+                if rows % h != 0 || (rows / h) % 2 != 0 {
+                    return Err(file.err(format!(
+                        "tensor `{}`: {rows} rows do not split into {h} heads of even size",
+                        t.name
+                    )));
+                }
+            }
+            entries.insert(
+                name,
+                Entry {
+                    file: 0,
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    start: t.start,
+                    end: t.end,
+                    unpermute_heads,
+                },
+            );
+        }
+        Ok(Weights {
+            files: vec![(file.path.clone(), Arc::clone(&file.map))],
+            entries,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -226,11 +317,26 @@ impl Weights {
             .unwrap_or(&[])
     }
 
-    /// The tensor `name` of shape `shape`, as row-major `f32`.
-    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+    /// The tensor `name` of shape `shape` as stored (any [`WeightDType`]), rows in HF order.
+    pub fn raw(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>, EngineError> {
         let entry = self.entry(name, shape)?;
-        let mut out = Vec::with_capacity(shape.iter().product());
-        convert_into(self.bytes(entry), entry.dtype, &mut out);
+        let bytes = self.bytes(entry);
+        let bytes = match entry.unpermute_heads {
+            None => Cow::Borrowed(bytes),
+            Some(heads) => Cow::Owned(unpermute_rows(bytes, shape, heads)),
+        };
+        Ok(RawTensor {
+            dtype: entry.dtype,
+            shape: entry.shape.clone(),
+            bytes,
+        })
+    }
+
+    /// The tensor `name` of shape `shape`, as row-major `f32` (quantized blocks expanded).
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+        let raw = self.raw(name, shape)?;
+        let mut out = Vec::with_capacity(raw.shape.iter().product());
+        convert_into(&raw.bytes, raw.dtype, &mut out);
         Ok(out)
     }
 
@@ -255,8 +361,73 @@ impl Weights {
     }
 }
 
+/// GGUF name → Hugging Face name (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`);
+/// names without an HF counterpart (`rope_freqs.weight`) are kept.
+pub(crate) fn hf_name(gguf: &str) -> String {
+    match gguf {
+        "token_embd.weight" => return "model.embed_tokens.weight".into(),
+        "output_norm.weight" => return "model.norm.weight".into(),
+        "output.weight" => return "lm_head.weight".into(),
+        _ => {}
+    }
+    let mut parts = gguf.splitn(4, '.');
+    if let (Some("blk"), Some(layer), Some(kind), Some(suffix)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        let hf = match kind {
+            "attn_norm" => "input_layernorm",
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return gguf.into(),
+        };
+        return format!("model.layers.{layer}.{hf}.{suffix}");
+    }
+    gguf.into()
+}
+
+/// Undoes llama.cpp's `permute`: inside each head of `d` rows, GGUF row `2i + j` holds HF
+/// row `j·d/2 + i` (the two halves rotated together by RoPE are interleaved there).
+fn unpermute_rows(bytes: &[u8], shape: &[usize], heads: usize) -> Vec<u8> {
+    let rows = shape.first().copied().unwrap_or(0);
+    if rows == 0 || heads == 0 {
+        return bytes.to_vec();
+    }
+    let row_bytes = bytes.len() / rows;
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = Vec::with_capacity(bytes.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = (h * d + 2 * i + j) * row_bytes;
+                out.extend_from_slice(bytes.get(src..src + row_bytes).unwrap_or(&[]));
+            }
+        }
+    }
+    out
+}
+
 fn convert_into(bytes: &[u8], dtype: WeightDType, out: &mut Vec<f32>) {
+    let mut block = [0f32; QK];
     match dtype {
+        WeightDType::Q8_0 => {
+            for b in bytes.chunks_exact(quant::Q8_0_BLOCK_BYTES) {
+                quant::dequantize_block_q8_0(b, &mut block);
+                out.extend_from_slice(&block);
+            }
+        }
+        WeightDType::Q4_0 => {
+            for b in bytes.chunks_exact(quant::Q4_0_BLOCK_BYTES) {
+                quant::dequantize_block_q4_0(b, &mut block);
+                out.extend_from_slice(&block);
+            }
+        }
         WeightDType::F32 => out.extend(
             bytes
                 .chunks_exact(4)

@@ -18,6 +18,10 @@ fn engine(dir: &Path, max_queue: usize, max_active: usize) -> anyhow::Result<Bur
         max_queue,
         max_active,
         max_context: None,
+        prefill_chunk: ModelSpec::DEFAULT_PREFILL_CHUNK,
+        max_batch_tokens: ModelSpec::DEFAULT_MAX_BATCH_TOKENS,
+        kv_cache_bytes: None,
+        quantize: None,
     }])?)
 }
 
@@ -25,6 +29,7 @@ fn request(prompt: &str, params: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         request_id: "r".into(),
         tenant: "t".into(),
+        tenant_weight: 1,
         model: "m".into(),
         prompt: Prompt::Text(prompt.into()),
         params,

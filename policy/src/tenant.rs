@@ -60,6 +60,9 @@ pub struct Tenant {
     /// Keys and tokens for this tenant are accepted only over a certificate matching
     /// `identities`: a leaked key alone is not enough.
     pub require_cert: bool,
+    /// Scheduling weight (≥ 1): a flooding tenant gets its weighted share of the engine and
+    /// no more, so it cannot starve the others.
+    pub weight: u32,
 }
 
 impl Tenant {
@@ -131,6 +134,7 @@ mod tests {
             output_filter: Arc::new(FilterSet::empty()),
             identities: rules,
             require_cert: false,
+            weight: 1,
         }
     }
 

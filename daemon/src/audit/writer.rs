@@ -365,7 +365,14 @@ impl WriterState {
             let record = Record::new(Kind::Resumed).with("failed_commits", self.failures);
             batch.insert(0, (record, None));
         }
-        match self.write(&batch, force_checkpoint) {
+        let started = Instant::now();
+        let written = self.write(&batch, force_checkpoint);
+        // Idle probes (empty batches) write nothing worth timing; they still report health.
+        crate::metrics::global().audit_commit(
+            (!batch.is_empty()).then(|| started.elapsed()),
+            written.as_ref().ok().map(|(seq, hash, _)| (*seq, hash)),
+        );
+        match written {
             Ok((seq, hash, checkpointed)) => {
                 let first = self.head_seq + 1;
                 self.head_seq = seq;

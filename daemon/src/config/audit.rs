@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::credential::secret_path;
 use super::{Invalid, duration_field, invalid, resolve};
 use crate::audit::rotate::Rotation;
 use crate::audit::trail::StoreText;
@@ -81,8 +82,8 @@ fn store_text(path: &str, value: &str) -> Result<StoreText, Invalid> {
 
 /// Validates `[audit]`; key files must exist and hold 32-byte hex keys.
 pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
-    let signing_key = resolve(base, raw.signing_key);
-    let digest_key = resolve(base, raw.digest_key);
+    let signing_key = secret_path("audit.signing_key", base, raw.signing_key)?;
+    let digest_key = secret_path("audit.digest_key", base, raw.digest_key)?;
     if let Err(e) = crate::audit::SigningKey::load(&signing_key) {
         return Err(invalid("audit.signing_key", e));
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::credential::secret_path;
 use super::raw::{RawListener, RawProxy, RawTls};
 use super::{Invalid, duration_field, invalid, resolve};
 
@@ -20,11 +21,14 @@ pub struct ListenerConfig {
     pub mode: ListenerMode,
 }
 
-/// A TCP address or a Unix socket path.
+/// A TCP address, a Unix socket path, or the socket systemd passes (socket activation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddress {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// `"systemd"`: the one listening socket passed by systemd (`LISTEN_FDS`, from
+    /// `airlockd.socket`), TCP or Unix; checked against the mode when the server starts.
+    Systemd,
 }
 
 impl fmt::Display for ListenAddress {
@@ -32,6 +36,7 @@ impl fmt::Display for ListenAddress {
         match self {
             Self::Tcp(addr) => write!(f, "{addr}"),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Systemd => f.write_str("systemd"),
         }
     }
 }
@@ -92,10 +97,11 @@ pub(super) fn listener(raw: RawListener, base: &Path) -> Result<ListenerConfig, 
     let address = match raw.address.strip_prefix("unix:") {
         Some(path) if !path.is_empty() => ListenAddress::Unix(resolve(base, PathBuf::from(path))),
         Some(_) => return Err(invalid("listener.address", "`unix:` needs a socket path")),
+        None if raw.address == "systemd" => ListenAddress::Systemd,
         None => ListenAddress::Tcp(raw.address.parse().map_err(|_| {
             invalid(
                 "listener.address",
-                format!("`{}` is not `ip:port` (e.g. \"127.0.0.1:8443\", \"[::]:8443\") or `unix:/path`", raw.address),
+                format!("`{}` is not `ip:port` (e.g. \"127.0.0.1:8443\", \"[::]:8443\"), `unix:/path` or \"systemd\"", raw.address),
             )
         })?),
     };
@@ -176,8 +182,8 @@ fn tls_config(raw: RawTls, base: &Path) -> Result<TlsConfig, Invalid> {
         ));
     }
     Ok(TlsConfig {
-        cert: resolve(base, raw.cert),
-        key: resolve(base, raw.key),
+        cert: secret_path("listener.tls.cert", base, raw.cert)?,
+        key: secret_path("listener.tls.key", base, raw.key)?,
         client_ca,
         crls: raw.crls.into_iter().map(|p| resolve(base, p)).collect(),
         danger_no_client_auth: raw.danger_no_client_auth,

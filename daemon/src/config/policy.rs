@@ -54,6 +54,8 @@ pub struct RawTenant {
     pub max_input_bytes: Option<u64>,
     #[serde(default)]
     pub filters: Vec<RawFilterRule>,
+    /// Scheduling weight, integer ≥ 1 (default 1).
+    pub weight: Option<u32>,
 }
 
 /// One `[[tenants.filters]]` rule as written.
@@ -327,6 +329,11 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
         output_filter: compile(output)?,
         identities,
         require_cert: raw.require_cert,
+        weight: match raw.weight {
+            None => 1,
+            Some(0) => return Err(invalid("weight", "must be at least 1")),
+            Some(w) => w,
+        },
     })
 }
 
@@ -416,6 +423,10 @@ detector = "payment_card"
                 "tenants[0].require_cert",
             ),
             ("[auth]\njwt_issuer = \"x\"\n", "auth.jwt_issuer"),
+            (
+                "[[tenants]]\nname = \"a\"\nweight = 0\n",
+                "tenants[0].weight",
+            ),
             (
                 "[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\n",
                 "tenants",

@@ -26,6 +26,9 @@ pub struct RawConfig {
     /// `[audit]` (see `super::audit`).
     #[serde(default)]
     pub audit: Option<super::audit::RawAudit>,
+    /// `[admin]` (see `super::admin`).
+    #[serde(default)]
+    pub admin: Option<super::admin::RawAdmin>,
 }
 
 /// `[listener]`.
@@ -105,8 +108,26 @@ pub struct RawModel {
     pub max_active: Option<u64>,
     #[serde(default)]
     pub max_context: Option<u64>,
+    /// `"q8"` or `"q4"`: quantize the weights at load (CPU only).
+    #[serde(default)]
+    pub quantize: Option<String>,
+    #[serde(default)]
+    pub prefill_chunk: Option<u64>,
+    #[serde(default)]
+    pub max_batch_tokens: Option<u64>,
+    /// Bytes, as an integer or a string with a binary unit (`"512MiB"`, `"2GiB"`).
+    #[serde(default)]
+    pub kv_cache: Option<RawSize>,
     #[serde(default)]
     pub test_token_delay: Option<String>,
+}
+
+/// A size in bytes: an integer, or a string with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 /// `[logging]`.

@@ -119,6 +119,16 @@ fn validation_errors() {
             "path = \"/m\"\nmax_active = 0",
             "models[0].max_active",
         ),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\nquantize = \"q3\"",
+            "models[0].quantize",
+        ),
+        (
+            "backend = \"test\"",
+            "backend = \"test\"\nquantize = \"q8\"",
+            "models[0].quantize",
+        ),
         ("name = \"m\"", "name = \"two words\"", "models[0].name"),
     ];
     for (from, to, want) in cases {
@@ -236,4 +246,42 @@ fn load_reports_file_key_and_reason() {
     std::fs::write(&file, "[listener\n").unwrap();
     let line = Config::load(&file).unwrap_err().to_string();
     assert!(line.starts_with(&format!("{}: ", file.display())), "{line}");
+}
+
+#[test]
+fn engine_scheduling_keys() {
+    let c = parse(MINIMAL).expect("minimal config parses");
+    let m = &c.models[0];
+    assert_eq!(
+        (m.prefill_chunk.get(), m.max_batch_tokens.get()),
+        (256, 512)
+    );
+    assert_eq!(m.kv_cache_bytes, None);
+    for (written, bytes) in [
+        ("1048576", 1 << 20),
+        ("\"512MiB\"", 512 << 20),
+        ("\"2GiB\"", 2 << 30),
+        ("\"64 KiB\"", 64 << 10),
+    ] {
+        let text = MINIMAL.replace(
+            "backend = \"test\"",
+            &format!("backend = \"test\"\nkv_cache = {written}\nprefill_chunk = 32"),
+        );
+        let c = parse(&text).expect("kv_cache parses");
+        assert_eq!(c.models[0].kv_cache_bytes.map(|b| b.get()), Some(bytes));
+        assert_eq!(c.models[0].prefill_chunk.get(), 32);
+    }
+    for bad in ["\"2GB\"", "\"lots\"", "0"] {
+        let text = MINIMAL.replace(
+            "backend = \"test\"",
+            &format!("backend = \"test\"\nkv_cache = {bad}"),
+        );
+        let (path, reason) = err(&text);
+        assert_eq!(path, "models[0].kv_cache", "{bad}: {reason}");
+    }
+    let (path, _) = err(&MINIMAL.replace(
+        "backend = \"test\"",
+        "backend = \"test\"\nmax_batch_tokens = 0",
+    ));
+    assert_eq!(path, "models[0].max_batch_tokens");
 }

@@ -340,7 +340,7 @@ fn render_engine(source: &EngineError, prompt_param: &'static str, message: Stri
             Some("model_not_found"),
             message,
         ),
-        EngineError::ContextLength { .. } => rendered(
+        EngineError::ContextLength { .. } | EngineError::KvBudget { .. } => rendered(
             StatusCode::BAD_REQUEST,
             INVALID,
             Some(prompt_param),

@@ -72,6 +72,13 @@ pub async fn admit(
     let reserve = prompt_tokens.saturating_add(max_tokens.unwrap_or(0));
     let reserve = u32::try_from(reserve).unwrap_or(u32::MAX);
     tenant.limiter.admit(reserve).map_err(|r| {
+        let kind = match r.exceeded {
+            Exceeded::Requests => "requests",
+            Exceeded::Tokens => "tokens",
+            Exceeded::Concurrency => "concurrency",
+            Exceeded::TooLarge => "too_large",
+        };
+        crate::metrics::global().rate_limited(&tenant.name, kind);
         let what = match r.exceeded {
             Exceeded::Requests => "requests",
             Exceeded::Tokens => "tokens per minute",
@@ -119,6 +126,9 @@ fn filter_prompt(tenant: &Tenant, prompt: &mut Prompt) -> Result<(), ApiError> {
             .map_err(|d| ApiError::ContentPolicy { rule_id: d.rule_id })?;
         if !filtered.redactions.is_empty() {
             tracing::info!(redactions = ?filtered.redactions, "prompt redacted");
+            for (rule, count) in &filtered.redactions {
+                crate::metrics::global().filter_action(rule, "redact", *count as u64);
+            }
             // Rule ids and counts into the admission record (never the matched text).
             if let Some(trail) = crate::audit::trail::current() {
                 for (rule, count) in &filtered.redactions {
@@ -147,6 +157,9 @@ pub fn filter_output(tenant: &Tenant, text: String) -> Result<String, ApiError> 
         return Ok(text);
     }
     let checked = tenant.output_filter.check_output_counted(&text);
+    for (rule, count) in &checked.redactions {
+        crate::metrics::global().filter_action(rule, "redact", *count as u64);
+    }
     // After admission, so these land on the completion record (the deny is noted where
     // the refusal is rendered).
     if let Some(trail) = crate::audit::trail::current() {

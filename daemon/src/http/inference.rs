@@ -48,6 +48,8 @@ pub struct Started {
     pub admission: Option<airlock_policy::ratelimit::Admission>,
     /// The tenant's output filter, applied to the stream as it goes.
     pub output_filter: Option<Arc<airlock_policy::FilterSet>>,
+    /// Tenant and model for the stream's token metrics.
+    pub labels: crate::metrics::GenerationLabels,
 }
 
 /// Submits a job. Submission tokenizes the prompt (and may render a chat template), which is
@@ -59,6 +61,7 @@ async fn submit(
     mut job: Job,
 ) -> Result<(Generation, Option<airlock_policy::ratelimit::Admission>), ApiError> {
     let prompt_param = job.prompt_param;
+    crate::metrics::note(None, Some(&job.model));
     // Tenant policy → prompt filter → token count and reservation (see `gate`), before
     // audit admit so that the audit records what the engine will really see.
     let admission = match &ctx.policy {
@@ -76,6 +79,8 @@ async fn submit(
     let request = GenerateRequest {
         request_id: ctx.request_id.clone(),
         tenant: ctx.tenant.clone(),
+        // Legacy certificate tenants (no policy) all weigh 1.
+        tenant_weight: ctx.policy.as_ref().map_or(1, |t| t.weight),
         model: job.model,
         prompt: job.prompt,
         params: job.params,
@@ -102,6 +107,7 @@ pub async fn complete(
     job: Job,
 ) -> Result<Completed, ApiError> {
     let prompt_param = job.prompt_param;
+    let labels = crate::metrics::GenerationLabels::new(ctx.policy.as_deref(), &job.model);
     let (mut generation, admission) = submit(engine, ctx, job).await?;
     let mut text = String::new();
     loop {
@@ -116,6 +122,7 @@ pub async fn complete(
             } => {
                 text.push_str(&rest);
                 log_finished(reason, usage, &timings);
+                labels.finished(usage, &timings);
                 // Return the unused part of the token reservation.
                 if let Some(admission) = admission {
                     let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
@@ -147,6 +154,7 @@ pub async fn start(
     job: Job,
 ) -> Result<Started, ApiError> {
     let prompt_param = job.prompt_param;
+    let labels = crate::metrics::GenerationLabels::new(ctx.policy.as_deref(), &job.model);
     let (mut generation, admission) = submit(engine, ctx, job).await?;
     loop {
         match generation.next().await {
@@ -167,6 +175,7 @@ pub async fn start(
                         .as_ref()
                         .map(|t| Arc::clone(&t.output_filter))
                         .filter(|f| !f.is_empty()),
+                    labels,
                 });
             }
             // Failed, cancelled, or the engine hung up: always an error.

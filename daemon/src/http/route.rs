@@ -17,6 +17,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The route's name in metrics: fixed strings, so labels stay bounded.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Models => "/v1/models",
+            Route::Model(_) => "/v1/models/{id}",
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Completions => "/v1/completions",
+            Route::Generate => "/generate",
+        }
+    }
+
     /// Routes served without authentication: liveness and readiness probes carry no tenant
     /// data. Everything else goes through `authenticate` (deny by default).
     pub fn is_open(&self) -> bool {

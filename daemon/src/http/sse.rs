@@ -203,6 +203,8 @@ struct StreamState {
     filter: Option<airlock_policy::filter::StreamFilter<std::sync::Arc<airlock_policy::FilterSet>>>,
     /// The tenant's rate-limit admission (see `Started::admission`).
     admission: Option<airlock_policy::ratelimit::Admission>,
+    /// Tenant and model for the token metrics.
+    labels: crate::metrics::GenerationLabels,
 }
 
 struct Ending {
@@ -234,6 +236,7 @@ impl StreamState {
         if let Some(audit) = &self.audit {
             audit.note_filter(&rule, "deny", 1);
         }
+        crate::metrics::global().filter_action(&rule, "deny", 1);
         self.span
             .in_scope(|| tracing::info!(rule_id = %rule, "output filter ended the stream"));
         self.tail.push(self.chunker.content_filtered());
@@ -310,6 +313,7 @@ impl StreamState {
                     error_code: None,
                 });
                 self.span.in_scope(|| log_finished(reason, usage, &timings));
+                self.labels.finished(usage, &timings);
             }
             Err(error) => {
                 self.span.in_scope(|| self.tail.push(error_event(&error)));
@@ -346,6 +350,7 @@ pub fn response(
             .output_filter
             .map(airlock_policy::filter::StreamFilter::new),
         admission: started.admission,
+        labels: started.labels,
     };
     state.on_event(Some(started.first));
     let events = stream::unfold(state, |mut state| async move {
@@ -355,6 +360,11 @@ pub fn response(
             }
             if state.done {
                 let ending = state.ending.take()?;
+                if let Some(filter) = &state.filter {
+                    for (rule, count) in filter.redactions() {
+                        crate::metrics::global().filter_action(rule, "redact", *count as u64);
+                    }
+                }
                 // Audit complete: the record is durable before the final event is sent.
                 if let Some(audit) = &mut state.audit {
                     // Output redactions (rule ids and counts) go on the completion record.

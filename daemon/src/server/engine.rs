@@ -39,6 +39,7 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 path,
                 device,
                 verify_manifest,
+                quantize,
             } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
@@ -47,6 +48,10 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 max_queue: m.max_queue.get(),
                 max_active: m.max_active.get(),
                 max_context: m.max_context.map(|c| c.get()),
+                prefill_chunk: m.prefill_chunk.get(),
+                max_batch_tokens: m.max_batch_tokens.get(),
+                kv_cache_bytes: m.kv_cache_bytes.map(|b| b.get()),
+                quantize: *quantize,
             }),
             ModelBackend::Test { .. } => None,
         })

@@ -108,6 +108,9 @@ impl State {
         if config.logging != self.config.logging {
             warnings.push("[logging] changed: applies after a restart".to_owned());
         }
+        if config.admin != self.config.admin {
+            warnings.push("[admin] changed: applies after a restart".to_owned());
+        }
         if let (Some(new), Some(old)) = (&config.audit, &self.config.audit)
             && (new.db != old.db || new.signing_key != old.signing_key)
         {

@@ -10,6 +10,7 @@ fn engine(config: TestEngineConfig) -> TestEngine {
 fn request(prompt: Prompt, params: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         request_id: "req-1".into(),
+        tenant_weight: 1,
         tenant: "t".into(),
         model: "test-echo".into(),
         prompt,

@@ -1,0 +1,185 @@
+//! Metrics benchmark: what the request path's instrumentation costs. First the recording
+//! calls one request makes (request note, `airlock_requests_total` + duration histogram,
+//! token counters + two histograms), timed alone; then `http::handle` latency (test engine,
+//! in process, no audit) without and with a scraper encoding `/metrics` every 10 ms, and
+//! the time one scrape takes. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo build --workspace && target/debug/metrics-bench --iterations 1000000 --requests 4000
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock_daemon::app::{App, AppSettings};
+use airlock_daemon::identity::{CertIdentity, ConnInfo};
+use airlock_daemon::metrics::{self, RequestNote};
+use airlock_engine::test_engine::{TestEngine, TestEngineConfig};
+use airlock_engine::{Engine, GenerationTimings, Usage};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+
+#[derive(Parser)]
+struct Args {
+    /// Iterations of the recording calls timed alone.
+    #[arg(long, default_value_t = 1_000_000)]
+    iterations: u32,
+    /// Requests per latency run (without, then with scraping).
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Requests in flight at once in the latency runs.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(&args))
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let engine: Arc<dyn Engine> = Arc::new(TestEngine::new(TestEngineConfig {
+        model: "test-model".into(),
+        max_active: args.concurrency.max(1),
+        max_queue: 1024,
+        ..TestEngineConfig::default()
+    })?);
+    let m = metrics::global();
+    m.set_models(&engine.models());
+
+    // 1. The recording calls of one request, alone.
+    let usage = Usage {
+        prompt_tokens: 12,
+        completion_tokens: 8,
+    };
+    let timings = GenerationTimings {
+        time_to_first_token_ms: 3.0,
+        prefill_tokens_per_s: 1000.0,
+        decode_tokens_per_s: 200.0,
+    };
+    let start = Instant::now();
+    for i in 0..args.iterations {
+        let note = Arc::new(RequestNote::default());
+        metrics::scope(Arc::clone(&note), async {
+            metrics::note(None, Some("test-model"));
+        })
+        .await;
+        let labels = metrics::GenerationLabels::new(None, "test-model");
+        labels.finished(usage, &timings);
+        m.request(
+            Some("bench"),
+            note.model(),
+            "/v1/chat/completions",
+            if i % 10 == 0 { 429 } else { 200 },
+            Duration::from_micros(u64::from(i % 5000)),
+        );
+    }
+    let per = start.elapsed().as_secs_f64() * 1e9 / f64::from(args.iterations.max(1));
+    println!(
+        "recording one request's metrics: {per:.0} ns ({} iterations)",
+        args.iterations
+    );
+
+    // 2. One scrape.
+    let scrapes = 200;
+    let start = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..scrapes {
+        let text = metrics::to_text_format(&m.encode(&engine.status(), 0));
+        bytes = text.len();
+    }
+    let per = start.elapsed().as_secs_f64() * 1e3 / f64::from(scrapes);
+    println!("one /metrics scrape (encode + text format): {per:.3} ms, {bytes} bytes");
+
+    // 3. Request latency without and with a scraper every 10 ms.
+    let app = App::new(
+        Arc::clone(&engine),
+        AppSettings {
+            max_body_bytes: 1 << 20,
+            request_deadline: Duration::from_secs(60),
+            max_concurrent_requests: 1024,
+        },
+    );
+    let quiet = latency(args, &app).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (stop, engine) = (Arc::clone(&stop), Arc::clone(&engine));
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let text = metrics::to_text_format(&metrics::global().encode(&engine.status(), 0));
+                n += u64::from(!text.is_empty());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    let scraped = latency(args, &app).await?;
+    stop.store(true, Ordering::Relaxed);
+    let scrapes = scraper.await?;
+    println!(
+        "handle latency, {} requests x {} concurrent (test engine, no audit):",
+        args.requests, args.concurrency
+    );
+    println!(
+        "  no scraping:         p50 {:.3} ms   p99 {:.3} ms",
+        quiet.0, quiet.1
+    );
+    println!(
+        "  scraped every 10 ms: p50 {:.3} ms   p99 {:.3} ms ({scrapes} scrapes)",
+        scraped.0, scraped.1
+    );
+    Ok(())
+}
+
+async fn latency(args: &Args, app: &Arc<App>) -> anyhow::Result<(f64, f64)> {
+    let conn = Arc::new(ConnInfo {
+        peer_addr: None,
+        trusted_proxy: false,
+        tls_client_cert: Some(CertIdentity {
+            common_name: Some("bench".into()),
+            ..CertIdentity::default()
+        }),
+        alpn: None,
+        forwarded_client_cert: None,
+        forwarded_for: None,
+    });
+    let body = Bytes::from_static(
+        br#"{"model":"test-model","max_tokens":8,"messages":[{"role":"user","content":"one two three four five six seven eight"}]}"#,
+    );
+    let per_task = args.requests / args.concurrency.max(1);
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (app, conn, body) = (Arc::clone(app), Arc::clone(&conn), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let req = hyper::Request::builder()
+                    .method("POST")
+                    .uri("/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let start = Instant::now();
+                let resp =
+                    airlock_daemon::http::handle(Arc::clone(&app), Arc::clone(&conn), req).await;
+                anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+                let _ = resp.into_body().collect().await;
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    anyhow::ensure!(!all.is_empty(), "no requests ran");
+    all.sort_by(f64::total_cmp);
+    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize];
+    Ok((pct(0.50), pct(0.99)))
+}

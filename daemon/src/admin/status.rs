@@ -1,0 +1,348 @@
+//! `GET /status` and its reader, `airlockd status`: the JSON report, and the short human
+//! summary the command prints from it.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Sources;
+use crate::metrics;
+
+/// What `/status` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub start_time_unix: i64,
+    pub models: Vec<ModelStatus>,
+    /// Inference requests being served (streams included).
+    pub requests_in_flight: usize,
+    pub engine: EngineLoad,
+    /// Completion tokens per second over the last minute.
+    pub tokens_per_second_last_minute: f64,
+    pub audit: AuditStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub id: String,
+    pub device: String,
+    pub context_length: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EngineLoad {
+    pub queued: usize,
+    pub active_sequences: usize,
+    pub kv_cache_bytes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub enabled: bool,
+    /// `None` until the first commit.
+    pub last_write_ok: Option<bool>,
+    pub failed_commits: u64,
+    pub chain_head_seq: u64,
+    pub chain_head_hash: String,
+}
+
+impl Report {
+    pub(super) fn collect(sources: &Sources) -> Report {
+        let m = metrics::global();
+        let engine = sources.engine.status();
+        let audit = m.audit_health();
+        Report {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: m.uptime().as_secs(),
+            start_time_unix: m.start_unix(),
+            models: sources
+                .engine
+                .models()
+                .into_iter()
+                .map(|info| ModelStatus {
+                    id: info.id,
+                    device: info.device,
+                    context_length: info.context_length,
+                })
+                .collect(),
+            requests_in_flight: (sources.in_flight)(),
+            engine: EngineLoad {
+                queued: engine.queued,
+                active_sequences: engine.active,
+                kv_cache_bytes: engine.kv_cache_bytes,
+            },
+            tokens_per_second_last_minute: m.tokens_per_second(),
+            audit: AuditStatus {
+                enabled: sources.audited,
+                last_write_ok: audit.last_commit_ok,
+                failed_commits: audit.failed_commits,
+                chain_head_seq: audit.head_seq,
+                chain_head_hash: audit.head_hash,
+            },
+        }
+    }
+
+    /// The summary `airlockd status` prints.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let up = self.uptime_seconds;
+        let _ = writeln!(
+            out,
+            "airlockd {}, up {}h {:02}m {:02}s",
+            self.version,
+            up / 3600,
+            up / 60 % 60,
+            up % 60
+        );
+        let _ = writeln!(out, "models:");
+        for m in &self.models {
+            let _ = writeln!(
+                out,
+                "  {}  {}  context {}",
+                m.id, m.device, m.context_length
+            );
+        }
+        let _ = writeln!(
+            out,
+            "requests in flight: {}; engine: {} active sequences, {} queued, KV cache {} bytes",
+            self.requests_in_flight,
+            self.engine.active_sequences,
+            self.engine.queued,
+            self.engine.kv_cache_bytes
+        );
+        let _ = writeln!(
+            out,
+            "tokens/s (last minute): {:.1}",
+            self.tokens_per_second_last_minute
+        );
+        let a = &self.audit;
+        let last = match (a.enabled, a.last_write_ok) {
+            (false, _) => "NOT CONFIGURED".to_owned(),
+            (true, None) => "no write yet".to_owned(),
+            (true, Some(true)) => "last write ok".to_owned(),
+            (true, Some(false)) => "LAST WRITE FAILED (requests refused)".to_owned(),
+        };
+        let head: String = a.chain_head_hash.chars().take(16).collect();
+        let _ = writeln!(
+            out,
+            "audit: {last}; {} failed commits; chain head #{} {head}",
+            a.failed_commits, a.chain_head_seq
+        );
+        out
+    }
+}
+
+/// Where `airlockd status` finds the admin listener.
+#[derive(Debug)]
+pub enum Target {
+    /// `--admin URL`.
+    Url(String),
+    /// `--config FILE`: its `[admin]` section.
+    Config(PathBuf),
+}
+
+/// Certificates for an `[admin.tls]` listener: the CA its server certificate chains to,
+/// and the client certificate and key it requires.
+#[derive(Debug, Default)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// The admin listener as the command will reach it.
+struct Endpoint {
+    https: bool,
+    /// `host:port`.
+    address: String,
+}
+
+impl Endpoint {
+    fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+}
+
+/// `airlockd status`: prints the summary (exit 0), or one line saying why not (exit 1,
+/// or 64 for a bad config, URL or certificate option).
+pub fn run(target: Target, tls: &ClientTls) -> u8 {
+    let endpoint = match resolve(target) {
+        Ok(e) => e,
+        Err(message) => {
+            eprintln!("airlockd status: {message}");
+            return crate::cli::EXIT_USAGE;
+        }
+    };
+    let connector = if endpoint.https {
+        match client_config(tls) {
+            Ok(config) => Some(config),
+            Err(message) => {
+                eprintln!("airlockd status: {}: {message}", endpoint.url());
+                return crate::cli::EXIT_USAGE;
+            }
+        }
+    } else {
+        None
+    };
+    match fetch(&endpoint, connector) {
+        Ok(report) => {
+            print!("{}", report.summary());
+            0
+        }
+        Err(message) => {
+            eprintln!(
+                "airlockd status: cannot read {}/status: {message}",
+                endpoint.url()
+            );
+            crate::cli::EXIT_FAILURE
+        }
+    }
+}
+
+fn resolve(target: Target) -> Result<Endpoint, String> {
+    match target {
+        Target::Url(url) => {
+            let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+                (Some(rest), _) => (true, rest),
+                (None, Some(rest)) => (false, rest),
+                (None, None) => (false, url.as_str()),
+            };
+            let host = rest.split('/').next().unwrap_or(rest);
+            if host.is_empty() {
+                return Err(format!("--admin `{url}`: no host:port"));
+            }
+            Ok(Endpoint {
+                https,
+                address: host.to_owned(),
+            })
+        }
+        Target::Config(path) => {
+            let config = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
+            let admin = config.admin.ok_or_else(|| {
+                format!(
+                    "{}: admin: no [admin] section, so the daemon serves no status",
+                    path.display()
+                )
+            })?;
+            // A wildcard bind is reached on loopback.
+            let mut addr = admin.address;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            Ok(Endpoint {
+                https: admin.tls.is_some(),
+                address: addr.to_string(),
+            })
+        }
+    }
+}
+
+/// The rustls client for an `[admin.tls]` listener (mutual TLS: all three files needed).
+fn client_config(tls: &ClientTls) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(ca), Some(cert), Some(key)) = (&tls.ca, &tls.cert, &tls.key) else {
+        return Err(
+            "the admin listener uses mutual TLS: pass --cacert, --cert and --key".to_owned(),
+        );
+    };
+    let read_certs = |path: &PathBuf| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| format!("--cert/--key: {e}"))?;
+    Ok(std::sync::Arc::new(config))
+}
+
+/// One `GET /status` over HTTP/1.1 (`Connection: close`), with timeouts.
+fn fetch(
+    endpoint: &Endpoint,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Report, String> {
+    let timeout = Duration::from_secs(5);
+    let address = endpoint.address.as_str();
+    let addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("bad address: {e}"))?
+        .collect();
+    let mut last = String::from("no address");
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let raw = match tls {
+        None => exchange(stream, address)?,
+        Some(config) => {
+            let host = address
+                .rsplit_once(':')
+                .map_or(address, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("`{host}`: {e}"))?;
+            let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+            exchange(rustls::StreamOwned::new(conn, stream), address)?
+        }
+    };
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the answer is not HTTP")?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("answered `{status}`"));
+    }
+    serde_json::from_str(body).map_err(|e| format!("not a status report: {e}"))
+}
+
+/// Writes the request and reads the whole answer (the server closes after it).
+fn exchange<S: Read + Write>(mut stream: S, address: &str) -> Result<Vec<u8>, String> {
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {address}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .and_then(|()| stream.flush())
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match stream.take(4 * 1024 * 1024).read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        // A peer that closes without TLS close_notify after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e.to_string()),
+    }
+}

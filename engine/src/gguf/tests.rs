@@ -1,0 +1,137 @@
+use super::*;
+use crate::weights::hf_name;
+
+/// A GGUF v3 file: `kv` pre-encoded key/values, one `[2, 32]` F32 tensor `t`.
+fn file(kv: &[Vec<u8>], ty: u32, dims: &[u64]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for e in kv {
+        b.extend(e);
+    }
+    b.extend(1u64.to_le_bytes());
+    b.push(b't');
+    b.extend((dims.len() as u32).to_le_bytes());
+    for d in dims {
+        b.extend(d.to_le_bytes());
+    }
+    b.extend(ty.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    let n: u64 = dims.iter().product();
+    for i in 0..n {
+        b.extend((i as f32).to_le_bytes());
+    }
+    b
+}
+
+fn kv(key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend(key.as_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend(value);
+    b
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut b = (s.len() as u64).to_le_bytes().to_vec();
+    b.extend(s.as_bytes());
+    b
+}
+
+#[test]
+fn parses_metadata_of_every_kind_and_reverses_dims() {
+    let mut arr = 8u32.to_le_bytes().to_vec(); // array of strings
+    arr.extend(2u64.to_le_bytes());
+    arr.extend(string("a"));
+    arr.extend(string("b c"));
+    let bytes = file(
+        &[
+            kv("u8", 0, &[7]),
+            kv("i32", 5, &(-3i32).to_le_bytes()),
+            kv("f32", 6, &1.5f32.to_le_bytes()),
+            kv("bool", 7, &[1]),
+            kv("s", 8, &string("llama")),
+            kv("arr", 9, &arr),
+            kv("u64", 10, &u64::MAX.to_le_bytes()),
+            kv("f64", 12, &0.25f64.to_le_bytes()),
+        ],
+        0,
+        &[32, 2],
+    );
+    let p = parse(&bytes).map_err(|e| e.to_string());
+    assert!(p.is_ok(), "{p:?}", p = p.as_ref().err());
+    let Ok(p) = p else { return };
+    let m = &p.metadata;
+    assert_eq!(m.get("u8").and_then(Value::as_u64), Some(7));
+    assert_eq!(m.get("i32").and_then(Value::as_u64), None);
+    assert_eq!(m.get("f32").and_then(Value::as_f64), Some(1.5));
+    assert_eq!(m.get("bool").and_then(Value::as_bool), Some(true));
+    assert_eq!(m.get("s").and_then(Value::as_str), Some("llama"));
+    assert_eq!(
+        m.get("arr").and_then(Value::as_array).map(<[Value]>::len),
+        Some(2)
+    );
+    assert_eq!(m.get("u64").and_then(Value::as_u64), Some(u64::MAX));
+    assert_eq!(m.get("f64").and_then(Value::as_f64), Some(0.25));
+    let t = &p.tensors[0];
+    assert_eq!(t.shape, vec![2, 32]);
+    assert_eq!(t.end - t.start, 2 * 32 * 4);
+    assert_eq!(t.start % 32, 0);
+}
+
+#[test]
+fn rejects_malformed_values_precisely() {
+    let cases: [(Vec<u8>, &str); 5] = [
+        (kv("b", 7, &[2]), "bool byte 2"),
+        (kv("x", 13, &[]), "unknown value type 13"),
+        (
+            kv("a", 9, &[9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0]),
+            "nested deeper",
+        ),
+        (
+            kv("a", 9, &[4, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0]),
+            "cannot fit",
+        ),
+        (
+            kv("general.alignment", 4, &24u32.to_le_bytes()),
+            "power-of-two",
+        ),
+    ];
+    for (entry, want) in cases {
+        let err = parse(&file(&[entry], 0, &[32, 2]))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let err = parse(&file(&[], 0, &[33, 2])).err();
+    assert!(err.is_none(), "{err:?}");
+    let err = parse(&file(&[], 8, &[33, 2])).err().unwrap_or_default();
+    assert!(
+        err.contains("not a multiple of the Q8_0 block size 32"),
+        "{err}"
+    );
+    let err = parse(&file(&[], 0, &[0, 2])).err().unwrap_or_default();
+    assert!(err.contains("dimension 0"), "{err}");
+    let err = parse(&file(&[], 0, &[1, 1, 1, 1, 1]))
+        .err()
+        .unwrap_or_default();
+    assert!(err.contains("5 dimensions"), "{err}");
+}
+
+#[test]
+fn maps_gguf_names_to_hf_names() {
+    assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
+    assert_eq!(
+        hf_name("blk.11.attn_k.bias"),
+        "model.layers.11.self_attn.k_proj.bias"
+    );
+    assert_eq!(
+        hf_name("blk.0.ffn_norm.weight"),
+        "model.layers.0.post_attention_layernorm.weight"
+    );
+    assert_eq!(hf_name("rope_freqs.weight"), "rope_freqs.weight");
+}

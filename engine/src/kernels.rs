@@ -1,0 +1,563 @@
+//! CPU matrix kernels of our own: `y = x · Wᵀ` with `W` kept packed (`f32`, `bf16`, `f16`,
+//! `Q8_0`, `Q4_0`) and widened to `f32` in registers, `f32` accumulation.
+//!
+//! Decoding is bound by how many weight bytes cross the memory bus, so the weights stay in
+//! their compact form and each 32-element block is expanded once per pass and applied to up
+//! to [`ROWS_PER_PASS`] activation rows (a batched decode step reads `W` once, not once per
+//! sequence). Work is split over output rows on rayon's global pool, the one burn's Flex
+//! backend uses too, so the two never oversubscribe the cores.
+//!
+//! **Batch invariance.** One kernel serves every row count (decode, batched decode, prefill),
+//! and each output element is computed by the same sequence of `f32` operations whatever
+//! the other rows are: 32 lane accumulators fed block by block in order with fused
+//! multiply-adds, then summed in a fixed tree. Grouping rows, splitting output rows over
+//! threads and tiling rows only change which values sit in registers together, never the
+//! arithmetic, so a sequence's logits are bitwise the same alone or in a batch. (A
+//! cache-blocked GEMM would prefill faster, ~1.5× for burn's on 512 rows, but sums in an
+//! order that depends on the shape; it is not used for that reason.)
+//!
+//! The instruction set is picked once at run time (AVX-512, else AVX2+FMA, else portable
+//! code); the kernels are plain Rust that the compiler vectorizes for the chosen target.
+//! (The portable path computes the same fused multiply-adds in software: correct, slow.)
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::quant::{self, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+
+/// Activation rows one pass over a weight block serves.
+pub const ROWS_PER_PASS: usize = 4;
+/// Activation rows kept hot in cache while a thread walks its output rows.
+const ROW_TILE: usize = 16;
+
+/// How a packed matrix stores its elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    Bf16,
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl Format {
+    /// Lower-case name as used in logs and `ModelInfo::device`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::F32 => "f32",
+            Format::Bf16 => "bf16",
+            Format::F16 => "f16",
+            Format::Q8_0 => "q8_0",
+            Format::Q4_0 => "q4_0",
+        }
+    }
+}
+
+enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+    Q8_0(Vec<u8>),
+    Q4_0(Vec<u8>),
+}
+
+/// A weight matrix `[out, inp]` in one of the [`Format`]s.
+pub struct PackedMatrix {
+    data: Data,
+    out: usize,
+    inp: usize,
+}
+
+/// Why a matrix cannot be packed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackError {
+    #[error("expected {expected} elements for [{out}, {inp}], got {got}")]
+    Shape {
+        out: usize,
+        inp: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{format} needs an input width that is a multiple of {QK}, not {inp}")]
+    Ragged { format: &'static str, inp: usize },
+}
+
+impl PackedMatrix {
+    /// Packs row-major `w` (`[out, inp]`) as `format`. The 16-bit formats round to nearest;
+    /// [`PackedMatrix::lossless`] keeps them only where that rounding changes nothing.
+    pub fn pack(w: &[f32], out: usize, inp: usize, format: Format) -> Result<Self, PackError> {
+        if w.len() != out * inp {
+            return Err(PackError::Shape {
+                out,
+                inp,
+                expected: out * inp,
+                got: w.len(),
+            });
+        }
+        let ragged = Err(PackError::Ragged {
+            format: format.name(),
+            inp,
+        });
+        let data = match format {
+            Format::F32 => Data::F32(w.to_vec()),
+            Format::Bf16 => Data::Bf16(w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()),
+            Format::F16 => Data::F16(w.iter().map(|&v| f16::from_f32(v).to_bits()).collect()),
+            Format::Q8_0 | Format::Q4_0 if !inp.is_multiple_of(QK) => return ragged,
+            Format::Q8_0 => {
+                Data::Q8_0(quant::quantize_q8_0(w).map_err(|_| ragged_err(format, inp))?)
+            }
+            Format::Q4_0 => {
+                Data::Q4_0(quant::quantize_q4_0(w).map_err(|_| ragged_err(format, inp))?)
+            }
+        };
+        Ok(PackedMatrix { data, out, inp })
+    }
+
+    /// The most compact of `f32`, `bf16`, `f16` that holds every element of `w` exactly: a
+    /// checkpoint saved in 16 bits stays 16 bits (half the memory traffic of `f32`) and
+    /// computes bit for bit what the `f32` copy would.
+    pub fn lossless(w: &[f32], out: usize, inp: usize) -> Result<Self, PackError> {
+        let exact_bf16 = w
+            .iter()
+            .all(|&v| bf16::from_f32(v).to_f32().to_bits() == v.to_bits());
+        let format = if exact_bf16 {
+            Format::Bf16
+        } else if w
+            .iter()
+            .all(|&v| f16::from_f32(v).to_f32().to_bits() == v.to_bits())
+        {
+            Format::F16
+        } else {
+            Format::F32
+        };
+        Self::pack(w, out, inp, format)
+    }
+
+    /// Wraps blocks already in `Q8_0` / `Q4_0` layout (e.g. read from a GGUF file).
+    pub fn from_blocks(
+        bytes: Vec<u8>,
+        out: usize,
+        inp: usize,
+        format: Format,
+    ) -> Result<Self, PackError> {
+        let block = match format {
+            Format::Q8_0 => Q8_0_BLOCK_BYTES,
+            Format::Q4_0 => Q4_0_BLOCK_BYTES,
+            _ => return Err(ragged_err(format, inp)),
+        };
+        if !inp.is_multiple_of(QK) {
+            return Err(ragged_err(format, inp));
+        }
+        let expected = out * inp / QK * block;
+        if bytes.len() != expected {
+            return Err(PackError::Shape {
+                out,
+                inp,
+                expected,
+                got: bytes.len(),
+            });
+        }
+        let data = match format {
+            Format::Q8_0 => Data::Q8_0(bytes),
+            _ => Data::Q4_0(bytes),
+        };
+        Ok(PackedMatrix { data, out, inp })
+    }
+
+    pub fn format(&self) -> Format {
+        match self.data {
+            Data::F32(_) => Format::F32,
+            Data::Bf16(_) => Format::Bf16,
+            Data::F16(_) => Format::F16,
+            Data::Q8_0(_) => Format::Q8_0,
+            Data::Q4_0(_) => Format::Q4_0,
+        }
+    }
+
+    /// `[out, inp]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.out, self.inp]
+    }
+
+    /// Bytes of weight data, what one pass over the matrix reads.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len() * 4,
+            Data::Bf16(v) | Data::F16(v) => v.len() * 2,
+            Data::Q8_0(v) | Data::Q4_0(v) => v.len(),
+        }
+    }
+
+    /// The matrix as `f32`, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.out * self.inp);
+        let mut buf = [0f32; QK];
+        for o in 0..self.out {
+            for b in 0..self.inp.div_ceil(QK) {
+                let n = (self.inp - b * QK).min(QK);
+                self.decode_block(o, b, &mut buf);
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        out
+    }
+
+    /// `x`: `[rows, inp]` row-major → `[rows, out]`. Returns `None` when `x.len()` is not
+    /// `rows × inp`.
+    pub fn matmul_t(&self, x: &[f32], rows: usize) -> Option<Vec<f32>> {
+        let inp = self.inp;
+        match &self.data {
+            Data::F32(v) => self.matmul_with(&F32Blocks { v, inp }, x, rows),
+            Data::Bf16(v) => self.matmul_with(&Bf16Blocks { v, inp }, x, rows),
+            Data::F16(v) => self.matmul_with(&F16Blocks { v, inp }, x, rows),
+            Data::Q8_0(v) => self.matmul_with(&Q8Blocks { v, inp }, x, rows),
+            Data::Q4_0(v) => self.matmul_with(&Q4Blocks { v, inp }, x, rows),
+        }
+    }
+
+    fn matmul_with<D: Blocks>(&self, d: &D, x: &[f32], rows: usize) -> Option<Vec<f32>> {
+        if x.len() != rows * self.inp {
+            return None;
+        }
+        if rows == 0 || self.out == 0 {
+            return Some(Vec::new());
+        }
+        // Zero-padded copy of `x` to whole blocks, so every block is handled alike.
+        let blocks = self.inp.div_ceil(QK);
+        let width = blocks * QK;
+        let padded;
+        let xs: &[f32] = if width == self.inp {
+            x
+        } else {
+            let mut p = vec![0f32; rows * width];
+            for (dst, src) in p.chunks_exact_mut(width).zip(x.chunks_exact(self.inp)) {
+                dst[..self.inp].copy_from_slice(src);
+            }
+            padded = p;
+            &padded
+        };
+        let job = Job { xs, rows, blocks };
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = (self.out / (threads * 8)).clamp(8, 256);
+        // Transposed result `[out, rows]`: each task owns a contiguous run of output rows.
+        let mut yt = vec![0f32; self.out * rows];
+        yt.par_chunks_mut(chunk * rows)
+            .enumerate()
+            .for_each(|(i, dst)| run_best(d, &job, i * chunk, dst));
+        let mut y = vec![0f32; rows * self.out];
+        for (o, col) in yt.chunks_exact(rows).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[r * self.out + o] = v;
+            }
+        }
+        Some(y)
+    }
+
+    /// Block `b` of row `o` as `f32` (zero past the end of a ragged 16/32-bit row).
+    fn decode_block(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        let inp = self.inp;
+        match &self.data {
+            Data::F32(v) => F32Blocks { v, inp }.decode(o, b, w),
+            Data::Bf16(v) => Bf16Blocks { v, inp }.decode(o, b, w),
+            Data::F16(v) => F16Blocks { v, inp }.decode(o, b, w),
+            Data::Q8_0(v) => Q8Blocks { v, inp }.decode(o, b, w),
+            Data::Q4_0(v) => Q4Blocks { v, inp }.decode(o, b, w),
+        }
+    }
+}
+
+/// The activations of one call, zero-padded to whole blocks.
+struct Job<'a> {
+    xs: &'a [f32],
+    rows: usize,
+    blocks: usize,
+}
+
+/// A weight matrix readable one 32-element block at a time.
+trait Blocks: Sync {
+    /// Block `b` of output row `o` as `f32`; zero past the row's end.
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]);
+}
+
+/// Widens a 16/32-bit row slice with `f`, zero-filling a partial last block.
+#[inline(always)]
+fn widen<T: Copy>(
+    v: &[T],
+    inp: usize,
+    o: usize,
+    b: usize,
+    w: &mut [f32; QK],
+    f: impl Fn(T) -> f32,
+) {
+    let start = o * inp + b * QK;
+    let n = (inp - b * QK).min(QK);
+    match v.get(start..start + QK).filter(|_| n == QK) {
+        Some(src) => {
+            for (d, &s) in w.iter_mut().zip(src) {
+                *d = f(s);
+            }
+        }
+        None => {
+            let src = v.get(start..start + n).unwrap_or_default();
+            w.fill(0.0);
+            for (d, &s) in w.iter_mut().zip(src) {
+                *d = f(s);
+            }
+        }
+    }
+}
+
+struct F32Blocks<'a> {
+    v: &'a [f32],
+    inp: usize,
+}
+impl Blocks for F32Blocks<'_> {
+    #[inline(always)]
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        widen(self.v, self.inp, o, b, w, |s| s);
+    }
+}
+
+struct Bf16Blocks<'a> {
+    v: &'a [u16],
+    inp: usize,
+}
+impl Blocks for Bf16Blocks<'_> {
+    #[inline(always)]
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        widen(self.v, self.inp, o, b, w, |s| {
+            f32::from_bits(u32::from(s) << 16)
+        });
+    }
+}
+
+struct F16Blocks<'a> {
+    v: &'a [u16],
+    inp: usize,
+}
+impl Blocks for F16Blocks<'_> {
+    #[inline(always)]
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        widen(self.v, self.inp, o, b, w, f16_bits_to_f32);
+    }
+}
+
+struct Q8Blocks<'a> {
+    v: &'a [u8],
+    inp: usize,
+}
+impl Blocks for Q8Blocks<'_> {
+    #[inline(always)]
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        let at = (o * self.inp / QK + b) * Q8_0_BLOCK_BYTES;
+        if let Some(block) = self.v.get(at..at + Q8_0_BLOCK_BYTES) {
+            quant::dequantize_block_q8_0(block, w);
+        }
+    }
+}
+
+struct Q4Blocks<'a> {
+    v: &'a [u8],
+    inp: usize,
+}
+impl Blocks for Q4Blocks<'_> {
+    #[inline(always)]
+    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
+        let at = (o * self.inp / QK + b) * Q4_0_BLOCK_BYTES;
+        if let Some(block) = self.v.get(at..at + Q4_0_BLOCK_BYTES) {
+            quant::dequantize_block_q4_0(block, w);
+        }
+    }
+}
+
+/// Output rows `first..first + dst.len() / rows` into `dst` (`[n, rows]`).
+#[inline(always)]
+fn run<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+    let rows = job.rows;
+    let width = job.blocks * QK;
+    let n = dst.len() / rows;
+    let blocks = job.blocks;
+    for tile in (0..rows).step_by(ROW_TILE) {
+        let tile_end = (tile + ROW_TILE).min(rows);
+        for j in 0..n {
+            let o = first + j;
+            let out = &mut dst[j * rows..(j + 1) * rows];
+            let mut r = tile;
+            while r < tile_end {
+                let x = &job.xs[r * width..];
+                let out = &mut out[r..];
+                // Four rows keep their 8 accumulators in AVX-512 registers; more would spill.
+                match tile_end - r {
+                    1 => {
+                        pass1(d, o, blocks, x, width, out);
+                        r += 1;
+                    }
+                    2 | 3 => {
+                        pass2(d, o, blocks, x, width, out);
+                        r += 2;
+                    }
+                    _ => {
+                        pass4(d, o, blocks, x, width, out);
+                        r += ROWS_PER_PASS;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `a += w · x` lane-wise, fused.
+#[inline(always)]
+fn fma_block(a: &mut [f32; QK], w: &[f32; QK], x: &[f32; QK]) {
+    for ((a, &w), &x) in a.iter_mut().zip(w).zip(x) {
+        *a = w.mul_add(x, *a);
+    }
+}
+
+/// `fn $name`: dot products of weight row `o` with as many activation rows as accumulators
+/// are named (rows at `x[r·width..]`), written out per row so the accumulators stay in
+/// registers.
+macro_rules! rows_pass {
+    ($name:ident, $($acc:ident $xr:ident),+) => {
+        #[inline(always)]
+        fn $name<D: Blocks>(
+            d: &D,
+            o: usize,
+            blocks: usize,
+            x: &[f32],
+            width: usize,
+            out: &mut [f32],
+        ) {
+            let mut rows = x.chunks(width);
+            let mut n = blocks;
+            $(
+                let $xr: &[[f32; QK]] = rows.next().unwrap_or_default().as_chunks::<QK>().0;
+                n = n.min($xr.len());
+                let mut $acc = [0f32; QK];
+            )+
+            let mut w = [0f32; QK];
+            // `b < n ≤ len` for every row: the indexing below cannot fail, and without a
+            // branch per row the accumulators stay in registers.
+            for b in 0..n {
+                d.decode(o, b, &mut w);
+                $(
+                    fma_block(&mut $acc, &w, &$xr[b]);
+                )+
+            }
+            let mut out = out.iter_mut();
+            $(
+                if let Some(dst) = out.next() {
+                    *dst = reduce($acc);
+                }
+            )+
+        }
+    };
+}
+
+rows_pass!(pass1, a0 x0);
+rows_pass!(pass2, a0 x0, a1 x1);
+rows_pass!(pass4, a0 x0, a1 x1, a2 x2, a3 x3);
+
+fn ragged_err(format: Format, inp: usize) -> PackError {
+    PackError::Ragged {
+        format: format.name(),
+        inp,
+    }
+}
+
+/// Sums the 32 lanes in a fixed tree (the order is part of the batch-invariance contract).
+#[inline(always)]
+fn reduce(mut a: [f32; QK]) -> f32 {
+    let mut half = QK / 2;
+    while half > 0 {
+        for i in 0..half {
+            a[i] += a[i + half];
+        }
+        half /= 2;
+    }
+    a[0]
+}
+
+/// `f16` → `f32` without table or branch (vectorizes): the exponent is rebased by a
+/// multiplication by 2¹¹², exact for normal and subnormal values; Inf/NaN are patched.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let scaled = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if em >= 0x7c00 {
+        0x7f80_0000 | ((em & 0x03ff) << 13)
+    } else {
+        scaled
+    };
+    f32::from_bits(bits | sign)
+}
+
+/// The instruction set level found at run time: 2 = AVX-512, 1 = AVX2 + FMA, 0 = neither.
+fn simd_level() -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                2
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                1
+            } else {
+                0
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
+/// [`run`] compiled for the best instruction set this CPU has.
+fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match simd_level() {
+        2 => return x86::run_v4(d, job, first, dst),
+        1 => return x86::run_v3(d, job, first, dst),
+        _ => {}
+    }
+    run(d, job, first, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Blocks, Job, run};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    fn v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+        run(d, job, first, dst)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+        run(d, job, first, dst)
+    }
+
+    #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+    pub(super) fn run_v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+        // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v4`
+        // enables.
+        unsafe { v4(d, job, first, dst) }
+    }
+
+    #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+    pub(super) fn run_v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
+        // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v3`
+        // enables.
+        unsafe { v3(d, job, first, dst) }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+use super::*;
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 20_001) as f32 / 10_000.0 - 1.0
+        })
+        .collect()
+}
+
+/// `x · Wᵀ` in f64, the reference every format is held to.
+fn reference(w: &[f32], x: &[f32], rows: usize, out: usize, inp: usize) -> Vec<f64> {
+    let mut y = vec![0f64; rows * out];
+    for r in 0..rows {
+        for o in 0..out {
+            y[r * out + o] = (0..inp)
+                .map(|i| f64::from(w[o * inp + i]) * f64::from(x[r * inp + i]))
+                .sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn every_format_matches_its_own_dequantized_weights() {
+    for (out, inp) in [(37, 64), (5, 96), (70, 32)] {
+        let w = data(out * inp, 1);
+        let x = data(3 * inp, 2);
+        for format in [
+            Format::F32,
+            Format::Bf16,
+            Format::F16,
+            Format::Q8_0,
+            Format::Q4_0,
+        ] {
+            let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
+            assert_eq!(m.format(), format);
+            let wd = m.to_f32();
+            let want = reference(&wd, &x, 3, out, inp);
+            let got = m.matmul_t(&x, 3).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-4,
+                    "{format:?} {out}x{inp}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ragged_widths_work_for_16_and_32_bit_formats_only() {
+    let (out, inp) = (9, 45);
+    let w = data(out * inp, 3);
+    let x = data(2 * inp, 4);
+    let want = reference(&w, &x, 2, out, inp);
+    let got = PackedMatrix::pack(&w, out, inp, Format::F32)
+        .unwrap()
+        .matmul_t(&x, 2)
+        .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((f64::from(*g) - w).abs() < 1e-4);
+    }
+    assert!(matches!(
+        PackedMatrix::pack(&w, out, inp, Format::Q8_0),
+        Err(PackError::Ragged { inp: 45, .. })
+    ));
+    assert!(PackedMatrix::pack(&w, out, inp, Format::Q4_0).is_err());
+    assert!(PackedMatrix::pack(&w, out, inp + 1, Format::F32).is_err());
+    assert_eq!(
+        PackedMatrix::pack(&w, out, inp, Format::F32)
+            .unwrap()
+            .matmul_t(&x, 3),
+        None
+    );
+}
+
+#[test]
+fn rows_are_bitwise_the_same_alone_or_in_any_batch() {
+    let (out, inp) = (300, 128);
+    let w = data(out * inp, 5);
+    let rows = 37;
+    let x = data(rows * inp, 6);
+    for format in [
+        Format::F32,
+        Format::Bf16,
+        Format::F16,
+        Format::Q8_0,
+        Format::Q4_0,
+    ] {
+        let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
+        let all = m.matmul_t(&x, rows).unwrap();
+        for r in [0, 1, 5, 17, 36] {
+            let alone = m.matmul_t(&x[r * inp..(r + 1) * inp], 1).unwrap();
+            let all_bits: Vec<u32> = all[r * out..(r + 1) * out]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let alone_bits: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(all_bits, alone_bits, "{format:?} row {r}");
+        }
+        for n in [2, 3, 6] {
+            let some = m.matmul_t(&x[..n * inp], n).unwrap();
+            assert_eq!(
+                some.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                all[..n * out]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                "{format:?} first {n} rows"
+            );
+        }
+    }
+}
+
+#[test]
+fn lossless_keeps_16_bit_weights_16_bit() {
+    let w: Vec<f32> = data(64, 7)
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(
+        PackedMatrix::lossless(&w, 2, 32).unwrap().format(),
+        Format::Bf16
+    );
+    let w: Vec<f32> = data(64, 8)
+        .iter()
+        .map(|&v| f16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(
+        PackedMatrix::lossless(&w, 2, 32).unwrap().format(),
+        Format::F16
+    );
+    let w = data(64, 9);
+    let m = PackedMatrix::lossless(&w, 2, 32).unwrap();
+    assert_eq!(m.format(), Format::F32);
+    assert_eq!(m.to_f32(), w);
+}
+
+#[test]
+fn f16_conversion_matches_half_for_every_value() {
+    for h in 0..=u16::MAX {
+        let want = f16::from_bits(h).to_f32();
+        let got = f16_bits_to_f32(h);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{h:#06x}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn blocks_from_a_file_are_taken_as_is() {
+    let w = data(4 * 64, 10);
+    let q = quant::quantize_q4_0(&w).unwrap();
+    let m = PackedMatrix::from_blocks(q.clone(), 4, 64, Format::Q4_0).unwrap();
+    assert_eq!(m.to_f32(), quant::dequantize_q4_0(&q).unwrap());
+    assert!(PackedMatrix::from_blocks(q, 4, 32, Format::Q4_0).is_err());
+}
