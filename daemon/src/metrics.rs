@@ -506,12 +506,17 @@ impl Metrics {
 }
 
 /// `cpu (flex, f32)` → (`cpu (flex)`, `f32`): the engine names the dtype last in the
-/// parentheses. A device string without one keeps `unknown` as its dtype.
+/// parentheses, and the weights' storage there when it differs from the compute dtype
+/// (`cpu (flex, f32, q8_0 weights)` → (`cpu (flex, f32)`, `q8_0`)). A device string without
+/// one keeps `unknown` as its dtype.
 fn split_device(device: &str) -> (String, String) {
     if let Some(inner) = device
         .strip_suffix(')')
         .and_then(|d| d.rsplit_once(", "))
-        .map(|(head, dtype)| (format!("{head})"), dtype.to_owned()))
+        .map(|(head, dtype)| {
+            let dtype = dtype.strip_suffix(" weights").unwrap_or(dtype);
+            (format!("{head})"), dtype.to_owned())
+        })
     {
         return inner;
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt};
+use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt, Quantize};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Quantize the projection weights at load (CPU only), like a model's `quantize` key.
+    #[arg(long, value_enum, value_name = "q8|q4")]
+    pub quantize: Option<QuantizeArg>,
     /// Keep generating past EOS (fixed-length runs for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -66,6 +69,21 @@ pub struct GenerateArgs {
     /// Print one JSON object: prompt_ids, generated_ids, text, timings, device.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum QuantizeArg {
+    Q8,
+    Q4,
+}
+
+impl From<QuantizeArg> for Quantize {
+    fn from(q: QuantizeArg) -> Self {
+        match q {
+            QuantizeArg::Q8 => Quantize::Q8,
+            QuantizeArg::Q4 => Quantize::Q4,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +133,7 @@ fn generate(args: GenerateArgs) -> u8 {
     opts.chat = args.chat;
     opts.device = args.device.into();
     opts.verify_manifest = args.verify;
+    opts.quantize = args.quantize.map(Quantize::from);
     opts.keep_logits = args.logits_out.is_some();
     opts.params.max_tokens = Some(args.max_tokens);
     opts.params.temperature = args.temperature;

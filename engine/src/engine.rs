@@ -118,6 +118,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 spec2.device,
                 spec2.verify_manifest,
                 spec2.max_context,
+                spec2.quantize,
             ) {
                 Ok(l) => l,
                 Err(e) => {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::loader::load_dir;
 use crate::sampling::validate;
 use crate::sequence::Sequence;
-use crate::{ChatMessage, DeviceChoice, EngineError, Prompt, SamplingParams, TokenEvent};
+use crate::{ChatMessage, DeviceChoice, EngineError, Prompt, Quantize, SamplingParams, TokenEvent};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -28,6 +28,8 @@ pub struct GenerateOptions {
     pub verify_manifest: bool,
     /// Keep the prompt's last-position logits in [`GenerateReport::logits`].
     pub keep_logits: bool,
+    /// Quantize the projection weights at load (CPU only), as a model's `quantize` key does.
+    pub quantize: Option<Quantize>,
 }
 
 impl GenerateOptions {
@@ -44,6 +46,7 @@ impl GenerateOptions {
             device: DeviceChoice::Auto,
             verify_manifest: false,
             keep_logits: false,
+            quantize: None,
         }
     }
 }
@@ -76,7 +79,13 @@ pub struct GenerateReport {
 /// Loads the model and generates once.
 pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineError> {
     validate(&opts.params)?;
-    let loaded = load_dir(&opts.model_dir, opts.device, opts.verify_manifest, None)?;
+    let loaded = load_dir(
+        &opts.model_dir,
+        opts.device,
+        opts.verify_manifest,
+        None,
+        opts.quantize,
+    )?;
     let prompt = match (&opts.prompt, opts.chat) {
         (Prompt::Text(text), true) => Prompt::Chat(vec![ChatMessage {
             role: "user".into(),

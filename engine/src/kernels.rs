@@ -29,6 +29,13 @@ use crate::quant::{self, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
 pub const ROWS_PER_PASS: usize = 4;
 /// Activation rows kept hot in cache while a thread walks its output rows.
 const ROW_TILE: usize = 16;
+/// Output columns one register tile of the AVX-512 kernels covers.
+const COL_TILE: usize = 4;
+/// Activation rows kept in L2 while the AVX-512 kernels walk a run of columns.
+const ROW_BLOCK: usize = 64;
+/// `f32` lanes of one accumulator; element `k` of a dot product always lands in lane
+/// `k mod LANES`, whatever the instruction set.
+const LANES: usize = 16;
 
 /// How a packed matrix stores its elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,23 +212,24 @@ impl PackedMatrix {
     /// `x`: `[rows, inp]` row-major → `[rows, out]`. Returns `None` when `x.len()` is not
     /// `rows × inp`.
     pub fn matmul_t(&self, x: &[f32], rows: usize) -> Option<Vec<f32>> {
-        let inp = self.inp;
-        match &self.data {
-            Data::F32(v) => self.matmul_with(&F32Blocks { v, inp }, x, rows),
-            Data::Bf16(v) => self.matmul_with(&Bf16Blocks { v, inp }, x, rows),
-            Data::F16(v) => self.matmul_with(&F16Blocks { v, inp }, x, rows),
-            Data::Q8_0(v) => self.matmul_with(&Q8Blocks { v, inp }, x, rows),
-            Data::Q4_0(v) => self.matmul_with(&Q4Blocks { v, inp }, x, rows),
-        }
-    }
-
-    fn matmul_with<D: Blocks>(&self, d: &D, x: &[f32], rows: usize) -> Option<Vec<f32>> {
         if x.len() != rows * self.inp {
             return None;
         }
         if rows == 0 || self.out == 0 {
             return Some(Vec::new());
         }
+        let inp = self.inp;
+        match &self.data {
+            Data::Q8_0(v) => Some(qdot::matmul(v, qdot::Weights::Q8_0, self.out, inp, x, rows)),
+            Data::Q4_0(v) => Some(qdot::matmul(v, qdot::Weights::Q4_0, self.out, inp, x, rows)),
+            Data::F32(v) => Some(self.matmul_wide(&F32Blocks { v, inp }, x, rows)),
+            Data::Bf16(v) => Some(self.matmul_wide(&Bf16Blocks { v, inp }, x, rows)),
+            Data::F16(v) => Some(self.matmul_wide(&F16Blocks { v, inp }, x, rows)),
+        }
+    }
+
+    /// The 16/32-bit formats: `x` (`rows × inp`, checked by the caller).
+    fn matmul_wide<D: Blocks>(&self, d: &D, x: &[f32], rows: usize) -> Vec<f32> {
         // Zero-padded copy of `x` to whole blocks, so every block is handled alike.
         let blocks = self.inp.div_ceil(QK);
         let width = blocks * QK;
@@ -237,20 +245,21 @@ impl PackedMatrix {
             &padded
         };
         let job = Job { xs, rows, blocks };
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = (self.out / (threads * 8)).clamp(8, 256);
-        // Transposed result `[out, rows]`: each task owns a contiguous run of output rows.
-        let mut yt = vec![0f32; self.out * rows];
-        yt.par_chunks_mut(chunk * rows)
-            .enumerate()
-            .for_each(|(i, dst)| run_best(d, &job, i * chunk, dst));
-        let mut y = vec![0f32; rows * self.out];
-        for (o, col) in yt.chunks_exact(rows).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[r * self.out + o] = v;
+        #[cfg(target_arch = "x86_64")]
+        if simd_level() == 2 {
+            let wide = match &self.data {
+                Data::F32(v) => x86::Wide::F32(v),
+                Data::Bf16(v) => x86::Wide::Bf16(v),
+                Data::F16(v) => x86::Wide::F16(v),
+                Data::Q8_0(_) | Data::Q4_0(_) => x86::Wide::None,
+            };
+            if !matches!(wide, x86::Wide::None) {
+                return by_columns(self.out, rows, |first, dst| {
+                    x86::run_wide(&wide, self.inp, &job, first, dst)
+                });
             }
         }
-        Some(y)
+        by_columns(self.out, rows, |first, dst| run_best(d, &job, first, dst))
     }
 
     /// Block `b` of row `o` as `f32` (zero past the end of a ragged 16/32-bit row).
@@ -264,6 +273,31 @@ impl PackedMatrix {
             Data::Q4_0(v) => Q4Blocks { v, inp }.decode(o, b, w),
         }
     }
+}
+
+/// Runs `f(first, dst)` over runs of output columns on rayon's pool, `dst` being the
+/// transposed result `[n, rows]` of columns `first..first + n`, and returns `[rows, out]`.
+/// The split only decides which thread computes an element, never how.
+fn by_columns(out: usize, rows: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let threads = rayon::current_num_threads().max(1);
+    // Whole register tiles of columns, enough runs to balance, few enough to amortize.
+    let chunk = (out / (threads * 8))
+        .clamp(8, 256)
+        .next_multiple_of(COL_TILE);
+    let mut yt = vec![0f32; out * rows];
+    yt.par_chunks_mut(chunk * rows)
+        .enumerate()
+        .for_each(|(i, dst)| f(i * chunk, dst));
+    if rows == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; rows * out];
+    for (o, col) in yt.chunks_exact(rows).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * out + o] = v;
+        }
+    }
+    y
 }
 
 /// The activations of one call, zero-padded to whole blocks.
@@ -406,11 +440,15 @@ fn run<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
     }
 }
 
-/// `a += w · x` lane-wise, fused.
+/// `a += w · x` lane-wise, fused: the block's first half, then its second half, into the
+/// same [`LANES`] accumulators (the order the AVX-512 kernels use too).
 #[inline(always)]
-fn fma_block(a: &mut [f32; QK], w: &[f32; QK], x: &[f32; QK]) {
-    for ((a, &w), &x) in a.iter_mut().zip(w).zip(x) {
-        *a = w.mul_add(x, *a);
+fn fma_block(a: &mut [f32; LANES], w: &[f32; QK], x: &[f32; QK]) {
+    for half in 0..QK / LANES {
+        let at = half * LANES;
+        for ((a, &w), &x) in a.iter_mut().zip(&w[at..at + LANES]).zip(&x[at..at + LANES]) {
+            *a = w.mul_add(x, *a);
+        }
     }
 }
 
@@ -433,7 +471,7 @@ macro_rules! rows_pass {
             $(
                 let $xr: &[[f32; QK]] = rows.next().unwrap_or_default().as_chunks::<QK>().0;
                 n = n.min($xr.len());
-                let mut $acc = [0f32; QK];
+                let mut $acc = [0f32; LANES];
             )+
             let mut w = [0f32; QK];
             // `b < n ≤ len` for every row: the indexing below cannot fail, and without a
@@ -465,10 +503,10 @@ fn ragged_err(format: Format, inp: usize) -> PackError {
     }
 }
 
-/// Sums the 32 lanes in a fixed tree (the order is part of the batch-invariance contract).
+/// Sums the lanes in a fixed tree (the order is part of the batch-invariance contract).
 #[inline(always)]
-fn reduce(mut a: [f32; QK]) -> f32 {
-    let mut half = QK / 2;
+fn reduce<const N: usize>(mut a: [f32; N]) -> f32 {
+    let mut half = N / 2;
     while half > 0 {
         for i in 0..half {
             a[i] += a[i + half];
@@ -519,6 +557,19 @@ fn simd_level() -> u8 {
     0
 }
 
+/// Whether the AVX-512 level also has the 8-bit dot products (`vpdpbusd`) the quantized
+/// kernels use.
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        *VNNI.get_or_init(|| simd_level() == 2 && is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// [`run`] compiled for the best instruction set this CPU has.
 fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -531,33 +582,9 @@ fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Blocks, Job, run};
+mod x86;
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    fn v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-        run(d, job, first, dst)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-        run(d, job, first, dst)
-    }
-
-    #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-    pub(super) fn run_v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-        // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v4`
-        // enables.
-        unsafe { v4(d, job, first, dst) }
-    }
-
-    #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-    pub(super) fn run_v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-        // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v3`
-        // enables.
-        unsafe { v3(d, job, first, dst) }
-    }
-}
+mod qdot;
 
 #[cfg(test)]
 mod tests;

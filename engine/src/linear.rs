@@ -15,7 +15,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use crate::EngineError;
 use crate::kernels::{Format, PackedMatrix};
 use crate::spec::Quantize;
-use crate::weights::Weights;
+use crate::weights::{WeightDType, Weights};
 
 enum Weight {
     Tensor(Box<Tensor<2>>),
@@ -30,21 +30,8 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{name}.weight` (`[out, inp]`) and, with `bias`, `{name}.bias` (`[out]`), at the
-    /// file's precision.
-    pub fn load(
-        weights: &Weights,
-        name: &str,
-        inp: usize,
-        out: usize,
-        bias: bool,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Linear, EngineError> {
-        Self::load_with(weights, name, inp, out, bias, device, dtype, None)
-    }
-
-    /// [`Linear::load`], quantizing the weight to `quantize` blocks when given.
-    #[expect(clippy::too_many_arguments, reason = "mirrors `load` plus one option")]
+    /// file's precision or quantized to `quantize` blocks.
+    #[expect(clippy::too_many_arguments, reason = "shape, device and storage choices")]
     pub fn load_with(
         weights: &Weights,
         name: &str,
@@ -75,19 +62,7 @@ impl Linear {
     }
 
     /// A bias-free projection from the full tensor name `tensor` (`[out, inp]`), e.g. a tied
-    /// LM head reusing the token embeddings.
-    pub fn load_matrix(
-        weights: &Weights,
-        tensor: &str,
-        inp: usize,
-        out: usize,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Linear, EngineError> {
-        Self::load_matrix_with(weights, tensor, inp, out, device, dtype, None)
-    }
-
-    /// [`Linear::load_matrix`], quantizing the weight to `quantize` blocks when given.
+    /// LM head reusing the token embeddings, at the file's precision or quantized.
     ///
     /// Quantization runs only on the CPU device: on wgpu it is refused with an error naming
     /// the option (burn 0.22's block-quantized matmul is not wired up here).
@@ -100,8 +75,35 @@ impl Linear {
         dtype: DType,
         quantize: Option<Quantize>,
     ) -> Result<Linear, EngineError> {
-        let w = weights.f32(tensor, &[out, inp])?;
         let cpu = *device == Device::flex();
+        if cpu {
+            // Block-quantized tensors (GGUF Q8_0 / Q4_0) are used as stored: no dequantize and
+            // requantize round trip, unless `quantize` asks for a different block format.
+            let raw = weights.raw(tensor, &[out, inp])?;
+            let stored = match raw.dtype {
+                WeightDType::Q8_0 => Some(Format::Q8_0),
+                WeightDType::Q4_0 => Some(Format::Q4_0),
+                _ => None,
+            };
+            let wanted = quantize.map(|q| match q {
+                Quantize::Q8 => Format::Q8_0,
+                Quantize::Q4 => Format::Q4_0,
+            });
+            if let Some(format) = stored
+                && wanted.is_none_or(|w| w == format)
+            {
+                let packed = PackedMatrix::from_blocks(raw.bytes.into_owned(), out, inp, format)
+                    .map_err(|e| EngineError::Load {
+                        path: tensor.into(),
+                        reason: e.to_string(),
+                    })?;
+                return Ok(Linear {
+                    weight: Weight::Packed(packed),
+                    bias: None,
+                });
+            }
+        }
+        let w = weights.f32(tensor, &[out, inp])?;
         let weight = match (cpu, quantize) {
             (false, None) => Weight::Tensor(Box::new(Tensor::from_data(
                 TensorData::new(w, [out, inp]),
@@ -130,6 +132,18 @@ impl Linear {
             }
         };
         Ok(Linear { weight, bias: None })
+    }
+
+    /// How the weight is stored: `bf16`, `q8_0`, … on the CPU, the device dtype on a GPU.
+    pub fn storage(&self) -> &'static str {
+        match &self.weight {
+            Weight::Packed(p) => p.format().name(),
+            Weight::Tensor(t) => match t.dtype() {
+                DType::F16 => "f16",
+                DType::BF16 => "bf16",
+                _ => "f32",
+            },
+        }
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.

@@ -10,6 +10,7 @@ use crate::gguf::GgufFile;
 use crate::hf_config::ModelConfig;
 use crate::manifest::verify_manifest;
 use crate::model::Model;
+use crate::spec::Quantize;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use crate::{DeviceChoice, EngineError};
@@ -69,6 +70,7 @@ pub fn load_dir(
     device: DeviceChoice,
     verify: bool,
     max_context: Option<usize>,
+    quantize: Option<Quantize>,
 ) -> Result<LoadedModel, EngineError> {
     let started = Instant::now();
     if verify {
@@ -97,7 +99,13 @@ pub fn load_dir(
     // burn reports some failures (out of device memory, a driver error) by panicking; a
     // model that fails to load must be an error, not a crashed daemon.
     let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Model::load(config, &weights, &placement.device, placement.dtype)
+        Model::load(
+            config,
+            &weights,
+            &placement.device,
+            placement.dtype,
+            quantize,
+        )
     }))
     .map_err(|_| {
         EngineError::Device(format!(
@@ -106,10 +114,10 @@ pub fn load_dir(
         ))
     })??;
     let loaded = LoadedModel {
+        device: describe(&placement.description, &model),
         model,
         tokenizer: Arc::new(tokenizer),
         context_length,
-        device: placement.description,
         load_time: started.elapsed(),
     };
     tracing::info!(
@@ -121,4 +129,15 @@ pub fn load_dir(
         "model loaded"
     );
     Ok(loaded)
+}
+
+/// The placement's description with the projection weights' storage as the last item when it
+/// differs from the compute dtype: `cpu (flex, f32)` with bf16 weights becomes
+/// `cpu (flex, f32, bf16 weights)`, with `quantize = "q8"` `cpu (flex, f32, q8_0 weights)`.
+fn describe(placement: &str, model: &Model) -> String {
+    let weights = model.weight_format();
+    match placement.strip_suffix(')') {
+        Some(head) if !head.ends_with(weights) => format!("{head}, {weights} weights)"),
+        _ => placement.to_owned(),
+    }
 }

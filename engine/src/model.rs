@@ -12,6 +12,7 @@ use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use crate::EngineError;
 use crate::hf_config::ModelConfig;
 use crate::linear::Linear;
+use crate::spec::Quantize;
 use crate::weights::{RowTable, Weights};
 
 struct Layer {
@@ -129,6 +130,7 @@ impl Model {
         weights: &Weights,
         device: &Device,
         dtype: DType,
+        quantize: Option<Quantize>,
     ) -> Result<Model, EngineError> {
         let c = &config;
         let (h, hd) = (c.hidden_size, c.head_dim);
@@ -139,7 +141,7 @@ impl Model {
             Tensor::from_data(TensorData::new(data, [n]), (device, dtype))
         };
         let linear = |name: &str, inp: usize, out: usize, bias: bool| {
-            Linear::load(weights, name, inp, out, bias, device, dtype)
+            Linear::load_with(weights, name, inp, out, bias, device, dtype, quantize)
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -181,7 +183,8 @@ impl Model {
         } else {
             "lm_head.weight"
         };
-        let lm_head = Linear::load_matrix(weights, head_name, h, c.vocab_size, device, dtype)?;
+        let lm_head =
+            Linear::load_matrix_with(weights, head_name, h, c.vocab_size, device, dtype, quantize)?;
         let norm = t1(weights.f32("model.norm.weight", &[h])?);
         let inv_freq = config.inv_freq().into_iter().map(|f| f as f32).collect();
         Ok(Model {
@@ -202,6 +205,13 @@ impl Model {
             layers: (0..self.layers.len()).map(|_| None).collect(),
             len: 0,
         }
+    }
+
+    /// How the projection weights are stored (`bf16`, `q8_0`, `f16` on a GPU, …).
+    pub fn weight_format(&self) -> &'static str {
+        self.layers
+            .first()
+            .map_or_else(|| self.lm_head.storage(), |l| l.q.storage())
     }
 
     /// Bytes one cached position takes across all layers.

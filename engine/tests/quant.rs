@@ -81,3 +81,68 @@ fn quantized_projections_stay_close_to_f32() -> anyhow::Result<()> {
     anyhow::ensure!(worst_q8 * 4.0 < worst_q4, "q8 {worst_q8} vs q4 {worst_q4}");
     Ok(())
 }
+
+/// End to end through the model: q8 and q4 logits stay within bounds of the stored
+/// weights' over a teacher-forced text, and q8 keeps most greedy choices (the quality report
+/// `quant-quality` prints the same figures for every fixture).
+#[test]
+fn quantized_logits_stay_close_to_the_stored_weights() -> anyhow::Result<()> {
+    use airlock_engine::{DeviceChoice, Quantize, Scorer};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa_f32");
+    let text = "The gateway runs inside an isolated network. Operators load a model from \
+                a local directory and every request is written to the audit log.";
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            )
+            .0
+    };
+    let run = |q: Option<Quantize>| -> anyhow::Result<(String, Vec<Vec<f32>>)> {
+        let mut s = Scorer::load(&dir, DeviceChoice::Cpu, q)?;
+        let ids = s.encode(text)?;
+        let logits = ids
+            .iter()
+            .map(|&t| s.feed(&[t]))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((s.device().to_owned(), logits))
+    };
+    let (_, reference) = run(None)?;
+    anyhow::ensure!(reference.len() > 16, "text too short: {}", reference.len());
+    for (q, max_bound, mean_bound, min_agreement) in [
+        (Quantize::Q8, 0.5, 0.05, 0.85),
+        (Quantize::Q4, 4.0, 0.5, 0.3),
+    ] {
+        let (device, logits) = run(Some(q))?;
+        anyhow::ensure!(
+            device.contains(&format!("{}_0 weights", q.name())),
+            "device says {device}"
+        );
+        let (mut max, mut sum, mut n, mut agree) = (0f32, 0f64, 0usize, 0usize);
+        for (a, b) in reference.iter().zip(&logits) {
+            for (x, y) in a.iter().zip(b) {
+                max = max.max((x - y).abs());
+                sum += f64::from((x - y).abs());
+            }
+            n += a.len();
+            agree += usize::from(argmax(a) == argmax(b));
+        }
+        let mean = sum / n as f64;
+        let agreement = agree as f64 / reference.len() as f64;
+        println!(
+            "{}: max {max:.4} mean {mean:.5} agreement {agreement:.3}",
+            q.name()
+        );
+        anyhow::ensure!(max > 0.0, "{}: identical logits: not quantized?", q.name());
+        anyhow::ensure!(max < max_bound, "{}: max |dlogit| {max}", q.name());
+        anyhow::ensure!(mean < mean_bound, "{}: mean |dlogit| {mean}", q.name());
+        anyhow::ensure!(
+            agreement >= min_agreement,
+            "{}: top-1 agreement {agreement}",
+            q.name()
+        );
+    }
+    Ok(())
+}

@@ -25,6 +25,75 @@ fn reference(w: &[f32], x: &[f32], rows: usize, out: usize, inp: usize) -> Vec<f
     y
 }
 
+/// `x` as the quantized kernels see it: each row's 32-element blocks rounded to 8 bits.
+fn dequantized_activations(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
+    let a = qdot::quantize(x, rows, inp / QK, qdot::Weights::Q8_0);
+    a.qs.chunks_exact(QK)
+        .zip(&a.ds)
+        .flat_map(|(q, &d)| q.iter().map(move |&q| f32::from(q) * d))
+        .collect()
+}
+
+/// `m · x` by the portable code only, whatever this CPU has.
+fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
+    let (out, inp) = (m.out, m.inp);
+    let blocks = inp.div_ceil(QK);
+    let width = blocks * QK;
+    let mut xs = vec![0f32; rows * width];
+    for (dst, src) in xs.chunks_exact_mut(width).zip(x.chunks_exact(inp)) {
+        dst[..inp].copy_from_slice(src);
+    }
+    let job = Job {
+        xs: &xs,
+        rows,
+        blocks,
+    };
+    let quant = |v: &[u8], kind| {
+        let a = qdot::quantize(x, rows, blocks, kind);
+        by_columns(out, rows, |first, dst| {
+            qdot::run_portable(v, kind, &a, first, dst)
+        })
+    };
+    match &m.data {
+        Data::F32(v) => by_columns(out, rows, |f, d| run(&F32Blocks { v, inp }, &job, f, d)),
+        Data::Bf16(v) => by_columns(out, rows, |f, d| run(&Bf16Blocks { v, inp }, &job, f, d)),
+        Data::F16(v) => by_columns(out, rows, |f, d| run(&F16Blocks { v, inp }, &job, f, d)),
+        Data::Q8_0(v) => quant(v, qdot::Weights::Q8_0),
+        Data::Q4_0(v) => quant(v, qdot::Weights::Q4_0),
+    }
+}
+
+#[test]
+fn simd_kernels_match_the_portable_code_bit_for_bit() {
+    // Widths with partial and empty last 16-lane steps; column counts off the 4-column
+    // tile; row counts off every row tile, and past the 64-row block.
+    for (out, inp) in [(13, 64), (6, 45), (9, 16), (5, 33), (70, 96), (3, 7)] {
+        let w = data(out * inp, 11);
+        for rows in [1, 2, 3, 5, 8, 67] {
+            let x = data(rows * inp, 12);
+            for format in [
+                Format::F32,
+                Format::Bf16,
+                Format::F16,
+                Format::Q8_0,
+                Format::Q4_0,
+            ] {
+                let Ok(m) = PackedMatrix::pack(&w, out, inp, format) else {
+                    assert!(!inp.is_multiple_of(QK));
+                    continue;
+                };
+                let got = m.matmul_t(&x, rows).unwrap();
+                let want = portable(&m, &x, rows);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{format:?} {out}x{inp}, {rows} rows"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn every_format_matches_its_own_dequantized_weights() {
     for (out, inp) in [(37, 64), (5, 96), (70, 32)] {
@@ -40,7 +109,12 @@ fn every_format_matches_its_own_dequantized_weights() {
             let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
             assert_eq!(m.format(), format);
             let wd = m.to_f32();
-            let want = reference(&wd, &x, 3, out, inp);
+            // The quantized formats multiply by activations quantized to 8 bits per row.
+            let xr = match format {
+                Format::Q8_0 | Format::Q4_0 => dequantized_activations(&x, 3, inp),
+                _ => x.clone(),
+            };
+            let want = reference(&wd, &xr, 3, out, inp);
             let got = m.matmul_t(&x, 3).unwrap();
             for (g, w) in got.iter().zip(&want) {
                 assert!(
@@ -57,13 +131,13 @@ fn ragged_widths_work_for_16_and_32_bit_formats_only() {
     let (out, inp) = (9, 45);
     let w = data(out * inp, 3);
     let x = data(2 * inp, 4);
-    let want = reference(&w, &x, 2, out, inp);
-    let got = PackedMatrix::pack(&w, out, inp, Format::F32)
-        .unwrap()
-        .matmul_t(&x, 2)
-        .unwrap();
-    for (g, w) in got.iter().zip(&want) {
-        assert!((f64::from(*g) - w).abs() < 1e-4);
+    for format in [Format::F32, Format::Bf16, Format::F16] {
+        let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
+        let want = reference(&m.to_f32(), &x, 2, out, inp);
+        let got = m.matmul_t(&x, 2).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() < 1e-4, "{format:?}: {g} vs {w}");
+        }
     }
     assert!(matches!(
         PackedMatrix::pack(&w, out, inp, Format::Q8_0),
