@@ -409,3 +409,55 @@ tokens_per_minute = 30
     );
     assert!(headers.contains_key("retry-after"));
 }
+
+/// The `keys` commands read only `[auth]` and `[[tenants]]`: a packaged config whose TLS and
+/// audit keys are systemd credentials (`credential:NAME`, unreadable outside the service)
+/// still lets an operator manage keys.
+#[test]
+fn keys_commands_do_not_need_the_service_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let keydb = dir.path().join("keys.db");
+    let config = dir.path().join("airlockd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[listener]
+address = "127.0.0.1:0"
+[listener.tls]
+cert = "server.pem"
+key = "credential:tls.key"
+client_ca = "ca.pem"
+
+[[models]]
+name = "m"
+path = "/nonexistent"
+
+[audit]
+db = "audit.db"
+signing_key = "credential:audit-signing.key"
+digest_key = "credential:audit-digest.key"
+
+[auth]
+key_db = "{}"
+
+[[tenants]]
+name = "acme"
+models = ["*"]
+"#,
+            keydb.display()
+        ),
+    )
+    .unwrap();
+    let key = create_key(&config, "acme");
+    assert!(key.len() > 20);
+    let (status, stdout, stderr) =
+        common::airlockd(&["keys", "list", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("acme"), "{stdout}");
+    // serve still needs them: check-config names the credential it cannot resolve.
+    let (status, _, stderr) =
+        common::airlockd(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("listener.tls.key"), "{stderr}");
+}

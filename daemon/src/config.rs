@@ -171,6 +171,27 @@ impl Config {
         })
     }
 
+    /// Reads `file` and validates only `[auth]` and `[[tenants]]`: what the `keys` commands
+    /// need. The rest of the file must still parse (unknown keys are errors), but secrets it
+    /// names (TLS key, audit keys as `credential:` paths) are not opened, so an operator can
+    /// manage API keys outside the service's sandbox.
+    pub fn load_policy(file: &Path) -> Result<policy::PolicyConfig, ConfigError> {
+        let error = |path: String, reason: String| ConfigError {
+            file: file.to_path_buf(),
+            path,
+            reason,
+        };
+        let source = std::fs::read_to_string(file)
+            .map_err(|e| error(String::new(), format!("cannot read: {e}")))?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let raw: RawConfig = toml::from_str(&source).map_err(|e| {
+            let Invalid { path, reason } = toml_error(&source, &e);
+            error(path, reason)
+        })?;
+        policy::policy(raw.auth, raw.tenants, &base)
+            .map_err(|Invalid { path, reason }| error(path, reason))
+    }
+
     /// Parses and validates TOML text; relative paths are resolved against `base`.
     fn parse(source: &str, base: &Path) -> Result<Config, Invalid> {
         let raw: RawConfig = toml::from_str(source).map_err(|e| toml_error(source, &e))?;

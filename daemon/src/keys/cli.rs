@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::KeyStore;
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use crate::config::policy::PolicyConfig;
 use crate::config::{Config, parse_duration};
 
 #[derive(Debug, Subcommand)]
@@ -66,9 +67,9 @@ pub fn run(command: KeysCommand) -> u8 {
 
 type Failure = (u8, String);
 
-fn store(config: &Path) -> Result<(KeyStore, Config), Failure> {
-    let cfg = Config::load(config).map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let path = cfg.policy.key_db.clone().ok_or_else(|| {
+fn store(config: &Path) -> Result<(KeyStore, PolicyConfig), Failure> {
+    let policy = Config::load_policy(config).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let path = policy.key_db.clone().ok_or_else(|| {
         (
             EXIT_USAGE,
             format!(
@@ -78,7 +79,7 @@ fn store(config: &Path) -> Result<(KeyStore, Config), Failure> {
         )
     })?;
     let store = KeyStore::open(&path).map_err(|e| (EXIT_FAILURE, e.to_string()))?;
-    Ok((store, cfg))
+    Ok((store, policy))
 }
 
 fn key_id(id: &str) -> Result<KeyId, Failure> {
@@ -117,7 +118,7 @@ fn execute(command: KeysCommand) -> Result<(), Failure> {
             config,
         } => {
             let (store, cfg) = store(&config)?;
-            if !cfg.policy.tenants.is_empty() && cfg.policy.tenants.get(&tenant).is_none() {
+            if !cfg.tenants.is_empty() && cfg.tenants.get(&tenant).is_none() {
                 return Err((EXIT_USAGE, format!("no [[tenants]] entry named `{tenant}`")));
             }
             let expires_at = expires
