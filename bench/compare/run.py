@@ -682,12 +682,14 @@ def main() -> None:
         f"`max_active` = {max(args.streams)}.",
     ]
     if args.device == "cpu":
-        lines.append("- Airlock's CPU backend computes in f32 (the bf16 checkpoint is widened at load): the F32 "
-                     "row compares equal work; in the F16 and Q8_0 rows llama.cpp reads 2× and ≈3.8× fewer "
-                     "weight bytes per token.")
+        lines.append("- Airlock's CPU backend keeps the bf16 checkpoint's weights as bf16 (widened to f32 in "
+                     "registers, f32 activations and accumulation): the F16 row compares the same weight bytes "
+                     "per token; the F32 row gives llama.cpp twice the bytes; the Q8_0 row compares Airlock's "
+                     "`quantize = \"q8\"` (the same Q8_0 block format) with llama.cpp's Q8_0.")
     if args.profile == "dev":
         lines.append("- airlockd is the dev-profile binary (`cargo build --workspace --locked`): the engine, "
-                     "policy and every dependency (burn) at opt-level 2, the daemon crate at opt-level 0; "
+                     "engine at opt-level 3 without debug assertions, policy and every dependency (burn) at "
+                     "opt-level 2, the daemon crate at opt-level 0; "
                      "`--profile release` builds the release one (~20 min on 2 cores).")
     lines += [f"- {n}" for n in args.note]
     text = "\n".join(lines) + "\n"

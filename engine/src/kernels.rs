@@ -1,24 +1,32 @@
 //! CPU matrix kernels of our own: `y = x · Wᵀ` with `W` kept packed (`f32`, `bf16`, `f16`,
-//! `Q8_0`, `Q4_0`) and widened to `f32` in registers, `f32` accumulation.
+//! `Q8_0`, `Q4_0`), `f32` accumulation.
 //!
 //! Decoding is bound by how many weight bytes cross the memory bus, so the weights stay in
-//! their compact form and each 32-element block is expanded once per pass and applied to up
-//! to [`ROWS_PER_PASS`] activation rows (a batched decode step reads `W` once, not once per
-//! sequence). Work is split over output rows on rayon's global pool, the one burn's Flex
-//! backend uses too, so the two never oversubscribe the cores.
+//! their compact form and are widened in registers. With AVX-512 the 16/32-bit formats run
+//! register-blocked micro-kernels (`x86`): a tile of up to 4 activation rows × 4 output
+//! columns, each weight vector widened once and used for every row of the tile, each
+//! activation vector for every column, so a batched decode step reads `W` once and prefill
+//! does several multiply-adds per load. `Q8_0` / `Q4_0` quantize each activation row to
+//! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
+//! (`qdot`; `vpdpbusd` with AVX-512 VNNI). Work is split over output columns on rayon's
+//! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
+//! cores.
 //!
 //! **Batch invariance.** One kernel serves every row count (decode, batched decode, prefill),
 //! and each output element is computed by the same sequence of `f32` operations whatever
-//! the other rows are: 32 lane accumulators fed block by block in order with fused
-//! multiply-adds, then summed in a fixed tree. Grouping rows, splitting output rows over
-//! threads and tiling rows only change which values sit in registers together, never the
-//! arithmetic, so a sequence's logits are bitwise the same alone or in a batch. (A
-//! cache-blocked GEMM would prefill faster, ~1.5× for burn's on 512 rows, but sums in an
-//! order that depends on the shape; it is not used for that reason.)
+//! the other rows are: 16 lane accumulators fed in `k` order with fused multiply-adds
+//! (element `k` in lane `k mod 16`; for the quantized formats, exact integer block sums,
+//! even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree. Tiling rows
+//! and columns and splitting columns over threads only change which values sit in registers
+//! together, never the arithmetic, and quantizing an activation row looks at that row only,
+//! so a sequence's logits are bitwise the same alone or in a batch. The SIMD kernels and the
+//! portable code compute the same operations, so they agree bit for bit too (tested). No
+//! `k`-blocked GEMM: it would sum in an order that depends on the shape.
 //!
-//! The instruction set is picked once at run time (AVX-512, else AVX2+FMA, else portable
-//! code); the kernels are plain Rust that the compiler vectorizes for the chosen target.
-//! (The portable path computes the same fused multiply-adds in software: correct, slow.)
+//! The instruction set is picked once at run time (AVX-512 [+ VNNI], else AVX2+FMA, else
+//! portable code). Without AVX-512 the kernels are plain Rust that the compiler vectorizes
+//! for the chosen target (the portable path computes the same fused multiply-adds in
+//! software: correct, slow).
 
 use half::{bf16, f16};
 use rayon::prelude::*;

@@ -1,8 +1,9 @@
 //! `Q8_0` / `Q4_0` weights times activations quantized per row to 8 bits, as llama.cpp
 //! does: each 32-element block of an activation row becomes 32 × `i8` and an `f32` scale,
 //! a block's dot product is computed exactly in integers and then scaled,
-//! `acc = f32(Σ w·x) · (d_w · d_x) + acc`, in 8 lanes (lane `j` holds elements `4j..4j+4`
-//! of each block), blocks in order, lanes summed by a fixed tree.
+//! `acc = f32(Σ w·x) · (d_w · d_x) + acc`, blocks in order, in 16 lanes (lane `j` of an even
+//! block and lane `8 + j` of an odd one hold its elements `4j..4j+4`), lanes summed by a
+//! fixed tree.
 //!
 //! Quantizing a row looks at that row only, so the result of a row stays the same alone or
 //! batched. The portable code below and the VNNI kernel in [`super::x86`] compute the same
@@ -117,7 +118,7 @@ pub(super) fn run_portable(v: &[u8], kind: Weights, a: &Acts, first: usize, dst:
 /// Weight row `w` · activation row `r`.
 fn dot(w: &[u8], kind: Weights, a: &Acts, r: usize) -> f32 {
     let bb = kind.block_bytes();
-    let mut acc = [0f32; 8];
+    let mut acc = [0f32; 16];
     let mut wq = [0i32; QK];
     for (b, block) in w.chunks_exact(bb).enumerate() {
         let i = r * a.blocks + b;
@@ -140,7 +141,8 @@ fn dot(w: &[u8], kind: Weights, a: &Acts, r: usize) -> f32 {
             }
         }
         let s = dw * dx;
-        for ((acc, w4), x4) in acc
+        let lanes = &mut acc[b % 2 * 8..][..8];
+        for ((acc, w4), x4) in lanes
             .iter_mut()
             .zip(wq.chunks_exact(4))
             .zip(xq.chunks_exact(4))

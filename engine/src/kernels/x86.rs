@@ -177,6 +177,9 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
     }
 }
 
+/// How far ahead of a 16/32-bit weight row's read position to prefetch, in bytes.
+const PREFETCH_WIDE: usize = 1024;
+
 /// `LANES` weights of format `F` at `p` (all inside the row), widened to `f32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[inline]
@@ -238,6 +241,9 @@ unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
                 // and `k < inp`.
                 let p = unsafe { w.add(c * t.row_bytes + k * elem) };
                 if s < t.full {
+                    if s % 2 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_WIDE).cast());
+                    }
                     // SAFETY: a full step reads `k + LANES ≤ inp` elements of the row.
                     unsafe { load_w::<F>(p) }
                 } else {
@@ -271,16 +277,6 @@ fn hsum16(v: __m512) -> f32 {
     let mut a = [0f32; LANES];
     // SAFETY: `a` holds exactly 16 `f32`.
     unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-    reduce(a)
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-#[expect(unsafe_code, reason = "store to a local array")]
-fn hsum8(v: __m256) -> f32 {
-    let mut a = [0f32; 8];
-    // SAFETY: `a` holds exactly 8 `f32`.
-    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
     reduce(a)
 }
 
@@ -362,6 +358,9 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
     }
 }
 
+/// How far ahead of a weight row's read position to prefetch, in bytes.
+const PREFETCH: usize = 4096;
+
 /// Quantized activation rows at a tile's first row.
 struct QRows {
     qs: *const i8,
@@ -374,7 +373,9 @@ struct QRows {
 /// Integer dot products per block: `vpdpbusd` of the weights as unsigned bytes (`Q8_0`
 /// offset by 128, `Q4_0` nibbles as stored) with the signed activation bytes, started from
 /// the activations' precomputed offset correction, so each 4-element lane holds the exact
-/// `Σ w·x`; then `acc = f32(dot) · (d_w · d_x) + acc`, 8 lanes, blocks in order.
+/// `Σ w·x`; then `acc = f32(dot) · (d_w · d_x) + acc`. Two blocks per 512-bit vector: even
+/// blocks in lanes 0–7, odd ones in lanes 8–15 (an odd last block leaves 8–15 untouched),
+/// then the 16 lanes are summed by [`reduce`], as [`super::qdot`]'s portable code does.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
 unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
@@ -382,50 +383,98 @@ unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
     x: &QRows,
 ) -> [[f32; C]; R] {
     let bb = if Q4 { 2 + QK / 2 } else { 2 + QK };
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut wu = [_mm256_setzero_si256(); C];
-    let mut dw = [0f32; C];
-    let flip = _mm256_set1_epi8(-128);
-    let nib = _mm_set1_epi8(0x0f);
-    for b in 0..x.blocks {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut wu = [_mm512_setzero_si512(); C];
+    let mut dw = [_mm512_setzero_ps(); C];
+    let flip = _mm512_set1_epi8(-128);
+    let nib = _mm256_set1_epi8(0x0f);
+    // Lanes 0–7 from element 0, 8–15 from element 1.
+    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut b = 0;
+    while b < x.blocks {
+        let pair = b + 1 < x.blocks;
         for c in 0..C {
-            // SAFETY: the caller guarantees `C` weight rows of `blocks` blocks at `w`.
-            let p = unsafe { w.add(c * x.row_bytes + b * bb) };
-            // SAFETY: a block is `bb` bytes from `p`: 2 of scale, then the quants.
-            let (lo, hi) = unsafe { (p.read(), p.add(1).read()) };
-            dw[c] = super::f16_bits_to_f32(u16::from_le_bytes([lo, hi]));
-            wu[c] = if Q4 {
-                // SAFETY: 16 bytes of nibbles follow the scale.
-                let q = unsafe { _mm_loadu_si128(p.add(2).cast()) };
-                let l = _mm_and_si128(q, nib);
-                let h = _mm_and_si128(_mm_srli_epi16::<4>(q), nib);
-                _mm256_set_m128i(h, l)
-            } else {
-                // SAFETY: 32 bytes of quants follow the scale.
-                let q = unsafe { _mm256_loadu_si256(p.add(2).cast()) };
-                _mm256_xor_si256(q, flip)
-            };
+            // SAFETY: the caller guarantees `C` weight rows of `blocks` blocks at `w`; the
+            // second block is read only when `b + 1 < blocks`.
+            unsafe {
+                let p = w.add(c * x.row_bytes + b * bb);
+                // Well ahead of the stream (past the row's end is harmless: a prefetch
+                // never faults, and `wrapping_add` makes no claim on the address).
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+                let s0 = u32::from(u16::from_le_bytes([p.read(), p.add(1).read()]));
+                let (q0, q1, s1) = if Q4 {
+                    let q0 = _mm_loadu_si128(p.add(2).cast());
+                    if pair {
+                        let p1 = p.add(bb);
+                        let s1 = u16::from_le_bytes([p1.read(), p1.add(1).read()]);
+                        (q0, _mm_loadu_si128(p1.add(2).cast()), u32::from(s1))
+                    } else {
+                        (q0, _mm_setzero_si128(), 0)
+                    }
+                } else {
+                    let q0 = _mm256_loadu_si256(p.add(2).cast());
+                    let (q1, s1) = if pair {
+                        let p1 = p.add(bb);
+                        let s1 = u16::from_le_bytes([p1.read(), p1.add(1).read()]);
+                        (_mm256_loadu_si256(p1.add(2).cast()), u32::from(s1))
+                    } else {
+                        (_mm256_setzero_si256(), 0)
+                    };
+                    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
+                    wu[c] = _mm512_xor_si512(both, flip);
+                    (_mm_setzero_si128(), _mm_setzero_si128(), s1)
+                };
+                if Q4 {
+                    // [q0 | q1] → low nibbles [l0 | l1], high [h0 | h1] → [l0, h0, l1, h1].
+                    let v = _mm256_set_m128i(q1, q0);
+                    let l = _mm256_and_si256(v, nib);
+                    let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+                    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h);
+                    wu[c] = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
+                }
+                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128((s0 | (s1 << 16)) as i32));
+                dw[c] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scales));
+            }
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let i = r * x.blocks + b;
-            // SAFETY: the caller guarantees `R` activation rows of `blocks` blocks.
+            // SAFETY: the caller guarantees `R` activation rows of `blocks` blocks; the
+            // second block is read only when `b + 1 < blocks`.
             let (xq, corr, dx) = unsafe {
-                (
-                    _mm256_loadu_si256(x.qs.add(i * QK).cast()),
-                    _mm256_loadu_si256(x.corr.add(i * 8).cast()),
-                    x.ds.add(i).read(),
-                )
+                let qp = x.qs.add(i * QK);
+                let cp = x.corr.add(i * 8);
+                let d0 = x.ds.add(i).read();
+                if pair {
+                    let d1 = x.ds.add(i + 1).read();
+                    (
+                        _mm512_loadu_si512(qp.cast()),
+                        _mm512_loadu_si512(cp.cast()),
+                        _mm512_permutexvar_ps(
+                            spread,
+                            _mm512_castps128_ps512(_mm_set_ps(0.0, 0.0, d1, d0)),
+                        ),
+                    )
+                } else {
+                    (
+                        _mm512_castsi256_si512(_mm256_loadu_si256(qp.cast())),
+                        _mm512_castsi256_si512(_mm256_loadu_si256(cp.cast())),
+                        _mm512_castps256_ps512(_mm256_set1_ps(d0)),
+                    )
+                }
             };
+            let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
             for ((a, &wc), &d) in row.iter_mut().zip(&wu).zip(&dw) {
-                let dot = _mm256_dpbusd_epi32(corr, wc, xq);
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * dx), *a);
+                let dot = _mm512_dpbusd_epi32(corr, wc, xq);
+                let f = _mm512_cvtepi32_ps(dot);
+                *a = _mm512_mask3_fmadd_ps(f, _mm512_mul_ps(d, dx), *a, lanes);
             }
         }
+        b += 2;
     }
     let mut y = [[0f32; C]; R];
     for (yr, ar) in y.iter_mut().zip(&acc) {
         for (y, &a) in yr.iter_mut().zip(ar) {
-            *y = hsum8(a);
+            *y = hsum16(a);
         }
     }
     y
