@@ -42,7 +42,7 @@ fn streams_started_tokens_finished() -> anyhow::Result<()> {
     let e = engine(dir.path(), 4, 2)?;
     let info = e.models();
     assert_eq!(info.len(), 1);
-    assert_eq!(info[0].device, "cpu (flex, f32)");
+    assert_eq!(info[0].device, "cpu (flex, f32, bf16 weights)");
     let params = SamplingParams {
         max_tokens: Some(8),
         ignore_eos: true,

@@ -29,6 +29,10 @@ fn device_strings_split_into_device_and_dtype() {
         ("cpu (flex)".to_owned(), "f32".to_owned())
     );
     assert_eq!(
+        split_device("cpu (flex, f32, q8_0 weights)"),
+        ("cpu (flex, f32)".to_owned(), "q8_0".to_owned())
+    );
+    assert_eq!(
         split_device("gpu (Vulkan: NVIDIA H100, f16)"),
         ("gpu (Vulkan: NVIDIA H100)".to_owned(), "f16".to_owned())
     );

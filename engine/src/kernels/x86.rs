@@ -140,7 +140,8 @@ fn wide_tiles<const F: u8>(
                 let rr = match re - r {
                     1 => 1,
                     2 | 3 => 2,
-                    _ => 4,
+                    4 | 5 => 4,
+                    _ => 6,
                 };
                 // SAFETY: row `r + rr - 1 < rows`, and `wide_v4` checked `xs` holds `rows`
                 // rows of `width`.
@@ -150,9 +151,11 @@ fn wide_tiles<const F: u8>(
                 // ranges (see above).
                 unsafe {
                     match (rr, cc) {
+                        (6, 4) => put(dst, at, rows, wide_micro::<F, 6, 4>(w, x, t)),
                         (4, 4) => put(dst, at, rows, wide_micro::<F, 4, 4>(w, x, t)),
                         (2, 4) => put(dst, at, rows, wide_micro::<F, 2, 4>(w, x, t)),
                         (1, 4) => put(dst, at, rows, wide_micro::<F, 1, 4>(w, x, t)),
+                        (6, _) => put(dst, at, rows, wide_micro::<F, 6, 1>(w, x, t)),
                         (4, _) => put(dst, at, rows, wide_micro::<F, 4, 1>(w, x, t)),
                         (2, _) => put(dst, at, rows, wide_micro::<F, 2, 1>(w, x, t)),
                         _ => put(dst, at, rows, wide_micro::<F, 1, 1>(w, x, t)),
@@ -176,9 +179,6 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
         }
     }
 }
-
-/// How far ahead of a 16/32-bit weight row's read position to prefetch, in bytes.
-const PREFETCH_WIDE: usize = 1024;
 
 /// `LANES` weights of format `F` at `p` (all inside the row), widened to `f32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
@@ -230,36 +230,31 @@ unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
     let elem = if F == F32 { 4 } else { 2 };
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut wv = [_mm512_setzero_ps(); C];
-    for s in 0..t.steps {
+    // Whole steps first, without a branch, then the partial or empty ones.
+    for s in 0..t.full {
         let k = s * LANES;
         for (c, v) in wv.iter_mut().enumerate() {
-            let left = t.inp.saturating_sub(k);
+            // SAFETY: the caller guarantees `C` weight rows of `inp` elements at `w`; a
+            // whole step reads elements `k..k + LANES ≤ inp` of one.
+            *v = unsafe { load_w::<F>(w.add(c * t.row_bytes + k * elem)) };
+        }
+        // SAFETY: the caller guarantees `R` activation rows of `width ≥ k + LANES`
+        // elements at `x`.
+        unsafe { fma_rows(&mut acc, &wv, x, t.width, k) };
+    }
+    for s in t.full..t.steps {
+        let k = s * LANES;
+        let left = t.inp.saturating_sub(k);
+        for (c, v) in wv.iter_mut().enumerate() {
             *v = if left == 0 {
                 _mm512_setzero_ps()
             } else {
-                // SAFETY: the caller guarantees `C` weight rows of `inp` elements at `w`,
-                // and `k < inp`.
-                let p = unsafe { w.add(c * t.row_bytes + k * elem) };
-                if s < t.full {
-                    if s % 2 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_WIDE).cast());
-                    }
-                    // SAFETY: a full step reads `k + LANES ≤ inp` elements of the row.
-                    unsafe { load_w::<F>(p) }
-                } else {
-                    // SAFETY: a partial step reads only the `inp - k` left in the row.
-                    unsafe { load_w_part::<F>(p, left) }
-                }
+                // SAFETY: as above, reading only the `inp - k < LANES` elements left.
+                unsafe { load_w_part::<F>(w.add(c * t.row_bytes + k * elem), left) }
             };
         }
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: the caller guarantees `R` activation rows of `width ≥ k + LANES`
-            // elements at `x`.
-            let xv = unsafe { _mm512_loadu_ps(x.add(r * t.width + k)) };
-            for (a, &wc) in row.iter_mut().zip(&wv) {
-                *a = _mm512_fmadd_ps(wc, xv, *a);
-            }
-        }
+        // SAFETY: as above.
+        unsafe { fma_rows(&mut acc, &wv, x, t.width, k) };
     }
     let mut y = [[0f32; C]; R];
     for (yr, ar) in y.iter_mut().zip(&acc) {
@@ -268,6 +263,26 @@ unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
         }
     }
     y
+}
+
+/// `acc[r][c] += w[c] · x[r]`, `x[r]` being `LANES` activations at `x + r·width + k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn fma_rows<const R: usize, const C: usize>(
+    acc: &mut [[__m512; C]; R],
+    w: &[__m512; C],
+    x: *const f32,
+    width: usize,
+    k: usize,
+) {
+    for (r, row) in acc.iter_mut().enumerate() {
+        // SAFETY: the caller guarantees `R` rows of `width ≥ k + LANES` elements at `x`.
+        let xv = unsafe { _mm512_loadu_ps(x.add(r * width + k)) };
+        for (a, &wc) in row.iter_mut().zip(w) {
+            *a = _mm512_fmadd_ps(wc, xv, *a);
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
@@ -358,7 +373,9 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
     }
 }
 
-/// How far ahead of a weight row's read position to prefetch, in bytes.
+/// How far ahead of a quantized weight row's read position to prefetch, in bytes: a
+/// single-row `Q4_0` LM head went from ~20 to ~50 GB/s with it (the 16/32-bit kernels
+/// showed no gain).
 const PREFETCH: usize = 4096;
 
 /// Quantized activation rows at a tile's first row.
