@@ -8,10 +8,9 @@
 //! cargo build --workspace --locked && target/debug/kernel-bench --rows 1,16,512
 //! ```
 //!
-//! (The dev profile builds the engine at `opt-level = 3`.) Each matrix is multiplied over
-//! and over, so the smaller ones (≤ 33 MB) partly stay in the last-level cache and read
-//! faster than a real decode step, which streams every layer once; the LM head's figure is
-//! the one closest to DRAM speed.
+//! (The dev profile builds the engine at `opt-level = 3`.) Calls rotate over enough copies
+//! of each matrix that its weights come from DRAM, as in a real decode step; `--hot` reuses
+//! one copy (cache-resident for the smaller shapes) to see the kernels' compute rate.
 
 use std::time::Instant;
 
@@ -35,7 +34,16 @@ struct Args {
     /// Leave out the 128256 × 2048 LM head (it needs ~1 GiB as f32).
     #[arg(long)]
     no_head: bool,
+    /// Multiply the same copy of each matrix every time, so the smaller ones stay in the
+    /// last-level cache. By default calls rotate over copies of at least 128 MiB in all, so
+    /// every call reads its weights from DRAM as a real decode step does.
+    #[arg(long)]
+    hot: bool,
 }
+
+/// Bytes the copies of one matrix should span so that none is still cached when its turn
+/// comes again (several times a server CPU's last-level cache).
+const COLD_BYTES: usize = 128 << 20;
 
 /// `(name, out, in, uses per token)`: one Llama-3.2-1B layer (×16) and the LM head.
 const SHAPES: [(&str, usize, usize, usize); 5] = [
@@ -48,21 +56,23 @@ const SHAPES: [(&str, usize, usize, usize); 5] = [
 
 /// A matrix multiplied by our kernels or, as the baseline, by burn's Flex backend.
 enum Subject {
-    Ours(PackedMatrix),
+    /// Copies of one matrix, used in turn.
+    Ours(Vec<PackedMatrix>),
     Burn(Box<Tensor<2>>),
 }
 
 impl Subject {
     fn bytes(&self, out: usize, inp: usize) -> usize {
         match self {
-            Subject::Ours(m) => m.bytes(),
+            Subject::Ours(m) => m.first().map_or(0, PackedMatrix::bytes),
             Subject::Burn(_) => out * inp * 4,
         }
     }
 
-    fn run(&self, x: &[f32], rows: usize, inp: usize) -> anyhow::Result<()> {
+    fn run(&self, x: &[f32], rows: usize, inp: usize, call: usize) -> anyhow::Result<()> {
         match self {
-            Subject::Ours(m) => {
+            Subject::Ours(copies) => {
+                let m = &copies[call % copies.len()];
                 let y = m
                     .matmul_t(x, rows)
                     .ok_or_else(|| anyhow::anyhow!("shape mismatch"))?;
@@ -133,7 +143,15 @@ fn main() -> anyhow::Result<()> {
             }
             let data = pseudo_random(out * inp, out as u64);
             let w = match fmt {
-                Some(f) => Subject::Ours(PackedMatrix::pack(&data, out, inp, *f)?),
+                Some(f) => {
+                    let m = PackedMatrix::pack(&data, out, inp, *f)?;
+                    let copies = if args.hot {
+                        1
+                    } else {
+                        COLD_BYTES.div_ceil(m.bytes().max(1))
+                    };
+                    Subject::Ours(vec![m; copies])
+                }
                 None => Subject::Burn(Box::new(Tensor::from_data(
                     TensorData::new(data, [out, inp]),
                     (&Device::flex(), DType::F32),
@@ -147,7 +165,7 @@ fn main() -> anyhow::Result<()> {
                 let mut calls = 0u32;
                 let started = Instant::now();
                 while calls < 2 || started.elapsed().as_secs_f64() < args.seconds {
-                    w.run(&x, rows, inp)?;
+                    w.run(&x, rows, inp, calls as usize)?;
                     calls += 1;
                 }
                 let per_call = started.elapsed().as_secs_f64() / f64::from(calls);
@@ -179,13 +197,14 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nreproduce: cargo build --workspace --locked && target/debug/kernel-bench --rows {} --formats {}",
+        "\nreproduce: cargo build --workspace --locked && target/debug/kernel-bench --rows {} --formats {}{}",
         args.rows
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        args.formats.join(",")
+        args.formats.join(","),
+        if args.hot { " --hot" } else { "" }
     );
     Ok(())
 }

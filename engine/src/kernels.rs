@@ -3,10 +3,11 @@
 //!
 //! Decoding is bound by how many weight bytes cross the memory bus, so the weights stay in
 //! their compact form and are widened in registers. With AVX-512 the 16/32-bit formats run
-//! register-blocked micro-kernels (`x86`): a tile of up to 4 activation rows × 4 output
-//! columns, each weight vector widened once and used for every row of the tile, each
-//! activation vector for every column, so a batched decode step reads `W` once and prefill
-//! does several multiply-adds per load. `Q8_0` / `Q4_0` quantize each activation row to
+//! register-blocked micro-kernels (`x86`): a tile of up to 6 activation rows (4 for the
+//! quantized formats) × 4 output columns, each weight vector widened once and used for
+//! every row of the tile, each activation vector for every column, so a batched decode step
+//! reads `W` once and prefill does several multiply-adds per load; the next tile's weights
+//! are prefetched while one is computed. `Q8_0` / `Q4_0` quantize each activation row to
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
 //! (`qdot`; `vpdpbusd` with AVX-512 VNNI). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
@@ -68,6 +69,7 @@ impl Format {
     }
 }
 
+#[derive(Clone)]
 enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
@@ -77,6 +79,7 @@ enum Data {
 }
 
 /// A weight matrix `[out, inp]` in one of the [`Format`]s.
+#[derive(Clone)]
 pub struct PackedMatrix {
     data: Data,
     out: usize,
@@ -580,15 +583,11 @@ fn simd_level() -> u8 {
 
 /// Whether the AVX-512 level also has the 8-bit dot products (`vpdpbusd`) the quantized
 /// kernels use.
+#[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static VNNI: OnceLock<bool> = OnceLock::new();
-        *VNNI.get_or_init(|| simd_level() == 2 && is_x86_feature_detected!("avx512vnni"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    use std::sync::OnceLock;
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| simd_level() == 2 && is_x86_feature_detected!("avx512vnni"))
 }
 
 /// [`run`] compiled for the best instruction set this CPU has.

@@ -31,7 +31,10 @@ pub struct Linear {
 impl Linear {
     /// Loads `{name}.weight` (`[out, inp]`) and, with `bias`, `{name}.bias` (`[out]`), at the
     /// file's precision or quantized to `quantize` blocks.
-    #[expect(clippy::too_many_arguments, reason = "shape, device and storage choices")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "shape, device and storage choices"
+    )]
     pub fn load_with(
         weights: &Weights,
         name: &str,

@@ -49,6 +49,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// How far Airlock's Q8_0/Q4_0 logits may sit from `transformers` run on the same
+/// dequantized weights. The CPU kernels quantize activations per row to 8 bits as llama.cpp
+/// does (engine/src/kernels/qdot.rs), which moves these fixtures' logits by ~0.05; a block
+/// read wrongly (scale, nibble order, row permutation) moves them by the quantization error
+/// itself or more (~1 for Q4_0), so the bound still isolates the reading of the blocks.
+const ACTIVATION_ROUNDING: f32 = 0.15;
+
 /// For the GGUF variant `gguf` of `source`: max |Δlogit| against `transformers` and against
 /// the safetensors directory, and how many of 16 greedy tokens agree with `transformers`.
 /// Quantized variants are also held to `transformers` run on the same dequantized weights
@@ -105,7 +112,7 @@ fn check(
             let vs_deq = max_abs_diff(&logits, &deq);
             println!("{gguf}/{i}: max|Δlogit| vs transformers on dequantized weights {vs_deq:.2e}");
             anyhow::ensure!(
-                deq.len() == logits.len() && vs_deq <= 1e-3,
+                deq.len() == logits.len() && vs_deq <= ACTIVATION_ROUNDING,
                 "{gguf}/{i}: logits differ from transformers on the same dequantized weights by \
                  {vs_deq}"
             );
@@ -169,7 +176,7 @@ fn q4_0_gguf_within_quantization_error() -> anyhow::Result<()> {
     // 4-bit blocks of these N(0, 0.1) random weights move logits by up to ~1.1 (as much in
     // transformers on the dequantized weights), more than this random model's top-1 margins,
     // so greedy agreement with the unquantized model is not asked; the dequantized-weights
-    // reference (1e-3) is what holds the Q4_0 path to account.
+    // reference (`ACTIVATION_ROUNDING`) is what holds the Q4_0 path to account.
     check("llama_gqa_f32-q4_0", "llama_gqa_f32", 1.5, 1.5, 0)
 }
 

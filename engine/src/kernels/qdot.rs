@@ -12,7 +12,9 @@
 //! Accuracy: the activations' rounding (≤ half a step of `amax / 127` per element) comes on
 //! top of the weights' own; llama.cpp makes the same trade for these formats.
 
-use super::{QK, by_columns, f16_bits_to_f32, reduce, vnni};
+use rayon::prelude::*;
+
+use super::{QK, by_columns, f16_bits_to_f32, reduce};
 use crate::quant::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 
 /// Which block format the weights are in.
@@ -53,33 +55,62 @@ pub(super) struct Acts {
     pub(super) corr: Vec<i32>,
 }
 
-/// Quantizes `x` (`rows × blocks·32`) block by block: `d = amax / 127`, `q = round(x / d)`
-/// (llama.cpp's `quantize_row_q8_0`, with the scale kept in `f32`).
+/// Quantizes `x` (`rows × blocks·32`) block by block: `d = amax / 127`,
+/// `q = round(x / d)`, ties to even as llama.cpp's AVX code rounds (its scalar reference
+/// rounds ties away from zero), the scale kept in `f32`. Rows are independent, so large
+/// batches are split over the pool; a row's bytes do not depend on the split.
 pub(super) fn quantize(x: &[f32], rows: usize, blocks: usize, kind: Weights) -> Acts {
     let n = rows * blocks;
     let mut a = Acts {
         rows,
         blocks,
-        qs: Vec::with_capacity(n * QK),
-        ds: Vec::with_capacity(n),
-        corr: Vec::with_capacity(n * 8),
+        qs: vec![0; n * QK],
+        ds: vec![0.0; n],
+        corr: vec![0; n * 8],
     };
     let offset = kind.offset();
-    for b in x.chunks_exact(QK).take(n) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let start = a.qs.len();
-        // `as` saturates, and |v · id| ≤ 127 by construction; NaN becomes 0.
-        a.qs.extend(b.iter().map(|v| (v * id).round() as i8));
-        a.ds.push(d);
-        a.corr.extend(
-            a.qs[start..]
-                .chunks_exact(4)
-                .map(|l| -offset * l.iter().map(|&q| i32::from(q)).sum::<i32>()),
-        );
+    let width = blocks * QK;
+    if width == 0 {
+        return a;
+    }
+    let row = |(((qs, ds), corr), x): RowParts<'_>| quantize_row(x, qs, ds, corr, offset);
+    if rows >= 8 {
+        a.qs.par_chunks_mut(width)
+            .zip(a.ds.par_chunks_mut(blocks))
+            .zip(a.corr.par_chunks_mut(blocks * 8))
+            .zip(x.par_chunks(width))
+            .for_each(row);
+    } else {
+        a.qs.chunks_mut(width)
+            .zip(a.ds.chunks_mut(blocks))
+            .zip(a.corr.chunks_mut(blocks * 8))
+            .zip(x.chunks(width))
+            .for_each(row);
     }
     a
+}
+
+/// One row's quants, scales and corrections, and its activations.
+type RowParts<'a> = (((&'a mut [i8], &'a mut [f32]), &'a mut [i32]), &'a [f32]);
+
+/// One activation row; see [`quantize`].
+fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [f32], corr: &mut [i32], offset: i32) {
+    // Adding and taking away 1.5 · 2²³ rounds any |t| < 2²² to an integer, ties to even,
+    // in two additions that vectorize (`f32::round` is a library call here).
+    const MAGIC: f32 = 12_582_912.0;
+    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK));
+    for (((x, q), d), c) in blocks.zip(ds.iter_mut()).zip(corr.chunks_exact_mut(8)) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = amax / 127.0;
+        let id = if *d != 0.0 { 1.0 / *d } else { 0.0 };
+        // `as` saturates, and |v · id| ≤ 127 by construction; NaN becomes 0.
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = ((v * id + MAGIC) - MAGIC) as i8;
+        }
+        for (c, l) in c.iter_mut().zip(q.chunks_exact(4)) {
+            *c = -offset * l.iter().map(|&q| i32::from(q)).sum::<i32>();
+        }
+    }
 }
 
 /// `x` (`rows × inp`, `inp` a multiple of 32) times the `[out, inp]` blocks `v`ᵀ.
@@ -94,8 +125,10 @@ pub(super) fn matmul(
     let a = quantize(x, rows, inp / QK, kind);
     by_columns(out, rows, |first, dst| {
         #[cfg(target_arch = "x86_64")]
-        if vnni() {
+        if super::vnni() {
             return super::x86::run_quant(v, kind, &a, first, dst);
+        } else if super::simd_level() >= 1 {
+            return super::x86::run_quant_v3(v, kind, &a, first, dst);
         }
         run_portable(v, kind, &a, first, dst)
     })

@@ -42,6 +42,18 @@ pub(super) fn run_v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f
     unsafe { v3(d, job, first, dst) }
 }
 
+#[target_feature(enable = "avx2,fma")]
+fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+    super::qdot::run_portable(v, kind, a, first, dst)
+}
+
+/// The portable quantized kernel compiled for AVX2 + FMA (same operations, same bits).
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+    // SAFETY: `qdot::matmul` calls this only when `simd_level` detected AVX2 and FMA.
+    unsafe { quant_v3(v, kind, a, first, dst) }
+}
+
 /// A 16/32-bit weight matrix `[out, inp]`, row-major.
 pub(super) enum Wide<'a> {
     F32(&'a [f32]),
@@ -91,6 +103,7 @@ fn wide_v4(w: &Wide<'_>, inp: usize, job: &Job<'_>, first: usize, dst: &mut [f32
         full: inp / LANES,
         steps: width / LANES,
         row_bytes: inp * elem,
+        prefetch: rows <= ROW_BLOCK,
     };
     match w {
         Wide::F32(_) => wide_tiles::<F32>(base, &t, job.xs, rows, first, n, dst),
@@ -110,6 +123,9 @@ struct Tile {
     /// All steps, the last ones partial or empty, as the portable code's zero-padded blocks.
     steps: usize,
     row_bytes: usize,
+    /// Prefetch the next tile's weights: worth it when the weights stream from memory
+    /// once (decode); prefill reads each from cache once per row block and is compute-bound.
+    prefetch: bool,
 }
 
 /// Walks `dst` in `R × C` tiles, rows in L2-sized blocks.
@@ -234,9 +250,14 @@ unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
     for s in 0..t.full {
         let k = s * LANES;
         for (c, v) in wv.iter_mut().enumerate() {
+            let at = c * t.row_bytes + k * elem;
+            // The same spot one tile of columns ahead (see `q_micro`), once per cache line.
+            if t.prefetch && (F == F32 || s % 2 == 0) {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at + C * t.row_bytes).cast());
+            }
             // SAFETY: the caller guarantees `C` weight rows of `inp` elements at `w`; a
             // whole step reads elements `k..k + LANES ≤ inp` of one.
-            *v = unsafe { load_w::<F>(w.add(c * t.row_bytes + k * elem)) };
+            *v = unsafe { load_w::<F>(w.add(at)) };
         }
         // SAFETY: the caller guarantees `R` activation rows of `width ≥ k + LANES`
         // elements at `x`.
@@ -373,11 +394,6 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
     }
 }
 
-/// How far ahead of a quantized weight row's read position to prefetch, in bytes: a
-/// single-row `Q4_0` LM head went from ~20 to ~50 GB/s with it (the 16/32-bit kernels
-/// showed no gain).
-const PREFETCH: usize = 4096;
-
 /// Quantized activation rows at a tile's first row.
 struct QRows {
     qs: *const i8,
@@ -415,9 +431,11 @@ unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
             // second block is read only when `b + 1 < blocks`.
             unsafe {
                 let p = w.add(c * x.row_bytes + b * bb);
-                // Well ahead of the stream (past the row's end is harmless: a prefetch
-                // never faults, and `wrapping_add` makes no claim on the address).
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+                // The same spot one tile of columns ahead, which the next tile reads
+                // (without it a single row's `Q4_0` down projection streamed at ~25 GB/s,
+                // with it ~50). Past the matrix's end is harmless: a prefetch never faults,
+                // and `wrapping_add` makes no claim on the address.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
                 let s0 = u32::from(u16::from_le_bytes([p.read(), p.add(1).read()]));
                 let (q0, q1, s1) = if Q4 {
                     let q0 = _mm_loadu_si128(p.add(2).cast());
