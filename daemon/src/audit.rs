@@ -5,12 +5,17 @@
 //!
 //! * [`record`]: what a record says and its canonical encoding (what the hash covers).
 //! * [`writer`]: the single writer thread (group commit, checkpoints, recovery records).
-//! * [`verify`]: the offline checker.
+//! * [`verify`]: the offline checker; [`anchors`]: checkpoints kept off the host.
+//! * [`head`]: what the writer proves before it extends a log (never signs over a forgery).
+//! * [`flood`]: the per-client budget of unauthenticated refusal records.
 //! * [`trail`]: one request's records (admission before the engine, completion before the
 //!   final bytes), fail closed.
 //! * [`tools`]: export, digest, backup, keygen; [`cli`]: the `airlockd audit` subcommand.
 
+pub mod anchors;
 pub mod cli;
+pub mod flood;
+pub mod head;
 pub mod keys;
 pub mod lifecycle;
 pub mod record;
@@ -58,6 +63,18 @@ pub enum AuditError {
     Stopped,
     #[error("{0}")]
     Format(String),
+    /// The log does not extend its last signed checkpoint: the daemon will not append to it
+    /// (its next checkpoint would sign whatever was done to it).
+    #[error(
+        "{path}: {refusal}. The daemon will not sign over a chain that does not extend its last \
+         signed checkpoint. Investigate with `airlockd audit inspect --db {path} --pubkey \
+         audit-signing.pub` and `airlockd audit verify`; keep the file as evidence and move it \
+         aside (e.g. to {path}.suspect) to start a new log"
+    )]
+    Refused {
+        path: PathBuf,
+        refusal: head::Refusal,
+    },
 }
 
 /// SHA-256 of a file's bytes, hex: the "configuration in force" named in every record.

@@ -1,4 +1,4 @@
-//! `airlockd audit ...`: verify, export, digest, backup, keygen.
+//! `airlockd audit ...`: verify, inspect, export, digest, backup, keygen.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,6 +22,23 @@ pub enum AuditCommand {
         db: Vec<PathBuf>,
         /// The checkpoint public key (`audit-signing.pub`). Without it checkpoints are only
         /// checked against the key the file itself names.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// Checkpoints kept off the host (`audit export --checkpoints` output): the chain
+        /// must pass through each and reach the newest. Needs `--pubkey`.
+        #[arg(long, value_name = "FILE", requires = "pubkey")]
+        anchors: Option<PathBuf>,
+    },
+    /// The check the daemon runs before it extends a log: its newest checkpoint is signed by
+    /// the key, the records after it chain onto it, a rotated successor begins with its
+    /// `rotate` record. Prints where the log stands; exit 0 when the daemon would extend
+    /// it, 2 when it refuses (what is wrong is printed), 1 on errors.
+    Inspect {
+        /// The live database (or a rotated file).
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// The checkpoint public key; without it, the key stored in the file (a warning says
+        /// so).
         #[arg(long, value_name = "FILE")]
         pubkey: Option<PathBuf>,
     },
@@ -74,7 +91,12 @@ pub enum AuditCommand {
 /// Runs one audit subcommand; returns the exit code.
 pub fn run(command: AuditCommand) -> u8 {
     match command {
-        AuditCommand::Verify { db, pubkey } => verify_cmd(&db, pubkey.as_deref()),
+        AuditCommand::Verify {
+            db,
+            pubkey,
+            anchors,
+        } => verify_cmd(&db, pubkey.as_deref(), anchors.as_deref()),
+        AuditCommand::Inspect { db, pubkey } => inspect_cmd(&db, pubkey.as_deref()),
         AuditCommand::Export {
             db,
             since,
@@ -147,10 +169,18 @@ pub fn run(command: AuditCommand) -> u8 {
     }
 }
 
-fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
+fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> u8 {
     let key = match pubkey.map(keys::read_public).transpose() {
         Ok(k) => k,
         Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+    };
+    let anchors = match (anchors, &key) {
+        (Some(path), Some(key)) => match super::anchors::load(path, key) {
+            Ok(a) => a,
+            Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+        },
+        (Some(_), None) => return fail(crate::cli::EXIT_USAGE, "--anchors needs --pubkey"),
+        (None, _) => verify::Anchors::new(),
     };
     if let [only] = db {
         let rotated = super::rotate::rotated_files(only);
@@ -165,7 +195,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
         }
     }
     let start = Instant::now();
-    let report = match verify::verify(db, key.as_ref()) {
+    let report = match verify::verify_anchored(db, key.as_ref(), &anchors) {
         Ok(r) => r,
         Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
     };
@@ -179,8 +209,15 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
             EXIT_TAMPERED
         }
         None => {
+            let pinned = match report.last_anchor {
+                Some(seq) => format!(
+                    ", {} anchors matched (last at seq {seq})",
+                    report.anchors_matched
+                ),
+                None => String::new(),
+            };
             println!(
-                "intact: {} records (seq {}..{}), {} checkpoints (last at seq {}), verified in {:.3} s ({:.0} records/s)",
+                "intact: {} records (seq {}..{}), {} checkpoints (last at seq {}){pinned}, verified in {:.3} s ({:.0} records/s)",
                 report.records,
                 report.first_seq.unwrap_or(0),
                 report.last_seq,
@@ -191,6 +228,28 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>) -> u8 {
             );
             0
         }
+    }
+}
+
+fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
+    match super::tools::inspect(db, pubkey) {
+        Ok((text, None)) => {
+            print!("{text}");
+            println!("daemon start: would extend this log");
+            0
+        }
+        Ok((text, Some(refusal))) => {
+            print!("{text}");
+            println!("REFUSED: {}: {refusal}", db.display());
+            println!(
+                "the daemon will not append to this file. Run `airlockd audit verify --db {} \
+                 --pubkey audit-signing.pub [--anchors checkpoints.jsonl]` to locate every \
+                 problem; keep the file as evidence and move it aside to start a new log",
+                db.display()
+            );
+            EXIT_TAMPERED
+        }
+        Err(e) => fail(crate::cli::EXIT_FAILURE, e),
     }
 }
 

@@ -45,7 +45,12 @@ impl SigningKey {
 
     /// The public key, hex (what `audit verify --pubkey` reads).
     pub fn public_hex(&self) -> String {
-        hex::encode(self.dalek().verifying_key().to_bytes())
+        hex::encode(self.verifying_key().to_bytes())
+    }
+
+    /// The public key, to check the log's own checkpoints before extending it.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.dalek().verifying_key()
     }
 }
 

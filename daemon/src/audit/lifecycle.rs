@@ -8,8 +8,9 @@ use super::writer::{AuditLog, WriterSettings};
 use super::{AuditError, SigningKey};
 use crate::config::{AuditConfig, Config};
 
-/// Opens the log (appending a recovery record after an unclean stop) and commits the
-/// `start` record. Fails the start-up when either fails: no decisions without a record.
+/// Opens the log (checking that it extends its last signed checkpoint, and appending a
+/// recovery record after an unclean stop) and commits the `start` record with a checkpoint.
+/// Fails the start-up when any of these fails: no decisions without a record.
 pub async fn start(
     cfg: &AuditConfig,
     config: &Config,
@@ -34,7 +35,8 @@ pub async fn start(
         .with("config_hash", config_hash)
         .with("models", models)
         .with("danger_allow_unaudited", cfg.danger_allow_unaudited);
-    log.append(record).await?;
+    // Sealed at once: every run starts from a signed head.
+    log.append_sealed(record).await?;
     tracing::info!(db = %cfg.db.display(), public_key = %log.public_key_hex, "audit log open");
     Ok(log)
 }

@@ -8,7 +8,7 @@ use super::verify::{Problem, verify};
 use super::writer::{AuditLog, WriterSettings};
 use super::{DigestKey, SigningKey};
 
-fn settings(db: &Path, every: u64) -> WriterSettings {
+pub(super) fn settings(db: &Path, every: u64) -> WriterSettings {
     WriterSettings {
         db: db.to_path_buf(),
         signing_key: SigningKey::from_seed([7; 32]),
@@ -21,7 +21,7 @@ fn settings(db: &Path, every: u64) -> WriterSettings {
 }
 
 /// A cleanly closed log of `n` records, a checkpoint every `every`.
-async fn log_with(n: u64, every: u64) -> (tempfile::TempDir, PathBuf) {
+pub(super) async fn log_with(n: u64, every: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let log = AuditLog::open(settings(&db, every)).unwrap();
@@ -38,13 +38,13 @@ async fn log_with(n: u64, every: u64) -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
-fn check(db: &Path) -> Option<(u64, Problem)> {
+pub(super) fn check(db: &Path) -> Option<(u64, Problem)> {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
     let report = verify(&[db.to_path_buf()], Some(&key)).unwrap();
     report.finding.map(|f| (f.seq, f.problem))
 }
 
-fn sql(db: &Path, statement: &str) {
+pub(super) fn sql(db: &Path, statement: &str) {
     let conn = Connection::open(db).unwrap();
     conn.execute_batch(statement).unwrap();
 }

@@ -1,10 +1,11 @@
-//! Offline tools over an audit database: JSON-lines export for SIEMs and online backup.
+//! Offline tools over an audit database: JSON-lines export for SIEMs, online backup, and
+//! `inspect` (the daemon's head check, for an operator whose daemon refused a log).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::AuditError;
 
@@ -121,6 +122,120 @@ pub fn backup(db: &Path, to: &Path) -> Result<(), AuditError> {
             path: to.to_path_buf(),
             source,
         })
+}
+
+/// What `audit inspect` prints about `db` (meta, records, newest checkpoint) and the head
+/// check's verdict with `pubkey` (or the key stored in the file): `None` when the daemon
+/// would extend the log.
+pub fn inspect(
+    db: &Path,
+    pubkey: Option<&Path>,
+) -> Result<(String, Option<super::head::Refusal>), AuditError> {
+    use std::fmt::Write as _;
+    let sql = |source| AuditError::Sqlite {
+        path: db.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    let meta = |key: &str| super::writer::meta(&conn, key).map_err(sql);
+    if meta("format")?.is_none() {
+        return Err(AuditError::Format(format!(
+            "{}: not an audit log (no meta.format)",
+            db.display()
+        )));
+    }
+    let (key, key_source) = match pubkey {
+        Some(path) => (
+            super::keys::read_public(path)?,
+            format!("{} (--pubkey)", path.display()),
+        ),
+        None => {
+            let stored = meta("public_key")?
+                .and_then(|v| hex::decode(v).ok())
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                .ok_or_else(|| {
+                    AuditError::Format(format!(
+                        "{}: no usable public key stored in the file: pass --pubkey",
+                        db.display()
+                    ))
+                })?;
+            (
+                stored,
+                "the key stored in the file (proves consistency, not authorship: pass --pubkey)"
+                    .to_owned(),
+            )
+        }
+    };
+    let mut out = String::new();
+    let text = |v: Option<String>| v.unwrap_or_else(|| "(missing)".into());
+    let _ = writeln!(out, "file: {}", db.display());
+    let _ = writeln!(out, "first seq: {}", text(meta("first_seq")?));
+    if let Some(previous) = meta("previous_file")? {
+        let _ = writeln!(out, "continues: {previous}");
+    }
+    let (count, min, max): (u64, Option<u64>, Option<u64>) = conn
+        .query_row("SELECT COUNT(*), MIN(seq), MAX(seq) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(sql)?;
+    match (min, max) {
+        (Some(min), Some(max)) => {
+            let _ = writeln!(out, "records: {count} (seq {min}..{max})");
+        }
+        _ => {
+            let _ = writeln!(out, "records: none");
+        }
+    }
+    let newest: Option<(u64, i64)> = conn
+        .query_row(
+            "SELECT seq, ts_ms FROM checkpoints ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    let checkpoints: u64 = conn
+        .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+        .map_err(sql)?;
+    match newest {
+        Some((seq, ts_ms)) => {
+            let _ = writeln!(
+                out,
+                "checkpoints: {checkpoints}, newest at seq {seq} ({})",
+                format_ms(ts_ms)
+            );
+            if let Some(max) = max.filter(|m| *m > seq) {
+                let _ = writeln!(
+                    out,
+                    "unsealed: records {}..{max} (list them: airlockd audit export --db {} | jq 'select(.seq > {seq})')",
+                    seq + 1,
+                    db.display()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(out, "checkpoints: none");
+        }
+    }
+    let clean = meta("clean")?.as_deref() == Some("1");
+    let _ = writeln!(
+        out,
+        "closed cleanly: {}",
+        if clean { "yes" } else { "no (running, or crashed)" }
+    );
+    let _ = writeln!(out, "key: {key_source}");
+    let verdict = super::head::check(&conn, &key).map_err(sql)?;
+    Ok((out, verdict.err()))
+}
+
+/// UTC time of `ms` since the epoch, RFC 3339.
+fn format_ms(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Parses `--since`: RFC 3339 (`2026-01-31T12:00:00Z`) or a date (`2026-01-31`, UTC).

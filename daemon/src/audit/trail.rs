@@ -11,6 +11,11 @@
 //! * A non-streaming completion gets its `complete` record from [`Trail::finish`] before
 //!   the response leaves `handle`; a stream writes it itself ([`StreamAudit`]) before its
 //!   final event.
+//!
+//! Refusals of requests that never authenticated (an unknown path's 404, a 401) cost a
+//! durable record each, so they are budgeted per client ([`super::flood`]): past the budget
+//! they are counted and the count goes into the client's next record. Their `route` is cut
+//! to [`MAX_ROUTE_BYTES`] too: a path is whatever the client sent, up to `max_header_bytes`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::flood::Decision;
 use super::keys::{DigestKey, finish};
 use super::record::{Kind, Record};
 use super::{AuditError, AuditLog};
@@ -169,12 +175,47 @@ fn set_filter_fields(record: &mut Record, hits: &[FilterHit]) {
         .set("filter_actions", actions);
 }
 
+/// The longest `route` ("METHOD /path") a record keeps, in bytes; a longer one is cut (at a
+/// character boundary) and `route_bytes` gives its full length.
+pub const MAX_ROUTE_BYTES: usize = 256;
+
+/// `METHOD /path`, cut to [`MAX_ROUTE_BYTES`]; the full length when cut.
+fn route_field(method: &str, path: &str) -> (String, Option<u64>) {
+    let mut route = format!("{method} {path}");
+    if route.len() <= MAX_ROUTE_BYTES {
+        return (route, None);
+    }
+    let full = route.len() as u64;
+    let mut end = MAX_ROUTE_BYTES;
+    while !route.is_char_boundary(end) {
+        end -= 1;
+    }
+    route.truncate(end);
+    (route, Some(full))
+}
+
+/// Who a refusal budget belongs to: the client certificate if there is one (a name the CA
+/// vouches for), else the client's address (the trusted proxy's `forwarded_for`, else the
+/// peer), without the port.
+fn client_key(conn: &ConnInfo) -> String {
+    if let Some((_, cert)) = conn.client_cert() {
+        return format!("cert:{}", cert.sha256_fingerprint);
+    }
+    match (conn.forwarded_for, conn.peer_addr) {
+        (Some(ip), _) => format!("ip:{ip}"),
+        (None, Some(addr)) => format!("ip:{}", addr.ip()),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
 /// One request's audit state.
 #[derive(Debug)]
 pub struct Trail {
     binding: Arc<Binding>,
     started: Instant,
     request_id: String,
+    /// The refusal budget this request draws on (see [`client_key`]).
+    client: String,
     /// Identity and route facts known before authentication.
     base: Record,
     progress: Mutex<Progress>,
@@ -189,8 +230,10 @@ impl Trail {
         path: &str,
     ) -> Arc<Trail> {
         let mut base = Record::new(Kind::Admit);
+        let (route, route_bytes) = route_field(method, path);
         base.set("request_id", request_id)
-            .set("route", format!("{method} {path}"))
+            .set("route", route)
+            .set("route_bytes", route_bytes)
             .set("config_hash", binding.config_hash.as_str());
         if let Some(addr) = conn.peer_addr {
             base.set("source", addr.to_string());
@@ -212,6 +255,7 @@ impl Trail {
             binding,
             started: Instant::now(),
             request_id: request_id.to_owned(),
+            client: client_key(conn),
             base,
             progress: Mutex::new(Progress::default()),
         })
@@ -300,6 +344,8 @@ impl Trail {
         }
         let mut record = self.record(Kind::Admit);
         record.set("decision", "allow");
+        let suppressed = self.binding.log.refusals().take_suppressed(&self.client);
+        record.set("suppressed_refusals", (suppressed > 0).then_some(suppressed));
         let digest = &self.binding.digest;
         let store = self.binding.store_text_for(tenant);
         match prompt {
@@ -327,7 +373,13 @@ impl Trail {
                 record.set("prompt_digest", digest.digest(&bytes));
             }
         }
-        let seq = self.write(record).await?;
+        let seq = match self.write(record).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.binding.log.refusals().restore(&self.client, suppressed);
+                return Err(e);
+            }
+        };
         self.progress().admit_seq = Some(seq);
         Ok(())
     }
@@ -363,23 +415,45 @@ impl Trail {
         if streaming {
             return Ok(());
         }
-        let record = if admitted {
-            self.completion(status, error_code)
+        if admitted {
+            let record = self.completion(status, error_code);
+            return self.write(record).await.map(drop);
+        }
+        let refused = status >= 400;
+        // Budget the records of refusals nobody authenticated for (see `super::flood`).
+        let budget = self.binding.log.refusals();
+        let suppressed = if refused && self.progress().auth.is_empty() {
+            match budget.check(&self.client, Instant::now()) {
+                Decision::Record { suppressed } => suppressed,
+                Decision::Suppress => return self.suppressed(),
+            }
         } else {
-            let kind = if status >= 400 {
-                Kind::Deny
-            } else {
-                Kind::Admit
-            };
-            let mut record = self.record(kind);
-            record
-                .set("decision", if status >= 400 { "deny" } else { "allow" })
-                .set("reason", error_code.map(str::to_owned))
-                .set("status", status)
-                .set("latency_ms", self.elapsed_ms());
-            record
+            budget.take_suppressed(&self.client)
         };
-        self.write(record).await.map(drop)
+        let mut record = self.record(if refused { Kind::Deny } else { Kind::Admit });
+        record
+            .set("decision", if refused { "deny" } else { "allow" })
+            .set("reason", error_code.map(str::to_owned))
+            .set("status", status)
+            .set("latency_ms", self.elapsed_ms())
+            .set("suppressed_refusals", (suppressed > 0).then_some(suppressed));
+        let written = self.write(record).await.map(drop);
+        if written.is_err() {
+            budget.restore(&self.client, suppressed);
+        }
+        written
+    }
+
+    /// A refusal over its client's budget goes out without a record (it is counted), but
+    /// not while the log is failing: then, like every other response, it becomes a 503.
+    fn suppressed(&self) -> Result<(), AuditError> {
+        if self.binding.log.healthy() || self.binding.danger_allow_unaudited {
+            Ok(())
+        } else {
+            Err(AuditError::Unavailable(
+                "the audit log is failing writes".into(),
+            ))
+        }
     }
 
     fn elapsed_ms(&self) -> u64 {

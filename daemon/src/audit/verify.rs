@@ -1,6 +1,12 @@
 //! Offline verification: every record's hash and link, every checkpoint's signature, the
-//! links between rotated files. Stops at the first problem and names its sequence number
-//! and kind. Reads the database read-only; needs only the public key.
+//! links between rotated files, and optionally the checkpoints an auditor holds off the host
+//! (anchors). Stops at the first problem and names its sequence number and kind. Reads the
+//! database read-only; needs only the public key.
+//!
+//! Every file must hold at least one signed checkpoint (the writer seals the first commit
+//! of every file), and a file that does not start the chain must begin with the `rotate`
+//! record linking it to its predecessor: otherwise a forger could drop the head of a log
+//! (or rewrite it and drop the checkpoints) and leave a file that is consistent in itself.
 //!
 //! The fast path is one SHA-256 per record and no parsing; a record is parsed only to
 //! classify a mismatch (its body names its own `seq`).
@@ -32,6 +38,8 @@ pub enum Problem {
     ForgedCheckpoint,
     /// A rotated file does not continue its predecessor.
     BrokenLink,
+    /// A file holds no signed checkpoint: nothing proves who wrote its records.
+    NoCheckpoint,
 }
 
 impl Problem {
@@ -44,6 +52,7 @@ impl Problem {
             Problem::Truncated => "truncated",
             Problem::ForgedCheckpoint => "forged checkpoint",
             Problem::BrokenLink => "broken link between files",
+            Problem::NoCheckpoint => "no checkpoint",
         }
     }
 }
@@ -78,23 +87,61 @@ pub struct Report {
     pub first_seq: Option<u64>,
     pub last_seq: u64,
     pub last_checkpoint: u64,
+    /// Anchors (checkpoints held off the host) that matched the chain; the last one's seq.
+    pub anchors_matched: u64,
+    pub last_anchor: Option<u64>,
     pub finding: Option<Finding>,
     pub warnings: Vec<String>,
 }
 
 /// Verifies `files` in order (oldest rotated file first, the live file last).
 pub fn verify(files: &[PathBuf], pubkey: Option<&VerifyingKey>) -> Result<Report, AuditError> {
+    verify_anchored(files, pubkey, &Anchors::default())
+}
+
+/// As [`verify`], and the chain must also pass through every anchor (a checkpoint exported
+/// earlier and kept off the host; see [`super::anchors`]) and reach the newest one: a log
+/// whose tail or checkpoints were removed, or rewritten since, fails.
+pub fn verify_anchored(
+    files: &[PathBuf],
+    pubkey: Option<&VerifyingKey>,
+    anchors: &Anchors,
+) -> Result<Report, AuditError> {
     let mut report = Report::default();
     let mut link: Option<(u64, [u8; 32])> = None;
     for file in files {
-        let end = verify_file(file, pubkey, link, &mut report)?;
+        let end = verify_file(file, pubkey, anchors, link, &mut report)?;
         if report.finding.is_some() {
-            break;
+            return Ok(report);
         }
         link = Some(end);
     }
+    let first = report.first_seq.unwrap_or(report.last_seq + 1);
+    let before = anchors.range(..first).count();
+    if before > 0 {
+        report.warnings.push(format!(
+            "{before} anchor(s) precede seq {first}, where the files given start: pass the \
+             rotated files that hold them to check them too"
+        ));
+    }
+    if let (Some((&seq, _)), Some(last)) = (anchors.last_key_value(), files.last())
+        && seq > report.last_seq
+    {
+        report.finding = Some(Finding {
+            file: last.clone(),
+            seq: report.last_seq + 1,
+            problem: Problem::Truncated,
+            detail: format!(
+                "an anchored checkpoint covers seq {seq}, but the log ends at seq {}",
+                report.last_seq
+            ),
+        });
+    }
     Ok(report)
 }
+
+/// Anchors by sequence number: the chain hash each one seals.
+pub type Anchors = BTreeMap<u64, [u8; 32]>;
 
 struct Row {
     seq: u64,
@@ -113,6 +160,7 @@ fn body_seq(body: &[u8]) -> Option<u64> {
 fn verify_file(
     file: &Path,
     pubkey: Option<&VerifyingKey>,
+    anchors: &Anchors,
     link: Option<(u64, [u8; 32])>,
     report: &mut Report,
 ) -> Result<(u64, [u8; 32]), AuditError> {
@@ -129,11 +177,10 @@ fn verify_file(
         .map_err(sql)?
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| AuditError::Format(format!("{}: not an audit log", file.display())))?;
-    let prev_hash: [u8; 32] = meta(&conn, "prev_hash")
-        .map_err(sql)?
-        .and_then(|v| hex::decode(v).ok())
-        .and_then(|v| v.try_into().ok())
-        .unwrap_or(GENESIS);
+    let prev_hash: Option<[u8; 32]> = match meta(&conn, "prev_hash").map_err(sql)? {
+        None => Some(GENESIS),
+        Some(v) => hex::decode(v).ok().and_then(|v| v.try_into().ok()),
+    };
     let clean = meta(&conn, "clean").map_err(sql)?.as_deref() == Some("1");
     let stored_key = meta(&conn, "public_key")
         .map_err(sql)?
@@ -159,6 +206,20 @@ fn verify_file(
         detail,
     };
 
+    let Some(prev_hash) = prev_hash.filter(|h| first_seq > 1 || *h == GENESIS) else {
+        report.finding = Some(found(
+            first_seq,
+            Problem::BrokenLink,
+            "meta.prev_hash is malformed, or names a predecessor although the file starts the \
+             chain (first_seq 1)"
+                .into(),
+        ));
+        return Ok((0, GENESIS));
+    };
+    if first_seq == 0 {
+        report.finding = Some(found(0, Problem::BrokenLink, "meta.first_seq is 0".into()));
+        return Ok((0, GENESIS));
+    }
     if let Some((last_seq, last_hash)) = link
         && (first_seq != last_seq + 1 || prev_hash != last_hash)
     {
@@ -217,6 +278,14 @@ fn verify_file(
             ));
             return Ok((0, GENESIS));
         }
+        if row.seq == first_seq
+            && first_seq > 1
+            && let Some(detail) =
+                super::head::rotation_record_problem(Some(row.body.as_slice()), first_seq, &prev_hash)
+        {
+            report.finding = Some(found(row.seq, Problem::BrokenLink, detail));
+            return Ok((0, GENESIS));
+        }
         let computed = chain_hash(row.seq, &prev, &row.body);
         if row.hash[..] != computed[..] {
             let next = match rows.peek() {
@@ -244,6 +313,20 @@ fn verify_file(
                 return Ok((0, GENESIS));
             }
             last_checkpoint = row.seq;
+        }
+        if let Some(anchor) = anchors.get(&row.seq) {
+            if anchor[..] != computed[..] {
+                report.finding = Some(found(
+                    row.seq,
+                    Problem::Modified,
+                    "the chain does not match the anchored checkpoint held off the host: \
+                     records up to here were rewritten"
+                        .into(),
+                ));
+                return Ok((0, GENESIS));
+            }
+            report.anchors_matched += 1;
+            report.last_anchor = Some(row.seq);
         }
         prev = computed;
         expected = row.seq + 1;
@@ -276,6 +359,27 @@ fn verify_file(
             seq,
             Problem::ForgedCheckpoint,
             "checkpoint for a sequence number this file does not hold".into(),
+        ));
+        return Ok((0, GENESIS));
+    }
+    if last_seq < first_seq {
+        // An empty file: a forger who removed every record and checkpoint leaves one.
+        report.finding = Some(found(
+            first_seq,
+            Problem::NoCheckpoint,
+            "the file holds no records and no signed checkpoint".into(),
+        ));
+        return Ok((0, GENESIS));
+    }
+    if last_checkpoint == 0 {
+        report.finding = Some(found(
+            first_seq,
+            Problem::NoCheckpoint,
+            format!(
+                "records {first_seq}..{last_seq} are sealed by no signed checkpoint (the \
+                 daemon seals the first commit of every file: checkpoints were deleted, or \
+                 another program wrote the file)"
+            ),
         ));
         return Ok((0, GENESIS));
     }
@@ -355,7 +459,7 @@ fn classify(row: &Row, next: Option<(u64, Option<u64>)>) -> (Problem, String) {
     }
 }
 
-fn check_signature(
+pub(super) fn check_signature(
     key: Option<&VerifyingKey>,
     seq: u64,
     hash: &[u8],

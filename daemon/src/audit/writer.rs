@@ -8,6 +8,11 @@
 //! every caller in the batch gets an error, and [`AuditLog::healthy`] turns false. While
 //! unhealthy the thread retries once a second with a `resumed` record, so service comes
 //! back by itself once writes succeed again.
+//!
+//! Before it appends anything the writer runs the head check ([`super::head`]): it never
+//! signs over a chain that does not extend its own last checkpoint. The first commit in
+//! every file is sealed by a checkpoint (so no file is ever without one), and so is the
+//! `start` record ([`AuditLog::append_sealed`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,7 +51,9 @@ const MAX_BATCH: usize = 4096;
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
 enum Msg {
-    Append(Record, Option<Reply>),
+    /// A record, its caller (none for a detached record), and whether the commit that
+    /// holds it must also write a checkpoint.
+    Append(Record, Option<Reply>, bool),
     Close(oneshot::Sender<()>),
 }
 
@@ -57,6 +64,8 @@ pub struct AuditLog {
     write_timeout: Duration,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) public_key_hex: String,
+    /// Per-client budget of unauthenticated refusal records (kept across reloads).
+    refusals: super::flood::RefusalBudget,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -90,6 +99,7 @@ impl AuditLog {
             write_timeout: settings.write_timeout,
             thread: std::sync::Mutex::new(Some(thread)),
             public_key_hex,
+            refusals: super::flood::RefusalBudget::default(),
         }))
     }
 
@@ -98,10 +108,25 @@ impl AuditLog {
         self.healthy.load(Ordering::Acquire)
     }
 
+    /// The per-client budget of unauthenticated refusal records.
+    pub fn refusals(&self) -> &super::flood::RefusalBudget {
+        &self.refusals
+    }
+
     /// Appends a record and waits for its commit; returns its sequence number.
     pub async fn append(&self, record: Record) -> Result<u64, AuditError> {
+        self.send(record, false).await
+    }
+
+    /// As [`AuditLog::append`], and the same commit writes a checkpoint sealing it (the
+    /// `start` record: every run begins with a signed head).
+    pub async fn append_sealed(&self, record: Record) -> Result<u64, AuditError> {
+        self.send(record, true).await
+    }
+
+    async fn send(&self, record: Record, seal: bool) -> Result<u64, AuditError> {
         let (reply, wait) = oneshot::channel();
-        match self.tx.try_send(Msg::Append(record, Some(reply))) {
+        match self.tx.try_send(Msg::Append(record, Some(reply), seal)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(AuditError::Overloaded),
             Err(TrySendError::Disconnected(_)) => return Err(AuditError::Stopped),
@@ -116,7 +141,7 @@ impl AuditLog {
     /// Queues a record without waiting (a stream the client abandoned: nobody is left to
     /// refuse). Never blocks.
     pub fn append_detached(&self, record: Record) {
-        if self.tx.try_send(Msg::Append(record, None)).is_err() {
+        if self.tx.try_send(Msg::Append(record, None, false)).is_err() {
             tracing::error!("audit queue full or closed: a detached audit record was dropped");
         }
     }
@@ -182,6 +207,9 @@ struct WriterState {
     /// After a rotation whose new file could not be opened yet: its (first_seq, prev_hash).
     /// `write` opens it first, so a failed rotation is a failed write, retried like one.
     pending_file: Option<(u64, [u8; 32], String)>,
+    /// The `rotate` record the current file must begin with, until a commit wrote it: it
+    /// goes first into the next transaction, whatever else (a `resumed` record) is queued.
+    pending_rotate: Option<Record>,
     rotation: Rotation,
     /// (device, inode) of the open file, to notice it being removed or replaced.
     file_id: Option<(u64, u64)>,
@@ -208,13 +236,28 @@ impl WriterState {
             source,
         };
         if meta(&conn, "format").map_err(sql)?.is_none() {
-            init_meta(&conn, 1, &GENESIS, None).map_err(sql)?;
+            // A new file. If rotated files exist (the live file was lost between a rotation
+            // and its successor's first commit), continue their chain instead of forking it.
+            match predecessor(&settings.db, &key)? {
+                Some((last_seq, last_hash, name)) => {
+                    tracing::warn!(
+                        previous_file = %name,
+                        next_seq = last_seq + 1,
+                        "no live audit file: continuing the chain of the newest rotated file"
+                    );
+                    init_meta(&conn, last_seq + 1, &last_hash, Some(name.as_str())).map_err(sql)?;
+                }
+                None => init_meta(&conn, 1, &GENESIS, None).map_err(sql)?,
+            }
             set_meta(&conn, "clean", "1").map_err(sql)?;
         }
-        let file_first_seq: u64 = meta(&conn, "first_seq")
+        // Never sign over a chain that does not extend our own last checkpoint.
+        let head = super::head::check(&conn, &key.verifying_key())
             .map_err(sql)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+            .map_err(|refusal| AuditError::Refused {
+                path: settings.db.clone(),
+                refusal,
+            })?;
         let age_ms = meta(&conn, "created_ms")
             .map_err(sql)?
             .and_then(|v| v.parse::<i64>().ok())
@@ -223,50 +266,30 @@ impl WriterState {
             .checked_sub(Duration::from_millis(age_ms as u64))
             .unwrap_or_else(Instant::now);
         set_meta(&conn, "public_key", &key.public_hex()).map_err(sql)?;
-        let clean = meta(&conn, "clean").map_err(sql)?.as_deref() == Some("1");
-        let head: Option<(u64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(sql)?;
-        let (head_seq, head_hash) = match head {
-            Some((seq, hash)) => {
-                let hash: [u8; 32] = hash.try_into().map_err(|_| {
-                    AuditError::Format(format!("record {seq} has a malformed hash"))
-                })?;
-                (seq, hash)
-            }
-            None => {
-                let first = file_first_seq;
-                let prev = meta(&conn, "prev_hash")
-                    .map_err(sql)?
-                    .and_then(|v| hex::decode(v).ok())
-                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                    .unwrap_or(GENESIS);
-                (first.saturating_sub(1), prev)
-            }
-        };
-        let checkpointed_seq: u64 = conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| {
-                r.get(0)
-            })
-            .map_err(sql)?;
         set_meta(&conn, "clean", "0").map_err(sql)?;
+        // A rotation successor whose first commit never happened still owes its `rotate`
+        // record: it goes first into the first commit.
+        let pending_rotate = (head.is_empty() && head.first_seq > 1).then(|| {
+            rotate_record(
+                head.previous_file.clone().unwrap_or_default(),
+                head.seq,
+                &head.hash,
+            )
+        });
+        let checkpointed_seq = head.checkpoint.unwrap_or(head.first_seq - 1);
         let mut state = WriterState {
             conn,
             db: settings.db.clone(),
             pending_file: None,
+            pending_rotate,
             rotation: settings.rotation.clone(),
             file_id: file_id(&settings.db),
-            file_first_seq,
+            file_first_seq: head.first_seq,
             file_started,
             write_timeout: settings.write_timeout,
             key,
-            head_seq,
-            head_hash,
+            head_seq: head.seq,
+            head_hash: head.hash,
             checkpointed_seq,
             last_checkpoint: Instant::now(),
             checkpoint_every: settings.checkpoint_every.max(1),
@@ -274,18 +297,15 @@ impl WriterState {
             healthy: Arc::new(AtomicBool::new(true)),
             failures: 0,
         };
-        if !clean {
+        if !head.clean {
             tracing::warn!(
-                last_seq = head_seq,
+                last_seq = head.seq,
                 "the audit log was not closed cleanly (crash or kill -9): appending a recovery record"
             );
             let record = Record::new(Kind::Recovery)
-                .with("last_seq", head_seq)
+                .with("last_seq", head.seq)
                 .with("last_checkpoint_seq", checkpointed_seq)
-                .with(
-                    "unsealed_records",
-                    head_seq.saturating_sub(checkpointed_seq),
-                );
+                .with("unsealed_records", head.unsealed());
             state
                 .commit(vec![(record, None)], true)
                 .map_err(|e| AuditError::Format(format!("writing the recovery record: {e}")))?;
@@ -306,11 +326,15 @@ impl WriterState {
                 }
             };
             let mut batch = Vec::new();
+            let mut seal = false;
             let mut close = None;
             let mut next = first;
             while let Some(msg) = next {
                 match msg {
-                    Msg::Append(record, reply) => batch.push((record, reply)),
+                    Msg::Append(record, reply, sealed) => {
+                        batch.push((record, reply));
+                        seal |= sealed;
+                    }
                     Msg::Close(done) => {
                         close = Some(done);
                         break;
@@ -322,7 +346,7 @@ impl WriterState {
                 next = rx.try_recv().ok();
             }
             if !batch.is_empty() {
-                if self.commit(batch, false).is_ok() {
+                if self.commit(batch, seal).is_ok() {
                     self.maybe_rotate();
                 }
             } else if !self.healthy.load(Ordering::Acquire)
@@ -374,7 +398,9 @@ impl WriterState {
         );
         match written {
             Ok((seq, hash, checkpointed)) => {
-                let first = self.head_seq + 1;
+                // The batch's records are the transaction's last ones (a pending `rotate`
+                // record may precede them).
+                let first = seq + 1 - batch.len() as u64;
                 self.head_seq = seq;
                 self.head_hash = hash;
                 if checkpointed {
@@ -450,17 +476,26 @@ impl WriterState {
         {
             let mut insert =
                 tx.prepare_cached("INSERT INTO records (seq, body, hash) VALUES (?1, ?2, ?3)")?;
-            for (record, _) in batch {
+            for record in self
+                .pending_rotate
+                .iter()
+                .chain(batch.iter().map(|(record, _)| record))
+            {
                 seq += 1;
                 let body = record.encode(seq, ts);
                 hash = chain_hash(seq, &hash, &body);
                 insert.execute(params![seq, body, &hash[..]])?;
             }
         }
-        let due = seq >= self.checkpointed_seq + self.checkpoint_every
+        // Due when the commit crosses a multiple of `checkpoint_every` (so checkpoints fall
+        // on round numbers whatever the file's first commit was), or the interval passed.
+        let due = seq / self.checkpoint_every > self.checkpointed_seq / self.checkpoint_every
             || (seq > self.checkpointed_seq
                 && self.last_checkpoint.elapsed() >= self.checkpoint_interval);
-        let checkpoint = seq > self.checkpointed_seq && (due || force_checkpoint);
+        // The first commit of a file is sealed: no file is ever without a checkpoint, and
+        // `verify` rejects one that is.
+        let first_in_file = self.checkpointed_seq < self.file_first_seq;
+        let checkpoint = seq > self.checkpointed_seq && (due || force_checkpoint || first_in_file);
         if checkpoint {
             let signature = self.key.sign(&checkpoint_message(seq, &hash, ts));
             tx.prepare_cached(
@@ -469,6 +504,7 @@ impl WriterState {
             .execute(params![seq, &hash[..], ts, &signature[..]])?;
         }
         tx.commit()?;
+        self.pending_rotate = None;
         Ok((seq, hash, checkpoint))
     }
 }
@@ -551,13 +587,11 @@ impl WriterState {
         let previous = archived.display().to_string();
         tracing::info!(rotated_to = %previous, next_seq = self.head_seq + 1, "audit log rotated");
         self.pending_file = Some((self.head_seq + 1, self.head_hash, previous.clone()));
+        self.pending_rotate = Some(rotate_record(previous, self.head_seq, &self.head_hash));
         self.file_first_seq = self.head_seq + 1;
         self.file_started = Instant::now();
-        let record = Record::new(Kind::Rotate)
-            .with("previous_file", previous)
-            .with("previous_last_seq", self.head_seq)
-            .with("previous_last_hash", hex::encode(self.head_hash));
-        self.commit(vec![(record, None)], false)
+        // Writes the `rotate` record (and seals it: the first commit of the file).
+        self.commit(Vec::new(), false)
             .map_err(AuditError::Unavailable)?;
         if let Some(keep) = self.rotation.keep {
             let removed = apply_retention(&self.db, keep);
@@ -572,6 +606,40 @@ impl WriterState {
         }
         Ok(())
     }
+}
+
+/// The first record of a file that continues `previous` (which ends at `last_seq`, `last_hash`).
+fn rotate_record(previous: String, last_seq: u64, last_hash: &[u8; 32]) -> Record {
+    Record::new(Kind::Rotate)
+        .with("previous_file", previous)
+        .with("previous_last_seq", last_seq)
+        .with("previous_last_hash", hex::encode(last_hash))
+}
+
+/// The newest rotated file of `db`, checked like a live file: its last (seq, hash) and name.
+fn predecessor(
+    db: &Path,
+    key: &SigningKey,
+) -> Result<Option<(u64, [u8; 32], String)>, AuditError> {
+    let Some(file) = super::rotate::rotated_files(db).pop() else {
+        return Ok(None);
+    };
+    let sql = |source| AuditError::Sqlite {
+        path: file.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        &file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    let head = super::head::check(&conn, &key.verifying_key())
+        .map_err(sql)?
+        .map_err(|refusal| AuditError::Refused {
+            path: file.clone(),
+            refusal,
+        })?;
+    Ok(Some((head.seq, head.hash, file.display().to_string())))
 }
 
 /// (device, inode) of the file at `path`, if there is one.
