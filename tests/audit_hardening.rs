@@ -554,6 +554,11 @@ async fn a_full_disk_refuses_service_then_recovers_when_space_is_freed() {
         }
     }
     assert!(flickers < 10, "{flickers} commits succeeded on a full disk");
+    eprintln!(
+        "disk full: first refusal in wave {}, {} requests served before, {flickers} served while settling",
+        first_refusal.unwrap_or(0),
+        served.len() - flickers
+    );
     assert_eq!(status_of(&client, &daemon, "/readyz").await, 503);
     for i in 0..20 {
         let resp = client
