@@ -344,7 +344,10 @@ async fn an_unknown_path_flood_is_cut_and_throttled_per_client() {
     let last = alice_denies.last().unwrap();
     assert_eq!(last["route"], "GET /v1/after");
     assert!(last["suppressed_refusals"].as_u64().unwrap() > 0, "{last}");
-    for r in alice_denies.iter().filter(|r| r["route"] != "GET /v1/after") {
+    for r in alice_denies
+        .iter()
+        .filter(|r| r["route"] != "GET /v1/after")
+    {
         let route = r["route"].as_str().unwrap();
         assert!(route.len() <= 256, "route of {} bytes", route.len());
         assert!(route.starts_with("GET /v1/aaaa"));
@@ -397,7 +400,10 @@ impl Drop for Tmpfs {
             .is_ok_and(|s| s.success());
         if !ok {
             // Still busy (a daemon that did not exit): detach it so the directory can go.
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -472,7 +478,10 @@ async fn a_full_disk_refuses_service_then_recovers_when_space_is_freed() {
     let filler = tmpfs.path("filler");
     let written = fill(&filler);
     assert!(written > 0);
-    let f = std::fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
     f.set_len(written.saturating_sub(192 * 1024)).unwrap();
     drop(f);
 
@@ -489,10 +498,7 @@ async fn a_full_disk_refuses_service_then_recovers_when_space_is_freed() {
                     .send()
                     .await
                     .unwrap();
-                let id = resp.headers()["x-request-id"]
-                    .to_str()
-                    .unwrap()
-                    .to_owned();
+                let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
                 let status = resp.status().as_u16();
                 let body: Value = resp.json().await.unwrap();
                 (status, id, body)

@@ -37,8 +37,8 @@ pub fn parse(text: &str, key: &VerifyingKey) -> Result<Anchors, (usize, String)>
         if line.is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| (line_no, format!("not a JSON object: {e}")))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| (line_no, format!("not a JSON object: {e}")))?;
         if value.get("kind").and_then(Value::as_str) != Some("checkpoint") {
             continue;
         }

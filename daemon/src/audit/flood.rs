@@ -145,10 +145,7 @@ mod tests {
         let budget = RefusalBudget::new(3, Duration::from_secs(1));
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(
-                budget.check("a", t0),
-                Decision::Record { suppressed: 0 }
-            );
+            assert_eq!(budget.check("a", t0), Decision::Record { suppressed: 0 });
         }
         for _ in 0..5 {
             assert_eq!(budget.check("a", t0), Decision::Suppress);

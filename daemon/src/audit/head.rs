@@ -212,7 +212,8 @@ pub fn check(
             }
         }
     };
-    let mut stmt = conn.prepare("SELECT seq, body, hash FROM records WHERE seq >= ?1 ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare("SELECT seq, body, hash FROM records WHERE seq >= ?1 ORDER BY seq")?;
     let mut rows = stmt.query([cp_seq])?;
     let mut expected = cp_seq;
     while let Some(row) = rows.next()? {

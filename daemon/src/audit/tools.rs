@@ -175,9 +175,11 @@ pub fn inspect(
         let _ = writeln!(out, "continues: {previous}");
     }
     let (count, min, max): (u64, Option<u64>, Option<u64>) = conn
-        .query_row("SELECT COUNT(*), MIN(seq), MAX(seq) FROM records", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .map_err(sql)?;
     match (min, max) {
         (Some(min), Some(max)) => {
@@ -222,7 +224,11 @@ pub fn inspect(
     let _ = writeln!(
         out,
         "closed cleanly: {}",
-        if clean { "yes" } else { "no (running, or crashed)" }
+        if clean {
+            "yes"
+        } else {
+            "no (running, or crashed)"
+        }
     );
     let _ = writeln!(out, "key: {key_source}");
     let verdict = super::head::check(&conn, &key).map_err(sql)?;

@@ -345,7 +345,10 @@ impl Trail {
         let mut record = self.record(Kind::Admit);
         record.set("decision", "allow");
         let suppressed = self.binding.log.refusals().take_suppressed(&self.client);
-        record.set("suppressed_refusals", (suppressed > 0).then_some(suppressed));
+        record.set(
+            "suppressed_refusals",
+            (suppressed > 0).then_some(suppressed),
+        );
         let digest = &self.binding.digest;
         let store = self.binding.store_text_for(tenant);
         match prompt {
@@ -376,7 +379,10 @@ impl Trail {
         let seq = match self.write(record).await {
             Ok(seq) => seq,
             Err(e) => {
-                self.binding.log.refusals().restore(&self.client, suppressed);
+                self.binding
+                    .log
+                    .refusals()
+                    .restore(&self.client, suppressed);
                 return Err(e);
             }
         };
@@ -436,7 +442,10 @@ impl Trail {
             .set("reason", error_code.map(str::to_owned))
             .set("status", status)
             .set("latency_ms", self.elapsed_ms())
-            .set("suppressed_refusals", (suppressed > 0).then_some(suppressed));
+            .set(
+                "suppressed_refusals",
+                (suppressed > 0).then_some(suppressed),
+            );
         let written = self.write(record).await.map(drop);
         if written.is_err() {
             budget.restore(&self.client, suppressed);

@@ -280,8 +280,11 @@ fn verify_file(
         }
         if row.seq == first_seq
             && first_seq > 1
-            && let Some(detail) =
-                super::head::rotation_record_problem(Some(row.body.as_slice()), first_seq, &prev_hash)
+            && let Some(detail) = super::head::rotation_record_problem(
+                Some(row.body.as_slice()),
+                first_seq,
+                &prev_hash,
+            )
         {
             report.finding = Some(found(row.seq, Problem::BrokenLink, detail));
             return Ok((0, GENESIS));

@@ -617,10 +617,7 @@ fn rotate_record(previous: String, last_seq: u64, last_hash: &[u8; 32]) -> Recor
 }
 
 /// The newest rotated file of `db`, checked like a live file: its last (seq, hash) and name.
-fn predecessor(
-    db: &Path,
-    key: &SigningKey,
-) -> Result<Option<(u64, [u8; 32], String)>, AuditError> {
+fn predecessor(db: &Path, key: &SigningKey) -> Result<Option<(u64, [u8; 32], String)>, AuditError> {
     let Some(file) = super::rotate::rotated_files(db).pop() else {
         return Ok(None);
     };

@@ -82,7 +82,7 @@ async fn the_first_commit_of_a_file_is_sealed() {
     // As after kill -9: no final checkpoint.
     std::mem::forget(log);
     let key = public();
-    let report = verify(&[db.clone()], Some(&key)).unwrap();
+    let report = verify(std::slice::from_ref(&db), Some(&key)).unwrap();
     assert_eq!(report.finding, None, "{report:?}");
     assert_eq!(report.last_checkpoint, 1);
     assert_eq!(report.warnings.len(), 1, "the unsealed tail is a warning");
@@ -100,10 +100,7 @@ async fn a_rewritten_chain_without_checkpoints_fails_verify_and_is_refused() {
     rewrite_and_rechain(&db, 5, 23);
     sql(&db, "DELETE FROM checkpoints");
     assert_eq!(check(&db), Some((1, Problem::NoCheckpoint)));
-    assert_eq!(
-        refusal(&db, settings(&db, 10)),
-        (1, Problem::NoCheckpoint)
-    );
+    assert_eq!(refusal(&db, settings(&db, 10)), (1, Problem::NoCheckpoint));
     // The refused file is untouched: still no checkpoint, no new record.
     let conn = Connection::open(&db).unwrap();
     let (records, checkpoints): (u64, u64) = conn
@@ -171,7 +168,7 @@ async fn anchors_catch_what_the_file_alone_cannot() {
     let anchors = anchors::parse(&text, &public()).unwrap();
     assert_eq!(anchors.len(), 6, "seq 1, 10, 20, 30, 40, 50");
     let key = public();
-    let report = verify_anchored(&[db.clone()], Some(&key), &anchors).unwrap();
+    let report = verify_anchored(std::slice::from_ref(&db), Some(&key), &anchors).unwrap();
     assert_eq!(report.finding, None);
     assert_eq!(report.anchors_matched, 6);
 
@@ -186,7 +183,7 @@ async fn anchors_catch_what_the_file_alone_cannot() {
         "DELETE FROM checkpoints WHERE seq > 20; UPDATE meta SET value = '0' WHERE key = 'clean'",
     );
     assert_eq!(check(&forged), None);
-    let report = verify_anchored(&[forged.clone()], Some(&key), &anchors).unwrap();
+    let report = verify_anchored(std::slice::from_ref(&forged), Some(&key), &anchors).unwrap();
     let finding = report.finding.unwrap();
     assert_eq!((finding.seq, finding.problem), (30, Problem::Modified));
 
