@@ -158,6 +158,9 @@ async fn a_log_with_its_head_cut_off_fails_verify_and_start() {
     let pki = Pki::new(&["alice"]);
     let audit = Audit::new();
     served_log(&pki, &audit, 15).await;
+    let (code, out) = audit.inspect();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("daemon start: would extend this log"), "{out}");
     let conn = rusqlite::Connection::open(&audit.db).unwrap();
     let hash20: Vec<u8> = conn
         .query_row("SELECT hash FROM records WHERE seq = 20", [], |r| r.get(0))
