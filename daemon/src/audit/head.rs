@@ -322,3 +322,30 @@ pub fn rotation_record_problem(
         )
     })
 }
+
+/// The newest rotated file of `db`, checked like a live file: its last (seq, hash) and name.
+/// Used when the live file is missing: a new one continues this chain.
+pub(super) fn predecessor(
+    db: &std::path::Path,
+    key: &VerifyingKey,
+) -> Result<Option<(u64, [u8; 32], String)>, super::AuditError> {
+    let Some(file) = super::rotate::rotated_files(db).pop() else {
+        return Ok(None);
+    };
+    let sql = |source| super::AuditError::Sqlite {
+        path: file.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        &file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    let head = check(&conn, key)
+        .map_err(sql)?
+        .map_err(|refusal| super::AuditError::Refused {
+            path: file.clone(),
+            refusal,
+        })?;
+    Ok(Some((head.seq, head.hash, file.display().to_string())))
+}

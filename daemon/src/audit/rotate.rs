@@ -76,3 +76,15 @@ pub fn apply_retention(db: &Path, keep: Duration) -> Vec<String> {
     }
     removed
 }
+
+/// The first record of a file that continues `previous` (which ends at `last_seq`, `last_hash`).
+pub(super) fn rotate_record(
+    previous: String,
+    last_seq: u64,
+    last_hash: &[u8; 32],
+) -> super::record::Record {
+    super::record::Record::new(super::record::Kind::Rotate)
+        .with("previous_file", previous)
+        .with("previous_last_seq", last_seq)
+        .with("previous_last_hash", hex::encode(last_hash))
+}

@@ -238,7 +238,7 @@ impl WriterState {
         if meta(&conn, "format").map_err(sql)?.is_none() {
             // A new file. If rotated files exist (the live file was lost between a rotation
             // and its successor's first commit), continue their chain instead of forking it.
-            match predecessor(&settings.db, &key)? {
+            match super::head::predecessor(&settings.db, &key.verifying_key())? {
                 Some((last_seq, last_hash, name)) => {
                     tracing::warn!(
                         previous_file = %name,
@@ -270,7 +270,7 @@ impl WriterState {
         // A rotation successor whose first commit never happened still owes its `rotate`
         // record: it goes first into the first commit.
         let pending_rotate = (head.is_empty() && head.first_seq > 1).then(|| {
-            rotate_record(
+            super::rotate::rotate_record(
                 head.previous_file.clone().unwrap_or_default(),
                 head.seq,
                 &head.hash,
@@ -587,7 +587,11 @@ impl WriterState {
         let previous = archived.display().to_string();
         tracing::info!(rotated_to = %previous, next_seq = self.head_seq + 1, "audit log rotated");
         self.pending_file = Some((self.head_seq + 1, self.head_hash, previous.clone()));
-        self.pending_rotate = Some(rotate_record(previous, self.head_seq, &self.head_hash));
+        self.pending_rotate = Some(super::rotate::rotate_record(
+            previous,
+            self.head_seq,
+            &self.head_hash,
+        ));
         self.file_first_seq = self.head_seq + 1;
         self.file_started = Instant::now();
         // Writes the `rotate` record (and seals it: the first commit of the file).
@@ -606,37 +610,6 @@ impl WriterState {
         }
         Ok(())
     }
-}
-
-/// The first record of a file that continues `previous` (which ends at `last_seq`, `last_hash`).
-fn rotate_record(previous: String, last_seq: u64, last_hash: &[u8; 32]) -> Record {
-    Record::new(Kind::Rotate)
-        .with("previous_file", previous)
-        .with("previous_last_seq", last_seq)
-        .with("previous_last_hash", hex::encode(last_hash))
-}
-
-/// The newest rotated file of `db`, checked like a live file: its last (seq, hash) and name.
-fn predecessor(db: &Path, key: &SigningKey) -> Result<Option<(u64, [u8; 32], String)>, AuditError> {
-    let Some(file) = super::rotate::rotated_files(db).pop() else {
-        return Ok(None);
-    };
-    let sql = |source| AuditError::Sqlite {
-        path: file.clone(),
-        source,
-    };
-    let conn = Connection::open_with_flags(
-        &file,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql)?;
-    let head = super::head::check(&conn, &key.verifying_key())
-        .map_err(sql)?
-        .map_err(|refusal| AuditError::Refused {
-            path: file.clone(),
-            refusal,
-        })?;
-    Ok(Some((head.seq, head.hash, file.display().to_string())))
 }
 
 /// (device, inode) of the file at `path`, if there is one.
