@@ -282,6 +282,39 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The admin listener's URL, from the `admin listening on SCHEME://ADDR` line (printed
+    /// right after the `listening on` line `start` waits for). Needs an `[admin]` section.
+    pub fn admin_url(&self) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(url) = self
+                .stdout()
+                .lines()
+                .find_map(|l| l.strip_prefix("admin listening on "))
+            {
+                return url.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no admin line in stdout: {}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The admin listener's `GET /status` report (plain-HTTP admin listener).
+    pub async fn admin_status(&self) -> serde_json::Value {
+        http_client()
+            .get(format!("{}/status", self.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A reqwest client presenting `tenant`'s certificate, resolving localhost to the daemon.
     pub fn client(&self, pki: &Pki, tenant: &str) -> reqwest::Client {
         let tls = client_tls(&pki.ca(), Some(pki.client(tenant)));

@@ -392,12 +392,12 @@ async fn models_and_probes() {
         (status, &bytes[..]),
         (StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
     );
+    // Open, so it says ready or not and nothing else (figures are on the admin listener).
     let (status, _, bytes) = send(&app, request(Method::GET, "/readyz", "")).await;
-    let body: Value = serde_json::from_slice(&bytes).expect("JSON");
-    assert_eq!(status, 200);
-    assert_eq!(body["status"], "ready");
-    assert_eq!(body["models"][0]["id"], MODEL);
-    assert_eq!(body["engine"]["active"], 0);
+    assert_eq!(
+        (status, &bytes[..]),
+        (StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
+    );
 }
 
 #[tokio::test]
