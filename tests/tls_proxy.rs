@@ -128,15 +128,17 @@ async fn a_malformed_forwarded_for_entry_keeps_the_client_address() {
     );
 
     // Throttling is per client address: one client spends its attempts...
-    let mut typo = key.clone();
-    typo.pop();
-    typo.push(if key.ends_with('A') { 'B' } else { 'A' });
+    let typo = common::wrong_secret(&key);
+    // (10 in a burst, one more per 6 s: a slow machine may refill one while hashing.)
     let mut statuses = Vec::new();
-    for _ in 0..11 {
+    while statuses.last() != Some(&429) {
         statuses.push(models("unknown, 203.0.113.9", typo.clone()).await);
+        assert!(statuses.len() < 40, "never throttled: {statuses:?}");
     }
-    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
-    assert_eq!(statuses[10], 429, "{statuses:?}");
+    assert!(
+        statuses.len() > 10 && statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
     // ...and another client behind the same proxy is not throttled with it.
     assert_eq!(models("garbage, 203.0.113.10", typo.clone()).await, 401);
 

@@ -38,6 +38,41 @@ pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// A well-formed API key with `key`'s id and another secret: it passes the format and
+/// checksum check (so the daemon looks it up and hashes it) but does not verify. What a
+/// guesser who knows a key id sends.
+pub fn wrong_secret(key: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    // `alk_` + 12-character id + `_`, then a 22-character secret and a 6-character CRC32.
+    let secret: String = key[17..39]
+        .bytes()
+        .map(|b| char::from(BASE62[(BASE62.iter().position(|c| *c == b).unwrap() + 1) % 62]))
+        .collect();
+    let body = format!("{}{secret}", &key[..17]);
+    let mut crc = !body.bytes().fold(!0u32, |mut crc, byte| {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+        crc
+    });
+    let mut tail = [b'0'; 6];
+    for slot in tail.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    let wrong = body + std::str::from_utf8(&tail).unwrap();
+    assert!(
+        airlock_policy::ApiKey::parse(&wrong).is_ok(),
+        "not well-formed: {wrong}"
+    );
+    wrong
+}
+
 /// A development PKI in a temp directory: `ca.pem`, `server.pem`/`.key`, `crl.pem`,
 /// `client-NAME.pem`/`.key` per tenant.
 pub struct Pki {

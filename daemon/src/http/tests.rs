@@ -357,6 +357,7 @@ async fn oversized_bodies_are_refused_without_reading_them_whole() {
     let req = Request::builder()
         .method(Method::POST)
         .uri("/v1/completions")
+        .header(header::CONTENT_TYPE, "application/json")
         .body(StreamBody::new(chunks))
         .expect("request");
     let resp = handle(Arc::clone(&app), conn(), req).await;

@@ -232,6 +232,16 @@ mod tests {
         }
     }
 
+    /// Renames a database and its `-wal`/`-shm` files, where present.
+    fn move_db(from: &Path, to: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let src = PathBuf::from(format!("{}{suffix}", from.display()));
+            if src.exists() {
+                std::fs::rename(&src, format!("{}{suffix}", to.display())).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn an_unreadable_database_fails_closed_after_the_bound_and_recovers() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,16 +256,17 @@ mod tests {
             snapshot.get(&record.id).is_some()
         });
         assert!(snapshot.is_fresh());
-        // Replace the file with something that is not a key database.
+        // Replace the file with something that is not a key database. Its WAL goes too:
+        // SQLite would read the latest pages (the header included) from a WAL left behind.
         let saved = dir.path().join("keys.db.saved");
-        std::fs::rename(&path, &saved).unwrap();
+        move_db(&path, &saved);
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         std::thread::sleep(REFRESH * 2);
         assert!(snapshot.is_fresh(), "stale copy served within the bound");
         wait_until("stale", Duration::from_secs(10), || !snapshot.is_fresh());
         assert!(snapshot.staleness() > bound);
         // Back: fresh again by itself, with the table read from the restored file.
-        std::fs::rename(&saved, &path).unwrap();
+        move_db(&saved, &path);
         wait_until("fresh again", Duration::from_secs(10), || {
             snapshot.is_fresh()
         });
