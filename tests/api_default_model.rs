@@ -18,20 +18,21 @@ async fn default_model_chat_completion_plain_and_streamed() {
             "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
             path.to_str().unwrap()
         ),
+        extra: "[admin]\naddress = \"127.0.0.1:0\"\n".into(),
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
     let client = daemon.client(&pki, "alice");
 
-    let ready: Value = client
-        .get(daemon.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["status"], "ready", "{ready}");
+    let resp = client.get(daemon.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"status": "ready"})
+    );
+    // The model and its device are reported on the admin listener.
+    let ready = daemon.admin_status().await;
+    assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["models"][0]["id"], name);
     assert!(
         ready["models"][0]["device"]

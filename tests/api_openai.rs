@@ -58,15 +58,22 @@ fn assert_error(body: &Value, kind: &str, param: Option<&str>, code: Option<&str
     assert_eq!(e["code"].as_str(), code, "{body}");
 }
 
-async fn readyz(client: &reqwest::Client, daemon: &Daemon) -> Value {
-    client
-        .get(daemon.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+/// The load figures, from the admin listener (the open `/readyz` has none).
+async fn admin_status(daemon: &Daemon) -> Value {
+    daemon.admin_status().await
+}
+
+/// As [`start`], with an admin listener on loopback.
+fn start_with_admin(limits: &str, model_extra: &str) -> (Pki, Daemon) {
+    let pki = Pki::new(&["alice"]);
+    let cfg = TestConfig {
+        limits: format!("shutdown_grace = \"10s\"\n{limits}"),
+        models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n{model_extra}"),
+        extra: "[admin]\naddress = \"127.0.0.1:0\"\n".into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    (pki, daemon)
 }
 
 #[tokio::test]
@@ -291,11 +298,50 @@ async fn request_errors_in_openai_shape() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], TEST_MODEL);
     assert_eq!(models["data"][0]["owned_by"], "airlock");
+    assert!(
+        models["data"][0]["context_length"].as_u64().unwrap() > 0,
+        "{models}"
+    );
+
+    // Bodies must be declared JSON: a browser can send a missing or text/plain type
+    // cross-site without a preflight. 415 names the header.
+    let url = daemon.url("/v1/chat/completions");
+    let json_text = chat("hello").to_string();
+    for content_type in [None, Some("text/plain"), Some("text/plain; charset=utf-8")] {
+        let mut req = client.post(&url).body(json_text.clone());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 415, "{content_type:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_error(
+            &body,
+            "invalid_request_error",
+            Some("Content-Type"),
+            Some("unsupported_media_type"),
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Content-Type"),
+            "{body}"
+        );
+    }
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json_text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_cancels_generation() {
-    let (pki, daemon) = start("", "test_token_delay = \"20ms\"\n");
+    let (pki, daemon) = start_with_admin("", "test_token_delay = \"20ms\"\n");
     let client = daemon.client(&pki, "alice");
     let mut req = chat(&"word ".repeat(1000));
     req["stream"] = json!(true);
@@ -312,15 +358,15 @@ async fn client_disconnect_mid_stream_cancels_generation() {
         let chunk = body.next().await.expect("stream open").unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let ready = readyz(&client, &daemon).await;
-    assert_eq!(ready["engine"]["active"], 1, "{ready}");
+    let ready = admin_status(&daemon).await;
+    assert_eq!(ready["engine"]["active_sequences"], 1, "{ready}");
     assert_eq!(ready["requests_in_flight"], 1, "{ready}");
 
     drop(body);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = readyz(&client, &daemon).await;
-        if ready["engine"]["active"] == 0 && ready["requests_in_flight"] == 0 {
+        let ready = admin_status(&daemon).await;
+        if ready["engine"]["active_sequences"] == 0 && ready["requests_in_flight"] == 0 {
             break;
         }
         assert!(

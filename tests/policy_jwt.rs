@@ -1,7 +1,8 @@
 //! JWT bearer tokens through the real daemon: tokens signed with the committed test keys
 //! (`policy/tests/fixtures`, verified against their `jwks.json`) map to the tenant in their
 //! `org` claim; expired, wrong-audience, unsigned and certificate-bound tokens presented
-//! over another certificate are refused with 401. Also: the tenant's `x-ratelimit-*`
+//! over another certificate are refused with 401, as are tokens with a `cnf` other than a
+//! lone `x5t#S256` or with a `crit` header. Also: the tenant's `x-ratelimit-*`
 //! headers on every response after authentication, refusals included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -180,6 +181,66 @@ async fn tokens_accepted_refused_and_bound() {
             .contains("another client certificate"),
         "{body}"
     );
+}
+
+/// Signs `claims` with the EC test key and a header that also carries `crit`.
+fn sign_with_crit(claims: &Value, crit: &[&str]) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec1".into());
+    header.crit = Some(crit.iter().map(|c| (*c).to_owned()).collect());
+    for name in crit {
+        header.extras.insert((*name).to_owned(), "1".into());
+    }
+    let key = EncodingKey::from_ec_pem(&fixture("ec.pem")).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// Tokens whose binding or header the gateway cannot honour are refused, not downgraded to
+/// plain bearer tokens: a `cnf` with only `jkt` (DPoP), one with `jkt` beside a matching
+/// `x5t#S256`, and a `crit` header naming an extension we do not understand.
+#[tokio::test]
+async fn unverifiable_confirmation_and_critical_headers_are_refused() {
+    let pki = Pki::new(&["carol"]);
+    let daemon = Daemon::start_toml(&config(&pki));
+    let url = daemon.url("/v1/chat/completions");
+    let carol = daemon.client(&pki, "carol");
+    let thumbprint = x5t_s256(&pki, "carol");
+    let jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+
+    let mut dpop = claims("acme");
+    dpop["cnf"] = json!({"jkt": jkt});
+    let mut mixed = claims("acme");
+    mixed["cnf"] = json!({"x5t#S256": thumbprint, "jkt": jkt});
+    let refused = [
+        ("cnf.jkt only", sign(Algorithm::RS256, &dpop)),
+        ("cnf.jkt beside x5t#S256", sign(Algorithm::RS256, &mixed)),
+        (
+            "unknown crit",
+            sign_with_crit(&claims("acme"), &["https://idp.test/ext"]),
+        ),
+        (
+            "crit naming a registered header",
+            sign_with_crit(&claims("acme"), &["b64"]),
+        ),
+    ];
+    for (what, token) in refused {
+        let (status, headers, body) = post(&carol, &url, &token).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{what}");
+        assert_eq!(body["error"]["message"], "invalid token", "{what}");
+        assert!(
+            !headers.contains_key("x-ratelimit-limit-requests"),
+            "{what}"
+        );
+    }
+
+    // The same claims without the extras still pass, over the same connection.
+    let mut bound = claims("acme");
+    bound["cnf"] = json!({"x5t#S256": thumbprint});
+    let (status, _, body) = post(&carol, &url, &sign(Algorithm::RS256, &bound)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = post(&carol, &url, &sign(Algorithm::ES256, &claims("acme"))).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

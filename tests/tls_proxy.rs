@@ -76,6 +76,95 @@ async fn forwarded_headers_from_a_trusted_peer_are_used_silently() {
     );
 }
 
+/// One malformed `X-Forwarded-For` entry (`unknown, 203.0.113.9`) used to drop the client
+/// address altogether: the audit record lost it and every client behind the proxy shared
+/// one pre-hash throttle (the proxy's own address). Now the entry is skipped and logged.
+#[tokio::test]
+async fn a_malformed_forwarded_for_entry_keeps_the_client_address() {
+    let pki = Pki::new(&[]);
+    let keydb = pki.dir().join("keys.db");
+    let cfg = TestConfig {
+        mode: "proxy",
+        proxy: "trusted_proxies = [\"127.0.0.1\"]\n".into(),
+        extra: format!(
+            "[auth]\nkey_db = {:?}\n\n[[tenants]]\nname = \"keyed\"\nmodels = [\"*\"]\n",
+            keydb.to_str().unwrap()
+        ),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let (status, key, err) = common::airlockd(&[
+        "keys",
+        "create",
+        "--tenant",
+        "keyed",
+        "--config",
+        daemon.config_path.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{err}");
+    let key = key.trim().to_owned();
+    let client = common::http_client();
+    let models = |xff: &'static str, key: String| {
+        let req = client
+            .get(daemon.http_url("/v1/models"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", xff);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+
+    // The open readiness probe, with no credential at all: ready or not, no figures.
+    let resp = client.get(daemon.http_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), r#"{"status":"ready"}"#);
+
+    assert_eq!(models("unknown, 203.0.113.9", key.clone()).await, 200);
+    assert!(
+        daemon.wait_for_log(
+            "skipping malformed X-Forwarded-For entries",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        daemon.logs()
+    );
+
+    // Throttling is per client address: one client spends its attempts...
+    let typo = common::wrong_secret(&key);
+    // (10 in a burst, one more per 6 s: a slow machine may refill one while hashing.)
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&429) {
+        statuses.push(models("unknown, 203.0.113.9", typo.clone()).await);
+        assert!(statuses.len() < 40, "never throttled: {statuses:?}");
+    }
+    assert!(
+        statuses.len() > 10 && statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    // ...and another client behind the same proxy is not throttled with it.
+    assert_eq!(models("garbage, 203.0.113.10", typo.clone()).await, 401);
+
+    // The audit log names the client the proxy vouched for.
+    let db = daemon.config_path.parent().unwrap().join("audit.db");
+    let (status, out, err) = common::airlockd(&[
+        "audit",
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(status.success(), "{err}");
+    let first_models = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["route"] == "GET /v1/models")
+        .expect("a record of the request");
+    assert_eq!(
+        first_models["forwarded_for"],
+        serde_json::json!(["203.0.113.9"]),
+        "{first_models}"
+    );
+}
+
 #[tokio::test]
 async fn proxy_mode_refuses_a_public_address() {
     let pki = Pki::new(&[]);

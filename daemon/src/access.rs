@@ -9,6 +9,7 @@
 //! With none of these the answer is 401: deny by default. No failure message contains
 //! the presented credential.
 
+use std::hash::BuildHasher as _;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -80,6 +81,9 @@ impl AuthMethod {
     }
 }
 
+/// Locks that serialise the verification of one key id (by hash, so memory is fixed).
+const VERIFY_STRIPES: usize = 64;
+
 /// The authentication state of one configuration generation.
 pub struct Access {
     config: PolicyConfig,
@@ -87,6 +91,11 @@ pub struct Access {
     cache: VerifiedKeyCache,
     throttle: FailureThrottle<String>,
     argon2: Arc<Semaphore>,
+    /// Concurrent cache misses for the same key wait for one verification instead of each
+    /// hashing and each paying the throttle: a client that opens with a burst of requests
+    /// on a fresh key is verified once, not throttled.
+    verifying: Vec<tokio::sync::Mutex<()>>,
+    stripe_hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for Access {
@@ -157,6 +166,8 @@ impl Access {
                 THROTTLE_CLIENTS,
             ),
             argon2: Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
+            verifying: stripes(VERIFY_STRIPES),
+            stripe_hasher: std::collections::hash_map::RandomState::new(),
             keys,
             config,
         }))
@@ -169,9 +180,22 @@ impl Access {
             cache: VerifiedKeyCache::new(config.key_cache_ttl, 1),
             throttle: FailureThrottle::new(NonZeroU32::MIN, THROTTLE_PERIOD, 1),
             argon2: Arc::new(Semaphore::new(1)),
+            verifying: stripes(1),
+            stripe_hasher: std::collections::hash_map::RandomState::new(),
             keys: None,
             config,
         })
+    }
+
+    /// Whether API keys can be checked: no key database, or one confirmed current within
+    /// [`crate::keys::MAX_STALENESS`] (`/readyz`).
+    pub fn keys_ready(&self) -> bool {
+        self.keys.as_ref().is_none_or(|k| k.is_fresh())
+    }
+
+    /// How long since the key table was confirmed current (`None`: no key database).
+    pub fn keys_staleness(&self) -> Option<Duration> {
+        self.keys.as_ref().map(|k| k.staleness())
     }
 
     /// The authentication step.
@@ -236,7 +260,22 @@ impl Access {
             .keys
             .as_ref()
             .ok_or_else(|| unauthorized("API keys are not enabled"))?;
-        let record = keys.get(key.id()).ok_or_else(invalid_key)?;
+        // Fail closed: a table not confirmed current may miss a revocation.
+        if !keys.is_fresh() {
+            return Err(ApiError::KeysUnavailable);
+        }
+        let record = match keys.get(key.id()) {
+            Some(record) => record,
+            None => {
+                // Perhaps created a moment ago (`airlockd keys create` in another process):
+                // look once more before refusing. Shared and spaced, see `refresh_now`.
+                keys.refresh_now(std::time::Instant::now()).await;
+                if !keys.is_fresh() {
+                    return Err(ApiError::KeysUnavailable);
+                }
+                keys.get(key.id()).ok_or_else(invalid_key)?
+            }
+        };
         let now = SystemTime::now();
         if !record.usable(now) {
             return Err(invalid_key());
@@ -244,7 +283,14 @@ impl Access {
         record
             .check_binding(cert.map(|c| c.sha256_fingerprint.as_str()))
             .map_err(|_| unauthorized("this API key is bound to another client certificate"))?;
-        if !self.cache.check(&key, &record, now) {
+        // One verification per key at a time; whoever waited finds it cached.
+        let stripe = self.stripe_hasher.hash_one(key.id().as_str()) as usize % self.verifying.len();
+        let turn = if self.cache.check(&key, &record, now) {
+            None
+        } else {
+            Some(self.verifying[stripe].lock().await)
+        };
+        if turn.is_some() && !self.cache.check(&key, &record, now) {
             // Throttle before hashing: guesses cost the guesser, not the server.
             let client = cert.map_or_else(
                 || {
@@ -270,7 +316,12 @@ impl Access {
             .await
             .map_err(|_| unauthorized("authentication unavailable"))?;
             match verified {
-                Ok(true) => self.cache.insert(&key, &record, now),
+                Ok(true) => {
+                    self.cache.insert(&key, &record, now);
+                    // A client holding a valid key is not kept throttled for attempts it
+                    // spent before (racing the key's creation, a typo).
+                    self.throttle.forgive(&client);
+                }
                 Ok(false) => return Err(invalid_key()),
                 Err(e) => {
                     tracing::warn!(key_id = %record.id, error = %e, "stored key hash unusable");
@@ -278,6 +329,7 @@ impl Access {
                 }
             }
         }
+        drop(turn);
         let policy = self.tenant_policy(&record.tenant)?;
         Self::check_cert_requirement(policy.as_ref(), cert)?;
         Ok(Principal {
@@ -353,6 +405,10 @@ impl Access {
     }
 }
 
+fn stripes(n: usize) -> Vec<tokio::sync::Mutex<()>> {
+    (0..n.max(1)).map(|_| tokio::sync::Mutex::new(())).collect()
+}
+
 fn policy_cert(c: &CertIdentity) -> PolicyCert {
     PolicyCert {
         common_name: c.common_name.clone(),
@@ -373,6 +429,7 @@ fn failure_reason(error: &ApiError) -> &'static str {
     let ApiError::Unauthorized(message) = error else {
         return match error {
             ApiError::AuthThrottled { .. } => "throttled",
+            ApiError::KeysUnavailable => "unavailable",
             _ => "other",
         };
     };

@@ -40,6 +40,8 @@ pub struct Sources {
     pub in_flight: Box<dyn Fn() -> usize + Send + Sync>,
     /// Whether an audit log is configured (its health comes from the writer's metrics).
     pub audited: bool,
+    /// The current configuration generation's readiness (what `/readyz` answers, with why).
+    pub readiness: Box<dyn Fn() -> crate::app::Readiness + Send + Sync>,
 }
 
 /// Why the admin listener could not start.

@@ -22,6 +22,15 @@ pub struct AppSettings {
     pub max_concurrent_requests: usize,
 }
 
+/// The readiness of one configuration generation.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// Why requests cannot be served; `None` when ready.
+    pub reason: Option<&'static str>,
+    /// Time since the API key table was confirmed current (`None`: no key database).
+    pub key_db_staleness: Option<Duration>,
+}
+
 /// Shared application state.
 pub struct App {
     pub(crate) engine: Arc<dyn Engine>,
@@ -89,6 +98,24 @@ impl App {
         self.audit
             .as_ref()
             .is_none_or(|a| a.danger_allow_unaudited || a.log.healthy())
+    }
+
+    /// Whether this generation can serve requests, and why not: the one answer both the
+    /// open `/readyz` (status only) and the admin `/status` (with the reason) give.
+    pub fn readiness(&self) -> Readiness {
+        let reason = if self.engine.models().is_empty() {
+            Some("no model is loaded")
+        } else if !self.audit_ready() {
+            Some("audit_unavailable: audit records cannot be written")
+        } else if !self.access.keys_ready() {
+            Some("keys_unavailable: the API key database has not been readable for over 5 s")
+        } else {
+            None
+        };
+        Readiness {
+            reason,
+            key_db_staleness: self.access.keys_staleness(),
+        }
     }
 
     pub fn settings(&self) -> &AppSettings {

@@ -6,20 +6,41 @@
 //! connection (a `keys revoke` in another process) committed. The thread polls every
 //! [`REFRESH`]; a revocation or rotation therefore takes effect within that interval plus
 //! one table read — documented as at most 1 second (docs/config.md, `[auth]`).
+//!
+//! Two things keep the snapshot honest:
+//! - an unknown key id triggers one immediate check ([`KeySnapshot::refresh_now`]) before
+//!   the key is refused, so a key used right after `airlockd keys create` works; these
+//!   forced checks are serialised and spaced by [`FORCED_INTERVAL`], so made-up ids
+//!   cannot hammer the database;
+//! - a snapshot that could not be confirmed current for [`MAX_STALENESS`] (the file is
+//!   unreadable, replaced by something that is not a key database, or removed) is no
+//!   longer used: API keys are refused with 503 and `/readyz` fails until the database
+//!   reads again. Revocation never fails open for longer than that bound. The file is
+//!   re-opened when the path names a different file than the one open (restored from a
+//!   backup, replaced), so the daemon never keeps reading a table nobody writes.
 
 pub mod cli;
+mod snapshot;
+
+pub use snapshot::KeySnapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_policy::{ApiKey, KeyId, KeyRecord};
-use arc_swap::ArcSwap;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 /// How often the daemon checks the database for changes.
 pub const REFRESH: Duration = Duration::from_millis(250);
+/// How long the daemon keeps serving from its last good copy of the table while the
+/// database cannot be read; past this, API keys are refused (503) and `/readyz` fails.
+pub const MAX_STALENESS: Duration = Duration::from_secs(5);
+/// The least time between two checks forced by unknown key ids.
+pub const FORCED_INTERVAL: Duration = Duration::from_millis(50);
+/// How long the daemon's own connection waits on a lock before the check counts as failed
+/// (the CLI waits longer: [`KeyStore::open`]).
+const DAEMON_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Key store failures.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +49,11 @@ pub enum KeyStoreError {
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error("key database {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("no key with id {0}")]
     NotFound(String),
@@ -53,15 +79,28 @@ fn time(s: i64) -> SystemTime {
 impl KeyStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Self::open_with(path, OpenFlags::default(), Duration::from_secs(5))
+    }
+
+    /// Opens the database at `path` only if the file exists (the daemon's re-open: a
+    /// removed database must not come back empty, silently forgetting every revocation).
+    fn open_existing(path: &Path) -> Result<Self, KeyStoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Self::open_with(path, flags, DAEMON_BUSY_TIMEOUT)
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags, busy: Duration) -> Result<Self, KeyStoreError> {
         let err = |source| KeyStoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+        conn.busy_timeout(busy).map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              CREATE TABLE IF NOT EXISTS api_keys (
@@ -302,71 +341,6 @@ pub fn diff(old: &HashMap<KeyId, KeyRecord>, new: &HashMap<KeyId, KeyRecord>) ->
 /// Told of each batch of changes the refresh thread sees (not of the initial load).
 pub type KeyObserver = Box<dyn Fn(&[KeyEvent]) + Send>;
 
-/// The daemon's view of the key table.
-pub struct KeySnapshot {
-    records: ArcSwap<HashMap<KeyId, KeyRecord>>,
-}
-
-impl KeySnapshot {
-    /// Loads the table and starts the refresh thread, which ends once the snapshot is
-    /// dropped (at the next [`REFRESH`] tick).
-    pub fn start(path: &Path) -> Result<Arc<Self>, KeyStoreError> {
-        Self::start_observed(path, None)
-    }
-
-    /// As [`KeySnapshot::start`]; `observer` hears of every change the refresh thread sees.
-    pub fn start_observed(
-        path: &Path,
-        observer: Option<KeyObserver>,
-    ) -> Result<Arc<Self>, KeyStoreError> {
-        let store = KeyStore::open(path)?;
-        let snapshot = Arc::new(Self {
-            records: ArcSwap::from_pointee(index(store.list()?)),
-        });
-        let weak: Weak<Self> = Arc::downgrade(&snapshot);
-        let mut version = store.data_version()?;
-        let spawned = std::thread::Builder::new()
-            .name("airlock-keys".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(REFRESH);
-                    let Some(snapshot) = weak.upgrade() else {
-                        return;
-                    };
-                    match store.data_version() {
-                        Ok(v) if v == version => continue,
-                        Ok(v) => version = v,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "key database: cannot check for changes");
-                            continue;
-                        }
-                    }
-                    match store.list() {
-                        Ok(records) => {
-                            let new = Arc::new(index(records));
-                            let old = snapshot.records.swap(Arc::clone(&new));
-                            if let Some(observer) = &observer {
-                                let events = diff(&old, &new);
-                                if !events.is_empty() {
-                                    observer(&events);
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "key database: reload failed"),
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "key database: cannot start the refresh thread");
-        }
-        Ok(snapshot)
-    }
-
-    pub fn get(&self, id: &KeyId) -> Option<KeyRecord> {
-        self.records.load().get(id).cloned()
-    }
-}
-
 fn index(records: Vec<KeyRecord>) -> HashMap<KeyId, KeyRecord> {
     records.into_iter().map(|r| (r.id.clone(), r)).collect()
 }
@@ -440,27 +414,5 @@ mod tests {
                 .any(|e| matches!(e, KeyEvent::Created { id, .. } if *id == c.id.to_string()))
         );
         assert!(diff(&rotated, &rotated).is_empty());
-    }
-
-    #[test]
-    fn snapshot_sees_changes_from_another_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.db");
-        let snapshot = KeySnapshot::start(&path).unwrap();
-        let store = KeyStore::open(&path).unwrap();
-        let (_, record) = store.create("acme", None, None).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while snapshot.get(&record.id).is_none() {
-            assert!(std::time::Instant::now() < deadline, "not seen within 1 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        store.revoke(&record.id).unwrap();
-        while !snapshot.get(&record.id).is_some_and(|r| r.revoked) {
-            assert!(
-                std::time::Instant::now() < deadline + Duration::from_secs(1),
-                "revocation not seen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }

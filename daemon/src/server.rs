@@ -136,10 +136,12 @@ pub async fn run(
     let admin = match admin_config {
         Some(cfg) => {
             let current = Arc::clone(&state);
+            let ready = Arc::clone(&state);
             let sources = crate::admin::Sources {
                 engine: engine.clone(),
                 in_flight: Box::new(move || current.load().app.requests_in_flight()),
                 audited: audit_log.is_some(),
+                readiness: Box::new(move || ready.load().app.readiness()),
             };
             Some(crate::admin::AdminServer::start(&cfg, sources).await?)
         }

@@ -5,9 +5,8 @@ A plain OpenAI client: the official `openai` SDK over mutual TLS (an httpx clien
 the client certificate and the gateway's CA) with an API key, `pypdf` for the text. It
 
 1. extracts the PDF's text, page by page;
-2. picks a chunk size from the model's context length (`GET /v1/models/{id}` if the
-   gateway reports `context_length` there, else Airlock's `GET /readyz`, else
-   `--context-tokens`), splits the text into chunks and summarizes each one;
+2. picks a chunk size from the model's context length (`context_length` from
+   `GET /v1/models/{id}`, as Airlock reports it, else `--context-tokens`), splits the text into chunks and summarizes each one;
 3. merges the chunk summaries into one summary;
 4. answers each `--question` from that summary and the chunk that shares the most words
    with the question, streaming the answer.
@@ -133,16 +132,10 @@ def discover(args: argparse.Namespace, client: openai.OpenAI, http: httpx.Client
     model = args.model or models[0].id
     context, source = args.context_tokens, "--context-tokens"
     if context is None:
-        # Some gateways report the context length on the model object; Airlock reports it in
-        # its readiness probe.
+        # Airlock (and some other gateways) report the context length on the model object.
         entry = client.models.retrieve(model)
         context = (entry.model_extra or {}).get("context_length")
         source = "/v1/models"
-    if context is None:
-        root = args.base_url.rstrip("/").removesuffix("/v1")
-        ready = http.get(f"{root}/readyz").json()
-        context = next((m.get("context_length") for m in ready.get("models", []) if m.get("id") == model), None)
-        source = "/readyz"
     if not isinstance(context, int) or context <= PROMPT_OVERHEAD_TOKENS + SUMMARY_TOKENS:
         raise SystemExit(
             f"error: no usable context length for {model} (got {context!r} from {source}); "

@@ -10,7 +10,12 @@
 //! - `exp`, `nbf`, `iss` and `aud` are required (numbers, for the times: `jsonwebtoken`
 //!   ≥ 10.3 refuses string-typed ones), checked with a small leeway;
 //! - RFC 8705: a token carrying `cnf["x5t#S256"]` is only good over the client certificate
-//!   with that SHA-256 thumbprint.
+//!   with that SHA-256 thumbprint;
+//! - a `cnf` the gateway cannot check (`jkt` for DPoP, `jwk`, `kid`, anything but a lone
+//!   `x5t#S256`) refuses the token: its issuer meant it to be unusable without a proof of
+//!   possession, and accepting it as a plain bearer token would drop that proof;
+//! - a `crit` header refuses the token: RFC 7515 §4.1.11 requires refusing a JWS whose
+//!   critical extensions the recipient does not understand, and we understand none.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -139,6 +144,9 @@ impl JwtVerifier {
     ) -> Result<TokenIdentity, PolicyError> {
         let bad = |why: &str| PolicyError::InvalidToken(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed header"))?;
+        if header.crit.is_some() {
+            return Err(bad("critical header parameters are not supported"));
+        }
         let kid = header.kid.ok_or_else(|| bad("no kid"))?;
         let pinned = self.keys.get(&kid).ok_or_else(|| bad("unknown kid"))?;
         if header.alg != pinned.alg {
@@ -172,14 +180,7 @@ impl JwtVerifier {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| bad("no sub"))?
             .to_owned();
-        let bound = claims
-            .get("cnf")
-            .and_then(|c| c.get("x5t#S256"))
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| bad("cnf x5t#S256 is not a string"))
-            })
-            .transpose()?;
+        let bound = claims.get("cnf").map(certificate_binding).transpose()?;
         if let Some(expected) = bound {
             let presented = client_x5t_s256.ok_or(PolicyError::CertificateMismatch)?;
             if presented != expected {
@@ -194,6 +195,26 @@ impl JwtVerifier {
             cert_bound: bound.is_some(),
         })
     }
+}
+
+/// The thumbprint a `cnf` claim binds the token to. Only RFC 8705 certificate binding can
+/// be checked here (against the mutual-TLS client certificate); any other confirmation
+/// method, or one alongside it, refuses the token rather than degrading it to a bearer token.
+fn certificate_binding(cnf: &Value) -> Result<&str, PolicyError> {
+    let bad = |why: &str| PolicyError::InvalidToken(why.to_owned());
+    let members = cnf.as_object().ok_or_else(|| bad("cnf is not an object"))?;
+    if let Some(other) = members.keys().find(|k| *k != "x5t#S256") {
+        return Err(PolicyError::InvalidToken(format!(
+            "cnf method `{}` cannot be verified",
+            other.chars().take(32).collect::<String>()
+        )));
+    }
+    members
+        .get("x5t#S256")
+        .ok_or_else(|| bad("cnf names no confirmation method"))?
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("cnf x5t#S256 is not a string"))
 }
 
 /// The RFC 8705 `x5t#S256` thumbprint: base64url (no padding) of SHA-256 of the DER.

@@ -38,6 +38,41 @@ pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// A well-formed API key with `key`'s id and another secret: it passes the format and
+/// checksum check (so the daemon looks it up and hashes it) but does not verify. What a
+/// guesser who knows a key id sends.
+pub fn wrong_secret(key: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    // `alk_` + 12-character id + `_`, then a 22-character secret and a 6-character CRC32.
+    let secret: String = key[17..39]
+        .bytes()
+        .map(|b| char::from(BASE62[(BASE62.iter().position(|c| *c == b).unwrap() + 1) % 62]))
+        .collect();
+    let body = format!("{}{secret}", &key[..17]);
+    let mut crc = !body.bytes().fold(!0u32, |mut crc, byte| {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+        crc
+    });
+    let mut tail = [b'0'; 6];
+    for slot in tail.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    let wrong = body + std::str::from_utf8(&tail).unwrap();
+    assert!(
+        airlock_policy::ApiKey::parse(&wrong).is_ok(),
+        "not well-formed: {wrong}"
+    );
+    wrong
+}
+
 /// A development PKI in a temp directory: `ca.pem`, `server.pem`/`.key`, `crl.pem`,
 /// `client-NAME.pem`/`.key` per tenant.
 pub struct Pki {
@@ -280,6 +315,39 @@ impl Daemon {
     /// `http://127.0.0.1:PORT` + `path`, for proxy mode.
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The admin listener's URL, from the `admin listening on SCHEME://ADDR` line (printed
+    /// right after the `listening on` line `start` waits for). Needs an `[admin]` section.
+    pub fn admin_url(&self) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(url) = self
+                .stdout()
+                .lines()
+                .find_map(|l| l.strip_prefix("admin listening on "))
+            {
+                return url.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no admin line in stdout: {}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The admin listener's `GET /status` report (plain-HTTP admin listener).
+    pub async fn admin_status(&self) -> serde_json::Value {
+        http_client()
+            .get(format!("{}/status", self.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// A reqwest client presenting `tenant`'s certificate, resolving localhost to the daemon.

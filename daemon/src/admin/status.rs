@@ -16,6 +16,16 @@ use crate::metrics;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub version: String,
+    /// What the open `/readyz` answers (200 when true).
+    #[serde(default)]
+    pub ready: bool,
+    /// Why not, when not ready (the open `/readyz` does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_reason: Option<String>,
+    /// Seconds since the API key table was confirmed current; absent without `[auth] key_db`.
+    /// Past 5 the daemon refuses API keys (503) until the database reads again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_db_staleness_seconds: Option<f64>,
     pub uptime_seconds: u64,
     pub start_time_unix: i64,
     pub models: Vec<ModelStatus>,
@@ -56,8 +66,12 @@ impl Report {
         let m = metrics::global();
         let engine = sources.engine.status();
         let audit = m.audit_health();
+        let readiness = (sources.readiness)();
         Report {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: readiness.reason.is_none(),
+            not_ready_reason: readiness.reason.map(str::to_owned),
+            key_db_staleness_seconds: readiness.key_db_staleness.map(|d| d.as_secs_f64()),
             uptime_seconds: m.uptime().as_secs(),
             start_time_unix: m.start_unix(),
             models: sources
@@ -99,6 +113,14 @@ impl Report {
             up / 60 % 60,
             up % 60
         );
+        let _ = match &self.not_ready_reason {
+            _ if self.ready => writeln!(out, "ready"),
+            Some(reason) => writeln!(out, "NOT READY: {reason}"),
+            None => writeln!(out, "NOT READY"),
+        };
+        if let Some(stale) = self.key_db_staleness_seconds {
+            let _ = writeln!(out, "key database: last confirmed {stale:.1}s ago");
+        }
         let _ = writeln!(out, "models:");
         for m in &self.models {
             let _ = writeln!(

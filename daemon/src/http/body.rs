@@ -36,26 +36,33 @@ where
     }
 }
 
-/// JSON bodies only. A missing `Content-Type` is taken as JSON (some minimal clients omit
-/// it); any other declared type, including curl's default form encoding, is refused with
-/// 415 so that a mistaken client hears why instead of getting a confusing parse error.
+/// JSON bodies only, declared as such: `Content-Type: application/json`, parameters allowed
+/// (a `charset` must be UTF-8). A missing header is refused too: browsers send a cross-site
+/// POST without a CORS preflight only with a form or `text/plain` type, or none, and a
+/// browser holding a client certificate would otherwise let any web page drive the API.
+/// Refused with 415 naming the header, so a mistaken client hears why.
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Err(ApiError::UnsupportedMediaType(None));
     };
     let text = String::from_utf8_lossy(value.as_bytes());
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let is_json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if is_json {
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let charset_ok = parts.all(|param| {
+        let Some((name, value)) = param.split_once('=') else {
+            return true;
+        };
+        !name.trim().eq_ignore_ascii_case("charset") || {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+    });
+    if essence.eq_ignore_ascii_case("application/json") && charset_ok {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType(text.into_owned()))
+        Err(ApiError::UnsupportedMediaType(Some(
+            text.chars().take(100).collect(),
+        )))
     }
 }
 
@@ -193,16 +200,32 @@ mod tests {
     #[test]
     fn content_types() {
         let mut h = HeaderMap::new();
-        assert!(check_content_type(&h).is_ok());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("Application/JSON; charset=utf-8"),
-        );
-        assert!(check_content_type(&h).is_ok());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        assert_eq!(check_content_type(&h).unwrap_err().status(), 415);
+        let missing = check_content_type(&h).unwrap_err();
+        assert_eq!(missing.status(), 415);
+        assert_eq!(param(missing).as_deref(), Some("Content-Type"));
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; foo=bar",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(check_content_type(&h).is_ok(), "{ok}");
+        }
+        // What a cross-site form or fetch can send without a preflight, and near misses.
+        for refused in [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/json; charset=utf-16",
+            "application/jsonx",
+            "",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(refused));
+            let e = check_content_type(&h).unwrap_err();
+            assert_eq!(e.status(), 415, "{refused}");
+            assert!(e.to_string().contains("Content-Type"), "{e}");
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use http::StatusCode;
 use hyper::Response;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -27,60 +26,16 @@ pub fn healthz() -> Response<BoxBody> {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-#[derive(Serialize)]
-struct Readiness<'a> {
-    status: &'static str,
-    models: Vec<ReadyModel>,
-    engine: airlock_engine::EngineStatus,
-    /// Inference requests holding a concurrency slot (streams until their body is dropped).
-    requests_in_flight: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ReadyModel {
-    id: String,
-    device: String,
-    context_length: usize,
-}
-
-/// `GET /readyz`: 200 once a model is loaded, 503 otherwise, with the models and the engine's
-/// queue figures either way.
+/// `GET /readyz`: `{"status":"ready"}` (200) once a model is loaded and the audit log and
+/// key database are usable, else `{"status":"not_ready"}` (503). Unauthenticated, so it says
+/// nothing more: the reason, the models and the load figures are on the admin listener's
+/// `/status` (`airlockd status`), not for anyone who can reach the API port.
 pub fn readyz(app: &App) -> Response<BoxBody> {
-    let models: Vec<ReadyModel> = app
-        .engine
-        .models()
-        .into_iter()
-        .map(|m| ReadyModel {
-            id: m.id,
-            device: m.device,
-            context_length: m.context_length,
-        })
-        .collect();
-    // Not ready while audit records cannot be written: requests would only get 503.
-    let audit_ok = app.audit_ready();
-    let reason = if models.is_empty() {
-        Some("no model is loaded")
-    } else if !audit_ok {
-        Some("audit_unavailable: audit records cannot be written")
-    } else {
-        None
+    let (status, text) = match app.readiness().reason {
+        None => (StatusCode::OK, "ready"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
     };
-    let ready = reason.is_none();
-    let body = Readiness {
-        status: if ready { "ready" } else { "not_ready" },
-        models,
-        engine: app.engine.status(),
-        requests_in_flight: app.requests_in_flight(),
-        reason,
-    };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_response(status, &body)
+    json_response(status, &serde_json::json!({ "status": text }))
 }
 
 /// `GET /v1/models`.

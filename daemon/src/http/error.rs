@@ -54,9 +54,9 @@ pub enum ApiError {
     #[error("the request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
 
-    /// The body is declared as something other than JSON.
-    #[error("unsupported Content-Type `{0}`; send application/json")]
-    UnsupportedMediaType(String),
+    /// The body is not declared as JSON (`None`: no `Content-Type` at all).
+    #[error("{}", media_type_message(.0.as_deref()))]
+    UnsupportedMediaType(Option<String>),
 
     /// The body could not be read (client went away, malformed framing).
     #[error("cannot read the request body: {0}")]
@@ -78,6 +78,12 @@ pub enum ApiError {
     /// No valid credential. The message never contains the presented credential.
     #[error("{0}")]
     Unauthorized(String),
+
+    /// The API key table could not be confirmed current for longer than the staleness
+    /// bound (the key database is unreadable): keys are refused rather than checked
+    /// against a copy that may miss a revocation.
+    #[error("API keys cannot be checked right now (the key database is unavailable); retry later")]
+    KeysUnavailable,
 
     /// Too many failed key verifications from this client: refused before hashing.
     #[error("too many authentication attempts; retry in {retry_after}s")]
@@ -110,6 +116,15 @@ pub enum ApiError {
         source: EngineError,
         prompt_param: &'static str,
     },
+}
+
+fn media_type_message(declared: Option<&str>) -> String {
+    match declared {
+        Some(declared) => {
+            format!("unsupported Content-Type `{declared}`; send Content-Type: application/json")
+        }
+        None => "the Content-Type header is missing; send Content-Type: application/json".into(),
+    }
 }
 
 /// The OpenAI error object.
@@ -251,7 +266,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => plain(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 INVALID,
-                None,
+                Some("Content-Type".into()),
                 Some("unsupported_media_type"),
             ),
             ApiError::BodyRead(_) => plain(StatusCode::BAD_REQUEST, INVALID, None, None),
@@ -282,6 +297,15 @@ impl ApiError {
                 None,
                 Some("invalid_api_key"),
             ),
+            ApiError::KeysUnavailable => Rendered {
+                retry_after: Some(1),
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER,
+                    None,
+                    Some("auth_unavailable"),
+                )
+            },
             ApiError::AuthThrottled { retry_after } => Rendered {
                 retry_after: Some(*retry_after),
                 ..plain(

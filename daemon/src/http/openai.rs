@@ -40,6 +40,9 @@ pub struct ModelObject {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// Not in OpenAI's object (SDKs keep unknown fields): the model's context window in
+    /// tokens, so clients can size their prompts. Authenticated, unlike `/readyz`.
+    pub context_length: usize,
 }
 
 impl From<&ModelInfo> for ModelObject {
@@ -49,6 +52,7 @@ impl From<&ModelInfo> for ModelObject {
             object: "model",
             created: m.created,
             owned_by: "airlock",
+            context_length: m.context_length,
         }
     }
 }

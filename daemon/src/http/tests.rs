@@ -357,6 +357,7 @@ async fn oversized_bodies_are_refused_without_reading_them_whole() {
     let req = Request::builder()
         .method(Method::POST)
         .uri("/v1/completions")
+        .header(header::CONTENT_TYPE, "application/json")
         .body(StreamBody::new(chunks))
         .expect("request");
     let resp = handle(Arc::clone(&app), conn(), req).await;
@@ -392,12 +393,12 @@ async fn models_and_probes() {
         (status, &bytes[..]),
         (StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
     );
+    // Open, so it says ready or not and nothing else (figures are on the admin listener).
     let (status, _, bytes) = send(&app, request(Method::GET, "/readyz", "")).await;
-    let body: Value = serde_json::from_slice(&bytes).expect("JSON");
-    assert_eq!(status, 200);
-    assert_eq!(body["status"], "ready");
-    assert_eq!(body["models"][0]["id"], MODEL);
-    assert_eq!(body["engine"]["active"], 0);
+    assert_eq!(
+        (status, &bytes[..]),
+        (StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
+    );
 }
 
 #[tokio::test]

@@ -29,7 +29,13 @@ pub struct Forwarded {
     pub ignored_headers: Vec<HeaderName>,
     /// A trusted proxy sent a header we could not parse (the request stays unauthenticated).
     pub error: Option<String>,
+    /// `X-Forwarded-For` entries that are not addresses (`unknown`, garbage), skipped; at
+    /// most [`MAX_REPORTED`] of them, each cut to 64 characters, for the log.
+    pub malformed_for: Vec<String>,
 }
+
+/// How many malformed `X-Forwarded-For` entries one request reports.
+pub const MAX_REPORTED: usize = 4;
 
 /// Whether a connection's peer is a configured trusted proxy. `None` is a Unix-socket peer.
 pub fn is_trusted_peer(peer: Option<SocketAddr>, cfg: &ProxyConfig) -> bool {
@@ -73,26 +79,57 @@ pub fn forwarded_identity(conn: &ConnInfo, headers: &HeaderMap, cfg: &ProxyConfi
             Err(e) => out.error = Some(e),
         }
     }
-    out.client_ip = client_ip(headers, cfg);
+    let (client_ip, malformed) = client_ip(headers, cfg);
+    out.client_ip = client_ip;
+    out.malformed_for = malformed;
     out
 }
 
-/// The client address from `X-Forwarded-For`: the right-most entry that is not itself a
-/// trusted proxy (entries further left were written by the client and prove nothing).
-fn client_ip(headers: &HeaderMap, cfg: &ProxyConfig) -> Option<IpAddr> {
-    let mut entries: Vec<IpAddr> = Vec::new();
+/// One `X-Forwarded-For` entry: an address, or text that is not one.
+enum Entry<'a> {
+    Ip(IpAddr),
+    Malformed(&'a str),
+}
+
+/// The client address from `X-Forwarded-For`, and the malformed entries it skipped.
+///
+/// Read from the right: entries that are trusted proxies are hops and are passed over; the
+/// first other entry is the client, as the outermost trusted proxy saw it. Entries further
+/// left were written by the client (or proxies nobody vouches for) and prove nothing, so a
+/// malformed one there (`unknown, 203.0.113.9`) is skipped without losing the address. A
+/// malformed entry *in the client's place* yields no address (the TCP peer is used): taking
+/// the next valid entry to its left would let the client choose its own address.
+/// With only trusted entries, the left-most one is the client (a proxy calling us itself).
+fn client_ip(headers: &HeaderMap, cfg: &ProxyConfig) -> (Option<IpAddr>, Vec<String>) {
+    let mut entries: Vec<Entry<'_>> = Vec::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
-        let text = value.to_str().ok()?;
-        for part in text.split(',') {
-            entries.push(parse_ip(part.trim())?);
+        match value.to_str() {
+            Ok(text) => entries.extend(text.split(',').map(|part| {
+                let part = part.trim();
+                parse_ip(part).map_or(Entry::Malformed(part), Entry::Ip)
+            })),
+            Err(_) => entries.push(Entry::Malformed("(not ASCII)")),
         }
     }
-    let first = entries.first().copied();
-    entries
-        .into_iter()
-        .rev()
-        .find(|ip| !cfg.trusted_proxies.iter().any(|net| net.contains(ip)))
-        .or(first)
+    let malformed: Vec<String> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Malformed(text) => Some(text.chars().take(64).collect()),
+            Entry::Ip(_) => None,
+        })
+        .take(MAX_REPORTED)
+        .collect();
+    let trusted = |ip: &IpAddr| cfg.trusted_proxies.iter().any(|net| net.contains(ip));
+    let mut first_trusted = None;
+    for entry in entries.iter().rev() {
+        match entry {
+            Entry::Ip(ip) if trusted(ip) => first_trusted = Some(*ip),
+            Entry::Ip(ip) => return (Some(*ip), malformed),
+            Entry::Malformed(_) => return (None, malformed),
+        }
+    }
+    // Every entry is a trusted proxy (or there are none): the left-most is the client.
+    (first_trusted, malformed)
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {

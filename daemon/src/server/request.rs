@@ -57,6 +57,16 @@ pub async fn serve(
                     );
                 });
             }
+            if !fwd.malformed_for.is_empty() {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        peer = ?conn.peer_addr,
+                        entries = ?fwd.malformed_for,
+                        client = ?fwd.client_ip,
+                        "skipping malformed X-Forwarded-For entries"
+                    );
+                });
+            }
             if let Some(error) = &fwd.error {
                 span.in_scope(|| tracing::warn!(peer = ?conn.peer_addr, %error, "unusable forwarded client certificate"));
             }

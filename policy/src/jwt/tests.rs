@@ -213,6 +213,50 @@ fn certificate_bound_tokens() {
 }
 
 #[test]
+fn refuses_confirmation_methods_it_cannot_verify() {
+    let v = verifier();
+    let cert = b"pretend DER of the client certificate";
+    let mine = cert_thumbprint_s256(cert);
+    for cnf in [
+        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        json!({"x5t#S256": mine, "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        json!({"jwk": {"kty": "OKP"}}),
+        json!({}),
+        json!("x5t#S256"),
+        json!({"x5t#S256": 7}),
+    ] {
+        let token = sign(Algorithm::ES256, Some("ec1"), &with("cnf", cnf.clone()));
+        // Refused with and without a client certificate: never a plain bearer token.
+        for presented in [None, Some(mine.as_str())] {
+            let err = v.verify(&token, presented).unwrap_err();
+            assert!(
+                matches!(err, PolicyError::InvalidToken(_)),
+                "{cnf}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn refuses_critical_header_parameters() {
+    let v = verifier();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec1".into());
+    header.crit = Some(vec!["exp".into()]);
+    header.extras.insert("exp".into(), "1".into());
+    let key = EncodingKey::from_ec_pem(EC).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims(), &key).unwrap();
+    assert_eq!(
+        v.verify(&token, None).unwrap_err(),
+        PolicyError::InvalidToken("critical header parameters are not supported".into())
+    );
+    // An empty list is malformed (RFC 7515 §4.1.11) and refused as well.
+    header.crit = Some(Vec::new());
+    let token = jsonwebtoken::encode(&header, &claims(), &key).unwrap();
+    assert!(v.verify(&token, None).is_err());
+}
+
+#[test]
 fn errors_never_echo_the_token() {
     let token = sign(Algorithm::RS256, Some("rsa1"), &with("iss", json!("x")));
     let err = verifier().verify(&token, None).unwrap_err().to_string();

@@ -174,4 +174,45 @@ fn forwarded_for_skips_trusted_hops_and_rejects_garbage() {
     headers.insert("x-forwarded-for", HeaderValue::from_static("nonsense"));
     let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
     assert_eq!(fwd.client_ip, None);
+    assert_eq!(fwd.malformed_for, vec!["nonsense"]);
+}
+
+#[test]
+fn a_malformed_forwarded_for_entry_is_skipped_not_the_header() {
+    let cfg = proxy_config(ClientCertFormat::Xfcc, "x-forwarded-client-cert");
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    let client = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static(value));
+        forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg)
+    };
+    // The reported attack: one bad entry on the client's side dropped the address.
+    let fwd = client("unknown, 203.0.113.9");
+    assert_eq!(fwd.client_ip, ip("203.0.113.9"));
+    assert_eq!(fwd.malformed_for, vec!["unknown"]);
+    assert_eq!(
+        client("unknown,, 1.1.1.1, 203.0.113.9, 10.0.0.2").client_ip,
+        ip("203.0.113.9")
+    );
+    // Several header lines are one list.
+    let mut headers = HeaderMap::new();
+    headers.append("x-forwarded-for", HeaderValue::from_static("garbage"));
+    headers.append(
+        "x-forwarded-for",
+        HeaderValue::from_static("[2001:db8::1]:443"),
+    );
+    let fwd = forwarded_identity(&conn("127.0.0.1:5000", true), &headers, &cfg);
+    assert_eq!(fwd.client_ip, ip("2001:db8::1"));
+    // A bad entry where the trusted hop put the client is not papered over with an
+    // address the client wrote itself.
+    let fwd = client("198.51.100.7, unknown, 10.0.0.2");
+    assert_eq!(fwd.client_ip, None);
+    assert_eq!(fwd.malformed_for, vec!["unknown"]);
+    // Reported entries are bounded in number and length.
+    let long =
+        Box::leak(format!("{}, 203.0.113.9", vec!["x".repeat(500); 9].join(",")).into_boxed_str());
+    let fwd = client(long);
+    assert_eq!(fwd.client_ip, ip("203.0.113.9"));
+    assert_eq!(fwd.malformed_for.len(), MAX_REPORTED);
+    assert!(fwd.malformed_for.iter().all(|e| e.len() == 64));
 }
