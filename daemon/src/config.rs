@@ -106,6 +106,10 @@ pub enum ModelBackend {
         path: PathBuf,
         device: DeviceChoice,
         verify_manifest: bool,
+        /// The SHA-256 the model's `airlock-manifest.json` must have (lowercase hex): the
+        /// manifest sits beside the weights, so without a pin whoever can replace the
+        /// weights can replace the manifest too.
+        manifest_sha256: Option<String>,
         /// Weight quantization at load (`None`: the file's precision).
         quantize: Option<Quantize>,
     },
@@ -464,10 +468,32 @@ fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
                     ));
                 }
             };
+            let verify_manifest = raw.verify.unwrap_or(true);
+            let manifest_sha256 = match raw.manifest_sha256 {
+                None => None,
+                Some(_) if !verify_manifest => {
+                    return Err(invalid(
+                        "manifest_sha256",
+                        "pins the manifest that `verify` checks; it cannot be used with \
+                         verify = false",
+                    ));
+                }
+                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(hex.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "manifest_sha256",
+                        "must be 64 hexadecimal characters: the SHA-256 of the model's \
+                         airlock-manifest.json (`sha256sum airlock-manifest.json`)",
+                    ));
+                }
+            };
             ModelBackend::Burn {
                 path: resolve(base, path),
                 device,
-                verify_manifest: raw.verify.unwrap_or(true),
+                verify_manifest,
+                manifest_sha256,
                 quantize,
             }
         }
@@ -476,6 +502,7 @@ fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
                 ("path", raw.path.is_some()),
                 ("device", raw.device.is_some()),
                 ("verify", raw.verify.is_some()),
+                ("manifest_sha256", raw.manifest_sha256.is_some()),
                 ("quantize", raw.quantize.is_some()),
             ] {
                 if set {

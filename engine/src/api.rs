@@ -45,6 +45,14 @@ pub enum Prompt {
     TokenIds(Vec<u32>),
 }
 
+/// Most stop strings one request may carry (OpenAI's limit).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+
+/// Most bytes in one stop string. Stop strings are matched with one automaton whose cost per
+/// token does not depend on their length, but held-back text does: a stream may lag the
+/// model by up to this many bytes while its end could still begin a stop string.
+pub const MAX_STOP_BYTES: usize = 512;
+
 /// Sampling parameters. The defaults are the engine's, not OpenAI's: the gateway fills in
 /// OpenAI's defaults (temperature 1, top_p 1) before submitting.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +76,7 @@ pub struct SamplingParams {
     /// Upper bound on generated tokens; `None` means up to the context length.
     pub max_tokens: Option<usize>,
     /// Stop strings: generation ends before the first occurrence, which is not emitted.
+    /// At most [`MAX_STOP_SEQUENCES`] of at most [`MAX_STOP_BYTES`] bytes each.
     pub stop: Vec<String>,
     /// Keep generating past EOS tokens (benchmarks with a fixed length).
     pub ignore_eos: bool,

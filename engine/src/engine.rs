@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kv::BlockPool;
-use crate::loader::{LoadedModel, load_dir};
+use crate::loader::{Integrity, LoadedModel, load_dir};
 use crate::model::BatchItem;
 use crate::sampling::validate;
 use crate::scheduler::TenantQueues;
@@ -39,6 +39,7 @@ struct Job {
     weight: u32,
     prompt: Vec<u32>,
     params: crate::SamplingParams,
+    stop: crate::detok::StopMatcher,
     sender: GenerationSender,
     submitted: Instant,
 }
@@ -116,7 +117,13 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
             let loaded = match load_dir(
                 &spec2.path,
                 spec2.device,
-                spec2.verify_manifest,
+                if spec2.verify_manifest {
+                    Integrity::Manifest {
+                        pin: spec2.manifest_sha256.as_deref(),
+                    }
+                } else {
+                    Integrity::Unverified
+                },
                 spec2.max_context,
                 spec2.quantize,
             ) {
@@ -309,7 +316,13 @@ impl Worker {
     }
 
     fn enqueue(&mut self, job: Job) {
-        let mut seq = Sequence::new(&self.model, job.prompt, &job.params, job.submitted);
+        let mut seq = Sequence::new(
+            &self.model,
+            job.prompt,
+            &job.params,
+            job.stop,
+            job.submitted,
+        );
         seq.cap_positions(self.pool.capacity_positions());
         let slot = Slot {
             seq,
@@ -600,6 +613,7 @@ impl Engine for BurnEngine {
     fn submit(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         let m = self.model(&request.model)?;
         validate(&request.params)?;
+        let stop = crate::detok::StopMatcher::new(&request.params.stop)?;
         let prompt = m.tokenizer.encode_prompt(&request.prompt)?;
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
             return Err(EngineError::InvalidRequest {
@@ -649,6 +663,7 @@ impl Engine for BurnEngine {
             weight: request.tenant_weight.max(1),
             prompt,
             params: request.params,
+            stop,
             sender,
             submitted: Instant::now(),
         };

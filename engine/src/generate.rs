@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::loader::load_dir;
+use crate::detok::StopMatcher;
+use crate::loader::{Integrity, load_dir};
 use crate::sampling::validate;
 use crate::sequence::Sequence;
 use crate::{ChatMessage, DeviceChoice, EngineError, Prompt, Quantize, SamplingParams, TokenEvent};
@@ -82,7 +83,11 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
     let loaded = load_dir(
         &opts.model_dir,
         opts.device,
-        opts.verify_manifest,
+        if opts.verify_manifest {
+            Integrity::Manifest { pin: None }
+        } else {
+            Integrity::Unverified
+        },
         None,
         opts.quantize,
     )?;
@@ -101,7 +106,8 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
             max_tokens: opts.params.max_tokens.unwrap_or(1),
         });
     }
-    let mut seq = Sequence::new(&loaded, ids, &opts.params, Instant::now());
+    let stop = StopMatcher::new(&opts.params.stop)?;
+    let mut seq = Sequence::new(&loaded, ids, &opts.params, stop, Instant::now());
     if opts.keep_logits {
         seq.keep_prompt_logits();
     }

@@ -1,4 +1,5 @@
-//! GGUF v3 files (llama.cpp's format): header, metadata, tensor table, memory-mapped data.
+//! GGUF v3 files (llama.cpp's format): header, metadata, tensor table, data (read into
+//! memory, see [`crate::weights`]).
 //!
 //! A GGUF file is untrusted input like any other model file, so every count, length, offset
 //! and size is checked against the bytes actually present before anything is allocated or
@@ -14,10 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use crate::EngineError;
-use crate::weights::{WeightDType, map_file};
+use crate::manifest::Vouched;
+use crate::weights::{WeightDType, read_weights};
 
 pub(crate) mod tokenizer;
 
@@ -148,10 +148,11 @@ pub(crate) struct TensorInfo {
     pub end: usize,
 }
 
-/// A parsed, memory-mapped GGUF file.
+/// A parsed GGUF file, held in memory.
 pub(crate) struct GgufFile {
     pub path: PathBuf,
-    pub map: Arc<Mmap>,
+    /// The whole file's bytes (checked against the manifest when there is one).
+    pub map: Arc<Vec<u8>>,
     metadata: HashMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
 }
@@ -163,9 +164,9 @@ pub(crate) struct Parsed {
 }
 
 impl GgufFile {
-    /// Maps and parses `path`.
-    pub fn open(path: &Path) -> Result<GgufFile, EngineError> {
-        let map = map_file(path)?;
+    /// Reads (checked against the manifest when `vouched` is given) and parses `path`.
+    pub fn open(path: &Path, vouched: Option<&mut Vouched>) -> Result<GgufFile, EngineError> {
+        let map = read_weights(path, vouched)?;
         let parsed = parse(&map).map_err(|reason| EngineError::Load {
             path: path.to_path_buf(),
             reason,
@@ -207,9 +208,31 @@ impl GgufFile {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Bytes the metadata may still allocate. Checking a count against the bytes left is
+    /// not enough on its own: a one-byte array element becomes a [`Value`] of 32 bytes, so
+    /// a file could make us allocate ~32× its size. Every count-driven allocation (array
+    /// storage, string bytes) is charged here first, so parsing the metadata never
+    /// allocates more than the file's size.
+    budget: usize,
 }
 
 impl<'a> Cursor<'a> {
+    /// Charges an allocation of `n` items of `size` bytes against the budget.
+    fn charge(&mut self, n: usize, size: usize, what: &str) -> Result<(), String> {
+        match n.checked_mul(size) {
+            Some(bytes) if bytes <= self.budget => {
+                self.budget -= bytes;
+                Ok(())
+            }
+            _ => Err(format!(
+                "{what}: {n} items would take more memory than the {} byte file allows (the \
+                 metadata may allocate at most the file's size; {} bytes left)",
+                self.bytes.len(),
+                self.budget
+            )),
+        }
+    }
+
     fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
@@ -260,6 +283,7 @@ impl<'a> Cursor<'a> {
                     self.remaining()
                 )
             })?;
+        self.charge(len, 1, what)?;
         let b = self.take(len, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| format!("{what}: not valid UTF-8"))
     }
@@ -304,6 +328,7 @@ impl<'a> Cursor<'a> {
                             self.remaining()
                         )
                     })?;
+                self.charge(n, std::mem::size_of::<Value>(), what)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(elem, what, depth + 1)?);
@@ -321,7 +346,11 @@ impl<'a> Cursor<'a> {
 /// Parses the header and tensor table of `bytes` (a whole GGUF file) and checks that every
 /// tensor lies inside it. The error is the reason only; the caller adds the path.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut c = Cursor { bytes, pos: 0 };
+    let mut c = Cursor {
+        bytes,
+        pos: 0,
+        budget: bytes.len(),
+    };
     let magic = c.take(4, "magic")?;
     if magic != MAGIC {
         return Err(format!(

@@ -31,7 +31,8 @@ mod weights;
 
 pub use api::{
     CancelToken, ChatMessage, Engine, EngineStatus, FinishReason, GenerateRequest, Generation,
-    GenerationSender, GenerationTimings, ModelInfo, Prompt, SamplingParams, TokenEvent, Usage,
+    GenerationSender, GenerationTimings, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, ModelInfo, Prompt,
+    SamplingParams, TokenEvent, Usage,
 };
 pub use device::gpu_available;
 pub use engine::BurnEngine;

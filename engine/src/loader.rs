@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::device::place;
 use crate::gguf::GgufFile;
 use crate::hf_config::ModelConfig;
-use crate::manifest::verify_manifest;
+use crate::manifest::vouch;
 use crate::model::Model;
 use crate::spec::Quantize;
 use crate::tokenizer::TextTokenizer;
@@ -63,34 +63,50 @@ pub struct LoadedModel {
     pub load_time: Duration,
 }
 
-/// Loads `dir` on `device`. With `verify`, the integrity manifest must be present and match;
-/// without, loading goes on with a warning.
+/// How a model directory's integrity is checked before it loads.
+#[derive(Clone, Copy, Debug)]
+pub enum Integrity<'a> {
+    /// `verify = false`: loading goes on with a warning.
+    Unverified,
+    /// The directory's `airlock-manifest.json` must be present and match, and, when
+    /// `pin` is given (the config's `manifest_sha256`), the manifest's own SHA-256 too.
+    Manifest { pin: Option<&'a str> },
+}
+
+/// Loads `dir` on `device`, checked as `integrity` says.
 pub fn load_dir(
     dir: &Path,
     device: DeviceChoice,
-    verify: bool,
+    integrity: Integrity<'_>,
     max_context: Option<usize>,
     quantize: Option<Quantize>,
 ) -> Result<LoadedModel, EngineError> {
     let started = Instant::now();
-    if verify {
-        verify_manifest(dir)?;
-    } else {
-        tracing::warn!(dir = %dir.display(), "integrity manifest NOT verified (verify_manifest = false)");
-    }
+    let mut vouched = match integrity {
+        Integrity::Manifest { pin } => Some(vouch(dir, pin)?),
+        Integrity::Unverified => {
+            tracing::warn!(dir = %dir.display(), "integrity manifest NOT verified (verify_manifest = false)");
+            None
+        }
+    };
     let (config, tokenizer, weights) = match gguf_file(dir)? {
         None => {
             let config = ModelConfig::from_dir(dir)?;
             let tokenizer = TextTokenizer::from_dir(dir, &config.eos_token_ids)?;
-            (config, tokenizer, Weights::open(dir)?)
+            (config, tokenizer, Weights::open(dir, vouched.as_mut())?)
         }
         Some(path) => {
-            let file = GgufFile::open(&path)?;
+            let file = GgufFile::open(&path, vouched.as_mut())?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = TextTokenizer::from_gguf(dir, &file, &config.eos_token_ids)?;
             (config, tokenizer, Weights::from_gguf(&file)?)
         }
     };
+    // Listed weight files the loader did not read are hashed now: every listed file has
+    // been checked before the model serves.
+    if let Some(vouched) = vouched {
+        vouched.finish()?;
+    }
     let placement = place(device)?;
     let mut context_length = config.context_length;
     if let Some(cap) = max_context {
@@ -120,6 +136,8 @@ pub fn load_dir(
         context_length,
         load_time: started.elapsed(),
     };
+    // The weight files' bytes are freed here: the model holds its own tensors.
+    drop(weights);
     tracing::info!(
         dir = %dir.display(),
         architecture = ?loaded.model.config.architecture,

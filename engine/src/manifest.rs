@@ -2,10 +2,19 @@
 //! swapped or corrupted weight file is refused before it is loaded.
 //!
 //! Verification checks every listed file, and also refuses any file the loader would read
-//! (`*.json`, `*.safetensors`, `*.jinja`) that the manifest does not list: an attacker must
-//! not be able to add a shard or a tokenizer the manifest never vouched for. Other unlisted
-//! files (READMEs, licences) are ignored.
+//! (`*.json`, `*.safetensors`, `*.gguf`, `*.jinja`) that the manifest does not list: an
+//! attacker must not be able to add a shard or a tokenizer the manifest never vouched for.
+//! Other unlisted files (READMEs, licences) are ignored.
+//!
+//! The manifest itself sits in the directory it vouches for, so whoever can rewrite the
+//! weights can rewrite it too; `manifest_sha256` in the config pins it ([`vouch`]).
+//!
+//! Weight files are hashed as the loader reads them into memory ([`Vouched::read`]): the
+//! bytes the model is built from are the bytes that were checked, and nothing maps the file
+//! afterwards, so a later edit cannot reach the running model and a truncation cannot crash
+//! the daemon.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +32,7 @@ struct Manifest {
     files: Vec<FileEntry>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileEntry {
     /// Relative to the model directory, `/`-separated.
@@ -111,12 +120,142 @@ fn loader_reads(rel: &str) -> bool {
             || rel.ends_with(".jinja"))
 }
 
+/// Weight files: hashed when the loader reads them, not twice.
+fn is_weights(rel: &str) -> bool {
+    rel.ends_with(".safetensors") || rel.ends_with(".gguf")
+}
+
 /// Checks every file `dir/airlock-manifest.json` lists, and that no file the loader reads
 /// is unlisted. A missing manifest is an [`EngineError::Integrity`] error too.
 pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
+    vouch(dir, None)?.finish()
+}
+
+/// What a checked manifest vouches for, while a model loads.
+pub(crate) struct Vouched {
+    dir: PathBuf,
+    /// Every listed file, by relative path.
+    entries: HashMap<String, FileEntry>,
+    /// Listed weight files not read yet: [`Self::finish`] hashes them.
+    unread: HashSet<String>,
+}
+
+/// A file's bytes in memory, read once. `expect_len` (the size the manifest lists, else
+/// the size the file has now) bounds the read: a file that grows while it is read is
+/// refused instead of read without end.
+fn read_whole(path: &Path, expect_len: Option<u64>) -> Result<Vec<u8>, EngineError> {
+    let load = |reason: String| EngineError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| load(format!("cannot open: {e}")))?;
+    let len = match expect_len {
+        Some(len) => len,
+        None => file
+            .metadata()
+            .map_err(|e| load(format!("cannot open: {e}")))?
+            .len(),
+    };
+    let mut bytes = Vec::new();
+    // A file too large for memory is an error, not an allocation abort.
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|e| load(format!("cannot hold its {len} bytes in memory: {e}")))?;
+    file.take(len.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| load(format!("cannot read: {e}")))?;
+    if expect_len.is_none() && bytes.len() as u64 != len {
+        return Err(load(format!(
+            "changed while being read ({len} bytes, then {})",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads a weight file into memory, without a manifest (`verify = false`).
+pub(crate) fn read_unverified(path: &Path) -> Result<Vec<u8>, EngineError> {
+    read_whole(path, None)
+}
+
+impl Vouched {
+    /// Reads a listed file into memory and checks those very bytes against the manifest.
+    pub(crate) fn read(&mut self, path: &Path) -> Result<Vec<u8>, EngineError> {
+        let integrity = |reason: String| EngineError::Integrity {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let rel = path
+            .strip_prefix(&self.dir)
+            .ok()
+            .map(|r| r.to_string_lossy().replace('\\', "/"));
+        let Some(entry) = rel.as_deref().and_then(|r| self.entries.get(r)) else {
+            return Err(integrity("not listed in the manifest".into()));
+        };
+        let bytes = read_whole(path, Some(entry.size))?;
+        if bytes.len() as u64 != entry.size {
+            return Err(integrity(format!(
+                "size is {} bytes, the manifest says {}",
+                bytes.len(),
+                entry.size
+            )));
+        }
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if !sha.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(integrity(format!(
+                "sha256 is {sha}, the manifest says {}",
+                entry.sha256
+            )));
+        }
+        if let Some(rel) = rel {
+            self.unread.remove(&rel);
+        }
+        Ok(bytes)
+    }
+
+    /// Hashes the listed weight files the loader did not read, so that every listed file
+    /// has been checked once loading is done.
+    pub(crate) fn finish(self) -> Result<(), EngineError> {
+        let mut unread: Vec<&String> = self.unread.iter().collect();
+        unread.sort();
+        for rel in unread {
+            if let Some(entry) = self.entries.get(rel) {
+                check_entry(&self.dir.join(rel), entry)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_entry(file: &Path, entry: &FileEntry) -> Result<(), EngineError> {
+    let integrity = |reason: String| EngineError::Integrity {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let (size, sha) = sha256_file(file)?;
+    if size != entry.size {
+        return Err(integrity(format!(
+            "size is {size} bytes, the manifest says {}",
+            entry.size
+        )));
+    }
+    if !sha.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(integrity(format!(
+            "sha256 is {sha}, the manifest says {}",
+            entry.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `dir/airlock-manifest.json`: its own SHA-256 against `pin` (the config's
+/// `manifest_sha256`) when given, then every listed file but the weights (hashed as they
+/// are read, see [`Vouched::read`]; here only their presence and size), and that no file the
+/// loader reads is unlisted.
+pub(crate) fn vouch(dir: &Path, pin: Option<&str>) -> Result<Vouched, EngineError> {
     let path = dir.join(MANIFEST_FILE);
     let integrity = |p: PathBuf, reason: String| EngineError::Integrity { path: p, reason };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let bytes = std::fs::read(&path).map_err(|e| {
         integrity(
             path.clone(),
             format!(
@@ -125,10 +264,23 @@ pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
             ),
         )
     })?;
-    let manifest: Manifest = serde_json::from_str(&text)
+    if let Some(pin) = pin {
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if !sha.eq_ignore_ascii_case(pin) {
+            return Err(integrity(
+                path,
+                format!(
+                    "sha256 is {sha}, but `manifest_sha256` in the config pins {pin}: the \
+                     manifest is not the one the operator approved"
+                ),
+            ));
+        }
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| integrity(path.clone(), format!("invalid manifest: {e}")))?;
-    let mut listed = std::collections::HashSet::new();
-    for entry in &manifest.files {
+    let mut entries = HashMap::new();
+    let mut unread = HashSet::new();
+    for entry in manifest.files {
         if entry.path.split('/').any(|c| c == ".." || c.is_empty()) || entry.path.starts_with('/') {
             return Err(integrity(
                 path.clone(),
@@ -139,28 +291,116 @@ pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
         if !file.is_file() {
             return Err(integrity(file, "listed in the manifest but missing".into()));
         }
-        let (size, sha) = sha256_file(&file)?;
-        if size != entry.size {
-            return Err(integrity(
-                file,
-                format!("size is {size} bytes, the manifest says {}", entry.size),
-            ));
+        if is_weights(&entry.path) {
+            let size = std::fs::metadata(&file)
+                .map_err(|e| io_err(&file, e))?
+                .len();
+            if size != entry.size {
+                return Err(integrity(
+                    file,
+                    format!("size is {size} bytes, the manifest says {}", entry.size),
+                ));
+            }
+            unread.insert(entry.path.clone());
+        } else {
+            check_entry(&file, &entry)?;
         }
-        if !sha.eq_ignore_ascii_case(&entry.sha256) {
-            return Err(integrity(
-                file,
-                format!("sha256 is {sha}, the manifest says {}", entry.sha256),
-            ));
-        }
-        listed.insert(entry.path.clone());
+        entries.insert(entry.path.clone(), entry);
     }
     for rel in list_files(dir)? {
-        if loader_reads(&rel) && !listed.contains(&rel) {
+        if loader_reads(&rel) && !entries.contains_key(&rel) {
             return Err(integrity(
                 dir.join(&rel),
                 "not listed in the manifest".into(),
             ));
         }
     }
-    Ok(())
+    Ok(Vouched {
+        dir: dir.to_path_buf(),
+        entries,
+        unread,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installed() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = crate::default_model::install(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    }
+
+    fn integrity_of<T>(r: Result<T, EngineError>) -> (PathBuf, String) {
+        match r {
+            Err(EngineError::Integrity { path, reason }) => (path, reason),
+            Err(e) => panic!("expected an integrity error, got {e}"),
+            Ok(_) => panic!("expected an integrity error, got success"),
+        }
+    }
+
+    #[test]
+    fn a_pinned_manifest_must_have_its_pinned_hash() {
+        let (_tmp, dir) = installed();
+        let manifest = dir.join(MANIFEST_FILE);
+        let good = hex::encode(Sha256::digest(
+            std::fs::read(&manifest).unwrap_or_else(|e| panic!("{e}")),
+        ));
+        assert!(vouch(&dir, Some(&good.to_uppercase())).is_ok());
+        // Rewritten by whoever could also rewrite the weights: a valid manifest, but not
+        // the pinned one.
+        std::fs::write(dir.join("config.json"), b"{}").unwrap_or_else(|e| panic!("{e}"));
+        write_manifest(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(vouch(&dir, None).is_ok());
+        let (path, reason) = integrity_of(vouch(&dir, Some(&good)));
+        assert_eq!(path, manifest);
+        assert!(
+            reason.contains("manifest_sha256") && reason.contains(&good),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn weights_changed_after_verification_are_refused_when_read() {
+        let (_tmp, dir) = installed();
+        let weights = dir.join("model.safetensors");
+        let original = std::fs::read(&weights).unwrap_or_else(|e| panic!("{e}"));
+
+        // Same size, one bit flipped between the manifest check and the read.
+        let mut vouched = vouch(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut flipped = original.clone();
+        flipped[original.len() / 2] ^= 1;
+        std::fs::write(&weights, &flipped).unwrap_or_else(|e| panic!("{e}"));
+        let (path, reason) = integrity_of(vouched.read(&weights));
+        assert_eq!(path, weights);
+        assert!(reason.contains("sha256"), "{reason}");
+
+        // Truncated: an error naming the size, never a fault.
+        std::fs::write(&weights, &original).unwrap_or_else(|e| panic!("{e}"));
+        let mut vouched = vouch(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&weights, &original[..100]).unwrap_or_else(|e| panic!("{e}"));
+        let (_, reason) = integrity_of(vouched.read(&weights));
+        assert!(reason.contains("size is 100 bytes"), "{reason}");
+
+        // Read intact: the bytes returned are the checked ones, and `finish` has nothing
+        // left to hash.
+        std::fs::write(&weights, &original).unwrap_or_else(|e| panic!("{e}"));
+        let mut vouched = vouch(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(vouched.read(&weights).ok(), Some(original));
+        assert!(vouched.unread.is_empty());
+        assert!(vouched.finish().is_ok());
+    }
+
+    #[test]
+    fn listed_weights_the_loader_never_reads_are_still_hashed() {
+        let (_tmp, dir) = installed();
+        let weights = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap_or_else(|e| panic!("{e}"));
+        let vouched = vouch(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+        bytes[0] ^= 1;
+        std::fs::write(&weights, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (path, _) = integrity_of(vouched.finish());
+        assert_eq!(path, weights);
+    }
 }

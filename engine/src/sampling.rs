@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{EngineError, SamplingParams};
+use crate::{EngineError, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, SamplingParams};
 
 /// Checks sampling parameters before a request is queued.
 pub fn validate(p: &SamplingParams) -> Result<(), EngineError> {
@@ -36,6 +36,30 @@ pub fn validate(p: &SamplingParams) -> Result<(), EngineError> {
     }
     if p.max_tokens == Some(0) {
         return bad("max_tokens", "must be at least 1");
+    }
+    validate_stop(&p.stop)
+}
+
+/// The stop strings' bounds: every token's stop matching, and the held-back tail of a
+/// stream, stay small whatever a request sends.
+pub fn validate_stop(stop: &[String]) -> Result<(), EngineError> {
+    if stop.len() > MAX_STOP_SEQUENCES {
+        return Err(EngineError::InvalidRequest {
+            param: "stop",
+            reason: format!(
+                "at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {}",
+                stop.len()
+            ),
+        });
+    }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(EngineError::InvalidRequest {
+            param: "stop",
+            reason: format!(
+                "a stop sequence may be at most {MAX_STOP_BYTES} bytes, got one of {} bytes",
+                long.len()
+            ),
+        });
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::loader::{LoadedModel, load_dir};
+use crate::loader::{Integrity, LoadedModel, load_dir};
 use crate::model::KvCache;
 use crate::{DeviceChoice, EngineError, Quantize};
 
@@ -23,7 +23,7 @@ impl Scorer {
         device: DeviceChoice,
         quantize: Option<Quantize>,
     ) -> Result<Scorer, EngineError> {
-        let loaded = load_dir(dir, device, false, None, quantize)?;
+        let loaded = load_dir(dir, device, Integrity::Unverified, None, quantize)?;
         let cache = loaded.model.new_cache();
         Ok(Scorer { loaded, cache })
     }

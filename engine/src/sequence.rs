@@ -31,11 +31,13 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// `prompt` must be non-empty and shorter than the context (checked at submission).
+    /// `prompt` must be non-empty and shorter than the context (checked at submission);
+    /// `stop` is built from `params.stop` at submission, where a failure can be reported.
     pub fn new(
         model: &LoadedModel,
         prompt: Vec<u32>,
         params: &SamplingParams,
+        stop: StopMatcher,
         submitted: Instant,
     ) -> Sequence {
         let room = model.context_length.saturating_sub(prompt.len());
@@ -43,7 +45,7 @@ impl Sequence {
         Sequence {
             sampler: Sampler::new(params, &prompt),
             decoder: IncrementalDecoder::new(&prompt),
-            stop: StopMatcher::new(&params.stop),
+            stop,
             cache: model.model.new_cache(),
             prompt,
             generated: Vec::new(),

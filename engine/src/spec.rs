@@ -25,6 +25,10 @@ pub struct ModelSpec {
     pub device: DeviceChoice,
     /// Verify `airlock-manifest.json` before loading. `false` only by explicit operator choice.
     pub verify_manifest: bool,
+    /// The SHA-256 (hex) `airlock-manifest.json` itself must have (`verify_manifest` only).
+    /// The manifest lives beside the weights it vouches for: without a pin, whoever can
+    /// rewrite the weights can rewrite the manifest to match.
+    pub manifest_sha256: Option<String>,
     /// Requests that may wait for a sequence slot before `submit` answers `QueueFull`.
     pub max_queue: usize,
     /// Sequences decoded at once.
@@ -57,6 +61,7 @@ impl ModelSpec {
             path: path.into(),
             device: DeviceChoice::Auto,
             verify_manifest: true,
+            manifest_sha256: None,
             max_queue: 64,
             max_active: 8,
             max_context: None,

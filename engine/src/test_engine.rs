@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::detok::{StopMatcher, StopOutcome};
 use crate::{
     Engine, EngineError, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
     GenerationTimings, ModelInfo, Prompt, TokenEvent, Usage,
@@ -75,6 +76,8 @@ struct Job {
     prompt_tokens: usize,
     echo: Vec<String>,
     params: crate::SamplingParams,
+    /// The same stop-string matcher the real engine uses.
+    stop: StopMatcher,
     fail: bool,
     submitted: Instant,
     tx: GenerationSender,
@@ -214,6 +217,8 @@ impl Engine for TestEngine {
         self.check_model(&request.model)?;
         let context_length = self.shared.config.context_length;
         let (prompt_tokens, echo) = tokenize(&request.prompt);
+        crate::sampling::validate(&request.params)?;
+        let stop = StopMatcher::new(&request.params.stop)?;
         let max_tokens = request.params.max_tokens.unwrap_or(0);
         if prompt_tokens >= context_length || prompt_tokens + max_tokens > context_length {
             return Err(EngineError::ContextLength {
@@ -229,6 +234,7 @@ impl Engine for TestEngine {
             prompt_tokens,
             echo,
             params: request.params,
+            stop,
             fail,
             submitted: Instant::now(),
             tx,
@@ -293,64 +299,13 @@ fn deliver(shared: &Shared, tx: &GenerationSender, mut event: TokenEvent) -> boo
     }
 }
 
-/// Where the emitted text stands against the stop strings.
-struct StopScan<'a> {
-    stop: &'a [String],
-    /// All generated text so far (joined words).
-    text: String,
-    /// Bytes of `text` already handed to the reader.
-    emitted: usize,
-}
-
-impl StopScan<'_> {
-    /// Appends a token's text. Returns `Ok(text to emit now)`, or `Err(final text)` when a
-    /// stop string was completed (the stop string and anything after it are dropped).
-    fn push(&mut self, piece: &str) -> Result<String, String> {
-        self.text.push_str(piece);
-        let pending = &self.text[self.emitted..];
-        // A stop string may start inside text already held back, never inside emitted text.
-        let hit = self
-            .stop
-            .iter()
-            .filter_map(|s| pending.find(s.as_str()))
-            .min();
-        if let Some(at) = hit {
-            let out = pending[..at].to_owned();
-            self.emitted = self.text.len();
-            return Err(out);
-        }
-        let hold = self
-            .stop
-            .iter()
-            .map(|s| longest_suffix_prefix(pending, s))
-            .max()
-            .unwrap_or(0);
-        let cut = pending.len() - hold;
-        let out = pending[..cut].to_owned();
-        self.emitted += cut;
-        Ok(out)
-    }
-
-    /// Text held back at the end.
-    fn rest(&self) -> String {
-        self.text[self.emitted..].to_owned()
-    }
-}
-
-/// Length of the longest proper prefix of `needle` that `haystack` ends with.
-fn longest_suffix_prefix(haystack: &str, needle: &str) -> usize {
-    (1..needle.len())
-        .rev()
-        .find(|&n| needle.is_char_boundary(n) && haystack.ends_with(&needle[..n]))
-        .unwrap_or(0)
-}
-
 /// Decodes one job to its end.
 fn run(shared: &Shared, job: Job) {
     let Job {
         prompt_tokens,
         echo,
         params,
+        mut stop,
         fail,
         submitted,
         tx,
@@ -364,11 +319,6 @@ fn run(shared: &Shared, job: Job) {
         None
     } else {
         Some(echo.len())
-    };
-    let mut scan = StopScan {
-        stop: &params.stop,
-        text: String::new(),
-        emitted: 0,
     };
     let mut generated = 0usize;
     let mut first_token: Option<Instant> = None;
@@ -393,8 +343,8 @@ fn run(shared: &Shared, job: Job) {
         };
         generated += 1;
         first_token.get_or_insert_with(Instant::now);
-        match scan.push(&piece) {
-            Ok(text) => {
+        match stop.push(&piece) {
+            StopOutcome::Continue(text) => {
                 if !deliver(
                     shared,
                     &tx,
@@ -406,7 +356,7 @@ fn run(shared: &Shared, job: Job) {
                     return;
                 }
             }
-            Err(text) => {
+            StopOutcome::Stop(text) => {
                 // The stop string is not emitted, but its tokens were generated and count.
                 let event = finished(
                     FinishReason::Stop,
@@ -432,7 +382,7 @@ fn run(shared: &Shared, job: Job) {
         generated,
         submitted,
         first_token,
-        scan.rest(),
+        stop.flush(),
     );
     deliver(shared, &tx, event);
 }

@@ -12,6 +12,17 @@ use crate::gguf::tokenizer as gguf_tokenizer;
 use crate::hf_config::token_ids;
 use crate::{ChatMessage, EngineError, Prompt};
 
+/// Instructions one chat-template rendering may execute. A chat template is code from a
+/// model file; a loop that never ends, or one that grows with no bound, must end in an error
+/// and not hold an engine thread. Real templates spend a few dozen instructions per message
+/// (the test fixtures' templates render 4096 messages within it), so this covers the
+/// gateway's cap of 1024 messages with room to spare.
+pub const CHAT_TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// The rendered prompt may be at most this many bytes plus twice the messages' own text:
+/// what a template adds around the messages is markup, never megabytes.
+pub const CHAT_TEMPLATE_OUTPUT_BASE: usize = 1 << 20;
+
 /// A model's tokenizer, chat template and end-of-sequence ids.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -37,6 +48,27 @@ struct ChatContext<'a> {
 struct MessageCtx<'a> {
     role: &'a str,
     content: &'a str,
+}
+
+/// Collects a rendering, refusing to grow past `limit` bytes (the write that would cross it
+/// fails, which ends the rendering).
+struct CappedWriter {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            return Err(std::io::Error::other("rendered prompt over its size limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -67,6 +99,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
 /// The chat template environment, with the Jinja2 settings transformers renders with.
 fn chat_env(source: String, path: &Path, field: &str) -> Result<Environment<'static>, EngineError> {
     let mut env = Environment::new();
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -262,9 +295,34 @@ impl TextTokenizer {
             tools: None,
             documents: None,
         };
-        template
-            .render(ctx)
-            .map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
+        let content: usize = messages.iter().map(|m| m.content.len()).sum();
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            limit: CHAT_TEMPLATE_OUTPUT_BASE.saturating_add(content.saturating_mul(2)),
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| EngineError::Tokenizer("chat template: output is not UTF-8".into())),
+            Err(e) if matches!(e.kind(), ErrorKind::OutOfFuel) => {
+                Err(EngineError::InvalidRequest {
+                    param: "messages",
+                    reason: format!(
+                        "the model's chat template did not finish within its budget of \
+                         {CHAT_TEMPLATE_FUEL} instructions for these messages"
+                    ),
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WriteFailure) => {
+                Err(EngineError::InvalidRequest {
+                    param: "messages",
+                    reason: format!(
+                        "the model's chat template rendered more than {} bytes for these messages",
+                        out.limit
+                    ),
+                })
+            }
+            Err(e) => Err(EngineError::Tokenizer(format!("chat template: {e}"))),
+        }
     }
 
     /// The token ids of a prompt. Rendered chat text already holds its special tokens, so

@@ -1,6 +1,13 @@
-//! Memory-mapped weights, converted to `f32` on demand: safetensors (single file or sharded
-//! with an index) or one GGUF file. Every lookup checks presence, dtype and shape and names
-//! the tensor.
+//! Weights read into memory, converted to `f32` on demand: safetensors (single file or
+//! sharded with an index) or one GGUF file. Every lookup checks presence, dtype and shape and
+//! names the tensor.
+//!
+//! The files are read, not memory-mapped: with a manifest, the bytes read are the bytes
+//! hashed ([`crate::manifest::Vouched::read`]), and once the model is built nothing refers
+//! to the files any more, so an edit after verification cannot reach the model and a
+//! truncation cannot fault the process (a shared mapping of a truncated file raises
+//! SIGBUS). The price is the weight files' size in memory while the model loads; the token
+//! embeddings keep their own copy afterwards ([`RowTable`]).
 //!
 //! Lookups always use Hugging Face names and layouts (`model.layers.0.self_attn.q_proj.weight`,
 //! `[out, in]`), so the model never learns which format it came from: a GGUF tensor is
@@ -10,15 +17,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::EngineError;
 use crate::gguf::GgufFile;
+use crate::manifest::{Vouched, read_unverified};
 use crate::quant::{self, QK};
 
 /// Element types we convert from. `Q8_0`/`Q4_0` are GGUF's block formats (see
@@ -80,19 +86,19 @@ struct Entry {
     unpermute_heads: Option<usize>,
 }
 
-/// The weight files of one model directory.
+/// The weight files of one model directory, in memory.
 pub struct Weights {
-    files: Vec<(PathBuf, Arc<Mmap>)>,
+    files: Vec<(PathBuf, Arc<Vec<u8>>)>,
     entries: HashMap<String, Entry>,
 }
 
-/// A row-addressable 2-D tensor left in the mapped file (token embeddings: only the rows of
-/// the tokens in a step are ever converted, so a large vocabulary costs no resident copy).
+/// A row-addressable 2-D tensor kept as stored (token embeddings: only the rows of the
+/// tokens in a step are ever converted, so a large vocabulary costs its stored size, not
+/// its `f32` size).
 #[derive(Clone)]
 pub struct RowTable {
-    map: Arc<Mmap>,
+    bytes: Arc<[u8]>,
     dtype: WeightDType,
-    start: usize,
     rows: usize,
     cols: usize,
 }
@@ -108,44 +114,37 @@ impl RowTable {
             return None;
         }
         let size = self.dtype.bytes_for(self.cols);
-        let begin = self.start + row * size;
-        let bytes = self.map.get(begin..begin + size)?;
+        let begin = row * size;
+        let bytes = self.bytes.get(begin..begin + size)?;
         convert_into(bytes, self.dtype, out);
         Some(())
     }
 }
 
-pub(crate) fn map_file(path: &Path) -> Result<Mmap, EngineError> {
-    let file = File::open(path).map_err(|e| EngineError::Load {
-        path: path.to_path_buf(),
-        reason: format!("cannot open: {e}"),
-    })?;
-    // SAFETY: the model directory is read-only for the daemon's lifetime by deployment
-    // contract (its integrity manifest is checked before this); a file truncated underneath
-    // us is the one case a map cannot defend against, and reading weights through `read`
-    // would cost a resident copy of multi-gigabyte files.
-    #[expect(unsafe_code, reason = "memory-mapping weight files; see SAFETY above")]
-    let map = unsafe { Mmap::map(&file) };
-    map.map_err(|e| EngineError::Load {
-        path: path.to_path_buf(),
-        reason: format!("cannot map: {e}"),
-    })
+/// Reads a weight file: checked against the manifest when there is one.
+pub(crate) fn read_weights(
+    path: &Path,
+    vouched: Option<&mut Vouched>,
+) -> Result<Vec<u8>, EngineError> {
+    match vouched {
+        Some(v) => v.read(path),
+        None => read_unverified(path),
+    }
 }
 
 impl Weights {
-    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
-    pub fn open(dir: &Path) -> Result<Weights, EngineError> {
+    /// Reads `model.safetensors`, or the shards listed in `model.safetensors.index.json`,
+    /// each checked against the manifest when `vouched` is given.
+    pub fn open(dir: &Path, mut vouched: Option<&mut Vouched>) -> Result<Weights, EngineError> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let names: Vec<String> = if single.exists() {
             vec!["model.safetensors".into()]
         } else if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| EngineError::Load {
-                path: index.clone(),
-                reason: format!("cannot read: {e}"),
-            })?;
+            // Through the manifest too: the index decides which files become weights.
+            let text = read_weights(&index, vouched.as_deref_mut())?;
             let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| EngineError::Load {
+                serde_json::from_slice(&text).map_err(|e| EngineError::Load {
                     path: index.clone(),
                     reason: format!("invalid JSON: {e}"),
                 })?;
@@ -181,7 +180,7 @@ impl Weights {
         let mut entries = HashMap::new();
         for name in names {
             let path = dir.join(&name);
-            let map = map_file(&path)?;
+            let map = read_weights(&path, vouched.as_deref_mut())?;
             let (header, meta) =
                 SafeTensors::read_metadata(&map).map_err(|e| EngineError::Load {
                     path: path.clone(),
@@ -340,21 +339,20 @@ impl Weights {
         Ok(out)
     }
 
-    /// A row table over the 2-D tensor `name` of shape `[rows, cols]`.
+    /// A row table over the 2-D tensor `name` of shape `[rows, cols]`: a copy of its bytes,
+    /// so that the file's bytes can be freed once the model is built.
     pub fn rows(&self, name: &str, rows: usize, cols: usize) -> Result<RowTable, EngineError> {
         let entry = self.entry(name, &[rows, cols])?;
-        let map = self
-            .files
-            .get(entry.file)
-            .map(|(_, m)| Arc::clone(m))
-            .ok_or_else(|| EngineError::Load {
-                path: self.describe_files(),
-                reason: format!("tensor `{name}`: bad file index"),
-            })?;
+        let bytes = self.bytes(entry);
+        if bytes.len() != entry.dtype.bytes_for(rows * cols) {
+            return Err(EngineError::Load {
+                path: self.file_path(entry),
+                reason: format!("tensor `{name}`: data out of range"),
+            });
+        }
         Ok(RowTable {
-            map,
+            bytes: Arc::from(bytes),
             dtype: entry.dtype,
-            start: entry.start,
             rows,
             cols,
         })

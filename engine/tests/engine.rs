@@ -15,6 +15,7 @@ fn engine(dir: &Path, max_queue: usize, max_active: usize) -> anyhow::Result<Bur
         path,
         device: DeviceChoice::Cpu,
         verify_manifest: true,
+        manifest_sha256: None,
         max_queue,
         max_active,
         max_context: None,

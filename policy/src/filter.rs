@@ -96,10 +96,21 @@ impl PatternRule {
     fn find_at(&self, text: &str, mut from: usize) -> Option<(usize, usize)> {
         while from <= text.len() {
             let m = self.regex.find_at(text, from)?;
-            if self.detector.is_none_or(|d| d.confirm(m.as_str())) {
-                return Some((m.start(), m.end()));
+            match self.detector {
+                None => return Some((m.start(), m.end())),
+                Some(d) if d.windowed() => {
+                    if let Some(end) = d.confirm_window(text, m.start(), m.end()) {
+                        return Some((m.start(), end));
+                    }
+                    from = Detector::next_group(text, m.start(), m.end());
+                }
+                Some(d) => {
+                    if d.confirm(m.as_str()) {
+                        return Some((m.start(), m.end()));
+                    }
+                    from = next_char(text, m.start());
+                }
             }
-            from = next_char(text, m.start());
         }
         None
     }

@@ -102,6 +102,9 @@ pub struct RawModel {
     pub device: Option<String>,
     #[serde(default)]
     pub verify: Option<bool>,
+    /// SHA-256 (hex) of the model's `airlock-manifest.json`.
+    #[serde(default)]
+    pub manifest_sha256: Option<String>,
     #[serde(default)]
     pub max_queue: Option<u64>,
     #[serde(default)]

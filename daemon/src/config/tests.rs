@@ -81,6 +81,23 @@ fn missing_keys_name_the_key() {
 }
 
 #[test]
+fn manifest_pins_are_normalized() {
+    let pin = "AB".repeat(32);
+    let text = MINIMAL.replace(
+        "backend = \"test\"",
+        &format!("path = \"/m\"\nmanifest_sha256 = \"{pin}\""),
+    );
+    let config = parse(&text).unwrap();
+    let ModelBackend::Burn {
+        manifest_sha256, ..
+    } = &config.models[0].backend
+    else {
+        panic!("burn model")
+    };
+    assert_eq!(manifest_sha256.as_deref(), Some("ab".repeat(32).as_str()));
+}
+
+#[test]
 fn validation_errors() {
     let cases: &[(&str, &str, &str)] = &[
         (
@@ -130,9 +147,24 @@ fn validation_errors() {
             "models[0].quantize",
         ),
         ("name = \"m\"", "name = \"two words\"", "models[0].name"),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\nmanifest_sha256 = \"abc\"",
+            "models[0].manifest_sha256",
+        ),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\nverify = false\nmanifest_sha256 = \"{PIN}\"",
+            "models[0].manifest_sha256",
+        ),
+        (
+            "backend = \"test\"",
+            "backend = \"test\"\nmanifest_sha256 = \"{PIN}\"",
+            "models[0].manifest_sha256",
+        ),
     ];
     for (from, to, want) in cases {
-        let text = MINIMAL.replace(from, to);
+        let text = MINIMAL.replace(from, &to.replace("{PIN}", &"ab".repeat(32)));
         assert_ne!(text, MINIMAL, "case {want} did not apply");
         let (path, reason) = err(&text);
         assert_eq!(&path, want, "{reason}");

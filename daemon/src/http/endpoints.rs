@@ -116,6 +116,7 @@ pub async fn chat(
     let value: Value = parse_json(body)?;
     let req: ChatRequest = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
+    req.check_bounds()?;
     req.check_unsupported()?;
     let job = Job {
         prompt: req.prompt()?,

@@ -135,3 +135,45 @@ fn maps_gguf_names_to_hf_names() {
     );
     assert_eq!(hf_name("rope_freqs.weight"), "rope_freqs.weight");
 }
+
+/// An array entry of `n` elements of type `elem`, each encoded as `item`.
+fn array(elem: u32, n: u64, item: &[u8]) -> Vec<u8> {
+    let mut b = elem.to_le_bytes().to_vec();
+    b.extend(n.to_le_bytes());
+    for _ in 0..n {
+        b.extend(item);
+    }
+    b
+}
+
+#[test]
+fn arrays_cannot_allocate_more_than_the_file_size() {
+    // Every element is really in the file (so the count check passes), but each one-byte
+    // element would become a 32-byte value: refused before the array is allocated.
+    let cases = [
+        ("u8", array(0, 100_000, &[7])),
+        ("empty strings", array(8, 20_000, &0u64.to_le_bytes())),
+        (
+            "empty arrays",
+            array(9, 20_000, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+    ];
+    for (name, value) in cases {
+        let bytes = file(&[kv("a", 9, &value)], 0, &[32, 2]);
+        let err = parse(&bytes).err().unwrap_or_default();
+        assert!(
+            err.contains("more memory than the") && err.contains("metadata `a`"),
+            "{name}: {err}"
+        );
+    }
+    // A claimed count far beyond the file is refused by the count check, not allocated.
+    let mut huge = 0u32.to_le_bytes().to_vec();
+    huge.extend((1u64 << 40).to_le_bytes());
+    let err = parse(&file(&[kv("a", 9, &huge)], 0, &[32, 2]))
+        .err()
+        .unwrap_or_default();
+    assert!(err.contains("cannot fit"), "{err}");
+    // The same array, small enough, parses.
+    let ok = parse(&file(&[kv("a", 9, &array(0, 4, &[7]))], 0, &[32, 2]));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}

@@ -322,3 +322,21 @@ fn drop_with_a_busy_unread_generation_returns() {
     thread::sleep(Duration::from_millis(20));
     drop(engine);
 }
+
+#[test]
+fn oversized_stop_strings_are_refused_at_submit() {
+    let engine = engine(TestEngineConfig::default());
+    for stop in [
+        vec!["x".repeat(crate::MAX_STOP_BYTES + 1)],
+        vec!["s".to_owned(); crate::MAX_STOP_SEQUENCES + 1],
+    ] {
+        let params = SamplingParams {
+            stop,
+            ..Default::default()
+        };
+        match engine.submit(request(text("a b"), params)) {
+            Err(EngineError::InvalidRequest { param, .. }) => assert_eq!(param, "stop"),
+            other => panic!("expected a refusal naming `stop`, got {other:?}"),
+        }
+    }
+}

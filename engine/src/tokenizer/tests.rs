@@ -115,3 +115,98 @@ fn eos_ids_include_generation_config() {
         }
     });
 }
+
+/// The first fixture tokenizer with `source` as its chat template.
+fn with_template(source: &str) -> TextTokenizer {
+    let mut found = None;
+    each_variant(|_, _, v| {
+        if found.is_none() {
+            let dir = fixtures().join(v["dir"].as_str().expect("dir"));
+            let config = crate::hf_config::ModelConfig::from_dir(&dir).expect("config");
+            found = Some(TextTokenizer::from_dir(&dir, &config.eos_token_ids).expect("tok"));
+        }
+    });
+    let mut tok = found.expect("a fixture tokenizer");
+    tok.chat = Some(
+        super::chat_env(source.to_owned(), std::path::Path::new("test"), "test")
+            .expect("template compiles"),
+    );
+    tok
+}
+
+fn one_message() -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: "user".into(),
+        content: "hi".into(),
+    }]
+}
+
+fn refusal(tok: &TextTokenizer) -> String {
+    match tok.render_chat(&one_message()) {
+        Err(crate::EngineError::InvalidRequest { param, reason }) => {
+            assert_eq!(param, "messages");
+            reason
+        }
+        other => panic!("expected a refusal naming `messages`, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_template_that_loops_runs_out_of_fuel() {
+    let tok = with_template(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x",
+    );
+    let started = std::time::Instant::now();
+    let reason = refusal(&tok);
+    assert!(reason.contains("budget"), "{reason}");
+    // Not a timing assertion on a loaded machine: only "not a hang" (10^10 iterations).
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_template_that_explodes_hits_the_output_cap() {
+    for source in [
+        "{{ 'x' * 50000000 }}",
+        "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}",
+    ] {
+        let reason = refusal(&with_template(source));
+        assert!(reason.contains("bytes"), "{source}: {reason}");
+    }
+}
+
+#[test]
+fn real_templates_render_many_messages_within_budget() {
+    each_variant(|name, tok, _| {
+        let messages: Vec<ChatMessage> = (0..4096)
+            .map(|i| ChatMessage {
+                role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+                content: format!("message number {i}"),
+            })
+            .collect();
+        let out = tok.render_chat(&messages);
+        assert!(out.is_ok(), "{name}: {:?}", out.err());
+        // What the budget is measured against: instructions per message.
+        let ctx = super::ChatContext {
+            messages: messages
+                .iter()
+                .map(|m| super::MessageCtx {
+                    role: &m.role,
+                    content: &m.content,
+                })
+                .collect(),
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+            tools: None,
+            documents: None,
+        };
+        let env = tok.chat.as_ref().expect("a chat template");
+        let template = env.get_template("chat").expect("the template");
+        let captured = template
+            .render_captured_to(ctx, std::io::sink())
+            .expect("renders");
+        let (used, _) = captured.state().fuel_levels().expect("fuel is on");
+        eprintln!("{name}: {used} template instructions for 4096 messages");
+        assert!(used < super::CHAT_TEMPLATE_FUEL, "{name}: {used}");
+    });
+}

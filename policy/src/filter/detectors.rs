@@ -63,8 +63,10 @@ impl Detector {
             }
             Detector::Phone => r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\) ?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b",
             Detector::UsSsn => r"\b\d{3}-\d{2}-\d{4}\b",
-            Detector::PaymentCard => r"\b\d(?:[ -]?\d){12,18}\b",
-            Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+            // No trailing `\b` on the two checksum detectors: the regex takes the longest
+            // run and `confirm_window` tries every group boundary inside it.
+            Detector::PaymentCard => r"\b\d(?:[ -]?\d){12,18}",
+            Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}",
             Detector::Ipv4 => {
                 r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"
             }
@@ -75,6 +77,43 @@ impl Detector {
             }
             Detector::AirlockKey => r"\balk_[0-9A-Za-z]{12}_[0-9A-Za-z]{28}\b",
         }
+    }
+
+    /// Whether candidates are confirmed window by window ([`Self::confirm_window`]).
+    pub(super) fn windowed(self) -> bool {
+        matches!(self, Detector::PaymentCard | Detector::Iban)
+    }
+
+    /// The end of the longest checksum-valid window of the candidate `text[start..end]` that
+    /// starts at `start` and ends at a group boundary (before a separator, or where the run
+    /// ends at a word boundary).
+    ///
+    /// A greedy candidate can swallow a neighbour (`4111111111111111 12/25`,
+    /// `DE89 3704 0044 0532 0130 00 EUR`), fail the checksum as a whole, and so hide the
+    /// real number inside it: each window is tested alone instead. Windows end only at
+    /// group boundaries, never inside a run of digits, so long plain numbers (order ids,
+    /// timestamps) do not turn into cards by chance.
+    pub(super) fn confirm_window(self, text: &str, start: usize, end: usize) -> Option<usize> {
+        let candidate = text.get(start..end)?;
+        let word = |c: char| c.is_alphanumeric() || c == '_';
+        (1..=candidate.len()).rev().find_map(|len| {
+            // `\d` also matches non-ASCII digits: only cut between characters.
+            if !candidate.is_char_boundary(len) {
+                return None;
+            }
+            let at = start + len;
+            let ends_group = candidate[..len].chars().next_back().is_some_and(word)
+                && text.get(at..)?.chars().next().is_none_or(|c| !word(c));
+            (ends_group && self.confirm(&candidate[..len])).then_some(at)
+        })
+    }
+
+    /// Where to look for the next candidate after `text[start..end]` failed: its second
+    /// group (a number may start at any group after the first), else its end.
+    pub(super) fn next_group(text: &str, start: usize, end: usize) -> usize {
+        text.get(start..end)
+            .and_then(|c| c.find([' ', '-']))
+            .map_or(end, |i| start + i + 1)
     }
 
     /// Confirms a candidate; detectors without a checksum accept every candidate.

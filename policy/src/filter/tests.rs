@@ -279,3 +279,100 @@ fn long_clean_stream_releases_all_but_the_window() {
     let rest = s.finish();
     assert_eq!(format!("{first}{rest}"), chunk);
 }
+
+/// The reproduced misses: a greedy candidate that swallows a neighbour fails its checksum
+/// as a whole; the real number inside it must still be found.
+const HIDDEN: [(&str, Detector, &str); 3] = [
+    (
+        "4111111111111111 12/25",
+        Detector::PaymentCard,
+        "[REDACTED:payment_card] 12/25",
+    ),
+    (
+        "4111 1111 1111 1111 123",
+        Detector::PaymentCard,
+        "[REDACTED:payment_card] 123",
+    ),
+    (
+        "DE89 3704 0044 0532 0130 00 EUR",
+        Detector::Iban,
+        "[REDACTED:iban] EUR",
+    ),
+];
+
+fn detector_rules(action: Action) -> FilterSet {
+    spec(vec![
+        rule(
+            "cards",
+            action,
+            Matcher::Detector(Detector::PaymentCard),
+            false,
+        ),
+        rule("ibans", action, Matcher::Detector(Detector::Iban), false),
+    ])
+}
+
+#[test]
+fn numbers_inside_longer_runs_are_redacted_in_prompts_and_outputs() {
+    let f = detector_rules(Action::Redact);
+    for (text, detector, want) in HIDDEN {
+        assert_eq!(redacts(detector, text), want, "{text}");
+        let framed = format!("pay with {text} today");
+        let want = format!("pay with {want} today");
+        assert_eq!(f.check_input(&framed).unwrap().text, want, "prompt: {text}");
+        assert_eq!(
+            f.check_output(&framed),
+            (want.clone(), None),
+            "output: {text}"
+        );
+        let pieces: Vec<&str> = framed.split_inclusive(' ').collect();
+        assert_eq!(stream(&f, &pieces), (want, None), "stream: {text}");
+        every_split(&f, &framed);
+    }
+}
+
+#[test]
+fn numbers_inside_longer_runs_trip_deny_rules_in_prompts_and_outputs() {
+    let f = detector_rules(Action::Deny);
+    for (text, detector, _) in HIDDEN {
+        let id = if detector == Detector::Iban {
+            "ibans"
+        } else {
+            "cards"
+        };
+        let framed = format!("pay with {text} today");
+        assert_eq!(
+            f.check_input(&framed).unwrap_err().rule_id,
+            id,
+            "prompt: {text}"
+        );
+        let (out, denied) = f.check_output(&framed);
+        assert_eq!(denied.as_deref(), Some(id), "output: {text}");
+        assert!(!out.contains("1111") && !out.contains("3704"), "{out}");
+        let pieces: Vec<&str> = framed.split_inclusive(' ').collect();
+        assert_eq!(stream(&f, &pieces).1.as_deref(), Some(id), "stream: {text}");
+        every_split(&f, &framed);
+    }
+}
+
+#[test]
+fn windows_end_only_at_group_boundaries() {
+    // A valid card glued to more digits or letters is not a card; grouped runs are tested
+    // from every group on, so a card after a leading group is found.
+    assert_eq!(
+        redacts(Detector::PaymentCard, "id 41111111111111119"),
+        "id 41111111111111119"
+    );
+    assert_eq!(
+        redacts(Detector::PaymentCard, "x 4111111111111111abc"),
+        "x 4111111111111111abc"
+    );
+    assert_eq!(
+        redacts(Detector::PaymentCard, "ref 12 4111 1111 1111 1111"),
+        "ref 12 [REDACTED:payment_card]"
+    );
+    assert_eq!(
+        redacts(Detector::Iban, "DE89370400440532013000XY"),
+        "DE89370400440532013000XY"
+    );
+}

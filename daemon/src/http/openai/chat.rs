@@ -8,6 +8,24 @@ use serde_json::Value;
 use super::StreamOptions;
 use crate::http::error::ApiError;
 
+/// Most messages in one request. The body limit bounds their bytes; this bounds the work
+/// the chat template does per request (it runs code from the model file once per message,
+/// on an instruction budget sized for many times this).
+pub const MAX_MESSAGES: usize = 1024;
+
+/// Most content parts in one message.
+pub const MAX_CONTENT_PARTS: usize = 256;
+
+/// Most tools one request may declare (OpenAI's limit), and their total size as JSON. Tool
+/// calling is refused today; the bounds are checked first so that they are in place when it
+/// arrives (tool schemas are rendered by the chat template and compiled for constrained
+/// decoding: work that grows with them).
+pub const MAX_TOOLS: usize = 128;
+pub const MAX_TOOLS_BYTES: usize = 256 * 1024;
+
+/// Largest `response_format` (a JSON schema, once structured output arrives) as JSON.
+pub const MAX_RESPONSE_FORMAT_BYTES: usize = 64 * 1024;
+
 /// The chat-specific fields; sampling fields are read separately (`SamplingFields`).
 /// Fields OpenAI defines that we do not act on are ignored, except those whose silent
 /// omission would change the meaning of the answer (see [`ChatRequest::check_unsupported`]).
@@ -30,7 +48,84 @@ pub struct RawMessage {
     pub content: Option<Value>,
 }
 
+/// Whether `value`, serialized as JSON, fits in `limit` bytes. Stops serializing at the
+/// limit.
+fn json_fits(value: &Value, limit: usize) -> bool {
+    struct Count {
+        left: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.left = self
+                .left
+                .checked_sub(buf.len())
+                .ok_or_else(|| std::io::Error::other("over the limit"))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Count { left: limit }, value).is_ok()
+}
+
 impl ChatRequest {
+    /// Refuses requests whose size would make the work per request unbounded: too many
+    /// messages or content parts, too many or too large tools, an oversized
+    /// `response_format`. Runs before anything else looks at those fields.
+    pub fn check_bounds(&self) -> Result<(), ApiError> {
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "at most {MAX_MESSAGES} messages are allowed, got {}",
+                    self.messages.len()
+                ),
+            ));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if let Some(Value::Array(parts)) = &m.content
+                && parts.len() > MAX_CONTENT_PARTS
+            {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!(
+                        "at most {MAX_CONTENT_PARTS} content parts are allowed in a message, \
+                         got {}",
+                        parts.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(tools) = &self.tools {
+            if let Value::Array(list) = tools
+                && list.len() > MAX_TOOLS
+            {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("at most {MAX_TOOLS} tools are allowed, got {}", list.len()),
+                ));
+            }
+            if !json_fits(tools, MAX_TOOLS_BYTES) {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("tools may take at most {MAX_TOOLS_BYTES} bytes as JSON"),
+                ));
+            }
+        }
+        if let Some(format) = &self.response_format
+            && !json_fits(format, MAX_RESPONSE_FORMAT_BYTES)
+        {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!(
+                    "response_format may take at most {MAX_RESPONSE_FORMAT_BYTES} bytes as JSON"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses fields we cannot honour rather than answering as if they were absent.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
         if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
@@ -213,6 +308,46 @@ mod tests {
         assert_eq!(
             param(json!({"model": "m", "messages": []})).as_deref(),
             Some("messages")
+        );
+    }
+
+    #[test]
+    fn sizes_are_bounded_before_anything_else() {
+        let check = |v: Value| request(v).check_bounds().map_err(|e| e.object().param);
+        let user = json!({"role": "user", "content": "x"});
+        let messages = vec![user.clone(); MAX_MESSAGES + 1];
+        assert_eq!(
+            check(json!({"model": "m", "messages": messages})),
+            Err(Some("messages".into()))
+        );
+        let messages = vec![user; MAX_MESSAGES];
+        assert!(check(json!({"model": "m", "messages": messages})).is_ok());
+        let parts = vec![json!({"type": "text", "text": "a"}); MAX_CONTENT_PARTS + 1];
+        assert_eq!(
+            check(json!({"model": "m", "messages": [{"role": "user", "content": parts}]})),
+            Err(Some("messages[0].content".into()))
+        );
+        let tools = vec![json!({"type": "function"}); MAX_TOOLS + 1];
+        assert_eq!(
+            check(json!({"model": "m", "messages": [], "tools": tools})),
+            Err(Some("tools".into()))
+        );
+        let big = "d".repeat(MAX_TOOLS_BYTES);
+        assert_eq!(
+            check(json!({"model": "m", "messages": [], "tools": [{"description": big}]})),
+            Err(Some("tools".into()))
+        );
+        let schema = json!({"type": "json_schema", "json_schema": {"description": "s".repeat(MAX_RESPONSE_FORMAT_BYTES)}});
+        assert_eq!(
+            check(json!({"model": "m", "messages": [], "response_format": schema})),
+            Err(Some("response_format".into()))
+        );
+        assert!(
+            check(
+                json!({"model": "m", "messages": [], "tools": [{"type": "function"}],
+                "response_format": {"type": "text"}})
+            )
+            .is_ok()
         );
     }
 

@@ -34,7 +34,11 @@ pub struct SamplingFields {
 }
 
 /// At most this many stop sequences (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
+pub const MAX_STOP: usize = airlock_engine::MAX_STOP_SEQUENCES;
+
+/// At most this many bytes per stop sequence: what the engine holds back while a stream's
+/// end could still begin one.
+pub const MAX_STOP_BYTES: usize = airlock_engine::MAX_STOP_BYTES;
 
 impl SamplingFields {
     /// Validates ranges and fills in defaults: temperature 1, top_p 1, no penalties.
@@ -123,11 +127,21 @@ fn in_range(param: &'static str, value: f32, min: f32, max: f32) -> Result<(), A
     }
 }
 
-/// `stop`: a string or an array of up to four strings. Empty strings are dropped (they
-/// would stop before the first token).
+/// `stop`: a string or an array of up to four strings of at most [`MAX_STOP_BYTES`] bytes.
+/// Empty strings are dropped (they would stop before the first token). Every refusal names
+/// `stop` (an array item's index is in the message).
 fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let too_long = |what: String, len: usize| {
+        ApiError::invalid(
+            "stop",
+            format!("{what} is {len} bytes; a stop sequence may be at most {MAX_STOP_BYTES} bytes"),
+        )
+    };
     let list = match stop {
         None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) if s.len() > MAX_STOP_BYTES => {
+            return Err(too_long("stop".into(), s.len()));
+        }
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => {
             if items.len() > MAX_STOP {
@@ -142,6 +156,9 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
             let mut list = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 match item {
+                    Value::String(s) if s.len() > MAX_STOP_BYTES => {
+                        return Err(too_long(format!("stop[{i}]"), s.len()));
+                    }
                     Value::String(s) => list.push(s.clone()),
                     _ => {
                         return Err(ApiError::invalid(
@@ -223,6 +240,21 @@ mod tests {
             Some("stop[1]")
         );
         assert_eq!(param_of(json!({"top_k": -5})).as_deref(), Some("top_k"));
+    }
+
+    #[test]
+    fn stop_sequences_are_bounded_in_bytes() {
+        let long = "x".repeat(MAX_STOP_BYTES + 1);
+        assert_eq!(param_of(json!({"stop": long})).as_deref(), Some("stop"));
+        assert_eq!(
+            param_of(json!({"stop": ["ok", long]})).as_deref(),
+            Some("stop")
+        );
+        let fits = "y".repeat(MAX_STOP_BYTES);
+        let p = fields(json!({"stop": [fits.clone(), fits.clone(), fits.clone(), fits]}))
+            .to_params(None)
+            .expect("four stops at the limit are accepted");
+        assert_eq!(p.stop.len(), MAX_STOP);
     }
 
     #[test]
