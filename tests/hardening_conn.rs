@@ -40,7 +40,9 @@ const PATIENT: &str = "shutdown_grace = \"10s\"\nheader_read_timeout = \"120s\"\
 fn tenants(names: &[&str], extra: &str) -> String {
     names
         .iter()
-        .map(|n| format!("[[tenants]]\nname = \"{n}\"\nmodels = [\"*\"]\ncert_cn = [\"{n}\"]\n{extra}\n"))
+        .map(|n| {
+            format!("[[tenants]]\nname = \"{n}\"\nmodels = [\"*\"]\ncert_cn = [\"{n}\"]\n{extra}\n")
+        })
         .collect()
 }
 
@@ -253,7 +255,11 @@ async fn revoked_certificate_closes_open_http1_connection() {
     assert!(alice.get("/v1/models").await.is_err());
     // bob's certificate still verifies: his connection survives the reload.
     assert_eq!(bob.get("/v1/models").await.unwrap().status, 200);
-    assert!(daemon.logs().contains("no longer accepts"), "{}", daemon.logs());
+    assert!(
+        daemon.logs().contains("no longer accepts"),
+        "{}",
+        daemon.logs()
+    );
 }
 
 /// The same over HTTP/2, where the connection never timed out at all.
@@ -388,7 +394,10 @@ async fn idle_http2_connections_do_not_lock_out_a_tenant() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let served = served.unwrap_or_else(|| panic!("alice locked out: {}", daemon.logs()));
-    eprintln!("tenant served {} ms after six idle h2 connections", served.as_millis());
+    eprintln!(
+        "tenant served {} ms after six idle h2 connections",
+        served.as_millis()
+    );
     for stream in &mut silent {
         assert!(closed_within(stream, Duration::from_secs(10)).await);
     }
@@ -435,9 +444,13 @@ async fn bare_tcp_connections_do_not_lock_out_a_tenant() {
     let started = Instant::now();
     let tcp = tcp_from("127.0.0.1", daemon.addr).await.unwrap();
     let mut alice = H1 {
-        stream: tls_connect(tcp, client_tls(&pki.ca(), Some(pki.client("alice"))), b"http/1.1")
-            .await
-            .unwrap(),
+        stream: tls_connect(
+            tcp,
+            client_tls(&pki.ca(), Some(pki.client("alice"))),
+            b"http/1.1",
+        )
+        .await
+        .unwrap(),
     };
     assert_eq!(alice.get("/v1/models").await.unwrap().status, 200);
     eprintln!(
@@ -547,5 +560,8 @@ async fn max_connection_age_drains_a_busy_connection() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ended = ended.expect("the connection outlived max_connection_age by 18 s");
-    assert!(ended >= Duration::from_millis(1900), "closed early: {ended:?}");
+    assert!(
+        ended >= Duration::from_millis(1900),
+        "closed early: {ended:?}"
+    );
 }

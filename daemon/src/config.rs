@@ -441,7 +441,10 @@ impl TryFrom<RawLimits> for Limits {
         for (path, d) in [
             ("limits.header_read_timeout", limits.header_read_timeout),
             ("limits.request_deadline", limits.request_deadline),
-            ("limits.connection_idle_timeout", limits.connection_idle_timeout),
+            (
+                "limits.connection_idle_timeout",
+                limits.connection_idle_timeout,
+            ),
             ("limits.http2_preface_timeout", limits.http2_preface_timeout),
             ("limits.max_connection_age", limits.max_connection_age),
             ("limits.body_read_timeout", limits.body_read_timeout),

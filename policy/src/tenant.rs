@@ -207,7 +207,8 @@ mod tests {
         let new = TenantSet::new(vec![limited("a", 1), limited("b", 2), limited("c", 1)])
             .unwrap()
             .inherit_limiters(&old);
-        let same = |n: &str| Arc::ptr_eq(&old.get(n).unwrap().limiter, &new.get(n).unwrap().limiter);
+        let same =
+            |n: &str| Arc::ptr_eq(&old.get(n).unwrap().limiter, &new.get(n).unwrap().limiter);
         assert!(same("a"));
         assert!(!same("b"), "changed limits start afresh");
         assert!(new.get("c").is_some());

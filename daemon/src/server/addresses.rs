@@ -144,7 +144,11 @@ mod tests {
         assert_eq!(table.held("127.0.0.2".parse().unwrap()), 1);
         assert!(table.admit(peer("127.0.0.2:1003"), &cfg).is_ok());
         drop(b);
-        assert_eq!(table.held("127.0.0.3".parse().unwrap()), 0, "entries go away");
+        assert_eq!(
+            table.held("127.0.0.3".parse().unwrap()),
+            0,
+            "entries go away"
+        );
     }
 
     #[test]

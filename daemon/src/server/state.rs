@@ -116,14 +116,12 @@ impl State {
             warnings.push("limits.max_connections changed: applies after a restart".to_owned());
         }
         if config.limits.max_pending_handshakes != self.config.limits.max_pending_handshakes {
-            warnings.push(
-                "limits.max_pending_handshakes changed: applies after a restart".to_owned(),
-            );
+            warnings
+                .push("limits.max_pending_handshakes changed: applies after a restart".to_owned());
         }
         // Tenants whose limits did not change keep their limiter: a reload must not refill
         // a quota, nor give connections of two generations a limiter each.
-        config.policy.tenants = match Arc::try_unwrap(std::mem::take(&mut config.policy.tenants))
-        {
+        config.policy.tenants = match Arc::try_unwrap(std::mem::take(&mut config.policy.tenants)) {
             Ok(fresh) => Arc::new(fresh.inherit_limiters(&self.config.policy.tenants)),
             Err(shared) => shared,
         };

@@ -103,7 +103,10 @@ fn open_connections_are_rechecked_against_new_crls() {
     let chain = |name: &str| certs(&certs::client_paths(dir.path(), name).0).unwrap();
     let (_, before) = server_config_and_verifier(&cfg).unwrap();
     assert!(still_valid(before.as_ref(), &chain("alice")));
-    assert!(!still_valid(before.as_ref(), &[]), "a certificate is required");
+    assert!(
+        !still_valid(before.as_ref(), &[]),
+        "a certificate is required"
+    );
 
     certs::revoke(dir.path(), &certs::client_paths(dir.path(), "alice").0).unwrap();
     let (_, after) = server_config_and_verifier(&cfg).unwrap();
