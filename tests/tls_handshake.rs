@@ -207,8 +207,21 @@ async fn connections_beyond_max_connections_are_closed() {
     let daemon = Daemon::start(&pki, &cfg);
     let tls = || client_tls(&pki.ca(), Some(pki.client("alice")));
 
-    // A silent TCP connection holds the only slot (until the handshake timeout).
-    let holder = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    // A silent TCP connection holds no connection slot (only a pending-handshake one):
+    // a client that completes its handshake still gets in.
+    let silent = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let result = raw_get(daemon.addr, tls(), "/healthz").await;
+    assert!(!refused(&result), "{result:?}");
+    drop(silent);
+
+    // A connection past its handshake holds the only slot.
+    let mut holder_tls = tls();
+    holder_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(holder_tls));
+    let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let holder = connector.connect(name, tcp).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let result = raw_get(daemon.addr, tls(), "/healthz").await;
     assert!(refused(&result), "{result:?}");

@@ -181,6 +181,7 @@ async fn latency(args: &Args, audit: Option<Arc<Binding>>) -> anyhow::Result<(f6
         max_body_bytes: 1 << 20,
         request_deadline: Duration::from_secs(60),
         max_concurrent_requests: 1024,
+        body_read_timeout: Duration::from_secs(60),
     };
     let app = App::with_audit(Arc::new(engine), settings, audit);
     chat_load::chat_latency_ms(&app, args.requests, args.concurrency).await

@@ -103,6 +103,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             max_body_bytes: 1 << 20,
             request_deadline: Duration::from_secs(60),
             max_concurrent_requests: 1024,
+            body_read_timeout: Duration::from_secs(60),
         },
     );
     let quiet = latency(args, &app).await?;

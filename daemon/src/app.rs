@@ -20,6 +20,9 @@ pub struct AppSettings {
     /// Inference requests (chat, completions, generate) served at once, streams included;
     /// beyond it requests are refused with 503. Protects the engine queue and memory.
     pub max_concurrent_requests: usize,
+    /// Time allowed to receive a request body once it holds its concurrency slots.
+    /// Protects those slots from slow (trickled) uploads.
+    pub body_read_timeout: Duration,
 }
 
 /// The readiness of one configuration generation.
@@ -76,6 +79,17 @@ impl App {
             audit,
             access,
         })
+    }
+
+    /// Takes over `previous`'s request slots when the limit is unchanged (a reload), so
+    /// that requests still in flight on the previous generation count against the next one
+    /// instead of the limit being briefly doubled.
+    pub(crate) fn inherit_slots(app: &mut Arc<App>, previous: &App) {
+        if let Some(next) = Arc::get_mut(app)
+            && next.settings.max_concurrent_requests == previous.settings.max_concurrent_requests
+        {
+            next.slots = Arc::clone(&previous.slots);
+        }
     }
 
     /// A slot for one inference request, or `None` when all are taken (never waits: a

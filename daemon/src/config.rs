@@ -96,6 +96,27 @@ pub struct Limits {
     pub max_connections: NonZeroUsize,
     pub max_concurrent_requests: NonZeroUsize,
     pub shutdown_grace: Duration,
+    /// Connections still in their TLS handshake. They hold no `max_connections` slot (a
+    /// client that never finishes its handshake must not lock out those that do), so they
+    /// have their own cap.
+    pub max_pending_handshakes: NonZeroUsize,
+    /// Connections (pending and open together) from one client address (IPv6: one /64);
+    /// trusted proxies and Unix-socket peers are exempt. Keeps one client from taking
+    /// every slot.
+    pub max_connections_per_address: NonZeroUsize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY), so
+    /// idle connections do not hold `max_connections` slots.
+    pub connection_idle_timeout: Duration,
+    /// An HTTP/2 connection whose client preface has not arrived this long after the TLS
+    /// handshake is closed.
+    pub http2_preface_timeout: Duration,
+    /// A connection this old is drained (HTTP/1.1: `Connection: close` on its next
+    /// response; HTTP/2: GOAWAY), and closed `shutdown_grace` later. Bounds how long a
+    /// connection lives on a certificate checked once.
+    pub max_connection_age: Duration,
+    /// Time allowed to receive a request body, counted once the request holds its tenant's
+    /// concurrency slot and a server slot: a slow upload holds them no longer.
+    pub body_read_timeout: Duration,
 }
 
 /// Which engine serves a model.
@@ -390,10 +411,47 @@ impl TryFrom<RawLimits> for Limits {
                 raw.shutdown_grace,
                 Duration::from_secs(30),
             )?,
+            max_pending_handshakes: nonzero(
+                "limits.max_pending_handshakes",
+                raw.max_pending_handshakes,
+                256,
+            )?,
+            max_connections_per_address: nonzero(
+                "limits.max_connections_per_address",
+                raw.max_connections_per_address,
+                64,
+            )?,
+            connection_idle_timeout: duration_field(
+                "limits.connection_idle_timeout",
+                raw.connection_idle_timeout,
+                Duration::from_secs(60),
+            )?,
+            http2_preface_timeout: duration_field(
+                "limits.http2_preface_timeout",
+                raw.http2_preface_timeout,
+                Duration::from_secs(5),
+            )?,
+            max_connection_age: duration_field(
+                "limits.max_connection_age",
+                raw.max_connection_age,
+                Duration::from_secs(3600),
+            )?,
+            body_read_timeout: duration_field(
+                "limits.body_read_timeout",
+                raw.body_read_timeout,
+                Duration::from_secs(30),
+            )?,
         };
         for (path, d) in [
             ("limits.header_read_timeout", limits.header_read_timeout),
             ("limits.request_deadline", limits.request_deadline),
+            (
+                "limits.connection_idle_timeout",
+                limits.connection_idle_timeout,
+            ),
+            ("limits.http2_preface_timeout", limits.http2_preface_timeout),
+            ("limits.max_connection_age", limits.max_connection_age),
+            ("limits.body_read_timeout", limits.body_read_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(path, "must be greater than zero"));
@@ -416,6 +474,12 @@ impl Default for Limits {
                 max_connections: NonZeroUsize::MIN,
                 max_concurrent_requests: NonZeroUsize::MIN,
                 shutdown_grace: Duration::from_secs(30),
+                max_pending_handshakes: NonZeroUsize::MIN,
+                max_connections_per_address: NonZeroUsize::MIN,
+                connection_idle_timeout: Duration::from_secs(60),
+                http2_preface_timeout: Duration::from_secs(5),
+                max_connection_age: Duration::from_secs(3600),
+                body_read_timeout: Duration::from_secs(30),
             },
         }
     }

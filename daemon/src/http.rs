@@ -6,7 +6,8 @@
 //!
 //! The request path inside `handle`, in order (see `serve` for why each step sits where it
 //! does): deadline → route (404/405) → authenticate (all routes but `/healthz`, `/readyz`)
-//! → concurrency slot → body (content type, size limit) → parse and validate → engine.
+//! → the tenant's concurrency slot → the server's concurrency slot → body (content type,
+//! size limit, `body_read_timeout`) → parse and validate → engine.
 //! The steps that need the parsed request (tenant policy on the model, token reservation,
 //! prompt filter, audit admit) belong between "parse and validate" and the engine, i.e. in
 //! front of `inference::complete`/`inference::start`.
@@ -141,9 +142,21 @@ where
         Route::Generate => Inference::Generate,
     };
 
-    // A concurrency slot before the body is read: memory held by request bodies stays
-    // below max_concurrent_requests × max_body_bytes, and an overloaded server answers at
-    // once instead of after an upload.
+    // The tenant's own concurrency slot comes first: a tenant at its `max_concurrent`
+    // (say, with slow uploads in flight) is refused here and never takes one of the
+    // server's slots, which all tenants share.
+    let occupancy = match principal.as_ref().and_then(|p| p.policy.as_ref()) {
+        Some(tenant) => Some(
+            tenant
+                .limiter
+                .occupy()
+                .map_err(|refusal| gate::refused(tenant, &refusal))?,
+        ),
+        None => None,
+    };
+    // A server slot before the body is read: memory held by request bodies stays below
+    // max_concurrent_requests × max_body_bytes, and an overloaded server answers at once
+    // instead of after an upload.
     let slot = app.try_slot().ok_or(ApiError::TooManyRequests {
         limit: app.settings.max_concurrent_requests,
     })?;
@@ -154,7 +167,19 @@ where
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let (parts, body) = req.into_parts();
-    let bytes = body::read_limited(&parts.headers, body, app.settings.max_body_bytes).await?;
+    // Both slots are held while the body arrives, so its arrival is bounded in time too
+    // (the tenant's own bound, else the server's).
+    let timeout = principal
+        .as_ref()
+        .and_then(|p| p.policy.as_ref())
+        .and_then(|t| t.body_read_timeout)
+        .unwrap_or(app.settings.body_read_timeout);
+    let bytes = tokio::time::timeout(
+        timeout,
+        body::read_limited(&parts.headers, body, app.settings.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout(timeout))??;
 
     let (tenant, policy) =
         principal.map_or_else(|| ("anonymous".to_owned(), None), |p| (p.tenant, p.policy));
@@ -162,6 +187,7 @@ where
         request_id,
         tenant,
         policy,
+        occupancy: std::sync::Mutex::new(occupancy),
     };
     match inference {
         Inference::Chat => endpoints::chat(app, &ctx, &bytes, slot).await,

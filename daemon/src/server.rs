@@ -1,5 +1,7 @@
-//! The server: binds the listener, accepts connections up to `limits.max_connections`,
-//! reloads on SIGHUP, and drains on SIGTERM/SIGINT.
+//! The server: binds the listener, accepts connections (within
+//! `limits.max_connections_per_address` and `limits.max_pending_handshakes`; each then
+//! needs one of `limits.max_connections` once its handshake is done, see `conn`), reloads
+//! on SIGHUP (re-checking open connections), and drains on SIGTERM/SIGINT.
 //!
 //! On start it prints exactly one line to stdout once the models are loaded and the
 //! listener is bound (tests and scripts wait for it):
@@ -14,6 +16,7 @@
 //! `admin listening on http://127.0.0.1:9464`.
 
 mod activation;
+mod addresses;
 mod conn;
 mod engine;
 mod request;
@@ -26,10 +29,9 @@ use std::sync::Arc;
 
 use airlock_engine::Engine;
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 pub use engine::EngineSetupError;
 pub use request::X_REQUEST_ID;
@@ -111,6 +113,7 @@ pub async fn run(
     crate::metrics::global().set_models(&engine.models());
 
     let max_connections = config.limits.max_connections.get();
+    let max_pending_handshakes = config.limits.max_pending_handshakes.get();
     let shutdown_grace = config.limits.shutdown_grace;
     let listener = Listener::bind(&config.listener).await?;
     let scheme = match config.listener.mode {
@@ -182,8 +185,17 @@ pub async fn run(
             })
         });
 
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
+    // Reloads reach open connections through `generation`; the drain waits until every
+    // connection has dropped its `shutdown` receiver.
+    let (generation, generation_rx) = watch::channel(state.load_full());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shared = conn::Shared {
+        generation: generation_rx,
+        shutdown: shutdown_rx,
+        connections: Arc::new(Semaphore::new(max_connections)),
+    };
+    let pending = Arc::new(Semaphore::new(max_pending_handshakes));
+    let addresses = Arc::new(addresses::AddressTable::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -196,23 +208,29 @@ pub async fn run(
                         continue;
                     }
                 };
-                // Over the limit, the connection is closed at once: answering 503 would
-                // first cost a TLS handshake, which is what an overload cannot afford.
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = ?peer, max_connections, "connection limit reached; closing new connection");
-                    drop(io);
+                // Over a limit, the connection is closed at once: answering 503 would first
+                // cost a TLS handshake, which is what an overload cannot afford.
+                let address = match addresses.admit(peer, &state.load().config) {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        tracing::warn!(peer = ?peer, held = full.held, limit = full.limit, "per-address connection limit reached (limits.max_connections_per_address); closing new connection");
+                        continue;
+                    }
+                };
+                let Ok(pending) = Arc::clone(&pending).try_acquire_owned() else {
+                    tracing::warn!(peer = ?peer, max_pending_handshakes, "pending handshake limit reached (limits.max_pending_handshakes); closing new connection");
                     continue;
                 };
-                let state = state.load_full();
-                let watcher = graceful.watcher();
+                let admitted = conn::Admitted { peer, pending, address };
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     match io {
-                        Accepted::Tcp(s) => conn::serve(s, peer, state, watcher, permit).await,
-                        Accepted::Unix(s) => conn::serve(s, peer, state, watcher, permit).await,
+                        Accepted::Tcp(s) => conn::serve(s, admitted, shared).await,
+                        Accepted::Unix(s) => conn::serve(s, admitted, shared).await,
                     }
                 });
             }
-            _ = hup.recv() => reload(&config_path, &state, &engine, notifier.as_ref()).await,
+            _ = hup.recv() => reload(&config_path, &state, &generation, &engine, notifier.as_ref()).await,
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
         }
@@ -222,12 +240,14 @@ pub async fn run(
         let _ = n.stopping();
     }
     drop(listener);
+    drop(shared);
+    shutdown.send_replace(true);
     tracing::info!(
         grace_s = shutdown_grace.as_secs_f64(),
         "draining in-flight requests"
     );
     tokio::select! {
-        drained = tokio::time::timeout(shutdown_grace, graceful.shutdown()) => match drained {
+        drained = tokio::time::timeout(shutdown_grace, shutdown.closed()) => match drained {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
         },
@@ -248,9 +268,12 @@ pub async fn run(
 }
 
 /// SIGHUP: builds a new state from the file and swaps it in; on any error the old state stays.
+/// Open connections learn of the new state through `generation` and re-check themselves
+/// against it at once (see `conn`).
 async fn reload(
     path: &Path,
     state: &ArcSwap<State>,
+    generation: &watch::Sender<Arc<State>>,
     engine: &Arc<dyn Engine>,
     notifier: Option<&Notifier>,
 ) {
@@ -266,8 +289,13 @@ async fn reload(
             for warning in warnings {
                 tracing::warn!("{warning}");
             }
-            state.store(Arc::new(next));
-            tracing::info!("reload complete: new connections use the new configuration");
+            let next = Arc::new(next);
+            state.store(Arc::clone(&next));
+            generation.send_replace(next);
+            tracing::info!(
+                "reload complete: new connections use the new configuration; open connections \
+                 are re-checked against it"
+            );
             let log = state.load().audit_log.clone();
             if let Some(log) = log {
                 let hash = crate::audit::config_hash(path);

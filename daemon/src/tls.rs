@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::{CryptoProvider, ring};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::config::{Config, ConfigError, ListenerMode, TlsConfig};
 
@@ -61,6 +62,15 @@ fn provider() -> CryptoProvider {
 /// nextUpdate) fails every handshake it would have to vouch for. Session resumption is then
 /// disabled, so that a certificate revoked by a reload cannot ride on an earlier session.
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_and_verifier(cfg).map(|(config, _)| config)
+}
+
+/// [`server_config`], with the client-certificate verifier it uses: the server keeps it to
+/// re-check the certificates of connections already open when a reload brings new CAs or
+/// CRLs.
+pub fn server_config_and_verifier(
+    cfg: &TlsConfig,
+) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = Arc::new(provider());
     let verifier = if cfg.danger_no_client_auth {
         WebPkiClientVerifier::no_client_auth()
@@ -101,7 +111,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::ServerCert(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier))
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::ServerCert(e.to_string()))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
@@ -109,7 +119,23 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
     }
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// Whether a connection's client certificate chain (leaf first; empty without one) still
+/// passes `verifier`: the check a new handshake would make, applied to a connection that
+/// is already open. Fails closed: a verifier that demands a certificate refuses a
+/// connection without one.
+pub fn still_valid(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'static>]) -> bool {
+    if !verifier.offer_client_auth() {
+        return true;
+    }
+    match chain.split_first() {
+        None => !verifier.client_auth_mandatory(),
+        Some((leaf, intermediates)) => verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok(),
+    }
 }
 
 /// Loads the TLS files a config names, reporting a failure as a config error on the key that

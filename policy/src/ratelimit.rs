@@ -139,12 +139,15 @@ impl<C: Clock + Clone> TenantLimiter<C> {
     /// Admits a request that may use up to `tokens` tokens, or says why not and when to
     /// retry. Nothing is consumed by a refused request.
     pub fn admit(self: &Arc<Self>, tokens: u32) -> Result<Admission<C>, Refusal> {
-        let refuse = |exceeded, retry_after, status| Refusal {
-            exceeded,
-            retry_after,
-            status,
-        };
-        // Concurrency first: taking a slot is undone below if another limit refuses.
+        let occupancy = self.occupy()?;
+        self.admit_occupied(occupancy, tokens)
+    }
+
+    /// Takes one of the tenant's concurrent-request slots (`max_concurrent`) without
+    /// charging the rate or token limits, or says why not. The server takes it before it
+    /// reads a request body, so that a tenant's slow uploads hold its own slots and never
+    /// the server's shared ones; [`Self::admit_occupied`] then charges the rest.
+    pub fn occupy(self: &Arc<Self>) -> Result<Occupancy<C>, Refusal> {
         if let Some(max) = self.max_concurrent {
             let taken = self
                 .in_flight
@@ -152,17 +155,37 @@ impl<C: Clock + Clone> TenantLimiter<C> {
                     (n < max.get()).then_some(n + 1)
                 });
             if taken.is_err() {
-                return Err(refuse(
-                    Exceeded::Concurrency,
-                    Duration::from_secs(1),
-                    self.status(),
-                ));
+                return Err(Refusal {
+                    exceeded: Exceeded::Concurrency,
+                    retry_after: Duration::from_secs(1),
+                    status: self.status(),
+                });
             }
         }
-        let release_slot = || {
-            if self.max_concurrent.is_some() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            }
+        Ok(Occupancy {
+            limiter: Arc::clone(self),
+        })
+    }
+
+    /// Admits a request that already holds a concurrency slot: charges the request rate and
+    /// reserves `tokens`. On refusal the slot is released (nothing else is consumed). A slot
+    /// taken from another limiter (a tenant whose limits changed on reload) is released and
+    /// a slot is taken here instead.
+    pub fn admit_occupied(
+        self: &Arc<Self>,
+        occupancy: Occupancy<C>,
+        tokens: u32,
+    ) -> Result<Admission<C>, Refusal> {
+        let occupancy = if Arc::ptr_eq(&occupancy.limiter, self) {
+            occupancy
+        } else {
+            drop(occupancy);
+            self.occupy()?
+        };
+        let refuse = |exceeded, retry_after, status| Refusal {
+            exceeded,
+            retry_after,
+            status,
         };
         // The token bucket's lock is held across the request check so that a request is
         // counted only when its tokens are also granted.
@@ -174,7 +197,6 @@ impl<C: Clock + Clone> TenantLimiter<C> {
         if let Some(b) = bucket.as_mut() {
             b.refill(now);
             if tokens > b.capacity() {
-                release_slot();
                 drop(bucket);
                 return Err(refuse(
                     Exceeded::TooLarge,
@@ -183,7 +205,6 @@ impl<C: Clock + Clone> TenantLimiter<C> {
                 ));
             }
             if let Some(wait) = b.wait_for(tokens) {
-                release_slot();
                 drop(bucket);
                 return Err(refuse(Exceeded::Tokens, wait, self.status()));
             }
@@ -192,7 +213,6 @@ impl<C: Clock + Clone> TenantLimiter<C> {
             match limiter.check() {
                 Ok(snap) => self.record(snap.remaining_burst_capacity(), now),
                 Err(not_until) => {
-                    release_slot();
                     drop(bucket);
                     self.record(0, now);
                     let wait = not_until.wait_time_from(self.clock.now());
@@ -205,7 +225,7 @@ impl<C: Clock + Clone> TenantLimiter<C> {
         }
         drop(bucket);
         Ok(Admission {
-            limiter: Arc::clone(self),
+            occupancy,
             reserved: tokens,
         })
     }
@@ -255,10 +275,29 @@ impl<C: Clock + Clone> TenantLimiter<C> {
     }
 }
 
+/// A tenant's concurrent-request slot, from [`TenantLimiter::occupy`]; released on drop.
+pub struct Occupancy<C: Clock = DefaultClock> {
+    limiter: Arc<TenantLimiter<C>>,
+}
+
+impl<C: Clock> std::fmt::Debug for Occupancy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Occupancy").finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock> Drop for Occupancy<C> {
+    fn drop(&mut self) {
+        if self.limiter.max_concurrent.is_some() {
+            self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// An admitted request. Complete it with the tokens it really used; dropping it without
 /// completing keeps the whole reservation but frees the concurrency slot.
 pub struct Admission<C: Clock = DefaultClock> {
-    limiter: Arc<TenantLimiter<C>>,
+    occupancy: Occupancy<C>,
     reserved: u32,
 }
 
@@ -273,7 +312,7 @@ impl<C: Clock> std::fmt::Debug for Admission<C> {
 impl<C: Clock> Admission<C> {
     /// Returns the unused part of the reservation.
     pub fn complete(self, used: u32) {
-        if let Some(m) = &self.limiter.tokens {
+        if let Some(m) = &self.occupancy.limiter.tokens {
             let unused = self.reserved.saturating_sub(used);
             m.lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -283,13 +322,5 @@ impl<C: Clock> Admission<C> {
 
     pub fn reserved(&self) -> u32 {
         self.reserved
-    }
-}
-
-impl<C: Clock> Drop for Admission<C> {
-    fn drop(&mut self) {
-        if self.limiter.max_concurrent.is_some() {
-            self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }

@@ -63,6 +63,9 @@ pub struct Tenant {
     /// Scheduling weight (≥ 1): a flooding tenant gets its weighted share of the engine and
     /// no more, so it cannot starve the others.
     pub weight: u32,
+    /// Time allowed to receive one request body once the request holds its concurrency
+    /// slots; `None`: the server's default. Bounds how long slow uploads hold them.
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 impl Tenant {
@@ -116,6 +119,31 @@ impl TenantSet {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.order.iter()
     }
+
+    /// Carries rate-limiter state over a reload: each tenant whose name and limits are
+    /// unchanged from `previous` takes over its limiter, so a reload neither refills a
+    /// tenant's quota nor splits it between connections of two generations. A tenant whose
+    /// limits changed starts afresh. Tenants already shared elsewhere are left as they are.
+    pub fn inherit_limiters(self, previous: &TenantSet) -> TenantSet {
+        let TenantSet { tenants, order } = self;
+        drop(tenants);
+        let mut out = TenantSet::default();
+        for tenant in order {
+            let tenant = match previous.get(&tenant.name) {
+                Some(old) if old.limits == tenant.limits => match Arc::try_unwrap(tenant) {
+                    Ok(mut owned) => {
+                        owned.limiter = Arc::clone(&old.limiter);
+                        Arc::new(owned)
+                    }
+                    Err(shared) => shared,
+                },
+                _ => tenant,
+            };
+            out.tenants.insert(tenant.name.clone(), Arc::clone(&tenant));
+            out.order.push(tenant);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +163,7 @@ mod tests {
             identities: rules,
             require_cert: false,
             weight: 1,
+            body_read_timeout: None,
         }
     }
 
@@ -163,6 +192,27 @@ mod tests {
         assert!(set.for_cert(&cert(Some("svc-z"), "x", "00")).is_none());
         assert!(set.get("a").unwrap().allows_model("m1"));
         assert!(!set.get("a").unwrap().allows_model("m2"));
+    }
+
+    #[test]
+    fn limiters_carry_over_when_limits_are_unchanged() {
+        let limited = |name: &str, max: u32| Tenant {
+            limits: LimitSpec {
+                max_concurrent: std::num::NonZeroU32::new(max),
+                ..LimitSpec::default()
+            },
+            ..tenant(name, vec![])
+        };
+        let old = TenantSet::new(vec![limited("a", 1), limited("b", 1)]).unwrap();
+        let new = TenantSet::new(vec![limited("a", 1), limited("b", 2), limited("c", 1)])
+            .unwrap()
+            .inherit_limiters(&old);
+        let same =
+            |n: &str| Arc::ptr_eq(&old.get(n).unwrap().limiter, &new.get(n).unwrap().limiter);
+        assert!(same("a"));
+        assert!(!same("b"), "changed limits start afresh");
+        assert!(new.get("c").is_some());
+        assert!(Arc::ptr_eq(new.get("a").unwrap(), &new.order[0]));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct RawTenant {
     pub filters: Vec<RawFilterRule>,
     /// Scheduling weight, integer ≥ 1 (default 1).
     pub weight: Option<u32>,
+    /// Overrides `limits.body_read_timeout` for this tenant's requests.
+    pub body_read_timeout: Option<String>,
 }
 
 /// One `[[tenants.filters]]` rule as written.
@@ -329,6 +331,16 @@ fn tenant(raw: RawTenant) -> Result<Tenant, Invalid> {
         output_filter: compile(output)?,
         identities,
         require_cert: raw.require_cert,
+        body_read_timeout: match raw.body_read_timeout {
+            None => None,
+            Some(text) => match super::parse_duration(&text) {
+                Ok(d) if d.is_zero() => {
+                    return Err(invalid("body_read_timeout", "must be greater than zero"));
+                }
+                Ok(d) => Some(d),
+                Err(reason) => return Err(invalid("body_read_timeout", reason)),
+            },
+        },
         weight: match raw.weight {
             None => 1,
             Some(0) => return Err(invalid("weight", "must be at least 1")),

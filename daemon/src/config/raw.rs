@@ -87,6 +87,12 @@ pub struct RawLimits {
     pub max_connections: Option<u64>,
     pub max_concurrent_requests: Option<u64>,
     pub shutdown_grace: Option<String>,
+    pub max_pending_handshakes: Option<u64>,
+    pub max_connections_per_address: Option<u64>,
+    pub connection_idle_timeout: Option<String>,
+    pub http2_preface_timeout: Option<String>,
+    pub max_connection_age: Option<String>,
+    pub body_read_timeout: Option<String>,
 }
 
 /// One `[[models]]` entry.

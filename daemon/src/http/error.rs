@@ -62,6 +62,10 @@ pub enum ApiError {
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
 
+    /// The body did not arrive within `limits.body_read_timeout`.
+    #[error("the request body did not arrive within {}s", .0.as_secs_f64())]
+    BodyTimeout(Duration),
+
     /// `limits.max_concurrent_requests` inference requests are already in flight.
     #[error("the server is at its limit of {limit} concurrent requests; retry shortly")]
     TooManyRequests { limit: usize },
@@ -270,6 +274,12 @@ impl ApiError {
                 Some("unsupported_media_type"),
             ),
             ApiError::BodyRead(_) => plain(StatusCode::BAD_REQUEST, INVALID, None, None),
+            ApiError::BodyTimeout(_) => plain(
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID,
+                None,
+                Some("body_read_timeout"),
+            ),
             ApiError::TooManyRequests { .. } => Rendered {
                 retry_after: Some(1),
                 ..plain(

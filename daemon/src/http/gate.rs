@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use airlock_engine::{Engine, EngineError, Prompt};
 use airlock_policy::Tenant;
-use airlock_policy::ratelimit::{Admission, Exceeded};
+use airlock_policy::ratelimit::{Admission, Exceeded, Occupancy, Refusal};
 
 use super::error::ApiError;
 use super::inference::Job;
@@ -20,10 +20,12 @@ use super::inference::Job;
 const DEFAULT_RESERVED_COMPLETION: usize = 4096;
 
 /// Applies `tenant`'s policy to `job` (capping `max_tokens`, redacting the prompt) and
-/// returns its rate-limit admission.
+/// returns its rate-limit admission, which takes over `occupancy` (the tenant's concurrency
+/// slot, taken before the body was read; `None`: taken here).
 pub async fn admit(
     engine: &Arc<dyn Engine>,
     tenant: &Arc<Tenant>,
+    occupancy: Option<Occupancy>,
     job: &mut Job,
 ) -> Result<Admission, ApiError> {
     if !tenant.allows_model(&job.model) {
@@ -71,26 +73,33 @@ pub async fn admit(
     }
     let reserve = prompt_tokens.saturating_add(max_tokens.unwrap_or(0));
     let reserve = u32::try_from(reserve).unwrap_or(u32::MAX);
-    tenant.limiter.admit(reserve).map_err(|r| {
-        let kind = match r.exceeded {
-            Exceeded::Requests => "requests",
-            Exceeded::Tokens => "tokens",
-            Exceeded::Concurrency => "concurrency",
-            Exceeded::TooLarge => "too_large",
-        };
-        crate::metrics::global().rate_limited(&tenant.name, kind);
-        let what = match r.exceeded {
-            Exceeded::Requests => "requests",
-            Exceeded::Tokens => "tokens per minute",
-            Exceeded::Concurrency => "concurrent requests",
-            Exceeded::TooLarge => "tokens per minute (this request alone exceeds it)",
-        };
-        ApiError::RateLimited {
-            message: format!("rate limit exceeded for tenant `{}`: {what}", tenant.name),
-            retry_after: r.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            status: r.status,
-        }
-    })
+    let admitted = match occupancy {
+        Some(slot) => tenant.limiter.admit_occupied(slot, reserve),
+        None => tenant.limiter.admit(reserve),
+    };
+    admitted.map_err(|r| refused(tenant, &r))
+}
+
+/// A rate-limit refusal as the client sees it (and counted in the metrics).
+pub fn refused(tenant: &Tenant, r: &Refusal) -> ApiError {
+    let kind = match r.exceeded {
+        Exceeded::Requests => "requests",
+        Exceeded::Tokens => "tokens",
+        Exceeded::Concurrency => "concurrency",
+        Exceeded::TooLarge => "too_large",
+    };
+    crate::metrics::global().rate_limited(&tenant.name, kind);
+    let what = match r.exceeded {
+        Exceeded::Requests => "requests",
+        Exceeded::Tokens => "tokens per minute",
+        Exceeded::Concurrency => "concurrent requests",
+        Exceeded::TooLarge => "tokens per minute (this request alone exceeds it)",
+    };
+    ApiError::RateLimited {
+        message: format!("rate limit exceeded for tenant `{}`: {what}", tenant.name),
+        retry_after: r.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        status: r.status,
+    }
 }
 
 /// Tokenization is CPU work proportional to the prompt: it runs on the blocking pool, not

@@ -11,12 +11,15 @@ use airlock_engine::{
 use super::error::ApiError;
 
 /// Who asked, for the engine's scheduling and logs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RequestContext {
     pub request_id: String,
     pub tenant: String,
     /// The tenant's policy (limits, filters); `None` for legacy certificate tenants.
     pub policy: Option<Arc<airlock_policy::Tenant>>,
+    /// The tenant's concurrency slot, taken before the body was read; moves into the
+    /// rate-limit admission (`gate::admit`).
+    pub occupancy: std::sync::Mutex<Option<airlock_policy::ratelimit::Occupancy>>,
 }
 
 /// What to run.
@@ -65,7 +68,14 @@ async fn submit(
     // Tenant policy → prompt filter → token count and reservation (see `gate`), before
     // audit admit so that the audit records what the engine will really see.
     let admission = match &ctx.policy {
-        Some(t) => Some(super::gate::admit(engine, t, &mut job).await?),
+        Some(t) => {
+            let occupancy = ctx
+                .occupancy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            Some(super::gate::admit(engine, t, occupancy, &mut job).await?)
+        }
         None => None,
     };
     // Audit admit is the last step before the engine: the admission record is durable

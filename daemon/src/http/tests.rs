@@ -23,6 +23,7 @@ fn settings() -> AppSettings {
         max_body_bytes: 4096,
         request_deadline: Duration::from_secs(10),
         max_concurrent_requests: 4,
+        body_read_timeout: Duration::from_secs(10),
     }
 }
 

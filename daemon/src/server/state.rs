@@ -1,11 +1,13 @@
 //! The swappable part of the server: everything a SIGHUP reload may change. Each accepted
-//! connection takes the current [`State`] and keeps it for its lifetime, so a reload affects
-//! new connections while in-flight requests finish on the state they started with.
+//! connection starts on the current [`State`]; a reload re-checks every open connection
+//! against the next one (`super::conn`), which it then serves on or is closed. A request in
+//! flight finishes on the state it started with.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use airlock_engine::Engine;
+use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use super::app::{App, AppSettings};
@@ -18,6 +20,9 @@ pub struct State {
     pub app: Arc<App>,
     /// `None` in proxy mode.
     pub tls: Option<TlsAcceptor>,
+    /// The acceptor's client-certificate verifier, kept to re-check connections that are
+    /// already open when a reload brings new CAs or CRLs; `None` in proxy mode.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The audit log (one per process, carried across reloads); `None` without `[audit]`.
     pub audit_log: Option<Arc<crate::audit::AuditLog>>,
 }
@@ -58,14 +63,18 @@ impl State {
             (None, None) => None,
             _ => return Err(StateError::NeedsRestart("[audit]")),
         };
-        let tls = match &config.listener.mode {
-            ListenerMode::Tls(tls_cfg) => Some(TlsAcceptor::from(tls::server_config(tls_cfg)?)),
-            ListenerMode::Proxy(_) => None,
+        let (tls, client_verifier) = match &config.listener.mode {
+            ListenerMode::Tls(tls_cfg) => {
+                let (server, verifier) = tls::server_config_and_verifier(tls_cfg)?;
+                (Some(TlsAcceptor::from(server)), Some(verifier))
+            }
+            ListenerMode::Proxy(_) => (None, None),
         };
         let settings = AppSettings {
             max_body_bytes: config.limits.max_body_bytes.get(),
             request_deadline: config.limits.request_deadline,
             max_concurrent_requests: config.limits.max_concurrent_requests.get(),
+            body_read_timeout: config.limits.body_read_timeout,
         };
         Ok(State {
             app: App::with_policy(
@@ -75,6 +84,7 @@ impl State {
                 crate::access::Access::new(config.policy.clone(), audit_log.clone())?,
             ),
             tls,
+            client_verifier,
             config,
             audit_log,
         })
@@ -88,7 +98,7 @@ impl State {
         path: &Path,
         engine: Arc<dyn Engine>,
     ) -> Result<(State, Vec<String>), StateError> {
-        let config = Config::load(path)?;
+        let mut config = Config::load(path)?;
         if config.listener.address != self.config.listener.address {
             return Err(StateError::NeedsRestart("listener.address"));
         }
@@ -105,6 +115,16 @@ impl State {
         if config.limits.max_connections != self.config.limits.max_connections {
             warnings.push("limits.max_connections changed: applies after a restart".to_owned());
         }
+        if config.limits.max_pending_handshakes != self.config.limits.max_pending_handshakes {
+            warnings
+                .push("limits.max_pending_handshakes changed: applies after a restart".to_owned());
+        }
+        // Tenants whose limits did not change keep their limiter: a reload must not refill
+        // a quota, nor give connections of two generations a limiter each.
+        config.policy.tenants = match Arc::try_unwrap(std::mem::take(&mut config.policy.tenants)) {
+            Ok(fresh) => Arc::new(fresh.inherit_limiters(&self.config.policy.tenants)),
+            Err(shared) => shared,
+        };
         if config.logging != self.config.logging {
             warnings.push("[logging] changed: applies after a restart".to_owned());
         }
@@ -117,7 +137,8 @@ impl State {
             warnings.push("audit.db / audit.signing_key changed: apply after a restart".to_owned());
         }
         let hash = crate::audit::config_hash(path);
-        let state = State::build_audited(config, engine, self.audit_log.clone(), hash)?;
+        let mut state = State::build_audited(config, engine, self.audit_log.clone(), hash)?;
+        App::inherit_slots(&mut state.app, &self.app);
         Ok((state, warnings))
     }
 }

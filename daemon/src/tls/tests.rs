@@ -88,3 +88,37 @@ fn check_files_names_the_config_key() {
     assert_eq!(e.path, "listener.tls.key", "{e}");
     assert!(!e.to_string().contains("garbage"), "{e}");
 }
+
+#[test]
+fn open_connections_are_rechecked_against_new_crls() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &["alice".to_owned(), "bob".to_owned()]).unwrap();
+    let cfg = TlsConfig {
+        cert: dir.path().join(certs::SERVER_CERT),
+        key: dir.path().join(certs::SERVER_KEY),
+        client_ca: Some(dir.path().join(certs::CA_CERT)),
+        crls: vec![dir.path().join(certs::CRL)],
+        danger_no_client_auth: false,
+    };
+    let chain = |name: &str| certs(&certs::client_paths(dir.path(), name).0).unwrap();
+    let (_, before) = server_config_and_verifier(&cfg).unwrap();
+    assert!(still_valid(before.as_ref(), &chain("alice")));
+    assert!(
+        !still_valid(before.as_ref(), &[]),
+        "a certificate is required"
+    );
+
+    certs::revoke(dir.path(), &certs::client_paths(dir.path(), "alice").0).unwrap();
+    let (_, after) = server_config_and_verifier(&cfg).unwrap();
+    assert!(!still_valid(after.as_ref(), &chain("alice")));
+    assert!(still_valid(after.as_ref(), &chain("bob")));
+
+    let open = TlsConfig {
+        client_ca: None,
+        crls: vec![],
+        danger_no_client_auth: true,
+        ..cfg
+    };
+    let (_, none) = server_config_and_verifier(&open).unwrap();
+    assert!(still_valid(none.as_ref(), &[]));
+}

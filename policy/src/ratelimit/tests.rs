@@ -129,3 +129,47 @@ fn a_refusal_consumes_nothing() {
     assert_eq!(l.status().remaining_requests, 5);
     assert_eq!(l.status().remaining_tokens, 100);
 }
+
+#[test]
+fn an_occupied_slot_counts_until_its_admission_ends() {
+    let spec = LimitSpec {
+        max_concurrent: Some(nz(1)),
+        requests: Some(RequestRate {
+            count: nz(1),
+            per: Per::Minute,
+            burst: nz(1),
+        }),
+        ..LimitSpec::default()
+    };
+    let l = TenantLimiter::with_clock(&spec, FakeRelativeClock::default());
+    let slot = l.occupy().unwrap();
+    assert_eq!(l.occupy().unwrap_err().exceeded, Exceeded::Concurrency);
+    assert_eq!(l.in_flight(), 1);
+    // The slot moves into the admission; it is not taken twice.
+    let admission = l.admit_occupied(slot, 0).unwrap();
+    assert_eq!(l.in_flight(), 1);
+    drop(admission);
+    assert_eq!(l.in_flight(), 0);
+    // A refusal by another limit releases the slot.
+    let slot = l.occupy().unwrap();
+    assert_eq!(
+        l.admit_occupied(slot, 0).unwrap_err().exceeded,
+        Exceeded::Requests
+    );
+    assert_eq!(l.in_flight(), 0);
+}
+
+#[test]
+fn a_slot_from_another_limiter_is_exchanged() {
+    let spec = LimitSpec {
+        max_concurrent: Some(nz(1)),
+        ..LimitSpec::default()
+    };
+    let old = TenantLimiter::with_clock(&spec, FakeRelativeClock::default());
+    let new = TenantLimiter::with_clock(&spec, FakeRelativeClock::default());
+    let slot = old.occupy().unwrap();
+    let admission = new.admit_occupied(slot, 0).unwrap();
+    assert_eq!((old.in_flight(), new.in_flight()), (0, 1));
+    drop(admission);
+    assert_eq!(new.in_flight(), 0);
+}
