@@ -241,7 +241,12 @@ fn random_blocks(t: QType, out: usize, inp: usize) -> anyhow::Result<PackedMatri
             block[at..at + 2].copy_from_slice(&d);
         }
     }
-    Ok(PackedMatrix::from_blocks(bytes, out, inp, Format::Quant(t))?)
+    Ok(PackedMatrix::from_blocks(
+        bytes,
+        out,
+        inp,
+        Format::Quant(t),
+    )?)
 }
 
 fn rayon_threads() -> String {

@@ -147,7 +147,8 @@ fn dot_products_match_the_dequantized_weights() -> anyhow::Result<()> {
                     .zip(xr.chunks(block))
                     .map(|(wb, xb)| {
                         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        f64::from(amax) / 254.0 * wb.iter().map(|&v| f64::from(v.abs())).sum::<f64>()
+                        f64::from(amax) / 254.0
+                            * wb.iter().map(|&v| f64::from(v.abs())).sum::<f64>()
                     })
                     .sum::<f64>()
                     * 1.001

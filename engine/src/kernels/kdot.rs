@@ -133,7 +133,14 @@ fn idot(w: &[i8], x: &[i8]) -> i32 {
 }
 
 /// `x` (`rows × inp`, `inp` a multiple of `t`'s block) times the `[out, inp]` blocks `v`ᵀ.
-pub(super) fn matmul(v: &[u8], t: QType, out: usize, inp: usize, x: &[f32], rows: usize) -> Vec<f32> {
+pub(super) fn matmul(
+    v: &[u8],
+    t: QType,
+    out: usize,
+    inp: usize,
+    x: &[f32],
+    rows: usize,
+) -> Vec<f32> {
     let a = quantize(x, rows, inp, act_block(t));
     by_columns(out, rows, |first, dst| {
         #[cfg(target_arch = "x86_64")]
@@ -240,7 +247,8 @@ fn run_k(
             for (b, w) in unpacked.iter().enumerate() {
                 let (xq, dx, sums) = a.block(r, b);
                 let mut sumi = 0i32;
-                for ((wq, xq), &sc) in w.q.chunks_exact(16).zip(xq.chunks_exact(16)).zip(&w.scales) {
+                for ((wq, xq), &sc) in w.q.chunks_exact(16).zip(xq.chunks_exact(16)).zip(&w.scales)
+                {
                     sumi += sc * idot(wq, xq);
                 }
                 acc = (sumi as f32).mul_add(w.d * dx, acc);

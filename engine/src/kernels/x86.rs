@@ -17,8 +17,8 @@ use std::arch::x86_64::*;
 
 use super::kdot;
 use super::qdot::{Acts, Weights};
-use crate::quant::QType;
 use super::{Blocks, COL_TILE, Job, LANES, QK, ROW_BLOCK, reduce, run};
+use crate::quant::QType;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 fn v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {

@@ -53,7 +53,10 @@ fn dims(v: &Value) -> Vec<usize> {
 }
 
 /// Writes `tensors` (HF name, shape, values) as an f32 HF directory with `config`.
-fn write_hf_dir(config: &Value, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> anyhow::Result<tempfile::TempDir> {
+fn write_hf_dir(
+    config: &Value,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
@@ -96,7 +99,10 @@ pub fn dequantized(name: &str, config: &Value) -> anyhow::Result<tempfile::TempD
             None if ty == "F32" => le_f32(bytes),
             None => anyhow::bail!("{hf}: type {ty}"),
         };
-        anyhow::ensure!(values.len() == shape.iter().product::<usize>(), "{hf}: size");
+        anyhow::ensure!(
+            values.len() == shape.iter().product::<usize>(),
+            "{hf}: size"
+        );
         if let Some(heads) = t["heads"].as_u64() {
             values = unpermute(&values, &shape, heads as usize);
         }
@@ -129,7 +135,9 @@ fn unpermute(v: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
 fn synthetic(seed: u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
     (0..n as u64)
         .map(|i| {
-            let mut z = (seed << 32).wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = (seed << 32)
+                .wrapping_add(i)
+                .wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
@@ -152,7 +160,11 @@ pub fn k256_original() -> anyhow::Result<(Value, tempfile::TempDir)> {
             t["scale"].as_f64().unwrap_or(0.0) as f32,
             t["offset"].as_f64().unwrap_or(0.0) as f32,
         );
-        tensors.push((t["name"].as_str().unwrap_or_default().to_owned(), shape, values));
+        tensors.push((
+            t["name"].as_str().unwrap_or_default().to_owned(),
+            shape,
+            values,
+        ));
     }
     let config = src["config"].clone();
     let dir = write_hf_dir(&config, tensors)?;
@@ -164,7 +176,11 @@ pub fn config_of(dir: &Path) -> anyhow::Result<Value> {
 }
 
 /// Last-position logits and 8 greedy ids for `prompt`.
-pub fn run(dir: &Path, prompt: &[u32], device: DeviceChoice) -> anyhow::Result<(Vec<f32>, Vec<u32>)> {
+pub fn run(
+    dir: &Path,
+    prompt: &[u32],
+    device: DeviceChoice,
+) -> anyhow::Result<(Vec<f32>, Vec<u32>)> {
     let mut opts = GenerateOptions::new(dir, Prompt::TokenIds(prompt.to_vec()));
     opts.device = device;
     opts.keep_logits = true;
