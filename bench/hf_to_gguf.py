@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
 
 import gguf
@@ -79,6 +78,8 @@ def open_tensors(model_dir: Path):
         files = [model_dir / f for f in sorted(set(wm.values()))]
     else:
         die(f"{model_dir}: no model.safetensors nor model.safetensors.index.json")
+    import torch  # only here, so fixture scripts can import the rest without torch
+
     for f in files:
         with safe_open(f, framework="pt") as st:
             for name in st.keys():

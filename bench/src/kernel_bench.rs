@@ -15,6 +15,7 @@
 use std::time::Instant;
 
 use airlock_engine::kernels::{Format, PackedMatrix};
+use airlock_engine::quant::QType;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use clap::Parser;
 
@@ -25,7 +26,10 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,512")]
     rows: Vec<usize>,
     /// Weight formats.
-    /// `burn` is the baseline: burn's Flex f32 matmul, what `Linear` used before.
+    /// `burn` is the baseline: burn's Flex f32 matmul, what `Linear` used before. Besides
+    /// `q8`/`q4` (quantized from f32 here), any GGUF block type by its lower-case name
+    /// (`q4_k`, `q6_k`, `iq4_xs`, …) runs on random blocks with sane scales (the kernels'
+    /// speed does not depend on the values).
     #[arg(long, value_delimiter = ',', default_value = "burn,f32,bf16,q8,q4")]
     formats: Vec<String>,
     /// Minimum seconds measured per (shape, format, rows).
@@ -101,9 +105,13 @@ fn format(name: &str) -> anyhow::Result<Option<Format>> {
         "f16" => Format::F16,
         "q8" => Format::Q8_0,
         "q4" => Format::Q4_0,
-        other => {
-            anyhow::bail!("--formats: unknown format `{other}` (burn, f32, bf16, f16, q8, q4)")
-        }
+        other => match QType::ALL.into_iter().find(|t| t.lower_name() == other) {
+            Some(t) => Format::Quant(t),
+            None => anyhow::bail!(
+                "--formats: unknown format `{other}` (burn, f32, bf16, f16, q8, q4, or a GGUF \
+                 type: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)"
+            ),
+        },
     }))
 }
 
@@ -144,7 +152,12 @@ fn main() -> anyhow::Result<()> {
             let data = pseudo_random(out * inp, out as u64);
             let w = match fmt {
                 Some(f) => {
-                    let m = PackedMatrix::pack(&data, out, inp, *f)?;
+                    let m = match f {
+                        Format::Quant(t) if *f != Format::Q8_0 && *f != Format::Q4_0 => {
+                            random_blocks(*t, out, inp)?
+                        }
+                        _ => PackedMatrix::pack(&data, out, inp, *f)?,
+                    };
                     let copies = if args.hot {
                         1
                     } else {
@@ -207,6 +220,33 @@ fn main() -> anyhow::Result<()> {
         if args.hot { " --hot" } else { "" }
     );
     Ok(())
+}
+
+/// `[out, inp]` random blocks of `t`, every `f16` scale field set to a small finite value.
+fn random_blocks(t: QType, out: usize, inp: usize) -> anyhow::Result<PackedMatrix> {
+    let scales: &[usize] = match t {
+        QType::Q4_1 | QType::Q5_1 | QType::Q4_K | QType::Q5_K => &[0, 2],
+        QType::Q2_K => &[80, 82],
+        QType::Q3_K => &[108],
+        QType::Q6_K => &[208],
+        _ => &[0],
+    };
+    let n = out * inp / t.block_elems() * t.block_bytes();
+    let noise = pseudo_random(n, 99);
+    let mut bytes: Vec<u8> = noise.iter().map(|v| (v.to_bits() >> 5) as u8).collect();
+    // f16 0x2000 = 2⁻⁷.
+    let d = 0x2000u16.to_le_bytes();
+    for block in bytes.chunks_exact_mut(t.block_bytes()) {
+        for &at in scales {
+            block[at..at + 2].copy_from_slice(&d);
+        }
+    }
+    Ok(PackedMatrix::from_blocks(
+        bytes,
+        out,
+        inp,
+        Format::Quant(t),
+    )?)
 }
 
 fn rayon_threads() -> String {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::EngineError;
 use crate::manifest::Vouched;
+use crate::quant::QType;
 use crate::weights::{WeightDType, read_weights};
 
 pub(crate) mod tokenizer;
@@ -110,7 +111,15 @@ fn ggml_type_name(id: u32) -> &'static str {
         13 => "Q5_K",
         14 => "Q6_K",
         15 => "Q8_K",
-        16..=23 | 29 => "IQ*",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        29 => "IQ1_M",
         24 => "I8",
         25 => "I16",
         26 => "I32",
@@ -128,11 +137,16 @@ fn weight_dtype(id: u32) -> Option<WeightDType> {
     match id {
         0 => Some(WeightDType::F32),
         1 => Some(WeightDType::F16),
-        2 => Some(WeightDType::Q4_0),
-        8 => Some(WeightDType::Q8_0),
         30 => Some(WeightDType::BF16),
-        _ => None,
+        _ => QType::from_ggml(id).map(WeightDType::Quant),
     }
+}
+
+/// The tensor types [`weight_dtype`] reads, for error messages.
+fn supported_types() -> String {
+    let mut names = vec!["F32", "F16", "BF16"];
+    names.extend(QType::ALL.iter().map(|t| t.name()));
+    names.join(", ")
 }
 
 /// One tensor of the file.
@@ -432,9 +446,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         let offset = c.u64(&what)?;
         let dtype = weight_dtype(ty).ok_or_else(|| {
             format!(
-                "unsupported tensor type {} (ggml type {ty}) for tensor `{name}` (supported: F32, \
-                 F16, BF16, Q8_0, Q4_0)",
-                ggml_type_name(ty)
+                "unsupported tensor type {} (ggml type {ty}) for tensor `{name}` (supported: {})",
+                ggml_type_name(ty),
+                supported_types()
             )
         })?;
         let numel = ne
@@ -444,8 +458,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         let block = dtype.block_elems();
         if ne[0] % block != 0 {
             return Err(format!(
-                "{what}: row length {} is not a multiple of the {dtype:?} block size {block}",
-                ne[0]
+                "{what}: row length {} is not a multiple of the {} block size {block}",
+                ne[0],
+                dtype.name()
             ));
         }
         let size = (numel / block)

@@ -1,5 +1,5 @@
 //! CPU matrix kernels of our own: `y = x · Wᵀ` with `W` kept packed (`f32`, `bf16`, `f16`,
-//! `Q8_0`, `Q4_0`), `f32` accumulation.
+//! or any GGUF block type of [`QType`]), `f32` accumulation.
 //!
 //! Decoding is bound by how many weight bytes cross the memory bus, so the weights stay in
 //! their compact form and are widened in registers. With AVX-512 the 16/32-bit formats run
@@ -9,7 +9,10 @@
 //! reads `W` once and prefill does several multiply-adds per load; the next tile's weights
 //! are prefetched while one is computed. `Q8_0` / `Q4_0` quantize each activation row to
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
-//! (`qdot`; `vpdpbusd` with AVX-512 VNNI). Work is split over output columns on rayon's
+//! (`qdot`; `vpdpbusd` with AVX-512 VNNI). The other block types (`Q4_1`, `Q5_0`, `Q5_1`,
+//! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
+//! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
+//! block sums; their portable code is compiled for AVX2 / AVX-512 as is. Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!
@@ -32,7 +35,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::quant::{self, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QK};
+use crate::quant::{self, QK, QType};
 
 /// Activation rows one pass over a weight block serves.
 pub const ROWS_PER_PASS: usize = 4;
@@ -52,19 +55,23 @@ pub enum Format {
     F32,
     Bf16,
     F16,
-    Q8_0,
-    Q4_0,
+    /// GGUF blocks of a quantized type, as stored in the file.
+    Quant(QType),
 }
 
 impl Format {
+    /// `Q8_0` blocks, the 8-bit type `quantize = "q8"` produces.
+    pub const Q8_0: Format = Format::Quant(QType::Q8_0);
+    /// `Q4_0` blocks, the 4-bit type `quantize = "q4"` produces.
+    pub const Q4_0: Format = Format::Quant(QType::Q4_0);
+
     /// Lower-case name as used in logs and `ModelInfo::device`.
     pub fn name(self) -> &'static str {
         match self {
             Format::F32 => "f32",
             Format::Bf16 => "bf16",
             Format::F16 => "f16",
-            Format::Q8_0 => "q8_0",
-            Format::Q4_0 => "q4_0",
+            Format::Quant(t) => t.lower_name(),
         }
     }
 }
@@ -74,8 +81,7 @@ enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
     F16(Vec<u16>),
-    Q8_0(Vec<u8>),
-    Q4_0(Vec<u8>),
+    Quant(QType, Vec<u8>),
 }
 
 /// A weight matrix `[out, inp]` in one of the [`Format`]s.
@@ -96,8 +102,14 @@ pub enum PackError {
         expected: usize,
         got: usize,
     },
-    #[error("{format} needs an input width that is a multiple of {QK}, not {inp}")]
-    Ragged { format: &'static str, inp: usize },
+    #[error("{format} needs an input width that is a multiple of {block}, not {inp}")]
+    Ragged {
+        format: &'static str,
+        block: usize,
+        inp: usize,
+    },
+    #[error("cannot quantize to {format} at load (only q8_0 and q4_0)")]
+    NoQuantizer { format: &'static str },
 }
 
 impl PackedMatrix {
@@ -112,20 +124,24 @@ impl PackedMatrix {
                 got: w.len(),
             });
         }
-        let ragged = Err(PackError::Ragged {
-            format: format.name(),
-            inp,
-        });
         let data = match format {
             Format::F32 => Data::F32(w.to_vec()),
             Format::Bf16 => Data::Bf16(w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()),
             Format::F16 => Data::F16(w.iter().map(|&v| f16::from_f32(v).to_bits()).collect()),
-            Format::Q8_0 | Format::Q4_0 if !inp.is_multiple_of(QK) => return ragged,
-            Format::Q8_0 => {
-                Data::Q8_0(quant::quantize_q8_0(w).map_err(|_| ragged_err(format, inp))?)
+            Format::Quant(t @ (QType::Q8_0 | QType::Q4_0)) => {
+                if !inp.is_multiple_of(QK) {
+                    return Err(ragged_err(format, inp));
+                }
+                let q = match t {
+                    QType::Q8_0 => quant::quantize_q8_0(w),
+                    _ => quant::quantize_q4_0(w),
+                };
+                Data::Quant(t, q.map_err(|_| ragged_err(format, inp))?)
             }
-            Format::Q4_0 => {
-                Data::Q4_0(quant::quantize_q4_0(w).map_err(|_| ragged_err(format, inp))?)
+            Format::Quant(_) => {
+                return Err(PackError::NoQuantizer {
+                    format: format.name(),
+                });
             }
         };
         Ok(PackedMatrix { data, out, inp })
@@ -151,22 +167,21 @@ impl PackedMatrix {
         Self::pack(w, out, inp, format)
     }
 
-    /// Wraps blocks already in `Q8_0` / `Q4_0` layout (e.g. read from a GGUF file).
+    /// Wraps blocks already in a [`QType`]'s layout (e.g. read from a GGUF file), rows of
+    /// `inp / block_elems` blocks each.
     pub fn from_blocks(
         bytes: Vec<u8>,
         out: usize,
         inp: usize,
         format: Format,
     ) -> Result<Self, PackError> {
-        let block = match format {
-            Format::Q8_0 => Q8_0_BLOCK_BYTES,
-            Format::Q4_0 => Q4_0_BLOCK_BYTES,
-            _ => return Err(ragged_err(format, inp)),
+        let Format::Quant(t) = format else {
+            return Err(ragged_err(format, inp));
         };
-        if !inp.is_multiple_of(QK) {
+        if !inp.is_multiple_of(t.block_elems()) {
             return Err(ragged_err(format, inp));
         }
-        let expected = out * inp / QK * block;
+        let expected = out * (inp / t.block_elems()) * t.block_bytes();
         if bytes.len() != expected {
             return Err(PackError::Shape {
                 out,
@@ -175,11 +190,11 @@ impl PackedMatrix {
                 got: bytes.len(),
             });
         }
-        let data = match format {
-            Format::Q8_0 => Data::Q8_0(bytes),
-            _ => Data::Q4_0(bytes),
-        };
-        Ok(PackedMatrix { data, out, inp })
+        Ok(PackedMatrix {
+            data: Data::Quant(t, bytes),
+            out,
+            inp,
+        })
     }
 
     pub fn format(&self) -> Format {
@@ -187,8 +202,7 @@ impl PackedMatrix {
             Data::F32(_) => Format::F32,
             Data::Bf16(_) => Format::Bf16,
             Data::F16(_) => Format::F16,
-            Data::Q8_0(_) => Format::Q8_0,
-            Data::Q4_0(_) => Format::Q4_0,
+            Data::Quant(t, _) => Format::Quant(t),
         }
     }
 
@@ -202,12 +216,16 @@ impl PackedMatrix {
         match &self.data {
             Data::F32(v) => v.len() * 4,
             Data::Bf16(v) | Data::F16(v) => v.len() * 2,
-            Data::Q8_0(v) | Data::Q4_0(v) => v.len(),
+            Data::Quant(_, v) => v.len(),
         }
     }
 
     /// The matrix as `f32`, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
+        if let Data::Quant(t, v) = &self.data {
+            // Whole blocks by construction (`pack` / `from_blocks`).
+            return t.dequantize(v).unwrap_or_default();
+        }
         let mut out = Vec::with_capacity(self.out * self.inp);
         let mut buf = [0f32; QK];
         for o in 0..self.out {
@@ -231,8 +249,13 @@ impl PackedMatrix {
         }
         let inp = self.inp;
         match &self.data {
-            Data::Q8_0(v) => Some(qdot::matmul(v, qdot::Weights::Q8_0, self.out, inp, x, rows)),
-            Data::Q4_0(v) => Some(qdot::matmul(v, qdot::Weights::Q4_0, self.out, inp, x, rows)),
+            Data::Quant(QType::Q8_0, v) => {
+                Some(qdot::matmul(v, qdot::Weights::Q8_0, self.out, inp, x, rows))
+            }
+            Data::Quant(QType::Q4_0, v) => {
+                Some(qdot::matmul(v, qdot::Weights::Q4_0, self.out, inp, x, rows))
+            }
+            Data::Quant(t, v) => Some(kdot::matmul(v, *t, self.out, inp, x, rows)),
             Data::F32(v) => Some(self.matmul_wide(&F32Blocks { v, inp }, x, rows)),
             Data::Bf16(v) => Some(self.matmul_wide(&Bf16Blocks { v, inp }, x, rows)),
             Data::F16(v) => Some(self.matmul_wide(&F16Blocks { v, inp }, x, rows)),
@@ -262,7 +285,7 @@ impl PackedMatrix {
                 Data::F32(v) => x86::Wide::F32(v),
                 Data::Bf16(v) => x86::Wide::Bf16(v),
                 Data::F16(v) => x86::Wide::F16(v),
-                Data::Q8_0(_) | Data::Q4_0(_) => x86::Wide::None,
+                Data::Quant(..) => x86::Wide::None,
             };
             if !matches!(wide, x86::Wide::None) {
                 return by_columns(self.out, rows, |first, dst| {
@@ -273,15 +296,15 @@ impl PackedMatrix {
         by_columns(self.out, rows, |first, dst| run_best(d, &job, first, dst))
     }
 
-    /// Block `b` of row `o` as `f32` (zero past the end of a ragged 16/32-bit row).
+    /// Block `b` of row `o` of a 16/32-bit matrix as `f32` (zero past the end of a ragged
+    /// row).
     fn decode_block(&self, o: usize, b: usize, w: &mut [f32; QK]) {
         let inp = self.inp;
         match &self.data {
             Data::F32(v) => F32Blocks { v, inp }.decode(o, b, w),
             Data::Bf16(v) => Bf16Blocks { v, inp }.decode(o, b, w),
             Data::F16(v) => F16Blocks { v, inp }.decode(o, b, w),
-            Data::Q8_0(v) => Q8Blocks { v, inp }.decode(o, b, w),
-            Data::Q4_0(v) => Q4Blocks { v, inp }.decode(o, b, w),
+            Data::Quant(..) => w.fill(0.0),
         }
     }
 }
@@ -400,34 +423,6 @@ impl Blocks for F16Blocks<'_> {
     }
 }
 
-struct Q8Blocks<'a> {
-    v: &'a [u8],
-    inp: usize,
-}
-impl Blocks for Q8Blocks<'_> {
-    #[inline(always)]
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        let at = (o * self.inp / QK + b) * Q8_0_BLOCK_BYTES;
-        if let Some(block) = self.v.get(at..at + Q8_0_BLOCK_BYTES) {
-            quant::dequantize_block_q8_0(block, w);
-        }
-    }
-}
-
-struct Q4Blocks<'a> {
-    v: &'a [u8],
-    inp: usize,
-}
-impl Blocks for Q4Blocks<'_> {
-    #[inline(always)]
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        let at = (o * self.inp / QK + b) * Q4_0_BLOCK_BYTES;
-        if let Some(block) = self.v.get(at..at + Q4_0_BLOCK_BYTES) {
-            quant::dequantize_block_q4_0(block, w);
-        }
-    }
-}
-
 /// Output rows `first..first + dst.len() / rows` into `dst` (`[n, rows]`).
 #[inline(always)]
 fn run<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
@@ -523,6 +518,10 @@ rows_pass!(pass4, a0 x0, a1 x1, a2 x2, a3 x3);
 fn ragged_err(format: Format, inp: usize) -> PackError {
     PackError::Ragged {
         format: format.name(),
+        block: match format {
+            Format::Quant(t) => t.block_elems(),
+            _ => QK,
+        },
         inp,
     }
 }
@@ -604,6 +603,7 @@ fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+mod kdot;
 mod qdot;
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //! * on burn's Flex CPU device, `W` is a [`PackedMatrix`] multiplied by our own kernels
 //!   ([`crate::kernels`]): the file's 16-bit dtype is kept when it is exact (a bf16
 //!   checkpoint stays bf16, half the bytes per decoded token, same results as widening it to
-//!   `f32` first), or `Q8_0` / `Q4_0` blocks with `quantize`;
-//! * on a wgpu device, `W` is a burn tensor in the device's float dtype (f16 on GPUs).
-//!   `quantize` is refused there: see [`Linear::load_with`].
+//!   `f32` first), a GGUF file's quantized blocks as stored (every [`crate::quant::QType`]),
+//!   or `Q8_0` / `Q4_0` blocks with `quantize`;
+//! * on a wgpu device, `W` is a burn tensor in the device's float dtype (f16 on GPUs); a
+//!   GGUF file's quantized blocks are dequantized at load. `quantize` is refused there: see
+//!   [`Linear::load_with`].
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
@@ -80,12 +82,11 @@ impl Linear {
     ) -> Result<Linear, EngineError> {
         let cpu = *device == Device::flex();
         if cpu {
-            // Block-quantized tensors (GGUF Q8_0 / Q4_0) are used as stored: no dequantize and
+            // Block-quantized GGUF tensors (any `QType`) are used as stored: no dequantize and
             // requantize round trip, unless `quantize` asks for a different block format.
             let raw = weights.raw(tensor, &[out, inp])?;
             let stored = match raw.dtype {
-                WeightDType::Q8_0 => Some(Format::Q8_0),
-                WeightDType::Q4_0 => Some(Format::Q4_0),
+                WeightDType::Quant(t) => Some(Format::Quant(t)),
                 _ => None,
             };
             let wanted = quantize.map(|q| match q {

@@ -1,5 +1,12 @@
 //! Block-quantized weight formats, byte-compatible with GGUF / llama.cpp.
 //!
+//! [`QType`] names every block type the engine reads (the legacy 32-element types, the
+//! K-quants and the 4-bit i-quants) and dequantizes any of them; the layouts are documented
+//! in [`legacy`], [`kquants`] and [`iquants`]. Each type also unpacks into an integer form
+//! ([`legacy::SmallBlock`], [`kquants::KBlock`]) that the CPU kernels multiply with
+//! quantized activations. This file holds the two types the engine can also *produce*
+//! (`quantize = "q8" | "q4"` at load):
+//!
 //! Both formats cut a row into blocks of [`QK`] = 32 elements, each with its own `f16` scale
 //! `d`, so one outlier only costs the precision of its own block:
 //!
@@ -14,6 +21,13 @@
 //! so our blocks and llama.cpp's are the same bytes for the same input.
 
 use half::f16;
+
+pub mod iquants;
+pub mod kquants;
+pub mod legacy;
+mod qtype;
+
+pub use qtype::{QK_K, QType};
 
 /// Elements per block.
 pub const QK: usize = 32;
@@ -50,7 +64,10 @@ fn check_bytes(bytes: usize, block: usize) -> Result<usize, QuantError> {
 /// The block's `f16` scale as `f32`.
 #[inline(always)]
 pub fn block_scale(block: &[u8]) -> f32 {
-    f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32()
+    match block {
+        [a, b, ..] => f16::from_bits(u16::from_le_bytes([*a, *b])).to_f32(),
+        _ => 0.0,
+    }
 }
 
 /// Quantizes `x` (a multiple of [`QK`] long) to `Q8_0` blocks.

@@ -13,7 +13,7 @@
 //! `[out, in]`), so the model never learns which format it came from: a GGUF tensor is
 //! registered under its HF name, and llama.cpp's per-head row permutation of Llama's q/k
 //! projections is undone as rows are read (whole rows move, so this works on quantized rows
-//! too: Q8_0/Q4_0 blocks run along the input dimension, inside a row).
+//! too: GGUF's quantized blocks run along the input dimension, inside a row).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -25,17 +25,16 @@ use safetensors::{Dtype, SafeTensors};
 use crate::EngineError;
 use crate::gguf::GgufFile;
 use crate::manifest::{Vouched, read_unverified};
-use crate::quant::{self, QK};
+use crate::quant::QType;
 
-/// Element types we convert from. `Q8_0`/`Q4_0` are GGUF's block formats (see
-/// [`crate::quant`]): a row is a run of 32-element blocks.
+/// Element types we convert from. [`WeightDType::Quant`] is one of GGUF's block types (see
+/// [`crate::quant`]): a row is a run of 32- or 256-element blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightDType {
     F32,
     F16,
     BF16,
-    Q8_0,
-    Q4_0,
+    Quant(QType),
 }
 
 impl WeightDType {
@@ -43,7 +42,7 @@ impl WeightDType {
     pub fn block_elems(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q8_0 | Self::Q4_0 => QK,
+            Self::Quant(t) => t.block_elems(),
         }
     }
 
@@ -52,8 +51,17 @@ impl WeightDType {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
-            Self::Q8_0 => quant::Q8_0_BLOCK_BYTES,
-            Self::Q4_0 => quant::Q4_0_BLOCK_BYTES,
+            Self::Quant(t) => t.block_bytes(),
+        }
+    }
+
+    /// ggml's name for the type (`F32`, `BF16`, `Q4_K`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Quant(t) => t.name(),
         }
     }
 
@@ -412,19 +420,13 @@ fn unpermute_rows(bytes: &[u8], shape: &[usize], heads: usize) -> Vec<u8> {
 }
 
 fn convert_into(bytes: &[u8], dtype: WeightDType, out: &mut Vec<f32>) {
-    let mut block = [0f32; QK];
     match dtype {
-        WeightDType::Q8_0 => {
-            for b in bytes.chunks_exact(quant::Q8_0_BLOCK_BYTES) {
-                quant::dequantize_block_q8_0(b, &mut block);
-                out.extend_from_slice(&block);
-            }
-        }
-        WeightDType::Q4_0 => {
-            for b in bytes.chunks_exact(quant::Q4_0_BLOCK_BYTES) {
-                quant::dequantize_block_q4_0(b, &mut block);
-                out.extend_from_slice(&block);
-            }
+        WeightDType::Quant(t) => {
+            // Tensors and row tables hold whole blocks (checked when the file is parsed), so
+            // the ragged-tail error cannot happen here; a short read yields fewer values and
+            // the caller's shape check reports it.
+            let whole = bytes.len() - bytes.len() % t.block_bytes();
+            let _ = t.dequantize_into(&bytes[..whole], out);
         }
         WeightDType::F32 => out.extend(
             bytes

@@ -332,11 +332,14 @@ fn unsupported_tensor_type_is_a_precise_error() -> anyhow::Result<()> {
     let (_t, msg) = hostile(|b| {
         if let Some(p) = tensor_info(b, "blk.0.ffn_up.weight") {
             let at = p + 20;
-            b[at..at + 4].copy_from_slice(&14u32.to_le_bytes()); // Q6_K
+            b[at..at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
         }
     })?;
     assert!(
-        msg.contains("unsupported tensor type Q6_K") && msg.contains("blk.0.ffn_up.weight"),
+        msg.contains("unsupported tensor type IQ2_XXS (ggml type 16)")
+            && msg.contains("blk.0.ffn_up.weight")
+            && msg.contains("supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K")
+            && msg.contains("IQ4_XS"),
         "{msg}"
     );
     Ok(())

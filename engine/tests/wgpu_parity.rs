@@ -9,6 +9,7 @@
 //! (lavapipe did, in `vkCreateComputePipelines`, on cubecl's SPIR-V shaders before burn's `vulkan` feature was turned off) kills its process, and
 //! that must read as "this driver cannot run the test", not as a dead test harness.
 
+mod mixed;
 mod parity;
 
 use airlock_engine::{DeviceChoice, gpu_available};
@@ -24,7 +25,8 @@ fn required() -> bool {
 #[test]
 fn gpu_matches_transformers() -> anyhow::Result<()> {
     if std::env::var_os(CHILD).is_some() {
-        return parity::check_all(DeviceChoice::Gpu, 2e-3);
+        parity::check_all(DeviceChoice::Gpu, 2e-3)?;
+        return quantized_gguf_dequantizes_at_load();
     }
     if !gpu_available() {
         anyhow::ensure!(!required(), "{REQUIRE} is set but there is no wgpu adapter");
@@ -64,4 +66,30 @@ fn gpu_matches_transformers() -> anyhow::Result<()> {
         "GPU parity failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A GGUF file in the 32-element block types (Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0) on the GPU,
+/// where every tensor is dequantized at load to the device dtype, against the CPU running
+/// the same weights dequantized to f32: within f16 rounding of weights and activations
+/// (2⁻¹¹ relative per value, a few ulps per layer: 2 % of the largest logit), and the same
+/// first greedy token.
+fn quantized_gguf_dequantizes_at_load() -> anyhow::Result<()> {
+    let name = "llama_gqa_f32-mix32";
+    let gguf = mixed::fixtures().join("gguf").join(name);
+    let deq = mixed::dequantized(name, &mixed::config_of(&mixed::vocab_source())?)?;
+    let prompt = [507, 12, 300, 45, 61, 2, 411];
+    let (gpu, gpu_ids) = mixed::run(&gguf, &prompt, DeviceChoice::Gpu)?;
+    let (cpu, cpu_ids) = mixed::run(deq.path(), &prompt, DeviceChoice::Cpu)?;
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = mixed::max_abs_diff(&gpu, &cpu);
+    println!("{name} on the GPU: max|Δlogit| {diff:.3e} vs the CPU on dequantized weights");
+    anyhow::ensure!(
+        gpu.len() == cpu.len() && diff <= 0.02 * scale,
+        "{name}: {diff}"
+    );
+    anyhow::ensure!(
+        gpu_ids.first() == cpu_ids.first(),
+        "{name}: {gpu_ids:?} vs {cpu_ids:?}"
+    );
+    Ok(())
 }

@@ -58,8 +58,14 @@ fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
         Data::F32(v) => by_columns(out, rows, |f, d| run(&F32Blocks { v, inp }, &job, f, d)),
         Data::Bf16(v) => by_columns(out, rows, |f, d| run(&Bf16Blocks { v, inp }, &job, f, d)),
         Data::F16(v) => by_columns(out, rows, |f, d| run(&F16Blocks { v, inp }, &job, f, d)),
-        Data::Q8_0(v) => quant(v, qdot::Weights::Q8_0),
-        Data::Q4_0(v) => quant(v, qdot::Weights::Q4_0),
+        Data::Quant(QType::Q8_0, v) => quant(v, qdot::Weights::Q8_0),
+        Data::Quant(QType::Q4_0, v) => quant(v, qdot::Weights::Q4_0),
+        Data::Quant(t, v) => {
+            let a = kdot::quantize(x, rows, inp, kdot::act_block(*t));
+            by_columns(out, rows, |first, dst| {
+                kdot::run_portable(v, *t, &a, first, dst)
+            })
+        }
     }
 }
 
@@ -234,4 +240,68 @@ fn blocks_from_a_file_are_taken_as_is() {
     let m = PackedMatrix::from_blocks(q.clone(), 4, 64, Format::Q4_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q4_0(&q).unwrap());
     assert!(PackedMatrix::from_blocks(q, 4, 32, Format::Q4_0).is_err());
+}
+
+/// Byte offsets of the `f16` scale fields in a block of `t`.
+fn f16_fields(t: QType) -> &'static [usize] {
+    match t {
+        QType::Q4_1 | QType::Q5_1 | QType::Q4_K | QType::Q5_K => &[0, 2],
+        QType::Q2_K => &[80, 82],
+        QType::Q3_K => &[108],
+        QType::Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+/// `[out, inp]` blocks of `t`: random bytes with finite scales, as a GGUF file holds them.
+fn random_blocks(t: QType, out: usize, inp: usize, seed: u32) -> PackedMatrix {
+    let n = out * inp / t.block_elems();
+    let noise = data(n * t.block_bytes(), seed);
+    let mut bytes: Vec<u8> = noise.iter().map(|v| (v.to_bits() >> 7) as u8).collect();
+    for (b, block) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
+        for &at in f16_fields(t) {
+            let d = f16::from_f32(0.001 + (b % 7) as f32 * 0.003).to_bits();
+            block[at..at + 2].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+    PackedMatrix::from_blocks(bytes, out, inp, Format::Quant(t)).unwrap()
+}
+
+#[test]
+fn every_block_type_matches_the_portable_code_and_is_batch_invariant() {
+    for t in QType::ALL {
+        let k = t.block_elems();
+        for (out, inp) in [(13, 2 * k), (6, k), (9, 3 * k)] {
+            let m = random_blocks(t, out, inp, out as u32 + t.ggml_id());
+            let x = data(67 * inp, 12);
+            let all = m.matmul_t(&x, 67).unwrap();
+            for rows in [1, 2, 3, 5, 8, 67] {
+                let got = m.matmul_t(&x[..rows * inp], rows).unwrap();
+                let want = portable(&m, &x[..rows * inp], rows);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{t} {out}x{inp}, {rows} rows: SIMD vs portable"
+                );
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    all[..rows * out]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{t} {out}x{inp}: first {rows} rows alone vs in a batch of 67"
+                );
+            }
+            assert!(all.iter().all(|v| v.is_finite()), "{t}");
+        }
+    }
+}
+
+#[test]
+fn only_q8_0_and_q4_0_are_produced_at_load() {
+    let w = data(4 * 256, 3);
+    assert!(matches!(
+        PackedMatrix::pack(&w, 4, 256, Format::Quant(QType::Q4_K)),
+        Err(PackError::NoQuantizer { format: "q4_k" })
+    ));
 }

@@ -15,8 +15,10 @@
 
 use std::arch::x86_64::*;
 
+use super::kdot;
 use super::qdot::{Acts, Weights};
 use super::{Blocks, COL_TILE, Job, LANES, QK, ROW_BLOCK, reduce, run};
+use crate::quant::QType;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 fn v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
@@ -513,4 +515,30 @@ unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
         }
     }
     y
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn kquant_v4(v: &[u8], t: QType, a: &kdot::Acts, first: usize, dst: &mut [f32]) {
+    kdot::run_portable(v, t, a, first, dst)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn kquant_v3(v: &[u8], t: QType, a: &kdot::Acts, first: usize, dst: &mut [f32]) {
+    kdot::run_portable(v, t, a, first, dst)
+}
+
+/// The portable kernel for the other block types ([`kdot`]) compiled for AVX-512: the
+/// same integer and `f32` operations, so the same bits.
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn run_kquant_v4(v: &[u8], t: QType, a: &kdot::Acts, first: usize, dst: &mut [f32]) {
+    // SAFETY: `kdot::matmul` calls this only when `simd_level` detected AVX-512 F/BW/VL,
+    // AVX2 and FMA, every feature `kquant_v4` enables.
+    unsafe { kquant_v4(v, t, a, first, dst) }
+}
+
+/// [`run_kquant_v4`] for AVX2 + FMA.
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn run_kquant_v3(v: &[u8], t: QType, a: &kdot::Acts, first: usize, dst: &mut [f32]) {
+    // SAFETY: `kdot::matmul` calls this only when `simd_level` detected AVX2 and FMA.
+    unsafe { kquant_v3(v, t, a, first, dst) }
 }
