@@ -262,9 +262,7 @@ impl TextTokenizer {
             tools: None,
             documents: None,
         };
-        template
-            .render(ctx)
-            .map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
+        render_capped(&template, ctx)
     }
 
     /// The token ids of a prompt. Rendered chat text already holds its special tokens, so
@@ -298,6 +296,41 @@ impl TextTokenizer {
             .decode(ids, skip_special)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
+}
+
+/// The most text a chat template may render: far more than any context window holds, far
+/// less than one template expression can make (`{{ 'ab' * 40000000 }}`, found by the
+/// `chat_template` fuzz target, took a minute to render and tokenize per request).
+const MAX_RENDERED_BYTES: usize = 4 << 20;
+
+/// Renders into a buffer that refuses to grow past [`MAX_RENDERED_BYTES`].
+fn render_capped(
+    template: &minijinja::Template<'_, '_>,
+    ctx: impl Serialize,
+) -> Result<String, EngineError> {
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+                return Err(std::io::Error::other("too long"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    template.render_captured_to(ctx, &mut out).map_err(|e| {
+        EngineError::Tokenizer(if e.kind() == ErrorKind::WriteFailure {
+            format!("chat template: the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes")
+        } else {
+            format!("chat template: {e}")
+        })
+    })?;
+    // Templates write `str`s only, so the bytes are UTF-8.
+    String::from_utf8(out.0).map_err(|e| EngineError::Tokenizer(format!("chat template: {e}")))
 }
 
 #[cfg(test)]

@@ -31,7 +31,10 @@ fn check(text: &str) {
     match ApiKey::parse(text) {
         Ok(key) => {
             assert!(expected, "accepted a malformed key");
-            assert_eq!(key.id().as_str(), &text[PREFIX.len()..PREFIX.len() + ID_LEN]);
+            assert_eq!(
+                key.id().as_str(),
+                &text[PREFIX.len()..PREFIX.len() + ID_LEN]
+            );
             assert_eq!(key.expose(), text);
             assert!(!format!("{key:?}").contains(&text[PREFIX.len() + ID_LEN..]));
             assert!(KeyId::parse(key.id().as_str()).is_ok());

@@ -27,7 +27,9 @@ const MAX_MESSAGES: usize = 64;
 
 pub fn run(data: &[u8]) {
     let parts = split::nul_parts(data, 1 + 2 * MAX_MESSAGES);
-    let (template, rest) = parts.split_first().map_or((&[][..], &[][..]), |(t, r)| (*t, r));
+    let (template, rest) = parts
+        .split_first()
+        .map_or((&[][..], &[][..]), |(t, r)| (*t, r));
     let messages: Vec<ChatMessage> = rest
         .chunks(2)
         .map(|pair| ChatMessage {
@@ -65,7 +67,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }
         out
     };
-    let convo = [("system", "Be brief."), ("user", "hello"), ("assistant", "hi"), ("user", "more")];
+    let convo = [
+        ("system", "Be brief."),
+        ("user", "hello"),
+        ("assistant", "hi"),
+        ("user", "more"),
+    ];
     vec![
         (
             "llama3",
@@ -97,7 +104,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "macro_recursion",
-            chat("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", &[("user", "x")]),
+            chat(
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                &[("user", "x")],
+            ),
         ),
         (
             "nested_loops",

@@ -45,12 +45,19 @@ pub fn run(data: &[u8]) {
             let header = parts.first().copied().unwrap_or_default();
             let claims = parts.get(1).copied().unwrap_or_default();
             let token = sign(header, claims);
-            verify_all(&fixture_verifier(), &token, serde_json::from_slice(claims).ok());
+            verify_all(
+                &fixture_verifier(),
+                &token,
+                serde_json::from_slice(claims).ok(),
+            );
         }
         _ => {
             if let Ok(verifier) = JwtVerifier::from_jwks(&split::text(rest), settings()) {
                 let claims = good_claims();
-                let token = sign(br#"{"alg":"EdDSA","kid":"ed1"}"#, claims.to_string().as_bytes());
+                let token = sign(
+                    br#"{"alg":"EdDSA","kid":"ed1"}"#,
+                    claims.to_string().as_bytes(),
+                );
                 verify_all(&verifier, &token, None);
             }
         }
@@ -67,7 +74,10 @@ fn verify_all(verifier: &JwtVerifier, token: &str, claims: Option<Value>) {
     let with_cert = verifier.verify(token, Some(THUMBPRINT));
     let without = verifier.verify(token, None);
     if let Ok(id) = &without {
-        assert!(!id.cert_bound, "a bound token verified without a certificate");
+        assert!(
+            !id.cert_bound,
+            "a bound token verified without a certificate"
+        );
         assert_eq!(with_cert.as_ref().ok(), Some(id));
     }
     if let Ok(id) = &with_cert {
@@ -75,7 +85,10 @@ fn verify_all(verifier: &JwtVerifier, token: &str, claims: Option<Value>) {
     }
     for result in [with_cert, without] {
         if let Err(PolicyError::InvalidToken(why)) = result {
-            assert!(token.len() < 16 || !why.contains(token), "error echoes the token");
+            assert!(
+                token.len() < 16 || !why.contains(token),
+                "error echoes the token"
+            );
         }
     }
 }
@@ -87,16 +100,28 @@ fn check_accepted(id: &TokenIdentity, claims: Option<&Value>) {
     let Some(claims) = claims else {
         return;
     };
-    assert_eq!(claims.get("iss").and_then(Value::as_str), Some("https://idp.example"));
-    assert_eq!(claims.get("org").and_then(Value::as_str), Some(id.tenant.as_str()));
-    assert_eq!(claims.get("sub").and_then(Value::as_str), Some(id.subject.as_str()));
+    assert_eq!(
+        claims.get("iss").and_then(Value::as_str),
+        Some("https://idp.example")
+    );
+    assert_eq!(
+        claims.get("org").and_then(Value::as_str),
+        Some(id.tenant.as_str())
+    );
+    assert_eq!(
+        claims.get("sub").and_then(Value::as_str),
+        Some(id.subject.as_str())
+    );
     let now = now();
     let time = |k: &str| claims.get(k).and_then(Value::as_f64);
     let (Some(exp), Some(nbf)) = (time("exp"), time("nbf")) else {
         panic!("accepted without numeric exp/nbf: {claims}");
     };
     // The leeway is 5 s; 1 s more for whole-second rounding.
-    assert!(exp + 6.0 >= now && nbf - 6.0 <= now, "accepted outside exp/nbf: {claims}");
+    assert!(
+        exp + 6.0 >= now && nbf - 6.0 <= now,
+        "accepted outside exp/nbf: {claims}"
+    );
     let aud = claims.get("aud");
     let aud_ok = match aud {
         Some(Value::String(a)) => a == "airlock",
@@ -172,19 +197,47 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     jwks.extend_from_slice(JWKS.as_bytes());
     vec![
         ("signed_good", signed(ed, &good.to_string())),
-        ("signed_bound", signed(ed, &with("cnf", serde_json::json!({"x5t#S256": THUMBPRINT})))),
-        ("signed_aud_list", signed(ed, &with("aud", serde_json::json!(["x", "airlock"])))),
-        ("signed_exp_string", signed(ed, &with("exp", serde_json::json!("4102444800")))),
-        ("signed_float_times", signed(ed, &with("nbf", serde_json::json!(-1.5e300)))),
-        ("signed_wrong_alg", signed(r#"{"alg":"RS256","kid":"ed1"}"#, &good.to_string())),
-        ("signed_crit", signed(r#"{"alg":"EdDSA","kid":"ed1","crit":["exp"],"jku":"http://x"}"#, &good.to_string())),
+        (
+            "signed_bound",
+            signed(
+                ed,
+                &with("cnf", serde_json::json!({"x5t#S256": THUMBPRINT})),
+            ),
+        ),
+        (
+            "signed_aud_list",
+            signed(ed, &with("aud", serde_json::json!(["x", "airlock"]))),
+        ),
+        (
+            "signed_exp_string",
+            signed(ed, &with("exp", serde_json::json!("4102444800"))),
+        ),
+        (
+            "signed_float_times",
+            signed(ed, &with("nbf", serde_json::json!(-1.5e300))),
+        ),
+        (
+            "signed_wrong_alg",
+            signed(r#"{"alg":"RS256","kid":"ed1"}"#, &good.to_string()),
+        ),
+        (
+            "signed_crit",
+            signed(
+                r#"{"alg":"EdDSA","kid":"ed1","crit":["exp"],"jku":"http://x"}"#,
+                &good.to_string(),
+            ),
+        ),
         ("raw_good", raw(&good_token)),
         ("raw_none", raw(&none_alg)),
         ("raw_garbage", raw("eyJ.eyJ.e")),
         ("jwks", jwks),
         (
             "jwks_oct",
-            [&[2u8][..], &br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#[..]].concat(),
+            [
+                &[2u8][..],
+                &br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#[..],
+            ]
+            .concat(),
         ),
     ]
 }

@@ -75,7 +75,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]],"tools":{"a":[{"b":null}]}}"#,
         ),
         ("bad_json", "{\"model\": \"m\",, \"messages\": [}"),
-        ("unicode", "{\"model\":\"\\ud800\",\"prompt\":\"\u{10ffff}\u{0}\"}"),
+        (
+            "unicode",
+            "{\"model\":\"\\ud800\",\"prompt\":\"\u{10ffff}\u{0}\"}",
+        ),
     ];
     seeds
         .iter()

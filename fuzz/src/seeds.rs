@@ -136,7 +136,9 @@ fn gguf(meta: &[(&str, Meta)], tensors: &[(&str, &[u64], u32, Vec<u8>)]) -> Vec<
 
 /// `n` bytes of a repeating pattern (weights' values do not matter to a parser).
 fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Q8_0 rows: each 32-element block is an f16 scale (1.0) and 32 signed bytes.
@@ -166,8 +168,22 @@ fn gguf_seeds() -> Vec<(&'static str, Vec<u8>)> {
     const Q8_0: u32 = 8;
     const BF16: u32 = 30;
     let tokens = vec![
-        "<|begin_of_text|>", "<|end_of_text|>", "H", "e", "l", "o", "Ġ", "w", "r", "d", "He",
-        "ll", "llo", "Ġw", "or", "ld",
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "H",
+        "e",
+        "l",
+        "o",
+        "Ġ",
+        "w",
+        "r",
+        "d",
+        "He",
+        "ll",
+        "llo",
+        "Ġw",
+        "or",
+        "ld",
     ];
     let mut types = vec![1; tokens.len()];
     types[0] = 3;
@@ -188,15 +204,26 @@ fn gguf_seeds() -> Vec<(&'static str, Vec<u8>)> {
             (k("attention.layer_norm_rms_epsilon"), Meta::F32(1e-5)),
             ("tokenizer.ggml.model".to_owned(), Meta::Str("gpt2")),
             ("tokenizer.ggml.pre".to_owned(), Meta::Str(pre)),
-            ("tokenizer.ggml.tokens".to_owned(), Meta::Strs(tokens.clone())),
-            ("tokenizer.ggml.token_type".to_owned(), Meta::I32s(types.clone())),
-            ("tokenizer.ggml.merges".to_owned(), Meta::Strs(merges.clone())),
+            (
+                "tokenizer.ggml.tokens".to_owned(),
+                Meta::Strs(tokens.clone()),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_owned(),
+                Meta::I32s(types.clone()),
+            ),
+            (
+                "tokenizer.ggml.merges".to_owned(),
+                Meta::Strs(merges.clone()),
+            ),
             ("tokenizer.ggml.bos_token_id".to_owned(), Meta::U32(0)),
             ("tokenizer.ggml.eos_token_id".to_owned(), Meta::U32(1)),
             ("tokenizer.ggml.add_bos_token".to_owned(), Meta::Bool(true)),
             (
                 "tokenizer.chat_template".to_owned(),
-                Meta::Str("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"),
+                Meta::Str(
+                    "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+                ),
             ),
         ]
     };
@@ -206,7 +233,12 @@ fn gguf_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("blk.0.attn_norm.weight", &[32], F16, bytes(32 * 2, 3)),
         ("blk.0.attn_q.weight", &[32, 32], Q8_0, q8_0(32, 32)),
         ("blk.0.attn_k.weight", &[32, 16], Q4_0, q4_0(16, 32)),
-        ("blk.0.ffn_down.weight", &[8, 32], BF16, bytes(8 * 32 * 2, 4)),
+        (
+            "blk.0.ffn_down.weight",
+            &[8, 32],
+            BF16,
+            bytes(8 * 32 * 2, 4),
+        ),
     ];
     let build = |meta: Vec<(String, Meta)>, tensors: &[(&str, &[u64], u32, Vec<u8>)]| {
         let meta: Vec<(&str, Meta)> = meta.iter().map(|(k, v)| (k.as_str(), clone(v))).collect();
@@ -264,11 +296,22 @@ fn safetensors(tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> Vec<u8> {
 /// Config files of the engine's test fixtures, paired with small weights.
 fn safetensors_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures");
-    let config = |dir: &str| std::fs::read(fixtures.join(dir).join("config.json")).unwrap_or_default();
+    let config =
+        |dir: &str| std::fs::read(fixtures.join(dir).join("config.json")).unwrap_or_default();
     let weights = safetensors(&[
-        ("model.embed_tokens.weight", "F32", &[4, 8], bytes(4 * 8 * 4, 1)),
+        (
+            "model.embed_tokens.weight",
+            "F32",
+            &[4, 8],
+            bytes(4 * 8 * 4, 1),
+        ),
         ("model.norm.weight", "F16", &[8], bytes(8 * 2, 2)),
-        ("model.layers.0.self_attn.q_proj.weight", "BF16", &[8, 8], bytes(8 * 8 * 2, 3)),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "BF16",
+            &[8, 8],
+            bytes(8 * 8 * 2, 3),
+        ),
         ("lm_head.weight", "F32", &[4, 8], bytes(4 * 8 * 4, 4)),
     ]);
     let odd = safetensors(&[
@@ -277,9 +320,18 @@ fn safetensors_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("ints", "I32", &[2], bytes(8, 6)),
     ]);
     vec![
-        ("llama_gqa", split::join_prefixed(&config("llama_gqa_f32"), &weights)),
-        ("llama3_rope", split::join_prefixed(&config("llama3_ropescaling_bf16"), &weights)),
-        ("qwen2", split::join_prefixed(&config("qwen2_bias"), &weights)),
+        (
+            "llama_gqa",
+            split::join_prefixed(&config("llama_gqa_f32"), &weights),
+        ),
+        (
+            "llama3_rope",
+            split::join_prefixed(&config("llama3_ropescaling_bf16"), &weights),
+        ),
+        (
+            "qwen2",
+            split::join_prefixed(&config("qwen2_bias"), &weights),
+        ),
         ("mistral", split::join_prefixed(&config("mistral"), &odd)),
         ("no_config", split::join_prefixed(b"", &weights)),
     ]

@@ -84,7 +84,11 @@ pub fn run(data: &[u8]) {
     if stream.denied().is_none() {
         out.push_str(&stream.finish());
     }
-    assert_eq!(stream.denied(), whole.denied.as_deref(), "deny differs by chunking");
+    assert_eq!(
+        stream.denied(),
+        whole.denied.as_deref(),
+        "deny differs by chunking"
+    );
     assert_eq!(out, whole.text, "output differs by chunking");
     let mut streamed = stream.redactions().to_vec();
     let mut expected = whole.redactions;
@@ -117,12 +121,24 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "deny_late",
-            seed(&[64, 1], &format!("{}then FORBIDDEN   phrase? no: Forbidden phrase.", "filler ".repeat(60))),
+            seed(
+                &[64, 1],
+                &format!(
+                    "{}then FORBIDDEN   phrase? no: Forbidden phrase.",
+                    "filler ".repeat(60)
+                ),
+            ),
         ),
-        ("deny_sql", seed(&[5], "ok; DROP \t TABLE users; secret-0000")),
+        (
+            "deny_sql",
+            seed(&[5], "ok; DROP \t TABLE users; secret-0000"),
+        ),
         (
             "multibyte",
-            seed(&[1, 2], "héllo wörld ✓ 𝄞 secret-9999 ünïcödé bob@exämple.com"),
+            seed(
+                &[1, 2],
+                "héllo wörld ✓ 𝄞 secret-9999 ünïcödé bob@exämple.com",
+            ),
         ),
         (
             "private_key",
@@ -133,7 +149,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "airlock_key",
-            seed(&[3], "key alk_AbCdEfGhIjKl_0123456789abcdefghijklQwErTy here"),
+            seed(
+                &[3],
+                "key alk_AbCdEfGhIjKl_0123456789abcdefghijklQwErTy here",
+            ),
         ),
     ]
 }

@@ -62,7 +62,10 @@ pub fn run(data: &[u8]) {
 fn check_identity(identity: &CertIdentity) {
     let fp = &identity.sha256_fingerprint;
     assert!(
-        fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        fp.len() == 64
+            && fp
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "fingerprint {fp:?}"
     );
 }

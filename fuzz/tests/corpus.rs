@@ -20,7 +20,11 @@ fn replay(target: &Target, files: &[PathBuf]) {
             failed.push(file.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "{}: panicked on {failed:#?}", target.name);
+    assert!(
+        failed.is_empty(),
+        "{}: panicked on {failed:#?}",
+        target.name
+    );
 }
 
 fn corpus(name: &str) {
@@ -71,7 +75,11 @@ corpus_tests!(
 fn every_seed_is_committed() {
     for (target, name, _) in seeds::all() {
         let path = corpus_root().join(target).join(format!("seed-{name}"));
-        assert!(path.is_file(), "{} is missing: regenerate the seeds (fuzz/README.md)", path.display());
+        assert!(
+            path.is_file(),
+            "{} is missing: regenerate the seeds (fuzz/README.md)",
+            path.display()
+        );
     }
 }
 
@@ -91,8 +99,14 @@ fn engine_fixtures() {
             }
         }
     }
-    assert!(!ggufs.is_empty() && !dirs.is_empty(), "no engine fixtures found");
-    replay(airlock_fuzz::target("gguf").unwrap_or_else(|| panic!("gguf")), &ggufs);
+    assert!(
+        !ggufs.is_empty() && !dirs.is_empty(),
+        "no engine fixtures found"
+    );
+    replay(
+        airlock_fuzz::target("gguf").unwrap_or_else(|| panic!("gguf")),
+        &ggufs,
+    );
     let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let inputs: Vec<PathBuf> = dirs
         .iter()
@@ -100,7 +114,10 @@ fn engine_fixtures() {
         .map(|(i, dir)| {
             let config = std::fs::read(dir.join("config.json")).unwrap_or_default();
             let weights = std::fs::read(dir.join("model.safetensors")).unwrap_or_default();
-            let mut input = u16::try_from(config.len()).unwrap_or(0).to_le_bytes().to_vec();
+            let mut input = u16::try_from(config.len())
+                .unwrap_or(0)
+                .to_le_bytes()
+                .to_vec();
             input.extend(config);
             input.extend(weights);
             let path = scratch.path().join(format!("{i}"));
@@ -108,7 +125,10 @@ fn engine_fixtures() {
             path
         })
         .collect();
-    replay(airlock_fuzz::target("safetensors").unwrap_or_else(|| panic!("safetensors")), &inputs);
+    replay(
+        airlock_fuzz::target("safetensors").unwrap_or_else(|| panic!("safetensors")),
+        &inputs,
+    );
 }
 
 /// Regenerates the seeds: `cargo test -p airlock-fuzz --test corpus -- --ignored write_seeds`.
