@@ -33,19 +33,19 @@ pub fn run(data: &[u8]) {
     match mode % 3 {
         0 => {
             fresh(&live, rest);
-            report(&[live.clone()], &key, false);
+            report(std::slice::from_ref(&live), &key, false);
         }
         1 => {
             fresh(&live, template());
             apply(&live, rest);
-            report(&[live.clone()], &key, rest.is_empty());
+            report(std::slice::from_ref(&live), &key, rest.is_empty());
         }
         _ => {
             let first = dir.join("audit-1.db");
             fresh(&first, template());
             fresh(&live, template());
             apply(&live, rest);
-            report(&[first, live.clone()], &key, false);
+            report(&[first, live], &key, false);
         }
     }
 }
@@ -207,7 +207,7 @@ impl Ops<'_> {
                 let len = usize::from(self.byte().unwrap_or(0)).min(self.0.len());
                 let (bytes, rest) = self.0.split_at(len);
                 self.0 = rest;
-                if kind % 5 == 0 {
+                if kind.is_multiple_of(5) {
                     Value::Blob(bytes.to_vec())
                 } else {
                     Value::Text(String::from_utf8_lossy(bytes).into_owned())
