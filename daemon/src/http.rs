@@ -16,6 +16,9 @@ mod audited;
 mod body;
 mod endpoints;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod inference;
 mod openai;

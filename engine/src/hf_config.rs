@@ -98,6 +98,11 @@ struct RawConfig {
     hidden_act: Option<String>,
 }
 
+/// The largest attention head dimension accepted (real models use 64 to 576): a hostile
+/// `head_dim` (or `attention.key_length`) of 385875976, found by the `gguf` fuzz target,
+/// made [`ModelConfig::inv_freq`] allocate 1.5 GB.
+const MAX_HEAD_DIM: usize = 1024;
+
 /// Reads a token id field that may be an int, a list of ints or null.
 pub(crate) fn token_ids(value: Option<&serde_json::Value>) -> Option<Vec<u32>> {
     match value? {
@@ -190,6 +195,11 @@ impl ModelConfig {
                 )));
             }
         };
+        if head_dim > MAX_HEAD_DIM {
+            return Err(err(format!(
+                "`head_dim`: {head_dim} exceeds {MAX_HEAD_DIM}"
+            )));
+        }
         if head_dim % 2 != 0 {
             return Err(err(format!("`head_dim`: {head_dim} must be even for RoPE")));
         }
@@ -339,6 +349,9 @@ impl ModelConfig {
                 )));
             }
         };
+        if head_dim > MAX_HEAD_DIM {
+            return Err(file.err(format!("head dimension {head_dim} exceeds {MAX_HEAD_DIM}")));
+        }
         if head_dim % 2 != 0 {
             return Err(file.err(format!("head dimension {head_dim} must be even for RoPE")));
         }

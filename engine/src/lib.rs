@@ -10,6 +10,9 @@ mod detok;
 mod device;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 mod gguf;
 mod hf_config;

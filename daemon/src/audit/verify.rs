@@ -175,7 +175,8 @@ fn verify_file(
     .map_err(sql)?;
     let first_seq: u64 = meta(&conn, "first_seq")
         .map_err(sql)?
-        .and_then(|v| v.parse().ok())
+        // Sequence numbers start at 1: a `first_seq` of 0 is no log the writer made.
+        .and_then(|v| v.parse().ok().filter(|&seq: &u64| seq > 0))
         .ok_or_else(|| AuditError::Format(format!("{}: not an audit log", file.display())))?;
     let prev_hash: Option<[u8; 32]> = match meta(&conn, "prev_hash").map_err(sql)? {
         None => Some(GENESIS),

@@ -52,7 +52,12 @@ impl<S: Deref<Target = FilterSet>> StreamFilter<S> {
             return String::new();
         }
         self.buf.push_str(chunk);
-        if let Some((end, rule)) = self.set.first_deny(&self.buf, self.held) {
+        // A match that ends where the text so far ends may not survive the next chunk
+        // (`\b`, `$` look past it: "drop table" is not a match in "drop tables"): it is
+        // decided once more text, or the end of the output, follows it.
+        if let Some((end, rule)) = self.set.first_deny(&self.buf, self.held)
+            && end < self.buf.len()
+        {
             self.denied = Some(rule);
             return self.release(end.saturating_sub(HOLD_BACK));
         }
@@ -66,10 +71,15 @@ impl<S: Deref<Target = FilterSet>> StreamFilter<S> {
         self.release(limit)
     }
 
-    /// The end of the output: releases everything still held (unless denied).
+    /// The end of the output: releases everything still held, unless a deny rule matches
+    /// at the very end (see `push`; check [`Self::denied`] after this too).
     pub fn finish(&mut self) -> String {
         if self.denied.is_some() {
             return String::new();
+        }
+        if let Some((end, rule)) = self.set.first_deny(&self.buf, self.held) {
+            self.denied = Some(rule);
+            return self.release(end.saturating_sub(HOLD_BACK));
         }
         self.release(self.buf.len())
     }
@@ -115,4 +125,42 @@ fn floor_char(s: &str, mut at: usize) -> usize {
         at -= 1;
     }
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Action, FilterSpec, Matcher, RuleSpec};
+    use super::*;
+
+    /// Found by the `stream_filter` fuzz target: a deny pattern ending in `\b` matched the
+    /// end of one chunk ("drop table") although the whole output ("drop tables") does not
+    /// match, so streaming cut a response the non-streaming path sends whole.
+    #[test]
+    fn deny_at_the_end_of_a_chunk_waits_for_the_next() {
+        let set = FilterSet::compile(&FilterSpec {
+            rules: vec![RuleSpec {
+                id: "no_sql".into(),
+                action: Action::Deny,
+                matcher: Matcher::Regex(r"drop\s{1,8}table\b".into()),
+                case_insensitive: true,
+            }],
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        for (chunks, denied) in [
+            (&["drop table", "s are fine"][..], None),
+            (&["drop table", " users"][..], Some("no_sql")),
+            (&["x drop table"][..], Some("no_sql")),
+        ] {
+            let whole = set.check_output_counted(&chunks.concat());
+            let mut stream = StreamFilter::new(&set);
+            let mut out: String = chunks.iter().map(|c| stream.push(c)).collect();
+            if stream.denied().is_none() {
+                out.push_str(&stream.finish());
+            }
+            assert_eq!(stream.denied(), denied, "{chunks:?}");
+            assert_eq!(whole.denied.as_deref(), denied, "{chunks:?}");
+            assert_eq!(out, whole.text, "{chunks:?}");
+        }
+    }
 }

@@ -1,0 +1,114 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`, which no shipped
+//! build enables). Each drives the loader's real code on files the caller wrote into a
+//! scratch directory, stage by stage as [`crate::loader::load_dir`] runs them, up to (not
+//! including) building the model on a device. Every stage runs even when an earlier one
+//! failed, so a hostile file reaches all of them; an error is the expected outcome, a panic
+//! is a bug.
+
+use std::path::Path;
+
+use safetensors::SafeTensors;
+
+use crate::gguf::GgufFile;
+use crate::hf_config::ModelConfig;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{Weights, hf_name};
+use crate::{ChatMessage, EngineError, Prompt};
+
+/// What one input got through, for the targets' own checks.
+#[derive(Debug, Default)]
+pub struct Reached {
+    pub config: bool,
+    pub tokenizer: bool,
+    pub weights: bool,
+    /// Tensors read back (converted to `f32`).
+    pub tensors_read: usize,
+}
+
+/// `dir/model.gguf` (written by the caller, no `tokenizer.json` beside it): header, config,
+/// tokenizer rebuilt from metadata (and its chat template rendered), every tensor read.
+pub fn gguf(dir: &Path) -> Result<Reached, EngineError> {
+    let file = GgufFile::open(&dir.join("model.gguf"))?;
+    let mut reached = Reached::default();
+    let config = ModelConfig::from_gguf(&file);
+    if let Ok(config) = &config {
+        reached.config = true;
+        let _ = config.inv_freq();
+    }
+    let eos = config.map(|c| c.eos_token_ids).unwrap_or_default();
+    if let Ok(tok) = TextTokenizer::from_gguf(dir, &file, &eos) {
+        reached.tokenizer = true;
+        exercise_tokenizer(&tok);
+    }
+    if let Ok(weights) = Weights::from_gguf(&file) {
+        reached.weights = true;
+        for t in &file.tensors {
+            reached.tensors_read += read_tensor(&weights, &hf_name(&t.name), &t.shape);
+        }
+    }
+    Ok(reached)
+}
+
+/// `dir/config.json` and `dir/model.safetensors` (written by the caller): config, header,
+/// every tensor the header lists read back.
+pub fn safetensors(dir: &Path) -> Result<Reached, EngineError> {
+    let mut reached = Reached::default();
+    if let Ok(config) = ModelConfig::from_dir(dir) {
+        reached.config = true;
+        let _ = config.inv_freq();
+    }
+    let weights = Weights::open(dir)?;
+    reached.weights = true;
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap_or_default();
+    if let Ok((_, meta)) = SafeTensors::read_metadata(&bytes) {
+        for (name, info) in meta.tensors() {
+            reached.tensors_read += read_tensor(&weights, &name, &info.shape);
+        }
+    }
+    Ok(reached)
+}
+
+/// The tokenizer of `dir` (`tokenizer.json` + `tokenizer_config.json` with a
+/// `chat_template`, written by the caller): `messages` rendered and tokenized as a chat
+/// request is.
+pub fn chat_template(dir: &Path, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+    let tok = TextTokenizer::from_dir(dir, &[])?;
+    tok.render_chat_with(messages, false)?;
+    tok.encode_prompt(&Prompt::Chat(messages.to_vec()))
+}
+
+/// Encodes, decodes and renders a chat with a loaded tokenizer, as a request would.
+fn exercise_tokenizer(tok: &TextTokenizer) {
+    if let Ok(ids) = tok.encode_text("Hello world! 123 ünïcödé\n\t<|special|>") {
+        let _ = tok.decode(&ids);
+        let _ = tok.decode_with(&ids, false);
+    }
+    let messages = [
+        ChatMessage {
+            role: "system".into(),
+            content: "Be brief.".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        },
+    ];
+    let _ = tok.encode_prompt(&Prompt::Chat(messages.to_vec()));
+    let _ = tok.decode(&[0, 1, 2, u32::MAX]);
+}
+
+/// Reads one tensor as the model would (as stored, as `f32`, as a row table); 1 when the
+/// `f32` read succeeded.
+fn read_tensor(weights: &Weights, name: &str, shape: &[usize]) -> usize {
+    let _ = weights.raw(name, shape);
+    if let [rows, cols] = *shape
+        && let Ok(table) = weights.rows(name, rows, cols)
+    {
+        let mut out = Vec::new();
+        for row in [0, rows / 2, rows.saturating_sub(1), rows] {
+            out.clear();
+            let _ = table.push_row(row, &mut out);
+        }
+    }
+    usize::from(weights.f32(name, shape).is_ok())
+}
