@@ -28,7 +28,7 @@ pub struct Reached {
 /// `dir/model.gguf` (written by the caller, no `tokenizer.json` beside it): header, config,
 /// tokenizer rebuilt from metadata (and its chat template rendered), every tensor read.
 pub fn gguf(dir: &Path) -> Result<Reached, EngineError> {
-    let file = GgufFile::open(&dir.join("model.gguf"))?;
+    let file = GgufFile::open(&dir.join("model.gguf"), None)?;
     let mut reached = Reached::default();
     let config = ModelConfig::from_gguf(&file);
     if let Ok(config) = &config {
@@ -57,7 +57,7 @@ pub fn safetensors(dir: &Path) -> Result<Reached, EngineError> {
         reached.config = true;
         let _ = config.inv_freq();
     }
-    let weights = Weights::open(dir)?;
+    let weights = Weights::open(dir, None)?;
     reached.weights = true;
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap_or_default();
     if let Ok((_, meta)) = SafeTensors::read_metadata(&bytes) {
