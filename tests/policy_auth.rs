@@ -49,11 +49,17 @@ struct Setup {
 }
 
 fn start(tenants: &str, model_extra: &str) -> Setup {
+    start_with_limits(tenants, model_extra, "")
+}
+
+/// [`start`] with extra `[limits]` lines.
+fn start_with_limits(tenants: &str, model_extra: &str, limits: &str) -> Setup {
     let pki = Pki::new(&["alice", "bob", "carol"]);
     let keydb = pki.dir().join("keys.db");
     let cfg = TestConfig {
         models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n{model_extra}"),
         extra: tenants.replace("KEYDB", keydb.to_str().unwrap()),
+        limits: format!("{}{limits}", TestConfig::default().limits),
         ..TestConfig::default()
     };
     let text = cfg.to_toml(&pki);
@@ -352,6 +358,12 @@ async fn an_unreadable_key_database_fails_closed_then_recovers() {
             .starts_with("keys_unavailable"),
         "{report}"
     );
+    // The refresher logs on its next check after the bound, which may come just after the
+    // request that was already refused.
+    let logged_by = Instant::now() + Duration::from_secs(5);
+    while !s.daemon.logs().contains("KEY DATABASE UNREADABLE") && Instant::now() < logged_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         s.daemon.logs().contains("KEY DATABASE UNREADABLE"),
         "{}",
@@ -424,7 +436,13 @@ async fn token_budget_holds_under_200_concurrent_requests() {
     let tenants = format!(
         "[[tenants]]\nname = \"acme\"\nmodels = [\"*\"]\ncert_cn = [\"alice\"]\ntokens_per_minute = {BUDGET}\n"
     );
-    let s = start(&tenants, "max_queue = 256\nmax_active = 32\n");
+    // 200 concurrent requests open up to 200 connections from one address: above the
+    // default per-address cap (64), which tests/hardening_conn.rs covers.
+    let s = start_with_limits(
+        &tenants,
+        "max_queue = 256\nmax_active = 32\n",
+        "max_connections_per_address = 256\n",
+    );
     let url = s.daemon.url("/v1/chat/completions");
     let alice = s.daemon.client(&s.pki, "alice");
     let body = json!({

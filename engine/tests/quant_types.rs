@@ -12,8 +12,11 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
 }
 
-/// `(type, rows, cols, blocks, gguf-py's dequantization)` for every fixture.
-fn fixtures() -> anyhow::Result<Vec<(QType, usize, usize, Vec<u8>, Vec<f32>)>> {
+/// `(type, rows, cols, blocks, gguf-py's dequantization)`.
+type Fixture = (QType, usize, usize, Vec<u8>, Vec<f32>);
+
+/// Every fixture in `index.json`.
+fn fixtures() -> anyhow::Result<Vec<Fixture>> {
     let index: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("index.json"))?)?;
     let index = index
         .as_object()

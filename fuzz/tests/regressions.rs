@@ -61,8 +61,7 @@ fn chat_template_output_is_capped() {
         std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
         let result = airlock_engine::fuzzing::chat_template(dir.path(), &messages);
-        let refused =
-            matches!(&result, Err(e) if e.to_string().contains("rendered more than"));
+        let refused = matches!(&result, Err(e) if e.to_string().contains("rendered more than"));
         assert_eq!(refused, capped, "{template}: {result:?}");
     }
 }
