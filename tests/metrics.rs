@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use serde_json::json;
@@ -41,27 +41,6 @@ fn start(admin: &str) -> (Pki, Daemon) {
     (pki, daemon)
 }
 
-/// The admin address from the `admin listening on SCHEME://ADDR` line (printed right after
-/// the `listening on` line the daemon helper waits for).
-fn admin_url(daemon: &Daemon) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some(url) = daemon
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("admin listening on "))
-        {
-            return url.to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no admin line in stdout: {}",
-            daemon.stdout()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn chat(content: &str) -> serde_json::Value {
     json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8})
 }
@@ -76,7 +55,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_outcomes_and_pass_promtool() {
     let (pki, daemon) = start("\n[admin]\naddress = \"127.0.0.1:0\"\n");
-    let admin = admin_url(&daemon);
+    let admin = daemon.admin_url();
     assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
     let alice = daemon.client(&pki, "alice");
     let carol = daemon.client(&pki, "carol");
@@ -262,7 +241,7 @@ fn promtool_check(text: &str) {
 #[tokio::test]
 async fn status_prints_a_summary_and_fails_clearly_without_a_listener() {
     let (pki, mut daemon) = start("\n[admin]\naddress = \"127.0.0.1:0\"\n");
-    let admin = admin_url(&daemon);
+    let admin = daemon.admin_url();
     let alice = daemon.client(&pki, "alice");
     let resp = alice
         .post(daemon.url("/v1/chat/completions"))
@@ -333,7 +312,7 @@ async fn admin_tls_requires_a_client_certificate() {
     let admin = "\n[admin]\naddress = \"127.0.0.1:0\"\n[admin.tls]\ncert = \"PKI/server.pem\"\n\
                  key = \"PKI/server.key\"\nclient_ca = \"PKI/ca.pem\"\n";
     let (pki, daemon) = start(admin);
-    let url = admin_url(&daemon);
+    let url = daemon.admin_url();
     let addr = url.strip_prefix("https://").expect(&url).parse().unwrap();
     let with_cert = common::client_tls(&pki.ca(), Some(pki.client("alice")));
     let answer = common::raw_get(addr, with_cert, "/healthz").await.unwrap();
