@@ -216,11 +216,11 @@ async fn h2_connect(daemon: &Daemon, tls: rustls::ClientConfig) -> H2 {
 fn reload(daemon: &Daemon) -> Instant {
     let before = daemon.logs().matches(RELOADED).count();
     daemon.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while daemon.logs().matches(RELOADED).count() == before {
-        assert!(Instant::now() < deadline, "no reload: {}", daemon.logs());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        daemon.wait_for_log_count(RELOADED, before + 1, Duration::from_secs(20)),
+        "no reload: {}",
+        daemon.logs()
+    );
     Instant::now()
 }
 

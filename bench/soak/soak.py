@@ -104,6 +104,9 @@ crls = ["{d}/certs/crl.pem"]
 
 [limits]
 shutdown_grace = "20s"
+# Every simulated client shares 127.0.0.1, with one keep-alive connection per worker thread and
+# certificate (up to workers x 6): far over the per-address default of 64 meant for real peers.
+max_connections_per_address = {args.workers * len(TENANT_CERTS) + 16}
 request_deadline = "120s"
 
 [[models]]

@@ -89,7 +89,8 @@ pub struct Access {
     config: PolicyConfig,
     keys: Option<Arc<KeySnapshot>>,
     cache: VerifiedKeyCache,
-    throttle: FailureThrottle<String>,
+    /// Shared with the next configuration generation (see [`Access::inherit_guards`]).
+    throttle: Arc<FailureThrottle<String>>,
     argon2: Arc<Semaphore>,
     /// Concurrent cache misses for the same key wait for one verification instead of each
     /// hashing and each paying the throttle: a client that opens with a burst of requests
@@ -160,11 +161,11 @@ impl Access {
             .transpose()?;
         Ok(Arc::new(Self {
             cache: VerifiedKeyCache::new(config.key_cache_ttl, CACHE_CAPACITY),
-            throttle: FailureThrottle::new(
+            throttle: Arc::new(FailureThrottle::new(
                 NonZeroU32::new(THROTTLE_BURST).unwrap_or(NonZeroU32::MIN),
                 THROTTLE_PERIOD,
                 THROTTLE_CLIENTS,
-            ),
+            )),
             argon2: Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
             verifying: stripes(VERIFY_STRIPES),
             stripe_hasher: std::collections::hash_map::RandomState::new(),
@@ -178,13 +179,21 @@ impl Access {
         let config = PolicyConfig::default();
         Arc::new(Self {
             cache: VerifiedKeyCache::new(config.key_cache_ttl, 1),
-            throttle: FailureThrottle::new(NonZeroU32::MIN, THROTTLE_PERIOD, 1),
+            throttle: Arc::new(FailureThrottle::new(NonZeroU32::MIN, THROTTLE_PERIOD, 1)),
             argon2: Arc::new(Semaphore::new(1)),
             verifying: stripes(1),
             stripe_hasher: std::collections::hash_map::RandomState::new(),
             keys: None,
             config,
         })
+    }
+
+    /// Takes over `previous`'s key-guessing throttle and argon2 permits (a reload): a
+    /// SIGHUP must not refill every client's guessing budget, nor let two generations hash
+    /// with twice the permitted concurrency.
+    pub(crate) fn inherit_guards(&mut self, previous: &Access) {
+        self.throttle = Arc::clone(&previous.throttle);
+        self.argon2 = Arc::clone(&previous.argon2);
     }
 
     /// Whether API keys can be checked: no key database, or one confirmed current within

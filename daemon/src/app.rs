@@ -84,11 +84,22 @@ impl App {
     /// Takes over `previous`'s request slots when the limit is unchanged (a reload), so
     /// that requests still in flight on the previous generation count against the next one
     /// instead of the limit being briefly doubled.
-    pub(crate) fn inherit_slots(app: &mut Arc<App>, previous: &App) {
-        if let Some(next) = Arc::get_mut(app)
-            && next.settings.max_concurrent_requests == previous.settings.max_concurrent_requests
-        {
+    /// The key-guessing throttle and argon2 permits carry over too ([`Access::inherit_guards`]).
+    ///
+    /// [`Access::inherit_guards`]: crate::access::Access::inherit_guards
+    pub(crate) fn inherit_from(app: &mut Arc<App>, previous: &App) {
+        let Some(next) = Arc::get_mut(app) else {
+            tracing::warn!("reload: the new generation is already shared; limits start fresh");
+            return;
+        };
+        if next.settings.max_concurrent_requests == previous.settings.max_concurrent_requests {
             next.slots = Arc::clone(&previous.slots);
+        }
+        match Arc::get_mut(&mut next.access) {
+            Some(access) => access.inherit_guards(&previous.access),
+            None => tracing::warn!(
+                "reload: the new access state is already shared; throttle starts fresh"
+            ),
         }
     }
 

@@ -381,9 +381,14 @@ impl Daemon {
 
     /// Waits until the log contains `needle`; false after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `count` times; false after `timeout`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.logs().contains(needle) {
+            if self.logs().matches(needle).count() >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -138,7 +138,7 @@ impl State {
         }
         let hash = crate::audit::config_hash(path);
         let mut state = State::build_audited(config, engine, self.audit_log.clone(), hash)?;
-        App::inherit_slots(&mut state.app, &self.app);
+        App::inherit_from(&mut state.app, &self.app);
         Ok((state, warnings))
     }
 }
