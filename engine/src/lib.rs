@@ -15,22 +15,25 @@ mod error;
 pub mod fuzzing;
 mod generate;
 mod gguf;
-mod hf_config;
 pub mod kernels;
 mod kv;
-mod linear;
+mod layers;
 mod loader;
 mod manifest;
-mod model;
+mod models;
 pub mod quant;
 mod sampling;
 mod scheduler;
 mod score;
 mod sequence;
 mod spec;
+mod tensor_file;
 pub mod test_engine;
 mod tokenizer;
 mod weights;
+
+// The shared config module under its former name, for the tokenizer's imports.
+use models::config as hf_config;
 
 pub use api::{
     CancelToken, ChatMessage, Engine, EngineStatus, FinishReason, GenerateRequest, Generation,
