@@ -12,7 +12,6 @@ use crate::layers::linear::Linear;
 pub enum Activation {
     Silu,
     /// GELU, tanh approximation (`gelu_pytorch_tanh`).
-    #[expect(dead_code, reason = "Gemma's GeGLU (models/gemma.rs) uses it")]
     GeluTanh,
 }
 

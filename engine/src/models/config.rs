@@ -57,10 +57,6 @@ pub struct ModelConfig {
     /// The [`crate::models::Family`] that parsed it and loads the model.
     pub(crate) family: &'static str,
     /// The family's own settings (what only its forward pass needs), downcast by its loader.
-    #[expect(
-        dead_code,
-        reason = "read by families with settings of their own (Gemma)"
-    )]
     pub(crate) extra: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -93,10 +89,6 @@ impl ModelConfig {
     }
 
     /// The family's settings of type `T` (set by its config parser).
-    #[expect(
-        dead_code,
-        reason = "used by families with settings of their own (Gemma)"
-    )]
     pub(crate) fn extra<T: Any>(&self) -> Result<&T, EngineError> {
         self.extra
             .as_deref()
@@ -180,6 +172,19 @@ impl HfConfig {
     /// A field, absent when missing or `null`.
     pub fn get(&self, field: &str) -> Option<&Json> {
         self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    /// Whether the file names `field` at all (`null` included): where transformers gives a
+    /// missing field a default but reads `null` as "off" (Gemma 2's soft-caps).
+    pub fn has(&self, field: &str) -> bool {
+        self.obj.contains_key(field)
+    }
+
+    /// `rope_parameters` of the transformers-5 layout; with per-layer-type parameters
+    /// (Gemma 3: `full_attention` / `sliding_attention`), those of the global layers.
+    pub fn rope_parameters(&self) -> Option<&Json> {
+        let p = self.get("rope_parameters")?;
+        Some(p.get("full_attention").filter(|f| !f.is_null()).unwrap_or(p))
     }
 
     /// `architectures[0]`, else `model_type`.
@@ -294,7 +299,7 @@ impl HfConfig {
             return Err(self.err(format!("`rms_norm_eps`: {rms_norm_eps} must be positive")));
         }
         let params_theta = self
-            .get("rope_parameters")
+            .rope_parameters()
             .and_then(|p| p.get("rope_theta"))
             .and_then(Json::as_f64);
         let rope_theta = self
@@ -364,7 +369,7 @@ impl HfConfig {
         head_dim: usize,
         max_positions: usize,
     ) -> Result<RopeScaling, EngineError> {
-        let value = match (self.get("rope_scaling"), self.get("rope_parameters")) {
+        let value = match (self.get("rope_scaling"), self.rope_parameters()) {
             (Some(s), _) => s,
             (None, Some(p)) => p,
             (None, None) => return Ok(RopeScaling::None),

@@ -36,6 +36,7 @@ families! {
     llama::Llama,
     qwen3::Qwen3,
     phi3::Phi3,
+    gemma::Gemma,
 }
 
 /// One architecture family: names, config parsers, GGUF tensor names, model loader.
