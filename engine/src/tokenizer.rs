@@ -127,8 +127,10 @@ impl std::fmt::Display for TemplateRaised {
 impl std::error::Error for TemplateRaised {}
 
 fn raise_exception(message: String) -> Result<Value, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, message.clone())
-        .with_source(TemplateRaised(message)))
+    Err(
+        JinjaError::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(TemplateRaised(message)),
+    )
 }
 
 /// The message of the `raise_exception` call behind `e`, if a template raised it.

@@ -184,7 +184,11 @@ impl HfConfig {
     /// (Gemma 3: `full_attention` / `sliding_attention`), those of the global layers.
     pub fn rope_parameters(&self) -> Option<&Json> {
         let p = self.get("rope_parameters")?;
-        Some(p.get("full_attention").filter(|f| !f.is_null()).unwrap_or(p))
+        Some(
+            p.get("full_attention")
+                .filter(|f| !f.is_null())
+                .unwrap_or(p),
+        )
     }
 
     /// `architectures[0]`, else `model_type`.

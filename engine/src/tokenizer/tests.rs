@@ -179,8 +179,13 @@ fn a_template_that_raises_refuses_the_messages() {
             other => panic!("{name}: expected a refusal, got {other:?}"),
         }
     });
-    assert!(seen > 0, "no fixture has a template that rejects a system message");
-    let reason = refusal(&with_template("{{ raise_exception('no ' ~ messages[0].role) }}"));
+    assert!(
+        seen > 0,
+        "no fixture has a template that rejects a system message"
+    );
+    let reason = refusal(&with_template(
+        "{{ raise_exception('no ' ~ messages[0].role) }}",
+    ));
     assert!(reason.contains("no user"), "{reason}");
 }
 
