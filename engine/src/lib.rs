@@ -1,4 +1,5 @@
-//! Airlock's inference engine: Hugging Face Llama-family models run with burn, on wgpu GPUs
+//! Airlock's inference engine: decoder-only language models (one module per architecture
+//! family in `models/`, built from the shared `layers/`) run with burn, on wgpu GPUs
 //! (Vulkan, Metal, DX12) or burn's pure-Rust CPU backend.
 //!
 //! The gateway talks to it only through [`Engine`] and the types in [`api`]; the developer

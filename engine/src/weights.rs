@@ -27,7 +27,7 @@ use crate::gguf::GgufFile;
 use crate::manifest::Vouched;
 use crate::tensor_file::{WeightDType, convert_into, read_weights};
 
-/// A weight tensor as stored, in HF layout: what a [`crate::linear::Linear`] that keeps
+/// A weight tensor as stored, in HF layout: what a [`crate::layers::linear::Linear`] that keeps
 /// quantized blocks needs to use them without requantizing.
 pub struct RawTensor<'a> {
     pub dtype: WeightDType,

@@ -16,6 +16,10 @@ pub enum Activation {
 }
 
 /// How the gate and up projections are stored.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per layer, built once at load; never moved on the hot path"
+)]
 pub enum GateUp {
     Separate {
         gate: Linear,

@@ -324,7 +324,7 @@ impl HfConfig {
             None => head_dim,
             Some(f) => {
                 let rd = (head_dim as f64 * f) as usize;
-                if !(f > 0.0 && f <= 1.0) || rd == 0 || rd % 2 != 0 {
+                if !(f > 0.0 && f <= 1.0) || rd == 0 || !rd.is_multiple_of(2) {
                     return Err(self.err(format!(
                         "`partial_rotary_factor`: {f} must be in (0, 1] and leave an even, \
                          non-zero number of rotated dimensions (head_dim {head_dim})"
@@ -728,5 +728,50 @@ mod tests {
             e.contains("rope_scaling.short_factor") && e.contains("expected 2"),
             "{e}"
         );
+    }
+
+    fn phi3(extra: &str) -> String {
+        format!(
+            r#"{{"architectures":["Phi3ForCausalLM"],"vocab_size":10,"hidden_size":16,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+            "max_position_embeddings":1024,"original_max_position_embeddings":256{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn phi3_longrope_defaults_its_attention_factor_from_the_context_ratio() {
+        let text = phi3(
+            r#","partial_rotary_factor":0.75,"rope_scaling":{"type":"su",
+            "short_factor":[1,1,1],"long_factor":[2,2,2]}"#,
+        );
+        let c = ModelConfig::parse(&text, Path::new("c.json")).map_err(|e| e.to_string());
+        match c.as_ref().map(|c| (&c.rope_scaling, c.rotary_dim)) {
+            Ok((RopeScaling::LongRope(l), 6)) => {
+                let want = (1.0 + 4f64.ln() / 256f64.ln()).sqrt();
+                assert!((l.attention_factor - want).abs() < 1e-12, "{l:?}");
+                assert_eq!(l.original_max_position_embeddings, 256.0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_rotary_is_refused_where_the_architecture_rotates_whole_heads() {
+        let text = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":16,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
+            "max_position_embeddings":64,"partial_rotary_factor":0.5}"#;
+        let e = ModelConfig::parse(text, Path::new("c.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("partial rotary") && e.contains("llama"), "{e}");
+        let e = ModelConfig::parse(
+            &phi3(r#","partial_rotary_factor":1.5"#),
+            Path::new("c.json"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("`partial_rotary_factor`"), "{e}");
     }
 }

@@ -118,6 +118,10 @@ impl Family for Phi3 {
 
 /// The q/k/v projections: fused (`qkv_proj`) as Phi-3 ships them, or separate (a GGUF may
 /// hold either).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per layer, built once at load; never moved on the hot path"
+)]
 enum Qkv {
     Fused(Linear),
     Separate { q: Linear, k: Linear, v: Linear },
