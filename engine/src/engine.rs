@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kv::BlockPool;
 use crate::loader::{Integrity, LoadedModel, load_dir};
-use crate::model::BatchItem;
+use crate::models::BatchItem;
 use crate::sampling::validate;
 use crate::scheduler::TenantQueues;
 use crate::sequence::Sequence;

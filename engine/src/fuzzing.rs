@@ -10,9 +10,10 @@ use std::path::Path;
 use safetensors::SafeTensors;
 
 use crate::gguf::GgufFile;
-use crate::hf_config::ModelConfig;
+use crate::models::config::ModelConfig;
+use crate::models::{family_for_gguf, gguf_weights};
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{Weights, hf_name};
+use crate::weights::Weights;
 use crate::{ChatMessage, EngineError, Prompt};
 
 /// What one input got through, for the targets' own checks.
@@ -40,10 +41,11 @@ pub fn gguf(dir: &Path) -> Result<Reached, EngineError> {
         reached.tokenizer = true;
         exercise_tokenizer(&tok);
     }
-    if let Ok(weights) = Weights::from_gguf(&file) {
+    if let (Ok(weights), Ok(family)) = (gguf_weights(&file), family_for_gguf(&file)) {
         reached.weights = true;
         for t in &file.tensors {
-            reached.tensors_read += read_tensor(&weights, &hf_name(&t.name), &t.shape);
+            let name = family.gguf_tensor_name(&t.name);
+            reached.tensors_read += read_tensor(&weights, &name, &t.shape);
         }
     }
     Ok(reached)

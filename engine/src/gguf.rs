@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::EngineError;
 use crate::manifest::Vouched;
 use crate::quant::QType;
-use crate::weights::{WeightDType, read_weights};
+use crate::tensor_file::{WeightDType, read_weights};
 
 pub(crate) mod tokenizer;
 

@@ -1,4 +1,5 @@
-//! Airlock's inference engine: Hugging Face Llama-family models run with burn, on wgpu GPUs
+//! Airlock's inference engine: decoder-only language models (one module per architecture
+//! family in `models/`, built from the shared `layers/`) run with burn, on wgpu GPUs
 //! (Vulkan, Metal, DX12) or burn's pure-Rust CPU backend.
 //!
 //! The gateway talks to it only through [`Engine`] and the types in [`api`]; the developer
@@ -15,22 +16,25 @@ mod error;
 pub mod fuzzing;
 mod generate;
 mod gguf;
-mod hf_config;
 pub mod kernels;
 mod kv;
-mod linear;
+mod layers;
 mod loader;
 mod manifest;
-mod model;
+mod models;
 pub mod quant;
 mod sampling;
 mod scheduler;
 mod score;
 mod sequence;
 mod spec;
+mod tensor_file;
 pub mod test_engine;
 mod tokenizer;
 mod weights;
+
+// The shared config module under its former name, for the tokenizer's imports.
+use models::config as hf_config;
 
 pub use api::{
     CancelToken, ChatMessage, Engine, EngineStatus, FinishReason, GenerateRequest, Generation,

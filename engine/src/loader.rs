@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::device::place;
 use crate::gguf::GgufFile;
-use crate::hf_config::ModelConfig;
 use crate::manifest::vouch;
-use crate::model::Model;
+use crate::models::Model;
+use crate::models::config::ModelConfig;
 use crate::spec::Quantize;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
@@ -99,7 +99,7 @@ pub fn load_dir(
             let file = GgufFile::open(&path, vouched.as_mut())?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = TextTokenizer::from_gguf(dir, &file, &config.eos_token_ids)?;
-            (config, tokenizer, Weights::from_gguf(&file)?)
+            (config, tokenizer, crate::models::gguf_weights(&file)?)
         }
     };
     // Listed weight files the loader did not read are hashed now: every listed file has
@@ -140,7 +140,7 @@ pub fn load_dir(
     drop(weights);
     tracing::info!(
         dir = %dir.display(),
-        architecture = ?loaded.model.config.architecture,
+        architecture = loaded.model.config.architecture,
         device = %loaded.device,
         context_length,
         load_ms = loaded.load_time.as_millis() as u64,

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::loader::{Integrity, LoadedModel, load_dir};
-use crate::model::KvCache;
+use crate::models::KvCache;
 use crate::{DeviceChoice, EngineError, Quantize};
 
 /// One model and the KV cache of the sequence fed to it so far.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::detok::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::loader::LoadedModel;
-use crate::model::KvCache;
+use crate::models::KvCache;
 use crate::sampling::Sampler;
 use crate::{EngineError, FinishReason, GenerationTimings, SamplingParams, TokenEvent, Usage};
 

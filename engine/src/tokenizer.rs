@@ -112,8 +112,37 @@ fn chat_env(source: String, path: &Path, field: &str) -> Result<Environment<'sta
     Ok(env)
 }
 
+/// What a template's own `raise_exception(...)` call produced: the template refuses these
+/// messages (Gemma's "System role not supported", Mistral's "roles must alternate"). Kept as
+/// the error's source so that a refusal is told apart from a broken template by type.
+#[derive(Debug)]
+struct TemplateRaised(String);
+
+impl std::fmt::Display for TemplateRaised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TemplateRaised {}
+
 fn raise_exception(message: String) -> Result<Value, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+    Err(
+        JinjaError::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(TemplateRaised(message)),
+    )
+}
+
+/// The message of the `raise_exception` call behind `e`, if a template raised it.
+fn raised_by_template(e: &JinjaError) -> Option<&str> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(raised) = s.downcast_ref::<TemplateRaised>() {
+            return Some(&raised.0);
+        }
+        source = s.source();
+    }
+    None
 }
 
 impl TextTokenizer {
@@ -321,7 +350,16 @@ impl TextTokenizer {
                     ),
                 })
             }
-            Err(e) => Err(EngineError::Tokenizer(format!("chat template: {e}"))),
+            // The template itself refuses these messages (a system turn a model has no role
+            // for, roles out of order): the client's request, answered with the template's
+            // own words, never a server error.
+            Err(e) => match raised_by_template(&e) {
+                Some(message) => Err(EngineError::InvalidRequest {
+                    param: "messages",
+                    reason: format!("the model's chat template rejects these messages: {message}"),
+                }),
+                None => Err(EngineError::Tokenizer(format!("chat template: {e}"))),
+            },
         }
     }
 

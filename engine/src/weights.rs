@@ -11,8 +11,8 @@
 //!
 //! Lookups always use Hugging Face names and layouts (`model.layers.0.self_attn.q_proj.weight`,
 //! `[out, in]`), so the model never learns which format it came from: a GGUF tensor is
-//! registered under its HF name, and llama.cpp's per-head row permutation of Llama's q/k
-//! projections is undone as rows are read (whole rows move, so this works on quantized rows
+//! registered under its HF name (each architecture's table in [`crate::models`]), and
+//! llama.cpp's per-head row permutation of Llama's q/k projections is undone as rows are read (whole rows move, so this works on quantized rows
 //! too: GGUF's quantized blocks run along the input dimension, inside a row).
 
 use std::borrow::Cow;
@@ -24,54 +24,10 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::EngineError;
 use crate::gguf::GgufFile;
-use crate::manifest::{Vouched, read_unverified};
-use crate::quant::QType;
+use crate::manifest::Vouched;
+use crate::tensor_file::{WeightDType, convert_into, read_weights};
 
-/// Element types we convert from. [`WeightDType::Quant`] is one of GGUF's block types (see
-/// [`crate::quant`]): a row is a run of 32- or 256-element blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightDType {
-    F32,
-    F16,
-    BF16,
-    Quant(QType),
-}
-
-impl WeightDType {
-    /// Elements per block (1 for plain floats).
-    pub fn block_elems(self) -> usize {
-        match self {
-            Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Quant(t) => t.block_elems(),
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::BF16 => 2,
-            Self::Quant(t) => t.block_bytes(),
-        }
-    }
-
-    /// ggml's name for the type (`F32`, `BF16`, `Q4_K`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "F32",
-            Self::F16 => "F16",
-            Self::BF16 => "BF16",
-            Self::Quant(t) => t.name(),
-        }
-    }
-
-    /// Bytes of `n` consecutive elements (`n` a multiple of [`Self::block_elems`]).
-    pub fn bytes_for(self, n: usize) -> usize {
-        n / self.block_elems() * self.block_bytes()
-    }
-}
-
-/// A weight tensor as stored, in HF layout: what a [`crate::linear::Linear`] that keeps
+/// A weight tensor as stored, in HF layout: what a [`crate::layers::linear::Linear`] that keeps
 /// quantized blocks needs to use them without requantizing.
 pub struct RawTensor<'a> {
     pub dtype: WeightDType,
@@ -126,17 +82,6 @@ impl RowTable {
         let bytes = self.bytes.get(begin..begin + size)?;
         convert_into(bytes, self.dtype, out);
         Some(())
-    }
-}
-
-/// Reads a weight file: checked against the manifest when there is one.
-pub(crate) fn read_weights(
-    path: &Path,
-    vouched: Option<&mut Vouched>,
-) -> Result<Vec<u8>, EngineError> {
-    match vouched {
-        Some(v) => v.read(path),
-        None => read_unverified(path),
     }
 }
 
@@ -233,30 +178,22 @@ impl Weights {
         Ok(Weights { files, entries })
     }
 
-    /// Registers the tensors of a GGUF file under their Hugging Face names.
-    pub fn from_gguf(file: &GgufFile) -> Result<Weights, EngineError> {
-        let arch = file.architecture()?;
-        let heads = |key: &str| -> Option<usize> {
-            file.get(&format!("{arch}.{key}"))
-                .and_then(crate::gguf::Value::as_u64)
-                .and_then(|v| usize::try_from(v).ok())
-                .filter(|&v| v > 0)
-        };
-        let n_head = heads("attention.head_count");
-        let n_kv = heads("attention.head_count_kv").or(n_head);
+    /// Registers the tensors of a GGUF file under the names the architecture's forward pass
+    /// looks up: `rename` maps a GGUF name to it (the architecture's own table, see
+    /// [`crate::models`]), and `permuted_heads` names the tensors whose rows llama.cpp's
+    /// converter permuted per head (Llama's q/k), with their head count, so that the
+    /// permutation is undone as rows are read.
+    pub fn from_gguf(
+        file: &GgufFile,
+        rename: impl Fn(&str) -> String,
+        permuted_heads: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Weights, EngineError> {
         let mut entries = HashMap::new();
         for t in &file.tensors {
-            let name = hf_name(&t.name);
-            // llama.cpp permutes q/k rows only for the `llama` architecture (other
-            // architectures use NEOX-style RoPE, which is HF's layout).
-            let unpermute_heads = match (arch, t.name.rsplit('.').nth(1)) {
-                ("llama", Some("attn_q")) => n_head,
-                ("llama", Some("attn_k")) => n_kv,
-                _ => None,
-            };
+            let unpermute_heads = permuted_heads(&t.name);
             if let Some(h) = unpermute_heads {
                 let rows = t.shape.first().copied().unwrap_or(0);
-                if rows % h != 0 || (rows / h) % 2 != 0 {
+                if h == 0 || rows % h != 0 || (rows / h) % 2 != 0 {
                     return Err(file.err(format!(
                         "tensor `{}`: {rows} rows do not split into {h} heads of even size",
                         t.name
@@ -264,7 +201,7 @@ impl Weights {
                 }
             }
             entries.insert(
-                name,
+                rename(&t.name),
                 Entry {
                     file: 0,
                     dtype: t.dtype,
@@ -367,36 +304,6 @@ impl Weights {
     }
 }
 
-/// GGUF name → Hugging Face name (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`);
-/// names without an HF counterpart (`rope_freqs.weight`) are kept.
-pub(crate) fn hf_name(gguf: &str) -> String {
-    match gguf {
-        "token_embd.weight" => return "model.embed_tokens.weight".into(),
-        "output_norm.weight" => return "model.norm.weight".into(),
-        "output.weight" => return "lm_head.weight".into(),
-        _ => {}
-    }
-    let mut parts = gguf.splitn(4, '.');
-    if let (Some("blk"), Some(layer), Some(kind), Some(suffix)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    {
-        let hf = match kind {
-            "attn_norm" => "input_layernorm",
-            "attn_q" => "self_attn.q_proj",
-            "attn_k" => "self_attn.k_proj",
-            "attn_v" => "self_attn.v_proj",
-            "attn_output" => "self_attn.o_proj",
-            "ffn_norm" => "post_attention_layernorm",
-            "ffn_gate" => "mlp.gate_proj",
-            "ffn_up" => "mlp.up_proj",
-            "ffn_down" => "mlp.down_proj",
-            _ => return gguf.into(),
-        };
-        return format!("model.layers.{layer}.{hf}.{suffix}");
-    }
-    gguf.into()
-}
-
 /// Undoes llama.cpp's `permute`: inside each head of `d` rows, GGUF row `2i + j` holds HF
 /// row `j·d/2 + i` (the two halves rotated together by RoPE are interleaved there).
 fn unpermute_rows(bytes: &[u8], shape: &[usize], heads: usize) -> Vec<u8> {
@@ -417,31 +324,4 @@ fn unpermute_rows(bytes: &[u8], shape: &[usize], heads: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-fn convert_into(bytes: &[u8], dtype: WeightDType, out: &mut Vec<f32>) {
-    match dtype {
-        WeightDType::Quant(t) => {
-            // Tensors and row tables hold whole blocks (checked when the file is parsed), so
-            // the ragged-tail error cannot happen here; a short read yields fewer values and
-            // the caller's shape check reports it.
-            let whole = bytes.len() - bytes.len() % t.block_bytes();
-            let _ = t.dequantize_into(&bytes[..whole], out);
-        }
-        WeightDType::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-        WeightDType::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
-        ),
-        WeightDType::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
-        ),
-    }
 }

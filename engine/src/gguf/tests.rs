@@ -1,5 +1,4 @@
 use super::*;
-use crate::weights::hf_name;
 
 /// A GGUF v3 file: `kv` pre-encoded key/values, one `[2, 32]` F32 tensor `t`.
 fn file(kv: &[Vec<u8>], ty: u32, dims: &[u64]) -> Vec<u8> {
@@ -120,20 +119,6 @@ fn rejects_malformed_values_precisely() {
         .err()
         .unwrap_or_default();
     assert!(err.contains("5 dimensions"), "{err}");
-}
-
-#[test]
-fn maps_gguf_names_to_hf_names() {
-    assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
-    assert_eq!(
-        hf_name("blk.11.attn_k.bias"),
-        "model.layers.11.self_attn.k_proj.bias"
-    );
-    assert_eq!(
-        hf_name("blk.0.ffn_norm.weight"),
-        "model.layers.0.post_attention_layernorm.weight"
-    );
-    assert_eq!(hf_name("rope_freqs.weight"), "rope_freqs.weight");
 }
 
 /// An array entry of `n` elements of type `elem`, each encoded as `item`.

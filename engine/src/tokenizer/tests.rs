@@ -151,6 +151,44 @@ fn refusal(tok: &TextTokenizer) -> String {
     }
 }
 
+/// Gemma 2's template raises on a system message: that is the client's 400 with the
+/// template's own words, not a server error; Gemma 3's folds it into the first user turn.
+#[test]
+fn a_template_that_raises_refuses_the_messages() {
+    let mut seen = 0;
+    each_variant(|name, tok, v| {
+        let Some(want) = v["chat_system_error"].as_str() else {
+            return;
+        };
+        seen += 1;
+        let messages = vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "Be brief.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+        ];
+        match tok.render_chat(&messages) {
+            Err(crate::EngineError::InvalidRequest { param, reason }) => {
+                assert_eq!(param, "messages", "{name}");
+                assert!(reason.contains(want), "{name}: {reason}");
+            }
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    });
+    assert!(
+        seen > 0,
+        "no fixture has a template that rejects a system message"
+    );
+    let reason = refusal(&with_template(
+        "{{ raise_exception('no ' ~ messages[0].role) }}",
+    ));
+    assert!(reason.contains("no user"), "{reason}");
+}
+
 #[test]
 fn a_template_that_loops_runs_out_of_fuel() {
     let tok = with_template(

@@ -17,7 +17,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use crate::EngineError;
 use crate::kernels::{Format, PackedMatrix};
 use crate::spec::Quantize;
-use crate::weights::{WeightDType, Weights};
+use crate::tensor_file::WeightDType;
+use crate::weights::Weights;
 
 enum Weight {
     Tensor(Box<Tensor<2>>),

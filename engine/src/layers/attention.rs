@@ -1,0 +1,358 @@
+//! Attention over a batched step: the per-sequence KV cache, the step's layout ([`Batch`]:
+//! every item's new rows stacked into one `[rows, hidden]` activation, with per-item RoPE
+//! tables and masks) and grouped-query attention ([`Attention`]) with the options the
+//! supported architectures need: q/k RMSNorm per head, logit soft-capping, a sliding window.
+//!
+//! Projections run once per layer for the whole batch; RoPE and attention
+//! (`[kv_heads, group × n, keys]`) run per item against its own cache.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+
+use crate::EngineError;
+use crate::layers::norm::RmsNorm;
+use crate::layers::rope::{self, Rope};
+use crate::weights::RowTable;
+
+pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Inference(e.to_string())
+}
+
+/// The keys and values of every position a sequence has seen, per layer: `[kv_heads,
+/// capacity, head_dim]` tensors of which the first `len` positions are filled. Capacity
+/// doubles when full, so a decode step writes one position in place instead of copying the
+/// whole cache (`Tensor::cat` on every step did).
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
+    len: usize,
+}
+
+/// Smallest capacity a cache tensor is allocated with, in positions.
+const MIN_CAPACITY: usize = 32;
+
+impl KvCache {
+    /// An empty cache for a model of `layers` layers.
+    pub fn new(layers: usize) -> KvCache {
+        KvCache {
+            layers: (0..layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Drops every cached position (recompute preemption), keeping the layer count.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+
+    /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at positions `past..past + n` of `layer`
+    /// and returns the filled keys and values `[kv_heads, past + n, head_dim]`.
+    fn append(
+        &mut self,
+        layer: usize,
+        past: usize,
+        k: Tensor<3>,
+        v: Tensor<3>,
+    ) -> Result<(Tensor<3>, Tensor<3>), EngineError> {
+        let [heads, n, hd] = k.dims();
+        let total = past + n;
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
+        let (kc, vc) = match slot.take() {
+            Some((kc, vc)) if kc.dims()[1] >= total => (kc, vc),
+            old => {
+                let cap = total.max(MIN_CAPACITY).next_power_of_two();
+                let fresh = || Tensor::<3>::zeros([heads, cap, hd], (&k.device(), k.dtype()));
+                let (mut kc, mut vc) = (fresh(), fresh());
+                if let Some((ko, vo)) = old
+                    && past > 0
+                {
+                    kc = kc.slice_assign([0..heads, 0..past, 0..hd], ko.narrow(1, 0, past));
+                    vc = vc.slice_assign([0..heads, 0..past, 0..hd], vo.narrow(1, 0, past));
+                }
+                (kc, vc)
+            }
+        };
+        let kc = kc.slice_assign([0..heads, past..total, 0..hd], k);
+        let vc = vc.slice_assign([0..heads, past..total, 0..hd], v);
+        let out = (
+            kc.clone().narrow(1, 0, total),
+            vc.clone().narrow(1, 0, total),
+        );
+        *slot = Some((kc, vc));
+        Ok(out)
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// The new tokens, after the positions already in `cache`.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Return the logits of the last new position (the chunk that ends a prompt, a decode).
+    pub want_logits: bool,
+}
+
+/// Where an item's rows sit in the stacked activation, and its per-position tables.
+struct Span {
+    offset: usize,
+    n: usize,
+    past: usize,
+    /// `(cos, sin)` per RoPE schedule of the model.
+    rope: Vec<(Tensor<3>, Tensor<3>)>,
+    /// Additive mask per attention window of the model (`None`: nothing to mask).
+    masks: Vec<Option<Tensor<3>>>,
+}
+
+/// The layout of one batched step.
+pub struct Batch {
+    spans: Vec<Span>,
+}
+
+/// What [`Batch::new`] prepares per item: the model's RoPE schedules and attention windows
+/// (`None` = full causal attention), indexed by [`Attention::rope`] and [`Attention::window`].
+pub struct BatchShape<'a> {
+    pub context_length: usize,
+    pub ropes: &'a [&'a Rope],
+    pub windows: &'a [Option<usize>],
+    /// Query heads per kv head.
+    pub group: usize,
+    pub device: &'a Device,
+    pub dtype: DType,
+}
+
+impl Batch {
+    /// Embeds every item's new tokens (rows of `embed`) and builds its RoPE tables and masks;
+    /// returns the layout and the stacked embeddings `[rows, hidden]`.
+    pub fn new(
+        items: &[BatchItem<'_>],
+        embed: &RowTable,
+        hidden: usize,
+        shape: &BatchShape<'_>,
+    ) -> Result<(Batch, Tensor<2>), EngineError> {
+        let mut rows = Vec::new();
+        let mut spans = Vec::with_capacity(items.len());
+        let mut offset = 0;
+        for item in items {
+            let n = item.tokens.len();
+            if n == 0 {
+                return Err(inference("forward called with no tokens"));
+            }
+            let past = item.cache.len;
+            if past + n > shape.context_length {
+                return Err(EngineError::Inference(format!(
+                    "sequence of {} tokens exceeds the context length {}",
+                    past + n,
+                    shape.context_length
+                )));
+            }
+            for &t in item.tokens {
+                embed.push_row(t as usize, &mut rows).ok_or_else(|| {
+                    EngineError::InvalidRequest {
+                        param: "prompt",
+                        reason: format!(
+                            "token id {t} is outside the vocabulary ({})",
+                            embed.rows()
+                        ),
+                    }
+                })?;
+            }
+            spans.push(Span {
+                offset,
+                n,
+                past,
+                rope: shape
+                    .ropes
+                    .iter()
+                    .map(|r| r.tables(past, n, shape.device, shape.dtype))
+                    .collect(),
+                masks: shape
+                    .windows
+                    .iter()
+                    .map(|w| mask(past, n, shape.group, *w, shape.device))
+                    .collect(),
+            });
+            offset += n;
+        }
+        let x = Tensor::from_data(
+            TensorData::new(rows, [offset, hidden]),
+            (shape.device, shape.dtype),
+        );
+        Ok((Batch { spans }, x))
+    }
+
+    /// Ends the step: records the new cache lengths and returns, per item, the logits of its
+    /// last position when wanted (`head` maps final hidden rows of `x` to logits; it runs
+    /// once, on those rows only).
+    pub fn finish(
+        self,
+        items: &mut [BatchItem<'_>],
+        x: Tensor<2>,
+        head: impl FnOnce(Tensor<2>) -> Tensor<2>,
+    ) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
+        for (item, sp) in items.iter_mut().zip(&self.spans) {
+            item.cache.len = sp.past + sp.n;
+        }
+        let wanted: Vec<usize> = items
+            .iter()
+            .zip(&self.spans)
+            .filter(|(item, _)| item.want_logits)
+            .map(|(_, sp)| sp.offset + sp.n - 1)
+            .collect();
+        let mut out = vec![None; items.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut last: Vec<Tensor<2>> = wanted.iter().map(|&r| x.clone().narrow(0, r, 1)).collect();
+        let last = if last.len() == 1 {
+            last.pop().ok_or_else(|| inference("empty batch"))?
+        } else {
+            Tensor::cat(last, 0)
+        };
+        let flat = head(last)
+            .try_into_vec_as::<f32>()
+            .map_err(|e| inference(format!("{e:?}")))?;
+        let vocab = flat.len() / wanted.len();
+        let mut chunks = flat.chunks_exact(vocab.max(1));
+        for (slot, item) in out.iter_mut().zip(items.iter()) {
+            if item.want_logits {
+                *slot = chunks.next().map(<[f32]>::to_vec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Additive mask `[1, group × n, past + n]`: row `g·n + i` is query position `past + i`,
+/// which may see keys `0..=past + i` (and, with a `window`, only the last `window` of them).
+/// `None` when nothing is masked: one new position with every cached key in view.
+fn mask(
+    past: usize,
+    n: usize,
+    group: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Option<Tensor<3>> {
+    let total = past + n;
+    let windowed = window.is_some_and(|w| total > w);
+    if n == 1 && !windowed {
+        return None;
+    }
+    let mut data = Vec::with_capacity(group * n * total);
+    for _ in 0..group {
+        for i in 0..n {
+            let q = past + i;
+            data.extend((0..total).map(|j| {
+                let hidden = j > q || window.is_some_and(|w| q - j >= w);
+                if hidden { f32::NEG_INFINITY } else { 0.0 }
+            }));
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(data, [1, group * n, total]),
+        (device, DType::F32),
+    ))
+}
+
+/// Grouped-query attention settings of one layer.
+pub struct Attention {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q·k (`1/√head_dim` unless the architecture says otherwise).
+    pub scale: f64,
+    /// Gemma 2's attention logit soft-cap: `cap · tanh(scores / cap)` before the mask.
+    pub softcap: Option<f64>,
+    /// Which of the batch's RoPE schedules this layer uses ([`BatchShape::ropes`]).
+    pub rope: usize,
+    /// Which of the batch's windows this layer uses ([`BatchShape::windows`]).
+    pub window: usize,
+}
+
+/// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
+pub struct QkNorm {
+    pub q: RmsNorm,
+    pub k: RmsNorm,
+}
+
+impl Attention {
+    /// Attention of every item's new queries over its cache (the new keys and values are
+    /// appended to the cache at `layer`): `q_all` `[rows, heads × head_dim]`, `k_all` and
+    /// `v_all` `[rows, kv_heads × head_dim]` → `[rows, heads × head_dim]`.
+    #[expect(clippy::too_many_arguments, reason = "the step's tensors and options")]
+    pub fn forward(
+        &self,
+        layer: usize,
+        batch: &Batch,
+        items: &mut [BatchItem<'_>],
+        q_all: Tensor<2>,
+        k_all: Tensor<2>,
+        v_all: Tensor<2>,
+        qk_norm: Option<&QkNorm>,
+    ) -> Result<Tensor<2>, EngineError> {
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let group = nh / nkv.max(1);
+        let (q_all, k_all) = match qk_norm {
+            Some(norm) => (
+                norm.q.forward_heads(q_all, nh),
+                norm.k.forward_heads(k_all, nkv),
+            ),
+            None => (q_all, k_all),
+        };
+        let dtype = q_all.dtype();
+        let mut outs = Vec::with_capacity(items.len());
+        for (item, sp) in items.iter_mut().zip(&batch.spans) {
+            let n = sp.n;
+            let rows_of = |t: &Tensor<2>, heads: usize| {
+                t.clone()
+                    .narrow(0, sp.offset, n)
+                    .reshape([n, heads, hd])
+                    .swap_dims(0, 1)
+            };
+            let (cos, sin) = sp
+                .rope
+                .get(self.rope)
+                .ok_or_else(|| inference(format!("no RoPE schedule {}", self.rope)))?;
+            let q = rope::apply(rows_of(&q_all, nh), cos, sin);
+            let k = rope::apply(rows_of(&k_all, nkv), cos, sin);
+            let v = rows_of(&v_all, nkv);
+            let (keys, values) = item.cache.append(layer, sp.past, k, v)?;
+
+            // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
+            let q = q.reshape([nkv, group * n, hd]);
+            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(self.scale);
+            if dtype != DType::F32 {
+                scores = scores.cast(FloatDType::F32);
+            }
+            if let Some(cap) = self.softcap {
+                scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+            }
+            if let Some(Some(mask)) = sp.masks.get(self.window) {
+                scores = scores + mask.clone();
+            }
+            let mut probs = softmax(scores, 2);
+            if dtype != DType::F32 {
+                probs = probs.cast(FloatDType::F16);
+            }
+            outs.push(
+                probs
+                    .matmul(values)
+                    .reshape([nh, n, hd])
+                    .swap_dims(0, 1)
+                    .reshape([n, nh * hd]),
+            );
+        }
+        if outs.len() == 1 {
+            outs.pop().ok_or_else(|| inference("empty batch"))
+        } else {
+            Ok(Tensor::cat(outs, 0))
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The architectures the engine runs, one module per family, and their registry.
+//!
+//! A family ([`Family`]) owns everything specific to it: which Hugging Face `architectures`
+//! and GGUF `general.architecture` names it answers to, its config parsing (with the shared
+//! field readers of [`config`]), its GGUF → Hugging Face tensor-name map, and its model
+//! ([`CausalLm`]): weights loaded by name and the forward pass, built from
+//! [`crate::layers`]. The scheduler sees only [`Model`], which runs a batched step over
+//! several sequences and their KV caches.
+//!
+//! Adding an architecture: one new file here implementing [`Family`] and [`CausalLm`], and
+//! one line in the `families!` list below (see `docs/engine.md`).
+
+pub mod config;
+
+use burn::tensor::{DType, Device};
+
+use crate::EngineError;
+use crate::gguf::GgufFile;
+use crate::layers::Loader;
+pub use crate::layers::attention::{BatchItem, KvCache};
+use crate::spec::Quantize;
+use crate::weights::Weights;
+use config::{GgufMeta, HfConfig, ModelConfig};
+
+/// Declares each family's module and lists its `Family` in [`FAMILIES`].
+macro_rules! families {
+    ($($module:ident :: $family:ident),* $(,)?) => {
+        $(mod $module;)*
+        /// Every supported architecture family, in lookup order.
+        static FAMILIES: &[&dyn Family] = &[$(&$module::$family),*];
+    };
+}
+
+// Registering an architecture is one line here: `<module>::<Family struct>`.
+families! {
+    llama::Llama,
+    qwen3::Qwen3,
+    phi3::Phi3,
+    gemma::Gemma,
+}
+
+/// One architecture family: names, config parsers, GGUF tensor names, model loader.
+pub trait Family: Sync {
+    /// The family's name (`llama`, `qwen3`, …), stored in [`ModelConfig::family`].
+    fn name(&self) -> &'static str;
+    /// The `config.json` `architectures[0]` values (and `model_type`s) it loads.
+    fn hf_architectures(&self) -> &'static [&'static str];
+    /// The GGUF `general.architecture` values it loads.
+    fn gguf_architectures(&self) -> &'static [&'static str];
+    /// Parses and validates a `config.json`.
+    fn config_from_hf(&self, hf: &HfConfig) -> Result<ModelConfig, EngineError>;
+    /// Parses and validates a GGUF file's metadata.
+    fn config_from_gguf(&self, meta: &GgufMeta<'_>) -> Result<ModelConfig, EngineError>;
+    /// The name a GGUF tensor is looked up under (the Hugging Face name).
+    fn gguf_tensor_name(&self, gguf: &str) -> String;
+    /// The head count of a GGUF tensor whose rows llama.cpp's converter permuted per head.
+    fn gguf_permuted_heads(&self, _meta: &GgufMeta<'_>, _gguf: &str) -> Option<usize> {
+        None
+    }
+    /// Builds the model from `config` (as this family parsed it).
+    fn load(
+        &self,
+        config: &ModelConfig,
+        loader: &Loader<'_>,
+    ) -> Result<Box<dyn CausalLm>, EngineError>;
+}
+
+impl std::fmt::Debug for dyn Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A loaded model: what the scheduler calls.
+pub trait CausalLm: Send + Sync {
+    /// One forward pass over several sequences at once: every item's new tokens after the
+    /// positions in its cache (appended to it). Returns, per item, the logits of its last
+    /// position when `want_logits` is set.
+    fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, EngineError>;
+    /// How the projection weights are stored (`bf16`, `q8_0`, `f16` on a GPU, …).
+    fn weight_format(&self) -> &'static str;
+}
+
+fn supported_hf() -> String {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.hf_architectures().iter().filter(|a| a.contains("For")))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn supported_gguf() -> String {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.gguf_architectures().iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The family that loads a `config.json`.
+pub(crate) fn family_for_hf(hf: &HfConfig) -> Result<&'static dyn Family, EngineError> {
+    let arch = hf.architecture()?;
+    FAMILIES
+        .iter()
+        .find(|f| f.hf_architectures().contains(&arch.as_str()))
+        .copied()
+        .ok_or_else(|| {
+            hf.err(format!(
+                "`architectures`: `{arch}` is not supported (supported: {})",
+                supported_hf()
+            ))
+        })
+}
+
+/// The family that loads a GGUF file.
+pub(crate) fn family_for_gguf(file: &GgufFile) -> Result<&'static dyn Family, EngineError> {
+    let arch = file.architecture()?;
+    FAMILIES
+        .iter()
+        .find(|f| f.gguf_architectures().contains(&arch))
+        .copied()
+        .ok_or_else(|| {
+            file.err(format!(
+                "metadata `general.architecture`: `{arch}` is not supported (supported: {})",
+                supported_gguf()
+            ))
+        })
+}
+
+fn family_named(name: &str) -> Result<&'static dyn Family, EngineError> {
+    FAMILIES
+        .iter()
+        .find(|f| f.name() == name)
+        .copied()
+        .ok_or_else(|| EngineError::Inference(format!("no architecture family `{name}`")))
+}
+
+/// The tensors of a GGUF file, registered under its architecture's names.
+pub(crate) fn gguf_weights(file: &GgufFile) -> Result<Weights, EngineError> {
+    let family = family_for_gguf(file)?;
+    let meta = GgufMeta::new(file)?;
+    Weights::from_gguf(
+        file,
+        |name| family.gguf_tensor_name(name),
+        |name| family.gguf_permuted_heads(&meta, name),
+    )
+}
+
+/// GGUF → Hugging Face name for the tensors every Llama-like decoder shares
+/// (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`); `extra` maps a
+/// family's own block tensor kinds first. Names without a counterpart (`rope_freqs.weight`)
+/// are kept.
+pub(crate) fn llama_like_gguf_name(
+    gguf: &str,
+    extra: impl Fn(&str) -> Option<&'static str>,
+) -> String {
+    match gguf {
+        "token_embd.weight" => return "model.embed_tokens.weight".into(),
+        "output_norm.weight" => return "model.norm.weight".into(),
+        "output.weight" => return "lm_head.weight".into(),
+        _ => {}
+    }
+    let mut parts = gguf.splitn(4, '.');
+    if let (Some("blk"), Some(layer), Some(kind), Some(suffix)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        let hf = match extra(kind) {
+            Some(hf) => hf,
+            None => match kind {
+                "attn_norm" => "input_layernorm",
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "ffn_norm" => "post_attention_layernorm",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                "ffn_down" => "mlp.down_proj",
+                _ => return gguf.into(),
+            },
+        };
+        return format!("model.layers.{layer}.{hf}.{suffix}");
+    }
+    gguf.into()
+}
+
+/// A loaded model on one device.
+pub struct Model {
+    pub config: ModelConfig,
+    dtype: DType,
+    inner: Box<dyn CausalLm>,
+}
+
+impl Model {
+    /// Builds the model from `weights` with its family's loader, checking every tensor's
+    /// presence and shape.
+    pub fn load(
+        config: ModelConfig,
+        weights: &Weights,
+        device: &Device,
+        dtype: DType,
+        quantize: Option<Quantize>,
+    ) -> Result<Model, EngineError> {
+        let loader = Loader {
+            weights,
+            device,
+            dtype,
+            quantize,
+        };
+        let inner = family_named(config.family)?.load(&config, &loader)?;
+        Ok(Model {
+            config,
+            dtype,
+            inner,
+        })
+    }
+
+    /// An empty cache for a new sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    /// How the projection weights are stored (`bf16`, `q8_0`, `f16` on a GPU, …).
+    pub fn weight_format(&self) -> &'static str {
+        self.inner.weight_format()
+    }
+
+    /// Bytes one cached position takes across all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let elem = if self.dtype == DType::F16 { 2 } else { 4 };
+        2 * self.config.num_layers * self.config.num_kv_heads * self.config.head_dim * elem
+    }
+
+    /// Runs `tokens` through the model after the positions already in `cache`, appends their
+    /// keys and values to it, and returns the logits of the last position (`f32`, vocab-sized).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, EngineError> {
+        let mut items = [BatchItem {
+            tokens,
+            cache,
+            want_logits: true,
+        }];
+        self.forward_batch(&mut items)?
+            .pop()
+            .flatten()
+            .ok_or_else(|| EngineError::Inference("the batch returned no logits".into()))
+    }
+
+    /// One forward pass over several sequences at once (see [`CausalLm::forward_batch`]).
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.forward_batch(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_gguf_names_to_hf_names() {
+        let none = |_: &str| None;
+        assert_eq!(
+            llama_like_gguf_name("token_embd.weight", none),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(
+            llama_like_gguf_name("blk.11.attn_k.bias", none),
+            "model.layers.11.self_attn.k_proj.bias"
+        );
+        assert_eq!(
+            llama_like_gguf_name("blk.0.ffn_norm.weight", none),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            llama_like_gguf_name("rope_freqs.weight", none),
+            "rope_freqs.weight"
+        );
+        assert_eq!(
+            llama_like_gguf_name("blk.2.ffn_up.weight", |k| (k == "ffn_up")
+                .then_some("mlp.gate_up_proj")),
+            "model.layers.2.mlp.gate_up_proj.weight"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! GGUF files written by llama.cpp's own converter and quantizer (pinned to llama-cpp-python
+//! 0.3.36's vendored tree; `fixtures/gguf/generate.py --llama-cpp DIR`) from the Qwen3 and
+//! Phi-3 fixtures: Airlock's last-position logits and greedy ids against `transformers`
+//! (`expected.json`) and against llama.cpp itself on the same file
+//! (`fixtures/gguf/llamacpp_reference.json`).
+
+use std::path::{Path, PathBuf};
+
+use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn json(path: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_f64().map(|x| x as f32))
+        .collect()
+}
+
+/// Last-position logits and 16 greedy ids (EOS ignored) for `prompt` on the CPU.
+fn run(dir: &Path, prompt: &[u32]) -> anyhow::Result<(Vec<f32>, Vec<u32>)> {
+    let mut opts = GenerateOptions::new(dir, Prompt::TokenIds(prompt.to_vec()));
+    opts.device = DeviceChoice::Cpu;
+    opts.verify_manifest = true;
+    opts.keep_logits = true;
+    opts.params = SamplingParams {
+        max_tokens: Some(16),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let r = generate_once(&opts)?;
+    Ok((r.logits.unwrap_or_default(), r.generated_ids))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> anyhow::Result<f32> {
+    anyhow::ensure!(a.len() == b.len(), "{} logits vs {}", a.len(), b.len());
+    Ok(a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max))
+}
+
+/// What one GGUF file is held to.
+struct Bounds {
+    /// Max |Δlogit| against `transformers` on the source fixture (f32 weights).
+    vs_transformers: f32,
+    /// Max |Δlogit| against llama.cpp on the same file.
+    vs_llamacpp: f32,
+    /// The 16 greedy ids must equal `transformers`' (unquantized files).
+    greedy_as_transformers: bool,
+}
+
+/// Checks every prompt of `source` on the GGUF directory `gguf`. Greedy ids must equal
+/// llama.cpp's on the same file wherever llama.cpp's own smallest top-1 margin over the 16
+/// steps exceeds twice the logit bound (below that, which token wins is decided by rounding
+/// the file does not fix, so a difference is printed, not failed).
+fn check(gguf: &str, source: &str, b: &Bounds) -> anyhow::Result<()> {
+    let expected = json(&fixtures().join("expected.json"))?;
+    let reference = json(&fixtures().join("gguf/llamacpp_reference.json"))?;
+    let dir = fixtures().join("gguf").join(gguf);
+    let prompts = expected["variants"][source]["prompts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(!prompts.is_empty(), "{source}: no prompts in expected.json");
+    for (i, p) in prompts.iter().enumerate() {
+        let (logits, greedy) = run(&dir, &ids(&p["prompt_ids"]))?;
+        let llama = &reference[gguf][i];
+        let vs_hf = max_abs_diff(&logits, &floats(&p["last_logits"]))?;
+        let vs_llama = max_abs_diff(&logits, &floats(&llama["last_logits"]))?;
+        let llama_greedy = ids(&llama["greedy_ids"]);
+        println!(
+            "{gguf}/prompt{i}: max|Δlogit| vs transformers {vs_hf:.2e}, vs llama.cpp {vs_llama:.2e}; \
+             greedy {} llama.cpp's (its min top-1 margin {:.3}), {} transformers'",
+            if greedy == llama_greedy { "=" } else { "≠" },
+            llama["greedy_min_margin"].as_f64().unwrap_or(f64::NAN),
+            if greedy == ids(&p["greedy_ids"]) {
+                "="
+            } else {
+                "≠"
+            },
+        );
+        anyhow::ensure!(
+            vs_hf <= b.vs_transformers,
+            "{gguf}/{i}: logits differ from transformers by {vs_hf}"
+        );
+        anyhow::ensure!(
+            vs_llama <= b.vs_llamacpp,
+            "{gguf}/{i}: logits differ from llama.cpp by {vs_llama}"
+        );
+        let margin = llama["greedy_min_margin"].as_f64().unwrap_or(0.0) as f32;
+        anyhow::ensure!(
+            greedy == llama_greedy || margin <= 2.0 * b.vs_llamacpp,
+            "{gguf}/{i}: greedy {greedy:?}, llama.cpp {llama_greedy:?} (margin {margin})"
+        );
+        anyhow::ensure!(
+            !b.greedy_as_transformers || greedy == ids(&p["greedy_ids"]),
+            "{gguf}/{i}: greedy {greedy:?}, transformers {:?}",
+            ids(&p["greedy_ids"])
+        );
+    }
+    Ok(())
+}
+
+/// F32 files: llama.cpp (F32 KV cache) and Airlock both compute in f32.
+const F32: Bounds = Bounds {
+    vs_transformers: 1e-3,
+    vs_llamacpp: 1e-3,
+    greedy_as_transformers: true,
+};
+
+/// F16 files of bf16-valued weights (exact in f16): Airlock multiplies them in f32 and
+/// matches transformers to ~1e-6, but llama.cpp's CPU F16 matmul rounds the activations to
+/// f16 first (its `vec_dot_type` for F16), 2⁻¹¹ relative per value, which moves its own
+/// logits from transformers' by up to 2.7e-3 on these fixtures: the bound against llama.cpp
+/// is that rounding, not 1e-3.
+const F16: Bounds = Bounds {
+    vs_transformers: 1e-3,
+    vs_llamacpp: 5e-3,
+    greedy_as_transformers: true,
+};
+
+#[test]
+fn qwen3_f32_from_llama_cpp_converter() -> anyhow::Result<()> {
+    check("qwen3_qknorm-f32", "qwen3_qknorm", &F32)
+}
+
+#[test]
+fn qwen3_f16_from_llama_cpp_converter() -> anyhow::Result<()> {
+    // The fixture's weights are bf16 values, which f16 holds exactly.
+    check("qwen3_qknorm-f16", "qwen3_qknorm", &F16)
+}
+
+#[test]
+fn phi3_f32_from_llama_cpp_converter() -> anyhow::Result<()> {
+    check("phi3_longrope-f32", "phi3_longrope", &F32)
+}
+
+#[test]
+fn phi3_f16_from_llama_cpp_converter() -> anyhow::Result<()> {
+    check("phi3_longrope-f16", "phi3_longrope", &F16)
+}
+
+/// Quantized files (llama.cpp's quantizer; the fixture's 64-wide rows make its Q4_K_M
+/// fall back to Q5_0 and Q8_0 blocks, as it does for any row not a multiple of 256).
+/// Airlock and llama.cpp both quantize the activations of these matmuls to 8-bit blocks of
+/// 32, llama.cpp with each block's scale rounded to f16, so elements near a rounding
+/// boundary land on neighbouring steps; on these random fixtures, whose logits are large,
+/// that moves logits by up to 0.088 (measured; `ACTIVATION_ROUNDING` in gguf.rs is the same
+/// effect against transformers), so the bound is 0.1. Against transformers' unquantized
+/// model the bound is the quantization error itself (measured ≤ 0.093 Q8_0, ≤ 0.41
+/// Q4_K_M). Greedy ids: on the expected.json prompts llama.cpp's margins (0.01–0.08) are
+/// below what this rounding can flip, so differences there are printed; on the margin
+/// prompts (the 3 of 120 seeded prompts with the largest smallest margin, 0.16–0.46,
+/// recorded in the JSON) all 16 ids must equal llama.cpp's.
+fn quantized(gguf: &str, vs_transformers: f32) -> anyhow::Result<()> {
+    const VS_LLAMACPP: f32 = 0.1;
+    check(
+        gguf,
+        "qwen3_qknorm",
+        &Bounds {
+            vs_transformers,
+            vs_llamacpp: VS_LLAMACPP,
+            greedy_as_transformers: false,
+        },
+    )?;
+    let reference = json(&fixtures().join("gguf/llamacpp_reference.json"))?;
+    let prompts = reference["margin_prompts"][gguf]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(!prompts.is_empty(), "{gguf}: no margin prompts");
+    let dir = fixtures().join("gguf").join(gguf);
+    for (i, p) in prompts.iter().enumerate() {
+        let margin = p["greedy_min_margin"].as_f64().unwrap_or(0.0) as f32;
+        let (logits, greedy) = run(&dir, &ids(&p["prompt_ids"]))?;
+        let diff = max_abs_diff(&logits, &floats(&p["last_logits"]))?;
+        println!(
+            "{gguf}/margin-prompt{i}: max|Δlogit| vs llama.cpp {diff:.2e}, llama.cpp's min top-1 \
+             margin {margin:.3}, greedy {}",
+            if greedy == ids(&p["greedy_ids"]) {
+                "identical"
+            } else {
+                "DIFFERS"
+            }
+        );
+        anyhow::ensure!(
+            margin > VS_LLAMACPP,
+            "{gguf}: margin prompt {i} has margin {margin}"
+        );
+        anyhow::ensure!(diff <= VS_LLAMACPP, "{gguf}/margin{i}: {diff}");
+        anyhow::ensure!(
+            greedy == ids(&p["greedy_ids"]),
+            "{gguf}/margin{i}: greedy {greedy:?}, llama.cpp {:?}",
+            ids(&p["greedy_ids"])
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn qwen3_q8_0_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    quantized("qwen3_qknorm-q8_0", 0.15)
+}
+
+#[test]
+fn qwen3_q4_k_m_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    quantized("qwen3_qknorm-q4_k_m", 0.6)
+}
