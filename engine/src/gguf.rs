@@ -21,6 +21,7 @@ use crate::quant::QType;
 use crate::tensor_file::{WeightDType, read_weights};
 
 pub(crate) mod tokenizer;
+pub(crate) mod vocab;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: usize = 32;

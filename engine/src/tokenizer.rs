@@ -1,6 +1,8 @@
 //! Tokenization and chat templates, matching what `transformers` produces for the same
 //! directory: `tokenizer.json` via the `tokenizers` crate, the `chat_template` from
-//! `tokenizer_config.json` rendered with minijinja in Jinja2-compatible mode.
+//! `tokenizer_config.json` rendered with minijinja in Jinja2-compatible mode. A GGUF file
+//! without a `tokenizer.json` beside it is tokenized as llama.cpp does from the file's own
+//! metadata ([`crate::gguf::vocab`]).
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use serde::Serialize;
 
 use crate::gguf::GgufFile;
 use crate::gguf::tokenizer as gguf_tokenizer;
+use crate::gguf::vocab::GgufVocab;
 use crate::hf_config::token_ids;
 use crate::{ChatMessage, EngineError, Prompt};
 
@@ -23,9 +26,32 @@ pub const CHAT_TEMPLATE_FUEL: u64 = 2_000_000;
 /// what a template adds around the messages is markup, never megabytes.
 pub const CHAT_TEMPLATE_OUTPUT_BASE: usize = 1 << 20;
 
+/// The tokenizer proper: a `tokenizer.json`, or llama.cpp's algorithms on a GGUF file's
+/// vocabulary.
+enum Backend {
+    Hf(Box<tokenizers::Tokenizer>),
+    Gguf(Box<GgufVocab>),
+}
+
+impl Backend {
+    fn token_to_id(&self, text: &str) -> Option<u32> {
+        match self {
+            Backend::Hf(t) => t.token_to_id(text),
+            Backend::Gguf(v) => v.token_id(text),
+        }
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        match self {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::Gguf(v) => v.token_text(id).map(str::to_owned),
+        }
+    }
+}
+
 /// A model's tokenizer, chat template and end-of-sequence ids.
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Backend,
     chat: Option<Environment<'static>>,
     bos_token: Option<String>,
     eos_token: Option<String>,
@@ -150,10 +176,12 @@ impl TextTokenizer {
     /// present. `config_eos` are the ids `config.json` lists.
     pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<TextTokenizer, EngineError> {
         let tok_path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Load {
-            path: tok_path.clone(),
-            reason: format!("invalid tokenizer: {e}"),
-        })?;
+        let inner = Backend::Hf(Box::new(
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Load {
+                path: tok_path.clone(),
+                reason: format!("invalid tokenizer: {e}"),
+            })?,
+        ));
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(serde_json::Value::Null);
         let bos_token = special_token(cfg.get("bos_token"));
@@ -218,36 +246,45 @@ impl TextTokenizer {
         file: &GgufFile,
         config_eos: &[u32],
     ) -> Result<TextTokenizer, EngineError> {
-        let specials = gguf_tokenizer::specials(file);
         let mut tok = if dir.join("tokenizer.json").exists() {
             Self::from_dir(dir, config_eos)?
         } else {
-            let (inner, add_bos) = gguf_tokenizer::build(file)?;
+            let vocab = gguf_tokenizer::build(file)?;
             let mut eos_ids = config_eos.to_vec();
+            eos_ids.extend(vocab.eos);
+            eos_ids.retain(|&id| (id as usize) < vocab.len());
             eos_ids.sort_unstable();
             eos_ids.dedup();
+            let text = |id: Option<u32>| id.and_then(|id| vocab.token_text(id).map(str::to_owned));
             TextTokenizer {
-                inner,
+                bos_token: text(vocab.bos),
+                eos_token: text(vocab.eos),
+                bos_id: vocab.bos,
+                add_bos: Some(vocab.add_bos),
                 chat: None,
-                bos_token: None,
-                eos_token: None,
-                bos_id: None,
-                add_bos: Some(add_bos),
                 eos_ids,
+                inner: Backend::Gguf(Box::new(vocab)),
             }
+        };
+        let id = |key: &str| {
+            file.get(key)
+                .and_then(crate::gguf::Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
         };
         let text = |id: Option<u32>| id.and_then(|id| tok.inner.id_to_token(id));
         if tok.bos_token.is_none() {
-            tok.bos_token = text(specials.bos_id);
+            tok.bos_token = text(id("tokenizer.ggml.bos_token_id"));
         }
         if tok.eos_token.is_none() {
-            tok.eos_token = text(specials.eos_id);
+            tok.eos_token = text(id("tokenizer.ggml.eos_token_id"));
         }
         if tok.bos_id.is_none() {
-            tok.bos_id = specials.bos_id;
+            tok.bos_id = id("tokenizer.ggml.bos_token_id");
         }
         if tok.add_bos.is_none() {
-            tok.add_bos = specials.add_bos;
+            tok.add_bos = file
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(crate::gguf::Value::as_bool);
         }
         if tok.chat.is_none()
             && let Some(source) = file
@@ -268,11 +305,16 @@ impl TextTokenizer {
         &self.eos_ids
     }
 
+    /// Tokenizes `text`, special-token strings in it matched as their tokens; `special`
+    /// adds the BOS/EOS the tokenizer's post-processor (GGUF: `add_bos`/`add_eos`) adds.
     pub(crate) fn encode_raw(&self, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
-        self.inner
-            .encode(text, special)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+        match &self.inner {
+            Backend::Hf(t) => t
+                .encode(text, special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| EngineError::Tokenizer(e.to_string())),
+            Backend::Gguf(v) => Ok(v.tokenize(text, special, true)),
+        }
     }
 
     /// Tokenizes plain text as `tokenizer(text)` does: special tokens (BOS) as the
@@ -390,9 +432,12 @@ impl TextTokenizer {
         ids: &[u32],
         skip_special: bool,
     ) -> Result<String, EngineError> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+        match &self.inner {
+            Backend::Hf(t) => t
+                .decode(ids, skip_special)
+                .map_err(|e| EngineError::Tokenizer(e.to_string())),
+            Backend::Gguf(v) => Ok(v.detokenize(ids, skip_special, !skip_special)),
+        }
     }
 }
 

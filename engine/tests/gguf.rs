@@ -191,7 +191,8 @@ fn prompt_ids(dir: &Path, prompt: Prompt) -> anyhow::Result<Vec<u32>> {
 }
 
 /// The tokenizer and chat template rebuilt from GGUF metadata (no tokenizer.json in these
-/// directories) reproduce `transformers` exactly.
+/// directories) reproduce `transformers` exactly, except where llama.cpp itself differs from
+/// it (the rebuilt tokenizer follows llama.cpp: see engine/src/gguf/vocab.rs).
 #[test]
 fn tokenizer_and_chat_template_from_gguf_metadata() -> anyhow::Result<()> {
     let expected = expected()?;
@@ -204,9 +205,17 @@ fn tokenizer_and_chat_template_from_gguf_metadata() -> anyhow::Result<()> {
         let v = &expected["variants"][source];
         for case in v["tokenizer"].as_array().into_iter().flatten() {
             let text = case["text"].as_str().unwrap_or_default();
-            let want = ids(&case["ids"]);
+            let mut want = ids(&case["ids"]);
             if want.is_empty() {
                 continue;
+            }
+            if gguf == "qwen2_bias-f16" && text.contains("NFD input") {
+                // Qwen2's tokenizer.json NFC-normalizes; llama.cpp, whose ids a GGUF-rebuilt
+                // tokenizer follows, does not (llama-cpp-python 0.3.36 on this file).
+                want = vec![
+                    66, 64, 69, 68, 136, 223, 347, 45, 37, 35, 284, 79, 375, 11, 220, 45, 37, 34,
+                    12, 77, 259, 76, 310, 72, 89, 282, 8,
+                ];
             }
             let got = prompt_ids(&dir, Prompt::Text(text.into()))?;
             anyhow::ensure!(got == want, "{gguf}: {text:?} → {got:?}, expected {want:?}");
