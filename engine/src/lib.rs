@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod generate;
 mod gguf;
 mod hf_config;
+pub mod inspect;
 pub mod kernels;
 mod kv;
 mod linear;
@@ -41,6 +42,9 @@ pub use device::gpu_available;
 pub use engine::BurnEngine;
 pub use error::EngineError;
 pub use generate::{GenerateOptions, GenerateReport, GenerateTimings, generate_once};
-pub use manifest::{MANIFEST_FILE, verify_manifest, write_manifest};
+pub use inspect::{ModelReport, inspect};
+pub use manifest::{
+    FILE_MANIFEST_SUFFIX, MANIFEST_FILE, manifest_path, verify_manifest, write_manifest,
+};
 pub use score::Scorer;
 pub use spec::{DeviceChoice, ModelSpec, Quantize};

@@ -217,7 +217,12 @@ impl Model {
     /// Bytes one cached position takes across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
         let elem = if self.dtype == DType::F16 { 2 } else { 4 };
-        2 * self.layers.len() * self.config.num_kv_heads * self.config.head_dim * elem
+        crate::kv::kv_bytes_per_token(
+            self.layers.len(),
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            elem,
+        )
     }
 
     fn rms_norm(&self, x: Tensor<2>, weight: &Tensor<1>) -> Tensor<2> {
