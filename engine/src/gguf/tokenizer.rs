@@ -13,6 +13,8 @@ use crate::gguf::{GgufFile, Value};
 
 const LLAMA3_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const QWEN2_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/// One digit (SmolLM splits numbers into single digits before the GPT-2 regex).
+const DIGITS_REGEX: &str = "\\p{N}";
 
 /// llama.cpp's `llama_token_type`.
 const TOKEN_CONTROL: u64 = 3;
@@ -80,10 +82,14 @@ pub(crate) fn build(file: &GgufFile) -> Result<(tokenizers::Tokenizer, bool), En
         "llama-bpe" | "llama3" => (Some(LLAMA3_REGEX), true, false, true),
         "qwen2" => (Some(QWEN2_REGEX), false, true, false),
         "default" | "gpt2" => (None, false, false, false),
+        // SmolLM/SmolLM2: every digit on its own, then GPT-2's split (llama.cpp's
+        // `LLAMA_VOCAB_PRE_TYPE_SMOLLM`; the HF tokenizer's `Digits` + `ByteLevel`).
+        "smollm" => (Some(DIGITS_REGEX), false, false, false),
         other => {
             return Err(file.err(format!(
                 "metadata `tokenizer.ggml.pre`: `{other}` is not supported (supported: \
-                 llama-bpe, qwen2, default); put the model's tokenizer.json beside the GGUF file"
+                 llama-bpe, qwen2, smollm, default); put the model's tokenizer.json beside the \
+                 GGUF file"
             )));
         }
     };
@@ -121,6 +127,11 @@ pub(crate) fn build(file: &GgufFile) -> Result<(tokenizers::Tokenizer, bool), En
     let add_bos = sp.add_bos.unwrap_or(default_bos);
     let byte_level = |prefix: bool, regex: bool| json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": regex});
     let pre_tokenizer = match split {
+        // Digits split off first; the rest is GPT-2's own regex inside ByteLevel.
+        Some(DIGITS_REGEX) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": DIGITS_REGEX}, "behavior": "Isolated", "invert": false},
+            byte_level(false, true),
+        ]}),
         Some(regex) => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
             byte_level(false, false),
