@@ -3,7 +3,7 @@
 //!
 //! Only the byte-level BPE family (`tokenizer.ggml.model = "gpt2"`) is rebuilt; the
 //! pre-tokenizer regex is chosen by `tokenizer.ggml.pre` as llama.cpp does (`llama-bpe`:
-//! Llama 3, `qwen2`, `default`/`gpt2`). SentencePiece (`llama`) vocabularies are refused:
+//! Llama 3, `qwen2`, `smollm`, `default`/`gpt2`). SentencePiece (`llama`) vocabularies are refused:
 //! ship the model's `tokenizer.json` beside the GGUF file instead.
 
 use serde_json::{Map, Value as Json, json};
