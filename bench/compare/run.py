@@ -739,7 +739,11 @@ def main() -> None:
         f"(`/v1/completions`, token-id prompts, `ignore_eos`), `RAYON_NUM_THREADS={args.threads}`, "
         f"`max_active` = {max(args.streams)}.",
     ]
-    if args.device == "cpu":
+    if args.gguf:
+        lines.append("- Both engines load the same GGUF file, written by llama.cpp's own quantizer "
+                     "(`llama_model_quantize`, requantizing when the source is quantized): Airlock names it as a "
+                     "file in `[[models]] path` and runs its tensors in their stored types (no `quantize` key).")
+    elif args.device == "cpu":
         lines.append("- Airlock's CPU backend keeps the bf16 checkpoint's weights as bf16 (widened to f32 in "
                      "registers, f32 activations and accumulation): the F16 row compares the same weight bytes "
                      "per token; the F32 row gives llama.cpp twice the bytes; the Q8_0 row compares Airlock's "
