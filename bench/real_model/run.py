@@ -72,9 +72,11 @@ def llama_cpp_run(Llama, gguf: Path, prompt_ids: list[int], question: str, n: in
     t0 = time.perf_counter()
     for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
         times.append(time.perf_counter())
-        if tok == llm.token_eos() or len(ids) >= n:
+        if len(ids) >= n:
             break
-        ids.append(tok)
+        ids.append(tok)  # EOS included, as Airlock reports it
+        if tok == llm.token_eos():
+            break
     decode = (len(times) - 2) / (times[-1] - times[0]) if len(times) > 2 else 0.0
     return {"prompt_ids": own_ids, "generated_ids": ids, "ttft_s": times[0] - t0 if times else 0.0,
             "text": llm.detokenize(ids).decode(errors="replace"), "decode_tokens_per_s": decode}
