@@ -52,7 +52,12 @@ SHORT_PROMPT = 16
 LLAMA_CPP_COMMITS = {"0.3.36": "0c1e57098bba43ac29e6e3b677cdceebdd22334f"}
 # GGUF type names (bench/hf_to_gguf.py --outtype) and the Airlock `quantize` value with the
 # same kind of weights; None = Airlock's default (the checkpoint's own bf16, f32 compute on CPU).
-FORMATS = {"f32": None, "f16": None, "q8_0": "q8", "q4_0": "q4"}
+# SAME_FILE: both engines load the one GGUF file llama.cpp's quantizer wrote (Airlock names
+# it as a file in `[[models]] path`), e.g. Q4_K_M's mix of Q4_K, Q6_K, Q5_0 and Q8_0 tensors.
+SAME_FILE = "same GGUF file"
+FORMATS = {"f32": None, "f16": None, "q8_0": "q8", "q4_0": "q4", "q4_k_m": SAME_FILE}
+# llama.cpp's `enum llama_ftype` for the types made with its quantizer (llama_model_quantize).
+QUANTIZER_FTYPES = {"q4_k_m": 15}
 
 
 def die(message: str) -> None:
@@ -105,6 +110,25 @@ def ensure_model(args: argparse.Namespace) -> Path:
     print(f"generating the random-weight 1B model in {model} ...", flush=True)
     run([sys.executable, str(REPO / "bench/gen_llama_1b.py"), "--out", str(model)])
     return model
+
+
+def quantize_gguf(L, src: Path, outtype: str, work: Path, reconvert: bool, threads: int) -> Path:
+    """llama.cpp's own quantizer (what `llama-quantize` calls) on `src`; a quantized source
+    is requantized (`--allow-requantize`)."""
+    out = work / f"{src.stem}-{outtype}.gguf"
+    if out.is_file() and out.stat().st_mtime > src.stat().st_mtime and not reconvert:
+        print(f"reusing {out}", flush=True)
+        return out
+    print(f"quantizing {src.name} to {outtype.upper()} with llama.cpp's quantizer ...", flush=True)
+    params = L.llama_model_quantize_default_params()
+    params.ftype = QUANTIZER_FTYPES[outtype]
+    params.nthread = threads
+    params.allow_requantize = True
+    part = out.with_suffix(".part")
+    if L.llama_model_quantize(str(src).encode(), str(part).encode(), params) != 0:
+        die(f"llama_model_quantize({src}, {outtype}) failed (run with --llama-verbose to see why)")
+    part.replace(out)
+    return out
 
 
 def convert(model: Path, outtype: str, work: Path, reconvert: bool) -> Path:
@@ -460,7 +484,8 @@ def bench_airlock(binary: Path, model: Path, args: argparse.Namespace, quantize:
 
 def airlock_binary(args: argparse.Namespace) -> Path:
     profile_dir = "debug" if args.profile == "dev" else args.profile
-    binary = REPO / "target" / profile_dir / "airlockd"
+    # cargo's own variable: a checkout that builds into another target directory.
+    binary = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / profile_dir / "airlockd"
     if args.build or not binary.is_file():
         cmd = ["cargo", "build", "--workspace", "--locked", "--profile", args.profile]
         print(f"building: {shlex.join(cmd)}", flush=True)
@@ -472,6 +497,12 @@ def airlock_binary(args: argparse.Namespace) -> Path:
     frozen = Path(args.work) / "airlockd"
     shutil.copy2(binary, frozen)
     return frozen
+
+
+def inspected_params(binary: Path, gguf: Path) -> int:
+    """Parameter count from `airlockd model inspect` (headers only)."""
+    out = run([str(binary), "model", "inspect", str(gguf), "--json", "--no-bandwidth"]).stdout
+    return int(json.loads(out)["parameters"])
 
 
 def quantize_supported() -> bool:
@@ -548,6 +579,8 @@ def table(rows: list[tuple[str, Figures | None, Figures | None, str]], args) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF model directory (default /tmp/airlock-llama-1b, generated if absent)")
+    ap.add_argument("--gguf", help="instead of --model: a GGUF file (e.g. a real model) that the "
+                    "same-file formats (q4_k_m) are quantized from; only those formats are run")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
     ap.add_argument("--formats", help="GGUF types to compare, comma-separated: f32,f16,q8_0,q4_0 "
@@ -572,7 +605,10 @@ def main() -> None:
     args.model_given = args.model is not None
     args.model = args.model or "/tmp/airlock-llama-1b"
     args.streams = sorted({int(s) for s in args.streams.split(",")})
-    formats = (args.formats or ("f16" if args.device == "gpu" else "f32,f16,q8_0")).split(",")
+    default_formats = "q4_k_m" if args.gguf else ("f16" if args.device == "gpu" else "f32,f16,q8_0")
+    formats = (args.formats or default_formats).split(",")
+    if args.gguf and any(FORMATS.get(f) != SAME_FILE for f in formats):
+        die(f"--gguf: only the same-file formats ({', '.join(k for k, v in FORMATS.items() if v == SAME_FILE)})")
     for f in formats:
         if f not in FORMATS:
             die(f"--formats: unknown type {f!r} (known: {', '.join(FORMATS)})")
@@ -585,7 +621,7 @@ def main() -> None:
     # Busy: other work already wants more of the machine than --threads leaves free.
     args.busy = args.device == "cpu" and args.load_at_start > (os.cpu_count() or 1) - args.threads + 0.5
 
-    model = ensure_model(args)
+    model = Path(args.gguf).resolve() if args.gguf else ensure_model(args)
     L = None
     if "llama.cpp" not in args.skip:
         L = import_llama_cpp()
@@ -593,6 +629,10 @@ def main() -> None:
         if not args.llama_verbose:
             args._log_cb = L.llama_log_callback(lambda level, text, user: None)
             L.llama_log_set(args._log_cb, ctypes.c_void_p())
+        if args.gguf:
+            # Prompts start with the file's own BOS (the default is Llama 3's).
+            global BOS
+            BOS = L.Llama(model_path=str(model), vocab_only=True, verbose=False).token_bos()
     binary = airlock_binary(args) if "airlock" not in args.skip else REPO / "target/debug/airlockd"
     has_quantize = quantize_supported()
 
@@ -602,6 +642,19 @@ def main() -> None:
         q = FORMATS[f]
         lcpp = air = None
         notes = []
+        if q == SAME_FILE:
+            if L is None:
+                die(f"{f}: the file is made with llama.cpp's quantizer, so llama.cpp cannot be skipped")
+            src = model if args.gguf else convert(model, "f16", Path(args.work), args.reconvert)
+            gguf = quantize_gguf(L, src, f, Path(args.work), args.reconvert, args.threads)
+            print(f"llama.cpp {f.upper()} ({gguf.stat().st_size / 2**30:.2f} GiB) ...", flush=True)
+            lcpp = bench_llama_cpp(L, gguf, args)
+            if "airlock" not in args.skip:
+                print(f"Airlock, the same {f.upper()} file ...", flush=True)
+                air = bench_airlock(binary, gguf, args, None)
+            rows.append((f"GGUF {f.upper()}, the same file", air, lcpp,
+                         f"llama.cpp GGUF {f.upper()}: {lcpp.note}" if lcpp.note else ""))
+            continue
         if L is not None:
             gguf = convert(model, f, Path(args.work), args.reconvert)
             print(f"llama.cpp {f.upper()} ({gguf.stat().st_size / 2**30:.2f} GiB) ...", flush=True)
@@ -629,12 +682,17 @@ def main() -> None:
             notes.append(f"llama.cpp GGUF {f.upper()}: {lcpp.note}")
         rows.append((label, air, lcpp, "; ".join(notes)))
 
-    params = safetensors_params(model)
+    if args.gguf:
+        params = inspected_params(binary, model)
+        what = "a GGUF file"
+    else:
+        params = safetensors_params(model)
+        what = "random weights, Llama-3.2-1B shapes"
     lines = [
         f"# Airlock vs llama.cpp, {args.device.upper()}",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} by `bench/compare/run.py` "
-        f"on `{model}` ({params / 1e9:.3f} B parameters, random weights, Llama-3.2-1B shapes). "
+        f"on `{model}` ({params / 1e9:.3f} B parameters, {what}). "
         "Same weights, same prompt token ids, greedy, EOS ignored, same thread count.",
         "",
         "```sh",
@@ -681,7 +739,11 @@ def main() -> None:
         f"(`/v1/completions`, token-id prompts, `ignore_eos`), `RAYON_NUM_THREADS={args.threads}`, "
         f"`max_active` = {max(args.streams)}.",
     ]
-    if args.device == "cpu":
+    if args.gguf:
+        lines.append("- Both engines load the same GGUF file, written by llama.cpp's own quantizer "
+                     "(`llama_model_quantize`, requantizing when the source is quantized): Airlock names it as a "
+                     "file in `[[models]] path` and runs its tensors in their stored types (no `quantize` key).")
+    elif args.device == "cpu":
         lines.append("- Airlock's CPU backend keeps the bf16 checkpoint's weights as bf16 (widened to f32 in "
                      "registers, f32 activations and accumulation): the F16 row compares the same weight bytes "
                      "per token; the F32 row gives llama.cpp twice the bytes; the Q8_0 row compares Airlock's "

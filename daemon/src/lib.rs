@@ -18,6 +18,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod model_cli;
+mod model_inspect;
 pub mod notify;
 pub mod server;
 pub mod tls;

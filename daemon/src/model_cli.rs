@@ -11,12 +11,26 @@ use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 pub enum ModelCommand {
     /// Run one prompt through the engine and print the continuation (no server, no TLS).
     Generate(GenerateArgs),
-    /// Write DIR/airlock-manifest.json: the SHA-256 and size of every file in the model
-    /// directory. The daemon refuses a model whose files do not match it.
+    /// Write the model's integrity manifest: DIR/airlock-manifest.json with the SHA-256 and
+    /// size of every file in a model directory, or FILE.gguf.manifest.json for a model named
+    /// as one GGUF file. The daemon refuses a model whose files do not match it.
     Manifest {
-        /// The Hugging Face model directory.
-        #[arg(value_name = "DIR")]
+        /// The model directory, or one `.gguf` file.
+        #[arg(value_name = "PATH")]
         dir: PathBuf,
+    },
+    /// Describe a model from its headers (no weights are read): architecture, parameters,
+    /// tensor types, context, KV-cache bytes, memory per device, estimated decode speed.
+    Inspect {
+        /// A Hugging Face directory, a GGUF directory or a `.gguf` file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the ~0.2 s memory-bandwidth probe (no decode estimate).
+        #[arg(long)]
+        no_bandwidth: bool,
     },
 }
 
@@ -117,7 +131,34 @@ pub fn run(command: ModelCommand) -> u8 {
             }
         },
         ModelCommand::Generate(args) => generate(args),
+        ModelCommand::Inspect {
+            path,
+            json,
+            no_bandwidth,
+        } => inspect(&path, json, !no_bandwidth),
     }
+}
+
+fn inspect(path: &Path, json: bool, measure: bool) -> u8 {
+    let report = match airlock_engine::inspect(path, measure) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("airlockd: model inspect: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("airlockd: cannot encode the report: {e}");
+                return EXIT_FAILURE;
+            }
+        }
+    } else {
+        print!("{}", crate::model_inspect::render(&report));
+    }
+    0
 }
 
 fn generate(args: GenerateArgs) -> u8 {

@@ -194,6 +194,56 @@ impl GgufFile {
         })
     }
 
+    /// The header and tensor table of `path` without its tensor data, for `model inspect`:
+    /// reads the first `max_header` bytes at most (bytes past them are never read), so
+    /// [`Self::bytes`] is empty for every tensor.
+    pub fn open_header(path: &Path, max_header: usize) -> Result<GgufFile, EngineError> {
+        use std::io::Read;
+        let load = |reason: String| EngineError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| load(format!("cannot open: {e}")))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| load(format!("cannot open: {e}")))?
+            .len();
+        let file_len = usize::try_from(file_len).unwrap_or(usize::MAX);
+        let mut reader = file.take(max_header as u64);
+        let mut head = Vec::new();
+        // Most headers fit in the first MiB; one with a large vocabulary takes a few more.
+        let mut want = (1usize << 20).min(max_header);
+        loop {
+            let have = head.len();
+            (&mut reader)
+                .take((want - have) as u64)
+                .read_to_end(&mut head)
+                .map_err(|e| load(format!("cannot read: {e}")))?;
+            match parse_header(&head, file_len) {
+                Ok(parsed) => {
+                    head.truncate(0);
+                    return Ok(GgufFile {
+                        path: path.to_path_buf(),
+                        map: Arc::new(head),
+                        metadata: parsed.metadata,
+                        tensors: parsed.tensors,
+                    });
+                }
+                // The whole file (or all a shrinking file had) is parsed: the error stands.
+                Err(reason) if head.len() >= file_len || head.len() < want => {
+                    return Err(load(reason));
+                }
+                Err(reason) if head.len() >= max_header => {
+                    return Err(load(format!(
+                        "{reason} (the header is read up to {max_header} bytes; it does not \
+                         fit in them)"
+                    )));
+                }
+                Err(_) => want = want.saturating_mul(4).min(max_header),
+            }
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
@@ -361,6 +411,12 @@ impl<'a> Cursor<'a> {
 /// Parses the header and tensor table of `bytes` (a whole GGUF file) and checks that every
 /// tensor lies inside it. The error is the reason only; the caller adds the path.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+    parse_header(bytes, bytes.len())
+}
+
+/// [`parse`] over the first bytes of a file of `file_len` bytes (`bytes` must hold the
+/// whole header and tensor table): tensors are checked to lie inside `file_len`.
+pub(crate) fn parse_header(bytes: &[u8], file_len: usize) -> Result<Parsed, String> {
     let mut c = Cursor {
         bytes,
         pos: 0,
@@ -493,7 +549,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         let start = data_start.checked_add(r.offset);
         let end = start.and_then(|s| s.checked_add(r.size));
         match (start, end) {
-            (Some(start), Some(end)) if end <= bytes.len() => tensors.push(TensorInfo {
+            (Some(start), Some(end)) if end <= file_len => tensors.push(TensorInfo {
                 name: r.name,
                 dtype: r.dtype,
                 shape: r.shape,
@@ -504,10 +560,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
                 return Err(format!(
                     "tensor `{}`: data (offset {} + {} bytes after the data section at {data_start}) \
                      lies beyond the end of the {} byte file",
-                    r.name,
-                    r.offset,
-                    r.size,
-                    bytes.len()
+                    r.name, r.offset, r.size, file_len
                 ));
             }
         }

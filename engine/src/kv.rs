@@ -6,6 +6,17 @@
 /// that the bookkeeping is per block, not per token.
 pub const BLOCK_POSITIONS: usize = 16;
 
+/// Bytes one cached position takes across all layers: a key and a value vector per KV
+/// head per layer, `elem_bytes` per element (4 for the CPU's f32 cache, 2 for wgpu's f16).
+pub fn kv_bytes_per_token(
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    elem_bytes: usize,
+) -> usize {
+    2 * layers * kv_heads * head_dim * elem_bytes
+}
+
 /// Block accounting for one model's KV-cache budget.
 #[derive(Debug)]
 pub struct BlockPool {

@@ -16,6 +16,7 @@ mod error;
 pub mod fuzzing;
 mod generate;
 mod gguf;
+pub mod inspect;
 pub mod kernels;
 mod kv;
 mod layers;
@@ -45,6 +46,9 @@ pub use device::gpu_available;
 pub use engine::BurnEngine;
 pub use error::EngineError;
 pub use generate::{GenerateOptions, GenerateReport, GenerateTimings, generate_once};
-pub use manifest::{MANIFEST_FILE, verify_manifest, write_manifest};
+pub use inspect::{ModelReport, inspect};
+pub use manifest::{
+    FILE_MANIFEST_SUFFIX, MANIFEST_FILE, manifest_path, verify_manifest, write_manifest,
+};
 pub use score::Scorer;
 pub use spec::{DeviceChoice, ModelSpec, Quantize};

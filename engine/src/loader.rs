@@ -15,11 +15,24 @@ use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use crate::{DeviceChoice, EngineError};
 
-/// The format is chosen by what `dir` holds: safetensors weights (`model.safetensors` or an
-/// index) make it a Hugging Face directory; otherwise exactly one `*.gguf` file makes it a
-/// GGUF directory (more than one is refused rather than guessed between). With neither, the
-/// Hugging Face loader reports what is missing.
-fn gguf_file(dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+/// The format is chosen by what `dir` is or holds: a `.gguf` file is a GGUF model on its
+/// own (nothing beside it is read); in a directory, safetensors weights (`model.safetensors`
+/// or an index) make it a Hugging Face directory; otherwise exactly one `*.gguf` file makes
+/// it a GGUF directory (more than one is refused rather than guessed between). With neither,
+/// the Hugging Face loader reports what is missing.
+pub(crate) fn gguf_file(dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    if dir.is_file() {
+        return if dir.extension().is_some_and(|x| x == "gguf") {
+            Ok(Some(dir.to_path_buf()))
+        } else {
+            Err(EngineError::Load {
+                path: dir.to_path_buf(),
+                reason: "a model path names a directory (Hugging Face safetensors, or one GGUF \
+                         file) or a `.gguf` file; this is another kind of file"
+                    .into(),
+            })
+        };
+    }
     if dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists() {
         return Ok(None);
     }

@@ -90,8 +90,32 @@ fn list_files(dir: &Path) -> Result<Vec<String>, EngineError> {
     Ok(out)
 }
 
-/// Writes `dir/airlock-manifest.json` covering every file in `dir`; returns its path.
-pub fn write_manifest(dir: &Path) -> Result<PathBuf, EngineError> {
+/// Writes the manifest of the model at `model`: `DIR/airlock-manifest.json` covering every
+/// file in a directory, or `FILE.manifest.json` covering one `.gguf` file (see
+/// [`manifest_path`]); returns its path.
+pub fn write_manifest(model: &Path) -> Result<PathBuf, EngineError> {
+    if model.is_file() {
+        let name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".gguf") {
+            return Err(EngineError::Load {
+                path: model.to_path_buf(),
+                reason: "a model is a directory or one `.gguf` file".into(),
+            });
+        }
+        let (size, sha256) = sha256_file(model)?;
+        return save_manifest(
+            &manifest_path(model),
+            vec![FileEntry {
+                path: name,
+                size,
+                sha256,
+            }],
+        );
+    }
+    let dir = model;
     let mut files = Vec::new();
     for rel in list_files(dir)? {
         let (size, sha256) = sha256_file(&dir.join(&rel))?;
@@ -101,15 +125,18 @@ pub fn write_manifest(dir: &Path) -> Result<PathBuf, EngineError> {
             sha256,
         });
     }
-    let path = dir.join(MANIFEST_FILE);
+    save_manifest(&dir.join(MANIFEST_FILE), files)
+}
+
+fn save_manifest(path: &Path, files: Vec<FileEntry>) -> Result<PathBuf, EngineError> {
     let mut text =
         serde_json::to_string_pretty(&Manifest { files }).map_err(|e| EngineError::Load {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     text.push('\n');
-    std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
-    Ok(path)
+    std::fs::write(path, text).map_err(|e| io_err(path, e))?;
+    Ok(path.to_path_buf())
 }
 
 fn loader_reads(rel: &str) -> bool {
@@ -125,8 +152,8 @@ fn is_weights(rel: &str) -> bool {
     rel.ends_with(".safetensors") || rel.ends_with(".gguf")
 }
 
-/// Checks every file `dir/airlock-manifest.json` lists, and that no file the loader reads
-/// is unlisted. A missing manifest is an [`EngineError::Integrity`] error too.
+/// Checks every file the model's manifest (see [`manifest_path`]) lists, and that no file
+/// the loader reads is unlisted. A missing manifest is an [`EngineError::Integrity`] error too.
 pub fn verify_manifest(dir: &Path) -> Result<(), EngineError> {
     vouch(dir, None)?.finish()
 }
@@ -248,16 +275,28 @@ fn check_entry(file: &Path, entry: &FileEntry) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Checks `dir/airlock-manifest.json`: its own SHA-256 against `pin` (the config's
-/// `manifest_sha256`) when given, then every listed file but the weights (hashed as they
-/// are read, see [`Vouched::read`]; here only their presence and size), and that no file the
-/// loader reads is unlisted.
-pub(crate) fn vouch(dir: &Path, pin: Option<&str>) -> Result<Vouched, EngineError> {
-    let path = dir.join(MANIFEST_FILE);
+/// Where the manifest of the model at `model` lives: `DIR/airlock-manifest.json` for a
+/// directory, `FILE.manifest.json` beside a model named as one `.gguf` file (a directory of
+/// several GGUF files then holds one manifest per file, each covering exactly its file).
+pub fn manifest_path(model: &Path) -> PathBuf {
+    if model.is_file() {
+        let mut name = model.file_name().unwrap_or_default().to_os_string();
+        name.push(FILE_MANIFEST_SUFFIX);
+        model.with_file_name(name)
+    } else {
+        model.join(MANIFEST_FILE)
+    }
+}
+
+/// What a single-file model's manifest name adds to the file's name.
+pub const FILE_MANIFEST_SUFFIX: &str = ".manifest.json";
+
+/// Reads the manifest at `path` and checks its own SHA-256 against `pin` when given.
+fn read_manifest(path: &Path, pin: Option<&str>) -> Result<Manifest, EngineError> {
     let integrity = |p: PathBuf, reason: String| EngineError::Integrity { path: p, reason };
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         integrity(
-            path.clone(),
+            path.to_path_buf(),
             format!(
                 "cannot read the manifest ({e}); create it with `airlockd model manifest` or \
                  set `verify_manifest = false` for this model"
@@ -268,7 +307,7 @@ pub(crate) fn vouch(dir: &Path, pin: Option<&str>) -> Result<Vouched, EngineErro
         let sha = hex::encode(Sha256::digest(&bytes));
         if !sha.eq_ignore_ascii_case(pin) {
             return Err(integrity(
-                path,
+                path.to_path_buf(),
                 format!(
                     "sha256 is {sha}, but `manifest_sha256` in the config pins {pin}: the \
                      manifest is not the one the operator approved"
@@ -276,8 +315,66 @@ pub(crate) fn vouch(dir: &Path, pin: Option<&str>) -> Result<Vouched, EngineErro
             ));
         }
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| integrity(path.clone(), format!("invalid manifest: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| integrity(path.to_path_buf(), format!("invalid manifest: {e}")))
+}
+
+/// Checks the manifest of the model at `model` (a directory, or one `.gguf` file: see
+/// [`manifest_path`]): its own SHA-256 against `pin` (the config's `manifest_sha256`) when
+/// given, then every listed file but the weights (hashed as they are read, see
+/// [`Vouched::read`]; here only their presence and size), and that no file the loader reads
+/// is unlisted.
+pub(crate) fn vouch(model: &Path, pin: Option<&str>) -> Result<Vouched, EngineError> {
+    if model.is_file() {
+        vouch_file(model, pin)
+    } else {
+        vouch_dir(model, pin)
+    }
+}
+
+/// A model named as one `.gguf` file reads that file and nothing else (tokenizer and chat
+/// template come from its metadata), so its manifest must list exactly that file.
+fn vouch_file(file: &Path, pin: Option<&str>) -> Result<Vouched, EngineError> {
+    let path = manifest_path(file);
+    let manifest = read_manifest(&path, pin)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let [entry] = manifest.files.as_slice() else {
+        return Err(EngineError::Integrity {
+            path,
+            reason: format!(
+                "lists {listed:?}; the manifest of a single-file model lists exactly that \
+                 file (`{name}`)"
+            ),
+        });
+    };
+    if entry.path != name {
+        return Err(EngineError::Integrity {
+            path,
+            reason: format!("lists `{}`, not the model file `{name}`", entry.path),
+        });
+    }
+    let size = std::fs::metadata(file).map_err(|e| io_err(file, e))?.len();
+    if size != entry.size {
+        return Err(EngineError::Integrity {
+            path: file.to_path_buf(),
+            reason: format!("size is {size} bytes, the manifest says {}", entry.size),
+        });
+    }
+    Ok(Vouched {
+        dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        entries: HashMap::from([(name.clone(), entry.clone())]),
+        unread: HashSet::from([name]),
+    })
+}
+
+fn vouch_dir(dir: &Path, pin: Option<&str>) -> Result<Vouched, EngineError> {
+    let path = dir.join(MANIFEST_FILE);
+    let integrity = |p: PathBuf, reason: String| EngineError::Integrity { path: p, reason };
+    let manifest = read_manifest(&path, pin)?;
     let mut entries = HashMap::new();
     let mut unread = HashSet::new();
     for entry in manifest.files {

@@ -233,7 +233,12 @@ impl Model {
     /// Bytes one cached position takes across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
         let elem = if self.dtype == DType::F16 { 2 } else { 4 };
-        2 * self.config.num_layers * self.config.num_kv_heads * self.config.head_dim * elem
+        crate::kv::kv_bytes_per_token(
+            self.config.num_layers,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            elem,
+        )
     }
 
     /// Runs `tokens` through the model after the positions already in `cache`, appends their
