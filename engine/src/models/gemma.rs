@@ -85,7 +85,7 @@ fn pattern_layers(layers: usize, pattern: usize) -> Vec<bool> {
 fn softcap(value: Option<f64>, field: &str) -> Result<Option<f64>, String> {
     match value {
         None => Ok(None),
-        Some(v) if v == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
         Some(v) => Err(format!("`{field}`: {v} must be positive")),
     }
