@@ -653,6 +653,11 @@ impl GgufVocab {
         })
     }
 
+    #[cfg(test)]
+    fn is_bpe(&self) -> bool {
+        matches!(self.kind, Kind::Bpe(_))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.tokens.len()
     }
