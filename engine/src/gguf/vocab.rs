@@ -970,16 +970,12 @@ impl GgufVocab {
                 add_space_prefix: true
             }
         );
-        if remove_special
-            && self.add_bos
-            && ids.first().is_some()
-            && ids.first() == self.bos.as_ref()
+        if remove_special && self.add_bos && self.bos.is_some() && ids.first() == self.bos.as_ref()
         {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && ids.last().is_some() && ids.last() == self.eos.as_ref()
-        {
+        if remove_special && self.add_eos && self.eos.is_some() && ids.last() == self.eos.as_ref() {
             ids = &ids[..ids.len() - 1];
         }
         let mut out = Vec::new();
