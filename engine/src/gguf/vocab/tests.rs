@@ -248,3 +248,18 @@ fn llama_cpp_reference_vocabularies() {
     println!("{}", report.join("\n"));
     assert!(!failed, "{}", report.join("\n"));
 }
+
+/// End of generation as llama.cpp finds it: the EOS id plus tokens known by text.
+#[test]
+fn end_of_generation_tokens() {
+    let qwen = open(&dir().join("bpe-qwen2.gguf"));
+    let im_end = qwen.token_id("<|im_end|>").expect("<|im_end|>");
+    let eot = qwen.token_id("<|endoftext|>").expect("<|endoftext|>");
+    assert!(qwen.eog.contains(&im_end) && qwen.eog.contains(&eot), "{:?}", qwen.eog);
+    let llama3 = open(&dir().join("bpe-llama-bpe.gguf"));
+    let eot_id = llama3.token_id("<|eot_id|>").expect("<|eot_id|>");
+    assert!(llama3.eog.contains(&eot_id), "{:?}", llama3.eog);
+    assert!(llama3.add_bos, "llama-bpe adds BOS by default");
+    let spm = open(&dir().join("spm.gguf"));
+    assert_eq!((spm.bos, spm.eos, spm.add_bos), (Some(1), Some(2), true));
+}
