@@ -255,7 +255,11 @@ fn end_of_generation_tokens() {
     let qwen = open(&dir().join("bpe-qwen2.gguf"));
     let im_end = qwen.token_id("<|im_end|>").expect("<|im_end|>");
     let eot = qwen.token_id("<|endoftext|>").expect("<|endoftext|>");
-    assert!(qwen.eog.contains(&im_end) && qwen.eog.contains(&eot), "{:?}", qwen.eog);
+    assert!(
+        qwen.eog.contains(&im_end) && qwen.eog.contains(&eot),
+        "{:?}",
+        qwen.eog
+    );
     let llama3 = open(&dir().join("bpe-llama-bpe.gguf"));
     let eot_id = llama3.token_id("<|eot_id|>").expect("<|eot_id|>");
     assert!(llama3.eog.contains(&eot_id), "{:?}", llama3.eog);
