@@ -252,6 +252,7 @@ impl TextTokenizer {
             let vocab = gguf_tokenizer::build(file)?;
             let mut eos_ids = config_eos.to_vec();
             eos_ids.extend(vocab.eos);
+            eos_ids.extend(&vocab.eog);
             eos_ids.retain(|&id| (id as usize) < vocab.len());
             eos_ids.sort_unstable();
             eos_ids.dedup();

@@ -88,6 +88,8 @@ pub(crate) struct GgufVocab {
     specials: Vec<u32>,
     pub(crate) bos: Option<u32>,
     pub(crate) eos: Option<u32>,
+    /// Tokens that end a generation (llama.cpp's `special_eog_ids`).
+    pub(crate) eog: Vec<u32>,
     /// For a byte with neither a `<0xNN>` token nor a one-byte token (llama.cpp throws).
     unk: Option<u32>,
     pub(crate) add_bos: bool,
@@ -224,6 +226,33 @@ const PRE_FAMILIES: &[PreFamily] = &[
         ignore_merges: false,
         add_bos: false,
     },
+];
+
+/// Token texts llama.cpp treats as end of generation (and as control tokens) in any
+/// vocabulary, from `llama_vocab::impl::load`.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
 ];
 
 /// The `tokenizer.ggml.pre` values this module supports, for error messages and docs.
@@ -547,6 +576,23 @@ impl GgufVocab {
             ));
         }
 
+        // End-of-generation tokens as llama.cpp finds them: the file's EOS/EOT/EOM ids, and
+        // tokens with these texts, which it also makes control tokens (so they are cut out
+        // of text only when special tokens are parsed).
+        let mut eog: Vec<u32> = ["eos", "eot", "eom"]
+            .iter()
+            .filter_map(|k| key_id(&format!("tokenizer.ggml.{k}_token_id")))
+            .chain(eos)
+            .collect();
+        for text in EOG_TEXTS {
+            if let Some(&id) = ids.get(*text) {
+                eog.push(id);
+                tokens[id as usize].attr = Attr::Control;
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| {
                 matches!(
@@ -598,12 +644,18 @@ impl GgufVocab {
             specials,
             bos,
             eos,
+            eog,
             unk,
             add_bos,
             add_eos,
             byte_chars,
             char_bytes,
         })
+    }
+
+    #[cfg(test)]
+    fn is_bpe(&self) -> bool {
+        matches!(self.kind, Kind::Bpe(_))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -918,16 +970,12 @@ impl GgufVocab {
                 add_space_prefix: true
             }
         );
-        if remove_special
-            && self.add_bos
-            && ids.first().is_some()
-            && ids.first() == self.bos.as_ref()
+        if remove_special && self.add_bos && self.bos.is_some() && ids.first() == self.bos.as_ref()
         {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special && self.add_eos && ids.last().is_some() && ids.last() == self.eos.as_ref()
-        {
+        if remove_special && self.add_eos && self.eos.is_some() && ids.last() == self.eos.as_ref() {
             ids = &ids[..ids.len() - 1];
         }
         let mut out = Vec::new();

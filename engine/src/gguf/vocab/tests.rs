@@ -44,20 +44,14 @@ fn ids(v: &Json) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn ids_match_llama_cpp_on_fixture_vocabularies() {
-    let text = std::fs::read_to_string(dir().join("expected.json")).expect("expected.json");
-    let expected: Json = serde_json::from_str(&text).expect("JSON");
+/// Compares every file of an `expected.json`-shaped document (`path` resolves its keys)
+/// with llama.cpp's ids and decodings; returns the differences and the number of checks.
+fn compare(expected: &Json, path: impl Fn(&str) -> PathBuf) -> (Vec<String>, usize) {
     let files = expected["files"].as_object().expect("files");
-    assert!(
-        files.len() >= 12,
-        "expected.json lists {} files",
-        files.len()
-    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for (name, f) in files {
-        let vocab = open(&dir().join(name));
+        let vocab = open(&path(name));
         for case in f["cases"].as_array().expect("cases") {
             let text = case["text"].as_str().expect("text");
             for (add, special) in [(true, true), (true, false), (false, true), (false, false)] {
@@ -86,7 +80,7 @@ fn ids_match_llama_cpp_on_fixture_vocabularies() {
             ] {
                 let ours = vocab.detokenize(&ids(&case[ids_key]), remove, unparse);
                 let theirs = case[key].as_str().expect("detok");
-                let cleaned = f["pre"].is_string()
+                let cleaned = vocab.is_bpe()
                     && theirs.len() < ours.len()
                     && ours.replace(' ', "") == theirs.replace(' ', "");
                 checked += 1;
@@ -98,6 +92,33 @@ fn ids_match_llama_cpp_on_fixture_vocabularies() {
             }
         }
     }
+    (failures, checked)
+}
+
+#[test]
+fn ids_match_llama_cpp_on_fixture_vocabularies() {
+    let text = std::fs::read_to_string(dir().join("expected.json")).expect("expected.json");
+    let expected: Json = serde_json::from_str(&text).expect("JSON");
+    assert!(expected["files"].as_object().expect("files").len() >= 12);
+    let (failures, checked) = compare(&expected, |name| dir().join(name));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The same texts (with special-token parsing and BOS) on llama.cpp's real vocabularies:
+/// `generate.py --reference OUT.json` writes llama.cpp's ids for them.
+#[test]
+#[ignore = "needs GGUF_TOKENIZER_REFERENCE (see tests/fixtures/gguf_tokenizer/README.md)"]
+fn llama_cpp_reference_special_tokens() {
+    let path = std::env::var("GGUF_TOKENIZER_REFERENCE").expect("GGUF_TOKENIZER_REFERENCE");
+    let text = std::fs::read_to_string(&path).expect("reference JSON");
+    let expected: Json = serde_json::from_str(&text).expect("JSON");
+    let (failures, checked) = compare(&expected, |p| PathBuf::from(p));
+    println!("{checked} checks, {} differ", failures.len());
     assert!(
         failures.is_empty(),
         "{} of {checked} differ:\n{}",
@@ -226,4 +247,23 @@ fn llama_cpp_reference_vocabularies() {
     }
     println!("{}", report.join("\n"));
     assert!(!failed, "{}", report.join("\n"));
+}
+
+/// End of generation as llama.cpp finds it: the EOS id plus tokens known by text.
+#[test]
+fn end_of_generation_tokens() {
+    let qwen = open(&dir().join("bpe-qwen2.gguf"));
+    let im_end = qwen.token_id("<|im_end|>").expect("<|im_end|>");
+    let eot = qwen.token_id("<|endoftext|>").expect("<|endoftext|>");
+    assert!(
+        qwen.eog.contains(&im_end) && qwen.eog.contains(&eot),
+        "{:?}",
+        qwen.eog
+    );
+    let llama3 = open(&dir().join("bpe-llama-bpe.gguf"));
+    let eot_id = llama3.token_id("<|eot_id|>").expect("<|eot_id|>");
+    assert!(llama3.eog.contains(&eot_id), "{:?}", llama3.eog);
+    assert!(llama3.add_bos, "llama-bpe adds BOS by default");
+    let spm = open(&dir().join("spm.gguf"));
+    assert_eq!((spm.bos, spm.eos, spm.add_bos), (Some(1), Some(2), true));
 }
