@@ -162,3 +162,86 @@ fn arrays_cannot_allocate_more_than_the_file_size() {
     let ok = parse(&file(&[kv("a", 9, &array(0, 4, &[7]))], 0, &[32, 2]));
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+fn strings(items: &[&str]) -> Vec<u8> {
+    let mut b = 8u32.to_le_bytes().to_vec();
+    b.extend((items.len() as u64).to_le_bytes());
+    for s in items {
+        b.extend(string(s));
+    }
+    b
+}
+
+fn written(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    (dir, path)
+}
+
+#[test]
+fn the_header_alone_is_read_and_checked_against_the_file_size() {
+    let bytes = file(
+        &[kv("general.architecture", 8, &string("llama"))],
+        0,
+        &[32, 2],
+    );
+    let (_dir, path) = written(&bytes);
+    // A budget smaller than the file: the header fits, the tensor data is never read.
+    let header = GgufFile::open_header(&path, bytes.len() - 8).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(header.tensors[0].shape, vec![2, 32]);
+    assert_eq!(header.tensors[0].end, bytes.len());
+    assert!(header.bytes(&header.tensors[0]).is_empty());
+    assert_eq!(header.architecture().ok(), Some("llama"));
+
+    // The data is cut short: the tensor table points past the end of the file.
+    let (_dir, cut) = written(&bytes[..bytes.len() - 4]);
+    let err = GgufFile::open_header(&cut, 1 << 20)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("beyond the end")),
+        "{err:?}"
+    );
+
+    // A header larger than the budget is refused, saying so.
+    let err = GgufFile::open_header(&path, 16)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("read up to 16 bytes")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn smollm_splits_every_digit_before_the_gpt2_regex() {
+    let tokens = ["1", "2", "3", "12", "a", "b", "ab", "Ġ"];
+    let build_for = |pre: &str| {
+        let bytes = file(
+            &[
+                kv("general.architecture", 8, &string("llama")),
+                kv("tokenizer.ggml.model", 8, &string("gpt2")),
+                kv("tokenizer.ggml.pre", 8, &string(pre)),
+                kv("tokenizer.ggml.tokens", 9, &strings(&tokens)),
+                kv("tokenizer.ggml.merges", 9, &strings(&["1 2", "a b"])),
+            ],
+            0,
+            &[32, 2],
+        );
+        let (_dir, path) = written(&bytes);
+        let gguf = GgufFile::open(&path, None).unwrap_or_else(|e| panic!("{e}"));
+        tokenizer::build(&gguf).unwrap_or_else(|e| panic!("{e}")).0
+    };
+    let ids = |pre: &str| -> Vec<u32> {
+        build_for(pre)
+            .encode("ab 123", false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get_ids()
+            .to_vec()
+    };
+    // GPT-2's regex keeps " 123" together, so "1 2" merges; SmolLM's splits digits first.
+    assert_eq!(ids("default"), vec![6, 7, 3, 2]);
+    assert_eq!(ids("smollm"), vec![6, 7, 0, 1, 2]);
+}
