@@ -20,9 +20,9 @@ use serde::Serialize;
 
 use crate::EngineError;
 use crate::gguf::{GgufFile, Value};
-use crate::models::config::ModelConfig;
 use crate::kv::kv_bytes_per_token;
 use crate::loader::gguf_file;
+use crate::models::config::ModelConfig;
 
 /// The most of a GGUF file read for its header (metadata and tensor table). A 150k-token
 /// vocabulary with merges takes ~10 MB; a header past this is refused, not read.
