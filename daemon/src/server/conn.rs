@@ -267,13 +267,11 @@ async fn drive<IO>(
     loop {
         let limits = &state.config.limits;
         let age_due = started + limits.max_connection_age;
+        // Biased, the reload first: when a new generation and a new request are both ready,
+        // the connection switches (or closes) before the request is dispatched. Unbiased, a
+        // request sent after "reload complete" could still be served under the old rules.
         tokio::select! {
-            ended = connection.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!(peer = ?peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            biased;
             changed = shared.generation.changed(), if reloads_open => {
                 if changed.is_err() {
                     reloads_open = false;
@@ -329,6 +327,12 @@ async fn drive<IO>(
             }
             () = sleep_until(close_at.unwrap_or(far)), if close_at.is_some() => {
                 tracing::info!(peer = ?peer, "drained connection still busy after limits.shutdown_grace: closing");
+                return;
+            }
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(peer = ?peer, error = %e, "connection ended with an error");
+                }
                 return;
             }
         }
