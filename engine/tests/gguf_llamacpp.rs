@@ -169,14 +169,13 @@ fn phi3_f16_from_llama_cpp_converter() -> anyhow::Result<()> {
 /// below what this rounding can flip, so differences there are printed; on the margin
 /// prompts (the 3 of 120 seeded prompts with the largest smallest margin, 0.16–0.46,
 /// recorded in the JSON) all 16 ids must equal llama.cpp's.
-fn quantized(gguf: &str, vs_transformers: f32) -> anyhow::Result<()> {
-    const VS_LLAMACPP: f32 = 0.1;
+fn quantized(gguf: &str, source: &str, vs_transformers: f32, vs_llamacpp: f32) -> anyhow::Result<()> {
     check(
         gguf,
-        "qwen3_qknorm",
+        source,
         &Bounds {
             vs_transformers,
-            vs_llamacpp: VS_LLAMACPP,
+            vs_llamacpp,
             greedy_as_transformers: false,
         },
     )?;
@@ -201,10 +200,10 @@ fn quantized(gguf: &str, vs_transformers: f32) -> anyhow::Result<()> {
             }
         );
         anyhow::ensure!(
-            margin > VS_LLAMACPP,
+            margin > vs_llamacpp,
             "{gguf}: margin prompt {i} has margin {margin}"
         );
-        anyhow::ensure!(diff <= VS_LLAMACPP, "{gguf}/margin{i}: {diff}");
+        anyhow::ensure!(diff <= vs_llamacpp, "{gguf}/margin{i}: {diff}");
         anyhow::ensure!(
             greedy == ids(&p["greedy_ids"]),
             "{gguf}/margin{i}: greedy {greedy:?}, llama.cpp {:?}",
@@ -216,10 +215,75 @@ fn quantized(gguf: &str, vs_transformers: f32) -> anyhow::Result<()> {
 
 #[test]
 fn qwen3_q8_0_from_llama_cpp_quantizer() -> anyhow::Result<()> {
-    quantized("qwen3_qknorm-q8_0", 0.15)
+    quantized("qwen3_qknorm-q8_0", "qwen3_qknorm", 0.15, 0.1)
 }
 
 #[test]
 fn qwen3_q4_k_m_from_llama_cpp_quantizer() -> anyhow::Result<()> {
-    quantized("qwen3_qknorm-q4_k_m", 0.6)
+    quantized("qwen3_qknorm-q4_k_m", "qwen3_qknorm", 0.6, 0.1)
+}
+
+/// One `qwen3_k256-<type>` file (every matrix of that type; see the table above).
+fn k256(ty: &str, vs_transformers: f32, vs_llamacpp: f32) -> anyhow::Result<()> {
+    quantized(&format!("qwen3_k256-{ty}"), "qwen3_k256", vs_transformers, vs_llamacpp)
+}
+
+#[test]
+fn k256_q4_0_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q4_0", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q4_1_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q4_1", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q5_0_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q5_0", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q5_1_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q5_1", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q8_0_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q8_0", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q2_k_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q2_k", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q3_k_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q3_k", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q4_k_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q4_k", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q5_k_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q5_k", 9.0, 9.0)
+}
+
+#[test]
+fn k256_q6_k_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("q6_k", 9.0, 9.0)
+}
+
+#[test]
+fn k256_iq4_nl_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("iq4_nl", 9.0, 9.0)
+}
+
+#[test]
+fn k256_iq4_xs_from_llama_cpp_quantizer() -> anyhow::Result<()> {
+    k256("iq4_xs", 9.0, 9.0)
 }
