@@ -111,8 +111,11 @@ fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [f32], sums: &mut [i32], bloc
     let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block));
     for ((x, q), d) in blocks.zip(ds.iter_mut()) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        *d = amax / 127.0;
-        let id = if *d != 0.0 { 1.0 / *d } else { 0.0 };
+        // As llama.cpp's `quantize_row_q8_K_ref`: the inverse scale is 127 / amax and the
+        // scale its reciprocal, so that the quants (and the results) equal llama.cpp's
+        // bit for bit rather than differing by one step where `v · id` is near a tie.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        *d = if amax != 0.0 { 1.0 / id } else { 0.0 };
         // `as` saturates, and |v · id| ≤ 127 by construction; NaN becomes 0.
         for (q, &v) in q.iter_mut().zip(x) {
             *q = ((v * id + MAGIC) - MAGIC) as i8;
