@@ -102,7 +102,9 @@ impl ModelConfig {
     }
 
     /// The RoPE inverse frequencies, one per rotated pair, scaling applied (for positions
-    /// inside the original context, where scalings with two factor sets differ).
+    /// inside the original context, where scalings with two factor sets differ). For tests
+    /// and the fuzz targets; the models build theirs through `layers::rope`.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn inv_freq(&self) -> Vec<f64> {
         self.rope_scaling
             .inv_freq(self.rope_theta, self.rotary_dim, false)
