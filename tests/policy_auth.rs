@@ -252,6 +252,21 @@ async fn a_burst_on_a_new_key_is_served_not_refused_or_throttled() {
     first_accepted(&carol, &url, &other).await;
 }
 
+/// Sends `typo` (a wrong secret for a real key id: well-formed, so each try is hashed and
+/// charged) until the pre-hash throttle answers 429; returns how many 401s came first.
+async fn spend_guessing_budget(client: &reqwest::Client, url: &str, typo: &str) -> usize {
+    let mut refused = 0;
+    loop {
+        let (status, _, body) = post(client.post(url).bearer_auth(typo), &chat("hi")).await;
+        if status == 429 {
+            return refused;
+        }
+        assert_eq!(status, 401, "{body}");
+        refused += 1;
+        assert!(refused < 40, "never throttled");
+    }
+}
+
 /// A client that spent its pre-hash throttle (typos of a real key) is not kept throttled
 /// once its real key verifies: the attempts are forgiven, not merely refilled one by one.
 #[tokio::test]
@@ -267,16 +282,7 @@ async fn a_key_that_verifies_clears_the_throttle() {
     let typo = common::wrong_secret(&key);
     // The burst is 10 verifications, then one per 6 s (on a slow machine the hashing itself
     // may refill one or two: go on until the first 429).
-    let mut refused = 0;
-    loop {
-        let (status, _, body) = post(carol.post(&url).bearer_auth(&typo), &chat("hi")).await;
-        if status == 429 {
-            break;
-        }
-        assert_eq!(status, 401, "{body}");
-        refused += 1;
-        assert!(refused < 40, "never throttled");
-    }
+    let refused = spend_guessing_budget(&carol, &url, &typo).await;
     assert!(refused >= 10, "throttled after {refused}");
     // Throttled: even the right key is refused before hashing until one attempt refills.
     let started = Instant::now();
@@ -314,16 +320,7 @@ async fn a_reload_does_not_refill_the_guessing_throttle() {
     let carol = s.daemon.client(&s.pki, "carol");
     let key = create_key(&s.config, "keyed");
     let typo = common::wrong_secret(&key);
-    let mut refused = 0;
-    loop {
-        let (status, _, body) = post(carol.post(&url).bearer_auth(&typo), &chat("hi")).await;
-        if status == 429 {
-            break;
-        }
-        assert_eq!(status, 401, "{body}");
-        refused += 1;
-        assert!(refused < 40, "never throttled");
-    }
+    spend_guessing_budget(&carol, &url, &typo).await;
     let before = s.daemon.logs().matches("reload complete").count();
     s.daemon.signal("HUP");
     assert!(
