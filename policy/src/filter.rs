@@ -325,32 +325,46 @@ impl FilterSet {
         best
     }
 
-    /// Non-overlapping redaction spans in `text[from..]`, in order.
+    /// Non-overlapping redaction spans in `text[from..]`, in order, chosen greedily from the
+    /// left: the match that starts first (at equal starts the longer, then the earlier rule)
+    /// is kept, and every rule looks for its next match after the end of the kept one.
+    ///
+    /// Each choice depends only on the text and on where the previous kept span ended, never
+    /// on `from` itself, so a stream that resumes after a released span chooses what a scan of
+    /// the whole text chooses. (Collecting each rule's matches on its own and then dropping
+    /// overlaps does not have that property: a rule's chain then depends on its own dropped
+    /// matches, so `x@ex.ccB::8f88` hid the IPv6 `::8f88` in one chunk and not in two.)
     pub(crate) fn redactions(&self, text: &str, from: usize) -> Vec<Span> {
         let Some(set) = &self.redact_set else {
             return Vec::new();
         };
-        let mut spans = Vec::new();
-        for rule in set.matches_at(text, from).iter() {
-            let mut at = from;
-            while let Some((start, end)) = self.redact_patterns[rule].find_at(text, at) {
-                spans.push(Span { start, end, rule });
-                at = if end > start {
-                    end
-                } else {
-                    next_char(text, end)
-                };
+        // Each rule that can match, with its first match starting at or after `from`.
+        let mut next: Vec<(usize, Option<(usize, usize)>)> = set
+            .matches_at(text, from)
+            .iter()
+            .map(|rule| (rule, self.redact_patterns[rule].find_at(text, from)))
+            .collect();
+        let mut kept = Vec::new();
+        loop {
+            let best = next
+                .iter()
+                .filter_map(|&(rule, m)| m.map(|(start, end)| (start, end, rule)))
+                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+            let Some((start, end, rule)) = best else {
+                return kept;
+            };
+            kept.push(Span { start, end, rule });
+            let resume = if end > start {
+                end
+            } else {
+                next_char(text, end)
+            };
+            for (rule, m) in &mut next {
+                if m.is_some_and(|(s, _)| s < resume) {
+                    *m = self.redact_patterns[*rule].find_at(text, resume);
+                }
             }
         }
-        // Earliest first; at equal starts the longer; then drop overlaps.
-        spans.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-        let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
-        for s in spans {
-            if kept.last().is_none_or(|k| s.start >= k.end) {
-                kept.push(s);
-            }
-        }
-        kept
     }
 
     /// `text[from..to]` with the spans (all inside it) replaced.
