@@ -9,9 +9,9 @@
 //!   503 `audit_unavailable`: nothing leaves unaudited.
 //!
 //! The receipt cannot be forged outside this module, so skipping admission does not
-//! compile:
+//! compile (these doc-tests pin the error codes, so they fail for no other reason):
 //!
-//! ```compile_fail
+//! ```compile_fail,E0308
 //! # use std::sync::Arc;
 //! # use airlock_daemon::pipeline::{RequestCtx, generate::{self, Job}};
 //! async fn skip_admission(engine: &Arc<dyn airlock_engine::Engine>, ctx: &RequestCtx, job: Job) {
@@ -20,7 +20,7 @@
 //! }
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! # use airlock_daemon::pipeline::{audit::Admitted, generate::Job};
 //! fn forge(job: Job) -> Admitted {
 //!     // The receipt's field is private to this module: error[E0451].
