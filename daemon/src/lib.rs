@@ -20,6 +20,8 @@ pub mod logging;
 pub mod metrics;
 pub mod model_cli;
 mod model_inspect;
+#[cfg(test)]
+mod module_graph;
 pub mod notify;
 pub mod pipeline;
 pub mod server;
