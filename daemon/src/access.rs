@@ -9,6 +9,8 @@
 //! With none of these the answer is 401: deny by default. No failure message contains
 //! the presented credential.
 
+mod error;
+
 use std::hash::BuildHasher as _;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use airlock_policy::tenant::FailureThrottle;
 use airlock_policy::{ApiKey, CertIdentity as PolicyCert, Tenant, VerifiedKeyCache};
 use http::HeaderMap;
 use tokio::sync::Semaphore;
+
+pub use error::{AuthError, AuthFailure, PolicyError};
 
 use crate::config::policy::{CertTenants, PolicyConfig};
 use crate::identity::{CertIdentity, ConnInfo};
@@ -76,133 +80,6 @@ impl AuthMethod {
             AuthMethod::Certificate { fingerprint } => {
                 vec![("cert_fingerprint", fingerprint.clone())]
             }
-        }
-    }
-}
-
-/// Why authentication failed: what the metrics label (`reason`) and the client's 401 say.
-/// No variant carries the presented credential.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// A header or credential that cannot be parsed (scheme, encoding, key format).
-    Malformed,
-    /// `Authorization` and `x-api-key` carry different credentials.
-    ConflictingCredentials,
-    /// An API key that does not exist, is revoked or expired, or does not verify.
-    InvalidKey,
-    /// A token that does not verify.
-    InvalidToken,
-    /// A credential kind the configuration does not enable.
-    MethodDisabled,
-    /// The credential is bound to (or its tenant requires) another client certificate.
-    CertificateMismatch,
-    /// The credential names no configured tenant.
-    UnknownTenant,
-    /// No credential at all.
-    MissingCredential,
-    /// Verification could not run (the hashing pool went away).
-    Unavailable,
-}
-
-impl AuthFailure {
-    /// The `reason` label of `airlock_auth_failures_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::ConflictingCredentials => "conflicting_credentials",
-            AuthFailure::InvalidKey => "invalid_key",
-            AuthFailure::InvalidToken => "invalid_token",
-            AuthFailure::MethodDisabled => "method_disabled",
-            AuthFailure::CertificateMismatch => "certificate_mismatch",
-            AuthFailure::UnknownTenant => "unknown_tenant",
-            AuthFailure::MissingCredential => "missing_credential",
-            AuthFailure::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// An authentication failure, as the `authn` phase reports it (`api::error` renders it).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Refused with 401: `message` is what the client reads.
-    #[error("{message}")]
-    Refused {
-        failure: AuthFailure,
-        message: &'static str,
-    },
-    /// The API key table is not confirmed current: keys are refused, fail closed (503).
-    #[error("API keys cannot be checked right now (the key database is unavailable); retry later")]
-    KeysUnavailable,
-    /// Too many failed key verifications from this client (429).
-    #[error("too many authentication attempts; retry in {retry_after}s")]
-    Throttled { retry_after: u64 },
-}
-
-impl AuthError {
-    /// The `reason` label of `airlock_auth_failures_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            AuthError::Refused { failure, .. } => failure.label(),
-            AuthError::KeysUnavailable => "unavailable",
-            AuthError::Throttled { .. } => "throttled",
-        }
-    }
-}
-
-/// A refusal by the tenant's policy (the `tenant`, `prompt_filter` and `limits` phases).
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// The tenant's model allow-list does not name the model.
-    #[error("tenant `{tenant}` is not allowed to use model `{model}`")]
-    ModelNotAllowed { tenant: String, model: String },
-    /// The prompt is over the tenant's `max_prompt_tokens`.
-    #[error("the prompt is {tokens} tokens, over tenant `{tenant}`'s limit of {limit}")]
-    PromptTooLong {
-        tenant: String,
-        tokens: usize,
-        limit: u32,
-        /// The request field the prompt came from.
-        param: &'static str,
-    },
-    /// A filter's deny rule matched (names the rule, never the matched text).
-    #[error("the request was refused by content policy rule `{rule_id}`")]
-    ContentPolicy { rule_id: String },
-    /// A rate limit refused the request.
-    #[error("rate limit exceeded for tenant `{tenant}`: {}", exceeded_text(.exceeded))]
-    RateLimited {
-        tenant: String,
-        exceeded: airlock_policy::ratelimit::Exceeded,
-        retry_after: u64,
-        status: airlock_policy::ratelimit::RateStatus,
-    },
-}
-
-fn exceeded_text(exceeded: &airlock_policy::ratelimit::Exceeded) -> &'static str {
-    use airlock_policy::ratelimit::Exceeded;
-    match exceeded {
-        Exceeded::Requests => "requests",
-        Exceeded::Tokens => "tokens per minute",
-        Exceeded::Concurrency => "concurrent requests",
-        Exceeded::TooLarge => "tokens per minute (this request alone exceeds it)",
-    }
-}
-
-impl PolicyError {
-    /// A rate-limit refusal of `tenant` (counted in the metrics here, where it is decided).
-    pub fn rate_limited(tenant: &Tenant, r: &airlock_policy::ratelimit::Refusal) -> PolicyError {
-        use airlock_policy::ratelimit::Exceeded;
-        let kind = match r.exceeded {
-            Exceeded::Requests => "requests",
-            Exceeded::Tokens => "tokens",
-            Exceeded::Concurrency => "concurrency",
-            Exceeded::TooLarge => "too_large",
-        };
-        crate::metrics::global().rate_limited(&tenant.name, kind);
-        PolicyError::RateLimited {
-            tenant: tenant.name.clone(),
-            exceeded: r.exceeded,
-            retry_after: r.retry_after.as_secs_f64().ceil().max(1.0) as u64,
-            status: r.status,
         }
     }
 }
@@ -626,74 +503,4 @@ fn credential(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use http::HeaderValue;
-
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in pairs {
-            h.insert(*name, HeaderValue::from_str(value).expect("valid header"));
-        }
-        h
-    }
-
-    fn failure(result: Result<Option<&str>, AuthError>) -> &'static str {
-        result.expect_err("refused").label()
-    }
-
-    #[test]
-    fn credential_failures_carry_their_metric_label() {
-        assert_eq!(
-            failure(credential(&headers(&[("authorization", "Basic abc")]))),
-            "malformed"
-        );
-        assert_eq!(
-            failure(credential(&headers(&[("authorization", "Bearer ")]))),
-            "malformed"
-        );
-        assert_eq!(
-            failure(credential(&headers(&[
-                ("authorization", "Bearer alk_a"),
-                ("x-api-key", "alk_b"),
-            ]))),
-            "conflicting_credentials"
-        );
-        assert_eq!(
-            credential(&headers(&[("x-api-key", " alk_a ")])),
-            Ok(Some("alk_a"))
-        );
-        let throttled = AuthError::Throttled { retry_after: 3 };
-        assert_eq!(throttled.label(), "throttled");
-        assert_eq!(AuthError::KeysUnavailable.label(), "unavailable");
-        // The message is the client's; it never carries the credential.
-        let presented = headers(&[("authorization", "Basic secret-value")]);
-        let message = credential(&presented).expect_err("refused").to_string();
-        assert!(!message.contains("secret-value"), "{message}");
-    }
-
-    #[tokio::test]
-    async fn missing_and_unbacked_credentials_are_typed() {
-        let access = Access::legacy();
-        let conn = ConnInfo {
-            peer_addr: None,
-            trusted_proxy: false,
-            tls_client_cert: None,
-            alpn: None,
-            forwarded_client_cert: None,
-            forwarded_for: None,
-        };
-        let none = access.authenticate(&conn, &HeaderMap::new()).await;
-        assert_eq!(none.expect_err("refused").label(), "missing_credential");
-        let key = access
-            .authenticate(&conn, &headers(&[("x-api-key", "alk_not-a-key")]))
-            .await;
-        assert_eq!(key.expect_err("refused").label(), "malformed");
-        let token = access
-            .authenticate(&conn, &headers(&[("authorization", "Bearer a.b.c")]))
-            .await;
-        // No `[auth] jwks`: a bearer that is not a key is refused as malformed.
-        assert_eq!(token.expect_err("refused").label(), "malformed");
-    }
-}
+mod tests;
