@@ -1,5 +1,5 @@
 //! Audit log benchmark: durable records per second through the writer thread (group commit,
-//! WAL, synchronous=FULL), the request latency `http::handle` adds with the audit on vs off
+//! WAL, synchronous=FULL), the request latency `pipeline::handle` adds with the audit on vs off
 //! (test engine, in process), and `audit verify` speed. Prints figures; asserts nothing.
 //!
 //! ```sh

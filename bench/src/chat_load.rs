@@ -44,7 +44,8 @@ pub async fn chat_latency_ms(
                     .body(Full::new(body.clone()))?;
                 let start = Instant::now();
                 let resp =
-                    airlock_daemon::http::handle(Arc::clone(&app), Arc::clone(&conn), req).await;
+                    airlock_daemon::pipeline::handle(Arc::clone(&app), Arc::clone(&conn), req)
+                        .await;
                 anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
                 let _ = resp.into_body().collect().await;
                 times.push(start.elapsed().as_secs_f64() * 1000.0);

@@ -1,6 +1,6 @@
 //! Metrics benchmark: what the request path's instrumentation costs. First the recording
 //! calls one request makes (request note, `airlock_requests_total` + duration histogram,
-//! token counters + two histograms), timed alone; then `http::handle` latency (test engine,
+//! token counters + two histograms), timed alone; then `pipeline::handle` latency (test engine,
 //! in process, no audit) without and with a scraper encoding `/metrics` every 10 ms, and
 //! the time one scrape takes. Prints figures; asserts nothing.
 //!
@@ -64,11 +64,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     };
     let start = Instant::now();
     for i in 0..args.iterations {
-        let note = Arc::new(RequestNote::default());
-        metrics::scope(Arc::clone(&note), async {
-            metrics::note(None, Some("test-model"));
-        })
-        .await;
+        let note = RequestNote::default();
+        note.note(None, Some("test-model"));
         let labels = metrics::GenerationLabels::new(None, "test-model");
         labels.finished(usage, &timings);
         m.request(

@@ -9,6 +9,8 @@
 //! With none of these the answer is 401: deny by default. No failure message contains
 //! the presented credential.
 
+mod error;
+
 use std::hash::BuildHasher as _;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -16,12 +18,13 @@ use std::time::{Duration, SystemTime};
 
 use airlock_policy::jwt::thumbprint_from_hex;
 use airlock_policy::tenant::FailureThrottle;
-use airlock_policy::{ApiKey, CertIdentity as PolicyCert, PolicyError, Tenant, VerifiedKeyCache};
+use airlock_policy::{ApiKey, CertIdentity as PolicyCert, Tenant, VerifiedKeyCache};
 use http::HeaderMap;
 use tokio::sync::Semaphore;
 
+pub use error::{AuthError, AuthFailure, PolicyError};
+
 use crate::config::policy::{CertTenants, PolicyConfig};
-use crate::http::ApiError;
 use crate::identity::{CertIdentity, ConnInfo};
 use crate::keys::KeySnapshot;
 
@@ -174,7 +177,9 @@ impl Access {
         }))
     }
 
-    /// The legacy default: certificate CN names the tenant, no keys, no tokens.
+    /// The legacy default: certificate CN names the tenant, no keys, no tokens (tests and
+    /// benches; the daemon always builds its access state from the configuration).
+    #[cfg(any(test, feature = "test-engine"))]
     pub fn legacy() -> Arc<Self> {
         let config = PolicyConfig::default();
         Arc::new(Self {
@@ -212,7 +217,7 @@ impl Access {
         &self,
         conn: &ConnInfo,
         headers: &HeaderMap,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         let cert = conn.client_cert().map(|(_, c)| c);
         let (method, result) = match credential(headers) {
             Err(e) => ("header", Err(e)),
@@ -223,21 +228,27 @@ impl Access {
             Ok(None) => ("certificate", self.with_cert(cert)),
         };
         if let Err(e) = &result {
-            crate::metrics::global().auth_failure(method, failure_reason(e));
+            crate::metrics::global().auth_failure(method, e.label());
         }
         result
     }
 
-    fn tenant_policy(&self, name: &str) -> Result<Option<Arc<Tenant>>, ApiError> {
+    fn tenant_policy(&self, name: &str) -> Result<Option<Arc<Tenant>>, AuthError> {
         match self.config.cert_tenants {
             CertTenants::CommonName => Ok(self.config.tenants.get(name).cloned()),
-            CertTenants::Rules => self
-                .config
-                .tenants
-                .get(name)
-                .cloned()
-                .map(Some)
-                .ok_or_else(|| unauthorized("the credential's tenant is not configured")),
+            CertTenants::Rules => {
+                self.config
+                    .tenants
+                    .get(name)
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        refused(
+                            AuthFailure::UnknownTenant,
+                            "the credential's tenant is not configured",
+                        )
+                    })
+            }
         }
     }
 
@@ -245,11 +256,12 @@ impl Access {
     fn check_cert_requirement(
         policy: Option<&Arc<Tenant>>,
         cert: Option<&CertIdentity>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuthError> {
         if let Some(t) = policy.filter(|t| t.require_cert) {
             let owned = cert.is_some_and(|c| t.owns_cert(&policy_cert(c)));
             if !owned {
-                return Err(unauthorized(
+                return Err(refused(
+                    AuthFailure::CertificateMismatch,
                     "this tenant's credentials must be presented over its client certificate",
                 ));
             }
@@ -262,16 +274,17 @@ impl Access {
         presented: &str,
         cert: Option<&CertIdentity>,
         conn: &ConnInfo,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         // Format and checksum first: a mistyped key costs no lookup and no hashing.
-        let key = ApiKey::parse(presented).map_err(|_| unauthorized("malformed API key"))?;
+        let key = ApiKey::parse(presented)
+            .map_err(|_| refused(AuthFailure::Malformed, "malformed API key"))?;
         let keys = self
             .keys
             .as_ref()
-            .ok_or_else(|| unauthorized("API keys are not enabled"))?;
+            .ok_or_else(|| refused(AuthFailure::MethodDisabled, "API keys are not enabled"))?;
         // Fail closed: a table not confirmed current may miss a revocation.
         if !keys.is_fresh() {
-            return Err(ApiError::KeysUnavailable);
+            return Err(AuthError::KeysUnavailable);
         }
         let record = match keys.get(key.id()) {
             Some(record) => record,
@@ -280,7 +293,7 @@ impl Access {
                 // look once more before refusing. Shared and spaced, see `refresh_now`.
                 keys.refresh_now(std::time::Instant::now()).await;
                 if !keys.is_fresh() {
-                    return Err(ApiError::KeysUnavailable);
+                    return Err(AuthError::KeysUnavailable);
                 }
                 keys.get(key.id()).ok_or_else(invalid_key)?
             }
@@ -291,7 +304,12 @@ impl Access {
         }
         record
             .check_binding(cert.map(|c| c.sha256_fingerprint.as_str()))
-            .map_err(|_| unauthorized("this API key is bound to another client certificate"))?;
+            .map_err(|_| {
+                refused(
+                    AuthFailure::CertificateMismatch,
+                    "this API key is bound to another client certificate",
+                )
+            })?;
         // One verification per key at a time; whoever waited finds it cached.
         let stripe = self.stripe_hasher.hash_one(key.id().as_str()) as usize % self.verifying.len();
         let turn = if self.cache.check(&key, &record, now) {
@@ -309,21 +327,21 @@ impl Access {
                 |c| c.sha256_fingerprint.clone(),
             );
             if let Err(wait) = self.throttle.attempt(&client) {
-                return Err(ApiError::AuthThrottled {
+                return Err(AuthError::Throttled {
                     retry_after: wait.as_secs().max(1),
                 });
             }
             let permit = Arc::clone(&self.argon2)
                 .acquire_owned()
                 .await
-                .map_err(|_| unauthorized("authentication unavailable"))?;
+                .map_err(|_| refused(AuthFailure::Unavailable, "authentication unavailable"))?;
             let (k, phc) = (key.clone(), record.phc.clone());
             let verified = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 airlock_policy::hash::verify_key(&k, &phc)
             })
             .await
-            .map_err(|_| unauthorized("authentication unavailable"))?;
+            .map_err(|_| refused(AuthFailure::Unavailable, "authentication unavailable"))?;
             match verified {
                 Ok(true) => {
                     self.cache.insert(&key, &record, now);
@@ -351,20 +369,21 @@ impl Access {
         })
     }
 
-    fn with_token(&self, token: &str, cert: Option<&CertIdentity>) -> Result<Principal, ApiError> {
+    fn with_token(&self, token: &str, cert: Option<&CertIdentity>) -> Result<Principal, AuthError> {
         let jwt = self
             .config
             .jwt
             .as_ref()
-            .ok_or_else(|| unauthorized("malformed API key"))?;
+            .ok_or_else(|| refused(AuthFailure::Malformed, "malformed API key"))?;
         let x5t = cert.and_then(|c| thumbprint_from_hex(&c.sha256_fingerprint));
         let id = jwt.verify(token, x5t.as_deref()).map_err(|e| {
             tracing::debug!(error = %e, "token refused");
             match e {
-                PolicyError::CertificateMismatch => {
-                    unauthorized("the token is bound to another client certificate")
-                }
-                _ => unauthorized("invalid token"),
+                airlock_policy::PolicyError::CertificateMismatch => refused(
+                    AuthFailure::CertificateMismatch,
+                    "the token is bound to another client certificate",
+                ),
+                _ => refused(AuthFailure::InvalidToken, "invalid token"),
             }
         })?;
         let policy = self.tenant_policy(&id.tenant)?;
@@ -380,9 +399,12 @@ impl Access {
         })
     }
 
-    fn with_cert(&self, cert: Option<&CertIdentity>) -> Result<Principal, ApiError> {
+    fn with_cert(&self, cert: Option<&CertIdentity>) -> Result<Principal, AuthError> {
         let cert = cert.ok_or_else(|| {
-            unauthorized("authentication required: an API key, a token or a client certificate")
+            refused(
+                AuthFailure::MissingCredential,
+                "authentication required: an API key, a token or a client certificate",
+            )
         })?;
         let name = cert
             .common_name
@@ -407,7 +429,8 @@ impl Access {
                     fingerprint: cert.sha256_fingerprint.clone(),
                 },
             }),
-            CertTenants::Rules => Err(unauthorized(
+            CertTenants::Rules => Err(refused(
+                AuthFailure::UnknownTenant,
                 "the client certificate does not belong to any tenant",
             )),
         }
@@ -432,62 +455,31 @@ fn policy_cert(c: &CertIdentity) -> PolicyCert {
     }
 }
 
-/// A fixed reason code for the metrics (the message never carries the credential, but a
-/// code keeps the label set small and stable).
-fn failure_reason(error: &ApiError) -> &'static str {
-    let ApiError::Unauthorized(message) = error else {
-        return match error {
-            ApiError::AuthThrottled { .. } => "throttled",
-            ApiError::KeysUnavailable => "unavailable",
-            _ => "other",
-        };
-    };
-    let m = message.as_str();
-    if m.contains("malformed") || m.contains("scheme") || m.contains("empty credential") {
-        "malformed"
-    } else if m.contains("different credentials") {
-        "conflicting_credentials"
-    } else if m == "invalid API key" {
-        "invalid_key"
-    } else if m == "invalid token" {
-        "invalid_token"
-    } else if m.contains("not enabled") {
-        "method_disabled"
-    } else if m.contains("bound to another") || m.contains("must be presented over") {
-        "certificate_mismatch"
-    } else if m.contains("not configured") || m.contains("does not belong") {
-        "unknown_tenant"
-    } else if m.starts_with("authentication required") {
-        "missing_credential"
-    } else if m.contains("unavailable") {
-        "unavailable"
-    } else {
-        "other"
-    }
+fn refused(failure: AuthFailure, message: &'static str) -> AuthError {
+    AuthError::Refused { failure, message }
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError::Unauthorized(message.to_owned())
-}
-
-fn invalid_key() -> ApiError {
-    unauthorized("invalid API key")
+fn invalid_key() -> AuthError {
+    refused(AuthFailure::InvalidKey, "invalid API key")
 }
 
 /// The presented credential from `Authorization: Bearer` or `x-api-key`; both present
 /// and different is refused rather than guessed at.
-fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+fn credential(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let bearer = match headers.get(http::header::AUTHORIZATION) {
         None => None,
         Some(v) => {
             let v = v
                 .to_str()
-                .map_err(|_| unauthorized("malformed Authorization header"))?;
+                .map_err(|_| refused(AuthFailure::Malformed, "malformed Authorization header"))?;
             let (scheme, rest) = v
                 .split_once(' ')
-                .ok_or_else(|| unauthorized("malformed Authorization header"))?;
+                .ok_or_else(|| refused(AuthFailure::Malformed, "malformed Authorization header"))?;
             if !scheme.eq_ignore_ascii_case("bearer") {
-                return Err(unauthorized("the Authorization scheme must be Bearer"));
+                return Err(refused(
+                    AuthFailure::Malformed,
+                    "the Authorization scheme must be Bearer",
+                ));
             }
             Some(rest.trim())
         }
@@ -496,13 +488,19 @@ fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .get("x-api-key")
         .map(|v| v.to_str().map(str::trim))
         .transpose()
-        .map_err(|_| unauthorized("malformed x-api-key header"))?;
+        .map_err(|_| refused(AuthFailure::Malformed, "malformed x-api-key header"))?;
     match (bearer, api_key) {
-        (Some(a), Some(b)) if a != b => Err(unauthorized(
+        (Some(a), Some(b)) if a != b => Err(refused(
+            AuthFailure::ConflictingCredentials,
             "Authorization and x-api-key carry different credentials",
         )),
-        (Some(c), _) | (None, Some(c)) if c.is_empty() => Err(unauthorized("empty credential")),
+        (Some(c), _) | (None, Some(c)) if c.is_empty() => {
+            Err(refused(AuthFailure::Malformed, "empty credential"))
+        }
         (Some(c), _) | (None, Some(c)) => Ok(Some(c)),
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! The application state every request sees: the engine and the request limits.
 //!
 //! The server builds one [`App`] per configuration generation (a SIGHUP reload builds a new
-//! one); [`crate::http::handle`] serves requests against it.
+//! one); [`crate::pipeline::handle`] serves requests against it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,11 +50,15 @@ pub struct App {
 }
 
 impl App {
+    /// An application without audit log and with the legacy access policy (tests, benches).
+    #[cfg(any(test, feature = "test-engine"))]
     pub fn new(engine: Arc<dyn Engine>, settings: AppSettings) -> Arc<App> {
         Self::with_audit(engine, settings, None)
     }
 
-    /// An application whose requests are audited through `audit`.
+    /// An application whose requests are audited through `audit`, with the legacy access
+    /// policy (tests, benches).
+    #[cfg(any(test, feature = "test-engine"))]
     pub fn with_audit(
         engine: Arc<dyn Engine>,
         settings: AppSettings,

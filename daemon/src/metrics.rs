@@ -13,7 +13,7 @@ mod exposition;
 mod tests;
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock_engine::{EngineStatus, GenerationTimings, ModelInfo, Usage};
@@ -574,6 +574,16 @@ pub struct RequestNote {
 }
 
 impl RequestNote {
+    /// Notes the request's configured tenant and model (first call wins).
+    pub fn note(&self, tenant: Option<&str>, model: Option<&str>) {
+        if let Some(t) = tenant {
+            let _ = self.tenant.set(t.to_owned());
+        }
+        if let Some(m) = model {
+            let _ = self.model.set(m.to_owned());
+        }
+    }
+
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.get().map(String::as_str)
     }
@@ -581,31 +591,4 @@ impl RequestNote {
     pub fn model(&self) -> Option<&str> {
         self.model.get().map(String::as_str)
     }
-}
-
-tokio::task_local! {
-    static NOTE: Arc<RequestNote>;
-}
-
-/// Runs `fut` with `note` as the current request's note.
-pub async fn scope<F: Future>(note: Arc<RequestNote>, fut: F) -> F::Output {
-    NOTE.scope(note, fut).await
-}
-
-/// Notes the current request's configured tenant and model (first call wins). Outside a
-/// request (unit tests driving parts directly) it does nothing.
-pub fn note(tenant: Option<&str>, model: Option<&str>) {
-    let _ = NOTE.try_with(|n| {
-        if let Some(t) = tenant {
-            let _ = n.tenant.set(t.to_owned());
-        }
-        if let Some(m) = model {
-            let _ = n.model.set(m.to_owned());
-        }
-    });
-}
-
-/// The current request's note, if any.
-pub fn current_note() -> Option<Arc<RequestNote>> {
-    NOTE.try_with(Arc::clone).ok()
 }

@@ -42,8 +42,9 @@ use crate::notify::{self, Notifier};
 
 /// The application the server hands requests to.
 mod app {
+    pub use crate::api::BoxBody;
     pub use crate::app::{App, AppSettings};
-    pub use crate::http::{BoxBody, handle};
+    pub use crate::pipeline::handle;
 }
 
 /// Why the server could not start.

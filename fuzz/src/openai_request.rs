@@ -2,8 +2,8 @@
 //! `/v1/completions` and `/generate`. Whatever the body, the outcome is a validated request
 //! within OpenAI's ranges or a refusal in OpenAI's error shape naming a client error.
 
-use airlock_daemon::http::ApiError;
-use airlock_daemon::http::fuzzing::{self, Validated};
+use airlock_daemon::api::ApiError;
+use airlock_daemon::api::fuzzing::{self, Validated};
 use airlock_engine::Prompt;
 
 pub fn run(data: &[u8]) {

@@ -1,11 +1,11 @@
 //! One request's audit records, fail closed.
 //!
-//! `http::handle` opens a [`Trail`] for every request outside the open list and runs the
-//! request inside [`scope`], so the steps deep in the path reach it without threading it
-//! through every signature:
+//! `pipeline::handle` opens a [`Trail`] for every request outside the open list and hands it
+//! to the phases in the request's `RequestCtx` (explicitly: no task-local):
 //!
-//! * `inference::submit` calls [`Trail::admit`] right before the engine: the admission
-//!   record is committed first, or the request is refused with 503 `audit_unavailable`.
+//! * the `audit` phase (`pipeline::audit::admit`) calls [`Trail::admit`] right before the
+//!   engine: the admission record is committed first, or the request is refused with 503
+//!   `audit_unavailable`; the engine takes the receipt only that phase constructs.
 //! * A request refused earlier (401, 403, 404, 413, 429, ...) gets one `deny` record from
 //!   [`Trail::finish`], committed before the refusal is sent.
 //! * A non-streaming completion gets its `complete` record from [`Trail::finish`] before
@@ -99,20 +99,6 @@ impl Binding {
             .copied()
             .unwrap_or(self.store_text)
     }
-}
-
-tokio::task_local! {
-    static CURRENT: Arc<Trail>;
-}
-
-/// Runs `fut` with `trail` reachable through [`current`].
-pub async fn scope<F: Future>(trail: Arc<Trail>, fut: F) -> F::Output {
-    CURRENT.scope(trail, fut).await
-}
-
-/// The trail of the request being served, if it is audited.
-pub fn current() -> Option<Arc<Trail>> {
-    CURRENT.try_with(Arc::clone).ok()
 }
 
 #[derive(Debug, Default)]
@@ -529,6 +515,11 @@ pub struct StreamAudit {
 }
 
 impl StreamAudit {
+    /// The request's trail.
+    pub fn trail(&self) -> &Trail {
+        &self.trail
+    }
+
     /// An output filter rule that acted on this stream (rule id and count only).
     pub fn note_filter(&self, rule: &str, action: &'static str, count: usize) {
         self.trail.note_filter(rule, action, count);

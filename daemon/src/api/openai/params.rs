@@ -5,7 +5,7 @@ use airlock_engine::SamplingParams;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::error::ApiError;
+use crate::api::error::ApiError;
 
 /// The sampling fields of a completion request, as sent.
 ///

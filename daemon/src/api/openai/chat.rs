@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::StreamOptions;
-use crate::http::error::ApiError;
+use crate::api::error::ApiError;
 
 /// Most messages in one request. The body limit bounds their bytes; this bounds the work
 /// the chat template does per request (it runs code from the model file once per message,

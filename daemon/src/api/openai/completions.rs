@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::StreamOptions;
-use crate::http::error::ApiError;
+use crate::api::error::ApiError;
 
 /// OpenAI's default `max_tokens` for text completions (chat has none: up to the context).
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;

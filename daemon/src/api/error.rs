@@ -9,7 +9,9 @@ use hyper::Response;
 use serde::Serialize;
 
 use super::BoxBody;
-use super::response::json_response;
+use super::response::{json_response, ratelimit_headers};
+use crate::access::{AuthError, PolicyError};
+use crate::audit::AuditError;
 
 /// A request failure, as the client will see it.
 #[derive(Debug, thiserror::Error)]
@@ -79,39 +81,14 @@ pub enum ApiError {
     #[error("the audit log is unavailable; the request was not served")]
     AuditUnavailable,
 
-    /// No valid credential. The message never contains the presented credential.
-    #[error("{0}")]
-    Unauthorized(String),
+    /// Authentication failed (401, or 503/429 when keys cannot be checked or the client is
+    /// throttled). Never contains the presented credential.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 
-    /// The API key table could not be confirmed current for longer than the staleness
-    /// bound (the key database is unreadable): keys are refused rather than checked
-    /// against a copy that may miss a revocation.
-    #[error("API keys cannot be checked right now (the key database is unavailable); retry later")]
-    KeysUnavailable,
-
-    /// Too many failed key verifications from this client: refused before hashing.
-    #[error("too many authentication attempts; retry in {retry_after}s")]
-    AuthThrottled { retry_after: u64 },
-
-    /// Authenticated, but the tenant may not do this (e.g. use this model).
-    #[error("{message}")]
-    Forbidden {
-        message: String,
-        code: &'static str,
-        param: Option<String>,
-    },
-
-    /// A tenant filter's deny rule matched. Names the rule, never the matched text.
-    #[error("the request was refused by content policy rule `{rule_id}`")]
-    ContentPolicy { rule_id: String },
-
-    /// A tenant rate limit refused the request.
-    #[error("{message}")]
-    RateLimited {
-        message: String,
-        retry_after: u64,
-        status: airlock_policy::ratelimit::RateStatus,
-    },
+    /// The tenant's policy refused the request (403, or 429 for a rate limit).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 
     /// The engine refused or failed the request. `prompt_param` names the field the prompt
     /// came from (`messages`, `prompt`), used for context-length errors.
@@ -120,6 +97,23 @@ pub enum ApiError {
         source: EngineError,
         prompt_param: &'static str,
     },
+}
+
+/// An audit record that could not be written: the request is refused (fail closed). The
+/// reason goes to the log, never to the client.
+impl From<AuditError> for ApiError {
+    fn from(error: AuditError) -> ApiError {
+        tracing::error!(error = %error, "audit record not written: refusing the request");
+        ApiError::AuditUnavailable
+    }
+}
+
+/// An engine failure outside a prompt's context (no prompt field to name: `model` lookups,
+/// shutdown). The generation path names its prompt field with [`ApiError::engine`].
+impl From<EngineError> for ApiError {
+    fn from(source: EngineError) -> ApiError {
+        ApiError::engine(source, "prompt")
+    }
 }
 
 fn media_type_message(declared: Option<&str>) -> String {
@@ -207,8 +201,8 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let ApiError::RateLimited { status, .. } = &self {
-            super::ratelimit_headers(resp.headers_mut(), status);
+        if let ApiError::Policy(PolicyError::RateLimited { status, .. }) = &self {
+            ratelimit_headers(resp.headers_mut(), status);
         }
         if let Some(allow) = rendered.allow {
             resp.headers_mut()
@@ -301,13 +295,13 @@ impl ApiError {
                     Some("audit_unavailable"),
                 )
             },
-            ApiError::Unauthorized(_) => plain(
+            ApiError::Auth(AuthError::Refused { .. }) => plain(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
                 None,
                 Some("invalid_api_key"),
             ),
-            ApiError::KeysUnavailable => Rendered {
+            ApiError::Auth(AuthError::KeysUnavailable) => Rendered {
                 retry_after: Some(1),
                 ..plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -316,7 +310,7 @@ impl ApiError {
                     Some("auth_unavailable"),
                 )
             },
-            ApiError::AuthThrottled { retry_after } => Rendered {
+            ApiError::Auth(AuthError::Throttled { retry_after }) => Rendered {
                 retry_after: Some(*retry_after),
                 ..plain(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -325,19 +319,25 @@ impl ApiError {
                     Some("rate_limit_exceeded"),
                 )
             },
-            ApiError::Forbidden { code, param, .. } => plain(
+            ApiError::Policy(PolicyError::ModelNotAllowed { .. }) => plain(
                 StatusCode::FORBIDDEN,
                 "permission_error",
-                param.clone(),
-                Some(*code),
+                Some("model".into()),
+                Some("model_not_allowed"),
             ),
-            ApiError::ContentPolicy { .. } => plain(
+            ApiError::Policy(PolicyError::PromptTooLong { param, .. }) => plain(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some((*param).into()),
+                Some("prompt_too_long"),
+            ),
+            ApiError::Policy(PolicyError::ContentPolicy { .. }) => plain(
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 None,
                 Some("content_policy_violation"),
             ),
-            ApiError::RateLimited { retry_after, .. } => Rendered {
+            ApiError::Policy(PolicyError::RateLimited { retry_after, .. }) => Rendered {
                 retry_after: Some(*retry_after),
                 ..plain(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -36,3 +36,32 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     );
     resp
 }
+
+/// OpenAI's `x-ratelimit-*` headers; a limit the tenant does not have is left out.
+pub fn ratelimit_headers(
+    headers: &mut http::HeaderMap,
+    status: &airlock_policy::ratelimit::RateStatus,
+) {
+    let seconds = |d: std::time::Duration| format!("{:.3}s", d.as_secs_f64());
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    if let Some(limit) = status.limit_requests {
+        put("x-ratelimit-limit-requests", limit.to_string());
+        put(
+            "x-ratelimit-remaining-requests",
+            status.remaining_requests.to_string(),
+        );
+        put("x-ratelimit-reset-requests", seconds(status.reset_requests));
+    }
+    if let Some(limit) = status.limit_tokens {
+        put("x-ratelimit-limit-tokens", limit.to_string());
+        put(
+            "x-ratelimit-remaining-tokens",
+            status.remaining_tokens.to_string(),
+        );
+        put("x-ratelimit-reset-tokens", seconds(status.reset_tokens));
+    }
+}

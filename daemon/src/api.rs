@@ -1,0 +1,27 @@
+//! The OpenAI wire format and nothing else: the route table (resolved once per request),
+//! reading and parsing request bodies, the request and response types, SSE framing, and the
+//! one place errors become HTTP responses ([`error`]).
+//!
+//! No decisions are made here: who may do what, limits, audit and the engine are the
+//! request path's phases in [`crate::pipeline`], which calls into this module.
+
+pub mod body;
+pub mod endpoints;
+pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod openai;
+pub mod request;
+pub mod response;
+pub mod route;
+pub mod sse;
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+
+pub use error::{ApiError, ErrorObject};
+
+/// The response body type of every route.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;

@@ -1,0 +1,129 @@
+//! The response documents of each route: the probes, the model list, and the JSON body of a
+//! finished (non-streamed) completion in its route's shape.
+
+use airlock_engine::{FinishReason, ModelInfo, Usage};
+use http::StatusCode;
+use hyper::Response;
+
+use super::BoxBody;
+use super::error::ApiError;
+use super::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, GenerateResponse, ModelList, ModelObject,
+    TextChoice, TextCompletion, UsageJson,
+};
+use super::request::Inference;
+use super::response::json_response;
+
+/// `GET /healthz`: the process is alive and serving HTTP.
+pub fn healthz() -> Response<BoxBody> {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: `{"status":"ready"}` (200) once a model is loaded and the audit log and
+/// key database are usable, else `{"status":"not_ready"}` (503). Unauthenticated, so it says
+/// nothing more: the reason, the models and the load figures are on the admin listener's
+/// `/status` (`airlockd status`), not for anyone who can reach the API port.
+pub fn readyz(ready: bool) -> Response<BoxBody> {
+    let (status, text) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    json_response(status, &serde_json::json!({ "status": text }))
+}
+
+/// `GET /v1/models`.
+pub fn models(models: &[ModelInfo]) -> Response<BoxBody> {
+    let data = models.iter().map(ModelObject::from).collect();
+    json_response(
+        StatusCode::OK,
+        &ModelList {
+            object: "list",
+            data,
+        },
+    )
+}
+
+/// `GET /v1/models/{id}`.
+pub fn model(models: &[ModelInfo], id: &str) -> Result<Response<BoxBody>, ApiError> {
+    let model = models
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| ApiError::ModelNotFound(id.to_owned()))?;
+    Ok(json_response(StatusCode::OK, &ModelObject::from(model)))
+}
+
+/// A finished generation, as a whole JSON response.
+#[derive(Debug)]
+pub struct Completion<'a> {
+    pub route: Inference,
+    /// The completion object's id (`chatcmpl-…`, `cmpl-…`; unused by `/generate`).
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+    pub fingerprint: &'a str,
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// The 200 response of a finished generation, in its route's shape.
+pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
+    match done.route {
+        Inference::Chat => json_response(
+            StatusCode::OK,
+            &ChatCompletion {
+                id: done.id,
+                object: "chat.completion",
+                created: done.created,
+                model: done.model,
+                choices: [ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: done.text,
+                    },
+                    logprobs: None,
+                    finish_reason: done.reason.as_str(),
+                }],
+                usage: done.usage.into(),
+                system_fingerprint: done.fingerprint,
+            },
+        ),
+        Inference::Completions => json_response(
+            StatusCode::OK,
+            &TextCompletion {
+                id: done.id,
+                object: "text_completion",
+                created: done.created,
+                model: done.model,
+                system_fingerprint: done.fingerprint,
+                choices: vec![TextChoice {
+                    text: &done.text,
+                    index: 0,
+                    logprobs: None,
+                    finish_reason: Some(done.reason.as_str()),
+                }],
+                usage: Some(Some(UsageJson::from(done.usage))),
+            },
+        ),
+        Inference::Generate => json_response(
+            StatusCode::OK,
+            &GenerateResponse {
+                generated_text: done.text,
+                finish_reason: done.reason.as_str(),
+                usage: done.usage.into(),
+            },
+        ),
+    }
+}
+
+/// A fresh id for a completion object: `chatcmpl-…` or `cmpl-…`. Not the request id:
+/// clients may reuse theirs, and OpenAI's ids are unique.
+pub fn object_id(route: Inference) -> String {
+    let prefix = match route {
+        Inference::Chat => "chatcmpl",
+        Inference::Completions | Inference::Generate => "cmpl",
+    };
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}

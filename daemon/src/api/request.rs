@@ -1,0 +1,125 @@
+//! The inference routes' request bodies, parsed and validated up to what the engine takes:
+//! the model, the prompt, the sampling parameters and how the answer is shaped. The same
+//! functions serve the request path and the fuzz targets ([`super::fuzzing`]).
+
+use airlock_engine::{EngineError, Prompt, SamplingParams};
+use serde_json::Value;
+
+use super::body::{from_value, parse_json};
+use super::error::ApiError;
+use super::openai::StreamOptions;
+use super::openai::chat::ChatRequest;
+use super::openai::completions::{COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionRequest, GenerateBody};
+use super::openai::params::SamplingFields;
+use super::sse::Shape;
+
+/// The routes that run inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inference {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /generate`: the minimal endpoint (never streams).
+    Generate,
+}
+
+/// How a streamed response is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub shape: Shape,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
+
+/// A request body that passed validation.
+#[derive(Debug)]
+pub struct Parsed {
+    pub route: Inference,
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// The request field the prompt came from, named in context-length errors.
+    pub prompt_param: &'static str,
+    /// `stream: true`; `None` for a whole JSON response.
+    pub stream: Option<StreamSpec>,
+}
+
+/// Parses and validates the body of an inference route. `default_model` names the model of
+/// a `/generate` request that names none (`None`: no model is loaded).
+pub fn parse(
+    route: Inference,
+    body: &[u8],
+    default_model: impl FnOnce() -> Option<String>,
+) -> Result<Parsed, ApiError> {
+    match route {
+        Inference::Chat => chat(body),
+        Inference::Completions => completions(body),
+        Inference::Generate => generate(body, default_model),
+    }
+}
+
+fn stream_spec(
+    stream: Option<bool>,
+    shape: Shape,
+    options: Option<&StreamOptions>,
+) -> Option<StreamSpec> {
+    (stream == Some(true)).then(|| StreamSpec {
+        shape,
+        include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
+    })
+}
+
+fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: ChatRequest = from_value(&value)?;
+    let fields: SamplingFields = from_value(&value)?;
+    req.check_bounds()?;
+    req.check_unsupported()?;
+    Ok(Parsed {
+        route: Inference::Chat,
+        prompt: req.prompt()?,
+        params: fields.to_params(None)?,
+        stream: stream_spec(req.stream, Shape::Chat, req.stream_options.as_ref()),
+        model: req.model,
+        prompt_param: "messages",
+    })
+}
+
+fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: CompletionRequest = from_value(&value)?;
+    let fields: SamplingFields = from_value(&value)?;
+    req.check_unsupported()?;
+    Ok(Parsed {
+        route: Inference::Completions,
+        prompt: req.prompt()?,
+        params: fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?,
+        stream: stream_spec(req.stream, Shape::Text, req.stream_options.as_ref()),
+        model: req.model,
+        prompt_param: "prompt",
+    })
+}
+
+fn generate(
+    body: &[u8],
+    default_model: impl FnOnce() -> Option<String>,
+) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: GenerateBody = from_value(&value)?;
+    let fields: SamplingFields = from_value(&value)?;
+    let model = match req.model {
+        Some(model) => model,
+        None => {
+            default_model().ok_or_else(|| ApiError::engine(EngineError::Unavailable, "prompt"))?
+        }
+    };
+    Ok(Parsed {
+        route: Inference::Generate,
+        model,
+        prompt: Prompt::Text(req.prompt),
+        params: fields.to_params(None)?,
+        stream: None,
+        prompt_param: "prompt",
+    })
+}

@@ -1,0 +1,202 @@
+//! Server-sent events for streamed completions: `data: {chunk}\n\n` per event, then
+//! `data: [DONE]\n\n`.
+//!
+//! Framing only: which events a stream carries and how they are written. What goes into them
+//! (filtering, usage, the completion record) is the request path's `finish` phase
+//! (`crate::pipeline::finish`), which owns the generation the stream reads from.
+
+use std::convert::Infallible;
+
+use airlock_engine::FinishReason;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderValue, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::Response;
+use serde::Serialize;
+
+use super::BoxBody;
+use super::error::ApiError;
+use super::openai::{ChatChunk, ChunkChoice, Delta, TextChoice, TextCompletion, UsageJson};
+
+/// Which OpenAI chunk format to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `chat.completion.chunk`, with `delta`s.
+    Chat,
+    /// `text_completion`, with `text`s.
+    Text,
+}
+
+/// Writes the chunks of one stream.
+#[derive(Debug)]
+pub struct Chunker {
+    pub shape: Shape,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub fingerprint: String,
+    pub include_usage: bool,
+}
+
+impl Chunker {
+    /// `null` on every chunk when usage was asked for (OpenAI's convention), else absent.
+    fn no_usage(&self) -> Option<Option<UsageJson>> {
+        self.include_usage.then_some(None)
+    }
+
+    fn chat(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+        event(&ChatChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.fingerprint,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: self.no_usage(),
+        })
+    }
+
+    fn text(&self, text: &str, finish_reason: Option<&'static str>) -> Bytes {
+        event(&TextCompletion {
+            id: &self.id,
+            object: "text_completion",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.fingerprint,
+            choices: vec![TextChoice {
+                text,
+                index: 0,
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: self.no_usage(),
+        })
+    }
+
+    /// Chat streams open with the assistant's role and empty content.
+    pub fn opening(&self) -> Option<Bytes> {
+        match self.shape {
+            Shape::Chat => Some(self.chat(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
+                None,
+            )),
+            Shape::Text => None,
+        }
+    }
+
+    pub fn content(&self, text: &str) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(
+                Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                None,
+            ),
+            Shape::Text => self.text(text, None),
+        }
+    }
+
+    pub fn finish(&self, reason: FinishReason) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(Delta::default(), Some(reason.as_str())),
+            Shape::Text => self.text("", Some(reason.as_str())),
+        }
+    }
+
+    /// The last content chunk of a stream ended by the tenant's output filter.
+    pub fn content_filtered(&self) -> Bytes {
+        match self.shape {
+            Shape::Chat => self.chat(Delta::default(), Some("content_filter")),
+            Shape::Text => self.text("", Some("content_filter")),
+        }
+    }
+
+    /// The extra last chunk: no choices, the request's usage.
+    pub fn usage(&self, usage: UsageJson) -> Bytes {
+        match self.shape {
+            Shape::Chat => event(&ChatChunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: &self.fingerprint,
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+            Shape::Text => event(&TextCompletion {
+                id: &self.id,
+                object: "text_completion",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: &self.fingerprint,
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+        }
+    }
+}
+
+/// `data: <json>\n\n`.
+fn event<T: Serialize>(value: &T) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    if let Err(e) = serde_json::to_writer(&mut out, value) {
+        // Our own chunk types always serialize; should one not, the stream says so.
+        tracing::error!(error = %e, "cannot serialize a stream chunk");
+        out.truncate(6);
+        out.extend_from_slice(br#"{"error":{"message":"the server had an error while processing the request","type":"server_error","param":null,"code":null}}"#);
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// An error after the stream began: an event with OpenAI's error object (the SDKs raise it),
+/// then `[DONE]`, as vLLM does.
+pub fn error_event(error: &ApiError) -> Bytes {
+    if error.status().is_server_error() {
+        tracing::warn!(error = %error, "stream failed");
+    }
+    #[derive(Serialize)]
+    struct ErrorEvent {
+        error: super::error::ErrorObject,
+    }
+    event(&ErrorEvent {
+        error: error.object(),
+    })
+}
+
+/// `data: [DONE]\n\n`: the last event of every stream.
+pub fn done() -> Bytes {
+    Bytes::from_static(DONE)
+}
+
+/// The 200 response streaming `events`, one frame each (so hyper writes each as it comes).
+pub fn response<S>(events: S) -> Response<BoxBody>
+where
+    S: Stream<Item = Bytes> + Send + Sync + 'static,
+{
+    let events = events.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style reverse proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}

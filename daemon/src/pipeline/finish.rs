@@ -1,0 +1,411 @@
+//! Phase `finish`: the output side of a generation — output filter, usage settlement and
+//! the completion record — for both the whole JSON response and the SSE stream.
+//!
+//! One [`Finisher`] serves both: it classifies engine events, settles usage (log line,
+//! token metrics, the unused part of the token reservation returned), notes filter actions
+//! on the metrics and the audit trail, and carries what the completion record says. The
+//! two responses differ only where the client sees a difference: a JSON response is
+//! filtered whole (a deny is a 403) and its `complete` record is written by
+//! `audit::finish` before the response leaves `handle`; a stream is filtered through a
+//! bounded window (a deny ends it with `finish_reason: "content_filter"`) and writes its
+//! record itself, durable before its final event.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use airlock_engine::{FinishReason, Generation, GenerationTimings, TokenEvent, Usage};
+use airlock_policy::FilterSet;
+use airlock_policy::filter::StreamFilter;
+use airlock_policy::ratelimit::Admission;
+use bytes::Bytes;
+use futures_util::stream;
+use hyper::Response;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::RequestCtx;
+use super::generate::{self, Running, Step};
+use crate::access::PolicyError;
+use crate::api::endpoints::{self, Completion};
+use crate::api::request::{Inference, StreamSpec};
+use crate::api::sse::{self, Chunker};
+use crate::api::{ApiError, BoxBody};
+use crate::app::{App, unix_now};
+use crate::audit::trail::{StreamAudit, Trail};
+use crate::metrics::GenerationLabels;
+
+/// How the answer of a parsed request is shaped.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply {
+    pub route: Inference,
+    /// `stream: true`: an SSE response; `None`: one JSON document.
+    pub stream: Option<StreamSpec>,
+}
+
+/// Runs the generation to its response. The concurrency slot lives as long as the
+/// stream's body, or until the generation completes.
+pub async fn respond(
+    app: &App,
+    ctx: &RequestCtx,
+    running: Running,
+    reply: Reply,
+    admission: Option<Admission>,
+    slot: OwnedSemaphorePermit,
+) -> Result<Response<BoxBody>, ApiError> {
+    let Running {
+        mut generation,
+        model,
+        prompt_param,
+        labels,
+    } = running;
+    let filter = ctx
+        .policy()
+        .map(|t| Arc::clone(&t.output_filter))
+        .filter(|f| !f.is_empty());
+    let mut finisher = Finisher {
+        prompt_param,
+        admission,
+        labels,
+        span: tracing::Span::current(),
+    };
+    let id = endpoints::object_id(reply.route);
+    let Some(spec) = reply.stream else {
+        let (text, reason, usage) = collect(
+            &mut generation,
+            &mut finisher,
+            filter.as_deref(),
+            ctx.trail.as_deref(),
+        )
+        .await?;
+        drop(slot);
+        return Ok(endpoints::completion(Completion {
+            route: reply.route,
+            id: &id,
+            created: unix_now(),
+            model: &model,
+            fingerprint: &app.fingerprint,
+            text,
+            reason,
+            usage,
+        }));
+    };
+    let first = generate::first_event(&mut generation, prompt_param).await?;
+    let chunker = Chunker {
+        shape: spec.shape,
+        id,
+        created: unix_now(),
+        model,
+        fingerprint: app.fingerprint.clone(),
+        include_usage: spec.include_usage,
+    };
+    Ok(stream(
+        generation,
+        first,
+        chunker,
+        finisher,
+        filter,
+        ctx.trail.as_ref(),
+        slot,
+    ))
+}
+
+/// The output side shared by both responses.
+struct Finisher {
+    prompt_param: &'static str,
+    /// The tenant's rate-limit admission: the unused tokens return when the generation
+    /// finishes (a stream cut short keeps its whole reservation).
+    admission: Option<Admission>,
+    labels: GenerationLabels,
+    /// The request's span: a stream's events arrive after `handle` has returned.
+    span: tracing::Span,
+}
+
+impl Finisher {
+    /// Classifies one engine event.
+    fn step(&self, event: Option<TokenEvent>) -> Result<Step, ApiError> {
+        generate::end_of(event, self.prompt_param)
+    }
+
+    /// Usage settlement of a finished generation: its log line, its token metrics, and
+    /// the unused part of its token reservation returned.
+    fn settle(&mut self, reason: FinishReason, usage: Usage, timings: &GenerationTimings) {
+        self.span.in_scope(|| {
+            tracing::info!(
+                finish_reason = reason.as_str(),
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                ttft_ms = timings.time_to_first_token_ms,
+                decode_tokens_per_s = timings.decode_tokens_per_s,
+                "generation finished"
+            );
+        });
+        self.labels.finished(usage, timings);
+        if let Some(admission) = self.admission.take() {
+            let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            admission.complete(u32::try_from(used).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Output redactions: counted, and noted (rule ids and counts, never the text) on the
+    /// completion record.
+    fn note_redactions<'a>(
+        trail: Option<&Trail>,
+        redactions: impl IntoIterator<Item = &'a (String, usize)>,
+    ) {
+        for (rule, count) in redactions {
+            crate::metrics::global().filter_action(rule, "redact", *count as u64);
+            if let Some(trail) = trail {
+                trail.note_filter(rule, "redact", *count);
+            }
+        }
+    }
+}
+
+fn ttft_ms(timings: &GenerationTimings) -> u64 {
+    timings.time_to_first_token_ms.max(0.0) as u64
+}
+
+/// The whole completion: collected, settled, filtered whole, and noted for the `complete`
+/// record (which `audit::finish` writes before the response leaves).
+async fn collect(
+    generation: &mut Generation,
+    finisher: &mut Finisher,
+    filter: Option<&FilterSet>,
+    trail: Option<&Trail>,
+) -> Result<(String, FinishReason, Usage), ApiError> {
+    let mut text = String::new();
+    loop {
+        match finisher.step(generation.next().await)? {
+            Step::Started => {}
+            Step::Token(piece) => text.push_str(&piece),
+            Step::Finished {
+                reason,
+                usage,
+                timings,
+                text: rest,
+            } => {
+                text.push_str(&rest);
+                finisher.settle(reason, usage, &timings);
+                if let Some(filter) = filter {
+                    let checked = filter.check_output_counted(&text);
+                    // After admission, so these land on the completion record (a deny is
+                    // noted where the refusal is rendered, in `handle`).
+                    Finisher::note_redactions(trail, &checked.redactions);
+                    if let Some(rule_id) = checked.denied {
+                        return Err(PolicyError::ContentPolicy { rule_id }.into());
+                    }
+                    text = checked.text;
+                }
+                if let Some(trail) = trail {
+                    trail.note_finished(reason, usage, Some(ttft_ms(&timings)), &text);
+                }
+                return Ok((text, reason, usage));
+            }
+        }
+    }
+}
+
+/// The state a stream's body carries between events. The body owns the generation and the
+/// concurrency slot: when the client disconnects, hyper drops the body, which drops the
+/// generation (cancelling it in the engine) and frees the slot.
+struct StreamState {
+    generation: Generation,
+    chunker: Chunker,
+    finisher: Finisher,
+    out: VecDeque<Bytes>,
+    done: bool,
+    /// Held until the body is dropped; frees a concurrency slot.
+    _slot: OwnedSemaphorePermit,
+    /// The completion record, committed before the final events in `tail` are sent.
+    audit: Option<StreamAudit>,
+    /// The final events (finish reason, usage, `[DONE]` or an error), held back until the
+    /// completion record is durable.
+    tail: Vec<Bytes>,
+    /// What the completion record says.
+    ending: Option<Ending>,
+    /// The tenant's output filter: holds back a bounded window so matches split across
+    /// tokens are caught; a deny ends the stream with `finish_reason: "content_filter"`.
+    filter: Option<StreamFilter<Arc<FilterSet>>>,
+}
+
+struct Ending {
+    reason: Option<FinishReason>,
+    usage: Option<Usage>,
+    ttft_ms: Option<u64>,
+    error_code: Option<&'static str>,
+}
+
+impl StreamState {
+    /// Sends released text on (and into the output digest).
+    fn release(&mut self, text: &str) {
+        // Empty while the engine holds text back (partial UTF-8, possible stop string).
+        if !text.is_empty() {
+            if let Some(audit) = &mut self.audit {
+                audit.token(text);
+            }
+            self.out.push_back(self.chunker.content(text));
+        }
+    }
+
+    /// After a filter step: if the filter denied, sends what it released, ends the stream
+    /// with `finish_reason: "content_filter"` and returns true (dropping the generation
+    /// with the state cancels it in the engine).
+    fn filter_denied(&mut self, released: &str) -> bool {
+        let Some(rule) = self
+            .filter
+            .as_ref()
+            .and_then(|f| f.denied())
+            .map(str::to_owned)
+        else {
+            return false;
+        };
+        self.release(released);
+        if let Some(audit) = &self.audit {
+            audit.note_filter(&rule, "deny", 1);
+        }
+        crate::metrics::global().filter_action(&rule, "deny", 1);
+        self.finisher
+            .span
+            .in_scope(|| tracing::info!(rule_id = %rule, "output filter ended the stream"));
+        self.tail.push(self.chunker.content_filtered());
+        self.tail.push(sse::done());
+        self.done = true;
+        self.ending = Some(Ending {
+            reason: Some(FinishReason::Stop),
+            usage: None,
+            ttft_ms: None,
+            error_code: Some("content_filter"),
+        });
+        true
+    }
+
+    /// Turns one engine event into zero or more SSE events.
+    fn on_event(&mut self, event: Option<TokenEvent>) {
+        match self.finisher.step(event) {
+            Ok(Step::Started) => {}
+            Ok(Step::Token(text)) => {
+                let text = match &mut self.filter {
+                    Some(f) => f.push(&text),
+                    None => text,
+                };
+                if !self.filter_denied(&text) {
+                    self.release(&text);
+                }
+            }
+            Ok(Step::Finished {
+                reason,
+                usage,
+                timings,
+                text,
+            }) => {
+                let text = match &mut self.filter {
+                    Some(f) => {
+                        let mut out = f.push(&text);
+                        if f.denied().is_none() {
+                            out.push_str(&f.finish());
+                        }
+                        out
+                    }
+                    None => text,
+                };
+                if self.filter_denied(&text) {
+                    return;
+                }
+                self.release(&text);
+                self.finisher.settle(reason, usage, &timings);
+                self.tail.push(self.chunker.finish(reason));
+                if self.chunker.include_usage {
+                    self.tail.push(self.chunker.usage(usage.into()));
+                }
+                self.tail.push(sse::done());
+                self.done = true;
+                self.ending = Some(Ending {
+                    reason: Some(reason),
+                    usage: Some(usage),
+                    ttft_ms: Some(ttft_ms(&timings)),
+                    error_code: None,
+                });
+            }
+            Err(error) => {
+                self.finisher
+                    .span
+                    .in_scope(|| self.tail.push(sse::error_event(&error)));
+                self.tail.push(sse::done());
+                self.done = true;
+                self.ending = Some(Ending {
+                    reason: None,
+                    usage: None,
+                    ttft_ms: None,
+                    error_code: error.object().code.or(Some("stream_error")),
+                });
+            }
+        }
+    }
+
+    /// Audit complete: the record is durable before the final events are sent; if it
+    /// cannot be written the stream ends with an error instead.
+    async fn complete(&mut self, ending: Ending) {
+        let redactions = self.filter.as_ref().map(|f| f.redactions());
+        // Output redactions (rule ids and counts) go on the completion record.
+        let trail = self.audit.as_ref().map(StreamAudit::trail);
+        Finisher::note_redactions(trail, redactions.into_iter().flatten());
+        let Some(audit) = &mut self.audit else {
+            return;
+        };
+        let written = audit
+            .finish(
+                ending.reason,
+                ending.usage,
+                ending.ttft_ms,
+                ending.error_code,
+            )
+            .await;
+        if let Err(e) = written {
+            self.finisher.span.in_scope(|| {
+                tracing::error!(error = %e, "audit completion record not written: ending the stream with an error");
+            });
+            self.tail = vec![sse::error_event(&ApiError::AuditUnavailable), sse::done()];
+        }
+    }
+}
+
+/// The 200 response streaming a started generation.
+fn stream(
+    generation: Generation,
+    first: TokenEvent,
+    chunker: Chunker,
+    finisher: Finisher,
+    filter: Option<Arc<FilterSet>>,
+    trail: Option<&Arc<Trail>>,
+    slot: OwnedSemaphorePermit,
+) -> Response<BoxBody> {
+    let mut state = StreamState {
+        generation,
+        out: chunker.opening().into_iter().collect(),
+        chunker,
+        finisher,
+        done: false,
+        _slot: slot,
+        audit: trail.map(|trail| trail.stream()),
+        tail: Vec::new(),
+        ending: None,
+        filter: filter.map(StreamFilter::new),
+    };
+    state.on_event(Some(first));
+    let events = stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(bytes) = state.out.pop_front() {
+                return Some((bytes, state));
+            }
+            if state.done {
+                let ending = state.ending.take()?;
+                state.complete(ending).await;
+                let tail = std::mem::take(&mut state.tail);
+                state.out.extend(tail);
+                continue;
+            }
+            let event = state.generation.next().await;
+            state.on_event(event);
+        }
+    });
+    sse::response(events)
+}

@@ -1,0 +1,158 @@
+//! Phase `generate`: the admitted job goes to the engine ([`submit`], which takes the audit
+//! receipt), then either the whole completion is collected or the first token awaited
+//! (`super::finish` does both with the output side of the request).
+
+use std::sync::Arc;
+
+use airlock_engine::{
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prompt,
+    SamplingParams, TokenEvent, Usage,
+};
+
+use super::RequestCtx;
+use super::audit::Admitted;
+use super::finish::Reply;
+use crate::api::ApiError;
+use crate::api::request::Parsed;
+use crate::metrics::GenerationLabels;
+
+/// What to run.
+#[derive(Debug)]
+pub struct Job {
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    /// The request field the prompt came from, named in context-length errors.
+    pub prompt_param: &'static str,
+}
+
+impl Job {
+    /// The job of a parsed request, and how its answer is shaped.
+    pub fn from_parsed(parsed: Parsed) -> (Job, Reply) {
+        let reply = Reply {
+            route: parsed.route,
+            stream: parsed.stream,
+        };
+        let job = Job {
+            model: parsed.model,
+            prompt: parsed.prompt,
+            params: parsed.params,
+            prompt_param: parsed.prompt_param,
+        };
+        (job, reply)
+    }
+}
+
+/// A generation the engine accepted.
+pub struct Running {
+    pub generation: Generation,
+    pub model: String,
+    pub prompt_param: &'static str,
+    /// Tenant and model for the generation's token metrics.
+    pub labels: GenerationLabels,
+}
+
+/// Submits an admitted job: the only way to the engine, and it takes the audit receipt.
+/// Submission tokenizes the prompt (and may render a chat template), which is CPU work: it
+/// runs on the blocking pool, not on the runtime. Dropping the returned [`Generation`]
+/// cancels the request.
+pub async fn submit(
+    engine: &Arc<dyn Engine>,
+    ctx: &RequestCtx,
+    admitted: Admitted,
+) -> Result<Running, ApiError> {
+    let job = admitted.into_job();
+    let prompt_param = job.prompt_param;
+    let labels = GenerationLabels::new(ctx.policy().map(|t| &**t), &job.model);
+    let model = job.model.clone();
+    let request = GenerateRequest {
+        request_id: ctx.request_id.clone(),
+        tenant: ctx.tenant().to_owned(),
+        // Legacy certificate tenants (no policy) all weigh 1.
+        tenant_weight: ctx.policy().map_or(1, |t| t.weight),
+        model: job.model,
+        prompt: job.prompt,
+        params: job.params,
+    };
+    let engine = Arc::clone(engine);
+    let generation = match tokio::task::spawn_blocking(move || engine.submit(request)).await {
+        Ok(result) => result.map_err(|e| ApiError::engine(e, prompt_param))?,
+        Err(join) => {
+            tracing::error!(error = %join, "engine submission panicked");
+            return Err(ApiError::engine(
+                EngineError::Inference("submission panicked".into()),
+                prompt_param,
+            ));
+        }
+    };
+    Ok(Running {
+        generation,
+        model,
+        prompt_param,
+        labels,
+    })
+}
+
+/// Waits until a stream's first token (or its end): errors until then still become a
+/// proper HTTP status instead of an error inside a 200 stream.
+pub async fn first_event(
+    generation: &mut Generation,
+    prompt_param: &'static str,
+) -> Result<TokenEvent, ApiError> {
+    loop {
+        match generation.next().await {
+            Some(TokenEvent::Started { .. }) => {}
+            Some(
+                first @ (TokenEvent::Token { .. }
+                | TokenEvent::Finished {
+                    reason: FinishReason::Stop | FinishReason::Length,
+                    ..
+                }),
+            ) => return Ok(first),
+            // Failed, cancelled, or the engine hung up: always an error.
+            other => {
+                end_of(other, prompt_param)?;
+            }
+        }
+    }
+}
+
+/// One engine event, classified; engine failures and premature ends become errors.
+pub enum Step {
+    Started,
+    Token(String),
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: GenerationTimings,
+        text: String,
+    },
+}
+
+/// Classifies one engine event (`None`: the engine hung up).
+pub fn end_of(event: Option<TokenEvent>, prompt_param: &'static str) -> Result<Step, ApiError> {
+    match event {
+        Some(TokenEvent::Started { .. }) => Ok(Step::Started),
+        Some(TokenEvent::Token { text, .. }) => Ok(Step::Token(text)),
+        Some(TokenEvent::Finished {
+            reason: FinishReason::Cancelled,
+            ..
+        })
+        | None => {
+            // The engine dropped or cancelled a request we still wanted: it is shutting down.
+            Err(ApiError::engine(EngineError::Unavailable, prompt_param))
+        }
+        Some(TokenEvent::Finished {
+            reason,
+            usage,
+            timings,
+            text,
+        }) => Ok(Step::Finished {
+            reason,
+            usage,
+            timings,
+            text,
+        }),
+        Some(TokenEvent::Failed(e)) => Err(ApiError::engine(e, prompt_param)),
+    }
+}

@@ -1,0 +1,36 @@
+//! Phase `tenant`: the tenant's model allow-list and its `max_tokens` caps. Cheap checks,
+//! before anything is tokenized.
+
+use airlock_policy::Tenant;
+
+use super::generate::Job;
+use crate::access::PolicyError;
+
+/// `max_tokens` assumed for the reservation when neither the request nor the tenant caps
+/// it (the engine is then told this limit, so usage never exceeds the reservation).
+const DEFAULT_RESERVED_COMPLETION: usize = 4096;
+
+/// Refuses a model the tenant may not use and caps `job`'s `max_tokens` by the tenant's
+/// `max_completion_tokens` (with a token rate limit, a request always has a cap, so that
+/// its reservation is bounded). Without a tenant policy: nothing to check.
+pub fn check(tenant: Option<&std::sync::Arc<Tenant>>, job: &mut Job) -> Result<(), PolicyError> {
+    let Some(tenant) = tenant else {
+        return Ok(());
+    };
+    if !tenant.allows_model(&job.model) {
+        return Err(PolicyError::ModelNotAllowed {
+            tenant: tenant.name.clone(),
+            model: job.model.clone(),
+        });
+    }
+    let cap = tenant.max_completion_tokens.map(|c| c as usize);
+    job.params.max_tokens = match (job.params.max_tokens, cap) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (None, Some(c)) => Some(c),
+        (m, None) if tenant.limits.tokens_per_minute.is_some() => {
+            Some(m.unwrap_or(DEFAULT_RESERVED_COMPLETION))
+        }
+        (m, None) => m,
+    };
+    Ok(())
+}
