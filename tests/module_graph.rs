@@ -145,7 +145,12 @@ fn references(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
         } else {
             vec![ident(rest)]
         };
-        found.extend(names.into_iter().filter(|n| modules.contains(*n)).map(String::from));
+        found.extend(
+            names
+                .into_iter()
+                .filter(|n| modules.contains(*n))
+                .map(String::from),
+        );
     }
     found
 }
@@ -201,12 +206,16 @@ fn without_comments_and_strings(text: &str) -> String {
         if text[i..].starts_with("//") {
             i = text[i..].find('\n').map_or(bytes.len(), |n| i + n);
         } else if text[i..].starts_with("/*") {
-            i = text[i + 2..].find("*/").map_or(bytes.len(), |n| i + 2 + n + 2);
+            i = text[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |n| i + 2 + n + 2);
         } else if text[i..].starts_with("r#\"") || text[i..].starts_with("r\"") {
             let hashes = text[i + 1..].bytes().take_while(|&b| b == b'#').count();
             let end = format!("\"{}", "#".repeat(hashes));
             let body = i + 2 + hashes;
-            i = text[body..].find(&end).map_or(bytes.len(), |n| body + n + end.len());
+            i = text[body..]
+                .find(&end)
+                .map_or(bytes.len(), |n| body + n + end.len());
             out.push_str("\"\"");
         } else if bytes[i] == b'"' {
             i += 1;

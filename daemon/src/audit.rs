@@ -13,7 +13,6 @@
 //! * [`tools`]: export, digest, backup, keygen; [`cli`]: the `airlockd audit` subcommand.
 
 pub mod anchors;
-pub mod cli;
 pub mod flood;
 pub mod head;
 pub mod keys;

@@ -196,6 +196,42 @@ impl Config {
         })
     }
 
+    /// [`Config::load`], plus what serving needs beyond a well-formed file: an `[audit]`
+    /// section, and TLS files (`[listener.tls]`, `[admin.tls]`) that load. What `serve`,
+    /// `dev` and `check-config` run; a failure exits 64 naming the key.
+    pub fn load_for_serve(file: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load(file)?;
+        config
+            .check_serve()
+            .map_err(|Invalid { path, reason }| ConfigError {
+                file: file.to_path_buf(),
+                path,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// The rules of [`Config::load_for_serve`] beyond [`Config::load`].
+    fn check_serve(&self) -> Result<(), Invalid> {
+        if let ListenerMode::Tls(tls) = &self.listener.mode {
+            listener::check_tls_files("listener.tls", tls)?;
+        }
+        if let Some(tls) = self.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            // The admin listener's failures are reported on the section as a whole.
+            listener::check_tls_files("admin.tls", tls)
+                .map_err(|Invalid { reason, .. }| invalid("admin.tls", reason))?;
+        }
+        // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
+        if self.audit.is_none() {
+            return Err(invalid(
+                "audit",
+                "required: every request is recorded in the audit log; \
+                 `airlockd audit keygen --dir DIR` creates its keys (docs/audit.md)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads `file` and validates only `[auth]` and `[[tenants]]`: what the `keys` commands
     /// need. The rest of the file must still parse (unknown keys are errors), but secrets it
     /// names (TLS key, audit keys as `credential:` paths) are not opened, so an operator can

@@ -19,7 +19,6 @@
 //!   re-opened when the path names a different file than the one open (restored from a
 //!   backup, replaced), so the daemon never keeps reading a table nobody writes.
 
-pub mod cli;
 mod snapshot;
 
 pub use snapshot::KeySnapshot;

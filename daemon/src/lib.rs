@@ -17,7 +17,6 @@ pub mod identity;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod model_cli;
 mod model_inspect;
 pub mod notify;
 pub mod server;

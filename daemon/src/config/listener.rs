@@ -60,6 +60,52 @@ pub struct TlsConfig {
     pub danger_no_client_auth: bool,
 }
 
+impl crate::tls::TlsFiles for TlsConfig {
+    fn cert(&self) -> &Path {
+        &self.cert
+    }
+    fn key(&self) -> &Path {
+        &self.key
+    }
+    fn client_ca(&self) -> Option<&Path> {
+        self.client_ca.as_deref()
+    }
+    fn crls(&self) -> &[PathBuf] {
+        &self.crls
+    }
+    fn danger_no_client_auth(&self) -> bool {
+        self.danger_no_client_auth
+    }
+}
+
+/// Builds the TLS state `tls` describes, as the server will, and reports a failure on the
+/// key under `section` that names the failing file (`listener.tls.key`, `admin.tls.crls[0]`,
+/// or `section` itself when no one file is to blame), so that `check-config` and start-up
+/// catch an unreadable key or a malformed CRL before serving.
+pub(super) fn check_tls_files(section: &str, tls: &TlsConfig) -> Result<(), Invalid> {
+    use crate::tls::TlsError;
+    let Err(e) = crate::tls::server_config(tls) else {
+        return Ok(());
+    };
+    let failed = match &e {
+        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
+            Some(path)
+        }
+        TlsError::Verifier(_) | TlsError::ServerCert(_) => None,
+    };
+    let key = match failed {
+        Some(p) if *p == tls.cert => format!("{section}.cert"),
+        Some(p) if *p == tls.key => format!("{section}.key"),
+        Some(p) if Some(p) == tls.client_ca.as_ref() => format!("{section}.client_ca"),
+        Some(p) => match tls.crls.iter().position(|c| c == p) {
+            Some(i) => format!("{section}.crls[{i}]"),
+            None => section.to_owned(),
+        },
+        None => section.to_owned(),
+    };
+    Err(invalid(key, e))
+}
+
 /// `[listener.proxy]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {

@@ -5,12 +5,10 @@ use std::time::Instant;
 
 use clap::Subcommand;
 
-use super::keys::{self, DigestKey};
-use super::tools::{self, ExportFilter};
-use super::verify;
-
-/// Exit code of `audit verify` when the log is not intact.
-pub const EXIT_TAMPERED: u8 = 2;
+use super::exit::{EXIT_FAILURE, EXIT_TAMPERED, EXIT_USAGE};
+use crate::audit::keys::{self, DigestKey};
+use crate::audit::tools::{self, ExportFilter};
+use crate::audit::verify;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -106,7 +104,7 @@ pub fn run(command: AuditCommand) -> u8 {
         } => {
             let since_ms = match since.as_deref().map(tools::parse_since).transpose() {
                 Ok(s) => s,
-                Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+                Err(e) => return fail(EXIT_USAGE, e),
             };
             let filter = ExportFilter {
                 since_ms,
@@ -116,7 +114,7 @@ pub fn run(command: AuditCommand) -> u8 {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match tools::export(&db, &filter, &mut out) {
                 Ok(_) => 0,
-                Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+                Err(e) => fail(EXIT_FAILURE, e),
             }
         }
         AuditCommand::Digest { text, key, config } => {
@@ -127,27 +125,27 @@ pub fn run(command: AuditCommand) -> u8 {
                         Some(a) => a.digest_key,
                         None => {
                             return fail(
-                                crate::cli::EXIT_USAGE,
+                                EXIT_USAGE,
                                 format!("{}: no [audit] section", c.display()),
                             );
                         }
                     },
-                    Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+                    Err(e) => return fail(EXIT_USAGE, e),
                 },
                 (None, None) => {
-                    return fail(crate::cli::EXIT_USAGE, "--key or --config is required");
+                    return fail(EXIT_USAGE, "--key or --config is required");
                 }
             };
             let key = match DigestKey::load(&key_path) {
                 Ok(k) => k,
-                Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+                Err(e) => return fail(EXIT_FAILURE, e),
             };
             match std::fs::read(&text) {
                 Ok(bytes) => {
                     println!("{}", key.digest(&bytes));
                     0
                 }
-                Err(e) => fail(crate::cli::EXIT_FAILURE, format!("{}: {e}", text.display())),
+                Err(e) => fail(EXIT_FAILURE, format!("{}: {e}", text.display())),
             }
         }
         AuditCommand::Backup { db, to } => match tools::backup(&db, &to) {
@@ -155,7 +153,7 @@ pub fn run(command: AuditCommand) -> u8 {
                 println!("backed up {} to {}", db.display(), to.display());
                 0
             }
-            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => fail(EXIT_FAILURE, e),
         },
         AuditCommand::Keygen { dir } => match keys::keygen(&dir) {
             Ok(created) => {
@@ -164,7 +162,7 @@ pub fn run(command: AuditCommand) -> u8 {
                 }
                 0
             }
-            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => fail(EXIT_FAILURE, e),
         },
     }
 }
@@ -172,18 +170,18 @@ pub fn run(command: AuditCommand) -> u8 {
 fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> u8 {
     let key = match pubkey.map(keys::read_public).transpose() {
         Ok(k) => k,
-        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let anchors = match (anchors, &key) {
-        (Some(path), Some(key)) => match super::anchors::load(path, key) {
+        (Some(path), Some(key)) => match crate::audit::anchors::load(path, key) {
             Ok(a) => a,
-            Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => return fail(EXIT_FAILURE, e),
         },
-        (Some(_), None) => return fail(crate::cli::EXIT_USAGE, "--anchors needs --pubkey"),
+        (Some(_), None) => return fail(EXIT_USAGE, "--anchors needs --pubkey"),
         (None, _) => verify::Anchors::new(),
     };
     if let [only] = db {
-        let rotated = super::rotate::rotated_files(only);
+        let rotated = crate::audit::rotate::rotated_files(only);
         if let Some(oldest) = rotated.first() {
             eprintln!(
                 "note: {} rotated file(s) precede {} (oldest {}); pass them first, oldest \
@@ -197,7 +195,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
     let start = Instant::now();
     let report = match verify::verify_anchored(db, key.as_ref(), &anchors) {
         Ok(r) => r,
-        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let secs = start.elapsed().as_secs_f64();
     for warning in &report.warnings {
@@ -232,7 +230,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
 }
 
 fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
-    match super::tools::inspect(db, pubkey) {
+    match tools::inspect(db, pubkey) {
         Ok((text, None)) => {
             print!("{text}");
             println!("daemon start: would extend this log");
@@ -249,11 +247,11 @@ fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
             );
             EXIT_TAMPERED
         }
-        Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => fail(EXIT_FAILURE, e),
     }
 }
 
 fn fail(code: u8, error: impl std::fmt::Display) -> u8 {
-    eprintln!("airlockd: {error}");
+    super::exit::report(&error);
     code
 }

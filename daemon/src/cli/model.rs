@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt, Quantize};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_USAGE};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {

@@ -11,10 +11,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
-use super::KeyStore;
-use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::policy::PolicyConfig;
 use crate::config::{Config, parse_duration};
+use crate::keys::KeyStore;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -59,7 +59,7 @@ pub fn run(command: KeysCommand) -> u8 {
     match execute(command) {
         Ok(()) => 0,
         Err((code, message)) => {
-            eprintln!("airlockd: {message}");
+            super::exit::report(&message);
             code
         }
     }
