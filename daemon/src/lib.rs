@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod http;

@@ -3,7 +3,7 @@
 //! notices changes within 1 second.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use airlock_policy::KeyId;
 use clap::Subcommand;
@@ -99,8 +99,8 @@ fn lifetime(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+    let secs = crate::clock::unix_secs(t);
+    time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|d| {
             d.format(&time::format_description::well_known::Rfc3339)

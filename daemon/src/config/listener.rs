@@ -6,10 +6,55 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
 use super::credential::secret_path;
-use super::raw::{RawListener, RawProxy, RawTls};
 use super::{Invalid, duration_field, invalid, resolve};
+
+/// `[listener]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `tls` (default) or `proxy`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `host:port`, or `unix:/path` (proxy mode only).
+    pub address: String,
+    #[serde(default)]
+    pub handshake_timeout: Option<String>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub proxy: Option<RawProxy>,
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    #[serde(default)]
+    pub danger_no_client_auth: bool,
+}
+
+/// `[listener.proxy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub client_cert_header: Option<String>,
+    #[serde(default)]
+    pub client_cert_format: Option<String>,
+    #[serde(default)]
+    pub danger_allow_non_loopback_proxy: bool,
+}
 
 /// Where and how clients connect.
 #[derive(Debug, Clone)]
