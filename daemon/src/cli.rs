@@ -93,9 +93,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Certs(command) => certs::run(command),
         Command::Dev(args) => dev::run(args),
-        Command::Model(command) => ExitCode::from(model::run(command)),
-        Command::Audit(command) => ExitCode::from(audit::run(command)),
-        Command::Keys(command) => ExitCode::from(keys::run(command)),
+        Command::Model(command) => model::run(command),
+        Command::Audit(command) => audit::run(command),
+        Command::Keys(command) => keys::run(command),
         Command::Status(args) => status::run(args),
     }
 }

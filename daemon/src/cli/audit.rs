@@ -1,11 +1,12 @@
 //! `airlockd audit ...`: verify, inspect, export, digest, backup, keygen.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Subcommand;
 
-use super::exit::{EXIT_FAILURE, EXIT_TAMPERED, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_TAMPERED, EXIT_USAGE, fail};
 use crate::audit::keys::{self, DigestKey};
 use crate::audit::tools::{self, ExportFilter};
 use crate::audit::verify;
@@ -87,7 +88,7 @@ pub enum AuditCommand {
 }
 
 /// Runs one audit subcommand; returns the exit code.
-pub fn run(command: AuditCommand) -> u8 {
+pub fn run(command: AuditCommand) -> ExitCode {
     match command {
         AuditCommand::Verify {
             db,
@@ -113,7 +114,7 @@ pub fn run(command: AuditCommand) -> u8 {
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match tools::export(&db, &filter, &mut out) {
-                Ok(_) => 0,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, e),
             }
         }
@@ -143,7 +144,7 @@ pub fn run(command: AuditCommand) -> u8 {
             match std::fs::read(&text) {
                 Ok(bytes) => {
                     println!("{}", key.digest(&bytes));
-                    0
+                    ExitCode::SUCCESS
                 }
                 Err(e) => fail(EXIT_FAILURE, format!("{}: {e}", text.display())),
             }
@@ -151,7 +152,7 @@ pub fn run(command: AuditCommand) -> u8 {
         AuditCommand::Backup { db, to } => match tools::backup(&db, &to) {
             Ok(()) => {
                 println!("backed up {} to {}", db.display(), to.display());
-                0
+                ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_FAILURE, e),
         },
@@ -160,14 +161,14 @@ pub fn run(command: AuditCommand) -> u8 {
                 for path in created {
                     println!("created {}", path.display());
                 }
-                0
+                ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_FAILURE, e),
         },
     }
 }
 
-fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> u8 {
+fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> ExitCode {
     let key = match pubkey.map(keys::read_public).transpose() {
         Ok(k) => k,
         Err(e) => return fail(EXIT_FAILURE, e),
@@ -204,7 +205,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
     match &report.finding {
         Some(finding) => {
             println!("TAMPERED: {finding}");
-            EXIT_TAMPERED
+            ExitCode::from(EXIT_TAMPERED)
         }
         None => {
             let pinned = match report.last_anchor {
@@ -224,17 +225,17 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
                 secs,
                 report.records as f64 / secs.max(1e-9),
             );
-            0
+            ExitCode::SUCCESS
         }
     }
 }
 
-fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
+fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> ExitCode {
     match tools::inspect(db, pubkey) {
         Ok((text, None)) => {
             print!("{text}");
             println!("daemon start: would extend this log");
-            0
+            ExitCode::SUCCESS
         }
         Ok((text, Some(refusal))) => {
             print!("{text}");
@@ -245,13 +246,8 @@ fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
                  problem; keep the file as evidence and move it aside to start a new log",
                 db.display()
             );
-            EXIT_TAMPERED
+            ExitCode::from(EXIT_TAMPERED)
         }
         Err(e) => fail(EXIT_FAILURE, e),
     }
-}
-
-fn fail(code: u8, error: impl std::fmt::Display) -> u8 {
-    super::exit::report(&error);
-    code
 }

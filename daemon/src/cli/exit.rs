@@ -13,14 +13,10 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of `audit verify` and `audit inspect` when the log is not intact.
 pub const EXIT_TAMPERED: u8 = 2;
 
-/// Prints `airlockd: ERROR` to stderr: the one line every failing subcommand shows.
-pub fn report(error: &dyn Display) {
-    eprintln!("airlockd: {error}");
-}
-
-/// Prints one line to stderr and returns `code`.
+/// Prints `airlockd: ERROR` to stderr (the one line every failing subcommand shows) and
+/// returns `code`.
 pub fn fail(code: u8, error: impl Display) -> ExitCode {
-    report(&error);
+    eprintln!("airlockd: {error}");
     ExitCode::from(code)
 }
 

@@ -3,6 +3,7 @@
 //! notices changes within 1 second.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::SystemTime;
 
 use airlock_policy::KeyId;
@@ -11,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
-use super::exit::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_USAGE, fail};
 use crate::config::policy::PolicyConfig;
 use crate::config::{Config, parse_duration};
 use crate::keys::KeyStore;
@@ -55,13 +56,10 @@ pub enum KeysCommand {
 }
 
 /// Runs a `keys` subcommand; returns the exit code.
-pub fn run(command: KeysCommand) -> u8 {
+pub fn run(command: KeysCommand) -> ExitCode {
     match execute(command) {
-        Ok(()) => 0,
-        Err((code, message)) => {
-            super::exit::report(&message);
-            code
-        }
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => fail(code, message),
     }
 }
 
