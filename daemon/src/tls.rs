@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 /// The files and switches the TLS state is built from. The validated `[listener.tls]` and
-/// `[admin.tls]` sections (`crate::config::TlsConfig`) provide them; a trait rather than that
+/// `[admin.tls]` sections (the config's `TlsConfig`) provide them; a trait rather than that
 /// type so that config validation can build the TLS state to check its files without this
 /// module depending on the config.
 pub trait TlsFiles {

@@ -10,7 +10,6 @@ use airlock_policy::KeyId;
 use clap::Subcommand;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 
 use super::exit::{EXIT_FAILURE, EXIT_USAGE, fail};
 use crate::config::policy::PolicyConfig;
@@ -128,7 +127,7 @@ fn execute(command: KeysCommand) -> Result<(), Failure> {
                     let der = CertificateDer::from_pem_file(&path).map_err(|e| {
                         (EXIT_USAGE, format!("--bind-cert {}: {e}", path.display()))
                     })?;
-                    Ok::<_, Failure>(hex::encode(Sha256::digest(der.as_ref())))
+                    Ok::<_, Failure>(crate::identity::sha256_fingerprint(der.as_ref()))
                 })
                 .transpose()?;
             let (key, record) = store
