@@ -47,6 +47,16 @@ fn top_level_modules_import_each_other_without_cycles() {
             }
         }
     }
+    for allowed in &allowed {
+        if !cycles
+            .iter()
+            .any(|c| c.iter().map(String::as_str).collect::<BTreeSet<_>>() == *allowed)
+        {
+            report.push_str(&format!(
+                "ALLOWED_CYCLES lists {allowed:?}, which is no longer a cycle: take it out\n"
+            ));
+        }
+    }
     assert!(
         report.is_empty(),
         "import cycles among daemon/src's top-level modules:\n{report}"
