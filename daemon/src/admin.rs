@@ -7,7 +7,6 @@ pub mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{AdminConfig, Config, ConfigError};
+use crate::config::AdminConfig;
 use crate::metrics;
 
 /// Admin connections served at once: scrapers and operators, not clients.
@@ -111,18 +110,6 @@ fn acceptor(tls: &crate::config::TlsConfig) -> Result<TlsAcceptor, crate::tls::T
     let mut config = (*crate::tls::server_config(tls)?).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// `check-config`: the `[admin.tls]` files load (exit 64 naming the key otherwise).
-pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
-    let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) else {
-        return Ok(());
-    };
-    acceptor(tls).map(drop).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        path: "admin.tls".into(),
-        reason: e.to_string(),
-    })
 }
 
 async fn accept_loop(

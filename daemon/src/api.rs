@@ -23,5 +23,9 @@ use bytes::Bytes;
 
 pub use error::{ApiError, ErrorObject};
 
+/// `x-request-id`: accepted from the client when sane, generated otherwise, always returned
+/// (`server/request.rs` sets it before the request path reads it).
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The response body type of every route.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;

@@ -4,7 +4,7 @@
 //! one); [`crate::pipeline::handle`] serves requests against it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use airlock_engine::Engine;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -150,11 +150,4 @@ impl App {
     pub fn settings(&self) -> &AppSettings {
         &self.settings
     }
-}
-
-/// Unix seconds now, for `created` fields.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

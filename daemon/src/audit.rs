@@ -13,7 +13,6 @@
 //! * [`tools`]: export, digest, backup, keygen; [`cli`]: the `airlockd audit` subcommand.
 
 pub mod anchors;
-pub mod cli;
 pub mod flood;
 pub mod head;
 pub mod keys;
@@ -86,9 +85,4 @@ pub fn config_hash(path: &std::path::Path) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch, UTC.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::clock::now_ms;

@@ -1,14 +1,30 @@
-//! The command line. Every subcommand has `--help`; errors print one line and exit with a
-//! sysexits-style code (64 for a bad command line or configuration).
+//! The command line: one file per subcommand under `cli/`, the exit codes in `cli/exit.rs`.
+//! Every subcommand has `--help`; errors print one line and exit with a sysexits-style code
+//! (64 for a bad command line or configuration). The CLI is a contract: names, flags, output
+//! and exit codes do not change.
+
+mod audit;
+mod certs;
+mod check_config;
+mod dev;
+pub mod exit;
+mod keys;
+mod model;
+mod serve;
+mod status;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit code for a bad command line or configuration file (`EX_USAGE`).
-pub const EXIT_USAGE: u8 = 64;
-/// Exit code for a failure while running (`EX_SOFTWARE` is too specific; 1 is conventional).
-pub const EXIT_FAILURE: u8 = 1;
+pub use audit::AuditCommand;
+pub use certs::CertsCommand;
+pub use dev::DevArgs;
+pub use exit::{EXIT_FAILURE, EXIT_USAGE};
+pub use keys::KeysCommand;
+pub use model::ModelCommand;
+pub use status::StatusArgs;
 
 /// airlockd: a mutual-TLS gateway serving local LLMs over the OpenAI API.
 #[derive(Debug, Parser)]
@@ -32,36 +48,16 @@ pub enum Command {
     Dev(DevArgs),
     /// Models: run the engine directly (`generate`), write integrity manifests (`manifest`).
     #[command(subcommand)]
-    Model(crate::model_cli::ModelCommand),
+    Model(ModelCommand),
     /// The tamper-evident audit log: verify, export, digest, backup, keygen.
     #[command(subcommand)]
-    Audit(crate::audit::cli::AuditCommand),
+    Audit(AuditCommand),
     /// API keys: create (printed once), list, revoke, rotate.
     #[command(subcommand)]
-    Keys(crate::keys::cli::KeysCommand),
+    Keys(KeysCommand),
     /// A running daemon's summary (uptime, models, load, audit health) from its admin
     /// listener's /status.
     Status(StatusArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The admin listener, e.g. http://127.0.0.1:9464 (default: that, or the config's
-    /// `[admin] address`).
-    #[arg(long, value_name = "URL", conflicts_with = "config")]
-    pub admin: Option<String>,
-    /// Read the admin address from this configuration file's `[admin]` section.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// For an `[admin.tls]` listener: the CA bundle its server certificate chains to.
-    #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// For an `[admin.tls]` listener: the client certificate (PEM) it requires.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -71,37 +67,37 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum CertsCommand {
-    /// Create a CA, a server certificate (localhost, 127.0.0.1, ::1), an empty CRL and one
-    /// client certificate per tenant. Existing files are kept.
-    Init {
-        /// Directory for the PEM files (created if missing).
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// A tenant to issue a client certificate for (CN = NAME); repeatable.
-        #[arg(long = "tenant", value_name = "NAME")]
-        tenants: Vec<String>,
-    },
-    /// Add a certificate's serial to DIR/crl.pem (re-signed); send SIGHUP to apply.
-    Revoke {
-        /// The directory `certs init` wrote.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// The PEM certificate to revoke.
-        #[arg(long, value_name = "FILE")]
-        cert: PathBuf,
-    },
+/// Parses the process's arguments. `--help` and `--version` print clap's own output and
+/// give exit 0; a bad command line prints one line (not clap's usage block) and gives 64.
+pub fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("airlockd: {first} (see `airlockd --help`)");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
 }
 
-#[derive(Debug, Args)]
-pub struct DevArgs {
-    /// Working directory for certificates, config and model.
-    #[arg(long, value_name = "DIR", default_value = "airlock-dev")]
-    pub dir: PathBuf,
-    /// Port on 127.0.0.1.
-    #[arg(long, value_name = "N", default_value_t = 8443)]
-    pub port: u16,
+/// Runs one parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
+        Command::Certs(command) => certs::run(command),
+        Command::Dev(args) => dev::run(args),
+        Command::Model(command) => model::run(command),
+        Command::Audit(command) => audit::run(command),
+        Command::Keys(command) => keys::run(command),
+        Command::Status(args) => status::run(args),
+    }
 }
 
 #[cfg(test)]

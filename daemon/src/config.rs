@@ -11,8 +11,11 @@ pub mod credential;
 #[cfg(test)]
 mod doc_check;
 mod duration;
+mod limits;
 mod listener;
 mod locate;
+mod logging;
+mod model;
 pub mod policy;
 pub mod raw;
 #[cfg(test)]
@@ -23,15 +26,16 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_engine::{DeviceChoice, Quantize};
-
 pub use admin::AdminConfig;
 pub use audit::AuditConfig;
 pub use duration::parse_duration;
+pub use limits::Limits;
 pub use listener::{
     ClientCertFormat, ListenAddress, ListenerConfig, ListenerMode, ProxyConfig, TlsConfig,
 };
-use raw::{RawConfig, RawLimits, RawLogging, RawModel};
+pub use logging::{LogFormat, LoggingConfig};
+pub use model::{ModelBackend, ModelConfig};
+use raw::RawConfig;
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,99 +90,6 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
 }
 
-/// `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_body_bytes: NonZeroUsize,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub request_deadline: Duration,
-    pub max_connections: NonZeroUsize,
-    pub max_concurrent_requests: NonZeroUsize,
-    pub shutdown_grace: Duration,
-    /// Connections still in their TLS handshake. They hold no `max_connections` slot (a
-    /// client that never finishes its handshake must not lock out those that do), so they
-    /// have their own cap.
-    pub max_pending_handshakes: NonZeroUsize,
-    /// Connections (pending and open together) from one client address (IPv6: one /64);
-    /// trusted proxies and Unix-socket peers are exempt. Keeps one client from taking
-    /// every slot.
-    pub max_connections_per_address: NonZeroUsize,
-    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY), so
-    /// idle connections do not hold `max_connections` slots.
-    pub connection_idle_timeout: Duration,
-    /// An HTTP/2 connection whose client preface has not arrived this long after the TLS
-    /// handshake is closed.
-    pub http2_preface_timeout: Duration,
-    /// A connection this old is drained (HTTP/1.1: `Connection: close` on its next
-    /// response; HTTP/2: GOAWAY), and closed `shutdown_grace` later. Bounds how long a
-    /// connection lives on a certificate checked once.
-    pub max_connection_age: Duration,
-    /// Time allowed to receive a request body, counted once the request holds its tenant's
-    /// concurrency slot and a server slot: a slow upload holds them no longer.
-    pub body_read_timeout: Duration,
-}
-
-/// Which engine serves a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelBackend {
-    /// The real engine: a Hugging Face model directory run with burn.
-    Burn {
-        path: PathBuf,
-        device: DeviceChoice,
-        verify_manifest: bool,
-        /// The SHA-256 the model's `airlock-manifest.json` must have (lowercase hex): the
-        /// manifest sits beside the weights, so without a pin whoever can replace the
-        /// weights can replace the manifest too.
-        manifest_sha256: Option<String>,
-        /// Weight quantization at load (`None`: the file's precision).
-        quantize: Option<Quantize>,
-    },
-    /// The deterministic test engine. Never for production: it answers with canned text.
-    Test { token_delay: Duration },
-}
-
-/// One `[[models]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelConfig {
-    pub name: String,
-    pub backend: ModelBackend,
-    pub max_queue: NonZeroUsize,
-    pub max_active: NonZeroUsize,
-    pub max_context: Option<NonZeroUsize>,
-    /// Most prompt tokens one sequence prefills per engine step (long prompts go in chunks
-    /// between other sequences' decode steps).
-    pub prefill_chunk: NonZeroUsize,
-    /// Most tokens in one batched forward pass.
-    pub max_batch_tokens: NonZeroUsize,
-    /// KV-cache budget in bytes; `None`: room for `max_active` full contexts.
-    pub kv_cache_bytes: Option<NonZeroUsize>,
-}
-
-/// `[logging]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggingConfig {
-    pub format: LogFormat,
-    /// A `tracing` filter directive, e.g. `info` or `airlock_daemon=debug,info`.
-    pub level: String,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
 impl Config {
     /// Reads and validates `file`. Relative paths inside are resolved against the file's
     /// directory, so a config and its certificates can move together.
@@ -194,6 +105,42 @@ impl Config {
             path,
             reason,
         })
+    }
+
+    /// [`Config::load`], plus what serving needs beyond a well-formed file: an `[audit]`
+    /// section, and TLS files (`[listener.tls]`, `[admin.tls]`) that load. What `serve`,
+    /// `dev` and `check-config` run; a failure exits 64 naming the key.
+    pub fn load_for_serve(file: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load(file)?;
+        config
+            .check_serve()
+            .map_err(|Invalid { path, reason }| ConfigError {
+                file: file.to_path_buf(),
+                path,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// The rules of [`Config::load_for_serve`] beyond [`Config::load`].
+    fn check_serve(&self) -> Result<(), Invalid> {
+        if let ListenerMode::Tls(tls) = &self.listener.mode {
+            listener::check_tls_files("listener.tls", tls)?;
+        }
+        if let Some(tls) = self.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            // The admin listener's failures are reported on the section as a whole.
+            listener::check_tls_files("admin.tls", tls)
+                .map_err(|Invalid { reason, .. }| invalid("admin.tls", reason))?;
+        }
+        // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
+        if self.audit.is_none() {
+            return Err(invalid(
+                "audit",
+                "required: every request is recorded in the audit log; \
+                 `airlockd audit keygen --dir DIR` creates its keys (docs/audit.md)",
+            ));
+        }
+        Ok(())
     }
 
     /// Reads `file` and validates only `[auth]` and `[[tenants]]`: what the `keys` commands
@@ -228,7 +175,7 @@ impl Config {
         let limits = Limits::try_from(raw.limits)?;
         let mut models = Vec::with_capacity(raw.models.len());
         for (i, model) in raw.models.into_iter().enumerate() {
-            let model = model_config(model, base).map_err(|e| Invalid {
+            let model = model::model_config(model, base).map_err(|e| Invalid {
                 path: format!("models[{i}].{}", e.path),
                 reason: e.reason,
             })?;
@@ -370,296 +317,4 @@ fn nonzero(path: &str, value: Option<u64>, default: usize) -> Result<NonZeroUsiz
         Some(v) => usize::try_from(v).map_err(|_| invalid(path, "value is too large"))?,
     };
     NonZeroUsize::new(value).ok_or_else(|| invalid(path, "must be at least 1"))
-}
-
-impl TryFrom<RawLimits> for Limits {
-    type Error = Invalid;
-
-    fn try_from(raw: RawLimits) -> Result<Self, Invalid> {
-        let max_header_bytes = match raw.max_header_bytes {
-            None => 16 * 1024,
-            // hyper cannot read headers into a buffer smaller than 8 KiB.
-            Some(v @ 8192..=1_048_576) => v as usize,
-            Some(_) => {
-                return Err(invalid(
-                    "limits.max_header_bytes",
-                    "must be between 8192 and 1048576",
-                ));
-            }
-        };
-        let limits = Limits {
-            max_body_bytes: nonzero("limits.max_body_bytes", raw.max_body_bytes, 4 * 1024 * 1024)?,
-            header_read_timeout: duration_field(
-                "limits.header_read_timeout",
-                raw.header_read_timeout,
-                Duration::from_secs(10),
-            )?,
-            max_header_bytes,
-            request_deadline: duration_field(
-                "limits.request_deadline",
-                raw.request_deadline,
-                Duration::from_secs(300),
-            )?,
-            max_connections: nonzero("limits.max_connections", raw.max_connections, 1024)?,
-            max_concurrent_requests: nonzero(
-                "limits.max_concurrent_requests",
-                raw.max_concurrent_requests,
-                256,
-            )?,
-            shutdown_grace: duration_field(
-                "limits.shutdown_grace",
-                raw.shutdown_grace,
-                Duration::from_secs(30),
-            )?,
-            max_pending_handshakes: nonzero(
-                "limits.max_pending_handshakes",
-                raw.max_pending_handshakes,
-                256,
-            )?,
-            max_connections_per_address: nonzero(
-                "limits.max_connections_per_address",
-                raw.max_connections_per_address,
-                64,
-            )?,
-            connection_idle_timeout: duration_field(
-                "limits.connection_idle_timeout",
-                raw.connection_idle_timeout,
-                Duration::from_secs(60),
-            )?,
-            http2_preface_timeout: duration_field(
-                "limits.http2_preface_timeout",
-                raw.http2_preface_timeout,
-                Duration::from_secs(5),
-            )?,
-            max_connection_age: duration_field(
-                "limits.max_connection_age",
-                raw.max_connection_age,
-                Duration::from_secs(3600),
-            )?,
-            body_read_timeout: duration_field(
-                "limits.body_read_timeout",
-                raw.body_read_timeout,
-                Duration::from_secs(30),
-            )?,
-        };
-        for (path, d) in [
-            ("limits.header_read_timeout", limits.header_read_timeout),
-            ("limits.request_deadline", limits.request_deadline),
-            (
-                "limits.connection_idle_timeout",
-                limits.connection_idle_timeout,
-            ),
-            ("limits.http2_preface_timeout", limits.http2_preface_timeout),
-            ("limits.max_connection_age", limits.max_connection_age),
-            ("limits.body_read_timeout", limits.body_read_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(path, "must be greater than zero"));
-            }
-        }
-        Ok(limits)
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        match Limits::try_from(RawLimits::default()) {
-            Ok(limits) => limits,
-            // The defaults above are constants that validate; this arm is unreachable.
-            Err(_) => Limits {
-                max_body_bytes: NonZeroUsize::MIN,
-                header_read_timeout: Duration::from_secs(10),
-                max_header_bytes: 16 * 1024,
-                request_deadline: Duration::from_secs(300),
-                max_connections: NonZeroUsize::MIN,
-                max_concurrent_requests: NonZeroUsize::MIN,
-                shutdown_grace: Duration::from_secs(30),
-                max_pending_handshakes: NonZeroUsize::MIN,
-                max_connections_per_address: NonZeroUsize::MIN,
-                connection_idle_timeout: Duration::from_secs(60),
-                http2_preface_timeout: Duration::from_secs(5),
-                max_connection_age: Duration::from_secs(3600),
-                body_read_timeout: Duration::from_secs(30),
-            },
-        }
-    }
-}
-
-/// Validates one model; paths in errors are relative to the entry (`device`, not `models[0].device`).
-fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
-    if raw.name.is_empty()
-        || raw.name.len() > 128
-        || raw
-            .name
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid(
-            "name",
-            "must be 1 to 128 characters without spaces or control characters",
-        ));
-    }
-    let backend = match raw.backend.as_deref().unwrap_or("burn") {
-        "burn" => {
-            if raw.test_token_delay.is_some() {
-                return Err(invalid(
-                    "test_token_delay",
-                    "only allowed with backend = \"test\"",
-                ));
-            }
-            let path = raw
-                .path
-                .ok_or_else(|| invalid("path", "required: the model directory"))?;
-            let device = match raw.device.as_deref().unwrap_or("auto") {
-                "auto" => DeviceChoice::Auto,
-                "gpu" => DeviceChoice::Gpu,
-                "cpu" => DeviceChoice::Cpu,
-                other => {
-                    return Err(invalid(
-                        "device",
-                        format!("`{other}` is not one of \"auto\", \"gpu\", \"cpu\""),
-                    ));
-                }
-            };
-            let quantize = match raw.quantize.as_deref() {
-                None => None,
-                Some("q8") => Some(Quantize::Q8),
-                Some("q4") => Some(Quantize::Q4),
-                Some(other) => {
-                    return Err(invalid(
-                        "quantize",
-                        format!("`{other}` is not one of \"q8\", \"q4\""),
-                    ));
-                }
-            };
-            let verify_manifest = raw.verify.unwrap_or(true);
-            let manifest_sha256 = match raw.manifest_sha256 {
-                None => None,
-                Some(_) if !verify_manifest => {
-                    return Err(invalid(
-                        "manifest_sha256",
-                        "pins the manifest that `verify` checks; it cannot be used with \
-                         verify = false",
-                    ));
-                }
-                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    Some(hex.to_ascii_lowercase())
-                }
-                Some(_) => {
-                    return Err(invalid(
-                        "manifest_sha256",
-                        "must be 64 hexadecimal characters: the SHA-256 of the model's \
-                         airlock-manifest.json (`sha256sum airlock-manifest.json`)",
-                    ));
-                }
-            };
-            ModelBackend::Burn {
-                path: resolve(base, path),
-                device,
-                verify_manifest,
-                manifest_sha256,
-                quantize,
-            }
-        }
-        "test" => {
-            for (key, set) in [
-                ("path", raw.path.is_some()),
-                ("device", raw.device.is_some()),
-                ("verify", raw.verify.is_some()),
-                ("manifest_sha256", raw.manifest_sha256.is_some()),
-                ("quantize", raw.quantize.is_some()),
-            ] {
-                if set {
-                    return Err(invalid(key, "not used with backend = \"test\""));
-                }
-            }
-            ModelBackend::Test {
-                token_delay: duration_field(
-                    "test_token_delay",
-                    raw.test_token_delay,
-                    Duration::ZERO,
-                )?,
-            }
-        }
-        other => {
-            return Err(invalid(
-                "backend",
-                format!("`{other}` is not one of \"burn\", \"test\""),
-            ));
-        }
-    };
-    Ok(ModelConfig {
-        name: raw.name,
-        backend,
-        max_queue: nonzero("max_queue", raw.max_queue, 64)?,
-        max_active: nonzero("max_active", raw.max_active, 8)?,
-        max_context: match raw.max_context {
-            None => None,
-            Some(v) => Some(nonzero("max_context", Some(v), 1)?),
-        },
-        prefill_chunk: nonzero("prefill_chunk", raw.prefill_chunk, 256)?,
-        max_batch_tokens: nonzero("max_batch_tokens", raw.max_batch_tokens, 512)?,
-        kv_cache_bytes: match raw.kv_cache {
-            None => None,
-            Some(size) => Some(byte_size("kv_cache", size)?),
-        },
-    })
-}
-
-/// `1048576`, `"1048576"`, `"512MiB"`, `"2GiB"`, `"64 KiB"` → bytes (binary units only, so
-/// there is no doubt whether a G is 10⁹ or 2³⁰).
-fn byte_size(path: &str, size: raw::RawSize) -> Result<NonZeroUsize, Invalid> {
-    let bytes = match size {
-        raw::RawSize::Bytes(b) => b,
-        raw::RawSize::Text(text) => {
-            let t = text.trim();
-            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (digits, unit) = t.split_at(split);
-            let shift = match unit.trim() {
-                "" | "B" => 0,
-                "KiB" => 10,
-                "MiB" => 20,
-                "GiB" => 30,
-                "TiB" => 40,
-                other => {
-                    return Err(invalid(
-                        path,
-                        format!("unit `{other}` is not one of B, KiB, MiB, GiB, TiB"),
-                    ));
-                }
-            };
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| invalid(path, format!("`{text}` is not a size like \"2GiB\"")))?;
-            n.checked_mul(1 << shift)
-                .ok_or_else(|| invalid(path, "value is too large"))?
-        }
-    };
-    let bytes = usize::try_from(bytes).map_err(|_| invalid(path, "value is too large"))?;
-    NonZeroUsize::new(bytes).ok_or_else(|| invalid(path, "must be at least 1 byte"))
-}
-
-impl TryFrom<RawLogging> for LoggingConfig {
-    type Error = Invalid;
-
-    fn try_from(raw: RawLogging) -> Result<Self, Invalid> {
-        let format = match raw.format.as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "logging.format",
-                    format!("`{other}` is not one of \"text\", \"json\""),
-                ));
-            }
-        };
-        let level = raw.level.unwrap_or_else(|| "info".into());
-        if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
-            return Err(invalid(
-                "logging.level",
-                format!("`{level}` is not a valid filter: {e}"),
-            ));
-        }
-        Ok(LoggingConfig { format, level })
-    }
 }

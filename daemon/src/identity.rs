@@ -60,10 +60,16 @@ pub enum IdentityError {
     NoPem,
 }
 
+/// A DER certificate's SHA-256, lowercase hex: what `keys create --bind-cert` stores and
+/// what a request's client certificate is compared with (written once so the two agree).
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
 impl CertIdentity {
     /// Extracts the identity of a DER certificate (already verified by the caller).
     pub fn from_der(der: &[u8]) -> Result<CertIdentity, IdentityError> {
-        use sha2::Digest;
         use x509_parser::extensions::GeneralName;
 
         let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -76,7 +82,7 @@ impl CertIdentity {
             .map(str::to_owned);
         let mut identity = CertIdentity {
             common_name,
-            sha256_fingerprint: hex::encode(sha2::Sha256::digest(der)),
+            sha256_fingerprint: sha256_fingerprint(der),
             ..CertIdentity::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -19,17 +19,18 @@
 //!   re-opened when the path names a different file than the one open (restored from a
 //!   backup, replaced), so the daemon never keeps reading a table nobody writes.
 
-pub mod cli;
 mod snapshot;
 
 pub use snapshot::KeySnapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use airlock_policy::{ApiKey, KeyId, KeyRecord};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::clock::{from_unix_secs as time, unix_secs as secs};
 
 /// How often the daemon checks the database for changes.
 pub const REFRESH: Duration = Duration::from_millis(250);
@@ -65,15 +66,6 @@ pub enum KeyStoreError {
 pub struct KeyStore {
     path: PathBuf,
     conn: Connection,
-}
-
-fn secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn time(s: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
 
 impl KeyStore {

@@ -12,16 +12,14 @@ pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod model_cli;
 mod model_inspect;
-#[cfg(test)]
-mod module_graph;
 pub mod notify;
 pub mod pipeline;
 pub mod server;

@@ -14,7 +14,7 @@ mod tests;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{LazyLock, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use airlock_engine::{EngineStatus, GenerationTimings, ModelInfo, Usage};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -151,9 +151,7 @@ pub fn global() -> &'static Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let start_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let start_unix = crate::clock::unix_secs(SystemTime::now());
         let m = Metrics {
             registry: Registry::default(),
             requests: Family::default(),

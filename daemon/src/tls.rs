@@ -1,5 +1,5 @@
 //! The TLS state of the listener: server certificate, client-certificate verifier with CRLs,
-//! protocol versions, cipher suites and ALPN, built from [`TlsConfig`] with rustls and the
+//! protocol versions, cipher suites and ALPN, built from [`TlsFiles`] (the config's `TlsConfig`) with rustls and the
 //! `ring` provider. Built at start and again on every reload; a build that fails leaves the
 //! running state alone.
 
@@ -13,7 +13,22 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
-use crate::config::{Config, ConfigError, ListenerMode, TlsConfig};
+/// The files and switches the TLS state is built from. The validated `[listener.tls]` and
+/// `[admin.tls]` sections (the config's `TlsConfig`) provide them; a trait rather than that
+/// type so that config validation can build the TLS state to check its files without this
+/// module depending on the config.
+pub trait TlsFiles {
+    /// The server certificate chain (PEM).
+    fn cert(&self) -> &Path;
+    /// The server certificate's private key (PEM).
+    fn key(&self) -> &Path;
+    /// CA bundle client certificates must chain to; `None` only without client auth.
+    fn client_ca(&self) -> Option<&Path>;
+    /// CRL files (PEM).
+    fn crls(&self) -> &[PathBuf];
+    /// Serve without verifying client certificates (labs only).
+    fn danger_no_client_auth(&self) -> bool;
+}
 
 /// Why the TLS state could not be built. Names the file; never prints key material.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +76,7 @@ fn provider() -> CryptoProvider {
 /// no CRL among them is refused (unknown status fails closed), and an expired CRL (past its
 /// nextUpdate) fails every handshake it would have to vouch for. Session resumption is then
 /// disabled, so that a certificate revoked by a reload cannot ride on an earlier session.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(cfg: &impl TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_and_verifier(cfg).map(|(config, _)| config)
 }
 
@@ -69,13 +84,13 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
 /// re-check the certificates of connections already open when a reload brings new CAs or
 /// CRLs.
 pub fn server_config_and_verifier(
-    cfg: &TlsConfig,
+    cfg: &impl TlsFiles,
 ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = Arc::new(provider());
-    let verifier = if cfg.danger_no_client_auth {
+    let verifier = if cfg.danger_no_client_auth() {
         WebPkiClientVerifier::no_client_auth()
     } else {
-        let Some(ca_path) = cfg.client_ca.as_deref() else {
+        let Some(ca_path) = cfg.client_ca() else {
             return Err(TlsError::Verifier(
                 "listener.tls.client_ca is not set".into(),
             ));
@@ -88,7 +103,7 @@ pub fn server_config_and_verifier(
             })?;
         }
         let mut crls = Vec::new();
-        for path in &cfg.crls {
+        for path in cfg.crls() {
             crls.extend(crls_in(path)?);
         }
         let builder =
@@ -106,8 +121,8 @@ pub fn server_config_and_verifier(
             .map_err(|e| TlsError::Verifier(e.to_string()))?
     };
 
-    let chain = certs(&cfg.cert)?;
-    let key = private_key(&cfg.key)?;
+    let chain = certs(cfg.cert())?;
+    let key = private_key(cfg.key())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::ServerCert(e.to_string()))?
@@ -115,7 +130,7 @@ pub fn server_config_and_verifier(
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::ServerCert(e.to_string()))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    if !cfg.crls.is_empty() {
+    if !cfg.crls().is_empty() {
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
     }
@@ -136,39 +151,6 @@ pub fn still_valid(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'s
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .is_ok(),
     }
-}
-
-/// Loads the TLS files a config names, reporting a failure as a config error on the key that
-/// names the file (`FILE: listener.tls.key: …`), so `check-config` and start-up catch an
-/// unreadable key or a malformed CRL before serving.
-pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
-    let ListenerMode::Tls(tls) = &config.listener.mode else {
-        return Ok(());
-    };
-    let Err(e) = server_config(tls) else {
-        return Ok(());
-    };
-    let failed = match &e {
-        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
-            Some(path)
-        }
-        TlsError::Verifier(_) | TlsError::ServerCert(_) => None,
-    };
-    let key = match failed {
-        Some(p) if *p == tls.cert => "listener.tls.cert".to_owned(),
-        Some(p) if *p == tls.key => "listener.tls.key".to_owned(),
-        Some(p) if Some(p) == tls.client_ca.as_ref() => "listener.tls.client_ca".to_owned(),
-        Some(p) => match tls.crls.iter().position(|c| c == p) {
-            Some(i) => format!("listener.tls.crls[{i}]"),
-            None => "listener.tls".to_owned(),
-        },
-        None => "listener.tls".to_owned(),
-    };
-    Err(ConfigError {
-        file: file.to_path_buf(),
-        path: key,
-        reason: e.to_string(),
-    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -1,5 +1,5 @@
-//! `GET /status` and its reader, `airlockd status`: the JSON report, and the short human
-//! summary the command prints from it.
+//! `GET /status` and its reader (what `airlockd status` prints): the JSON report, and the
+//! short human summary made from it.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -191,40 +191,32 @@ impl Endpoint {
     }
 }
 
-/// `airlockd status`: prints the summary (exit 0), or one line saying why not (exit 1,
-/// or 64 for a bad config, URL or certificate option).
-pub fn run(target: Target, tls: &ClientTls) -> u8 {
-    let endpoint = match resolve(target) {
-        Ok(e) => e,
-        Err(message) => {
-            eprintln!("airlockd status: {message}");
-            return crate::cli::EXIT_USAGE;
-        }
-    };
+/// Why `/status` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// A bad config, URL or certificate option: the operator's input, not the daemon.
+    #[error("{0}")]
+    Usage(String),
+    /// The listener was named correctly but did not answer with a report.
+    #[error("cannot read {url}/status: {message}")]
+    Fetch { url: String, message: String },
+}
+
+/// Reads a running daemon's `/status` from its admin listener.
+pub fn read(target: Target, tls: &ClientTls) -> Result<Report, StatusError> {
+    let endpoint = resolve(target).map_err(StatusError::Usage)?;
     let connector = if endpoint.https {
-        match client_config(tls) {
-            Ok(config) => Some(config),
-            Err(message) => {
-                eprintln!("airlockd status: {}: {message}", endpoint.url());
-                return crate::cli::EXIT_USAGE;
-            }
-        }
+        Some(
+            client_config(tls)
+                .map_err(|message| StatusError::Usage(format!("{}: {message}", endpoint.url())))?,
+        )
     } else {
         None
     };
-    match fetch(&endpoint, connector) {
-        Ok(report) => {
-            print!("{}", report.summary());
-            0
-        }
-        Err(message) => {
-            eprintln!(
-                "airlockd status: cannot read {}/status: {message}",
-                endpoint.url()
-            );
-            crate::cli::EXIT_FAILURE
-        }
-    }
+    fetch(&endpoint, connector).map_err(|message| StatusError::Fetch {
+        url: endpoint.url(),
+        message,
+    })
 }
 
 fn resolve(target: Target) -> Result<Endpoint, String> {

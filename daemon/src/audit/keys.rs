@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 
 use super::AuditError;
+use crate::config::credential::{KeyFileError, read_key_file};
 
 /// The checkpoint signing key (private).
 pub struct SigningKey(SecretBox<[u8; 32]>);
@@ -110,16 +111,13 @@ pub fn read_public(path: &Path) -> Result<ed25519_dalek::VerifyingKey, AuditErro
 }
 
 fn read_key(path: &Path) -> Result<[u8; 32], AuditError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = || AuditError::Key {
-        path: path.to_path_buf(),
-        reason: "expected 64 hexadecimal characters (32 bytes)".into(),
-    };
-    let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
-    bytes.try_into().map_err(|_| bad())
+    read_key_file(path).map_err(|e| match e {
+        KeyFileError::Io { path, source } => AuditError::Io { path, source },
+        KeyFileError::Malformed { path } => AuditError::Key {
+            path,
+            reason: KeyFileError::MALFORMED.into(),
+        },
+    })
 }
 
 /// Files written by [`keygen`].

@@ -8,16 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// When to rotate and what to keep.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rotation {
-    /// Rotate once the live file is larger than this.
-    pub max_bytes: Option<u64>,
-    /// Rotate once the live file is older than this.
-    pub max_age: Option<Duration>,
-    /// Remove rotated files whose last write is older than this.
-    pub keep: Option<Duration>,
-}
+/// When to rotate and what to keep: the validated `[audit]` settings.
+pub use crate::config::audit::Rotation;
 
 /// The name a live file gets when rotated.
 pub fn archived_name(db: &Path, first_seq: u64) -> PathBuf {

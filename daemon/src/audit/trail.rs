@@ -32,28 +32,9 @@ use super::record::{Kind, Record};
 use super::{AuditError, AuditLog};
 use crate::identity::ConnInfo;
 
-/// How much prompt/output text a tenant's records keep.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StoreText {
-    /// Keyed digests only (the default).
-    #[default]
-    None,
-    /// Text with digits and e-mail addresses masked.
-    Redacted,
-    /// Text as sent and generated.
-    Full,
-}
+pub use crate::config::audit::StoreText;
 
 impl StoreText {
-    pub fn parse(s: &str) -> Option<StoreText> {
-        match s {
-            "none" => Some(StoreText::None),
-            "redacted" => Some(StoreText::Redacted),
-            "full" => Some(StoreText::Full),
-            _ => None,
-        }
-    }
-
     fn apply(self, text: &str) -> Option<String> {
         match self {
             StoreText::None => None,

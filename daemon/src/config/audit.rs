@@ -7,10 +7,43 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::credential::secret_path;
+use super::credential::{read_key_file, secret_path};
 use super::{Invalid, duration_field, invalid, resolve};
-use crate::audit::rotate::Rotation;
-use crate::audit::trail::StoreText;
+
+/// When to rotate the audit database and what to keep (`rotate_bytes`, `rotate_after`,
+/// `keep_days`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the live file is larger than this.
+    pub max_bytes: Option<u64>,
+    /// Rotate once the live file is older than this.
+    pub max_age: Option<Duration>,
+    /// Remove rotated files whose last write is older than this.
+    pub keep: Option<Duration>,
+}
+
+/// How much prompt/output text a tenant's records keep (`store_text`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreText {
+    /// Keyed digests only (the default).
+    #[default]
+    None,
+    /// Text with digits and e-mail addresses masked.
+    Redacted,
+    /// Text as sent and generated.
+    Full,
+}
+
+impl StoreText {
+    pub fn parse(s: &str) -> Option<StoreText> {
+        match s {
+            "none" => Some(StoreText::None),
+            "redacted" => Some(StoreText::Redacted),
+            "full" => Some(StoreText::Full),
+            _ => None,
+        }
+    }
+}
 
 /// `[audit]` as written.
 #[derive(Debug, Deserialize)]
@@ -84,10 +117,10 @@ fn store_text(path: &str, value: &str) -> Result<StoreText, Invalid> {
 pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
     let signing_key = secret_path("audit.signing_key", base, raw.signing_key)?;
     let digest_key = secret_path("audit.digest_key", base, raw.digest_key)?;
-    if let Err(e) = crate::audit::SigningKey::load(&signing_key) {
+    if let Err(e) = read_key_file(&signing_key) {
         return Err(invalid("audit.signing_key", e));
     }
-    if let Err(e) = crate::audit::DigestKey::load(&digest_key) {
+    if let Err(e) = read_key_file(&digest_key) {
         return Err(invalid("audit.digest_key", e));
     }
     let every = raw.checkpoint_every_records.unwrap_or(1000);
@@ -170,7 +203,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::Config;
-    use crate::audit::trail::StoreText;
+    use super::StoreText;
 
     const BASE: &str = "[listener]\naddress = \"127.0.0.1:8443\"\n[listener.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n[[models]]\nname = \"m\"\nbackend = \"test\"\n";
 

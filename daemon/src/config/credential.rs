@@ -77,6 +77,38 @@ fn secret_path_in(
     }
 }
 
+/// Why a key file (see [`read_key_file`]) cannot be used. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {}", path.display(), Self::MALFORMED)]
+    Malformed { path: PathBuf },
+}
+
+impl KeyFileError {
+    pub const MALFORMED: &str = "expected 64 hexadecimal characters (32 bytes)";
+}
+
+/// Reads a 32-byte key file: 64 hex characters and optional surrounding whitespace (the
+/// audit signing and digest keys, written by `airlockd audit keygen`). Config validation
+/// checks `[audit]`'s keys with it; the audit log loads them with it.
+pub fn read_key_file(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = || KeyFileError::Malformed {
+        path: path.to_path_buf(),
+    };
+    let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -6,10 +6,55 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
 use super::credential::secret_path;
-use super::raw::{RawListener, RawProxy, RawTls};
 use super::{Invalid, duration_field, invalid, resolve};
+
+/// `[listener]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `tls` (default) or `proxy`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `host:port`, or `unix:/path` (proxy mode only).
+    pub address: String,
+    #[serde(default)]
+    pub handshake_timeout: Option<String>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub proxy: Option<RawProxy>,
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    #[serde(default)]
+    pub danger_no_client_auth: bool,
+}
+
+/// `[listener.proxy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub client_cert_header: Option<String>,
+    #[serde(default)]
+    pub client_cert_format: Option<String>,
+    #[serde(default)]
+    pub danger_allow_non_loopback_proxy: bool,
+}
 
 /// Where and how clients connect.
 #[derive(Debug, Clone)]
@@ -58,6 +103,52 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     pub crls: Vec<PathBuf>,
     pub danger_no_client_auth: bool,
+}
+
+impl crate::tls::TlsFiles for TlsConfig {
+    fn cert(&self) -> &Path {
+        &self.cert
+    }
+    fn key(&self) -> &Path {
+        &self.key
+    }
+    fn client_ca(&self) -> Option<&Path> {
+        self.client_ca.as_deref()
+    }
+    fn crls(&self) -> &[PathBuf] {
+        &self.crls
+    }
+    fn danger_no_client_auth(&self) -> bool {
+        self.danger_no_client_auth
+    }
+}
+
+/// Builds the TLS state `tls` describes, as the server will, and reports a failure on the
+/// key under `section` that names the failing file (`listener.tls.key`, `admin.tls.crls[0]`,
+/// or `section` itself when no one file is to blame), so that `check-config` and start-up
+/// catch an unreadable key or a malformed CRL before serving.
+pub(super) fn check_tls_files(section: &str, tls: &TlsConfig) -> Result<(), Invalid> {
+    use crate::tls::TlsError;
+    let Err(e) = crate::tls::server_config(tls) else {
+        return Ok(());
+    };
+    let failed = match &e {
+        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
+            Some(path)
+        }
+        TlsError::Verifier(_) | TlsError::ServerCert(_) => None,
+    };
+    let key = match failed {
+        Some(p) if *p == tls.cert => format!("{section}.cert"),
+        Some(p) if *p == tls.key => format!("{section}.key"),
+        Some(p) if Some(p) == tls.client_ca.as_ref() => format!("{section}.client_ca"),
+        Some(p) => match tls.crls.iter().position(|c| c == p) {
+            Some(i) => format!("{section}.crls[{i}]"),
+            None => section.to_owned(),
+        },
+        None => section.to_owned(),
+    };
+    Err(invalid(key, e))
 }
 
 /// `[listener.proxy]`.

@@ -280,6 +280,53 @@ fn load_reports_file_key_and_reason() {
     assert!(line.starts_with(&format!("{}: ", file.display())), "{line}");
 }
 
+/// `load_for_serve` builds the TLS state and names the key of the file that failed.
+#[test]
+fn load_for_serve_names_the_tls_file_key() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::certs::init(dir.path(), &[]).unwrap();
+    crate::audit::keys::keygen(dir.path()).unwrap();
+    std::fs::write(dir.path().join("crl.pem"), "not a crl").unwrap();
+    let file = dir.path().join("airlockd.toml");
+    std::fs::write(
+        &file,
+        "[listener]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]\n[[models]]\nname = \"m\"\nbackend = \"test\"\n\
+         [audit]\ndb = \"audit.db\"\nsigning_key = \"audit-signing.key\"\n\
+         digest_key = \"audit-digest.key\"\n",
+    )
+    .unwrap();
+    Config::load(&file).unwrap();
+    let e = Config::load_for_serve(&file).unwrap_err();
+    assert_eq!(e.path, "listener.tls.crls[0]", "{e}");
+
+    crate::certs::init(dir.path(), &[]).unwrap();
+    std::fs::remove_file(dir.path().join("crl.pem")).unwrap();
+    crate::certs::init(dir.path(), &[]).unwrap();
+    Config::load_for_serve(&file).unwrap();
+    std::fs::write(dir.path().join("server.key"), "garbage").unwrap();
+    let e = Config::load_for_serve(&file).unwrap_err();
+    assert_eq!(e.path, "listener.tls.key", "{e}");
+    assert!(!e.to_string().contains("garbage"), "{e}");
+}
+
+/// Serving without `[audit]` is refused by config validation (closed by default).
+#[test]
+fn load_for_serve_requires_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("airlockd.toml");
+    let text = MINIMAL.replace(
+        "client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]",
+        "danger_no_client_auth = true",
+    );
+    std::fs::write(&file, text).unwrap();
+    crate::certs::init(dir.path(), &[]).unwrap();
+    Config::load(&file).unwrap();
+    let e = Config::load_for_serve(&file).unwrap_err();
+    assert_eq!(e.path, "audit", "{e}");
+    assert!(e.reason.starts_with("required: "), "{e}");
+}
+
 #[test]
 fn engine_scheduling_keys() {
     let c = parse(MINIMAL).expect("minimal config parses");

@@ -10,8 +10,7 @@ use crate::audit::trail::Trail;
 use crate::identity::ConnInfo;
 use crate::metrics::RequestNote;
 
-/// The request header carrying the request id (set by the server before `handle`).
-const X_REQUEST_ID: &str = "x-request-id";
+use crate::api::X_REQUEST_ID;
 
 /// One request's context, from `handle` through every phase.
 #[derive(Debug)]

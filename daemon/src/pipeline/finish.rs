@@ -29,8 +29,9 @@ use crate::api::endpoints::{self, Completion};
 use crate::api::request::{Inference, StreamSpec};
 use crate::api::sse::{self, Chunker};
 use crate::api::{ApiError, BoxBody};
-use crate::app::{App, unix_now};
+use crate::app::App;
 use crate::audit::trail::{StreamAudit, Trail};
+use crate::clock::unix_now;
 use crate::metrics::GenerationLabels;
 
 /// How the answer of a parsed request is shaped.

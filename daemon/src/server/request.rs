@@ -13,8 +13,7 @@ use crate::config::ListenerMode;
 use crate::identity::ConnInfo;
 use crate::identity::forwarded::{self, X_FORWARDED_FOR};
 
-/// `x-request-id`: accepted from the client when sane, generated otherwise, always returned.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::api::X_REQUEST_ID;
 
 /// Serves one request: request id → span → forwarded identity → application.
 pub async fn serve(

@@ -1,5 +1,6 @@
 use super::*;
 use crate::certs;
+use crate::config::TlsConfig;
 
 #[test]
 fn builds_from_a_dev_pki() {
@@ -62,31 +63,6 @@ fn key_files_are_private() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
-}
-
-#[test]
-fn check_files_names_the_config_key() {
-    let dir = tempfile::tempdir().unwrap();
-    certs::init(dir.path(), &[]).unwrap();
-    std::fs::write(dir.path().join("crl.pem"), "not a crl").unwrap();
-    let file = dir.path().join("airlockd.toml");
-    std::fs::write(
-        &file,
-        "[listener]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-         client_ca = \"ca.pem\"\ncrls = [\"crl.pem\"]\n[[models]]\nname = \"m\"\nbackend = \"test\"\n",
-    )
-    .unwrap();
-    let config = Config::load(&file).unwrap();
-    let e = check_files(&config, &file).unwrap_err();
-    assert_eq!(e.path, "listener.tls.crls[0]", "{e}");
-
-    certs::init(dir.path(), &[]).unwrap();
-    std::fs::remove_file(dir.path().join("crl.pem")).unwrap();
-    certs::init(dir.path(), &[]).unwrap();
-    std::fs::write(dir.path().join("server.key"), "garbage").unwrap();
-    let e = check_files(&config, &file).unwrap_err();
-    assert_eq!(e.path, "listener.tls.key", "{e}");
-    assert!(!e.to_string().contains("garbage"), "{e}");
 }
 
 #[test]

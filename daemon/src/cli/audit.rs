@@ -1,16 +1,15 @@
 //! `airlockd audit ...`: verify, inspect, export, digest, backup, keygen.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Subcommand;
 
-use super::keys::{self, DigestKey};
-use super::tools::{self, ExportFilter};
-use super::verify;
-
-/// Exit code of `audit verify` when the log is not intact.
-pub const EXIT_TAMPERED: u8 = 2;
+use super::exit::{EXIT_FAILURE, EXIT_TAMPERED, EXIT_USAGE, fail};
+use crate::audit::keys::{self, DigestKey};
+use crate::audit::tools::{self, ExportFilter};
+use crate::audit::verify;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -89,7 +88,7 @@ pub enum AuditCommand {
 }
 
 /// Runs one audit subcommand; returns the exit code.
-pub fn run(command: AuditCommand) -> u8 {
+pub fn run(command: AuditCommand) -> ExitCode {
     match command {
         AuditCommand::Verify {
             db,
@@ -106,7 +105,7 @@ pub fn run(command: AuditCommand) -> u8 {
         } => {
             let since_ms = match since.as_deref().map(tools::parse_since).transpose() {
                 Ok(s) => s,
-                Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+                Err(e) => return fail(EXIT_USAGE, e),
             };
             let filter = ExportFilter {
                 since_ms,
@@ -115,8 +114,8 @@ pub fn run(command: AuditCommand) -> u8 {
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match tools::export(&db, &filter, &mut out) {
-                Ok(_) => 0,
-                Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_FAILURE, e),
             }
         }
         AuditCommand::Digest { text, key, config } => {
@@ -127,63 +126,63 @@ pub fn run(command: AuditCommand) -> u8 {
                         Some(a) => a.digest_key,
                         None => {
                             return fail(
-                                crate::cli::EXIT_USAGE,
+                                EXIT_USAGE,
                                 format!("{}: no [audit] section", c.display()),
                             );
                         }
                     },
-                    Err(e) => return fail(crate::cli::EXIT_USAGE, e),
+                    Err(e) => return fail(EXIT_USAGE, e),
                 },
                 (None, None) => {
-                    return fail(crate::cli::EXIT_USAGE, "--key or --config is required");
+                    return fail(EXIT_USAGE, "--key or --config is required");
                 }
             };
             let key = match DigestKey::load(&key_path) {
                 Ok(k) => k,
-                Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+                Err(e) => return fail(EXIT_FAILURE, e),
             };
             match std::fs::read(&text) {
                 Ok(bytes) => {
                     println!("{}", key.digest(&bytes));
-                    0
+                    ExitCode::SUCCESS
                 }
-                Err(e) => fail(crate::cli::EXIT_FAILURE, format!("{}: {e}", text.display())),
+                Err(e) => fail(EXIT_FAILURE, format!("{}: {e}", text.display())),
             }
         }
         AuditCommand::Backup { db, to } => match tools::backup(&db, &to) {
             Ok(()) => {
                 println!("backed up {} to {}", db.display(), to.display());
-                0
+                ExitCode::SUCCESS
             }
-            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => fail(EXIT_FAILURE, e),
         },
         AuditCommand::Keygen { dir } => match keys::keygen(&dir) {
             Ok(created) => {
                 for path in created {
                     println!("created {}", path.display());
                 }
-                0
+                ExitCode::SUCCESS
             }
-            Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => fail(EXIT_FAILURE, e),
         },
     }
 }
 
-fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> u8 {
+fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> ExitCode {
     let key = match pubkey.map(keys::read_public).transpose() {
         Ok(k) => k,
-        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let anchors = match (anchors, &key) {
-        (Some(path), Some(key)) => match super::anchors::load(path, key) {
+        (Some(path), Some(key)) => match crate::audit::anchors::load(path, key) {
             Ok(a) => a,
-            Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+            Err(e) => return fail(EXIT_FAILURE, e),
         },
-        (Some(_), None) => return fail(crate::cli::EXIT_USAGE, "--anchors needs --pubkey"),
+        (Some(_), None) => return fail(EXIT_USAGE, "--anchors needs --pubkey"),
         (None, _) => verify::Anchors::new(),
     };
     if let [only] = db {
-        let rotated = super::rotate::rotated_files(only);
+        let rotated = crate::audit::rotate::rotated_files(only);
         if let Some(oldest) = rotated.first() {
             eprintln!(
                 "note: {} rotated file(s) precede {} (oldest {}); pass them first, oldest \
@@ -197,7 +196,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
     let start = Instant::now();
     let report = match verify::verify_anchored(db, key.as_ref(), &anchors) {
         Ok(r) => r,
-        Err(e) => return fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => return fail(EXIT_FAILURE, e),
     };
     let secs = start.elapsed().as_secs_f64();
     for warning in &report.warnings {
@@ -206,7 +205,7 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
     match &report.finding {
         Some(finding) => {
             println!("TAMPERED: {finding}");
-            EXIT_TAMPERED
+            ExitCode::from(EXIT_TAMPERED)
         }
         None => {
             let pinned = match report.last_anchor {
@@ -226,17 +225,17 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
                 secs,
                 report.records as f64 / secs.max(1e-9),
             );
-            0
+            ExitCode::SUCCESS
         }
     }
 }
 
-fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
-    match super::tools::inspect(db, pubkey) {
+fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> ExitCode {
+    match tools::inspect(db, pubkey) {
         Ok((text, None)) => {
             print!("{text}");
             println!("daemon start: would extend this log");
-            0
+            ExitCode::SUCCESS
         }
         Ok((text, Some(refusal))) => {
             print!("{text}");
@@ -247,13 +246,8 @@ fn inspect_cmd(db: &Path, pubkey: Option<&Path>) -> u8 {
                  problem; keep the file as evidence and move it aside to start a new log",
                 db.display()
             );
-            EXIT_TAMPERED
+            ExitCode::from(EXIT_TAMPERED)
         }
-        Err(e) => fail(crate::cli::EXIT_FAILURE, e),
+        Err(e) => fail(EXIT_FAILURE, e),
     }
-}
-
-fn fail(code: u8, error: impl std::fmt::Display) -> u8 {
-    eprintln!("airlockd: {error}");
-    code
 }

@@ -3,18 +3,18 @@
 //! notices changes within 1 second.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::ExitCode;
+use std::time::SystemTime;
 
 use airlock_policy::KeyId;
 use clap::Subcommand;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 
-use super::KeyStore;
-use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_USAGE, fail};
 use crate::config::policy::PolicyConfig;
 use crate::config::{Config, parse_duration};
+use crate::keys::KeyStore;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -55,13 +55,10 @@ pub enum KeysCommand {
 }
 
 /// Runs a `keys` subcommand; returns the exit code.
-pub fn run(command: KeysCommand) -> u8 {
+pub fn run(command: KeysCommand) -> ExitCode {
     match execute(command) {
-        Ok(()) => 0,
-        Err((code, message)) => {
-            eprintln!("airlockd: {message}");
-            code
-        }
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => fail(code, message),
     }
 }
 
@@ -99,8 +96,8 @@ fn lifetime(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+    let secs = crate::clock::unix_secs(t);
+    time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|d| {
             d.format(&time::format_description::well_known::Rfc3339)
@@ -130,7 +127,7 @@ fn execute(command: KeysCommand) -> Result<(), Failure> {
                     let der = CertificateDer::from_pem_file(&path).map_err(|e| {
                         (EXIT_USAGE, format!("--bind-cert {}: {e}", path.display()))
                     })?;
-                    Ok::<_, Failure>(hex::encode(Sha256::digest(der.as_ref())))
+                    Ok::<_, Failure>(crate::identity::sha256_fingerprint(der.as_ref()))
                 })
                 .transpose()?;
             let (key, record) = store

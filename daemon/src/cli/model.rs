@@ -1,11 +1,12 @@
 //! `airlockd model`: run the engine directly (no server) and write integrity manifests.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt, Quantize};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit::{EXIT_FAILURE, EXIT_USAGE, fail};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -118,17 +119,14 @@ impl From<DeviceArg> for DeviceChoice {
 }
 
 /// Runs a `model` subcommand; returns the process exit code.
-pub fn run(command: ModelCommand) -> u8 {
+pub fn run(command: ModelCommand) -> ExitCode {
     match command {
         ModelCommand::Manifest { dir } => match airlock_engine::write_manifest(&dir) {
             Ok(path) => {
                 println!("wrote {}", path.display());
-                0
+                ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("airlockd: {e}");
-                EXIT_FAILURE
-            }
+            Err(e) => fail(EXIT_FAILURE, e),
         },
         ModelCommand::Generate(args) => generate(args),
         ModelCommand::Inspect {
@@ -139,35 +137,35 @@ pub fn run(command: ModelCommand) -> u8 {
     }
 }
 
-fn inspect(path: &Path, json: bool, measure: bool) -> u8 {
+fn inspect(path: &Path, json: bool, measure: bool) -> ExitCode {
     let report = match airlock_engine::inspect(path, measure) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("airlockd: model inspect: {e}");
-            return EXIT_FAILURE;
+            return fail(EXIT_FAILURE, format!("model inspect: {e}"));
         }
     };
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
             Err(e) => {
-                eprintln!("airlockd: cannot encode the report: {e}");
-                return EXIT_FAILURE;
+                return fail(EXIT_FAILURE, format!("cannot encode the report: {e}"));
             }
         }
     } else {
         print!("{}", crate::model_inspect::render(&report));
     }
-    0
+    ExitCode::SUCCESS
 }
 
-fn generate(args: GenerateArgs) -> u8 {
+fn generate(args: GenerateArgs) -> ExitCode {
     let prompt = match (args.prompt, args.prompt_ids) {
         (_, Some(ids)) => Prompt::TokenIds(ids),
         (Some(text), None) => Prompt::Text(text),
         (None, None) => {
-            eprintln!("airlockd: model generate: give --prompt TEXT or --prompt-ids 1,2,3");
-            return EXIT_USAGE;
+            return fail(
+                EXIT_USAGE,
+                "model generate: give --prompt TEXT or --prompt-ids 1,2,3",
+            );
         }
     };
     let mut opts = GenerateOptions::new(&args.model, prompt);
@@ -185,22 +183,19 @@ fn generate(args: GenerateArgs) -> u8 {
     let report = match airlock_engine::generate_once(&opts) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("airlockd: {e}");
-            return EXIT_FAILURE;
+            return fail(EXIT_FAILURE, e);
         }
     };
     if let Some(path) = &args.logits_out
         && let Err(e) = write_logits(path, &report)
     {
-        eprintln!("airlockd: {}: {e}", path.display());
-        return EXIT_FAILURE;
+        return fail(EXIT_FAILURE, format!("{}: {e}", path.display()));
     }
     if args.json {
         match serde_json::to_string(&report) {
             Ok(line) => println!("{line}"),
             Err(e) => {
-                eprintln!("airlockd: cannot encode the report: {e}");
-                return EXIT_FAILURE;
+                return fail(EXIT_FAILURE, format!("cannot encode the report: {e}"));
             }
         }
     } else {
@@ -219,7 +214,7 @@ fn generate(args: GenerateArgs) -> u8 {
             t.decode_tokens_per_s,
         );
     }
-    0
+    ExitCode::SUCCESS
 }
 
 fn write_logits(path: &Path, report: &GenerateReport) -> std::io::Result<()> {

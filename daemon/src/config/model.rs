@@ -1,0 +1,244 @@
+//! `[[models]]`: which engine serves each model, and its scheduling and memory bounds.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_engine::{DeviceChoice, Quantize};
+use serde::Deserialize;
+
+use super::{Invalid, duration_field, invalid, nonzero, resolve};
+
+/// One `[[models]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// SHA-256 (hex) of the model's `airlock-manifest.json`.
+    #[serde(default)]
+    pub manifest_sha256: Option<String>,
+    #[serde(default)]
+    pub max_queue: Option<u64>,
+    #[serde(default)]
+    pub max_active: Option<u64>,
+    #[serde(default)]
+    pub max_context: Option<u64>,
+    /// `"q8"` or `"q4"`: quantize the weights at load (CPU only).
+    #[serde(default)]
+    pub quantize: Option<String>,
+    #[serde(default)]
+    pub prefill_chunk: Option<u64>,
+    #[serde(default)]
+    pub max_batch_tokens: Option<u64>,
+    /// Bytes, as an integer or a string with a binary unit (`"512MiB"`, `"2GiB"`).
+    #[serde(default)]
+    pub kv_cache: Option<RawSize>,
+    #[serde(default)]
+    pub test_token_delay: Option<String>,
+}
+
+/// A size in bytes: an integer, or a string with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Which engine serves a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelBackend {
+    /// The real engine: a Hugging Face model directory run with burn.
+    Burn {
+        path: PathBuf,
+        device: DeviceChoice,
+        verify_manifest: bool,
+        /// The SHA-256 the model's `airlock-manifest.json` must have (lowercase hex): the
+        /// manifest sits beside the weights, so without a pin whoever can replace the
+        /// weights can replace the manifest too.
+        manifest_sha256: Option<String>,
+        /// Weight quantization at load (`None`: the file's precision).
+        quantize: Option<Quantize>,
+    },
+    /// The deterministic test engine. Never for production: it answers with canned text.
+    Test { token_delay: Duration },
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub backend: ModelBackend,
+    pub max_queue: NonZeroUsize,
+    pub max_active: NonZeroUsize,
+    pub max_context: Option<NonZeroUsize>,
+    /// Most prompt tokens one sequence prefills per engine step (long prompts go in chunks
+    /// between other sequences' decode steps).
+    pub prefill_chunk: NonZeroUsize,
+    /// Most tokens in one batched forward pass.
+    pub max_batch_tokens: NonZeroUsize,
+    /// KV-cache budget in bytes; `None`: room for `max_active` full contexts.
+    pub kv_cache_bytes: Option<NonZeroUsize>,
+}
+
+/// Validates one model; paths in errors are relative to the entry (`device`, not `models[0].device`).
+pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
+    if raw.name.is_empty()
+        || raw.name.len() > 128
+        || raw
+            .name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(
+            "name",
+            "must be 1 to 128 characters without spaces or control characters",
+        ));
+    }
+    let backend = match raw.backend.as_deref().unwrap_or("burn") {
+        "burn" => {
+            if raw.test_token_delay.is_some() {
+                return Err(invalid(
+                    "test_token_delay",
+                    "only allowed with backend = \"test\"",
+                ));
+            }
+            let path = raw
+                .path
+                .ok_or_else(|| invalid("path", "required: the model directory"))?;
+            let device = match raw.device.as_deref().unwrap_or("auto") {
+                "auto" => DeviceChoice::Auto,
+                "gpu" => DeviceChoice::Gpu,
+                "cpu" => DeviceChoice::Cpu,
+                other => {
+                    return Err(invalid(
+                        "device",
+                        format!("`{other}` is not one of \"auto\", \"gpu\", \"cpu\""),
+                    ));
+                }
+            };
+            let quantize = match raw.quantize.as_deref() {
+                None => None,
+                Some("q8") => Some(Quantize::Q8),
+                Some("q4") => Some(Quantize::Q4),
+                Some(other) => {
+                    return Err(invalid(
+                        "quantize",
+                        format!("`{other}` is not one of \"q8\", \"q4\""),
+                    ));
+                }
+            };
+            let verify_manifest = raw.verify.unwrap_or(true);
+            let manifest_sha256 = match raw.manifest_sha256 {
+                None => None,
+                Some(_) if !verify_manifest => {
+                    return Err(invalid(
+                        "manifest_sha256",
+                        "pins the manifest that `verify` checks; it cannot be used with \
+                         verify = false",
+                    ));
+                }
+                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(hex.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        "manifest_sha256",
+                        "must be 64 hexadecimal characters: the SHA-256 of the model's \
+                         airlock-manifest.json (`sha256sum airlock-manifest.json`)",
+                    ));
+                }
+            };
+            ModelBackend::Burn {
+                path: resolve(base, path),
+                device,
+                verify_manifest,
+                manifest_sha256,
+                quantize,
+            }
+        }
+        "test" => {
+            for (key, set) in [
+                ("path", raw.path.is_some()),
+                ("device", raw.device.is_some()),
+                ("verify", raw.verify.is_some()),
+                ("manifest_sha256", raw.manifest_sha256.is_some()),
+                ("quantize", raw.quantize.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, "not used with backend = \"test\""));
+                }
+            }
+            ModelBackend::Test {
+                token_delay: duration_field(
+                    "test_token_delay",
+                    raw.test_token_delay,
+                    Duration::ZERO,
+                )?,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "backend",
+                format!("`{other}` is not one of \"burn\", \"test\""),
+            ));
+        }
+    };
+    Ok(ModelConfig {
+        name: raw.name,
+        backend,
+        max_queue: nonzero("max_queue", raw.max_queue, 64)?,
+        max_active: nonzero("max_active", raw.max_active, 8)?,
+        max_context: match raw.max_context {
+            None => None,
+            Some(v) => Some(nonzero("max_context", Some(v), 1)?),
+        },
+        prefill_chunk: nonzero("prefill_chunk", raw.prefill_chunk, 256)?,
+        max_batch_tokens: nonzero("max_batch_tokens", raw.max_batch_tokens, 512)?,
+        kv_cache_bytes: match raw.kv_cache {
+            None => None,
+            Some(size) => Some(byte_size("kv_cache", size)?),
+        },
+    })
+}
+
+/// `1048576`, `"1048576"`, `"512MiB"`, `"2GiB"`, `"64 KiB"` → bytes (binary units only, so
+/// there is no doubt whether a G is 10⁹ or 2³⁰).
+fn byte_size(path: &str, size: RawSize) -> Result<NonZeroUsize, Invalid> {
+    let bytes = match size {
+        RawSize::Bytes(b) => b,
+        RawSize::Text(text) => {
+            let t = text.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (digits, unit) = t.split_at(split);
+            let shift = match unit.trim() {
+                "" | "B" => 0,
+                "KiB" => 10,
+                "MiB" => 20,
+                "GiB" => 30,
+                "TiB" => 40,
+                other => {
+                    return Err(invalid(
+                        path,
+                        format!("unit `{other}` is not one of B, KiB, MiB, GiB, TiB"),
+                    ));
+                }
+            };
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| invalid(path, format!("`{text}` is not a size like \"2GiB\"")))?;
+            n.checked_mul(1 << shift)
+                .ok_or_else(|| invalid(path, "value is too large"))?
+        }
+    };
+    let bytes = usize::try_from(bytes).map_err(|_| invalid(path, "value is too large"))?;
+    NonZeroUsize::new(bytes).ok_or_else(|| invalid(path, "must be at least 1 byte"))
+}
