@@ -105,7 +105,7 @@ max_pending_handshakes = 1024
 name = "{MODEL}"
 backend = "test"
 max_queue = 4096
-max_active = 256
+max_active = 8
 
 [logging]
 level = "info"
