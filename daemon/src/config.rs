@@ -75,6 +75,20 @@ fn invalid(path: impl Into<String>, reason: impl fmt::Display) -> Invalid {
     }
 }
 
+/// `backend = "test"` is refused by a build without the cargo feature `test-engine` (the
+/// release build): the canned-output engine must never answer in production.
+fn test_engine_built(built: bool) -> Result<(), Invalid> {
+    if built {
+        return Ok(());
+    }
+    Err(invalid(
+        "backend",
+        "\"test\" (the canned-output test engine) is not in this build: it needs the cargo \
+         feature `test-engine`, which only test and benchmark builds enable; serve a real \
+         model with backend = \"burn\"",
+    ))
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -30,6 +30,7 @@ mod score;
 mod sequence;
 mod spec;
 mod tensor_file;
+#[cfg(any(test, feature = "test-engine"))]
 pub mod test_engine;
 mod tokenizer;
 mod weights;

@@ -166,6 +166,7 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
             }
         }
         "test" => {
+            super::test_engine_built(cfg!(feature = "test-engine"))?;
             for (key, set) in [
                 ("path", raw.path.is_some()),
                 ("device", raw.device.is_some()),

@@ -364,3 +364,16 @@ fn engine_scheduling_keys() {
     ));
     assert_eq!(path, "models[0].max_batch_tokens");
 }
+
+#[test]
+fn test_backend_is_refused_without_the_test_engine_feature() {
+    // This test build has the feature (tests run on the test engine); the release build
+    // does not, and takes the `false` branch at validation.
+    assert!(test_engine_built(true).is_ok());
+    let Invalid { path, reason } = test_engine_built(false).unwrap_err();
+    assert_eq!(path, "backend");
+    assert!(reason.contains("`test-engine`"), "{reason}");
+    assert!(reason.contains("backend = \"burn\""), "{reason}");
+    // ...and with the feature the same file is accepted (MINIMAL uses backend = "test").
+    assert!(parse(MINIMAL).is_ok());
+}

@@ -1,8 +1,10 @@
 //! Builds the inference engine from the `[[models]]` entries: the burn engine for real
-//! models, the deterministic test engine for `backend = "test"` (tests only).
+//! models, the deterministic test engine for `backend = "test"` (tests and benchmarks only:
+//! cargo feature `test-engine`, which the release build leaves off).
 
 use std::sync::Arc;
 
+#[cfg(feature = "test-engine")]
 use airlock_engine::test_engine::{TestEngine, TestEngineConfig};
 use airlock_engine::{Engine, EngineError, ModelSpec};
 
@@ -17,6 +19,13 @@ pub enum EngineSetupError {
     Mixed,
     #[error("backend = \"test\" serves exactly one model")]
     OneTestModel,
+    /// Config validation refuses this first; kept so a config built in code cannot slip by.
+    #[cfg(not(feature = "test-engine"))]
+    #[error(
+        "backend = \"test\" needs an airlockd built with the cargo feature `test-engine` \
+         (tests and benchmarks only); this build has it off"
+    )]
+    TestEngineNotBuilt,
 }
 
 /// Loads every configured model (blocking: call from `spawn_blocking` or before the runtime
@@ -61,6 +70,12 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
     Ok(Arc::new(airlock_engine::BurnEngine::load(&specs)?))
 }
 
+#[cfg(not(feature = "test-engine"))]
+fn test_engine(_models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
+    Err(EngineSetupError::TestEngineNotBuilt)
+}
+
+#[cfg(feature = "test-engine")]
 fn test_engine(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
     let [model] = models else {
         return Err(EngineSetupError::OneTestModel);

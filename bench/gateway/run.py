@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Gateway overhead benchmark: the real `airlockd serve` against nginx's floor, same cores, same run.
+
+    cargo build --release -p airlock-daemon --features test-engine --bin airlockd
+    python3 bench/gateway/run.py                         # ~2.5 minutes; prints a Markdown report
+    python3 bench/gateway/run.py --out bench/results/gateway.md --label "after group commit"
+
+Python standard library only; the load tool is `oha` (crates.io; `cargo install --locked oha`),
+the floor is Debian's `nginx`. One run makes a throwaway directory on disk (not tmpfs: the
+audit log's fsyncs are part of what is measured) with a PKI from `airlockd certs init`, audit
+keys, a key database with one API key (`airlockd keys create`) and a config that has
+everything a production request pays for:
+
+  * mutual TLS (client certificate required, CRL loaded), HTTP/1.1 keep-alive;
+  * an API key (`Authorization: Bearer alk_...`, argon2id in the key database; the daemon's
+    verification cache is on, as it is by default);
+  * tenant limits (request rate, token budget, concurrency: high enough never to refuse) and
+    filters (a deny literal, e-mail redaction on prompt and output);
+  * the fsync'd audit log (SQLite WAL, `synchronous = FULL`), admission and completion records;
+  * the access log (`logging.level = "info"`, the default: one line per request, to a file);
+  * the test engine (`backend = "test"`, no model files: the engine's own cost is ~0).
+
+nginx serves `return 200` over mutual TLS with the same server certificate and client CA
+(`ssl_verify_client on`). Both are driven with the same client certificate. For each target:
+
+  max        64 connections, as fast as it answers (closed loop): requests per second
+  5000/s     fixed rate 5,000 req/s, 64 connections, latency corrected for coordinated omission
+  1000/s     fixed rate 1,000 req/s, the same
+  unloaded   one connection at 100 req/s (no request waits for another)
+
+Prints p50/p99 in milliseconds, the share of non-200 answers (must be 0), the tool versions
+and the command line. A benchmark: figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "bench-model"
+TENANT = "bench"
+BODY = json.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello to the gateway benchmark please"}],
+        "max_tokens": 8,
+    }
+)
+
+
+def default_airlockd() -> str:
+    target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
+    return str(Path(target) / "release" / "airlockd")
+
+
+def run(cmd: list[str], **kw) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_airlockd(airlockd: str, work: Path) -> tuple[subprocess.Popen, int, str]:
+    run([airlockd, "certs", "init", "--dir", str(work), "--tenant", TENANT])
+    run([airlockd, "audit", "keygen", "--dir", str(work / "audit")])
+    config = work / "airlockd.toml"
+    config.write_text(
+        f"""
+[listener]
+mode = "tls"
+address = "127.0.0.1:0"
+
+[listener.tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+crls = ["crl.pem"]
+
+[limits]
+max_connections = 4096
+max_concurrent_requests = 4096
+max_connections_per_address = 4096
+max_pending_handshakes = 1024
+
+[[models]]
+name = "{MODEL}"
+backend = "test"
+max_queue = 4096
+max_active = 8
+
+[logging]
+level = "info"
+
+[audit]
+db = "audit.db"
+signing_key = "audit/audit-signing.key"
+digest_key = "audit/audit-digest.key"
+
+[auth]
+key_db = "keys.db"
+
+[[tenants]]
+name = "{TENANT}"
+models = ["*"]
+requests_per_second = 1000000
+burst = 1000000
+tokens_per_minute = 1000000000
+max_concurrent = 4096
+max_tokens = 64
+[[tenants.filters]]
+id = "no-zeus"
+action = "deny"
+literal = "project zeus"
+case_insensitive = true
+[[tenants.filters]]
+id = "pii-email"
+action = "redact"
+detector = "email"
+"""
+    )
+    key = run([airlockd, "keys", "create", "--tenant", TENANT, "--config", str(config)]).strip()
+    if not key.startswith("alk_"):
+        sys.exit(f"keys create printed no key: {key!r}")
+    log = open(work / "airlockd.log", "w")
+    proc = subprocess.Popen(
+        [airlockd, "serve", "--config", str(config)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    deadline = time.time() + 60
+    assert proc.stdout is not None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            sys.exit(f"airlockd exited: see {work / 'airlockd.log'}")
+        m = re.match(r"listening on https://127\.0\.0\.1:(\d+)", line)
+        if m:
+            return proc, int(m.group(1)), key
+    sys.exit("airlockd did not print its listening line in 60 s")
+
+
+def setup_nginx(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    ngx = work / "nginx"
+    (ngx / "logs").mkdir(parents=True)
+    conf = ngx / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes auto;
+pid {ngx}/nginx.pid;
+error_log {ngx}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {ngx}/body;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {work}/server.pem;
+        ssl_certificate_key {work}/server.key;
+        ssl_client_certificate {work}/ca.pem;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(ngx), "-c", str(conf), "-g", "daemon off; user root;"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(ngx / "logs" / "stderr.log", "w"),
+    )
+    import socket
+
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nginx did not listen: see {ngx / 'logs'}")
+
+
+def oha(args: argparse.Namespace, work: Path, url: str, extra: list[str], auth: list[str]) -> dict:
+    cmd = [
+        args.oha,
+        "--no-tui",
+        "--output-format",
+        "json",
+        "--cacert",
+        str(work / "ca.pem"),
+        "--cert",
+        str(work / f"client-{TENANT}.pem"),
+        "--key",
+        str(work / f"client-{TENANT}.key"),
+        *auth,
+        *extra,
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"oha failed: {' '.join(cmd)}\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def figures(result: dict) -> dict:
+    codes = {int(k): v for k, v in result.get("statusCodeDistribution", {}).items()}
+    total = sum(codes.values())
+    errors = sum(result.get("errorDistribution", {}).values())
+    pct = result.get("latencyPercentiles", {})
+    return {
+        "rps": result["summary"].get("requestsPerSec") or 0.0,
+        "p50_ms": (pct.get("p50") or 0.0) * 1000,
+        "p99_ms": (pct.get("p99") or 0.0) * 1000,
+        "ok": codes.get(200, 0),
+        "bad": total - codes.get(200, 0) + errors,
+    }
+
+
+def scenarios(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    d = f"{args.duration}s"
+    return [
+        ("max (64 conns)", ["-c", "64", "-z", d]),
+        ("5000/s fixed", ["-c", "64", "-q", "5000", "--latency-correction", "-z", d]),
+        ("1000/s fixed", ["-c", "64", "-q", "1000", "--latency-correction", "-z", d]),
+        ("unloaded (1 conn, 100/s)", ["-c", "1", "-q", "100", "--latency-correction", "-z", d]),
+    ]
+
+
+def version(cmd: list[str]) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    return (out.stdout + out.stderr).strip().splitlines()[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--airlockd", default=default_airlockd(), help="release binary built with --features test-engine")
+    p.add_argument("--oha", default=shutil.which("oha") or "/work/tools/bin/oha")
+    p.add_argument("--duration", type=int, default=10, help="seconds per scenario (default 10)")
+    p.add_argument("--only", choices=["airlockd", "nginx"], help="run one target only")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--out", type=Path, help="also append the Markdown report to this file")
+    p.add_argument("--label", default="", help="a heading for the report (e.g. the commit)")
+    p.add_argument("--hold", type=float, default=0, help="after setup, wait this many seconds before measuring (to attach perf)")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="airlock-gw-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
+    procs: list[subprocess.Popen] = []
+    rows: dict[str, dict[str, dict]] = {}
+    try:
+        daemon, port, key = setup_airlockd(args.airlockd, work)
+        procs.append(daemon)
+        nginx, nport = setup_nginx(work)
+        procs.append(nginx)
+        targets = {
+            "airlockd": (
+                f"https://127.0.0.1:{port}/v1/chat/completions",
+                ["-m", "POST", "-H", f"Authorization: Bearer {key}", "-T", "application/json", "-d", BODY],
+            ),
+            "nginx": (f"https://127.0.0.1:{nport}/", []),
+        }
+        if args.only:
+            targets = {args.only: targets[args.only]}
+        print(f"airlockd pid {daemon.pid} on :{port}, nginx on :{nport}, work dir {work}", file=sys.stderr)
+        if args.hold:
+            time.sleep(args.hold)
+        for name, (url, auth) in targets.items():
+            # Warm-up: TLS sessions, key cache, allocator, SQLite pages.
+            oha(args, work, url, ["-c", "64", "-z", "2s"], auth)
+            for label, extra in scenarios(args):
+                rows.setdefault(label, {})[name] = figures(oha(args, work, url, extra, auth))
+                print(f"{name:9} {label:26} {rows[label][name]}", file=sys.stderr)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    lines = []
+    if args.label:
+        lines += [f"### {args.label}", ""]
+    lines += [
+        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | nginx req/s | nginx p50 ms | nginx p99 ms | non-200 (airlockd/nginx) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, by in rows.items():
+        a, n = by.get("airlockd"), by.get("nginx")
+
+        def cell(r, k, fmt):
+            return format(r[k], fmt) if r else "–"
+
+        lines.append(
+            f"| {label} | {cell(a, 'rps', '.0f')} | {cell(a, 'p50_ms', '.3f')} | {cell(a, 'p99_ms', '.3f')} "
+            f"| {cell(n, 'rps', '.0f')} | {cell(n, 'p50_ms', '.3f')} | {cell(n, 'p99_ms', '.3f')} "
+            f"| {a['bad'] if a else '–'}/{n['bad'] if n else '–'} |"
+        )
+    maxrow = rows.get("max (64 conns)", {})
+    if "airlockd" in maxrow and "nginx" in maxrow and maxrow["nginx"]["rps"]:
+        lines += ["", f"max req/s ratio airlockd/nginx: **{maxrow['airlockd']['rps'] / maxrow['nginx']['rps']:.3f}x**"]
+    lines += [
+        "",
+        f"- load tool: {version([args.oha, '--version'])}; {version(['nginx', '-v'])}; "
+        f"airlockd: {version([args.airlockd, '--version'])}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}; "
+        f"{args.duration} s per scenario, after a 2 s warm-up",
+        f"- command: `python3 bench/gateway/run.py {' '.join(sys.argv[1:])}`",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
