@@ -66,7 +66,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for i in 0..args.iterations {
         let note = RequestNote::default();
         note.note(None, Some("test-model"));
-        let labels = metrics::GenerationLabels::new(None, "test-model");
+        let labels = metrics::GenerationLabels::new(None, "test-model".to_owned());
         labels.finished(usage, &timings);
         m.request(
             Some("bench"),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_engine::Engine;
+use airlock_engine::{Engine, ModelInfo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Request limits, from the `[limits]` section of the configuration.
@@ -37,6 +37,10 @@ pub struct Readiness {
 /// Shared application state.
 pub struct App {
     pub(crate) engine: Arc<dyn Engine>,
+    /// The engine's models, read once: an engine's model list is fixed when it is built
+    /// (a reload that changes models builds a new engine and a new `App`), so `/v1/models`
+    /// and a request without `model` need not ask (and allocate) per request.
+    pub(crate) models: Vec<ModelInfo>,
     pub(crate) settings: AppSettings,
     /// One permit per inference request in flight.
     slots: Arc<Semaphore>,
@@ -75,8 +79,10 @@ impl App {
         access: Arc<crate::access::Access>,
     ) -> Arc<App> {
         let slots = Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1)));
+        let models = engine.models();
         Arc::new(App {
             engine,
+            models,
             settings,
             slots,
             fingerprint: format!("fp_airlock_{}", env!("CARGO_PKG_VERSION")),
@@ -132,7 +138,7 @@ impl App {
     /// Whether this generation can serve requests, and why not: the one answer both the
     /// open `/readyz` (status only) and the admin `/status` (with the reason) give.
     pub fn readiness(&self) -> Readiness {
-        let reason = if self.engine.models().is_empty() {
+        let reason = if self.models.is_empty() {
             Some("no model is loaded")
         } else if !self.audit_ready() {
             Some("audit_unavailable: audit records cannot be written")

@@ -544,22 +544,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// finishes (a stream finishes after its request handler has returned).
 #[derive(Clone, Debug)]
 pub struct GenerationLabels {
-    tenant: Option<String>,
+    /// The tenant's policy, shared rather than its name copied per request.
+    tenant: Option<std::sync::Arc<airlock_policy::Tenant>>,
     model: String,
 }
 
 impl GenerationLabels {
     /// `tenant` is the request's tenant policy, if it has one (configured tenants only).
-    pub fn new(tenant: Option<&airlock_policy::Tenant>, model: &str) -> GenerationLabels {
+    pub fn new(
+        tenant: Option<&std::sync::Arc<airlock_policy::Tenant>>,
+        model: String,
+    ) -> GenerationLabels {
         GenerationLabels {
-            tenant: tenant.map(|t| t.name.clone()),
-            model: model.to_owned(),
+            tenant: tenant.cloned(),
+            model,
         }
+    }
+
+    /// The generation's model.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Records the finished generation.
     pub fn finished(&self, usage: Usage, timings: &GenerationTimings) {
-        global().generation(self.tenant.as_deref(), &self.model, usage, timings);
+        global().generation(
+            self.tenant.as_deref().map(|t| t.name.as_str()),
+            &self.model,
+            usage,
+            timings,
+        );
     }
 }
 

@@ -77,8 +77,7 @@ where
                     trail.note_filter_rules(std::slice::from_ref(rule_id));
                 }
             }
-            let code = error.object().code;
-            (error.into_response(), code)
+            error.into_response_and_code()
         }
         Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
     };
@@ -127,8 +126,8 @@ where
     let inference = match route {
         Route::Healthz => return Ok(endpoints::healthz()),
         Route::Readyz => return Ok(endpoints::readyz(app.readiness().reason.is_none())),
-        Route::Models => return Ok(endpoints::models(&app.engine.models())),
-        Route::Model(id) => return endpoints::model(&app.engine.models(), &id),
+        Route::Models => return Ok(endpoints::models(&app.models)),
+        Route::Model(id) => return endpoints::model(&app.models, &id),
         Route::ChatCompletions => Inference::Chat,
         Route::Completions => Inference::Completions,
         Route::Generate => Inference::Generate,
@@ -146,7 +145,7 @@ where
     let bytes = read_body(app, ctx, req).await?;
     // parse: OpenAI's validation of the body (400s name the field).
     let parsed = request::parse(inference, &bytes, || {
-        app.engine.models().into_iter().next().map(|m| m.id)
+        app.models.first().map(|m| m.id.clone())
     })?;
     ctx.note.note(None, Some(&parsed.model));
     let (mut job, shape) = generate::Job::from_parsed(parsed);

@@ -116,6 +116,41 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
 }
 
+/// A prompt tokenized once, by [`Engine::prepare`]: its token count (chat template
+/// applied) for admission control, and, where tokenizing is real work, the token ids that
+/// [`Engine::submit_prepared`] runs without tokenizing again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    tokens: usize,
+    ids: Option<Vec<u32>>,
+}
+
+impl Prepared {
+    /// A prompt of `tokens` tokens whose ids submission computes itself (engines whose
+    /// tokenizing costs next to nothing).
+    pub fn counted(tokens: usize) -> Self {
+        Self { tokens, ids: None }
+    }
+
+    /// A prompt tokenized to `ids`, which submission uses as they are.
+    pub fn tokenized(ids: Vec<u32>) -> Self {
+        Self {
+            tokens: ids.len(),
+            ids: Some(ids),
+        }
+    }
+
+    /// The prompt's token count, chat template included.
+    pub fn token_count(&self) -> usize {
+        self.tokens
+    }
+
+    /// The token ids, when preparation kept them.
+    pub fn into_ids(self) -> Option<Vec<u32>> {
+        self.ids
+    }
+}
+
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -301,6 +336,27 @@ pub trait Engine: Send + Sync + 'static {
     /// Queues a request. Fails at once with [`EngineError::QueueFull`] when the bounded
     /// queue is full, [`EngineError::UnknownModel`], or [`EngineError::ContextLength`].
     fn submit(&self, request: GenerateRequest) -> Result<Generation, EngineError>;
+
+    /// Tokenizes (renders) a prompt once for `model`, for both the admission count and
+    /// [`Engine::submit_prepared`]. The same errors as [`Engine::count_prompt_tokens`].
+    /// The default keeps only the count (for engines whose tokenizing is trivial).
+    fn prepare(&self, model: &str, prompt: &Prompt) -> Result<Prepared, EngineError> {
+        self.count_prompt_tokens(model, prompt).map(Prepared::counted)
+    }
+
+    /// [`Engine::submit`] for a request whose prompt `prepared` came from
+    /// [`Engine::prepare`] with the same model and prompt: the same checks and errors,
+    /// without tokenizing the prompt again. Its work beyond that is bounded (no
+    /// tokenizing of prompts that `prepare` kept the ids of), so callers may run it on an
+    /// async runtime. The default submits as [`Engine::submit`] does.
+    fn submit_prepared(
+        &self,
+        request: GenerateRequest,
+        prepared: Prepared,
+    ) -> Result<Generation, EngineError> {
+        let _ = prepared;
+        self.submit(request)
+    }
 
     /// Current queue and cache figures.
     fn status(&self) -> EngineStatus;

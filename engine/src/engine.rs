@@ -27,7 +27,7 @@ use crate::sequence::Sequence;
 use crate::tokenizer::TextTokenizer;
 use crate::{
     Engine, EngineError, EngineStatus, GenerateRequest, Generation, GenerationSender, ModelInfo,
-    ModelSpec, Prompt, TokenEvent,
+    ModelSpec, Prepared, Prompt, TokenEvent,
 };
 
 /// Events buffered per request before the engine pauses that sequence.
@@ -611,10 +611,27 @@ impl Engine for BurnEngine {
     }
 
     fn submit(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
+        self.submit_prepared(request, Prepared::counted(0))
+    }
+
+    fn prepare(&self, model: &str, prompt: &Prompt) -> Result<Prepared, EngineError> {
+        Ok(Prepared::tokenized(
+            self.model(model)?.tokenizer.encode_prompt(prompt)?,
+        ))
+    }
+
+    fn submit_prepared(
+        &self,
+        request: GenerateRequest,
+        prepared: Prepared,
+    ) -> Result<Generation, EngineError> {
         let m = self.model(&request.model)?;
         validate(&request.params)?;
         let stop = crate::detok::StopMatcher::new(&request.params.stop)?;
-        let prompt = m.tokenizer.encode_prompt(&request.prompt)?;
+        let prompt = match prepared.into_ids() {
+            Some(ids) => ids,
+            None => m.tokenizer.encode_prompt(&request.prompt)?,
+        };
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
             return Err(EngineError::InvalidRequest {
                 param: "prompt",

@@ -185,6 +185,12 @@ impl ApiError {
 
     /// The HTTP response. The only place an error becomes one.
     pub fn into_response(self) -> Response<BoxBody> {
+        self.into_response_and_code().0
+    }
+
+    /// The HTTP response and the error object's `code` (for the audit record), from one
+    /// rendering of the error.
+    pub fn into_response_and_code(self) -> (Response<BoxBody>, Option<&'static str>) {
         let rendered = self.render();
         if rendered.status.is_server_error() {
             tracing::warn!(status = rendered.status.as_u16(), error = %self, "request failed");
@@ -208,7 +214,7 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        resp
+        (resp, rendered.object.code)
     }
 
     fn render(&self) -> Rendered {

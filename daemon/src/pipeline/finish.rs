@@ -54,7 +54,6 @@ pub async fn respond(
 ) -> Result<Response<BoxBody>, ApiError> {
     let Running {
         mut generation,
-        model,
         prompt_param,
         labels,
     } = running;
@@ -82,7 +81,7 @@ pub async fn respond(
             route: reply.route,
             id: &id,
             created: unix_now(),
-            model: &model,
+            model: finisher.labels.model(),
             fingerprint: &app.fingerprint,
             text,
             reason,
@@ -94,7 +93,7 @@ pub async fn respond(
         shape: spec.shape,
         id,
         created: unix_now(),
-        model,
+        model: finisher.labels.model().to_owned(),
         fingerprint: app.fingerprint.clone(),
         include_usage: spec.include_usage,
     };

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use airlock_engine::{
-    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prompt,
-    SamplingParams, TokenEvent, Usage,
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prepared,
+    Prompt, SamplingParams, TokenEvent, Usage,
 };
 
 use super::RequestCtx;
@@ -24,6 +24,10 @@ pub struct Job {
     pub params: SamplingParams,
     /// The request field the prompt came from, named in context-length errors.
     pub prompt_param: &'static str,
+    /// The prompt as tokenized by `limits` when a tenant limit needed its count
+    /// (`None`: [`submit`] tokenizes it). Only this module and `limits` set it, from this
+    /// job's own `prompt` after the last phase that changes it (`prompt_filter`).
+    pub(super) prepared: Option<Prepared>,
 }
 
 impl Job {
@@ -38,6 +42,7 @@ impl Job {
             prompt: parsed.prompt,
             params: parsed.params,
             prompt_param: parsed.prompt_param,
+            prepared: None,
         };
         (job, reply)
     }
@@ -46,25 +51,28 @@ impl Job {
 /// A generation the engine accepted.
 pub struct Running {
     pub generation: Generation,
-    pub model: String,
     pub prompt_param: &'static str,
-    /// Tenant and model for the generation's token metrics.
+    /// Tenant and model for the generation's token metrics (and the response's `model`).
     pub labels: GenerationLabels,
 }
 
 /// Submits an admitted job: the only way to the engine, and it takes the audit receipt.
-/// Submission tokenizes the prompt (and may render a chat template), which is CPU work: it
-/// runs on the blocking pool, not on the runtime. Dropping the returned [`Generation`]
-/// cancels the request.
+/// The prompt is tokenized once: `limits` may already have done it for the tenant's token
+/// count; otherwise it is done here ([`super::limits::prepare`]: inline when small, else
+/// on the blocking pool). Submitting the prepared ids is bounded work (checks and a queue
+/// hand-off), done on the runtime. Dropping the returned [`Generation`] cancels the request.
 pub async fn submit(
     engine: &Arc<dyn Engine>,
     ctx: &RequestCtx,
     admitted: Admitted,
 ) -> Result<Running, ApiError> {
-    let job = admitted.into_job();
+    let mut job = admitted.into_job();
+    let prepared = match job.prepared.take() {
+        Some(prepared) => prepared,
+        None => super::limits::prepare(engine, &mut job, "submission panicked").await?,
+    };
     let prompt_param = job.prompt_param;
-    let labels = GenerationLabels::new(ctx.policy().map(|t| &**t), &job.model);
-    let model = job.model.clone();
+    let labels = GenerationLabels::new(ctx.policy(), job.model.clone());
     let request = GenerateRequest {
         request_id: ctx.request_id.clone(),
         tenant: ctx.tenant().to_owned(),
@@ -74,20 +82,11 @@ pub async fn submit(
         prompt: job.prompt,
         params: job.params,
     };
-    let engine = Arc::clone(engine);
-    let generation = match tokio::task::spawn_blocking(move || engine.submit(request)).await {
-        Ok(result) => result.map_err(|e| ApiError::engine(e, prompt_param))?,
-        Err(join) => {
-            tracing::error!(error = %join, "engine submission panicked");
-            return Err(ApiError::engine(
-                EngineError::Inference("submission panicked".into()),
-                prompt_param,
-            ));
-        }
-    };
+    let generation = engine
+        .submit_prepared(request, prepared)
+        .map_err(|e| ApiError::engine(e, prompt_param))?;
     Ok(Running {
         generation,
-        model,
         prompt_param,
         labels,
     })

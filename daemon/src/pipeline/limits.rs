@@ -1,11 +1,12 @@
 //! Phase `limits`: the tenant's concurrency slot (taken before the body is read), then the
 //! prompt's token count, the tenant's prompt cap, the rate limits and the token
 //! reservation. Tokenizing is the costly step; the reservation needs its result, so the
-//! limiter cannot usefully run before it.
+//! limiter cannot usefully run before it. The prompt is tokenized once ([`prepare`]) and
+//! the engine runs those ids.
 
 use std::sync::Arc;
 
-use airlock_engine::{Engine, EngineError, Prompt};
+use airlock_engine::{Engine, EngineError, Prepared, Prompt};
 use airlock_policy::Tenant;
 use airlock_policy::ratelimit::{Admission, Occupancy};
 
@@ -37,11 +38,15 @@ pub async fn reserve(
     let Some(tenant) = tenant else {
         return Ok(None);
     };
-    // The engine's own count (chat template included) of the prompt it will be given;
-    // skipped when nothing needs it, since submission tokenizes again.
+    // The engine's own count (chat template included) of the prompt it will be given,
+    // skipped when nothing needs it. The prompt is tokenized once: submission runs the
+    // ids prepared here (`super::generate::submit`).
     let prompt_tokens =
         if tenant.max_prompt_tokens.is_some() || tenant.limits.tokens_per_minute.is_some() {
-            count_prompt_tokens(engine, job).await?
+            let prepared = prepare(engine, job, "token count panicked").await?;
+            let count = prepared.token_count();
+            job.prepared = Some(prepared);
+            count
         } else {
             0
         };
@@ -67,24 +72,51 @@ pub async fn reserve(
         .map_err(|r| PolicyError::rate_limited(tenant, &r).into())
 }
 
-/// Tokenization is CPU work proportional to the prompt: it runs on the blocking pool, not
-/// on the runtime. The prompt moves there and back rather than being copied.
-async fn count_prompt_tokens(engine: &Arc<dyn Engine>, job: &mut Job) -> Result<usize, ApiError> {
+/// Prompts of at most this many bytes of text are tokenized on the async worker itself;
+/// larger ones on the blocking pool. Tokenizing 2 KiB (a BPE pass, or the operator's chat
+/// template rendered over at most 2 KiB of messages) is bounded work of the order of the
+/// JSON parse the worker already did for the same bytes, and costs less than the two
+/// thread hand-offs of a trip to the blocking pool; beyond it the work grows with the
+/// prompt (up to `max_body_bytes`) and would stall the worker's other connections.
+const INLINE_PREPARE_BYTES: usize = 2048;
+
+/// Bytes of text the engine tokenizes for `prompt` (token ids are used as given).
+fn text_bytes(prompt: &Prompt) -> usize {
+    match prompt {
+        Prompt::Text(text) => text.len(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum(),
+        Prompt::TokenIds(_) => 0,
+    }
+}
+
+/// Tokenizes (renders) `job`'s prompt once, for the count and for submission: inline when
+/// small, else on the blocking pool, where the prompt moves there and back rather than
+/// being copied. `panicked`: the error text if tokenizing panics.
+pub(super) async fn prepare(
+    engine: &Arc<dyn Engine>,
+    job: &mut Job,
+    panicked: &'static str,
+) -> Result<Prepared, ApiError> {
+    if text_bytes(&job.prompt) <= INLINE_PREPARE_BYTES {
+        return engine
+            .prepare(&job.model, &job.prompt)
+            .map_err(|e| ApiError::engine(e, job.prompt_param));
+    }
     let engine = Arc::clone(engine);
     let model = job.model.clone();
     let prompt = std::mem::replace(&mut job.prompt, Prompt::TokenIds(Vec::new()));
-    let (prompt, counted) = tokio::task::spawn_blocking(move || {
-        let counted = engine.count_prompt_tokens(&model, &prompt);
-        (prompt, counted)
+    let (prompt, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = engine.prepare(&model, &prompt);
+        (prompt, prepared)
     })
     .await
     .map_err(|join| {
-        tracing::error!(error = %join, "prompt token count panicked");
-        ApiError::engine(
-            EngineError::Inference("token count panicked".into()),
-            job.prompt_param,
-        )
+        tracing::error!(error = %join, "{panicked}");
+        ApiError::engine(EngineError::Inference(panicked.into()), job.prompt_param)
     })?;
     job.prompt = prompt;
-    counted.map_err(|e| ApiError::engine(e, job.prompt_param))
+    prepared.map_err(|e| ApiError::engine(e, job.prompt_param))
 }

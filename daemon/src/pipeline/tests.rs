@@ -505,3 +505,85 @@ async fn failure_mid_stream_is_an_error_event() {
     assert_eq!(status, 500);
     assert_eq!(error_of(&body), ("server_error", None, None));
 }
+
+/// Counts how the path uses the engine, and on which thread, around the test engine.
+struct Counting {
+    inner: TestEngine,
+    runtime_thread: std::thread::ThreadId,
+    /// (call, ran on the runtime's own thread)
+    calls: std::sync::Mutex<Vec<(&'static str, bool)>>,
+}
+
+impl Counting {
+    fn note(&self, call: &'static str) {
+        let on_runtime = std::thread::current().id() == self.runtime_thread;
+        self.calls.lock().expect("calls").push((call, on_runtime));
+    }
+}
+
+impl airlock_engine::Engine for Counting {
+    fn models(&self) -> Vec<airlock_engine::ModelInfo> {
+        self.inner.models()
+    }
+    fn count_prompt_tokens(
+        &self,
+        model: &str,
+        prompt: &airlock_engine::Prompt,
+    ) -> Result<usize, airlock_engine::EngineError> {
+        self.note("count");
+        self.inner.count_prompt_tokens(model, prompt)
+    }
+    fn submit(
+        &self,
+        request: airlock_engine::GenerateRequest,
+    ) -> Result<airlock_engine::Generation, airlock_engine::EngineError> {
+        self.note("submit");
+        self.inner.submit(request)
+    }
+    fn prepare(
+        &self,
+        model: &str,
+        prompt: &airlock_engine::Prompt,
+    ) -> Result<airlock_engine::Prepared, airlock_engine::EngineError> {
+        self.note("prepare");
+        self.inner.prepare(model, prompt)
+    }
+    fn submit_prepared(
+        &self,
+        request: airlock_engine::GenerateRequest,
+        prepared: airlock_engine::Prepared,
+    ) -> Result<airlock_engine::Generation, airlock_engine::EngineError> {
+        self.note("submit_prepared");
+        self.inner.submit_prepared(request, prepared)
+    }
+    fn status(&self) -> airlock_engine::EngineStatus {
+        self.inner.status()
+    }
+}
+
+#[tokio::test]
+async fn the_prompt_is_tokenized_once_and_small_ones_without_a_thread_hop() {
+    let engine = Arc::new(Counting {
+        inner: TestEngine::new(TestEngineConfig::default()).expect("test engine starts"),
+        runtime_thread: std::thread::current().id(),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let app = App::new(Arc::clone(&engine) as Arc<dyn airlock_engine::Engine>, settings());
+    let (status, body) = post(&app, "/v1/chat/completions", chat_body("hello there")).await;
+    assert_eq!(status, 200, "{body}");
+    // One tokenization (`prepare`; `count_prompt_tokens` and `submit` not at all), and
+    // both it and the submission on the runtime's thread: no blocking-pool round trip.
+    assert_eq!(
+        std::mem::take(&mut *engine.calls.lock().expect("calls")),
+        [("prepare", true), ("submit_prepared", true)]
+    );
+    // Past 2 KiB of text the tokenizing moves to the blocking pool (still once); the
+    // submission of the prepared prompt stays on the runtime.
+    let long = "word ".repeat(600);
+    let (status, body) = post(&app, "/v1/chat/completions", chat_body(&long)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::mem::take(&mut *engine.calls.lock().expect("calls")),
+        [("prepare", false), ("submit_prepared", true)]
+    );
+}
