@@ -42,25 +42,29 @@ pub fn ratelimit_headers(
     headers: &mut http::HeaderMap,
     status: &airlock_policy::ratelimit::RateStatus,
 ) {
-    let seconds = |d: std::time::Duration| format!("{:.3}s", d.as_secs_f64());
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = http::HeaderValue::from_str(&value) {
+    // Counts become header values directly (no intermediate `String`); a reset time is
+    // formatted once and its buffer becomes the value without a copy.
+    let seconds = |d: std::time::Duration| {
+        http::HeaderValue::try_from(format!("{:.3}s", d.as_secs_f64())).ok()
+    };
+    let mut put = |name: &'static str, value: Option<http::HeaderValue>| {
+        if let Some(v) = value {
             headers.insert(name, v);
         }
     };
     if let Some(limit) = status.limit_requests {
-        put("x-ratelimit-limit-requests", limit.to_string());
+        put("x-ratelimit-limit-requests", Some(limit.into()));
         put(
             "x-ratelimit-remaining-requests",
-            status.remaining_requests.to_string(),
+            Some(status.remaining_requests.into()),
         );
         put("x-ratelimit-reset-requests", seconds(status.reset_requests));
     }
     if let Some(limit) = status.limit_tokens {
-        put("x-ratelimit-limit-tokens", limit.to_string());
+        put("x-ratelimit-limit-tokens", Some(limit.into()));
         put(
             "x-ratelimit-remaining-tokens",
-            status.remaining_tokens.to_string(),
+            Some(status.remaining_tokens.into()),
         );
         put("x-ratelimit-reset-tokens", seconds(status.reset_tokens));
     }
