@@ -341,7 +341,8 @@ pub trait Engine: Send + Sync + 'static {
     /// [`Engine::submit_prepared`]. The same errors as [`Engine::count_prompt_tokens`].
     /// The default keeps only the count (for engines whose tokenizing is trivial).
     fn prepare(&self, model: &str, prompt: &Prompt) -> Result<Prepared, EngineError> {
-        self.count_prompt_tokens(model, prompt).map(Prepared::counted)
+        self.count_prompt_tokens(model, prompt)
+            .map(Prepared::counted)
     }
 
     /// [`Engine::submit`] for a request whose prompt `prepared` came from

@@ -568,7 +568,10 @@ async fn the_prompt_is_tokenized_once_and_small_ones_without_a_thread_hop() {
         runtime_thread: std::thread::current().id(),
         calls: std::sync::Mutex::new(Vec::new()),
     });
-    let app = App::new(Arc::clone(&engine) as Arc<dyn airlock_engine::Engine>, settings());
+    let app = App::new(
+        Arc::clone(&engine) as Arc<dyn airlock_engine::Engine>,
+        settings(),
+    );
     let (status, body) = post(&app, "/v1/chat/completions", chat_body("hello there")).await;
     assert_eq!(status, 200, "{body}");
     // One tokenization (`prepare`; `count_prompt_tokens` and `submit` not at all), and
