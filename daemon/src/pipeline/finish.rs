@@ -66,6 +66,7 @@ pub async fn respond(
         admission,
         labels,
         span: tracing::Span::current(),
+        streaming: reply.stream.is_some(),
     };
     let id = endpoints::object_id(reply.route);
     let Some(spec) = reply.stream else {
@@ -117,6 +118,9 @@ struct Finisher {
     labels: GenerationLabels,
     /// The request's span: a stream's events arrive after `handle` has returned.
     span: tracing::Span,
+    /// Whether the response head (and with it the request's access-log line) has gone out
+    /// before the generation finishes: a stream's settlement is a line of its own.
+    streaming: bool,
 }
 
 impl Finisher {
@@ -125,19 +129,31 @@ impl Finisher {
         generate::end_of(event, self.prompt_param)
     }
 
-    /// Usage settlement of a finished generation: its log line, its token metrics, and
+    /// Usage settlement of a finished generation: its log fields, its token metrics, and
     /// the unused part of its token reservation returned.
     fn settle(&mut self, reason: FinishReason, usage: Usage, timings: &GenerationTimings) {
-        self.span.in_scope(|| {
-            tracing::info!(
-                finish_reason = reason.as_str(),
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                ttft_ms = timings.time_to_first_token_ms,
-                decode_tokens_per_s = timings.decode_tokens_per_s,
-                "generation finished"
-            );
-        });
+        if self.streaming {
+            // The access-log line went out with the stream's head: the outcome gets its own.
+            self.span.in_scope(|| {
+                tracing::info!(
+                    finish_reason = reason.as_str(),
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    ttft_ms = timings.time_to_first_token_ms,
+                    decode_tokens_per_s = timings.decode_tokens_per_s,
+                    "generation finished"
+                );
+            });
+        } else {
+            // One line per request: the fields join the request's span (declared in
+            // `server::request`), which the `response` line prints.
+            self.span
+                .record("finish_reason", reason.as_str())
+                .record("prompt_tokens", usage.prompt_tokens)
+                .record("completion_tokens", usage.completion_tokens)
+                .record("ttft_ms", timings.time_to_first_token_ms)
+                .record("decode_tokens_per_s", timings.decode_tokens_per_s);
+        }
         self.labels.finished(usage, timings);
         if let Some(admission) = self.admission.take() {
             let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);

@@ -34,11 +34,18 @@ pub async fn serve(
         HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(X_REQUEST_ID, id_value.clone());
 
+    // The generation's outcome fields are filled in by `pipeline::finish` for a JSON
+    // response, so that one line (`response`, below) tells the whole request.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %req.method(),
         path = %req.uri().path(),
+        finish_reason = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+        ttft_ms = tracing::field::Empty,
+        decode_tokens_per_s = tracing::field::Empty,
     );
 
     // Proxy mode: resolve the forwarded identity here, once, and strip the raw headers so
