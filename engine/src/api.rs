@@ -53,6 +53,11 @@ pub const MAX_STOP_SEQUENCES: usize = 4;
 /// model by up to this many bytes while its end could still begin a stop string.
 pub const MAX_STOP_BYTES: usize = 512;
 
+/// Most alternatives reported per generated token ([`SamplingParams::logprobs`]): OpenAI's
+/// `top_logprobs` cap. Finding them is one pass over the vocabulary per token, whatever the
+/// count; the cap bounds what each token event carries.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 /// Sampling parameters. The defaults are the engine's, not OpenAI's: the gateway fills in
 /// OpenAI's defaults (temperature 1, top_p 1) before submitting.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +85,11 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past EOS tokens (benchmarks with a fixed length).
     pub ignore_eos: bool,
+    /// Log-probabilities to report: `None`, none (and no work for them); `Some(n)`, each
+    /// generated token's and its `n` most likely alternatives' (`n` at most
+    /// [`MAX_TOP_LOGPROBS`]). The values are the log-softmax of the model's raw logits,
+    /// before penalties, temperature and top-k/top-p/min-p.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -96,6 +106,7 @@ impl Default for SamplingParams {
             max_tokens: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -151,6 +162,27 @@ impl Prepared {
     }
 }
 
+/// One candidate token and its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    /// The token decoded on its own, special tokens kept (a token holding part of a UTF-8
+    /// character decodes to U+FFFD).
+    pub token: String,
+    /// The log-softmax of the raw logits at this token (`-inf` when its logit is).
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and its most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The generated token itself.
+    pub chosen: TopLogprob,
+    /// The most likely tokens at this position, most likely first (ties: lower id first);
+    /// as many as [`SamplingParams::logprobs`] asked for.
+    pub top: Vec<TopLogprob>,
+}
+
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,14 +236,23 @@ pub enum TokenEvent {
     /// The prompt was accepted and tokenized.
     Started { prompt_tokens: usize },
     /// One generated token. `text` is the newly decodable text (may be empty while a
-    /// multi-byte character or a possible stop string is held back).
-    Token { id: u32, text: String },
-    /// Generation ended normally. `text` flushes anything held back.
+    /// multi-byte character or a possible stop string is held back). `logprobs`: when they
+    /// were asked for, those of the tokens whose text `text` completes (so they travel with
+    /// their text; tokens of a matched stop string, and the end-of-sequence token, have
+    /// none); otherwise empty.
+    Token {
+        id: u32,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Generation ended normally. `text` flushes anything held back, `logprobs` those of
+    /// the tokens it completes.
     Finished {
         reason: FinishReason,
         usage: Usage,
         timings: GenerationTimings,
         text: String,
+        logprobs: Vec<TokenLogprob>,
     },
     /// Generation failed after it was accepted.
     Failed(EngineError),

@@ -601,6 +601,21 @@ impl Drop for BurnEngine {
     }
 }
 
+/// Refuses token ids outside the model's vocabulary (named `prompt`: the field token ids
+/// arrive in, on every route that takes them).
+fn check_vocab(m: &ModelHandle, ids: &[u32]) -> Result<(), EngineError> {
+    match ids.iter().find(|&&t| t as usize >= m.vocab_size) {
+        Some(bad) => Err(EngineError::InvalidRequest {
+            param: "prompt",
+            reason: format!(
+                "token id {bad} is outside the vocabulary ({})",
+                m.vocab_size
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Engine for BurnEngine {
     fn models(&self) -> Vec<ModelInfo> {
         self.models.iter().map(|m| m.info.clone()).collect()
@@ -632,15 +647,7 @@ impl Engine for BurnEngine {
             Some(ids) => ids,
             None => m.tokenizer.encode_prompt(&request.prompt)?,
         };
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
-            return Err(EngineError::InvalidRequest {
-                param: "prompt",
-                reason: format!(
-                    "token id {bad} is outside the vocabulary ({})",
-                    m.vocab_size
-                ),
-            });
-        }
+        check_vocab(m, &prompt)?;
         let context = m.info.context_length;
         let wanted = request.params.max_tokens.unwrap_or(1);
         if prompt.len() + wanted > context {

@@ -15,6 +15,8 @@
 //!   [`FinishReason::Length`]. An empty echo source generates nothing.
 //! * **Stop strings** end generation before their first occurrence; text that could be the
 //!   start of a stop string is held back until it is known not to be one.
+//! * **Log-probabilities** are refused ([`EngineError::InvalidRequest`] naming `logprobs`):
+//!   there are no logits to take them from.
 //! * **Failures**: a prompt containing the word [`FAIL_WORD`] is accepted, then fails with
 //!   [`EngineError::Inference`] after its first generated token (to test mid-stream errors).
 //! * **Timing**: each token takes `token_delay` (so a test can hold a stream open).
@@ -218,6 +220,13 @@ impl Engine for TestEngine {
         let context_length = self.shared.config.context_length;
         let (prompt_tokens, echo) = tokenize(&request.prompt);
         crate::sampling::validate(&request.params)?;
+        if request.params.logprobs.is_some() {
+            // No logits, so nothing faithful to report: refused rather than made up.
+            return Err(EngineError::InvalidRequest {
+                param: "logprobs",
+                reason: "the test engine computes no logits, so it has no log-probabilities".into(),
+            });
+        }
         let stop = StopMatcher::new(&request.params.stop)?;
         let max_tokens = request.params.max_tokens.unwrap_or(0);
         if prompt_tokens >= context_length || prompt_tokens + max_tokens > context_length {
@@ -351,6 +360,7 @@ fn run(shared: &Shared, job: Job) {
                     TokenEvent::Token {
                         id: token_id(word),
                         text,
+                        logprobs: Vec::new(),
                     },
                 ) {
                     return;
@@ -420,6 +430,7 @@ fn finished(
         },
         timings,
         text,
+        logprobs: Vec::new(),
     }
 }
 

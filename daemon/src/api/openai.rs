@@ -3,10 +3,13 @@
 
 pub mod chat;
 pub mod completions;
+pub mod logprobs;
 pub mod params;
 
 use airlock_engine::{ModelInfo, Usage};
 use serde::{Deserialize, Serialize};
+
+use self::logprobs::{ChatLogprobs, TextLogprobs};
 
 /// `stream_options`.
 #[derive(Debug, Default, Deserialize)]
@@ -80,7 +83,7 @@ pub struct ChatCompletion<'a> {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
 }
 
@@ -108,7 +111,7 @@ pub struct ChatChunk<'a> {
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -138,7 +141,7 @@ pub struct TextCompletion<'a> {
 pub struct TextChoice<'a> {
     pub text: &'a str,
     pub index: u32,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::openai::StreamOptions;
 use super::openai::chat::ChatRequest;
 use super::openai::completions::{COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionRequest, GenerateBody};
+use super::openai::logprobs;
 use super::openai::params::SamplingFields;
 use super::sse::Shape;
 
@@ -59,6 +60,20 @@ pub fn parse(
     }
 }
 
+/// The named model, else the default one (`None`: no model is loaded).
+fn model_or_default(
+    model: Option<String>,
+    default_model: impl FnOnce() -> Option<String>,
+    prompt_param: &'static str,
+) -> Result<String, ApiError> {
+    match model {
+        Some(model) => Ok(model),
+        None => {
+            default_model().ok_or_else(|| ApiError::engine(EngineError::Unavailable, prompt_param))
+        }
+    }
+}
+
 fn stream_spec(
     stream: Option<bool>,
     shape: Shape,
@@ -76,10 +91,12 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
     let fields: SamplingFields = from_value(&value)?;
     req.check_bounds()?;
     req.check_unsupported()?;
+    let mut params = fields.to_params(None)?;
+    params.logprobs = logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     Ok(Parsed {
         route: Inference::Chat,
         prompt: req.prompt()?,
-        params: fields.to_params(None)?,
+        params,
         stream: stream_spec(req.stream, Shape::Chat, req.stream_options.as_ref()),
         model: req.model,
         prompt_param: "messages",
@@ -91,10 +108,12 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     let req: CompletionRequest = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
     req.check_unsupported()?;
+    let mut params = fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+    params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
         route: Inference::Completions,
         prompt: req.prompt()?,
-        params: fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?,
+        params,
         stream: stream_spec(req.stream, Shape::Text, req.stream_options.as_ref()),
         model: req.model,
         prompt_param: "prompt",
@@ -108,12 +127,7 @@ fn generate(
     let value: Value = parse_json(body)?;
     let req: GenerateBody = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
-    let model = match req.model {
-        Some(model) => model,
-        None => {
-            default_model().ok_or_else(|| ApiError::engine(EngineError::Unavailable, "prompt"))?
-        }
-    };
+    let model = model_or_default(req.model, default_model, "prompt")?;
     Ok(Parsed {
         route: Inference::Generate,
         model,

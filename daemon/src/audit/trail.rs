@@ -297,12 +297,15 @@ impl Trail {
         }
     }
 
-    /// The admission record, committed before the engine sees the request.
+    /// The admission record, committed before the engine sees the request. `logprobs`:
+    /// the alternatives per token asked for when log-probabilities were (recorded as
+    /// `logprobs`; the values themselves never are).
     pub async fn admit(
         &self,
         tenant: &str,
         model: &str,
         prompt: &Prompt,
+        logprobs: Option<usize>,
     ) -> Result<(), AuditError> {
         {
             let mut p = self.progress();
@@ -310,7 +313,9 @@ impl Trail {
             p.model = Some(model.to_owned());
         }
         let mut record = self.record(Kind::Admit);
-        record.set("decision", "allow");
+        record
+            .set("decision", "allow")
+            .set("logprobs", logprobs.map(|n| n as u64));
         let suppressed = self.binding.log.refusals().take_suppressed(&self.client);
         record.set(
             "suppressed_refusals",
