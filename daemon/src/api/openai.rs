@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod extras;
 pub mod logprobs;
 pub mod params;
 

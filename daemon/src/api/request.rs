@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::openai::StreamOptions;
 use super::openai::chat::ChatRequest;
 use super::openai::completions::{COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionRequest, GenerateBody};
+use super::openai::extras::Extras;
 use super::openai::logprobs;
 use super::openai::params::SamplingFields;
 use super::sse::Shape;
@@ -91,6 +92,7 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
     let fields: SamplingFields = from_value(&value)?;
     req.check_bounds()?;
     req.check_unsupported()?;
+    from_value::<Extras>(&value)?.check()?;
     let mut params = fields.to_params(None)?;
     params.logprobs = logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     Ok(Parsed {
@@ -108,6 +110,7 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     let req: CompletionRequest = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
     req.check_unsupported()?;
+    from_value::<Extras>(&value)?.check()?;
     let mut params = fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
     params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
