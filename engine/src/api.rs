@@ -365,6 +365,13 @@ pub struct EngineStatus {
     pub kv_cache_bytes: usize,
 }
 
+fn no_tokenizer(model: &str) -> EngineError {
+    EngineError::InvalidRequest {
+        param: "model",
+        reason: format!("model `{model}` has no tokenizer to expose"),
+    }
+}
+
 /// An inference engine as the gateway sees it.
 pub trait Engine: Send + Sync + 'static {
     /// The models this engine serves.
@@ -398,6 +405,32 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Generation, EngineError> {
         let _ = prepared;
         self.submit(request)
+    }
+
+    /// Tokenizes `text` for `model` without a chat template; `add_special` adds the
+    /// special tokens (BOS) the model's tokenizer adds to a text prompt. For clients that
+    /// count or chunk text. The default: this engine has no tokenizer to expose.
+    fn tokenize(
+        &self,
+        model: &str,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let _ = (text, add_special);
+        Err(no_tokenizer(model))
+    }
+
+    /// Each token's text on its own (special tokens kept), for `with_pieces`.
+    fn token_pieces(&self, model: &str, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let _ = ids;
+        Err(no_tokenizer(model))
+    }
+
+    /// Decodes token ids to text, special tokens kept (so that detokenizing what
+    /// [`Engine::tokenize`] returned gives the text back).
+    fn detokenize(&self, model: &str, ids: &[u32]) -> Result<String, EngineError> {
+        let _ = ids;
+        Err(no_tokenizer(model))
     }
 
     /// Current queue and cache figures.

@@ -705,6 +705,34 @@ impl Engine for BurnEngine {
         }
     }
 
+    fn tokenize(
+        &self,
+        model: &str,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let tokenizer = &self.model(model)?.tokenizer;
+        if add_special {
+            tokenizer.encode_text(text)
+        } else {
+            tokenizer.encode_raw(text, false)
+        }
+    }
+
+    fn token_pieces(&self, model: &str, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let m = self.model(model)?;
+        check_vocab(m, ids)?;
+        ids.iter()
+            .map(|&id| m.tokenizer.decode_with(&[id], false))
+            .collect()
+    }
+
+    fn detokenize(&self, model: &str, ids: &[u32]) -> Result<String, EngineError> {
+        let m = self.model(model)?;
+        check_vocab(m, ids)?;
+        m.tokenizer.decode_with(ids, false)
+    }
+
     fn status(&self) -> EngineStatus {
         let mut s = EngineStatus::default();
         for m in &self.models {

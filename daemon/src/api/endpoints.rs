@@ -113,7 +113,8 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 usage: Some(Some(UsageJson::from(done.usage))),
             },
         ),
-        Inference::Generate => json_response(
+        // The tokenizer routes never generate (`pipeline::tokenize` answers them).
+        Inference::Generate | Inference::Tokenize | Inference::Detokenize => json_response(
             StatusCode::OK,
             &GenerateResponse {
                 generated_text: done.text,
@@ -129,7 +130,10 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
 pub fn object_id(route: Inference) -> String {
     let prefix = match route {
         Inference::Chat => "chatcmpl",
-        Inference::Completions | Inference::Generate => "cmpl",
+        Inference::Completions
+        | Inference::Generate
+        | Inference::Tokenize
+        | Inference::Detokenize => "cmpl",
     };
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

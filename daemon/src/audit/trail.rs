@@ -382,6 +382,23 @@ impl Trail {
         p.output_text = store.apply(text);
     }
 
+    /// What a tokenizer route answered: the token count (`prompt_tokens`), a keyed digest
+    /// of the answer (`output` as sent: the ids' JSON, or the text), and the text where
+    /// `store_text` keeps outputs.
+    pub fn note_tokenizer(&self, tokens: usize, output: &[u8], text: Option<&str>) {
+        let store = self
+            .binding
+            .store_text_for(self.progress().tenant.as_deref().unwrap_or(""));
+        let digest = self.binding.digest.digest(output);
+        let mut p = self.progress();
+        p.usage = Some(Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+        });
+        p.output_digest = Some(digest);
+        p.output_text = text.and_then(|t| store.apply(t));
+    }
+
     /// Called by `handle` once the response is known: the `deny` record of a request refused
     /// before admission, or the `complete` record of a non-streaming one. A stream writes its
     /// own. An error means the response must not be sent.

@@ -35,6 +35,7 @@ use crate::api::endpoints::{self, Completion};
 use crate::api::openai::logprobs::LogprobGate;
 use crate::api::request::{Inference, StreamSpec};
 use crate::api::sse::{self, Chunker};
+use crate::api::tokenize::TokenizeOptions;
 use crate::api::{ApiError, BoxBody};
 use crate::app::App;
 use crate::audit::trail::{StreamAudit, Trail};
@@ -49,6 +50,8 @@ pub struct Reply {
     pub stream: Option<StreamSpec>,
     /// Log-probabilities were asked for.
     pub logprobs: bool,
+    /// How `/tokenize` answers.
+    pub tokenize: TokenizeOptions,
 }
 
 /// Runs the generation to its response. The concurrency slot lives as long as the

@@ -39,6 +39,7 @@ impl Job {
             route: parsed.route,
             stream: parsed.stream,
             logprobs: parsed.params.logprobs.is_some(),
+            tokenize: parsed.tokenize,
         };
         let job = Job {
             route: parsed.route,

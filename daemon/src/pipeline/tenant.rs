@@ -42,6 +42,10 @@ pub fn check(tenant: Option<&std::sync::Arc<Tenant>>, job: &mut Job) -> Result<(
             ),
         ));
     }
+    // The tokenizer routes generate nothing: no completion to cap or reserve for.
+    if job.route.is_tokenizer() {
+        return Ok(());
+    }
     let cap = tenant.max_completion_tokens.map(|c| c as usize);
     job.params.max_tokens = match (job.params.max_tokens, cap) {
         (Some(m), Some(c)) => Some(m.min(c)),
