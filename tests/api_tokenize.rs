@@ -1,6 +1,6 @@
 //! `/tokenize` and `/detokenize` over the real binary and the embedded default model: both
 //! servers' shapes, the round trip, the tenant's allow-list and prompt filter, the audit
-//! records and the metrics series of the new routes.
+//! records and the metrics series of the new routes; and the model list's capabilities.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -238,4 +238,36 @@ async fn tokenize_detokenize_round_trip_limits_and_audit() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(!all.contains("quick brown fox"), "text in the audit log");
+}
+
+#[tokio::test]
+async fn models_carry_context_length_and_capabilities() {
+    let pki = Pki::new(&["alice", "carol"]);
+    let daemon = start(&pki);
+    let alice = daemon.client(&pki, "alice");
+    let list: Value = alice
+        .get(daemon.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = &list["data"][0];
+    assert_eq!(model["id"], NAME, "{list}");
+    assert_eq!(model["context_length"], 2048, "{list}");
+    assert_eq!(
+        model["capabilities"],
+        json!(["completions", "chat", "logprobs", "tokenize"]),
+        "{list}"
+    );
+    let one: Value = alice
+        .get(daemon.url(&format!("/v1/models/{NAME}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&one, model);
 }

@@ -25,6 +25,20 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// The device the model runs on, e.g. `cpu (flex, f32)` or `gpu (Vulkan: NVIDIA H100, f16)`.
     pub device: String,
+    /// What the model serves beyond text completion.
+    pub features: ModelFeatures,
+}
+
+/// What a model serves beyond text completion, for `/v1/models` (clients pick a model by
+/// it instead of being told by trial).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelFeatures {
+    /// It has a chat template: chat prompts render.
+    pub chat: bool,
+    /// Its tokenizer answers [`Engine::tokenize`] and [`Engine::detokenize`].
+    pub tokenizer: bool,
+    /// It computes logits, so [`SamplingParams::logprobs`] can be answered.
+    pub logprobs: bool,
 }
 
 /// One chat message, as OpenAI's `messages` array carries it.

@@ -139,6 +139,11 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 created: unix_now(),
                 context_length: model.context_length,
                 device: model.device.clone(),
+                features: crate::ModelFeatures {
+                    chat: model.tokenizer.has_chat_template(),
+                    tokenizer: true,
+                    logprobs: true,
+                },
             };
             let vocab = model.model.config.vocab_size;
             let per_position = model.model.kv_bytes_per_token();

@@ -207,6 +207,12 @@ impl Engine for TestEngine {
             created: self.created,
             context_length: self.shared.config.context_length,
             device: "test engine (deterministic echo, no model)".to_owned(),
+            // Chat prompts are echoed; there is no tokenizer to expose and no logits.
+            features: crate::ModelFeatures {
+                chat: true,
+                tokenizer: false,
+                logprobs: false,
+            },
         }]
     }
 

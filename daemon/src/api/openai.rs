@@ -7,7 +7,7 @@ pub mod extras;
 pub mod logprobs;
 pub mod params;
 
-use airlock_engine::{ModelInfo, Usage};
+use airlock_engine::{ModelFeatures, ModelInfo, Usage};
 use serde::{Deserialize, Serialize};
 
 use self::logprobs::{ChatLogprobs, TextLogprobs};
@@ -47,6 +47,9 @@ pub struct ModelObject {
     /// Not in OpenAI's object (SDKs keep unknown fields): the model's context window in
     /// tokens, so clients can size their prompts. Authenticated, unlike `/readyz`.
     pub context_length: usize,
+    /// Not in OpenAI's object: the routes and features this model serves (`completions`,
+    /// `chat`, `logprobs`, `tokenize`), so clients need not find out by trial.
+    pub capabilities: Vec<&'static str>,
 }
 
 impl From<&ModelInfo> for ModelObject {
@@ -57,8 +60,22 @@ impl From<&ModelInfo> for ModelObject {
             created: m.created,
             owned_by: "airlock",
             context_length: m.context_length,
+            capabilities: capabilities(m.features),
         }
     }
+}
+
+/// The `capabilities` of a model object.
+pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
+    [
+        (true, "completions"),
+        (f.chat, "chat"),
+        (f.logprobs, "logprobs"),
+        (f.tokenizer, "tokenize"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }
 
 /// `GET /v1/models`.
