@@ -181,6 +181,61 @@ async fn completions_and_generate() {
     assert_eq!(body["usage"]["prompt_tokens"], 3);
 }
 
+/// Informational fields are accepted (and change nothing); fields that would change the
+/// answer and cannot be honoured are refused, naming the field; and the test engine, which
+/// has no logits, refuses log-probabilities rather than making them up.
+#[tokio::test]
+async fn informational_fields_accepted_answer_changing_ones_refused() {
+    let (pki, daemon) = start("", "");
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+    let mut req = chat("alpha beta");
+    for (k, v) in [
+        ("user", json!("user-42")),
+        ("metadata", json!({"team": "risk", "ticket": "R-1"})),
+        ("store", json!(true)),
+        ("service_tier", json!("auto")),
+        ("prediction", json!({"type": "content", "content": "alpha"})),
+        ("parallel_tool_calls", json!(false)),
+        ("tool_choice", json!("none")),
+        ("modalities", json!(["text"])),
+    ] {
+        req[k] = v;
+    }
+    let (status, body) = post_json(&client, url.clone(), &req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "alpha beta");
+
+    for (field, value) in [
+        ("logit_bias", json!({"1": 5})),
+        ("tool_choice", json!("required")),
+        ("reasoning_effort", json!("high")),
+        ("modalities", json!(["text", "audio"])),
+    ] {
+        let mut req = chat("alpha");
+        req[field] = value;
+        let (status, body) = post_json(&client, url.clone(), &req).await;
+        assert_eq!(status, 400, "{body}");
+        assert_error(
+            &body,
+            "invalid_request_error",
+            Some(field),
+            Some("unsupported_parameter"),
+        );
+    }
+    let mut req = chat("alpha");
+    req["metadata"] = json!({"k": "v".repeat(513)});
+    let (status, body) = post_json(&client, url.clone(), &req).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "metadata.k", "{body}");
+
+    let mut req = chat("alpha");
+    req["logprobs"] = json!(true);
+    let (status, body) = post_json(&client, url, &req).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "logprobs", "{body}");
+}
+
 #[tokio::test]
 async fn request_errors_in_openai_shape() {
     let (pki, daemon) = start("max_body_bytes = 4096\n", "");

@@ -16,6 +16,7 @@ pub mod request;
 pub mod response;
 pub mod route;
 pub mod sse;
+pub mod tokenize;
 
 use std::convert::Infallible;
 

@@ -8,6 +8,7 @@
 //! ```text
 //! route → authn → info routes → tenant slot → server slot → body → parse
 //!       → tenant → prompt_filter → limits → audit (admit) → generate → finish
+//!                                                        ↘ tokenize (tokenizer routes)
 //! ```
 //!
 //! Everything a phase learns about the request travels in one [`RequestCtx`], passed
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod limits;
 pub mod prompt_filter;
 pub mod tenant;
+pub mod tokenize;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,6 +133,8 @@ where
         Route::ChatCompletions => Inference::Chat,
         Route::Completions => Inference::Completions,
         Route::Generate => Inference::Generate,
+        Route::Tokenize => Inference::Tokenize,
+        Route::Detokenize => Inference::Detokenize,
     };
     // tenant slot: a tenant at its `max_concurrent` (say, with slow uploads in flight) is
     // refused here and never takes one of the server's slots, which all tenants share.
@@ -153,13 +157,18 @@ where
     tenant::check(ctx.policy(), &mut job)?;
     // prompt_filter: before the count, since redaction changes the prompt: the cap and the
     // reservation must measure exactly what audit admit and the engine will see.
-    prompt_filter::apply(ctx.policy(), ctx.trail.as_deref(), &mut job.prompt)?;
+    prompt_filter::apply(ctx.policy(), ctx.trail.as_deref(), &mut job)?;
     // limits: the prompt's token count, the tenant's prompt cap, then the rate limits and
     // the token reservation (which takes over the tenant slot).
     let admission = limits::reserve(&app.engine, ctx.policy(), occupancy, &mut job).await?;
     // audit: the admission record is durable before the engine sees the request, or the
     // request is refused (fail closed). The receipt carries the exact job it recorded.
     let admitted = audit::admit(ctx, job).await?;
+    // tokenize: the tokenizer routes end here, answered by the model's tokenizer (admitted
+    // and audited like a generation; nothing is generated, so no slot is held for one).
+    if shape.route.is_tokenizer() {
+        return tokenize::respond(&app.engine, &app.models, ctx, admitted, shape.tokenize).await;
+    }
     // generate: submit (only with the receipt); the stream or the whole completion follows.
     let generation = generate::submit(&app.engine, ctx, admitted).await?;
     // finish: output filter, usage settlement and the completion record, one implementation

@@ -25,6 +25,20 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// The device the model runs on, e.g. `cpu (flex, f32)` or `gpu (Vulkan: NVIDIA H100, f16)`.
     pub device: String,
+    /// What the model serves beyond text completion.
+    pub features: ModelFeatures,
+}
+
+/// What a model serves beyond text completion, for `/v1/models` (clients pick a model by
+/// it instead of being told by trial).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelFeatures {
+    /// It has a chat template: chat prompts render.
+    pub chat: bool,
+    /// Its tokenizer answers [`Engine::tokenize`] and [`Engine::detokenize`].
+    pub tokenizer: bool,
+    /// It computes logits, so [`SamplingParams::logprobs`] can be answered.
+    pub logprobs: bool,
 }
 
 /// One chat message, as OpenAI's `messages` array carries it.
@@ -53,6 +67,11 @@ pub const MAX_STOP_SEQUENCES: usize = 4;
 /// model by up to this many bytes while its end could still begin a stop string.
 pub const MAX_STOP_BYTES: usize = 512;
 
+/// Most alternatives reported per generated token ([`SamplingParams::logprobs`]): OpenAI's
+/// `top_logprobs` cap. Finding them is one pass over the vocabulary per token, whatever the
+/// count; the cap bounds what each token event carries.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 /// Sampling parameters. The defaults are the engine's, not OpenAI's: the gateway fills in
 /// OpenAI's defaults (temperature 1, top_p 1) before submitting.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +99,11 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past EOS tokens (benchmarks with a fixed length).
     pub ignore_eos: bool,
+    /// Log-probabilities to report: `None`, none (and no work for them); `Some(n)`, each
+    /// generated token's and its `n` most likely alternatives' (`n` at most
+    /// [`MAX_TOP_LOGPROBS`]). The values are the log-softmax of the model's raw logits,
+    /// before penalties, temperature and top-k/top-p/min-p.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -96,6 +120,7 @@ impl Default for SamplingParams {
             max_tokens: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -151,6 +176,27 @@ impl Prepared {
     }
 }
 
+/// One candidate token and its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    /// The token decoded on its own, special tokens kept (a token holding part of a UTF-8
+    /// character decodes to U+FFFD).
+    pub token: String,
+    /// The log-softmax of the raw logits at this token (`-inf` when its logit is).
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and its most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The generated token itself.
+    pub chosen: TopLogprob,
+    /// The most likely tokens at this position, most likely first (ties: lower id first);
+    /// as many as [`SamplingParams::logprobs`] asked for.
+    pub top: Vec<TopLogprob>,
+}
+
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,14 +250,23 @@ pub enum TokenEvent {
     /// The prompt was accepted and tokenized.
     Started { prompt_tokens: usize },
     /// One generated token. `text` is the newly decodable text (may be empty while a
-    /// multi-byte character or a possible stop string is held back).
-    Token { id: u32, text: String },
-    /// Generation ended normally. `text` flushes anything held back.
+    /// multi-byte character or a possible stop string is held back). `logprobs`: when they
+    /// were asked for, those of the tokens whose text `text` completes (so they travel with
+    /// their text; tokens of a matched stop string, and the end-of-sequence token, have
+    /// none); otherwise empty.
+    Token {
+        id: u32,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Generation ended normally. `text` flushes anything held back, `logprobs` those of
+    /// the tokens it completes.
     Finished {
         reason: FinishReason,
         usage: Usage,
         timings: GenerationTimings,
         text: String,
+        logprobs: Vec<TokenLogprob>,
     },
     /// Generation failed after it was accepted.
     Failed(EngineError),
@@ -324,6 +379,13 @@ pub struct EngineStatus {
     pub kv_cache_bytes: usize,
 }
 
+fn no_tokenizer(model: &str) -> EngineError {
+    EngineError::InvalidRequest {
+        param: "model",
+        reason: format!("model `{model}` has no tokenizer to expose"),
+    }
+}
+
 /// An inference engine as the gateway sees it.
 pub trait Engine: Send + Sync + 'static {
     /// The models this engine serves.
@@ -357,6 +419,32 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Generation, EngineError> {
         let _ = prepared;
         self.submit(request)
+    }
+
+    /// Tokenizes `text` for `model` without a chat template; `add_special` adds the
+    /// special tokens (BOS) the model's tokenizer adds to a text prompt. For clients that
+    /// count or chunk text. The default: this engine has no tokenizer to expose.
+    fn tokenize(
+        &self,
+        model: &str,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let _ = (text, add_special);
+        Err(no_tokenizer(model))
+    }
+
+    /// Each token's text on its own (special tokens kept), for `with_pieces`.
+    fn token_pieces(&self, model: &str, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let _ = ids;
+        Err(no_tokenizer(model))
+    }
+
+    /// Decodes token ids to text, special tokens kept (so that detokenizing what
+    /// [`Engine::tokenize`] returned gives the text back).
+    fn detokenize(&self, model: &str, ids: &[u32]) -> Result<String, EngineError> {
+        let _ = ids;
+        Err(no_tokenizer(model))
     }
 
     /// Current queue and cache figures.

@@ -139,6 +139,11 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 created: unix_now(),
                 context_length: model.context_length,
                 device: model.device.clone(),
+                features: crate::ModelFeatures {
+                    chat: model.tokenizer.has_chat_template(),
+                    tokenizer: true,
+                    logprobs: true,
+                },
             };
             let vocab = model.model.config.vocab_size;
             let per_position = model.model.kv_bytes_per_token();
@@ -601,6 +606,21 @@ impl Drop for BurnEngine {
     }
 }
 
+/// Refuses token ids outside the model's vocabulary (named `prompt`: the field token ids
+/// arrive in, on every route that takes them).
+fn check_vocab(m: &ModelHandle, ids: &[u32]) -> Result<(), EngineError> {
+    match ids.iter().find(|&&t| t as usize >= m.vocab_size) {
+        Some(bad) => Err(EngineError::InvalidRequest {
+            param: "prompt",
+            reason: format!(
+                "token id {bad} is outside the vocabulary ({})",
+                m.vocab_size
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Engine for BurnEngine {
     fn models(&self) -> Vec<ModelInfo> {
         self.models.iter().map(|m| m.info.clone()).collect()
@@ -632,15 +652,7 @@ impl Engine for BurnEngine {
             Some(ids) => ids,
             None => m.tokenizer.encode_prompt(&request.prompt)?,
         };
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= m.vocab_size) {
-            return Err(EngineError::InvalidRequest {
-                param: "prompt",
-                reason: format!(
-                    "token id {bad} is outside the vocabulary ({})",
-                    m.vocab_size
-                ),
-            });
-        }
+        check_vocab(m, &prompt)?;
         let context = m.info.context_length;
         let wanted = request.params.max_tokens.unwrap_or(1);
         if prompt.len() + wanted > context {
@@ -696,6 +708,34 @@ impl Engine for BurnEngine {
                 })
             }
         }
+    }
+
+    fn tokenize(
+        &self,
+        model: &str,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let tokenizer = &self.model(model)?.tokenizer;
+        if add_special {
+            tokenizer.encode_text(text)
+        } else {
+            tokenizer.encode_raw(text, false)
+        }
+    }
+
+    fn token_pieces(&self, model: &str, ids: &[u32]) -> Result<Vec<String>, EngineError> {
+        let m = self.model(model)?;
+        check_vocab(m, ids)?;
+        ids.iter()
+            .map(|&id| m.tokenizer.decode_with(&[id], false))
+            .collect()
+    }
+
+    fn detokenize(&self, model: &str, ids: &[u32]) -> Result<String, EngineError> {
+        let m = self.model(model)?;
+        check_vocab(m, ids)?;
+        m.tokenizer.decode_with(ids, false)
     }
 
     fn status(&self) -> EngineStatus {

@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{EngineError, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, SamplingParams};
+use crate::{EngineError, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, SamplingParams};
 
 /// Checks sampling parameters before a request is queued.
 pub fn validate(p: &SamplingParams) -> Result<(), EngineError> {
@@ -36,6 +36,9 @@ pub fn validate(p: &SamplingParams) -> Result<(), EngineError> {
     }
     if p.max_tokens == Some(0) {
         return bad("max_tokens", "must be at least 1");
+    }
+    if p.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        return bad("top_logprobs", "must be at most 20");
     }
     validate_stop(&p.stop)
 }
@@ -99,6 +102,32 @@ impl Sampler {
         if self.params.repetition_penalty != 1.0 {
             self.seen.insert(id);
         }
+    }
+
+    /// Picks the next token from raw logits (modified in place) and, when the request asked
+    /// for them, its log-probabilities: computed from the logits as the model gave them,
+    /// before any penalty or temperature touches them. A request without `logprobs` costs
+    /// exactly what [`Self::sample`] does.
+    pub fn sample_with_logprobs(&mut self, logits: &mut [f32]) -> (u32, Option<Logprobs>) {
+        let Some(n) = self.params.logprobs else {
+            return (self.sample(logits), None);
+        };
+        let dist = LogSoftmax::new(logits);
+        let top = dist.top(logits, n);
+        // Penalties rewrite logits in place; temperature and the filters work on a copy.
+        let penalised = self.params.repetition_penalty != 1.0
+            || self.params.presence_penalty != 0.0
+            || self.params.frequency_penalty != 0.0;
+        let raw = penalised.then(|| logits.to_vec());
+        let id = self.sample(logits);
+        let raw_logit = raw
+            .as_deref()
+            .unwrap_or(logits)
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        let logprob = dist.at(raw_logit);
+        (id, Some(Logprobs { logprob, top }))
     }
 
     /// Picks the next token from raw logits (modified in place).
@@ -174,6 +203,73 @@ impl Sampler {
     }
 }
 
+/// A sampled token's log-probability and the most likely tokens at its position (ids).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    /// `(id, logprob)`, most likely first, ties broken by the lower id.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-softmax of one position's logits, as its normaliser: `log p(i) = x(i) - max -
+/// ln Σ exp(x(j) - max)`, summed in f64 so that a 150k-token vocabulary loses no precision.
+/// NaN logits (a broken model) count as impossible tokens.
+#[derive(Clone, Copy, Debug)]
+pub struct LogSoftmax {
+    max: f32,
+    log_sum: f64,
+}
+
+impl LogSoftmax {
+    pub fn new(logits: &[f32]) -> Self {
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|l| !l.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY || max.is_nan() {
+            return LogSoftmax { max, log_sum: 0.0 };
+        }
+        let sum: f64 = logits
+            .iter()
+            .filter(|l| !l.is_nan())
+            .map(|&l| f64::from(l - max).exp())
+            .sum();
+        LogSoftmax {
+            max,
+            log_sum: sum.ln(),
+        }
+    }
+
+    /// The log-probability of a token whose raw logit is `logit`.
+    pub fn at(&self, logit: f32) -> f32 {
+        if logit.is_nan() || !self.max.is_finite() {
+            return f32::NEG_INFINITY;
+        }
+        (f64::from(logit - self.max) - self.log_sum) as f32
+    }
+
+    /// The `n` most likely tokens, most likely first (ties: lower id first): one pass over
+    /// the vocabulary keeping a sorted list of at most `n` (≤ [`MAX_TOP_LOGPROBS`]).
+    pub fn top(&self, logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+        let n = n.min(MAX_TOP_LOGPROBS);
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+        if n == 0 {
+            return best;
+        }
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || (best.len() == n && best.last().is_some_and(|&(_, w)| l <= w)) {
+                continue;
+            }
+            // Strictly greater than the kept ones it passes: equal logits keep id order.
+            let at = best.partition_point(|&(_, w)| w >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(n);
+        }
+        best.into_iter().map(|(id, l)| (id, self.at(l))).collect()
+    }
+}
+
 /// The index of the largest logit (the first on ties, as `torch.argmax`).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -245,6 +341,67 @@ mod tests {
         };
         let got = draw(&m, &logits, 200);
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
+    }
+
+    /// The reference: log_softmax computed directly, in f64.
+    fn log_softmax(logits: &[f32]) -> Vec<f64> {
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+        let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+        logits
+            .iter()
+            .map(|&l| f64::from(l) - max - sum.ln())
+            .collect()
+    }
+
+    #[test]
+    fn logprobs_are_the_raw_log_softmax_whatever_the_sampling() {
+        let logits = [0.5, 2.0, -1.0, 2.0, 7.5, 0.0];
+        let reference = log_softmax(&logits);
+        for p in [
+            SamplingParams {
+                logprobs: Some(3),
+                ..params(0.0)
+            },
+            SamplingParams {
+                logprobs: Some(3),
+                temperature: 0.3,
+                top_p: 0.5,
+                repetition_penalty: 3.0,
+                frequency_penalty: 2.0,
+                seed: Some(3),
+                ..params(1.0)
+            },
+        ] {
+            let mut s = Sampler::new(&p, &[4]);
+            s.observe(4);
+            let (id, lp) = s.sample_with_logprobs(&mut logits.to_vec());
+            let lp = lp.expect("asked for");
+            assert!((f64::from(lp.logprob) - reference[id as usize]).abs() < 1e-6);
+            let ids: Vec<u32> = lp.top.iter().map(|&(id, _)| id).collect();
+            // Sorted, and the tie between 1 and 3 keeps id order.
+            assert_eq!(ids, vec![4, 1, 3]);
+            for (id, l) in lp.top {
+                assert!((f64::from(l) - reference[id as usize]).abs() < 1e-6);
+            }
+        }
+        let mut plain = Sampler::new(&params(0.0), &[]);
+        assert_eq!(plain.sample_with_logprobs(&mut logits.to_vec()), (4, None));
+    }
+
+    #[test]
+    fn logprobs_of_degenerate_logits() {
+        let dist = LogSoftmax::new(&[f32::NEG_INFINITY, 0.0, f32::NAN]);
+        assert_eq!(dist.at(0.0), 0.0);
+        assert_eq!(dist.at(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        let nan = [f32::NAN, 1.0];
+        assert_eq!(LogSoftmax::new(&nan).top(&nan, 5), vec![(1, 0.0)]);
+        assert_eq!(dist.top(&[1.0; 100], 0), vec![]);
+        assert_eq!(
+            LogSoftmax::new(&[1.0; 64]).top(&[1.0; 64], 30).len(),
+            MAX_TOP_LOGPROBS
+        );
     }
 
     #[test]

@@ -8,8 +8,12 @@ use std::time::Instant;
 use crate::detok::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::loader::LoadedModel;
 use crate::models::KvCache;
-use crate::sampling::Sampler;
-use crate::{EngineError, FinishReason, GenerationTimings, SamplingParams, TokenEvent, Usage};
+use crate::sampling::{Logprobs, Sampler};
+use crate::tokenizer::TextTokenizer;
+use crate::{
+    EngineError, FinishReason, GenerationTimings, SamplingParams, TokenEvent, TokenLogprob,
+    TopLogprob, Usage,
+};
 
 /// A sequence being generated.
 pub struct Sequence {
@@ -28,6 +32,53 @@ pub struct Sequence {
     /// The logits of the prompt's last position, kept when asked for (developer CLI).
     pub prompt_logits: Option<Vec<f32>>,
     keep_prompt_logits: bool,
+    /// Log-probabilities waiting for their token's text to be released.
+    logprobs: PendingLogprobs,
+}
+
+/// Log-probabilities travel with the text of their token: each entry is handed out with
+/// the event whose text completes it. An entry's end is the byte offset (in the
+/// decoder's output) where its token's text ends, known once the decoder emits text for
+/// it (a token holding part of a character waits for the rest); it is released once the
+/// stop matcher has let that many bytes through. Entries whose text never is (a matched
+/// stop string) are dropped with the sequence.
+#[derive(Default)]
+struct PendingLogprobs {
+    /// Decoded, awaiting release: (entry, end offset).
+    waiting: std::collections::VecDeque<(TokenLogprob, usize)>,
+    /// Sampled, but the decoder has not yet emitted their text.
+    undecoded: Vec<TokenLogprob>,
+    /// Bytes the decoder has emitted.
+    decoded: usize,
+    /// Bytes the stop matcher has released.
+    released: usize,
+}
+
+impl PendingLogprobs {
+    /// The decoder emitted `piece`: the undecoded entries end where it ends.
+    fn decoded(&mut self, piece: &str) {
+        if piece.is_empty() {
+            return;
+        }
+        self.decoded += piece.len();
+        let end = self.decoded;
+        self.waiting
+            .extend(self.undecoded.drain(..).map(|entry| (entry, end)));
+    }
+
+    /// The stop matcher released `text`: the entries it completes.
+    fn released(&mut self, text: &str) -> Vec<TokenLogprob> {
+        self.released += text.len();
+        let mut out = Vec::new();
+        while let Some((_, end)) = self.waiting.front()
+            && *end <= self.released
+        {
+            if let Some((entry, _)) = self.waiting.pop_front() {
+                out.push(entry);
+            }
+        }
+        out
+    }
 }
 
 impl Sequence {
@@ -57,6 +108,7 @@ impl Sequence {
             finished: false,
             prompt_logits: None,
             keep_prompt_logits: false,
+            logprobs: PendingLogprobs::default(),
         }
     }
 
@@ -167,7 +219,7 @@ impl Sequence {
         if self.keep_prompt_logits && self.generated.is_empty() {
             self.prompt_logits = Some(logits.clone());
         }
-        let id = self.sampler.sample(&mut logits);
+        let (id, logprobs) = self.sampler.sample_with_logprobs(&mut logits);
         self.sampler.observe(id);
         self.generated.push(id);
         if self.first_token_at.is_none() {
@@ -175,18 +227,26 @@ impl Sequence {
         }
         let mut events = Vec::new();
         if !self.ignore_eos && m.tokenizer.eos_ids().contains(&id) {
+            // The end-of-sequence token has no text, so no log-probabilities either.
             events.push(self.finish(m, FinishReason::Stop, String::new())?);
             return Ok(events);
         }
+        if let Some(logprobs) = logprobs {
+            let entry = token_logprob(&m.tokenizer, id, logprobs)?;
+            self.logprobs.undecoded.push(entry);
+        }
         let piece = self.decoder.push(id, &*m.tokenizer)?;
+        self.logprobs.decoded(&piece);
         match self.stop.push(&piece) {
             StopOutcome::Stop(text) => {
-                events.push(TokenEvent::Token { id, text });
+                let logprobs = self.logprobs.released(&text);
+                events.push(TokenEvent::Token { id, text, logprobs });
                 self.finished = true;
-                events.push(self.finished_event(FinishReason::Stop, String::new()));
+                events.push(self.finished_event(FinishReason::Stop, String::new(), Vec::new()));
             }
             StopOutcome::Continue(text) => {
-                events.push(TokenEvent::Token { id, text });
+                let logprobs = self.logprobs.released(&text);
+                events.push(TokenEvent::Token { id, text, logprobs });
                 if self.generated.len() >= self.max_new {
                     events.push(self.finish(m, FinishReason::Length, String::new())?);
                 }
@@ -204,20 +264,28 @@ impl Sequence {
         mut text: String,
     ) -> Result<TokenEvent, EngineError> {
         let tail = self.decoder.flush(&*m.tokenizer)?;
+        self.logprobs.decoded(&tail);
         match self.stop.push(&tail) {
             StopOutcome::Stop(t) => {
                 text.push_str(&t);
                 self.finished = true;
-                return Ok(self.finished_event(FinishReason::Stop, text));
+                let logprobs = self.logprobs.released(&text);
+                return Ok(self.finished_event(FinishReason::Stop, text, logprobs));
             }
             StopOutcome::Continue(t) => text.push_str(&t),
         }
         text.push_str(&self.stop.flush());
         self.finished = true;
-        Ok(self.finished_event(reason, text))
+        let logprobs = self.logprobs.released(&text);
+        Ok(self.finished_event(reason, text, logprobs))
     }
 
-    fn finished_event(&self, reason: FinishReason, text: String) -> TokenEvent {
+    fn finished_event(
+        &self,
+        reason: FinishReason,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    ) -> TokenEvent {
         let now = Instant::now();
         let first = self.first_token_at.unwrap_or(now);
         let decode_s = now.duration_since(first).as_secs_f64();
@@ -234,6 +302,118 @@ impl Sequence {
                 decode_tokens_per_s: rate(self.generated.len().saturating_sub(1), decode_s),
             },
             text,
+            logprobs,
         }
+    }
+}
+
+/// A sampled token's log-probabilities with the tokens' texts (each decoded on its own,
+/// special tokens kept: only when asked for, at most 21 short decodes per token).
+fn token_logprob(
+    tokenizer: &TextTokenizer,
+    id: u32,
+    logprobs: Logprobs,
+) -> Result<TokenLogprob, EngineError> {
+    let text = |id: u32, logprob: f32| -> Result<TopLogprob, EngineError> {
+        Ok(TopLogprob {
+            id,
+            token: tokenizer.decode_with(&[id], false)?,
+            logprob,
+        })
+    };
+    Ok(TokenLogprob {
+        chosen: text(id, logprobs.logprob)?,
+        top: logprobs
+            .top
+            .into_iter()
+            .map(|(id, l)| text(id, l))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DeviceChoice;
+    use crate::loader::{Integrity, load_dir};
+
+    /// The reference, in f64: log_softmax straight from its definition.
+    fn log_softmax(logits: &[f32]) -> Vec<f64> {
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+        let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+        logits
+            .iter()
+            .map(|&l| f64::from(l) - max - sum.ln())
+            .collect()
+    }
+
+    /// On the embedded default model: the logprobs a step reports are the log-softmax of
+    /// the raw logits of that same forward pass (kept by `keep_prompt_logits`), whatever
+    /// the sampling settings do to the distribution the token is drawn from; the top list
+    /// is the most likely tokens, sorted.
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_forward_pass() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = crate::default_model::install(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let m = load_dir(&path, DeviceChoice::Cpu, Integrity::Unverified, None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prompt = m
+            .tokenizer
+            .encode_text("The quick brown fox")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let params = SamplingParams {
+            temperature: 0.7,
+            top_k: Some(3),
+            repetition_penalty: 1.3,
+            seed: Some(11),
+            max_tokens: Some(1),
+            ignore_eos: true,
+            logprobs: Some(crate::MAX_TOP_LOGPROBS),
+            ..Default::default()
+        };
+        let stop = StopMatcher::new(&[]).unwrap_or_else(|e| panic!("{e}"));
+        let mut seq = Sequence::new(&m, prompt, &params, stop, Instant::now());
+        seq.keep_prompt_logits();
+        let events = seq.step(&m).unwrap_or_else(|e| panic!("{e}"));
+        let logits = seq.prompt_logits.take().expect("kept");
+        let reference = log_softmax(&logits);
+        let entries: Vec<TokenLogprob> = events
+            .into_iter()
+            .flat_map(|e| match e {
+                TokenEvent::Token { logprobs, .. } | TokenEvent::Finished { logprobs, .. } => {
+                    logprobs
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(entries.len(), 1, "one token generated, one entry");
+        let entry = &entries[0];
+        let chosen = entry.chosen.id;
+        assert_eq!(chosen, seq.generated()[0]);
+        assert!((f64::from(entry.chosen.logprob) - reference[chosen as usize]).abs() < 1e-5);
+        assert_eq!(
+            entry.chosen.token,
+            m.tokenizer
+                .decode_with(&[chosen], false)
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        // The top list: the reference's best 20, in order (ties by id), same values.
+        let mut order: Vec<usize> = (0..reference.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let ids: Vec<u32> = entry.top.iter().map(|t| t.id).collect();
+        let want: Vec<u32> = order[..crate::MAX_TOP_LOGPROBS]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert_eq!(ids, want);
+        for t in &entry.top {
+            assert!((f64::from(t.logprob) - reference[t.id as usize]).abs() < 1e-5);
+        }
+        assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        // Probabilities: the whole distribution sums to one.
+        let total: f64 = reference.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-9);
     }
 }

@@ -15,6 +15,8 @@
 //!   [`FinishReason::Length`]. An empty echo source generates nothing.
 //! * **Stop strings** end generation before their first occurrence; text that could be the
 //!   start of a stop string is held back until it is known not to be one.
+//! * **Log-probabilities** are refused ([`EngineError::InvalidRequest`] naming `logprobs`):
+//!   there are no logits to take them from.
 //! * **Failures**: a prompt containing the word [`FAIL_WORD`] is accepted, then fails with
 //!   [`EngineError::Inference`] after its first generated token (to test mid-stream errors).
 //! * **Timing**: each token takes `token_delay` (so a test can hold a stream open).
@@ -205,6 +207,12 @@ impl Engine for TestEngine {
             created: self.created,
             context_length: self.shared.config.context_length,
             device: "test engine (deterministic echo, no model)".to_owned(),
+            // Chat prompts are echoed; there is no tokenizer to expose and no logits.
+            features: crate::ModelFeatures {
+                chat: true,
+                tokenizer: false,
+                logprobs: false,
+            },
         }]
     }
 
@@ -218,6 +226,13 @@ impl Engine for TestEngine {
         let context_length = self.shared.config.context_length;
         let (prompt_tokens, echo) = tokenize(&request.prompt);
         crate::sampling::validate(&request.params)?;
+        if request.params.logprobs.is_some() {
+            // No logits, so nothing faithful to report: refused rather than made up.
+            return Err(EngineError::InvalidRequest {
+                param: "logprobs",
+                reason: "the test engine computes no logits, so it has no log-probabilities".into(),
+            });
+        }
         let stop = StopMatcher::new(&request.params.stop)?;
         let max_tokens = request.params.max_tokens.unwrap_or(0);
         if prompt_tokens >= context_length || prompt_tokens + max_tokens > context_length {
@@ -351,6 +366,7 @@ fn run(shared: &Shared, job: Job) {
                     TokenEvent::Token {
                         id: token_id(word),
                         text,
+                        logprobs: Vec::new(),
                     },
                 ) {
                     return;
@@ -420,6 +436,7 @@ fn finished(
         },
         timings,
         text,
+        logprobs: Vec::new(),
     }
 }
 

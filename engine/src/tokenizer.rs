@@ -301,6 +301,11 @@ impl TextTokenizer {
         Ok(tok)
     }
 
+    /// Whether chat prompts can be rendered.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat.is_some()
+    }
+
     /// Ids that end a generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids

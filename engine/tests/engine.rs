@@ -209,3 +209,74 @@ fn full_queue_is_refused_at_once() -> anyhow::Result<()> {
     assert_eq!(e.status().queued, 1);
     Ok(())
 }
+
+/// Log-probabilities through the batched engine: several requests in one batch, each
+/// entry with its token's text; asking for them changes nothing about what is generated.
+#[test]
+fn logprobs_through_the_batched_engine_change_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), 8, 4)?;
+    let params = |logprobs: Option<usize>| SamplingParams {
+        temperature: 0.9,
+        seed: Some(5),
+        max_tokens: Some(10),
+        ignore_eos: true,
+        logprobs,
+        ..Default::default()
+    };
+    let prompts = ["Hello", "The quick brown fox", "Once upon a time"];
+    // All submitted before any is read: they share the engine's batches.
+    let mut with: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(request(p, params(Some(3)))))
+        .collect::<Result<_, _>>()?;
+    let mut without: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(request(p, params(None))))
+        .collect::<Result<_, _>>()?;
+    for (a, b) in with.iter_mut().zip(without.iter_mut()) {
+        let (ids_a, text_a, entries) = drain(a)?;
+        let (ids_b, text_b, none) = drain(b)?;
+        assert_eq!((&ids_a, &text_a), (&ids_b, &text_b));
+        assert!(none.is_empty());
+        // No stop string, no EOS: every token's text is released, so each has its entry.
+        assert_eq!(entries.len(), ids_a.len());
+        for (entry, id) in entries.iter().zip(&ids_a) {
+            assert_eq!(entry.chosen.id, *id);
+            assert!(entry.chosen.logprob <= 0.0);
+            assert_eq!(entry.top.len(), 3);
+            assert!(entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+            assert!(entry.chosen.logprob <= entry.top[0].logprob);
+        }
+    }
+    Ok(())
+}
+
+type Drained = (Vec<u32>, String, Vec<airlock_engine::TokenLogprob>);
+
+fn drain(g: &mut airlock_engine::Generation) -> anyhow::Result<Drained> {
+    let (mut ids, mut text, mut entries) = (Vec::new(), String::new(), Vec::new());
+    while let Some(ev) = g.blocking_next() {
+        match ev {
+            TokenEvent::Token {
+                id,
+                text: t,
+                logprobs,
+            } => {
+                ids.push(id);
+                text.push_str(&t);
+                entries.extend(logprobs);
+            }
+            TokenEvent::Finished {
+                text: t, logprobs, ..
+            } => {
+                text.push_str(&t);
+                entries.extend(logprobs);
+                break;
+            }
+            TokenEvent::Failed(err) => anyhow::bail!("{err}"),
+            TokenEvent::Started { .. } => {}
+        }
+    }
+    Ok((ids, text, entries))
+}

@@ -325,6 +325,45 @@ def legacy_completion_stream(ctx: Ctx) -> str:
     return f"{len(chunks)} chunks, finish={finished[0]}"
 
 
+# 6b -------------------------------------------------------------------------
+
+
+@check("chat logprobs (top_logprobs=2), plain and streamed")
+def chat_logprobs(ctx: Ctx) -> str:
+    kw = dict(max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    r = check_chat_completion(ctx.chat(**kw), max_tokens=8)
+    lp = r.choices[0].logprobs
+    expect(lp is not None and lp.content, f"no logprobs.content: {lp!r}")
+    for e in lp.content:
+        expect(e.logprob <= 0, f"logprob {e.logprob} > 0")
+        expect(e.bytes == list(e.token.encode()), f"bytes {e.bytes} are not the token's {e.token!r}")
+        expect(len(e.top_logprobs) == 2, f"{len(e.top_logprobs)} top_logprobs, want 2")
+        expect(e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob, "top_logprobs not sorted")
+    streamed = []
+    for ch in ctx.chat(**kw, stream=True):
+        ch = strict(ChatCompletionChunk, ch)
+        if ch.choices and ch.choices[0].logprobs and ch.choices[0].logprobs.content:
+            streamed.extend(ch.choices[0].logprobs.content)
+    expect(
+        [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in lp.content],
+        "streamed logprobs differ from the non-streaming ones",
+    )
+    return f"{len(lp.content)} tokens, first={lp.content[0].token!r} {lp.content[0].logprob:.3f}"
+
+
+@check("legacy completions logprobs=2")
+def legacy_logprobs(ctx: Ctx) -> str:
+    r = ctx.client.completions.create(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0, logprobs=2)
+    r = check_completion(r, 8)
+    lp = r.choices[0].logprobs
+    expect(lp is not None and lp.tokens, f"no logprobs: {lp!r}")
+    n = len(lp.tokens)
+    for name in ("token_logprobs", "top_logprobs", "text_offset"):
+        got = getattr(lp, name)
+        expect(got is not None and len(got) == n, f"{name} has {got and len(got)} entries, want {n}")
+    return f"{n} tokens"
+
+
 # 7 --------------------------------------------------------------------------
 
 

@@ -1,12 +1,13 @@
 //! The response documents of each route: the probes, the model list, and the JSON body of a
 //! finished (non-streamed) completion in its route's shape.
 
-use airlock_engine::{FinishReason, ModelInfo, Usage};
+use airlock_engine::{FinishReason, ModelInfo, TokenLogprob, Usage};
 use http::StatusCode;
 use hyper::Response;
 
 use super::BoxBody;
 use super::error::ApiError;
+use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
 use super::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, GenerateResponse, ModelList, ModelObject,
     TextChoice, TextCompletion, UsageJson,
@@ -65,6 +66,8 @@ pub struct Completion<'a> {
     pub text: String,
     pub reason: FinishReason,
     pub usage: Usage,
+    /// The tokens' log-probabilities, when asked for (those the output filter let through).
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// The 200 response of a finished generation, in its route's shape.
@@ -83,7 +86,7 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                         role: "assistant",
                         content: done.text,
                     },
-                    logprobs: None,
+                    logprobs: done.logprobs.as_deref().map(ChatLogprobs::new),
                     finish_reason: done.reason.as_str(),
                 }],
                 usage: done.usage.into(),
@@ -101,13 +104,17 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 choices: vec![TextChoice {
                     text: &done.text,
                     index: 0,
-                    logprobs: None,
+                    logprobs: done
+                        .logprobs
+                        .as_deref()
+                        .map(|entries| TextLogprobs::new(entries, &mut 0)),
                     finish_reason: Some(done.reason.as_str()),
                 }],
                 usage: Some(Some(UsageJson::from(done.usage))),
             },
         ),
-        Inference::Generate => json_response(
+        // The tokenizer routes never generate (`pipeline::tokenize` answers them).
+        Inference::Generate | Inference::Tokenize | Inference::Detokenize => json_response(
             StatusCode::OK,
             &GenerateResponse {
                 generated_text: done.text,
@@ -123,7 +130,10 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
 pub fn object_id(route: Inference) -> String {
     let prefix = match route {
         Inference::Chat => "chatcmpl",
-        Inference::Completions | Inference::Generate => "cmpl",
+        Inference::Completions
+        | Inference::Generate
+        | Inference::Tokenize
+        | Inference::Detokenize => "cmpl",
     };
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

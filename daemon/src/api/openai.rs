@@ -3,10 +3,14 @@
 
 pub mod chat;
 pub mod completions;
+pub mod extras;
+pub mod logprobs;
 pub mod params;
 
-use airlock_engine::{ModelInfo, Usage};
+use airlock_engine::{ModelFeatures, ModelInfo, Usage};
 use serde::{Deserialize, Serialize};
+
+use self::logprobs::{ChatLogprobs, TextLogprobs};
 
 /// `stream_options`.
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +47,9 @@ pub struct ModelObject {
     /// Not in OpenAI's object (SDKs keep unknown fields): the model's context window in
     /// tokens, so clients can size their prompts. Authenticated, unlike `/readyz`.
     pub context_length: usize,
+    /// Not in OpenAI's object: the routes and features this model serves (`completions`,
+    /// `chat`, `logprobs`, `tokenize`), so clients need not find out by trial.
+    pub capabilities: Vec<&'static str>,
 }
 
 impl From<&ModelInfo> for ModelObject {
@@ -53,8 +60,22 @@ impl From<&ModelInfo> for ModelObject {
             created: m.created,
             owned_by: "airlock",
             context_length: m.context_length,
+            capabilities: capabilities(m.features),
         }
     }
+}
+
+/// The `capabilities` of a model object.
+pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
+    [
+        (true, "completions"),
+        (f.chat, "chat"),
+        (f.logprobs, "logprobs"),
+        (f.tokenizer, "tokenize"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }
 
 /// `GET /v1/models`.
@@ -80,7 +101,7 @@ pub struct ChatCompletion<'a> {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
 }
 
@@ -108,7 +129,7 @@ pub struct ChatChunk<'a> {
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -138,7 +159,7 @@ pub struct TextCompletion<'a> {
 pub struct TextChoice<'a> {
     pub text: &'a str,
     pub index: u32,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 

@@ -10,8 +10,11 @@ use super::error::ApiError;
 use super::openai::StreamOptions;
 use super::openai::chat::ChatRequest;
 use super::openai::completions::{COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionRequest, GenerateBody};
+use super::openai::extras::Extras;
+use super::openai::logprobs;
 use super::openai::params::SamplingFields;
 use super::sse::Shape;
+use super::tokenize::{DetokenizeBody, TokenizeBody, TokenizeOptions};
 
 /// The routes that run inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +25,17 @@ pub enum Inference {
     Completions,
     /// `POST /generate`: the minimal endpoint (never streams).
     Generate,
+    /// `POST /tokenize`: the model's tokenizer, no generation.
+    Tokenize,
+    /// `POST /detokenize`: the model's tokenizer, no generation.
+    Detokenize,
+}
+
+impl Inference {
+    /// The tokenizer routes: admitted and audited like a generation, answered without one.
+    pub fn is_tokenizer(self) -> bool {
+        matches!(self, Inference::Tokenize | Inference::Detokenize)
+    }
 }
 
 /// How a streamed response is shaped.
@@ -43,6 +57,8 @@ pub struct Parsed {
     pub prompt_param: &'static str,
     /// `stream: true`; `None` for a whole JSON response.
     pub stream: Option<StreamSpec>,
+    /// How `/tokenize` answers (default elsewhere).
+    pub tokenize: TokenizeOptions,
 }
 
 /// Parses and validates the body of an inference route. `default_model` names the model of
@@ -56,7 +72,60 @@ pub fn parse(
         Inference::Chat => chat(body),
         Inference::Completions => completions(body),
         Inference::Generate => generate(body, default_model),
+        Inference::Tokenize => tokenize(body, default_model),
+        Inference::Detokenize => detokenize(body, default_model),
     }
+}
+
+/// The named model, else the default one (`None`: no model is loaded).
+fn model_or_default(
+    model: Option<String>,
+    default_model: impl FnOnce() -> Option<String>,
+    prompt_param: &'static str,
+) -> Result<String, ApiError> {
+    match model {
+        Some(model) => Ok(model),
+        None => {
+            default_model().ok_or_else(|| ApiError::engine(EngineError::Unavailable, prompt_param))
+        }
+    }
+}
+
+fn tokenize(
+    body: &[u8],
+    default_model: impl FnOnce() -> Option<String>,
+) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: TokenizeBody = from_value(&value)?;
+    let model = req.model.clone();
+    let (prompt, prompt_param, tokenize) = req.text()?;
+    Ok(Parsed {
+        route: Inference::Tokenize,
+        model: model_or_default(model, default_model, prompt_param)?,
+        prompt,
+        params: SamplingParams::default(),
+        prompt_param,
+        stream: None,
+        tokenize,
+    })
+}
+
+fn detokenize(
+    body: &[u8],
+    default_model: impl FnOnce() -> Option<String>,
+) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: DetokenizeBody = from_value(&value)?;
+    let model = req.model.clone();
+    Ok(Parsed {
+        route: Inference::Detokenize,
+        model: model_or_default(model, default_model, "tokens")?,
+        prompt: req.ids()?,
+        params: SamplingParams::default(),
+        prompt_param: "tokens",
+        stream: None,
+        tokenize: TokenizeOptions::default(),
+    })
 }
 
 fn stream_spec(
@@ -76,13 +145,17 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
     let fields: SamplingFields = from_value(&value)?;
     req.check_bounds()?;
     req.check_unsupported()?;
+    from_value::<Extras>(&value)?.check()?;
+    let mut params = fields.to_params(None)?;
+    params.logprobs = logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     Ok(Parsed {
         route: Inference::Chat,
         prompt: req.prompt()?,
-        params: fields.to_params(None)?,
+        params,
         stream: stream_spec(req.stream, Shape::Chat, req.stream_options.as_ref()),
         model: req.model,
         prompt_param: "messages",
+        tokenize: TokenizeOptions::default(),
     })
 }
 
@@ -91,13 +164,17 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     let req: CompletionRequest = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
     req.check_unsupported()?;
+    from_value::<Extras>(&value)?.check()?;
+    let mut params = fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+    params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
         route: Inference::Completions,
         prompt: req.prompt()?,
-        params: fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?,
+        params,
         stream: stream_spec(req.stream, Shape::Text, req.stream_options.as_ref()),
         model: req.model,
         prompt_param: "prompt",
+        tokenize: TokenizeOptions::default(),
     })
 }
 
@@ -108,12 +185,7 @@ fn generate(
     let value: Value = parse_json(body)?;
     let req: GenerateBody = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
-    let model = match req.model {
-        Some(model) => model,
-        None => {
-            default_model().ok_or_else(|| ApiError::engine(EngineError::Unavailable, "prompt"))?
-        }
-    };
+    let model = model_or_default(req.model, default_model, "prompt")?;
     Ok(Parsed {
         route: Inference::Generate,
         model,
@@ -121,5 +193,6 @@ fn generate(
         params: fields.to_params(None)?,
         stream: None,
         prompt_param: "prompt",
+        tokenize: TokenizeOptions::default(),
     })
 }

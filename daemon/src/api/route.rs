@@ -14,6 +14,8 @@ pub enum Route {
     ChatCompletions,
     Completions,
     Generate,
+    Tokenize,
+    Detokenize,
 }
 
 impl Route {
@@ -27,6 +29,8 @@ impl Route {
             Route::ChatCompletions => "/v1/chat/completions",
             Route::Completions => "/v1/completions",
             Route::Generate => "/generate",
+            Route::Tokenize => "/tokenize",
+            Route::Detokenize => "/detokenize",
         }
     }
 
@@ -46,6 +50,8 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
         "/v1/completions" => (Route::Completions, "POST"),
         "/generate" => (Route::Generate, "POST"),
+        "/tokenize" => (Route::Tokenize, "POST"),
+        "/detokenize" => (Route::Detokenize, "POST"),
         _ => match path.strip_prefix("/v1/models/") {
             // Model ids may contain `/` (`org/model`); clients may percent-encode it.
             Some(id) if !id.is_empty() => (Route::Model(percent_decode(id)), "GET, HEAD"),
@@ -133,6 +139,17 @@ mod tests {
             Err(ApiError::NotFound { .. })
         ));
         assert!(Route::Readyz.is_open() && !Route::Models.is_open());
+        assert_eq!(
+            resolve(&Method::POST, "/tokenize").ok(),
+            Some(Route::Tokenize)
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/detokenize")
+                .map(|r| r.label())
+                .ok(),
+            Some("/detokenize")
+        );
+        assert!(!Route::Tokenize.is_open());
     }
 
     #[test]

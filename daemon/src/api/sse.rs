@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 
-use airlock_engine::FinishReason;
+use airlock_engine::{FinishReason, TokenLogprob};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, StatusCode, header};
@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::BoxBody;
 use super::error::ApiError;
+use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
 use super::openai::{ChatChunk, ChunkChoice, Delta, TextChoice, TextCompletion, UsageJson};
 
 /// Which OpenAI chunk format to write.
@@ -38,6 +39,10 @@ pub struct Chunker {
     pub model: String,
     pub fingerprint: String,
     pub include_usage: bool,
+    /// Log-probabilities were asked for: content chunks carry those of their tokens.
+    pub logprobs: bool,
+    /// Characters of token text sent so far (completions' `text_offset`).
+    pub text_offset: usize,
 }
 
 impl Chunker {
@@ -46,7 +51,12 @@ impl Chunker {
         self.include_usage.then_some(None)
     }
 
-    fn chat(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
+    fn chat(
+        &self,
+        delta: Delta<'_>,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> Bytes {
         event(&ChatChunk {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -56,14 +66,19 @@ impl Chunker {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason,
             }],
             usage: self.no_usage(),
         })
     }
 
-    fn text(&self, text: &str, finish_reason: Option<&'static str>) -> Bytes {
+    fn text(
+        &self,
+        text: &str,
+        logprobs: Option<TextLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> Bytes {
         event(&TextCompletion {
             id: &self.id,
             object: "text_completion",
@@ -73,7 +88,7 @@ impl Chunker {
             choices: vec![TextChoice {
                 text,
                 index: 0,
-                logprobs: None,
+                logprobs,
                 finish_reason,
             }],
             usage: self.no_usage(),
@@ -89,36 +104,45 @@ impl Chunker {
                     content: Some(""),
                 },
                 None,
+                None,
             )),
             Shape::Text => None,
         }
     }
 
-    pub fn content(&self, text: &str) -> Bytes {
+    /// A content chunk: `text` and, when they were asked for, the log-probabilities of
+    /// the tokens it completes.
+    pub fn content(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
         match self.shape {
             Shape::Chat => self.chat(
                 Delta {
                     role: None,
                     content: Some(text),
                 },
+                self.logprobs.then(|| ChatLogprobs::new(logprobs)),
                 None,
             ),
-            Shape::Text => self.text(text, None),
+            Shape::Text => {
+                let logprobs = self
+                    .logprobs
+                    .then(|| TextLogprobs::new(logprobs, &mut self.text_offset));
+                self.text(text, logprobs, None)
+            }
         }
     }
 
     pub fn finish(&self, reason: FinishReason) -> Bytes {
         match self.shape {
-            Shape::Chat => self.chat(Delta::default(), Some(reason.as_str())),
-            Shape::Text => self.text("", Some(reason.as_str())),
+            Shape::Chat => self.chat(Delta::default(), None, Some(reason.as_str())),
+            Shape::Text => self.text("", None, Some(reason.as_str())),
         }
     }
 
     /// The last content chunk of a stream ended by the tenant's output filter.
     pub fn content_filtered(&self) -> Bytes {
         match self.shape {
-            Shape::Chat => self.chat(Delta::default(), Some("content_filter")),
-            Shape::Text => self.text("", Some("content_filter")),
+            Shape::Chat => self.chat(Delta::default(), None, Some("content_filter")),
+            Shape::Text => self.text("", None, Some("content_filter")),
         }
     }
 

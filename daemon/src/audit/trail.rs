@@ -297,12 +297,15 @@ impl Trail {
         }
     }
 
-    /// The admission record, committed before the engine sees the request.
+    /// The admission record, committed before the engine sees the request. `logprobs`:
+    /// the alternatives per token asked for when log-probabilities were (recorded as
+    /// `logprobs`; the values themselves never are).
     pub async fn admit(
         &self,
         tenant: &str,
         model: &str,
         prompt: &Prompt,
+        logprobs: Option<usize>,
     ) -> Result<(), AuditError> {
         {
             let mut p = self.progress();
@@ -310,7 +313,9 @@ impl Trail {
             p.model = Some(model.to_owned());
         }
         let mut record = self.record(Kind::Admit);
-        record.set("decision", "allow");
+        record
+            .set("decision", "allow")
+            .set("logprobs", logprobs.map(|n| n as u64));
         let suppressed = self.binding.log.refusals().take_suppressed(&self.client);
         record.set(
             "suppressed_refusals",
@@ -375,6 +380,23 @@ impl Trail {
         p.ttft_ms = ttft_ms;
         p.output_digest = Some(digest);
         p.output_text = store.apply(text);
+    }
+
+    /// What a tokenizer route answered: the token count (`prompt_tokens`), a keyed digest
+    /// of the answer (`output` as sent: the ids' JSON, or the text), and the text where
+    /// `store_text` keeps outputs.
+    pub fn note_tokenizer(&self, tokens: usize, output: &[u8], text: Option<&str>) {
+        let store = self
+            .binding
+            .store_text_for(self.progress().tenant.as_deref().unwrap_or(""));
+        let digest = self.binding.digest.digest(output);
+        let mut p = self.progress();
+        p.usage = Some(Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+        });
+        p.output_digest = Some(digest);
+        p.output_text = text.and_then(|t| store.apply(t));
     }
 
     /// Called by `handle` once the response is known: the `deny` record of a request refused

@@ -50,6 +50,7 @@ fn labels_stay_bounded_and_series_appear() {
         created: 0,
         context_length: 128,
         device: "cpu (flex, f32)".into(),
+        features: Default::default(),
     }]);
     m.request(
         Some("acme"),

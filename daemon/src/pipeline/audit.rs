@@ -108,7 +108,9 @@ pub fn open<B>(
 /// the engine sees the request, or the request is refused (fail closed).
 pub async fn admit(ctx: &RequestCtx, job: Job) -> Result<Admitted, AuditError> {
     if let Some(trail) = &ctx.trail {
-        trail.admit(ctx.tenant(), &job.model, &job.prompt).await?;
+        trail
+            .admit(ctx.tenant(), &job.model, &job.prompt, job.params.logprobs)
+            .await?;
     }
     Ok(Admitted { job })
 }

@@ -9,11 +9,17 @@
 //! `audit::finish` before the response leaves `handle`; a stream is filtered through a
 //! bounded window (a deny ends it with `finish_reason: "content_filter"`) and writes its
 //! record itself, durable before its final event.
+//!
+//! Log-probabilities, when asked for, pass through a [`LogprobGate`] on both paths: an
+//! entry leaves only with its token's text, once the output filter has let that text
+//! through unchanged (see `docs/api.md`, "Log-probabilities and output filters").
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, Generation, GenerationTimings, TokenEvent, Usage};
+use airlock_engine::{
+    FinishReason, Generation, GenerationTimings, TokenEvent, TokenLogprob, Usage,
+};
 use airlock_policy::FilterSet;
 use airlock_policy::filter::StreamFilter;
 use airlock_policy::ratelimit::Admission;
@@ -26,8 +32,10 @@ use super::RequestCtx;
 use super::generate::{self, Running, Step};
 use crate::access::PolicyError;
 use crate::api::endpoints::{self, Completion};
+use crate::api::openai::logprobs::LogprobGate;
 use crate::api::request::{Inference, StreamSpec};
 use crate::api::sse::{self, Chunker};
+use crate::api::tokenize::TokenizeOptions;
 use crate::api::{ApiError, BoxBody};
 use crate::app::App;
 use crate::audit::trail::{StreamAudit, Trail};
@@ -40,6 +48,10 @@ pub struct Reply {
     pub route: Inference,
     /// `stream: true`: an SSE response; `None`: one JSON document.
     pub stream: Option<StreamSpec>,
+    /// Log-probabilities were asked for.
+    pub logprobs: bool,
+    /// How `/tokenize` answers.
+    pub tokenize: TokenizeOptions,
 }
 
 /// Runs the generation to its response. The concurrency slot lives as long as the
@@ -63,6 +75,7 @@ pub async fn respond(
         .filter(|f| !f.is_empty());
     let mut finisher = Finisher {
         prompt_param,
+        logprobs: reply.logprobs,
         admission,
         labels,
         span: tracing::Span::current(),
@@ -70,7 +83,7 @@ pub async fn respond(
     };
     let id = endpoints::object_id(reply.route);
     let Some(spec) = reply.stream else {
-        let (text, reason, usage) = collect(
+        let collected = collect(
             &mut generation,
             &mut finisher,
             filter.as_deref(),
@@ -84,9 +97,10 @@ pub async fn respond(
             created: unix_now(),
             model: finisher.labels.model(),
             fingerprint: &app.fingerprint,
-            text,
-            reason,
-            usage,
+            text: collected.text,
+            reason: collected.reason,
+            usage: collected.usage,
+            logprobs: reply.logprobs.then_some(collected.logprobs),
         }));
     };
     let first = generate::first_event(&mut generation, prompt_param).await?;
@@ -97,6 +111,8 @@ pub async fn respond(
         model: finisher.labels.model().to_owned(),
         fingerprint: app.fingerprint.clone(),
         include_usage: spec.include_usage,
+        logprobs: reply.logprobs,
+        text_offset: 0,
     };
     Ok(stream(
         generation,
@@ -109,9 +125,20 @@ pub async fn respond(
     ))
 }
 
+/// A whole completion, filtered.
+struct Collected {
+    text: String,
+    reason: FinishReason,
+    usage: Usage,
+    /// The entries the output filter let through (empty unless asked for).
+    logprobs: Vec<TokenLogprob>,
+}
+
 /// The output side shared by both responses.
 struct Finisher {
     prompt_param: &'static str,
+    /// Log-probabilities were asked for.
+    logprobs: bool,
     /// The tenant's rate-limit admission: the unused tokens return when the generation
     /// finishes (a stream cut short keeps its whole reservation).
     admission: Option<Admission>,
@@ -187,18 +214,24 @@ async fn collect(
     finisher: &mut Finisher,
     filter: Option<&FilterSet>,
     trail: Option<&Trail>,
-) -> Result<(String, FinishReason, Usage), ApiError> {
+) -> Result<Collected, ApiError> {
     let mut text = String::new();
+    let mut gate = LogprobGate::new(finisher.logprobs);
     loop {
         match finisher.step(generation.next().await)? {
             Step::Started => {}
-            Step::Token(piece) => text.push_str(&piece),
+            Step::Token(piece, logprobs) => {
+                gate.push(&piece, logprobs);
+                text.push_str(&piece);
+            }
             Step::Finished {
                 reason,
                 usage,
                 timings,
                 text: rest,
+                logprobs,
             } => {
+                gate.push(&rest, logprobs);
                 text.push_str(&rest);
                 finisher.settle(reason, usage, &timings);
                 if let Some(filter) = filter {
@@ -214,7 +247,14 @@ async fn collect(
                 if let Some(trail) = trail {
                     trail.note_finished(reason, usage, Some(ttft_ms(&timings)), &text);
                 }
-                return Ok((text, reason, usage));
+                // The text as it leaves: entries up to the filter's first change.
+                let logprobs = gate.release(&text);
+                return Ok(Collected {
+                    text,
+                    reason,
+                    usage,
+                    logprobs,
+                });
             }
         }
     }
@@ -241,6 +281,8 @@ struct StreamState {
     /// The tenant's output filter: holds back a bounded window so matches split across
     /// tokens are caught; a deny ends the stream with `finish_reason: "content_filter"`.
     filter: Option<StreamFilter<Arc<FilterSet>>>,
+    /// Log-probabilities wait here until the filter has let their text through.
+    gate: LogprobGate,
 }
 
 struct Ending {
@@ -251,14 +293,17 @@ struct Ending {
 }
 
 impl StreamState {
-    /// Sends released text on (and into the output digest).
+    /// Sends released text on (and into the output digest), with the log-probabilities
+    /// of the tokens it completes.
     fn release(&mut self, text: &str) {
         // Empty while the engine holds text back (partial UTF-8, possible stop string).
         if !text.is_empty() {
+            let logprobs = self.gate.release(text);
             if let Some(audit) = &mut self.audit {
                 audit.token(text);
             }
-            self.out.push_back(self.chunker.content(text));
+            let chunk = self.chunker.content(text, &logprobs);
+            self.out.push_back(chunk);
         }
     }
 
@@ -298,7 +343,8 @@ impl StreamState {
     fn on_event(&mut self, event: Option<TokenEvent>) {
         match self.finisher.step(event) {
             Ok(Step::Started) => {}
-            Ok(Step::Token(text)) => {
+            Ok(Step::Token(text, logprobs)) => {
+                self.gate.push(&text, logprobs);
                 let text = match &mut self.filter {
                     Some(f) => f.push(&text),
                     None => text,
@@ -312,7 +358,9 @@ impl StreamState {
                 usage,
                 timings,
                 text,
+                logprobs,
             }) => {
+                self.gate.push(&text, logprobs);
                 let text = match &mut self.filter {
                     Some(f) => {
                         let mut out = f.push(&text);
@@ -394,6 +442,7 @@ fn stream(
     trail: Option<&Arc<Trail>>,
     slot: OwnedSemaphorePermit,
 ) -> Response<BoxBody> {
+    let chunker_logprobs = chunker.logprobs;
     let mut state = StreamState {
         generation,
         out: chunker.opening().into_iter().collect(),
@@ -405,6 +454,7 @@ fn stream(
         tail: Vec::new(),
         ending: None,
         filter: filter.map(StreamFilter::new),
+        gate: LogprobGate::new(chunker_logprobs),
     };
     state.on_event(Some(first));
     let events = stream::unfold(state, |mut state| async move {

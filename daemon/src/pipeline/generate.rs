@@ -6,19 +6,21 @@ use std::sync::Arc;
 
 use airlock_engine::{
     Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prepared,
-    Prompt, SamplingParams, TokenEvent, Usage,
+    Prompt, SamplingParams, TokenEvent, TokenLogprob, Usage,
 };
 
 use super::RequestCtx;
 use super::audit::Admitted;
 use super::finish::Reply;
 use crate::api::ApiError;
-use crate::api::request::Parsed;
+use crate::api::request::{Inference, Parsed};
 use crate::metrics::GenerationLabels;
 
 /// What to run.
 #[derive(Debug)]
 pub struct Job {
+    /// The route the job came from.
+    pub route: Inference,
     pub model: String,
     pub prompt: Prompt,
     pub params: SamplingParams,
@@ -36,8 +38,11 @@ impl Job {
         let reply = Reply {
             route: parsed.route,
             stream: parsed.stream,
+            logprobs: parsed.params.logprobs.is_some(),
+            tokenize: parsed.tokenize,
         };
         let job = Job {
+            route: parsed.route,
             model: parsed.model,
             prompt: parsed.prompt,
             params: parsed.params,
@@ -116,15 +121,17 @@ pub async fn first_event(
     }
 }
 
-/// One engine event, classified; engine failures and premature ends become errors.
+/// One engine event, classified; engine failures and premature ends become errors. Text
+/// comes with the log-probabilities of the tokens it completes (empty unless asked for).
 pub enum Step {
     Started,
-    Token(String),
+    Token(String, Vec<TokenLogprob>),
     Finished {
         reason: FinishReason,
         usage: Usage,
         timings: GenerationTimings,
         text: String,
+        logprobs: Vec<TokenLogprob>,
     },
 }
 
@@ -132,7 +139,7 @@ pub enum Step {
 pub fn end_of(event: Option<TokenEvent>, prompt_param: &'static str) -> Result<Step, ApiError> {
     match event {
         Some(TokenEvent::Started { .. }) => Ok(Step::Started),
-        Some(TokenEvent::Token { text, .. }) => Ok(Step::Token(text)),
+        Some(TokenEvent::Token { text, logprobs, .. }) => Ok(Step::Token(text, logprobs)),
         Some(TokenEvent::Finished {
             reason: FinishReason::Cancelled,
             ..
@@ -146,11 +153,13 @@ pub fn end_of(event: Option<TokenEvent>, prompt_param: &'static str) -> Result<S
             usage,
             timings,
             text,
+            logprobs,
         }) => Ok(Step::Finished {
             reason,
             usage,
             timings,
             text,
+            logprobs,
         }),
         Some(TokenEvent::Failed(e)) => Err(ApiError::engine(e, prompt_param)),
     }

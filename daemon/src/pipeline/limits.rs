@@ -41,15 +41,19 @@ pub async fn reserve(
     // The engine's own count (chat template included) of the prompt it will be given,
     // skipped when nothing needs it. The prompt is tokenized once: submission runs the
     // ids prepared here (`super::generate::submit`).
-    let prompt_tokens =
-        if tenant.max_prompt_tokens.is_some() || tenant.limits.tokens_per_minute.is_some() {
-            let prepared = prepare(engine, job, "token count panicked").await?;
-            let count = prepared.token_count();
-            job.prepared = Some(prepared);
-            count
-        } else {
-            0
-        };
+    // The tokenizer routes run no model: they count as requests (the request rate, the
+    // concurrency slot) and reserve no tokens; their text is no prompt, so the prompt cap
+    // does not apply (a client may count a document longer than any prompt).
+    let counted = !job.route.is_tokenizer()
+        && (tenant.max_prompt_tokens.is_some() || tenant.limits.tokens_per_minute.is_some());
+    let prompt_tokens = if counted {
+        let prepared = prepare(engine, job, "token count panicked").await?;
+        let count = prepared.token_count();
+        job.prepared = Some(prepared);
+        count
+    } else {
+        0
+    };
     if let Some(limit) = tenant.max_prompt_tokens
         && prompt_tokens > limit as usize
     {
@@ -78,10 +82,10 @@ pub async fn reserve(
 /// JSON parse the worker already did for the same bytes, and costs less than the two
 /// thread hand-offs of a trip to the blocking pool; beyond it the work grows with the
 /// prompt (up to `max_body_bytes`) and would stall the worker's other connections.
-const INLINE_PREPARE_BYTES: usize = 2048;
+pub(super) const INLINE_PREPARE_BYTES: usize = 2048;
 
 /// Bytes of text the engine tokenizes for `prompt` (token ids are used as given).
-fn text_bytes(prompt: &Prompt) -> usize {
+pub(super) fn text_bytes(prompt: &Prompt) -> usize {
     match prompt {
         Prompt::Text(text) => text.len(),
         Prompt::Chat(messages) => messages

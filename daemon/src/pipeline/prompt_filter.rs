@@ -5,19 +5,30 @@
 use airlock_engine::Prompt;
 use airlock_policy::Tenant;
 
+use super::generate::Job;
 use crate::access::PolicyError;
+use crate::api::request::Inference;
 use crate::audit::trail::Trail;
 
-/// Applies the tenant's input filter to `prompt`. Redaction counts go to the metrics and,
-/// by rule id, into the admission record.
+/// Applies the tenant's input filter to `job`'s prompt. Redaction counts go to the metrics
+/// and, by rule id, into the admission record.
+///
+/// `/tokenize` text is filtered like a prompt (a deny refuses it, a redaction changes the
+/// tokens returned): it answers with what the model would be given, so a count made there
+/// matches what a generation is charged. `/detokenize` is not: its token ids are the
+/// client's own text, encoded, and no model output is involved.
 pub fn apply(
     tenant: Option<&std::sync::Arc<Tenant>>,
     trail: Option<&Trail>,
-    prompt: &mut Prompt,
+    job: &mut Job,
 ) -> Result<(), PolicyError> {
     let Some(tenant) = tenant else {
         return Ok(());
     };
+    if job.route == Inference::Detokenize {
+        return Ok(());
+    }
+    let prompt = &mut job.prompt;
     let filter = &tenant.input_filter;
     if filter.is_empty() {
         return Ok(());

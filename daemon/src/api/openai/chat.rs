@@ -128,12 +128,6 @@ impl ChatRequest {
 
     /// Refuses fields we cannot honour rather than answering as if they were absent.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported(
-                "logprobs",
-                "logprobs are not supported",
-            ));
-        }
         if let Some(Value::Array(tools)) = &self.tools
             && !tools.is_empty()
         {
@@ -359,10 +353,7 @@ mod tests {
             check(json!({"model": "m", "messages": [], "tools": [{"type": "function"}]})),
             Err(Some("tools".into()))
         );
-        assert_eq!(
-            check(json!({"model": "m", "messages": [], "logprobs": true})),
-            Err(Some("logprobs".into()))
-        );
+        assert!(check(json!({"model": "m", "messages": [], "logprobs": true})).is_ok());
         assert!(
             check(json!({"model": "m", "messages": [], "response_format": {"type": "text"}}))
                 .is_ok()

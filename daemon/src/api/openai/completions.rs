@@ -37,12 +37,6 @@ impl CompletionRequest {
                 "only best_of = 1 is supported",
             ));
         }
-        if self.logprobs.is_some_and(|n| n > 0) {
-            return Err(ApiError::unsupported(
-                "logprobs",
-                "logprobs are not supported",
-            ));
-        }
         Ok(())
     }
 

@@ -112,6 +112,8 @@ impl SamplingFields {
             max_tokens,
             stop: parse_stop(self.stop.as_ref())?,
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            // Set by the route (chat and completions name the field differently).
+            logprobs: None,
         })
     }
 }
