@@ -402,6 +402,44 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_and_results_convert_for_the_template() {
+        let req = request(json!({
+            "model": "m",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "f", "arguments": "not json"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "r"}
+            ]
+        }));
+        let Prompt::Chat(messages, tools) = req.prompt().expect("valid") else {
+            panic!("chat prompt")
+        };
+        assert_eq!(tools.len(), 1);
+        let calls = &messages[1].tool_calls;
+        // A JSON object reaches the template as a mapping; anything else as the string.
+        assert_eq!(calls[0].arguments, json!({"a": 1}));
+        assert_eq!(calls[1].arguments, json!("not json"));
+        assert_eq!(calls[0].id, "call_1");
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+        // `tool_choice: "none"` shows the model no tools.
+        let mut none = request(json!({"model": "m", "tool_choice": "none",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "q"}]}));
+        assert!(none.offered_tools().is_empty());
+        none.tool_choice = None;
+        assert_eq!(none.offered_tools().len(), 1);
+        let param = |v: Value| request(v).prompt().expect_err("refused").object().param;
+        assert_eq!(
+            param(json!({"model": "m", "messages": [{"role": "tool", "content": "r"}]})).as_deref(),
+            Some("messages[0].tool_call_id")
+        );
+    }
+
+    #[test]
     fn refusals_name_the_param() {
         let param = |v: Value| request(v).prompt().expect_err("refused").object().param;
         assert_eq!(
