@@ -277,6 +277,8 @@ async fn collect(
                 let reason = if answer.calls.is_empty() {
                     reason
                 } else {
+                    // The request's log line says what the client was told.
+                    finisher.span.record("finish_reason", "tool_calls");
                     FinishReason::ToolCalls
                 };
                 if let Some(trail) = trail {
