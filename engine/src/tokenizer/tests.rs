@@ -381,3 +381,75 @@ fn a_template_without_tools_refuses_them() {
         Err(crate::EngineError::InvalidRequest { param: "tools", .. })
     ));
 }
+
+/// The tool parts of Meta's Llama 3.1 template (from its published
+/// `tokenizer_config.json`): `tools | tojson(indent=4)` in the user turn, `'tool_calls' in
+/// message` with `arguments | tojson` as `parameters`, tool results as the `ipython` role.
+const LLAMA31_STYLE: &str = r#"{{- bos_token }}
+{%- for t in tools %}{{- t | tojson(indent=4) }}{{- "\n\n" }}{%- endfor %}
+{%- for message in messages %}
+{%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- elif 'tool_calls' in message %}
+{%- if not message.tool_calls|length == 1 %}{{- raise_exception("This model only supports single tool-calls at once!") }}{%- endif %}
+{%- set tool_call = message.tool_calls[0].function %}
+{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+{{- '{"name": "' + tool_call.name + '", ' }}{{- '"parameters": ' }}{{- tool_call.arguments | tojson }}{{- "}" }}{{- "<|eot_id|>" }}
+{%- elif message.role == "tool" or message.role == "ipython" %}
+{{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}{{- message.content }}{{- "<|eot_id|>" }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}
+"#;
+
+#[test]
+fn tools_and_calls_render_through_a_llama31_template() {
+    let tok = with_template(LLAMA31_STYLE);
+    assert_eq!(tok.tool_format(), Some(crate::ToolFormat::Llama3Json));
+    let call = |id: &str| crate::ChatToolCall {
+        id: id.into(),
+        name: "get_weather".into(),
+        arguments: serde_json::json!({"city": "Rome"}),
+    };
+    let mut messages = vec![
+        ChatMessage {
+            role: "user".into(),
+            content: "Weather in Rome?".into(),
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![call("call_1")],
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: "21C".into(),
+            tool_call_id: Some("call_1".into()),
+            ..ChatMessage::default()
+        },
+    ];
+    let text = tok
+        .render_chat(&messages, &[weather_tool()])
+        .expect("renders");
+    assert!(text.contains("\"name\": \"get_weather\""), "{text}");
+    assert!(
+        text.contains(
+            "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Rome\"}}<|eot_id|>"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n21C<|eot_id|>"),
+        "{text}"
+    );
+    // The template's own refusal of parallel calls is the client's 400.
+    messages[1].tool_calls.push(call("call_2"));
+    assert!(matches!(
+        tok.render_chat(&messages, &[weather_tool()]),
+        Err(crate::EngineError::InvalidRequest {
+            param: "messages",
+            ..
+        })
+    ));
+}
