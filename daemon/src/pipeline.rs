@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! route → authn → info routes → tenant slot → server slot → body → parse
-//!       → tenant → prompt_filter → limits → audit (admit) → generate → finish
+//!       → tenant → tools → prompt_filter → limits → audit (admit) → generate → finish
 //!                                                        ↘ tokenize (tokenizer routes)
 //! ```
 //!
@@ -26,6 +26,7 @@ pub mod limits;
 pub mod prompt_filter;
 pub mod tenant;
 pub mod tokenize;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -152,9 +153,12 @@ where
         app.models.first().map(|m| m.id.clone())
     })?;
     ctx.note.note(None, Some(&parsed.model));
-    let (mut job, shape) = generate::Job::from_parsed(parsed);
+    let (mut job, mut shape) = generate::Job::from_parsed(parsed);
     // tenant: the model allow-list and the `max_tokens` caps (cheap, before any tokenizing).
     tenant::check(ctx.policy(), &mut job)?;
+    // tools: offered tools need a model that can see and call them (after the allow-list,
+    // so a model the tenant may not use is not described to it).
+    tools::resolve(&app.models, &job.model, &mut shape)?;
     // prompt_filter: before the count, since redaction changes the prompt: the cap and the
     // reservation must measure exactly what audit admit and the engine will see.
     prompt_filter::apply(ctx.policy(), ctx.trail.as_deref(), &mut job)?;

@@ -39,14 +39,51 @@ pub struct ModelFeatures {
     pub tokenizer: bool,
     /// It computes logits, so [`SamplingParams::logprobs`] can be answered.
     pub logprobs: bool,
+    /// Its chat template renders `tools`, and its tool calls come out in this format;
+    /// `None`: a request offering tools is refused (no silent garbage).
+    pub tools: Option<ToolFormat>,
+}
+
+/// How a model writes tool calls, decided from its chat template (the markers it teaches
+/// the model): see `docs/api.md`, "Tool calling".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolFormat {
+    /// Hermes, Qwen2.5, Qwen3: `<tool_call>{"name": …, "arguments": …}</tool_call>`, one
+    /// block per call.
+    Hermes,
+    /// Llama 3.1/3.2: a JSON object `{"name": …, "parameters": …}`, possibly after
+    /// `<|python_tag|>`; several separated by `;`.
+    Llama3Json,
+    /// Mistral: `[TOOL_CALLS]` then a JSON array of `{"name": …, "arguments": …}`.
+    Mistral,
+}
+
+/// One call an assistant message made, as a chat template renders it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub name: String,
+    /// A mapping when the client's `arguments` string is a JSON object (what Hugging Face
+    /// templates expect: they `tojson` it), else the string as sent.
+    pub arguments: serde_json::Value,
 }
 
 /// One chat message, as OpenAI's `messages` array carries it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls (multi-turn conversations send them back).
+    pub tool_calls: Vec<ChatToolCall>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
+
+/// The tools a chat request offers the model, each `{"type": "function", "function":
+/// {…}}` as transformers and llama.cpp `--jinja` pass them to the chat template. Empty:
+/// none (the template sees no `tools`).
+pub type ChatTools = Vec<serde_json::Value>;
 
 /// What the model is asked to continue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +91,7 @@ pub enum Prompt {
     /// Raw text, tokenized as is (with the model's BOS token when its tokenizer adds one).
     Text(String),
     /// Chat messages, rendered with the model's own chat template, generation prompt added.
-    Chat(Vec<ChatMessage>),
+    Chat(Vec<ChatMessage>, ChatTools),
     /// Token ids, used as given (developer CLI, tests).
     TokenIds(Vec<u32>),
 }
@@ -207,6 +244,9 @@ pub enum FinishReason {
     Length,
     /// Cancelled by the caller (never reported to a client: it has gone).
     Cancelled,
+    /// The output was tool calls: never reported by an engine, set by the gateway when it
+    /// parsed calls out of a finished generation (OpenAI's `tool_calls`).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -215,6 +255,7 @@ impl FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::Cancelled => "cancelled",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }

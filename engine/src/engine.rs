@@ -143,6 +143,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                     chat: model.tokenizer.has_chat_template(),
                     tokenizer: true,
                     logprobs: true,
+                    tools: model.tokenizer.tool_format(),
                 },
             };
             let vocab = model.model.config.vocab_size;

@@ -75,8 +75,8 @@ pub fn safetensors(dir: &Path) -> Result<Reached, EngineError> {
 /// request is.
 pub fn chat_template(dir: &Path, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
     let tok = TextTokenizer::from_dir(dir, &[])?;
-    tok.render_chat_with(messages, false)?;
-    tok.encode_prompt(&Prompt::Chat(messages.to_vec()))
+    tok.render_chat_with(messages, &[], false)?;
+    tok.encode_prompt(&Prompt::Chat(messages.to_vec(), Vec::new()))
 }
 
 /// Encodes, decodes and renders a chat with a loaded tokenizer, as a request would.
@@ -89,13 +89,15 @@ fn exercise_tokenizer(tok: &TextTokenizer) {
         ChatMessage {
             role: "system".into(),
             content: "Be brief.".into(),
+            ..ChatMessage::default()
         },
         ChatMessage {
             role: "user".into(),
             content: "Hi".into(),
+            ..ChatMessage::default()
         },
     ];
-    let _ = tok.encode_prompt(&Prompt::Chat(messages.to_vec()));
+    let _ = tok.encode_prompt(&Prompt::Chat(messages.to_vec(), Vec::new()));
     let _ = tok.decode(&[0, 1, 2, u32::MAX]);
 }
 

@@ -92,10 +92,14 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
         opts.quantize,
     )?;
     let prompt = match (&opts.prompt, opts.chat) {
-        (Prompt::Text(text), true) => Prompt::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: text.clone(),
-        }]),
+        (Prompt::Text(text), true) => Prompt::Chat(
+            vec![ChatMessage {
+                role: "user".into(),
+                content: text.clone(),
+                ..ChatMessage::default()
+            }],
+            Vec::new(),
+        ),
         (p, _) => p.clone(),
     };
     let ids = loaded.tokenizer.encode_prompt(&prompt)?;

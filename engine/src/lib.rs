@@ -39,10 +39,10 @@ mod weights;
 use models::config as hf_config;
 
 pub use api::{
-    CancelToken, ChatMessage, Engine, EngineStatus, FinishReason, GenerateRequest, Generation,
-    GenerationSender, GenerationTimings, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
-    ModelFeatures, ModelInfo, Prepared, Prompt, SamplingParams, TokenEvent, TokenLogprob,
-    TopLogprob, Usage,
+    CancelToken, ChatMessage, ChatToolCall, ChatTools, Engine, EngineStatus, FinishReason,
+    GenerateRequest, Generation, GenerationSender, GenerationTimings, MAX_STOP_BYTES,
+    MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ModelFeatures, ModelInfo, Prepared, Prompt,
+    SamplingParams, TokenEvent, TokenLogprob, ToolFormat, TopLogprob, Usage,
 };
 pub use device::gpu_available;
 pub use engine::BurnEngine;

@@ -15,6 +15,9 @@
 //!   [`FinishReason::Length`]. An empty echo source generates nothing.
 //! * **Stop strings** end generation before their first occurrence; text that could be the
 //!   start of a stop string is held back until it is known not to be one.
+//! * **Tools** are accepted and not shown to the "model" (nor counted): it claims the
+//!   Hermes format, so a last message of `<tool_call>{…}</tool_call>` comes back as a
+//!   tool call through the gateway's parser.
 //! * **Log-probabilities** are refused ([`EngineError::InvalidRequest`] naming `logprobs`):
 //!   there are no logits to take them from.
 //! * **Failures**: a prompt containing the word [`FAIL_WORD`] is accepted, then fails with
@@ -178,7 +181,7 @@ fn tokenize(prompt: &Prompt) -> (usize, Vec<String>) {
             let echo: Vec<String> = words(text).map(str::to_owned).collect();
             (echo.len(), echo)
         }
-        Prompt::Chat(messages) => {
+        Prompt::Chat(messages, _) => {
             let count = messages.iter().map(|m| 1 + words(&m.content).count()).sum();
             let echo = messages
                 .last()
@@ -212,6 +215,8 @@ impl Engine for TestEngine {
                 chat: true,
                 tokenizer: false,
                 logprobs: false,
+                // Its echo can write any call, so it claims the Hermes format.
+                tools: Some(crate::ToolFormat::Hermes),
             },
         }]
     }

@@ -13,7 +13,7 @@ use crate::gguf::GgufFile;
 use crate::gguf::tokenizer as gguf_tokenizer;
 use crate::gguf::vocab::GgufVocab;
 use crate::hf_config::token_ids;
-use crate::{ChatMessage, EngineError, Prompt};
+use crate::{ChatMessage, ChatToolCall, EngineError, Prompt, ToolFormat};
 
 /// Instructions one chat-template rendering may execute. A chat template is code from a
 /// model file; a loop that never ends, or one that grows with no bound, must end in an error
@@ -52,12 +52,20 @@ impl Backend {
 /// A model's tokenizer, chat template and end-of-sequence ids.
 pub struct TextTokenizer {
     inner: Backend,
-    chat: Option<Environment<'static>>,
+    chat: Option<ChatTemplate>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     bos_id: Option<u32>,
     add_bos: Option<bool>,
     eos_ids: Vec<u32>,
+}
+
+/// A compiled chat template and what it says about tool calling.
+struct ChatTemplate {
+    env: Environment<'static>,
+    /// `None` when the template never mentions `tools`: offered tools would not reach the
+    /// model, so a request with tools is refused.
+    tools: Option<ToolFormat>,
 }
 
 #[derive(Serialize)]
@@ -66,14 +74,82 @@ struct ChatContext<'a> {
     add_generation_prompt: bool,
     bos_token: &'a str,
     eos_token: &'a str,
-    tools: Option<()>,
+    /// Absent (`none`) without tools, as transformers passes it: templates test `if tools`.
+    tools: Option<&'a [serde_json::Value]>,
     documents: Option<()>,
 }
 
+/// One message as Hugging Face templates read it: `tool_calls` and `tool_call_id` only
+/// when present (templates test `'tool_calls' in message` / `message.tool_calls is
+/// defined`).
 #[derive(Serialize)]
 struct MessageCtx<'a> {
     role: &'a str,
     content: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallCtx<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`, OpenAI's shape, with
+/// `arguments` a mapping where it parsed as one ([`ChatToolCall::arguments`]).
+#[derive(Serialize)]
+struct ToolCallCtx<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionCtx<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionCtx<'a> {
+    name: &'a str,
+    arguments: &'a serde_json::Value,
+}
+
+impl<'a> MessageCtx<'a> {
+    fn new(m: &'a ChatMessage) -> Self {
+        MessageCtx {
+            role: &m.role,
+            content: &m.content,
+            tool_calls: m.tool_calls.iter().map(ToolCallCtx::new).collect(),
+            tool_call_id: m.tool_call_id.as_deref(),
+        }
+    }
+}
+
+impl<'a> ToolCallCtx<'a> {
+    fn new(c: &'a ChatToolCall) -> Self {
+        ToolCallCtx {
+            id: &c.id,
+            kind: "function",
+            function: FunctionCtx {
+                name: &c.name,
+                arguments: &c.arguments,
+            },
+        }
+    }
+}
+
+/// The tool-call format a chat template teaches, from the markers in its source. A
+/// template that never names `tools` cannot show them to the model. Checked in order:
+/// Mistral's `[TOOL_CALLS]`, Hermes/Qwen's `<tool_call>`, then Llama 3.1's
+/// `<|python_tag|>` / `ipython` role; a template that names `tools` with none of these
+/// teaches a format we do not parse, and is treated as having no tool support.
+pub fn tool_format(source: &str) -> Option<ToolFormat> {
+    if !source.contains("tools") {
+        return None;
+    }
+    if source.contains("[TOOL_CALLS]") {
+        Some(ToolFormat::Mistral)
+    } else if source.contains("<tool_call>") {
+        Some(ToolFormat::Hermes)
+    } else if source.contains("<|python_tag|>") || source.contains("ipython") {
+        Some(ToolFormat::Llama3Json)
+    } else {
+        None
+    }
 }
 
 /// Collects a rendering, refusing to grow past `limit` bytes (the write that would cross it
@@ -123,7 +199,8 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
 }
 
 /// The chat template environment, with the Jinja2 settings transformers renders with.
-fn chat_env(source: String, path: &Path, field: &str) -> Result<Environment<'static>, EngineError> {
+fn chat_env(source: String, path: &Path, field: &str) -> Result<ChatTemplate, EngineError> {
+    let tools = tool_format(&source);
     let mut env = Environment::new();
     env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
     env.set_trim_blocks(true);
@@ -135,7 +212,7 @@ fn chat_env(source: String, path: &Path, field: &str) -> Result<Environment<'sta
             path: path.to_path_buf(),
             reason: format!("{field}: {e}"),
         })?;
-    Ok(env)
+    Ok(ChatTemplate { env, tools })
 }
 
 /// What a template's own `raise_exception(...)` call produced: the template refuses these
@@ -306,6 +383,11 @@ impl TextTokenizer {
         self.chat.is_some()
     }
 
+    /// The tool-call format of its chat template; `None`: no tool support.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.chat.as_ref().and_then(|c| c.tools)
+    }
+
     /// Ids that end a generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
@@ -343,36 +425,52 @@ impl TextTokenizer {
     }
 
     /// Renders `messages` with the model's chat template, generation prompt added.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
-        self.render_chat_with(messages, true)
+    /// `tools` (possibly empty) reach the template as its `tools` variable.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+    ) -> Result<String, EngineError> {
+        self.render_chat_with(messages, tools, true)
     }
 
     pub(crate) fn render_chat_with(
         &self,
         messages: &[ChatMessage],
+        tools: &[serde_json::Value],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
-        let env = self.chat.as_ref().ok_or_else(|| {
+        let chat = self.chat.as_ref().ok_or_else(|| {
             EngineError::Tokenizer("this model has no chat template; send a text prompt".into())
         })?;
-        let template = env
+        // The gateway refuses this first, naming the model; this keeps the engine honest
+        // for any other caller.
+        if !tools.is_empty() && chat.tools.is_none() {
+            return Err(EngineError::InvalidRequest {
+                param: "tools",
+                reason: "this model's chat template has no tool support".into(),
+            });
+        }
+        let template = chat
+            .env
             .get_template("chat")
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let ctx = ChatContext {
-            messages: messages
-                .iter()
-                .map(|m| MessageCtx {
-                    role: &m.role,
-                    content: &m.content,
-                })
-                .collect(),
+            messages: messages.iter().map(MessageCtx::new).collect(),
             add_generation_prompt,
             bos_token: self.bos_token.as_deref().unwrap_or(""),
             eos_token: self.eos_token.as_deref().unwrap_or(""),
-            tools: None,
+            tools: (!tools.is_empty()).then_some(tools),
             documents: None,
         };
-        let content: usize = messages.iter().map(|m| m.content.len()).sum();
+        // Tool definitions and calls are rendered too: they count as the messages' text.
+        let content: usize = messages.iter().map(|m| m.content.len()).sum::<usize>()
+            + tools.iter().map(|t| t.to_string().len()).sum::<usize>()
+            + messages
+                .iter()
+                .flat_map(|m| &m.tool_calls)
+                .map(|c| c.name.len() + c.arguments.to_string().len())
+                .sum::<usize>();
         let mut out = CappedWriter {
             bytes: Vec::new(),
             limit: CHAT_TEMPLATE_OUTPUT_BASE.saturating_add(content.saturating_mul(2)),
@@ -416,7 +514,9 @@ impl TextTokenizer {
     pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         let ids = match prompt {
             Prompt::Text(text) => self.encode_text(text)?,
-            Prompt::Chat(messages) => self.encode_raw(&self.render_chat(messages)?, false)?,
+            Prompt::Chat(messages, tools) => {
+                self.encode_raw(&self.render_chat(messages, tools)?, false)?
+            }
             Prompt::TokenIds(ids) => ids.clone(),
         };
         if ids.is_empty() {

@@ -231,9 +231,10 @@ fn tokenizer_and_chat_template_from_gguf_metadata() -> anyhow::Result<()> {
                 .map(|m| ChatMessage {
                     role: m["role"].as_str().unwrap_or_default().into(),
                     content: m["content"].as_str().unwrap_or_default().into(),
+                    ..ChatMessage::default()
                 })
                 .collect();
-            let got = prompt_ids(&dir, Prompt::Chat(messages))?;
+            let got = prompt_ids(&dir, Prompt::Chat(messages, Vec::new()))?;
             anyhow::ensure!(got == ids(&case["ids"]), "{gguf}: chat ids differ: {got:?}");
         }
     }

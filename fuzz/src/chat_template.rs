@@ -35,6 +35,7 @@ pub fn run(data: &[u8]) {
         .map(|pair| ChatMessage {
             role: split::text(pair[0]),
             content: pair.get(1).map(|c| split::text(c)).unwrap_or_default(),
+            ..ChatMessage::default()
         })
         .collect();
     let dir = crate::scratch("chat_template");

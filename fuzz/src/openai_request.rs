@@ -17,7 +17,7 @@ fn check(result: Result<Validated, ApiError>, chat: bool) {
         Ok(v) => {
             if chat {
                 assert!(
-                    matches!(&v.prompt, Prompt::Chat(m) if !m.is_empty()),
+                    matches!(&v.prompt, Prompt::Chat(m, _) if !m.is_empty()),
                     "a validated chat request has messages: {v:?}"
                 );
             }

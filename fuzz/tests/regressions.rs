@@ -45,6 +45,7 @@ fn chat_template_output_is_capped() {
     let messages = [airlock_engine::ChatMessage {
         role: "user".into(),
         content: "hi".into(),
+        ..airlock_engine::ChatMessage::default()
     }];
     for (template, capped) in [
         ("{{ 'ab' * 40000000 }}", true),

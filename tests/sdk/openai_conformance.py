@@ -351,6 +351,60 @@ def chat_logprobs(ctx: Ctx) -> str:
     return f"{len(lp.content)} tokens, first={lp.content[0].token!r} {lp.content[0].logprob:.3f}"
 
 
+# 6c -------------------------------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+# What the model is asked; the test engine echoes it, so there it comes back as a call.
+TOOL_PROMPT = [{"role": "user", "content": '<tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>'}]
+
+
+@check("tools: calls plain and streamed, or refused by name without the tools capability")
+def chat_tools(ctx: Ctx) -> str:
+    err = sdk_error(
+        lambda: ctx.chat(tools=TOOLS, tool_choice="required", max_tokens=1), openai.BadRequestError, 400
+    )
+    expect(err.param == "tool_choice", f"tool_choice=required: error.param is {err.param!r}")
+    caps = (ctx.client.models.retrieve(ctx.model).model_extra or {}).get("capabilities", [])
+    if "tools" not in caps:
+        err = sdk_error(lambda: ctx.chat(tools=TOOLS, max_tokens=1), openai.BadRequestError, 400)
+        expect(err.param == "tools", f"error.param is {err.param!r}, want 'tools'")
+        expect(ctx.model in err.message, f"the refusal does not name the model: {err.message!r}")
+        return f"no tools capability: refused, param={err.param!r}"
+    kw = dict(messages=TOOL_PROMPT, tools=TOOLS, max_tokens=64, temperature=0)
+    # Not `check_chat_completion`: with calls, `content` is null, as OpenAI sends it.
+    r = strict(ChatCompletion, ctx.chat(**kw))
+    choice = r.choices[0]
+    if choice.finish_reason != "tool_calls":
+        return f"the model answered without a call ({short(choice.message.content)})"
+    calls = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []]
+    expect(calls and all(i.startswith("call_") for i, _, _ in calls), f"calls: {calls}")
+    streamed: dict[int, dict] = {}
+    finish = None
+    for ch in ctx.chat(**kw, stream=True):
+        ch = strict(ChatCompletionChunk, ch)
+        for d in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
+            entry = streamed.setdefault(d.index, {"name": None, "arguments": ""})
+            if d.function and d.function.name:
+                entry["name"] = d.function.name
+            if d.function and d.function.arguments:
+                entry["arguments"] += d.function.arguments
+        if ch.choices and ch.choices[0].finish_reason:
+            finish = ch.choices[0].finish_reason
+    expect(finish == "tool_calls", f"streamed finish_reason {finish!r}")
+    got = [(e["name"], json.loads(e["arguments"])) for _, e in sorted(streamed.items())]
+    expect(got == [(n, a) for _, n, a in calls], f"streamed calls {got} differ from {calls}")
+    return f"{len(calls)} call(s): {calls[0][1]}({calls[0][2]})"
+
+
 @check("legacy completions logprobs=2")
 def legacy_logprobs(ctx: Ctx) -> str:
     r = ctx.client.completions.create(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0, logprobs=2)

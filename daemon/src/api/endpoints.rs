@@ -8,9 +8,10 @@ use hyper::Response;
 use super::BoxBody;
 use super::error::ApiError;
 use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
+use super::openai::tool_calls::ToolCall;
 use super::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, GenerateResponse, ModelList, ModelObject,
-    TextChoice, TextCompletion, UsageJson,
+    TextChoice, TextCompletion, ToolCallJson, UsageJson,
 };
 use super::request::Inference;
 use super::response::json_response;
@@ -68,6 +69,9 @@ pub struct Completion<'a> {
     pub usage: Usage,
     /// The tokens' log-probabilities, when asked for (those the output filter let through).
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Calls parsed from the output (chat with tools); `text` is then what came before
+    /// them.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// The 200 response of a finished generation, in its route's shape.
@@ -84,7 +88,9 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                     index: 0,
                     message: AssistantMessage {
                         role: "assistant",
-                        content: done.text,
+                        content: (done.tool_calls.is_empty() || !done.text.is_empty())
+                            .then_some(done.text),
+                        tool_calls: done.tool_calls.iter().map(ToolCallJson::whole).collect(),
                     },
                     logprobs: done.logprobs.as_deref().map(ChatLogprobs::new),
                     finish_reason: done.reason.as_str(),

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod extras;
 pub mod logprobs;
 pub mod params;
+pub mod tool_calls;
 
 use airlock_engine::{ModelFeatures, ModelInfo, Usage};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,7 @@ pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
         (f.chat, "chat"),
         (f.logprobs, "logprobs"),
         (f.tokenizer, "tokenize"),
+        (f.tools.is_some(), "tools"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
@@ -108,7 +110,46 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallJson>,
+}
+
+/// One entry of `message.tool_calls`, or of a stream's `delta.tool_calls` (where the first
+/// delta of a call carries `id`, `type` and the name, and later ones only `index` and an
+/// argument fragment).
+#[derive(Debug, Serialize)]
+pub struct ToolCallJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl ToolCallJson {
+    /// The whole call, as `message.tool_calls[]` carries it.
+    pub fn whole(call: &tool_calls::ToolCall) -> Self {
+        ToolCallJson {
+            index: None,
+            id: Some(call.id.clone()),
+            kind: Some("function"),
+            function: FunctionJson {
+                name: Some(call.name.clone()),
+                arguments: call.arguments.clone(),
+            },
+        }
+    }
 }
 
 /// `chat.completion.chunk`.
@@ -139,6 +180,8 @@ pub struct Delta<'a> {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallJson>,
 }
 
 /// `text_completion` (both the response and its stream chunks).

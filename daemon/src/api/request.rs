@@ -59,6 +59,9 @@ pub struct Parsed {
     pub stream: Option<StreamSpec>,
     /// How `/tokenize` answers (default elsewhere).
     pub tokenize: TokenizeOptions,
+    /// The names of the tools the model is offered (chat with tools, `tool_choice` not
+    /// `none`): its output is parsed for calls to these.
+    pub tools: Vec<String>,
 }
 
 /// Parses and validates the body of an inference route. `default_model` names the model of
@@ -100,6 +103,7 @@ fn tokenize(
     let model = req.model.clone();
     let (prompt, prompt_param, tokenize) = req.text()?;
     Ok(Parsed {
+        tools: Vec::new(),
         route: Inference::Tokenize,
         model: model_or_default(model, default_model, prompt_param)?,
         prompt,
@@ -118,6 +122,7 @@ fn detokenize(
     let req: DetokenizeBody = from_value(&value)?;
     let model = req.model.clone();
     Ok(Parsed {
+        tools: Vec::new(),
         route: Inference::Detokenize,
         model: model_or_default(model, default_model, "tokens")?,
         prompt: req.ids()?,
@@ -151,6 +156,12 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
     Ok(Parsed {
         route: Inference::Chat,
         prompt: req.prompt()?,
+        tools: req
+            .offered_tools()
+            .iter()
+            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect(),
         params,
         stream: stream_spec(req.stream, Shape::Chat, req.stream_options.as_ref()),
         model: req.model,
@@ -168,6 +179,7 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     let mut params = fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
     params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
+        tools: Vec::new(),
         route: Inference::Completions,
         prompt: req.prompt()?,
         params,
@@ -187,6 +199,7 @@ fn generate(
     let fields: SamplingFields = from_value(&value)?;
     let model = model_or_default(req.model, default_model, "prompt")?;
     Ok(Parsed {
+        tools: Vec::new(),
         route: Inference::Generate,
         model,
         prompt: Prompt::Text(req.prompt),

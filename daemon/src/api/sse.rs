@@ -19,7 +19,11 @@ use serde::Serialize;
 use super::BoxBody;
 use super::error::ApiError;
 use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
-use super::openai::{ChatChunk, ChunkChoice, Delta, TextChoice, TextCompletion, UsageJson};
+use super::openai::tool_calls::ToolCall;
+use super::openai::{
+    ChatChunk, ChunkChoice, Delta, FunctionJson, TextChoice, TextCompletion, ToolCallJson,
+    UsageJson,
+};
 
 /// Which OpenAI chunk format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,7 @@ impl Chunker {
                 Delta {
                     role: Some("assistant"),
                     content: Some(""),
+                    tool_calls: Vec::new(),
                 },
                 None,
                 None,
@@ -118,6 +123,7 @@ impl Chunker {
                 Delta {
                     role: None,
                     content: Some(text),
+                    tool_calls: Vec::new(),
                 },
                 self.logprobs.then(|| ChatLogprobs::new(logprobs)),
                 None,
@@ -129,6 +135,40 @@ impl Chunker {
                 self.text(text, logprobs, None)
             }
         }
+    }
+
+    /// The deltas of one parsed call, as OpenAI streams them: `index`, `id`, `type` and the
+    /// name with empty arguments first, then the arguments (one fragment: the SDKs
+    /// concatenate fragments, so one is as good as many).
+    pub fn tool_call(&self, index: usize, call: &ToolCall) -> [Bytes; 2] {
+        let head = ToolCallJson {
+            index: Some(index),
+            id: Some(call.id.clone()),
+            kind: Some("function"),
+            function: FunctionJson {
+                name: Some(call.name.clone()),
+                arguments: String::new(),
+            },
+        };
+        let args = ToolCallJson {
+            index: Some(index),
+            id: None,
+            kind: None,
+            function: FunctionJson {
+                name: None,
+                arguments: call.arguments.clone(),
+            },
+        };
+        [head, args].map(|c| {
+            self.chat(
+                Delta {
+                    tool_calls: vec![c],
+                    ..Delta::default()
+                },
+                None,
+                None,
+            )
+        })
     }
 
     pub fn finish(&self, reason: FinishReason) -> Bytes {

@@ -100,6 +100,8 @@ struct Progress {
     ttft_ms: Option<u64>,
     output_digest: Option<String>,
     output_text: Option<String>,
+    /// The names of the tools the answer called, in order.
+    tool_calls: Vec<String>,
 }
 
 /// One filter rule that acted on a request: its id, what it did and how many times. Never
@@ -328,8 +330,27 @@ impl Trail {
                 record.set("prompt_digest", digest.digest(text.as_bytes()));
                 record.set("prompt_text", store.apply(text));
             }
-            Prompt::Chat(messages) => {
+            Prompt::Chat(messages, tools) => {
                 record.set("prompt_digest", digest.digest(&chat_bytes(messages)));
+                // The tools offered: how many, a keyed digest of their definitions (names,
+                // descriptions, schemas) and, where text is kept, their names.
+                if !tools.is_empty() {
+                    let mut bytes = Vec::new();
+                    super::record::canonical(&Value::Array(tools.clone()), &mut bytes);
+                    record
+                        .set("tools_offered", tools.len() as u64)
+                        .set("tools_digest", digest.digest(&bytes));
+                    if store != StoreText::None {
+                        let names: Vec<Value> = tools
+                            .iter()
+                            .map(|t| {
+                                let name = t.pointer("/function/name").and_then(Value::as_str);
+                                store.apply(name.unwrap_or_default()).into()
+                            })
+                            .collect();
+                        record.set("tool_names", names);
+                    }
+                }
                 let each: Vec<Value> = messages
                     .iter()
                     .map(|m| Value::from(digest.digest(m.content.as_bytes())))
@@ -380,6 +401,14 @@ impl Trail {
         p.ttft_ms = ttft_ms;
         p.output_digest = Some(digest);
         p.output_text = store.apply(text);
+    }
+
+    /// The tools the answer called (recorded as keyed digests of their names, and the
+    /// names where `store_text` keeps text).
+    pub fn note_tool_calls<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        self.progress()
+            .tool_calls
+            .extend(names.into_iter().map(str::to_owned));
     }
 
     /// What a tokenizer route answered: the token count (`prompt_tokens`), a keyed digest
@@ -473,6 +502,23 @@ impl Trail {
             .set("output_digest", p.output_digest.clone())
             .set("output_text", p.output_text.clone());
         set_filter_fields(&mut record, &p.output_filter_hits);
+        if !p.tool_calls.is_empty() {
+            let digest = &self.binding.digest;
+            let digests: Vec<Value> = p
+                .tool_calls
+                .iter()
+                .map(|n| Value::from(digest.digest(n.as_bytes())))
+                .collect();
+            record.set("tool_call_digests", digests);
+            let store = self
+                .binding
+                .store_text_for(p.tenant.as_deref().unwrap_or(""));
+            if store != StoreText::None {
+                let names: Vec<Value> =
+                    p.tool_calls.iter().map(|n| store.apply(n).into()).collect();
+                record.set("tool_call_names", names);
+            }
+        }
         if let Some(usage) = p.usage {
             record
                 .set("prompt_tokens", usage.prompt_tokens as u64)
@@ -497,11 +543,26 @@ impl Trail {
     }
 }
 
-/// The canonical bytes a chat prompt's digest covers: `[{"content":…,"role":…},…]`.
+/// The canonical bytes a chat prompt's digest covers: `[{"content":…,"role":…},…]`, with
+/// `tool_calls` (`[{"arguments","id","name"}]`) and `tool_call_id` on the messages that
+/// carry them (so a plain chat's digest is what it always was).
 pub fn chat_bytes(messages: &[ChatMessage]) -> Vec<u8> {
     let value: Vec<Value> = messages
         .iter()
-        .map(|m| json!({"role": m.role, "content": m.content}))
+        .map(|m| {
+            let mut v = json!({"role": m.role, "content": m.content});
+            if !m.tool_calls.is_empty() {
+                v["tool_calls"] = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments}))
+                    .collect();
+            }
+            if let Some(id) = &m.tool_call_id {
+                v["tool_call_id"] = Value::from(id.as_str());
+            }
+            v
+        })
         .collect();
     let mut out = Vec::new();
     super::record::canonical(&Value::Array(value), &mut out);

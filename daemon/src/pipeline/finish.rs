@@ -14,11 +14,13 @@
 //! entry leaves only with its token's text, once the output filter has let that text
 //! through unchanged (see `docs/api.md`, "Log-probabilities and output filters").
 
+mod calls;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use airlock_engine::{
-    FinishReason, Generation, GenerationTimings, TokenEvent, TokenLogprob, Usage,
+    FinishReason, Generation, GenerationTimings, TokenEvent, TokenLogprob, ToolFormat, Usage,
 };
 use airlock_policy::FilterSet;
 use airlock_policy::filter::StreamFilter;
@@ -33,6 +35,7 @@ use super::generate::{self, Running, Step};
 use crate::access::PolicyError;
 use crate::api::endpoints::{self, Completion};
 use crate::api::openai::logprobs::LogprobGate;
+use crate::api::openai::tool_calls::Splitter;
 use crate::api::request::{Inference, StreamSpec};
 use crate::api::sse::{self, Chunker};
 use crate::api::tokenize::TokenizeOptions;
@@ -43,7 +46,7 @@ use crate::clock::unix_now;
 use crate::metrics::GenerationLabels;
 
 /// How the answer of a parsed request is shaped.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     pub route: Inference,
     /// `stream: true`: an SSE response; `None`: one JSON document.
@@ -52,6 +55,10 @@ pub struct Reply {
     pub logprobs: bool,
     /// How `/tokenize` answers.
     pub tokenize: TokenizeOptions,
+    /// The tools offered to the model (empty: its output is text, never parsed for calls).
+    pub tool_names: Vec<String>,
+    /// How the model writes calls; set by the `tools` phase when tools are offered.
+    pub tool_format: Option<ToolFormat>,
 }
 
 /// Runs the generation to its response. The concurrency slot lives as long as the
@@ -80,6 +87,8 @@ pub async fn respond(
         labels,
         span: tracing::Span::current(),
         streaming: reply.stream.is_some(),
+        tool_names: reply.tool_names,
+        tool_format: reply.tool_format,
     };
     let id = endpoints::object_id(reply.route);
     let Some(spec) = reply.stream else {
@@ -101,6 +110,7 @@ pub async fn respond(
             reason: collected.reason,
             usage: collected.usage,
             logprobs: reply.logprobs.then_some(collected.logprobs),
+            tool_calls: collected.calls,
         }));
     };
     let first = generate::first_event(&mut generation, prompt_param).await?;
@@ -132,6 +142,8 @@ struct Collected {
     usage: Usage,
     /// The entries the output filter let through (empty unless asked for).
     logprobs: Vec<TokenLogprob>,
+    /// Tool calls parsed from the output; `text` is then the content before them.
+    calls: Vec<calls::ToolCall>,
 }
 
 /// The output side shared by both responses.
@@ -148,6 +160,10 @@ struct Finisher {
     /// Whether the response head (and with it the request's access-log line) has gone out
     /// before the generation finishes: a stream's settlement is a line of its own.
     streaming: bool,
+    /// The tools offered (empty: the output is never parsed for calls).
+    tool_names: Vec<String>,
+    /// How the model writes calls (set whenever tools are offered).
+    tool_format: Option<ToolFormat>,
 }
 
 impl Finisher {
@@ -234,26 +250,55 @@ async fn collect(
                 gate.push(&rest, logprobs);
                 text.push_str(&rest);
                 finisher.settle(reason, usage, &timings);
+                // Calls are parsed from the text as the model wrote it, before any
+                // redaction could break their JSON; the filter then sees content and
+                // arguments apart (`calls::filter`).
+                let mut answer = calls::split(
+                    finisher.tool_format,
+                    &finisher.tool_names,
+                    text,
+                    &finisher.span,
+                );
                 if let Some(filter) = filter {
-                    let checked = filter.check_output_counted(&text);
+                    let checked = filter.check_output_counted(&answer.content);
                     // After admission, so these land on the completion record (a deny is
                     // noted where the refusal is rendered, in `handle`).
                     Finisher::note_redactions(trail, &checked.redactions);
                     if let Some(rule_id) = checked.denied {
                         return Err(PolicyError::ContentPolicy { rule_id }.into());
                     }
-                    text = checked.text;
+                    answer.content = checked.text;
+                    let filtered = calls::filter(filter, &mut answer.calls);
+                    Finisher::note_redactions(trail, &filtered.redactions);
+                    if let Some(rule_id) = filtered.denied {
+                        return Err(PolicyError::ContentPolicy { rule_id }.into());
+                    }
                 }
+                let reason = if answer.calls.is_empty() {
+                    reason
+                } else {
+                    // The request's log line says what the client was told.
+                    finisher.span.record("finish_reason", "tool_calls");
+                    FinishReason::ToolCalls
+                };
                 if let Some(trail) = trail {
-                    trail.note_finished(reason, usage, Some(ttft_ms(&timings)), &text);
+                    let output = if answer.calls.is_empty() {
+                        std::borrow::Cow::Borrowed(answer.content.as_str())
+                    } else {
+                        std::borrow::Cow::Owned(calls::digest_bytes(&answer))
+                    };
+                    trail.note_finished(reason, usage, Some(ttft_ms(&timings)), &output);
+                    trail.note_tool_calls(answer.calls.iter().map(|c| c.name.as_str()));
                 }
-                // The text as it leaves: entries up to the filter's first change.
-                let logprobs = gate.release(&text);
+                // The text as it leaves: entries up to the filter's first change (with
+                // calls, the content's tokens only).
+                let logprobs = gate.release(&answer.content);
                 return Ok(Collected {
-                    text,
+                    text: answer.content,
                     reason,
                     usage,
                     logprobs,
+                    calls: answer.calls,
                 });
             }
         }
@@ -283,6 +328,11 @@ struct StreamState {
     filter: Option<StreamFilter<Arc<FilterSet>>>,
     /// Log-probabilities wait here until the filter has let their text through.
     gate: LogprobGate,
+    /// With tools offered: separates content (streamed) from a call (held to the end,
+    /// then parsed, filtered and sent as `delta.tool_calls`).
+    splitter: Option<Splitter>,
+    /// The output filter's rules, for the calls' arguments.
+    filter_set: Option<Arc<FilterSet>>,
 }
 
 struct Ending {
@@ -320,6 +370,12 @@ impl StreamState {
             return false;
         };
         self.release(released);
+        self.end_filtered(rule);
+        true
+    }
+
+    /// Ends the stream after a deny by `rule`: `finish_reason: "content_filter"`.
+    fn end_filtered(&mut self, rule: String) {
         if let Some(audit) = &self.audit {
             audit.note_filter(&rule, "deny", 1);
         }
@@ -336,6 +392,49 @@ impl StreamState {
             ttft_ms: None,
             error_code: Some("content_filter"),
         });
+    }
+
+    /// The last text of a generation: with tools, the content still to send (held-back
+    /// text, or a region that turned out not to be a call) and the calls parsed.
+    fn split_final(&mut self, text: String) -> (String, Vec<calls::ToolCall>) {
+        let Some(mut splitter) = self.splitter.take() else {
+            return (text, Vec::new());
+        };
+        let mut out = splitter.push(&text);
+        let answer = calls::split(
+            self.finisher.tool_format,
+            &self.finisher.tool_names,
+            splitter.finish(),
+            &self.finisher.span,
+        );
+        out.push_str(&answer.content);
+        (out, answer.calls)
+    }
+
+    /// Filters the calls' arguments and queues their deltas; false when the filter denied
+    /// (the stream has then ended with `content_filter`).
+    fn send_calls(&mut self, mut calls: Vec<calls::ToolCall>) -> bool {
+        if let Some(set) = &self.filter_set {
+            let filtered = calls::filter(set, &mut calls);
+            let trail = self.audit.as_ref().map(StreamAudit::trail);
+            Finisher::note_redactions(trail, &filtered.redactions);
+            if let Some(rule) = filtered.denied {
+                self.end_filtered(rule);
+                return false;
+            }
+        }
+        for (index, call) in calls.iter().enumerate() {
+            if let Some(audit) = &mut self.audit {
+                // The same bytes as a JSON response's digest (`calls::digest_bytes`).
+                audit.token(&format!("\n{}\n{}", call.name, call.arguments));
+            }
+            self.out.extend(self.chunker.tool_call(index, call));
+        }
+        if let Some(audit) = &self.audit {
+            audit
+                .trail()
+                .note_tool_calls(calls.iter().map(|c| c.name.as_str()));
+        }
         true
     }
 
@@ -345,6 +444,10 @@ impl StreamState {
             Ok(Step::Started) => {}
             Ok(Step::Token(text, logprobs)) => {
                 self.gate.push(&text, logprobs);
+                let text = match &mut self.splitter {
+                    Some(s) => s.push(&text),
+                    None => text,
+                };
                 let text = match &mut self.filter {
                     Some(f) => f.push(&text),
                     None => text,
@@ -361,6 +464,7 @@ impl StreamState {
                 logprobs,
             }) => {
                 self.gate.push(&text, logprobs);
+                let (text, calls) = self.split_final(text);
                 let text = match &mut self.filter {
                     Some(f) => {
                         let mut out = f.push(&text);
@@ -375,6 +479,14 @@ impl StreamState {
                     return;
                 }
                 self.release(&text);
+                let reason = if calls.is_empty() {
+                    reason
+                } else {
+                    if !self.send_calls(calls) {
+                        return;
+                    }
+                    FinishReason::ToolCalls
+                };
                 self.finisher.settle(reason, usage, &timings);
                 self.tail.push(self.chunker.finish(reason));
                 if self.chunker.include_usage {
@@ -443,7 +555,10 @@ fn stream(
     slot: OwnedSemaphorePermit,
 ) -> Response<BoxBody> {
     let chunker_logprobs = chunker.logprobs;
+    let splitter = finisher.tool_format.map(Splitter::new);
     let mut state = StreamState {
+        splitter,
+        filter_set: filter.clone(),
         generation,
         out: chunker.opening().into_iter().collect(),
         chunker,

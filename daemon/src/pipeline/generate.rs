@@ -40,6 +40,8 @@ impl Job {
             stream: parsed.stream,
             logprobs: parsed.params.logprobs.is_some(),
             tokenize: parsed.tokenize,
+            tool_names: parsed.tools,
+            tool_format: None,
         };
         let job = Job {
             route: parsed.route,

@@ -88,10 +88,21 @@ pub(super) const INLINE_PREPARE_BYTES: usize = 2048;
 pub(super) fn text_bytes(prompt: &Prompt) -> usize {
     match prompt {
         Prompt::Text(text) => text.len(),
-        Prompt::Chat(messages) => messages
-            .iter()
-            .map(|m| m.role.len() + m.content.len())
-            .sum(),
+        // Tool definitions and calls are rendered too.
+        Prompt::Chat(messages, tools) => {
+            messages
+                .iter()
+                .map(|m| {
+                    m.role.len()
+                        + m.content.len()
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| c.name.len() + c.arguments.to_string().len())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+                + tools.iter().map(|t| t.to_string().len()).sum::<usize>()
+        }
         Prompt::TokenIds(_) => 0,
     }
 }

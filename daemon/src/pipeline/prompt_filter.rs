@@ -1,9 +1,17 @@
 //! Phase `prompt_filter`: the tenant's input rules on the prompt. Redactions rewrite it
 //! (before the token count, so limits and audit see exactly what the engine will); a deny
 //! refuses the request naming the rule, never the matched text.
+//!
+//! A chat's tools are prompt text too (the template renders them for the model): every
+//! string in the tool definitions (names, descriptions, parameter schemas, keys included)
+//! and in the assistant messages' calls (name, argument keys and values) is filtered like
+//! a message, redactions staying inside their string so the JSON stays valid; deny rules
+//! also see each definition's and each call's whole JSON text. Tool results are `tool`
+//! messages, filtered as every message is.
 
 use airlock_engine::Prompt;
-use airlock_policy::Tenant;
+use airlock_policy::{FilterSet, Tenant};
+use serde_json::Value;
 
 use super::generate::Job;
 use crate::access::PolicyError;
@@ -33,7 +41,7 @@ pub fn apply(
     if filter.is_empty() {
         return Ok(());
     }
-    let check = |text: &mut String| -> Result<(), PolicyError> {
+    let mut check = |text: &mut String| -> Result<(), PolicyError> {
         let filtered = filter
             .check_input(text)
             .map_err(|d| PolicyError::ContentPolicy { rule_id: d.rule_id })?;
@@ -53,10 +61,53 @@ pub fn apply(
     };
     match prompt {
         Prompt::Text(t) => check(t),
-        Prompt::Chat(messages) => messages.iter_mut().try_for_each(|m| check(&mut m.content)),
+        Prompt::Chat(messages, tools) => {
+            for tool in tools.iter_mut() {
+                deny_whole(filter, tool)?;
+                check_json(tool, &mut check)?;
+            }
+            for m in messages.iter_mut() {
+                check(&mut m.content)?;
+                for call in &mut m.tool_calls {
+                    deny_whole(filter, &call.arguments)?;
+                    check(&mut call.name)?;
+                    check_json(&mut call.arguments, &mut check)?;
+                }
+            }
+            Ok(())
+        }
         // Token ids cannot be inspected: a filtered tenant may not send them.
         Prompt::TokenIds(_) => Err(PolicyError::ContentPolicy {
             rule_id: "token_ids_not_inspectable".into(),
         }),
+    }
+}
+
+/// Deny rules over a JSON value's whole text (a match across strings is still a match).
+fn deny_whole(filter: &FilterSet, value: &Value) -> Result<(), PolicyError> {
+    match filter.check_input(&value.to_string()) {
+        Ok(_) => Ok(()),
+        Err(d) => Err(PolicyError::ContentPolicy { rule_id: d.rule_id }),
+    }
+}
+
+/// Runs `check` on every string in `value`, object keys included.
+fn check_json(
+    value: &mut Value,
+    check: &mut impl FnMut(&mut String) -> Result<(), PolicyError>,
+) -> Result<(), PolicyError> {
+    match value {
+        Value::String(s) => check(s),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| check_json(v, check)),
+        Value::Object(map) => {
+            for (key, mut v) in std::mem::take(map) {
+                let mut key = key;
+                check(&mut key)?;
+                check_json(&mut v, check)?;
+                map.insert(key, v);
+            }
+            Ok(())
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
     }
 }

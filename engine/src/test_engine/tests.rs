@@ -124,16 +124,21 @@ fn ignore_eos_repeats_until_context_end() {
 #[test]
 fn chat_echoes_last_message_and_counts_roles() {
     let engine = engine(TestEngineConfig::default());
-    let prompt = Prompt::Chat(vec![
-        ChatMessage {
-            role: "system".into(),
-            content: "be brief".into(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: "ping pong".into(),
-        },
-    ]);
+    let prompt = Prompt::Chat(
+        vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "be brief".into(),
+                ..ChatMessage::default()
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "ping pong".into(),
+                ..ChatMessage::default()
+            },
+        ],
+        Vec::new(),
+    );
     assert_eq!(
         engine
             .count_prompt_tokens("test-echo", &prompt)

@@ -81,10 +81,13 @@ fn chat_templates_render_like_transformers() {
                 .map(|m| ChatMessage {
                     role: m["role"].as_str().expect("role").into(),
                     content: m["content"].as_str().expect("content").into(),
+                    ..ChatMessage::default()
                 })
                 .collect();
             let gen_prompt = case["add_generation_prompt"].as_bool().expect("bool");
-            let text = tok.render_chat_with(&messages, gen_prompt).expect("render");
+            let text = tok
+                .render_chat_with(&messages, &[], gen_prompt)
+                .expect("render");
             assert_eq!(text, case["text"].as_str().expect("text"), "{name}");
             assert_eq!(
                 tok.encode_raw(&text, false).expect("encode"),
@@ -138,11 +141,12 @@ fn one_message() -> Vec<ChatMessage> {
     vec![ChatMessage {
         role: "user".into(),
         content: "hi".into(),
+        ..ChatMessage::default()
     }]
 }
 
 fn refusal(tok: &TextTokenizer) -> String {
-    match tok.render_chat(&one_message()) {
+    match tok.render_chat(&one_message(), &[]) {
         Err(crate::EngineError::InvalidRequest { param, reason }) => {
             assert_eq!(param, "messages");
             reason
@@ -165,13 +169,15 @@ fn a_template_that_raises_refuses_the_messages() {
             ChatMessage {
                 role: "system".into(),
                 content: "Be brief.".into(),
+                ..ChatMessage::default()
             },
             ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
+                ..ChatMessage::default()
             },
         ];
-        match tok.render_chat(&messages) {
+        match tok.render_chat(&messages, &[]) {
             Err(crate::EngineError::InvalidRequest { param, reason }) => {
                 assert_eq!(param, "messages", "{name}");
                 assert!(reason.contains(want), "{name}: {reason}");
@@ -219,26 +225,21 @@ fn real_templates_render_many_messages_within_budget() {
             .map(|i| ChatMessage {
                 role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
                 content: format!("message number {i}"),
+                ..ChatMessage::default()
             })
             .collect();
-        let out = tok.render_chat(&messages);
+        let out = tok.render_chat(&messages, &[]);
         assert!(out.is_ok(), "{name}: {:?}", out.err());
         // What the budget is measured against: instructions per message.
         let ctx = super::ChatContext {
-            messages: messages
-                .iter()
-                .map(|m| super::MessageCtx {
-                    role: &m.role,
-                    content: &m.content,
-                })
-                .collect(),
+            messages: messages.iter().map(super::MessageCtx::new).collect(),
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",
             tools: None,
             documents: None,
         };
-        let env = tok.chat.as_ref().expect("a chat template");
+        let env = &tok.chat.as_ref().expect("a chat template").env;
         let template = env.get_template("chat").expect("the template");
         let captured = template
             .render_captured_to(ctx, std::io::sink())
@@ -247,4 +248,208 @@ fn real_templates_render_many_messages_within_budget() {
         eprintln!("{name}: {used} template instructions for 4096 messages");
         assert!(used < super::CHAT_TEMPLATE_FUEL, "{name}: {used}");
     });
+}
+
+/// A Qwen2.5-style template (Hermes tool format), written from the published
+/// `tokenizer_config.json` of Qwen2.5-Instruct: tools in the system turn, calls as
+/// `<tool_call>` blocks with `arguments | tojson`, tool results as `<tool_response>` in a
+/// user turn.
+const QWEN25_STYLE: &str = r#"{%- if tools %}
+{{- '<|im_start|>system\n' }}
+{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}
+{{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}
+{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- for message in messages %}
+{%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+{%- elif message.role == "assistant" %}
+{{- '<|im_start|>' + message.role }}
+{%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+{%- for tool_call in message.tool_calls %}
+{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+{{- '\n<tool_call>\n{"name": "' }}{{- tool_call.name }}{{- '", "arguments": ' }}{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif message.role == "tool" %}
+{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\n<tool_response>\n' }}{{- message.content }}{{- '\n</tool_response>' }}
+{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+"#;
+
+fn weather_tool() -> serde_json::Value {
+    serde_json::json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    }})
+}
+
+#[test]
+fn tools_and_calls_render_through_a_hermes_template() {
+    let tok = with_template(QWEN25_STYLE);
+    assert_eq!(tok.tool_format(), Some(crate::ToolFormat::Hermes));
+    let messages = vec![
+        ChatMessage {
+            role: "user".into(),
+            content: "Weather in Paris?".into(),
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![crate::ChatToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: serde_json::json!({"city": "Paris"}),
+            }],
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: "18C, sunny".into(),
+            tool_call_id: Some("call_1".into()),
+            ..ChatMessage::default()
+        },
+    ];
+    let text = tok
+        .render_chat(&messages, &[weather_tool()])
+        .expect("renders");
+    assert!(text.contains("<tools>\n{"), "{text}");
+    assert!(text.contains(r#""name":"get_weather""#), "{text}");
+    assert!(
+        text.contains(
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("<|im_start|>user\n<tool_response>\n18C, sunny\n</tool_response><|im_end|>"),
+        "{text}"
+    );
+    assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+    // Without tools the template takes its plain branch.
+    let plain = tok.render_chat(&messages[..1], &[]).expect("renders");
+    assert!(!plain.contains("<tools>"), "{plain}");
+}
+
+#[test]
+fn tool_formats_follow_the_template_markers() {
+    use crate::ToolFormat;
+    assert_eq!(super::tool_format(QWEN25_STYLE), Some(ToolFormat::Hermes));
+    assert_eq!(
+        super::tool_format("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"),
+        Some(ToolFormat::Mistral)
+    );
+    assert_eq!(
+        super::tool_format("{% if tools %}x{% endif %}<|python_tag|>"),
+        Some(ToolFormat::Llama3Json)
+    );
+    assert_eq!(super::tool_format("{{ messages }}<tool_call>"), None);
+    assert_eq!(
+        super::tool_format("{% if tools %}{{ tools }}{% endif %}"),
+        None
+    );
+}
+
+/// Every fixture model's template, and a template without tools, refuse offered tools by
+/// name unless they render them.
+#[test]
+fn a_template_without_tools_refuses_them() {
+    each_variant(|name, tok, _| {
+        let out = tok.render_chat(&one_message(), &[weather_tool()]);
+        match tok.tool_format() {
+            Some(_) => assert!(out.is_ok(), "{name}: {out:?}"),
+            None => assert!(
+                matches!(
+                    out,
+                    Err(crate::EngineError::InvalidRequest { param: "tools", .. })
+                ),
+                "{name}: {out:?}"
+            ),
+        }
+    });
+    let tok = with_template("{% for m in messages %}{{ m.content }}{% endfor %}");
+    assert_eq!(tok.tool_format(), None);
+    assert!(matches!(
+        tok.render_chat(&one_message(), &[weather_tool()]),
+        Err(crate::EngineError::InvalidRequest { param: "tools", .. })
+    ));
+}
+
+/// The tool parts of Meta's Llama 3.1 template (from its published
+/// `tokenizer_config.json`): `tools | tojson(indent=4)` in the user turn, `'tool_calls' in
+/// message` with `arguments | tojson` as `parameters`, tool results as the `ipython` role.
+const LLAMA31_STYLE: &str = r#"{{- bos_token }}
+{%- for t in tools %}{{- t | tojson(indent=4) }}{{- "\n\n" }}{%- endfor %}
+{%- for message in messages %}
+{%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- elif 'tool_calls' in message %}
+{%- if not message.tool_calls|length == 1 %}{{- raise_exception("This model only supports single tool-calls at once!") }}{%- endif %}
+{%- set tool_call = message.tool_calls[0].function %}
+{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+{{- '{"name": "' + tool_call.name + '", ' }}{{- '"parameters": ' }}{{- tool_call.arguments | tojson }}{{- "}" }}{{- "<|eot_id|>" }}
+{%- elif message.role == "tool" or message.role == "ipython" %}
+{{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}{{- message.content }}{{- "<|eot_id|>" }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}
+"#;
+
+#[test]
+fn tools_and_calls_render_through_a_llama31_template() {
+    let tok = with_template(LLAMA31_STYLE);
+    assert_eq!(tok.tool_format(), Some(crate::ToolFormat::Llama3Json));
+    let call = |id: &str| crate::ChatToolCall {
+        id: id.into(),
+        name: "get_weather".into(),
+        arguments: serde_json::json!({"city": "Rome"}),
+    };
+    let mut messages = vec![
+        ChatMessage {
+            role: "user".into(),
+            content: "Weather in Rome?".into(),
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![call("call_1")],
+            ..ChatMessage::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: "21C".into(),
+            tool_call_id: Some("call_1".into()),
+            ..ChatMessage::default()
+        },
+    ];
+    let text = tok
+        .render_chat(&messages, &[weather_tool()])
+        .expect("renders");
+    assert!(text.contains("\"name\": \"get_weather\""), "{text}");
+    assert!(
+        text.contains(
+            "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Rome\"}}<|eot_id|>"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("<|start_header_id|>ipython<|end_header_id|>\n\n21C<|eot_id|>"),
+        "{text}"
+    );
+    // The template's own refusal of parallel calls is the client's 400.
+    messages[1].tool_calls.push(call("call_2"));
+    assert!(matches!(
+        tok.render_chat(&messages, &[weather_tool()]),
+        Err(crate::EngineError::InvalidRequest {
+            param: "messages",
+            ..
+        })
+    ));
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`: the request's own fields and their conversion to a
 //! [`Prompt::Chat`].
 
-use airlock_engine::{ChatMessage, Prompt};
+use airlock_engine::{ChatMessage, ChatToolCall, Prompt};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -16,10 +16,9 @@ pub const MAX_MESSAGES: usize = 1024;
 /// Most content parts in one message.
 pub const MAX_CONTENT_PARTS: usize = 256;
 
-/// Most tools one request may declare (OpenAI's limit), and their total size as JSON. Tool
-/// calling is refused today; the bounds are checked first so that they are in place when it
-/// arrives (tool schemas are rendered by the chat template and compiled for constrained
-/// decoding: work that grows with them).
+/// Most tools one request may declare (OpenAI's limit), and their total size as JSON (tool
+/// schemas are rendered by the chat template, filtered and, once constrained decoding
+/// arrives, compiled: work that grows with them).
 pub const MAX_TOOLS: usize = 128;
 pub const MAX_TOOLS_BYTES: usize = 256 * 1024;
 
@@ -38,6 +37,11 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
     pub tools: Option<Value>,
+    /// `auto` (the default with tools) or `none`; `required` and a named function need
+    /// constrained decoding and are refused.
+    pub tool_choice: Option<Value>,
+    /// Accepted: several calls in one answer are parsed whenever the model writes them.
+    pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
 }
 
@@ -46,6 +50,10 @@ pub struct ChatRequest {
 pub struct RawMessage {
     pub role: String,
     pub content: Option<Value>,
+    /// An assistant turn's calls, sent back in a multi-turn conversation.
+    pub tool_calls: Option<Value>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// Whether `value`, serialized as JSON, fits in `limit` bytes. Stops serializing at the
@@ -128,14 +136,7 @@ impl ChatRequest {
 
     /// Refuses fields we cannot honour rather than answering as if they were absent.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        if let Some(Value::Array(tools)) = &self.tools
-            && !tools.is_empty()
-        {
-            return Err(ApiError::unsupported(
-                "tools",
-                "tool calling is not supported",
-            ));
-        }
+        self.check_tools()?;
         if let Some(format) = &self.response_format {
             let kind = format.get("type").and_then(Value::as_str);
             if !matches!(kind, None | Some("text")) {
@@ -146,6 +147,75 @@ impl ChatRequest {
             }
         }
         Ok(())
+    }
+
+    /// `tools` are function definitions with a name; `tool_choice` is one we honour.
+    fn check_tools(&self) -> Result<(), ApiError> {
+        match &self.tool_choice {
+            None => {}
+            Some(Value::String(s)) if s == "auto" || s == "none" => {}
+            Some(Value::String(s)) if s == "required" => {
+                return Err(ApiError::unsupported(
+                    "tool_choice",
+                    "tool_choice \"required\" needs grammar-constrained decoding, which is \
+                     not supported yet; use \"auto\" or \"none\"",
+                ));
+            }
+            Some(Value::Object(_)) => {
+                return Err(ApiError::unsupported(
+                    "tool_choice",
+                    "a named tool_choice needs grammar-constrained decoding, which is not \
+                     supported yet; use \"auto\" or \"none\"",
+                ));
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice must be \"auto\", \"none\", \"required\" or a named function",
+                ));
+            }
+        }
+        let tools = match &self.tools {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(tools)) => tools,
+            Some(_) => return Err(ApiError::invalid("tools", "tools must be an array")),
+        };
+        for (i, tool) in tools.iter().enumerate() {
+            if tool.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].type"),
+                    "only tools of type \"function\" are supported",
+                ));
+            }
+            let name = tool.pointer("/function/name").and_then(Value::as_str);
+            if name.is_none_or(str::is_empty) {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    "a function tool needs a non-empty string name",
+                ));
+            }
+            if let Some(params) = tool.pointer("/function/parameters")
+                && !params.is_object()
+            {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.parameters"),
+                    "parameters must be a JSON schema object",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tools the model is offered: none with `tool_choice: "none"` (as OpenAI: the
+    /// model must not call, so it is not told it could). Run after [`Self::check_unsupported`].
+    pub fn offered_tools(&self) -> Vec<Value> {
+        if self.tool_choice.as_ref().and_then(Value::as_str) == Some("none") {
+            return Vec::new();
+        }
+        match &self.tools {
+            Some(Value::Array(tools)) => tools.clone(),
+            _ => Vec::new(),
+        }
     }
 
     /// The messages as the engine's chat template takes them.
@@ -162,7 +232,7 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, m)| convert_message(i, m))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Prompt::Chat(messages))
+        Ok(Prompt::Chat(messages, self.offered_tools()))
     }
 }
 
@@ -181,6 +251,29 @@ fn convert_message(i: usize, message: &RawMessage) -> Result<ChatMessage, ApiErr
                 ),
             ));
         }
+    };
+    let tool_calls = match (&message.tool_calls, role) {
+        (None | Some(Value::Null), _) => Vec::new(),
+        (Some(Value::Array(calls)), "assistant") => calls
+            .iter()
+            .enumerate()
+            .map(|(j, c)| tool_call(&format!("messages[{i}].tool_calls[{j}]"), c))
+            .collect::<Result<_, _>>()?,
+        (Some(_), _) => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_calls"),
+                "tool_calls must be an array, on an assistant message",
+            ));
+        }
+    };
+    let tool_call_id = match role {
+        "tool" => Some(message.tool_call_id.clone().ok_or_else(|| {
+            ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "a tool message needs the tool_call_id it answers",
+            )
+        })?),
+        _ => None,
     };
     let param = format!("messages[{i}].content");
     let content = match &message.content {
@@ -204,6 +297,33 @@ fn convert_message(i: usize, message: &RawMessage) -> Result<ChatMessage, ApiErr
     Ok(ChatMessage {
         role: role.to_owned(),
         content,
+        tool_calls,
+        tool_call_id,
+    })
+}
+
+/// One `{"id", "type": "function", "function": {"name", "arguments"}}` of an assistant
+/// message. `arguments` (a JSON string on the wire) reaches the template as a mapping when
+/// it parses as an object, as transformers' templates expect (they `tojson` it).
+fn tool_call(param: &str, call: &Value) -> Result<ChatToolCall, ApiError> {
+    let field = |name: &str| call.pointer(name).and_then(Value::as_str);
+    let name = field("/function/name").ok_or_else(|| {
+        ApiError::invalid(
+            format!("{param}.function.name"),
+            "a tool call needs a string function name",
+        )
+    })?;
+    let arguments = match field("/function/arguments") {
+        None => Value::Object(serde_json::Map::new()),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(object @ Value::Object(_)) => object,
+            _ => Value::String(text.to_owned()),
+        },
+    };
+    Ok(ChatToolCall {
+        id: field("/id").unwrap_or_default().to_owned(),
+        name: name.to_owned(),
+        arguments,
     })
 }
 
@@ -266,18 +386,57 @@ mod tests {
                 {"role": "assistant", "content": null}
             ]
         }));
-        let Prompt::Chat(messages) = req.prompt().expect("valid") else {
+        let Prompt::Chat(messages, _) = req.prompt().expect("valid") else {
             panic!("chat prompt")
         };
         assert_eq!(
             messages[0],
             ChatMessage {
                 role: "system".into(),
-                content: "sys".into()
+                content: "sys".into(),
+                ..ChatMessage::default()
             }
         );
         assert_eq!(messages[1].content, "ab");
         assert_eq!(messages[2].content, "");
+    }
+
+    #[test]
+    fn tool_calls_and_results_convert_for_the_template() {
+        let req = request(json!({
+            "model": "m",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "f", "arguments": "not json"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "r"}
+            ]
+        }));
+        let Prompt::Chat(messages, tools) = req.prompt().expect("valid") else {
+            panic!("chat prompt")
+        };
+        assert_eq!(tools.len(), 1);
+        let calls = &messages[1].tool_calls;
+        // A JSON object reaches the template as a mapping; anything else as the string.
+        assert_eq!(calls[0].arguments, json!({"a": 1}));
+        assert_eq!(calls[1].arguments, json!("not json"));
+        assert_eq!(calls[0].id, "call_1");
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+        // `tool_choice: "none"` shows the model no tools.
+        let mut none = request(json!({"model": "m", "tool_choice": "none",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "q"}]}));
+        assert!(none.offered_tools().is_empty());
+        none.tool_choice = None;
+        assert_eq!(none.offered_tools().len(), 1);
+        let param = |v: Value| request(v).prompt().expect_err("refused").object().param;
+        assert_eq!(
+            param(json!({"model": "m", "messages": [{"role": "tool", "content": "r"}]})).as_deref(),
+            Some("messages[0].tool_call_id")
+        );
     }
 
     #[test]
@@ -351,8 +510,26 @@ mod tests {
         assert!(check(json!({"model": "m", "messages": [], "tools": []})).is_ok());
         assert_eq!(
             check(json!({"model": "m", "messages": [], "tools": [{"type": "function"}]})),
-            Err(Some("tools".into()))
+            Err(Some("tools[0].function.name".into()))
         );
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        assert!(check(json!({"model": "m", "messages": [], "tools": tools})).is_ok());
+        assert!(
+            check(
+                json!({"model": "m", "messages": [], "tools": tools, "tool_choice": "none",
+                "parallel_tool_calls": true})
+            )
+            .is_ok()
+        );
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "f"}}),
+        ] {
+            assert_eq!(
+                check(json!({"model": "m", "messages": [], "tools": tools, "tool_choice": choice})),
+                Err(Some("tool_choice".into()))
+            );
+        }
         assert!(check(json!({"model": "m", "messages": [], "logprobs": true})).is_ok());
         assert!(
             check(json!({"model": "m", "messages": [], "response_format": {"type": "text"}}))
