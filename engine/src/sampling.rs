@@ -284,7 +284,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn params(t: f32) -> SamplingParams {
@@ -343,8 +343,8 @@ mod tests {
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
     }
 
-    /// The reference: log_softmax computed directly, in f64.
-    fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    /// The reference: log_softmax computed directly, in f64 (also `sequence.rs`'s tests').
+    pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f64> {
         let max = logits
             .iter()
             .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));

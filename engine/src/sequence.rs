@@ -336,18 +336,7 @@ mod tests {
     use super::*;
     use crate::DeviceChoice;
     use crate::loader::{Integrity, load_dir};
-
-    /// The reference, in f64: log_softmax straight from its definition.
-    fn log_softmax(logits: &[f32]) -> Vec<f64> {
-        let max = logits
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
-        let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
-        logits
-            .iter()
-            .map(|&l| f64::from(l) - max - sum.ln())
-            .collect()
-    }
+    use crate::sampling::tests::log_softmax;
 
     /// On the embedded default model: the logprobs a step reports are the log-softmax of
     /// the raw logits of that same forward pass (kept by `keep_prompt_logits`), whatever
