@@ -59,6 +59,8 @@ pub struct Reply {
     pub tool_names: Vec<String>,
     /// How the model writes calls; set by the `tools` phase when tools are offered.
     pub tool_format: Option<ToolFormat>,
+    /// `/v1/responses`: the request fields its response object repeats.
+    pub echo: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runs the generation to its response. The concurrency slot lives as long as the
@@ -111,6 +113,7 @@ pub async fn respond(
             usage: collected.usage,
             logprobs: reply.logprobs.then_some(collected.logprobs),
             tool_calls: collected.calls,
+            echo: reply.echo.as_ref(),
         }));
     };
     let first = generate::first_event(&mut generation, prompt_param).await?;
