@@ -217,3 +217,165 @@ async fn responses_plain_tools_filters_refusals_and_audit() {
         "{out}"
     );
 }
+
+/// The events of a response stream as `(type, data)`; checks the framing (`event:` line
+/// matching `data.type`, consecutive `sequence_number`s from 0, no `[DONE]`).
+async fn events(client: &reqwest::Client, url: &str, body: &Value) -> Vec<(String, Value)> {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let resp = client.post(url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let (kind, data) = e.split_once('\n').unwrap();
+            let kind = kind.strip_prefix("event: ").unwrap().to_owned();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], kind.as_str(), "{data}");
+            (kind, data)
+        })
+        .collect();
+    for (i, (_, data)) in events.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i, "{data}");
+    }
+    events
+}
+
+fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+#[tokio::test]
+async fn responses_streamed() {
+    let pki = Pki::new(&["alice"]);
+    let audit = tempfile::tempdir().unwrap();
+    let daemon = start(&pki, audit.path());
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/responses");
+
+    // Text: the event order OpenAI sends, and a final response matching the deltas.
+    let events = events(
+        &client,
+        &url,
+        &json!({"model": TEST_MODEL, "input": "one two three four"}),
+    )
+    .await;
+    let k = kinds(&events);
+    assert_eq!(
+        k[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        k[k.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert!(
+        k[4..k.len() - 4]
+            .iter()
+            .all(|k| *k == "response.output_text.delta")
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|(k, _)| k == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "one two three four");
+    let item_id = &events[2].1["item"]["id"];
+    assert!(
+        events
+            .iter()
+            .filter(|(k, _)| k == "response.output_text.delta")
+            .all(|(_, d)| &d["item_id"] == item_id && d["output_index"] == 0)
+    );
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["output"][0]["content"][0]["text"], deltas.as_str());
+    assert_eq!(done["id"], events[0].1["response"]["id"]);
+    assert!(
+        done["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{done}"
+    );
+
+    // Length-limited: `response.incomplete`.
+    let events_cut = self::events(
+        &client,
+        &url,
+        &json!({"model": TEST_MODEL, "input": "one two three four", "max_output_tokens": 1}),
+    )
+    .await;
+    let (kind, last) = events_cut.last().unwrap();
+    assert_eq!(kind, "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+
+    // A call: a function_call item with its arguments' delta and done.
+    let events_call = self::events(
+        &client,
+        &url,
+        &json!({"model": TEST_MODEL, "tools": tools(), "input":
+            r#"Checking. <tool_call>{"name":"get_weather","arguments":{"city":"Oslo"}}</tool_call>"#}),
+    )
+    .await;
+    let k = kinds(&events_call);
+    assert!(
+        k.contains(&"response.function_call_arguments.delta"),
+        "{k:?}"
+    );
+    assert!(
+        k.contains(&"response.function_call_arguments.done"),
+        "{k:?}"
+    );
+    let done = &events_call.last().unwrap().1["response"];
+    assert_eq!(events_call.last().unwrap().0, "response.completed");
+    assert_eq!(done["output"][0]["type"], "message", "{done}");
+    assert_eq!(done["output"][1]["type"], "function_call", "{done}");
+    assert_eq!(done["output"][1]["name"], "get_weather");
+    assert_eq!(done["output"][1]["output_index"], Value::Null);
+
+    // The output filter: redacted in the deltas; a deny ends the stream with
+    // `response.incomplete`, reason `content_filter`.
+    let events_redacted = self::events(
+        &client,
+        &url,
+        &json!({"model": TEST_MODEL, "input": "ssn 123-45-6789 ok"}),
+    )
+    .await;
+    let text = events_redacted.last().unwrap().1["response"]["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!text.contains("6789") && text.ends_with("ok"), "{text}");
+    let events_denied = self::events(
+        &client,
+        &url,
+        &json!({"model": TEST_MODEL, "input": "fine words then DROP TABLE users"}),
+    )
+    .await;
+    let (kind, last) = events_denied.last().unwrap();
+    assert_eq!(kind, "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "content_filter"
+    );
+    let sent: String = events_denied
+        .iter()
+        .filter(|(k, _)| k == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert!(!sent.contains("DROP TABLE"), "{sent}");
+}

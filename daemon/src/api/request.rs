@@ -161,11 +161,9 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
 fn responses(body: &[u8]) -> Result<Parsed, ApiError> {
     let translated = responses::to_chat(&parse_json(body)?)?;
     let mut parsed = chat_value(translated.chat)?;
-    if parsed.stream.is_some() {
-        return Err(ApiError::unsupported(
-            "stream",
-            "streamed responses are not supported yet on /v1/responses; use stream: false",
-        ));
+    if let Some(spec) = &mut parsed.stream {
+        spec.shape = Shape::Responses;
+        spec.include_usage = false;
     }
     parsed.route = Inference::Responses;
     parsed.prompt_param = "input";

@@ -6,6 +6,8 @@
 //! Nothing is stored: `previous_response_id` and `conversation` are refused by name, and
 //! `store: true` is accepted and ignored (as llama.cpp does; the audit log is the record).
 
+pub mod events;
+
 use serde_json::{Map, Value, json};
 
 use super::chat::{MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_TOOLS, MAX_TOOLS_BYTES, json_fits};
@@ -403,7 +405,7 @@ pub fn response_id() -> String {
     format!("resp_{}", uuid::Uuid::new_v4().simple())
 }
 
-fn item_id(prefix: &str) -> String {
+pub fn item_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -451,34 +453,77 @@ pub fn response_object(answer: &Answer<'_>, echo: &Map<String, Value>) -> Value 
         output.push(message_item(&item_id("msg"), answer.text, "completed"));
     }
     output.extend(answer.calls.iter().map(call_item));
-    let (status, incomplete) = if answer.length_limited {
-        ("incomplete", json!({"reason": "max_output_tokens"}))
+    let ending = if answer.length_limited {
+        Ending::Incomplete("max_output_tokens")
     } else {
-        ("completed", Value::Null)
+        Ending::Completed
     };
-    let mut object = json!({
-        "id": answer.id,
-        "object": "response",
-        "created_at": answer.created_at,
-        "status": status,
-        "error": null,
-        "incomplete_details": incomplete,
-        "model": answer.model,
-        "output": output,
-        "usage": {
-            "input_tokens": answer.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": answer.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": answer.input_tokens + answer.output_tokens,
+    object(
+        &Head {
+            id: answer.id,
+            created_at: answer.created_at,
+            model: answer.model,
         },
+        ending,
+        output,
+        Some((answer.input_tokens, answer.output_tokens)),
+        echo,
+    )
+}
+
+/// What every response object of one request shares.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    pub id: &'a str,
+    pub created_at: u64,
+    pub model: &'a str,
+}
+
+/// A response object's `status` (and `incomplete_details`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    InProgress,
+    Completed,
+    /// `incomplete_details.reason`: `max_output_tokens` or `content_filter`.
+    Incomplete(&'static str),
+}
+
+/// A `response` object; `usage` is `(input_tokens, output_tokens)` once known.
+pub fn object(
+    head: &Head<'_>,
+    ending: Ending,
+    output: Vec<Value>,
+    usage: Option<(usize, usize)>,
+    echo: &Map<String, Value>,
+) -> Value {
+    let (status, incomplete) = match ending {
+        Ending::InProgress => ("in_progress", Value::Null),
+        Ending::Completed => ("completed", Value::Null),
+        Ending::Incomplete(reason) => ("incomplete", json!({ "reason": reason })),
+    };
+    let usage = usage.map_or(Value::Null, |(input, output)| {
+        json!({
+            "input_tokens": input,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input + output,
+        })
     });
-    if let Value::Object(map) = &mut object {
-        for (key, value) in echo {
-            map.insert(key.clone(), value.clone());
-        }
+    let mut object = Map::new();
+    object.insert("id".into(), json!(head.id));
+    object.insert("object".into(), json!("response"));
+    object.insert("created_at".into(), json!(head.created_at));
+    object.insert("status".into(), json!(status));
+    object.insert("error".into(), Value::Null);
+    object.insert("incomplete_details".into(), incomplete);
+    object.insert("model".into(), json!(head.model));
+    object.insert("output".into(), Value::Array(output));
+    object.insert("usage".into(), usage);
+    for (key, value) in echo {
+        object.insert(key.clone(), value.clone());
     }
-    object
+    Value::Object(object)
 }
 
 #[cfg(test)]

@@ -198,3 +198,82 @@ fn response_object_shapes() {
     assert_eq!(object["output"][0]["content"][0]["text"], "hello");
     assert_eq!(object["output"][0]["content"][0]["type"], "output_text");
 }
+
+fn parse_events(chunks: &[bytes::Bytes]) -> Vec<(String, Value)> {
+    chunks
+        .iter()
+        .map(|b| {
+            let text = std::str::from_utf8(b).expect("utf-8");
+            let (kind, data) = text.split_once('\n').expect("two lines");
+            let data = data.strip_prefix("data: ").expect("data line").trim_end();
+            (
+                kind.strip_prefix("event: ").expect("event line").to_owned(),
+                serde_json::from_str(data).expect("json"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn events_number_and_close_their_items() {
+    use super::events::ResponseEvents;
+    let head = Head {
+        id: "resp_1",
+        created_at: 1,
+        model: "m",
+    };
+    let mut events = ResponseEvents::new(Map::new());
+    let mut out = events.opening(&head);
+    out.extend(events.text("a"));
+    out.extend(events.text("b"));
+    out.extend(events.call(&ToolCall {
+        id: "call_1".into(),
+        name: "f".into(),
+        arguments: "{}".into(),
+    }));
+    out.extend(events.finish(&head, Ending::Completed, Some((1, 2))));
+    let parsed = parse_events(&out);
+    let kinds: Vec<&str> = parsed.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    for (i, (kind, data)) in parsed.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i);
+        assert_eq!(data["type"], kind.as_str());
+    }
+    assert_eq!(parsed[6].1["text"], "ab");
+    assert_eq!(parsed[9].1["output_index"], 1);
+    let response = &parsed[13].1["response"];
+    assert_eq!(response["output"][0]["content"][0]["text"], "ab");
+    assert_eq!(response["output"][1]["call_id"], "call_1");
+    assert_eq!(response["usage"]["total_tokens"], 3);
+
+    // A filter's deny: the open message closes, then `response.incomplete`.
+    let mut events = ResponseEvents::new(Map::new());
+    let mut out = events.text("x");
+    out.extend(events.finish(&head, Ending::Incomplete("content_filter"), None));
+    let parsed = parse_events(&out);
+    let (kind, last) = parsed.last().expect("events");
+    assert_eq!(kind, "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "content_filter"
+    );
+    assert_eq!(last["response"]["output"][0]["content"][0]["text"], "x");
+}
