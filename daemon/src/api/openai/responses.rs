@@ -504,7 +504,7 @@ pub fn object(
     let usage = usage.map_or(Value::Null, |(input, output)| {
         json!({
             "input_tokens": input,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input + output,
