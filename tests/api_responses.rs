@@ -166,6 +166,11 @@ async fn responses_plain_tools_filters_refusals_and_audit() {
             "text.format",
         ),
         (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
+        (json!({"max_output_tokens": "many"}), "max_output_tokens"),
+        (
+            json!({"tools": [{"type": "function", "name": "f", "parameters": 3}]}),
+            "tools[0].parameters",
+        ),
     ] {
         let mut req = json!({"model": TEST_MODEL, "input": "hi"});
         for (k, v) in extra.as_object().unwrap() {

@@ -160,7 +160,7 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
 /// checks unchanged.
 fn responses(body: &[u8]) -> Result<Parsed, ApiError> {
     let translated = responses::to_chat(&parse_json(body)?)?;
-    let mut parsed = chat_value(translated.chat)?;
+    let mut parsed = chat_value(translated.chat).map_err(responses::rename_param)?;
     if let Some(spec) = &mut parsed.stream {
         spec.shape = Shape::Responses;
         spec.include_usage = false;

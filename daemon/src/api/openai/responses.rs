@@ -112,6 +112,41 @@ pub fn to_chat(body: &Value) -> Result<Translated, ApiError> {
     })
 }
 
+/// A refusal from the chat checks, naming the Responses field it came from
+/// (`max_output_tokens`, `tools[i].name`, `input`) rather than its chat counterpart.
+pub fn rename_param(error: ApiError) -> ApiError {
+    match error {
+        ApiError::InvalidRequest {
+            message,
+            param: Some(param),
+        } => ApiError::InvalidRequest {
+            message,
+            param: Some(responses_param(&param)),
+        },
+        ApiError::Unsupported { message, param } => ApiError::Unsupported {
+            message,
+            param: responses_param(&param),
+        },
+        other => other,
+    }
+}
+
+fn responses_param(chat: &str) -> String {
+    if chat == "max_completion_tokens" {
+        return "max_output_tokens".into();
+    }
+    if chat.starts_with("messages") {
+        // Item indexes shift with `instructions` and merged calls: the field as a whole.
+        return "input".into();
+    }
+    if let Some(rest) = chat.strip_prefix("tools[")
+        && let Some((index, field)) = rest.split_once("].function.")
+    {
+        return format!("tools[{index}].{field}");
+    }
+    chat.to_owned()
+}
+
 /// `text`: only `{"format": {"type": "text"}}`.
 fn check_text(text: Option<&Value>) -> Result<(), ApiError> {
     let Some(text) = text.filter(|t| !t.is_null()) else {

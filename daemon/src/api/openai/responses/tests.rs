@@ -277,3 +277,17 @@ fn events_number_and_close_their_items() {
     );
     assert_eq!(last["response"]["output"][0]["content"][0]["text"], "x");
 }
+
+#[test]
+fn chat_refusals_are_renamed_to_responses_fields() {
+    let param = |chat: &str| {
+        rename_param(ApiError::invalid(chat, "m"))
+            .object()
+            .param
+            .unwrap_or_default()
+    };
+    assert_eq!(param("max_completion_tokens"), "max_output_tokens");
+    assert_eq!(param("messages[2].content"), "input");
+    assert_eq!(param("tools[1].function.parameters"), "tools[1].parameters");
+    assert_eq!(param("temperature"), "temperature");
+}
