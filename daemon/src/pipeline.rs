@@ -132,6 +132,7 @@ where
         Route::Models => return Ok(endpoints::models(&app.models)),
         Route::Model(id) => return endpoints::model(&app.models, &id),
         Route::ChatCompletions => Inference::Chat,
+        Route::Responses => Inference::Responses,
         Route::Completions => Inference::Completions,
         Route::Generate => Inference::Generate,
         Route::Tokenize => Inference::Tokenize,

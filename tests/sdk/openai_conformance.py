@@ -405,6 +405,38 @@ def chat_tools(ctx: Ctx) -> str:
     return f"{len(calls)} call(s): {calls[0][1]}({calls[0][2]})"
 
 
+@check("responses.create plain and stream=True (text matches, events numbered)")
+def responses_create(ctx: Ctx) -> str:
+    from openai.types.responses import Response, ResponseStreamEvent  # noqa: F401
+
+    kw = dict(model=ctx.model, input=PROMPT_MESSAGES[0]["content"], max_output_tokens=16, temperature=0)
+    r = strict(Response, ctx.client.responses.create(**kw))
+    expect(r.id.startswith("resp_"), f"id {r.id!r} does not start with 'resp_'")
+    expect(r.status in ("completed", "incomplete"), f"status {r.status!r}")
+    if r.status == "incomplete":
+        expect(r.incomplete_details.reason == "max_output_tokens", f"incomplete_details {r.incomplete_details}")
+    u = r.usage
+    expect(u.total_tokens == u.input_tokens + u.output_tokens, f"usage {u}")
+    text = r.output_text
+    events = list(ctx.client.responses.create(**kw, stream=True))
+    for i, e in enumerate(events):
+        expect(e.sequence_number == i, f"event {i} ({e.type}) has sequence_number {e.sequence_number}")
+    kinds = [e.type for e in events]
+    expect(kinds[:2] == ["response.created", "response.in_progress"], f"opening events {kinds[:2]}")
+    expect(kinds[-1] in ("response.completed", "response.incomplete"), f"last event {kinds[-1]}")
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = strict(Response, events[-1].response)
+    expect(streamed == final.output_text, f"deltas {short(streamed)} != final {short(final.output_text)}")
+    expect(streamed == text, f"streamed {short(streamed)} != non-streaming {short(text)}")
+    err = sdk_error(
+        lambda: ctx.client.responses.create(model=ctx.model, input="hi", previous_response_id="resp_x"),
+        openai.BadRequestError,
+        400,
+    )
+    expect(err.param == "previous_response_id", f"previous_response_id: error.param is {err.param!r}")
+    return f"status={r.status} {len(events)} events, text={short(text)}"
+
+
 @check("legacy completions logprobs=2")
 def legacy_logprobs(ctx: Ctx) -> str:
     r = ctx.client.completions.create(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0, logprobs=2)

@@ -8,6 +8,7 @@ use hyper::Response;
 use super::BoxBody;
 use super::error::ApiError;
 use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
+use super::openai::responses;
 use super::openai::tool_calls::ToolCall;
 use super::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, GenerateResponse, ModelList, ModelObject,
@@ -72,6 +73,8 @@ pub struct Completion<'a> {
     /// Calls parsed from the output (chat with tools); `text` is then what came before
     /// them.
     pub tool_calls: Vec<ToolCall>,
+    /// `/v1/responses`: the request fields its response object repeats.
+    pub echo: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The 200 response of a finished generation, in its route's shape.
@@ -98,6 +101,22 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 usage: done.usage.into(),
                 system_fingerprint: done.fingerprint,
             },
+        ),
+        Inference::Responses => json_response(
+            StatusCode::OK,
+            &responses::response_object(
+                &responses::Answer {
+                    id: done.id,
+                    created_at: done.created,
+                    model: done.model,
+                    text: &done.text,
+                    length_limited: done.reason == FinishReason::Length,
+                    calls: &done.tool_calls,
+                    input_tokens: done.usage.prompt_tokens,
+                    output_tokens: done.usage.completion_tokens,
+                },
+                done.echo.unwrap_or(&serde_json::Map::new()),
+            ),
         ),
         Inference::Completions => json_response(
             StatusCode::OK,
@@ -136,6 +155,7 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
 pub fn object_id(route: Inference) -> String {
     let prefix = match route {
         Inference::Chat => "chatcmpl",
+        Inference::Responses => return responses::response_id(),
         Inference::Completions
         | Inference::Generate
         | Inference::Tokenize

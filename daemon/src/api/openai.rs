@@ -6,6 +6,7 @@ pub mod completions;
 pub mod extras;
 pub mod logprobs;
 pub mod params;
+pub mod responses;
 pub mod tool_calls;
 
 use airlock_engine::{ModelFeatures, ModelInfo, Usage};

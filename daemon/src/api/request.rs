@@ -3,7 +3,7 @@
 //! functions serve the request path and the fuzz targets ([`super::fuzzing`]).
 
 use airlock_engine::{EngineError, Prompt, SamplingParams};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::body::{from_value, parse_json};
 use super::error::ApiError;
@@ -13,6 +13,7 @@ use super::openai::completions::{COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionReque
 use super::openai::extras::Extras;
 use super::openai::logprobs;
 use super::openai::params::SamplingFields;
+use super::openai::responses;
 use super::sse::Shape;
 use super::tokenize::{DetokenizeBody, TokenizeBody, TokenizeOptions};
 
@@ -21,6 +22,8 @@ use super::tokenize::{DetokenizeBody, TokenizeBody, TokenizeOptions};
 pub enum Inference {
     /// `POST /v1/chat/completions`.
     Chat,
+    /// `POST /v1/responses`: a chat request in the Responses shape (stateless subset).
+    Responses,
     /// `POST /v1/completions`.
     Completions,
     /// `POST /generate`: the minimal endpoint (never streams).
@@ -62,6 +65,8 @@ pub struct Parsed {
     /// The names of the tools the model is offered (chat with tools, `tool_choice` not
     /// `none`): its output is parsed for calls to these.
     pub tools: Vec<String>,
+    /// `/v1/responses`: the request fields its response object repeats.
+    pub echo: Option<Map<String, Value>>,
 }
 
 /// Parses and validates the body of an inference route. `default_model` names the model of
@@ -73,6 +78,7 @@ pub fn parse(
 ) -> Result<Parsed, ApiError> {
     match route {
         Inference::Chat => chat(body),
+        Inference::Responses => responses(body),
         Inference::Completions => completions(body),
         Inference::Generate => generate(body, default_model),
         Inference::Tokenize => tokenize(body, default_model),
@@ -104,6 +110,7 @@ fn tokenize(
     let (prompt, prompt_param, tokenize) = req.text()?;
     Ok(Parsed {
         tools: Vec::new(),
+        echo: None,
         route: Inference::Tokenize,
         model: model_or_default(model, default_model, prompt_param)?,
         prompt,
@@ -123,6 +130,7 @@ fn detokenize(
     let model = req.model.clone();
     Ok(Parsed {
         tools: Vec::new(),
+        echo: None,
         route: Inference::Detokenize,
         model: model_or_default(model, default_model, "tokens")?,
         prompt: req.ids()?,
@@ -145,7 +153,25 @@ fn stream_spec(
 }
 
 fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
-    let value: Value = parse_json(body)?;
+    chat_value(parse_json(body)?)
+}
+
+/// `/v1/responses`: rewritten into a chat request, which then passes the chat route's
+/// checks unchanged.
+fn responses(body: &[u8]) -> Result<Parsed, ApiError> {
+    let translated = responses::to_chat(&parse_json(body)?)?;
+    let mut parsed = chat_value(translated.chat).map_err(responses::rename_param)?;
+    if let Some(spec) = &mut parsed.stream {
+        spec.shape = Shape::Responses;
+        spec.include_usage = false;
+    }
+    parsed.route = Inference::Responses;
+    parsed.prompt_param = "input";
+    parsed.echo = Some(translated.echo);
+    Ok(parsed)
+}
+
+fn chat_value(value: Value) -> Result<Parsed, ApiError> {
     let req: ChatRequest = from_value(&value)?;
     let fields: SamplingFields = from_value(&value)?;
     req.check_bounds()?;
@@ -167,6 +193,7 @@ fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
         model: req.model,
         prompt_param: "messages",
         tokenize: TokenizeOptions::default(),
+        echo: None,
     })
 }
 
@@ -180,6 +207,7 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
         tools: Vec::new(),
+        echo: None,
         route: Inference::Completions,
         prompt: req.prompt()?,
         params,
@@ -200,6 +228,7 @@ fn generate(
     let model = model_or_default(req.model, default_model, "prompt")?;
     Ok(Parsed {
         tools: Vec::new(),
+        echo: None,
         route: Inference::Generate,
         model,
         prompt: Prompt::Text(req.prompt),

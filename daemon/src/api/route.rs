@@ -12,6 +12,7 @@ pub enum Route {
     Models,
     Model(String),
     ChatCompletions,
+    Responses,
     Completions,
     Generate,
     Tokenize,
@@ -27,6 +28,7 @@ impl Route {
             Route::Models => "/v1/models",
             Route::Model(_) => "/v1/models/{id}",
             Route::ChatCompletions => "/v1/chat/completions",
+            Route::Responses => "/v1/responses",
             Route::Completions => "/v1/completions",
             Route::Generate => "/generate",
             Route::Tokenize => "/tokenize",
@@ -48,6 +50,7 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         "/readyz" => (Route::Readyz, "GET, HEAD"),
         "/v1/models" => (Route::Models, "GET, HEAD"),
         "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
+        "/v1/responses" => (Route::Responses, "POST"),
         "/v1/completions" => (Route::Completions, "POST"),
         "/generate" => (Route::Generate, "POST"),
         "/tokenize" => (Route::Tokenize, "POST"),
@@ -150,6 +153,12 @@ mod tests {
             Some("/detokenize")
         );
         assert!(!Route::Tokenize.is_open());
+        assert_eq!(
+            resolve(&Method::POST, "/v1/responses")
+                .map(|r| r.label())
+                .ok(),
+            Some("/v1/responses")
+        );
     }
 
     #[test]

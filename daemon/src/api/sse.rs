@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 
-use airlock_engine::{FinishReason, TokenLogprob};
+use airlock_engine::{FinishReason, TokenLogprob, Usage};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, StatusCode, header};
@@ -19,6 +19,8 @@ use serde::Serialize;
 use super::BoxBody;
 use super::error::ApiError;
 use super::openai::logprobs::{ChatLogprobs, TextLogprobs};
+use super::openai::responses::events::ResponseEvents;
+use super::openai::responses::{Ending, Head};
 use super::openai::tool_calls::ToolCall;
 use super::openai::{
     ChatChunk, ChunkChoice, Delta, FunctionJson, TextChoice, TextCompletion, ToolCallJson,
@@ -32,6 +34,9 @@ pub enum Shape {
     Chat,
     /// `text_completion`, with `text`s.
     Text,
+    /// `/v1/responses`: typed events (`response.output_text.delta`, …), written by
+    /// [`Chunker::responses`].
+    Responses,
 }
 
 /// Writes the chunks of one stream.
@@ -47,6 +52,8 @@ pub struct Chunker {
     pub logprobs: bool,
     /// Characters of token text sent so far (completions' `text_offset`).
     pub text_offset: usize,
+    /// [`Shape::Responses`]: what the stream has sent so far.
+    pub responses: Option<ResponseEvents>,
 }
 
 impl Chunker {
@@ -99,9 +106,24 @@ impl Chunker {
         })
     }
 
-    /// Chat streams open with the assistant's role and empty content.
-    pub fn opening(&self) -> Option<Bytes> {
-        match self.shape {
+    /// The Responses event writer with the response's head (`None` unless the shape is
+    /// [`Shape::Responses`]).
+    fn responses(&mut self) -> Option<(&mut ResponseEvents, Head<'_>)> {
+        let head = Head {
+            id: &self.id,
+            created_at: self.created,
+            model: &self.model,
+        };
+        self.responses.as_mut().map(|r| (r, head))
+    }
+
+    /// Chat streams open with the assistant's role and empty content; responses with
+    /// `response.created` and `response.in_progress`.
+    pub fn opening(&mut self) -> Vec<Bytes> {
+        if let Some((events, head)) = self.responses() {
+            return events.opening(&head);
+        }
+        let opening = match self.shape {
             Shape::Chat => Some(self.chat(
                 Delta {
                     role: Some("assistant"),
@@ -111,15 +133,19 @@ impl Chunker {
                 None,
                 None,
             )),
-            Shape::Text => None,
-        }
+            Shape::Text | Shape::Responses => None,
+        };
+        opening.into_iter().collect()
     }
 
     /// A content chunk: `text` and, when they were asked for, the log-probabilities of
     /// the tokens it completes.
-    pub fn content(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
-        match self.shape {
-            Shape::Chat => self.chat(
+    pub fn content(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Vec<Bytes> {
+        if let Some((events, _)) = self.responses() {
+            return events.text(text);
+        }
+        let chunk = match self.shape {
+            Shape::Chat | Shape::Responses => self.chat(
                 Delta {
                     role: None,
                     content: Some(text),
@@ -134,13 +160,17 @@ impl Chunker {
                     .then(|| TextLogprobs::new(logprobs, &mut self.text_offset));
                 self.text(text, logprobs, None)
             }
-        }
+        };
+        vec![chunk]
     }
 
     /// The deltas of one parsed call, as OpenAI streams them: `index`, `id`, `type` and the
     /// name with empty arguments first, then the arguments (one fragment: the SDKs
     /// concatenate fragments, so one is as good as many).
-    pub fn tool_call(&self, index: usize, call: &ToolCall) -> [Bytes; 2] {
+    pub fn tool_call(&mut self, index: usize, call: &ToolCall) -> Vec<Bytes> {
+        if let Some((events, _)) = self.responses() {
+            return events.call(call);
+        }
         let head = ToolCallJson {
             index: Some(index),
             id: Some(call.id.clone()),
@@ -159,37 +189,75 @@ impl Chunker {
                 arguments: call.arguments.clone(),
             },
         };
-        [head, args].map(|c| {
-            self.chat(
-                Delta {
-                    tool_calls: vec![c],
-                    ..Delta::default()
-                },
-                None,
-                None,
-            )
-        })
+        [head, args]
+            .into_iter()
+            .map(|c| {
+                self.chat(
+                    Delta {
+                        tool_calls: vec![c],
+                        ..Delta::default()
+                    },
+                    None,
+                    None,
+                )
+            })
+            .collect()
     }
 
-    pub fn finish(&self, reason: FinishReason) -> Bytes {
-        match self.shape {
-            Shape::Chat => self.chat(Delta::default(), None, Some(reason.as_str())),
+    /// The chunk with the finish reason; for responses, `response.completed` (or
+    /// `response.incomplete` when length-limited) with the whole response and its usage.
+    pub fn finish(&mut self, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
+        if let Some((events, head)) = self.responses() {
+            let ending = match reason {
+                FinishReason::Length => Ending::Incomplete("max_output_tokens"),
+                _ => Ending::Completed,
+            };
+            let usage = Some((usage.prompt_tokens, usage.completion_tokens));
+            return events.finish(&head, ending, usage);
+        }
+        vec![match self.shape {
+            Shape::Chat | Shape::Responses => {
+                self.chat(Delta::default(), None, Some(reason.as_str()))
+            }
             Shape::Text => self.text("", None, Some(reason.as_str())),
+        }]
+    }
+
+    /// The last content chunk of a stream ended by the tenant's output filter; for
+    /// responses, `response.incomplete` with `incomplete_details.reason: "content_filter"`.
+    pub fn content_filtered(&mut self) -> Vec<Bytes> {
+        if let Some((events, head)) = self.responses() {
+            return events.finish(&head, Ending::Incomplete("content_filter"), None);
+        }
+        vec![match self.shape {
+            Shape::Chat | Shape::Responses => {
+                self.chat(Delta::default(), None, Some("content_filter"))
+            }
+            Shape::Text => self.text("", None, Some("content_filter")),
+        }]
+    }
+
+    /// An error after the stream began: OpenAI's error object (chat and completions), or
+    /// the `error` event of a response stream.
+    pub fn error(&mut self, error: &ApiError) -> Bytes {
+        if error.status().is_server_error() {
+            tracing::warn!(error = %error, "stream failed");
+        }
+        match self.responses() {
+            Some((events, _)) => events.error(error),
+            None => error_event(error),
         }
     }
 
-    /// The last content chunk of a stream ended by the tenant's output filter.
-    pub fn content_filtered(&self) -> Bytes {
-        match self.shape {
-            Shape::Chat => self.chat(Delta::default(), None, Some("content_filter")),
-            Shape::Text => self.text("", None, Some("content_filter")),
-        }
+    /// The stream's last event: `[DONE]`, which response streams do not send.
+    pub fn done(&self) -> Option<Bytes> {
+        self.responses.is_none().then(done)
     }
 
     /// The extra last chunk: no choices, the request's usage.
     pub fn usage(&self, usage: UsageJson) -> Bytes {
         match self.shape {
-            Shape::Chat => event(&ChatChunk {
+            Shape::Chat | Shape::Responses => event(&ChatChunk {
                 id: &self.id,
                 object: "chat.completion.chunk",
                 created: self.created,
@@ -228,10 +296,7 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// An error after the stream began: an event with OpenAI's error object (the SDKs raise it),
 /// then `[DONE]`, as vLLM does.
-pub fn error_event(error: &ApiError) -> Bytes {
-    if error.status().is_server_error() {
-        tracing::warn!(error = %error, "stream failed");
-    }
+fn error_event(error: &ApiError) -> Bytes {
     #[derive(Serialize)]
     struct ErrorEvent {
         error: super::error::ErrorObject,

@@ -35,6 +35,7 @@ use super::generate::{self, Running, Step};
 use crate::access::PolicyError;
 use crate::api::endpoints::{self, Completion};
 use crate::api::openai::logprobs::LogprobGate;
+use crate::api::openai::responses::events::ResponseEvents;
 use crate::api::openai::tool_calls::Splitter;
 use crate::api::request::{Inference, StreamSpec};
 use crate::api::sse::{self, Chunker};
@@ -59,6 +60,8 @@ pub struct Reply {
     pub tool_names: Vec<String>,
     /// How the model writes calls; set by the `tools` phase when tools are offered.
     pub tool_format: Option<ToolFormat>,
+    /// `/v1/responses`: the request fields its response object repeats.
+    pub echo: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runs the generation to its response. The concurrency slot lives as long as the
@@ -111,6 +114,7 @@ pub async fn respond(
             usage: collected.usage,
             logprobs: reply.logprobs.then_some(collected.logprobs),
             tool_calls: collected.calls,
+            echo: reply.echo.as_ref(),
         }));
     };
     let first = generate::first_event(&mut generation, prompt_param).await?;
@@ -123,6 +127,7 @@ pub async fn respond(
         include_usage: spec.include_usage,
         logprobs: reply.logprobs,
         text_offset: 0,
+        responses: reply.echo.map(ResponseEvents::new),
     };
     Ok(stream(
         generation,
@@ -352,8 +357,8 @@ impl StreamState {
             if let Some(audit) = &mut self.audit {
                 audit.token(text);
             }
-            let chunk = self.chunker.content(text, &logprobs);
-            self.out.push_back(chunk);
+            let chunks = self.chunker.content(text, &logprobs);
+            self.out.extend(chunks);
         }
     }
 
@@ -383,8 +388,9 @@ impl StreamState {
         self.finisher
             .span
             .in_scope(|| tracing::info!(rule_id = %rule, "output filter ended the stream"));
-        self.tail.push(self.chunker.content_filtered());
-        self.tail.push(sse::done());
+        let filtered = self.chunker.content_filtered();
+        self.tail.extend(filtered);
+        self.tail.extend(self.chunker.done());
         self.done = true;
         self.ending = Some(Ending {
             reason: Some(FinishReason::Stop),
@@ -428,7 +434,8 @@ impl StreamState {
                 // The same bytes as a JSON response's digest (`calls::digest_bytes`).
                 audit.token(&format!("\n{}\n{}", call.name, call.arguments));
             }
-            self.out.extend(self.chunker.tool_call(index, call));
+            let chunks = self.chunker.tool_call(index, call);
+            self.out.extend(chunks);
         }
         if let Some(audit) = &self.audit {
             audit
@@ -488,11 +495,12 @@ impl StreamState {
                     FinishReason::ToolCalls
                 };
                 self.finisher.settle(reason, usage, &timings);
-                self.tail.push(self.chunker.finish(reason));
+                let finish = self.chunker.finish(reason, usage);
+                self.tail.extend(finish);
                 if self.chunker.include_usage {
                     self.tail.push(self.chunker.usage(usage.into()));
                 }
-                self.tail.push(sse::done());
+                self.tail.extend(self.chunker.done());
                 self.done = true;
                 self.ending = Some(Ending {
                     reason: Some(reason),
@@ -502,10 +510,9 @@ impl StreamState {
                 });
             }
             Err(error) => {
-                self.finisher
-                    .span
-                    .in_scope(|| self.tail.push(sse::error_event(&error)));
-                self.tail.push(sse::done());
+                let event = self.finisher.span.in_scope(|| self.chunker.error(&error));
+                self.tail.push(event);
+                self.tail.extend(self.chunker.done());
                 self.done = true;
                 self.ending = Some(Ending {
                     reason: None,
@@ -539,7 +546,8 @@ impl StreamState {
             self.finisher.span.in_scope(|| {
                 tracing::error!(error = %e, "audit completion record not written: ending the stream with an error");
             });
-            self.tail = vec![sse::error_event(&ApiError::AuditUnavailable), sse::done()];
+            self.tail = vec![self.chunker.error(&ApiError::AuditUnavailable)];
+            self.tail.extend(self.chunker.done());
         }
     }
 }
@@ -548,7 +556,7 @@ impl StreamState {
 fn stream(
     generation: Generation,
     first: TokenEvent,
-    chunker: Chunker,
+    mut chunker: Chunker,
     finisher: Finisher,
     filter: Option<Arc<FilterSet>>,
     trail: Option<&Arc<Trail>>,
@@ -560,7 +568,7 @@ fn stream(
         splitter,
         filter_set: filter.clone(),
         generation,
-        out: chunker.opening().into_iter().collect(),
+        out: chunker.opening().into(),
         chunker,
         finisher,
         done: false,

@@ -42,6 +42,7 @@ impl Job {
             tokenize: parsed.tokenize,
             tool_names: parsed.tools,
             tool_format: None,
+            echo: parsed.echo,
         };
         let job = Job {
             route: parsed.route,

@@ -31,7 +31,7 @@ pub fn check(tenant: Option<&std::sync::Arc<Tenant>>, job: &mut Job) -> Result<(
     // it in context: a tenant whose output is filtered gets the chosen tokens' values only.
     if job.params.logprobs.is_some_and(|n| n > 0) && !tenant.output_filter.is_empty() {
         let param = match job.route {
-            Inference::Chat => "top_logprobs",
+            Inference::Chat | Inference::Responses => "top_logprobs",
             _ => "logprobs",
         };
         return Err(ApiError::invalid(

@@ -58,7 +58,7 @@ pub struct RawMessage {
 
 /// Whether `value`, serialized as JSON, fits in `limit` bytes. Stops serializing at the
 /// limit.
-fn json_fits(value: &Value, limit: usize) -> bool {
+pub fn json_fits(value: &Value, limit: usize) -> bool {
     struct Count {
         left: usize,
     }
