@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TEST_MODEL, TestConfig, airlockd};
+use common::{Daemon, Pki, TEST_MODEL, airlockd};
 use serde_json::{Value, json};
 
 const TENANTS: &str = r#"
@@ -25,22 +25,9 @@ literal = "DROP TABLE"
 apply = "output"
 "#;
 
+/// A daemon for `acme`, its audit log in `audit`.
 fn start(pki: &Pki, audit: &std::path::Path) -> Daemon {
-    let dir = audit.to_str().unwrap();
-    let (status, out, err) = airlockd(&["audit", "keygen", "--dir", dir]);
-    assert!(status.success(), "keygen: {out}{err}");
-    let section = format!(
-        "[audit]\ndb = {:?}\nsigning_key = {:?}\ndigest_key = {:?}\n",
-        audit.join("audit.db"),
-        audit.join("audit-signing.key"),
-        audit.join("audit-digest.key"),
-    );
-    let cfg = TestConfig {
-        extra: format!("{section}\n{TENANTS}"),
-        audit: None,
-        ..TestConfig::default()
-    };
-    Daemon::start(pki, &cfg)
+    Daemon::start_audited(pki, audit, TENANTS)
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {

@@ -32,23 +32,9 @@ literal = "project zeus"
 apply = "prompt"
 "#;
 
-/// A daemon for `acme`, its audit log in `audit` (keys from `airlockd audit keygen`).
+/// A daemon for `acme`, its audit log in `audit`.
 fn start(pki: &Pki, audit: &std::path::Path) -> Daemon {
-    let dir = audit.to_str().unwrap();
-    let (status, out, err) = airlockd(&["audit", "keygen", "--dir", dir]);
-    assert!(status.success(), "keygen: {out}{err}");
-    let section = format!(
-        "[audit]\ndb = {:?}\nsigning_key = {:?}\ndigest_key = {:?}\n",
-        audit.join("audit.db"),
-        audit.join("audit-signing.key"),
-        audit.join("audit-digest.key"),
-    );
-    let cfg = TestConfig {
-        extra: format!("{section}\n{TENANTS}"),
-        audit: None,
-        ..TestConfig::default()
-    };
-    Daemon::start(pki, &cfg)
+    Daemon::start_audited(pki, audit, TENANTS)
 }
 
 fn tools() -> Value {

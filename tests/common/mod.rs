@@ -219,6 +219,27 @@ impl Daemon {
         Self::start_toml(&cfg.to_toml(pki))
     }
 
+    /// Starts the daemon with `extra` config (tenants, …) and its own audit log in `audit`:
+    /// fresh keys from `airlockd audit keygen`, `audit.db` beside them, so a test can read
+    /// the records back with `airlockd audit export --db AUDIT/audit.db`.
+    pub fn start_audited(pki: &Pki, audit: &Path, extra: &str) -> Daemon {
+        let dir = audit.to_str().unwrap();
+        let (status, out, err) = airlockd(&["audit", "keygen", "--dir", dir]);
+        assert!(status.success(), "keygen: {out}{err}");
+        let section = format!(
+            "[audit]\ndb = {:?}\nsigning_key = {:?}\ndigest_key = {:?}\n",
+            audit.join("audit.db"),
+            audit.join("audit-signing.key"),
+            audit.join("audit-digest.key"),
+        );
+        let cfg = TestConfig {
+            extra: format!("{section}\n{extra}"),
+            audit: None,
+            ..TestConfig::default()
+        };
+        Self::start(pki, &cfg)
+    }
+
     /// Starts the daemon with exactly this config text.
     pub fn start_toml(toml: &str) -> Daemon {
         Self::start_toml_env(toml, &[])
