@@ -149,8 +149,12 @@ async fn responses_plain_tools_filters_refusals_and_audit() {
         (json!({"conversation": "conv_1"}), "conversation"),
         (json!({"reasoning": {"effort": "high"}}), "reasoning"),
         (
-            json!({"text": {"format": {"type": "json_object"}}}),
-            "text.format",
+            json!({"text": {"format": {"type": "json_schema", "name": "bad name!"}}}),
+            "text.format.name",
+        ),
+        (
+            json!({"text": {"format": {"type": "yaml"}}}),
+            "text.format.type",
         ),
         (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
         (json!({"max_output_tokens": "many"}), "max_output_tokens"),

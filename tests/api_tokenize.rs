@@ -258,7 +258,13 @@ async fn models_carry_context_length_and_capabilities() {
     assert_eq!(model["context_length"], 2048, "{list}");
     assert_eq!(
         model["capabilities"],
-        json!(["completions", "chat", "logprobs", "tokenize"]),
+        json!([
+            "completions",
+            "chat",
+            "logprobs",
+            "tokenize",
+            "structured_outputs"
+        ]),
         "{list}"
     );
     let one: Value = alice

@@ -8,12 +8,9 @@
 
 use std::path::PathBuf;
 
-use std::time::Instant;
+mod streams;
 
-use airlock_engine::{
-    BurnEngine, DeviceChoice, Engine, GenerateOptions, GenerateRequest, ModelSpec, Prompt,
-    SamplingParams, TokenEvent, generate_once,
-};
+use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -46,78 +43,6 @@ struct Args {
     /// of `--decode-tokens` tokens on a short prompt, all submitted at once.
     #[arg(long, value_delimiter = ',')]
     streams: Vec<usize>,
-}
-
-/// Aggregate decode tokens/s with `n` concurrent requests: tokens after each stream's first,
-/// over the time from the first token anywhere to the last stream's end.
-fn concurrent_decode(args: &Args, device: DeviceChoice, n: usize) -> anyhow::Result<f64> {
-    let engine = BurnEngine::load(&[ModelSpec {
-        device,
-        verify_manifest: false,
-        max_queue: n,
-        max_active: n,
-        ..ModelSpec::new("bench", &args.model)
-    }])?;
-    let params = SamplingParams {
-        max_tokens: Some(args.decode_tokens),
-        ignore_eos: true,
-        ..Default::default()
-    };
-    let mut gens = Vec::with_capacity(n);
-    for i in 0..n {
-        gens.push(engine.submit(GenerateRequest {
-            request_id: format!("bench-{i}"),
-            tenant: "bench".into(),
-            tenant_weight: 1,
-            model: "bench".into(),
-            prompt: Prompt::TokenIds(vec![100 + i as u32, 101, 102, 103]),
-            params: params.clone(),
-        })?);
-    }
-    let readers: Vec<_> = gens
-        .into_iter()
-        .map(|mut g| {
-            std::thread::spawn(move || {
-                let (mut first, mut last, mut tokens) = (None, None, 0usize);
-                while let Some(ev) = g.blocking_next() {
-                    match ev {
-                        TokenEvent::Token { .. } => {
-                            tokens += 1;
-                            first.get_or_insert_with(Instant::now);
-                        }
-                        TokenEvent::Finished { .. } => {
-                            last = Some(Instant::now());
-                            break;
-                        }
-                        TokenEvent::Failed(e) => return Err(anyhow::anyhow!("{e}")),
-                        TokenEvent::Started { .. } => {}
-                    }
-                }
-                Ok((first, last, tokens))
-            })
-        })
-        .collect();
-    let (mut first, mut last, mut tokens) = (None::<Instant>, None::<Instant>, 0usize);
-    for r in readers {
-        let (f, l, t) = r
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
-        first = match (first, f) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        last = last.max(l);
-        tokens += t.saturating_sub(1);
-    }
-    let secs = match (first, last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
-    Ok(if secs > 0.0 {
-        tokens as f64 / secs
-    } else {
-        0.0
-    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,7 +95,12 @@ fn main() -> anyhow::Result<()> {
         report.generated_ids.len()
     );
     for &n in &args.streams {
-        let rate = concurrent_decode(&args, device, n.max(1))?;
+        let params = SamplingParams {
+            max_tokens: Some(args.decode_tokens),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let rate = streams::concurrent_decode(&args.model, device, n.max(1), &params)?;
         println!(
             "decode x{n:<3}:      {rate:.2} tok/s aggregate ({} tokens per stream, engine API)",
             args.decode_tokens

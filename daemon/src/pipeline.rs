@@ -157,9 +157,10 @@ where
     let (mut job, mut shape) = generate::Job::from_parsed(parsed);
     // tenant: the model allow-list and the `max_tokens` caps (cheap, before any tokenizing).
     tenant::check(ctx.policy(), &mut job)?;
-    // tools: offered tools need a model that can see and call them (after the allow-list,
-    // so a model the tenant may not use is not described to it).
-    tools::resolve(&app.models, &job.model, &mut shape)?;
+    // tools: offered tools need a model that can see and call them, a grammar one that
+    // decodes under it (after the allow-list, so a model the tenant may not use is not
+    // described to it).
+    tools::resolve(&app.models, &job.model, &job.params, &mut shape)?;
     // prompt_filter: before the count, since redaction changes the prompt: the cap and the
     // reservation must measure exactly what audit admit and the engine will see.
     prompt_filter::apply(ctx.policy(), ctx.trail.as_deref(), &mut job)?;

@@ -42,6 +42,9 @@ pub struct ModelFeatures {
     /// Its chat template renders `tools`, and its tool calls come out in this format;
     /// `None`: a request offering tools is refused (no silent garbage).
     pub tools: Option<ToolFormat>,
+    /// It decodes under a grammar ([`SamplingParams::grammar`]): structured outputs and
+    /// forced tool calls.
+    pub grammar: bool,
 }
 
 /// How a model writes tool calls, decided from its chat template (the markers it teaches
@@ -96,6 +99,44 @@ pub enum Prompt {
     TokenIds(Vec<u32>),
 }
 
+/// A grammar the output must follow: decoding masks, at every step, the tokens that
+/// cannot continue a valid output (llguidance, `crate::constraint`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grammar {
+    /// The request field the grammar came from, named when it cannot be compiled
+    /// (`response_format`, `text.format`, `tool_choice`).
+    pub param: &'static str,
+    pub spec: GrammarSpec,
+}
+
+/// What the output must be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GrammarSpec {
+    /// Any JSON object (OpenAI's `json_object`).
+    JsonObject,
+    /// A JSON value valid against this JSON Schema (OpenAI's `json_schema`). Keywords the
+    /// compiler does not implement are refused by name, never ignored.
+    JsonSchema(serde_json::Value),
+    /// One or more calls (`parallel`) of these functions, in the model's own tool-call
+    /// format ([`ModelFeatures::tools`]), arguments valid against each one's parameters
+    /// (`tool_choice: required`, or one named function).
+    ToolCalls {
+        functions: Vec<ToolFunction>,
+        parallel: bool,
+        /// The answer the model may give instead of calling (`tool_choice: auto` with a
+        /// `response_format` schema): `None` forces a call.
+        or_schema: Option<serde_json::Value>,
+    },
+}
+
+/// A function a forced tool call may name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolFunction {
+    pub name: String,
+    /// Its JSON Schema (`{"type": "object"}` when the tool declares none).
+    pub parameters: serde_json::Value,
+}
+
 /// Most stop strings one request may carry (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
@@ -141,6 +182,8 @@ pub struct SamplingParams {
     /// [`MAX_TOP_LOGPROBS`]). The values are the log-softmax of the model's raw logits,
     /// before penalties, temperature and top-k/top-p/min-p.
     pub logprobs: Option<usize>,
+    /// Constrained decoding: the output follows this grammar (`None`: free text).
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for SamplingParams {
@@ -158,6 +201,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            grammar: None,
         }
     }
 }

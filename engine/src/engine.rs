@@ -40,6 +40,7 @@ struct Job {
     prompt: Vec<u32>,
     params: crate::SamplingParams,
     stop: crate::detok::StopMatcher,
+    constraint: Option<crate::constraint::Constraint>,
     sender: GenerationSender,
     submitted: Instant,
 }
@@ -56,6 +57,8 @@ struct ModelHandle {
     /// Token ids at or above this are refused at submission.
     vocab_size: usize,
     tokenizer: Arc<TextTokenizer>,
+    /// Grammar support, its parser factory built on the first constrained request.
+    grammars: crate::constraint::Grammars,
     /// Cache positions the KV budget holds: a request needing more is refused at submission.
     kv_positions: usize,
     kv_budget_bytes: usize,
@@ -144,6 +147,9 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                     tokenizer: true,
                     logprobs: true,
                     tools: model.tokenizer.tool_format(),
+                    // Decided for certain on the first constrained request (the token trie);
+                    // a model without an end-of-sequence token could never end its output.
+                    grammar: !model.tokenizer.eos_ids().is_empty(),
                 },
             };
             let vocab = model.model.config.vocab_size;
@@ -199,6 +205,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
     Ok(ModelHandle {
         info,
         vocab_size,
+        grammars: crate::constraint::Grammars::new(vocab_size),
         tokenizer,
         kv_positions,
         kv_budget_bytes,
@@ -330,6 +337,9 @@ impl Worker {
             job.submitted,
         );
         seq.cap_positions(self.pool.capacity_positions());
+        if let Some(c) = job.constraint {
+            seq.constrain(c);
+        }
         let slot = Slot {
             seq,
             tenant: job.tenant,
@@ -649,6 +659,14 @@ impl Engine for BurnEngine {
         let m = self.model(&request.model)?;
         validate(&request.params)?;
         let stop = crate::detok::StopMatcher::new(&request.params.stop)?;
+        // Compiled here, on the caller's thread: a schema the compiler refuses is the
+        // client's 400, and the engine thread only advances a compiled matcher.
+        let constraint = request
+            .params
+            .grammar
+            .as_ref()
+            .map(|g| m.grammars.compile(&m.tokenizer, g))
+            .transpose()?;
         let prompt = match prepared.into_ids() {
             Some(ids) => ids,
             None => m.tokenizer.encode_prompt(&request.prompt)?,
@@ -694,6 +712,7 @@ impl Engine for BurnEngine {
             prompt,
             params: request.params,
             stop,
+            constraint,
             sender,
             submitted: Instant::now(),
         };

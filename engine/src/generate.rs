@@ -115,6 +115,10 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
     if opts.keep_logits {
         seq.keep_prompt_logits();
     }
+    if let Some(grammar) = &opts.params.grammar {
+        let grammars = crate::constraint::Grammars::new(loaded.model.config.vocab_size);
+        seq.constrain(grammars.compile(&loaded.tokenizer, grammar)?);
+    }
     let mut text = String::new();
     let mut finished = None;
     while !seq.is_finished() {

@@ -6,6 +6,7 @@
 //! CLI uses [`generate_once`], [`write_manifest`] and [`default_model::install`].
 
 pub mod api;
+mod constraint;
 pub mod default_model;
 mod detok;
 mod device;
@@ -40,9 +41,9 @@ use models::config as hf_config;
 
 pub use api::{
     CancelToken, ChatMessage, ChatToolCall, ChatTools, Engine, EngineStatus, FinishReason,
-    GenerateRequest, Generation, GenerationSender, GenerationTimings, MAX_STOP_BYTES,
-    MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ModelFeatures, ModelInfo, Prepared, Prompt,
-    SamplingParams, TokenEvent, TokenLogprob, ToolFormat, TopLogprob, Usage,
+    GenerateRequest, Generation, GenerationSender, GenerationTimings, Grammar, GrammarSpec,
+    MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ModelFeatures, ModelInfo, Prepared,
+    Prompt, SamplingParams, TokenEvent, TokenLogprob, ToolFormat, ToolFunction, TopLogprob, Usage,
 };
 pub use device::gpu_available;
 pub use engine::BurnEngine;

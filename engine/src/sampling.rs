@@ -3,6 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::constraint::Constraint;
 use crate::{EngineError, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, SamplingParams};
 
 /// Checks sampling parameters before a request is queued.
@@ -106,20 +107,32 @@ impl Sampler {
 
     /// Picks the next token from raw logits (modified in place) and, when the request asked
     /// for them, its log-probabilities: computed from the logits as the model gave them,
-    /// before any penalty or temperature touches them. A request without `logprobs` costs
-    /// exactly what [`Self::sample`] does.
-    pub fn sample_with_logprobs(&mut self, logits: &mut [f32]) -> (u32, Option<Logprobs>) {
+    /// before any grammar mask, penalty or temperature touches them. A request without
+    /// `logprobs` or a grammar costs exactly what [`Self::sample`] does.
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &mut [f32],
+        constraint: Option<&mut Constraint>,
+    ) -> Result<(u32, Option<Logprobs>), EngineError> {
         let Some(n) = self.params.logprobs else {
-            return (self.sample(logits), None);
+            if let Some(c) = constraint {
+                c.mask(logits)?;
+            }
+            return Ok((self.sample(logits), None));
         };
         let dist = LogSoftmax::new(logits);
         let top = dist.top(logits, n);
+        if let Some(c) = constraint {
+            c.mask(logits)?;
+        }
         // Penalties rewrite logits in place; temperature and the filters work on a copy.
         let penalised = self.params.repetition_penalty != 1.0
             || self.params.presence_penalty != 0.0
             || self.params.frequency_penalty != 0.0;
         let raw = penalised.then(|| logits.to_vec());
         let id = self.sample(logits);
+        // The mask leaves allowed logits (the chosen one among them) as they were, so the
+        // copy taken before penalties holds the model's own value.
         let raw_logit = raw
             .as_deref()
             .unwrap_or(logits)
@@ -127,7 +140,7 @@ impl Sampler {
             .copied()
             .unwrap_or(f32::NEG_INFINITY);
         let logprob = dist.at(raw_logit);
-        (id, Some(Logprobs { logprob, top }))
+        Ok((id, Some(Logprobs { logprob, top })))
     }
 
     /// Picks the next token from raw logits (modified in place).
@@ -376,7 +389,9 @@ pub(crate) mod tests {
         ] {
             let mut s = Sampler::new(&p, &[4]);
             s.observe(4);
-            let (id, lp) = s.sample_with_logprobs(&mut logits.to_vec());
+            let (id, lp) = s
+                .sample_with_logprobs(&mut logits.to_vec(), None)
+                .unwrap_or_else(|e| panic!("{e}"));
             let lp = lp.expect("asked for");
             assert!((f64::from(lp.logprob) - reference[id as usize]).abs() < 1e-6);
             let ids: Vec<u32> = lp.top.iter().map(|&(id, _)| id).collect();
@@ -387,7 +402,8 @@ pub(crate) mod tests {
             }
         }
         let mut plain = Sampler::new(&params(0.0), &[]);
-        assert_eq!(plain.sample_with_logprobs(&mut logits.to_vec()), (4, None));
+        let picked = plain.sample_with_logprobs(&mut logits.to_vec(), None);
+        assert_eq!(picked.unwrap_or_else(|e| panic!("{e}")), (4, None));
     }
 
     #[test]

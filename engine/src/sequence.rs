@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::constraint::Constraint;
 use crate::detok::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::loader::LoadedModel;
 use crate::models::KvCache;
@@ -34,6 +35,8 @@ pub struct Sequence {
     keep_prompt_logits: bool,
     /// Log-probabilities waiting for their token's text to be released.
     logprobs: PendingLogprobs,
+    /// The grammar the output follows, if the request gave one.
+    constraint: Option<Constraint>,
 }
 
 /// Log-probabilities travel with the text of their token: each entry is handed out with
@@ -109,7 +112,13 @@ impl Sequence {
             prompt_logits: None,
             keep_prompt_logits: false,
             logprobs: PendingLogprobs::default(),
+            constraint: None,
         }
+    }
+
+    /// Decodes under `constraint` from the first token on.
+    pub fn constrain(&mut self, constraint: Constraint) {
+        self.constraint = Some(constraint);
     }
 
     /// Caps the completion so that prompt and completion fit in `positions` cache positions
@@ -219,14 +228,22 @@ impl Sequence {
         if self.keep_prompt_logits && self.generated.is_empty() {
             self.prompt_logits = Some(logits.clone());
         }
-        let (id, logprobs) = self.sampler.sample_with_logprobs(&mut logits);
+        let (id, logprobs) = self
+            .sampler
+            .sample_with_logprobs(&mut logits, self.constraint.as_mut())?;
+        let eos = m.tokenizer.eos_ids().contains(&id);
+        if let Some(c) = &mut self.constraint
+            && !eos
+        {
+            c.accept(id)?;
+        }
         self.sampler.observe(id);
         self.generated.push(id);
         if self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
         }
         let mut events = Vec::new();
-        if !self.ignore_eos && m.tokenizer.eos_ids().contains(&id) {
+        if !self.ignore_eos && eos {
             // The end-of-sequence token has no text, so no log-probabilities either.
             events.push(self.finish(m, FinishReason::Stop, String::new())?);
             return Ok(events);

@@ -19,7 +19,8 @@
 //!   Hermes format, so a last message of `<tool_call>{…}</tool_call>` comes back as a
 //!   tool call through the gateway's parser.
 //! * **Log-probabilities** are refused ([`EngineError::InvalidRequest`] naming `logprobs`):
-//!   there are no logits to take them from.
+//!   there are no logits to take them from. So are **grammars** (structured outputs, forced
+//!   tool calls): there are no logits to mask.
 //! * **Failures**: a prompt containing the word [`FAIL_WORD`] is accepted, then fails with
 //!   [`EngineError::Inference`] after its first generated token (to test mid-stream errors).
 //! * **Timing**: each token takes `token_delay` (so a test can hold a stream open).
@@ -39,6 +40,40 @@ use crate::{
     Engine, EngineError, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
     GenerationTimings, ModelInfo, Prompt, TokenEvent, Usage,
 };
+
+/// A Qwen2.5-style template (Hermes tool format), written from the published
+/// `tokenizer_config.json` of Qwen2.5-Instruct: tools in the system turn, calls as
+/// `<tool_call>` blocks with `arguments | tojson`, tool results as `<tool_response>` in a
+/// user turn. For tests that need a model that takes tools (the embedded default model
+/// with this template instead of its own).
+pub const HERMES_TOOLS_TEMPLATE: &str = r#"{%- if tools %}
+{{- '<|im_start|>system\n' }}
+{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}
+{{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}
+{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- for message in messages %}
+{%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+{%- elif message.role == "assistant" %}
+{{- '<|im_start|>' + message.role }}
+{%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+{%- for tool_call in message.tool_calls %}
+{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+{{- '\n<tool_call>\n{"name": "' }}{{- tool_call.name }}{{- '", "arguments": ' }}{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\n' }}
+{%- elif message.role == "tool" %}
+{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\n<tool_response>\n' }}{{- message.content }}{{- '\n</tool_response>' }}
+{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+"#;
 
 /// A prompt word that makes the request fail after its first generated token.
 pub const FAIL_WORD: &str = "__airlock_test_fail__";
@@ -217,6 +252,7 @@ impl Engine for TestEngine {
                 logprobs: false,
                 // Its echo can write any call, so it claims the Hermes format.
                 tools: Some(crate::ToolFormat::Hermes),
+                grammar: false,
             },
         }]
     }
@@ -236,6 +272,13 @@ impl Engine for TestEngine {
             return Err(EngineError::InvalidRequest {
                 param: "logprobs",
                 reason: "the test engine computes no logits, so it has no log-probabilities".into(),
+            });
+        }
+        if let Some(grammar) = &request.params.grammar {
+            // An echo cannot follow a grammar: refused rather than answered unconstrained.
+            return Err(EngineError::InvalidRequest {
+                param: grammar.param,
+                reason: "the test engine computes no logits, so it cannot follow a grammar".into(),
             });
         }
         let stop = StopMatcher::new(&request.params.stop)?;

@@ -533,6 +533,21 @@ impl TextTokenizer {
         self.decode_with(ids, true)
     }
 
+    /// Every token's bytes, special tokens as `0xFF` + their text: what a token trie for
+    /// constrained decoding is built from (`crate::constraint`). A `tokenizer.json` whose
+    /// decoder is neither byte-level nor byte-fallback cannot be mapped to bytes.
+    pub(crate) fn trie_bytes(&self) -> Result<Vec<Vec<u8>>, String> {
+        match &self.inner {
+            Backend::Hf(t) => {
+                let json = t.to_string(false).map_err(|e| e.to_string())?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| e.to_string())
+            }
+            Backend::Gguf(v) => Ok(v.trie_bytes()),
+        }
+    }
+
     pub(crate) fn decode_with(
         &self,
         ids: &[u32],
@@ -548,4 +563,4 @@ impl TextTokenizer {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

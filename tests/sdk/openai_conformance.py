@@ -370,14 +370,17 @@ TOOL_PROMPT = [{"role": "user", "content": '<tool_call>{"name":"get_weather","ar
 @check("tools: calls plain and streamed, or refused by name without the tools capability")
 def chat_tools(ctx: Ctx) -> str:
     err = sdk_error(
-        lambda: ctx.chat(tools=TOOLS, tool_choice="required", max_tokens=1), openai.BadRequestError, 400
+        lambda: ctx.chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}}),
+        openai.BadRequestError,
+        400,
     )
-    expect(err.param == "tool_choice", f"tool_choice=required: error.param is {err.param!r}")
+    expect(err.param == "tool_choice.function.name", f"unknown named tool: error.param is {err.param!r}")
     caps = (ctx.client.models.retrieve(ctx.model).model_extra or {}).get("capabilities", [])
     if "tools" not in caps:
-        err = sdk_error(lambda: ctx.chat(tools=TOOLS, max_tokens=1), openai.BadRequestError, 400)
-        expect(err.param == "tools", f"error.param is {err.param!r}, want 'tools'")
-        expect(ctx.model in err.message, f"the refusal does not name the model: {err.message!r}")
+        for choice in ("auto", "required"):
+            err = sdk_error(lambda: ctx.chat(tools=TOOLS, tool_choice=choice, max_tokens=1), openai.BadRequestError, 400)
+            expect(err.param == "tools", f"tool_choice={choice}: error.param is {err.param!r}, want 'tools'")
+            expect(ctx.model in err.message, f"the refusal does not name the model: {err.message!r}")
         return f"no tools capability: refused, param={err.param!r}"
     kw = dict(messages=TOOL_PROMPT, tools=TOOLS, max_tokens=64, temperature=0)
     # Not `check_chat_completion`: with calls, `content` is null, as OpenAI sends it.
@@ -403,6 +406,69 @@ def chat_tools(ctx: Ctx) -> str:
     got = [(e["name"], json.loads(e["arguments"])) for _, e in sorted(streamed.items())]
     expect(got == [(n, a) for _, n, a in calls], f"streamed calls {got} differ from {calls}")
     return f"{len(calls)} call(s): {calls[0][1]}({calls[0][2]})"
+
+
+# Every value of this schema is short, so even the random-weight dev model finishes it.
+STRUCTURED_PROMPT = [{"role": "user", "content": "Triage this ticket: the VPN is down for everyone."}]
+
+
+def triage_model():
+    from typing import Literal
+
+    import pydantic
+
+    class Triage(pydantic.BaseModel):
+        priority: Literal["low", "medium", "high"]
+        escalate: bool
+        team: int = pydantic.Field(ge=1, le=5)
+
+    return Triage
+
+
+@check("structured outputs: chat.completions.parse(response_format=<pydantic model>), json_schema streamed, json_object")
+def chat_structured(ctx: Ctx) -> str:
+    caps = (ctx.client.models.retrieve(ctx.model).model_extra or {}).get("capabilities", [])
+    if "structured_outputs" not in caps:
+        err = sdk_error(
+            lambda: ctx.chat(response_format={"type": "json_object"}, max_tokens=1), openai.BadRequestError, 400
+        )
+        expect(err.param == "response_format", f"error.param is {err.param!r}")
+        return "no structured_outputs capability: refused by name"
+    Triage = triage_model()
+    completions = ctx.client.chat.completions
+    parse = getattr(completions, "parse", None) or ctx.client.beta.chat.completions.parse
+    r = parse(model=ctx.model, messages=STRUCTURED_PROMPT, response_format=Triage, max_tokens=60, temperature=1, seed=3)
+    choice = r.choices[0]
+    expect(choice.finish_reason == "stop", f"finish_reason {choice.finish_reason!r}: {short(choice.message.content)}")
+    parsed = choice.message.parsed
+    expect(isinstance(parsed, Triage), f"parsed is {parsed!r}")
+    # The same schema by hand, streamed: the deltas join to a value the model validates.
+    schema = {"name": "triage", "strict": True, "schema": Triage.model_json_schema()}
+    schema["schema"]["additionalProperties"] = False
+    text = ""
+    for ch in ctx.chat(
+        messages=STRUCTURED_PROMPT,
+        response_format={"type": "json_schema", "json_schema": schema},
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+    ):
+        ch = strict(ChatCompletionChunk, ch)
+        if ch.choices and ch.choices[0].delta.content:
+            text += ch.choices[0].delta.content
+    Triage.model_validate_json(text)
+    # json_object: an object (when the model finishes within max_tokens).
+    r = ctx.chat(messages=STRUCTURED_PROMPT, response_format={"type": "json_object"}, max_tokens=40)
+    content = r.choices[0].message.content or ""
+    expect(content.startswith("{"), f"json_object answer {short(content)}")
+    if r.choices[0].finish_reason == "stop":
+        expect(isinstance(json.loads(content), dict), f"json_object answer {short(content)}")
+    # The Responses API's text.format, through responses.parse where the SDK has it.
+    resp = ctx.client.responses.parse(
+        model=ctx.model, input=STRUCTURED_PROMPT[0]["content"], text_format=Triage, max_output_tokens=60
+    )
+    expect(isinstance(resp.output_parsed, Triage), f"responses.parse output_parsed {resp.output_parsed!r}")
+    return f"parsed {parsed!r}; streamed {short(text)}"
 
 
 @check("responses.create plain and stream=True (text matches, events numbered)")

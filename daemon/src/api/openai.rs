@@ -75,6 +75,7 @@ pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
         (f.logprobs, "logprobs"),
         (f.tokenizer, "tokenize"),
         (f.tools.is_some(), "tools"),
+        (f.grammar, "structured_outputs"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))

@@ -167,6 +167,11 @@ fn responses(body: &[u8]) -> Result<Parsed, ApiError> {
     }
     parsed.route = Inference::Responses;
     parsed.prompt_param = "input";
+    if let Some(grammar) = &mut parsed.params.grammar
+        && grammar.param == "response_format"
+    {
+        grammar.param = "text.format";
+    }
     parsed.echo = Some(translated.echo);
     Ok(parsed)
 }
@@ -176,9 +181,13 @@ fn chat_value(value: Value) -> Result<Parsed, ApiError> {
     let fields: SamplingFields = from_value(&value)?;
     req.check_bounds()?;
     req.check_unsupported()?;
-    from_value::<Extras>(&value)?.check()?;
+    let mut extras = from_value::<Extras>(&value)?;
+    // Checked with the tools it refers to (`ChatRequest::grammar`).
+    extras.tool_choice = None;
+    extras.check()?;
     let mut params = fields.to_params(None)?;
     params.logprobs = logprobs::chat_request(req.logprobs, req.top_logprobs)?;
+    params.grammar = req.grammar()?;
     Ok(Parsed {
         route: Inference::Chat,
         prompt: req.prompt()?,

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_engine::{ChatMessage, FinishReason, Prompt, Usage};
+use airlock_engine::{ChatMessage, FinishReason, GrammarSpec, Prompt, SamplingParams, Usage};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -299,15 +299,17 @@ impl Trail {
         }
     }
 
-    /// The admission record, committed before the engine sees the request. `logprobs`:
-    /// the alternatives per token asked for when log-probabilities were (recorded as
-    /// `logprobs`; the values themselves never are).
+    /// The admission record, committed before the engine sees the request. From the
+    /// sampling parameters: the alternatives per token asked for when log-probabilities
+    /// were (`logprobs`; the values themselves never are) and the kind of grammar the
+    /// output must follow (`grammar`: `json_object`, `json_schema`, `tool_calls`) with a
+    /// keyed digest of its schema (`grammar_digest`).
     pub async fn admit(
         &self,
         tenant: &str,
         model: &str,
         prompt: &Prompt,
-        logprobs: Option<usize>,
+        params: &SamplingParams,
     ) -> Result<(), AuditError> {
         {
             let mut p = self.progress();
@@ -317,7 +319,33 @@ impl Trail {
         let mut record = self.record(Kind::Admit);
         record
             .set("decision", "allow")
-            .set("logprobs", logprobs.map(|n| n as u64));
+            .set("logprobs", params.logprobs.map(|n| n as u64));
+        if let Some(grammar) = &params.grammar {
+            let (kind, schema) = match &grammar.spec {
+                GrammarSpec::JsonObject => ("json_object", None),
+                GrammarSpec::JsonSchema(schema) => ("json_schema", Some(schema.clone())),
+                GrammarSpec::ToolCalls {
+                    functions,
+                    parallel,
+                    or_schema,
+                } => {
+                    let functions: Vec<Value> = functions
+                        .iter()
+                        .map(|f| json!({"name": f.name, "parameters": f.parameters}))
+                        .collect();
+                    let whole = json!({
+                        "functions": functions, "parallel": parallel, "or_schema": or_schema,
+                    });
+                    ("tool_calls", Some(whole))
+                }
+            };
+            record.set("grammar", kind);
+            if let Some(schema) = schema {
+                let mut bytes = Vec::new();
+                super::record::canonical(&schema, &mut bytes);
+                record.set("grammar_digest", self.binding.digest.digest(&bytes));
+            }
+        }
         let suppressed = self.binding.log.refusals().take_suppressed(&self.client);
         record.set(
             "suppressed_refusals",

@@ -109,7 +109,7 @@ pub fn open<B>(
 pub async fn admit(ctx: &RequestCtx, job: Job) -> Result<Admitted, AuditError> {
     if let Some(trail) = &ctx.trail {
         trail
-            .admit(ctx.tenant(), &job.model, &job.prompt, job.params.logprobs)
+            .admit(ctx.tenant(), &job.model, &job.prompt, &job.params)
             .await?;
     }
     Ok(Admitted { job })

@@ -912,6 +912,28 @@ impl GgufVocab {
         }
     }
 
+    /// Every token's bytes, as a token trie for constrained decoding takes them
+    /// (`crate::constraint`): a control or unknown token as the marker byte `0xFF` then its
+    /// text (it can be allowed or refused, never spelled), any other as it decodes.
+    pub(crate) fn trie_bytes(&self) -> Vec<Vec<u8>> {
+        self.tokens
+            .iter()
+            .enumerate()
+            .map(|(id, tok)| match tok.attr {
+                Attr::Control | Attr::Unknown => {
+                    let mut b = vec![0xFF];
+                    b.extend_from_slice(tok.text.as_bytes());
+                    b
+                }
+                _ => {
+                    let mut b = Vec::new();
+                    self.piece(id as u32, false, &mut b);
+                    b
+                }
+            })
+            .collect()
+    }
+
     /// The bytes one token stands for (llama.cpp's `token_to_piece`); control and unknown
     /// tokens only when `special`.
     fn piece(&self, id: u32, special: bool, out: &mut Vec<u8>) {

@@ -120,6 +120,14 @@ fn eos_ids_include_generation_config() {
 }
 
 /// The first fixture tokenizer with `source` as its chat template.
+/// Gives `tok` the chat template `source` (tests of what a template's format implies).
+pub(crate) fn set_template(tok: &mut TextTokenizer, source: &str) {
+    tok.chat = Some(
+        super::chat_env(source.to_owned(), std::path::Path::new("test"), "test")
+            .expect("template compiles"),
+    );
+}
+
 fn with_template(source: &str) -> TextTokenizer {
     let mut found = None;
     each_variant(|_, _, v| {
@@ -250,39 +258,6 @@ fn real_templates_render_many_messages_within_budget() {
     });
 }
 
-/// A Qwen2.5-style template (Hermes tool format), written from the published
-/// `tokenizer_config.json` of Qwen2.5-Instruct: tools in the system turn, calls as
-/// `<tool_call>` blocks with `arguments | tojson`, tool results as `<tool_response>` in a
-/// user turn.
-const QWEN25_STYLE: &str = r#"{%- if tools %}
-{{- '<|im_start|>system\n' }}
-{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}
-{{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}
-{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}
-{%- endif %}
-{%- for message in messages %}
-{%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
-{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
-{%- elif message.role == "assistant" %}
-{{- '<|im_start|>' + message.role }}
-{%- if message.content %}{{- '\n' + message.content }}{%- endif %}
-{%- for tool_call in message.tool_calls %}
-{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-{{- '\n<tool_call>\n{"name": "' }}{{- tool_call.name }}{{- '", "arguments": ' }}{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}
-{%- endfor %}
-{{- '<|im_end|>\n' }}
-{%- elif message.role == "tool" %}
-{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\n<tool_response>\n' }}{{- message.content }}{{- '\n</tool_response>' }}
-{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|im_end|>\n' }}{%- endif %}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
-"#;
-
 fn weather_tool() -> serde_json::Value {
     serde_json::json!({"type": "function", "function": {
         "name": "get_weather",
@@ -293,7 +268,7 @@ fn weather_tool() -> serde_json::Value {
 
 #[test]
 fn tools_and_calls_render_through_a_hermes_template() {
-    let tok = with_template(QWEN25_STYLE);
+    let tok = with_template(crate::test_engine::HERMES_TOOLS_TEMPLATE);
     assert_eq!(tok.tool_format(), Some(crate::ToolFormat::Hermes));
     let messages = vec![
         ChatMessage {
@@ -341,7 +316,10 @@ fn tools_and_calls_render_through_a_hermes_template() {
 #[test]
 fn tool_formats_follow_the_template_markers() {
     use crate::ToolFormat;
-    assert_eq!(super::tool_format(QWEN25_STYLE), Some(ToolFormat::Hermes));
+    assert_eq!(
+        super::tool_format(crate::test_engine::HERMES_TOOLS_TEMPLATE),
+        Some(ToolFormat::Hermes)
+    );
     assert_eq!(
         super::tool_format("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"),
         Some(ToolFormat::Mistral)

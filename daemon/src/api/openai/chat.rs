@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`: the request's own fields and their conversion to a
 //! [`Prompt::Chat`].
 
-use airlock_engine::{ChatMessage, ChatToolCall, Prompt};
+use airlock_engine::{ChatMessage, ChatToolCall, Grammar, GrammarSpec, Prompt, ToolFunction};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,7 +22,7 @@ pub const MAX_CONTENT_PARTS: usize = 256;
 pub const MAX_TOOLS: usize = 128;
 pub const MAX_TOOLS_BYTES: usize = 256 * 1024;
 
-/// Largest `response_format` (a JSON schema, once structured output arrives) as JSON.
+/// Largest `response_format` (its JSON schema is compiled per request) as JSON.
 pub const MAX_RESPONSE_FORMAT_BYTES: usize = 64 * 1024;
 
 /// The chat-specific fields; sampling fields are read separately (`SamplingFields`).
@@ -37,10 +37,11 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
     pub tools: Option<Value>,
-    /// `auto` (the default with tools) or `none`; `required` and a named function need
-    /// constrained decoding and are refused.
+    /// `auto` (the default with tools), `none`, `required` or a named function (the last
+    /// two decode under a grammar that only allows calls).
     pub tool_choice: Option<Value>,
-    /// Accepted: several calls in one answer are parsed whenever the model writes them.
+    /// `false`: a forced call is exactly one call. Free (`auto`) answers are parsed for
+    /// every call the model writes either way.
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
 }
@@ -137,36 +138,178 @@ impl ChatRequest {
     /// Refuses fields we cannot honour rather than answering as if they were absent.
     pub fn check_unsupported(&self) -> Result<(), ApiError> {
         self.check_tools()?;
-        if let Some(format) = &self.response_format {
-            let kind = format.get("type").and_then(Value::as_str);
-            if !matches!(kind, None | Some("text")) {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    "only response_format {\"type\": \"text\"} is supported",
-                ));
-            }
-        }
+        self.response_schema()?;
         Ok(())
+    }
+
+    /// `response_format`: `text` (or absent) → `None`; `json_object` → any object;
+    /// `json_schema` → its `schema` (`{}`, any JSON value, when it has none). The schema
+    /// is always enforced, `strict` or not: a grammar that holds only sometimes is no use
+    /// to a parser.
+    fn response_schema(&self) -> Result<Option<GrammarSpec>, ApiError> {
+        let Some(format) = self.response_format.as_ref().filter(|f| !f.is_null()) else {
+            return Ok(None);
+        };
+        if !format.is_object() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format must be an object",
+            ));
+        }
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(GrammarSpec::JsonObject)),
+            Some("json_schema") => {
+                let Some(spec) = format.get("json_schema").filter(|s| s.is_object()) else {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema",
+                        "a json_schema response format needs a `json_schema` object",
+                    ));
+                };
+                let name = spec.get("name").and_then(Value::as_str).unwrap_or_default();
+                if !valid_schema_name(name) {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.name",
+                        "name must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                    ));
+                }
+                match spec.get("schema") {
+                    None | Some(Value::Null) => Ok(Some(GrammarSpec::JsonSchema(Value::Object(
+                        serde_json::Map::new(),
+                    )))),
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                        Ok(Some(GrammarSpec::JsonSchema(schema.clone())))
+                    }
+                    Some(_) => Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "schema must be a JSON Schema object",
+                    )),
+                }
+            }
+            _ => Err(ApiError::invalid(
+                "response_format.type",
+                "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+            )),
+        }
+    }
+
+    /// The grammar the output follows, if any: a forced call (`tool_choice` `required` or
+    /// named) in the model's own tool-call format; a call or the `response_format` answer
+    /// (`auto` with tools and a schema); the `response_format` answer alone.
+    pub fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+        let answer = self.response_schema()?;
+        let parallel = self.parallel_tool_calls != Some(false);
+        let forced = match &self.tool_choice {
+            Some(Value::String(s)) if s == "required" => Some(self.tool_functions()),
+            Some(Value::Object(choice)) => {
+                let name = choice
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Some(
+                    self.tool_functions()
+                        .into_iter()
+                        .filter(|f| f.name == name)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        if let Some(functions) = forced {
+            return Ok(Some(Grammar {
+                param: "tool_choice",
+                spec: GrammarSpec::ToolCalls {
+                    functions,
+                    parallel,
+                    or_schema: None,
+                },
+            }));
+        }
+        let functions = self.tool_functions();
+        let grammar = |spec| Grammar {
+            param: "response_format",
+            spec,
+        };
+        Ok(match answer {
+            None => None,
+            Some(spec) if functions.is_empty() => Some(grammar(spec)),
+            Some(spec) => Some(grammar(GrammarSpec::ToolCalls {
+                functions,
+                parallel,
+                or_schema: Some(match spec {
+                    GrammarSpec::JsonSchema(schema) => schema,
+                    _ => serde_json::json!({"type": "object"}),
+                }),
+            })),
+        })
+    }
+
+    /// The offered tools as functions a forced call may name (a tool without
+    /// `parameters` takes an empty object).
+    fn tool_functions(&self) -> Vec<ToolFunction> {
+        self.offered_tools()
+            .iter()
+            .filter_map(|t| {
+                let name = t.pointer("/function/name").and_then(Value::as_str)?;
+                let parameters = t
+                    .pointer("/function/parameters")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+                Some(ToolFunction {
+                    name: name.to_owned(),
+                    parameters,
+                })
+            })
+            .collect()
     }
 
     /// `tools` are function definitions with a name; `tool_choice` is one we honour.
     fn check_tools(&self) -> Result<(), ApiError> {
+        let names: Vec<&str> = match &self.tools {
+            Some(Value::Array(tools)) => tools
+                .iter()
+                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+                .collect(),
+            _ => Vec::new(),
+        };
         match &self.tool_choice {
-            None => {}
+            None | Some(Value::Null) => {}
             Some(Value::String(s)) if s == "auto" || s == "none" => {}
             Some(Value::String(s)) if s == "required" => {
-                return Err(ApiError::unsupported(
-                    "tool_choice",
-                    "tool_choice \"required\" needs grammar-constrained decoding, which is \
-                     not supported yet; use \"auto\" or \"none\"",
-                ));
+                if names.is_empty() {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "tool_choice \"required\" needs at least one tool in `tools`",
+                    ));
+                }
             }
-            Some(Value::Object(_)) => {
-                return Err(ApiError::unsupported(
-                    "tool_choice",
-                    "a named tool_choice needs grammar-constrained decoding, which is not \
-                     supported yet; use \"auto\" or \"none\"",
-                ));
+            Some(Value::Object(choice)) => {
+                if choice.get("type").and_then(Value::as_str) != Some("function") {
+                    return Err(ApiError::invalid(
+                        "tool_choice.type",
+                        "a named tool_choice must have type \"function\"",
+                    ));
+                }
+                let name = choice
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str);
+                match name {
+                    Some(name) if names.contains(&name) => {}
+                    Some(name) => {
+                        return Err(ApiError::invalid(
+                            "tool_choice.function.name",
+                            format!("tool_choice names `{name}`, which is not in `tools`"),
+                        ));
+                    }
+                    None => {
+                        return Err(ApiError::invalid(
+                            "tool_choice.function.name",
+                            "a named tool_choice needs function.name",
+                        ));
+                    }
+                }
             }
             Some(_) => {
                 return Err(ApiError::invalid(
@@ -234,6 +377,14 @@ impl ChatRequest {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Prompt::Chat(messages, self.offered_tools()))
     }
+}
+
+/// OpenAI's rule for a response format's `name`.
+fn valid_schema_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn convert_message(i: usize, message: &RawMessage) -> Result<ChatMessage, ApiError> {

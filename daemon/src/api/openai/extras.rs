@@ -5,12 +5,12 @@
 //! Accepted and ignored: `user`, `metadata`, `store` (nothing is kept for later retrieval;
 //! the audit log is the record), `service_tier` (every request is served alike),
 //! `prediction` (a latency hint; the output is the same without it), `parallel_tool_calls`
-//! and `tool_choice` `none` or `auto` without tools (chat requests with tools check both in
+//! and `tool_choice` `none` or `auto` on completions (chat requests check both in
 //! `chat.rs`), `modalities: ["text"]`.
 //!
 //! Refused (400, naming the field): `logit_bias`, `tool_choice` `required` or a named
-//! function, `functions`/`function_call` (the deprecated tool API), `audio` and audio
-//! `modalities`, `web_search_options`, `reasoning_effort`.
+//! function outside chat, `functions`/`function_call` (the deprecated tool API), `audio`
+//! and audio `modalities`, `web_search_options`, `reasoning_effort`.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -76,8 +76,8 @@ impl Extras {
         if !choice_is_none_or_auto(self.tool_choice.as_ref()) {
             return Err(ApiError::unsupported(
                 "tool_choice",
-                "tool_choice \"required\" or a named function needs grammar-constrained \
-                 decoding, which is not supported yet; tool_choice may only be \"none\" or \"auto\"",
+                "tool_choice \"required\" or a named function applies to chat requests that \
+                 offer tools; here tool_choice may only be \"none\" or \"auto\"",
             ));
         }
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {

@@ -114,6 +114,8 @@ impl SamplingFields {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             // Set by the route (chat and completions name the field differently).
             logprobs: None,
+            // Set by the chat route (`response_format`, `tool_choice`).
+            grammar: None,
         })
     }
 }

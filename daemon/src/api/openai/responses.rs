@@ -50,9 +50,11 @@ pub fn to_chat(body: &Value) -> Result<Translated, ApiError> {
             | "top_p"
             | "user"
             | "metadata"
-            | "parallel_tool_calls"
-            | "tool_choice" => {
+            | "parallel_tool_calls" => {
                 chat.insert(key.clone(), value.clone());
+            }
+            "tool_choice" => {
+                chat.insert(key.clone(), chat_tool_choice(value));
             }
             "input" | "instructions" | "tools" | "text" | "max_output_tokens" => {}
             "previous_response_id" | "conversation" if value.is_null() => {}
@@ -84,7 +86,9 @@ pub fn to_chat(body: &Value) -> Result<Translated, ApiError> {
     if let Some(max) = req.get("max_output_tokens").filter(|v| !v.is_null()) {
         chat.insert("max_completion_tokens".into(), max.clone());
     }
-    check_text(req.get("text"))?;
+    if let Some(format) = text_format(req.get("text"))? {
+        chat.insert("response_format".into(), format);
+    }
     let mut messages = Vec::new();
     match req.get("instructions") {
         None | Some(Value::Null) => {}
@@ -135,6 +139,11 @@ fn responses_param(chat: &str) -> String {
     if chat == "max_completion_tokens" {
         return "max_output_tokens".into();
     }
+    if let Some(rest) = chat.strip_prefix("response_format") {
+        // `text.format` flattens `json_schema`'s fields into the format object.
+        let rest = rest.strip_prefix(".json_schema").unwrap_or(rest);
+        return format!("text.format{rest}");
+    }
     if chat.starts_with("messages") {
         // Item indexes shift with `instructions` and merged calls: the field as a whole.
         return "input".into();
@@ -147,33 +156,39 @@ fn responses_param(chat: &str) -> String {
     chat.to_owned()
 }
 
-/// `text`: only `{"format": {"type": "text"}}`.
-fn check_text(text: Option<&Value>) -> Result<(), ApiError> {
+/// `text`: `{"format": …}` with `type` `text`, `json_object` or `json_schema` (`name`,
+/// `schema`, `strict`, `description` beside `type`, as the Responses API flattens them):
+/// rewritten into the chat `response_format`, whose checks then apply (their refusals name
+/// `text.format`).
+fn text_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let Some(text) = text.filter(|t| !t.is_null()) else {
-        return Ok(());
+        return Ok(None);
     };
     let Value::Object(text) = text else {
         return Err(ApiError::invalid("text", "text must be an object"));
     };
+    let mut format = None;
     for (key, value) in text {
         match key.as_str() {
-            "format" => match value.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                _ if value.is_null() => {}
-                Some("json_schema" | "json_object") => {
-                    return Err(ApiError::unsupported(
-                        "text.format",
-                        "structured output needs grammar-constrained decoding, which is not \
-                         supported yet; only text.format {\"type\": \"text\"}",
-                    ));
-                }
-                _ => {
+            "format" if value.is_null() => {}
+            "format" => {
+                let Value::Object(f) = value else {
                     return Err(ApiError::invalid(
                         "text.format",
-                        "text.format must be {\"type\": \"text\"}",
+                        "text.format must be an object",
                     ));
-                }
-            },
+                };
+                format = Some(match f.get("type").and_then(Value::as_str) {
+                    Some("json_schema") => {
+                        let mut spec = f.clone();
+                        spec.remove("type");
+                        json!({"type": "json_schema", "json_schema": spec})
+                    }
+                    _ => value.clone(),
+                });
+            }
+            // OpenAI's output-length hint: no effect on what is allowed.
+            "verbosity" => {}
             _ if value.is_null() => {}
             other => {
                 return Err(ApiError::unsupported(
@@ -183,7 +198,19 @@ fn check_text(text: Option<&Value>) -> Result<(), ApiError> {
             }
         }
     }
-    Ok(())
+    Ok(format)
+}
+
+/// The Responses API's named `tool_choice` (`{"type": "function", "name": …}`) in the chat
+/// shape (`{"type": "function", "function": {"name": …}}`); other values as they are.
+fn chat_tool_choice(choice: &Value) -> Value {
+    match (
+        choice.get("type").and_then(Value::as_str),
+        choice.get("name"),
+    ) {
+        (Some("function"), Some(name)) => json!({"type": "function", "function": {"name": name}}),
+        _ => choice.clone(),
+    }
 }
 
 /// `input` (a string, or an array of items) as chat messages, after `instructions`.

@@ -1,0 +1,79 @@
+//! A real agent framework, unmodified: the OpenAI Agents SDK (`tests/agent/two_tools.py`,
+//! pinned in `tests/agent/requirements.txt`) runs a two-tool agent against the real daemon
+//! and the real engine. No tool-capable trained model can be fetched here, so the model is
+//! the embedded default one (random weights) given a Hermes (Qwen2.5-style) chat template
+//! with tools, and the agent asks with `tool_choice: "required"`: the grammar makes every
+//! answer a valid call of an offered tool with schema-valid arguments, the SDK runs it,
+//! sends the result back through the template, and finishes once both tools have run.
+//!
+//! Needs the Python named by `AIRLOCK_EXAMPLE_PYTHON` with `tests/agent/requirements.txt`
+//! installed (CI's example venv, `.ci/run`); without it the test prints a notice and
+//! passes, unless `AIRLOCK_REQUIRE_EXAMPLE_TEST=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Daemon, Pki, TestConfig};
+
+#[test]
+fn an_agents_sdk_two_tool_agent_completes_against_the_daemon() {
+    let Some(python) = std::env::var_os("AIRLOCK_EXAMPLE_PYTHON") else {
+        assert!(
+            std::env::var("AIRLOCK_REQUIRE_EXAMPLE_TEST").as_deref() != Ok("1"),
+            "AIRLOCK_REQUIRE_EXAMPLE_TEST=1 but AIRLOCK_EXAMPLE_PYTHON is not set"
+        );
+        eprintln!(
+            "SKIPPED agent_framework: set AIRLOCK_EXAMPLE_PYTHON (tests/agent/requirements.txt)"
+        );
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let pki = Pki::new(&["alice"]);
+    let model_dir = tempfile::tempdir().unwrap();
+    let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
+    // The default model with a tool-calling template (its own has none). The manifest no
+    // longer matches that file, so this test model is loaded with `verify = false`.
+    let config_path = path.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = airlock_engine::test_engine::HERMES_TOOLS_TEMPLATE.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"tiny-tools\"\npath = {:?}\ndevice = \"cpu\"\nverify = false\n",
+            path.to_str().unwrap()
+        ),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let (cert, key) = pki.client("alice");
+    let out = Command::new(&python)
+        .arg(root.join("tests/agent/two_tools.py"))
+        .args(["--base-url", &daemon.url("/v1")])
+        .args(["--model", "tiny-tools"])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("--cacert")
+        .arg(pki.ca())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env("OPENAI_AGENTS_DISABLE_TRACING", "1")
+        .output()
+        .expect("run the agent script's Python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the agent failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ndaemon:\n{}",
+        daemon.logs()
+    );
+    assert!(stdout.contains("call: lookup_rate("), "{stdout}");
+    assert!(stdout.contains("call: convert("), "{stdout}");
+    assert!(stdout.contains("done: "), "{stdout}");
+    eprintln!("{stdout}");
+}
