@@ -1,8 +1,8 @@
 //! A real agent framework, unmodified: the OpenAI Agents SDK (`tests/agent/two_tools.py`,
 //! pinned in `tests/agent/requirements.txt`) runs a two-tool agent against the real daemon
 //! and the real engine. No tool-capable trained model can be fetched here, so the model is
-//! the embedded default one (random weights) given a Hermes (Qwen2.5-style) chat template
-//! with tools, and the agent asks with `tool_choice: "required"`: the grammar makes every
+//! the embedded default one (random weights) given a compact Hermes-style chat template
+//! with tools ([`TEMPLATE`]), and the agent asks with `tool_choice: "required"`: the grammar makes every
 //! answer a valid call of an offered tool with schema-valid arguments, the SDK runs it,
 //! sends the result back through the template, and finishes once both tools have run.
 //!
@@ -17,6 +17,30 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Daemon, Pki, TestConfig};
+
+/// A compact Hermes-style template: the tools by name and the call format, calls and tool
+/// results rendered back in later turns. Short on purpose: the tiny model's 1k-token
+/// vocabulary spells most text byte by byte and its context is 2048 tokens, which a full
+/// Qwen2.5 template with the SDK's tool schemas would fill on the first turn.
+const TEMPLATE: &str = r#"{%- if tools %}<|start_header_id|>system<|end_header_id|>
+
+Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}
+Reply with <tool_call>{"name": …, "arguments": …}</tool_call><|eot_id|>{%- endif %}
+{%- for m in messages %}
+{%- if m.role == "assistant" and m.tool_calls %}<|start_header_id|>assistant<|end_header_id|>
+
+{% for c in m.tool_calls %}<tool_call>{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}<|eot_id|>
+{%- elif m.role == "tool" %}<|start_header_id|>user<|end_header_id|>
+
+<tool_response>{{ m.content }}</tool_response><|eot_id|>
+{%- else %}<|start_header_id|>{{ m.role }}<|end_header_id|>
+
+{{ m.content }}<|eot_id|>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}"#;
 
 #[test]
 fn an_agents_sdk_two_tool_agent_completes_against_the_daemon() {
@@ -39,7 +63,7 @@ fn an_agents_sdk_two_tool_agent_completes_against_the_daemon() {
     let config_path = path.join("tokenizer_config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["chat_template"] = airlock_engine::test_engine::HERMES_TOOLS_TEMPLATE.into();
+    config["chat_template"] = TEMPLATE.into();
     std::fs::write(&config_path, config.to_string()).unwrap();
     let cfg = TestConfig {
         models: format!(

@@ -206,9 +206,14 @@ async fn informational_fields_accepted_answer_changing_ones_refused() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "alpha beta");
 
+    // `tool_choice: required` with no tools is a contradiction, not an unsupported field.
+    let mut req = chat("alpha");
+    req["tool_choice"] = json!("required");
+    let (status, body) = post_json(&client, url.clone(), &req).await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_request_error", Some("tool_choice"), None);
     for (field, value) in [
         ("logit_bias", json!({"1": 5})),
-        ("tool_choice", json!("required")),
         ("reasoning_effort", json!("high")),
         ("modalities", json!(["text", "audio"])),
     ] {

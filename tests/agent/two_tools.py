@@ -2,8 +2,9 @@
 """A two-tool agent, written as any OpenAI Agents SDK user writes one, run against airlockd.
 
 The agent has two function tools and must call both before it is done: it asks the model
-with `tool_choice="required"` each turn (the SDK's `ModelSettings`), runs the call the model
-makes, sends the result back as a `tool` message, and finishes once both tools have run
+with `tool_choice="required"` (the SDK's `ModelSettings`), runs the call the model makes,
+sends the result back as a `tool` message, names the tool still missing as the next turn's
+`tool_choice` (an `AgentHooks.on_tool_end` hook), and finishes once both tools have run
 (`tool_use_behavior`). The model is reached through the SDK's Chat Completions model over
 mutual TLS. Tracing is off: nothing leaves the machine.
 
@@ -27,6 +28,7 @@ from pydantic import Field
 
 from agents import (
     Agent,
+    AgentHooks,
     ModelSettings,
     OpenAIChatCompletionsModel,
     RunContextWrapper,
@@ -53,9 +55,22 @@ def convert(amount: Annotated[int, Field(ge=1, le=1000)], rate: Literal["1.08", 
     return f"{amount * float(rate):.2f}"
 
 
+TOOLS = ("lookup_rate", "convert")
+
+
+def called() -> set[str]:
+    return {c.split("(")[0] for c in CALLS}
+
+
+class NameTheMissingTool(AgentHooks):
+    async def on_tool_end(self, context, agent, tool, result) -> None:
+        missing = [t for t in TOOLS if t not in called()]
+        if missing:
+            agent.model_settings = agent.model_settings.resolve(ModelSettings(tool_choice=missing[0]))
+
+
 def both_tools_ran(_ctx: RunContextWrapper, _results: list) -> ToolsToFinalOutputResult:
-    names = {c.split("(")[0] for c in CALLS}
-    done = names == {"lookup_rate", "convert"}
+    done = called() == set(TOOLS)
     return ToolsToFinalOutputResult(is_final_output=done, final_output="; ".join(CALLS) if done else None)
 
 
@@ -84,13 +99,14 @@ async def main() -> int:
             tool_choice="required",
             parallel_tool_calls=False,
             temperature=1.0,
-            max_tokens=80,
+            max_tokens=200,
             extra_args={"seed": args.seed},
         ),
         tool_use_behavior=both_tools_ran,
+        hooks=NameTheMissingTool(),
         reset_tool_choice=False,
     )
-    result = await Runner.run(agent, "How much is 250 EUR in USD?", max_turns=12)
+    result = await Runner.run(agent, "How much is 250 EUR in USD?", max_turns=4)
     for call in CALLS:
         print(f"call: {call}")
     print(f"done: {result.final_output} ({len(CALLS)} calls)")

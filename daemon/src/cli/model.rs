@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use airlock_engine::{DeviceChoice, GenerateOptions, GenerateReport, Prompt, Quantize};
+use airlock_engine::{
+    DeviceChoice, GenerateOptions, GenerateReport, Grammar, GrammarSpec, Prompt, Quantize,
+};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::exit::{EXIT_FAILURE, EXIT_USAGE, fail};
@@ -84,6 +86,13 @@ pub struct GenerateArgs {
     /// Print one JSON object: prompt_ids, generated_ids, text, timings, device.
     #[arg(long)]
     pub json: bool,
+    /// Constrain the output to JSON valid against the JSON Schema in FILE (structured
+    /// output, as `response_format: json_schema` does on the API).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_object")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the output to a JSON object (`response_format: json_object`).
+    #[arg(long)]
+    pub json_object: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -179,6 +188,25 @@ fn generate(args: GenerateArgs) -> ExitCode {
     opts.params.top_p = args.top_p;
     opts.params.seed = args.seed;
     opts.params.ignore_eos = args.ignore_eos;
+    opts.params.grammar = match (&args.json_schema, args.json_object) {
+        (Some(path), _) => {
+            let schema = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()));
+            match schema {
+                Ok(schema) => Some(Grammar {
+                    param: "--json-schema",
+                    spec: GrammarSpec::JsonSchema(schema),
+                }),
+                Err(e) => return fail(EXIT_USAGE, format!("{}: {e}", path.display())),
+            }
+        }
+        (None, true) => Some(Grammar {
+            param: "--json-object",
+            spec: GrammarSpec::JsonObject,
+        }),
+        (None, false) => None,
+    };
 
     let report = match airlock_engine::generate_once(&opts) {
         Ok(report) => report,

@@ -676,11 +676,79 @@ mod tests {
             json!("required"),
             json!({"type": "function", "function": {"name": "f"}}),
         ] {
-            assert_eq!(
-                check(json!({"model": "m", "messages": [], "tools": tools, "tool_choice": choice})),
-                Err(Some("tool_choice".into()))
-            );
+            let req = json!({"model": "m", "messages": [], "tools": tools, "tool_choice": choice});
+            assert!(check(req.clone()).is_ok());
+            let grammar = request(req).grammar().expect("valid").expect("a grammar");
+            assert_eq!(grammar.param, "tool_choice");
+            assert!(matches!(
+                grammar.spec,
+                GrammarSpec::ToolCalls { ref functions, parallel: true, or_schema: None }
+                    if functions.len() == 1 && functions[0].name == "f"
+            ));
         }
+        for (req, param) in [
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (
+                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+                "tool_choice.function.name",
+            ),
+            (
+                json!({"tools": tools, "tool_choice": {"type": "custom", "custom": {"name": "f"}}}),
+                "tool_choice.type",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 3}}}),
+                "response_format.json_schema.schema",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"response_format": {"type": "yaml"}}),
+                "response_format.type",
+            ),
+            (json!({"response_format": "json"}), "response_format"),
+        ] {
+            let mut body = json!({"model": "m", "messages": []});
+            for (k, v) in req.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            assert_eq!(check(body), Err(Some(param.into())), "{req}");
+        }
+        // A schema with tools under `auto`: a call or the answer.
+        let req = json!({"model": "m", "messages": [], "tools": tools, "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}});
+        let grammar = request(req).grammar().expect("valid").expect("a grammar");
+        assert_eq!(grammar.param, "response_format");
+        assert!(matches!(
+            grammar.spec,
+            GrammarSpec::ToolCalls {
+                parallel: false,
+                or_schema: Some(_),
+                ..
+            }
+        ));
+        // Without tools: the schema alone; json_object; text is none.
+        let with = |format: Value| {
+            request(json!({"model": "m", "messages": [], "response_format": format}))
+                .grammar()
+                .expect("valid")
+                .map(|g| g.spec)
+        };
+        assert_eq!(
+            with(json!({"type": "json_schema", "json_schema": {"name": "a"}})),
+            Some(GrammarSpec::JsonSchema(json!({})))
+        );
+        assert_eq!(
+            with(json!({"type": "json_object"})),
+            Some(GrammarSpec::JsonObject)
+        );
+        assert_eq!(with(json!({"type": "text"})), None);
         assert!(check(json!({"model": "m", "messages": [], "logprobs": true})).is_ok());
         assert!(
             check(json!({"model": "m", "messages": [], "response_format": {"type": "text"}}))

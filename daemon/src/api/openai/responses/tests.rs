@@ -91,6 +91,25 @@ fn tools_are_nested_under_function() {
 }
 
 #[test]
+fn text_format_becomes_response_format() {
+    let c = chat(json!({"model": "m", "input": "x", "text": {"format": {
+        "type": "json_schema", "name": "t", "strict": true, "schema": {"type": "object"}}}}));
+    assert_eq!(
+        c["response_format"],
+        json!({"type": "json_schema", "json_schema": {
+            "name": "t", "strict": true, "schema": {"type": "object"}}})
+    );
+    let c = chat(json!({"model": "m", "input": "x", "text": {"format": {"type": "json_object"}}}));
+    assert_eq!(c["response_format"], json!({"type": "json_object"}));
+    let c = chat(json!({"model": "m", "input": "x",
+        "tool_choice": {"type": "function", "name": "f"}}));
+    assert_eq!(
+        c["tool_choice"],
+        json!({"type": "function", "function": {"name": "f"}})
+    );
+}
+
+#[test]
 fn refusals_name_the_field() {
     let base = |extra: Value| {
         let mut body = json!({"model": "m", "input": "x"});
@@ -112,9 +131,22 @@ fn refusals_name_the_field() {
         Some("reasoning")
     );
     assert_eq!(
-        base(json!({"text": {"format": {"type": "json_schema", "schema": {}}}})).as_deref(),
+        base(json!({"text": {"verbosity": "low", "colour": "red"}})).as_deref(),
+        Some("text.colour")
+    );
+    assert_eq!(
+        base(json!({"text": {"format": "json"}})).as_deref(),
         Some("text.format")
     );
+    // The chat checks' refusals of the translated format name the Responses field.
+    for (chat, responses) in [
+        ("response_format.json_schema.name", "text.format.name"),
+        ("response_format.type", "text.format.type"),
+        ("response_format", "text.format"),
+    ] {
+        let renamed = rename_param(ApiError::invalid(chat, "x"));
+        assert_eq!(renamed.object().param.as_deref(), Some(responses));
+    }
     assert_eq!(
         base(json!({"tools": [{"type": "web_search"}]})).as_deref(),
         Some("tools[0].type")
