@@ -559,14 +559,35 @@ impl Worker {
         let elapsed = started.elapsed().as_secs_f64();
         match result {
             Ok(logits) => {
-                for ((&(i, n), logits), (tokens, _)) in plan.iter().zip(logits).zip(&inputs) {
+                for (&(i, n), (tokens, _)) in plan.iter().zip(&inputs) {
                     debug_assert_eq!(n, tokens.len());
-                    let a = &mut self.active[i];
-                    self.tenants.charge(&a.tenant, tokens.len());
-                    match a.seq.after_forward(&self.model, logits, elapsed) {
-                        Ok(events) => a.outbox.extend(events),
-                        Err(e) => a.fail(e),
+                    self.tenants.charge(&self.active[i].tenant, tokens.len());
+                }
+                // Sampling, grammar masks and detokenizing are per sequence: with several
+                // in the batch they run on the thread pool side by side (each over its own
+                // 100k-entry logits), not one after another on this thread.
+                let mut planned: Vec<(&mut Slot, Option<Vec<f32>>)> =
+                    Vec::with_capacity(plan.len());
+                let mut logits = logits.into_iter();
+                let mut next = plan.iter().peekable();
+                for (i, a) in self.active.iter_mut().enumerate() {
+                    if next.next_if(|(p, _)| *p == i).is_some() {
+                        planned.push((a, logits.next().flatten()));
                     }
+                }
+                let sample = |(a, logits): (&mut Slot, Option<Vec<f32>>)| match a.seq.after_forward(
+                    &self.model,
+                    logits,
+                    elapsed,
+                ) {
+                    Ok(events) => a.outbox.extend(events),
+                    Err(e) => a.fail(e),
+                };
+                if planned.len() > 1 {
+                    use rayon::iter::{IntoParallelIterator, ParallelIterator};
+                    planned.into_par_iter().for_each(sample);
+                } else {
+                    planned.into_iter().for_each(sample);
                 }
             }
             Err(e) => {
