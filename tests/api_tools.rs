@@ -318,3 +318,43 @@ async fn a_model_without_tool_support_refuses_tools_by_name() {
     let (status, body) = post(&client, &url, &req).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Output that begins a call but cannot be passed on (here: a tool that was not offered) is
+/// content with `finish_reason: "stop"`, and counted on `/metrics` by model and reason.
+#[tokio::test]
+async fn unparsed_calls_are_content_and_counted() {
+    let pki = Pki::new(&["alice"]);
+    let audit = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_audited(
+        &pki,
+        audit.path(),
+        &format!("{TENANTS}\n[admin]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    let client = daemon.client(&pki, "alice");
+    let output = r#"<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>"#;
+    let (status, body) = post(&client, &daemon.url("/v1/chat/completions"), &chat(output)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    assert!(
+        body["choices"][0]["message"]["tool_calls"].is_null(),
+        "{body}"
+    );
+    let metrics = common::http_client()
+        .get(format!("{}/metrics", daemon.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("airlock_tool_calls_unparsed_total{"))
+        .unwrap_or_else(|| panic!("no unparsed-call series:\n{metrics}"));
+    assert!(line.contains(&format!("model=\"{TEST_MODEL}\"")), "{line}");
+    assert!(
+        line.contains("reason=\"a call names a tool that was not offered\""),
+        "{line}"
+    );
+    assert!(line.ends_with(" 1"), "{line}");
+}

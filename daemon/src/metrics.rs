@@ -75,6 +75,12 @@ struct FilterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnparsedLabels {
+    model: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
     model: String,
     device: String,
@@ -122,6 +128,7 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     filter_actions: Family<FilterLabels, Counter>,
+    tool_calls_unparsed: Family<UnparsedLabels, Counter>,
     audit_commit: Histogram,
     audit_failures: Counter,
     engine_queued: Gauge,
@@ -163,6 +170,7 @@ impl Metrics {
             rate_limited: Family::default(),
             auth_failures: Family::default(),
             filter_actions: Family::default(),
+            tool_calls_unparsed: Family::default(),
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
             engine_queued: Gauge::default(),
@@ -236,6 +244,12 @@ impl Metrics {
             "airlock_filter_actions",
             "Prompt and output filter actions, by rule id and action (deny, redact)",
             self.filter_actions.clone(),
+        );
+        r.register(
+            "airlock_tool_calls_unparsed",
+            "Model outputs that began a tool call that could not be passed on (sent as \
+             content), by model and reason",
+            self.tool_calls_unparsed.clone(),
         );
         r.register(
             "airlock_audit_commit_duration_seconds",
@@ -443,6 +457,17 @@ impl Metrics {
                 action,
             })
             .inc_by(count);
+    }
+
+    /// A model output that began a tool call and was sent as content (`reason`: one of
+    /// the parser's fixed explanations).
+    pub fn tool_call_unparsed(&self, model: &str, reason: &'static str) {
+        self.tool_calls_unparsed
+            .get_or_create(&UnparsedLabels {
+                model: model.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// One audit commit (called on the writer thread). `head` is the chain head after a

@@ -259,6 +259,7 @@ async fn collect(
                 // redaction could break their JSON; the filter then sees content and
                 // arguments apart (`calls::filter`).
                 let mut answer = calls::split(
+                    finisher.labels.model(),
                     finisher.tool_format,
                     &finisher.tool_names,
                     text,
@@ -408,6 +409,7 @@ impl StreamState {
         };
         let mut out = splitter.push(&text);
         let answer = calls::split(
+            self.finisher.labels.model(),
             self.finisher.tool_format,
             &self.finisher.tool_names,
             splitter.finish(),

@@ -19,8 +19,10 @@ pub struct Answer {
 
 /// Splits `text` into content and calls when tools were offered (`format` set). Output
 /// that starts a call but is not one (not JSON, a tool not offered) is the content, as
-/// vLLM answers it; the reason is logged on the request's span (`tool_call_unparsed`).
+/// vLLM answers it; the reason is logged on the request's span (`tool_call_unparsed`) and
+/// counted (`airlock_tool_calls_unparsed`, by model and reason).
 pub fn split(
+    model: &str,
     format: Option<ToolFormat>,
     offered: &[String],
     text: String,
@@ -38,6 +40,7 @@ pub fn split(
             calls: Vec::new(),
         },
         Parsed::Malformed(why) => {
+            crate::metrics::global().tool_call_unparsed(model, why);
             span.in_scope(|| {
                 tracing::warn!(
                     tool_call_unparsed = why,
