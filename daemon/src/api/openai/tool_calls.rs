@@ -34,10 +34,15 @@ const HERMES_CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
 const MISTRAL_TAG: &str = "[TOOL_CALLS]";
 
-/// A fresh `call_…` id (unique per call, as OpenAI's).
-pub fn call_id() -> String {
+/// A fresh call id (unique per call, as OpenAI's): `call_…`, except for Mistral, whose chat
+/// templates accept only ids of exactly 9 letters and digits when the call is sent back in
+/// a later turn (they raise an exception on any other).
+pub fn call_id(format: ToolFormat) -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
-    format!("call_{}", &hex[..24])
+    match format {
+        ToolFormat::Mistral => hex[..9].to_owned(),
+        ToolFormat::Hermes | ToolFormat::Llama3Json => format!("call_{}", &hex[..24]),
+    }
 }
 
 /// Parses `text` as `format` writes calls; `offered` are the tool names the request gave.
@@ -58,7 +63,7 @@ pub fn parse(format: ToolFormat, text: &str, offered: &[String]) -> Parsed {
             return Parsed::Malformed("a call names a tool that was not offered");
         }
         calls.push(ToolCall {
-            id: call_id(),
+            id: call_id(format),
             name,
             arguments,
         });
