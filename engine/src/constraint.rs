@@ -261,11 +261,13 @@ impl Constraint {
         }
     }
 
-    /// Sets the logit of every token that cannot continue a valid output to −∞.
+    /// Sets the logit of every token that cannot continue a valid output to −∞. The
+    /// grammar is the client's: a panic in the library while following it fails this
+    /// sequence, never the engine thread that serves everyone.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), EngineError> {
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
+        let matcher = &mut self.matcher;
+        let allowed = std::panic::catch_unwind(AssertUnwindSafe(|| matcher.compute_mask_or_eos()))
+            .map_err(|_| self.failed("compute the next allowed tokens", "it panicked"))?
             .map_err(|e| self.failed("compute the next allowed tokens", e))?;
         let eos_ok = allowed.is_allowed(self.tok_eos);
         let mut any = false;
@@ -288,8 +290,9 @@ impl Constraint {
         if self.matcher.is_stopped() {
             return Ok(());
         }
-        self.matcher
-            .consume_token(id)
+        let matcher = &mut self.matcher;
+        std::panic::catch_unwind(AssertUnwindSafe(|| matcher.consume_token(id)))
+            .map_err(|_| self.failed("accept the sampled token", "it panicked"))?
             .map_err(|e| self.failed("accept the sampled token", e))
     }
 }

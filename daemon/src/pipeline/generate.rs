@@ -90,9 +90,23 @@ pub async fn submit(
         prompt: job.prompt,
         params: job.params,
     };
-    let generation = engine
-        .submit_prepared(request, prepared)
-        .map_err(|e| ApiError::engine(e, prompt_param))?;
+    // A grammar is compiled at submission (and a model's token trie built on its first
+    // one): milliseconds of CPU, tens for a large schema, so off the runtime's threads.
+    // Everything else about submitting is a few checks and a queue hand-off.
+    let generation = if request.params.grammar.is_some() {
+        let engine = Arc::clone(engine);
+        tokio::task::spawn_blocking(move || engine.submit_prepared(request, prepared))
+            .await
+            .map_err(|_| {
+                ApiError::engine(
+                    EngineError::Inference("submission panicked".into()),
+                    prompt_param,
+                )
+            })?
+    } else {
+        engine.submit_prepared(request, prepared)
+    }
+    .map_err(|e| ApiError::engine(e, prompt_param))?;
     Ok(Running {
         generation,
         prompt_param,
