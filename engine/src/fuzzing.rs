@@ -116,3 +116,57 @@ fn read_tensor(weights: &Weights, name: &str, shape: &[usize]) -> usize {
     }
     usize::from(weights.f32(name, shape).is_ok())
 }
+
+/// `grammar`: a client's JSON Schema (`response_format`) compiled against the embedded
+/// default model's tokenizer and followed for at most `picks.len()` tokens, each the
+/// `pick`-th (modulo) token the mask allows, as a model choosing anything allowed would.
+/// Returns the tokens followed. A panic in the grammar library surfaces as
+/// [`EngineError::InvalidRequest`] whose reason ends in "it panicked" (the engine turns it
+/// into the request's error); the target treats that as the bug it is.
+pub fn grammar(schema: serde_json::Value, picks: &[u8]) -> Result<usize, EngineError> {
+    use std::sync::OnceLock;
+
+    use crate::constraint::Grammars;
+    use crate::{Grammar, GrammarSpec};
+
+    static MODEL: OnceLock<Result<(TextTokenizer, Grammars, usize), String>> = OnceLock::new();
+    let (tokenizer, grammars, vocab) = MODEL
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("airlock-fuzz-grammar-{}", std::process::id()));
+            let path = crate::default_model::install(&dir).map_err(|e| e.to_string())?;
+            let config = ModelConfig::from_dir(&path).map_err(|e| e.to_string())?;
+            let tokenizer =
+                TextTokenizer::from_dir(&path, &config.eos_token_ids).map_err(|e| e.to_string())?;
+            Ok((
+                tokenizer,
+                Grammars::new(config.vocab_size),
+                config.vocab_size,
+            ))
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Inference(e.clone()))?;
+    let grammar = Grammar {
+        param: "response_format",
+        spec: GrammarSpec::JsonSchema(schema),
+    };
+    let mut constraint = grammars.compile(tokenizer, &grammar)?;
+    let eos = tokenizer.eos_ids();
+    let mut followed = 0;
+    for &pick in picks {
+        let mut logits = vec![0.0f32; *vocab];
+        constraint.mask(&mut logits)?;
+        let allowed: Vec<u32> = (0..*vocab as u32)
+            .filter(|&id| logits[id as usize].is_finite())
+            .collect();
+        let Some(&id) = allowed.get(usize::from(pick) % allowed.len().max(1)) else {
+            break;
+        };
+        if eos.contains(&id) {
+            break;
+        }
+        constraint.accept(id)?;
+        followed += 1;
+    }
+    Ok(followed)
+}

@@ -12,6 +12,7 @@
 //! | `xfcc` | Envoy XFCC / URL-escaped PEM / `X-Forwarded-For` from a trusted proxy |
 //! | `stream_filter` | the streaming output filter: any chunking gives the one-chunk result |
 //! | `audit_verify` | the audit verifier on corrupted SQLite files and tampered rows |
+//! | `grammar` | a `response_format` JSON Schema compiled and followed token by token |
 //!
 //! A target returns normally for every input (errors are expected outcomes) and panics only
 //! on a bug: a panic in the code under test, or a broken invariant the target checks. The
@@ -22,6 +23,7 @@ mod api_key;
 mod audit_verify;
 mod chat_template;
 mod gguf;
+mod grammar;
 mod jwt;
 mod openai_request;
 pub mod seeds;
@@ -77,6 +79,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "audit_verify",
         run: audit_verify::run,
+    },
+    Target {
+        name: "grammar",
+        run: grammar::run,
     },
 ];
 

@@ -28,6 +28,7 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     add("xfcc", crate::xfcc::seeds());
     add("stream_filter", crate::stream_filter::seeds());
     add("audit_verify", crate::audit_verify::seeds());
+    add("grammar", crate::grammar::seeds());
     out
 }
 

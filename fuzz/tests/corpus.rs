@@ -68,6 +68,7 @@ corpus_tests!(
     api_key,
     xfcc,
     stream_filter,
+    grammar,
     audit_verify,
 );
 
