@@ -36,7 +36,8 @@ const EVENT_BUFFER: usize = 64;
 
 /// What a model's queue carries.
 enum Work {
-    Generate(Job),
+    /// Boxed: a generation job carries its compiled stop matcher and grammar.
+    Generate(Box<Job>),
     Embed(EmbedJob),
 }
 
@@ -343,7 +344,8 @@ impl Worker {
             self.counters
                 .kv_cache_bytes
                 .store(self.pool.bytes_in_use(), Ordering::Relaxed);
-            if !progressed && !(self.active.is_empty() && self.embeds.is_empty()) {
+            let busy = !self.active.is_empty() || !self.embeds.is_empty();
+            if !progressed && busy {
                 // Every sequence waits on a slow reader: do not spin.
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -369,7 +371,7 @@ impl Worker {
 
     fn enqueue(&mut self, work: Work) {
         let job = match work {
-            Work::Generate(job) => job,
+            Work::Generate(job) => *job,
             Work::Embed(job) => return self.embeds.push(job),
         };
         let mut seq = Sequence::new(
@@ -775,7 +777,7 @@ impl Engine for BurnEngine {
             sender,
             submitted: Instant::now(),
         };
-        match queue.try_send(Work::Generate(job)) {
+        match queue.try_send(Work::Generate(Box::new(job))) {
             Ok(()) => Ok(generation),
             Err(e) => {
                 m.counters.queued.fetch_sub(1, Ordering::Relaxed);
