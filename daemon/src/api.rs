@@ -6,6 +6,7 @@
 //! request path's phases in [`crate::pipeline`], which calls into this module.
 
 pub mod body;
+pub mod embeddings;
 pub mod endpoints;
 pub mod error;
 #[cfg(feature = "fuzzing")]

@@ -37,6 +37,9 @@ const DEV_KEY_DB: &str = "keys.db";
 /// The model name `dev` serves.
 pub const DEV_MODEL: &str = airlock_engine::default_model::NAME;
 
+/// The name `dev` serves embeddings under: the same embedded files, mean-pooled.
+pub const DEV_EMBED_MODEL: &str = "airlock-tiny-embed";
+
 /// Prepares `dir` and returns the config file path.
 pub fn prepare(dir: &Path, port: u16) -> Result<PathBuf, DevError> {
     std::fs::create_dir_all(dir).map_err(|source| DevError::Io {
@@ -115,6 +118,14 @@ fn config_text(pki: &Path, model: &Path, audit: &Path, port: u16) -> String {
          path = {model}\n\
          # The built-in model is tiny: the CPU backend is fast enough and probes no GPU.\n\
          device = \"cpu\"\n\n\
+         # The same tiny model again, serving /v1/embeddings (mean-pooled final hidden\n\
+         # states; a toy space, for trying the API, not for retrieval).\n\
+         [[models]]\n\
+         name = \"{DEV_EMBED_MODEL}\"\n\
+         path = {model}\n\
+         device = \"cpu\"\n\
+         pooling = \"mean\"\n\
+         max_active = 2\n\n\
          # Tenant `demo`: its client certificate alone identifies it (curl), and SDKs that\n\
          # must send an API key use the one in {DEV_KEY_FILE} (`airlockd keys list --config`).\n\
          [auth]\n\

@@ -7,8 +7,10 @@
 //!
 //! ```text
 //! route → authn → info routes → tenant slot → server slot → body → parse
-//!       → tenant → tools → prompt_filter → limits → audit (admit) → generate → finish
-//!                                                        ↘ tokenize (tokenizer routes)
+//!       → tenant → tools → prompt_filter → (embed prepare) → limits → audit (admit)
+//!       → generate → finish
+//!         ↘ tokenize (tokenizer routes)
+//!         ↘ embed (embeddings)
 //! ```
 //!
 //! Everything a phase learns about the request travels in one [`RequestCtx`], passed
@@ -20,6 +22,7 @@
 pub mod audit;
 pub mod authn;
 mod ctx;
+pub mod embed;
 pub mod finish;
 pub mod generate;
 pub mod limits;
@@ -137,6 +140,7 @@ where
         Route::Generate => Inference::Generate,
         Route::Tokenize => Inference::Tokenize,
         Route::Detokenize => Inference::Detokenize,
+        Route::Embeddings => Inference::Embeddings,
     };
     // tenant slot: a tenant at its `max_concurrent` (say, with slow uploads in flight) is
     // refused here and never takes one of the server's slots, which all tenants share.
@@ -164,6 +168,11 @@ where
     // prompt_filter: before the count, since redaction changes the prompt: the cap and the
     // reservation must measure exactly what audit admit and the engine will see.
     prompt_filter::apply(ctx.policy(), ctx.trail.as_deref(), &mut job)?;
+    // embed prepare: embedding inputs are tokenized after redaction and before the limits,
+    // which charge their tokens like a prompt's.
+    if shape.route == Inference::Embeddings {
+        embed::prepare(&app.engine, &app.models, shape.embed, &mut job).await?;
+    }
     // limits: the prompt's token count, the tenant's prompt cap, then the rate limits and
     // the token reservation (which takes over the tenant slot).
     let admission = limits::reserve(&app.engine, ctx.policy(), occupancy, &mut job).await?;
@@ -174,6 +183,10 @@ where
     // and audited like a generation; nothing is generated, so no slot is held for one).
     if shape.route.is_tokenizer() {
         return tokenize::respond(&app.engine, &app.models, ctx, admitted, shape.tokenize).await;
+    }
+    // embed: the model runs the inputs; the vectors are the answer.
+    if shape.route == Inference::Embeddings {
+        return embed::respond(&app.engine, ctx, admitted, admission, shape.embed).await;
     }
     // generate: submit (only with the receipt); the stream or the whole completion follows.
     let generation = generate::submit(&app.engine, ctx, admitted).await?;

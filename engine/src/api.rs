@@ -9,8 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::EngineError;
 
@@ -27,6 +27,9 @@ pub struct ModelInfo {
     pub device: String,
     /// What the model serves beyond text completion.
     pub features: ModelFeatures,
+    /// The length of its embedding vectors (its hidden size) when it serves embeddings
+    /// ([`ModelFeatures::embeddings`]); `None` otherwise.
+    pub embedding_size: Option<usize>,
 }
 
 /// What a model serves beyond text completion, for `/v1/models` (clients pick a model by
@@ -45,6 +48,101 @@ pub struct ModelFeatures {
     /// It decodes under a grammar ([`SamplingParams::grammar`]): structured outputs and
     /// forced tool calls.
     pub grammar: bool,
+    /// It answers [`Engine::embed`], pooling its final hidden states this way (`None`: it
+    /// serves no embeddings).
+    pub embeddings: Option<Pooling>,
+}
+
+/// How an embedding is pooled from a decoder's final hidden states (after the final norm,
+/// before the LM head), then L2-normalized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The last token's state (Qwen3-Embedding, E5-Mistral: a causal model's last position
+    /// has seen the whole input).
+    Last,
+    /// The mean over every position.
+    Mean,
+}
+
+impl Pooling {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Last => "last",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
+/// A request for embeddings: each input's token ids, pooled into one vector each.
+#[derive(Clone, Debug)]
+pub struct EmbedRequest {
+    /// Correlates engine logs with the gateway's request id.
+    pub request_id: String,
+    /// A model id from [`Engine::models`] whose features include embeddings.
+    pub model: String,
+    /// The inputs: text (tokenized as a text prompt is) or token ids; none empty, each
+    /// within the model's context. Chat prompts are refused.
+    pub inputs: Vec<Prompt>,
+}
+
+/// The answer to an [`EmbedRequest`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    /// One L2-normalized vector per input, in input order, each
+    /// [`ModelInfo::embedding_size`] long.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens run through the model, all inputs together.
+    pub prompt_tokens: usize,
+}
+
+/// The receiving end of one embedding request. Dropping it cancels the request (the engine
+/// stops before its next forward pass for it).
+#[derive(Debug)]
+pub struct PendingEmbeddings {
+    answer: oneshot::Receiver<Result<Embeddings, EngineError>>,
+}
+
+/// The engine's end of one embedding request.
+#[derive(Debug)]
+pub struct EmbeddingsSender {
+    answer: oneshot::Sender<Result<Embeddings, EngineError>>,
+}
+
+impl PendingEmbeddings {
+    /// A handle and the sender an engine answers through.
+    pub fn channel() -> (EmbeddingsSender, PendingEmbeddings) {
+        let (tx, rx) = oneshot::channel();
+        (
+            EmbeddingsSender { answer: tx },
+            PendingEmbeddings { answer: rx },
+        )
+    }
+
+    /// The answer; [`EngineError::Unavailable`] when the engine dropped the request.
+    pub async fn wait(self) -> Result<Embeddings, EngineError> {
+        self.answer.await.unwrap_or(Err(EngineError::Unavailable))
+    }
+
+    /// The answer, blocking the calling thread (tests, CLI; never on a runtime).
+    pub fn blocking_wait(self) -> Result<Embeddings, EngineError> {
+        self.answer
+            .blocking_recv()
+            .unwrap_or(Err(EngineError::Unavailable))
+    }
+}
+
+impl EmbeddingsSender {
+    /// Answers the request (ignored when its handle is gone).
+    pub fn send(self, answer: Result<Embeddings, EngineError>) {
+        let _ = self.answer.send(answer);
+    }
+
+    /// True once the handle was dropped: the engine must then drop the request.
+    pub fn is_cancelled(&self) -> bool {
+        self.answer.is_closed()
+    }
 }
 
 /// How a model writes tool calls, decided from its chat template (the markers it teaches
@@ -471,6 +569,14 @@ fn no_tokenizer(model: &str) -> EngineError {
     }
 }
 
+/// The refusal of an embedding request to a model that serves none.
+pub fn no_embeddings(model: &str) -> EngineError {
+    EngineError::InvalidRequest {
+        param: "model",
+        reason: format!("model `{model}` does not serve embeddings"),
+    }
+}
+
 /// An inference engine as the gateway sees it.
 pub trait Engine: Send + Sync + 'static {
     /// The models this engine serves.
@@ -530,6 +636,14 @@ pub trait Engine: Send + Sync + 'static {
     fn detokenize(&self, model: &str, ids: &[u32]) -> Result<String, EngineError> {
         let _ = ids;
         Err(no_tokenizer(model))
+    }
+
+    /// Queues an embedding request for a model that serves embeddings
+    /// ([`ModelFeatures::embeddings`]): it runs on the model's inference thread, between
+    /// generation steps. Fails at once like [`Engine::submit`] (queue full, unknown model,
+    /// an input beyond the context). The default: this engine serves no embeddings.
+    fn embed(&self, request: EmbedRequest) -> Result<PendingEmbeddings, EngineError> {
+        Err(no_embeddings(&request.model))
     }
 
     /// Current queue and cache figures.

@@ -18,20 +18,28 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::embed::{Budget, EmbedJob, EmbedQueue, pooling_from_dir};
 use crate::kv::BlockPool;
 use crate::loader::{Integrity, LoadedModel, load_dir};
-use crate::models::BatchItem;
+use crate::models::{BatchItem, Want};
 use crate::sampling::validate;
 use crate::scheduler::TenantQueues;
 use crate::sequence::Sequence;
 use crate::tokenizer::TextTokenizer;
 use crate::{
-    Engine, EngineError, EngineStatus, GenerateRequest, Generation, GenerationSender, ModelInfo,
-    ModelSpec, Prepared, Prompt, TokenEvent,
+    EmbedRequest, Engine, EngineError, EngineStatus, GenerateRequest, Generation, GenerationSender,
+    ModelInfo, ModelSpec, PendingEmbeddings, Pooling, Prepared, Prompt, TokenEvent,
 };
 
 /// Events buffered per request before the engine pauses that sequence.
 const EVENT_BUFFER: usize = 64;
+
+/// What a model's queue carries.
+enum Work {
+    /// Boxed: a generation job carries its compiled stop matcher and grammar.
+    Generate(Box<Job>),
+    Embed(EmbedJob),
+}
 
 struct Job {
     request_id: String,
@@ -62,7 +70,7 @@ struct ModelHandle {
     /// Cache positions the KV budget holds: a request needing more is refused at submission.
     kv_positions: usize,
     kv_budget_bytes: usize,
-    queue: Option<SyncSender<Job>>,
+    queue: Option<SyncSender<Work>>,
     max_queue: usize,
     counters: Arc<Counters>,
     shutdown: Arc<AtomicBool>,
@@ -107,7 +115,8 @@ impl BurnEngine {
 }
 
 fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
-    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<Job>(spec.max_queue.max(1));
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<Work>(spec.max_queue.max(1));
+    let pooling = resolve_pooling(spec)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let counters = Arc::new(Counters::default());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -150,7 +159,9 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                     // Decided for certain on the first constrained request (the token trie);
                     // a model without an end-of-sequence token could never end its output.
                     grammar: !model.tokenizer.eos_ids().is_empty(),
+                    embeddings: pooling,
                 },
+                embedding_size: pooling.map(|_| model.model.hidden_size()),
             };
             let vocab = model.model.config.vocab_size;
             let per_position = model.model.kv_bytes_per_token();
@@ -179,6 +190,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 },
                 pool,
                 tenants: TenantQueues::default(),
+                embeds: EmbedQueue::new(pooling.unwrap_or(Pooling::Last)),
                 active: Vec::new(),
                 admissions: 0,
             };
@@ -215,6 +227,28 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
         shutdown,
         thread: Some(thread),
     })
+}
+
+/// The pooling a model serves embeddings with (`None`: it serves none): the directory's
+/// `1_Pooling/config.json`, else the spec's `pooling`, else `last`; on when either is
+/// present unless `embeddings = false`, or when `embeddings = true`.
+fn resolve_pooling(spec: &ModelSpec) -> Result<Option<Pooling>, EngineError> {
+    let declared = pooling_from_dir(&spec.path)?;
+    if let (Some(dir), Some(set)) = (declared, spec.pooling)
+        && dir != set
+    {
+        return Err(EngineError::Load {
+            path: spec.path.join("1_Pooling").join("config.json"),
+            reason: format!(
+                "declares `{}` pooling; the model's `pooling = \"{}\"` contradicts it",
+                dir.name(),
+                set.name()
+            ),
+        });
+    }
+    let pooling = declared.or(spec.pooling);
+    let on = spec.embeddings.unwrap_or(pooling.is_some());
+    Ok(on.then(|| pooling.unwrap_or(Pooling::Last)))
 }
 
 /// A request's sequence and delivery state, waiting in its tenant's queue or running.
@@ -265,12 +299,14 @@ struct Limits {
 
 struct Worker {
     model: LoadedModel,
-    queue: Receiver<Job>,
+    queue: Receiver<Work>,
     counters: Arc<Counters>,
     shutdown: Arc<AtomicBool>,
     limits: Limits,
     pool: BlockPool,
     tenants: TenantQueues<Slot>,
+    /// Embedding requests, run one pass between two generation steps.
+    embeds: EmbedQueue,
     /// Running sequences, in admission order.
     active: Vec<Slot>,
     admissions: u64,
@@ -286,6 +322,7 @@ impl Worker {
                         .sender
                         .try_send(TokenEvent::Failed(EngineError::Unavailable));
                 }
+                self.embeds.fail_all(&EngineError::Unavailable);
                 return;
             }
             if !self.receive() {
@@ -295,8 +332,11 @@ impl Worker {
             self.counters
                 .queued
                 .fetch_sub(gone.len(), Ordering::Relaxed);
+            let gone = self.embeds.drop_cancelled(&mut self.pool);
+            self.counters.queued.fetch_sub(gone, Ordering::Relaxed);
             self.admit();
-            let progressed = self.step();
+            let mut progressed = self.step();
+            progressed |= self.embed_step();
             self.retire();
             self.counters
                 .active
@@ -304,7 +344,8 @@ impl Worker {
             self.counters
                 .kv_cache_bytes
                 .store(self.pool.bytes_in_use(), Ordering::Relaxed);
-            if !progressed && !self.active.is_empty() {
+            let busy = !self.active.is_empty() || !self.embeds.is_empty();
+            if !progressed && busy {
                 // Every sequence waits on a slow reader: do not spin.
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -314,21 +355,25 @@ impl Worker {
     /// Moves submitted jobs into their tenants' queues, waiting a little when there is
     /// nothing to do. Returns `false` once the engine is gone.
     fn receive(&mut self) -> bool {
-        let idle = self.active.is_empty() && self.tenants.waiting() == 0;
+        let idle = self.active.is_empty() && self.tenants.waiting() == 0 && self.embeds.is_empty();
         if idle {
             match self.queue.recv_timeout(Duration::from_millis(200)) {
-                Ok(job) => self.enqueue(job),
+                Ok(work) => self.enqueue(work),
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
         }
-        while let Ok(job) = self.queue.try_recv() {
-            self.enqueue(job);
+        while let Ok(work) = self.queue.try_recv() {
+            self.enqueue(work);
         }
         true
     }
 
-    fn enqueue(&mut self, job: Job) {
+    fn enqueue(&mut self, work: Work) {
+        let job = match work {
+            Work::Generate(job) => *job,
+            Work::Embed(job) => return self.embeds.push(job),
+        };
         let mut seq = Sequence::new(
             &self.model,
             job.prompt,
@@ -547,7 +592,7 @@ impl Worker {
                 items.push(BatchItem {
                     tokens,
                     cache: a.seq.cache_mut(),
-                    want_logits: *want,
+                    want: if *want { Want::Logits } else { Want::Nothing },
                 });
             }
         }
@@ -600,6 +645,22 @@ impl Worker {
             self.active[i].flush();
         }
         true
+    }
+
+    /// One embedding pass, within the same chunk size and token budget as a generation
+    /// step. Returns whether one ran. A finished request leaves the queue count.
+    fn embed_step(&mut self) -> bool {
+        let budget = Budget {
+            chunk: self.limits.prefill_chunk,
+            tokens: self.limits.max_batch_tokens,
+        };
+        match self.embeds.step(&self.model.model, &mut self.pool, &budget) {
+            None => false,
+            Some(finished) => {
+                self.counters.queued.fetch_sub(finished, Ordering::Relaxed);
+                true
+            }
+        }
     }
 
     /// Drops cancelled sequences and finished ones whose events are delivered; a finished
@@ -737,8 +798,78 @@ impl Engine for BurnEngine {
             sender,
             submitted: Instant::now(),
         };
-        match queue.try_send(job) {
+        match queue.try_send(Work::Generate(Box::new(job))) {
             Ok(()) => Ok(generation),
+            Err(e) => {
+                m.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => EngineError::QueueFull {
+                        capacity: m.max_queue,
+                    },
+                    TrySendError::Disconnected(_) => EngineError::Unavailable,
+                })
+            }
+        }
+    }
+
+    fn embed(&self, request: EmbedRequest) -> Result<PendingEmbeddings, EngineError> {
+        let m = self.model(&request.model)?;
+        if m.info.features.embeddings.is_none() {
+            return Err(crate::api::no_embeddings(&request.model));
+        }
+        // Tokenized here, on the caller's thread (the gateway sends ids it already has).
+        let mut inputs = Vec::with_capacity(request.inputs.len());
+        for (i, input) in request.inputs.iter().enumerate() {
+            let refuse = |reason: String| EngineError::InvalidRequest {
+                param: "input",
+                reason: format!("input[{i}]: {reason}"),
+            };
+            let ids = match input {
+                Prompt::Chat(..) => return Err(refuse("chat messages cannot be embedded".into())),
+                Prompt::TokenIds(ids) => ids.clone(),
+                text => m.tokenizer.encode_prompt(text)?,
+            };
+            if ids.is_empty() {
+                return Err(refuse("an input has at least one token".into()));
+            }
+            if ids.len() > m.info.context_length {
+                return Err(refuse(format!(
+                    "{} tokens; this model's maximum context length is {} tokens",
+                    ids.len(),
+                    m.info.context_length
+                )));
+            }
+            if ids.len() > m.kv_positions {
+                return Err(EngineError::KvBudget {
+                    budget_tokens: m.kv_positions,
+                    budget_bytes: m.kv_budget_bytes,
+                    prompt_tokens: ids.len(),
+                    max_tokens: 0,
+                });
+            }
+            check_vocab(m, &ids)?;
+            inputs.push(ids);
+        }
+        let queue = m.queue.as_ref().ok_or(EngineError::Unavailable)?;
+        if m.counters
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < m.max_queue.max(1)).then_some(q + 1)
+            })
+            .is_err()
+        {
+            return Err(EngineError::QueueFull {
+                capacity: m.max_queue,
+            });
+        }
+        let (sender, pending) = PendingEmbeddings::channel();
+        let job = EmbedJob {
+            request_id: request.request_id,
+            inputs,
+            sender,
+        };
+        match queue.try_send(Work::Embed(job)) {
+            Ok(()) => Ok(pending),
             Err(e) => {
                 m.counters.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {

@@ -10,6 +10,7 @@ mod constraint;
 pub mod default_model;
 mod detok;
 mod device;
+mod embed;
 mod engine;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -40,10 +41,11 @@ mod weights;
 use models::config as hf_config;
 
 pub use api::{
-    CancelToken, ChatMessage, ChatToolCall, ChatTools, Engine, EngineStatus, FinishReason,
-    GenerateRequest, Generation, GenerationSender, GenerationTimings, Grammar, GrammarSpec,
-    MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ModelFeatures, ModelInfo, Prepared,
-    Prompt, SamplingParams, TokenEvent, TokenLogprob, ToolFormat, ToolFunction, TopLogprob, Usage,
+    CancelToken, ChatMessage, ChatToolCall, ChatTools, EmbedRequest, Embeddings, EmbeddingsSender,
+    Engine, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
+    GenerationTimings, Grammar, GrammarSpec, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
+    ModelFeatures, ModelInfo, PendingEmbeddings, Pooling, Prepared, Prompt, SamplingParams,
+    TokenEvent, TokenLogprob, ToolFormat, ToolFunction, TopLogprob, Usage,
 };
 pub use device::gpu_available;
 pub use engine::BurnEngine;

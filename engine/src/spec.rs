@@ -46,6 +46,13 @@ pub struct ModelSpec {
     /// Quantize the projection weights (LM head included) to 8- or 4-bit blocks at load
     /// (CPU device only; `None`: keep the file's precision).
     pub quantize: Option<Quantize>,
+    /// How embeddings are pooled when the directory has no `1_Pooling/config.json` (which
+    /// wins; a contradicting setting is refused). `None`: `last`.
+    pub pooling: Option<crate::Pooling>,
+    /// Whether the model serves embeddings (`None`: when its directory has
+    /// `1_Pooling/config.json` or `pooling` is set). A chat model's hidden states are no
+    /// trained embedding space, so it serves none unless the operator says so.
+    pub embeddings: Option<bool>,
 }
 
 impl ModelSpec {
@@ -69,6 +76,8 @@ impl ModelSpec {
             max_batch_tokens: Self::DEFAULT_MAX_BATCH_TOKENS,
             kv_cache_bytes: None,
             quantize: None,
+            pooling: None,
+            embeddings: None,
         }
     }
 }

@@ -23,6 +23,11 @@
 //!   tool calls): there are no logits to mask.
 //! * **Failures**: a prompt containing the word [`FAIL_WORD`] is accepted, then fails with
 //!   [`EngineError::Inference`] after its first generated token (to test mid-stream errors).
+//! * **Embeddings** (`Engine::embed`): each input's vector is [`TEST_EMBEDDING_SIZE`]
+//!   numbers drawn from a generator seeded with a hash of its tokens (words, or ids), then
+//!   L2-normalized: the same input always gives the same vector, different inputs
+//!   (almost surely) different ones. No model meaning whatsoever; it is answered at once,
+//!   on the caller's thread. Pooling is reported as `last`.
 //! * **Timing**: each token takes `token_delay` (so a test can hold a stream open).
 //! * **Capacity**: `max_active` worker threads decode one request each; up to `max_queue`
 //!   more wait; beyond that `submit` answers [`EngineError::QueueFull`].
@@ -37,8 +42,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::detok::{StopMatcher, StopOutcome};
 use crate::{
-    Engine, EngineError, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
-    GenerationTimings, ModelInfo, Prompt, TokenEvent, Usage,
+    EmbedRequest, Embeddings, Engine, EngineError, EngineStatus, FinishReason, GenerateRequest,
+    Generation, GenerationSender, GenerationTimings, ModelInfo, PendingEmbeddings, Prompt,
+    TokenEvent, Usage,
 };
 
 /// A Qwen2.5-style template (Hermes tool format), written from the published
@@ -228,6 +234,31 @@ fn tokenize(prompt: &Prompt) -> (usize, Vec<String>) {
     }
 }
 
+/// The length of the test engine's embedding vectors.
+pub const TEST_EMBEDDING_SIZE: usize = 64;
+
+/// The test engine's embedding of an input's tokens: a hash-seeded, normalized vector.
+pub fn test_embedding(tokens: &[String]) -> Vec<f32> {
+    let mut state: u64 = 0xcbf2_9ce4_8422_2325;
+    for token in tokens {
+        for byte in token.bytes().chain([0]) {
+            state ^= u64::from(byte);
+            state = state.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let raw: Vec<f64> = (0..TEST_EMBEDDING_SIZE)
+        .map(|_| {
+            // xorshift64*: a fixed sequence from the seed.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let x = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+        .collect();
+    crate::embed::normalize(&raw)
+}
+
 /// A stable token id for a word (FNV-1a, folded into a 32k vocabulary).
 fn token_id(word: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -253,7 +284,9 @@ impl Engine for TestEngine {
                 // Its echo can write any call, so it claims the Hermes format.
                 tools: Some(crate::ToolFormat::Hermes),
                 grammar: false,
+                embeddings: Some(crate::Pooling::Last),
             },
+            embedding_size: Some(TEST_EMBEDDING_SIZE),
         }]
     }
 
@@ -316,6 +349,40 @@ impl Engine for TestEngine {
                 }
             }
         }
+    }
+
+    fn embed(&self, request: EmbedRequest) -> Result<PendingEmbeddings, EngineError> {
+        self.check_model(&request.model)?;
+        let context_length = self.shared.config.context_length;
+        let mut vectors = Vec::with_capacity(request.inputs.len());
+        let mut prompt_tokens = 0;
+        for (i, input) in request.inputs.iter().enumerate() {
+            let refuse = |reason: String| EngineError::InvalidRequest {
+                param: "input",
+                reason: format!("input[{i}]: {reason}"),
+            };
+            if matches!(input, Prompt::Chat(..)) {
+                return Err(refuse("chat messages cannot be embedded".into()));
+            }
+            let (count, tokens) = tokenize(input);
+            if count == 0 {
+                return Err(refuse("an input has at least one token".into()));
+            }
+            if count > context_length {
+                return Err(refuse(format!(
+                    "{count} tokens; this model's maximum context length is {context_length} \
+                     tokens"
+                )));
+            }
+            prompt_tokens += count;
+            vectors.push(test_embedding(&tokens));
+        }
+        let (tx, pending) = PendingEmbeddings::channel();
+        tx.send(Ok(Embeddings {
+            vectors,
+            prompt_tokens,
+        }));
+        Ok(pending)
     }
 
     fn status(&self) -> EngineStatus {

@@ -23,6 +23,8 @@ fn engine(dir: &Path, max_queue: usize, max_active: usize) -> anyhow::Result<Bur
         max_batch_tokens: ModelSpec::DEFAULT_MAX_BATCH_TOKENS,
         kv_cache_bytes: None,
         quantize: None,
+        pooling: None,
+        embeddings: None,
     }])?)
 }
 

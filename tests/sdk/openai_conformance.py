@@ -503,6 +503,45 @@ def responses_create(ctx: Ctx) -> str:
     return f"status={r.status} {len(events)} events, text={short(text)}"
 
 
+@check("embeddings.create plain, base64 (decoded by the SDK) and dimensions")
+def embeddings_create(ctx: Ctx) -> str:
+    from openai.types import CreateEmbeddingResponse
+
+    models = ctx.client.models.list().data
+    served = [m.id for m in models if "embeddings" in (m.model_extra or {}).get("capabilities", [])]
+    if not served:
+        err = sdk_error(lambda: ctx.client.embeddings.create(model=ctx.model, input="hi"), openai.BadRequestError, 400)
+        expect(err.param == "model", f"no embeddings model: error.param is {err.param!r}")
+        return "no model has the embeddings capability: refused by name"
+    model = served[0]
+    inputs = ["The quick brown fox.", "An unrelated sentence about tea."]
+    # `encoding_format="float"`: the numbers as JSON, as sent.
+    plain = strict(CreateEmbeddingResponse, ctx.client.embeddings.create(model=model, input=inputs, encoding_format="float"))
+    expect(plain.object == "list" and plain.model == model, f"response {plain.object!r} {plain.model!r}")
+    expect([d.index for d in plain.data] == [0, 1], f"indices {[d.index for d in plain.data]}")
+    u = plain.usage
+    expect(u.prompt_tokens > 0 and u.total_tokens == u.prompt_tokens, f"usage {u}")
+    vec = plain.data[0].embedding
+    norm = sum(x * x for x in vec) ** 0.5
+    expect(abs(norm - 1) < 1e-3, f"norm {norm}")
+    # The SDK's default asks for base64 and decodes it: the same numbers (f32 exactly).
+    b64 = strict(CreateEmbeddingResponse, ctx.client.embeddings.create(model=model, input=inputs))
+    expect(
+        all(abs(a - b) < 1e-6 for a, b in zip(b64.data[0].embedding, vec)) and len(b64.data[0].embedding) == len(vec),
+        "base64 vector differs from the float one",
+    )
+    short_vec = ctx.client.embeddings.create(model=model, input=inputs[0], dimensions=8, encoding_format="float").data[0].embedding
+    expect(len(short_vec) == 8, f"dimensions=8 gave {len(short_vec)}")
+    expect(abs(sum(x * x for x in short_vec) ** 0.5 - 1) < 1e-3, "shortened vector not normalized")
+    err = sdk_error(
+        lambda: ctx.client.embeddings.create(model=model, input="hi", dimensions=len(vec) + 1),
+        openai.BadRequestError,
+        400,
+    )
+    expect(err.param == "dimensions", f"dimensions too large: error.param is {err.param!r}")
+    return f"{model}: {len(vec)} dims, {u.prompt_tokens} tokens"
+
+
 @check("legacy completions logprobs=2")
 def legacy_logprobs(ctx: Ctx) -> str:
     r = ctx.client.completions.create(model=ctx.model, prompt=LEGACY_PROMPT, max_tokens=8, temperature=0, logprobs=2)

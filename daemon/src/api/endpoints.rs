@@ -138,8 +138,12 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 usage: Some(Some(UsageJson::from(done.usage))),
             },
         ),
-        // The tokenizer routes never generate (`pipeline::tokenize` answers them).
-        Inference::Generate | Inference::Tokenize | Inference::Detokenize => json_response(
+        // The tokenizer routes and embeddings never generate (`pipeline::tokenize` and
+        // `pipeline::embed` answer them).
+        Inference::Generate
+        | Inference::Tokenize
+        | Inference::Detokenize
+        | Inference::Embeddings => json_response(
             StatusCode::OK,
             &GenerateResponse {
                 generated_text: done.text,
@@ -159,7 +163,8 @@ pub fn object_id(route: Inference) -> String {
         Inference::Completions
         | Inference::Generate
         | Inference::Tokenize
-        | Inference::Detokenize => "cmpl",
+        | Inference::Detokenize
+        | Inference::Embeddings => "cmpl",
     };
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

@@ -76,6 +76,7 @@ pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
         (f.tokenizer, "tokenize"),
         (f.tools.is_some(), "tools"),
         (f.grammar, "structured_outputs"),
+        (f.embeddings.is_some(), "embeddings"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))

@@ -6,6 +6,7 @@ use airlock_engine::{EngineError, Prompt, SamplingParams};
 use serde_json::{Map, Value};
 
 use super::body::{from_value, parse_json};
+use super::embeddings::{EmbedOptions, EmbeddingsBody};
 use super::error::ApiError;
 use super::openai::StreamOptions;
 use super::openai::chat::ChatRequest;
@@ -32,12 +33,19 @@ pub enum Inference {
     Tokenize,
     /// `POST /detokenize`: the model's tokenizer, no generation.
     Detokenize,
+    /// `POST /v1/embeddings`: the model runs, nothing is generated.
+    Embeddings,
 }
 
 impl Inference {
     /// The tokenizer routes: admitted and audited like a generation, answered without one.
     pub fn is_tokenizer(self) -> bool {
         matches!(self, Inference::Tokenize | Inference::Detokenize)
+    }
+
+    /// The routes that generate nothing (no completion to cap, reserve or filter).
+    pub fn generates(self) -> bool {
+        !self.is_tokenizer() && self != Inference::Embeddings
     }
 }
 
@@ -67,6 +75,10 @@ pub struct Parsed {
     pub tools: Vec<String>,
     /// `/v1/responses`: the request fields its response object repeats.
     pub echo: Option<Map<String, Value>>,
+    /// `/v1/embeddings`: the inputs (text or token ids; empty elsewhere).
+    pub inputs: Vec<Prompt>,
+    /// How `/v1/embeddings` answers (default elsewhere).
+    pub embed: EmbedOptions,
 }
 
 /// Parses and validates the body of an inference route. `default_model` names the model of
@@ -83,7 +95,28 @@ pub fn parse(
         Inference::Generate => generate(body, default_model),
         Inference::Tokenize => tokenize(body, default_model),
         Inference::Detokenize => detokenize(body, default_model),
+        Inference::Embeddings => embeddings(body),
     }
+}
+
+fn embeddings(body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value = parse_json(body)?;
+    let req: EmbeddingsBody = from_value(&value)?;
+    let (inputs, embed) = req.inputs()?;
+    Ok(Parsed {
+        tools: Vec::new(),
+        echo: None,
+        route: Inference::Embeddings,
+        model: req.model,
+        // The inputs travel in `inputs`; every phase handles them there.
+        prompt: Prompt::Text(String::new()),
+        params: SamplingParams::default(),
+        prompt_param: "input",
+        stream: None,
+        tokenize: TokenizeOptions::default(),
+        inputs,
+        embed,
+    })
 }
 
 /// The named model, else the default one (`None`: no model is loaded).
@@ -118,6 +151,8 @@ fn tokenize(
         prompt_param,
         stream: None,
         tokenize,
+        inputs: Vec::new(),
+        embed: EmbedOptions::default(),
     })
 }
 
@@ -138,6 +173,8 @@ fn detokenize(
         prompt_param: "tokens",
         stream: None,
         tokenize: TokenizeOptions::default(),
+        inputs: Vec::new(),
+        embed: EmbedOptions::default(),
     })
 }
 
@@ -203,6 +240,8 @@ fn chat_value(value: Value) -> Result<Parsed, ApiError> {
         prompt_param: "messages",
         tokenize: TokenizeOptions::default(),
         echo: None,
+        inputs: Vec::new(),
+        embed: EmbedOptions::default(),
     })
 }
 
@@ -224,6 +263,8 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
         model: req.model,
         prompt_param: "prompt",
         tokenize: TokenizeOptions::default(),
+        inputs: Vec::new(),
+        embed: EmbedOptions::default(),
     })
 }
 
@@ -245,5 +286,7 @@ fn generate(
         stream: None,
         prompt_param: "prompt",
         tokenize: TokenizeOptions::default(),
+        inputs: Vec::new(),
+        embed: EmbedOptions::default(),
     })
 }

@@ -17,6 +17,7 @@ pub enum Route {
     Generate,
     Tokenize,
     Detokenize,
+    Embeddings,
 }
 
 impl Route {
@@ -33,6 +34,7 @@ impl Route {
             Route::Generate => "/generate",
             Route::Tokenize => "/tokenize",
             Route::Detokenize => "/detokenize",
+            Route::Embeddings => "/v1/embeddings",
         }
     }
 
@@ -55,6 +57,7 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         "/generate" => (Route::Generate, "POST"),
         "/tokenize" => (Route::Tokenize, "POST"),
         "/detokenize" => (Route::Detokenize, "POST"),
+        "/v1/embeddings" => (Route::Embeddings, "POST"),
         _ => match path.strip_prefix("/v1/models/") {
             // Model ids may contain `/` (`org/model`); clients may percent-encode it.
             Some(id) if !id.is_empty() => (Route::Model(percent_decode(id)), "GET, HEAD"),
@@ -153,6 +156,12 @@ mod tests {
             Some("/detokenize")
         );
         assert!(!Route::Tokenize.is_open());
+        assert_eq!(
+            resolve(&Method::POST, "/v1/embeddings")
+                .map(|r| r.label())
+                .ok(),
+            Some("/v1/embeddings")
+        );
         assert_eq!(
             resolve(&Method::POST, "/v1/responses")
                 .map(|r| r.label())

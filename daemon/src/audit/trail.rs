@@ -310,6 +310,7 @@ impl Trail {
         model: &str,
         prompt: &Prompt,
         params: &SamplingParams,
+        embedding_inputs: &[Prompt],
     ) -> Result<(), AuditError> {
         {
             let mut p = self.progress();
@@ -353,48 +354,79 @@ impl Trail {
         );
         let digest = &self.binding.digest;
         let store = self.binding.store_text_for(tenant);
-        match prompt {
-            Prompt::Text(text) => {
-                record.set("prompt_digest", digest.digest(text.as_bytes()));
-                record.set("prompt_text", store.apply(text));
+        if !embedding_inputs.is_empty() {
+            // `/v1/embeddings`: how many inputs, a keyed digest of all of them (as the
+            // engine runs them: text, or token ids once tokenized), and, where text is
+            // kept, the text inputs.
+            let whole: Vec<Value> = embedding_inputs
+                .iter()
+                .map(|input| match input {
+                    Prompt::Text(text) => Value::from(text.as_str()),
+                    Prompt::TokenIds(ids) => Value::from(ids.clone()),
+                    Prompt::Chat(..) => Value::Null,
+                })
+                .collect();
+            let mut bytes = Vec::new();
+            super::record::canonical(&Value::Array(whole), &mut bytes);
+            record
+                .set("embedding_inputs", embedding_inputs.len() as u64)
+                .set("prompt_digest", digest.digest(&bytes));
+            if store != StoreText::None {
+                let kept: Vec<Value> = embedding_inputs
+                    .iter()
+                    .filter_map(|input| match input {
+                        Prompt::Text(text) => Some(store.apply(text).into()),
+                        _ => None,
+                    })
+                    .collect();
+                if !kept.is_empty() {
+                    record.set("embedding_texts", kept);
+                }
             }
-            Prompt::Chat(messages, tools) => {
-                record.set("prompt_digest", digest.digest(&chat_bytes(messages)));
-                // The tools offered: how many, a keyed digest of their definitions (names,
-                // descriptions, schemas) and, where text is kept, their names.
-                if !tools.is_empty() {
-                    let mut bytes = Vec::new();
-                    super::record::canonical(&Value::Array(tools.clone()), &mut bytes);
-                    record
-                        .set("tools_offered", tools.len() as u64)
-                        .set("tools_digest", digest.digest(&bytes));
+        } else {
+            match prompt {
+                Prompt::Text(text) => {
+                    record.set("prompt_digest", digest.digest(text.as_bytes()));
+                    record.set("prompt_text", store.apply(text));
+                }
+                Prompt::Chat(messages, tools) => {
+                    record.set("prompt_digest", digest.digest(&chat_bytes(messages)));
+                    // The tools offered: how many, a keyed digest of their definitions (names,
+                    // descriptions, schemas) and, where text is kept, their names.
+                    if !tools.is_empty() {
+                        let mut bytes = Vec::new();
+                        super::record::canonical(&Value::Array(tools.clone()), &mut bytes);
+                        record
+                            .set("tools_offered", tools.len() as u64)
+                            .set("tools_digest", digest.digest(&bytes));
+                        if store != StoreText::None {
+                            let names: Vec<Value> = tools
+                                .iter()
+                                .map(|t| {
+                                    let name = t.pointer("/function/name").and_then(Value::as_str);
+                                    store.apply(name.unwrap_or_default()).into()
+                                })
+                                .collect();
+                            record.set("tool_names", names);
+                        }
+                    }
+                    let each: Vec<Value> = messages
+                        .iter()
+                        .map(|m| Value::from(digest.digest(m.content.as_bytes())))
+                        .collect();
+                    record.set("message_digests", each);
                     if store != StoreText::None {
-                        let names: Vec<Value> = tools
+                        let kept: Vec<Value> = messages
                             .iter()
-                            .map(|t| {
-                                let name = t.pointer("/function/name").and_then(Value::as_str);
-                                store.apply(name.unwrap_or_default()).into()
-                            })
+                            .map(|m| json!({"role": m.role, "content": store.apply(&m.content)}))
                             .collect();
-                        record.set("tool_names", names);
+                        record.set("prompt_messages", kept);
                     }
                 }
-                let each: Vec<Value> = messages
-                    .iter()
-                    .map(|m| Value::from(digest.digest(m.content.as_bytes())))
-                    .collect();
-                record.set("message_digests", each);
-                if store != StoreText::None {
-                    let kept: Vec<Value> = messages
-                        .iter()
-                        .map(|m| json!({"role": m.role, "content": store.apply(&m.content)}))
-                        .collect();
-                    record.set("prompt_messages", kept);
+                Prompt::TokenIds(ids) => {
+                    let bytes = serde_json::to_vec(ids).unwrap_or_default();
+                    record.set("prompt_digest", digest.digest(&bytes));
                 }
-            }
-            Prompt::TokenIds(ids) => {
-                let bytes = serde_json::to_vec(ids).unwrap_or_default();
-                record.set("prompt_digest", digest.digest(&bytes));
             }
         }
         let seq = match self.write(record).await {

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_engine::{DeviceChoice, Quantize};
+use airlock_engine::{DeviceChoice, Pooling, Quantize};
 use serde::Deserialize;
 
 use super::{Invalid, duration_field, invalid, nonzero, resolve};
@@ -41,6 +41,14 @@ pub struct RawModel {
     /// Bytes, as an integer or a string with a binary unit (`"512MiB"`, `"2GiB"`).
     #[serde(default)]
     pub kv_cache: Option<RawSize>,
+    /// `"last"` or `"mean"`: how embeddings are pooled (a sentence-transformers
+    /// `1_Pooling/config.json` in the directory wins).
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// Serve `/v1/embeddings` from this model (default: when `pooling` is set or the
+    /// directory has `1_Pooling/config.json`).
+    #[serde(default)]
+    pub embeddings: Option<bool>,
     #[serde(default)]
     pub test_token_delay: Option<String>,
 }
@@ -67,6 +75,10 @@ pub enum ModelBackend {
         manifest_sha256: Option<String>,
         /// Weight quantization at load (`None`: the file's precision).
         quantize: Option<Quantize>,
+        /// Embedding pooling when the directory declares none (`None`: `last`).
+        pooling: Option<Pooling>,
+        /// Serve embeddings (`None`: when a pooling is declared or configured).
+        embeddings: Option<bool>,
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
@@ -136,6 +148,23 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                     ));
                 }
             };
+            let pooling = match raw.pooling.as_deref() {
+                None => None,
+                Some("last") => Some(Pooling::Last),
+                Some("mean") => Some(Pooling::Mean),
+                Some(other) => {
+                    return Err(invalid(
+                        "pooling",
+                        format!("`{other}` is not one of \"last\", \"mean\""),
+                    ));
+                }
+            };
+            if raw.embeddings == Some(false) && pooling.is_some() {
+                return Err(invalid(
+                    "pooling",
+                    "sets how embeddings are pooled; it cannot be used with embeddings = false",
+                ));
+            }
             let verify_manifest = raw.verify.unwrap_or(true);
             let manifest_sha256 = match raw.manifest_sha256 {
                 None => None,
@@ -163,6 +192,8 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 verify_manifest,
                 manifest_sha256,
                 quantize,
+                pooling,
+                embeddings: raw.embeddings,
             }
         }
         "test" => {
@@ -173,6 +204,8 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 ("verify", raw.verify.is_some()),
                 ("manifest_sha256", raw.manifest_sha256.is_some()),
                 ("quantize", raw.quantize.is_some()),
+                ("pooling", raw.pooling.is_some()),
+                ("embeddings", raw.embeddings.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));

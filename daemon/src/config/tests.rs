@@ -98,6 +98,38 @@ fn manifest_pins_are_normalized() {
 }
 
 #[test]
+fn embedding_settings() {
+    let text = MINIMAL.replace("backend = \"test\"", "path = \"/m\"\npooling = \"mean\"");
+    let config = parse(&text).unwrap();
+    let ModelBackend::Burn {
+        pooling,
+        embeddings,
+        ..
+    } = &config.models[0].backend
+    else {
+        panic!("burn model")
+    };
+    assert_eq!(
+        (*pooling, *embeddings),
+        (Some(airlock_engine::Pooling::Mean), None)
+    );
+    for (line, key) in [
+        ("path = \"/m\"\npooling = \"cls\"", "models[0].pooling"),
+        (
+            "path = \"/m\"\nembeddings = false\npooling = \"last\"",
+            "models[0].pooling",
+        ),
+        (
+            "backend = \"test\"\nembeddings = true",
+            "models[0].embeddings",
+        ),
+    ] {
+        let (got, reason) = parse(&MINIMAL.replace("backend = \"test\"", line)).unwrap_err();
+        assert_eq!(got, key, "{line}: {reason}");
+    }
+}
+
+#[test]
 fn validation_errors() {
     let cases: &[(&str, &str, &str)] = &[
         (

@@ -51,6 +51,7 @@ fn labels_stay_bounded_and_series_appear() {
         context_length: 128,
         device: "cpu (flex, f32)".into(),
         features: Default::default(),
+        embedding_size: None,
     }]);
     m.request(
         Some("acme"),

@@ -109,7 +109,13 @@ pub fn open<B>(
 pub async fn admit(ctx: &RequestCtx, job: Job) -> Result<Admitted, AuditError> {
     if let Some(trail) = &ctx.trail {
         trail
-            .admit(ctx.tenant(), &job.model, &job.prompt, &job.params)
+            .admit(
+                ctx.tenant(),
+                &job.model,
+                &job.prompt,
+                &job.params,
+                &job.inputs,
+            )
             .await?;
     }
     Ok(Admitted { job })

@@ -56,6 +56,8 @@ pub struct Reply {
     pub logprobs: bool,
     /// How `/tokenize` answers.
     pub tokenize: TokenizeOptions,
+    /// How `/v1/embeddings` answers.
+    pub embed: crate::api::embeddings::EmbedOptions,
     /// The tools offered to the model (empty: its output is text, never parsed for calls).
     pub tool_names: Vec<String>,
     /// How the model writes calls; set by the `tools` phase when tools are offered.

@@ -26,6 +26,11 @@ pub struct Job {
     pub params: SamplingParams,
     /// The request field the prompt came from, named in context-length errors.
     pub prompt_param: &'static str,
+    /// `/v1/embeddings`: the inputs, each replaced by its token ids once `super::embed`
+    /// has tokenized them (empty on every other route).
+    pub inputs: Vec<Prompt>,
+    /// `/v1/embeddings`: the inputs' token count, all together (set by `super::embed`).
+    pub input_tokens: usize,
     /// The prompt as tokenized by `limits` when a tenant limit needed its count
     /// (`None`: [`submit`] tokenizes it). Only this module and `limits` set it, from this
     /// job's own `prompt` after the last phase that changes it (`prompt_filter`).
@@ -43,6 +48,7 @@ impl Job {
             tool_names: parsed.tools,
             tool_format: None,
             echo: parsed.echo,
+            embed: parsed.embed,
         };
         let job = Job {
             route: parsed.route,
@@ -50,6 +56,8 @@ impl Job {
             prompt: parsed.prompt,
             params: parsed.params,
             prompt_param: parsed.prompt_param,
+            inputs: parsed.inputs,
+            input_tokens: 0,
             prepared: None,
         };
         (job, reply)

@@ -13,6 +13,7 @@ use airlock_policy::ratelimit::{Admission, Occupancy};
 use super::generate::Job;
 use crate::access::PolicyError;
 use crate::api::ApiError;
+use crate::api::request::Inference;
 
 /// The tenant's concurrency slot, or its refusal (429). Without a tenant policy: none.
 pub fn occupy(tenant: Option<&Arc<Tenant>>) -> Result<Option<Occupancy>, PolicyError> {
@@ -44,9 +45,13 @@ pub async fn reserve(
     // The tokenizer routes run no model: they count as requests (the request rate, the
     // concurrency slot) and reserve no tokens; their text is no prompt, so the prompt cap
     // does not apply (a client may count a document longer than any prompt).
+    // Embedding inputs were tokenized already (`super::embed::prepare`): they count like
+    // a prompt, all together.
     let counted = !job.route.is_tokenizer()
         && (tenant.max_prompt_tokens.is_some() || tenant.limits.tokens_per_minute.is_some());
-    let prompt_tokens = if counted {
+    let prompt_tokens = if job.route == Inference::Embeddings {
+        job.input_tokens
+    } else if counted {
         let prepared = prepare(engine, job, "token count panicked").await?;
         let count = prepared.token_count();
         job.prepared = Some(prepared);

@@ -23,7 +23,9 @@ use crate::audit::trail::Trail;
 ///
 /// `/tokenize` text is filtered like a prompt (a deny refuses it, a redaction changes the
 /// tokens returned): it answers with what the model would be given, so a count made there
-/// matches what a generation is charged. `/detokenize` is not: its token ids are the
+/// matches what a generation is charged. `/v1/embeddings` inputs are filtered one by one,
+/// like prompts (token-id inputs, like token-id prompts, only where no filter is set).
+/// `/detokenize` is not: its token ids are the
 /// client's own text, encoded, and no model output is involved.
 pub fn apply(
     tenant: Option<&std::sync::Arc<Tenant>>,
@@ -59,6 +61,15 @@ pub fn apply(
         }
         Ok(())
     };
+    if job.route == Inference::Embeddings {
+        // Every input is a prompt of its own: each is filtered, a deny in any refuses all.
+        return job.inputs.iter_mut().try_for_each(|input| match input {
+            Prompt::Text(t) => check(t),
+            _ => Err(PolicyError::ContentPolicy {
+                rule_id: "token_ids_not_inspectable".into(),
+            }),
+        });
+    }
     match prompt {
         Prompt::Text(t) => check(t),
         Prompt::Chat(messages, tools) => {

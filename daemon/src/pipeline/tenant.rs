@@ -42,8 +42,9 @@ pub fn check(tenant: Option<&std::sync::Arc<Tenant>>, job: &mut Job) -> Result<(
             ),
         ));
     }
-    // The tokenizer routes generate nothing: no completion to cap or reserve for.
-    if job.route.is_tokenizer() {
+    // The tokenizer routes and embeddings generate nothing: no completion to cap or
+    // reserve for.
+    if !job.route.generates() {
         return Ok(());
     }
     let cap = tenant.max_completion_tokens.map(|c| c as usize);

@@ -50,6 +50,8 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 verify_manifest,
                 manifest_sha256,
                 quantize,
+                pooling,
+                embeddings,
             } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
@@ -63,6 +65,8 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 max_batch_tokens: m.max_batch_tokens.get(),
                 kv_cache_bytes: m.kv_cache_bytes.map(|b| b.get()),
                 quantize: *quantize,
+                pooling: *pooling,
+                embeddings: *embeddings,
             }),
             ModelBackend::Test { .. } => None,
         })

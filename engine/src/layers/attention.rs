@@ -96,8 +96,20 @@ pub struct BatchItem<'a> {
     /// The new tokens, after the positions already in `cache`.
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
-    /// Return the logits of the last new position (the chunk that ends a prompt, a decode).
-    pub want_logits: bool,
+    /// What the pass returns for this item.
+    pub want: Want,
+}
+
+/// What a forward pass returns for one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Nothing (a prefill chunk that does not end its prompt).
+    Nothing,
+    /// The logits of the last new position (the chunk that ends a prompt, a decode).
+    Logits,
+    /// The final hidden state (after the final norm, before the LM head) of every new
+    /// position, row-major `[new tokens, hidden]`: what embeddings are pooled from.
+    Hidden,
 }
 
 /// Where an item's rows sit in the stacked activation, and its per-position tables.
@@ -188,25 +200,35 @@ impl Batch {
         Ok((Batch { spans }, x))
     }
 
-    /// Ends the step: records the new cache lengths and returns, per item, the logits of its
-    /// last position when wanted (`head` maps final hidden rows of `x` to logits; it runs
-    /// once, on those rows only).
+    /// Ends the step: records the new cache lengths and returns, per item, what it wants
+    /// ([`Want`]): the logits of its last position (`norm` then `head` map final rows of `x`
+    /// to logits; they run once, on those rows only), or the normed rows of all its
+    /// positions.
     pub fn finish(
         self,
         items: &mut [BatchItem<'_>],
         x: Tensor<2>,
+        norm: impl Fn(Tensor<2>) -> Tensor<2>,
         head: impl FnOnce(Tensor<2>) -> Tensor<2>,
     ) -> Result<Vec<Option<Vec<f32>>>, EngineError> {
         for (item, sp) in items.iter_mut().zip(&self.spans) {
             item.cache.len = sp.past + sp.n;
         }
+        let mut out = vec![None; items.len()];
+        for ((slot, item), sp) in out.iter_mut().zip(items.iter()).zip(&self.spans) {
+            if item.want == Want::Hidden {
+                let rows = norm(x.clone().narrow(0, sp.offset, sp.n))
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| inference(format!("{e:?}")))?;
+                *slot = Some(rows);
+            }
+        }
         let wanted: Vec<usize> = items
             .iter()
             .zip(&self.spans)
-            .filter(|(item, _)| item.want_logits)
+            .filter(|(item, _)| item.want == Want::Logits)
             .map(|(_, sp)| sp.offset + sp.n - 1)
             .collect();
-        let mut out = vec![None; items.len()];
         if wanted.is_empty() {
             return Ok(out);
         }
@@ -216,13 +238,13 @@ impl Batch {
         } else {
             Tensor::cat(last, 0)
         };
-        let flat = head(last)
+        let flat = head(norm(last))
             .try_into_vec_as::<f32>()
             .map_err(|e| inference(format!("{e:?}")))?;
         let vocab = flat.len() / wanted.len();
         let mut chunks = flat.chunks_exact(vocab.max(1));
         for (slot, item) in out.iter_mut().zip(items.iter()) {
-            if item.want_logits {
+            if item.want == Want::Logits {
                 *slot = chunks.next().map(<[f32]>::to_vec);
             }
         }

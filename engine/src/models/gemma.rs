@@ -512,8 +512,8 @@ impl CausalLm for GemmaModel {
             let mlp = layer.mlp.forward(layer.pre_mlp_norm.forward(x.clone()));
             x = x + layer.post_mlp_norm.forward(mlp);
         }
-        batch.finish(items, x, |last| {
-            let logits = self.lm_head.forward(self.norm.forward(last));
+        batch.finish(items, x, |h| self.norm.forward(h), |last| {
+            let logits = self.lm_head.forward(last);
             match self.final_softcap {
                 Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
                 None => logits,

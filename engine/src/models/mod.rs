@@ -17,7 +17,7 @@ use burn::tensor::{DType, Device};
 use crate::EngineError;
 use crate::gguf::GgufFile;
 use crate::layers::Loader;
-pub use crate::layers::attention::{BatchItem, KvCache};
+pub use crate::layers::attention::{BatchItem, KvCache, Want};
 use crate::spec::Quantize;
 use crate::weights::Weights;
 use config::{GgufMeta, HfConfig, ModelConfig};
@@ -74,8 +74,9 @@ impl std::fmt::Debug for dyn Family {
 /// A loaded model: what the scheduler calls.
 pub trait CausalLm: Send + Sync {
     /// One forward pass over several sequences at once: every item's new tokens after the
-    /// positions in its cache (appended to it). Returns, per item, the logits of its last
-    /// position when `want_logits` is set.
+    /// positions in its cache (appended to it). Returns, per item, what its
+    /// [`BatchItem::want`] asks for: the logits of its last position, or the final hidden
+    /// state of each new position.
     fn forward_batch(
         &self,
         items: &mut [BatchItem<'_>],
@@ -230,6 +231,11 @@ impl Model {
         self.inner.weight_format()
     }
 
+    /// The width of its hidden states (the length of its embeddings).
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
     /// Bytes one cached position takes across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
         let elem = if self.dtype == DType::F16 { 2 } else { 4 };
@@ -247,7 +253,7 @@ impl Model {
         let mut items = [BatchItem {
             tokens,
             cache,
-            want_logits: true,
+            want: Want::Logits,
         }];
         self.forward_batch(&mut items)?
             .pop()

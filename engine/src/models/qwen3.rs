@@ -185,9 +185,12 @@ impl CausalLm for Qwen3Model {
             let normed = layer.mlp_norm.forward(x.clone());
             x = x + layer.mlp.forward(normed);
         }
-        batch.finish(items, x, |last| {
-            self.lm_head.forward(self.norm.forward(last))
-        })
+        batch.finish(
+            items,
+            x,
+            |h| self.norm.forward(h),
+            |h| self.lm_head.forward(h),
+        )
     }
 
     fn weight_format(&self) -> &'static str {
