@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Daemon, Pki, TEST_MODEL, TestConfig, airlockd};
+use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use serde_json::{Value, json};
 
 /// `alice`: every model, a deny and a redact rule on prompts; `bob`: every model, no
@@ -78,19 +77,7 @@ fn norm(v: &[f32]) -> f64 {
 }
 
 fn audit_records(daemon: &Daemon) -> Vec<Value> {
-    let db: PathBuf = daemon.config_path.parent().unwrap().join("audit.db");
-    let (status, out, err) = airlockd(&[
-        "audit",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(status.success(), "export: {err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::audit_records(&daemon.audit_db())
 }
 
 #[tokio::test]

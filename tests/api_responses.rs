@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TEST_MODEL, airlockd};
+use common::{Daemon, Pki, TEST_MODEL};
 use serde_json::{Value, json};
 
 const TENANTS: &str = r#"
@@ -176,25 +176,9 @@ async fn responses_plain_tools_filters_refusals_and_audit() {
     let db = audit.path().join("audit.db");
     drop(client);
     let mut daemon = daemon;
-    daemon.signal("TERM");
-    assert!(
-        daemon
-            .wait_exit(std::time::Duration::from_secs(30))
-            .is_some()
-    );
-    let (status, out, err) = airlockd(&[
-        "audit",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(status.success(), "{err}");
-    let records: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    daemon.stop();
+    let records = common::audit_records(&db);
+    let out = Value::Array(records.clone()).to_string();
     let admits = records
         .iter()
         .filter(|r| r["kind"] == "admit" && r["route"] == "POST /v1/responses")

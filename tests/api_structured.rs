@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TestConfig, airlockd};
+use common::{Daemon, Pki, TestConfig};
 use serde_json::{Value, json};
 
 const NAME: &str = airlock_engine::default_model::NAME;
@@ -208,25 +208,11 @@ async fn json_schema_answers_are_valid_plain_streamed_and_on_responses() {
     }
 
     // The admission records say a grammar applied and digest it, never the schema text.
-    daemon.signal("TERM");
-    assert!(
-        daemon
-            .wait_exit(std::time::Duration::from_secs(30))
-            .is_some()
-    );
-    let db = daemon.config_path.parent().unwrap().join("audit.db");
-    let (status, out, err) = airlockd(&[
-        "audit",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(status.success(), "{err}");
-    let admits: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    daemon.stop();
+    let records = common::audit_records(&daemon.audit_db());
+    let out = Value::Array(records.clone()).to_string();
+    let admits: Vec<&Value> = records
+        .iter()
         .filter(|r| r["kind"] == "admit" && r.get("grammar").is_some())
         .collect();
     assert!(

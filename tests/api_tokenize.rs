@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Daemon, Pki, TestConfig, airlockd};
+use common::{Daemon, Pki, TestConfig};
 use serde_json::{Value, json};
 
 const NAME: &str = airlock_engine::default_model::NAME;
@@ -56,19 +55,7 @@ async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Valu
 }
 
 fn audit_records(daemon: &Daemon) -> Vec<Value> {
-    let db: PathBuf = daemon.config_path.parent().unwrap().join("audit.db");
-    let (status, out, err) = airlockd(&[
-        "audit",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(status.success(), "export: {err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::audit_records(&daemon.audit_db())
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TEST_MODEL, TestConfig, airlockd};
+use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -244,25 +244,9 @@ async fn tool_calls_plain_streamed_filtered_and_audited() {
     let db = audit.path().join("audit.db");
     drop(client);
     let mut daemon = daemon;
-    daemon.signal("TERM");
-    assert!(
-        daemon
-            .wait_exit(std::time::Duration::from_secs(30))
-            .is_some()
-    );
-    let (status, out, err) = airlockd(&[
-        "audit",
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--format",
-        "jsonl",
-    ]);
-    assert!(status.success(), "{err}");
-    let records: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    daemon.stop();
+    let records = common::audit_records(&db);
+    let out = Value::Array(records.clone()).to_string();
     let first_admit = records.iter().find(|r| r["kind"] == "admit").unwrap();
     assert_eq!(first_admit["tools_offered"], 2, "{first_admit}");
     assert!(first_admit["tools_digest"].is_string(), "{first_admit}");

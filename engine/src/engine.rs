@@ -699,6 +699,34 @@ impl Drop for BurnEngine {
     }
 }
 
+impl ModelHandle {
+    /// Hands work to the model's thread within `max_queue`: the bound covers the worker's
+    /// tenant queues too, not only the channel (the worker counts a job out when it starts).
+    fn enqueue(&self, work: Work) -> Result<(), EngineError> {
+        let queue = self.queue.as_ref().ok_or(EngineError::Unavailable)?;
+        let full = EngineError::QueueFull {
+            capacity: self.max_queue,
+        };
+        if self
+            .counters
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.max_queue.max(1)).then_some(q + 1)
+            })
+            .is_err()
+        {
+            return Err(full);
+        }
+        queue.try_send(work).map_err(|e| {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => full,
+                TrySendError::Disconnected(_) => EngineError::Unavailable,
+            }
+        })
+    }
+}
+
 /// Refuses token ids outside the model's vocabulary (named `prompt`: the field token ids
 /// arrive in, on every route that takes them).
 fn check_vocab(m: &ModelHandle, ids: &[u32]) -> Result<(), EngineError> {
@@ -773,20 +801,7 @@ impl Engine for BurnEngine {
                 max_tokens: request.params.max_tokens.unwrap_or(1),
             });
         }
-        let queue = m.queue.as_ref().ok_or(EngineError::Unavailable)?;
         let (sender, generation) = Generation::channel(EVENT_BUFFER);
-        // The bound covers the worker's tenant queues too, not only the channel.
-        if m.counters
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < m.max_queue.max(1)).then_some(q + 1)
-            })
-            .is_err()
-        {
-            return Err(EngineError::QueueFull {
-                capacity: m.max_queue,
-            });
-        }
         let job = Job {
             request_id: request.request_id,
             tenant: request.tenant,
@@ -798,18 +813,8 @@ impl Engine for BurnEngine {
             sender,
             submitted: Instant::now(),
         };
-        match queue.try_send(Work::Generate(Box::new(job))) {
-            Ok(()) => Ok(generation),
-            Err(e) => {
-                m.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => EngineError::QueueFull {
-                        capacity: m.max_queue,
-                    },
-                    TrySendError::Disconnected(_) => EngineError::Unavailable,
-                })
-            }
-        }
+        m.enqueue(Work::Generate(Box::new(job)))?;
+        Ok(generation)
     }
 
     fn embed(&self, request: EmbedRequest) -> Result<PendingEmbeddings, EngineError> {
@@ -850,36 +855,14 @@ impl Engine for BurnEngine {
             check_vocab(m, &ids)?;
             inputs.push(ids);
         }
-        let queue = m.queue.as_ref().ok_or(EngineError::Unavailable)?;
-        if m.counters
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < m.max_queue.max(1)).then_some(q + 1)
-            })
-            .is_err()
-        {
-            return Err(EngineError::QueueFull {
-                capacity: m.max_queue,
-            });
-        }
         let (sender, pending) = PendingEmbeddings::channel();
         let job = EmbedJob {
             request_id: request.request_id,
             inputs,
             sender,
         };
-        match queue.try_send(Work::Embed(job)) {
-            Ok(()) => Ok(pending),
-            Err(e) => {
-                m.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => EngineError::QueueFull {
-                        capacity: m.max_queue,
-                    },
-                    TrySendError::Disconnected(_) => EngineError::Unavailable,
-                })
-            }
-        }
+        m.enqueue(Work::Embed(job))?;
+        Ok(pending)
     }
 
     fn tokenize(

@@ -38,6 +38,22 @@ pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// The audit log at `db` as records (`airlockd audit export --format jsonl`).
+pub fn audit_records(db: &Path) -> Vec<serde_json::Value> {
+    let (status, out, err) = airlockd(&[
+        "audit",
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(status.success(), "audit export: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A well-formed API key with `key`'s id and another secret: it passes the format and
 /// checksum check (so the daemon looks it up and hashes it) but does not verify. What a
 /// guesser who knows a key id sends.
@@ -379,6 +395,22 @@ impl Daemon {
             .resolve("localhost", self.addr)
             .build()
             .unwrap()
+    }
+
+    /// The audit log of a daemon started with [`TestConfig`]'s default `[audit]` section
+    /// (`audit.db` beside its config file).
+    pub fn audit_db(&self) -> PathBuf {
+        self.config_path.parent().unwrap().join("audit.db")
+    }
+
+    /// Stops the daemon (SIGTERM; it must exit within 30 s), so that everything it
+    /// recorded is in its audit log.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        assert!(
+            self.wait_exit(Duration::from_secs(30)).is_some(),
+            "no exit after SIGTERM"
+        );
     }
 
     pub fn pid(&self) -> u32 {
