@@ -14,10 +14,7 @@ async fn default_model_chat_completion_plain_and_streamed() {
     let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
     let name = airlock_engine::default_model::NAME;
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
-            path.to_str().unwrap()
-        ),
+        models: common::cpu_model(name, &path),
         extra: "[admin]\naddress = \"127.0.0.1:0\"\n".into(),
         ..TestConfig::default()
     };

@@ -25,10 +25,7 @@ fn start(pki: &Pki, bob_filter: Option<&str>) -> Daemon {
         tenants += &format!("[[tenants.filters]]\n{filter}\n");
     }
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
-            path.to_str().unwrap()
-        ),
+        models: common::cpu_model(name, &path),
         extra: tenants,
         ..TestConfig::default()
     };

@@ -14,10 +14,7 @@ const NAME: &str = airlock_engine::default_model::NAME;
 fn start(pki: &Pki, model_dir: &std::path::Path) -> Daemon {
     let path = airlock_engine::default_model::install(model_dir).unwrap();
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{NAME}\"\npath = {:?}\ndevice = \"cpu\"\n",
-            path.to_str().unwrap()
-        ),
+        models: common::cpu_model(NAME, &path),
         ..TestConfig::default()
     };
     Daemon::start(pki, &cfg)

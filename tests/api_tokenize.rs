@@ -19,10 +19,7 @@ fn start(pki: &Pki) -> Daemon {
     let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
     std::mem::forget(model_dir);
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{NAME}\"\npath = {:?}\ndevice = \"cpu\"\n",
-            path.to_str().unwrap()
-        ),
+        models: common::cpu_model(NAME, &path),
         extra: r#"
 [admin]
 address = "127.0.0.1:0"

@@ -278,10 +278,7 @@ async fn a_model_without_tool_support_refuses_tools_by_name() {
     let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
     let name = airlock_engine::default_model::NAME;
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
-            path.to_str().unwrap()
-        ),
+        models: common::cpu_model(name, &path),
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);

@@ -38,6 +38,11 @@ pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// A `[[models]]` entry serving the model directory `path` as `name` on the CPU.
+pub fn cpu_model(name: &str, path: &Path) -> String {
+    format!("[[models]]\nname = \"{name}\"\npath = {path:?}\ndevice = \"cpu\"\n")
+}
+
 /// The audit log at `db` as records (`airlockd audit export --format jsonl`).
 pub fn audit_records(db: &Path) -> Vec<serde_json::Value> {
     let (status, out, err) = airlockd(&[
