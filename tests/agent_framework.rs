@@ -66,10 +66,7 @@ fn an_agents_sdk_two_tool_agent_completes_against_the_daemon() {
     config["chat_template"] = TEMPLATE.into();
     std::fs::write(&config_path, config.to_string()).unwrap();
     let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"tiny-tools\"\npath = {:?}\ndevice = \"cpu\"\nverify = false\n",
-            path.to_str().unwrap()
-        ),
+        models: format!("{}verify = false\n", common::cpu_model("tiny-tools", &path)),
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);

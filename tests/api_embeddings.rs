@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::post_json as post;
 use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use serde_json::{Value, json};
 
@@ -56,12 +57,6 @@ tokens_per_minute = 10
         ..TestConfig::default()
     };
     Daemon::start(pki, &cfg)
-}
-
-async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 fn vector(v: &Value) -> Vec<f32> {

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::post_json;
 use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -25,12 +26,6 @@ fn start(limits: &str, model_extra: &str) -> (Pki, Daemon) {
 
 fn chat(content: &str) -> Value {
     json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": content}]})
-}
-
-async fn post_json(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 /// Parses an SSE body as a client does: events separated by blank lines, `data:` fields.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::post_json as post;
 use common::{Daemon, Pki, TEST_MODEL};
 use serde_json::{Value, json};
 
@@ -28,12 +29,6 @@ apply = "output"
 /// A daemon for `acme`, its audit log in `audit`.
 fn start(pki: &Pki, audit: &std::path::Path) -> Daemon {
     Daemon::start_audited(pki, audit, TENANTS)
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 fn tools() -> Value {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TestConfig};
+use common::{Daemon, Pki, TestConfig, post_json};
 use serde_json::{Value, json};
 
 const NAME: &str = airlock_engine::default_model::NAME;
@@ -75,14 +75,7 @@ async fn json_schema_answers_are_valid_plain_streamed_and_on_responses() {
             "temperature": 1.0,
             "seed": seed,
         });
-        let resp = client
-            .post(daemon.url("/v1/chat/completions"))
-            .json(&req)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap();
+        let (status, body) = post_json(&client, daemon.url("/v1/chat/completions"), &req).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
         check_ticket(body["choices"][0]["message"]["content"].as_str().unwrap());
@@ -115,20 +108,17 @@ async fn json_schema_answers_are_valid_plain_streamed_and_on_responses() {
     }
 
     // json_object: an object, as far as `max_tokens` let it go.
-    let resp: Value = client
-        .post(daemon.url("/v1/chat/completions"))
-        .json(&json!({
+    let (_, resp) = post_json(
+        &client,
+        daemon.url("/v1/chat/completions"),
+        &json!({
             "model": NAME,
             "messages": [{"role": "user", "content": "Any JSON object."}],
             "response_format": {"type": "json_object"},
             "max_tokens": 30,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let content = resp["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(content.starts_with('{'), "{resp}");
     if resp["choices"][0]["finish_reason"] == "stop" {
@@ -136,21 +126,18 @@ async fn json_schema_answers_are_valid_plain_streamed_and_on_responses() {
     }
 
     // The Responses API: `text.format` with the schema's fields flattened.
-    let resp: Value = client
-        .post(daemon.url("/v1/responses"))
-        .json(&json!({
+    let (_, resp) = post_json(
+        &client,
+        daemon.url("/v1/responses"),
+        &json!({
             "model": NAME,
             "input": "Triage: the printer is jammed.",
             "text": {"format": {"type": "json_schema", "name": "ticket", "strict": true,
                                 "schema": ticket_schema()}},
             "max_output_tokens": 60,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     assert_eq!(resp["status"], "completed", "{resp}");
     check_ticket(resp["output"][0]["content"][0]["text"].as_str().unwrap());
     assert_eq!(resp["text"]["format"]["name"], "ticket", "{resp}");
@@ -192,14 +179,7 @@ async fn json_schema_answers_are_valid_plain_streamed_and_on_responses() {
             "tool_choice.function.name",
         ),
     ] {
-        let resp = client
-            .post(daemon.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let err: Value = resp.json().await.unwrap();
+        let (status, err) = post_json(&client, daemon.url(path), &body).await;
         assert_eq!(status, 400, "{path} {body}: {err}");
         assert_eq!(err["error"]["param"], param, "{err}");
     }
@@ -252,14 +232,7 @@ async fn a_model_without_grammar_support_refuses_by_field() {
         for (k, v) in body.as_object().unwrap() {
             req[k] = v.clone();
         }
-        let resp = client
-            .post(daemon.url("/v1/chat/completions"))
-            .json(&req)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let err: Value = resp.json().await.unwrap();
+        let (status, err) = post_json(&client, daemon.url("/v1/chat/completions"), &req).await;
         assert_eq!(status, 400, "{err}");
         assert_eq!(err["error"]["param"], param, "{err}");
         assert!(

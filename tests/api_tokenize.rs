@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::post_json as post;
 use common::{Daemon, Pki, TestConfig};
 use serde_json::{Value, json};
 
@@ -43,12 +44,6 @@ cert_cn = ["carol"]
         ..TestConfig::default()
     };
     Daemon::start(pki, &cfg)
-}
-
-async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 fn audit_records(daemon: &Daemon) -> Vec<Value> {

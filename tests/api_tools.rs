@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::post_json as post;
 use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -49,12 +50,6 @@ fn tools() -> Value {
 fn chat(output: &str) -> Value {
     json!({"model": TEST_MODEL, "tools": tools(),
         "messages": [{"role": "user", "content": output}]})
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
 }
 
 /// The events of a stream (without `[DONE]`).

@@ -114,17 +114,17 @@ impl Sampler {
         logits: &mut [f32],
         constraint: Option<&mut Constraint>,
     ) -> Result<(u32, Option<Logprobs>), EngineError> {
-        let Some(n) = self.params.logprobs else {
-            if let Some(c) = constraint {
-                c.mask(logits)?;
-            }
-            return Ok((self.sample(logits), None));
-        };
-        let dist = LogSoftmax::new(logits);
-        let top = dist.top(logits, n);
+        let asked = self.params.logprobs.map(|n| {
+            let dist = LogSoftmax::new(logits);
+            let top = dist.top(logits, n);
+            (dist, top)
+        });
         if let Some(c) = constraint {
             c.mask(logits)?;
         }
+        let Some((dist, top)) = asked else {
+            return Ok((self.sample(logits), None));
+        };
         // Penalties rewrite logits in place; temperature and the filters work on a copy.
         let penalised = self.params.repetition_penalty != 1.0
             || self.params.presence_penalty != 0.0

@@ -38,6 +38,17 @@ pub fn airlockd(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// POSTs `body` as JSON; the status and the JSON answer.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = client.post(url).json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
 /// A `[[models]]` entry serving the model directory `path` as `name` on the CPU.
 pub fn cpu_model(name: &str, path: &Path) -> String {
     format!("[[models]]\nname = \"{name}\"\npath = {path:?}\ndevice = \"cpu\"\n")
