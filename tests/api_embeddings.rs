@@ -1,7 +1,8 @@
 //! `POST /v1/embeddings` over the real binary: every input form, `base64` and `dimensions`,
 //! the refusals by field, the tenant's allow-list, prompt filter and token limits, the
 //! audit records and the metrics series (test engine: hash-seeded vectors); and the
-//! embedded default model served with `pooling = "mean"` (real hidden states).
+//! embedded default model served with `pooling = "mean"` (real hidden states); and a BERT
+//! encoder, which serves embeddings only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -336,4 +337,83 @@ async fn default_model_serves_mean_pooled_embeddings() {
     let (status, resp) = post(&alice, url, &json!({"model": name, "input": "a"})).await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(resp["error"]["param"], "model", "{resp}");
+}
+
+/// A BERT encoder (the `bert_wordpiece` sentence-transformers fixture) served from a
+/// `[[models]]` entry: `/v1/models` lists it as an embeddings model only, its vectors over
+/// HTTP are sentence-transformers' (cosine ≥ 0.9999), and chat or completions against it
+/// are a 400 naming the model.
+#[tokio::test]
+async fn bert_encoder_serves_embeddings_only() {
+    let pki = Pki::new(&["alice"]);
+    let fixtures = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/tests/fixtures"
+    ));
+    let cfg = TestConfig {
+        models: common::cpu_model("tiny-bert", &fixtures.join("bert_wordpiece")),
+        extra: "[[tenants]]\nname = \"alice\"\nmodels = [\"*\"]\ncert_cn = [\"alice\"]\n".into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let alice = daemon.client(&pki, "alice");
+    let models: Value = alice
+        .get(daemon.url("/v1/models/tiny-bert"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["capabilities"],
+        json!(["tokenize", "embeddings"]),
+        "{models}"
+    );
+
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap())
+            .unwrap();
+    let inputs = expected["encoders"]["bert_wordpiece"]["inputs"]
+        .as_array()
+        .unwrap();
+    let texts: Vec<&str> = inputs.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let body = json!({"model": "tiny-bert", "input": texts});
+    let (status, resp) = post(&alice, daemon.url("/v1/embeddings"), &body).await;
+    assert_eq!(status, 200, "{resp}");
+    for (i, input) in inputs.iter().enumerate() {
+        let got = vector(&resp["data"][i]["embedding"]);
+        let want = vector(&input["embedding"]);
+        let dot: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        let cos = dot / (norm(&got) * norm(&want));
+        assert!(cos >= 0.9999, "input {i}: cosine {cos}");
+    }
+    let tokens: usize = inputs
+        .iter()
+        .map(|i| i["ids"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(resp["usage"]["prompt_tokens"], json!(tokens), "{resp}");
+
+    for (route, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny-bert", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny-bert", "prompt": "hi"}),
+        ),
+    ] {
+        let (status, resp) = post(&alice, daemon.url(route), &body).await;
+        assert_eq!(status, 400, "{route}: {resp}");
+        let message = resp["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("tiny-bert") && message.contains("embeddings"),
+            "{route}: {resp}"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, Pki, TestConfig};
+use common::{Daemon, Pki, TestConfig, post_text, sse_chunks};
 use serde_json::{Value, json};
 
 /// A daemon serving the default model to `alice` (no filter) and `bob` (with `bob_filter`
@@ -44,25 +44,6 @@ fn chat_request(extra: Value) -> Value {
         req[k] = v.clone();
     }
     req
-}
-
-async fn post(client: &reqwest::Client, url: String, body: &Value) -> (u16, String) {
-    let resp = client.post(url).json(body).send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
-/// The chunks of an SSE body (without `[DONE]`).
-fn chunks(text: &str) -> Vec<Value> {
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| e.strip_prefix("data: ").unwrap())
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
 }
 
 fn tokens(content: &Value) -> Vec<String> {
@@ -108,7 +89,7 @@ async fn chat_logprobs_plain_and_streamed_agree() {
     let alice = daemon.client(&pki, "alice");
     let url = daemon.url("/v1/chat/completions");
 
-    let (status, body) = post(
+    let (status, body) = post_text(
         &alice,
         url.clone(),
         &chat_request(json!({"logprobs": true, "top_logprobs": 3})),
@@ -135,14 +116,14 @@ async fn chat_logprobs_plain_and_streamed_agree() {
     }
 
     // Streamed: the same entries, spread over the content chunks.
-    let (status, text) = post(
+    let (status, text) = post_text(
         &alice,
         url.clone(),
         &chat_request(json!({"logprobs": true, "top_logprobs": 3, "stream": true})),
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    let streamed: Vec<Value> = chunks(&text)
+    let streamed: Vec<Value> = sse_chunks(&text)
         .iter()
         .filter(|c| {
             c["choices"][0]["delta"]["content"]
@@ -159,13 +140,13 @@ async fn chat_logprobs_plain_and_streamed_agree() {
     assert_eq!(&streamed, entries, "{text}");
 
     // Without the fields: `logprobs: null`, as before.
-    let (status, body) = post(&alice, url.clone(), &chat_request(json!({}))).await;
+    let (status, body) = post_text(&alice, url.clone(), &chat_request(json!({}))).await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["choices"][0]["logprobs"], Value::Null);
 
     // `logprobs: true` alone: entries without alternatives.
-    let (_, body) = post(
+    let (_, body) = post_text(
         &alice,
         url.clone(),
         &chat_request(json!({"logprobs": true})),
@@ -185,7 +166,7 @@ async fn chat_logprobs_plain_and_streamed_agree() {
         json!({"top_logprobs": 2}),
         json!({"logprobs": true, "top_logprobs": -1}),
     ] {
-        let (status, body) = post(&alice, url.clone(), &chat_request(bad)).await;
+        let (status, body) = post_text(&alice, url.clone(), &chat_request(bad)).await;
         assert_eq!(status, 400, "{body}");
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["error"]["param"], "top_logprobs", "{body}");
@@ -212,7 +193,7 @@ async fn completions_logprobs_plain_and_streamed() {
         req
     };
 
-    let (status, body) = post(&alice, url.clone(), &req(json!({"logprobs": 2}))).await;
+    let (status, body) = post_text(&alice, url.clone(), &req(json!({"logprobs": 2}))).await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     let lp = &body["choices"][0]["logprobs"];
@@ -240,7 +221,7 @@ async fn completions_logprobs_plain_and_streamed() {
     }
 
     // Streamed: the same tokens and values, offsets continuing across chunks.
-    let (status, text) = post(
+    let (status, text) = post_text(
         &alice,
         url.clone(),
         &req(json!({"logprobs": 2, "stream": true})),
@@ -249,7 +230,7 @@ async fn completions_logprobs_plain_and_streamed() {
     assert_eq!(status, 200, "{text}");
     let mut streamed_tokens = Vec::new();
     let mut streamed_offsets = Vec::new();
-    for c in chunks(&text) {
+    for c in sse_chunks(&text) {
         let choice = &c["choices"][0];
         if choice["text"].as_str().is_some_and(|t| !t.is_empty()) {
             let lp = &choice["logprobs"];
@@ -261,7 +242,7 @@ async fn completions_logprobs_plain_and_streamed() {
     assert_eq!(&streamed_offsets, lp["text_offset"].as_array().unwrap());
 
     // `logprobs: 0`: the chosen tokens only; above 5: 400 naming `logprobs`.
-    let (status, body) = post(&alice, url.clone(), &req(json!({"logprobs": 0}))).await;
+    let (status, body) = post_text(&alice, url.clone(), &req(json!({"logprobs": 0}))).await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     for top in body["choices"][0]["logprobs"]["top_logprobs"]
@@ -270,7 +251,7 @@ async fn completions_logprobs_plain_and_streamed() {
     {
         assert_eq!(top.as_object().unwrap().len(), 1, "{body}");
     }
-    let (status, body) = post(&alice, url.clone(), &req(json!({"logprobs": 6}))).await;
+    let (status, body) = post_text(&alice, url.clone(), &req(json!({"logprobs": 6}))).await;
     assert_eq!(status, 400, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["param"], "logprobs", "{body}");
@@ -286,7 +267,7 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
     let reference = {
         let daemon = start(&pki, None);
         let alice = daemon.client(&pki, "alice");
-        let (status, body) = post(
+        let (status, body) = post_text(
             &alice,
             daemon.url("/v1/chat/completions"),
             &chat_request(json!({"logprobs": true})),
@@ -312,7 +293,8 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
     let bob = daemon.client(&pki, "bob");
     let url = daemon.url("/v1/chat/completions");
 
-    let (status, body) = post(&bob, url.clone(), &chat_request(json!({"logprobs": true}))).await;
+    let (status, body) =
+        post_text(&bob, url.clone(), &chat_request(json!({"logprobs": true}))).await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     let message = body["choices"][0]["message"]["content"].as_str().unwrap();
@@ -329,9 +311,9 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
 
     let mut streamed = chat_request(json!({"logprobs": true}));
     streamed["stream"] = json!(true);
-    let (status, text) = post(&bob, url.clone(), &streamed).await;
+    let (status, text) = post_text(&bob, url.clone(), &streamed).await;
     assert_eq!(status, 200, "{text}");
-    let streamed_text: String = chunks(&text)
+    let streamed_text: String = sse_chunks(&text)
         .iter()
         .filter_map(|c| {
             c["choices"][0]["delta"]["content"]
@@ -346,7 +328,7 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
             .contains(&secret),
         "{text}"
     );
-    let got: Vec<String> = chunks(&text)
+    let got: Vec<String> = sse_chunks(&text)
         .iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
         .flatten()
@@ -356,7 +338,7 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
     assert_eq!(got[..], reference[..got.len()]);
 
     // Alternatives are text the filter never sees in context: refused to a filtered tenant.
-    let (status, body) = post(
+    let (status, body) = post_text(
         &bob,
         url.clone(),
         &chat_request(json!({"logprobs": true, "top_logprobs": 2})),
@@ -367,7 +349,7 @@ async fn redacting_output_filter_does_not_leak_through_logprobs() {
     assert_eq!(body["error"]["param"], "top_logprobs", "{body}");
     // The tenant without a filter may.
     let alice = daemon.client(&pki, "alice");
-    let (status, body) = post(
+    let (status, body) = post_text(
         &alice,
         url,
         &chat_request(json!({"logprobs": true, "top_logprobs": 2})),

@@ -79,7 +79,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_airlockd(airlockd: str, work: Path, log_level: str = "info", token_budget: bool = True) -> tuple[subprocess.Popen, int, str]:
+def setup_airlockd(airlockd: str, work: Path, log_level: str = "info", token_budget: bool = True, extra: str = "") -> tuple[subprocess.Popen, int, str]:
     run([airlockd, "certs", "init", "--dir", str(work), "--tenant", TENANT])
     run([airlockd, "audit", "keygen", "--dir", str(work / "audit")])
     config = work / "airlockd.toml"
@@ -135,6 +135,7 @@ case_insensitive = true
 id = "pii-email"
 action = "redact"
 detector = "email"
+{extra}
 """
     )
     key = run([airlockd, "keys", "create", "--tenant", TENANT, "--config", str(config)]).strip()

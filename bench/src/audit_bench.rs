@@ -41,6 +41,7 @@ struct Args {
 
 fn settings(db: PathBuf) -> WriterSettings {
     WriterSettings {
+        node: String::new(),
         db,
         signing_key: SigningKey::from_seed([9; 32]),
         checkpoint_every: 1000,

@@ -51,6 +51,9 @@ pub struct App {
     pub(crate) audit: Option<Arc<crate::audit::trail::Binding>>,
     /// Authentication and tenant policy of this configuration generation.
     pub(crate) access: Arc<crate::access::Access>,
+    /// `[cluster.limits] backend = "redis"`: the tenants' limits, shared with the other
+    /// gateways; `None`: each tenant's own limiter in this process.
+    pub(crate) shared_limits: Option<Arc<crate::limits_redis::SharedLimits>>,
 }
 
 impl App {
@@ -88,6 +91,7 @@ impl App {
             fingerprint: format!("fp_airlock_{}", env!("CARGO_PKG_VERSION")),
             audit,
             access,
+            shared_limits: None,
         })
     }
 
@@ -110,6 +114,18 @@ impl App {
             None => tracing::warn!(
                 "reload: the new access state is already shared; throttle starts fresh"
             ),
+        }
+    }
+
+    /// Puts `app`'s tenant limits in the shared store (a generation being built, not yet
+    /// shared with any request).
+    pub(crate) fn set_shared_limits(
+        app: &mut Arc<App>,
+        shared: Arc<crate::limits_redis::SharedLimits>,
+    ) {
+        match Arc::get_mut(app) {
+            Some(app) => app.shared_limits = Some(shared),
+            None => tracing::error!("shared limits not set: the generation is already shared"),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod record;
 pub mod rotate;
+pub mod sink;
 #[cfg(test)]
 mod tests;
 pub mod tools;

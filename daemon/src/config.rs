@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cluster;
 pub mod credential;
 #[cfg(test)]
 mod doc_check;
@@ -102,6 +103,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `[admin]`: the metrics and status listener; `None`: none is served.
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: where the tenants' limits are kept (this process, or a shared Redis).
+    pub cluster: cluster::ClusterConfig,
 }
 
 impl Config {
@@ -222,6 +225,7 @@ impl Config {
         let policy = policy::policy(raw.auth, raw.tenants, base)?;
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
+        let cluster = cluster::ClusterConfig::try_from(raw.cluster)?;
         Ok(Config {
             listener,
             limits,
@@ -230,6 +234,7 @@ impl Config {
             audit,
             policy,
             admin,
+            cluster,
         })
     }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod keys;
+pub mod limits_redis;
 pub mod logging;
 pub mod metrics;
 mod model_inspect;

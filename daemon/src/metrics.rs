@@ -81,6 +81,11 @@ struct UnparsedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
     model: String,
     device: String,
@@ -129,8 +134,12 @@ pub struct Metrics {
     auth_failures: Family<AuthLabels, Counter>,
     filter_actions: Family<FilterLabels, Counter>,
     tool_calls_unparsed: Family<UnparsedLabels, Counter>,
+    audit_sink_shipped: Family<SinkLabels, Counter>,
+    audit_sink_failures: Family<SinkLabels, Counter>,
+    audit_sink_lag: Family<SinkLabels, Gauge>,
     audit_commit: Histogram,
     audit_failures: Counter,
+    limits_fallback: Counter,
     engine_queued: Gauge,
     engine_active: Gauge,
     kv_cache_bytes: Gauge,
@@ -171,8 +180,12 @@ impl Metrics {
             auth_failures: Family::default(),
             filter_actions: Family::default(),
             tool_calls_unparsed: Family::default(),
+            audit_sink_shipped: Family::default(),
+            audit_sink_failures: Family::default(),
+            audit_sink_lag: Family::default(),
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
+            limits_fallback: Counter::default(),
             engine_queued: Gauge::default(),
             engine_active: Gauge::default(),
             kv_cache_bytes: Gauge::default(),
@@ -231,6 +244,12 @@ impl Metrics {
             self.completion_tokens.clone(),
         );
         r.register(
+            "airlock_limits_fallback",
+            "Admissions decided by this gateway's local share of the limits because the shared \
+             limits store ([cluster.limits]) was unavailable",
+            self.limits_fallback.clone(),
+        );
+        r.register(
             "airlock_rate_limited",
             "Requests refused by a tenant rate limit, by tenant and limit kind",
             self.rate_limited.clone(),
@@ -250,6 +269,21 @@ impl Metrics {
             "Model outputs that began a tool call that could not be passed on (sent as \
              content), by model and reason",
             self.tool_calls_unparsed.clone(),
+        );
+        r.register(
+            "airlock_audit_sink_records",
+            "Audit records delivered to a SIEM, by sink",
+            self.audit_sink_shipped.clone(),
+        );
+        r.register(
+            "airlock_audit_sink_failures",
+            "Failed deliveries to a SIEM (connect, write or read errors; each retry counts), by sink",
+            self.audit_sink_failures.clone(),
+        );
+        r.register(
+            "airlock_audit_sink_lag_records",
+            "Committed audit records a sink has not delivered yet, by sink",
+            self.audit_sink_lag.clone(),
         );
         r.register(
             "airlock_audit_commit_duration_seconds",
@@ -442,6 +476,11 @@ impl Metrics {
             .inc();
     }
 
+    /// An admission decided locally because the shared limits store was unavailable.
+    pub fn limits_fallback(&self) {
+        self.limits_fallback.inc();
+    }
+
     /// A failed authentication. Both labels are fixed strings chosen by the caller.
     pub fn auth_failure(&self, method: &'static str, reason: &'static str) {
         self.auth_failures
@@ -468,6 +507,33 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Records a sink delivered.
+    pub fn audit_sink_shipped(&self, sink: &str, records: u64) {
+        self.audit_sink_shipped
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc_by(records);
+    }
+
+    /// A failed delivery attempt of a sink.
+    pub fn audit_sink_failure(&self, sink: &str) {
+        self.audit_sink_failures
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Committed records a sink still owes.
+    pub fn audit_sink_lag(&self, sink: &str, records: u64) {
+        self.audit_sink_lag
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     /// One audit commit (called on the writer thread). `head` is the chain head after a

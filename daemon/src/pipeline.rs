@@ -102,7 +102,8 @@ where
         && !resp.headers().contains_key("x-ratelimit-limit-requests")
         && !resp.headers().contains_key("x-ratelimit-limit-tokens")
     {
-        ratelimit_headers(resp.headers_mut(), &policy.limiter.status());
+        let status = ctx.shared_status.unwrap_or_else(|| policy.limiter.status());
+        ratelimit_headers(resp.headers_mut(), &status);
     }
     // The `deny` or `complete` record, durable before the response leaves (a stream writes
     // its own before its final event).
@@ -144,7 +145,7 @@ where
     };
     // tenant slot: a tenant at its `max_concurrent` (say, with slow uploads in flight) is
     // refused here and never takes one of the server's slots, which all tenants share.
-    let occupancy = limits::occupy(ctx.policy())?;
+    let occupancy = limits::occupy(app.shared_limits.as_deref(), ctx.policy())?;
     // server slot: before the body is read, so memory held by bodies stays below
     // max_concurrent_requests × max_body_bytes and an overloaded server answers at once.
     let slot = app.try_slot().ok_or(ApiError::TooManyRequests {
@@ -161,6 +162,9 @@ where
     let (mut job, mut shape) = generate::Job::from_parsed(parsed);
     // tenant: the model allow-list and the `max_tokens` caps (cheap, before any tokenizing).
     tenant::check(ctx.policy(), &mut job)?;
+    // generates: chat and completions need a model that generates (an encoder serves
+    // embeddings only); refused naming the model, before any tokenizing.
+    generate::check_generates(&app.models, &job)?;
     // tools: offered tools need a model that can see and call them, a grammar one that
     // decodes under it (after the allow-list, so a model the tenant may not use is not
     // described to it).
@@ -175,7 +179,17 @@ where
     }
     // limits: the prompt's token count, the tenant's prompt cap, then the rate limits and
     // the token reservation (which takes over the tenant slot).
-    let admission = limits::reserve(&app.engine, ctx.policy(), occupancy, &mut job).await?;
+    let admission = limits::reserve(
+        &app.engine,
+        app.shared_limits.as_ref(),
+        ctx.policy(),
+        occupancy,
+        &mut job,
+    )
+    .await?;
+    if let Some(limits::TenantAdmission::Shared(shared)) = &admission {
+        ctx.shared_status = Some(shared.status());
+    }
     // audit: the admission record is durable before the engine sees the request, or the
     // request is refused (fail closed). The receipt carries the exact job it recorded.
     let admitted = audit::admit(ctx, job).await?;

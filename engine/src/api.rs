@@ -36,6 +36,9 @@ pub struct ModelInfo {
 /// it instead of being told by trial).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ModelFeatures {
+    /// It generates text (completions, and chat where [`ModelFeatures::chat`]); `false` for
+    /// an encoder, which serves embeddings only.
+    pub completions: bool,
     /// It has a chat template: chat prompts render.
     pub chat: bool,
     /// Its tokenizer answers [`Engine::tokenize`] and [`Engine::detokenize`].
@@ -53,8 +56,8 @@ pub struct ModelFeatures {
     pub embeddings: Option<Pooling>,
 }
 
-/// How an embedding is pooled from a decoder's final hidden states (after the final norm,
-/// before the LM head), then L2-normalized.
+/// How an embedding is pooled from a model's final hidden states (a decoder's after the
+/// final norm, before the LM head; an encoder's last layer), then L2-normalized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
@@ -63,6 +66,8 @@ pub enum Pooling {
     Last,
     /// The mean over every position.
     Mean,
+    /// The first position's state (BERT's `[CLS]`: bge, and `pooling_mode_cls_token`).
+    Cls,
 }
 
 impl Pooling {
@@ -71,6 +76,7 @@ impl Pooling {
         match self {
             Pooling::Last => "last",
             Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
         }
     }
 }
@@ -156,8 +162,13 @@ pub enum ToolFormat {
     /// Llama 3.1/3.2: a JSON object `{"name": …, "parameters": …}`, possibly after
     /// `<|python_tag|>`; several separated by `;`.
     Llama3Json,
-    /// Mistral: `[TOOL_CALLS]` then a JSON array of `{"name": …, "arguments": …}`.
+    /// Mistral (tokenizer v3–v7: Mistral 7B v0.3, Nemo, Small 2501): `[TOOL_CALLS]` then a
+    /// JSON array of `{"name": …, "arguments": …}`.
     Mistral,
+    /// Mistral (tokenizer v11+: Small 3.1/3.2, Devstral, Magistral, Ministral 3): per call
+    /// `[TOOL_CALLS]name[ARGS]{…}`, optionally `[CALL_ID]id` before `[ARGS]`. The markers
+    /// are control tokens, kept in the decoded text so the calls can be told apart.
+    MistralArgs,
 }
 
 /// One call an assistant message made, as a chat template renders it back.
@@ -247,6 +258,21 @@ pub const MAX_STOP_BYTES: usize = 512;
 /// `top_logprobs` cap. Finding them is one pass over the vocabulary per token, whatever the
 /// count; the cap bounds what each token event carries.
 pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Most samples one request may ask for ([`Engine::submit_n`], OpenAI's `n`): each holds its
+/// own KV cache and event stream, so the cap bounds what one request can take.
+pub const MAX_N: usize = 16;
+
+/// Refuses an `n` outside 1..=[`MAX_N`].
+pub(crate) fn check_n(n: usize) -> Result<(), EngineError> {
+    if (1..=MAX_N).contains(&n) {
+        return Ok(());
+    }
+    Err(EngineError::InvalidRequest {
+        param: "n",
+        reason: format!("must be between 1 and {MAX_N}, got {n}"),
+    })
+}
 
 /// Sampling parameters. The defaults are the engine's, not OpenAI's: the gateway fills in
 /// OpenAI's defaults (temperature 1, top_p 1) before submitting.
@@ -560,6 +586,9 @@ pub struct EngineStatus {
     pub active: usize,
     /// Bytes held by KV caches.
     pub kv_cache_bytes: usize,
+    /// Prompt tokens run through the model since it started (recomputation after a
+    /// preemption included): a request with `n` samples runs its prompt once.
+    pub prefill_tokens: u64,
 }
 
 fn no_tokenizer(model: &str) -> EngineError {
@@ -574,6 +603,17 @@ pub fn no_embeddings(model: &str) -> EngineError {
     EngineError::InvalidRequest {
         param: "model",
         reason: format!("model `{model}` does not serve embeddings"),
+    }
+}
+
+/// The refusal of a completion or chat request to a model that serves embeddings only.
+pub fn embeddings_only(model: &str) -> EngineError {
+    EngineError::InvalidRequest {
+        param: "model",
+        reason: format!(
+            "model `{model}` is an embeddings model: it serves /v1/embeddings only, not \
+             completions or chat"
+        ),
     }
 }
 
@@ -610,6 +650,31 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Generation, EngineError> {
         let _ = prepared;
         self.submit(request)
+    }
+
+    /// [`Engine::submit_prepared`] for `n` ≥ 1 independent samples of one prompt (OpenAI's
+    /// `n`). Returns one [`Generation`] per sample, in choice order; each reports its own
+    /// `Started`/`Token`/`Finished` (its `usage.prompt_tokens` is the whole prompt's count).
+    /// With a seed `s`, sample `i` samples as a solo request with seed `s + i` (wrapping) would.
+    /// Dropping one handle cancels only that sample. Admission counts all `n` (queue slots, KV
+    /// budget); a request that cannot fit fails at once as `submit_prepared` does.
+    /// The default submits `n` independent requests; engines that can share the prompt's
+    /// prefill (one pass, the KV cache forked) override it.
+    fn submit_n(
+        &self,
+        request: GenerateRequest,
+        prepared: Prepared,
+        n: usize,
+    ) -> Result<Vec<Generation>, EngineError> {
+        check_n(n)?;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut r = request.clone();
+            r.params.seed = request.params.seed.map(|s| s.wrapping_add(i as u64));
+            // On an error `samples` is dropped, which cancels the ones already queued.
+            samples.push(self.submit_prepared(r, prepared.clone())?);
+        }
+        Ok(samples)
     }
 
     /// Tokenizes `text` for `model` without a chat template; `add_special` adds the

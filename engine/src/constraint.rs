@@ -234,12 +234,38 @@ fn tool_call_lark(
             array["x-guidance"] = json_options();
             // `[TOOL_CALLS]` is a control token in Mistral's vocabularies: allowed by id,
             // as the model writes it; spelled out where it is plain text.
-            let marker = match trie.get_special_token("[TOOL_CALLS]") {
-                Some(id) => format!("<[{id}]>"),
-                None => lit("[TOOL_CALLS]"),
-            };
-            format!("start: {marker} %json {array}\n")
+            format!("start: {} %json {array}\n", marker(trie, "[TOOL_CALLS]"))
         }
+        ToolFormat::MistralArgs => {
+            // Per call `[TOOL_CALLS]name[ARGS]{arguments}`; each call opens with the marker.
+            let calls: Vec<String> = functions
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} {} %json {}",
+                        marker(trie, "[TOOL_CALLS]"),
+                        lit(&f.name),
+                        marker(trie, "[ARGS]"),
+                        with_json_options(f.parameters.clone()),
+                    )
+                })
+                .collect();
+            let start = if parallel {
+                "start: call+\n"
+            } else {
+                "start: call\n"
+            };
+            format!("{start}call: {}\n", calls.join(" | "))
+        }
+    }
+}
+
+/// A Mistral control token: by id where the vocabulary has it (as the model writes it),
+/// spelled out where it is plain text.
+fn marker(trie: &TokTrie, text: &str) -> String {
+    match trie.get_special_token(text) {
+        Some(id) => format!("<[{id}]>"),
+        None => lit(text),
     }
 }
 

@@ -1,6 +1,6 @@
-//! Embeddings from decoder models: the input's tokens run through the model (no sampling),
-//! the final hidden states (after the final norm, before the LM head) are pooled (`last`
-//! token or `mean`) and L2-normalized.
+//! Embeddings: the input's tokens run through the model (no sampling), the final hidden
+//! states (a decoder's after the final norm, before the LM head; an encoder's last layer)
+//! are pooled (`last` token, `mean`, or the first (`cls`) token) and L2-normalized.
 //!
 //! Embedding requests share the model's inference thread with generation: the worker runs
 //! one embedding pass between two generation steps ([`EmbedQueue::step`]), within the same
@@ -9,8 +9,12 @@
 //! take blocks from the same pool while they live, so the cache's memory stays what its
 //! budget says. A request whose handle is dropped is dropped before its next pass.
 //!
+//! An encoder (BERT) runs each input whole in one pass: its budget ([`Budget`]) is its
+//! context, so no input is cut into chunks.
+//!
 //! Where the pooling comes from: `1_Pooling/config.json` (sentence-transformers) in the
-//! model directory when present, else the operator's `pooling` (see `docs/config.md`).
+//! model directory when present, else a GGUF file's `pooling_type`, else the operator's
+//! `pooling` (see `docs/config.md`).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -32,6 +36,7 @@ struct Partial {
     cache: KvCache,
     done: usize,
     sum: Vec<f64>,
+    first: Vec<f32>,
     last: Vec<f32>,
     blocks: usize,
 }
@@ -162,7 +167,13 @@ impl Running {
                 return Err(e);
             }
         };
-        accumulate(&rows, &mut p.sum, &mut p.last, model.hidden_size());
+        accumulate(
+            &rows,
+            &mut p.sum,
+            &mut p.first,
+            &mut p.last,
+            model.hidden_size(),
+        );
         p.done += n;
         self.tokens += n;
         if p.done < input.len() {
@@ -171,7 +182,7 @@ impl Running {
         }
         pool.give_back(p.blocks);
         self.vectors
-            .push(pool_vector(pooling, &p.sum, &p.last, p.done));
+            .push(pool_vector(pooling, &p.sum, &p.first, &p.last, p.done));
         self.next += 1;
         Ok(true)
     }
@@ -194,6 +205,7 @@ impl Running {
                 cache: model.new_cache(),
                 done: 0,
                 sum: vec![0.0; hidden],
+                first: Vec::new(),
                 last: Vec::new(),
                 blocks: 0,
             };
@@ -227,10 +239,10 @@ impl Running {
         pool.give_back(blocks);
         let rows = result?;
         for (input, rows) in inputs[self.next..end].iter().zip(&rows) {
-            let (mut sum, mut last) = (vec![0.0; hidden], Vec::new());
-            accumulate(rows, &mut sum, &mut last, hidden);
+            let (mut sum, mut first, mut last) = (vec![0.0; hidden], Vec::new(), Vec::new());
+            accumulate(rows, &mut sum, &mut first, &mut last, hidden);
             self.vectors
-                .push(pool_vector(pooling, &sum, &last, input.len()));
+                .push(pool_vector(pooling, &sum, &first, &last, input.len()));
         }
         self.tokens += tokens;
         self.next = end;
@@ -260,9 +272,19 @@ fn forward(
         .collect()
 }
 
-/// Adds `rows` (`[n, hidden]`) to the running sum and keeps the last row.
-fn accumulate(rows: &[f32], sum: &mut [f64], last: &mut Vec<f32>, hidden: usize) {
+/// Adds `rows` (`[n, hidden]`) to the running sum and keeps the input's first row and the
+/// last row.
+fn accumulate(
+    rows: &[f32],
+    sum: &mut [f64],
+    first: &mut Vec<f32>,
+    last: &mut Vec<f32>,
+    hidden: usize,
+) {
     for row in rows.chunks_exact(hidden.max(1)) {
+        if first.is_empty() {
+            first.extend_from_slice(row);
+        }
         for (s, &v) in sum.iter_mut().zip(row) {
             *s += f64::from(v);
         }
@@ -272,9 +294,16 @@ fn accumulate(rows: &[f32], sum: &mut [f64], last: &mut Vec<f32>, hidden: usize)
 }
 
 /// The pooled, L2-normalized vector of an input of `count` tokens.
-fn pool_vector(pooling: Pooling, sum: &[f64], last: &[f32], count: usize) -> Vec<f32> {
+fn pool_vector(
+    pooling: Pooling,
+    sum: &[f64],
+    first: &[f32],
+    last: &[f32],
+    count: usize,
+) -> Vec<f32> {
     let raw: Vec<f64> = match pooling {
         Pooling::Last => last.iter().map(|&v| f64::from(v)).collect(),
+        Pooling::Cls => first.iter().map(|&v| f64::from(v)).collect(),
         Pooling::Mean => sum.iter().map(|&s| s / count.max(1) as f64).collect(),
     };
     normalize(&raw)
@@ -287,11 +316,13 @@ pub(crate) fn normalize(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| (x * scale) as f32).collect()
 }
 
-/// The pooling a sentence-transformers directory declares in `1_Pooling/config.json`
-/// (`None`: no such file). Modes the engine does not implement (`cls`, `max`, weighted
-/// mean) are refused by name rather than replaced.
+/// The pooling a sentence-transformers directory declares in its Pooling module's
+/// `config.json` (the module `modules.json` lists, else `1_Pooling/`; `None`: no such
+/// file). Modes the engine does not implement (`max`, weighted mean) are refused by name
+/// rather than replaced. (Its `2_Normalize` module needs no reading: every embedding is
+/// L2-normalized.)
 pub(crate) fn pooling_from_dir(dir: &Path) -> Result<Option<Pooling>, EngineError> {
-    let path = dir.join("1_Pooling").join("config.json");
+    let path = pooling_module(dir).join("config.json");
     if !dir.is_dir() || !path.exists() {
         return Ok(None);
     }
@@ -302,11 +333,26 @@ pub(crate) fn pooling_from_dir(dir: &Path) -> Result<Option<Pooling>, EngineErro
     let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    // sentence-transformers 5+ writes one `pooling_mode` string; older versions one
+    // boolean per mode.
+    if let Some(mode) = value
+        .get("pooling_mode")
+        .and_then(serde_json::Value::as_str)
+    {
+        return match mode {
+            "lasttoken" => Ok(Some(Pooling::Last)),
+            "mean" => Ok(Some(Pooling::Mean)),
+            "cls" => Ok(Some(Pooling::Cls)),
+            other => Err(err(format!(
+                "`pooling_mode`: `{other}` is not supported (supported: lasttoken, mean, cls)"
+            ))),
+        };
+    }
     let on = |key: &str| value.get(key).and_then(serde_json::Value::as_bool) == Some(true);
     let modes = [
         ("pooling_mode_lasttoken", Some(Pooling::Last)),
         ("pooling_mode_mean_tokens", Some(Pooling::Mean)),
-        ("pooling_mode_cls_token", None),
+        ("pooling_mode_cls_token", Some(Pooling::Cls)),
         ("pooling_mode_max_tokens", None),
         ("pooling_mode_mean_sqrt_len_tokens", None),
         ("pooling_mode_weightedmean_tokens", None),
@@ -316,11 +362,31 @@ pub(crate) fn pooling_from_dir(dir: &Path) -> Result<Option<Pooling>, EngineErro
         [(_, Some(pooling))] => Ok(Some(*pooling)),
         [(key, None)] => Err(err(format!(
             "`{key}` is not supported (supported: pooling_mode_lasttoken, \
-             pooling_mode_mean_tokens)"
+             pooling_mode_mean_tokens, pooling_mode_cls_token)"
         ))),
         [] => Err(err("no pooling mode is set".into())),
         _ => Err(err("more than one pooling mode is set".into())),
     }
+}
+
+/// The directory of the Pooling module `modules.json` lists (`1_Pooling` when there is no
+/// readable `modules.json` or it lists none).
+fn pooling_module(dir: &Path) -> std::path::PathBuf {
+    let listed = std::fs::read_to_string(dir.join("modules.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|modules| {
+            modules.as_array()?.iter().find_map(|m| {
+                let kind = m.get("type")?.as_str()?;
+                let path = m.get("path")?.as_str()?;
+                // A relative path inside the directory only.
+                let safe = !path.is_empty()
+                    && !path.starts_with('/')
+                    && !path.split(['/', '\\']).any(|p| p == "..");
+                (kind.ends_with(".Pooling") && safe).then(|| path.to_owned())
+            })
+        });
+    dir.join(listed.unwrap_or_else(|| "1_Pooling".into()))
 }
 
 #[cfg(test)]

@@ -508,6 +508,7 @@ fn safetensors_header(path: &Path, out: &mut Vec<Tensor>) -> Result<(), EngineEr
         let elem: u64 = match dtype {
             "F32" => 4,
             "F16" | "BF16" => 2,
+            "I64" | "I32" if crate::weights::is_id_buffer(name) => continue,
             other => {
                 return Err(load(
                     path,

@@ -40,12 +40,13 @@ mod weights;
 // The shared config module under its former name, for the tokenizer's imports.
 use models::config as hf_config;
 
+pub use api::embeddings_only;
 pub use api::{
     CancelToken, ChatMessage, ChatToolCall, ChatTools, EmbedRequest, Embeddings, EmbeddingsSender,
     Engine, EngineStatus, FinishReason, GenerateRequest, Generation, GenerationSender,
-    GenerationTimings, Grammar, GrammarSpec, MAX_STOP_BYTES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
-    ModelFeatures, ModelInfo, PendingEmbeddings, Pooling, Prepared, Prompt, SamplingParams,
-    TokenEvent, TokenLogprob, ToolFormat, ToolFunction, TopLogprob, Usage,
+    GenerationTimings, Grammar, GrammarSpec, MAX_N, MAX_STOP_BYTES, MAX_STOP_SEQUENCES,
+    MAX_TOP_LOGPROBS, ModelFeatures, ModelInfo, PendingEmbeddings, Pooling, Prepared, Prompt,
+    SamplingParams, TokenEvent, TokenLogprob, ToolFormat, ToolFunction, TopLogprob, Usage,
 };
 pub use device::gpu_available;
 pub use engine::BurnEngine;

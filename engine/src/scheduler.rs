@@ -157,6 +157,14 @@ impl<T> TenantQueues<T> {
         Some(item)
     }
 
+    /// Counts one more running sequence of `tenant` that did not come through its queue (a
+    /// sample forked from a running one).
+    pub fn join(&mut self, tenant: &str) {
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.active += 1;
+        }
+    }
+
     /// Counts one of `tenant`'s running sequences as gone (finished, cancelled, preempted).
     pub fn leave(&mut self, tenant: &str) {
         if let Some(t) = self.tenants.get_mut(tenant) {

@@ -185,6 +185,16 @@ impl Sequence {
         &mut self.cache
     }
 
+    /// Starts from `parent`'s prefill of the same prompt: a copy of its KV cache, and its
+    /// prefill time. Called before `parent` samples its first token, so that this sequence
+    /// then samples from the same last-position logits as if it had prefilled itself.
+    pub fn fork_from(&mut self, parent: &Sequence) {
+        debug_assert_eq!(self.prompt, parent.prompt);
+        debug_assert!(parent.generated.is_empty() && self.generated.is_empty());
+        self.cache = parent.cache.fork();
+        self.prefill_s = parent.prefill_s;
+    }
+
     /// Frees the KV cache (recompute preemption): the prompt and the tokens generated so far
     /// are prefilled again when the sequence resumes; the sampler's state is kept, so the
     /// continuation is the one it would have been.

@@ -278,6 +278,7 @@ impl Engine for TestEngine {
             device: "test engine (deterministic echo, no model)".to_owned(),
             // Chat prompts are echoed; there is no tokenizer to expose and no logits.
             features: crate::ModelFeatures {
+                completions: true,
                 chat: true,
                 tokenizer: false,
                 logprobs: false,
@@ -390,6 +391,7 @@ impl Engine for TestEngine {
             queued: self.shared.queued.load(Ordering::Acquire),
             active: self.shared.active.load(Ordering::Acquire),
             kv_cache_bytes: 0,
+            prefill_tokens: 0,
         }
     }
 }

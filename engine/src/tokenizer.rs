@@ -132,6 +132,9 @@ impl<'a> ToolCallCtx<'a> {
     }
 }
 
+/// Mistral's tool-call markers: control tokens its tool-calling models write around calls.
+pub const TOOL_MARKERS: [&str; 3] = ["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"];
+
 /// The tool-call format a chat template teaches, from the markers in its source. A
 /// template that never names `tools` cannot show them to the model. Checked in order:
 /// Mistral's `[TOOL_CALLS]`, Hermes/Qwen's `<tool_call>`, then Llama 3.1's
@@ -142,7 +145,12 @@ pub fn tool_format(source: &str) -> Option<ToolFormat> {
         return None;
     }
     if source.contains("[TOOL_CALLS]") {
-        Some(ToolFormat::Mistral)
+        // v11+ templates write each call as `[TOOL_CALLS]name[ARGS]arguments`.
+        Some(if source.contains("[ARGS]") {
+            ToolFormat::MistralArgs
+        } else {
+            ToolFormat::Mistral
+        })
     } else if source.contains("<tool_call>") {
         Some(ToolFormat::Hermes)
     } else if source.contains("<|python_tag|>") || source.contains("ipython") {
@@ -253,12 +261,20 @@ impl TextTokenizer {
     /// present. `config_eos` are the ids `config.json` lists.
     pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<TextTokenizer, EngineError> {
         let tok_path = dir.join("tokenizer.json");
-        let inner = Backend::Hf(Box::new(
+        let mut hf =
             tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| EngineError::Load {
                 path: tok_path.clone(),
                 reason: format!("invalid tokenizer: {e}"),
-            })?,
-        ));
+            })?;
+        // Padding and truncation saved in the file (sentence-transformers checkpoints ship
+        // both) would pad every input with [PAD] ids or cut it silently: an input is
+        // tokenized whole, and one longer than the context is refused instead.
+        hf.with_padding(None);
+        hf.with_truncation(None).map_err(|e| EngineError::Load {
+            path: tok_path.clone(),
+            reason: format!("invalid tokenizer: {e}"),
+        })?;
+        let inner = Backend::Hf(Box::new(hf));
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(serde_json::Value::Null);
         let bos_token = special_token(cfg.get("bos_token"));
@@ -528,9 +544,38 @@ impl TextTokenizer {
         Ok(ids)
     }
 
-    /// Decodes ids to text, special tokens skipped.
+    /// Decodes ids to text, special tokens skipped, except a Mistral template's tool-call
+    /// markers ([`TOOL_MARKERS`]): control tokens, but what tells a call from text (and,
+    /// in the `[ARGS]` form, a tool's name from its arguments), so they stay in the text.
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        self.decode_with(ids, true)
+        let markers = self.tool_marker_ids();
+        if !ids.iter().any(|id| markers.contains(&Some(*id))) {
+            return self.decode_with(ids, true);
+        }
+        let mut out = String::new();
+        for piece in ids.split_inclusive(|id| markers.contains(&Some(*id))) {
+            let (last, text) = piece
+                .split_last()
+                .map_or((None, piece), |(l, t)| (Some(l), t));
+            match last {
+                Some(&id) if markers.contains(&Some(id)) => {
+                    out.push_str(&self.decode_with(text, true)?);
+                    out.push_str(&self.inner.id_to_token(id).unwrap_or_default());
+                }
+                _ => out.push_str(&self.decode_with(piece, true)?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of the tool-call markers the decoded text keeps (Mistral templates only).
+    fn tool_marker_ids(&self) -> [Option<u32>; 3] {
+        match self.tool_format() {
+            Some(ToolFormat::Mistral | ToolFormat::MistralArgs) => {
+                TOOL_MARKERS.map(|m| self.inner.token_to_id(m))
+            }
+            _ => [None; 3],
+        }
     }
 
     /// Every token's bytes, special tokens as `0xFF` + their text: what a token trie for

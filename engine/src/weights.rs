@@ -85,6 +85,11 @@ impl RowTable {
     }
 }
 
+/// An integer buffer of token or position ids stored beside the weights.
+pub(crate) fn is_id_buffer(name: &str) -> bool {
+    name.ends_with("position_ids") || name.ends_with("token_type_ids")
+}
+
 impl Weights {
     /// Reads `model.safetensors`, or the shards listed in `model.safetensors.index.json`,
     /// each checked against the manifest when `vouched` is given.
@@ -146,6 +151,9 @@ impl Weights {
                     Dtype::F32 => WeightDType::F32,
                     Dtype::F16 => WeightDType::F16,
                     Dtype::BF16 => WeightDType::BF16,
+                    // BERT checkpoints saved by older transformers keep their position-id
+                    // buffer (`embeddings.position_ids`, I64): bookkeeping, never a weight.
+                    Dtype::I64 | Dtype::I32 if is_id_buffer(&tensor) => continue,
                     other => {
                         return Err(EngineError::Load {
                             path: path.clone(),

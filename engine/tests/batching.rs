@@ -409,3 +409,314 @@ fn constrained_sampled_output_is_the_same_alone_or_batched() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// What one sample streamed: its token ids, text and usage.
+struct Sampled {
+    ids: Vec<u32>,
+    text: String,
+    usage: airlock_engine::Usage,
+    reason: airlock_engine::FinishReason,
+}
+
+fn sampled(mut g: Generation) -> anyhow::Result<Sampled> {
+    let (mut ids, mut text, mut started) = (Vec::new(), String::new(), false);
+    while let Some(ev) = g.blocking_next() {
+        match ev {
+            TokenEvent::Started { .. } => started = true,
+            TokenEvent::Token { id, text: t, .. } => {
+                anyhow::ensure!(started, "Token before Started");
+                ids.push(id);
+                text.push_str(&t);
+            }
+            TokenEvent::Finished {
+                usage,
+                text: t,
+                reason,
+                ..
+            } => {
+                text.push_str(&t);
+                return Ok(Sampled {
+                    ids,
+                    text,
+                    usage,
+                    reason,
+                });
+            }
+            TokenEvent::Failed(e) => anyhow::bail!("{e}"),
+        }
+    }
+    anyhow::bail!("generation ended without Finished")
+}
+
+/// Reads every sample on its own thread (a slow reader must not stall its siblings).
+fn sampled_all(gens: Vec<Generation>) -> anyhow::Result<Vec<Sampled>> {
+    let handles: Vec<_> = gens
+        .into_iter()
+        .map(|g| std::thread::spawn(move || sampled(g)))
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
+        .collect()
+}
+
+/// `n` samples of `r`'s prompt through `submit_n`.
+fn submit_n(e: &BurnEngine, r: GenerateRequest, n: usize) -> anyhow::Result<Vec<Generation>> {
+    let prepared = e.prepare(&r.model, &r.prompt)?;
+    Ok(e.submit_n(r, prepared, n)?)
+}
+
+/// A sampled request (temperature 1) with `seed`.
+fn seeded(ids: Vec<u32>, max_tokens: usize, seed: u64) -> GenerateRequest {
+    let mut r = request("t", 1, ids, max_tokens);
+    r.params.temperature = 1.0;
+    r.params.seed = Some(seed);
+    r
+}
+
+#[test]
+fn n_greedy_samples_each_equal_the_solo_output() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), limits(4))?;
+    // 100 tokens: two prefill chunks before the fork.
+    let req = || request("t", 1, prompt_ids(7, 100), 12);
+    let solo = sampled(e.submit(req())?)?;
+    let samples = sampled_all(submit_n(&e, req(), 3)?)?;
+    assert_eq!(samples.len(), 3);
+    for s in &samples {
+        assert_eq!(s.ids, solo.ids);
+        assert_eq!(s.text, solo.text);
+        assert_eq!(
+            (s.usage.prompt_tokens, s.usage.completion_tokens),
+            (100, 12)
+        );
+    }
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    Ok(())
+}
+
+#[test]
+fn n_seeded_samples_equal_solo_requests_with_consecutive_seeds() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), limits(4))?;
+    let ids = prompt_ids(3, 30);
+    let samples = sampled_all(submit_n(&e, seeded(ids.clone(), 16, 41), 3)?)?;
+    for (i, s) in samples.iter().enumerate() {
+        let solo = sampled(e.submit(seeded(ids.clone(), 16, 41 + i as u64))?)?;
+        assert_eq!(s.ids, solo.ids, "sample {i}");
+        assert_eq!(s.text, solo.text, "sample {i}");
+    }
+    assert!(
+        samples.iter().any(|s| s.ids != samples[0].ids),
+        "three seeds gave one output"
+    );
+    // The seed wraps.
+    let samples = sampled_all(submit_n(&e, seeded(ids.clone(), 4, u64::MAX), 2)?)?;
+    let solo = sampled(e.submit(seeded(ids, 4, 0))?)?;
+    assert_eq!(samples[1].ids, solo.ids);
+    Ok(())
+}
+
+#[test]
+fn n_samples_prefill_the_prompt_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), limits(8))?;
+    let before = e.status().prefill_tokens;
+    let samples = sampled_all(submit_n(&e, seeded(prompt_ids(5, 150), 5, 1), 4)?)?;
+    assert!(samples.iter().all(|s| s.usage.completion_tokens == 5));
+    assert_eq!(e.status().prefill_tokens - before, 150);
+    // Four separate requests run it four times.
+    let gens = (0..4)
+        .map(|i| e.submit(seeded(prompt_ids(5, 150), 5, 1 + i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    sampled_all(gens)?;
+    assert_eq!(e.status().prefill_tokens - before, 150 + 4 * 150);
+    Ok(())
+}
+
+#[test]
+fn dropping_one_sample_leaves_the_others_running() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), limits(4))?;
+    let req = || request("t", 1, prompt_ids(11, 70), 40);
+    let solo = sampled(e.submit(req())?)?;
+    // Each sample in turn dropped after its first token (the first: after the fork).
+    for dropped in 0..3 {
+        let mut gens = submit_n(&e, req(), 3)?;
+        let mut gone = gens.remove(dropped);
+        while !matches!(gone.blocking_next(), Some(TokenEvent::Token { .. }) | None) {}
+        drop(gone);
+        for s in sampled_all(gens)? {
+            assert_eq!(s.ids, solo.ids, "sample {dropped} dropped");
+        }
+        let s = wait_idle(&e);
+        assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    }
+    // The first dropped at once, before its prefill could be forked (or just after): the
+    // others still run to the end, the prompt handed to the next one.
+    let mut gens = submit_n(&e, req(), 3)?;
+    drop(gens.remove(0));
+    for s in sampled_all(gens)? {
+        assert_eq!(s.ids, solo.ids);
+    }
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    // The first dropped once admitted, while its prompt is read 4 tokens a step (most
+    // likely before the fork, 75 steps on): the next sample inherits the prompt.
+    let e = engine(
+        dir.path(),
+        Limits {
+            prefill_chunk: 4,
+            max_batch_tokens: 4,
+            ..limits(4)
+        },
+    )?;
+    let long = || request("t", 1, prompt_ids(13, 300), 10);
+    let solo = sampled(e.submit(long())?)?;
+    let mut gens = submit_n(&e, long(), 3)?;
+    let mut first = gens.remove(0);
+    while !matches!(
+        first.blocking_next(),
+        Some(TokenEvent::Started { .. }) | None
+    ) {}
+    drop(first);
+    for s in sampled_all(gens)? {
+        assert_eq!(s.ids, solo.ids);
+    }
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    // The first dropped while the request waits behind another in the only slot.
+    let e = engine(dir.path(), limits(1))?;
+    let solo = sampled(e.submit(req())?)?;
+    let blocker = e.submit(request("t", 1, prompt_ids(12, 20), 30))?;
+    let mut gens = submit_n(&e, req(), 3)?;
+    drop(gens.remove(0));
+    collect(blocker)?;
+    for s in sampled_all(gens)? {
+        assert_eq!(s.ids, solo.ids);
+    }
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    Ok(())
+}
+
+/// Samples forked under a tiny budget beside other traffic: growing sequences preempt
+/// each other (forks included), and every output is still what it is alone.
+#[test]
+fn n_samples_survive_preemption() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let alone = alone_outputs(dir.path(), 40)?;
+    let solo = engine(dir.path(), limits(1))?;
+    let ids = prompt_ids(9, 50);
+    let solo: Vec<Vec<u32>> = (0..3)
+        .map(|i| Ok(sampled(solo.submit(seeded(ids.clone(), 40, 70 + i))?)?.ids))
+        .collect::<anyhow::Result<_>>()?;
+    let e = engine(
+        dir.path(),
+        Limits {
+            kv_cache_bytes: Some(24 * 16 * BYTES_PER_POSITION),
+            ..limits(6)
+        },
+    )?;
+    let samples = submit_n(&e, seeded(ids, 40, 70), 3)?;
+    let together = together_outputs(&e, 40)?;
+    let samples: Vec<Vec<u32>> = sampled_all(samples)?.into_iter().map(|s| s.ids).collect();
+    assert_eq!(alone, together);
+    assert_eq!(solo, samples);
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    Ok(())
+}
+
+/// Each sample decodes under its own matcher: the same as a solo request with its seed,
+/// and valid. (The default model's random weights seldom close a free-form JSON string:
+/// under `json_object` the samples that end are checked, and seed 1 ends at once; a schema
+/// of enums, bounded integers and booleans ends every time.)
+#[test]
+fn n_samples_under_a_grammar_are_each_valid_json() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let e = engine(dir.path(), limits(4))?;
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "k": {"enum": ["a", "b", "c"]},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+            "f": {"type": "boolean"},
+        },
+        "required": ["k", "n", "f"],
+        "additionalProperties": false,
+    });
+    for spec in [
+        airlock_engine::GrammarSpec::JsonObject,
+        airlock_engine::GrammarSpec::JsonSchema(schema),
+    ] {
+        let req = |seed: u64| {
+            let mut r = seeded(prompt_ids(2, 12), 60, seed);
+            r.params.ignore_eos = false;
+            r.params.grammar = Some(airlock_engine::Grammar {
+                param: "response_format",
+                spec: spec.clone(),
+            });
+            r
+        };
+        let samples = sampled_all(submit_n(&e, req(0), 3)?)?;
+        let mut ended = 0;
+        for (i, s) in samples.iter().enumerate() {
+            assert_eq!(
+                s.text,
+                sampled(e.submit(req(i as u64))?)?.text,
+                "sample {i}"
+            );
+            if s.reason == airlock_engine::FinishReason::Stop {
+                let v: serde_json::Value = serde_json::from_str(&s.text)?;
+                assert!(v.is_object(), "{}", s.text);
+                ended += 1;
+            } else {
+                assert!(s.text.starts_with('{'), "{}", s.text);
+            }
+        }
+        match spec {
+            airlock_engine::GrammarSpec::JsonObject => assert!(ended >= 1),
+            _ => assert_eq!(ended, 3),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn n_beyond_the_budget_is_refused_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // 4 blocks: each sample of 10 + 20 tokens holds 2.
+    let e = engine(
+        dir.path(),
+        Limits {
+            kv_cache_bytes: Some(4 * 16 * BYTES_PER_POSITION + 100),
+            ..limits(4)
+        },
+    )?;
+    let req = || request("t", 1, prompt_ids(1, 10), 20);
+    match submit_n(&e, req(), 3).map_err(|e| e.downcast::<EngineError>()) {
+        Err(Ok(EngineError::KvBudget {
+            budget_tokens,
+            prompt_tokens,
+            max_tokens,
+            ..
+        })) => assert_eq!((budget_tokens, prompt_tokens, max_tokens), (64, 30, 60)),
+        Err(other) => anyhow::bail!("expected KvBudget, got {other:?}"),
+        Ok(_) => anyhow::bail!("expected KvBudget, got samples"),
+    }
+    for n in [0, airlock_engine::MAX_N + 1] {
+        match submit_n(&e, req(), n).map_err(|e| e.downcast::<EngineError>()) {
+            Err(Ok(EngineError::InvalidRequest { param: "n", .. })) => {}
+            Err(other) => anyhow::bail!("n = {n}: expected InvalidRequest, got {other:?}"),
+            Ok(_) => anyhow::bail!("n = {n}: expected InvalidRequest, got samples"),
+        }
+    }
+    // Two fit exactly.
+    let samples = sampled_all(submit_n(&e, req(), 2)?)?;
+    assert!(samples.iter().all(|s| s.ids.len() == 20));
+    let s = wait_idle(&e);
+    assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
+    Ok(())
+}

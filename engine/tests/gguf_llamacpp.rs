@@ -31,32 +31,20 @@
 //! quantization error on these weights (measured, +~25%); it roughly follows
 //! the types' bits per weight.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod support;
 
-fn json(path: &Path) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
-}
+use support::{fixtures, floats, json};
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .into_iter()
         .flatten()
         .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_f64().map(|x| x as f32))
         .collect()
 }
 

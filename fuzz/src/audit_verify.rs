@@ -94,6 +94,7 @@ fn template() -> &'static [u8] {
         let db = dir.path().join("audit.db");
         let log = AuditLog::open(WriterSettings {
             db: db.clone(),
+            node: String::new(),
             signing_key: SigningKey::from_seed(SEED),
             checkpoint_every: EVERY,
             checkpoint_interval: Duration::from_secs(3600),

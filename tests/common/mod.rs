@@ -49,6 +49,30 @@ pub async fn post_json(
     (status, resp.json().await.unwrap())
 }
 
+/// POSTs `body` as JSON; the status and the answer's text (an SSE stream, or JSON).
+pub async fn post_text(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let resp = client.post(url).json(body).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The JSON events of an SSE body that ends with `[DONE]` (which is checked and left out).
+pub fn sse_chunks(text: &str) -> Vec<serde_json::Value> {
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 /// A `[[models]]` entry serving the model directory `path` as `name` on the CPU.
 pub fn cpu_model(name: &str, path: &Path) -> String {
     format!("[[models]]\nname = \"{name}\"\npath = {path:?}\ndevice = \"cpu\"\n")

@@ -598,11 +598,38 @@ def err_unknown_model(ctx: Ctx) -> str:
     return f"type={err.type!r} code={err.code!r}; models.retrieve: code={err2.code!r}"
 
 
-@check("n=2 -> BadRequestError")
-def err_n2(ctx: Ctx) -> str:
-    err = sdk_error(lambda: ctx.chat(n=2, max_tokens=1), openai.BadRequestError, 400)
+@check("n=3: three choices (seeded: choice i = solo seed+i), streamed by index; n=17 -> BadRequestError")
+def chat_n(ctx: Ctx) -> str:
+    kw = dict(max_tokens=8, temperature=0.9, seed=7)
+    r = ctx.chat(n=3, **kw)
+    expect(len(r.choices) == 3, f"{len(r.choices)} choices, want 3")
+    expect([c.index for c in r.choices] == [0, 1, 2], f"indexes {[c.index for c in r.choices]}")
+    texts = [c.message.content for c in r.choices]
+    # Each choice samples as a solo request with seed + index would.
+    for i, text in enumerate(texts):
+        solo = ctx.chat(**{**kw, "seed": 7 + i}).choices[0].message.content
+        expect(text == solo, f"choice {i} {short(text)} != solo seed {7 + i} {short(solo)}")
+    solo_tokens = ctx.chat(**kw).usage
+    expect(r.usage.prompt_tokens == solo_tokens.prompt_tokens, "prompt counted more than once")
+    stream = ctx.chat(n=3, **kw, stream=True, stream_options={"include_usage": True})
+    chunks = [strict(ChatCompletionChunk, ch) for ch in stream]
+    streamed, finishes = ["", "", ""], [None, None, None]
+    for ch in chunks:
+        for c in ch.choices:
+            streamed[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                expect(finishes[c.index] is None, f"choice {c.index} finished twice")
+                finishes[c.index] = c.finish_reason
+    expect(streamed == texts, f"streamed {[short(t) for t in streamed]} != {[short(t) for t in texts]}")
+    expect(finishes == [c.finish_reason for c in r.choices], f"stream finish reasons {finishes}")
+    u = chunks[-1].usage
+    expect(
+        (u.prompt_tokens, u.completion_tokens) == (r.usage.prompt_tokens, r.usage.completion_tokens),
+        f"stream usage {u} != {r.usage}",
+    )
+    err = sdk_error(lambda: ctx.chat(n=17, max_tokens=1), openai.BadRequestError, 400)
     expect(err.param in (None, "n"), f"error.param is {err.param!r}, want 'n' (or null)")
-    return f"param={err.param!r} message={short(err.message)}"
+    return f"choices={[short(t, 20) for t in texts]} usage={r.usage.prompt_tokens}+{r.usage.completion_tokens}"
 
 
 @check('temperature="hot" -> 400 with error.{message,type,param,code}')

@@ -65,16 +65,24 @@ pub struct Completion<'a> {
     pub created: u64,
     pub model: &'a str,
     pub fingerprint: &'a str,
+    /// The choices, in order (one unless the request asked for `n`).
+    pub choices: Vec<Choice>,
+    /// The whole request's usage (the prompt once, every choice's completion).
+    pub usage: Usage,
+    /// `/v1/responses`: the request fields its response object repeats.
+    pub echo: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One choice of a finished generation.
+#[derive(Debug)]
+pub struct Choice {
     pub text: String,
     pub reason: FinishReason,
-    pub usage: Usage,
     /// The tokens' log-probabilities, when asked for (those the output filter let through).
     pub logprobs: Option<Vec<TokenLogprob>>,
     /// Calls parsed from the output (chat with tools); `text` is then what came before
     /// them.
     pub tool_calls: Vec<ToolCall>,
-    /// `/v1/responses`: the request fields its response object repeats.
-    pub echo: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The 200 response of a finished generation, in its route's shape.
@@ -87,36 +95,25 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 object: "chat.completion",
                 created: done.created,
                 model: done.model,
-                choices: [ChatChoice {
-                    index: 0,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: (done.tool_calls.is_empty() || !done.text.is_empty())
-                            .then_some(done.text),
-                        tool_calls: done.tool_calls.iter().map(ToolCallJson::whole).collect(),
-                    },
-                    logprobs: done.logprobs.as_deref().map(ChatLogprobs::new),
-                    finish_reason: done.reason.as_str(),
-                }],
+                choices: done
+                    .choices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, choice)| ChatChoice {
+                        index,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            tool_calls: choice.tool_calls.iter().map(ToolCallJson::whole).collect(),
+                            content: (choice.tool_calls.is_empty() || !choice.text.is_empty())
+                                .then_some(choice.text),
+                        },
+                        logprobs: choice.logprobs.as_deref().map(ChatLogprobs::new),
+                        finish_reason: choice.reason.as_str(),
+                    })
+                    .collect(),
                 usage: done.usage.into(),
                 system_fingerprint: done.fingerprint,
             },
-        ),
-        Inference::Responses => json_response(
-            StatusCode::OK,
-            &responses::response_object(
-                &responses::Answer {
-                    id: done.id,
-                    created_at: done.created,
-                    model: done.model,
-                    text: &done.text,
-                    length_limited: done.reason == FinishReason::Length,
-                    calls: &done.tool_calls,
-                    input_tokens: done.usage.prompt_tokens,
-                    output_tokens: done.usage.completion_tokens,
-                },
-                done.echo.unwrap_or(&serde_json::Map::new()),
-            ),
         ),
         Inference::Completions => json_response(
             StatusCode::OK,
@@ -126,32 +123,73 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                 created: done.created,
                 model: done.model,
                 system_fingerprint: done.fingerprint,
-                choices: vec![TextChoice {
-                    text: &done.text,
-                    index: 0,
-                    logprobs: done
-                        .logprobs
-                        .as_deref()
-                        .map(|entries| TextLogprobs::new(entries, &mut 0)),
-                    finish_reason: Some(done.reason.as_str()),
-                }],
+                choices: done
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, choice)| TextChoice {
+                        text: &choice.text,
+                        index,
+                        logprobs: choice
+                            .logprobs
+                            .as_deref()
+                            .map(|entries| TextLogprobs::new(entries, &mut 0)),
+                        finish_reason: Some(choice.reason.as_str()),
+                    })
+                    .collect(),
                 usage: Some(Some(UsageJson::from(done.usage))),
             },
         ),
+        // One output: `n` is a chat and completions field.
+        Inference::Responses => {
+            let Some(choice) = done.choices.into_iter().next() else {
+                return no_choice();
+            };
+            json_response(
+                StatusCode::OK,
+                &responses::response_object(
+                    &responses::Answer {
+                        id: done.id,
+                        created_at: done.created,
+                        model: done.model,
+                        text: &choice.text,
+                        length_limited: choice.reason == FinishReason::Length,
+                        calls: &choice.tool_calls,
+                        input_tokens: done.usage.prompt_tokens,
+                        output_tokens: done.usage.completion_tokens,
+                    },
+                    done.echo.unwrap_or(&serde_json::Map::new()),
+                ),
+            )
+        }
         // The tokenizer routes and embeddings never generate (`pipeline::tokenize` and
         // `pipeline::embed` answer them).
         Inference::Generate
         | Inference::Tokenize
         | Inference::Detokenize
-        | Inference::Embeddings => json_response(
-            StatusCode::OK,
-            &GenerateResponse {
-                generated_text: done.text,
-                finish_reason: done.reason.as_str(),
-                usage: done.usage.into(),
-            },
-        ),
+        | Inference::Embeddings => {
+            let Some(choice) = done.choices.into_iter().next() else {
+                return no_choice();
+            };
+            json_response(
+                StatusCode::OK,
+                &GenerateResponse {
+                    generated_text: choice.text,
+                    finish_reason: choice.reason.as_str(),
+                    usage: done.usage.into(),
+                },
+            )
+        }
     }
+}
+
+/// A generation always has a choice (the engine returns one handle per choice, at least
+/// one); should one be missing, the client gets a 500, not a panic.
+fn no_choice() -> Response<BoxBody> {
+    ApiError::from(airlock_engine::EngineError::Inference(
+        "the generation returned no choice".into(),
+    ))
+    .into_response()
 }
 
 /// A fresh id for a completion object: `chatcmpl-…` or `cmpl-…`. Not the request id:

@@ -81,6 +81,11 @@ pub enum ApiError {
     #[error("the audit log is unavailable; the request was not served")]
     AuditUnavailable,
 
+    /// `[cluster.limits]` with `on_unavailable = "closed"`: the shared limits store did not
+    /// answer in time, so no limit can be checked. The reason is logged, not sent.
+    #[error("the tenant limits cannot be checked right now; the request was not served")]
+    LimitsUnavailable,
+
     /// Authentication failed (401, or 503/429 when keys cannot be checked or the client is
     /// throttled). Never contains the presented credential.
     #[error(transparent)]
@@ -299,6 +304,15 @@ impl ApiError {
                     SERVER,
                     None,
                     Some("audit_unavailable"),
+                )
+            },
+            ApiError::LimitsUnavailable => Rendered {
+                retry_after: Some(1),
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER,
+                    None,
+                    Some("limits_unavailable"),
                 )
             },
             ApiError::Auth(AuthError::Refused { .. }) => plain(

@@ -70,7 +70,7 @@ impl From<&ModelInfo> for ModelObject {
 /// The `capabilities` of a model object.
 pub fn capabilities(f: ModelFeatures) -> Vec<&'static str> {
     [
-        (true, "completions"),
+        (f.completions, "completions"),
         (f.chat, "chat"),
         (f.logprobs, "logprobs"),
         (f.tokenizer, "tokenize"),
@@ -97,14 +97,14 @@ pub struct ChatCompletion<'a> {
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
-    pub choices: [ChatChoice; 1],
+    pub choices: Vec<ChatChoice>,
     pub usage: UsageJson,
     pub system_fingerprint: &'a str,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ChatChoice {
-    pub index: u32,
+    pub index: usize,
     pub message: AssistantMessage,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
@@ -171,7 +171,7 @@ pub struct ChatChunk<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct ChunkChoice<'a> {
-    pub index: u32,
+    pub index: usize,
     pub delta: Delta<'a>,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
@@ -204,7 +204,7 @@ pub struct TextCompletion<'a> {
 #[derive(Debug, Serialize)]
 pub struct TextChoice<'a> {
     pub text: &'a str,
-    pub index: u32,
+    pub index: usize,
     pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'static str>,
 }

@@ -79,6 +79,8 @@ pub struct Parsed {
     pub inputs: Vec<Prompt>,
     /// How `/v1/embeddings` answers (default elsewhere).
     pub embed: EmbedOptions,
+    /// How many choices (OpenAI's `n`; 1 on routes without choices).
+    pub n: usize,
 }
 
 /// Parses and validates the body of an inference route. `default_model` names the model of
@@ -104,6 +106,7 @@ fn embeddings(body: &[u8]) -> Result<Parsed, ApiError> {
     let req: EmbeddingsBody = from_value(&value)?;
     let (inputs, embed) = req.inputs()?;
     Ok(Parsed {
+        n: 1,
         tools: Vec::new(),
         echo: None,
         route: Inference::Embeddings,
@@ -142,6 +145,7 @@ fn tokenize(
     let model = req.model.clone();
     let (prompt, prompt_param, tokenize) = req.text()?;
     Ok(Parsed {
+        n: 1,
         tools: Vec::new(),
         echo: None,
         route: Inference::Tokenize,
@@ -164,6 +168,7 @@ fn detokenize(
     let req: DetokenizeBody = from_value(&value)?;
     let model = req.model.clone();
     Ok(Parsed {
+        n: 1,
         tools: Vec::new(),
         echo: None,
         route: Inference::Detokenize,
@@ -226,6 +231,7 @@ fn chat_value(value: Value) -> Result<Parsed, ApiError> {
     params.logprobs = logprobs::chat_request(req.logprobs, req.top_logprobs)?;
     params.grammar = req.grammar()?;
     Ok(Parsed {
+        n: fields.choices(true)?,
         route: Inference::Chat,
         prompt: req.prompt()?,
         tools: req
@@ -254,6 +260,7 @@ fn completions(body: &[u8]) -> Result<Parsed, ApiError> {
     let mut params = fields.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
     params.logprobs = logprobs::completion_request(req.logprobs)?;
     Ok(Parsed {
+        n: fields.choices(true)?,
         tools: Vec::new(),
         echo: None,
         route: Inference::Completions,
@@ -277,6 +284,7 @@ fn generate(
     let fields: SamplingFields = from_value(&value)?;
     let model = model_or_default(req.model, default_model, "prompt")?;
     Ok(Parsed {
+        n: fields.choices(false)?,
         tools: Vec::new(),
         echo: None,
         route: Inference::Generate,

@@ -43,6 +43,8 @@ pub enum Shape {
 #[derive(Debug)]
 pub struct Chunker {
     pub shape: Shape,
+    /// The choice this writer's chunks belong to (`n` > 1: one writer per choice).
+    pub index: usize,
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -75,7 +77,7 @@ impl Chunker {
             model: &self.model,
             system_fingerprint: &self.fingerprint,
             choices: vec![ChunkChoice {
-                index: 0,
+                index: self.index,
                 delta,
                 logprobs,
                 finish_reason,
@@ -98,7 +100,7 @@ impl Chunker {
             system_fingerprint: &self.fingerprint,
             choices: vec![TextChoice {
                 text,
-                index: 0,
+                index: self.index,
                 logprobs,
                 finish_reason,
             }],

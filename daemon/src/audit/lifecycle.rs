@@ -18,6 +18,7 @@ pub async fn start(
 ) -> Result<Arc<AuditLog>, AuditError> {
     let settings = WriterSettings {
         db: cfg.db.clone(),
+        node: cfg.node.clone(),
         signing_key: SigningKey::load(&cfg.signing_key)?,
         checkpoint_every: cfg.checkpoint_every_records.get(),
         checkpoint_interval: cfg.checkpoint_every,
@@ -37,6 +38,12 @@ pub async fn start(
         .with("danger_allow_unaudited", cfg.danger_allow_unaudited);
     // Sealed at once: every run starts from a signed head.
     log.append_sealed(record).await?;
+    // The sinks forward what is committed, from their cursors; a broken one (unreadable CA
+    // or key) fails the start-up rather than leaving the SIEM silently behind.
+    for sink in &cfg.sinks {
+        let sink = super::sink::Sink::new(sink, &cfg.db)?;
+        tokio::spawn(sink.run());
+    }
     tracing::info!(db = %cfg.db.display(), public_key = %log.public_key_hex, "audit log open");
     Ok(log)
 }

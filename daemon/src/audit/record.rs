@@ -99,9 +99,13 @@ impl Record {
         self
     }
 
-    /// The canonical body of this record numbered `seq` at `ts_ms`.
-    pub fn encode(&self, seq: u64, ts_ms: i64) -> Vec<u8> {
+    /// The canonical body of this record numbered `seq` at `ts_ms`, written by `node`
+    /// (empty: not named).
+    pub fn encode(&self, seq: u64, ts_ms: i64, node: &str) -> Vec<u8> {
         let mut map = self.fields.clone();
+        if !node.is_empty() {
+            map.insert("node".into(), Value::from(node));
+        }
         map.insert("seq".into(), Value::from(seq));
         map.insert("ts_ms".into(), Value::from(ts_ms));
         map.insert("kind".into(), Value::from(self.kind.as_str()));

@@ -11,6 +11,7 @@ use super::{DigestKey, SigningKey};
 pub(super) fn settings(db: &Path, every: u64) -> WriterSettings {
     WriterSettings {
         db: db.to_path_buf(),
+        node: String::new(),
         signing_key: SigningKey::from_seed([7; 32]),
         checkpoint_every: every,
         checkpoint_interval: Duration::from_secs(3600),
@@ -61,9 +62,9 @@ fn canonical_encoding_sorts_keys_and_is_stable() {
     let r = Record::new(Kind::Deny)
         .with("tenant", "t")
         .with("empty", "");
-    assert_eq!(r.encode(5, 10), r.encode(5, 10));
+    assert_eq!(r.encode(5, 10, ""), r.encode(5, 10, ""));
     assert_eq!(
-        String::from_utf8(r.encode(5, 10)).unwrap(),
+        String::from_utf8(r.encode(5, 10, "")).unwrap(),
         r#"{"kind":"deny","seq":5,"tenant":"t","ts_ms":10,"v":1}"#
     );
 }
@@ -175,7 +176,7 @@ async fn inserted_record_is_pinpointed() {
     );
     let body = Record::new(Kind::Admit)
         .with("tenant", "mallory")
-        .encode(20, 1);
+        .encode(20, 1, "");
     let conn = Connection::open(&db).unwrap();
     conn.execute(
         "INSERT INTO records (seq, body, hash) VALUES (20, ?1, ?2)",
@@ -369,4 +370,52 @@ async fn a_removed_database_fails_writes_until_it_is_back() {
         .await
         .unwrap();
     assert_eq!(check(&db), None);
+}
+
+/// Several nodes' logs given together: each node's files are its own chain (grouped by the
+/// `node` in their records), each checked against its own key; a tampered node is named.
+#[tokio::test]
+async fn files_of_several_nodes_verify_node_by_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (node, seed) in [("gw-1", 7u8), ("gw-2", 8u8)] {
+        let db = dir.path().join(format!("{node}.db"));
+        let log = AuditLog::open(WriterSettings {
+            node: node.to_owned(),
+            signing_key: SigningKey::from_seed([seed; 32]),
+            ..settings(&db, 4)
+        })
+        .unwrap();
+        for i in 0..6 {
+            log.append(Record::new(Kind::Admit).with("request_id", format!("{node}-{i}")))
+                .await
+                .unwrap();
+        }
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+        files.push(db);
+    }
+    let nodes = super::verify::by_node(&files).unwrap();
+    let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["gw-1", "gw-2"]);
+    for ((_, group), seed) in nodes.iter().zip([7u8, 8]) {
+        let key = SigningKey::from_seed([seed; 32]).verifying_key();
+        let report = verify(group, Some(&key)).unwrap();
+        assert!(report.finding.is_none(), "{:?}", report.finding);
+        assert_eq!(report.records, 6);
+        // The other node's key does not verify it.
+        let other = SigningKey::from_seed([15 - seed; 32]).verifying_key();
+        assert!(verify(group, Some(&other)).unwrap().finding.is_some());
+    }
+    // A record of gw-2 rewritten: gw-2 is tampered, gw-1 still intact.
+    let conn = Connection::open(&files[1]).unwrap();
+    conn.execute(
+        "UPDATE records SET body = CAST(REPLACE(CAST(body AS TEXT), 'gw-2-3', 'gw-2-X') AS BLOB) WHERE seq = 4",
+        [],
+    )
+    .unwrap();
+    let nodes = super::verify::by_node(&files).unwrap();
+    let key = SigningKey::from_seed([8; 32]).verifying_key();
+    assert!(verify(&nodes[1].1, Some(&key)).unwrap().finding.is_some());
 }

@@ -96,6 +96,8 @@ struct Progress {
     admit_seq: Option<u64>,
     streaming: bool,
     finish_reason: Option<&'static str>,
+    /// With several choices: each one's finish reason, in choice order.
+    finish_reasons: Vec<&'static str>,
     usage: Option<Usage>,
     ttft_ms: Option<u64>,
     output_digest: Option<String>,
@@ -311,6 +313,7 @@ impl Trail {
         prompt: &Prompt,
         params: &SamplingParams,
         embedding_inputs: &[Prompt],
+        n: usize,
     ) -> Result<(), AuditError> {
         {
             let mut p = self.progress();
@@ -320,7 +323,9 @@ impl Trail {
         let mut record = self.record(Kind::Admit);
         record
             .set("decision", "allow")
-            .set("logprobs", params.logprobs.map(|n| n as u64));
+            .set("logprobs", params.logprobs.map(|n| n as u64))
+            // Choices asked for (OpenAI's `n`), when more than one.
+            .set("n", (n > 1).then_some(n as u64));
         if let Some(grammar) = &params.grammar {
             let (kind, schema) = match &grammar.spec {
                 GrammarSpec::JsonObject => ("json_object", None),
@@ -463,6 +468,12 @@ impl Trail {
         p.output_text = store.apply(text);
     }
 
+    /// With several choices: each one's finish reason, in choice order (the record's
+    /// `finish_reason` is the first choice's).
+    pub fn note_finish_reasons(&self, reasons: impl IntoIterator<Item = FinishReason>) {
+        self.progress().finish_reasons = reasons.into_iter().map(FinishReason::as_str).collect();
+    }
+
     /// The tools the answer called (recorded as keyed digests of their names, and the
     /// names where `store_text` keeps text).
     pub fn note_tool_calls<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
@@ -557,6 +568,15 @@ impl Trail {
             .set("status", status)
             .set("reason", error_code.map(str::to_owned))
             .set("finish_reason", p.finish_reason)
+            .set(
+                "finish_reasons",
+                (p.finish_reasons.len() > 1).then(|| {
+                    p.finish_reasons
+                        .iter()
+                        .map(|r| Value::from(*r))
+                        .collect::<Vec<_>>()
+                }),
+            )
             .set("latency_ms", self.elapsed_ms())
             .set("ttft_ms", p.ttft_ms)
             .set("output_digest", p.output_digest.clone())

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::AuditError;
 use super::record::{GENESIS, chain_hash, checkpoint_message};
@@ -92,6 +92,55 @@ pub struct Report {
     pub last_anchor: Option<u64>,
     pub finding: Option<Finding>,
     pub warnings: Vec<String>,
+}
+
+/// `files` grouped by the node that wrote them (the `node` of each file's first record;
+/// `(unnamed)` for logs written without one), in the order given within each node, nodes in
+/// order of first appearance.
+pub fn by_node(files: &[PathBuf]) -> Result<Vec<(String, Vec<PathBuf>)>, AuditError> {
+    let mut nodes: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let conn = open_read_only(file)?;
+        let first: Option<Vec<u8>> = conn
+            .query_row("SELECT body FROM records ORDER BY seq LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| sql(file, e))?;
+        let node = first
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.get("node").and_then(|n| n.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "(unnamed)".to_owned());
+        match nodes.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, group)) => group.push(file.clone()),
+            None => nodes.push((node, vec![file.clone()])),
+        }
+    }
+    Ok(nodes)
+}
+
+fn open_read_only(file: &Path) -> Result<Connection, AuditError> {
+    Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql(file, e))
+}
+
+fn sql(file: &Path, source: rusqlite::Error) -> AuditError {
+    AuditError::Sqlite {
+        path: file.to_path_buf(),
+        source,
+    }
+}
+
+/// The public key a file names (`meta.public_key`), if any.
+pub fn stored_key(file: &Path) -> Result<Option<[u8; 32]>, AuditError> {
+    let conn = open_read_only(file)?;
+    let hex_key = meta(&conn, "public_key").map_err(|e| sql(file, e))?;
+    Ok(hex_key
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok()))
 }
 
 /// Verifies `files` in order (oldest rotated file first, the live file last).

@@ -32,6 +32,8 @@ use super::{AuditError, now_ms};
 #[derive(Debug)]
 pub struct WriterSettings {
     pub db: PathBuf,
+    /// This node's name, in every record (`node`; empty: not named).
+    pub node: String,
     pub signing_key: SigningKey,
     /// A checkpoint at least every this many records.
     pub checkpoint_every: u64,
@@ -204,6 +206,8 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), rusqlite::E
 struct WriterState {
     conn: Connection,
     db: PathBuf,
+    /// This node's name, in every record.
+    node: String,
     /// After a rotation whose new file could not be opened yet: its (first_seq, prev_hash).
     /// `write` opens it first, so a failed rotation is a failed write, retried like one.
     pending_file: Option<(u64, [u8; 32], String)>,
@@ -280,6 +284,7 @@ impl WriterState {
         let mut state = WriterState {
             conn,
             db: settings.db.clone(),
+            node: settings.node.clone(),
             pending_file: None,
             pending_rotate,
             rotation: settings.rotation.clone(),
@@ -482,7 +487,7 @@ impl WriterState {
                 .chain(batch.iter().map(|(record, _)| record))
             {
                 seq += 1;
-                let body = record.encode(seq, ts);
+                let body = record.encode(seq, ts, &self.node);
                 hash = chain_hash(seq, &hash, &body);
                 insert.execute(params![seq, body, &hash[..]])?;
             }

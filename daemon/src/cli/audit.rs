@@ -16,13 +16,16 @@ pub enum AuditCommand {
     /// Check every record, link and checkpoint signature; exit 0 only when intact, 2 when
     /// tampered (the first bad sequence number and what is wrong are printed), 1 on errors.
     Verify {
-        /// The database; repeat for rotated files, oldest first, the live file last.
+        /// The database; repeat for rotated files, oldest first, the live file last. Files
+        /// of several nodes (`[audit] node`, in every record) may be given together: each
+        /// node's files are verified as its own chain, in the order given, one line each.
         #[arg(long = "db", value_name = "FILE", required = true)]
         db: Vec<PathBuf>,
-        /// The checkpoint public key (`audit-signing.pub`). Without it checkpoints are only
-        /// checked against the key the file itself names.
+        /// The checkpoint public key (`audit-signing.pub`); repeat for several nodes (each
+        /// node's files are checked against the one its files name). Without it checkpoints
+        /// are only checked against the key the file itself names.
         #[arg(long, value_name = "FILE")]
-        pubkey: Option<PathBuf>,
+        pubkey: Vec<PathBuf>,
         /// Checkpoints kept off the host (`audit export --checkpoints` output): the chain
         /// must pass through each and reach the newest. Needs `--pubkey`.
         #[arg(long, value_name = "FILE", requires = "pubkey")]
@@ -94,7 +97,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
             db,
             pubkey,
             anchors,
-        } => verify_cmd(&db, pubkey.as_deref(), anchors.as_deref()),
+        } => verify_cmd(&db, &pubkey, anchors.as_deref()),
         AuditCommand::Inspect { db, pubkey } => inspect_cmd(&db, pubkey.as_deref()),
         AuditCommand::Export {
             db,
@@ -168,10 +171,32 @@ pub fn run(command: AuditCommand) -> ExitCode {
     }
 }
 
-fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> ExitCode {
-    let key = match pubkey.map(keys::read_public).transpose() {
+fn verify_cmd(db: &[PathBuf], pubkeys: &[PathBuf], anchors: Option<&Path>) -> ExitCode {
+    let keys = match pubkeys
+        .iter()
+        .map(|p| keys::read_public(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(k) => k,
         Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    let nodes = match verify::by_node(db) {
+        Ok(nodes) => nodes,
+        Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    if nodes.len() > 1 {
+        if anchors.is_some() {
+            return fail(
+                EXIT_USAGE,
+                "--anchors checks one node's log: give that node's files",
+            );
+        }
+        return verify_nodes(&nodes, &keys);
+    }
+    let key = match keys.as_slice() {
+        [] => None,
+        [key] => Some(*key),
+        _ => return fail(EXIT_USAGE, "several --pubkey for one node's files"),
     };
     let anchors = match (anchors, &key) {
         (Some(path), Some(key)) => match crate::audit::anchors::load(path, key) {
@@ -227,6 +252,53 @@ fn verify_cmd(db: &[PathBuf], pubkey: Option<&Path>, anchors: Option<&Path>) -> 
             );
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Each node's files as its own chain: one line per node, exit 2 when any is tampered.
+fn verify_nodes(
+    nodes: &[(String, Vec<PathBuf>)],
+    keys: &[ed25519_dalek::VerifyingKey],
+) -> ExitCode {
+    let mut tampered = false;
+    for (node, files) in nodes {
+        // The node's key among those given: the one its files name (a file naming none of
+        // them is checked against the first, and its checkpoints then fail as forged).
+        let key = match verify::stored_key(&files[0]) {
+            Ok(stored) => keys
+                .iter()
+                .find(|k| Some(k.to_bytes()) == stored)
+                .or(keys.first())
+                .copied(),
+            Err(e) => return fail(EXIT_FAILURE, e),
+        };
+        let report = match verify::verify(files, key.as_ref()) {
+            Ok(r) => r,
+            Err(e) => return fail(EXIT_FAILURE, e),
+        };
+        for warning in &report.warnings {
+            eprintln!("warning: node {node}: {warning}");
+        }
+        match &report.finding {
+            Some(finding) => {
+                tampered = true;
+                println!("node {node}: TAMPERED: {finding}");
+            }
+            None => println!(
+                "node {node}: intact: {} records (seq {}..{}), {} checkpoints (last at seq {}), {} file(s)",
+                report.records,
+                report.first_seq.unwrap_or(0),
+                report.last_seq,
+                report.checkpoints,
+                report.last_checkpoint,
+                files.len(),
+            ),
+        }
+    }
+    if tampered {
+        ExitCode::from(EXIT_TAMPERED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

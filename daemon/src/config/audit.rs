@@ -72,6 +72,47 @@ pub struct RawAudit {
     pub keep_days: Option<u64>,
     #[serde(default)]
     pub danger_allow_unaudited: bool,
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// `[[audit.sinks]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub name: String,
+    pub kind: String,
+    pub address: String,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// A validated audit sink: RFC 5424 syslog over TLS (RFC 5425) to `address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Names the sink in logs, metrics and its cursor file.
+    pub name: String,
+    /// `host:port` of the receiver.
+    pub address: String,
+    /// The name the receiver's certificate must carry (default: the address's host).
+    pub server_name: String,
+    /// CA certificates (PEM) that the receiver's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM) when the receiver asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The syslog HOSTNAME of every message: this node's name.
+    pub hostname: String,
+    /// Where the sink keeps the last sequence number it delivered (beside the database).
+    pub cursor: PathBuf,
 }
 
 /// The validated `[audit]` section.
@@ -102,6 +143,10 @@ pub struct AuditConfig {
     pub rotation: Rotation,
     /// Serve even when audit records cannot be written. Labs only; warns at every start.
     pub danger_allow_unaudited: bool,
+    /// Forwarders of every committed record to a SIEM.
+    pub sinks: Vec<SinkConfig>,
+    /// This node's name, in every record (`node`) and every sink message (HOSTNAME).
+    pub node: String,
 }
 
 fn store_text(path: &str, value: &str) -> Result<StoreText, Invalid> {
@@ -178,8 +223,35 @@ pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
         Some(0) => return Err(invalid("audit.keep_days", "must be at least 1")),
         Some(days) => Some(Duration::from_secs(days.saturating_mul(86_400))),
     };
+    let db = resolve(base, raw.db);
+    // Default: the system's host name (RFC 5424's NILVALUE `-` when there is none).
+    let node = raw.node.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| valid_node(h))
+            .unwrap_or_else(|| "-".to_owned())
+    });
+    // RFC 5424 HOSTNAME rules: 1-255 printable US-ASCII characters, no spaces.
+    if !valid_node(&node) {
+        return Err(invalid(
+            "audit.node",
+            "must be 1-255 printable ASCII characters without spaces",
+        ));
+    }
+    let mut sinks: Vec<SinkConfig> = Vec::with_capacity(raw.sinks.len());
+    for (i, sink) in raw.sinks.into_iter().enumerate() {
+        let sink = sink_config(i, sink, base, &db, &node)?;
+        if sinks.iter().any(|s| s.name == sink.name) {
+            return Err(invalid(
+                format!("audit.sinks[{i}].name"),
+                "names a sink twice",
+            ));
+        }
+        sinks.push(sink);
+    }
     Ok(AuditConfig {
-        db: resolve(base, raw.db),
+        db,
         signing_key,
         digest_key,
         checkpoint_every_records,
@@ -194,6 +266,83 @@ pub fn audit(raw: RawAudit, base: &Path) -> Result<AuditConfig, Invalid> {
             keep,
         },
         danger_allow_unaudited: raw.danger_allow_unaudited,
+        sinks,
+        node,
+    })
+}
+
+fn valid_node(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn sink_config(
+    i: usize,
+    raw: RawSink,
+    base: &Path,
+    db: &Path,
+    node: &str,
+) -> Result<SinkConfig, Invalid> {
+    let field = |name: &str| format!("audit.sinks[{i}].{name}");
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 32
+        && raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(invalid(
+            field("name"),
+            "must be 1-32 characters of a-z A-Z 0-9 - _",
+        ));
+    }
+    if raw.kind != "syslog-tls" {
+        return Err(invalid(
+            field("kind"),
+            format!(
+                "unknown kind `{}`; the one kind is \"syslog-tls\"",
+                raw.kind
+            ),
+        ));
+    }
+    let host = match raw.address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        _ => {
+            return Err(invalid(
+                field("address"),
+                format!("`{}` is not host:port", raw.address),
+            ));
+        }
+    };
+    let client = match (raw.client_cert, raw.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((resolve(base, cert), resolve(base, key))),
+        _ => {
+            return Err(invalid(
+                field("client_cert"),
+                "client_cert and client_key go together",
+            ));
+        }
+    };
+    let hostname = raw.hostname.unwrap_or_else(|| node.to_owned());
+    if !valid_node(&hostname) {
+        return Err(invalid(
+            field("hostname"),
+            "must be 1-255 printable ASCII characters without spaces",
+        ));
+    }
+    let mut cursor = db.as_os_str().to_owned();
+    cursor.push(format!(".sink-{}.cursor", raw.name));
+    Ok(SinkConfig {
+        server_name: raw.server_name.unwrap_or(host),
+        name: raw.name,
+        address: raw.address,
+        ca: resolve(base, raw.ca),
+        client,
+        hostname,
+        cursor: PathBuf::from(cursor),
     })
 }
 
@@ -258,6 +407,68 @@ mod tests {
             assert_eq!(parse(text, dir.path()).unwrap_err().0, path, "{text}");
         }
         assert!(parse("nope = 1\n", dir.path()).is_err());
+    }
+
+    #[test]
+    fn sinks_validate_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::audit::keys::keygen(dir.path()).unwrap();
+        let sink = |extra: &str| {
+            format!(
+                "[[audit.sinks]]\nname = \"siem\"\nkind = \"syslog-tls\"\naddress = \"siem.example:6514\"\nca = \"siem-ca.pem\"\n{extra}"
+            )
+        };
+        let audit = parse(&format!("node = \"gw-9\"\n{}", sink("")), dir.path())
+            .unwrap()
+            .audit
+            .unwrap();
+        assert_eq!(
+            (audit.node.as_str(), audit.sinks[0].hostname.as_str()),
+            ("gw-9", "gw-9"),
+            "a sink's HOSTNAME is the node's name by default"
+        );
+        let audit = parse(&sink("hostname = \"gw-1\"\n"), dir.path())
+            .unwrap()
+            .audit
+            .unwrap();
+        let s = &audit.sinks[0];
+        assert_eq!(
+            (
+                s.server_name.as_str(),
+                s.hostname.as_str(),
+                s.client.is_none()
+            ),
+            ("siem.example", "gw-1", true)
+        );
+        assert_eq!(s.ca, dir.path().join("siem-ca.pem"));
+        assert_eq!(s.cursor, dir.path().join("audit.db.sink-siem.cursor"));
+        for (text, path) in [
+            (
+                sink("").replace("syslog-tls", "kafka"),
+                "audit.sinks[0].kind",
+            ),
+            (
+                sink("").replace("siem.example:6514", "siem.example"),
+                "audit.sinks[0].address",
+            ),
+            (
+                sink("").replace("\"siem\"", "\"a b\""),
+                "audit.sinks[0].name",
+            ),
+            (
+                sink("client_cert = \"c.pem\"\n"),
+                "audit.sinks[0].client_cert",
+            ),
+            (
+                sink("hostname = \"two words\"\n"),
+                "audit.sinks[0].hostname",
+            ),
+            (format!("{}{}", sink(""), sink("")), "audit.sinks[1].name"),
+            ("node = \"\"\n".to_owned(), "audit.node"),
+            ("node = \"gw 1\"\n".to_owned(), "audit.node"),
+        ] {
+            assert_eq!(parse(&text, dir.path()).unwrap_err().0, path, "{text}");
+        }
     }
 
     #[test]

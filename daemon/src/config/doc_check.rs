@@ -17,7 +17,8 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::admin::{RawAdmin, RawAdminTls};
-use super::audit::RawAudit;
+use super::audit::{RawAudit, RawSink};
+use super::cluster::{RawCluster, RawClusterLimits};
 use super::policy::{RawAuth, RawFilterRule, RawTenant};
 use super::raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
 
@@ -39,8 +40,11 @@ fn tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("tenants", fields::<RawTenant>()),
         ("tenants.filters", fields::<RawFilterRule>()),
         ("audit", fields::<RawAudit>()),
+        ("audit.sinks", fields::<RawSink>()),
         ("admin", fields::<RawAdmin>()),
         ("admin.tls", fields::<RawAdminTls>()),
+        ("cluster", fields::<RawCluster>()),
+        ("cluster.limits", fields::<RawClusterLimits>()),
     ]
 }
 

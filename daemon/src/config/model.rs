@@ -41,8 +41,8 @@ pub struct RawModel {
     /// Bytes, as an integer or a string with a binary unit (`"512MiB"`, `"2GiB"`).
     #[serde(default)]
     pub kv_cache: Option<RawSize>,
-    /// `"last"` or `"mean"`: how embeddings are pooled (a sentence-transformers
-    /// `1_Pooling/config.json` in the directory wins).
+    /// `"last"`, `"mean"` or `"cls"`: how embeddings are pooled (a sentence-transformers
+    /// `1_Pooling/config.json` in the directory, or a GGUF `pooling_type`, wins).
     #[serde(default)]
     pub pooling: Option<String>,
     /// Serve `/v1/embeddings` from this model (default: when `pooling` is set or the
@@ -75,7 +75,8 @@ pub enum ModelBackend {
         manifest_sha256: Option<String>,
         /// Weight quantization at load (`None`: the file's precision).
         quantize: Option<Quantize>,
-        /// Embedding pooling when the directory declares none (`None`: `last`).
+        /// Embedding pooling when the model declares none (`None`: `last`, `mean` for an
+        /// encoder).
         pooling: Option<Pooling>,
         /// Serve embeddings (`None`: when a pooling is declared or configured).
         embeddings: Option<bool>,
@@ -152,10 +153,11 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 None => None,
                 Some("last") => Some(Pooling::Last),
                 Some("mean") => Some(Pooling::Mean),
+                Some("cls") => Some(Pooling::Cls),
                 Some(other) => {
                     return Err(invalid(
                         "pooling",
-                        format!("`{other}` is not one of \"last\", \"mean\""),
+                        format!("`{other}` is not one of \"last\", \"mean\", \"cls\""),
                     ));
                 }
             };

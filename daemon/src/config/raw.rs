@@ -33,4 +33,7 @@ pub struct RawConfig {
     /// `[admin]` (see `super::admin`).
     #[serde(default)]
     pub admin: Option<super::admin::RawAdmin>,
+    /// `[cluster]` (see `super::cluster`).
+    #[serde(default)]
+    pub cluster: super::cluster::RawCluster,
 }

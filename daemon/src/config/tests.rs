@@ -114,7 +114,7 @@ fn embedding_settings() {
         (Some(airlock_engine::Pooling::Mean), None)
     );
     for (line, key) in [
-        ("path = \"/m\"\npooling = \"cls\"", "models[0].pooling"),
+        ("path = \"/m\"\npooling = \"max\"", "models[0].pooling"),
         (
             "path = \"/m\"\nembeddings = false\npooling = \"last\"",
             "models[0].pooling",

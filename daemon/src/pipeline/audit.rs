@@ -115,6 +115,7 @@ pub async fn admit(ctx: &RequestCtx, job: Job) -> Result<Admitted, AuditError> {
                 &job.prompt,
                 &job.params,
                 &job.inputs,
+                job.n,
             )
             .await?;
     }

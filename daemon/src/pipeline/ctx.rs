@@ -25,6 +25,9 @@ pub struct RequestCtx {
     pub trail: Option<Arc<Trail>>,
     /// What the path learns for the request's metrics series (the model).
     pub note: RequestNote,
+    /// The tenant's limits as the shared store reported them at admission
+    /// (`[cluster.limits]`), for the `x-ratelimit-*` headers; `None`: ask the local limiter.
+    pub shared_status: Option<airlock_policy::ratelimit::RateStatus>,
 }
 
 impl RequestCtx {
@@ -40,6 +43,7 @@ impl RequestCtx {
             conn,
             principal: None,
             trail,
+            shared_status: None,
             note: RequestNote::default(),
         }
     }

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use airlock_engine::{EmbedRequest, Engine, EngineError, ModelInfo, Prompt};
-use airlock_policy::ratelimit::Admission;
 use http::StatusCode;
 use hyper::Response;
 
@@ -119,7 +118,7 @@ pub async fn respond(
     engine: &Arc<dyn Engine>,
     ctx: &RequestCtx,
     admitted: Admitted,
-    admission: Option<Admission>,
+    admission: Option<super::limits::TenantAdmission>,
     options: EmbedOptions,
 ) -> Result<Response<BoxBody>, ApiError> {
     let job = admitted.into_job();

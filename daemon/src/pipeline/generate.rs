@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use airlock_engine::{
-    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, Prepared,
-    Prompt, SamplingParams, TokenEvent, TokenLogprob, Usage,
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, GenerationTimings, ModelInfo,
+    Prepared, Prompt, SamplingParams, TokenEvent, TokenLogprob, Usage,
 };
 
 use super::RequestCtx;
@@ -15,6 +15,22 @@ use super::finish::Reply;
 use crate::api::ApiError;
 use crate::api::request::{Inference, Parsed};
 use crate::metrics::GenerationLabels;
+
+/// A generation route (chat, completions, responses, generate) needs a model that generates:
+/// an encoder serves embeddings only, so the request is refused naming the model. A model
+/// the list does not know is left to the engine's own refusal (404).
+pub fn check_generates(models: &[ModelInfo], job: &Job) -> Result<(), ApiError> {
+    if !job.route.generates() {
+        return Ok(());
+    }
+    match models.iter().find(|m| m.id == job.model) {
+        Some(info) if !info.features.completions => Err(ApiError::engine(
+            airlock_engine::embeddings_only(&job.model),
+            job.prompt_param,
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// What to run.
 #[derive(Debug)]
@@ -26,6 +42,8 @@ pub struct Job {
     pub params: SamplingParams,
     /// The request field the prompt came from, named in context-length errors.
     pub prompt_param: &'static str,
+    /// How many choices (OpenAI's `n`): samples of one prompt, sharing its prefill.
+    pub n: usize,
     /// `/v1/embeddings`: the inputs, each replaced by its token ids once `super::embed`
     /// has tokenized them (empty on every other route).
     pub inputs: Vec<Prompt>,
@@ -56,6 +74,7 @@ impl Job {
             prompt: parsed.prompt,
             params: parsed.params,
             prompt_param: parsed.prompt_param,
+            n: parsed.n,
             inputs: parsed.inputs,
             input_tokens: 0,
             prepared: None,
@@ -64,9 +83,9 @@ impl Job {
     }
 }
 
-/// A generation the engine accepted.
+/// A generation the engine accepted: one handle per choice, in choice order.
 pub struct Running {
-    pub generation: Generation,
+    pub generations: Vec<Generation>,
     pub prompt_param: &'static str,
     /// Tenant and model for the generation's token metrics (and the response's `model`).
     pub labels: GenerationLabels,
@@ -88,6 +107,7 @@ pub async fn submit(
         None => super::limits::prepare(engine, &mut job, "submission panicked").await?,
     };
     let prompt_param = job.prompt_param;
+    let n = job.n;
     let labels = GenerationLabels::new(ctx.policy(), job.model.clone());
     let request = GenerateRequest {
         request_id: ctx.request_id.clone(),
@@ -98,12 +118,20 @@ pub async fn submit(
         prompt: job.prompt,
         params: job.params,
     };
+    let grammar = request.params.grammar.is_some();
     // A grammar is compiled at submission (and a model's token trie built on its first
     // one): milliseconds of CPU, tens for a large schema, so off the runtime's threads.
     // Everything else about submitting is a few checks and a queue hand-off.
-    let generation = if request.params.grammar.is_some() {
+    let submit = move |engine: &dyn Engine| {
+        if n == 1 {
+            engine.submit_prepared(request, prepared).map(|g| vec![g])
+        } else {
+            engine.submit_n(request, prepared, n)
+        }
+    };
+    let generations = if grammar {
         let engine = Arc::clone(engine);
-        tokio::task::spawn_blocking(move || engine.submit_prepared(request, prepared))
+        tokio::task::spawn_blocking(move || submit(engine.as_ref()))
             .await
             .map_err(|_| {
                 ApiError::engine(
@@ -112,11 +140,11 @@ pub async fn submit(
                 )
             })?
     } else {
-        engine.submit_prepared(request, prepared)
+        submit(engine.as_ref())
     }
     .map_err(|e| ApiError::engine(e, prompt_param))?;
     Ok(Running {
-        generation,
+        generations,
         prompt_param,
         labels,
     })

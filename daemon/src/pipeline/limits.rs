@@ -3,20 +3,50 @@
 //! reservation. Tokenizing is the costly step; the reservation needs its result, so the
 //! limiter cannot usefully run before it. The prompt is tokenized once ([`prepare`]) and
 //! the engine runs those ids.
+//!
+//! With shared limits (`[cluster.limits] backend = "redis"`, [`crate::limits_redis`]) the
+//! tenant's limits are checked in the shared store in one round trip at [`reserve`], the
+//! concurrency lease included: no per-process slot is taken before the body.
 
 use std::sync::Arc;
 
 use airlock_engine::{Engine, EngineError, Prepared, Prompt};
 use airlock_policy::Tenant;
-use airlock_policy::ratelimit::{Admission, Occupancy};
+use airlock_policy::ratelimit::{Admission, LimitSpec, Occupancy};
 
 use super::generate::Job;
 use crate::access::PolicyError;
 use crate::api::ApiError;
 use crate::api::request::Inference;
+use crate::limits_redis::{SharedAdmission, SharedLimits};
 
-/// The tenant's concurrency slot, or its refusal (429). Without a tenant policy: none.
-pub fn occupy(tenant: Option<&Arc<Tenant>>) -> Result<Option<Occupancy>, PolicyError> {
+/// A tenant's admitted request, by this process's limiter or the shared one. Complete it
+/// with the tokens it used.
+#[derive(Debug)]
+pub enum TenantAdmission {
+    Local(Admission),
+    Shared(SharedAdmission),
+}
+
+impl TenantAdmission {
+    /// Returns the unused part of the reservation (and, shared, releases the lease).
+    pub fn complete(self, used: u32) {
+        match self {
+            TenantAdmission::Local(a) => a.complete(used),
+            TenantAdmission::Shared(a) => a.complete(used),
+        }
+    }
+}
+
+/// The tenant's concurrency slot, or its refusal (429). Without a tenant policy, or with
+/// shared limits (whose lease is taken at [`reserve`]): none.
+pub fn occupy(
+    shared: Option<&SharedLimits>,
+    tenant: Option<&Arc<Tenant>>,
+) -> Result<Option<Occupancy>, PolicyError> {
+    if shared.is_some() {
+        return Ok(None);
+    }
     tenant
         .map(|t| {
             t.limiter
@@ -32,10 +62,11 @@ pub fn occupy(tenant: Option<&Arc<Tenant>>) -> Result<Option<Occupancy>, PolicyE
 /// here). Without a tenant policy: no admission.
 pub async fn reserve(
     engine: &Arc<dyn Engine>,
+    shared: Option<&Arc<SharedLimits>>,
     tenant: Option<&Arc<Tenant>>,
     occupancy: Option<Occupancy>,
     job: &mut Job,
-) -> Result<Option<Admission>, ApiError> {
+) -> Result<Option<TenantAdmission>, ApiError> {
     let Some(tenant) = tenant else {
         return Ok(None);
     };
@@ -70,15 +101,39 @@ pub async fn reserve(
         }
         .into());
     }
-    let reserve = prompt_tokens.saturating_add(job.params.max_tokens.unwrap_or(0));
+    // Every choice may generate up to `max_tokens`; the prompt is run (and counted) once.
+    let completion = job.params.max_tokens.unwrap_or(0).saturating_mul(job.n);
+    let reserve = prompt_tokens.saturating_add(completion);
     let reserve = u32::try_from(reserve).unwrap_or(u32::MAX);
+    let refused = |r| ApiError::from(PolicyError::rate_limited(tenant, &r));
+    // A tenant without limits has nothing to share: no round trip.
+    if let Some(shared) = shared.filter(|_| tenant.limits != LimitSpec::default()) {
+        // The shared store decides; when it cannot, `on_unavailable` does: refuse (closed),
+        // or this gateway's share of the limits, enforced here (local).
+        let error = match shared.admit(tenant, reserve).await {
+            Ok(admitted) => {
+                return admitted
+                    .map(|a| Some(TenantAdmission::Shared(a)))
+                    .map_err(refused);
+            }
+            Err(error) => error,
+        };
+        let Some(local) = shared.fallback(tenant, &error) else {
+            tracing::warn!(error = %error, "refusing the request: limits unavailable");
+            return Err(ApiError::LimitsUnavailable);
+        };
+        return local
+            .admit(reserve)
+            .map(|a| Some(TenantAdmission::Local(a)))
+            .map_err(refused);
+    }
     let admitted = match occupancy {
         Some(slot) => tenant.limiter.admit_occupied(slot, reserve),
         None => tenant.limiter.admit(reserve),
     };
     admitted
-        .map(Some)
-        .map_err(|r| PolicyError::rate_limited(tenant, &r).into())
+        .map(|a| Some(TenantAdmission::Local(a)))
+        .map_err(refused)
 }
 
 /// Prompts of at most this many bytes of text are tokenized on the async worker itself;

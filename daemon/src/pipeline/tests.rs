@@ -261,7 +261,7 @@ async fn request_errors() {
     );
 
     let mut req = chat_body("x");
-    req["n"] = json!(2);
+    req["n"] = json!(airlock_engine::MAX_N + 1);
     let (status, body) = post(&app, "/v1/chat/completions", req).await;
     assert_eq!(
         (status, error_of(&body).1),

@@ -40,6 +40,8 @@ pub enum StateError {
     Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
     Keys(#[from] crate::keys::KeyStoreError),
+    #[error("cluster.limits.url: {0}")]
+    SharedLimits(#[from] redis::RedisError),
 }
 
 impl State {
@@ -76,13 +78,23 @@ impl State {
             max_concurrent_requests: config.limits.max_concurrent_requests.get(),
             body_read_timeout: config.limits.body_read_timeout,
         };
+        let shared_limits = config
+            .cluster
+            .limits
+            .as_ref()
+            .map(|c| crate::limits_redis::SharedLimits::new(c, settings.request_deadline))
+            .transpose()?;
+        let mut app = App::with_policy(
+            engine,
+            settings,
+            binding,
+            crate::access::Access::new(config.policy.clone(), audit_log.clone())?,
+        );
+        if let Some(shared) = shared_limits {
+            App::set_shared_limits(&mut app, shared);
+        }
         Ok(State {
-            app: App::with_policy(
-                engine,
-                settings,
-                binding,
-                crate::access::Access::new(config.policy.clone(), audit_log.clone())?,
-            ),
+            app,
             tls,
             client_verifier,
             config,

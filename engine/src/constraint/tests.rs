@@ -235,16 +235,34 @@ fn tool_call_grammars_write_each_format() {
     let mistral = tool_call_lark(&trie, ToolFormat::Mistral, &[weather()], false);
     assert!(mistral.starts_with("start: <[0]> %json {"), "{mistral}");
     assert!(mistral.contains("\"maxItems\":1"), "{mistral}");
+    // Mistral v11+: name and arguments between control tokens, one marker per call.
+    let words = vec![
+        b"\xFF[TOOL_CALLS]".to_vec(),
+        b"\xFF[ARGS]".to_vec(),
+        b"x".to_vec(),
+    ];
+    let trie = TokTrie::from(&TokRxInfo::new(3, 2), &words);
+    let args = tool_call_lark(&trie, ToolFormat::MistralArgs, &[weather()], true);
+    assert!(
+        args.starts_with("start: call+\ncall: <[0]> \"get_weather\" <[1]> %json {"),
+        "{args}"
+    );
 }
 
-/// A forced call on a Hermes template: the output parses as one call of the named tool
-/// with arguments valid against its schema, whatever the random model prefers.
-#[test]
-fn a_forced_hermes_call_is_always_a_valid_call() {
+/// Forced single calls of `get_weather` on a model whose template is `template` (its tool
+/// format `format`), sampled at temperature 1 with `seeds`: each output must end (`Stop`),
+/// and `arguments` extracts the arguments JSON from it, which must be valid against the
+/// schema, whatever the random model prefers.
+fn forced_calls_are_valid(
+    template: &str,
+    format: ToolFormat,
+    seeds: std::ops::Range<u64>,
+    arguments: impl Fn(&str) -> Option<Value>,
+) {
     let (_dir, mut m) = model();
     let tok = std::sync::Arc::get_mut(&mut m.tokenizer).expect("sole owner");
-    crate::tokenizer::tests::set_template(tok, crate::test_engine::HERMES_TOOLS_TEMPLATE);
-    assert_eq!(m.tokenizer.tool_format(), Some(ToolFormat::Hermes));
+    crate::tokenizer::tests::set_template(tok, template);
+    assert_eq!(m.tokenizer.tool_format(), Some(format));
     let g = Grammar {
         param: "tool_choice",
         spec: GrammarSpec::ToolCalls {
@@ -253,7 +271,7 @@ fn a_forced_hermes_call_is_always_a_valid_call() {
             or_schema: None,
         },
     };
-    for seed in 0..3 {
+    for seed in seeds {
         let (text, reason) = run(
             &m,
             &g,
@@ -265,14 +283,38 @@ fn a_forced_hermes_call_is_always_a_valid_call() {
             },
         );
         assert_eq!(reason, FinishReason::Stop, "{text:?}");
-        let body = text
-            .strip_prefix("<tool_call>\n")
-            .and_then(|t| t.strip_suffix("\n</tool_call>"))
-            .unwrap_or_else(|| panic!("{text:?}"));
-        let call: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        assert_eq!(call["name"], "get_weather");
-        assert!(call["arguments"]["unit"] == "c" || call["arguments"]["unit"] == "f");
-        let days = call["arguments"]["days"].as_i64().expect("days");
-        assert!((1..=3).contains(&days));
+        let args = arguments(&text).unwrap_or_else(|| panic!("not a call: {text:?}"));
+        assert!(args["unit"] == "c" || args["unit"] == "f", "{args}");
+        let days = args["days"].as_i64().expect("days");
+        assert!((1..=3).contains(&days), "{args}");
     }
+}
+
+/// A forced call on a Hermes template parses as one call of the named tool.
+#[test]
+fn a_forced_hermes_call_is_always_a_valid_call() {
+    forced_calls_are_valid(
+        crate::test_engine::HERMES_TOOLS_TEMPLATE,
+        ToolFormat::Hermes,
+        0..3,
+        |text| {
+            let body = text
+                .strip_prefix("<tool_call>\n")?
+                .strip_suffix("\n</tool_call>")?;
+            let call: Value = serde_json::from_str(body).ok()?;
+            (call["name"] == "get_weather").then(|| call["arguments"].clone())
+        },
+    );
+}
+
+/// A forced call on a Mistral v11+ template (`[TOOL_CALLS]name[ARGS]{…}`): the markers are
+/// spelled out here (the fixture's vocabulary has no such control tokens).
+#[test]
+fn a_forced_mistral_args_call_is_always_a_valid_call() {
+    forced_calls_are_valid(
+        "{% if tools %}[AVAILABLE_TOOLS]{{ tools }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]{{ n }}[ARGS]",
+        ToolFormat::MistralArgs,
+        0..2,
+        |text| serde_json::from_str(text.strip_prefix("[TOOL_CALLS]get_weather[ARGS]")?).ok(),
+    );
 }

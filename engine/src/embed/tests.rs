@@ -40,6 +40,7 @@ fn reference(model: &Model, ids: &[u32], pooling: Pooling) -> Vec<f32> {
             .iter()
             .map(|&v| f64::from(v))
             .collect(),
+        Pooling::Cls => rows[..hidden].iter().map(|&v| f64::from(v)).collect(),
         Pooling::Mean => (0..hidden)
             .map(|j| {
                 rows.chunks_exact(hidden)
@@ -176,10 +177,49 @@ fn pooling_config_of_sentence_transformers() {
         write(r#"{"pooling_mode_mean_tokens": true}"#).ok(),
         Some(Some(Pooling::Mean))
     );
-    let cls = write(r#"{"pooling_mode_cls_token": true}"#);
+    assert_eq!(
+        write(r#"{"pooling_mode_cls_token": true}"#).ok(),
+        Some(Some(Pooling::Cls))
+    );
+    let max = write(r#"{"pooling_mode_max_tokens": true}"#);
     assert!(
-        matches!(&cls, Err(EngineError::Load { reason, .. }) if reason.contains("pooling_mode_cls_token")),
-        "{cls:?}"
+        matches!(&max, Err(EngineError::Load { reason, .. }) if reason.contains("pooling_mode_max_tokens")),
+        "{max:?}"
     );
     assert!(write(r#"{}"#).is_err());
+    // sentence-transformers 5+: one `pooling_mode` string.
+    assert_eq!(
+        write(r#"{"embedding_dimension": 8, "pooling_mode": "cls"}"#).ok(),
+        Some(Some(Pooling::Cls))
+    );
+    assert!(write(r#"{"pooling_mode": "max"}"#).is_err());
+    // A Pooling module elsewhere, as modules.json lists it.
+    let listed = dir.path().join("pool");
+    std::fs::create_dir(&listed).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        listed.join("config.json"),
+        r#"{"pooling_mode_mean_tokens": true}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("modules.json"),
+        r#"[{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "path": "pool", "type": "sentence_transformers.models.Pooling"}]"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pooling_from_dir(dir.path()).ok(), Some(Some(Pooling::Mean)));
+}
+
+#[test]
+fn cls_pooling_takes_the_first_row() {
+    let (mut sum, mut first, mut last) = (vec![0.0; 2], Vec::new(), Vec::new());
+    accumulate(&[3.0, 4.0, 1.0, 0.0], &mut sum, &mut first, &mut last, 2);
+    assert_eq!(
+        pool_vector(Pooling::Cls, &sum, &first, &last, 2),
+        vec![0.6, 0.8]
+    );
+    assert_eq!(
+        pool_vector(Pooling::Last, &sum, &first, &last, 2),
+        vec![1.0, 0.0]
+    );
 }

@@ -18,7 +18,13 @@
 //!   piece is mapped byte-to-character as GPT-2 does and merged by the rank of
 //!   `tokenizer.ggml.merges` (ties: leftmost first).
 //!
-//! In both, control, user-defined and unknown tokens are first cut out of the text as
+//! - `tokenizer.ggml.model = "bert"`: WordPiece as llama.cpp's WPM tokenizer runs it
+//!   (see [`wpm`]): BERT's normalizer and pre-tokenizer, then each word, with `▁` in
+//!   front, is spelled by the longest vocabulary entries from the left (the converter
+//!   stores word-start pieces with a `▁` and continuations without `##`); a word they
+//!   cannot spell becomes `[UNK]`. `[CLS]` … `[SEP]` around the text.
+//!
+//! In all, control, user-defined and unknown tokens are first cut out of the text as
 //! whole tokens (longest first), control and unknown ones only when special tokens are
 //! parsed (the chat path and llama-server's prompts do), as llama.cpp's
 //! `tokenizer_st_partition` does.
@@ -73,8 +79,12 @@ struct BpeSettings {
 }
 
 enum Kind {
-    Spm { add_space_prefix: bool },
+    Spm {
+        add_space_prefix: bool,
+    },
     Bpe(BpeSettings),
+    /// BERT's WordPiece as llama.cpp's WPM tokenizer runs it (see [`wpm`]).
+    Wpm(wpm::Normalizer),
 }
 
 /// A vocabulary and tokenizer that behave as llama.cpp's on the same GGUF file.
@@ -90,8 +100,13 @@ pub(crate) struct GgufVocab {
     pub(crate) eos: Option<u32>,
     /// Tokens that end a generation (llama.cpp's `special_eog_ids`).
     pub(crate) eog: Vec<u32>,
-    /// For a byte with neither a `<0xNN>` token nor a one-byte token (llama.cpp throws).
+    /// For a byte with neither a `<0xNN>` token nor a one-byte token (llama.cpp throws);
+    /// for a WordPiece word no pieces spell.
     unk: Option<u32>,
+    /// WordPiece: the separator appended after the text (`[SEP]`).
+    sep: Option<u32>,
+    /// The longest token text, in bytes (WordPiece's longest match starts there).
+    max_token_len: usize,
     pub(crate) add_bos: bool,
     pub(crate) add_eos: bool,
     /// GPT-2's byte → character map, and its inverse.
@@ -451,6 +466,7 @@ impl GgufVocab {
         let mut add_bos;
         let mut add_eos = false;
         let mut ranks = HashMap::new();
+        let mut sep = None;
         let kind = match model {
             "llama" => {
                 (bos, eos, unk) = (Some(1), Some(2), Some(0));
@@ -507,11 +523,21 @@ impl GgufVocab {
                     ignore_merges: family.ignore_merges,
                 })
             }
+            "bert" => {
+                // llama.cpp's defaults for BERT: [CLS] 101 (as BOS), [UNK] 100, [SEP] 102.
+                (bos, eos, unk) = (Some(101), None, Some(100));
+                sep = Some(102);
+                add_bos = true;
+                let lowercase = flag(file, "tokenizer.ggml.normalizer.lowercase")?.unwrap_or(false);
+                let strip_accents =
+                    flag(file, "tokenizer.ggml.normalizer.strip_accents")?.unwrap_or(lowercase);
+                Kind::Wpm(wpm::Normalizer::new(lowercase, strip_accents))
+            }
             other => {
                 return Err(file.err(format!(
                     "metadata `tokenizer.ggml.model`: `{other}` is not supported (supported: \
-                     `llama` (SentencePiece), `gpt2` (byte-level BPE)); put the model's \
-                     tokenizer.json beside the GGUF file"
+                     `llama` (SentencePiece), `gpt2` (byte-level BPE), `bert` (WordPiece)); put \
+                     the model's tokenizer.json beside the GGUF file"
                 )));
             }
         };
@@ -557,11 +583,25 @@ impl GgufVocab {
         bos = key_id("tokenizer.ggml.bos_token_id").or(in_range(bos));
         eos = key_id("tokenizer.ggml.eos_token_id").or(in_range(eos));
         unk = key_id("tokenizer.ggml.unknown_token_id").or(in_range(unk));
+        if matches!(kind, Kind::Wpm(_)) {
+            // (llama.cpp's key name is spelled so.)
+            sep = key_id("tokenizer.ggml.seperator_token_id").or(in_range(sep));
+            if bos.is_none() || sep.is_none() {
+                return Err(file.err(
+                    "metadata `tokenizer.ggml.bos_token_id` / `tokenizer.ggml.seperator_token_id`: \
+                     a WordPiece vocabulary needs [CLS] and [SEP] tokens in range",
+                ));
+            }
+        }
         if let Some(v) = flag(file, "tokenizer.ggml.add_bos_token")? {
             add_bos = v;
         }
         if let Some(v) = flag(file, "tokenizer.ggml.add_eos_token")? {
             add_eos = v;
+        }
+        if matches!(kind, Kind::Wpm(_)) {
+            // llama.cpp's WPM path puts [CLS] first and [SEP] last whatever the flags say.
+            (add_bos, add_eos) = (true, false);
         }
         if add_bos && bos.is_none() {
             return Err(file.err(
@@ -630,6 +670,7 @@ impl GgufVocab {
             }
         }
 
+        let max_token_len = tokens.iter().map(|t| t.text.len()).max().unwrap_or(0);
         let byte_chars = gpt2_byte_chars();
         let char_bytes = byte_chars
             .iter()
@@ -646,6 +687,8 @@ impl GgufVocab {
             eos,
             eog,
             unk,
+            sep,
+            max_token_len,
             add_bos,
             add_eos,
             byte_chars,
@@ -747,6 +790,18 @@ impl GgufVocab {
                         Fragment::Text(t) => self.bpe(settings, t, &mut out),
                         Fragment::Token(id) => out.push(id),
                     }
+                }
+            }
+            Kind::Wpm(normalizer) => {
+                for frag in frags {
+                    match frag {
+                        Fragment::Text(t) => self.wpm(normalizer, t, &mut out),
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+                // llama.cpp ends WordPiece text with [SEP] whatever `add_eos` says.
+                if add_special {
+                    out.extend(self.sep);
                 }
             }
         }
@@ -948,7 +1003,7 @@ impl GgufVocab {
             }
             Attr::UserDefined => out.extend_from_slice(tok.text.as_bytes()),
             Attr::Normal => match self.kind {
-                Kind::Spm { .. } => {
+                Kind::Spm { .. } | Kind::Wpm(_) => {
                     out.extend_from_slice(tok.text.replace('\u{2581}', " ").as_bytes());
                 }
                 Kind::Bpe(_) => {
@@ -990,7 +1045,7 @@ impl GgufVocab {
             self.kind,
             Kind::Spm {
                 add_space_prefix: true
-            }
+            } | Kind::Wpm(_)
         );
         if remove_special && self.add_bos && self.bos.is_some() && ids.first() == self.bos.as_ref()
         {
@@ -1014,6 +1069,8 @@ impl GgufVocab {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+mod wpm;
 
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,16 @@ impl KvCache {
         self.len
     }
 
+    /// A copy for another sequence with the same prefix (OpenAI's `n`: samples forked after
+    /// one prefill). The tensors are values: the copy shares their storage until either
+    /// side writes its next position, which then copies (no write is ever seen by both).
+    pub fn fork(&self) -> KvCache {
+        KvCache {
+            layers: self.layers.clone(),
+            len: self.len,
+        }
+    }
+
     /// Drops every cached position (recompute preemption), keeping the layer count.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);

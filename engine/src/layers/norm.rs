@@ -1,4 +1,4 @@
-//! RMSNorm, with Gemma's `1 + w` weight as an option.
+//! RMSNorm, with Gemma's `1 + w` weight as an option, and LayerNorm (BERT).
 
 use burn::tensor::{DType, FloatDType, Tensor};
 
@@ -45,5 +45,37 @@ impl RmsNorm {
         let d = width / heads.max(1);
         self.forward(x.reshape([rows * heads, d]))
             .reshape([rows, width])
+    }
+}
+
+/// LayerNorm: `(x − mean(x)) / sqrt(var(x) + eps) · w + b` over the last dimension (BERT).
+pub struct LayerNorm {
+    weight: Tensor<1>,
+    bias: Tensor<1>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> LayerNorm {
+        LayerNorm { weight, bias, eps }
+    }
+
+    /// `x`: `[rows, features]`, reduced in f32 whatever the storage type.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let dtype = x.dtype();
+        let x32 = if dtype == DType::F32 {
+            x
+        } else {
+            x.cast(FloatDType::F32)
+        };
+        let centered = x32.clone() - x32.mean_dim(1);
+        let var = centered.clone().square().mean_dim(1);
+        let normed = centered * var.add_scalar(self.eps).sqrt().recip();
+        let normed = if dtype == DType::F32 {
+            normed
+        } else {
+            normed.cast(FloatDType::F16)
+        };
+        normed * self.weight.clone().unsqueeze::<2>() + self.bias.clone().unsqueeze::<2>()
     }
 }

@@ -54,6 +54,11 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// `eos_token_id` from config.json (an int or a list), or the GGUF's EOS/EOT/EOM ids.
     pub eos_token_ids: Vec<u32>,
+    /// A bidirectional encoder (BERT): it computes embeddings only, each input in one pass
+    /// (no logits, no KV cache carried between passes).
+    pub encoder: bool,
+    /// The pooling the weights file itself declares (GGUF `{arch}.pooling_type`).
+    pub pooling: Option<crate::Pooling>,
     /// The [`crate::models::Family`] that parsed it and loads the model.
     pub(crate) family: &'static str,
     /// The family's own settings (what only its forward pass needs), downcast by its loader.
@@ -161,6 +166,11 @@ impl HfConfig {
             }),
             _ => Err(err("invalid JSON: not an object".into())),
         }
+    }
+
+    /// The `config.json` this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// An error about `field` of this file.
@@ -356,6 +366,8 @@ impl HfConfig {
             o_bias: attention_bias,
             mlp_bias: self.opt_bool("mlp_bias")?.unwrap_or(false),
             eos_token_ids: token_ids(self.get("eos_token_id")).unwrap_or_default(),
+            encoder: false,
+            pooling: None,
             family: architecture,
             extra: None,
         })
@@ -592,10 +604,17 @@ impl<'a> GgufMeta<'a> {
                  the head dimension {head_dim}"
             )));
         }
-        let rms_norm_eps = self.float("attention.layer_norm_rms_epsilon", None)?;
+        // An encoder (BERT) has a LayerNorm epsilon where decoders have an RMSNorm one.
+        let eps_key = match self.get("attention.layer_norm_rms_epsilon") {
+            None if self.get("attention.layer_norm_epsilon").is_some() => {
+                "attention.layer_norm_epsilon"
+            }
+            _ => "attention.layer_norm_rms_epsilon",
+        };
+        let rms_norm_eps = self.float(eps_key, None)?;
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             return Err(self.err(format!(
-                "metadata `{arch}.attention.layer_norm_rms_epsilon`: {rms_norm_eps} must be positive"
+                "metadata `{arch}.{eps_key}`: {rms_norm_eps} must be positive"
             )));
         }
         let rope_theta = self.float("rope.freq_base", Some(10_000.0))?;
@@ -673,6 +692,8 @@ impl<'a> GgufMeta<'a> {
             o_bias: has("attn_output"),
             mlp_bias: has("ffn_up"),
             eos_token_ids,
+            encoder: false,
+            pooling: None,
             family: architecture,
             extra: None,
         })

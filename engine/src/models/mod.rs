@@ -37,6 +37,7 @@ families! {
     qwen3::Qwen3,
     phi3::Phi3,
     gemma::Gemma,
+    bert::Bert,
 }
 
 /// One architecture family: names, config parsers, GGUF tensor names, model loader.

@@ -345,3 +345,78 @@ fn oversized_stop_strings_are_refused_at_submit() {
         }
     }
 }
+
+/// The trait's default `submit_n`: `n` independent requests, in choice order, each with
+/// its own stream and the whole prompt's count; `n` out of range refused; a submission
+/// that fails part-way cancels the ones already queued.
+#[test]
+fn default_submit_n_submits_n_requests() {
+    let engine = engine(TestEngineConfig::default());
+    let params = SamplingParams {
+        seed: Some(u64::MAX),
+        max_tokens: Some(2),
+        ..Default::default()
+    };
+    let prepared = crate::Prepared::counted(3);
+    let samples = engine
+        .submit_n(
+            request(text("one two three"), params.clone()),
+            prepared.clone(),
+            3,
+        )
+        .expect("submitted");
+    assert_eq!(samples.len(), 3);
+    for sample in samples {
+        let (out, last) = collect(sample);
+        assert_eq!(out, "one two");
+        assert_eq!(
+            finish(&last),
+            (
+                FinishReason::Length,
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2
+                }
+            )
+        );
+    }
+    for n in [0, crate::MAX_N + 1] {
+        match engine.submit_n(request(text("a"), params.clone()), prepared.clone(), n) {
+            Err(EngineError::InvalidRequest { param: "n", .. }) => {}
+            other => panic!("n = {n}: expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    // One worker busy, a queue of two: the third sample does not fit.
+    let config = TestEngineConfig {
+        max_active: 1,
+        max_queue: 2,
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let engine = super::TestEngine::new(config).expect("test engine starts");
+    let long = || request(text(&"w ".repeat(100)), SamplingParams::default());
+    let mut busy = engine.submit(long()).expect("first runs");
+    assert!(matches!(
+        busy.blocking_next(),
+        Some(TokenEvent::Started { .. })
+    ));
+    assert!(matches!(
+        engine.submit_n(long(), crate::Prepared::counted(100), 3),
+        Err(EngineError::QueueFull { capacity: 2 })
+    ));
+    // The two queued samples were cancelled with the failure: once the busy request goes,
+    // the worker drains them at once and the queue takes new work.
+    drop(busy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.status().queued + engine.status().active != 0 {
+        assert!(Instant::now() < deadline, "cancelled samples still queued");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (out, _) = collect(
+        engine
+            .submit(request(text("done"), SamplingParams::default()))
+            .expect("queue free again"),
+    );
+    assert_eq!(out, "done");
+}

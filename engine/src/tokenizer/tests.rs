@@ -325,6 +325,12 @@ fn tool_formats_follow_the_template_markers() {
         Some(ToolFormat::Mistral)
     );
     assert_eq!(
+        super::tool_format(
+            "{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]{{ name }}[ARGS]"
+        ),
+        Some(ToolFormat::MistralArgs)
+    );
+    assert_eq!(
         super::tool_format("{% if tools %}x{% endif %}<|python_tag|>"),
         Some(ToolFormat::Llama3Json)
     );
@@ -430,4 +436,48 @@ fn tools_and_calls_render_through_a_llama31_template() {
             ..
         })
     ));
+}
+
+/// A Mistral template's tool-call markers are control tokens, yet the decoded text keeps
+/// them (they tell a call from text, a name from its arguments); other special tokens are
+/// still skipped, and other templates' decoding is unchanged.
+#[test]
+fn mistral_tool_markers_stay_in_the_decoded_text() {
+    let dir = fixtures().join("mistral");
+    let config = crate::hf_config::ModelConfig::from_dir(&dir).expect("config");
+    let mut tok = TextTokenizer::from_dir(&dir, &config.eos_token_ids).expect("tokenizer");
+    let super::Backend::Hf(hf) = &mut tok.inner else {
+        panic!("the fixture has a tokenizer.json");
+    };
+    hf.add_special_tokens(&[
+        tokenizers::AddedToken::from("[TOOL_CALLS]", true),
+        tokenizers::AddedToken::from("[ARGS]", true),
+    ]);
+    let marker = |t: &str| tok.inner.token_to_id(t).expect("added");
+    let (calls, args) = (marker("[TOOL_CALLS]"), marker("[ARGS]"));
+    let name = tok.encode_raw("get_weather", false).expect("encodes");
+    let json = tok
+        .encode_raw("{\"city\": \"Paris\"}", false)
+        .expect("encodes");
+    let mut ids = vec![1, calls];
+    ids.extend(&name);
+    ids.push(args);
+    ids.extend(&json);
+    ids.push(2);
+    let plain = tok.decode(&ids).expect("decodes");
+    assert!(
+        !plain.contains("[TOOL_CALLS]"),
+        "no tools template: {plain:?}"
+    );
+    set_template(
+        &mut tok,
+        "{% if tools %}{{ tools }}{% endif %}[TOOL_CALLS]{{ name }}[ARGS]",
+    );
+    let kept = tok.decode(&ids).expect("decodes");
+    assert_eq!(
+        kept.trim_end(),
+        "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}",
+        "{kept:?}"
+    );
+    assert!(!kept.contains("<s>") && !kept.contains("</s>"), "{kept:?}");
 }

@@ -41,18 +41,30 @@ pub const MAX_STOP: usize = airlock_engine::MAX_STOP_SEQUENCES;
 pub const MAX_STOP_BYTES: usize = airlock_engine::MAX_STOP_BYTES;
 
 impl SamplingFields {
+    /// How many choices to generate (OpenAI's `n`, default 1): at most
+    /// [`airlock_engine::MAX_N`]. Routes without choices (`/generate`) pass `many = false`
+    /// and accept only 1.
+    pub fn choices(&self, many: bool) -> Result<usize, ApiError> {
+        let max = if many { airlock_engine::MAX_N } else { 1 };
+        match self.n {
+            None => Ok(1),
+            Some(n) if (1..=max as u32).contains(&n) => Ok(n as usize),
+            Some(0) => Err(ApiError::invalid("n", "n must be at least 1")),
+            Some(n) if many => Err(ApiError::invalid(
+                "n",
+                format!("n must be at most {max}, got {n}"),
+            )),
+            Some(n) => Err(ApiError::unsupported(
+                "n",
+                format!("n = {n} is not supported on this route; only n = 1"),
+            )),
+        }
+    }
+
     /// Validates ranges and fills in defaults: temperature 1, top_p 1, no penalties.
     /// `default_max_tokens` applies when neither max field is given (`None`: up to the
     /// context end).
     pub fn to_params(&self, default_max_tokens: Option<usize>) -> Result<SamplingParams, ApiError> {
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(ApiError::unsupported(
-                "n",
-                format!("n = {n} is not supported; only n = 1"),
-            ));
-        }
         let temperature = self.temperature.unwrap_or(1.0);
         in_range("temperature", temperature, 0.0, 2.0)?;
         let top_p = self.top_p.unwrap_or(1.0);
@@ -230,7 +242,6 @@ mod tests {
             param_of(json!({"presence_penalty": -3})).as_deref(),
             Some("presence_penalty")
         );
-        assert_eq!(param_of(json!({"n": 2})).as_deref(), Some("n"));
         assert_eq!(
             param_of(json!({"max_tokens": 0})).as_deref(),
             Some("max_tokens")
@@ -244,6 +255,23 @@ mod tests {
             Some("stop[1]")
         );
         assert_eq!(param_of(json!({"top_k": -5})).as_deref(), Some("top_k"));
+    }
+
+    #[test]
+    fn n_is_bounded_and_only_where_there_are_choices() {
+        let n = |v: Value, many| fields(v).choices(many).map_err(|e| e.object().param);
+        assert_eq!(n(json!({}), true), Ok(1));
+        assert_eq!(n(json!({"n": null}), false), Ok(1));
+        assert_eq!(n(json!({"n": 4}), true), Ok(4));
+        assert_eq!(
+            n(json!({"n": airlock_engine::MAX_N}), true),
+            Ok(airlock_engine::MAX_N)
+        );
+        for bad in [json!({"n": 0}), json!({"n": airlock_engine::MAX_N + 1})] {
+            assert_eq!(n(bad, true), Err(Some("n".to_owned())));
+        }
+        assert_eq!(n(json!({"n": 2}), false), Err(Some("n".to_owned())));
+        assert_eq!(n(json!({"n": 1}), false), Ok(1));
     }
 
     #[test]

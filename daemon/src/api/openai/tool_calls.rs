@@ -33,6 +33,8 @@ const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
 const MISTRAL_TAG: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
 
 /// A fresh call id (unique per call, as OpenAI's): `call_…`, except for Mistral, whose chat
 /// templates accept only ids of exactly 9 letters and digits when the call is sent back in
@@ -40,7 +42,7 @@ const MISTRAL_TAG: &str = "[TOOL_CALLS]";
 pub fn call_id(format: ToolFormat) -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
     match format {
-        ToolFormat::Mistral => hex[..9].to_owned(),
+        ToolFormat::Mistral | ToolFormat::MistralArgs => hex[..9].to_owned(),
         ToolFormat::Hermes | ToolFormat::Llama3Json => format!("call_{}", &hex[..24]),
     }
 }
@@ -51,6 +53,7 @@ pub fn parse(format: ToolFormat, text: &str, offered: &[String]) -> Parsed {
         ToolFormat::Hermes => hermes(text),
         ToolFormat::Llama3Json => llama3(text),
         ToolFormat::Mistral => mistral(text),
+        ToolFormat::MistralArgs => mistral_args(text),
     };
     let (content, raw) = match found {
         Found::None => return Parsed::Text,
@@ -81,7 +84,7 @@ pub fn pending_marker(format: ToolFormat, text: &str) -> usize {
     let markers: &[&str] = match format {
         ToolFormat::Hermes => &[HERMES_OPEN],
         ToolFormat::Llama3Json => &[PYTHON_TAG],
-        ToolFormat::Mistral => &[MISTRAL_TAG],
+        ToolFormat::Mistral | ToolFormat::MistralArgs => &[MISTRAL_TAG],
     };
     markers
         .iter()
@@ -97,6 +100,7 @@ pub fn pending_marker(format: ToolFormat, text: &str) -> usize {
 pub fn call_start(format: ToolFormat, text: &str) -> Option<usize> {
     match format {
         ToolFormat::Hermes => text.find(HERMES_OPEN),
+        ToolFormat::MistralArgs => text.find(MISTRAL_TAG),
         ToolFormat::Mistral => text.find(MISTRAL_TAG).or_else(|| {
             let lead = text.len() - text.trim_start().len();
             text.trim_start().starts_with('[').then_some(lead)
@@ -144,7 +148,8 @@ impl Splitter {
             let out = std::mem::replace(&mut self.held, rest);
             return self.emit(out);
         }
-        let json_format = !matches!(self.format, ToolFormat::Hermes);
+        // Formats whose calls may be bare JSON: the whole output, after whitespace.
+        let json_format = matches!(self.format, ToolFormat::Llama3Json | ToolFormat::Mistral);
         let keep = if json_format && !self.sent_text && self.held.trim().is_empty() {
             // Leading whitespace: a JSON call may still follow.
             self.held.len()
@@ -164,7 +169,7 @@ impl Splitter {
     fn call_start(&self) -> Option<usize> {
         let at = call_start(self.format, &self.held)?;
         let marked = match self.format {
-            ToolFormat::Hermes => true,
+            ToolFormat::Hermes | ToolFormat::MistralArgs => true,
             ToolFormat::Llama3Json => self.held[at..].starts_with(PYTHON_TAG),
             ToolFormat::Mistral => self.held[at..].starts_with(MISTRAL_TAG),
         };
@@ -308,6 +313,37 @@ fn mistral(text: &str) -> Found {
         match call_of(item, &["arguments", "parameters"]) {
             Ok(call) => calls.push(call),
             Err(why) => return Found::Bad(why),
+        }
+    }
+    Found::Calls(content.to_owned(), calls)
+}
+
+/// Mistral v11+: `text[TOOL_CALLS]name[ARGS]{…}[TOOL_CALLS]name[ARGS]{…}`, with an
+/// optional `[CALL_ID]id` before `[ARGS]` (the id is the model's; ours replaces it, as
+/// vLLM's does). The markers are control tokens the engine keeps in the text. A model that
+/// still writes the older array after `[TOOL_CALLS]` is read as [`mistral`] reads it.
+fn mistral_args(text: &str) -> Found {
+    let Some(at) = text.find(MISTRAL_TAG) else {
+        return Found::None;
+    };
+    let (content, body) = (&text[..at], &text[at..]);
+    if body[MISTRAL_TAG.len()..].trim_start().starts_with('[') {
+        return mistral(text);
+    }
+    let mut calls = Vec::new();
+    for call in body.split(MISTRAL_TAG).skip(1) {
+        let Some((head, args)) = call.split_once(MISTRAL_ARGS) else {
+            return Found::Bad("[TOOL_CALLS] without [ARGS]");
+        };
+        let name = head.split(MISTRAL_CALL_ID).next().unwrap_or(head).trim();
+        if name.is_empty() {
+            return Found::Bad("a call has no name");
+        }
+        let args = args.trim();
+        match serde_json::from_str::<Value>(args) {
+            Ok(Value::Object(_)) => calls.push((name.to_owned(), args.to_owned())),
+            Ok(_) => return Found::Bad("a call's arguments are not a JSON object"),
+            Err(_) => return Found::Bad("a tool call is not JSON"),
         }
     }
     Found::Calls(content.to_owned(), calls)

@@ -1,4 +1,4 @@
-use airlock_engine::ToolFormat::{self, Hermes, Llama3Json, Mistral};
+use airlock_engine::ToolFormat::{self, Hermes, Llama3Json, Mistral, MistralArgs};
 
 use super::*;
 
@@ -13,7 +13,9 @@ fn calls(format: ToolFormat, text: &str) -> (Option<String>, Vec<(String, String
             let mut ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
             // Mistral's templates take back only 9 letters and digits; others get `call_…`.
             assert!(ids.iter().all(|id| match format {
-                Mistral => id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+                Mistral | MistralArgs => {
+                    id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                }
                 Hermes | Llama3Json => id.starts_with("call_") && id.len() == 29,
             }));
             ids.dedup();
@@ -129,6 +131,45 @@ fn mistral_with_and_without_its_marker() {
 }
 
 #[test]
+fn mistral_args_form_one_and_several_calls() {
+    assert_eq!(
+        calls(
+            MistralArgs,
+            r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Lyon"}"#
+        ),
+        (None, vec![call("get_weather", r#"{"city": "Lyon"}"#)])
+    );
+    // Content first, two calls, one with the model's own `[CALL_ID]`.
+    assert_eq!(
+        calls(
+            MistralArgs,
+            "Checking.[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{\"city\": \"Oslo\"}\
+             [TOOL_CALLS]get_time[ARGS]{}",
+        ),
+        (
+            Some("Checking.".to_owned()),
+            vec![
+                call("get_weather", r#"{"city": "Oslo"}"#),
+                call("get_time", "{}"),
+            ]
+        )
+    );
+    // The older array after the marker still reads.
+    assert_eq!(
+        calls(
+            MistralArgs,
+            r#"[TOOL_CALLS][{"name": "get_time", "arguments": {}}]"#
+        ),
+        (None, vec![call("get_time", "{}")])
+    );
+    // Without the marker it is an answer, whatever it looks like.
+    assert_eq!(
+        parse(MistralArgs, r#"get_time{"a": 1}"#, &offered()),
+        Parsed::Text
+    );
+}
+
+#[test]
 fn malformed_calls_are_text() {
     for (format, text) in [
         (Hermes, "<tool_call>{not json}</tool_call>"),
@@ -148,6 +189,11 @@ fn malformed_calls_are_text() {
         (Llama3Json, "<|python_tag|>{\"name\": \"get_time\", "),
         (Llama3Json, "{\"name\": \"delete_all\", \"parameters\": {}}"),
         (Mistral, "[TOOL_CALLS][{\"name\": \"get_time\""),
+        (MistralArgs, "[TOOL_CALLS]get_time{}"),
+        (MistralArgs, "[TOOL_CALLS]get_time[ARGS]{\"a\":"),
+        (MistralArgs, "[TOOL_CALLS]get_time[ARGS][1]"),
+        (MistralArgs, "[TOOL_CALLS][ARGS]{}"),
+        (MistralArgs, "[TOOL_CALLS]rm_rf[ARGS]{}"),
     ] {
         assert!(
             matches!(parse(format, text, &offered()), Parsed::Malformed(_)),
@@ -162,6 +208,7 @@ fn markers_split_at_every_position_are_held_back() {
         (Hermes, HERMES_OPEN),
         (Llama3Json, PYTHON_TAG),
         (Mistral, MISTRAL_TAG),
+        (MistralArgs, MISTRAL_TAG),
     ] {
         for cut in 1..marker.len() {
             let text = format!("Sure. {}", &marker[..cut]);
@@ -205,6 +252,11 @@ fn the_stream_splitter_holds_calls_whatever_the_chunking() {
             Mistral,
             "[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}]",
             "",
+        ),
+        (
+            MistralArgs,
+            "One moment. [TOOL_CALLS]get_time[ARGS]{}",
+            "One moment. ",
         ),
     ];
     for (format, text, content) in cases {

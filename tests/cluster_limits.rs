@@ -1,0 +1,310 @@
+//! Tenant limits shared through Redis (`[cluster.limits] backend = "redis"`): three
+//! `airlockd serve` processes and one real `redis-server` (or `valkey-server`) on a Unix
+//! socket. Skipped, with a notice, when neither binary is installed, unless
+//! `AIRLOCK_REQUIRE_REDIS_TEST=1` (CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Pki, TEST_MODEL, TestConfig};
+use serde_json::{Value, json};
+
+/// A `redis-server` on a Unix socket in its own temp dir; stop and start it again on the
+/// same socket.
+struct Redis {
+    bin: &'static str,
+    child: Option<Child>,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let bin = ["redis-server", "valkey-server"].into_iter().find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var("AIRLOCK_REQUIRE_REDIS_TEST").as_deref() != Ok("1"),
+                "AIRLOCK_REQUIRE_REDIS_TEST=1 but neither redis-server nor valkey-server is installed"
+            );
+            eprintln!("skipped: neither redis-server nor valkey-server is installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let mut redis = Redis {
+            bin,
+            child: None,
+            socket,
+            dir,
+        };
+        redis.resume();
+        Some(redis)
+    }
+
+    fn resume(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new(self.bin)
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
+            .arg(&self.socket)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "{} did not start", self.bin);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn start(pki: &Pki, redis: &Redis, cluster: &str, tenants: &str) -> Daemon {
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\nmax_queue = 256\nmax_active = 32\n"
+        ),
+        limits: format!(
+            "{}max_connections_per_address = 256\n",
+            TestConfig::default().limits
+        ),
+        extra: format!(
+            "{tenants}\n[cluster.limits]\nbackend = \"redis\"\nurl = \"{}\"\n{cluster}",
+            redis.url()
+        ),
+        ..TestConfig::default()
+    };
+    Daemon::start(pki, &cfg)
+}
+
+fn chat(max_tokens: u32) -> Value {
+    json!({
+        "model": TEST_MODEL,
+        "messages": [{"role": "user", "content": "one two three four five six seven eight"}],
+        "max_tokens": max_tokens
+    })
+}
+
+/// Sends `count` concurrent requests as `tenant`, spread round-robin over `daemons`;
+/// returns each answer's status and body.
+async fn hammer(
+    pki: &Pki,
+    daemons: &[&Daemon],
+    tenant: &str,
+    count: usize,
+    body: &Value,
+) -> Vec<(u16, Value)> {
+    let targets: Vec<_> = daemons
+        .iter()
+        .map(|d| (d.client(pki, tenant), d.url("/v1/chat/completions")))
+        .collect();
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let (client, url) = targets[i % targets.len()].clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let resp = client.post(url).json(&body).send().await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+const TENANTS: &str = r#"
+[[tenants]]
+name = "acme"
+models = ["*"]
+cert_cn = ["alice"]
+tokens_per_minute = 600
+
+[[tenants]]
+name = "rated"
+models = ["*"]
+cert_cn = ["bob"]
+requests_per_minute = 1
+burst = 6
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_hold_across_three_gateways() {
+    let Some(redis) = Redis::start() else { return };
+    let pki = Pki::new(&["alice", "bob"]);
+    let daemons: Vec<Daemon> = (0..3)
+        .map(|_| start(&pki, &redis, "timeout = \"2s\"\n", TENANTS))
+        .collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    // (A generous store timeout: this test is about the budgets, not about a slow store,
+    // and a loaded CI machine must not turn admissions into 503s.)
+
+    // Tokens per minute: ~100 concurrent requests over the three gateways.
+    let started = Instant::now();
+    let answers = hammer(&pki, &all, "alice", 99, &chat(8)).await;
+    let (mut ok, mut limited, mut served) = (0, 0, 0u64);
+    for (status, v) in &answers {
+        match status {
+            200 => {
+                ok += 1;
+                served += v["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            429 => limited += 1,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(ok > 0 && limited > 0, "ok {ok}, limited {limited}");
+    // What refilled during the run (600 per minute) may be served too, never more.
+    let refilled = (600.0 * started.elapsed().as_secs_f64() / 60.0).ceil() as u64;
+    assert!(
+        served <= 600 + refilled,
+        "served {served} tokens > budget 600 + {refilled} refilled, over three gateways"
+    );
+
+    // The request rate: one burst (6) across all three, where each alone would allow 6.
+    let answers = hammer(&pki, &all, "bob", 30, &chat(4)).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(
+        ok <= 7,
+        "{ok} requests served: more than the burst of 6 (+1 replenished)"
+    );
+    assert!(ok >= 1);
+    assert_eq!(ok + limited.len(), 30, "{answers:?}");
+    assert_eq!(
+        limited[0].1["error"]["code"], "rate_limit_exceeded",
+        "{:?}",
+        limited[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_refuses_while_the_store_is_down() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let pki = Pki::new(&["alice", "bob"]);
+    let daemon = start(
+        &pki,
+        &redis,
+        "timeout = \"250ms\"\non_unavailable = \"closed\"\n",
+        TENANTS,
+    );
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+    let ok = client.post(&url).json(&chat(4)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // The headers carry the shared figures from the admission script.
+    let header = |name: &str| ok.headers()[name].to_str().unwrap().parse::<u32>().unwrap();
+    assert_eq!(header("x-ratelimit-limit-tokens"), 600);
+    assert!(header("x-ratelimit-remaining-tokens") < 600);
+
+    redis.stop();
+    let started = Instant::now();
+    let resp = client.post(&url).json(&chat(4)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "limits_unavailable", "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    redis.resume();
+    let resp = client.post(&url).json(&chat(4)).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "not back to the shared limits after a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_fallback_serves_the_divided_limit() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let pki = Pki::new(&["alice", "bob"]);
+    let daemon = start(
+        &pki,
+        &redis,
+        "timeout = \"250ms\"\non_unavailable = \"local\"\nreplicas = 3\n",
+        TENANTS,
+    );
+    let client = daemon.client(&pki, "bob");
+    let url = daemon.url("/v1/chat/completions");
+
+    redis.stop();
+    // A burst of 6 divided by 3 replicas: 2 served here, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            client
+                .post(&url)
+                .json(&chat(4))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+
+    // Back to the shared limits (a fresh store: the whole burst of 6).
+    redis.resume();
+    let mut ok = 0;
+    for _ in 0..8 {
+        if client
+            .post(&url)
+            .json(&chat(4))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 6, "the shared burst after the store returned");
+}
