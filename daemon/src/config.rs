@@ -225,7 +225,7 @@ impl Config {
         let policy = policy::policy(raw.auth, raw.tenants, base)?;
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
-        let cluster = cluster::ClusterConfig::try_from(raw.cluster)?;
+        let cluster = cluster::ClusterConfig::from_raw(raw.cluster, base)?;
         Ok(Config {
             listener,
             limits,

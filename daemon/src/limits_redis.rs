@@ -26,17 +26,23 @@ use airlock_policy::ratelimit::{
 };
 use redis::aio::MultiplexedConnection;
 
-use crate::config::cluster::{OnUnavailable, SharedLimitsConfig};
+use crate::config::cluster::{OnUnavailable, SharedLimitsConfig, StoreTls};
 
 const ADMIT: &str = include_str!("limits_redis/admit.lua");
 const FINISH: &str = include_str!("limits_redis/finish.lua");
-
-/// A lease outlives the request deadline by this much: a request admitted near the end of
-/// the deadline still holds its slot while it is being answered.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+const RENEW: &str = include_str!("limits_redis/renew.lua");
 
 /// Fallbacks are logged at most this often.
 const WARN_EVERY_SECS: u64 = 10;
+
+/// Why the store's client could not be set up: the key of `[cluster.limits]` at fault and
+/// the reason (file contents never appear in it).
+#[derive(Debug, thiserror::Error)]
+#[error("cluster.limits.{key}: {reason}")]
+pub struct SetupError {
+    key: &'static str,
+    reason: String,
+}
 
 /// The store did not answer within `timeout` (down, slow, or an error).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,7 @@ pub struct SharedLimits {
     lease_ttl: Duration,
     admit: redis::Script,
     finish: redis::Script,
+    renew: redis::Script,
     /// `on_unavailable = "local"`: each tenant's share of its limits, enforced here while
     /// the store is down. Keyed by tenant name, rebuilt when the tenant's limits change.
     fallback: Mutex<HashMap<String, (LimitSpec, Arc<TenantLimiter>)>>,
@@ -79,7 +86,9 @@ impl std::fmt::Debug for SharedLimits {
 /// An admission under the shared limits. [`SharedAdmission::complete`] gives back the
 /// unused tokens; dropping it without completing keeps the whole reservation (like the
 /// local limiter) and releases the lease. Both run on a spawned task, bounded by the
-/// store's timeout: the response does not wait for them.
+/// store's timeout: the response does not wait for them. While it lives, its concurrency
+/// lease is renewed every third of `lease_ttl`, so a long stream keeps its slot and a
+/// crashed gateway's slots come back within one `lease_ttl`.
 pub struct SharedAdmission {
     limits: Arc<SharedLimits>,
     tenant: String,
@@ -88,6 +97,8 @@ pub struct SharedAdmission {
     /// Empty when the tenant has no `max_concurrent`.
     lease: String,
     finished: bool,
+    /// The lease's renewal task (`None` without a lease); aborted when the request ends.
+    renewal: Option<tokio::task::AbortHandle>,
     /// The limits' state right after this admission, for the response headers.
     status: RateStatus,
 }
@@ -118,7 +129,22 @@ impl SharedAdmission {
         self.status
     }
 
-    fn spawn_finish(&self, back: u32) {
+    /// Test hook: the gateway "crashes" with this request in flight: the renewal stops and
+    /// nothing is released, as after `kill -9`.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self.stop_renewal();
+        self.finished = true;
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
+
+    fn spawn_finish(&mut self, back: u32) {
+        self.stop_renewal();
         if (back == 0 || self.tokens_per_minute == 0) && self.lease.is_empty() {
             return;
         }
@@ -144,6 +170,7 @@ impl Drop for SharedAdmission {
         if !self.finished {
             self.spawn_finish(0);
         }
+        self.stop_renewal();
     }
 }
 
@@ -180,22 +207,29 @@ impl ScriptLimits {
 }
 
 impl SharedLimits {
-    /// A client for `config` (no connection yet: the first request connects). Leases
-    /// expire `request_deadline` + 30 s after admission.
-    pub fn new(
-        config: &SharedLimitsConfig,
-        request_deadline: Duration,
-    ) -> Result<Arc<SharedLimits>, redis::RedisError> {
+    /// A client for `config` (no connection yet: the first request connects). With TLS
+    /// (`rediss://`) the CA and client certificate files are read here, so a bad file is
+    /// reported at start (or reload) naming its key.
+    pub fn new(config: &SharedLimitsConfig) -> Result<Arc<SharedLimits>, SetupError> {
+        let client = match &config.tls {
+            None => redis::Client::open(config.url.as_str()),
+            Some(tls) => redis::Client::build_with_tls(config.url.as_str(), tls_files(tls)?),
+        }
+        .map_err(|e| SetupError {
+            key: "url",
+            reason: e.to_string(),
+        })?;
         Ok(Arc::new(SharedLimits {
-            client: redis::Client::open(config.url.as_str())?,
+            client,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             on_unavailable: config.on_unavailable,
-            lease_ttl: request_deadline + LEASE_MARGIN,
+            lease_ttl: config.lease_ttl,
             admit: redis::Script::new(ADMIT),
             finish: redis::Script::new(FINISH),
+            renew: redis::Script::new(RENEW),
             fallback: Mutex::new(HashMap::new()),
             last_warn: AtomicU64::new(0),
         }))
@@ -270,6 +304,9 @@ impl SharedLimits {
         };
         let exceeded = match code {
             0 => {
+                // Renewed on the store's clock, so not when a test fixes the clock.
+                let renewal = (!lease.is_empty() && now_us == 0)
+                    .then(|| self.spawn_renewal(tenant, &lease));
                 return Ok(Ok(SharedAdmission {
                     limits: Arc::clone(self),
                     tenant: tenant.to_owned(),
@@ -277,6 +314,7 @@ impl SharedLimits {
                     reserved: tokens,
                     lease,
                     finished: false,
+                    renewal,
                     status,
                 }));
             }
@@ -291,6 +329,39 @@ impl SharedLimits {
             retry_after: micros(retry),
             status,
         }))
+    }
+
+    /// Renews `lease` every third of `lease_ttl` until aborted. A failed renewal is retried
+    /// at the next tick (two more before the lease lapses); a lease found gone (the store
+    /// restarted, or this gateway was partitioned longer than `lease_ttl`) ends the task:
+    /// the request goes on, its slot is already counted free.
+    fn spawn_renewal(self: &Arc<Self>, tenant: &str, lease: &str) -> tokio::task::AbortHandle {
+        let limits = Arc::clone(self);
+        let key = self.key(tenant, "leases");
+        let lease = lease.to_owned();
+        let ttl_us = u64::try_from(self.lease_ttl.as_micros()).unwrap_or(u64::MAX);
+        let every = self.lease_ttl / 3;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut invocation = limits.renew.prepare_invoke();
+                invocation.key(&key).arg(&lease).arg(ttl_us);
+                let renewed: Result<i64, _> = limits
+                    .round_trip(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                    .await;
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!(key = %key, "shared limits: a lease in flight had expired; its slot was reclaimed");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(key = %key, error = %e, "shared limits: lease not renewed"),
+                }
+            }
+        })
+        .abort_handle()
     }
 
     /// Gives back `back` tokens and releases `lease` (may be empty).
@@ -391,6 +462,57 @@ impl SharedLimits {
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Err(result)
     }
+}
+
+/// The CA bundle and client certificate of a `rediss://` store, read and checked.
+fn tls_files(tls: &StoreTls) -> Result<redis::TlsCertificates, SetupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| SetupError {
+            key,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let certificates = |key: &'static str, path: &std::path::Path| {
+        let pem = read(key, path)?;
+        let count = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SetupError {
+                key,
+                reason: format!("{}: not a PEM certificate bundle: {e}", path.display()),
+            })?
+            .len();
+        if count == 0 {
+            return Err(SetupError {
+                key,
+                reason: format!("{}: no certificate in it", path.display()),
+            });
+        }
+        Ok(pem)
+    };
+    let root_cert = certificates("ca", &tls.ca)?;
+    let client_tls = match &tls.client {
+        None => None,
+        Some((cert, key)) => {
+            let client_cert = certificates("client_cert", cert)?;
+            let client_key = read("client_key", key)?;
+            // The reason names the file, never its contents.
+            PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| SetupError {
+                key: "client_key",
+                reason: format!("{}: no PEM private key in it", key.display()),
+            })?;
+            Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        }
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert: Some(root_cert),
+    })
 }
 
 /// One gateway's share of `spec` when `replicas` gateways enforce it apart (at least 1 of

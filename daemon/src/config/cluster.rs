@@ -2,11 +2,12 @@
 //! `[cluster.limits]` chooses where the tenants' limits are kept (docs/multi-node.md).
 
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Invalid, duration_field, invalid};
+use super::{Invalid, duration_field, invalid, resolve};
 
 /// `[cluster]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +27,11 @@ pub struct RawClusterLimits {
     pub timeout: Option<String>,
     pub on_unavailable: Option<String>,
     pub replicas: Option<u64>,
+    pub lease_ttl: Option<String>,
+    /// `rediss://`: the CA bundle (PEM) the server's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// What a gateway does when the shared store does not answer within `timeout`.
@@ -43,14 +49,30 @@ pub enum OnUnavailable {
 /// every gateway sharing this Redis/Valkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedLimitsConfig {
-    /// `redis://host:port/db` or `unix:///path/redis.sock` (no TLS yet).
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `unix:///path/redis.sock`.
     pub url: String,
+    /// TLS for a `rediss://` URL (`None` for the others).
+    pub tls: Option<StoreTls>,
     /// Prepended to every key, so deployments (or environments) can share one server.
     pub key_prefix: String,
     /// Budget of one round trip, connecting included. Protects the request path from a
     /// slow store: past it the store counts as unavailable.
     pub timeout: Duration,
     pub on_unavailable: OnUnavailable,
+    /// How long a concurrency lease lives without renewal: the gateway renews the leases of
+    /// its requests in flight every third of it, so a crashed gateway's slots come back
+    /// within one `lease_ttl`.
+    pub lease_ttl: Duration,
+}
+
+/// TLS to the store (`rediss://`): the server is verified against `ca` only (no system
+/// trust store: air-gapped deployments name their CA), and `client` is presented when the
+/// server asks for a client certificate (Redis `tls-auth-clients yes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreTls {
+    pub ca: PathBuf,
+    /// Certificate chain and private key (PEM), both or neither.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[cluster]`; `limits` is `None` for the default `backend = "local"` (each process
@@ -60,10 +82,10 @@ pub struct ClusterConfig {
     pub limits: Option<SharedLimitsConfig>,
 }
 
-impl TryFrom<RawCluster> for ClusterConfig {
-    type Error = Invalid;
-
-    fn try_from(raw: RawCluster) -> Result<Self, Invalid> {
+impl ClusterConfig {
+    /// Validates `[cluster]`; relative paths are resolved against `base` (the config
+    /// file's directory).
+    pub fn from_raw(raw: RawCluster, base: &Path) -> Result<Self, Invalid> {
         let Some(raw) = raw.limits else {
             return Ok(ClusterConfig::default());
         };
@@ -126,6 +148,17 @@ impl TryFrom<RawCluster> for ClusterConfig {
                 "must be greater than zero",
             ));
         }
+        let lease_ttl = duration_field(
+            "cluster.limits.lease_ttl",
+            raw.lease_ttl,
+            Duration::from_secs(30),
+        )?;
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "cluster.limits.lease_ttl",
+                "must be at least 1s (leases are renewed every third of it)",
+            ));
+        }
         if !redis {
             if raw.url.is_some() {
                 return Err(invalid(
@@ -139,25 +172,62 @@ impl TryFrom<RawCluster> for ClusterConfig {
             .url
             .ok_or_else(|| invalid("cluster.limits.url", "required with backend = \"redis\""))?;
         check_url(&url)?;
+        let client = match (raw.client_cert, raw.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((resolve(base, cert), resolve(base, key))),
+            _ => {
+                return Err(invalid(
+                    "cluster.limits.client_cert",
+                    "client_cert and client_key go together",
+                ));
+            }
+        };
+        let tls = if url.starts_with("rediss://") {
+            let ca = raw.ca.ok_or_else(|| {
+                invalid(
+                    "cluster.limits.ca",
+                    "required with rediss://: the CA bundle the store's certificate must \
+                     chain to",
+                )
+            })?;
+            Some(StoreTls {
+                ca: resolve(base, ca),
+                client,
+            })
+        } else {
+            if raw.ca.is_some() || client.is_some() {
+                let key = if raw.ca.is_some() { "ca" } else { "client_cert" };
+                return Err(invalid(
+                    format!("cluster.limits.{key}"),
+                    "only used with a rediss:// url",
+                ));
+            }
+            None
+        };
         Ok(ClusterConfig {
             limits: Some(SharedLimitsConfig {
                 url,
+                tls,
                 key_prefix: raw.key_prefix.unwrap_or_else(|| "airlock:".to_owned()),
                 timeout,
                 on_unavailable,
+                lease_ttl,
             }),
         })
     }
 }
 
-/// A URL the Redis client accepts, over TCP or a Unix socket. `rediss://` (TLS) is not
-/// built in yet: refusing it beats sending credentials in clear.
+/// A URL the Redis client accepts, over TCP (`redis://`), TLS (`rediss://`) or a Unix
+/// socket (`unix://`).
 fn check_url(url: &str) -> Result<(), Invalid> {
     let path = "cluster.limits.url";
-    if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+    if !["redis://", "rediss://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
         return Err(invalid(
             path,
-            "must start with redis:// or unix:// (rediss:// is not supported yet)",
+            "must start with redis://, rediss:// or unix://",
         ));
     }
     redis::Client::open(url).map(drop).map_err(|e| {
@@ -177,7 +247,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<ClusterConfig, Invalid> {
         let raw: RawCluster = toml::from_str(text).map_err(|e| invalid("toml", e))?;
-        ClusterConfig::try_from(raw)
+        ClusterConfig::from_raw(raw, Path::new("/etc/airlock"))
     }
 
     #[test]
@@ -196,6 +266,8 @@ mod tests {
         assert_eq!(l.key_prefix, "airlock:");
         assert_eq!(l.timeout, Duration::from_millis(250));
         assert_eq!(l.on_unavailable, OnUnavailable::Closed);
+        assert_eq!(l.lease_ttl, Duration::from_secs(30));
+        assert_eq!(l.tls, None);
         let c = parse(
             "[limits]\nbackend = \"redis\"\nurl = \"unix:///run/redis.sock\"\n\
              on_unavailable = \"local\"\nreplicas = 3",
@@ -206,6 +278,28 @@ mod tests {
             OnUnavailable::Local {
                 replicas: NonZeroU32::new(3).unwrap()
             }
+        );
+    }
+
+    #[test]
+    fn rediss_takes_a_ca_and_an_optional_client_certificate() {
+        let c = parse(
+            "[limits]\nbackend = \"redis\"\nurl = \"rediss://redis.internal:6380/0\"\n\
+             ca = \"redis-ca.pem\"\nclient_cert = \"/pki/gw.pem\"\nclient_key = \"gw.key\"\n\
+             lease_ttl = \"10s\"",
+        )
+        .unwrap();
+        let l = c.limits.unwrap();
+        assert_eq!(l.lease_ttl, Duration::from_secs(10));
+        assert_eq!(
+            l.tls,
+            Some(StoreTls {
+                ca: PathBuf::from("/etc/airlock/redis-ca.pem"),
+                client: Some((
+                    PathBuf::from("/pki/gw.pem"),
+                    PathBuf::from("/etc/airlock/gw.key")
+                )),
+            })
         );
     }
 
@@ -252,6 +346,26 @@ mod tests {
                 "backend = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0s\"",
                 "cluster.limits.timeout",
                 "greater than zero",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"rediss://h\"",
+                "cluster.limits.ca",
+                "required with rediss://",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://h\"\nca = \"ca.pem\"",
+                "cluster.limits.ca",
+                "only used with a rediss://",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"rediss://h\"\nca = \"ca.pem\"\nclient_cert = \"c.pem\"",
+                "cluster.limits.client_cert",
+                "go together",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://h\"\nlease_ttl = \"500ms\"",
+                "cluster.limits.lease_ttl",
+                "at least 1s",
             ),
         ];
         for (body, path, reason) in cases {

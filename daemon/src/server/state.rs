@@ -40,8 +40,8 @@ pub enum StateError {
     Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
     Keys(#[from] crate::keys::KeyStoreError),
-    #[error("cluster.limits.url: {0}")]
-    SharedLimits(#[from] redis::RedisError),
+    #[error("{0}")]
+    SharedLimits(#[from] crate::limits_redis::SetupError),
 }
 
 impl State {
@@ -82,7 +82,7 @@ impl State {
             .cluster
             .limits
             .as_ref()
-            .map(|c| crate::limits_redis::SharedLimits::new(c, settings.request_deadline))
+            .map(crate::limits_redis::SharedLimits::new)
             .transpose()?;
         let mut app = App::with_policy(
             engine,
