@@ -394,7 +394,9 @@ async fn a_gateway_killed_mid_load_loses_no_audited_answer() {
         .status()
         .unwrap();
     assert!(status.success());
-    daemons[0].wait_exit(Duration::from_secs(10)).expect("not dead");
+    daemons[0]
+        .wait_exit(Duration::from_secs(10))
+        .expect("not dead");
     tokio::time::sleep(Duration::from_millis(3000)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut answers = Vec::new();
@@ -410,9 +412,18 @@ async fn a_gateway_killed_mid_load_loses_no_audited_answer() {
             .count();
         assert!(after >= 2, "node {node} served {after} after the kill");
     }
-    let failed: Vec<_> = answers.iter().filter(|(n, s, _, _)| *n != 0 && *s == 0).collect();
-    assert!(failed.is_empty(), "a live gateway failed requests: {failed:?}");
-    let refused = answers.iter().filter(|(_, s, _, _)| *s != 200 && *s != 0).count();
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(n, s, _, _)| *n != 0 && *s == 0)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "a live gateway failed requests: {failed:?}"
+    );
+    let refused = answers
+        .iter()
+        .filter(|(_, s, _, _)| *s != 200 && *s != 0)
+        .count();
     assert_eq!(
         refused,
         answers.iter().filter(|(_, s, _, _)| *s == 429).count(),

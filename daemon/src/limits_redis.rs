@@ -305,8 +305,8 @@ impl SharedLimits {
         let exceeded = match code {
             0 => {
                 // Renewed on the store's clock, so not when a test fixes the clock.
-                let renewal = (!lease.is_empty() && now_us == 0)
-                    .then(|| self.spawn_renewal(tenant, &lease));
+                let renewal =
+                    (!lease.is_empty() && now_us == 0).then(|| self.spawn_renewal(tenant, &lease));
                 return Ok(Ok(SharedAdmission {
                     limits: Arc::clone(self),
                     tenant: tenant.to_owned(),

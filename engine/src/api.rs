@@ -589,6 +589,11 @@ pub struct EngineStatus {
     /// Prompt tokens run through the model since it started (recomputation after a
     /// preemption included): a request with `n` samples runs its prompt once.
     pub prefill_tokens: u64,
+    /// Bytes of the KV-cache budget held by cached prompt prefixes (not counted in
+    /// `kv_cache_bytes`; given up whenever a sequence needs the blocks).
+    pub prefix_cache_bytes: usize,
+    /// Prompt tokens not run through the model because a cached prefix held them.
+    pub prefix_cache_tokens: u64,
 }
 
 fn no_tokenizer(model: &str) -> EngineError {

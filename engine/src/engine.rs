@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod fork;
+mod prefix;
 mod worker;
 
 use worker::{Limits, Slot, Worker};
@@ -70,6 +71,8 @@ struct Counters {
     active: AtomicUsize,
     kv_cache_bytes: AtomicUsize,
     prefill_tokens: AtomicU64,
+    prefix_cache_bytes: AtomicUsize,
+    prefix_cache_tokens: AtomicU64,
 }
 
 struct ModelHandle {
@@ -289,6 +292,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 embeds: EmbedQueue::new(pooling.unwrap_or(Pooling::Last)),
                 active: Vec::new(),
                 admissions: 0,
+                prefixes: worker::PrefixCache::new(spec2.prefix_cache),
             };
             worker.run();
         })
@@ -544,6 +548,8 @@ impl Engine for BurnEngine {
             s.active += m.counters.active.load(Ordering::Relaxed);
             s.kv_cache_bytes += m.counters.kv_cache_bytes.load(Ordering::Relaxed);
             s.prefill_tokens += m.counters.prefill_tokens.load(Ordering::Relaxed);
+            s.prefix_cache_bytes += m.counters.prefix_cache_bytes.load(Ordering::Relaxed);
+            s.prefix_cache_tokens += m.counters.prefix_cache_tokens.load(Ordering::Relaxed);
         }
         s
     }

@@ -47,6 +47,11 @@ impl BlockPool {
         self.total * BLOCK_POSITIONS
     }
 
+    /// Bytes one block stands for.
+    pub fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+
     pub fn free(&self) -> usize {
         self.free
     }

@@ -195,6 +195,29 @@ impl Sequence {
         self.prefill_s = parent.prefill_s;
     }
 
+    /// The tokens this sequence knows so far: its prompt, then what it generated.
+    pub fn known_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.prompt.iter().chain(self.generated.iter()).copied()
+    }
+
+    /// Starts from a cached prefix of [`Self::known_tokens`] (`cache` holds its positions,
+    /// computed by an earlier sequence from the same tokens): only the rest is prefilled.
+    /// Only for a sequence with nothing cached yet.
+    pub fn resume_from(&mut self, cache: KvCache) {
+        debug_assert_eq!(self.cache.len(), 0);
+        debug_assert!(cache.len() < self.prompt.len() + self.generated.len());
+        self.cache = cache;
+    }
+
+    /// Hands over the KV cache and the tokens whose positions it holds (the sequence is
+    /// done with it: it is left empty, as after [`Self::preempt`]).
+    pub fn take_cache(&mut self) -> (Vec<u32>, KvCache) {
+        let tokens = self.known_tokens().take(self.cache.len()).collect();
+        let mut empty = self.cache.fork();
+        empty.clear();
+        (tokens, std::mem::replace(&mut self.cache, empty))
+    }
+
     /// Frees the KV cache (recompute preemption): the prompt and the tokens generated so far
     /// are prefilled again when the sequence resumes; the sampler's state is kept, so the
     /// continuation is the one it would have been.

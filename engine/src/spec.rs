@@ -53,6 +53,9 @@ pub struct ModelSpec {
     /// `1_Pooling/config.json` or `pooling` is set). A chat model's hidden states are no
     /// trained embedding space, so it serves none unless the operator says so.
     pub embeddings: Option<bool>,
+    /// Keep the KV caches of ended sequences so that a later prompt of the same tenant
+    /// that starts with the same tokens prefills only the rest (`engine/src/engine/prefix.rs`).
+    pub prefix_cache: bool,
 }
 
 impl ModelSpec {
@@ -78,6 +81,7 @@ impl ModelSpec {
             quantize: None,
             pooling: None,
             embeddings: None,
+            prefix_cache: true,
         }
     }
 }

@@ -390,8 +390,7 @@ impl Engine for TestEngine {
         EngineStatus {
             queued: self.shared.queued.load(Ordering::Acquire),
             active: self.shared.active.load(Ordering::Acquire),
-            kv_cache_bytes: 0,
-            prefill_tokens: 0,
+            ..EngineStatus::default()
         }
     }
 }

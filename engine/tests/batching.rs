@@ -32,6 +32,9 @@ fn engine(dir: &Path, l: Limits) -> anyhow::Result<BurnEngine> {
         prefill_chunk: l.prefill_chunk,
         max_batch_tokens: l.max_batch_tokens,
         kv_cache_bytes: l.kv_cache_bytes,
+        // These tests count prefill work and blocks; engine/tests/prefix_cache.rs is about
+        // the prefix cache.
+        prefix_cache: false,
         ..ModelSpec::new("m", path)
     }])?)
 }

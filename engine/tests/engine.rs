@@ -25,6 +25,7 @@ fn engine(dir: &Path, max_queue: usize, max_active: usize) -> anyhow::Result<Bur
         quantize: None,
         pooling: None,
         embeddings: None,
+        prefix_cache: true,
     }])?)
 }
 

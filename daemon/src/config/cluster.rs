@@ -196,7 +196,11 @@ impl ClusterConfig {
             })
         } else {
             if raw.ca.is_some() || client.is_some() {
-                let key = if raw.ca.is_some() { "ca" } else { "client_cert" };
+                let key = if raw.ca.is_some() {
+                    "ca"
+                } else {
+                    "client_cert"
+                };
                 return Err(invalid(
                     format!("cluster.limits.{key}"),
                     "only used with a rediss:// url",

@@ -49,6 +49,9 @@ pub struct RawModel {
     /// directory has `1_Pooling/config.json`).
     #[serde(default)]
     pub embeddings: Option<bool>,
+    /// Reuse the KV cache of a tenant's earlier prompt that starts the same way (default on).
+    #[serde(default)]
+    pub prefix_cache: Option<bool>,
     #[serde(default)]
     pub test_token_delay: Option<String>,
 }
@@ -80,6 +83,8 @@ pub enum ModelBackend {
         pooling: Option<Pooling>,
         /// Serve embeddings (`None`: when a pooling is declared or configured).
         embeddings: Option<bool>,
+        /// Keep ended sequences' KV caches for later prompts of the same tenant.
+        prefix_cache: bool,
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
@@ -196,6 +201,7 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 quantize,
                 pooling,
                 embeddings: raw.embeddings,
+                prefix_cache: raw.prefix_cache.unwrap_or(true),
             }
         }
         "test" => {
@@ -208,6 +214,7 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 ("quantize", raw.quantize.is_some()),
                 ("pooling", raw.pooling.is_some()),
                 ("embeddings", raw.embeddings.is_some()),
+                ("prefix_cache", raw.prefix_cache.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));

@@ -345,8 +345,8 @@ async fn rediss_verifies_the_server_and_presents_the_client_certificate() {
         tokens_per_minute: Some(nz(100)),
         ..LimitSpec::default()
     };
-    let with_cert = SharedLimits::new(&config(Some(crate::certs::client_paths(pki, "gateway"))))
-        .unwrap();
+    let with_cert =
+        SharedLimits::new(&config(Some(crate::certs::client_paths(pki, "gateway")))).unwrap();
     let mut admitted = None;
     for _ in 0..100 {
         if let Ok(answer) = with_cert.admit_at(0, "t", &spec, 60).await {
@@ -365,7 +365,13 @@ async fn rediss_verifies_the_server_and_presents_the_client_certificate() {
     crate::certs::init(other.path(), &[]).unwrap();
     let mut wrong_ca = config(Some(crate::certs::client_paths(pki, "gateway")));
     wrong_ca.tls.as_mut().unwrap().ca = other.path().join("ca.pem");
-    assert!(SharedLimits::new(&wrong_ca).unwrap().admit_at(0, "t", &spec, 1).await.is_err());
+    assert!(
+        SharedLimits::new(&wrong_ca)
+            .unwrap()
+            .admit_at(0, "t", &spec, 1)
+            .await
+            .is_err()
+    );
     // Files are checked when the client is built, naming the key.
     let mut missing = config(None);
     missing.tls.as_mut().unwrap().ca = pki.join("nope.pem");
@@ -373,5 +379,8 @@ async fn rediss_verifies_the_server_and_presents_the_client_certificate() {
     assert!(e.starts_with("cluster.limits.ca: cannot read"), "{e}");
     let not_a_key = config(Some((pki.join("client-gateway.pem"), pki.join("ca.pem"))));
     let e = SharedLimits::new(&not_a_key).unwrap_err().to_string();
-    assert!(e.starts_with("cluster.limits.client_key:") && !e.contains("BEGIN"), "{e}");
+    assert!(
+        e.starts_with("cluster.limits.client_key:") && !e.contains("BEGIN"),
+        "{e}"
+    );
 }

@@ -52,6 +52,7 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 quantize,
                 pooling,
                 embeddings,
+                prefix_cache,
             } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
@@ -67,6 +68,7 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 quantize: *quantize,
                 pooling: *pooling,
                 embeddings: *embeddings,
+                prefix_cache: *prefix_cache,
             }),
             ModelBackend::Test { .. } => None,
         })

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+pub(super) use super::prefix::PrefixCache;
 use super::{Counters, Work};
 use crate::embed::{Budget, EmbedQueue};
 use crate::kv::BlockPool;
@@ -89,6 +90,8 @@ pub(super) struct Worker {
     /// Running sequences, in admission order.
     pub(super) active: Vec<Slot>,
     pub(super) admissions: u64,
+    /// KV caches of ended sequences, for later prompts that start the same way.
+    pub(super) prefixes: PrefixCache,
 }
 
 impl Worker {
@@ -117,6 +120,11 @@ impl Worker {
             }
             let gone = self.embeds.drop_cancelled(&mut self.pool);
             self.counters.queued.fetch_sub(gone, Ordering::Relaxed);
+            if !self.embeds.is_empty() {
+                // Embedding passes take their blocks as they go: no cached prefix stands
+                // in their way.
+                self.prefixes.clear(&mut self.pool);
+            }
             self.admit();
             let mut progressed = self.step();
             progressed |= self.embed_step();
@@ -124,9 +132,13 @@ impl Worker {
             self.counters
                 .active
                 .store(self.active.len(), Ordering::Relaxed);
+            let cached = self.prefixes.blocks() * self.pool.block_bytes();
             self.counters
                 .kv_cache_bytes
-                .store(self.pool.bytes_in_use(), Ordering::Relaxed);
+                .store(self.pool.bytes_in_use() - cached, Ordering::Relaxed);
+            self.counters
+                .prefix_cache_bytes
+                .store(cached, Ordering::Relaxed);
             let busy = !self.active.is_empty() || !self.embeds.is_empty();
             if !progressed && busy {
                 // Every sequence waits on a slow reader: do not spin.
@@ -238,10 +250,22 @@ impl Worker {
             let Some(mut slot) = self.tenants.admit(&tenant) else {
                 return;
             };
+            if slot.seq.cached_tokens() == 0 {
+                let known: Vec<u32> = slot.seq.known_tokens().collect();
+                if let Some(cache) = self.prefixes.lookup(&tenant, &known) {
+                    self.counters
+                        .prefix_cache_tokens
+                        .fetch_add(cache.len() as u64, Ordering::Relaxed);
+                    tracing::debug!(request_id = %slot.request_id, reused = cache.len(), "cached prefix reused");
+                    slot.seq.resume_from(cache);
+                }
+            }
             let first = slot.seq.pending().min(self.limits.prefill_chunk);
             let need = BlockPool::blocks_for(slot.seq.cached_tokens() + first);
             let reserve = slot.forks.len() * BlockPool::blocks_for(slot.seq.prompt().len());
-            if !self.pool.try_take(need + reserve) {
+            if !self.prefixes.make_room(&mut self.pool, need + reserve)
+                || !self.pool.try_take(need + reserve)
+            {
                 // The pool is exhausted: the request stays queued until blocks are freed.
                 self.tenants.leave(&tenant);
                 self.tenants.push_front(&tenant, slot);
@@ -326,6 +350,8 @@ impl Worker {
             };
             let need = BlockPool::blocks_for(self.active[i].seq.cached_tokens() + n)
                 .saturating_sub(self.active[i].blocks);
+            // Cached prefixes give way before any running sequence does.
+            self.prefixes.make_room(&mut self.pool, need);
             while self.pool.free() < need {
                 // The newest sequence admitted after this one, of the tenant furthest ahead.
                 let victim = (0..self.active.len())
@@ -504,9 +530,12 @@ impl Worker {
             // Read once: the client may cancel between two reads.
             let cancelled = a.sender.is_cancelled();
             if a.seq.is_finished() || cancelled {
-                a.seq.preempt();
+                let (tokens, cache) = a.seq.take_cache();
                 self.pool
                     .give_back(std::mem::take(&mut a.blocks) + std::mem::take(&mut a.reserved));
+                // After its blocks went back: the entry takes only blocks nobody holds.
+                self.prefixes
+                    .insert(&mut self.pool, &a.tenant, tokens, cache);
                 if !a.forks.is_empty() {
                     // Ended before its prefill was forked: the forks go on without it.
                     orphans.push((a.tenant.clone(), std::mem::take(&mut a.forks)));

@@ -54,6 +54,18 @@ impl KvCache {
         }
     }
 
+    /// Keeps only the first `len` positions (a cached prompt prefix reused by a longer
+    /// prompt): the next append writes from `len` on. The storage keeps its capacity.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Claims `len` positions without computing them (bookkeeping tests).
+    #[cfg(test)]
+    pub(crate) fn set_len_for_tests(&mut self, len: usize) {
+        self.len = len;
+    }
+
     /// Drops every cached position (recompute preemption), keeping the layer count.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
