@@ -46,6 +46,8 @@ pub enum TlsError {
     Verifier(String),
     #[error("server certificate and key: {0}")]
     ServerCert(String),
+    #[error("client certificate and key: {0}")]
+    ClientCert(String),
 }
 
 /// ALPN protocols offered, in preference order.
@@ -135,6 +137,34 @@ pub fn server_config_and_verifier(
         config.session_storage = Arc::new(NoServerSessionStorage {});
     }
     Ok((Arc::new(config), verifier))
+}
+
+/// The TLS client of a remote engine pool (`crate::remote`): upstream certificates must
+/// chain to `ca`; the gateway presents `cert` (chain, leaf first) with `key`. The same
+/// protocol versions and suites as the listener; ALPN `http/1.1` (one request per
+/// connection: the pool's client speaks HTTP/1.1).
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::Pem {
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    let chain = certs(cert)?;
+    let key = private_key(key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::ClientCert(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::ClientCert(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Whether a connection's client certificate chain (leaf first; empty without one) still

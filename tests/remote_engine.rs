@@ -1,0 +1,303 @@
+//! Remote engine pools (`[[models]] backend = "remote"`) and the engine role
+//! (`[listener] role = "engine"`): one gateway `airlockd` in front of two engine-role
+//! `airlockd` nodes (test engine), over real mTLS sockets, plus a fake upstream on a Unix
+//! socket that answers 503 (llama.cpp while it loads).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Pki, TEST_MODEL, TWENTY_WORDS, TestConfig, post_json, post_text, sse_chunks};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An engine-role node that serves the gateway certificate `gateway` only; each token
+/// takes `delay`.
+fn engine_node(pki: &Pki, delay: &str) -> Daemon {
+    let cfg = TestConfig {
+        listener: "role = \"engine\"\n".into(),
+        models: format!(
+            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"{delay}\"\n"
+        ),
+        extra: "[listener.engine]\ncert_cn = [\"gateway\"]\n".into(),
+        ..TestConfig::default()
+    };
+    Daemon::start(pki, &cfg)
+}
+
+/// A gateway whose model `TEST_MODEL` is served by `upstreams`.
+fn gateway(pki: &Pki, upstreams: &[String], extra: &str) -> Daemon {
+    let q = |p: &Path| format!("{:?}", p.to_str().unwrap());
+    let (cert, key) = pki.client("gateway");
+    let list: Vec<String> = upstreams.iter().map(|u| format!("{u:?}")).collect();
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"remote\"\nupstreams = [{}]\n\
+             ca = {}\nclient_cert = {}\nclient_key = {}\nhealth_interval = \"300ms\"\n\
+             idle_timeout = \"10s\"\nfirst_byte_timeout = \"10s\"\n{extra}",
+            list.join(", "),
+            q(&pki.ca()),
+            q(&cert),
+            q(&key),
+        ),
+        ..TestConfig::default()
+    };
+    Daemon::start(pki, &cfg)
+}
+
+fn upstream(node: &Daemon) -> String {
+    format!("https://localhost:{}", node.addr.port())
+}
+
+fn chat(max_tokens: u32, stream: bool) -> Value {
+    let mut body = json!({
+        "model": TEST_MODEL,
+        "messages": [{"role": "user", "content": TWENTY_WORDS}],
+        "max_tokens": max_tokens,
+    });
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_and_stream_pass_through_engine_nodes_and_are_audited() {
+    let pki = Pki::new(&["alice", "gateway", "stranger"]);
+    let mut engines = [engine_node(&pki, "0ms"), engine_node(&pki, "0ms")];
+    let mut gw = gateway(&pki, &[upstream(&engines[0]), upstream(&engines[1])], "");
+    let alice = gw.client(&pki, "alice");
+    let url = gw.url("/v1/chat/completions");
+
+    // What an engine node answers its gateway directly, for comparison.
+    let direct = engines[0].client(&pki, "gateway");
+    let (status, want) = post_json(
+        &direct,
+        engines[0].url("/v1/chat/completions"),
+        &chat(5, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{want}");
+
+    let (status, body) = post_json(&alice, url.clone(), &chat(5, false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"],
+        "the upstream's text, relayed"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        body["usage"]["prompt_tokens"], want["usage"]["prompt_tokens"],
+        "usage is the upstream's, not the admission bound"
+    );
+
+    let (status, text) = post_text(&alice, url.clone(), &chat(5, true)).await;
+    assert_eq!(status, 200, "{text}");
+    let chunks = sse_chunks(&text);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        want["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 5, "{text}");
+
+    // Both engines served: least-outstanding takes turns among idle upstreams.
+    for _ in 0..4 {
+        let (status, body) = post_json(&alice, url.clone(), &chat(2, false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Each engine node served some, recorded in its own audit log as the tenant `gateway`.
+    for engine in &mut engines {
+        engine.stop();
+        let records = common::audit_records(&engine.audit_db());
+        let admits: Vec<&Value> = records.iter().filter(|r| r["kind"] == "admit").collect();
+        assert!(
+            !admits.is_empty(),
+            "an engine node served nothing: {records:?}"
+        );
+        assert!(
+            admits.iter().all(|r| r["tenant"] == "gateway"),
+            "{admits:?}"
+        );
+    }
+
+    // The gateway's audit log has the requests (tenant alice) with the upstream's usage.
+    gw.stop();
+    let records = common::audit_records(&gw.audit_db());
+    let completes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "complete" && r["completion_tokens"] == 5)
+        .collect();
+    assert_eq!(completes.len(), 2, "chat and stream: {records:?}");
+    let admit = records
+        .iter()
+        .find(|r| r["kind"] == "admit" && r["seq"] == completes[0]["admit_seq"])
+        .unwrap();
+    assert_eq!(admit["tenant"], "alice", "{admit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_node_refuses_certificates_it_does_not_name() {
+    let pki = Pki::new(&["alice", "gateway", "stranger"]);
+    let engine = engine_node(&pki, "0ms");
+    let url = engine.url("/v1/chat/completions");
+    for stranger in ["alice", "stranger"] {
+        let client = engine.client(&pki, stranger);
+        let (status, body) = post_json(&client, url.clone(), &chat(2, false)).await;
+        assert_eq!(status, 401, "{stranger}: {body}");
+    }
+    let (status, body) = post_json(&engine.client(&pki, "gateway"), url, &chat(2, false)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A fake upstream on a Unix socket that answers every request with 503 (a llama.cpp
+/// server loading its model); counts the requests it got.
+async fn loading_upstream(path: &Path) -> Arc<AtomicUsize> {
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = conn.read(&mut buf).await;
+                let body = r#"{"error":{"message":"Loading model","type":"unavailable_error","code":503}}"#;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_answering_503_is_skipped() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("loading.sock");
+    let hits = loading_upstream(&socket).await;
+    let engine = engine_node(&pki, "0ms");
+    let gw = gateway(
+        &pki,
+        &[format!("unix:{}", socket.display()), upstream(&engine)],
+        "",
+    );
+    let alice = gw.client(&pki, "alice");
+    for i in 0..8 {
+        let (status, body) =
+            post_json(&alice, gw.url("/v1/chat/completions"), &chat(2, false)).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let seen = hits.load(Ordering::SeqCst);
+    assert!(
+        seen >= 1,
+        "the loading upstream was asked (probe or request)"
+    );
+    // Once it said 503 it is only probed (every 300 ms), never given requests: far fewer
+    // hits than the 8 requests would have made in turn.
+    assert!(seen <= 6, "{seen} hits on a loading upstream");
+    assert!(gw.logs().contains("HTTP 503") || seen >= 1, "{}", gw.logs());
+}
+
+/// Reads an SSE response to its end; `Ok(text)` with `[DONE]`, `Err(text)` when it ended
+/// without it. Panics if it does not end within `limit` (a hang).
+async fn read_stream(mut resp: reqwest::Response, limit: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
+    let mut text = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Err(_) => panic!("the stream did not end within {limit:?}: {text}"),
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+        }
+    }
+    if text.contains("data: [DONE]") && !text.contains("\"error\"") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    // 20 tokens at 100 ms: each stream runs about two seconds.
+    let mut doomed = engine_node(&pki, "100ms");
+    let survivor = engine_node(&pki, "100ms");
+    let gw = gateway(
+        &pki,
+        &[upstream(&doomed), upstream(&survivor)],
+        "eject_after = 1\n",
+    );
+    let alice = gw.client(&pki, "alice");
+    let url = gw.url("/v1/chat/completions");
+
+    // Four streams, two on each node (least outstanding), each past its first token.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut resp = alice
+            .post(url.clone())
+            .json(&chat(20, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        streams.push((resp, String::from_utf8_lossy(&first).into_owned()));
+    }
+    let killed = Instant::now();
+    doomed.signal("KILL");
+    assert!(doomed.wait_exit(Duration::from_secs(10)).is_some());
+
+    let mut ended = (0, 0);
+    for (resp, first) in streams {
+        match read_stream(resp, Duration::from_secs(20)).await {
+            Ok(_) => ended.0 += 1,
+            Err(text) => {
+                ended.1 += 1;
+                let all = format!("{first}{text}");
+                assert!(
+                    !all.contains("data: [DONE]") || all.contains("error"),
+                    "{all}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        ended,
+        (2, 2),
+        "two streams finished, two failed (ok, failed)"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(15), "no stream hung");
+
+    // New requests go to the live node, streamed or not.
+    for i in 0..6 {
+        let (status, body) = post_json(&alice, url.clone(), &chat(3, false)).await;
+        assert_eq!(status, 200, "request {i} after the kill: {body}");
+    }
+    let (status, text) = post_text(&alice, url, &chat(3, true)).await;
+    assert_eq!(status, 200, "{text}");
+    sse_chunks(&text);
+}
