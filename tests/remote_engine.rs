@@ -18,12 +18,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// An engine-role node that serves the gateway certificate `gateway` only; each token
 /// takes `delay`.
 fn engine_node(pki: &Pki, delay: &str) -> Daemon {
+    engine_node_with(pki, delay, "")
+}
+
+/// [`engine_node`] with `extra` sections (e.g. `[admin]`).
+fn engine_node_with(pki: &Pki, delay: &str, extra: &str) -> Daemon {
     let cfg = TestConfig {
         listener: "role = \"engine\"\n".into(),
         models: format!(
             "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"{delay}\"\n"
         ),
-        extra: "[listener.engine]\ncert_cn = [\"gateway\"]\n".into(),
+        extra: format!("[listener.engine]\ncert_cn = [\"gateway\"]\n{extra}"),
         ..TestConfig::default()
     };
     Daemon::start(pki, &cfg)
@@ -300,4 +305,82 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
     let (status, text) = post_text(&alice, url, &chat(3, true)).await;
     assert_eq!(status, 200, "{text}");
     sse_chunks(&text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_cancels_the_upstream_request() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    let engine = engine_node_with(&pki, "20ms", "[admin]\naddress = \"127.0.0.1:0\"\n");
+    let gw = gateway(&pki, &[upstream(&engine)], "");
+    let mut req = chat(1000, true);
+    req["messages"][0]["content"] = json!("word ".repeat(1000));
+    let resp = gw
+        .client(&pki, "alice")
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    let mut seen = String::new();
+    while !seen.contains("word") {
+        let chunk = resp.chunk().await.unwrap().expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let status = engine.admin_status().await;
+    assert_eq!(status["engine"]["active_sequences"], 1, "{status}");
+
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = engine.admin_status().await;
+        if status["engine"]["active_sequences"] == 0 && status["requests_in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine node still generates after the client left: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_and_remote_models_are_served_together() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    let engine = engine_node(&pki, "0ms");
+    let gw = gateway(
+        &pki,
+        &[upstream(&engine)],
+        "\n[[models]]\nname = \"local-model\"\nbackend = \"test\"\n",
+    );
+    let alice = gw.client(&pki, "alice");
+    let models: Value = alice
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [TEST_MODEL, "local-model"],
+        "in configuration order: {models}"
+    );
+    for model in [TEST_MODEL, "local-model"] {
+        let mut body = chat(3, false);
+        body["model"] = json!(model);
+        let (status, answer) = post_json(&alice, gw.url("/v1/chat/completions"), &body).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        assert_eq!(answer["model"], model);
+        assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+    }
 }

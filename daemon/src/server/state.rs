@@ -119,6 +119,9 @@ impl State {
         {
             return Err(StateError::NeedsRestart("listener.mode"));
         }
+        if config.listener.role != self.config.listener.role {
+            return Err(StateError::NeedsRestart("listener.role"));
+        }
         let mut warnings = config.warnings();
         if !same_models(&config.models, &self.config.models) {
             warnings
