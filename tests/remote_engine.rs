@@ -116,6 +116,20 @@ async fn chat_and_stream_pass_through_engine_nodes_and_are_audited() {
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], 5, "{text}");
 
+    // `n` choices: one upstream request each, every one relayed.
+    let mut two = chat(3, false);
+    two["n"] = json!(2);
+    let (status, body) = post_json(&alice, url.clone(), &two).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 6, "{body}");
+
+    // A parameter the pool cannot serve is refused by name, not failed upstream.
+    let mut logprobs = chat(3, false);
+    logprobs["logprobs"] = json!(true);
+    let (status, body) = post_json(&alice, url.clone(), &logprobs).await;
+    assert_eq!(status, 400, "{body}");
+
     // Both engines served: least-outstanding takes turns among idle upstreams.
     for _ in 0..4 {
         let (status, body) = post_json(&alice, url.clone(), &chat(2, false)).await;
