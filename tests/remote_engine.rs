@@ -170,10 +170,17 @@ async fn an_engine_node_refuses_certificates_it_does_not_name() {
     let pki = Pki::new(&["alice", "gateway", "stranger"]);
     let engine = engine_node(&pki, "0ms");
     let url = engine.url("/v1/chat/completions");
+    // Certificates of the same CA that `[listener.engine]` does not name: the handshake
+    // fails, no request is read.
     for stranger in ["alice", "stranger"] {
         let client = engine.client(&pki, stranger);
-        let (status, body) = post_json(&client, url.clone(), &chat(2, false)).await;
-        assert_eq!(status, 401, "{stranger}: {body}");
+        let sent = client.post(url.clone()).json(&chat(2, false)).send().await;
+        assert!(sent.is_err(), "{stranger}: {:?}", sent.map(|r| r.status()));
+        let tls = common::client_tls(&pki.ca(), Some(pki.client(stranger)));
+        assert!(
+            common::raw_get(engine.addr, tls, "/healthz").await.is_err(),
+            "{stranger}: even an open route is out of reach"
+        );
     }
     let (status, body) = post_json(&engine.client(&pki, "gateway"), url, &chat(2, false)).await;
     assert_eq!(status, 200, "{body}");

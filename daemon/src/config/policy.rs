@@ -193,6 +193,9 @@ pub fn policy(
     })
 }
 
+/// The one tenant of an engine-role node: every gateway it admits.
+pub const ENGINE_ROLE_TENANT: &str = "gateway";
+
 /// The policy of an engine-role node (`[listener] role = "engine"`): one tenant, `gateway`,
 /// that only the client certificates `[listener.engine]` names can be (no API keys, no
 /// JWTs, no other certificate), with every model and no limits or filters of its own —
@@ -202,7 +205,7 @@ pub fn engine_role(
     base: &Path,
 ) -> Result<PolicyConfig, Invalid> {
     let gateway = RawTenant {
-        name: "gateway".into(),
+        name: ENGINE_ROLE_TENANT.into(),
         models: vec!["*".into()],
         max_prompt_tokens: None,
         max_tokens: None,
