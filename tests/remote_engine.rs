@@ -405,3 +405,50 @@ async fn local_and_remote_models_are_served_together() {
         assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
     }
 }
+
+#[test]
+fn check_config_names_the_pool_file_that_does_not_load() {
+    let pki = Pki::new(&["gateway"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.client("gateway");
+    let cases = [
+        (
+            pki.ca(),
+            cert.clone(),
+            dir.path().join("missing.key"),
+            "models[0].client_key",
+        ),
+        (
+            pki.ca(),
+            dir.path().join("missing.pem"),
+            key.clone(),
+            "models[0].client_cert",
+        ),
+        (
+            dir.path().join("missing-ca.pem"),
+            cert.clone(),
+            key.clone(),
+            "models[0].ca",
+        ),
+        (pki.ca(), cert.clone(), key.clone(), ""),
+    ];
+    for (ca, cert, key, field) in cases {
+        let cfg = TestConfig {
+            models: format!(
+                "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"remote\"\n\
+                 upstreams = [\"https://localhost:1\"]\nca = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n"
+            ),
+            ..TestConfig::default()
+        };
+        let file = dir.path().join("airlockd.toml");
+        std::fs::write(&file, cfg.to_toml(&pki)).unwrap();
+        let (status, out, err) =
+            common::airlockd(&["check-config", "--config", file.to_str().unwrap()]);
+        if field.is_empty() {
+            assert!(status.success(), "{out}{err}");
+        } else {
+            assert_eq!(status.code(), Some(64), "{field}: {out}{err}");
+            assert!(err.contains(&format!(": {field}: ")), "{field}: {err}");
+        }
+    }
+}
