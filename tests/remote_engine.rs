@@ -271,7 +271,7 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
     let gw = gateway(
         &pki,
         &[upstream(&doomed), upstream(&survivor)],
-        "eject_after = 1\n",
+        "eject_after = 1\n\n[admin]\naddress = \"127.0.0.1:0\"\n",
     );
     let alice = gw.client(&pki, "alice");
     let url = gw.url("/v1/chat/completions");
@@ -326,6 +326,28 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
     let (status, text) = post_text(&alice, url, &chat(3, true)).await;
     assert_eq!(status, 200, "{text}");
     sse_chunks(&text);
+
+    // The dead node's failures and its ejection are counted, by upstream.
+    let metrics = common::http_client()
+        .get(format!("{}/metrics", gw.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dead = format!("upstream=\"{}\"", upstream(&doomed));
+    for family in [
+        "airlock_remote_upstream_failures_total",
+        "airlock_remote_upstream_ejections_total",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(family) && l.contains(&dead)),
+            "no {family} for {dead}:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

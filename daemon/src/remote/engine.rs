@@ -253,6 +253,7 @@ async fn run(shared: &Shared, job: Job, tx: GenerationSender) {
                 return;
             }
             Err(Refused::Retry(reason)) => {
+                crate::metrics::global().upstream_retry(&shared.name, &lease.addr().to_string());
                 tracing::warn!(model = %shared.name, upstream = %lease.addr(), request_id = %job.request_id, reason = %reason, "remote pool: trying another upstream");
                 last = reason;
             }
@@ -275,11 +276,7 @@ async fn head(shared: &Shared, lease: &Lease, job: &Job) -> Result<Exchange, Ref
     {
         Ok(exchange) => exchange,
         Err(e) => {
-            eject_note(
-                shared,
-                lease,
-                shared.pool.failed(lease.index, Instant::now()),
-            );
+            failed(shared, lease);
             return Err(Refused::Retry(e.to_string()));
         }
     };
@@ -311,19 +308,23 @@ async fn head(shared: &Shared, lease: &Lease, job: &Job) -> Result<Exchange, Ref
         // 401/403 (this gateway's certificate not admitted), 404 (the model is not there),
         // 5xx: that upstream is misconfigured or failing.
         _ => {
-            eject_note(
-                shared,
-                lease,
-                shared.pool.failed(lease.index, Instant::now()),
-            );
+            failed(shared, lease);
             Err(Refused::Retry(format!("HTTP {status}: {message}")))
         }
     }
 }
 
-fn eject_note(shared: &Shared, lease: &Lease, ejected: bool) {
+/// Counts a failed exchange with the leased upstream (ejecting it after `eject_after`).
+fn failed(shared: &Shared, lease: &Lease) {
+    failed_at(shared, lease.index);
+}
+
+fn failed_at(shared: &Shared, index: usize) {
+    let ejected = shared.pool.failed(index, Instant::now());
+    let upstream = shared.pool.upstreams()[index].addr.to_string();
+    crate::metrics::global().upstream_failure(&shared.name, &upstream, ejected);
     if ejected {
-        tracing::warn!(model = %shared.name, upstream = %lease.addr(), "remote pool: upstream ejected after consecutive failures");
+        tracing::warn!(model = %shared.name, upstream = %upstream, "remote pool: upstream ejected after consecutive failures");
     }
 }
 
@@ -418,11 +419,7 @@ async fn relay(
     });
     drop(exchange);
     if let Some(reason) = failure {
-        eject_note(
-            shared,
-            &lease,
-            shared.pool.failed(lease.index, Instant::now()),
-        );
+        failed(shared, &lease);
         tracing::warn!(model = %shared.name, upstream = %lease.addr(), request_id = %job.request_id, reason = %reason, "remote pool: stream failed");
         let _ = tx
             .send(TokenEvent::Failed(EngineError::Inference(reason)))
@@ -495,9 +492,14 @@ async fn probe_forever(shared: Arc<Shared>) {
             let shared = &shared;
             async move {
                 let probe = probe(shared, i).await;
-                let ejected = shared.pool.probed(i, probe, Instant::now());
+                match probe {
+                    Probe::Failed => failed_at(shared, i),
+                    _ => {
+                        shared.pool.probed(i, probe, Instant::now());
+                    }
+                }
                 if probe != Probe::Healthy {
-                    tracing::debug!(model = %shared.name, upstream = %shared.pool.upstreams()[i].addr, ?probe, ejected, "remote pool: health probe");
+                    tracing::debug!(model = %shared.name, upstream = %shared.pool.upstreams()[i].addr, ?probe, "remote pool: health probe");
                 }
             }
         });
