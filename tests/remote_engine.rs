@@ -268,7 +268,7 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
     let pki = Pki::new(&["alice", "gateway"]);
     // 20 tokens at 100 ms: each stream runs about two seconds.
     let mut doomed = engine_node(&pki, "100ms");
-    let survivor = engine_node(&pki, "100ms");
+    let mut survivor = engine_node(&pki, "100ms");
     let gw = gateway(
         &pki,
         &[upstream(&doomed), upstream(&survivor)],
@@ -349,6 +349,15 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
             "no {family} for {dead}:\n{metrics}"
         );
     }
+
+    // With every node gone a request fails at once with 503, it does not wait.
+    survivor.signal("KILL");
+    assert!(survivor.wait_exit(Duration::from_secs(10)).is_some());
+    let asked = Instant::now();
+    let (status, body) = post_json(&alice, gw.url("/v1/chat/completions"), &chat(3, false)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread")]
