@@ -484,3 +484,28 @@ fn check_config_names_the_pool_file_that_does_not_load() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reservations_settle_with_the_upstreams_usage() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    let engine = engine_node(&pki, "0ms");
+    // The admission bound of this chat (its bytes plus the template allowance) is about
+    // 150 tokens with max_tokens 5; the test engine counts a few dozen.
+    let gw = gateway(
+        &pki,
+        &[upstream(&engine)],
+        "\n[[tenants]]\nname = \"acme\"\nmodels = [\"*\"]\ncert_cn = [\"alice\"]\ntokens_per_minute = 400\n",
+    );
+    let alice = gw.client(&pki, "alice");
+    let url = gw.url("/v1/chat/completions");
+    let mut used = 0;
+    for i in 0..6 {
+        let (status, body) = post_json(&alice, url.clone(), &chat(5, false)).await;
+        assert_eq!(status, 200, "request {i} (used {used}): {body}");
+        let total = body["usage"]["total_tokens"].as_u64().unwrap();
+        assert!(total < 100, "the upstream's count, not the bound: {body}");
+        used += total;
+    }
+    // Six admissions of ~150 each would be 900 > 400: each was settled to its real usage.
+    assert!(used <= 400, "{used}");
+}
