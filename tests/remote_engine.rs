@@ -490,7 +490,7 @@ async fn reservations_settle_with_the_upstreams_usage() {
     let pki = Pki::new(&["alice", "gateway"]);
     let engine = engine_node(&pki, "0ms");
     // The admission bound of this chat (its bytes plus the template allowance) is about
-    // 150 tokens with max_tokens 5; the test engine counts a few dozen.
+    // 200 tokens with max_tokens 5; the test engine counts a few dozen.
     let gw = gateway(
         &pki,
         &[upstream(&engine)],
@@ -506,6 +506,7 @@ async fn reservations_settle_with_the_upstreams_usage() {
         assert!(total < 100, "the upstream's count, not the bound: {body}");
         used += total;
     }
-    // Six admissions of ~150 each would be 900 > 400: each was settled to its real usage.
+    // Without settlement the third admission (3 × ~200 > 400) would be refused: each was
+    // settled to its real usage.
     assert!(used <= 400, "{used}");
 }

@@ -11,10 +11,12 @@ use super::pool;
 /// an upstream that is not speaking SSE (or is misbehaving) and ends the stream.
 pub(super) const MAX_LINE_BYTES: usize = 256 * 1024;
 
-/// Tokens allowed per chat message for the template's markup (role markers, separators),
-/// and once per prompt (BOS, the generation prompt): chat templates use 3–10 per message.
+/// Tokens allowed per chat message for the template's markup (role markers, separators:
+/// chat templates use 3–10), and once per prompt for BOS, the generation prompt and a
+/// default system preamble a template may add (Llama 3.1's knowledge-cutoff and date
+/// lines are about 30 tokens with their headers).
 const TEMPLATE_TOKENS_PER_MESSAGE: usize = 16;
-const TEMPLATE_TOKENS_PER_PROMPT: usize = 16;
+const TEMPLATE_TOKENS_PER_PROMPT: usize = 64;
 
 /// An upper bound on the tokens `prompt` takes upstream, for admission (the tenant's prompt
 /// cap and token reservation) without the model's tokenizer: every token of a BPE or
