@@ -441,7 +441,8 @@ fn stripes(n: usize) -> Vec<tokio::sync::Mutex<()>> {
     (0..n.max(1)).map(|_| tokio::sync::Mutex::new(())).collect()
 }
 
-fn policy_cert(c: &CertIdentity) -> PolicyCert {
+/// A connection's certificate identity as the policy crate matches it.
+pub(crate) fn policy_cert(c: &CertIdentity) -> PolicyCert {
     PolicyCert {
         common_name: c.common_name.clone(),
         sans: c

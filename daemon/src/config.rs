@@ -19,6 +19,7 @@ mod logging;
 mod model;
 pub mod policy;
 pub mod raw;
+pub mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -32,11 +33,12 @@ pub use audit::AuditConfig;
 pub use duration::parse_duration;
 pub use limits::Limits;
 pub use listener::{
-    ClientCertFormat, ListenAddress, ListenerConfig, ListenerMode, ProxyConfig, TlsConfig,
+    ClientCertFormat, ListenAddress, ListenerConfig, ListenerMode, ProxyConfig, Role, TlsConfig,
 };
 pub use logging::{LogFormat, LoggingConfig};
 pub use model::{ModelBackend, ModelConfig};
 use raw::RawConfig;
+pub use remote::{Balance, RemoteConfig, RemoteTls, UpstreamAddr};
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +151,13 @@ impl Config {
             listener::check_tls_files("admin.tls", tls)
                 .map_err(|Invalid { reason, .. }| invalid("admin.tls", reason))?;
         }
+        for (i, model) in self.models.iter().enumerate() {
+            if let ModelBackend::Remote(remote) = &model.backend
+                && let Some(tls) = &remote.tls
+            {
+                check_remote_tls(i, tls)?;
+            }
+        }
         // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
         if self.audit.is_none() {
             return Err(invalid(
@@ -188,6 +197,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
+        let engine_rules = raw.listener.engine.clone();
         let listener = listener::listener(raw.listener, base)?;
         let limits = Limits::try_from(raw.limits)?;
         let mut models = Vec::with_capacity(raw.models.len());
@@ -204,15 +214,27 @@ impl Config {
             }
             models.push(model);
         }
-        // The test engine serves a single model and runs alone.
+        // The test engine serves a single model and runs alone (remote pools beside it
+        // are other engines).
         let tests = models
             .iter()
             .filter(|m| matches!(m.backend, ModelBackend::Test { .. }))
             .count();
-        if tests > 0 && models.len() > 1 {
+        let local = models.iter().filter(|m| m.backend.is_local()).count();
+        if tests > 0 && local > 1 {
             return Err(invalid(
                 "models[1].backend",
-                "backend = \"test\" is for tests and runs alone: use exactly one [[models]] entry",
+                "backend = \"test\" is for tests and runs alone: use exactly one local \
+                 [[models]] entry",
+            ));
+        }
+        if listener.role == Role::Engine
+            && let Some(i) = models.iter().position(|m| !m.backend.is_local())
+        {
+            return Err(invalid(
+                format!("models[{i}].backend"),
+                "\"remote\" is not served by listener.role = \"engine\": an engine node \
+                 runs its models itself",
             ));
         }
         if models.is_empty() {
@@ -222,7 +244,26 @@ impl Config {
             ));
         }
         let logging = LoggingConfig::try_from(raw.logging)?;
-        let policy = policy::policy(raw.auth, raw.tenants, base)?;
+        let policy = match (listener.role, engine_rules) {
+            (Role::Engine, Some(rules)) => {
+                if raw.auth.is_some() {
+                    return Err(invalid(
+                        "auth",
+                        "not used with listener.role = \"engine\": gateways authenticate by \
+                         certificate ([listener.engine])",
+                    ));
+                }
+                if !raw.tenants.is_empty() {
+                    return Err(invalid(
+                        "tenants",
+                        "not used with listener.role = \"engine\": tenants are the gateways' \
+                         business",
+                    ));
+                }
+                policy::engine_role(rules, base)?
+            }
+            _ => policy::policy(raw.auth, raw.tenants, base)?,
+        };
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
         let cluster = cluster::ClusterConfig::from_raw(raw.cluster, base)?;
@@ -239,6 +280,7 @@ impl Config {
     }
 
     /// Warnings about dangerous but permitted settings, logged at start and on reload.
+    /// (An engine-role node's policy is its `[listener.engine]` rules: nothing to warn.)
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         match &self.listener.mode {
@@ -285,6 +327,28 @@ impl Config {
         }
         out
     }
+}
+
+/// Builds a remote pool's TLS client as the engine will, naming the key whose file fails.
+fn check_remote_tls(i: usize, tls: &RemoteTls) -> Result<(), Invalid> {
+    use crate::tls::TlsError;
+    let (cert, key) = &tls.client;
+    let Err(e) = crate::tls::client_config(&tls.ca, cert, key) else {
+        return Ok(());
+    };
+    let field = match &e {
+        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
+            if path == key {
+                "client_key"
+            } else if path == cert {
+                "client_cert"
+            } else {
+                "ca"
+            }
+        }
+        TlsError::Verifier(_) | TlsError::ServerCert(_) | TlsError::ClientCert(_) => "client_cert",
+    };
+    Err(invalid(format!("models[{i}].{field}"), e))
 }
 
 /// Maps a deserializer error to the key path its span points at.

@@ -23,5 +23,6 @@ pub mod metrics;
 mod model_inspect;
 pub mod notify;
 pub mod pipeline;
+pub mod remote;
 pub mod server;
 pub mod tls;

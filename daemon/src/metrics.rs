@@ -86,6 +86,12 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    model: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
     model: String,
     device: String,
@@ -137,6 +143,9 @@ pub struct Metrics {
     audit_sink_shipped: Family<SinkLabels, Counter>,
     audit_sink_failures: Family<SinkLabels, Counter>,
     audit_sink_lag: Family<SinkLabels, Gauge>,
+    upstream_failures: Family<UpstreamLabels, Counter>,
+    upstream_ejections: Family<UpstreamLabels, Counter>,
+    upstream_retries: Family<UpstreamLabels, Counter>,
     audit_commit: Histogram,
     audit_failures: Counter,
     limits_fallback: Counter,
@@ -183,6 +192,9 @@ impl Metrics {
             audit_sink_shipped: Family::default(),
             audit_sink_failures: Family::default(),
             audit_sink_lag: Family::default(),
+            upstream_failures: Family::default(),
+            upstream_ejections: Family::default(),
+            upstream_retries: Family::default(),
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
             limits_fallback: Counter::default(),
@@ -284,6 +296,21 @@ impl Metrics {
             "airlock_audit_sink_lag_records",
             "Committed audit records a sink has not delivered yet, by sink",
             self.audit_sink_lag.clone(),
+        );
+        r.register(
+            "airlock_remote_upstream_failures",
+            "Failed exchanges with a remote pool's upstream (connect, timeout, 5xx, a stream cut short, a failed probe), by model and upstream",
+            self.upstream_failures.clone(),
+        );
+        r.register(
+            "airlock_remote_upstream_ejections",
+            "Times a remote pool's upstream was ejected after consecutive failures, by model and upstream",
+            self.upstream_ejections.clone(),
+        );
+        r.register(
+            "airlock_remote_upstream_retries",
+            "Requests moved to another upstream before their first byte, by model and the upstream that could not take them",
+            self.upstream_retries.clone(),
         );
         r.register(
             "airlock_audit_commit_duration_seconds",
@@ -523,6 +550,29 @@ impl Metrics {
         self.audit_sink_failures
             .get_or_create(&SinkLabels {
                 sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A failed exchange (or probe) with `upstream` of remote model `model`; `ejected`: it
+    /// ejected the upstream.
+    pub fn upstream_failure(&self, model: &str, upstream: &str, ejected: bool) {
+        let labels = UpstreamLabels {
+            model: model.to_owned(),
+            upstream: upstream.to_owned(),
+        };
+        self.upstream_failures.get_or_create(&labels).inc();
+        if ejected {
+            self.upstream_ejections.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A request that `upstream` could not take went on to another.
+    pub fn upstream_retry(&self, model: &str, upstream: &str) {
+        self.upstream_retries
+            .get_or_create(&UpstreamLabels {
+                model: model.to_owned(),
+                upstream: upstream.to_owned(),
             })
             .inc();
     }

@@ -46,6 +46,8 @@ pub enum TlsError {
     Verifier(String),
     #[error("server certificate and key: {0}")]
     ServerCert(String),
+    #[error("client certificate and key: {0}")]
+    ClientCert(String),
 }
 
 /// ALPN protocols offered, in preference order.
@@ -86,6 +88,20 @@ pub fn server_config(cfg: &impl TlsFiles) -> Result<Arc<ServerConfig>, TlsError>
 pub fn server_config_and_verifier(
     cfg: &impl TlsFiles,
 ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
+    server_config_admitting(cfg, None)
+}
+
+/// Decides, after the chain verified, whether a client certificate (the leaf) is admitted
+/// at all: an engine-role node admits only the gateways its config names.
+pub type Admit = Arc<dyn Fn(&CertificateDer<'_>) -> bool + Send + Sync>;
+
+/// [`server_config_and_verifier`], with `admit` (when given) also deciding every client
+/// certificate: one it refuses fails the handshake (and, on reload, closes a connection
+/// already open on it) as an untrusted one would.
+pub fn server_config_admitting(
+    cfg: &impl TlsFiles,
+    admit: Option<Admit>,
+) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = Arc::new(provider());
     let verifier = if cfg.danger_no_client_auth() {
         WebPkiClientVerifier::no_client_auth()
@@ -120,6 +136,13 @@ pub fn server_config_and_verifier(
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?
     };
+    let verifier: Arc<dyn ClientCertVerifier> = match admit {
+        Some(admit) => Arc::new(Admitting {
+            inner: verifier,
+            admit,
+        }),
+        None => verifier,
+    };
 
     let chain = certs(cfg.cert())?;
     let key = private_key(cfg.key())?;
@@ -135,6 +158,106 @@ pub fn server_config_and_verifier(
         config.session_storage = Arc::new(NoServerSessionStorage {});
     }
     Ok((Arc::new(config), verifier))
+}
+
+/// A client-certificate verifier that also asks [`Admit`] about every verified leaf.
+struct Admitting {
+    inner: Arc<dyn ClientCertVerifier>,
+    admit: Admit,
+}
+
+impl std::fmt::Debug for Admitting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitting")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for Admitting {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if (self.admit)(end_entity) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
+/// The TLS client of a remote engine pool (`crate::remote`): upstream certificates must
+/// chain to `ca`; the gateway presents `cert` (chain, leaf first) with `key`. The same
+/// protocol versions and suites as the listener; ALPN `http/1.1` (one request per
+/// connection: the pool's client speaks HTTP/1.1).
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::Pem {
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    let chain = certs(cert)?;
+    let key = private_key(key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::ClientCert(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::ClientCert(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Whether a connection's client certificate chain (leaf first; empty without one) still

@@ -546,6 +546,18 @@ impl GenerationSender {
         !self.cancel.is_cancelled() && self.events.blocking_send(event).is_ok()
     }
 
+    /// Sends an event from an async task (an engine that is I/O, not a thread: a remote
+    /// upstream), waiting while the buffer is full. Returns `false` as [`Self::send_blocking`].
+    pub async fn send(&self, event: TokenEvent) -> bool {
+        !self.cancel.is_cancelled() && self.events.send(event).await.is_ok()
+    }
+
+    /// Completes once the receiver is dropped: an async engine waits on it beside its I/O,
+    /// so that a client that went away cancels the work at once, not at the next event.
+    pub async fn closed(&self) {
+        self.events.closed().await;
+    }
+
     /// Sends an event without waiting; `Err` returns the event when the buffer is full.
     pub fn try_send(&self, event: TokenEvent) -> Result<(), Option<TokenEvent>> {
         if self.is_cancelled() {

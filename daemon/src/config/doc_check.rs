@@ -20,7 +20,9 @@ use super::admin::{RawAdmin, RawAdminTls};
 use super::audit::{RawAudit, RawSink};
 use super::cluster::{RawCluster, RawClusterLimits};
 use super::policy::{RawAuth, RawFilterRule, RawTenant};
-use super::raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
+use super::raw::{
+    RawConfig, RawEngineRole, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls,
+};
 
 const CONFIG_MD: &str = include_str!("../../../docs/config.md");
 const FULL_EXAMPLE: &str = include_str!("../../../docs/examples/airlock.full.toml");
@@ -33,6 +35,7 @@ fn tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("listener", fields::<RawListener>()),
         ("listener.tls", fields::<RawTls>()),
         ("listener.proxy", fields::<RawProxy>()),
+        ("listener.engine", fields::<RawEngineRole>()),
         ("limits", fields::<RawLimits>()),
         ("models", fields::<RawModel>()),
         ("logging", fields::<RawLogging>()),

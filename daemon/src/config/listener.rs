@@ -26,6 +26,23 @@ pub struct RawListener {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub proxy: Option<RawProxy>,
+    /// `gateway` (default) or `engine`.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub engine: Option<RawEngineRole>,
+}
+
+/// `[listener.engine]`: the gateways an engine-role node serves, by client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngineRole {
+    #[serde(default)]
+    pub cert_cn: Vec<String>,
+    #[serde(default)]
+    pub cert_san: Vec<String>,
+    #[serde(default)]
+    pub cert_sha256: Vec<String>,
 }
 
 /// `[listener.tls]`.
@@ -64,6 +81,18 @@ pub struct ListenerConfig {
     /// nothing must not hold a connection slot.
     pub handshake_timeout: Duration,
     pub mode: ListenerMode,
+    pub role: Role,
+}
+
+/// What the daemon serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The gateway: tenants, credentials, filters, limits, audit, then a local or remote
+    /// engine.
+    Gateway,
+    /// An engine node behind gateways: the model API for the client certificates
+    /// `[listener.engine]` names only (the gateways keep the tenant policy).
+    Engine,
 }
 
 /// A TCP address, a Unix socket path, or the socket systemd passes (socket activation).
@@ -136,7 +165,7 @@ pub(super) fn check_tls_files(section: &str, tls: &TlsConfig) -> Result<(), Inva
         TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
             Some(path)
         }
-        TlsError::Verifier(_) | TlsError::ServerCert(_) => None,
+        TlsError::Verifier(_) | TlsError::ServerCert(_) | TlsError::ClientCert(_) => None,
     };
     let key = match failed {
         Some(p) if *p == tls.cert => format!("{section}.cert"),
@@ -250,10 +279,54 @@ pub(super) fn listener(raw: RawListener, base: &Path) -> Result<ListenerConfig, 
             ));
         }
     };
+    let role = match raw.role.as_deref() {
+        None | Some("gateway") => {
+            if raw.engine.is_some() {
+                return Err(invalid(
+                    "listener.engine",
+                    "only allowed with listener.role = \"engine\"",
+                ));
+            }
+            Role::Gateway
+        }
+        Some("engine") => {
+            match &mode {
+                ListenerMode::Tls(tls) if !tls.danger_no_client_auth => {}
+                _ => {
+                    return Err(invalid(
+                        "listener.role",
+                        "\"engine\" needs listener.mode = \"tls\" with client certificates \
+                         (listener.tls.client_ca): gateways authenticate with theirs",
+                    ));
+                }
+            }
+            match &raw.engine {
+                Some(e)
+                    if !(e.cert_cn.is_empty()
+                        && e.cert_san.is_empty()
+                        && e.cert_sha256.is_empty()) => {}
+                _ => {
+                    return Err(invalid(
+                        "listener.engine",
+                        "required with listener.role = \"engine\": the gateways' client \
+                         certificates (cert_cn, cert_san or cert_sha256)",
+                    ));
+                }
+            }
+            Role::Engine
+        }
+        Some(other) => {
+            return Err(invalid(
+                "listener.role",
+                format!("`{other}` is not one of \"gateway\", \"engine\""),
+            ));
+        }
+    };
     Ok(ListenerConfig {
         address,
         handshake_timeout,
         mode,
+        role,
     })
 }
 

@@ -54,6 +54,40 @@ pub struct RawModel {
     pub prefix_cache: Option<bool>,
     #[serde(default)]
     pub test_token_delay: Option<String>,
+    // backend = "remote" (`super::remote`):
+    #[serde(default)]
+    pub upstreams: Option<Vec<String>>,
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// `"least_outstanding"` or `"prefix_affinity"`.
+    #[serde(default)]
+    pub balance: Option<String>,
+    #[serde(default)]
+    pub affinity_prefix_bytes: Option<u64>,
+    #[serde(default)]
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub health_interval: Option<String>,
+    #[serde(default)]
+    pub eject_after: Option<u64>,
+    #[serde(default)]
+    pub eject_backoff: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub first_byte_timeout: Option<String>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// A size in bytes: an integer, or a string with a unit.
@@ -88,6 +122,15 @@ pub enum ModelBackend {
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
+    /// A pool of OpenAI-compatible upstream servers that generate for this gateway.
+    Remote(Box<super::remote::RemoteConfig>),
+}
+
+impl ModelBackend {
+    /// Whether the model runs in this process (burn or test engine), not upstream.
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Self::Remote(_))
+    }
 }
 
 /// One `[[models]]` entry.
@@ -108,7 +151,7 @@ pub struct ModelConfig {
 }
 
 /// Validates one model; paths in errors are relative to the entry (`device`, not `models[0].device`).
-pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
+pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig, Invalid> {
     if raw.name.is_empty()
         || raw.name.len() > 128
         || raw
@@ -121,8 +164,10 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
             "must be 1 to 128 characters without spaces or control characters",
         ));
     }
-    let backend = match raw.backend.as_deref().unwrap_or("burn") {
+    let backend_name = raw.backend.take().unwrap_or_else(|| "burn".to_owned());
+    let backend = match backend_name.as_str() {
         "burn" => {
+            super::remote::refuse_remote_keys(&raw, "burn")?;
             if raw.test_token_delay.is_some() {
                 return Err(invalid(
                     "test_token_delay",
@@ -206,6 +251,7 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
         }
         "test" => {
             super::test_engine_built(cfg!(feature = "test-engine"))?;
+            super::remote::refuse_remote_keys(&raw, "test")?;
             for (key, set) in [
                 ("path", raw.path.is_some()),
                 ("device", raw.device.is_some()),
@@ -228,10 +274,11 @@ pub(super) fn model_config(raw: RawModel, base: &Path) -> Result<ModelConfig, In
                 )?,
             }
         }
+        "remote" => ModelBackend::Remote(Box::new(super::remote::remote(&mut raw, base)?)),
         other => {
             return Err(invalid(
                 "backend",
-                format!("`{other}` is not one of \"burn\", \"test\""),
+                format!("`{other}` is not one of \"burn\", \"test\", \"remote\""),
             ));
         }
     };

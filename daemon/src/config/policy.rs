@@ -193,6 +193,45 @@ pub fn policy(
     })
 }
 
+/// The one tenant of an engine-role node: every gateway it admits.
+pub const ENGINE_ROLE_TENANT: &str = "gateway";
+
+/// The policy of an engine-role node (`[listener] role = "engine"`): one tenant, `gateway`,
+/// that only the client certificates `[listener.engine]` names can be (no API keys, no
+/// JWTs, no other certificate), with every model and no limits or filters of its own —
+/// the gateways in front apply the real tenants' policy before a request gets here.
+pub fn engine_role(
+    rules: super::listener::RawEngineRole,
+    base: &Path,
+) -> Result<PolicyConfig, Invalid> {
+    let gateway = RawTenant {
+        name: ENGINE_ROLE_TENANT.into(),
+        models: vec!["*".into()],
+        max_prompt_tokens: None,
+        max_tokens: None,
+        requests_per_second: None,
+        requests_per_minute: None,
+        burst: None,
+        tokens_per_minute: None,
+        max_concurrent: None,
+        cert_cn: rules.cert_cn,
+        cert_san: rules.cert_san,
+        cert_sha256: rules.cert_sha256,
+        require_cert: true,
+        max_input_bytes: None,
+        filters: Vec::new(),
+        weight: None,
+        body_read_timeout: None,
+    };
+    policy(None, vec![gateway], base).map_err(|e| Invalid {
+        path: e
+            .path
+            .strip_prefix("tenants[0].")
+            .map_or(e.path.clone(), |key| format!("listener.engine.{key}")),
+        reason: e.reason,
+    })
+}
+
 fn nz(path: &str, v: Option<u32>) -> Result<Option<NonZeroU32>, Invalid> {
     v.map(|v| NonZeroU32::new(v).ok_or_else(|| invalid(path, "must be at least 1")))
         .transpose()

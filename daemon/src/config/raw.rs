@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 pub use super::limits::RawLimits;
-pub use super::listener::{RawListener, RawProxy, RawTls};
+pub use super::listener::{RawEngineRole, RawListener, RawProxy, RawTls};
 pub use super::logging::RawLogging;
 pub use super::model::{RawModel, RawSize};
 

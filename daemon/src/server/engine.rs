@@ -1,6 +1,10 @@
 //! Builds the inference engine from the `[[models]]` entries: the burn engine for real
 //! models, the deterministic test engine for `backend = "test"` (tests and benchmarks only:
-//! cargo feature `test-engine`, which the release build leaves off).
+//! cargo feature `test-engine`, which the release build leaves off), a
+//! [`crate::remote::RemoteEngine`] per `backend = "remote"` pool, and a [`router::Routed`]
+//! over them when there is more than one.
+
+mod router;
 
 use std::sync::Arc;
 
@@ -19,6 +23,8 @@ pub enum EngineSetupError {
     Mixed,
     #[error("backend = \"test\" serves exactly one model")]
     OneTestModel,
+    #[error("{0}")]
+    Remote(#[from] crate::remote::RemoteError),
     /// Config validation refuses this first; kept so a config built in code cannot slip by.
     #[cfg(not(feature = "test-engine"))]
     #[error(
@@ -29,8 +35,39 @@ pub enum EngineSetupError {
 }
 
 /// Loads every configured model (blocking: call from `spawn_blocking` or before the runtime
-/// serves traffic).
+/// serves traffic, within the runtime's context: remote pools start their health probes on
+/// it).
 pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
+    let local: Vec<ModelConfig> = models
+        .iter()
+        .filter(|m| m.backend.is_local())
+        .cloned()
+        .collect();
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    if !local.is_empty() {
+        engines.push(build_local(&local)?);
+    }
+    for model in models {
+        if let ModelBackend::Remote(remote) = &model.backend {
+            engines.push(Arc::new(crate::remote::RemoteEngine::new(
+                &model.name,
+                remote,
+                model.max_queue.get(),
+                model.max_context.map(|c| c.get()),
+            )?));
+        }
+    }
+    if engines.len() == 1
+        && let Some(engine) = engines.pop()
+    {
+        return Ok(engine);
+    }
+    let order: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    Ok(Arc::new(router::Routed::new(engines, &order)))
+}
+
+/// The engine of the models that run in this process.
+fn build_local(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError> {
     let test_models: Vec<_> = models
         .iter()
         .filter(|m| matches!(m.backend, ModelBackend::Test { .. }))
@@ -70,7 +107,7 @@ pub fn build(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupError
                 embeddings: *embeddings,
                 prefix_cache: *prefix_cache,
             }),
-            ModelBackend::Test { .. } => None,
+            ModelBackend::Test { .. } | ModelBackend::Remote(_) => None,
         })
         .collect();
     Ok(Arc::new(airlock_engine::BurnEngine::load(&specs)?))

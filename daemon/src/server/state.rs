@@ -11,7 +11,7 @@ use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use super::app::{App, AppSettings};
-use crate::config::{Config, ListenerMode, ModelConfig};
+use crate::config::{Config, ListenerMode, ModelConfig, Role};
 use crate::tls::{self, TlsError};
 
 /// One generation of runtime state.
@@ -67,7 +67,10 @@ impl State {
         };
         let (tls, client_verifier) = match &config.listener.mode {
             ListenerMode::Tls(tls_cfg) => {
-                let (server, verifier) = tls::server_config_and_verifier(tls_cfg)?;
+                let admit = (config.listener.role == Role::Engine)
+                    .then(|| engine_admit(&config.policy))
+                    .flatten();
+                let (server, verifier) = tls::server_config_admitting(tls_cfg, admit)?;
                 (Some(TlsAcceptor::from(server)), Some(verifier))
             }
             ListenerMode::Proxy(_) => (None, None),
@@ -119,6 +122,9 @@ impl State {
         {
             return Err(StateError::NeedsRestart("listener.mode"));
         }
+        if config.listener.role != self.config.listener.role {
+            return Err(StateError::NeedsRestart("listener.role"));
+        }
         let mut warnings = config.warnings();
         if !same_models(&config.models, &self.config.models) {
             warnings
@@ -153,6 +159,23 @@ impl State {
         App::inherit_from(&mut state.app, &self.app);
         Ok((state, warnings))
     }
+}
+
+/// An engine-role node's TLS admission: a client certificate must be one its
+/// `[listener.engine]` rules name (the rules of its one tenant), or the handshake fails —
+/// another certificate of the same CA never gets to send a request.
+fn engine_admit(policy: &crate::config::policy::PolicyConfig) -> Option<tls::Admit> {
+    let gateway = Arc::clone(
+        policy
+            .tenants
+            .get(crate::config::policy::ENGINE_ROLE_TENANT)?,
+    );
+    Some(Arc::new(
+        move |der: &rustls_pki_types::CertificateDer<'_>| {
+            crate::identity::CertIdentity::from_der(der)
+                .is_ok_and(|id| gateway.owns_cert(&crate::access::policy_cert(&id)))
+        },
+    ))
 }
 
 fn same_models(a: &[ModelConfig], b: &[ModelConfig]) -> bool {
