@@ -129,6 +129,7 @@ pub(super) fn remote(raw: &mut RawModel, base: &Path) -> Result<RemoteConfig, In
         ("prefill_chunk", raw.prefill_chunk.is_some()),
         ("max_batch_tokens", raw.max_batch_tokens.is_some()),
         ("kv_cache", raw.kv_cache.is_some()),
+        ("prefix_cache", raw.prefix_cache.is_some()),
     ] {
         if set {
             return Err(invalid(

@@ -205,8 +205,7 @@ impl Engine for RemoteEngine {
                 .load(Ordering::Acquire)
                 .saturating_sub(active),
             active,
-            kv_cache_bytes: 0,
-            prefill_tokens: 0,
+            ..EngineStatus::default()
         }
     }
 }

@@ -108,6 +108,8 @@ impl Engine for Routed {
             total.active += s.active;
             total.kv_cache_bytes += s.kv_cache_bytes;
             total.prefill_tokens += s.prefill_tokens;
+            total.prefix_cache_bytes += s.prefix_cache_bytes;
+            total.prefix_cache_tokens += s.prefix_cache_tokens;
         }
         total
     }
