@@ -6,94 +6,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::Redis;
 use common::{Daemon, Pki, TEST_MODEL, TestConfig};
 use serde_json::{Value, json};
-
-/// A `redis-server` on a Unix socket in its own temp dir; stop and start it again on the
-/// same socket.
-struct Redis {
-    bin: &'static str,
-    child: Option<Child>,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let bin = ["redis-server", "valkey-server"].into_iter().find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        let Some(bin) = bin else {
-            assert!(
-                std::env::var("AIRLOCK_REQUIRE_REDIS_TEST").as_deref() != Ok("1"),
-                "AIRLOCK_REQUIRE_REDIS_TEST=1 but neither redis-server nor valkey-server is installed"
-            );
-            eprintln!("skipped: neither redis-server nor valkey-server is installed");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("redis.sock");
-        let mut redis = Redis {
-            bin,
-            child: None,
-            socket,
-            dir,
-        };
-        redis.resume();
-        Some(redis)
-    }
-
-    fn resume(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new(self.bin)
-            .args([
-                "--port",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--unixsocket",
-            ])
-            .arg(&self.socket)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "{} did not start", self.bin);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn start(pki: &Pki, redis: &Redis, cluster: &str, tenants: &str) -> Daemon {
     start_model(pki, redis, cluster, tenants, "")

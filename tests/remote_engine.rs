@@ -11,52 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Pki, TEST_MODEL, TWENTY_WORDS, TestConfig, post_json, post_text, sse_chunks};
+use common::cluster::{engine_node, engine_node_with, gateway, upstream};
+use common::{Pki, TEST_MODEL, TWENTY_WORDS, TestConfig, post_json, post_text, sse_chunks};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An engine-role node that serves the gateway certificate `gateway` only; each token
-/// takes `delay`.
-fn engine_node(pki: &Pki, delay: &str) -> Daemon {
-    engine_node_with(pki, delay, "")
-}
-
-/// [`engine_node`] with `extra` sections (e.g. `[admin]`).
-fn engine_node_with(pki: &Pki, delay: &str, extra: &str) -> Daemon {
-    let cfg = TestConfig {
-        listener: "role = \"engine\"\n".into(),
-        models: format!(
-            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\ntest_token_delay = \"{delay}\"\n"
-        ),
-        extra: format!("[listener.engine]\ncert_cn = [\"gateway\"]\n{extra}"),
-        ..TestConfig::default()
-    };
-    Daemon::start(pki, &cfg)
-}
-
-/// A gateway whose model `TEST_MODEL` is served by `upstreams`.
-fn gateway(pki: &Pki, upstreams: &[String], extra: &str) -> Daemon {
-    let q = |p: &Path| format!("{:?}", p.to_str().unwrap());
-    let (cert, key) = pki.client("gateway");
-    let list: Vec<String> = upstreams.iter().map(|u| format!("{u:?}")).collect();
-    let cfg = TestConfig {
-        models: format!(
-            "[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"remote\"\nupstreams = [{}]\n\
-             ca = {}\nclient_cert = {}\nclient_key = {}\nhealth_interval = \"300ms\"\n\
-             idle_timeout = \"10s\"\nfirst_byte_timeout = \"10s\"\n{extra}",
-            list.join(", "),
-            q(&pki.ca()),
-            q(&cert),
-            q(&key),
-        ),
-        ..TestConfig::default()
-    };
-    Daemon::start(pki, &cfg)
-}
-
-fn upstream(node: &Daemon) -> String {
-    format!("https://localhost:{}", node.addr.port())
-}
 
 fn chat(max_tokens: u32, stream: bool) -> Value {
     let mut body = json!({
