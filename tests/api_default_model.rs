@@ -94,3 +94,53 @@ async fn default_model_chat_completion_plain_and_streamed() {
         .collect();
     assert_eq!(streamed, plain);
 }
+
+/// The engine's prefix cache through the API: a second request of the same tenant that
+/// starts with the same system prompt reports the reused part in
+/// `usage.prompt_tokens_details.cached_tokens` (whole blocks of 16); another tenant's
+/// identical prompt reuses nothing.
+#[tokio::test]
+async fn a_repeated_system_prompt_is_served_from_the_prefix_cache() {
+    let pki = Pki::new(&["alice", "bob"]);
+    let model_dir = tempfile::tempdir().unwrap();
+    let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
+    let name = airlock_engine::default_model::NAME;
+    let cfg = TestConfig {
+        models: common::cpu_model(name, &path),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let system = "You are a careful assistant for a hospital's records team. Answer in \
+                  plain English, cite the policy section you rely on, and never guess a \
+                  patient's identity from partial data.";
+    let ask = |tenant: &str, question: &str| {
+        let client = daemon.client(&pki, tenant);
+        let url = daemon.url("/v1/chat/completions");
+        let body = json!({
+            "model": name,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 4,
+            "temperature": 0,
+        });
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["usage"].clone()
+        }
+    };
+    let first = ask("alice", "Which form do I use?").await;
+    assert!(first.get("prompt_tokens_details").is_none(), "{first}");
+    let second = ask("alice", "Who signs it?").await;
+    let cached = second["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no cached tokens: {second}"));
+    assert!(
+        cached >= 16 && cached % 16 == 0 && cached < second["prompt_tokens"].as_u64().unwrap(),
+        "{second}"
+    );
+    let other = ask("bob", "Who signs it?").await;
+    assert!(other.get("prompt_tokens_details").is_none(), "{other}");
+}

@@ -196,7 +196,11 @@ async fn three_gateways_two_engine_nodes_one_budget_and_the_failure_matrix() {
             .iter()
             .filter(|s| s.gateway == gateway && s.sent > killed_at + Duration::from_millis(200))
             .collect();
-        assert!(after.len() >= 2, "gateway {gateway}: {} after the kill", after.len());
+        assert!(
+            after.len() >= 2,
+            "gateway {gateway}: {} after the kill",
+            after.len()
+        );
         for s in after {
             assert!(
                 s.status == Some(200) && s.complete,

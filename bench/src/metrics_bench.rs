@@ -56,6 +56,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let usage = Usage {
         prompt_tokens: 12,
         completion_tokens: 8,
+        cached_tokens: 0,
     };
     let timings = GenerationTimings {
         time_to_first_token_ms: 3.0,

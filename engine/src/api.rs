@@ -433,6 +433,9 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Of `prompt_tokens`, those a cached prefix held, so they were not run through the
+    /// model (OpenAI's `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 impl Usage {

@@ -37,6 +37,9 @@ pub struct Sequence {
     logprobs: PendingLogprobs,
     /// The grammar the output follows, if the request gave one.
     constraint: Option<Constraint>,
+    /// Prompt tokens a cached prefix held when the sequence started (usage's
+    /// `cached_tokens`).
+    cached_prompt: usize,
 }
 
 /// Log-probabilities travel with the text of their token: each entry is handed out with
@@ -113,6 +116,7 @@ impl Sequence {
             keep_prompt_logits: false,
             logprobs: PendingLogprobs::default(),
             constraint: None,
+            cached_prompt: 0,
         }
     }
 
@@ -193,6 +197,7 @@ impl Sequence {
         debug_assert!(parent.generated.is_empty() && self.generated.is_empty());
         self.cache = parent.cache.fork();
         self.prefill_s = parent.prefill_s;
+        self.cached_prompt = parent.cached_prompt;
     }
 
     /// The tokens this sequence knows so far: its prompt, then what it generated.
@@ -206,6 +211,9 @@ impl Sequence {
     pub fn resume_from(&mut self, cache: KvCache) {
         debug_assert_eq!(self.cache.len(), 0);
         debug_assert!(cache.len() < self.prompt.len() + self.generated.len());
+        if self.generated.is_empty() {
+            self.cached_prompt = cache.len();
+        }
         self.cache = cache;
     }
 
@@ -345,6 +353,7 @@ impl Sequence {
             usage: Usage {
                 prompt_tokens: self.prompt.len(),
                 completion_tokens: self.generated.len(),
+                cached_tokens: self.cached_prompt,
             },
             timings: GenerationTimings {
                 time_to_first_token_ms: first.duration_since(self.submitted).as_secs_f64() * 1e3,

@@ -549,6 +549,7 @@ fn finished(
         usage: Usage {
             prompt_tokens,
             completion_tokens,
+            cached_tokens: 0,
         },
         timings,
         text,

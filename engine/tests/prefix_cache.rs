@@ -56,12 +56,17 @@ fn request(tenant: &str, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest
     }
 }
 
-fn collect(mut g: Generation) -> Vec<u32> {
+fn collect(g: Generation) -> Vec<u32> {
+    collect_usage(g).0
+}
+
+/// The generated ids and the usage's `cached_tokens`.
+fn collect_usage(mut g: Generation) -> (Vec<u32>, usize) {
     let mut out = Vec::new();
     while let Some(ev) = g.blocking_next() {
         match ev {
             TokenEvent::Token { id, .. } => out.push(id),
-            TokenEvent::Finished { .. } => return out,
+            TokenEvent::Finished { usage, .. } => return (out, usage.cached_tokens),
             TokenEvent::Failed(e) => panic!("{e}"),
             TokenEvent::Started { .. } => {}
         }

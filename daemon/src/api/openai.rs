@@ -27,6 +27,16 @@ pub struct UsageJson {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// Only when a cached prompt prefix served some of the prompt (the engine's prefix
+    /// cache, or an upstream's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl From<Usage> for UsageJson {
@@ -35,6 +45,9 @@ impl From<Usage> for UsageJson {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.total_tokens(),
+            prompt_tokens_details: (u.cached_tokens > 0).then_some(PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            }),
         }
     }
 }

@@ -493,7 +493,7 @@ impl Trail {
         let mut p = self.progress();
         p.usage = Some(Usage {
             prompt_tokens: tokens,
-            completion_tokens: 0,
+            ..Usage::default()
         });
         p.output_digest = Some(digest);
         p.output_text = text.and_then(|t| store.apply(t));

@@ -73,6 +73,7 @@ fn labels_stay_bounded_and_series_appear() {
         Usage {
             prompt_tokens: 7,
             completion_tokens: 3,
+            cached_tokens: 0,
         },
         &GenerationTimings {
             time_to_first_token_ms: 12.0,

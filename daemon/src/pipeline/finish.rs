@@ -288,6 +288,7 @@ fn total_usage<'a>(usages: impl IntoIterator<Item = &'a Usage>) -> Usage {
     for (i, usage) in usages.into_iter().enumerate() {
         if i == 0 {
             total.prompt_tokens = usage.prompt_tokens;
+            total.cached_tokens = usage.cached_tokens;
         }
         total.completion_tokens = total
             .completion_tokens

@@ -432,6 +432,7 @@ async fn relay(
         // least one token), so settlement never charges less than it could have been.
         prompt_tokens: job.prompt_tokens,
         completion_tokens: stream.tokens,
+        cached_tokens: 0,
     });
     let _ = tx
         .send(TokenEvent::Finished {

@@ -331,6 +331,7 @@ fn the_stream_parser_reads_chat_and_completion_chunks_split_anywhere() {
         Event::Usage(Usage {
             prompt_tokens: 5,
             completion_tokens: 2,
+            cached_tokens: 0,
         }),
         Event::Done,
     ];

@@ -284,9 +284,17 @@ pub(super) fn chunk(value: &Value, out: &mut Vec<Event>) {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(0)
         };
+        let cached = usage
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        let prompt_tokens = count("prompt_tokens");
         out.push(Event::Usage(Usage {
-            prompt_tokens: count("prompt_tokens"),
+            prompt_tokens,
             completion_tokens: count("completion_tokens"),
+            cached_tokens: cached.min(prompt_tokens),
         }));
     }
 }

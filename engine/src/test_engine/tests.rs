@@ -69,7 +69,8 @@ fn echoes_prompt_and_stops() {
             FinishReason::Stop,
             Usage {
                 prompt_tokens: 3,
-                completion_tokens: 3
+                completion_tokens: 3,
+                cached_tokens: 0
             }
         )
     );
@@ -115,7 +116,8 @@ fn ignore_eos_repeats_until_context_end() {
             FinishReason::Length,
             Usage {
                 prompt_tokens: 2,
-                completion_tokens: 5
+                completion_tokens: 5,
+                cached_tokens: 0
             }
         )
     );
@@ -375,7 +377,8 @@ fn default_submit_n_submits_n_requests() {
                 FinishReason::Length,
                 Usage {
                     prompt_tokens: 3,
-                    completion_tokens: 2
+                    completion_tokens: 2,
+                    cached_tokens: 0
                 }
             )
         );
