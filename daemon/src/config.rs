@@ -19,6 +19,7 @@ mod logging;
 mod model;
 pub mod policy;
 pub mod raw;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +37,7 @@ pub use listener::{
 };
 pub use logging::{LogFormat, LoggingConfig};
 pub use model::{ModelBackend, ModelConfig};
+pub use telemetry::TelemetryConfig;
 use raw::RawConfig;
 
 /// A configuration problem: which file, which key, and why.
@@ -105,6 +107,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: where the tenants' limits are kept (this process, or a shared Redis).
     pub cluster: cluster::ClusterConfig,
+    /// `[telemetry]`: request traces exported by OTLP; `None` (the default): nothing is sent.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 impl Config {
@@ -226,6 +230,10 @@ impl Config {
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
         let cluster = cluster::ClusterConfig::try_from(raw.cluster)?;
+        let telemetry = raw
+            .telemetry
+            .map(|t| TelemetryConfig::from_raw(t, base))
+            .transpose()?;
         Ok(Config {
             listener,
             limits,
@@ -235,6 +243,7 @@ impl Config {
             policy,
             admin,
             cluster,
+            telemetry,
         })
     }
 
@@ -274,6 +283,28 @@ impl Config {
                     .to_owned(),
             ),
             Some(_) => {}
+        }
+        if let Some(t) = &self.telemetry
+            && t.endpoint.tls.is_none()
+            && !telemetry::is_loopback(&t.endpoint.host)
+        {
+            out.push(format!(
+                "telemetry.danger_allow_http = true: traces go to {} without TLS",
+                t.endpoint.base
+            ));
+        }
+        if let Some(section) = &self.audit {
+            for sink in &section.sinks {
+                if let audit::SinkKind::OtlpHttp(e) = &sink.kind
+                    && e.tls.is_none()
+                    && !telemetry::is_loopback(&e.host)
+                {
+                    out.push(format!(
+                        "audit sink `{}`: danger_allow_http = true: audit records go to {} without TLS",
+                        sink.name, e.base
+                    ));
+                }
+            }
         }
         for model in &self.models {
             if matches!(model.backend, ModelBackend::Test { .. }) {

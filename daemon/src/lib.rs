@@ -24,4 +24,5 @@ mod model_inspect;
 pub mod notify;
 pub mod pipeline;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

@@ -86,6 +86,11 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
     model: String,
     device: String,
@@ -140,6 +145,8 @@ pub struct Metrics {
     audit_commit: Histogram,
     audit_failures: Counter,
     limits_fallback: Counter,
+    telemetry_exported: Counter,
+    telemetry_dropped: Family<DropLabels, Counter>,
     engine_queued: Gauge,
     engine_active: Gauge,
     kv_cache_bytes: Gauge,
@@ -186,6 +193,8 @@ impl Metrics {
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
             limits_fallback: Counter::default(),
+            telemetry_exported: Counter::default(),
+            telemetry_dropped: Family::default(),
             engine_queued: Gauge::default(),
             engine_active: Gauge::default(),
             kv_cache_bytes: Gauge::default(),
@@ -284,6 +293,17 @@ impl Metrics {
             "airlock_audit_sink_lag_records",
             "Committed audit records a sink has not delivered yet, by sink",
             self.audit_sink_lag.clone(),
+        );
+        r.register(
+            "airlock_telemetry_spans_exported",
+            "Request spans the OTLP collector accepted ([telemetry])",
+            self.telemetry_exported.clone(),
+        );
+        r.register(
+            "airlock_telemetry_spans_dropped",
+            "Request spans not exported, by reason: queue_full (the export queue was full; \
+             requests never wait for it) or export_failed (the collector refused or did not answer)",
+            self.telemetry_dropped.clone(),
         );
         r.register(
             "airlock_audit_commit_duration_seconds",
@@ -507,6 +527,18 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Spans the collector accepted.
+    pub fn telemetry_exported(&self, spans: u64) {
+        self.telemetry_exported.inc_by(spans);
+    }
+
+    /// Spans dropped: `queue_full` or `export_failed`.
+    pub fn telemetry_dropped(&self, reason: &'static str, spans: u64) {
+        self.telemetry_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(spans);
     }
 
     /// Records a sink delivered.

@@ -20,6 +20,7 @@ use super::admin::{RawAdmin, RawAdminTls};
 use super::audit::{RawAudit, RawSink};
 use super::cluster::{RawCluster, RawClusterLimits};
 use super::policy::{RawAuth, RawFilterRule, RawTenant};
+use super::telemetry::RawTelemetry;
 use super::raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
 
 const CONFIG_MD: &str = include_str!("../../../docs/config.md");
@@ -45,6 +46,7 @@ fn tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("admin.tls", fields::<RawAdminTls>()),
         ("cluster", fields::<RawCluster>()),
         ("cluster.limits", fields::<RawClusterLimits>()),
+        ("telemetry", fields::<RawTelemetry>()),
     ]
 }
 
