@@ -37,8 +37,8 @@ pub use listener::{
 };
 pub use logging::{LogFormat, LoggingConfig};
 pub use model::{ModelBackend, ModelConfig};
-pub use telemetry::TelemetryConfig;
 use raw::RawConfig;
+pub use telemetry::TelemetryConfig;
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,12 +102,8 @@ where
         }
         Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
     };
-    ctx.span.responded(
-        ctx.tenant(),
-        ctx.note.model(),
-        resp.status().as_u16(),
-        code,
-    );
+    ctx.span
+        .responded(ctx.tenant(), ctx.note.model(), resp.status().as_u16(), code);
     // Only configured tenants name a series; anyone else counts as `unknown`.
     let policy = ctx.policy().cloned();
     crate::metrics::global().request(

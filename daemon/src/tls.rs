@@ -235,7 +235,8 @@ pub fn client_config(
             let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ("client_cert", e.to_string()))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ("client_key", e.to_string()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| ("client_key", e.to_string()))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| ("client_cert", e.to_string()))?

@@ -20,8 +20,8 @@ use super::admin::{RawAdmin, RawAdminTls};
 use super::audit::{RawAudit, RawSink};
 use super::cluster::{RawCluster, RawClusterLimits};
 use super::policy::{RawAuth, RawFilterRule, RawTenant};
-use super::telemetry::RawTelemetry;
 use super::raw::{RawConfig, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls};
+use super::telemetry::RawTelemetry;
 
 const CONFIG_MD: &str = include_str!("../../../docs/config.md");
 const FULL_EXAMPLE: &str = include_str!("../../../docs/examples/airlock.full.toml");

@@ -216,7 +216,10 @@ mod tests {
 
     #[test]
     fn a_partial_success_of_a_logs_export_is_an_error() {
-        assert!(rejected_logs(b"").is_ok(), "an empty answer is a full success");
+        assert!(
+            rejected_logs(b"").is_ok(),
+            "an empty answer is a full success"
+        );
         let answer = |rejected| {
             ExportLogsServiceResponse {
                 partial_success: Some(ExportLogsPartialSuccess {
