@@ -44,7 +44,7 @@ struct Received {
     log_resources: Vec<(String, String)>,
 }
 
-/// An OTLP/HTTP collector on `addr`, over TLS.
+/// An OTLP/HTTP collector on `addr`, over TLS or (`tls: false`) plain HTTP.
 struct Collector {
     task: JoinHandle<()>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -52,6 +52,15 @@ struct Collector {
 
 impl Collector {
     async fn start(pki: &Pki, addr: SocketAddr, got: Arc<Mutex<Received>>) -> Collector {
+        Self::start_with(pki, addr, got, true).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        addr: SocketAddr,
+        got: Arc<Mutex<Received>>,
+        tls: bool,
+    ) -> Collector {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(pki.path("server.pem"))
                 .unwrap()
@@ -78,16 +87,19 @@ impl Collector {
                 let acceptor = acceptor.clone();
                 let got = Arc::clone(&got);
                 let connection = tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
                     let service = hyper::service::service_fn(move |req| {
                         let got = Arc::clone(&got);
                         async move { Ok::<_, Infallible>(export(req, &got).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    if !tls {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                        return;
+                    }
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
                 });
                 handles.lock().unwrap().push(connection);
             }
@@ -451,4 +463,60 @@ async fn request_spans_and_audit_records_reach_an_otlp_collector() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Behind a trusted reverse proxy (the default `trust_traceparent = "proxy"`), the proxy's
+/// `traceparent` is continued: the span joins the caller's trace as a child of its span. The
+/// collector is a plain-HTTP one on loopback (allowed without `danger_allow_http`).
+#[tokio::test]
+async fn a_trusted_proxys_traceparent_is_continued() {
+    let pki = Pki::new(&["alice"]);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let got = Arc::new(Mutex::new(Received::default()));
+    let _collector = Collector::start_with(&pki, addr, Arc::clone(&got), false).await;
+    let cfg = TestConfig {
+        mode: "proxy",
+        proxy: "trusted_proxies = [\"127.0.0.1\"]\nclient_cert_header = \"x-client-cert\"\n".into(),
+        extra: format!(
+            "[telemetry]\nendpoint = \"http://127.0.0.1:{}\"\ninterval = \"100ms\"\n",
+            addr.port()
+        ),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let pem = std::fs::read_to_string(pki.client("alice").0).unwrap();
+    let escaped =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let resp = common::http_client()
+        .post(daemon.http_url("/v1/chat/completions"))
+        .header("x-client-cert", escaped)
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({
+            "model": common::TEST_MODEL,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let span = loop {
+        if let Some(span) = got.lock().unwrap().spans.first().cloned() {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "no span arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hex::encode(&span.trace_id), trace);
+    assert_eq!(hex::encode(&span.parent_span_id), parent);
+    assert_eq!(
+        string(&span.attributes, "airlock.tenant").as_deref(),
+        Some("alice")
+    );
 }
