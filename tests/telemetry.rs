@@ -358,6 +358,14 @@ async fn request_spans_and_audit_records_reach_an_otlp_collector() {
         answer["id"].as_str()
     );
     assert_eq!(
+        string(a, "gen_ai.response.model").as_deref(),
+        answer["model"].as_str()
+    );
+    assert_eq!(
+        string(a, "gen_ai.provider.name").as_deref(),
+        Some("airlock")
+    );
+    assert_eq!(
         strings(a, "gen_ai.response.finish_reasons"),
         vec![
             answer["choices"][0]["finish_reason"]

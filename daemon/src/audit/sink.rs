@@ -55,10 +55,10 @@ pub enum Sent {
     Unconfirmed,
 }
 
-/// How a sink delivers.
+/// How a sink delivers (boxed: both are large, and there is one per sink).
 enum Transport {
-    Syslog(syslog::Syslog),
-    Otlp(otlp::OtlpLogs),
+    Syslog(Box<syslog::Syslog>),
+    Otlp(Box<otlp::OtlpLogs>),
 }
 
 impl Transport {
@@ -102,20 +102,20 @@ impl Sink {
                 server_name,
                 ca,
                 client,
-            } => Transport::Syslog(syslog::Syslog::new(
+            } => Transport::Syslog(Box::new(syslog::Syslog::new(
                 &cfg.name,
                 &cfg.hostname,
                 address,
                 server_name,
                 ca,
                 client.as_ref(),
-            )?),
-            SinkKind::OtlpHttp(endpoint) => Transport::Otlp(otlp::OtlpLogs::new(
+            )?)),
+            SinkKind::OtlpHttp(endpoint) => Transport::Otlp(Box::new(otlp::OtlpLogs::new(
                 &cfg.name,
                 &cfg.hostname,
                 endpoint,
                 IO_TIMEOUT,
-            )?),
+            )?)),
         };
         Ok(Sink {
             cfg: cfg.clone(),

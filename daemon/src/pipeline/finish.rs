@@ -97,7 +97,7 @@ pub async fn respond(
         tool_format: reply.tool_format,
     };
     let id = endpoints::object_id(reply.route);
-    ctx.span.response_id(&id);
+    ctx.span.response(&id, finisher.labels.model());
     let Some(spec) = reply.stream else {
         let collected = collect(
             generations,

@@ -54,6 +54,8 @@ impl RequestSpan {
             if let Some(operation) = r.operation {
                 span.update_name(format!("{operation} {}", r.model));
                 span.set_attribute(KeyValue::new("gen_ai.operation.name", operation));
+                // The gateway runs the model itself: it is the provider.
+                span.set_attribute(KeyValue::new("gen_ai.provider.name", "airlock"));
             }
             span.set_attribute(KeyValue::new("gen_ai.request.model", r.model.to_owned()));
             if let Some(max) = r.max_tokens {
@@ -90,9 +92,13 @@ impl RequestSpan {
         });
     }
 
-    /// The response's id (`chatcmpl-…`), as the client sees it.
-    pub fn response_id(&self, id: &str) {
-        self.with(|span| span.set_attribute(KeyValue::new("gen_ai.response.id", id.to_owned())));
+    /// The response's id (`chatcmpl-…`) and the model that answered, as the client sees
+    /// them.
+    pub fn response(&self, id: &str, model: &str) {
+        self.with(|span| {
+            span.set_attribute(KeyValue::new("gen_ai.response.id", id.to_owned()));
+            span.set_attribute(KeyValue::new("gen_ai.response.model", model.to_owned()));
+        });
     }
 
     /// A finished generation: why each choice ended, and the tokens in and out.
