@@ -289,7 +289,8 @@ async fn request_spans_and_audit_records_reach_an_otlp_collector() {
         )),
         extra: format!(
             "[telemetry]\nendpoint = \"{endpoint}\"\nserver_name = \"localhost\"\nca = {ca:?}\n\
-             interval = \"100ms\"\nservice_name = \"airlock-test\"\n"
+             interval = \"100ms\"\nservice_name = \"airlock-test\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n"
         ),
         ..TestConfig::default()
     };
@@ -471,6 +472,28 @@ async fn request_spans_and_audit_records_reach_an_otlp_collector() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The metrics tell the operator both stories: spans exported, and dropped while the
+    // collector was away; records delivered, and the failed attempts.
+    let metrics = common::http_client()
+        .get(format!("{}/metrics", daemon.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
+    };
+    assert!(sample("airlock_telemetry_spans_exported_total ") >= 3.0);
+    assert!(sample("airlock_telemetry_spans_dropped_total{reason=\"export_failed\"} ") >= 1.0);
+    assert!(sample("airlock_audit_sink_records_total{sink=\"otel\"} ") >= last as f64);
+    assert!(sample("airlock_audit_sink_failures_total{sink=\"otel\"} ") >= 1.0);
 }
 
 /// Behind a trusted reverse proxy (the default `trust_traceparent = "proxy"`), the proxy's
