@@ -153,6 +153,23 @@ impl Config {
             listener::check_tls_files("admin.tls", tls)
                 .map_err(|Invalid { reason, .. }| invalid("admin.tls", reason))?;
         }
+        // The collectors' and SIEM receivers' TLS files: a CA or client key that does not
+        // load is a bad configuration (exit 64 naming the key), not a failed start later.
+        if let Some(t) = &self.telemetry {
+            telemetry::check_tls_files("telemetry", &t.endpoint)?;
+        }
+        for (i, sink) in self.audit.iter().flat_map(|a| a.sinks.iter()).enumerate() {
+            let section = format!("audit.sinks[{i}]");
+            match &sink.kind {
+                audit::SinkKind::OtlpHttp(endpoint) => {
+                    telemetry::check_tls_files(&section, endpoint)?;
+                }
+                audit::SinkKind::SyslogTls { ca, client, .. } => {
+                    crate::tls::client_config(ca, client.as_ref(), &[])
+                        .map_err(|(key, reason)| invalid(format!("{section}.{key}"), reason))?;
+                }
+            }
+        }
         // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
         if self.audit.is_none() {
             return Err(invalid(

@@ -216,6 +216,17 @@ pub(super) fn otlp_endpoint(
     })
 }
 
+/// Whether the endpoint's TLS files (CA, client certificate and key) load; an error names
+/// the key under `section`.
+pub(super) fn check_tls_files(section: &str, endpoint: &OtlpEndpoint) -> Result<(), Invalid> {
+    let Some(tls) = &endpoint.tls else {
+        return Ok(());
+    };
+    crate::tls::client_config(&tls.ca, tls.client.as_ref(), &[])
+        .map(|_| ())
+        .map_err(|(key, reason)| invalid(format!("{section}.{key}"), reason))
+}
+
 pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -360,6 +371,21 @@ mod tests {
         assert!(
             parse("endpoint = \"http://otel.example:4318\"\ndanger_allow_http = true\n").is_ok()
         );
+    }
+
+    #[test]
+    fn tls_files_that_do_not_load_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = "[listener]\nmode = \"proxy\"\naddress = \"127.0.0.1:8443\"\n\
+                     [listener.proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+                     [[models]]\nname = \"m\"\nbackend = \"test\"\n";
+        let text = format!(
+            "{proxy}[telemetry]\nendpoint = \"https://otel.example:4318\"\nca = \"missing-ca.pem\"\n"
+        );
+        let config = Config::parse(&text, dir.path()).unwrap();
+        let e = config.check_serve().unwrap_err();
+        assert_eq!(e.path, "telemetry.ca", "{}", e.reason);
+        assert!(e.reason.contains("missing-ca.pem"), "{}", e.reason);
     }
 
     #[test]
