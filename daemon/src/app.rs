@@ -54,6 +54,9 @@ pub struct App {
     /// `[cluster.limits] backend = "redis"`: the tenants' limits, shared with the other
     /// gateways; `None`: each tenant's own limiter in this process.
     pub(crate) shared_limits: Option<Arc<crate::limits_redis::SharedLimits>>,
+    /// `[telemetry]`: the process's tracer (one per process, kept across reloads); `None`:
+    /// no spans are made.
+    pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl App {
@@ -92,6 +95,7 @@ impl App {
             audit,
             access,
             shared_limits: None,
+            telemetry: None,
         })
     }
 
@@ -126,6 +130,15 @@ impl App {
         match Arc::get_mut(app) {
             Some(app) => app.shared_limits = Some(shared),
             None => tracing::error!("shared limits not set: the generation is already shared"),
+        }
+    }
+
+    /// Gives `app`'s requests spans from `telemetry` (a generation being built, not yet
+    /// shared with any request).
+    pub(crate) fn set_telemetry(app: &mut Arc<App>, telemetry: Arc<crate::telemetry::Telemetry>) {
+        match Arc::get_mut(app) {
+            Some(app) => app.telemetry = Some(telemetry),
+            None => tracing::error!("telemetry not set: the generation is already shared"),
         }
     }
 

@@ -20,6 +20,7 @@ mod model;
 pub mod policy;
 pub mod raw;
 pub mod remote;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,7 @@ pub use logging::{LogFormat, LoggingConfig};
 pub use model::{ModelBackend, ModelConfig};
 use raw::RawConfig;
 pub use remote::{Balance, RemoteConfig, RemoteTls, UpstreamAddr};
+pub use telemetry::TelemetryConfig;
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: where the tenants' limits are kept (this process, or a shared Redis).
     pub cluster: cluster::ClusterConfig,
+    /// `[telemetry]`: request traces exported by OTLP; `None` (the default): nothing is sent.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 impl Config {
@@ -156,6 +160,23 @@ impl Config {
                 && let Some(tls) = &remote.tls
             {
                 check_remote_tls(i, tls)?;
+            }
+        }
+        // The collectors' and SIEM receivers' TLS files: a CA or client key that does not
+        // load is a bad configuration (exit 64 naming the key), not a failed start later.
+        if let Some(t) = &self.telemetry {
+            telemetry::check_tls_files("telemetry", &t.endpoint)?;
+        }
+        for (i, sink) in self.audit.iter().flat_map(|a| a.sinks.iter()).enumerate() {
+            let section = format!("audit.sinks[{i}]");
+            match &sink.kind {
+                audit::SinkKind::OtlpHttp(endpoint) => {
+                    telemetry::check_tls_files(&section, endpoint)?;
+                }
+                audit::SinkKind::SyslogTls { ca, client, .. } => {
+                    crate::tls::client_config(ca, client.as_ref(), &[])
+                        .map_err(|(key, reason)| invalid(format!("{section}.{key}"), reason))?;
+                }
             }
         }
         // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
@@ -267,6 +288,10 @@ impl Config {
         let audit = raw.audit.map(|a| audit::audit(a, base)).transpose()?;
         let admin = raw.admin.map(|a| admin::admin(a, base)).transpose()?;
         let cluster = cluster::ClusterConfig::from_raw(raw.cluster, base)?;
+        let telemetry = raw
+            .telemetry
+            .map(|t| TelemetryConfig::from_raw(t, base))
+            .transpose()?;
         Ok(Config {
             listener,
             limits,
@@ -276,6 +301,7 @@ impl Config {
             policy,
             admin,
             cluster,
+            telemetry,
         })
     }
 
@@ -316,6 +342,28 @@ impl Config {
                     .to_owned(),
             ),
             Some(_) => {}
+        }
+        if let Some(t) = &self.telemetry
+            && t.endpoint.tls.is_none()
+            && !telemetry::is_loopback(&t.endpoint.host)
+        {
+            out.push(format!(
+                "telemetry.danger_allow_http = true: traces go to {} without TLS",
+                t.endpoint.base
+            ));
+        }
+        if let Some(section) = &self.audit {
+            for sink in &section.sinks {
+                if let audit::SinkKind::OtlpHttp(e) = &sink.kind
+                    && e.tls.is_none()
+                    && !telemetry::is_loopback(&e.host)
+                {
+                    out.push(format!(
+                        "audit sink `{}`: danger_allow_http = true: audit records go to {} without TLS",
+                        sink.name, e.base
+                    ));
+                }
+            }
         }
         for model in &self.models {
             if matches!(model.backend, ModelBackend::Test { .. }) {

@@ -25,4 +25,5 @@ pub mod notify;
 pub mod pipeline;
 pub mod remote;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

@@ -92,6 +92,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelInfoLabels {
     model: String,
     device: String,
@@ -149,6 +154,8 @@ pub struct Metrics {
     audit_commit: Histogram,
     audit_failures: Counter,
     limits_fallback: Counter,
+    telemetry_exported: Counter,
+    telemetry_dropped: Family<DropLabels, Counter>,
     engine_queued: Gauge,
     engine_active: Gauge,
     kv_cache_bytes: Gauge,
@@ -198,6 +205,8 @@ impl Metrics {
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
             limits_fallback: Counter::default(),
+            telemetry_exported: Counter::default(),
+            telemetry_dropped: Family::default(),
             engine_queued: Gauge::default(),
             engine_active: Gauge::default(),
             kv_cache_bytes: Gauge::default(),
@@ -311,6 +320,17 @@ impl Metrics {
             "airlock_remote_upstream_retries",
             "Requests moved to another upstream before their first byte, by model and the upstream that could not take them",
             self.upstream_retries.clone(),
+        );
+        r.register(
+            "airlock_telemetry_spans_exported",
+            "Request spans the OTLP collector accepted ([telemetry])",
+            self.telemetry_exported.clone(),
+        );
+        r.register(
+            "airlock_telemetry_spans_dropped",
+            "Request spans not exported, by reason: queue_full (the export queue was full; \
+             requests never wait for it) or export_failed (the collector refused or did not answer)",
+            self.telemetry_dropped.clone(),
         );
         r.register(
             "airlock_audit_commit_duration_seconds",
@@ -534,6 +554,18 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Spans the collector accepted.
+    pub fn telemetry_exported(&self, spans: u64) {
+        self.telemetry_exported.inc_by(spans);
+    }
+
+    /// Spans dropped: `queue_full` or `export_failed`.
+    pub fn telemetry_dropped(&self, reason: &'static str, spans: u64) {
+        self.telemetry_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(spans);
     }
 
     /// Records a sink delivered.

@@ -46,6 +46,7 @@ use crate::api::route::{self, Route};
 use crate::api::{ApiError, BoxBody, body, endpoints};
 use crate::app::App;
 use crate::identity::ConnInfo;
+use crate::telemetry::RequestSpan;
 
 /// Serves one request. Never fails: every error becomes a response in OpenAI's error shape
 /// ([`ApiError::into_response`]). The server has already done TLS, set `x-request-id` and
@@ -64,7 +65,21 @@ where
     // Audit wraps the whole request so that refusals at any phase are recorded too; the
     // admission record itself is written last before the engine (`audit::admit`).
     let trail = audit::open(&app, &conn, &req, route.as_ref().ok());
-    let mut ctx = RequestCtx::new(&req, conn, trail);
+    // The trace span, when telemetry is on: every request but the probes.
+    let span = match &app.telemetry {
+        Some(telemetry) if !route.as_ref().is_ok_and(Route::is_open) => telemetry.request_span(
+            &conn,
+            req.headers(),
+            req.method().as_str(),
+            route_label,
+            req.headers()
+                .get(crate::api::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
+        _ => RequestSpan::default(),
+    };
+    let mut ctx = RequestCtx::new(&req, conn, trail, span);
     // The deadline covers everything up to the response head: reading the body, waiting in
     // the engine queue, and for a non-streaming request the whole generation. A stream's
     // head goes out with its first token; from then on the client's pace and `max_tokens`
@@ -87,6 +102,8 @@ where
         }
         Err(_) => (ApiError::Timeout(deadline).into_response(), Some("timeout")),
     };
+    ctx.span
+        .responded(ctx.tenant(), ctx.note.model(), resp.status().as_u16(), code);
     // Only configured tenants name a series; anyone else counts as `unknown`.
     let policy = ctx.policy().cloned();
     crate::metrics::global().request(

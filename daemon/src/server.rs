@@ -71,6 +71,8 @@ pub enum ServerError {
     Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Text printed to stdout after the `listening on` line, given the bound TCP address
@@ -128,10 +130,17 @@ pub async fn run(
         Some(cfg) => Some(crate::audit::lifecycle::start(cfg, &config, &config_hash).await?),
         None => None,
     };
+    // Telemetry, when configured, exports request spans from the first request on; its
+    // TLS material is checked here so a broken section fails the start-up.
+    let telemetry = match &config.telemetry {
+        Some(cfg) => Some(crate::telemetry::Telemetry::start(cfg)?),
+        None => None,
+    };
     let state = Arc::new(ArcSwap::from_pointee(State::build_audited(
         config,
         engine.clone(),
         audit_log.clone(),
+        telemetry.clone(),
         config_hash,
     )?));
     // The admin listener (metrics, status) binds before the start line: a daemon whose
@@ -264,6 +273,9 @@ pub async fn run(
     }
     if let Some(log) = audit_log {
         crate::audit::lifecycle::stop(log, "signal").await;
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
     }
     Ok(())
 }

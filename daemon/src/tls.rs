@@ -327,5 +327,47 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A TLS client configuration: `ca` (PEM) as the only roots, and a client certificate when
+/// one is given; an error names the key (`ca`, `client_cert`, `client_key`) of what did not
+/// load. Audit sinks and the OTLP
+/// client (`crate::telemetry::http`) use it.
+pub fn client_config(
+    ca: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, (&'static str, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).map_err(|e| ("ca", format!("{}: {e}", ca.display())))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| ("ca", e.to_string()))?;
+        roots.add(cert).map_err(|e| ("ca", e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(("ca", "no certificate in the file".to_owned()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ("ca", e.to_string()))?
+    .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let pem = std::fs::read(cert).map_err(|e| ("client_cert", e.to_string()))?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ("client_cert", e.to_string()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| ("client_key", e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ("client_cert", e.to_string()))?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::credential::{read_key_file, secret_path};
+use super::telemetry::{OtlpEndpoint, otlp_endpoint};
 use super::{Invalid, duration_field, invalid, resolve};
 
 /// When to rotate the audit database and what to keep (`rotate_bytes`, `rotate_after`,
@@ -84,35 +85,62 @@ pub struct RawAudit {
 pub struct RawSink {
     pub name: String,
     pub kind: String,
-    pub address: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
     #[serde(default)]
     pub server_name: Option<String>,
-    pub ca: PathBuf,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
     #[serde(default)]
+    pub danger_allow_http: bool,
+    #[serde(default)]
     pub hostname: Option<String>,
 }
 
-/// A validated audit sink: RFC 5424 syslog over TLS (RFC 5425) to `address`.
+/// Where and how a sink delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// RFC 5424 syslog over TLS (RFC 5425) to `address`.
+    SyslogTls {
+        /// `host:port` of the receiver.
+        address: String,
+        /// The name the receiver's certificate must carry (default: the address's host).
+        server_name: String,
+        /// CA certificates (PEM) that the receiver's certificate must chain to.
+        ca: PathBuf,
+        /// Client certificate and key (PEM) when the receiver asks for one.
+        client: Option<(PathBuf, PathBuf)>,
+    },
+    /// OTLP logs over HTTP (protobuf) to a collector's `/v1/logs`.
+    OtlpHttp(OtlpEndpoint),
+}
+
+/// A validated audit sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkConfig {
     /// Names the sink in logs, metrics and its cursor file.
     pub name: String,
-    /// `host:port` of the receiver.
-    pub address: String,
-    /// The name the receiver's certificate must carry (default: the address's host).
-    pub server_name: String,
-    /// CA certificates (PEM) that the receiver's certificate must chain to.
-    pub ca: PathBuf,
-    /// Client certificate and key (PEM) when the receiver asks for one.
-    pub client: Option<(PathBuf, PathBuf)>,
-    /// The syslog HOSTNAME of every message: this node's name.
+    pub kind: SinkKind,
+    /// This node's name on every message (syslog HOSTNAME; OTLP resource `host.name`).
     pub hostname: String,
     /// Where the sink keeps the last sequence number it delivered (beside the database).
     pub cursor: PathBuf,
+}
+
+impl SinkConfig {
+    /// Where the sink delivers, for logs.
+    pub fn target(&self) -> String {
+        match &self.kind {
+            SinkKind::SyslogTls { address, .. } => address.clone(),
+            SinkKind::OtlpHttp(endpoint) => endpoint.url("logs"),
+        }
+    }
 }
 
 /// The validated `[audit]` section.
@@ -295,34 +323,80 @@ fn sink_config(
             "must be 1-32 characters of a-z A-Z 0-9 - _",
         ));
     }
-    if raw.kind != "syslog-tls" {
-        return Err(invalid(
-            field("kind"),
-            format!(
-                "unknown kind `{}`; the one kind is \"syslog-tls\"",
-                raw.kind
-            ),
-        ));
-    }
-    let host = match raw.address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        _ => {
-            return Err(invalid(
-                field("address"),
-                format!("`{}` is not host:port", raw.address),
-            ));
-        }
+    let refuse = |key: &str, kind: &str| {
+        Err(invalid(
+            field(key),
+            format!("not used with kind = \"{kind}\""),
+        ))
     };
-    let client = match (raw.client_cert, raw.client_key) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => Some((resolve(base, cert), resolve(base, key))),
-        _ => {
+    let kind = match raw.kind.as_str() {
+        "syslog-tls" => {
+            if raw.endpoint.is_some() {
+                return refuse("endpoint", "syslog-tls");
+            }
+            if raw.danger_allow_http {
+                return refuse("danger_allow_http", "syslog-tls");
+            }
+            let address = raw
+                .address
+                .ok_or_else(|| invalid(field("address"), "required with kind = \"syslog-tls\""))?;
+            let host = match address.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                {
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned()
+                }
+                _ => {
+                    return Err(invalid(
+                        field("address"),
+                        format!("`{address}` is not host:port"),
+                    ));
+                }
+            };
+            let ca = raw
+                .ca
+                .ok_or_else(|| invalid(field("ca"), "required with kind = \"syslog-tls\""))?;
+            let client = match (raw.client_cert, raw.client_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some((resolve(base, cert), resolve(base, key))),
+                _ => {
+                    return Err(invalid(
+                        field("client_cert"),
+                        "client_cert and client_key go together",
+                    ));
+                }
+            };
+            SinkKind::SyslogTls {
+                server_name: raw.server_name.unwrap_or(host),
+                address,
+                ca: resolve(base, ca),
+                client,
+            }
+        }
+        "otlp-http" => {
+            if raw.address.is_some() {
+                return refuse("address", "otlp-http");
+            }
+            let endpoint = raw
+                .endpoint
+                .ok_or_else(|| invalid(field("endpoint"), "required with kind = \"otlp-http\""))?;
+            SinkKind::OtlpHttp(otlp_endpoint(
+                &format!("audit.sinks[{i}]"),
+                &endpoint,
+                raw.server_name,
+                raw.ca,
+                raw.client_cert,
+                raw.client_key,
+                raw.danger_allow_http,
+                base,
+            )?)
+        }
+        other => {
             return Err(invalid(
-                field("client_cert"),
-                "client_cert and client_key go together",
+                field("kind"),
+                format!("unknown kind `{other}`; expected \"syslog-tls\" or \"otlp-http\""),
             ));
         }
     };
@@ -336,11 +410,8 @@ fn sink_config(
     let mut cursor = db.as_os_str().to_owned();
     cursor.push(format!(".sink-{}.cursor", raw.name));
     Ok(SinkConfig {
-        server_name: raw.server_name.unwrap_or(host),
         name: raw.name,
-        address: raw.address,
-        ca: resolve(base, raw.ca),
-        client,
+        kind,
         hostname,
         cursor: PathBuf::from(cursor),
     })
@@ -432,15 +503,20 @@ mod tests {
             .audit
             .unwrap();
         let s = &audit.sinks[0];
+        let super::SinkKind::SyslogTls {
+            server_name,
+            ca,
+            client,
+            ..
+        } = &s.kind
+        else {
+            panic!("a syslog-tls sink: {s:?}");
+        };
         assert_eq!(
-            (
-                s.server_name.as_str(),
-                s.hostname.as_str(),
-                s.client.is_none()
-            ),
+            (server_name.as_str(), s.hostname.as_str(), client.is_none()),
             ("siem.example", "gw-1", true)
         );
-        assert_eq!(s.ca, dir.path().join("siem-ca.pem"));
+        assert_eq!(*ca, dir.path().join("siem-ca.pem"));
         assert_eq!(s.cursor, dir.path().join("audit.db.sink-siem.cursor"));
         for (text, path) in [
             (
@@ -464,8 +540,58 @@ mod tests {
                 "audit.sinks[0].hostname",
             ),
             (format!("{}{}", sink(""), sink("")), "audit.sinks[1].name"),
+            (
+                sink("endpoint = \"https://otel:4318\"\n"),
+                "audit.sinks[0].endpoint",
+            ),
+            (
+                sink("").replace("address = \"siem.example:6514\"\n", ""),
+                "audit.sinks[0].address",
+            ),
             ("node = \"\"\n".to_owned(), "audit.node"),
             ("node = \"gw 1\"\n".to_owned(), "audit.node"),
+        ] {
+            assert_eq!(parse(&text, dir.path()).unwrap_err().0, path, "{text}");
+        }
+    }
+
+    #[test]
+    fn otlp_sinks_validate_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::audit::keys::keygen(dir.path()).unwrap();
+        let sink = |lines: &str| {
+            format!("[[audit.sinks]]\nname = \"otel\"\nkind = \"otlp-http\"\n{lines}")
+        };
+        let audit = parse(
+            &sink("endpoint = \"https://otel.example:4318\"\nca = \"otel-ca.pem\"\n"),
+            dir.path(),
+        )
+        .unwrap()
+        .audit
+        .unwrap();
+        let super::SinkKind::OtlpHttp(endpoint) = &audit.sinks[0].kind else {
+            panic!("an otlp-http sink: {:?}", audit.sinks[0]);
+        };
+        assert_eq!(endpoint.url("logs"), "https://otel.example:4318/v1/logs");
+        assert_eq!(
+            endpoint.tls.as_ref().unwrap().ca,
+            dir.path().join("otel-ca.pem")
+        );
+        assert!(parse(&sink("endpoint = \"http://127.0.0.1:4318\"\n"), dir.path()).is_ok());
+        for (text, path) in [
+            (sink(""), "audit.sinks[0].endpoint"),
+            (
+                sink("endpoint = \"https://otel.example:4318\"\n"),
+                "audit.sinks[0].ca",
+            ),
+            (
+                sink("endpoint = \"http://otel.example:4318\"\n"),
+                "audit.sinks[0].endpoint",
+            ),
+            (
+                sink("endpoint = \"http://127.0.0.1:4318\"\naddress = \"a:1\"\n"),
+                "audit.sinks[0].address",
+            ),
         ] {
             assert_eq!(parse(&text, dir.path()).unwrap_err().0, path, "{text}");
         }

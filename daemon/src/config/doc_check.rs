@@ -23,6 +23,7 @@ use super::policy::{RawAuth, RawFilterRule, RawTenant};
 use super::raw::{
     RawConfig, RawEngineRole, RawLimits, RawListener, RawLogging, RawModel, RawProxy, RawTls,
 };
+use super::telemetry::RawTelemetry;
 
 const CONFIG_MD: &str = include_str!("../../../docs/config.md");
 const FULL_EXAMPLE: &str = include_str!("../../../docs/examples/airlock.full.toml");
@@ -48,6 +49,7 @@ fn tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("admin.tls", fields::<RawAdminTls>()),
         ("cluster", fields::<RawCluster>()),
         ("cluster.limits", fields::<RawClusterLimits>()),
+        ("telemetry", fields::<RawTelemetry>()),
     ]
 }
 

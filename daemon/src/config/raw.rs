@@ -36,4 +36,7 @@ pub struct RawConfig {
     /// `[cluster]` (see `super::cluster`).
     #[serde(default)]
     pub cluster: super::cluster::RawCluster,
+    /// `[telemetry]` (see `super::telemetry`).
+    #[serde(default)]
+    pub telemetry: Option<super::telemetry::RawTelemetry>,
 }

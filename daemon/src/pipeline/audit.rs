@@ -51,12 +51,14 @@ use hyper::{Request, Response};
 
 use super::RequestCtx;
 use super::generate::Job;
+use crate::api::request::Inference;
 use crate::api::route::Route;
 use crate::api::{ApiError, BoxBody};
 use crate::app::App;
 use crate::audit::AuditError;
 use crate::audit::trail::Trail;
 use crate::identity::ConnInfo;
+use crate::telemetry::Requested;
 
 /// Proof that a job's admission was decided by this phase: its `admit` record is durable
 /// (or the configuration audits nothing). Carries the job exactly as recorded, so the
@@ -107,6 +109,24 @@ pub fn open<B>(
 /// Audit admit, the last phase before the engine: the admission record is durable before
 /// the engine sees the request, or the request is refused (fail closed).
 pub async fn admit(ctx: &RequestCtx, job: Job) -> Result<Admitted, AuditError> {
+    // The trace span names what the admission record names (never the prompt).
+    if ctx.span.is_recording() {
+        ctx.span.requested(&Requested {
+            operation: match job.route {
+                Inference::Chat | Inference::Responses => Some("chat"),
+                Inference::Completions | Inference::Generate => Some("text_completion"),
+                Inference::Embeddings => Some("embeddings"),
+                Inference::Tokenize | Inference::Detokenize => None,
+            },
+            model: &job.model,
+            max_tokens: job.params.max_tokens,
+            temperature: job.params.temperature,
+            top_p: job.params.top_p,
+            seed: job.params.seed,
+            choices: job.n,
+            input_tokens: job.input_tokens,
+        });
+    }
     if let Some(trail) = &ctx.trail {
         trail
             .admit(

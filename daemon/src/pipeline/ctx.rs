@@ -9,6 +9,7 @@ use crate::access::Principal;
 use crate::audit::trail::Trail;
 use crate::identity::ConnInfo;
 use crate::metrics::RequestNote;
+use crate::telemetry::RequestSpan;
 
 use crate::api::X_REQUEST_ID;
 
@@ -28,11 +29,18 @@ pub struct RequestCtx {
     /// The tenant's limits as the shared store reported them at admission
     /// (`[cluster.limits]`), for the `x-ratelimit-*` headers; `None`: ask the local limiter.
     pub shared_status: Option<airlock_policy::ratelimit::RateStatus>,
+    /// The request's trace span (`[telemetry]`); records nothing when telemetry is off.
+    pub span: RequestSpan,
 }
 
 impl RequestCtx {
     /// The context of `req`, with its audit trail (see `audit::open`).
-    pub fn new<B>(req: &Request<B>, conn: Arc<ConnInfo>, trail: Option<Arc<Trail>>) -> Self {
+    pub fn new<B>(
+        req: &Request<B>,
+        conn: Arc<ConnInfo>,
+        trail: Option<Arc<Trail>>,
+        span: RequestSpan,
+    ) -> Self {
         let request_id = req
             .headers()
             .get(X_REQUEST_ID)
@@ -45,6 +53,7 @@ impl RequestCtx {
             trail,
             shared_status: None,
             note: RequestNote::default(),
+            span,
         }
     }
 

@@ -44,6 +44,7 @@ use crate::app::App;
 use crate::audit::trail::Trail;
 use crate::clock::unix_now;
 use crate::metrics::GenerationLabels;
+use crate::telemetry::RequestSpan;
 
 /// How the answer of a parsed request is shaped.
 #[derive(Clone, Debug)]
@@ -90,11 +91,13 @@ pub async fn respond(
         admission,
         labels,
         span: tracing::Span::current(),
+        trace: ctx.span.clone(),
         streaming: reply.stream.is_some(),
         tool_names: reply.tool_names,
         tool_format: reply.tool_format,
     };
     let id = endpoints::object_id(reply.route);
+    ctx.span.response(&id, finisher.labels.model());
     let Some(spec) = reply.stream else {
         let collected = collect(
             generations,
@@ -170,6 +173,8 @@ struct Finisher {
     labels: GenerationLabels,
     /// The request's span: a stream's events arrive after `handle` has returned.
     span: tracing::Span,
+    /// The request's trace span (`[telemetry]`): a stream holds it open to its end.
+    trace: RequestSpan,
     /// Whether the response head (and with it the request's access-log line) has gone out
     /// before the generation finishes: a stream's settlement is a line of its own.
     streaming: bool,
@@ -214,6 +219,19 @@ impl Finisher {
         if let Some(admission) = self.admission.take() {
             let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             admission.complete(u32::try_from(used).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The trace span's outcome: every choice's finish reason, as the client was told it,
+    /// and the request's usage.
+    fn trace(&self, reasons: impl Iterator<Item = FinishReason>, usage: Usage) {
+        if self.trace.is_recording() {
+            let reasons: Vec<&'static str> = reasons.map(FinishReason::as_str).collect();
+            self.trace.finished(
+                &reasons,
+                usage.prompt_tokens as u64,
+                usage.completion_tokens as u64,
+            );
         }
     }
 
@@ -380,6 +398,7 @@ async fn collect(
             tool_calls: answer.calls,
         });
     }
+    finisher.trace(choices.iter().map(|c| c.reason), usage);
     if let Some(trail) = trail {
         trail.note_finished(choices[0].reason, usage, Some(ttft), &output);
         if many {

@@ -25,6 +25,8 @@ pub struct State {
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The audit log (one per process, carried across reloads); `None` without `[audit]`.
     pub audit_log: Option<Arc<crate::audit::AuditLog>>,
+    /// `[telemetry]`'s tracer (one per process, carried across reloads); `None` without it.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// Why a state could not be built (at start: fatal; on reload: the old state stays).
@@ -51,6 +53,7 @@ impl State {
         config: Config,
         engine: Arc<dyn Engine>,
         audit_log: Option<Arc<crate::audit::AuditLog>>,
+        telemetry: Option<Arc<crate::telemetry::Telemetry>>,
         config_hash: String,
     ) -> Result<State, StateError> {
         let binding = match (&audit_log, &config.audit) {
@@ -96,12 +99,16 @@ impl State {
         if let Some(shared) = shared_limits {
             App::set_shared_limits(&mut app, shared);
         }
+        if let Some(telemetry) = &telemetry {
+            App::set_telemetry(&mut app, Arc::clone(telemetry));
+        }
         Ok(State {
             app,
             tls,
             client_verifier,
             config,
             audit_log,
+            telemetry,
         })
     }
 
@@ -149,13 +156,22 @@ impl State {
         if config.admin != self.config.admin {
             warnings.push("[admin] changed: applies after a restart".to_owned());
         }
+        if config.telemetry != self.config.telemetry {
+            warnings.push("[telemetry] changed: applies after a restart".to_owned());
+        }
         if let (Some(new), Some(old)) = (&config.audit, &self.config.audit)
             && (new.db != old.db || new.signing_key != old.signing_key)
         {
             warnings.push("audit.db / audit.signing_key changed: apply after a restart".to_owned());
         }
         let hash = crate::audit::config_hash(path);
-        let mut state = State::build_audited(config, engine, self.audit_log.clone(), hash)?;
+        let mut state = State::build_audited(
+            config,
+            engine,
+            self.audit_log.clone(),
+            self.telemetry.clone(),
+            hash,
+        )?;
         App::inherit_from(&mut state.app, &self.app);
         Ok((state, warnings))
     }

@@ -306,6 +306,8 @@ impl StreamState {
         };
         if !filtered && let Some((reason, timings)) = &first {
             self.finisher.settle(*reason, usage, timings);
+            self.finisher
+                .trace(finished.iter().map(|(reason, _, _)| *reason), usage);
             if self.choices[0].chunker.include_usage {
                 self.tail.push(self.choices[0].chunker.usage(usage.into()));
             }
