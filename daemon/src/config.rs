@@ -379,24 +379,9 @@ impl Config {
 
 /// Builds a remote pool's TLS client as the engine will, naming the key whose file fails.
 fn check_remote_tls(i: usize, tls: &RemoteTls) -> Result<(), Invalid> {
-    use crate::tls::TlsError;
-    let (cert, key) = &tls.client;
-    let Err(e) = crate::tls::client_config(&tls.ca, cert, key) else {
-        return Ok(());
-    };
-    let field = match &e {
-        TlsError::Read { path, .. } | TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => {
-            if path == key {
-                "client_key"
-            } else if path == cert {
-                "client_cert"
-            } else {
-                "ca"
-            }
-        }
-        TlsError::Verifier(_) | TlsError::ServerCert(_) | TlsError::ClientCert(_) => "client_cert",
-    };
-    Err(invalid(format!("models[{i}].{field}"), e))
+    crate::tls::client_config(&tls.ca, Some(&tls.client), &[])
+        .map(drop)
+        .map_err(|(key, reason)| invalid(format!("models[{i}].{key}"), reason))
 }
 
 /// Maps a deserializer error to the key path its span points at.

@@ -27,10 +27,11 @@ pub use engine::RemoteEngine;
 /// Why a remote pool could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("model `{model}`: TLS client: {source}")]
+    #[error("model `{model}`: TLS client: {key}: {reason}")]
     Tls {
         model: String,
-        source: crate::tls::TlsError,
+        key: &'static str,
+        reason: String,
     },
     #[error("model `{model}`: server_name `{name}` is not a DNS name or IP address")]
     ServerName { model: String, name: String },

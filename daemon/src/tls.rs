@@ -232,34 +232,6 @@ impl ClientCertVerifier for Admitting {
     }
 }
 
-/// The TLS client of a remote engine pool (`crate::remote`): upstream certificates must
-/// chain to `ca`; the gateway presents `cert` (chain, leaf first) with `key`. The same
-/// protocol versions and suites as the listener; ALPN `http/1.1` (one request per
-/// connection: the pool's client speaks HTTP/1.1).
-pub fn client_config(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::Pem {
-            path: ca.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    }
-    let chain = certs(cert)?;
-    let key = private_key(key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::ClientCert(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::ClientCert(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Whether a connection's client certificate chain (leaf first; empty without one) still
 /// passes `verifier`: the check a new handshake would make, applied to a connection that
 /// is already open. Fails closed: a verifier that demands a certificate refuses a
@@ -328,9 +300,10 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// A TLS client configuration: `ca` (PEM) as the only roots, and a client certificate when
-/// one is given; an error names the key (`ca`, `client_cert`, `client_key`) of what did not
-/// load. Audit sinks and the OTLP
-/// client (`crate::telemetry::http`) use it.
+/// one is given, with the listener's protocol versions and suites; an error names the key
+/// (`ca`, `client_cert`, `client_key`) of what did not load. Remote engine pools
+/// (`crate::remote`, always with a client certificate), audit sinks and the OTLP client
+/// (`crate::telemetry::http`) use it.
 pub fn client_config(
     ca: &Path,
     client: Option<&(PathBuf, PathBuf)>,
@@ -345,12 +318,10 @@ pub fn client_config(
     if roots.is_empty() {
         return Err(("ca", "no certificate in the file".to_owned()));
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ("ca", e.to_string()))?
-    .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ("ca", e.to_string()))?
+        .with_root_certificates(roots);
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {

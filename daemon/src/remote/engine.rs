@@ -70,13 +70,13 @@ impl RemoteEngine {
         let (tls, server_name) = match &cfg.tls {
             None => (None, None),
             Some(tls) => {
-                let (cert, key) = &tls.client;
-                let config = crate::tls::client_config(&tls.ca, cert, key).map_err(|source| {
-                    RemoteError::Tls {
+                let config = crate::tls::client_config(&tls.ca, Some(&tls.client), &[b"http/1.1"])
+                    .map(Arc::new)
+                    .map_err(|(key, reason)| RemoteError::Tls {
                         model: name.to_owned(),
-                        source,
-                    }
-                })?;
+                        key,
+                        reason,
+                    })?;
                 let server_name = tls
                     .server_name
                     .as_ref()
