@@ -9,10 +9,10 @@ connection.
     python3 bench/gateway/cluster.py                     # ~30 s; prints a Markdown table
     python3 bench/gateway/cluster.py --airlockd target/debug/airlockd --out bench/results/cluster.md
 
-Python standard library only (no `oha` needed): one client thread sends at `--rate` requests
-per second for `--duration` seconds, each timed from send to the full answer; the schedule
-does not wait for a slow answer beyond the next slot (one connection: at most one request in
-flight). Prints p50/p99 in milliseconds and the difference. Figures, never asserted.
+Python standard library only (no `oha` needed): `--connections` client threads (one keep-alive
+connection each) send `--rate` requests per second in all for `--duration` seconds, each timed
+from its scheduled send time to the full answer (coordinated omission corrected). Prints p50/p99
+in milliseconds and the difference. Figures, never asserted.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,36 +51,47 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, Path]:
     return proc, socket
 
 
-def measure(work: Path, port: int, key: str, rate: float, duration: float) -> list[float]:
+def measure(work: Path, port: int, key: str, rate: float, duration: float, connections: int) -> list[float]:
+    """`connections` keep-alive connections (one thread each), each sending at rate/connections
+    with its phase offset; every request is timed from its scheduled send time, so a slow
+    answer also counts against the requests it delayed (coordinated omission corrected)."""
     ctx = ssl.create_default_context(cafile=str(work / "ca.pem"))
     ctx.load_cert_chain(str(work / f"client-{gateway.TENANT}.pem"), str(work / f"client-{gateway.TENANT}.key"))
-    conn = http.client.HTTPSConnection("localhost", port, context=ctx)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     body = gateway.BODY.encode()
+    results: list[list[float]] = [[] for _ in range(connections)]
+    start = time.perf_counter() + 1.0
 
-    def one() -> float:
-        started = time.perf_counter()
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 200:
-            sys.exit(f"answer {resp.status}")
-        return time.perf_counter() - started
+    def worker(i: int) -> None:
+        conn = http.client.HTTPSConnection("localhost", port, context=ctx)
 
-    for _ in range(50):  # warm-up: TLS session, key cache, script load
-        one()
-    out = []
-    interval = 1.0 / rate
-    next_at = time.perf_counter()
-    end = next_at + duration
-    while next_at < end:
-        now = time.perf_counter()
-        if now < next_at:
-            time.sleep(next_at - now)
-        out.append(one())
-        next_at += interval
-    conn.close()
-    return out
+        def one() -> None:
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                sys.exit(f"answer {resp.status}")
+
+        for _ in range(max(1, 50 // connections)):  # warm-up: TLS session, key cache, script load
+            one()
+        interval = connections / rate
+        next_at = start + i * interval / connections
+        end = start + duration
+        while next_at < end:
+            now = time.perf_counter()
+            if now < next_at:
+                time.sleep(next_at - now)
+            one()
+            results[i].append(time.perf_counter() - next_at)
+            next_at += interval
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for r in results for x in r]
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -92,6 +104,7 @@ def main() -> None:
     p.add_argument("--airlockd", default=gateway.default_airlockd(), help="binary built with --features test-engine")
     p.add_argument("--rate", type=float, default=100, help="requests per second (default 100)")
     p.add_argument("--duration", type=float, default=10, help="seconds per backend (default 10)")
+    p.add_argument("--connections", type=int, default=1, help="keep-alive connections, one thread each (default 1)")
     p.add_argument("--out", type=Path, help="also append the Markdown report to this file")
     args = p.parse_args()
 
@@ -107,7 +120,7 @@ def main() -> None:
                 extra = f'\n[cluster.limits]\nbackend = "redis"\nurl = "unix://{socket}"\n'
             daemon, port, key = gateway.setup_airlockd(args.airlockd, work, extra=extra)
             procs.insert(0, daemon)
-            lat = measure(work, port, key, args.rate, args.duration)
+            lat = measure(work, port, key, args.rate, args.duration, args.connections)
             rows[backend] = (len(lat), pct(lat, 50), pct(lat, 99))
             print(f"{backend}: {rows[backend]}", file=sys.stderr)
         finally:
@@ -127,7 +140,8 @@ def main() -> None:
         f"| redis (Unix socket) | {redis[0]} | {redis[1]:.3f} | {redis[2]:.3f} |",
         f"| added by redis | | {redis[1] - local[1]:+.3f} | {redis[2] - local[2]:+.3f} |",
         "",
-        f"- {args.rate:g} req/s over one keep-alive connection, {args.duration:g} s per backend after 50 warm-up requests; "
+        f"- {args.rate:g} req/s over {args.connections} keep-alive connection(s), {args.duration:g} s per backend after 50 warm-up requests, "
+        "each request timed from its scheduled send (coordinated omission corrected); "
         f"{os.cpu_count()} CPUs; airlockd: {gateway.version([args.airlockd, '--version'])}",
         f"- command: `python3 bench/gateway/cluster.py {' '.join(sys.argv[1:])}`",
         "",

@@ -130,6 +130,11 @@ pub fn gateway_with(pki: &Pki, upstreams: &[String], extra: &str, sections: &str
             q(&cert),
             q(&key),
         ),
+        // The tests' clients all come from 127.0.0.1.
+        limits: format!(
+            "{}max_connections_per_address = 256\n",
+            TestConfig::default().limits
+        ),
         extra: sections.to_owned(),
         ..TestConfig::default()
     };
