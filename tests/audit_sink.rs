@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Pki, TestConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -26,21 +24,7 @@ struct Receiver {
 
 impl Receiver {
     async fn start(pki: &Pki, addr: SocketAddr, got: Arc<Mutex<Vec<String>>>) -> Receiver {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pki.path("server.pem"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(common::receiver_tls(pki));
         let listener = TcpListener::bind(addr).await.unwrap();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let handles = Arc::clone(&connections);

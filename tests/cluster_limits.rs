@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::Redis;
@@ -232,19 +231,6 @@ async fn local_fallback_serves_the_divided_limit() {
     assert_eq!(ok, 6, "the shared burst after the store returned");
 }
 
-/// `airlockd audit verify` of one node's log; its exit code and output.
-fn verify(pki: &Pki, db: &std::path::Path) -> (i32, String) {
-    let (status, out, err) = common::airlockd(&[
-        "audit",
-        "verify",
-        "--db",
-        db.to_str().unwrap(),
-        "--pubkey",
-        pki.path("audit/audit-signing.pub").to_str().unwrap(),
-    ]);
-    (status.code().unwrap_or(-1), format!("{out}{err}"))
-}
-
 /// The failure matrix's gateway row: `kill -9` of one of three gateways under load. The
 /// others keep serving; every 200 a client received has its completion record on the node
 /// that answered; every node's chain verifies, the killed one's included; the concurrency
@@ -307,14 +293,7 @@ async fn a_gateway_killed_mid_load_loses_no_audited_answer() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-KILL", &daemons[0].pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    daemons[0]
-        .wait_exit(Duration::from_secs(10))
-        .expect("not dead");
+    daemons[0].kill_9();
     tokio::time::sleep(Duration::from_millis(3000)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut answers = Vec::new();
@@ -371,9 +350,9 @@ async fn a_gateway_killed_mid_load_loses_no_audited_answer() {
     // Every chain verifies; the killed node's too, from what reached its disk.
     for mut daemon in daemons.drain(1..) {
         daemon.stop();
-        let (code, out) = verify(&pki, &daemon.audit_db());
+        let (code, out) = daemon.verify_audit(&pki);
         assert_eq!(code, 0, "{out}");
     }
-    let (code, out) = verify(&pki, &daemons[0].audit_db());
+    let (code, out) = daemons[0].verify_audit(&pki);
     assert_eq!(code, 0, "the killed node's log: {out}");
 }

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Redis, engine_node, gateway_with, upstream};
@@ -34,28 +33,6 @@ fn chat(max_tokens: u32, stream: bool) -> Value {
         "max_tokens": max_tokens,
         "stream": stream,
     })
-}
-
-fn kill_9(daemon: &mut Daemon) {
-    let status = Command::new("kill")
-        .args(["-KILL", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    daemon.wait_exit(Duration::from_secs(10)).expect("not dead");
-}
-
-/// `airlockd audit verify` of one node's log.
-fn verify(pki: &Pki, daemon: &Daemon) -> (i32, String) {
-    let (status, out, err) = common::airlockd(&[
-        "audit",
-        "verify",
-        "--db",
-        daemon.audit_db().to_str().unwrap(),
-        "--pubkey",
-        pki.path("audit/audit-signing.pub").to_str().unwrap(),
-    ]);
-    (status.code().unwrap_or(-1), format!("{out}{err}"))
 }
 
 /// One streamed answer as the client saw it.
@@ -174,8 +151,8 @@ async fn three_gateways_two_engine_nodes_one_budget_and_the_failure_matrix() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = Instant::now();
-    kill_9(&mut gateways[0]);
-    kill_9(&mut engines[0]);
+    gateways[0].kill_9();
+    engines[0].kill_9();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut seen: Vec<Seen> = Vec::new();
@@ -242,11 +219,11 @@ async fn three_gateways_two_engine_nodes_one_budget_and_the_failure_matrix() {
     // what reached their disks.
     for mut node in gateways.drain(1..).chain(engines.drain(1..)) {
         node.stop();
-        let (code, out) = verify(&pki, &node);
+        let (code, out) = node.verify_audit(&pki);
         assert_eq!(code, 0, "{out}");
     }
     for node in gateways.iter().chain(&engines) {
-        let (code, out) = verify(&pki, node);
+        let (code, out) = node.verify_audit(&pki);
         assert_eq!(code, 0, "a killed node's log: {out}");
     }
 }

@@ -29,8 +29,6 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,21 +59,7 @@ impl Collector {
         got: Arc<Mutex<Received>>,
         tls: bool,
     ) -> Collector {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pki.path("server.pem"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(common::receiver_tls(pki));
         let listener = TcpListener::bind(addr).await.unwrap();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let handles = Arc::clone(&connections);

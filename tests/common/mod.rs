@@ -17,6 +17,26 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A TLS server configuration with the PKI's server certificate and no client
+/// authentication: what the tests' own receivers (a syslog receiver, an OTLP collector)
+/// present to the daemon.
+pub fn receiver_tls(pki: &Pki) -> Arc<rustls::ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("server.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    Arc::new(config)
+}
+
 /// The `airlockd` binary under test.
 pub const AIRLOCKD: &str = env!("CARGO_BIN_EXE_airlockd");
 
@@ -457,6 +477,29 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`, then waits for the process to be gone: a crash, nothing flushed or closed.
+    pub fn kill_9(&mut self) {
+        self.signal("KILL");
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).is_some(),
+            "alive after SIGKILL"
+        );
+    }
+
+    /// `airlockd audit verify` of [`Self::audit_db`] with the PKI's audit key: the exit code
+    /// and the output.
+    pub fn verify_audit(&self, pki: &Pki) -> (i32, String) {
+        let (status, out, err) = airlockd(&[
+            "audit",
+            "verify",
+            "--db",
+            self.audit_db().to_str().unwrap(),
+            "--pubkey",
+            pki.path("audit/audit-signing.pub").to_str().unwrap(),
+        ]);
+        (status.code().unwrap_or(-1), format!("{out}{err}"))
     }
 
     /// Sends a signal by name (`HUP`, `TERM`, `INT`) with kill(1).
