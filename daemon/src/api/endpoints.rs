@@ -155,8 +155,7 @@ pub fn completion(done: Completion<'_>) -> Response<BoxBody> {
                         text: &choice.text,
                         length_limited: choice.reason == FinishReason::Length,
                         calls: &choice.tool_calls,
-                        input_tokens: done.usage.prompt_tokens,
-                        output_tokens: done.usage.completion_tokens,
+                        usage: done.usage,
                     },
                     done.echo.unwrap_or(&serde_json::Map::new()),
                 ),
@@ -204,5 +203,5 @@ pub fn object_id(route: Inference) -> String {
         | Inference::Detokenize
         | Inference::Embeddings => "cmpl",
     };
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}-{}", crate::api::random_uuid().simple())
 }

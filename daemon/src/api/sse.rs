@@ -214,8 +214,7 @@ impl Chunker {
                 FinishReason::Length => Ending::Incomplete("max_output_tokens"),
                 _ => Ending::Completed,
             };
-            let usage = Some((usage.prompt_tokens, usage.completion_tokens));
-            return events.finish(&head, ending, usage);
+            return events.finish(&head, ending, Some(usage));
         }
         vec![match self.shape {
             Shape::Chat | Shape::Responses => {

@@ -100,18 +100,32 @@ impl Record {
     }
 
     /// The canonical body of this record numbered `seq` at `ts_ms`, written by `node`
-    /// (empty: not named).
+    /// (empty: not named). The writer's own fields win over a record field of the same name.
+    /// Written straight from borrowed entries: no copy of the record's map per commit.
     pub fn encode(&self, seq: u64, ts_ms: i64, node: &str) -> Vec<u8> {
-        let mut map = self.fields.clone();
+        let node_value = Value::from(node);
+        let seq = Value::from(seq);
+        let ts_ms = Value::from(ts_ms);
+        let kind = Value::from(self.kind.as_str());
+        let version = Value::from(1);
+        let mut own: Vec<(&str, &Value)> = vec![
+            ("seq", &seq),
+            ("ts_ms", &ts_ms),
+            ("kind", &kind),
+            ("v", &version),
+        ];
         if !node.is_empty() {
-            map.insert("node".into(), Value::from(node));
+            own.push(("node", &node_value));
         }
-        map.insert("seq".into(), Value::from(seq));
-        map.insert("ts_ms".into(), Value::from(ts_ms));
-        map.insert("kind".into(), Value::from(self.kind.as_str()));
-        map.insert("v".into(), Value::from(1));
+        let mut entries: Vec<(&str, &Value)> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
+            .collect();
+        entries.extend(own);
         let mut out = Vec::with_capacity(256);
-        canonical(&Value::Object(map), &mut out);
+        write_object(entries, &mut out);
         out
     }
 }
@@ -120,22 +134,7 @@ impl Record {
 /// `serde_json` writes them, but records never contain any.
 pub fn canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                if let Some(v) = map.get(key) {
-                    canonical(v, out);
-                }
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map.iter().map(|(k, v)| (k.as_str(), v)).collect(), out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -147,8 +146,26 @@ pub fn canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::String(s) => write_string(s, out),
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        // Numbers, booleans and null: serde_json's compact form (writing to a Vec cannot fail).
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
+}
+
+/// An object's entries in byte order of their keys (keys are unique).
+fn write_object(mut entries: Vec<(&str, &Value)>, out: &mut Vec<u8>) {
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push(b'{');
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        canonical(value, out);
+    }
+    out.push(b'}');
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {

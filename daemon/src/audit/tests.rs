@@ -70,6 +70,25 @@ fn canonical_encoding_sorts_keys_and_is_stable() {
 }
 
 #[test]
+fn the_writers_fields_win_over_record_fields_of_the_same_name() {
+    let r = Record::new(Kind::Admit)
+        .with("seq", 99)
+        .with("kind", "forged")
+        .with("node", "n-record")
+        .with("z", true)
+        .with("a", serde_json::json!({"y": 1.5, "x": [null]}));
+    assert_eq!(
+        String::from_utf8(r.encode(7, 3, "n1")).unwrap(),
+        r#"{"a":{"x":[null],"y":1.5},"kind":"admit","node":"n1","seq":7,"ts_ms":3,"v":1,"z":true}"#
+    );
+    // No node name: a record's own `node` field stays.
+    assert_eq!(
+        String::from_utf8(r.encode(7, 3, "")).unwrap(),
+        r#"{"a":{"x":[null],"y":1.5},"kind":"admit","node":"n-record","seq":7,"ts_ms":3,"v":1,"z":true}"#
+    );
+}
+
+#[test]
 fn digests_are_keyed() {
     let a = DigestKey::from_bytes([1; 32]);
     let b = DigestKey::from_bytes([2; 32]);

@@ -45,7 +45,7 @@ impl RequestCtx {
             .headers()
             .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            .map_or_else(|| crate::api::random_uuid().to_string(), str::to_owned);
         RequestCtx {
             request_id,
             conn,

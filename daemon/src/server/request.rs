@@ -29,7 +29,7 @@ pub async fn serve(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_sane_request_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| crate::api::random_uuid().to_string());
     let id_value =
         HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(X_REQUEST_ID, id_value.clone());

@@ -8,6 +8,7 @@
 
 pub mod events;
 
+use airlock_engine::Usage;
 use serde_json::{Map, Value, json};
 
 use super::chat::{MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_TOOLS, MAX_TOOLS_BYTES, json_fits};
@@ -464,11 +465,11 @@ fn echo(req: &Map<String, Value>) -> Map<String, Value> {
 
 /// A fresh `resp_…` id.
 pub fn response_id() -> String {
-    format!("resp_{}", uuid::Uuid::new_v4().simple())
+    format!("resp_{}", crate::api::random_uuid().simple())
 }
 
 pub fn item_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}_{}", crate::api::random_uuid().simple())
 }
 
 /// What a finished generation contributes to a response object.
@@ -481,8 +482,7 @@ pub struct Answer<'a> {
     /// Length-limited: `status: "incomplete"`.
     pub length_limited: bool,
     pub calls: &'a [ToolCall],
-    pub input_tokens: usize,
-    pub output_tokens: usize,
+    pub usage: Usage,
 }
 
 /// The `output_text` message item.
@@ -528,7 +528,7 @@ pub fn response_object(answer: &Answer<'_>, echo: &Map<String, Value>) -> Value 
         },
         ending,
         output,
-        Some((answer.input_tokens, answer.output_tokens)),
+        Some(answer.usage),
         echo,
     )
 }
@@ -550,12 +550,13 @@ pub enum Ending {
     Incomplete(&'static str),
 }
 
-/// A `response` object; `usage` is `(input_tokens, output_tokens)` once known.
+/// A `response` object; `usage` once known (`input_tokens_details.cached_tokens`: the prompt
+/// tokens a cached prefix served, as for chat).
 pub fn object(
     head: &Head<'_>,
     ending: Ending,
     output: Vec<Value>,
-    usage: Option<(usize, usize)>,
+    usage: Option<Usage>,
     echo: &Map<String, Value>,
 ) -> Value {
     let (status, incomplete) = match ending {
@@ -563,13 +564,13 @@ pub fn object(
         Ending::Completed => ("completed", Value::Null),
         Ending::Incomplete(reason) => ("incomplete", json!({ "reason": reason })),
     };
-    let usage = usage.map_or(Value::Null, |(input, output)| {
+    let usage = usage.map_or(Value::Null, |u| {
         json!({
-            "input_tokens": input,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": output,
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": u.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input + output,
+            "total_tokens": u.total_tokens(),
         })
     });
     let mut object = Map::new();

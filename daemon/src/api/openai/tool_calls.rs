@@ -40,7 +40,7 @@ const MISTRAL_CALL_ID: &str = "[CALL_ID]";
 /// templates accept only ids of exactly 9 letters and digits when the call is sent back in
 /// a later turn (they raise an exception on any other).
 pub fn call_id(format: ToolFormat) -> String {
-    let hex = uuid::Uuid::new_v4().simple().to_string();
+    let hex = crate::api::random_uuid().simple().to_string();
     match format {
         ToolFormat::Mistral | ToolFormat::MistralArgs => hex[..9].to_owned(),
         ToolFormat::Hermes | ToolFormat::Llama3Json => format!("call_{}", &hex[..24]),

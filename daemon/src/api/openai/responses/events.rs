@@ -3,6 +3,7 @@
 //! in place of chat chunks, so the stream machinery (filter window, tool-call splitter,
 //! audit record before the final event) is the chat stream's.
 
+use airlock_engine::Usage;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -148,12 +149,7 @@ impl ResponseEvents {
 
     /// The end: open items closed, then `response.completed` (or `response.incomplete`)
     /// with the whole response.
-    pub fn finish(
-        &mut self,
-        head: &Head<'_>,
-        ending: Ending,
-        usage: Option<(usize, usize)>,
-    ) -> Vec<Bytes> {
+    pub fn finish(&mut self, head: &Head<'_>, ending: Ending, usage: Option<Usage>) -> Vec<Bytes> {
         let mut out = self.close_message();
         let kind = match ending {
             Ending::Incomplete(_) => "response.incomplete",

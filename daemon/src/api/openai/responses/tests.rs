@@ -199,8 +199,11 @@ fn response_object_shapes() {
             text: "",
             length_limited: false,
             calls: &calls,
-            input_tokens: 2,
-            output_tokens: 3,
+            usage: Usage {
+                prompt_tokens: 2,
+                completion_tokens: 3,
+                cached_tokens: 1,
+            },
         },
         &echo,
     );
@@ -210,6 +213,7 @@ fn response_object_shapes() {
     assert_eq!(object["output"][0]["type"], "function_call");
     assert_eq!(object["output"][0]["call_id"], "call_1");
     assert_eq!(object["usage"]["total_tokens"], 5);
+    assert_eq!(object["usage"]["input_tokens_details"]["cached_tokens"], 1);
     assert_eq!(object["max_output_tokens"], 3);
     assert_eq!(object["tool_choice"], "auto");
     let object = response_object(
@@ -220,8 +224,11 @@ fn response_object_shapes() {
             text: "hello",
             length_limited: true,
             calls: &[],
-            input_tokens: 2,
-            output_tokens: 3,
+            usage: Usage {
+                prompt_tokens: 2,
+                completion_tokens: 3,
+                cached_tokens: 1,
+            },
         },
         &echo,
     );
@@ -263,7 +270,15 @@ fn events_number_and_close_their_items() {
         name: "f".into(),
         arguments: "{}".into(),
     }));
-    out.extend(events.finish(&head, Ending::Completed, Some((1, 2))));
+    out.extend(events.finish(
+        &head,
+        Ending::Completed,
+        Some(Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cached_tokens: 0,
+        }),
+    ));
     let parsed = parse_events(&out);
     let kinds: Vec<&str> = parsed.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
