@@ -106,11 +106,13 @@ pub struct Speculative {
 }
 
 impl Default for Speculative {
-    /// vLLM's usual prompt-lookup settings: up to 4 tokens from a 1- to 3-gram match.
+    /// Up to 3 tokens from a 3- or 2-gram match (`bench/results/speculative.md`): a
+    /// 1-gram match drafts mostly rejected tokens on output that does not copy its input,
+    /// and a pending token plus 3 drafts fill one 4-row tile of the quantized kernels.
     fn default() -> Speculative {
         Speculative {
-            max_draft: 4,
-            min_ngram: 1,
+            max_draft: 3,
+            min_ngram: 2,
             max_ngram: 3,
         }
     }

@@ -15,9 +15,18 @@ use airlock_engine::{
 use support::fixtures;
 
 fn engine(path: &Path, speculative: Option<Speculative>) -> anyhow::Result<BurnEngine> {
+    engine_with_budget(path, speculative, None)
+}
+
+fn engine_with_budget(
+    path: &Path,
+    speculative: Option<Speculative>,
+    kv_cache_bytes: Option<usize>,
+) -> anyhow::Result<BurnEngine> {
     Ok(BurnEngine::load(&[ModelSpec {
         device: DeviceChoice::Cpu,
         max_active: 8,
+        kv_cache_bytes,
         // Each request prefills its prompt afresh: the comparison is about decoding.
         prefix_cache: false,
         speculative,
@@ -147,8 +156,13 @@ fn greedy_requests() -> Vec<GenerateRequest> {
     reqs
 }
 
+/// Drafting as eagerly as the settings allow (1-grams, 4 tokens): the most drafts to check.
 fn spec() -> Option<Speculative> {
-    Some(Speculative::default())
+    Some(Speculative {
+        max_draft: 4,
+        min_ngram: 1,
+        max_ngram: 3,
+    })
 }
 
 /// Each request alone on a plain engine, then all of them together on a speculating one:
@@ -269,5 +283,34 @@ fn speculating_and_sampling_sequences_batch_together() -> anyhow::Result<()> {
         reqs.push(r);
     }
     assert_same_as_plain(&path, &reqs)?;
+    Ok(())
+}
+
+/// A KV budget of 8 blocks (128 positions) for ten sequences of up to 74 positions each:
+/// sequences wait and are preempted while they speculate (a planned draft is dropped with
+/// the cache), and the rejected drafts' blocks go back. The output does not change and no
+/// block is left held.
+#[test]
+fn preemption_while_speculating_changes_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = default_model::install(dir.path())?;
+    // The default model: 2 × 4 layers × 2 KV heads × 32 × 4 bytes per position.
+    let block = 16 * 2 * 4 * 2 * 32 * 4;
+    let reqs: Vec<GenerateRequest> = greedy_requests()
+        .into_iter()
+        .filter(|r| r.params.max_tokens == Some(41))
+        .cycle()
+        .take(10)
+        .collect();
+    let plain = engine(&path, None)?;
+    let want = run_all(&plain, &reqs[..2])?;
+    let tight = engine_with_budget(&path, spec(), Some(8 * block))?;
+    let got = run_all(&tight, &reqs)?;
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g, &want[i % 2], "request {i}");
+    }
+    let s = wait_idle(&tight);
+    assert!(s.spec_accepted_tokens > 0);
+    assert_eq!(s.kv_cache_bytes, 0, "every block given back");
     Ok(())
 }

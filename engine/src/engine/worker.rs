@@ -213,6 +213,8 @@ impl Worker {
         let mut slot = self.active.remove(index);
         tracing::debug!(request_id = %slot.request_id, "sequence preempted");
         slot.seq.preempt();
+        // Planned with a draft, then preempted for an older sequence: nothing to verify.
+        slot.draft.clear();
         self.pool
             .give_back(std::mem::take(&mut slot.blocks) + std::mem::take(&mut slot.reserved));
         self.tenants.leave(&slot.tenant);
