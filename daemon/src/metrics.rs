@@ -159,6 +159,11 @@ pub struct Metrics {
     engine_queued: Gauge,
     engine_active: Gauge,
     kv_cache_bytes: Gauge,
+    spec_drafted: Counter,
+    spec_accepted: Counter,
+    /// The engine's speculative totals at the last scrape (drafted, accepted): the counters
+    /// advance by the difference (by the whole total after an engine restart).
+    spec_seen: Mutex<(u64, u64)>,
     in_flight: Gauge,
     model_info: Family<ModelInfoLabels, Gauge>,
     resident_memory: Gauge,
@@ -210,6 +215,9 @@ impl Metrics {
             engine_queued: Gauge::default(),
             engine_active: Gauge::default(),
             kv_cache_bytes: Gauge::default(),
+            spec_drafted: Counter::default(),
+            spec_accepted: Counter::default(),
+            spec_seen: Mutex::new((0, 0)),
             in_flight: Gauge::default(),
             model_info: Family::default(),
             resident_memory: Gauge::default(),
@@ -356,6 +364,16 @@ impl Metrics {
             "airlock_engine_kv_cache_bytes",
             "Bytes held by KV caches (sampled at scrape)",
             self.kv_cache_bytes.clone(),
+        );
+        r.register(
+            "airlock_engine_spec_drafted_tokens",
+            "Tokens drafted by speculative decoding (prompt lookup) and verified",
+            self.spec_drafted.clone(),
+        );
+        r.register(
+            "airlock_engine_spec_accepted_tokens",
+            "Drafted tokens the verification accepted (decode steps saved)",
+            self.spec_accepted.clone(),
         );
         r.register(
             "airlock_requests_in_flight",
@@ -660,6 +678,14 @@ impl Metrics {
         self.engine_queued.set(gauge(engine.queued));
         self.engine_active.set(gauge(engine.active));
         self.kv_cache_bytes.set(gauge(engine.kv_cache_bytes));
+        if let Ok(mut seen) = self.spec_seen.lock() {
+            let advance = |last: u64, now: u64| if now >= last { now - last } else { now };
+            self.spec_drafted
+                .inc_by(advance(seen.0, engine.spec_drafted_tokens));
+            self.spec_accepted
+                .inc_by(advance(seen.1, engine.spec_accepted_tokens));
+            *seen = (engine.spec_drafted_tokens, engine.spec_accepted_tokens);
+        }
         self.in_flight.set(gauge(in_flight));
         if let Some(bytes) = resident_memory_bytes() {
             self.resident_memory.set(gauge(bytes));

@@ -609,6 +609,10 @@ pub struct EngineStatus {
     pub prefix_cache_bytes: usize,
     /// Prompt tokens not run through the model because a cached prefix held them.
     pub prefix_cache_tokens: u64,
+    /// Tokens drafted by speculative decoding (prompt lookup) and verified.
+    pub spec_drafted_tokens: u64,
+    /// Drafted tokens the verification accepted (each one a decode step saved).
+    pub spec_accepted_tokens: u64,
 }
 
 fn no_tokenizer(model: &str) -> EngineError {

@@ -73,6 +73,8 @@ struct Counters {
     prefill_tokens: AtomicU64,
     prefix_cache_bytes: AtomicUsize,
     prefix_cache_tokens: AtomicU64,
+    spec_drafted_tokens: AtomicU64,
+    spec_accepted_tokens: AtomicU64,
 }
 
 struct ModelHandle {
@@ -270,6 +272,16 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 .kv_cache_bytes
                 .unwrap_or(max_active * model.context_length * per_position);
             let pool = BlockPool::new(budget, per_position);
+            // Verification is exact where every row of a pass is computed the same whatever
+            // the row count: the CPU kernels (`kernels.rs`), not wgpu's matmul.
+            let speculative = spec2.speculative.filter(|_| {
+                let cpu = model.device.starts_with("cpu");
+                if !cpu {
+                    tracing::warn!(model = %spec2.name, device = %model.device,
+                        "speculative decoding is off: it runs on the CPU device only");
+                }
+                cpu && !encoder
+            });
             let sizes = (pool.capacity_positions(), budget);
             if ready_tx
                 .send(Ok((info, vocab, Arc::clone(&model.tokenizer), sizes)))
@@ -286,6 +298,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                     max_active,
                     prefill_chunk: spec2.prefill_chunk.max(1),
                     max_batch_tokens: spec2.max_batch_tokens.max(1),
+                    speculative,
                 },
                 pool,
                 tenants: TenantQueues::default(),
@@ -550,6 +563,8 @@ impl Engine for BurnEngine {
             s.prefill_tokens += m.counters.prefill_tokens.load(Ordering::Relaxed);
             s.prefix_cache_bytes += m.counters.prefix_cache_bytes.load(Ordering::Relaxed);
             s.prefix_cache_tokens += m.counters.prefix_cache_tokens.load(Ordering::Relaxed);
+            s.spec_drafted_tokens += m.counters.spec_drafted_tokens.load(Ordering::Relaxed);
+            s.spec_accepted_tokens += m.counters.spec_accepted_tokens.load(Ordering::Relaxed);
         }
         s
     }

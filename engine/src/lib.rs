@@ -57,4 +57,4 @@ pub use manifest::{
     FILE_MANIFEST_SUFFIX, MANIFEST_FILE, manifest_path, verify_manifest, write_manifest,
 };
 pub use score::Scorer;
-pub use spec::{DeviceChoice, ModelSpec, Quantize};
+pub use spec::{DeviceChoice, ModelSpec, Quantize, Speculative};

@@ -97,6 +97,11 @@ impl Sampler {
         }
     }
 
+    /// Whether the next token is the most likely one (temperature 0), whatever the RNG.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0
+    }
+
     /// Records a generated token.
     pub fn observe(&mut self, id: u32) {
         *self.counts.entry(id).or_insert(0) += 1;

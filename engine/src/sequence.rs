@@ -10,6 +10,7 @@ use crate::detok::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::loader::LoadedModel;
 use crate::models::KvCache;
 use crate::sampling::{Logprobs, Sampler};
+use crate::spec::Speculative;
 use crate::tokenizer::TextTokenizer;
 use crate::{
     EngineError, FinishReason, GenerationTimings, SamplingParams, TokenEvent, TokenLogprob,
@@ -313,6 +314,62 @@ impl Sequence {
         Ok(events)
     }
 
+    /// Tokens to verify after the pending one in a speculative step ([`Speculative`]): what
+    /// followed the latest earlier occurrence of the longest n-gram ending the known tokens.
+    /// Empty unless the sequence decodes greedily with only its last token pending, and
+    /// never more than the completion has room for after the token the step samples anyway.
+    pub fn draft(&self, spec: &Speculative) -> Vec<u32> {
+        if self.finished || self.generated.is_empty() || self.pending() != 1 {
+            return Vec::new();
+        }
+        if !self.sampler.is_greedy() {
+            return Vec::new();
+        }
+        let room = self.max_new.saturating_sub(self.generated.len() + 1);
+        let max = spec.max_draft.min(room);
+        if max == 0 {
+            return Vec::new();
+        }
+        let known: Vec<u32> = self.known_tokens().collect();
+        lookup(&known, spec.min_ngram, spec.max_ngram, max).to_vec()
+    }
+
+    /// Takes a speculative step's logits (one vocab-sized row per token of `[pending token,
+    /// draft…]`, [`crate::models::Want::AllLogits`]): samples from each row in turn exactly
+    /// as plain decode steps would, going on while the sampled token is the drafted one.
+    /// The cache keeps the positions of the accepted tokens only. Returns the events and how
+    /// many drafted tokens were accepted.
+    pub fn after_verify(
+        &mut self,
+        m: &LoadedModel,
+        logits: Option<Vec<f32>>,
+        draft: &[u32],
+        elapsed_s: f64,
+    ) -> Result<(Vec<TokenEvent>, usize), EngineError> {
+        let Some(logits) = logits else {
+            return Ok((self.after_forward(m, None, elapsed_s)?, 0));
+        };
+        let before = self.generated.len();
+        let vocab = logits.len() / (draft.len() + 1);
+        let mut events = Vec::new();
+        for (i, row) in logits.chunks_exact(vocab.max(1)).enumerate() {
+            events.extend(self.after_forward(m, Some(row.to_vec()), elapsed_s)?);
+            if self.finished || draft.get(i) != self.generated.last() {
+                break;
+            }
+        }
+        let accepted = self.generated[before..]
+            .iter()
+            .zip(draft)
+            .take_while(|(g, d)| g == d)
+            .count();
+        // The last sampled token is pending; every one before it is a drafted token that
+        // the pass computed in place. The positions of rejected drafts go.
+        let known = self.prompt.len() + self.generated.len();
+        self.cache.truncate(known.saturating_sub(1));
+        Ok((events, accepted))
+    }
+
     /// Ends the sequence, flushing held-back text (an incomplete character, a partial stop
     /// string that never completed).
     fn finish(
@@ -366,6 +423,24 @@ impl Sequence {
     }
 }
 
+/// Prompt lookup: for `n` from `max_ngram` down to `min_ngram`, the tokens (at most `max`)
+/// that followed the latest earlier occurrence of the last `n` tokens of `known`.
+fn lookup(known: &[u32], min_ngram: usize, max_ngram: usize, max: usize) -> &[u32] {
+    let len = known.len();
+    for n in (min_ngram.max(1)..=max_ngram).rev() {
+        if n >= len {
+            continue;
+        }
+        let tail = &known[len - n..];
+        // Latest start first; the occurrence must be followed by at least one token.
+        if let Some(start) = (0..len - n).rev().find(|&j| &known[j..j + n] == tail) {
+            let from = start + n;
+            return &known[from..(from + max).min(len)];
+        }
+    }
+    &[]
+}
+
 /// A sampled token's log-probabilities with the tokens' texts (each decoded on its own,
 /// special tokens kept: only when asked for, at most 21 short decodes per token).
 fn token_logprob(
@@ -393,6 +468,104 @@ fn token_logprob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pass that verifies a draft computes, for each of its positions, bitwise the
+    /// logits a one-token decode step there computes (and the same cache): what makes
+    /// speculative output identical to plain greedy output. On the default model, Gemma 2
+    /// (sliding window, soft-capping, bf16) and a `Q4_K_M` GGUF.
+    #[test]
+    fn verify_logits_are_bitwise_those_of_decode_steps() {
+        use crate::models::{BatchItem, Want};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let paths = [
+            crate::default_model::install(dir.path()).unwrap_or_else(|e| panic!("{e}")),
+            fixtures.join("gemma2_softcap_bf16"),
+            fixtures.join("gguf/qwen3_qknorm-q4_k_m"),
+        ];
+        for path in paths {
+            let m = load_dir(&path, DeviceChoice::Cpu, Integrity::Unverified, None, None)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let model = &m.model;
+            let prompt: Vec<u32> = (0..37).map(|i| 40 + (i * 7) % 50).collect();
+            let next = [41, 42, 43, 44, 45];
+            let mut plain = model.new_cache();
+            model
+                .forward(&prompt, &mut plain)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut spec = plain.fork();
+            let steps: Vec<Vec<f32>> = next
+                .iter()
+                .map(|t| {
+                    model
+                        .forward(&[*t], &mut plain)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                })
+                .collect();
+            let mut items = [BatchItem {
+                tokens: &next,
+                cache: &mut spec,
+                want: Want::AllLogits,
+            }];
+            let all = model
+                .forward_batch(&mut items)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .pop()
+                .flatten()
+                .unwrap_or_else(|| panic!("no logits"));
+            assert_eq!(all.len(), steps.len() * steps[0].len());
+            for (i, (row, step)) in all.chunks_exact(steps[0].len()).zip(&steps).enumerate() {
+                let same = row
+                    .iter()
+                    .zip(step)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{}: position {i} differs", path.display());
+            }
+            // The caches hold the same positions: the next step agrees too.
+            let a = model
+                .forward(&[46], &mut plain)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let b = model
+                .forward(&[46], &mut spec)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            // Rolled back over rejected drafts, the cache continues as if they never ran.
+            spec.truncate(prompt.len() + 2);
+            let mut back = model.new_cache();
+            model
+                .forward(&prompt, &mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            model
+                .forward(&next[..1], &mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            model
+                .forward(&next[1..2], &mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let a = model
+                .forward(&[47], &mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let b = model
+                .forward(&[47], &mut spec)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    #[test]
+    fn lookup_drafts_what_followed_the_longest_latest_ngram() {
+        // "1 2 3 4 | 9 2 3 5 6 | 2 3": the 2-gram "2 3" last occurred before "5 6".
+        let known = [1, 2, 3, 4, 9, 2, 3, 5, 6, 2, 3];
+        assert_eq!(lookup(&known, 1, 3, 4), &[5, 6, 2, 3]);
+        assert_eq!(lookup(&known, 1, 3, 1), &[5]);
+        // "9 2 3" never occurred before the end as a 3-gram ending here; 1-gram "3" did.
+        assert_eq!(lookup(&known, 1, 1, 2), &[5, 6]);
+        // No earlier occurrence, or n-grams longer than the text: nothing.
+        assert!(lookup(&[1, 2, 3], 1, 3, 4).is_empty());
+        assert!(lookup(&[7], 1, 3, 4).is_empty());
+        assert!(lookup(&known, 3, 3, 4).is_empty());
+        // Drafts stop at the end of the known tokens.
+        assert_eq!(lookup(&[5, 5], 1, 2, 4), &[5]);
+    }
     use crate::DeviceChoice;
     use crate::loader::{Integrity, load_dir};
     use crate::sampling::tests::log_softmax;

@@ -56,6 +56,8 @@ pub struct ModelSpec {
     /// Keep the KV caches of ended sequences so that a later prompt of the same tenant
     /// that starts with the same tokens prefills only the rest (`engine/src/engine/prefix.rs`).
     pub prefix_cache: bool,
+    /// Prompt-lookup speculative decoding for greedy requests (`None`: off).
+    pub speculative: Option<Speculative>,
 }
 
 impl ModelSpec {
@@ -82,6 +84,36 @@ impl ModelSpec {
             pooling: None,
             embeddings: None,
             prefix_cache: true,
+            speculative: None,
+        }
+    }
+}
+
+/// Prompt-lookup ("n-gram") speculative decoding, as vLLM's `ngram` speculator and
+/// llama.cpp's `lookup`: a greedy sequence whose last `n` tokens (`max_ngram` down to
+/// `min_ngram`) occurred earlier in its prompt or output drafts the tokens that followed
+/// them there (at most `max_draft`), and one forward pass checks them all. The output is the
+/// one plain greedy decoding gives, token for token (CPU device only: its kernels compute
+/// every row the same whatever the row count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Speculative {
+    /// Most tokens drafted per step (at least 1).
+    pub max_draft: usize,
+    /// Shortest n-gram looked up (at least 1).
+    pub min_ngram: usize,
+    /// Longest n-gram looked up (at least `min_ngram`).
+    pub max_ngram: usize,
+}
+
+impl Default for Speculative {
+    /// Up to 3 tokens from a 3- or 2-gram match (`bench/results/speculative.md`): a
+    /// 1-gram match drafts mostly rejected tokens on output that does not copy its input,
+    /// and a pending token plus 3 drafts fill one 4-row tile of the quantized kernels.
+    fn default() -> Speculative {
+        Speculative {
+            max_draft: 3,
+            min_ngram: 2,
+            max_ngram: 3,
         }
     }
 }

@@ -26,6 +26,7 @@ fn engine(dir: &Path, max_queue: usize, max_active: usize) -> anyhow::Result<Bur
         pooling: None,
         embeddings: None,
         prefix_cache: true,
+        speculative: None,
     }])?)
 }
 

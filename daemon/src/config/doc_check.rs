@@ -39,6 +39,10 @@ fn tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("listener.engine", fields::<RawEngineRole>()),
         ("limits", fields::<RawLimits>()),
         ("models", fields::<RawModel>()),
+        (
+            "models.speculative",
+            fields::<super::model::RawSpeculative>(),
+        ),
         ("logging", fields::<RawLogging>()),
         ("auth", fields::<RawAuth>()),
         ("tenants", fields::<RawTenant>()),

@@ -4,10 +4,63 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_engine::{DeviceChoice, Pooling, Quantize};
+use airlock_engine::{DeviceChoice, Pooling, Quantize, Speculative};
 use serde::Deserialize;
 
 use super::{Invalid, duration_field, invalid, nonzero, resolve};
+
+/// `speculative = { method = "ngram", … }` of a `[[models]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpeculative {
+    /// `"ngram"`: drafts looked up in the prompt and output (the only method so far).
+    pub method: String,
+    #[serde(default)]
+    pub max_draft: Option<u64>,
+    #[serde(default)]
+    pub min_ngram: Option<u64>,
+    #[serde(default)]
+    pub max_ngram: Option<u64>,
+}
+
+/// Largest `max_draft`: a longer draft is a longer pass mostly thrown away.
+const MAX_DRAFT: u64 = 32;
+/// Largest `max_ngram`.
+const MAX_NGRAM: u64 = 16;
+
+impl TryFrom<RawSpeculative> for Speculative {
+    type Error = Invalid;
+
+    fn try_from(raw: RawSpeculative) -> Result<Speculative, Invalid> {
+        if raw.method != "ngram" {
+            return Err(invalid(
+                "speculative.method",
+                format!("`{}` is not one of \"ngram\"", raw.method),
+            ));
+        }
+        let d = Speculative::default();
+        let within = |key: &str, v: Option<u64>, default: usize, max: u64| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v as usize),
+            Some(_) => Err(invalid(
+                format!("speculative.{key}"),
+                format!("must be between 1 and {max}"),
+            )),
+        };
+        let spec = Speculative {
+            max_draft: within("max_draft", raw.max_draft, d.max_draft, MAX_DRAFT)?,
+            min_ngram: within("min_ngram", raw.min_ngram, d.min_ngram, MAX_NGRAM)?,
+            max_ngram: within("max_ngram", raw.max_ngram, d.max_ngram, MAX_NGRAM)?,
+        };
+        if spec.min_ngram > spec.max_ngram {
+            return Err(invalid(
+                "speculative.min_ngram",
+                format!("must not exceed max_ngram ({})", spec.max_ngram),
+            ));
+        }
+        Ok(spec)
+    }
+}
 
 /// One `[[models]]` entry as written.
 #[derive(Debug, Deserialize)]
@@ -52,6 +105,9 @@ pub struct RawModel {
     /// Reuse the KV cache of a tenant's earlier prompt that starts the same way (default on).
     #[serde(default)]
     pub prefix_cache: Option<bool>,
+    /// Prompt-lookup speculative decoding for greedy requests (default off).
+    #[serde(default)]
+    pub speculative: Option<RawSpeculative>,
     #[serde(default)]
     pub test_token_delay: Option<String>,
     // backend = "remote" (`super::remote`):
@@ -119,6 +175,8 @@ pub enum ModelBackend {
         embeddings: Option<bool>,
         /// Keep ended sequences' KV caches for later prompts of the same tenant.
         prefix_cache: bool,
+        /// Prompt-lookup speculative decoding (`None`: off).
+        speculative: Option<Speculative>,
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
@@ -247,6 +305,7 @@ pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig
                 pooling,
                 embeddings: raw.embeddings,
                 prefix_cache: raw.prefix_cache.unwrap_or(true),
+                speculative: raw.speculative.map(Speculative::try_from).transpose()?,
             }
         }
         "test" => {
@@ -261,6 +320,7 @@ pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig
                 ("pooling", raw.pooling.is_some()),
                 ("embeddings", raw.embeddings.is_some()),
                 ("prefix_cache", raw.prefix_cache.is_some()),
+                ("speculative", raw.speculative.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));

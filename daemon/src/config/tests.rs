@@ -130,6 +130,65 @@ fn embedding_settings() {
 }
 
 #[test]
+fn speculative_settings() {
+    let burn =
+        |extra: &str| MINIMAL.replace("backend = \"test\"", &format!("path = \"/m\"{extra}"));
+    let spec_of = |text: &str| {
+        let config = parse(text).unwrap();
+        let ModelBackend::Burn { speculative, .. } = &config.models[0].backend else {
+            panic!("burn model")
+        };
+        *speculative
+    };
+    assert_eq!(spec_of(&burn("")), None, "off by default");
+    assert_eq!(
+        spec_of(&burn("\nspeculative = { method = \"ngram\" }")),
+        Some(airlock_engine::Speculative::default())
+    );
+    assert_eq!(
+        spec_of(&burn(
+            "\nspeculative = { method = \"ngram\", max_draft = 8, min_ngram = 2, max_ngram = 2 }"
+        )),
+        Some(airlock_engine::Speculative {
+            max_draft: 8,
+            min_ngram: 2,
+            max_ngram: 2
+        })
+    );
+    for (line, key) in [
+        (
+            "\nspeculative = { method = \"draft\" }",
+            "models[0].speculative.method",
+        ),
+        (
+            "\nspeculative = { method = \"ngram\", max_draft = 0 }",
+            "models[0].speculative.max_draft",
+        ),
+        (
+            "\nspeculative = { method = \"ngram\", min_ngram = 4 }",
+            "models[0].speculative.min_ngram",
+        ),
+        (
+            "\nspeculative = { method = \"ngram\", max_ngram = 17 }",
+            "models[0].speculative.max_ngram",
+        ),
+        (
+            "\nspeculative = { max_draft = 4 }",
+            "models[0].speculative.method",
+        ),
+    ] {
+        let (got, reason) = parse(&burn(line)).unwrap_err();
+        assert_eq!(got, key, "{line}: {reason}");
+    }
+    let (got, _) = parse(&MINIMAL.replace(
+        "backend = \"test\"",
+        "backend = \"test\"\nspeculative = { method = \"ngram\" }",
+    ))
+    .unwrap_err();
+    assert_eq!(got, "models[0].speculative");
+}
+
+#[test]
 fn validation_errors() {
     let cases: &[(&str, &str, &str)] = &[
         (

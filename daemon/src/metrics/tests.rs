@@ -101,3 +101,41 @@ fn labels_stay_bounded_and_series_appear() {
     assert_eq!((audit.last_commit_ok, audit.head_seq), (Some(true), 9));
     assert!(m.tokens_per_second() > 0.0);
 }
+
+#[test]
+fn speculative_totals_become_counters() {
+    let m = Metrics::new();
+    let status = |drafted, accepted| EngineStatus {
+        spec_drafted_tokens: drafted,
+        spec_accepted_tokens: accepted,
+        ..Default::default()
+    };
+    let text = to_text_format(&m.encode(&status(10, 7), 0));
+    assert!(
+        text.contains("airlock_engine_spec_drafted_tokens_total 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("airlock_engine_spec_accepted_tokens_total 7"),
+        "{text}"
+    );
+    let text = to_text_format(&m.encode(&status(15, 9), 0));
+    assert!(
+        text.contains("airlock_engine_spec_drafted_tokens_total 15"),
+        "{text}"
+    );
+    assert!(
+        text.contains("airlock_engine_spec_accepted_tokens_total 9"),
+        "{text}"
+    );
+    // An engine that restarted counts from zero again: the counters never go back.
+    let text = to_text_format(&m.encode(&status(4, 1), 0));
+    assert!(
+        text.contains("airlock_engine_spec_drafted_tokens_total 19"),
+        "{text}"
+    );
+    assert!(
+        text.contains("airlock_engine_spec_accepted_tokens_total 10"),
+        "{text}"
+    );
+}

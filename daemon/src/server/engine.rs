@@ -90,6 +90,7 @@ fn build_local(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupErr
                 pooling,
                 embeddings,
                 prefix_cache,
+                speculative,
             } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
@@ -106,6 +107,7 @@ fn build_local(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupErr
                 pooling: *pooling,
                 embeddings: *embeddings,
                 prefix_cache: *prefix_cache,
+                speculative: *speculative,
             }),
             ModelBackend::Test { .. } | ModelBackend::Remote(_) => None,
         })

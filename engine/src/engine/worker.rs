@@ -39,6 +39,8 @@ pub(super) struct Slot {
     /// Blocks taken at admission for the forks' copies of the prompt's cache, so that a fork
     /// never waits for blocks once its prompt is prefilled.
     pub(super) reserved: usize,
+    /// The tokens this step verifies after the pending one (speculative decoding).
+    pub(super) draft: Vec<u32>,
 }
 
 impl Slot {
@@ -75,6 +77,8 @@ pub(super) struct Limits {
     pub(super) max_active: usize,
     pub(super) prefill_chunk: usize,
     pub(super) max_batch_tokens: usize,
+    /// Prompt-lookup drafting for greedy sequences (`None`: off).
+    pub(super) speculative: Option<crate::Speculative>,
 }
 
 pub(super) struct Worker {
@@ -193,6 +197,7 @@ impl Worker {
                 admitted: 0,
                 forks: Vec::new(),
                 reserved: 0,
+                draft: Vec::new(),
             }
         });
         let Some(mut slot) = slots.next() else {
@@ -208,6 +213,8 @@ impl Worker {
         let mut slot = self.active.remove(index);
         tracing::debug!(request_id = %slot.request_id, "sequence preempted");
         slot.seq.preempt();
+        // Planned with a draft, then preempted for an older sequence: nothing to verify.
+        slot.draft.clear();
         self.pool
             .give_back(std::mem::take(&mut slot.blocks) + std::mem::take(&mut slot.reserved));
         self.tenants.leave(&slot.tenant);
@@ -340,7 +347,17 @@ impl Worker {
             let pending = self.active[i].seq.pending();
             let chunk = pending.min(self.limits.prefill_chunk);
             let n = if decode {
-                1
+                // A greedy decode verifies a draft in the same pass, within the budget.
+                let draft = match &self.limits.speculative {
+                    Some(spec) => {
+                        let mut d = self.active[i].seq.draft(spec);
+                        d.truncate(budget.saturating_sub(1));
+                        d
+                    }
+                    None => Vec::new(),
+                };
+                self.active[i].draft = draft;
+                1 + self.active[i].draft.len()
             } else if budget > 0 {
                 chunk.min(budget)
             } else if planned.is_empty() {
@@ -411,9 +428,19 @@ impl Worker {
         if plan.is_empty() {
             return progressed;
         }
-        let inputs: Vec<(Vec<u32>, bool)> = plan
+        let inputs: Vec<(Vec<u32>, Want)> = plan
             .iter()
-            .map(|&(i, n)| self.active[i].seq.next_input(n))
+            .map(|&(i, n)| {
+                let a = &self.active[i];
+                if a.draft.is_empty() {
+                    let (tokens, last) = a.seq.next_input(n);
+                    (tokens, if last { Want::Logits } else { Want::Nothing })
+                } else {
+                    let (mut tokens, _) = a.seq.next_input(1);
+                    tokens.extend_from_slice(&a.draft);
+                    (tokens, Want::AllLogits)
+                }
+            })
             .collect();
         let prefilled: usize = plan
             .iter()
@@ -432,7 +459,7 @@ impl Worker {
                 items.push(BatchItem {
                     tokens,
                     cache: a.seq.cache_mut(),
-                    want: if *want { Want::Logits } else { Want::Nothing },
+                    want: *want,
                 });
             }
         }
@@ -468,13 +495,24 @@ impl Worker {
                 for (f, logits) in &mut forked {
                     planned.push((f, logits.take()));
                 }
-                let sample = |(a, logits): (&mut Slot, Option<Vec<f32>>)| match a.seq.after_forward(
-                    &self.model,
-                    logits,
-                    elapsed,
-                ) {
-                    Ok(events) => a.outbox.extend(events),
-                    Err(e) => a.fail(e),
+                let drafted: usize = planned.iter().map(|(a, _)| a.draft.len()).sum();
+                let accepted = std::sync::atomic::AtomicUsize::new(0);
+                let sample = |(a, logits): (&mut Slot, Option<Vec<f32>>)| {
+                    let draft = std::mem::take(&mut a.draft);
+                    let result = if draft.is_empty() {
+                        a.seq.after_forward(&self.model, logits, elapsed)
+                    } else {
+                        a.seq
+                            .after_verify(&self.model, logits, &draft, elapsed)
+                            .map(|(events, n)| {
+                                accepted.fetch_add(n, Ordering::Relaxed);
+                                events
+                            })
+                    };
+                    match result {
+                        Ok(events) => a.outbox.extend(events),
+                        Err(e) => a.fail(e),
+                    }
                 };
                 if planned.len() > 1 {
                     use rayon::iter::{IntoParallelIterator, ParallelIterator};
@@ -485,9 +523,27 @@ impl Worker {
                 for (f, _) in forked {
                     self.join(f);
                 }
+                if drafted > 0 {
+                    self.counters
+                        .spec_drafted_tokens
+                        .fetch_add(drafted as u64, Ordering::Relaxed);
+                    self.counters
+                        .spec_accepted_tokens
+                        .fetch_add(accepted.into_inner() as u64, Ordering::Relaxed);
+                    // Rejected drafts left the caches: so do the blocks they took.
+                    for (&(i, _), (_, want)) in plan.iter().zip(&inputs) {
+                        let a = &mut self.active[i];
+                        let keep = BlockPool::blocks_for(a.seq.cached_tokens());
+                        if *want == Want::AllLogits && a.blocks > keep {
+                            self.pool.give_back(a.blocks - keep);
+                            a.blocks = keep;
+                        }
+                    }
+                }
             }
             Err(e) => {
                 for &(i, _) in &plan {
+                    self.active[i].draft.clear();
                     self.active[i].fail(e.clone());
                 }
             }

@@ -129,6 +129,12 @@ pub enum Want {
     Nothing,
     /// The logits of the last new position (the chunk that ends a prompt, a decode).
     Logits,
+    /// The logits of every new position, row-major `[new tokens, vocab]`: a speculative
+    /// decoding step verifying its draft. Each new position attends as a one-token decode
+    /// at that position would (its own query alone over its keys, no mask), so its logits
+    /// are bitwise the ones a plain decode step computes (the projections are batch
+    /// invariant: `kernels.rs`).
+    AllLogits,
     /// The final hidden state (after the final norm, before the LM head) of every new
     /// position, row-major `[new tokens, hidden]`: what embeddings are pooled from.
     Hidden,
@@ -143,6 +149,9 @@ struct Span {
     rope: Vec<(Tensor<3>, Tensor<3>)>,
     /// Additive mask per attention window of the model (`None`: nothing to mask).
     masks: Vec<Option<Tensor<3>>>,
+    /// For [`Want::AllLogits`]: attend one query row at a time, each with its one-row mask
+    /// per window (`row_masks[window][row]`), as one-token decode steps would.
+    row_masks: Option<Vec<Vec<Option<Tensor<3>>>>>,
 }
 
 /// The layout of one batched step.
@@ -212,6 +221,17 @@ impl Batch {
                     .iter()
                     .map(|w| mask(past, n, shape.group, *w, shape.device))
                     .collect(),
+                row_masks: (item.want == Want::AllLogits).then(|| {
+                    shape
+                        .windows
+                        .iter()
+                        .map(|w| {
+                            (0..n)
+                                .map(|i| mask(past + i, 1, shape.group, *w, shape.device))
+                                .collect()
+                        })
+                        .collect()
+                }),
             });
             offset += n;
         }
@@ -245,16 +265,23 @@ impl Batch {
                 *slot = Some(rows);
             }
         }
-        let wanted: Vec<usize> = items
+        // (first row, rows) of every item that wants logits.
+        let wanted: Vec<(usize, usize)> = items
             .iter()
             .zip(&self.spans)
-            .filter(|(item, _)| item.want == Want::Logits)
-            .map(|(_, sp)| sp.offset + sp.n - 1)
+            .filter_map(|(item, sp)| match item.want {
+                Want::Logits => Some((sp.offset + sp.n - 1, 1)),
+                Want::AllLogits => Some((sp.offset, sp.n)),
+                Want::Nothing | Want::Hidden => None,
+            })
             .collect();
         if wanted.is_empty() {
             return Ok(out);
         }
-        let mut last: Vec<Tensor<2>> = wanted.iter().map(|&r| x.clone().narrow(0, r, 1)).collect();
+        let mut last: Vec<Tensor<2>> = wanted
+            .iter()
+            .map(|&(r, n)| x.clone().narrow(0, r, n))
+            .collect();
         let last = if last.len() == 1 {
             last.pop().ok_or_else(|| inference("empty batch"))?
         } else {
@@ -263,11 +290,17 @@ impl Batch {
         let flat = head(norm(last))
             .try_into_vec_as::<f32>()
             .map_err(|e| inference(format!("{e:?}")))?;
-        let vocab = flat.len() / wanted.len();
-        let mut chunks = flat.chunks_exact(vocab.max(1));
+        let rows: usize = wanted.iter().map(|&(_, n)| n).sum();
+        let vocab = flat.len() / rows;
+        let mut rest = flat.as_slice();
+        let mut wanted = wanted.iter();
         for (slot, item) in out.iter_mut().zip(items.iter()) {
-            if item.want == Want::Logits {
-                *slot = chunks.next().map(<[f32]>::to_vec);
+            if matches!(item.want, Want::Logits | Want::AllLogits)
+                && let Some(&(_, n)) = wanted.next()
+            {
+                let (mine, tail) = rest.split_at((n * vocab).min(rest.len()));
+                *slot = Some(mine.to_vec());
+                rest = tail;
             }
         }
         Ok(out)
@@ -342,7 +375,6 @@ impl Attention {
         qk_norm: Option<&QkNorm>,
     ) -> Result<Tensor<2>, EngineError> {
         let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
-        let group = nh / nkv.max(1);
         let (q_all, k_all) = match qk_norm {
             Some(norm) => (
                 norm.q.forward_heads(q_all, nh),
@@ -368,35 +400,66 @@ impl Attention {
             let k = rope::apply(rows_of(&k_all, nkv), cos, sin);
             let v = rows_of(&v_all, nkv);
             let (keys, values) = item.cache.append(layer, sp.past, k, v)?;
-
-            // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
-            let q = q.reshape([nkv, group * n, hd]);
-            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(self.scale);
-            if dtype != DType::F32 {
-                scores = scores.cast(FloatDType::F32);
+            match &sp.row_masks {
+                None => {
+                    let mask = sp.masks.get(self.window).and_then(Option::as_ref);
+                    outs.push(self.attend(q, keys, values, mask, n, dtype));
+                }
+                Some(row_masks) => {
+                    // One query row at a time over the keys up to its position: the shapes
+                    // (and so the bits) of a one-token decode step there.
+                    let masks = row_masks
+                        .get(self.window)
+                        .ok_or_else(|| inference(format!("no window {}", self.window)))?;
+                    for (i, mask) in masks.iter().enumerate() {
+                        let keys_i = keys.clone().narrow(1, 0, sp.past + i + 1);
+                        let values_i = values.clone().narrow(1, 0, sp.past + i + 1);
+                        let q_i = q.clone().narrow(1, i, 1);
+                        outs.push(self.attend(q_i, keys_i, values_i, mask.as_ref(), 1, dtype));
+                    }
+                }
             }
-            if let Some(cap) = self.softcap {
-                scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
-            }
-            if let Some(Some(mask)) = sp.masks.get(self.window) {
-                scores = scores + mask.clone();
-            }
-            let mut probs = softmax(scores, 2);
-            if dtype != DType::F32 {
-                probs = probs.cast(FloatDType::F16);
-            }
-            outs.push(
-                probs
-                    .matmul(values)
-                    .reshape([nh, n, hd])
-                    .swap_dims(0, 1)
-                    .reshape([n, nh * hd]),
-            );
         }
         if outs.len() == 1 {
             outs.pop().ok_or_else(|| inference("empty batch"))
         } else {
             Ok(Tensor::cat(outs, 0))
         }
+    }
+
+    /// `n` query positions `q` `[heads, n, head_dim]` over `keys` and `values`
+    /// `[kv_heads, keys, head_dim]`, with an additive `mask` → `[n, heads × head_dim]`.
+    fn attend(
+        &self,
+        q: Tensor<3>,
+        keys: Tensor<3>,
+        values: Tensor<3>,
+        mask: Option<&Tensor<3>>,
+        n: usize,
+        dtype: DType,
+    ) -> Tensor<2> {
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let group = nh / nkv.max(1);
+        // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
+        let q = q.reshape([nkv, group * n, hd]);
+        let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(self.scale);
+        if dtype != DType::F32 {
+            scores = scores.cast(FloatDType::F32);
+        }
+        if let Some(cap) = self.softcap {
+            scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+        }
+        if let Some(mask) = mask {
+            scores = scores + mask.clone();
+        }
+        let mut probs = softmax(scores, 2);
+        if dtype != DType::F32 {
+            probs = probs.cast(FloatDType::F16);
+        }
+        probs
+            .matmul(values)
+            .reshape([nh, n, hd])
+            .swap_dims(0, 1)
+            .reshape([n, nh * hd])
     }
 }

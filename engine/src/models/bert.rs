@@ -422,7 +422,9 @@ impl CausalLm for BertModel {
             .iter()
             .map(|item| match item.want {
                 Want::Nothing => Ok(None),
-                Want::Logits => Err(inference("an encoder computes embeddings, not logits")),
+                Want::Logits | Want::AllLogits => {
+                    Err(inference("an encoder computes embeddings, not logits"))
+                }
                 Want::Hidden if item.cache.len() > 0 => Err(inference(
                     "an encoder runs each input whole, in one pass (no cache to continue)",
                 )),

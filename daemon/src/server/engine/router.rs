@@ -110,6 +110,8 @@ impl Engine for Routed {
             total.prefill_tokens += s.prefill_tokens;
             total.prefix_cache_bytes += s.prefix_cache_bytes;
             total.prefix_cache_tokens += s.prefix_cache_tokens;
+            total.spec_drafted_tokens += s.spec_drafted_tokens;
+            total.spec_accepted_tokens += s.spec_accepted_tokens;
         }
         total
     }
