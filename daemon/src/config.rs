@@ -179,6 +179,11 @@ impl Config {
                 }
             }
         }
+        // The shared limits store's TLS files (`rediss://`).
+        if let Some(tls) = self.cluster.limits.as_ref().and_then(|l| l.tls.as_ref()) {
+            tls.read()
+                .map_err(|(key, reason)| invalid(format!("cluster.limits.{key}"), reason))?;
+        }
         // Closed by default: the daemon makes no decision it cannot record (docs/audit.md).
         if self.audit.is_none() {
             return Err(invalid(

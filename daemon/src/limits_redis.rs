@@ -464,54 +464,20 @@ impl SharedLimits {
     }
 }
 
-/// The CA bundle and client certificate of a `rediss://` store, read and checked.
+/// The CA bundle and client certificate of a `rediss://` store, read and checked
+/// ([`StoreTls::read`], which `check-config` runs too).
 fn tls_files(tls: &StoreTls) -> Result<redis::TlsCertificates, SetupError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let read = |key: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| SetupError {
-            key,
-            reason: format!("cannot read {}: {e}", path.display()),
-        })
-    };
-    let certificates = |key: &'static str, path: &std::path::Path| {
-        let pem = read(key, path)?;
-        let count = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SetupError {
-                key,
-                reason: format!("{}: not a PEM certificate bundle: {e}", path.display()),
-            })?
-            .len();
-        if count == 0 {
-            return Err(SetupError {
-                key,
-                reason: format!("{}: no certificate in it", path.display()),
-            });
-        }
-        Ok(pem)
-    };
-    let root_cert = certificates("ca", &tls.ca)?;
-    let client_tls = match &tls.client {
-        None => None,
-        Some((cert, key)) => {
-            let client_cert = certificates("client_cert", cert)?;
-            let client_key = read("client_key", key)?;
-            // The reason names the file, never its contents.
-            PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| SetupError {
-                key: "client_key",
-                reason: format!("{}: no PEM private key in it", key.display()),
-            })?;
-            Some(redis::ClientTlsConfig {
+    let pem = tls
+        .read()
+        .map_err(|(key, reason)| SetupError { key, reason })?;
+    Ok(redis::TlsCertificates {
+        client_tls: pem
+            .client
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
                 client_cert,
                 client_key,
-            })
-        }
-    };
-    Ok(redis::TlsCertificates {
-        client_tls,
-        root_cert: Some(root_cert),
+            }),
+        root_cert: Some(pem.ca),
     })
 }
 

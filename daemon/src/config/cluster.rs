@@ -75,6 +75,55 @@ pub struct StoreTls {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
+/// The PEM files of a [`StoreTls`], read and checked.
+pub struct StorePem {
+    pub ca: Vec<u8>,
+    /// Certificate chain and private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StoreTls {
+    /// Reads the CA bundle (at least one certificate) and the client certificate chain and
+    /// key (a PEM private key). An error names the key of `[cluster.limits]` at fault and the
+    /// file, never its contents.
+    pub fn read(&self) -> Result<StorePem, (&'static str, String)> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| (key, format!("cannot read {}: {e}", path.display())))
+        };
+        let certificates = |key: &'static str, path: &Path| {
+            let pem = read(key, path)?;
+            let count = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    let reason = format!("{}: not a PEM certificate bundle: {e}", path.display());
+                    (key, reason)
+                })?
+                .len();
+            if count == 0 {
+                return Err((key, format!("{}: no certificate in it", path.display())));
+            }
+            Ok(pem)
+        };
+        let ca = certificates("ca", &self.ca)?;
+        let client = match &self.client {
+            None => None,
+            Some((cert, key)) => {
+                let chain = certificates("client_cert", cert)?;
+                let private = read("client_key", key)?;
+                PrivateKeyDer::from_pem_slice(&private).map_err(|_| {
+                    let reason = format!("{}: no PEM private key in it", key.display());
+                    ("client_key", reason)
+                })?;
+                Some((chain, private))
+            }
+        };
+        Ok(StorePem { ca, client })
+    }
+}
+
 /// `[cluster]`; `limits` is `None` for the default `backend = "local"` (each process
 /// enforces the limits alone).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -401,6 +401,35 @@ fn load_for_serve_names_the_tls_file_key() {
     assert!(!e.to_string().contains("garbage"), "{e}");
 }
 
+/// `check-config` reads the shared limits store's TLS files as `serve` would: a missing CA
+/// or a client key that is no key is refused naming its key, never quoting the file.
+#[test]
+fn load_for_serve_checks_the_store_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::certs::init(dir.path(), &[]).unwrap();
+    crate::audit::keys::keygen(dir.path()).unwrap();
+    let file = dir.path().join("airlockd.toml");
+    std::fs::write(
+        &file,
+        "[listener]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         client_ca = \"ca.pem\"\n[[models]]\nname = \"m\"\nbackend = \"test\"\n\
+         [audit]\ndb = \"audit.db\"\nsigning_key = \"audit-signing.key\"\n\
+         digest_key = \"audit-digest.key\"\n\
+         [cluster.limits]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:6380\"\n\
+         ca = \"redis-ca.pem\"\nclient_cert = \"server.pem\"\nclient_key = \"redis.key\"\n",
+    )
+    .unwrap();
+    let e = Config::load_for_serve(&file).unwrap_err();
+    assert_eq!(e.path, "cluster.limits.ca", "{e}");
+    std::fs::copy(dir.path().join("ca.pem"), dir.path().join("redis-ca.pem")).unwrap();
+    std::fs::write(dir.path().join("redis.key"), "secret-looking garbage").unwrap();
+    let e = Config::load_for_serve(&file).unwrap_err();
+    assert_eq!(e.path, "cluster.limits.client_key", "{e}");
+    assert!(!e.to_string().contains("garbage"), "{e}");
+    std::fs::copy(dir.path().join("server.key"), dir.path().join("redis.key")).unwrap();
+    Config::load_for_serve(&file).unwrap();
+}
+
 /// Serving without `[audit]` is refused by config validation (closed by default).
 #[test]
 fn load_for_serve_requires_audit() {
