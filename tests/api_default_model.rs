@@ -144,3 +144,72 @@ async fn a_repeated_system_prompt_is_served_from_the_prefix_cache() {
     let other = ask("bob", "Who signs it?").await;
     assert!(other.get("prompt_tokens_details").is_none(), "{other}");
 }
+
+/// Speculative decoding through the daemon: the same greedy request to the same model
+/// configured with and without `speculative` gets the same text, and `/metrics` counts the
+/// drafted and accepted tokens (the embedded model's greedy output repeats itself, so
+/// 2-gram lookups find drafts).
+#[tokio::test]
+async fn speculative_decoding_changes_no_output_and_is_counted() {
+    let pki = Pki::new(&["alice"]);
+    let model_dir = tempfile::tempdir().unwrap();
+    let path = airlock_engine::default_model::install(model_dir.path()).unwrap();
+    let cfg = TestConfig {
+        models: format!(
+            "[[models]]\nname = \"plain\"\npath = {p:?}\ndevice = \"cpu\"\n\n\
+             [[models]]\nname = \"lookup\"\npath = {p:?}\ndevice = \"cpu\"\n\
+             speculative = {{ method = \"ngram\", max_draft = 3, min_ngram = 2, max_ngram = 3 }}\n",
+            p = path.to_str().unwrap()
+        ),
+        extra: "[[tenants]]\nname = \"alice\"\nmodels = [\"*\"]\ncert_cn = [\"alice\"]\n\n\
+                [admin]\naddress = \"127.0.0.1:0\"\n"
+            .into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let client = daemon.client(&pki, "alice");
+    let ask = |model: &'static str| {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Repeat after me: the cat sat on the mat, the cat sat on the mat."}],
+            "max_tokens": 48,
+            "temperature": 0,
+        });
+        let request = client.post(daemon.url("/v1/chat/completions")).json(&body);
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let plain = ask("plain").await;
+    let lookup = ask("lookup").await;
+    assert_eq!(
+        plain["choices"][0]["message"]["content"], lookup["choices"][0]["message"]["content"],
+        "{plain}\n{lookup}"
+    );
+    assert_eq!(
+        plain["usage"]["completion_tokens"],
+        lookup["usage"]["completion_tokens"]
+    );
+
+    let metrics = common::http_client()
+        .get(format!("{}/metrics", daemon.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let drafted = total("airlock_engine_spec_drafted_tokens_total");
+    let accepted = total("airlock_engine_spec_accepted_tokens_total");
+    assert!(drafted > 0.0, "no drafts counted:\n{metrics}");
+    assert!(accepted <= drafted, "{metrics}");
+}
