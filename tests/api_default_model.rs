@@ -193,14 +193,7 @@ async fn speculative_decoding_changes_no_output_and_is_counted() {
         lookup["usage"]["completion_tokens"]
     );
 
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", daemon.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     let total = |name: &str| -> f64 {
         metrics
             .lines()

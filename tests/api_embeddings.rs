@@ -248,14 +248,7 @@ async fn embeddings_shapes_refusals_policy_audit_and_metrics() {
     assert!(caps.contains(&json!("embeddings")), "{models}");
 
     // Metrics: a series of its own.
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", daemon.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"route="/v1/embeddings",status="200""#),
         "{metrics}"

@@ -158,14 +158,7 @@ async fn tokenize_detokenize_round_trip_limits_and_audit() {
     assert_eq!(resp.status(), 405);
 
     // Metrics: the new routes are series of their own.
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", daemon.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"route="/tokenize",status="200""#),
         "{metrics}"

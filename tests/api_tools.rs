@@ -315,14 +315,7 @@ async fn unparsed_calls_are_content_and_counted() {
         body["choices"][0]["message"]["tool_calls"].is_null(),
         "{body}"
     );
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", daemon.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("airlock_tool_calls_unparsed_total{"))

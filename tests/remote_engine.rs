@@ -287,14 +287,7 @@ async fn killing_an_engine_node_mid_stream_fails_its_streams_and_spares_the_rest
     sse_chunks(&text);
 
     // The dead node's failures and its ejection are counted, by upstream.
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", gw.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let dead = format!("upstream=\"{}\"", upstream(&doomed));
     for family in [
         "airlock_remote_upstream_failures_total",

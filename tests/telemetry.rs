@@ -459,14 +459,7 @@ async fn request_spans_and_audit_records_reach_an_otlp_collector() {
 
     // The metrics tell the operator both stories: spans exported, and dropped while the
     // collector was away; records delivered, and the failed attempts.
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", daemon.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     let sample = |series: &str| -> f64 {
         metrics
             .lines()

@@ -2,6 +2,8 @@
 //! the embedded default model (4 layers, 2 KV heads of 32, f32 on the CPU: 2048 bytes per
 //! cached position, 32 KiB per 16-position block).
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,15 +53,7 @@ fn limits(max_active: usize) -> Limits {
 
 /// Deterministic token ids (not special tokens) for a prompt of `n` tokens.
 fn prompt_ids(seed: u64, n: usize) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 900) as u32 + 50
-        })
-        .collect()
+    support::token_ids(seed, n, 50, 900)
 }
 
 fn request(tenant: &str, weight: u32, ids: Vec<u32>, max_tokens: usize) -> GenerateRequest {

@@ -3,6 +3,8 @@
 //! tenant prefills only the rest, and the output is the same as without the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,15 +32,7 @@ fn engine(dir: &Path, prefix_cache: bool, kv_positions: Option<usize>) -> BurnEn
 
 /// Deterministic token ids (not special tokens).
 fn ids(seed: u64, n: usize) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 900) as u32 + 50
-        })
-        .collect()
+    support::token_ids(seed, n, 50, 900)
 }
 
 fn request(tenant: &str, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {

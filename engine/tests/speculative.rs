@@ -127,15 +127,7 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 /// Deterministic token ids below 250 (inside every fixture's vocabulary, no special ids
 /// among the small ones the fixtures reserve).
 fn ids(seed: u64, n: usize) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 200) as u32 + 40
-        })
-        .collect()
+    support::token_ids(seed, n, 40, 200)
 }
 
 /// Prompts where lookup finds drafts (a phrase said three times) and one where it hardly

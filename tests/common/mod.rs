@@ -449,6 +449,18 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The admin listener's `GET /metrics` text (plain-HTTP admin listener).
+    pub async fn metrics(&self) -> String {
+        http_client()
+            .get(format!("{}/metrics", self.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A reqwest client presenting `tenant`'s certificate, resolving localhost to the daemon.
     pub fn client(&self, pki: &Pki, tenant: &str) -> reqwest::Client {
         let tls = client_tls(&pki.ca(), Some(pki.client(tenant)));

@@ -1,5 +1,5 @@
-//! Helpers the engine's reference tests share: the fixtures directory, reading the
-//! references' JSON, and comparing vectors.
+//! Helpers the engine's tests share: the fixtures directory, reading the references' JSON,
+//! comparing vectors, deterministic prompt token ids.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -40,4 +40,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b))
+}
+
+/// Deterministic token ids for prompts: `n` ids in `lowest..lowest + span`, the same for
+/// the same `seed` (a fixed LCG; no special tokens when the range avoids them).
+pub fn token_ids(seed: u64, n: usize, lowest: u32, span: u32) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % u64::from(span)) as u32 + lowest
+        })
+        .collect()
 }
