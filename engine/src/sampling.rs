@@ -170,7 +170,7 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature == 0.0 {
+        if self.is_greedy() {
             return argmax(logits);
         }
         // Candidates sorted by logit, best first (ties: lower id first, as argmax).
