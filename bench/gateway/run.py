@@ -227,6 +227,26 @@ def oha(args: argparse.Namespace, work: Path, url: str, extra: list[str], auth: 
     return json.loads(out.stdout)
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU time of process `root` and its children (nginx's workers), every
+    thread included, exited ones too (the kernel folds them into the process's figures)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [root]
+    children = Path(f"/proc/{root}/task/{root}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    for pid in pids:
+        try:
+            # Fields after the command name, which may hold spaces: utime and stime are the
+            # 14th and 15th fields of the line.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def figures(result: dict) -> dict:
     codes = {int(k): v for k, v in result.get("statusCodeDistribution", {}).items()}
     total = sum(codes.values())
@@ -239,6 +259,7 @@ def figures(result: dict) -> dict:
         "p50_ms": (pct.get("p50") or 0.0) * 1000,
         "p99_ms": (pct.get("p99") or 0.0) * 1000,
         "ok": codes.get(200, 0),
+        "answered": total,
         "bad": total - codes.get(200, 0) + errors,
     }
 
@@ -280,6 +301,7 @@ def main() -> None:
         procs.append(daemon)
         nginx, nport = setup_nginx(work)
         procs.append(nginx)
+        pids = {"airlockd": daemon.pid, "nginx": nginx.pid}
         targets = {
             "airlockd": (
                 f"https://127.0.0.1:{port}/v1/chat/completions",
@@ -296,7 +318,13 @@ def main() -> None:
             # Warm-up: TLS sessions, key cache, allocator, SQLite pages.
             oha(args, work, url, ["-c", "64", "-z", "2s"], auth)
             for label, extra in scenarios(args):
-                rows.setdefault(label, {})[name] = figures(oha(args, work, url, extra, auth))
+                before = cpu_seconds(pids[name])
+                result = figures(oha(args, work, url, extra, auth))
+                used = cpu_seconds(pids[name]) - before
+                # The server's own CPU per answered request: a figure that, unlike req/s,
+                # does not depend on how the load tool and the server share the cores.
+                result["cpu_us"] = used * 1e6 / result["answered"] if result["answered"] else 0.0
+                rows.setdefault(label, {})[name] = result
                 print(f"{name:9} {label:26} {rows[label][name]}", file=sys.stderr)
     finally:
         for proc in procs:
@@ -313,8 +341,8 @@ def main() -> None:
     if args.label:
         lines += [f"### {args.label}", ""]
     lines += [
-        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | nginx req/s | nginx p50 ms | nginx p99 ms | non-200 or error (airlockd/nginx) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | airlockd CPU µs/req | nginx req/s | nginx p50 ms | nginx p99 ms | nginx CPU µs/req | non-200 or error (airlockd/nginx) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, by in rows.items():
         a, n = by.get("airlockd"), by.get("nginx")
@@ -323,13 +351,15 @@ def main() -> None:
             return format(r[k], fmt) if r else "–"
 
         lines.append(
-            f"| {label} | {cell(a, 'rps', '.0f')} | {cell(a, 'p50_ms', '.3f')} | {cell(a, 'p99_ms', '.3f')} "
-            f"| {cell(n, 'rps', '.0f')} | {cell(n, 'p50_ms', '.3f')} | {cell(n, 'p99_ms', '.3f')} "
+            f"| {label} | {cell(a, 'rps', '.0f')} | {cell(a, 'p50_ms', '.3f')} | {cell(a, 'p99_ms', '.3f')} | {cell(a, 'cpu_us', '.0f')} "
+            f"| {cell(n, 'rps', '.0f')} | {cell(n, 'p50_ms', '.3f')} | {cell(n, 'p99_ms', '.3f')} | {cell(n, 'cpu_us', '.0f')} "
             f"| {a['bad'] if a else '–'}/{n['bad'] if n else '–'} |"
         )
     maxrow = rows.get("max (64 conns)", {})
     if "airlockd" in maxrow and "nginx" in maxrow and maxrow["nginx"]["rps"]:
         lines += ["", f"max req/s ratio airlockd/nginx: **{maxrow['airlockd']['rps'] / maxrow['nginx']['rps']:.3f}x**"]
+        if maxrow["nginx"]["cpu_us"]:
+            lines += [f"CPU per request at max, airlockd/nginx: **{maxrow['airlockd']['cpu_us'] / maxrow['nginx']['cpu_us']:.1f}x**"]
     lines += [
         "",
         f"- load tool: {version([args.oha, '--version'])}; {version(['nginx', '-v'])}; "

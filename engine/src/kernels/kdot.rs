@@ -147,6 +147,10 @@ pub(super) fn matmul(
     let a = quantize(x, rows, inp, act_block(t));
     by_columns(out, rows, |first, dst| {
         #[cfg(target_arch = "x86_64")]
+        if super::vnni() && super::kvnni::supports(t) {
+            return super::kvnni::run(v, t, &a, first, dst);
+        }
+        #[cfg(target_arch = "x86_64")]
         match super::simd_level() {
             2 => return super::x86::run_kquant_v4(v, t, &a, first, dst),
             1 => return super::x86::run_kquant_v3(v, t, &a, first, dst),

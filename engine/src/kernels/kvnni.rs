@@ -1,0 +1,325 @@
+//! AVX-512 VNNI micro-kernels for the two K-quant types a `Q4_K_M` / `Q4_K_S` GGUF file is
+//! mostly made of (the default download of Ollama and LM Studio): `Q4_K` and `Q6_K`, against
+//! [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per super-block, plus
+//! the sum of each 16 quants).
+//!
+//! The portable code ([`super::kdot::run_portable`]) unpacks a whole weight row into bytes
+//! and takes 16-element dot products one group at a time; this kernel reads the stored
+//! blocks directly, 64 weights per `vpdpbusd`, for a tile of up to 4 activation rows × 4
+//! output columns, so prefill reuses every decoded weight vector for 4 rows and decode keeps
+//! 4 columns' loads in flight.
+//!
+//! **Same bits as the portable code.** Per super-block the portable code computes, exactly
+//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` the minima's
+//! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
+//! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
+//! (`Q4_K`: the nibble as stored; `Q6_K`: the 6-bit value `q + 32`, the offset taken back as
+//! `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each 4-element lane is
+//! multiplied by its group's scale, and the lanes are summed: integer additions in another
+//! order give the same integer (no partial sum can overflow: |lane| ≤ 4·63·127·128 per
+//! chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
+//! code's, in its order.
+
+use std::arch::x86_64::*;
+
+use super::kdot::{self, Acts};
+use super::{COL_TILE, ROW_BLOCK};
+use crate::quant::{QK_K, QType, block_scale};
+
+/// Whether this module has a kernel for weights of type `t`.
+pub(super) fn supports(t: QType) -> bool {
+    matches!(t, QType::Q4_K | QType::Q6_K)
+}
+
+/// Output columns `first..first + dst.len() / rows` of a `Q4_K` / `Q6_K` matrix `v` into
+/// `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn run(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
+    // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
+    // AVX2 and FMA, every feature `run_v4` enables.
+    unsafe { run_v4(v, t, a, first, dst) }
+}
+
+/// Activation rows at a tile's first row.
+struct KRows {
+    qs: *const i8,
+    ds: *const f32,
+    sums: *const i32,
+    /// Elements per activation row.
+    width: usize,
+    /// Super-blocks per row.
+    blocks: usize,
+    /// Bytes per weight row.
+    row_bytes: usize,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
+fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
+    let rows = a.rows;
+    let blocks = a.width / QK_K;
+    let row_bytes = blocks * t.block_bytes();
+    let n = dst.len() / rows.max(1);
+    // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
+    // `blocks` super-blocks with their scales and group sums, `dst` exactly `[n, rows]`.
+    if !supports(t)
+        || rows == 0
+        || a.block != QK_K
+        || a.width % QK_K != 0
+        || (first + n) * row_bytes > v.len()
+        || a.qs.len() < rows * a.width
+        || a.ds.len() < rows * blocks
+        || a.sums.len() < rows * a.width / 16
+        || dst.len() != n * rows
+    {
+        return kdot::run_portable(v, t, a, first, dst);
+    }
+    let q6 = t == QType::Q6_K;
+    for rb in (0..rows).step_by(ROW_BLOCK) {
+        let re = (rb + ROW_BLOCK).min(rows);
+        let mut c = 0;
+        while c < n {
+            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
+            // SAFETY: rows `first..first + n` lie inside `v` (checked above), `c < n`.
+            let w = unsafe { v.as_ptr().add((first + c) * row_bytes) };
+            let mut r = rb;
+            while r < re {
+                let rr = match re - r {
+                    1 => 1,
+                    2 | 3 => 2,
+                    _ => 4,
+                };
+                let x = KRows {
+                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
+                    // rows (checked above).
+                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
+                    // SAFETY: as above.
+                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
+                    // SAFETY: as above.
+                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
+                    width: a.width,
+                    blocks,
+                    row_bytes,
+                };
+                let at = c * rows + r;
+                // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
+                unsafe {
+                    match (q6, rr, cc) {
+                        (true, 4, 4) => put(dst, at, rows, k_micro::<true, 4, 4>(w, &x)),
+                        (true, 2, 4) => put(dst, at, rows, k_micro::<true, 2, 4>(w, &x)),
+                        (true, 1, 4) => put(dst, at, rows, k_micro::<true, 1, 4>(w, &x)),
+                        (true, 4, _) => put(dst, at, rows, k_micro::<true, 4, 1>(w, &x)),
+                        (true, 2, _) => put(dst, at, rows, k_micro::<true, 2, 1>(w, &x)),
+                        (true, _, _) => put(dst, at, rows, k_micro::<true, 1, 1>(w, &x)),
+                        (false, 4, 4) => put(dst, at, rows, k_micro::<false, 4, 4>(w, &x)),
+                        (false, 2, 4) => put(dst, at, rows, k_micro::<false, 2, 4>(w, &x)),
+                        (false, 1, 4) => put(dst, at, rows, k_micro::<false, 1, 4>(w, &x)),
+                        (false, 4, _) => put(dst, at, rows, k_micro::<false, 4, 1>(w, &x)),
+                        (false, 2, _) => put(dst, at, rows, k_micro::<false, 2, 1>(w, &x)),
+                        (false, _, _) => put(dst, at, rows, k_micro::<false, 1, 1>(w, &x)),
+                    }
+                }
+                r += rr;
+            }
+            c += cc;
+        }
+    }
+}
+
+fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, v: [[f32; C]; R]) {
+    for (r, row) in v.iter().enumerate() {
+        for (c, &y) in row.iter().enumerate() {
+            if let Some(d) = dst.get_mut(at + c * rows + r) {
+                *d = y;
+            }
+        }
+    }
+}
+
+/// One super-block's scalars and per-group integers for one weight column.
+#[derive(Clone, Copy)]
+struct Scales {
+    d: f32,
+    /// `Q4_K`'s `dmin`; 0 for `Q6_K`.
+    dmin: f32,
+    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K`: lanes 0–7 the 8 sub-block scales,
+    /// lanes 8–15 the 8 minima (a sub-block is two groups).
+    sc: __m512i,
+    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K`'s minimum, or
+    /// `Q6_K`'s offset correction `32 · sc_g`.
+    corr: __m512i,
+}
+
+/// The scales of the super-block at `p` (`Q6_K` if `Q6`, else `Q4_K`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[expect(
+    unsafe_code,
+    reason = "unchecked loads inside a block the caller checked"
+)]
+#[inline]
+unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
+    let bb = if Q6 { 210 } else { 144 };
+    // SAFETY: the caller guarantees one whole block at `p`.
+    let block = unsafe { std::slice::from_raw_parts(p, bb) };
+    if Q6 {
+        // SAFETY: bytes 192..208 of a 210-byte block.
+        let sc = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast())) };
+        Scales {
+            d: block_scale(&block[208..]),
+            dmin: 0.0,
+            sc,
+            corr: _mm512_slli_epi32::<5>(sc),
+        }
+    } else {
+        // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
+        // with word operations into 8 scale bytes then 8 minimum bytes.
+        const LOW6: u32 = 0x3f3f_3f3f;
+        const LOW4: u32 = 0x0f0f_0f0f;
+        const LOW2: u32 = 0x0303_0303;
+        let word =
+            |i: usize| u32::from_le_bytes(block[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]));
+        let (u0, u1, u2) = (word(0), word(1), word(2));
+        let sc = [
+            u0 & LOW6,
+            (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4),
+            u1 & LOW6,
+            ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4),
+        ];
+        // SAFETY: 16 bytes.
+        let v = unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.as_ptr().cast())) };
+        // Group `g`'s minimum is sub-block `g / 2`'s, in lane `8 + g / 2`.
+        let mins = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+        Scales {
+            d: block_scale(block),
+            dmin: block_scale(&block[2..]),
+            sc: v,
+            corr: _mm512_permutexvar_epi32(mins, v),
+        }
+    }
+}
+
+/// Weights `64k..64k + 64` of the super-block at `p` as unsigned bytes, in element order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[expect(
+    unsafe_code,
+    reason = "unchecked loads inside a block the caller checked"
+)]
+#[inline]
+unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
+    let nib = _mm512_set1_epi8(0x0f);
+    if Q6 {
+        // Half `h = k / 2` of 128 elements: `ql[64h..64h + 64]` holds groups t = 0, 1 in its
+        // low nibbles and t = 2, 3 in its high ones; bits `2t` of `qh[32h..32h + 32]` are the
+        // top two bits of group t.
+        let h = k / 2;
+        // SAFETY: `ql` is bytes 0..128, `qh` 128..192 of the block.
+        let (ql, qh) = unsafe {
+            (
+                _mm512_loadu_si512(p.add(64 * h).cast()),
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast())),
+            )
+        };
+        // Shift counts per 16-bit word: the low 256 bits take group 2·(k % 2)'s, the high
+        // ones group 2·(k % 2) + 1's.
+        let (lo, shift) = if k % 2 == 0 {
+            (ql, (0, 2))
+        } else {
+            (_mm512_srli_epi16::<4>(ql), (4, 6))
+        };
+        let lo = _mm512_and_si512(lo, nib);
+        let shift = _mm512_mask_blend_epi16(
+            0xffff_0000,
+            _mm512_set1_epi16(shift.0),
+            _mm512_set1_epi16(shift.1),
+        );
+        let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), _mm512_set1_epi8(3));
+        _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi))
+    } else {
+        // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
+        // SAFETY: `qs` is bytes 16..144 of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(16 + 32 * k).cast()) };
+        let v = _mm512_castsi256_si512(v);
+        let both = _mm512_inserti64x4::<1>(v, _mm512_castsi512_si256(_mm512_srli_epi16::<4>(v)));
+        _mm512_and_si512(both, nib)
+    }
+}
+
+/// An `R × C` tile: activation rows × weight columns, every super-block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
+    w: *const u8,
+    x: &KRows,
+) -> [[f32; C]; R] {
+    let bb = if Q6 { 210 } else { 144 };
+    let mut y = [[0f32; C]; R];
+    // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: group `4k + l / 4`
+    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`); see [`Scales::sc`].
+    let group = if Q6 {
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+    } else {
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+    };
+    let step = if Q6 { 4 } else { 2 };
+    for b in 0..x.blocks {
+        let zero = Scales {
+            d: 0.0,
+            dmin: 0.0,
+            sc: _mm512_setzero_si512(),
+            corr: _mm512_setzero_si512(),
+        };
+        let mut s = [zero; C];
+        for (c, s) in s.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees `C` weight rows of `blocks` super-blocks at `w`.
+            let p = unsafe { w.add(c * x.row_bytes + b * bb) };
+            // The same spot one tile of columns ahead, which the next tile reads. Past the
+            // matrix's end is harmless: a prefetch never faults.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + 128).cast());
+            // SAFETY: as above.
+            *s = unsafe { scales::<Q6>(p) };
+        }
+        let mut acc = [[_mm512_setzero_si512(); C]; R];
+        for k in 0..4 {
+            let mut xk = [_mm512_setzero_si512(); R];
+            for (r, xk) in xk.iter_mut().enumerate() {
+                // SAFETY: the caller guarantees `R` activation rows of `width` quants.
+                *xk =
+                    unsafe { _mm512_loadu_si512(x.qs.add(r * x.width + b * QK_K + 64 * k).cast()) };
+            }
+            let idx = _mm512_add_epi32(group, _mm512_set1_epi32(step * k as i32));
+            for (c, s) in s.iter().enumerate() {
+                // SAFETY: as above.
+                let wk = unsafe { chunk::<Q6>(w.add(c * x.row_bytes + b * bb), k) };
+                let sk = _mm512_permutexvar_epi32(idx, s.sc);
+                for (acc, xk) in acc.iter_mut().zip(&xk) {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wk, *xk);
+                    acc[c] = _mm512_add_epi32(acc[c], _mm512_mullo_epi32(dot, sk));
+                }
+            }
+        }
+        for (r, (yr, acc)) in y.iter_mut().zip(&acc).enumerate() {
+            // SAFETY: the caller guarantees `R` activation rows of `blocks` scales and
+            // `width / 16` group sums.
+            let (sums, dx) = unsafe {
+                (
+                    _mm512_loadu_si512(x.sums.add((r * x.width + b * QK_K) / 16).cast()),
+                    x.ds.add(r * x.blocks + b).read(),
+                )
+            };
+            for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
+                let corr = _mm512_mullo_epi32(s.corr, sums);
+                if Q6 {
+                    let sumi = _mm512_reduce_add_epi32(_mm512_sub_epi32(*acc, corr));
+                    *y = (sumi as f32).mul_add(s.d * dx, *y);
+                } else {
+                    let sumi = _mm512_reduce_add_epi32(*acc);
+                    let summ = _mm512_reduce_add_epi32(corr);
+                    *y = (sumi as f32).mul_add(s.d * dx, *y);
+                    *y = (summ as f32).mul_add(-(s.dmin * dx), *y);
+                }
+            }
+        }
+    }
+    y
+}
