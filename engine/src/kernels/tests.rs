@@ -271,7 +271,8 @@ fn random_blocks(t: QType, out: usize, inp: usize, seed: u32) -> PackedMatrix {
 fn every_block_type_matches_the_portable_code_and_is_batch_invariant() {
     for t in QType::ALL {
         let k = t.block_elems();
-        for (out, inp) in [(13, 2 * k), (6, k), (9, 3 * k)] {
+        // 19 blocks: the SIMD kernels' 8-block steps and their tails.
+        for (out, inp) in [(13, 2 * k), (6, k), (9, 3 * k), (5, 19 * k)] {
             let m = random_blocks(t, out, inp, out as u32 + t.ggml_id());
             let x = data(67 * inp, 12);
             let all = m.matmul_t(&x, 67).unwrap();
