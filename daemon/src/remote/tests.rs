@@ -378,3 +378,5 @@ fn upstream_addresses_display_as_written() {
         "unix:/run/vllm.sock"
     );
 }
+
+mod keepalive;
