@@ -224,7 +224,7 @@ async fn serve(
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if conn.write_all(b"0\r\n\r\n").await.is_err() || close.len() > 0 {
+                if conn.write_all(b"0\r\n\r\n").await.is_err() || !close.is_empty() {
                     return;
                 }
             }
