@@ -379,4 +379,5 @@ fn upstream_addresses_display_as_written() {
     );
 }
 
+mod fake_upstream;
 mod keepalive;
