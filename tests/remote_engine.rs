@@ -350,6 +350,98 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     }
 }
 
+/// `airlock_remote_upstream_connections_total` of `node` in a gateway's metrics.
+fn connections_opened(metrics: &str, node: &str) -> u64 {
+    let label = format!("upstream=\"{node}\"");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("airlock_remote_upstream_connections_total") && l.contains(&label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sequential_requests_reuse_a_kept_alive_connection() {
+    let pki = Pki::new(&["alice", "gateway"]);
+    let engine = engine_node(&pki, "0ms");
+    let node = upstream(&engine);
+    let admin = "\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    // Kept alive (the default), and for comparison a connection per request.
+    for (keepalive, most) in [("", 2), ("keepalive_connections = 0\n", 8)] {
+        let gw = gateway(
+            &pki,
+            std::slice::from_ref(&node),
+            &format!("{keepalive}{admin}"),
+        );
+        let alice = gw.client(&pki, "alice");
+        let url = gw.url("/v1/chat/completions");
+        for i in 0..8 {
+            if i % 2 == 0 {
+                let (status, body) = post_json(&alice, url.clone(), &chat(3, false)).await;
+                assert_eq!(status, 200, "request {i}: {body}");
+            } else {
+                let (status, text) = post_text(&alice, url.clone(), &chat(3, true)).await;
+                assert_eq!(status, 200, "request {i}: {text}");
+                sse_chunks(&text);
+            }
+        }
+        let opened = connections_opened(&gw.metrics().await, &node);
+        // Kept alive: one connection (two if the engine closed it between two requests).
+        assert!(
+            (1..=most).contains(&opened),
+            "{keepalive:?}: {opened} connections for 8 sequential requests"
+        );
+        if most == 8 {
+            assert_eq!(opened, 8, "without keep-alive, one per request");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_node_closing_an_idle_connection_costs_nothing() {
+    // The engine node closes an idle HTTP/1.1 connection once its next request head is
+    // `header_read_timeout` late; the gateway keeps connections longer here.
+    let pki = Pki::new(&["alice", "gateway"]);
+    let cfg = TestConfig {
+        listener: "role = \"engine\"\n".into(),
+        models: format!("[[models]]\nname = \"{TEST_MODEL}\"\nbackend = \"test\"\n"),
+        limits: format!(
+            "{}header_read_timeout = \"1s\"\n",
+            TestConfig::default().limits
+        ),
+        extra: "[listener.engine]\ncert_cn = [\"gateway\"]\n".into(),
+        ..TestConfig::default()
+    };
+    let engine = common::Daemon::start(&pki, &cfg);
+    let node = upstream(&engine);
+    let gw = gateway(
+        &pki,
+        std::slice::from_ref(&node),
+        "keepalive_timeout = \"60s\"\neject_after = 1\n\n[admin]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let alice = gw.client(&pki, "alice");
+    let url = gw.url("/v1/chat/completions");
+    for i in 0..3 {
+        let (status, body) = post_json(&alice, url.clone(), &chat(2, false)).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        connections_opened(&metrics, &node),
+        3,
+        "each idle connection was closed by the engine node: a new one each time"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("airlock_remote_upstream_failures_total")),
+        "no failure counted:\n{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn local_and_remote_models_are_served_together() {
     let pki = Pki::new(&["alice", "gateway"]);

@@ -151,6 +151,7 @@ pub struct Metrics {
     upstream_failures: Family<UpstreamLabels, Counter>,
     upstream_ejections: Family<UpstreamLabels, Counter>,
     upstream_retries: Family<UpstreamLabels, Counter>,
+    upstream_connections: Family<UpstreamLabels, Counter>,
     audit_commit: Histogram,
     audit_failures: Counter,
     limits_fallback: Counter,
@@ -207,6 +208,7 @@ impl Metrics {
             upstream_failures: Family::default(),
             upstream_ejections: Family::default(),
             upstream_retries: Family::default(),
+            upstream_connections: Family::default(),
             audit_commit: short_histogram(),
             audit_failures: Counter::default(),
             limits_fallback: Counter::default(),
@@ -328,6 +330,11 @@ impl Metrics {
             "airlock_remote_upstream_retries",
             "Requests moved to another upstream before their first byte, by model and the upstream that could not take them",
             self.upstream_retries.clone(),
+        );
+        r.register(
+            "airlock_remote_upstream_connections",
+            "Connections opened to a remote pool's upstream for requests (not kept-alive ones reused, not health probes), by model and upstream",
+            self.upstream_connections.clone(),
         );
         r.register(
             "airlock_telemetry_spans_exported",
@@ -625,6 +632,30 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .inc();
+    }
+
+    /// A connection opened to `upstream` of remote model `model` for a request (none kept
+    /// was ready).
+    pub fn upstream_connection(&self, model: &str, upstream: &str) {
+        self.upstream_connections
+            .get_or_create(&UpstreamLabels {
+                model: model.to_owned(),
+                upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+
+    /// (connections opened, failures) counted for `upstream` of remote model `model`.
+    #[cfg(test)]
+    pub fn upstream_counts(&self, model: &str, upstream: &str) -> (u64, u64) {
+        let labels = UpstreamLabels {
+            model: model.to_owned(),
+            upstream: upstream.to_owned(),
+        };
+        (
+            self.upstream_connections.get_or_create(&labels).get(),
+            self.upstream_failures.get_or_create(&labels).get(),
+        )
     }
 
     /// Committed records a sink still owes.

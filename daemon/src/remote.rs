@@ -4,8 +4,9 @@
 //! (the request path does not know the difference: [`RemoteEngine`] is an
 //! `airlock_engine::Engine`); the upstream only generates.
 //!
-//! * [`client`]: one HTTP/1.1 exchange on a fresh connection (TCP + rustls, or a Unix
-//!   socket), every step under a timeout, every response bounded.
+//! * [`client`]: HTTP/1.1 exchanges (TCP + rustls, or a Unix socket), every step under a
+//!   timeout, every response bounded, on kept-alive connections when one is ready
+//!   ([`idle`]: how many, how long).
 //! * [`pool`]: the upstreams' health (active probes, passive ejection with backoff) and the
 //!   choice of one (least outstanding requests, optionally prefix affinity).
 //! * [`wire`]: the request body sent upstream and the SSE stream parsed back.
@@ -16,6 +17,7 @@
 
 mod client;
 mod engine;
+mod idle;
 mod pool;
 mod wire;
 

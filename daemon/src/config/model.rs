@@ -144,6 +144,10 @@ pub struct RawModel {
     pub idle_timeout: Option<String>,
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    #[serde(default)]
+    pub keepalive_connections: Option<u64>,
+    #[serde(default)]
+    pub keepalive_timeout: Option<String>,
 }
 
 /// A size in bytes: an integer, or a string with a unit.

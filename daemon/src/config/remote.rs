@@ -79,10 +79,20 @@ pub struct RemoteConfig {
     pub idle_timeout: Duration,
     /// Most bytes one upstream response may have (a runaway upstream cannot fill memory).
     pub max_response_bytes: NonZeroUsize,
+    /// Most idle connections kept per upstream for later requests (0: a connection per
+    /// request). Bounds the sockets and TLS sessions held open on both sides.
+    pub keepalive_connections: usize,
+    /// Longest a kept connection idles before this gateway closes it: below the upstreams'
+    /// own idle limits, so the gateway closes first and a request rarely meets a connection
+    /// the upstream is closing.
+    pub keepalive_timeout: Duration,
 }
 
+/// Most `keepalive_connections` accepted: more idle sockets than any upstream serves at once.
+const MAX_KEEPALIVE_CONNECTIONS: u64 = 1024;
+
 /// Keys of `[[models]]` that only a remote pool uses, and whether each is set.
-pub(super) fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 16] {
+pub(super) fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 18] {
     [
         ("upstreams", raw.upstreams.is_some()),
         ("upstream_model", raw.upstream_model.is_some()),
@@ -100,6 +110,8 @@ pub(super) fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 16] {
         ("first_byte_timeout", raw.first_byte_timeout.is_some()),
         ("idle_timeout", raw.idle_timeout.is_some()),
         ("max_response_bytes", raw.max_response_bytes.is_some()),
+        ("keepalive_connections", raw.keepalive_connections.is_some()),
+        ("keepalive_timeout", raw.keepalive_timeout.is_some()),
     ]
 }
 
@@ -274,6 +286,13 @@ pub(super) fn remote(raw: &mut RawModel, base: &Path) -> Result<RemoteConfig, In
         .ok()
         .and_then(NonZeroU32::new)
         .ok_or_else(|| invalid("eject_after", "must be between 1 and 4294967295"))?;
+    let keepalive_connections = raw.keepalive_connections.unwrap_or(32);
+    if keepalive_connections > MAX_KEEPALIVE_CONNECTIONS {
+        return Err(invalid(
+            "keepalive_connections",
+            format!("must be between 0 and {MAX_KEEPALIVE_CONNECTIONS}"),
+        ));
+    }
     Ok(RemoteConfig {
         upstreams,
         upstream_model,
@@ -291,6 +310,8 @@ pub(super) fn remote(raw: &mut RawModel, base: &Path) -> Result<RemoteConfig, In
             raw.max_response_bytes,
             16 * 1024 * 1024,
         )?,
+        keepalive_connections: usize::try_from(keepalive_connections).unwrap_or(0),
+        keepalive_timeout: positive("keepalive_timeout", raw.keepalive_timeout.take(), 4_000)?,
     })
 }
 

@@ -3,7 +3,8 @@
 //! `TokenEvent`s. Until the upstream's response head arrives nothing has reached the
 //! client, so a failed upstream is retried on another; after it, a failure ends the
 //! stream with an error. The task also watches the `Generation`: when the client goes away
-//! it drops the exchange, which closes the connection and cancels the upstream request.
+//! it drops the exchange, which closes the connection and cancels the upstream request; an
+//! exchange read to its clean end hands its connection back for reuse (`client`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,12 +15,12 @@ use airlock_engine::{
     GenerationTimings, ModelFeatures, ModelInfo, Prompt, TokenEvent, Usage,
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::RemoteError;
-use super::client::{Client, Exchange, MAX_ERROR_BODY, read_bounded};
+use super::client::{Client, Exchange, Keepalive, MAX_ERROR_BODY};
 use super::pool::{Lease, Pool, Probe};
 use super::wire::{self, Decoder, Event};
 use crate::config::{Balance, RemoteConfig};
@@ -38,6 +39,9 @@ pub struct RemoteEngine {
     runtime: tokio::runtime::Handle,
     /// The health prober; stopped with the engine.
     prober: JoinHandle<()>,
+    /// Closes connections idle past `keepalive_timeout`; stopped with the engine. `None`
+    /// when no connection is kept.
+    sweeper: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -53,6 +57,12 @@ struct Shared {
 impl Drop for RemoteEngine {
     fn drop(&mut self) {
         self.prober.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
+        // Requests still in flight hold `shared` a while; their connections close with
+        // them instead of being kept for a pool nobody uses (a reload builds a new one).
+        self.shared.client.close();
     }
 }
 
@@ -102,11 +112,22 @@ impl RemoteEngine {
             name: name.to_owned(),
             cfg: cfg.clone(),
             pool,
-            client: Client::new(tls, server_name, cfg.connect_timeout),
+            client: Client::new(
+                tls,
+                server_name,
+                cfg.connect_timeout,
+                cfg.upstreams.len(),
+                Keepalive {
+                    connections: cfg.keepalive_connections,
+                    timeout: cfg.keepalive_timeout,
+                },
+            ),
             in_flight: AtomicUsize::new(0),
             max_in_flight: max_in_flight.max(1),
         });
         let prober = runtime.spawn(probe_forever(Arc::clone(&shared)));
+        let sweeper = (cfg.keepalive_connections > 0)
+            .then(|| runtime.spawn(sweep_forever(Arc::clone(&shared))));
         let info = ModelInfo {
             id: name.to_owned(),
             created: SystemTime::now()
@@ -131,6 +152,7 @@ impl RemoteEngine {
             shared,
             runtime,
             prober,
+            sweeper,
         })
     }
 
@@ -270,7 +292,12 @@ async fn head(shared: &Shared, lease: &Lease, job: &Job) -> Result<Exchange, Ref
         .map_err(|e| Refused::Final(EngineError::Inference(e.to_string())))?;
     let mut exchange = match shared
         .client
-        .send(lease.addr(), request, shared.cfg.first_byte_timeout)
+        .send(
+            lease.index,
+            lease.addr(),
+            request,
+            shared.cfg.first_byte_timeout,
+        )
         .await
     {
         Ok(exchange) => exchange,
@@ -279,16 +306,19 @@ async fn head(shared: &Shared, lease: &Lease, job: &Job) -> Result<Exchange, Ref
             return Err(Refused::Retry(e.to_string()));
         }
     };
+    if !exchange.reused {
+        crate::metrics::global().upstream_connection(&shared.name, &lease.addr().to_string());
+    }
     let status = exchange.response.status();
     if status.is_success() {
         return Ok(exchange);
     }
-    let body = read_bounded(
-        exchange.response.body_mut(),
-        MAX_ERROR_BODY,
-        shared.cfg.idle_timeout,
-    )
-    .await;
+    let body = exchange
+        .read_bounded(MAX_ERROR_BODY, shared.cfg.idle_timeout)
+        .await;
+    // Read to its end: the connection may serve another request (before `failed` below,
+    // which may eject the upstream and close its idle connections).
+    shared.client.release(lease.index, exchange).await;
     let message = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .map(|v| wire::error_message(v.get("error").unwrap_or(&v)))
@@ -323,6 +353,9 @@ fn failed_at(shared: &Shared, index: usize) {
     let upstream = shared.pool.upstreams()[index].addr.to_string();
     crate::metrics::global().upstream_failure(&shared.name, &upstream, ejected);
     if ejected {
+        // Whatever the kept connections lead to just failed: the next requests after the
+        // ejection start afresh.
+        shared.client.close_idle(index);
         tracing::warn!(model = %shared.name, upstream = %upstream, "remote pool: upstream ejected after consecutive failures");
     }
 }
@@ -352,7 +385,7 @@ async fn relay(
     let mut stream = Stream::default();
     let failure = loop {
         let frame = tokio::select! {
-            frame = timeout(cfg.idle_timeout, exchange.response.body_mut().frame()) => frame,
+            frame = timeout(cfg.idle_timeout, exchange.frame()) => frame,
             () = tx.closed() => return,
         };
         let data = match frame {
@@ -416,8 +449,9 @@ async fn relay(
         (stream.finish.is_none() && !stream.done)
             .then(|| "the upstream ended the stream before it finished".to_owned())
     });
-    drop(exchange);
     if let Some(reason) = failure {
+        // Closed, never kept: the upstream may be mid-stream on it.
+        drop(exchange);
         failed(shared, &lease);
         tracing::warn!(model = %shared.name, upstream = %lease.addr(), request_id = %job.request_id, reason = %reason, "remote pool: stream failed");
         let _ = tx
@@ -425,7 +459,8 @@ async fn relay(
             .await;
         return;
     }
-    shared.pool.succeeded(lease.index);
+    let index = lease.index;
+    shared.pool.succeeded(index);
     drop(lease);
     let usage = stream.usage.unwrap_or(Usage {
         // No usage from the upstream: the admission bound and the deltas relayed (each at
@@ -443,6 +478,8 @@ async fn relay(
             logprobs: Vec::new(),
         })
         .await;
+    // After the client has its answer: the body's last chunk, then the connection kept.
+    shared.client.release(index, exchange).await;
 }
 
 /// What a relayed stream has said so far.
@@ -520,16 +557,13 @@ async fn probe(shared: &Shared, i: usize) -> Probe {
         return Probe::Failed;
     };
     let addr = &shared.pool.upstreams()[i].addr;
-    match shared.client.send(addr, request, limit).await {
+    match shared.client.send_once(addr, request, limit).await {
         Ok(mut exchange) => {
             let status = exchange.response.status();
             // Drain a little so the server sees a complete exchange, not a reset.
-            let _ = read_bounded(
-                exchange.response.body_mut(),
-                MAX_ERROR_BODY,
-                Duration::from_millis(200),
-            )
-            .await;
+            let _ = exchange
+                .read_bounded(MAX_ERROR_BODY, Duration::from_millis(200))
+                .await;
             match status.as_u16() {
                 200..=299 => Probe::Healthy,
                 503 => Probe::Loading,
@@ -537,5 +571,17 @@ async fn probe(shared: &Shared, i: usize) -> Probe {
             }
         }
         Err(_) => Probe::Failed,
+    }
+}
+
+/// Closes kept connections idle past `keepalive_timeout`, for as long as the engine lives:
+/// each is closed between one and one and a half `keepalive_timeout` after its last use.
+async fn sweep_forever(shared: Arc<Shared>) {
+    let every = (shared.cfg.keepalive_timeout / 2).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.client.sweep(Instant::now());
     }
 }

@@ -378,3 +378,6 @@ fn upstream_addresses_display_as_written() {
         "unix:/run/vllm.sock"
     );
 }
+
+mod fake_upstream;
+mod keepalive;

@@ -73,10 +73,12 @@ fn a_remote_pool_gets_defaults_and_resolved_paths() {
     assert_eq!(remote.connect_timeout, Duration::from_secs(2));
     assert_eq!(remote.first_byte_timeout, Duration::from_secs(60));
     assert_eq!(remote.max_response_bytes.get(), 16 << 20);
+    assert_eq!(remote.keepalive_connections, 32);
+    assert_eq!(remote.keepalive_timeout, Duration::from_secs(4));
     assert_eq!(config.listener.role, Role::Gateway);
 
     let config = parse(&pool(
-        "balance = \"prefix_affinity\"\naffinity_prefix_bytes = 2048\nupstream_model = \"meta/llama\"\nidle_timeout = \"5s\"",
+        "balance = \"prefix_affinity\"\naffinity_prefix_bytes = 2048\nupstream_model = \"meta/llama\"\nidle_timeout = \"5s\"\nkeepalive_connections = 0\nkeepalive_timeout = \"30s\"",
     ))
     .unwrap();
     let ModelBackend::Remote(remote) = &config.models[0].backend else {
@@ -90,6 +92,11 @@ fn a_remote_pool_gets_defaults_and_resolved_paths() {
     );
     assert_eq!(remote.upstream_model, "meta/llama");
     assert_eq!(remote.idle_timeout, Duration::from_secs(5));
+    assert_eq!(
+        remote.keepalive_connections, 0,
+        "0: a connection per request"
+    );
+    assert_eq!(remote.keepalive_timeout, Duration::from_secs(30));
 }
 
 #[test]
@@ -186,6 +193,21 @@ fn remote_pool_refusals_name_the_key() {
             &format!("{POOL}max_response_bytes = 0\n"),
             "models[0].max_response_bytes",
             "at least 1",
+        ),
+        (
+            &format!("{POOL}keepalive_connections = 1025\n"),
+            "models[0].keepalive_connections",
+            "between 0 and 1024",
+        ),
+        (
+            &format!("{POOL}keepalive_timeout = \"0s\"\n"),
+            "models[0].keepalive_timeout",
+            "greater than zero",
+        ),
+        (
+            "[[models]]\nname = \"m\"\nbackend = \"test\"\nkeepalive_connections = 4\n",
+            "models[0].keepalive_connections",
+            "only used with backend = \"remote\"",
         ),
         (
             &format!("{POOL}server_name = \"not a name\"\n"),
