@@ -270,7 +270,13 @@ impl Model {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.forward_batch(items)
+        // The pass runs on a thread of rayon's pool (`scope` called from outside the pool
+        // hands its closure to a pool thread and waits; inside it, it runs in place), so
+        // the pass's parallel kernels split their work from inside the pool by work
+        // stealing. Called from an outside thread (the engine's worker), every parallel
+        // kernel would hand a job into the pool and sleep until it was done: two context
+        // switches per kernel call, several hundred per token on a 30-layer model.
+        rayon::scope(|_| self.inner.forward_batch(items))
     }
 }
 
