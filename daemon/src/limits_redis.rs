@@ -260,7 +260,7 @@ impl SharedLimits {
     ) -> Result<Result<SharedAdmission, Refusal>, Unavailable> {
         let limits = ScriptLimits::of(spec);
         let lease = if limits.max_concurrent > 0 {
-            uuid::Uuid::new_v4().to_string()
+            crate::api::random_uuid().to_string()
         } else {
             String::new()
         };
