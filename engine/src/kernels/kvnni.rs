@@ -1,8 +1,9 @@
-//! AVX-512 VNNI micro-kernels for the types a `Q4_K_M` / `Q4_K_S` GGUF file is mostly made
-//! of (the default download of Ollama and LM Studio): `Q4_K` and `Q6_K`, and `Q5_0` where a
-//! row is not a multiple of 256 ([`run_q5_0`], documented there). The K-quants run against
-//! [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per super-block, plus
-//! the sum of each 16 quants).
+//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K` and `Q6_K` (most of a
+//! `Q4_K_M` file, the default download of Ollama and LM Studio) here, and the 32-element
+//! types `Q5_0` (what `Q4_K_M` holds where a row is not a multiple of 256), `Q4_1` and
+//! `Q5_1` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
+//! activations (one `f32` scale and 256 × `i8` per super-block, plus the sum of each 16
+//! quants).
 //!
 //! The portable code ([`super::kdot::run_portable`]) unpacks a whole weight row into bytes
 //! and takes 16-element dot products one group at a time; this kernel reads the stored
@@ -14,12 +15,12 @@
 //! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` the minima's
 //! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
 //! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q4_K`: the nibble as stored; `Q6_K`: the 6-bit value `q + 32`, the offset taken back as
-//! `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each 4-element lane is
-//! multiplied by its group's scale, and the lanes are summed: integer additions in another
-//! order give the same integer (no partial sum can overflow: |lane| ≤ 4·63·127·128 per
-//! chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
-//! code's, in its order.
+//! (`Q4_K`: the nibble as stored; `Q6_K`: the 6-bit value `q + 32`, the
+//! offset taken back as `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each
+//! 4-element lane is multiplied by its group's scale, and the lanes are summed: integer
+//! additions in another order give the same integer (no partial sum can overflow: |lane| ≤
+//! 4·63·127·128 per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are
+//! the portable code's, in its order.
 
 use std::arch::x86_64::*;
 
@@ -27,18 +28,26 @@ use super::kdot::{self, Acts};
 use super::{COL_TILE, ROW_BLOCK};
 use crate::quant::{QK_K, QType, block_scale};
 
+mod small;
+
 /// Whether this module has a kernel for weights of type `t`.
 pub(super) fn supports(t: QType) -> bool {
-    matches!(t, QType::Q4_K | QType::Q6_K)
+    matches!(t, QType::Q4_K | QType::Q6_K) || small::supports(t)
 }
 
-/// Output columns `first..first + dst.len() / rows` of a `Q4_K` / `Q6_K` matrix `v` into
-/// `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
+/// Output columns `first..first + dst.len() / rows` of a matrix `v` of a type [`supports`]
+/// accepts into `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
 pub(super) fn run(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
-    // AVX2 and FMA, every feature `run_v4` enables.
-    unsafe { run_v4(v, t, a, first, dst) }
+    // AVX2 and FMA, every feature `run_v4` and `small::run_v4` enable.
+    unsafe {
+        if small::supports(t) {
+            small::run_v4(v, t, a, first, dst)
+        } else {
+            run_v4(v, t, a, first, dst)
+        }
+    }
 }
 
 /// Activation rows at a tile's first row.
@@ -63,7 +72,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let n = dst.len() / rows.max(1);
     // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
     // `blocks` super-blocks with their scales and group sums, `dst` exactly `[n, rows]`.
-    if !supports(t)
+    if !matches!(t, QType::Q4_K | QType::Q6_K)
         || rows == 0
         || a.block != QK_K
         || a.width % QK_K != 0
@@ -321,245 +330,6 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
                 }
             }
         }
-    }
-    y
-}
-
-/// Bytes of one `Q5_0` block: `f16` scale, `u32` of fifth bits (bit `j`: element `j`), 16
-/// bytes of nibbles (element `j`: byte `j`'s low nibble, `j + 16`: its high one); the value
-/// is `q − 16` for the 5-bit `q`.
-const Q5_0_BYTES: usize = 22;
-
-/// `Q5_0` weights (what `Q4_K_M` files hold where a row is not a multiple of 256, as in
-/// most models under 1B parameters) against `Q8_0` activations. Callers check `vnni()` and
-/// `t == Q5_0`.
-///
-/// The portable code adds one fused multiply-add per 32-element block,
-/// `acc = f32(Σ q·x) · (d_w · d_x) + acc`, blocks in order. Here each tile of columns is
-/// first decoded once into unsigned bytes `q` (and `f32` scales) for every row of the row
-/// block, then 8 blocks at a time go through four `vpdpbusd`, a transposing reduction to the
-/// 8 blocks' integer sums, the offset `16 · Σ x` taken back from the activations' group sums,
-/// and the same 8 fused multiply-adds in the same order.
-#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_q5_0(v: &[u8], a: &Acts, first: usize, dst: &mut [f32]) {
-    // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
-    // AVX2 and FMA, every feature `q5_0_v4` enables.
-    unsafe { q5_0_v4(v, a, first, dst) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
-fn q5_0_v4(v: &[u8], a: &Acts, first: usize, dst: &mut [f32]) {
-    use crate::quant::QK;
-    let rows = a.rows;
-    let blocks = a.width / QK;
-    let row_bytes = blocks * Q5_0_BYTES;
-    let n = dst.len() / rows.max(1);
-    if rows == 0
-        || a.block != QK
-        || a.width % QK != 0
-        || (first + n) * row_bytes > v.len()
-        || a.qs.len() < rows * a.width
-        || a.ds.len() < rows * blocks
-        || a.sums.len() < rows * a.width / 16
-        || dst.len() != n * rows
-    {
-        return kdot::run_portable(v, QType::Q5_0, a, first, dst);
-    }
-    // Decoded weights of one tile of columns: `[COL_TILE, width]` bytes and
-    // `[COL_TILE, blocks]` scales.
-    let mut wq = vec![0u8; COL_TILE * a.width];
-    let mut wd = vec![0f32; COL_TILE * blocks];
-    for rb in (0..rows).step_by(ROW_BLOCK) {
-        let re = (rb + ROW_BLOCK).min(rows);
-        let mut c = 0;
-        while c < n {
-            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
-            for j in 0..cc {
-                let o = first + c + j;
-                // SAFETY: row `o < first + n` lies inside `v` (checked above); the buffers
-                // hold `COL_TILE > j` columns.
-                unsafe {
-                    decode_q5_0(
-                        v.as_ptr().add(o * row_bytes),
-                        blocks,
-                        wq.as_mut_ptr().add(j * a.width),
-                        wd.as_mut_ptr().add(j * blocks),
-                    );
-                }
-            }
-            let w = SmallCols {
-                qs: wq.as_ptr(),
-                ds: wd.as_ptr(),
-            };
-            let mut r = rb;
-            while r < re {
-                let rr = if re - r >= 2 { 2 } else { 1 };
-                let x = KRows {
-                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
-                    // rows (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
-                    width: a.width,
-                    blocks,
-                    row_bytes,
-                };
-                let at = c * rows + r;
-                // SAFETY: the tile's `rr` rows and `cc` decoded columns are inside the
-                // checked ranges and buffers.
-                unsafe {
-                    match (rr, cc) {
-                        (2, 4) => put(dst, at, rows, small_micro::<2, 4>(&w, &x)),
-                        (1, 4) => put(dst, at, rows, small_micro::<1, 4>(&w, &x)),
-                        (2, _) => put(dst, at, rows, small_micro::<2, 1>(&w, &x)),
-                        _ => put(dst, at, rows, small_micro::<1, 1>(&w, &x)),
-                    }
-                }
-                r += rr;
-            }
-            c += cc;
-        }
-    }
-}
-
-/// Decoded 32-element weight blocks of a tile of columns: column `c`'s unsigned quants at
-/// `qs + c · width`, its scales at `ds + c · blocks`.
-struct SmallCols {
-    qs: *const u8,
-    ds: *const f32,
-}
-
-/// One `Q5_0` weight row of `blocks` blocks at `p` into `blocks · 32` unsigned bytes
-/// (`q + 16`) at `q` and `blocks` scales at `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked loads and stores the caller checked")]
-unsafe fn decode_q5_0(p: *const u8, blocks: usize, q: *mut u8, d: *mut f32) {
-    let nib = _mm_set1_epi8(0x0f);
-    let sixteen = _mm256_set1_epi8(16);
-    for b in 0..blocks {
-        // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`.
-        unsafe {
-            let p = p.add(b * Q5_0_BYTES);
-            let block = std::slice::from_raw_parts(p, Q5_0_BYTES);
-            d.add(b).write(block_scale(block));
-            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            let qs = _mm_loadu_si128(p.add(6).cast());
-            let lo = _mm_and_si128(qs, nib);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nib);
-            let both = _mm256_set_m128i(hi, lo);
-            let both = _mm256_mask_add_epi8(both, high, both, sixteen);
-            _mm256_storeu_si256(q.add(b * 32).cast(), both);
-        }
-    }
-}
-
-/// Pairwise sums of `a`'s and `b`'s neighbouring lanes: lanes 0–7 `a[2i] + a[2i + 1]`,
-/// lanes 8–15 the same of `b`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-fn fold(a: __m512i, b: __m512i) -> __m512i {
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    _mm512_add_epi32(
-        _mm512_permutex2var_epi32(a, even, b),
-        _mm512_permutex2var_epi32(a, odd, b),
-    )
-}
-
-/// An `R × C` tile of 32-element blocks with offset 16 (`Q5_0`), every block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn small_micro<const R: usize, const C: usize>(w: &SmallCols, x: &KRows) -> [[f32; C]; R] {
-    let mut y = [[0f32; C]; R];
-    let zero = _mm512_setzero_si512();
-    let eight = x.blocks / 8 * 8;
-    let mut b = 0;
-    while b < eight {
-        // Four pairs of blocks: A (b, b+1), B, C, D; E = fold(A, B) holds blocks b..b+4 in
-        // 4 lanes each, F blocks b+4..b+8, G = fold(E, F) 2 lanes each, H 1 lane each.
-        let mut e = [[zero; C]; R];
-        let mut f = [[zero; C]; R];
-        for j in 0..4 {
-            let mut xj = [zero; R];
-            for (r, xj) in xj.iter_mut().enumerate() {
-                // SAFETY: blocks `b + 2j`, `b + 2j + 1 < blocks` of activation row `r < R`.
-                *xj =
-                    unsafe { _mm512_loadu_si512(x.qs.add(r * x.width + (b + 2 * j) * 32).cast()) };
-            }
-            for c in 0..C {
-                // SAFETY: the same blocks of decoded column `c < C`.
-                let wj =
-                    unsafe { _mm512_loadu_si512(w.qs.add(c * x.width + (b + 2 * j) * 32).cast()) };
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(zero, wj, xj[r]);
-                    let half = if j < 2 { &mut e[r][c] } else { &mut f[r][c] };
-                    // The first pair waits in `half` for the second.
-                    *half = if j % 2 == 0 { dot } else { fold(*half, dot) };
-                }
-            }
-        }
-        for r in 0..R {
-            // SAFETY: group sums `2b..2b + 16` and scales `b..b + 8` of row `r < R`.
-            let (sums, dx) = unsafe {
-                (
-                    _mm512_loadu_si512(x.sums.add((r * x.width + b * 32) / 16).cast()),
-                    _mm256_loadu_ps(x.ds.add(r * x.blocks + b)),
-                )
-            };
-            // Lanes 0–7: 16 · Σ x of blocks b..b+8.
-            let offset = _mm512_slli_epi32::<4>(fold(sums, sums));
-            for c in 0..C {
-                let g = fold(e[r][c], f[r][c]);
-                let h = _mm512_sub_epi32(fold(g, g), offset);
-                let sumi = _mm256_cvtepi32_ps(_mm512_castsi512_si256(h));
-                // SAFETY: scales `b..b + 8` of decoded column `c < C`.
-                let dw = unsafe { _mm256_loadu_ps(w.ds.add(c * x.blocks + b)) };
-                let mut fs = [0f32; 8];
-                let mut ss = [0f32; 8];
-                // SAFETY: 8 `f32` each.
-                unsafe {
-                    _mm256_storeu_ps(fs.as_mut_ptr(), sumi);
-                    _mm256_storeu_ps(ss.as_mut_ptr(), _mm256_mul_ps(dw, dx));
-                }
-                for (f, s) in fs.iter().zip(&ss) {
-                    y[r][c] = f.mul_add(*s, y[r][c]);
-                }
-            }
-        }
-        b += 8;
-    }
-    while b < x.blocks {
-        for (r, yr) in y.iter_mut().enumerate() {
-            // SAFETY: block `b < blocks` of activation row `r < R`, its two group sums and
-            // its scale.
-            let (xb, sx, dx) = unsafe {
-                let s = x.sums.add((r * x.width + b * 32) / 16);
-                (
-                    _mm512_zextsi256_si512(_mm256_loadu_si256(
-                        x.qs.add(r * x.width + b * 32).cast(),
-                    )),
-                    s.read() + s.add(1).read(),
-                    x.ds.add(r * x.blocks + b).read(),
-                )
-            };
-            for (c, y) in yr.iter_mut().enumerate() {
-                // SAFETY: block `b` of decoded column `c < C`.
-                let (wb, dw) = unsafe {
-                    (
-                        _mm512_zextsi256_si512(_mm256_loadu_si256(
-                            w.qs.add(c * x.width + b * 32).cast(),
-                        )),
-                        w.ds.add(c * x.blocks + b).read(),
-                    )
-                };
-                let sumi = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(zero, wb, xb)) - 16 * sx;
-                *y = (sumi as f32).mul_add(dw * dx, *y);
-            }
-        }
-        b += 1;
     }
     y
 }
