@@ -1,7 +1,7 @@
-//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K` and `Q6_K` (most of a
-//! `Q4_K_M` file, the default download of Ollama and LM Studio) here, and the 32-element
-//! types `Q5_0` (what `Q4_K_M` holds where a row is not a multiple of 256), `Q4_1` and
-//! `Q5_1` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
+//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K`, `Q5_K` and `Q6_K`
+//! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) here,
+//! and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a multiple of
+//! 256), `Q4_1` and `Q5_1` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
 //! activations (one `f32` scale and 256 × `i8` per super-block, plus the sum of each 16
 //! quants).
 //!
@@ -12,10 +12,10 @@
 //! 4 columns' loads in flight.
 //!
 //! **Same bits as the portable code.** Per super-block the portable code computes, exactly
-//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` the minima's
+//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` / `Q5_K` the minima's
 //! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
 //! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q4_K`: the nibble as stored; `Q6_K`: the 6-bit value `q + 32`, the
+//! (`Q4_K` / `Q5_K`: the 4- or 5-bit value as stored; `Q6_K`: the 6-bit value `q + 32`, the
 //! offset taken back as `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each
 //! 4-element lane is multiplied by its group's scale, and the lanes are summed: integer
 //! additions in another order give the same integer (no partial sum can overflow: |lane| ≤
@@ -32,7 +32,30 @@ mod small;
 
 /// Whether this module has a kernel for weights of type `t`.
 pub(super) fn supports(t: QType) -> bool {
-    matches!(t, QType::Q4_K | QType::Q6_K) || small::supports(t)
+    kind(t).is_some() || small::supports(t)
+}
+
+/// [`k_micro`]'s type parameter: which K-quant.
+const Q4K: u8 = 0;
+const Q5K: u8 = 1;
+const Q6K: u8 = 2;
+
+fn kind(t: QType) -> Option<u8> {
+    match t {
+        QType::Q4_K => Some(Q4K),
+        QType::Q5_K => Some(Q5K),
+        QType::Q6_K => Some(Q6K),
+        _ => None,
+    }
+}
+
+/// Bytes of one super-block of K-quant `T`.
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        Q4K => 144,
+        Q5K => 176,
+        _ => 210,
+    }
 }
 
 /// Output columns `first..first + dst.len() / rows` of a matrix `v` of a type [`supports`]
@@ -72,8 +95,10 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let n = dst.len() / rows.max(1);
     // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
     // `blocks` super-blocks with their scales and group sums, `dst` exactly `[n, rows]`.
-    if !matches!(t, QType::Q4_K | QType::Q6_K)
-        || rows == 0
+    let Some(kind) = kind(t) else {
+        return kdot::run_portable(v, t, a, first, dst);
+    };
+    if rows == 0
         || a.block != QK_K
         || a.width % QK_K != 0
         || (first + n) * row_bytes > v.len()
@@ -84,7 +109,6 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     {
         return kdot::run_portable(v, t, a, first, dst);
     }
-    let q6 = t == QType::Q6_K;
     for rb in (0..rows).step_by(ROW_BLOCK) {
         let re = (rb + ROW_BLOCK).min(rows);
         let mut c = 0;
@@ -114,24 +138,40 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                 let at = c * rows + r;
                 // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
                 unsafe {
-                    match (q6, rr, cc) {
-                        (true, 4, 4) => put(dst, at, rows, k_micro::<true, 4, 4>(w, &x)),
-                        (true, 2, 4) => put(dst, at, rows, k_micro::<true, 2, 4>(w, &x)),
-                        (true, 1, 4) => put(dst, at, rows, k_micro::<true, 1, 4>(w, &x)),
-                        (true, 4, _) => put(dst, at, rows, k_micro::<true, 4, 1>(w, &x)),
-                        (true, 2, _) => put(dst, at, rows, k_micro::<true, 2, 1>(w, &x)),
-                        (true, _, _) => put(dst, at, rows, k_micro::<true, 1, 1>(w, &x)),
-                        (false, 4, 4) => put(dst, at, rows, k_micro::<false, 4, 4>(w, &x)),
-                        (false, 2, 4) => put(dst, at, rows, k_micro::<false, 2, 4>(w, &x)),
-                        (false, 1, 4) => put(dst, at, rows, k_micro::<false, 1, 4>(w, &x)),
-                        (false, 4, _) => put(dst, at, rows, k_micro::<false, 4, 1>(w, &x)),
-                        (false, 2, _) => put(dst, at, rows, k_micro::<false, 2, 1>(w, &x)),
-                        (false, _, _) => put(dst, at, rows, k_micro::<false, 1, 1>(w, &x)),
+                    match kind {
+                        Q4K => tile::<Q4K>(dst, at, rows, (rr, cc), w, &x),
+                        Q5K => tile::<Q5K>(dst, at, rows, (rr, cc), w, &x),
+                        _ => tile::<Q6K>(dst, at, rows, (rr, cc), w, &x),
                     }
                 }
                 r += rr;
             }
             c += cc;
+        }
+    }
+}
+
+/// The `rr × cc` tile of K-quant `T` at weight row `w`, activation rows `x`, into `dst` at
+/// `at`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn tile<const T: u8>(
+    dst: &mut [f32],
+    at: usize,
+    rows: usize,
+    (rr, cc): (usize, usize),
+    w: *const u8,
+    x: &KRows,
+) {
+    // SAFETY: the caller guarantees `rr` activation rows at `x` and `cc` weight rows at `w`.
+    unsafe {
+        match (rr, cc) {
+            (4, 4) => put(dst, at, rows, k_micro::<T, 4, 4>(w, x)),
+            (2, 4) => put(dst, at, rows, k_micro::<T, 2, 4>(w, x)),
+            (1, 4) => put(dst, at, rows, k_micro::<T, 1, 4>(w, x)),
+            (4, _) => put(dst, at, rows, k_micro::<T, 4, 1>(w, x)),
+            (2, _) => put(dst, at, rows, k_micro::<T, 2, 1>(w, x)),
+            _ => put(dst, at, rows, k_micro::<T, 1, 1>(w, x)),
         }
     }
 }
@@ -150,28 +190,27 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
 #[derive(Clone, Copy)]
 struct Scales {
     d: f32,
-    /// `Q4_K`'s `dmin`; 0 for `Q6_K`.
+    /// `Q4_K` / `Q5_K`'s `dmin`; 0 for `Q6_K`.
     dmin: f32,
-    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K`: lanes 0–7 the 8 sub-block scales,
+    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K` / `Q5_K`: lanes 0–7 the 8 sub-block scales,
     /// lanes 8–15 the 8 minima (a sub-block is two groups).
     sc: __m512i,
-    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K`'s minimum, or
+    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K` / `Q5_K`'s minimum, or
     /// `Q6_K`'s offset correction `32 · sc_g`.
     corr: __m512i,
 }
 
-/// The scales of the super-block at `p` (`Q6_K` if `Q6`, else `Q4_K`).
+/// The scales of the super-block of K-quant `T` at `p` (`Q5_K`'s are laid out as `Q4_K`'s).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
-    let bb = if Q6 { 210 } else { 144 };
+unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
     // SAFETY: the caller guarantees one whole block at `p`.
-    let block = unsafe { std::slice::from_raw_parts(p, bb) };
-    if Q6 {
+    let block = unsafe { std::slice::from_raw_parts(p, block_bytes(T)) };
+    if T == Q6K {
         // SAFETY: bytes 192..208 of a 210-byte block.
         let sc = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast())) };
         Scales {
@@ -215,9 +254,9 @@ unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
+unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
     let nib = _mm512_set1_epi8(0x0f);
-    if Q6 {
+    if T == Q6K {
         // Half `h = k / 2` of 128 elements: `ql[64h..64h + 64]` holds groups t = 0, 1 in its
         // low nibbles and t = 2, 3 in its high ones; bits `2t` of `qh[32h..32h + 32]` are the
         // top two bits of group t.
@@ -246,31 +285,44 @@ unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
         _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi))
     } else {
         // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
-        // SAFETY: `qs` is bytes 16..144 of the block.
-        let v = unsafe { _mm256_loadu_si256(p.add(16 + 32 * k).cast()) };
+        let qs = if T == Q5K { 48 } else { 16 };
+        // SAFETY: `qs` is bytes 16..144 (`Q4_K`) or 48..176 (`Q5_K`) of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(qs + 32 * k).cast()) };
         let v = _mm512_castsi256_si512(v);
         let both = _mm512_inserti64x4::<1>(v, _mm512_castsi512_si256(_mm512_srli_epi16::<4>(v)));
-        _mm512_and_si512(both, nib)
+        let low = _mm512_and_si512(both, nib);
+        if T != Q5K {
+            return low;
+        }
+        // `Q5_K`'s fifth bits: bit `s` of `qh[l]` for element `l` of sub-block `s`.
+        // SAFETY: `qh` is bytes 16..48 of the block.
+        let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_set1_epi8((1u8 << (2 * k)) as i8),
+            _mm256_set1_epi8((1u8 << (2 * k + 1)) as i8),
+        );
+        let high = _mm512_test_epi8_mask(qh, bits);
+        _mm512_mask_add_epi8(low, high, low, _mm512_set1_epi8(16))
     }
 }
 
 /// An `R × C` tile: activation rows × weight columns, every super-block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
+unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     w: *const u8,
     x: &KRows,
 ) -> [[f32; C]; R] {
-    let bb = if Q6 { 210 } else { 144 };
+    let bb = block_bytes(T);
     let mut y = [[0f32; C]; R];
     // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: group `4k + l / 4`
-    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`); see [`Scales::sc`].
-    let group = if Q6 {
+    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`, `Q5_K`); see [`Scales::sc`].
+    let group = if T == Q6K {
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
     } else {
         _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
     };
-    let step = if Q6 { 4 } else { 2 };
+    let step = if T == Q6K { 4 } else { 2 };
     for b in 0..x.blocks {
         let zero = Scales {
             d: 0.0,
@@ -287,7 +339,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + 128).cast());
             // SAFETY: as above.
-            *s = unsafe { scales::<Q6>(p) };
+            *s = unsafe { scales::<T>(p) };
         }
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for k in 0..4 {
@@ -300,7 +352,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             let idx = _mm512_add_epi32(group, _mm512_set1_epi32(step * k as i32));
             for (c, s) in s.iter().enumerate() {
                 // SAFETY: as above.
-                let wk = unsafe { chunk::<Q6>(w.add(c * x.row_bytes + b * bb), k) };
+                let wk = unsafe { chunk::<T>(w.add(c * x.row_bytes + b * bb), k) };
                 let sk = _mm512_permutexvar_epi32(idx, s.sc);
                 for (acc, xk) in acc.iter_mut().zip(&xk) {
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wk, *xk);
@@ -319,7 +371,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             };
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
-                if Q6 {
+                if T == Q6K {
                     let sumi = _mm512_reduce_add_epi32(_mm512_sub_epi32(*acc, corr));
                     *y = (sumi as f32).mul_add(s.d * dx, *y);
                 } else {
