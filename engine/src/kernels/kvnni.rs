@@ -1,7 +1,7 @@
 //! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K`, `Q5_K` and `Q6_K`
 //! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) here,
 //! and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a multiple of
-//! 256), `Q4_1` and `Q5_1` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
+//! 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
 //! activations (one `f32` scale and 256 × `i8` per super-block, plus the sum of each 16
 //! quants).
 //!

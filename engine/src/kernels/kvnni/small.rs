@@ -1,4 +1,4 @@
-//! The 32-element block types (`Q5_0`, `Q4_1`, `Q5_1`) against [`super::kdot`]'s `Q8_0`
+//! The 32-element block types (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`) against [`super::kdot`]'s `Q8_0`
 //! activations (one `f32` scale and 32 × `i8` per block, plus the sum of each 16 quants).
 //!
 //! The portable code adds, per block and in block order, `acc = f32(Σ q·x) · (d_w · d_x) +
@@ -7,12 +7,15 @@
 //! minima beside them), then 8 blocks at a time go through four `vpdpbusd`, a transposing
 //! reduction to the 8 blocks' integer sums, the type's offset taken back as `offset · Σ x`
 //! from the activations' group sums, and the same fused multiply-adds in the same order.
+//! `IQ4_NL`'s nibbles index a table of signed levels: the decoded byte is the level + 128
+//! (one `vpshufb`), so it enters `vpdpbusd` unsigned like the others.
 
 use std::arch::x86_64::*;
 
 use super::{KRows, put};
 use crate::kernels::kdot::{self, Acts};
 use crate::kernels::{COL_TILE, ROW_BLOCK};
+use crate::quant::iquants::KVALUES;
 use crate::quant::{QK, QType, block_scale};
 
 /// Where a 32-element type keeps its parts (`legacy.rs` has the layouts) and what its
@@ -29,6 +32,8 @@ struct Layout {
     qs: usize,
     /// What a decoded byte exceeds the portable code's `i8` quant by (`Q5_0`: its `q − 16`).
     offset: i32,
+    /// The nibbles index [`KVALUES`] (`IQ4_NL`), decoded as the level + `offset`.
+    table: bool,
 }
 
 fn layout(t: QType) -> Option<Layout> {
@@ -39,6 +44,7 @@ fn layout(t: QType) -> Option<Layout> {
             qh: Some(2),
             qs: 6,
             offset: 16,
+            table: false,
         },
         QType::Q4_1 => Layout {
             bytes: 20,
@@ -46,6 +52,7 @@ fn layout(t: QType) -> Option<Layout> {
             qh: None,
             qs: 4,
             offset: 0,
+            table: false,
         },
         QType::Q5_1 => Layout {
             bytes: 24,
@@ -53,6 +60,15 @@ fn layout(t: QType) -> Option<Layout> {
             qh: Some(4),
             qs: 8,
             offset: 0,
+            table: false,
+        },
+        QType::IQ4_NL => Layout {
+            bytes: 18,
+            min: None,
+            qh: None,
+            qs: 2,
+            offset: 128,
+            table: true,
         },
         _ => return None,
     })
@@ -171,6 +187,10 @@ struct SmallCols {
 unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
     let nib = _mm_set1_epi8(0x0f);
     let sixteen = _mm256_set1_epi8(16);
+    // `KVALUES[i] + 128` in byte `i`: the bit pattern with its sign bit flipped.
+    let levels = KVALUES.map(|k| k.cast_unsigned() ^ 0x80);
+    // SAFETY: 16 bytes.
+    let levels = unsafe { _mm_loadu_si128(levels.as_ptr().cast()) };
     for b in 0..blocks {
         // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`,
         // `m`; `l` describes offsets inside one block.
@@ -181,8 +201,12 @@ unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f3
             m.add(b)
                 .write(l.min.map_or(0.0, |at| block_scale(&block[at..])));
             let qs = _mm_loadu_si128(p.add(l.qs).cast());
-            let lo = _mm_and_si128(qs, nib);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nib);
+            let mut lo = _mm_and_si128(qs, nib);
+            let mut hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nib);
+            if l.table {
+                lo = _mm_shuffle_epi8(levels, lo);
+                hi = _mm_shuffle_epi8(levels, hi);
+            }
             let mut both = _mm256_set_m128i(hi, lo);
             if let Some(at) = l.qh {
                 let high = p.add(at).cast::<u32>().read_unaligned().to_le();
