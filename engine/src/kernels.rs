@@ -13,8 +13,9 @@
 //! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
 //! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
 //! block sums; their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
-//! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), `Q5_K`, `Q4_1`, `Q5_1` and `IQ4_NL`, which
-//! have AVX-512 VNNI kernels of their own (`kvnni`, bit-identical to the portable code). Work is split over output columns on rayon's
+//! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`,
+//! which have AVX-512 VNNI kernels of their own (`kvnni`, bit-identical to the portable
+//! code). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!

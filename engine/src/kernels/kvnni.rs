@@ -1,9 +1,9 @@
 //! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K`, `Q5_K` and `Q6_K`
-//! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) here,
-//! and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a multiple of
-//! 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The K-quants run against [`super::kdot`]'s `Q8_K`
-//! activations (one `f32` scale and 256 × `i8` per super-block, plus the sum of each 16
-//! quants).
+//! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) and
+//! `IQ4_XS` here, and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a
+//! multiple of 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
+//! against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per
+//! super-block, plus the sum of each 16 quants).
 //!
 //! The portable code ([`super::kdot::run_portable`]) unpacks a whole weight row into bytes
 //! and takes 16-element dot products one group at a time; this kernel reads the stored
@@ -15,20 +15,34 @@
 //! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` / `Q5_K` the minima's
 //! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
 //! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q4_K` / `Q5_K`: the 4- or 5-bit value as stored; `Q6_K`: the 6-bit value `q + 32`, the
-//! offset taken back as `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each
-//! 4-element lane is multiplied by its group's scale, and the lanes are summed: integer
-//! additions in another order give the same integer (no partial sum can overflow: |lane| ≤
-//! 4·63·127·128 per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are
-//! the portable code's, in its order.
+//! (`Q4_K` / `Q5_K`: the 4- or 5-bit value as stored; `Q6_K`: the 6-bit value `q + 32`;
+//! `IQ4_XS`: the table level + 128; an offset is taken back as `offset · sc_g · Σ_{i∈g} x_i`
+//! from the activations' group sums), each 4-element lane is multiplied by its group's
+//! scale, and the lanes are summed: integer additions in another order give the same integer
+//! (no partial sum can overflow: |lane| ≤ 4·63·127·128 (`Q6_K`) or 4·255·127·32 (`IQ4_XS`)
+//! per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
+//! code's, in its order.
 
 use std::arch::x86_64::*;
 
 use super::kdot::{self, Acts};
 use super::{COL_TILE, ROW_BLOCK};
+use crate::quant::iquants::KVALUES;
 use crate::quant::{QK_K, QType, block_scale};
 
 mod small;
+
+/// `IQ4_NL` / `IQ4_XS` levels as unsigned bytes: `KVALUES[i] + 128` in byte `i`, the bit
+/// pattern with its sign bit flipped.
+const LEVELS: [u8; 16] = {
+    let mut l = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        l[i] = KVALUES[i].cast_unsigned() ^ 0x80;
+        i += 1;
+    }
+    l
+};
 
 /// Whether this module has a kernel for weights of type `t`.
 pub(super) fn supports(t: QType) -> bool {
@@ -39,12 +53,14 @@ pub(super) fn supports(t: QType) -> bool {
 const Q4K: u8 = 0;
 const Q5K: u8 = 1;
 const Q6K: u8 = 2;
+const IQ4XS: u8 = 3;
 
 fn kind(t: QType) -> Option<u8> {
     match t {
         QType::Q4_K => Some(Q4K),
         QType::Q5_K => Some(Q5K),
         QType::Q6_K => Some(Q6K),
+        QType::IQ4_XS => Some(IQ4XS),
         _ => None,
     }
 }
@@ -54,6 +70,7 @@ const fn block_bytes(t: u8) -> usize {
     match t {
         Q4K => 144,
         Q5K => 176,
+        IQ4XS => 136,
         _ => 210,
     }
 }
@@ -141,7 +158,8 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                     match kind {
                         Q4K => tile::<Q4K>(dst, at, rows, (rr, cc), w, &x),
                         Q5K => tile::<Q5K>(dst, at, rows, (rr, cc), w, &x),
-                        _ => tile::<Q6K>(dst, at, rows, (rr, cc), w, &x),
+                        Q6K => tile::<Q6K>(dst, at, rows, (rr, cc), w, &x),
+                        _ => tile::<IQ4XS>(dst, at, rows, (rr, cc), w, &x),
                     }
                 }
                 r += rr;
@@ -219,6 +237,25 @@ unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
             sc,
             corr: _mm512_slli_epi32::<5>(sc),
         }
+    } else if T == IQ4XS {
+        // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
+        // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
+        let high = u16::from_le_bytes([block[2], block[3]]);
+        let mut ls = [0i32; 16];
+        for (s, ls) in ls.iter_mut().take(8).enumerate() {
+            let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
+            *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
+        }
+        // SAFETY: 16 `i32`.
+        let sc = unsafe { _mm512_loadu_si512(ls.as_ptr().cast()) };
+        // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
+        let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        Scales {
+            d: block_scale(block),
+            dmin: 0.0,
+            sc,
+            corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
+        }
     } else {
         // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
         // with word operations into 8 scale bytes then 8 minimum bytes.
@@ -283,6 +320,20 @@ unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
         );
         let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), _mm512_set1_epi8(3));
         _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi))
+    } else if T == IQ4XS {
+        // Sub-blocks 2k and 2k + 1 are `qs[32k..32k + 16]` and `qs[32k + 16..32k + 32]`, each
+        // laid out as an `IQ4_NL` block: element `j` in byte `j`'s low nibble, `j + 16` in
+        // its high one.
+        // SAFETY: `qs` is bytes 8..136 of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(8 + 32 * k).cast()) };
+        let lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0f));
+        // 128-bit lanes [lo₀, lo₁, hi₀, hi₁] → [lo₀, hi₀, lo₁, hi₁]: element order.
+        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let idx = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
+        // SAFETY: 16 bytes.
+        let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
+        _mm512_shuffle_epi8(_mm512_broadcast_i32x4(levels), idx)
     } else {
         // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
         let qs = if T == Q5K { 48 } else { 16 };
@@ -371,7 +422,7 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             };
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
-                if T == Q6K {
+                if T == Q6K || T == IQ4XS {
                     let sumi = _mm512_reduce_add_epi32(_mm512_sub_epi32(*acc, corr));
                     *y = (sumi as f32).mul_add(s.d * dx, *y);
                 } else {

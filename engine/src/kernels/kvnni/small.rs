@@ -12,10 +12,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{KRows, put};
+use super::{KRows, LEVELS, put};
 use crate::kernels::kdot::{self, Acts};
 use crate::kernels::{COL_TILE, ROW_BLOCK};
-use crate::quant::iquants::KVALUES;
 use crate::quant::{QK, QType, block_scale};
 
 /// Where a 32-element type keeps its parts (`legacy.rs` has the layouts) and what its
@@ -32,7 +31,7 @@ struct Layout {
     qs: usize,
     /// What a decoded byte exceeds the portable code's `i8` quant by (`Q5_0`: its `q − 16`).
     offset: i32,
-    /// The nibbles index [`KVALUES`] (`IQ4_NL`), decoded as the level + `offset`.
+    /// The nibbles index `KVALUES` (`IQ4_NL`), decoded as the level + `offset` ([`LEVELS`]).
     table: bool,
 }
 
@@ -187,10 +186,8 @@ struct SmallCols {
 unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
     let nib = _mm_set1_epi8(0x0f);
     let sixteen = _mm256_set1_epi8(16);
-    // `KVALUES[i] + 128` in byte `i`: the bit pattern with its sign bit flipped.
-    let levels = KVALUES.map(|k| k.cast_unsigned() ^ 0x80);
     // SAFETY: 16 bytes.
-    let levels = unsafe { _mm_loadu_si128(levels.as_ptr().cast()) };
+    let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
     for b in 0..blocks {
         // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`,
         // `m`; `l` describes offsets inside one block.
