@@ -117,7 +117,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     };
     if rows == 0
         || a.block != QK_K
-        || a.width % QK_K != 0
+        || !a.width.is_multiple_of(QK_K)
         || (first + n) * row_bytes > v.len()
         || a.qs.len() < rows * a.width
         || a.ds.len() < rows * blocks
@@ -307,7 +307,7 @@ unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
         };
         // Shift counts per 16-bit word: the low 256 bits take group 2·(k % 2)'s, the high
         // ones group 2·(k % 2) + 1's.
-        let (lo, shift) = if k % 2 == 0 {
+        let (lo, shift) = if k.is_multiple_of(2) {
             (ql, (0, 2))
         } else {
             (_mm512_srli_epi16::<4>(ql), (4, 6))

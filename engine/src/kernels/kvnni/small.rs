@@ -92,7 +92,7 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
     let row_bytes = blocks * l.bytes;
     if rows == 0
         || a.block != QK
-        || a.width % QK != 0
+        || !a.width.is_multiple_of(QK)
         || (first + n) * row_bytes > v.len()
         || a.qs.len() < rows * a.width
         || a.ds.len() < rows * blocks
