@@ -584,12 +584,16 @@ fn simd_level() -> u8 {
 }
 
 /// Whether the AVX-512 level also has the 8-bit dot products (`vpdpbusd`) the quantized
-/// kernels use.
+/// kernels use (and F16C, which every such CPU has, for their block scales).
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     use std::sync::OnceLock;
     static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| simd_level() == 2 && is_x86_feature_detected!("avx512vnni"))
+    *VNNI.get_or_init(|| {
+        simd_level() == 2
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// [`run`] compiled for the best instruction set this CPU has.

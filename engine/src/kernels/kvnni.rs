@@ -80,7 +80,7 @@ const fn block_bytes(t: u8) -> usize {
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
 pub(super) fn run(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
-    // AVX2 and FMA, every feature `run_v4` and `small::run_v4` enable.
+    // AVX2, FMA and F16C, every feature `run_v4` and `small`'s functions enable.
     unsafe {
         if small::supports(t) {
             small::run_v4(v, t, a, first, dst)
