@@ -188,11 +188,16 @@ unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f3
     let sixteen = _mm256_set1_epi8(16);
     // SAFETY: 16 bytes.
     let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
+    // The same row of the next tile of columns, which the next decode reads: the loop is
+    // otherwise bound by the latency of its loads. Past the matrix's end is harmless: a
+    // prefetch never faults.
+    let ahead = COL_TILE * blocks * l.bytes;
     for b in 0..blocks {
         // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`,
         // `m`; `l` describes offsets inside one block.
         unsafe {
             let p = p.add(b * l.bytes);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead).cast());
             // The scale and the minimum (or the next two bytes) widened in one instruction,
             // exactly as `block_scale` widens them: every `f16` is an `f32`. Without this
             // the conversions were most of a decode step's time.
