@@ -13,8 +13,9 @@
 //! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
 //! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
 //! block sums; their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
-//! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), which have AVX-512 VNNI kernels of their own
-//! (`kvnni`, bit-identical to the portable code). Work is split over output columns on rayon's
+//! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`,
+//! which have AVX-512 VNNI kernels of their own (`kvnni`, bit-identical to the portable
+//! code). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!
@@ -583,12 +584,16 @@ fn simd_level() -> u8 {
 }
 
 /// Whether the AVX-512 level also has the 8-bit dot products (`vpdpbusd`) the quantized
-/// kernels use.
+/// kernels use (and F16C, which every such CPU has, for their block scales).
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     use std::sync::OnceLock;
     static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| simd_level() == 2 && is_x86_feature_detected!("avx512vnni"))
+    *VNNI.get_or_init(|| {
+        simd_level() == 2
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// [`run`] compiled for the best instruction set this CPU has.

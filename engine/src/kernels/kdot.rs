@@ -151,10 +151,6 @@ pub(super) fn matmul(
             return super::kvnni::run(v, t, &a, first, dst);
         }
         #[cfg(target_arch = "x86_64")]
-        if super::vnni() && t == QType::Q5_0 {
-            return super::kvnni::run_q5_0(v, &a, first, dst);
-        }
-        #[cfg(target_arch = "x86_64")]
         match super::simd_level() {
             2 => return super::x86::run_kquant_v4(v, t, &a, first, dst),
             1 => return super::x86::run_kquant_v3(v, t, &a, first, dst),

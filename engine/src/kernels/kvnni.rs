@@ -1,8 +1,9 @@
-//! AVX-512 VNNI micro-kernels for the types a `Q4_K_M` / `Q4_K_S` GGUF file is mostly made
-//! of (the default download of Ollama and LM Studio): `Q4_K` and `Q6_K`, and `Q5_0` where a
-//! row is not a multiple of 256 ([`run_q5_0`], documented there). The K-quants run against
-//! [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per super-block, plus
-//! the sum of each 16 quants).
+//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K`, `Q5_K` and `Q6_K`
+//! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) and
+//! `IQ4_XS` here, and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a
+//! multiple of 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
+//! against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per
+//! super-block, plus the sum of each 16 quants).
 //!
 //! The portable code ([`super::kdot::run_portable`]) unpacks a whole weight row into bytes
 //! and takes 16-element dot products one group at a time; this kernel reads the stored
@@ -11,34 +12,82 @@
 //! 4 columns' loads in flight.
 //!
 //! **Same bits as the portable code.** Per super-block the portable code computes, exactly
-//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` the minima's
+//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` / `Q5_K` the minima's
 //! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
 //! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q4_K`: the nibble as stored; `Q6_K`: the 6-bit value `q + 32`, the offset taken back as
-//! `32 · sc_g · Σ_{i∈g} x_i` from the activations' group sums), each 4-element lane is
-//! multiplied by its group's scale, and the lanes are summed: integer additions in another
-//! order give the same integer (no partial sum can overflow: |lane| ≤ 4·63·127·128 per
-//! chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
+//! (`Q4_K` / `Q5_K`: the 4- or 5-bit value as stored; `Q6_K`: the 6-bit value `q + 32`;
+//! `IQ4_XS`: the table level + 128; an offset is taken back as `offset · sc_g · Σ_{i∈g} x_i`
+//! from the activations' group sums), each 4-element lane is multiplied by its group's
+//! scale, and the lanes are summed: integer additions in another order give the same integer
+//! (no partial sum can overflow: |lane| ≤ 4·63·127·128 (`Q6_K`) or 4·255·127·32 (`IQ4_XS`)
+//! per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
 //! code's, in its order.
 
 use std::arch::x86_64::*;
 
 use super::kdot::{self, Acts};
 use super::{COL_TILE, ROW_BLOCK};
+use crate::quant::iquants::KVALUES;
 use crate::quant::{QK_K, QType, block_scale};
+
+mod small;
+
+/// `IQ4_NL` / `IQ4_XS` levels as unsigned bytes: `KVALUES[i] + 128` in byte `i`, the bit
+/// pattern with its sign bit flipped.
+const LEVELS: [u8; 16] = {
+    let mut l = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        l[i] = KVALUES[i].cast_unsigned() ^ 0x80;
+        i += 1;
+    }
+    l
+};
 
 /// Whether this module has a kernel for weights of type `t`.
 pub(super) fn supports(t: QType) -> bool {
-    matches!(t, QType::Q4_K | QType::Q6_K)
+    kind(t).is_some() || small::supports(t)
 }
 
-/// Output columns `first..first + dst.len() / rows` of a `Q4_K` / `Q6_K` matrix `v` into
-/// `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
+/// [`k_micro`]'s type parameter: which K-quant.
+const Q4K: u8 = 0;
+const Q5K: u8 = 1;
+const Q6K: u8 = 2;
+const IQ4XS: u8 = 3;
+
+fn kind(t: QType) -> Option<u8> {
+    match t {
+        QType::Q4_K => Some(Q4K),
+        QType::Q5_K => Some(Q5K),
+        QType::Q6_K => Some(Q6K),
+        QType::IQ4_XS => Some(IQ4XS),
+        _ => None,
+    }
+}
+
+/// Bytes of one super-block of K-quant `T`.
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        Q4K => 144,
+        Q5K => 176,
+        IQ4XS => 136,
+        _ => 210,
+    }
+}
+
+/// Output columns `first..first + dst.len() / rows` of a matrix `v` of a type [`supports`]
+/// accepts into `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
 pub(super) fn run(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
-    // AVX2 and FMA, every feature `run_v4` enables.
-    unsafe { run_v4(v, t, a, first, dst) }
+    // AVX2, FMA and F16C, every feature `run_v4` and `small`'s functions enable.
+    unsafe {
+        if small::supports(t) {
+            small::run_v4(v, t, a, first, dst)
+        } else {
+            run_v4(v, t, a, first, dst)
+        }
+    }
 }
 
 /// Activation rows at a tile's first row.
@@ -63,10 +112,12 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let n = dst.len() / rows.max(1);
     // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
     // `blocks` super-blocks with their scales and group sums, `dst` exactly `[n, rows]`.
-    if !supports(t)
-        || rows == 0
+    let Some(kind) = kind(t) else {
+        return kdot::run_portable(v, t, a, first, dst);
+    };
+    if rows == 0
         || a.block != QK_K
-        || a.width % QK_K != 0
+        || !a.width.is_multiple_of(QK_K)
         || (first + n) * row_bytes > v.len()
         || a.qs.len() < rows * a.width
         || a.ds.len() < rows * blocks
@@ -75,7 +126,6 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     {
         return kdot::run_portable(v, t, a, first, dst);
     }
-    let q6 = t == QType::Q6_K;
     for rb in (0..rows).step_by(ROW_BLOCK) {
         let re = (rb + ROW_BLOCK).min(rows);
         let mut c = 0;
@@ -105,24 +155,41 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                 let at = c * rows + r;
                 // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
                 unsafe {
-                    match (q6, rr, cc) {
-                        (true, 4, 4) => put(dst, at, rows, k_micro::<true, 4, 4>(w, &x)),
-                        (true, 2, 4) => put(dst, at, rows, k_micro::<true, 2, 4>(w, &x)),
-                        (true, 1, 4) => put(dst, at, rows, k_micro::<true, 1, 4>(w, &x)),
-                        (true, 4, _) => put(dst, at, rows, k_micro::<true, 4, 1>(w, &x)),
-                        (true, 2, _) => put(dst, at, rows, k_micro::<true, 2, 1>(w, &x)),
-                        (true, _, _) => put(dst, at, rows, k_micro::<true, 1, 1>(w, &x)),
-                        (false, 4, 4) => put(dst, at, rows, k_micro::<false, 4, 4>(w, &x)),
-                        (false, 2, 4) => put(dst, at, rows, k_micro::<false, 2, 4>(w, &x)),
-                        (false, 1, 4) => put(dst, at, rows, k_micro::<false, 1, 4>(w, &x)),
-                        (false, 4, _) => put(dst, at, rows, k_micro::<false, 4, 1>(w, &x)),
-                        (false, 2, _) => put(dst, at, rows, k_micro::<false, 2, 1>(w, &x)),
-                        (false, _, _) => put(dst, at, rows, k_micro::<false, 1, 1>(w, &x)),
+                    match kind {
+                        Q4K => tile::<Q4K>(dst, at, rows, (rr, cc), w, &x),
+                        Q5K => tile::<Q5K>(dst, at, rows, (rr, cc), w, &x),
+                        Q6K => tile::<Q6K>(dst, at, rows, (rr, cc), w, &x),
+                        _ => tile::<IQ4XS>(dst, at, rows, (rr, cc), w, &x),
                     }
                 }
                 r += rr;
             }
             c += cc;
+        }
+    }
+}
+
+/// The `rr × cc` tile of K-quant `T` at weight row `w`, activation rows `x`, into `dst` at
+/// `at`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn tile<const T: u8>(
+    dst: &mut [f32],
+    at: usize,
+    rows: usize,
+    (rr, cc): (usize, usize),
+    w: *const u8,
+    x: &KRows,
+) {
+    // SAFETY: the caller guarantees `rr` activation rows at `x` and `cc` weight rows at `w`.
+    unsafe {
+        match (rr, cc) {
+            (4, 4) => put(dst, at, rows, k_micro::<T, 4, 4>(w, x)),
+            (2, 4) => put(dst, at, rows, k_micro::<T, 2, 4>(w, x)),
+            (1, 4) => put(dst, at, rows, k_micro::<T, 1, 4>(w, x)),
+            (4, _) => put(dst, at, rows, k_micro::<T, 4, 1>(w, x)),
+            (2, _) => put(dst, at, rows, k_micro::<T, 2, 1>(w, x)),
+            _ => put(dst, at, rows, k_micro::<T, 1, 1>(w, x)),
         }
     }
 }
@@ -141,28 +208,27 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
 #[derive(Clone, Copy)]
 struct Scales {
     d: f32,
-    /// `Q4_K`'s `dmin`; 0 for `Q6_K`.
+    /// `Q4_K` / `Q5_K`'s `dmin`; 0 for `Q6_K`.
     dmin: f32,
-    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K`: lanes 0–7 the 8 sub-block scales,
+    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K` / `Q5_K`: lanes 0–7 the 8 sub-block scales,
     /// lanes 8–15 the 8 minima (a sub-block is two groups).
     sc: __m512i,
-    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K`'s minimum, or
+    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K` / `Q5_K`'s minimum, or
     /// `Q6_K`'s offset correction `32 · sc_g`.
     corr: __m512i,
 }
 
-/// The scales of the super-block at `p` (`Q6_K` if `Q6`, else `Q4_K`).
+/// The scales of the super-block of K-quant `T` at `p` (`Q5_K`'s are laid out as `Q4_K`'s).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
-    let bb = if Q6 { 210 } else { 144 };
+unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
     // SAFETY: the caller guarantees one whole block at `p`.
-    let block = unsafe { std::slice::from_raw_parts(p, bb) };
-    if Q6 {
+    let block = unsafe { std::slice::from_raw_parts(p, block_bytes(T)) };
+    if T == Q6K {
         // SAFETY: bytes 192..208 of a 210-byte block.
         let sc = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast())) };
         Scales {
@@ -170,6 +236,25 @@ unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
             dmin: 0.0,
             sc,
             corr: _mm512_slli_epi32::<5>(sc),
+        }
+    } else if T == IQ4XS {
+        // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
+        // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
+        let high = u16::from_le_bytes([block[2], block[3]]);
+        let mut ls = [0i32; 16];
+        for (s, ls) in ls.iter_mut().take(8).enumerate() {
+            let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
+            *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
+        }
+        // SAFETY: 16 `i32`.
+        let sc = unsafe { _mm512_loadu_si512(ls.as_ptr().cast()) };
+        // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
+        let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        Scales {
+            d: block_scale(block),
+            dmin: 0.0,
+            sc,
+            corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
         }
     } else {
         // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
@@ -206,9 +291,9 @@ unsafe fn scales<const Q6: bool>(p: *const u8) -> Scales {
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
+unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
     let nib = _mm512_set1_epi8(0x0f);
-    if Q6 {
+    if T == Q6K {
         // Half `h = k / 2` of 128 elements: `ql[64h..64h + 64]` holds groups t = 0, 1 in its
         // low nibbles and t = 2, 3 in its high ones; bits `2t` of `qh[32h..32h + 32]` are the
         // top two bits of group t.
@@ -222,7 +307,7 @@ unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
         };
         // Shift counts per 16-bit word: the low 256 bits take group 2·(k % 2)'s, the high
         // ones group 2·(k % 2) + 1's.
-        let (lo, shift) = if k % 2 == 0 {
+        let (lo, shift) = if k.is_multiple_of(2) {
             (ql, (0, 2))
         } else {
             (_mm512_srli_epi16::<4>(ql), (4, 6))
@@ -235,33 +320,60 @@ unsafe fn chunk<const Q6: bool>(p: *const u8, k: usize) -> __m512i {
         );
         let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), _mm512_set1_epi8(3));
         _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi))
+    } else if T == IQ4XS {
+        // Sub-blocks 2k and 2k + 1 are `qs[32k..32k + 16]` and `qs[32k + 16..32k + 32]`, each
+        // laid out as an `IQ4_NL` block: element `j` in byte `j`'s low nibble, `j + 16` in
+        // its high one.
+        // SAFETY: `qs` is bytes 8..136 of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(8 + 32 * k).cast()) };
+        let lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0f));
+        // 128-bit lanes [lo₀, lo₁, hi₀, hi₁] → [lo₀, hi₀, lo₁, hi₁]: element order.
+        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let idx = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
+        // SAFETY: 16 bytes.
+        let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
+        _mm512_shuffle_epi8(_mm512_broadcast_i32x4(levels), idx)
     } else {
         // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
-        // SAFETY: `qs` is bytes 16..144 of the block.
-        let v = unsafe { _mm256_loadu_si256(p.add(16 + 32 * k).cast()) };
+        let qs = if T == Q5K { 48 } else { 16 };
+        // SAFETY: `qs` is bytes 16..144 (`Q4_K`) or 48..176 (`Q5_K`) of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(qs + 32 * k).cast()) };
         let v = _mm512_castsi256_si512(v);
         let both = _mm512_inserti64x4::<1>(v, _mm512_castsi512_si256(_mm512_srli_epi16::<4>(v)));
-        _mm512_and_si512(both, nib)
+        let low = _mm512_and_si512(both, nib);
+        if T != Q5K {
+            return low;
+        }
+        // `Q5_K`'s fifth bits: bit `s` of `qh[l]` for element `l` of sub-block `s`.
+        // SAFETY: `qh` is bytes 16..48 of the block.
+        let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_set1_epi8((1u8 << (2 * k)) as i8),
+            _mm256_set1_epi8((1u8 << (2 * k + 1)) as i8),
+        );
+        let high = _mm512_test_epi8_mask(qh, bits);
+        _mm512_mask_add_epi8(low, high, low, _mm512_set1_epi8(16))
     }
 }
 
 /// An `R × C` tile: activation rows × weight columns, every super-block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
+unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     w: *const u8,
     x: &KRows,
 ) -> [[f32; C]; R] {
-    let bb = if Q6 { 210 } else { 144 };
+    let bb = block_bytes(T);
     let mut y = [[0f32; C]; R];
     // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: group `4k + l / 4`
-    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`); see [`Scales::sc`].
-    let group = if Q6 {
+    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`, `Q5_K`); see [`Scales::sc`].
+    let group = if T == Q6K {
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
     } else {
         _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
     };
-    let step = if Q6 { 4 } else { 2 };
+    let step = if T == Q6K { 4 } else { 2 };
     for b in 0..x.blocks {
         let zero = Scales {
             d: 0.0,
@@ -278,7 +390,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + 128).cast());
             // SAFETY: as above.
-            *s = unsafe { scales::<Q6>(p) };
+            *s = unsafe { scales::<T>(p) };
         }
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for k in 0..4 {
@@ -291,7 +403,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             let idx = _mm512_add_epi32(group, _mm512_set1_epi32(step * k as i32));
             for (c, s) in s.iter().enumerate() {
                 // SAFETY: as above.
-                let wk = unsafe { chunk::<Q6>(w.add(c * x.row_bytes + b * bb), k) };
+                let wk = unsafe { chunk::<T>(w.add(c * x.row_bytes + b * bb), k) };
                 let sk = _mm512_permutexvar_epi32(idx, s.sc);
                 for (acc, xk) in acc.iter_mut().zip(&xk) {
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wk, *xk);
@@ -310,7 +422,7 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
             };
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
-                if Q6 {
+                if T == Q6K || T == IQ4XS {
                     let sumi = _mm512_reduce_add_epi32(_mm512_sub_epi32(*acc, corr));
                     *y = (sumi as f32).mul_add(s.d * dx, *y);
                 } else {
@@ -321,245 +433,6 @@ unsafe fn k_micro<const Q6: bool, const R: usize, const C: usize>(
                 }
             }
         }
-    }
-    y
-}
-
-/// Bytes of one `Q5_0` block: `f16` scale, `u32` of fifth bits (bit `j`: element `j`), 16
-/// bytes of nibbles (element `j`: byte `j`'s low nibble, `j + 16`: its high one); the value
-/// is `q − 16` for the 5-bit `q`.
-const Q5_0_BYTES: usize = 22;
-
-/// `Q5_0` weights (what `Q4_K_M` files hold where a row is not a multiple of 256, as in
-/// most models under 1B parameters) against `Q8_0` activations. Callers check `vnni()` and
-/// `t == Q5_0`.
-///
-/// The portable code adds one fused multiply-add per 32-element block,
-/// `acc = f32(Σ q·x) · (d_w · d_x) + acc`, blocks in order. Here each tile of columns is
-/// first decoded once into unsigned bytes `q` (and `f32` scales) for every row of the row
-/// block, then 8 blocks at a time go through four `vpdpbusd`, a transposing reduction to the
-/// 8 blocks' integer sums, the offset `16 · Σ x` taken back from the activations' group sums,
-/// and the same 8 fused multiply-adds in the same order.
-#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_q5_0(v: &[u8], a: &Acts, first: usize, dst: &mut [f32]) {
-    // SAFETY: `kdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
-    // AVX2 and FMA, every feature `q5_0_v4` enables.
-    unsafe { q5_0_v4(v, a, first, dst) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
-fn q5_0_v4(v: &[u8], a: &Acts, first: usize, dst: &mut [f32]) {
-    use crate::quant::QK;
-    let rows = a.rows;
-    let blocks = a.width / QK;
-    let row_bytes = blocks * Q5_0_BYTES;
-    let n = dst.len() / rows.max(1);
-    if rows == 0
-        || a.block != QK
-        || a.width % QK != 0
-        || (first + n) * row_bytes > v.len()
-        || a.qs.len() < rows * a.width
-        || a.ds.len() < rows * blocks
-        || a.sums.len() < rows * a.width / 16
-        || dst.len() != n * rows
-    {
-        return kdot::run_portable(v, QType::Q5_0, a, first, dst);
-    }
-    // Decoded weights of one tile of columns: `[COL_TILE, width]` bytes and
-    // `[COL_TILE, blocks]` scales.
-    let mut wq = vec![0u8; COL_TILE * a.width];
-    let mut wd = vec![0f32; COL_TILE * blocks];
-    for rb in (0..rows).step_by(ROW_BLOCK) {
-        let re = (rb + ROW_BLOCK).min(rows);
-        let mut c = 0;
-        while c < n {
-            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
-            for j in 0..cc {
-                let o = first + c + j;
-                // SAFETY: row `o < first + n` lies inside `v` (checked above); the buffers
-                // hold `COL_TILE > j` columns.
-                unsafe {
-                    decode_q5_0(
-                        v.as_ptr().add(o * row_bytes),
-                        blocks,
-                        wq.as_mut_ptr().add(j * a.width),
-                        wd.as_mut_ptr().add(j * blocks),
-                    );
-                }
-            }
-            let w = SmallCols {
-                qs: wq.as_ptr(),
-                ds: wd.as_ptr(),
-            };
-            let mut r = rb;
-            while r < re {
-                let rr = if re - r >= 2 { 2 } else { 1 };
-                let x = KRows {
-                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
-                    // rows (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
-                    width: a.width,
-                    blocks,
-                    row_bytes,
-                };
-                let at = c * rows + r;
-                // SAFETY: the tile's `rr` rows and `cc` decoded columns are inside the
-                // checked ranges and buffers.
-                unsafe {
-                    match (rr, cc) {
-                        (2, 4) => put(dst, at, rows, small_micro::<2, 4>(&w, &x)),
-                        (1, 4) => put(dst, at, rows, small_micro::<1, 4>(&w, &x)),
-                        (2, _) => put(dst, at, rows, small_micro::<2, 1>(&w, &x)),
-                        _ => put(dst, at, rows, small_micro::<1, 1>(&w, &x)),
-                    }
-                }
-                r += rr;
-            }
-            c += cc;
-        }
-    }
-}
-
-/// Decoded 32-element weight blocks of a tile of columns: column `c`'s unsigned quants at
-/// `qs + c · width`, its scales at `ds + c · blocks`.
-struct SmallCols {
-    qs: *const u8,
-    ds: *const f32,
-}
-
-/// One `Q5_0` weight row of `blocks` blocks at `p` into `blocks · 32` unsigned bytes
-/// (`q + 16`) at `q` and `blocks` scales at `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked loads and stores the caller checked")]
-unsafe fn decode_q5_0(p: *const u8, blocks: usize, q: *mut u8, d: *mut f32) {
-    let nib = _mm_set1_epi8(0x0f);
-    let sixteen = _mm256_set1_epi8(16);
-    for b in 0..blocks {
-        // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`.
-        unsafe {
-            let p = p.add(b * Q5_0_BYTES);
-            let block = std::slice::from_raw_parts(p, Q5_0_BYTES);
-            d.add(b).write(block_scale(block));
-            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            let qs = _mm_loadu_si128(p.add(6).cast());
-            let lo = _mm_and_si128(qs, nib);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nib);
-            let both = _mm256_set_m128i(hi, lo);
-            let both = _mm256_mask_add_epi8(both, high, both, sixteen);
-            _mm256_storeu_si256(q.add(b * 32).cast(), both);
-        }
-    }
-}
-
-/// Pairwise sums of `a`'s and `b`'s neighbouring lanes: lanes 0–7 `a[2i] + a[2i + 1]`,
-/// lanes 8–15 the same of `b`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-fn fold(a: __m512i, b: __m512i) -> __m512i {
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    _mm512_add_epi32(
-        _mm512_permutex2var_epi32(a, even, b),
-        _mm512_permutex2var_epi32(a, odd, b),
-    )
-}
-
-/// An `R × C` tile of 32-element blocks with offset 16 (`Q5_0`), every block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn small_micro<const R: usize, const C: usize>(w: &SmallCols, x: &KRows) -> [[f32; C]; R] {
-    let mut y = [[0f32; C]; R];
-    let zero = _mm512_setzero_si512();
-    let eight = x.blocks / 8 * 8;
-    let mut b = 0;
-    while b < eight {
-        // Four pairs of blocks: A (b, b+1), B, C, D; E = fold(A, B) holds blocks b..b+4 in
-        // 4 lanes each, F blocks b+4..b+8, G = fold(E, F) 2 lanes each, H 1 lane each.
-        let mut e = [[zero; C]; R];
-        let mut f = [[zero; C]; R];
-        for j in 0..4 {
-            let mut xj = [zero; R];
-            for (r, xj) in xj.iter_mut().enumerate() {
-                // SAFETY: blocks `b + 2j`, `b + 2j + 1 < blocks` of activation row `r < R`.
-                *xj =
-                    unsafe { _mm512_loadu_si512(x.qs.add(r * x.width + (b + 2 * j) * 32).cast()) };
-            }
-            for c in 0..C {
-                // SAFETY: the same blocks of decoded column `c < C`.
-                let wj =
-                    unsafe { _mm512_loadu_si512(w.qs.add(c * x.width + (b + 2 * j) * 32).cast()) };
-                for r in 0..R {
-                    let dot = _mm512_dpbusd_epi32(zero, wj, xj[r]);
-                    let half = if j < 2 { &mut e[r][c] } else { &mut f[r][c] };
-                    // The first pair waits in `half` for the second.
-                    *half = if j % 2 == 0 { dot } else { fold(*half, dot) };
-                }
-            }
-        }
-        for r in 0..R {
-            // SAFETY: group sums `2b..2b + 16` and scales `b..b + 8` of row `r < R`.
-            let (sums, dx) = unsafe {
-                (
-                    _mm512_loadu_si512(x.sums.add((r * x.width + b * 32) / 16).cast()),
-                    _mm256_loadu_ps(x.ds.add(r * x.blocks + b)),
-                )
-            };
-            // Lanes 0–7: 16 · Σ x of blocks b..b+8.
-            let offset = _mm512_slli_epi32::<4>(fold(sums, sums));
-            for c in 0..C {
-                let g = fold(e[r][c], f[r][c]);
-                let h = _mm512_sub_epi32(fold(g, g), offset);
-                let sumi = _mm256_cvtepi32_ps(_mm512_castsi512_si256(h));
-                // SAFETY: scales `b..b + 8` of decoded column `c < C`.
-                let dw = unsafe { _mm256_loadu_ps(w.ds.add(c * x.blocks + b)) };
-                let mut fs = [0f32; 8];
-                let mut ss = [0f32; 8];
-                // SAFETY: 8 `f32` each.
-                unsafe {
-                    _mm256_storeu_ps(fs.as_mut_ptr(), sumi);
-                    _mm256_storeu_ps(ss.as_mut_ptr(), _mm256_mul_ps(dw, dx));
-                }
-                for (f, s) in fs.iter().zip(&ss) {
-                    y[r][c] = f.mul_add(*s, y[r][c]);
-                }
-            }
-        }
-        b += 8;
-    }
-    while b < x.blocks {
-        for (r, yr) in y.iter_mut().enumerate() {
-            // SAFETY: block `b < blocks` of activation row `r < R`, its two group sums and
-            // its scale.
-            let (xb, sx, dx) = unsafe {
-                let s = x.sums.add((r * x.width + b * 32) / 16);
-                (
-                    _mm512_zextsi256_si512(_mm256_loadu_si256(
-                        x.qs.add(r * x.width + b * 32).cast(),
-                    )),
-                    s.read() + s.add(1).read(),
-                    x.ds.add(r * x.blocks + b).read(),
-                )
-            };
-            for (c, y) in yr.iter_mut().enumerate() {
-                // SAFETY: block `b` of decoded column `c < C`.
-                let (wb, dw) = unsafe {
-                    (
-                        _mm512_zextsi256_si512(_mm256_loadu_si256(
-                            w.qs.add(c * x.width + b * 32).cast(),
-                        )),
-                        w.ds.add(c * x.blocks + b).read(),
-                    )
-                };
-                let sumi = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(zero, wb, xb)) - 16 * sx;
-                *y = (sumi as f32).mul_add(dw * dx, *y);
-            }
-        }
-        b += 1;
     }
     y
 }

@@ -1,0 +1,361 @@
+//! The 32-element block types (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`) against [`super::kdot`]'s `Q8_0`
+//! activations (one `f32` scale and 32 × `i8` per block, plus the sum of each 16 quants).
+//!
+//! The portable code adds, per block and in block order, `acc = f32(Σ q·x) · (d_w · d_x) +
+//! acc` and, for the types with a minimum, `acc = m · (d_x · f32(Σ x)) + acc`. Here each tile
+//! of columns is first decoded once per row block into unsigned bytes (`f32` scales and
+//! minima beside them), then 8 blocks at a time go through four `vpdpbusd`, a transposing
+//! reduction to the 8 blocks' integer sums, the type's offset taken back as `offset · Σ x`
+//! from the activations' group sums, and the same fused multiply-adds in the same order.
+//! `IQ4_NL`'s nibbles index a table of signed levels: the decoded byte is the level + 128
+//! (one `vpshufb`), so it enters `vpdpbusd` unsigned like the others.
+
+use std::arch::x86_64::*;
+
+use super::{KRows, LEVELS, put};
+use crate::kernels::kdot::{self, Acts};
+use crate::kernels::{COL_TILE, ROW_BLOCK};
+use crate::quant::{QK, QType};
+
+/// Where a 32-element type keeps its parts (`legacy.rs` has the layouts) and what its
+/// decoded unsigned bytes mean.
+#[derive(Clone, Copy)]
+struct Layout {
+    bytes: usize,
+    /// An `f16` minimum follows the `f16` scale (`Q4_1`, `Q5_1`).
+    min: bool,
+    /// Byte offset of the `u32` of fifth bits, bit `j` for element `j` (`Q5_0`, `Q5_1`).
+    qh: Option<usize>,
+    /// Byte offset of the 16 bytes of nibbles (element `j`: byte `j`'s low nibble, `j + 16`:
+    /// its high one).
+    qs: usize,
+    /// What a decoded byte exceeds the portable code's `i8` quant by (`Q5_0`: its `q − 16`).
+    offset: i32,
+    /// The nibbles index `KVALUES` (`IQ4_NL`), decoded as the level + `offset` ([`LEVELS`]).
+    table: bool,
+}
+
+fn layout(t: QType) -> Option<Layout> {
+    Some(match t {
+        QType::Q5_0 => Layout {
+            bytes: 22,
+            min: false,
+            qh: Some(2),
+            qs: 6,
+            offset: 16,
+            table: false,
+        },
+        QType::Q4_1 => Layout {
+            bytes: 20,
+            min: true,
+            qh: None,
+            qs: 4,
+            offset: 0,
+            table: false,
+        },
+        QType::Q5_1 => Layout {
+            bytes: 24,
+            min: true,
+            qh: Some(4),
+            qs: 8,
+            offset: 0,
+            table: false,
+        },
+        QType::IQ4_NL => Layout {
+            bytes: 18,
+            min: false,
+            qh: None,
+            qs: 2,
+            offset: 128,
+            table: true,
+        },
+        _ => return None,
+    })
+}
+
+/// Whether this file has a kernel for weights of type `t`.
+pub(super) fn supports(t: QType) -> bool {
+    layout(t).is_some()
+}
+
+/// Output columns `first..first + dst.len() / rows` of a matrix `v` of a type [`supports`]
+/// accepts into `dst` (`[n, rows]`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
+pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
+    let rows = a.rows;
+    let blocks = a.width / QK;
+    let n = dst.len() / rows.max(1);
+    let Some(l) = layout(t) else {
+        return kdot::run_portable(v, t, a, first, dst);
+    };
+    let row_bytes = blocks * l.bytes;
+    if rows == 0
+        || a.block != QK
+        || !a.width.is_multiple_of(QK)
+        || (first + n) * row_bytes > v.len()
+        || a.qs.len() < rows * a.width
+        || a.ds.len() < rows * blocks
+        || a.sums.len() < rows * a.width / 16
+        || dst.len() != n * rows
+    {
+        return kdot::run_portable(v, t, a, first, dst);
+    }
+    // Decoded weights of one tile of columns: `[COL_TILE, width]` bytes, `[COL_TILE, blocks]`
+    // scales and minima.
+    let mut wq = vec![0u8; COL_TILE * a.width];
+    let mut wd = vec![0f32; COL_TILE * blocks];
+    let mut wm = vec![0f32; COL_TILE * blocks];
+    for rb in (0..rows).step_by(ROW_BLOCK) {
+        let re = (rb + ROW_BLOCK).min(rows);
+        let mut c = 0;
+        while c < n {
+            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
+            for j in 0..cc {
+                let o = first + c + j;
+                // SAFETY: row `o < first + n` lies inside `v` (checked above); the buffers
+                // hold `COL_TILE > j` columns; `vnni` detected F16C.
+                unsafe {
+                    decode(
+                        &l,
+                        v.as_ptr().add(o * row_bytes),
+                        blocks,
+                        wq.as_mut_ptr().add(j * a.width),
+                        wd.as_mut_ptr().add(j * blocks),
+                        wm.as_mut_ptr().add(j * blocks),
+                    );
+                }
+            }
+            let w = SmallCols {
+                qs: wq.as_ptr(),
+                ds: wd.as_ptr(),
+                ms: wm.as_ptr(),
+                offset: l.offset,
+            };
+            let mut r = rb;
+            while r < re {
+                let rr = if re - r >= 2 { 2 } else { 1 };
+                let x = KRows {
+                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
+                    // rows (checked above).
+                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
+                    // SAFETY: as above.
+                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
+                    // SAFETY: as above.
+                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
+                    width: a.width,
+                    blocks,
+                    row_bytes,
+                };
+                let at = c * rows + r;
+                // SAFETY: the tile's `rr` rows and `cc` decoded columns are inside the
+                // checked ranges and buffers.
+                unsafe {
+                    match (l.min, rr, cc) {
+                        (false, 2, 4) => put(dst, at, rows, micro::<false, 2, 4>(&w, &x)),
+                        (false, 1, 4) => put(dst, at, rows, micro::<false, 1, 4>(&w, &x)),
+                        (false, 2, _) => put(dst, at, rows, micro::<false, 2, 1>(&w, &x)),
+                        (false, _, _) => put(dst, at, rows, micro::<false, 1, 1>(&w, &x)),
+                        (true, 2, 4) => put(dst, at, rows, micro::<true, 2, 4>(&w, &x)),
+                        (true, 1, 4) => put(dst, at, rows, micro::<true, 1, 4>(&w, &x)),
+                        (true, 2, _) => put(dst, at, rows, micro::<true, 2, 1>(&w, &x)),
+                        (true, _, _) => put(dst, at, rows, micro::<true, 1, 1>(&w, &x)),
+                    }
+                }
+                r += rr;
+            }
+            c += cc;
+        }
+    }
+}
+
+/// Decoded 32-element weight blocks of a tile of columns: column `c`'s unsigned quants at
+/// `qs + c · width`, its scales at `ds + c · blocks`, its minima at `ms + c · blocks`.
+struct SmallCols {
+    qs: *const u8,
+    ds: *const f32,
+    ms: *const f32,
+    /// What the quants exceed the portable code's by.
+    offset: i32,
+}
+
+/// One weight row of `blocks` blocks laid out as `l` says at `p` into `blocks · 32`
+/// unsigned bytes at `q`, `blocks` scales at `d` and `blocks` minima (0 if none) at `m`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[expect(unsafe_code, reason = "unchecked loads and stores the caller checked")]
+unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
+    let nib = _mm_set1_epi8(0x0f);
+    let sixteen = _mm256_set1_epi8(16);
+    // SAFETY: 16 bytes.
+    let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
+    // The same row of the next tile of columns, which the next decode reads: the loop is
+    // otherwise bound by the latency of its loads. Past the matrix's end is harmless: a
+    // prefetch never faults.
+    let ahead = COL_TILE * blocks * l.bytes;
+    for b in 0..blocks {
+        // SAFETY: the caller guarantees `blocks` blocks at `p` and room for them at `q`, `d`,
+        // `m`; `l` describes offsets inside one block.
+        unsafe {
+            let p = p.add(b * l.bytes);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead).cast());
+            // The scale and the minimum (or the next two bytes) widened in one instruction,
+            // exactly as `block_scale` widens them: every `f16` is an `f32`. Without this
+            // the conversions were most of a decode step's time.
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+            d.add(b).write(_mm_cvtss_f32(dm));
+            m.add(b).write(if l.min {
+                _mm_cvtss_f32(_mm_movehdup_ps(dm))
+            } else {
+                0.0
+            });
+            let qs = _mm_loadu_si128(p.add(l.qs).cast());
+            let mut lo = _mm_and_si128(qs, nib);
+            let mut hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nib);
+            if l.table {
+                lo = _mm_shuffle_epi8(levels, lo);
+                hi = _mm_shuffle_epi8(levels, hi);
+            }
+            let mut both = _mm256_set_m128i(hi, lo);
+            if let Some(at) = l.qh {
+                let high = p.add(at).cast::<u32>().read_unaligned().to_le();
+                both = _mm256_mask_add_epi8(both, high, both, sixteen);
+            }
+            _mm256_storeu_si256(q.add(b * 32).cast(), both);
+        }
+    }
+}
+
+/// Pairwise sums of `a`'s and `b`'s neighbouring lanes: lanes 0–7 `a[2i] + a[2i + 1]`,
+/// lanes 8–15 the same of `b`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline]
+fn fold(a: __m512i, b: __m512i) -> __m512i {
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    _mm512_add_epi32(
+        _mm512_permutex2var_epi32(a, even, b),
+        _mm512_permutex2var_epi32(a, odd, b),
+    )
+}
+
+/// An `R × C` tile of 32-element blocks, every block; `MIN`: the type has minima.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
+    w: &SmallCols,
+    x: &KRows,
+) -> [[f32; C]; R] {
+    let mut y = [[0f32; C]; R];
+    let zero = _mm512_setzero_si512();
+    let offset = _mm512_set1_epi32(w.offset);
+    let eight = x.blocks / 8 * 8;
+    let mut b = 0;
+    while b < eight {
+        // Four pairs of blocks: A (b, b+1), B, C, D; E = fold(A, B) holds blocks b..b+4 in
+        // 4 lanes each, F blocks b+4..b+8, G = fold(E, F) 2 lanes each, H 1 lane each.
+        let mut e = [[zero; C]; R];
+        let mut f = [[zero; C]; R];
+        for j in 0..4 {
+            let mut xj = [zero; R];
+            for (r, xj) in xj.iter_mut().enumerate() {
+                // SAFETY: blocks `b + 2j`, `b + 2j + 1 < blocks` of activation row `r < R`.
+                *xj =
+                    unsafe { _mm512_loadu_si512(x.qs.add(r * x.width + (b + 2 * j) * 32).cast()) };
+            }
+            for c in 0..C {
+                // SAFETY: the same blocks of decoded column `c < C`.
+                let wj =
+                    unsafe { _mm512_loadu_si512(w.qs.add(c * x.width + (b + 2 * j) * 32).cast()) };
+                for r in 0..R {
+                    let dot = _mm512_dpbusd_epi32(zero, wj, xj[r]);
+                    let half = if j < 2 { &mut e[r][c] } else { &mut f[r][c] };
+                    // The first pair waits in `half` for the second.
+                    *half = if j % 2 == 0 { dot } else { fold(*half, dot) };
+                }
+            }
+        }
+        for r in 0..R {
+            // SAFETY: group sums `2b..2b + 16` and scales `b..b + 8` of row `r < R`.
+            let (sums, dx) = unsafe {
+                (
+                    _mm512_loadu_si512(x.sums.add((r * x.width + b * 32) / 16).cast()),
+                    _mm256_loadu_ps(x.ds.add(r * x.blocks + b)),
+                )
+            };
+            // Lanes 0–7: Σ x of blocks b..b+8, what the offset and the minima multiply.
+            let sx = fold(sums, sums);
+            let off = _mm512_mullo_epi32(sx, offset);
+            // The portable code's `d_x · f32(Σ x)`.
+            let mut mx = [0f32; 8];
+            if MIN {
+                let sx = _mm256_cvtepi32_ps(_mm512_castsi512_si256(sx));
+                // SAFETY: 8 `f32`.
+                unsafe { _mm256_storeu_ps(mx.as_mut_ptr(), _mm256_mul_ps(dx, sx)) };
+            }
+            for c in 0..C {
+                let g = fold(e[r][c], f[r][c]);
+                let h = _mm512_sub_epi32(fold(g, g), off);
+                let sumi = _mm256_cvtepi32_ps(_mm512_castsi512_si256(h));
+                // SAFETY: scales `b..b + 8` of decoded column `c < C`.
+                let dw = unsafe { _mm256_loadu_ps(w.ds.add(c * x.blocks + b)) };
+                let mut fs = [0f32; 8];
+                let mut ss = [0f32; 8];
+                let mut ms = [0f32; 8];
+                // SAFETY: 8 `f32` each; minima `b..b + 8` of decoded column `c < C`.
+                unsafe {
+                    _mm256_storeu_ps(fs.as_mut_ptr(), sumi);
+                    _mm256_storeu_ps(ss.as_mut_ptr(), _mm256_mul_ps(dw, dx));
+                    if MIN {
+                        _mm256_storeu_ps(
+                            ms.as_mut_ptr(),
+                            _mm256_loadu_ps(w.ms.add(c * x.blocks + b)),
+                        );
+                    }
+                }
+                for i in 0..8 {
+                    y[r][c] = fs[i].mul_add(ss[i], y[r][c]);
+                    if MIN {
+                        y[r][c] = ms[i].mul_add(mx[i], y[r][c]);
+                    }
+                }
+            }
+        }
+        b += 8;
+    }
+    while b < x.blocks {
+        for (r, yr) in y.iter_mut().enumerate() {
+            // SAFETY: block `b < blocks` of activation row `r < R`, its two group sums and
+            // its scale.
+            let (xb, sx, dx) = unsafe {
+                let s = x.sums.add((r * x.width + b * 32) / 16);
+                (
+                    _mm512_zextsi256_si512(_mm256_loadu_si256(
+                        x.qs.add(r * x.width + b * 32).cast(),
+                    )),
+                    s.read() + s.add(1).read(),
+                    x.ds.add(r * x.blocks + b).read(),
+                )
+            };
+            for (c, y) in yr.iter_mut().enumerate() {
+                // SAFETY: block `b` of decoded column `c < C`.
+                let (wb, dw, m) = unsafe {
+                    (
+                        _mm512_zextsi256_si512(_mm256_loadu_si256(
+                            w.qs.add(c * x.width + b * 32).cast(),
+                        )),
+                        w.ds.add(c * x.blocks + b).read(),
+                        w.ms.add(c * x.blocks + b).read(),
+                    )
+                };
+                let dot = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(zero, wb, xb));
+                let sumi = dot - w.offset * sx;
+                *y = (sumi as f32).mul_add(dw * dx, *y);
+                if MIN {
+                    *y = m.mul_add(dx * sx as f32, *y);
+                }
+            }
+        }
+        b += 1;
+    }
+    y
+}
