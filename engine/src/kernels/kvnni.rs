@@ -103,6 +103,22 @@ struct KRows {
     row_bytes: usize,
 }
 
+impl KRows {
+    /// Activation row `r` of `a` (`blocks` blocks per row) onwards, for weight rows of
+    /// `row_bytes`. The pointers are only computed here (`wrapping_add`); the drivers check
+    /// once that every tile they hand to a micro-kernel lies inside `a`.
+    fn at(a: &Acts, r: usize, blocks: usize, row_bytes: usize) -> KRows {
+        KRows {
+            qs: a.qs.as_ptr().wrapping_add(r * a.width),
+            ds: a.ds.as_ptr().wrapping_add(r * blocks),
+            sums: a.sums.as_ptr().wrapping_add(r * a.width / 16),
+            width: a.width,
+            blocks,
+            row_bytes,
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
 fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
@@ -140,18 +156,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                     2 | 3 => 2,
                     _ => 4,
                 };
-                let x = KRows {
-                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
-                    // rows (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
-                    width: a.width,
-                    blocks,
-                    row_bytes,
-                };
+                let x = KRows::at(a, r, blocks, row_bytes);
                 let at = c * rows + r;
                 // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
                 unsafe {

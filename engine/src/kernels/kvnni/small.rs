@@ -135,18 +135,7 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
             let mut r = rb;
             while r < re {
                 let rr = if re - r >= 2 { 2 } else { 1 };
-                let x = KRows {
-                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
-                    // rows (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * a.width) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    sums: unsafe { a.sums.as_ptr().add(r * a.width / 16) },
-                    width: a.width,
-                    blocks,
-                    row_bytes,
-                };
+                let x = KRows::at(a, r, blocks, row_bytes);
                 let at = c * rows + r;
                 // SAFETY: the tile's `rr` rows and `cc` decoded columns are inside the
                 // checked ranges and buffers.
