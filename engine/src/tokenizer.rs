@@ -491,7 +491,18 @@ impl TextTokenizer {
             bytes: Vec::new(),
             limit: CHAT_TEMPLATE_OUTPUT_BASE.saturating_add(content.saturating_mul(2)),
         };
-        match template.render_captured_to(ctx, &mut out) {
+        // The template comes from the model file and runs in a third-party engine: a panic in
+        // it (minijinja 2.24 overflows on a slice with a huge negative step, found by the
+        // `chat_template` fuzz target) becomes this request's error, not a dead task.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            template.render_captured_to(ctx, &mut out).map(drop)
+        }))
+        .map_err(|_| {
+            EngineError::Tokenizer(
+                "chat template: the template engine failed on this template".into(),
+            )
+        })?;
+        match rendered {
             Ok(_) => String::from_utf8(out.bytes)
                 .map_err(|_| EngineError::Tokenizer("chat template: output is not UTF-8".into())),
             Err(e) if matches!(e.kind(), ErrorKind::OutOfFuel) => {

@@ -215,6 +215,22 @@ fn a_template_that_loops_runs_out_of_fuel() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
 
+/// Found by the `chat_template` fuzz target: minijinja 2.24 panics (integer overflow, with
+/// overflow checks on) iterating a slice with a huge negative step. The panic stays inside
+/// the render: an error for this request, no dead task.
+#[test]
+fn a_template_that_panics_the_engine_is_an_error() {
+    let tok = with_template("{{ 'x' in messages[:1111:11-111111111111] }}");
+    match tok.render_chat(&one_message(), &[]) {
+        Err(crate::EngineError::Tokenizer(reason)) => {
+            assert!(reason.contains("chat template"), "{reason}");
+        }
+        // The test profile builds dependencies with overflow checks (Cargo.toml), so the
+        // engine does panic here.
+        other => panic!("expected the contained panic's error, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_template_that_explodes_hits_the_output_cap() {
     for source in [
