@@ -103,6 +103,30 @@ struct KRows {
     row_bytes: usize,
 }
 
+/// The drivers' one bounds check: `a` holds whole activation blocks of `block` elements with
+/// their scales and group sums, the `n = dst_len / rows` weight rows `first..first + n` of
+/// `row_bytes` lie inside the `v_len` weight bytes, and `dst` is exactly `[n, rows]`.
+fn fits(
+    a: &Acts,
+    block: usize,
+    row_bytes: usize,
+    v_len: usize,
+    first: usize,
+    dst_len: usize,
+) -> bool {
+    let rows = a.rows;
+    let blocks = a.width / block;
+    let n = dst_len / rows.max(1);
+    rows > 0
+        && a.block == block
+        && a.width.is_multiple_of(block)
+        && (first + n) * row_bytes <= v_len
+        && a.qs.len() >= rows * a.width
+        && a.ds.len() >= rows * blocks
+        && a.sums.len() >= rows * a.width / 16
+        && dst_len == n * rows
+}
+
 impl KRows {
     /// Activation row `r` of `a` (`blocks` blocks per row) onwards, for weight rows of
     /// `row_bytes`. The pointers are only computed here (`wrapping_add`); the drivers check
@@ -131,15 +155,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let Some(kind) = kind(t) else {
         return kdot::run_portable(v, t, a, first, dst);
     };
-    if rows == 0
-        || a.block != QK_K
-        || !a.width.is_multiple_of(QK_K)
-        || (first + n) * row_bytes > v.len()
-        || a.qs.len() < rows * a.width
-        || a.ds.len() < rows * blocks
-        || a.sums.len() < rows * a.width / 16
-        || dst.len() != n * rows
-    {
+    if !fits(a, QK_K, row_bytes, v.len(), first, dst.len()) {
         return kdot::run_portable(v, t, a, first, dst);
     }
     for rb in (0..rows).step_by(ROW_BLOCK) {

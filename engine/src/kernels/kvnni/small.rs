@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{KRows, LEVELS, put};
+use super::{KRows, LEVELS, fits, put};
 use crate::kernels::kdot::{self, Acts};
 use crate::kernels::{COL_TILE, ROW_BLOCK};
 use crate::quant::{QK, QType};
@@ -90,15 +90,7 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
         return kdot::run_portable(v, t, a, first, dst);
     };
     let row_bytes = blocks * l.bytes;
-    if rows == 0
-        || a.block != QK
-        || !a.width.is_multiple_of(QK)
-        || (first + n) * row_bytes > v.len()
-        || a.qs.len() < rows * a.width
-        || a.ds.len() < rows * blocks
-        || a.sums.len() < rows * a.width / 16
-        || dst.len() != n * rows
-    {
+    if !fits(a, QK, row_bytes, v.len(), first, dst.len()) {
         return kdot::run_portable(v, t, a, first, dst);
     }
     // Decoded weights of one tile of columns: `[COL_TILE, width]` bytes, `[COL_TILE, blocks]`
