@@ -610,6 +610,7 @@ fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub mod attend;
 mod kdot;
 #[cfg(target_arch = "x86_64")]
 mod kvnni;

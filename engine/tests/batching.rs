@@ -717,3 +717,53 @@ fn n_beyond_the_budget_is_refused_at_once() -> anyhow::Result<()> {
     assert_eq!((s.active, s.queued, s.kv_cache_bytes), (0, 0, 0), "{s:?}");
     Ok(())
 }
+
+/// The chosen tokens' log-probabilities of a greedy generation, as bits.
+fn logprob_bits(mut g: Generation) -> anyhow::Result<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    while let Some(ev) = g.blocking_next() {
+        match ev {
+            TokenEvent::Token { logprobs, .. } | TokenEvent::Finished { logprobs, .. } => {
+                out.extend(
+                    logprobs
+                        .iter()
+                        .map(|l| (l.chosen.id, l.chosen.logprob.to_bits())),
+                );
+                if out.len() >= 12 {
+                    return Ok(out);
+                }
+            }
+            TokenEvent::Failed(e) => anyhow::bail!("{e}"),
+            TokenEvent::Started { .. } => {}
+        }
+    }
+    Ok(out)
+}
+
+/// On the CPU each query position attends over the paged cache on its own (no score matrix
+/// whose shape depends on the chunk), so how a prompt is cut into prefill chunks changes no
+/// bit: a 150-token prompt (pages of 16 crossed mid-chunk) prefilled 7, 16 or 256 tokens at a
+/// time gives bitwise the same log-probabilities.
+#[test]
+fn prefill_chunking_changes_no_bit_on_the_cpu() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ids = prompt_ids(42, 150);
+    let mut seen = Vec::new();
+    for chunk in [7, 16, 256] {
+        let e = engine(
+            dir.path(),
+            Limits {
+                prefill_chunk: chunk,
+                max_batch_tokens: chunk.max(16),
+                ..limits(4)
+            },
+        )?;
+        let mut r = request("t", 1, ids.clone(), 12);
+        r.params.logprobs = Some(0);
+        seen.push(logprob_bits(e.submit(r)?)?);
+    }
+    assert_eq!(seen[0].len(), 12);
+    assert_eq!(seen[0], seen[1], "chunks of 7 vs 16");
+    assert_eq!(seen[0], seen[2], "chunks of 7 vs the whole prompt");
+    Ok(())
+}

@@ -6,10 +6,14 @@
 //! Projections run once per layer for the whole batch; RoPE and attention
 //! (`[kv_heads, group × n, keys]`) run per item against its own cache.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::EngineError;
+use crate::kernels::attend::{self, Page};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::{self, Rope};
 use crate::weights::RowTable;
@@ -18,23 +22,37 @@ pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
     EngineError::Inference(e.to_string())
 }
 
-/// The keys and values of every position a sequence has seen, per layer: `[kv_heads,
-/// capacity, head_dim]` tensors of which the first `len` positions are filled. Capacity
-/// doubles when full, so a decode step writes one position in place instead of copying the
-/// whole cache (`Tensor::cat` on every step did).
+/// The keys and values of every position a sequence has seen, per layer.
+///
+/// On the CPU a layer's cache is a table of fixed-size pages ([`attend::PAGE`] positions,
+/// the KV budget's block size, so the memory a sequence holds is the block count the
+/// scheduler accounts for), each shared by reference count: a fork (OpenAI's `n`, a cached
+/// prompt prefix) shares every page, and the first write to a shared page copies that page
+/// only. Attention reads the pages in place ([`attend::attend`]).
+///
+/// On a GPU it is a pair of `[kv_heads, capacity, head_dim]` tensors of which the first
+/// `len` positions are filled; capacity doubles when full, so a decode step writes one
+/// position in place instead of copying the whole cache.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
+    layers: Vec<LayerKv>,
     len: usize,
 }
 
-/// Smallest capacity a cache tensor is allocated with, in positions.
+#[derive(Clone)]
+enum LayerKv {
+    Empty,
+    Pages(Vec<Page>),
+    Tensors(Box<(Tensor<3>, Tensor<3>)>),
+}
+
+/// Smallest capacity a GPU cache tensor is allocated with, in positions.
 const MIN_CAPACITY: usize = 32;
 
 impl KvCache {
     /// An empty cache for a model of `layers` layers.
     pub fn new(layers: usize) -> KvCache {
         KvCache {
-            layers: (0..layers).map(|_| None).collect(),
+            layers: vec![LayerKv::Empty; layers],
             len: 0,
         }
     }
@@ -45,8 +63,9 @@ impl KvCache {
     }
 
     /// A copy for another sequence with the same prefix (OpenAI's `n`: samples forked after
-    /// one prefill). The tensors are values: the copy shares their storage until either
-    /// side writes its next position, which then copies (no write is ever seen by both).
+    /// one prefill). Pages and tensors are shared until either side writes its next
+    /// position, which then copies the page (or tensor) it writes to: no write is ever seen
+    /// by both.
     pub fn fork(&self) -> KvCache {
         KvCache {
             layers: self.layers.clone(),
@@ -55,9 +74,16 @@ impl KvCache {
     }
 
     /// Keeps only the first `len` positions (a cached prompt prefix reused by a longer
-    /// prompt): the next append writes from `len` on. The storage keeps its capacity.
+    /// prompt): the next append writes from `len` on. Pages past them are released; GPU
+    /// tensors keep their capacity.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        let keep = self.len.div_ceil(attend::PAGE);
+        for layer in &mut self.layers {
+            if let LayerKv::Pages(pages) = layer {
+                pages.truncate(keep);
+            }
+        }
     }
 
     /// Claims `len` positions without computing them (bookkeeping tests).
@@ -68,12 +94,73 @@ impl KvCache {
 
     /// Drops every cached position (recompute preemption), keeping the layer count.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
+        self.layers.iter_mut().for_each(|l| *l = LayerKv::Empty);
         self.len = 0;
     }
 
+    /// The pages of `layer` (empty before its first append).
+    fn pages(&self, layer: usize) -> &[Page] {
+        match self.layers.get(layer) {
+            Some(LayerKv::Pages(pages)) => pages,
+            _ => &[],
+        }
+    }
+
+    /// Writes the keys and values of `n` new positions from `past` on into the pages of
+    /// `layer`: `k` and `v` are the step's rows (`[rows, kv_heads × head_dim]`), this
+    /// sequence's at rows `offset..offset + n`.
+    fn append_pages(
+        &mut self,
+        layer: usize,
+        spec: &attend::Spec,
+        past: usize,
+        n: usize,
+        rows: (&[f32], &[f32], usize),
+    ) -> Result<(), EngineError> {
+        let (k, v, offset) = rows;
+        let hd = spec.head_dim;
+        let width = spec.kv_heads * hd;
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
+        if !matches!(slot, LayerKv::Pages(_)) {
+            *slot = LayerKv::Pages(Vec::new());
+        }
+        let LayerKv::Pages(pages) = slot else {
+            return Err(inference("the cache layer is not paged"));
+        };
+        let total = past + n;
+        if pages.len() < past.div_ceil(attend::PAGE) {
+            return Err(inference(format!(
+                "the cache of layer {layer} holds fewer than {past} positions"
+            )));
+        }
+        pages.truncate(total.div_ceil(attend::PAGE));
+        while pages.len() < total.div_ceil(attend::PAGE) {
+            pages.push(vec![0f32; spec.page_len()].into());
+        }
+        for i in 0..n {
+            let pos = past + i;
+            let row = (offset + i) * width;
+            let (Some(krow), Some(vrow)) = (k.get(row..row + width), v.get(row..row + width))
+            else {
+                return Err(inference("a key or value row is outside the step"));
+            };
+            let page = Arc::make_mut(&mut pages[pos / attend::PAGE]);
+            for h in 0..spec.kv_heads {
+                for (d, &x) in krow[h * hd..(h + 1) * hd].iter().enumerate() {
+                    page[spec.key_at(pos, h, d).1] = x;
+                }
+                let (_, at) = spec.value_at(pos, h);
+                page[at..at + hd].copy_from_slice(&vrow[h * hd..(h + 1) * hd]);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at positions `past..past + n` of `layer`
-    /// and returns the filled keys and values `[kv_heads, past + n, head_dim]`.
+    /// and returns the filled keys and values `[kv_heads, past + n, head_dim]` (GPU).
     fn append(
         &mut self,
         layer: usize,
@@ -87,15 +174,16 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
-        let (kc, vc) = match slot.take() {
-            Some((kc, vc)) if kc.dims()[1] >= total => (kc, vc),
+        let (kc, vc) = match std::mem::replace(slot, LayerKv::Empty) {
+            LayerKv::Tensors(kv) if kv.0.dims()[1] >= total => *kv,
             old => {
                 let cap = total.max(MIN_CAPACITY).next_power_of_two();
                 let fresh = || Tensor::<3>::zeros([heads, cap, hd], (&k.device(), k.dtype()));
                 let (mut kc, mut vc) = (fresh(), fresh());
-                if let Some((ko, vo)) = old
+                if let LayerKv::Tensors(kv) = old
                     && past > 0
                 {
+                    let (ko, vo) = *kv;
                     kc = kc.slice_assign([0..heads, 0..past, 0..hd], ko.narrow(1, 0, past));
                     vc = vc.slice_assign([0..heads, 0..past, 0..hd], vo.narrow(1, 0, past));
                 }
@@ -108,7 +196,7 @@ impl KvCache {
             kc.clone().narrow(1, 0, total),
             vc.clone().narrow(1, 0, total),
         );
-        *slot = Some((kc, vc));
+        *slot = LayerKv::Tensors(Box::new((kc, vc)));
         Ok(out)
     }
 }
@@ -145,8 +233,10 @@ struct Span {
     offset: usize,
     n: usize,
     past: usize,
-    /// `(cos, sin)` per RoPE schedule of the model.
+    /// `(cos, sin)` per RoPE schedule of the model (GPU).
     rope: Vec<(Tensor<3>, Tensor<3>)>,
+    /// `(cos, sin)` rows `[n, rotary_dim]` per RoPE schedule of the model (CPU).
+    host_rope: Vec<(Vec<f32>, Vec<f32>)>,
     /// Additive mask per attention window of the model (`None`: nothing to mask).
     masks: Vec<Option<Tensor<3>>>,
     /// For [`Want::AllLogits`]: attend one query row at a time, each with its one-row mask
@@ -157,6 +247,11 @@ struct Span {
 /// The layout of one batched step.
 pub struct Batch {
     spans: Vec<Span>,
+    /// The CPU path: paged caches read in place by [`attend::attend`], RoPE on the host, no
+    /// mask tensors (a window is a key range).
+    paged: bool,
+    /// [`BatchShape::windows`].
+    windows: Vec<Option<usize>>,
 }
 
 /// What [`Batch::new`] prepares per item: the model's RoPE schedules and attention windows
@@ -182,6 +277,7 @@ impl Batch {
     ) -> Result<(Batch, Tensor<2>), EngineError> {
         let mut rows = Vec::new();
         let mut spans = Vec::with_capacity(items.len());
+        let paged = *shape.device == Device::flex() && shape.dtype == DType::F32;
         let mut offset = 0;
         for item in items {
             let n = item.tokens.len();
@@ -207,6 +303,19 @@ impl Batch {
                     }
                 })?;
             }
+            if paged {
+                spans.push(Span {
+                    offset,
+                    n,
+                    past,
+                    rope: Vec::new(),
+                    host_rope: shape.ropes.iter().map(|r| r.host_tables(past, n)).collect(),
+                    masks: Vec::new(),
+                    row_masks: None,
+                });
+                offset += n;
+                continue;
+            }
             spans.push(Span {
                 offset,
                 n,
@@ -216,6 +325,7 @@ impl Batch {
                     .iter()
                     .map(|r| r.tables(past, n, shape.device, shape.dtype))
                     .collect(),
+                host_rope: Vec::new(),
                 masks: shape
                     .windows
                     .iter()
@@ -239,7 +349,12 @@ impl Batch {
             TensorData::new(rows, [offset, hidden]),
             (shape.device, shape.dtype),
         );
-        Ok((Batch { spans }, x))
+        let batch = Batch {
+            spans,
+            paged,
+            windows: shape.windows.to_vec(),
+        };
+        Ok((batch, x))
     }
 
     /// Ends the step: records the new cache lengths and returns, per item, what it wants
@@ -382,6 +497,9 @@ impl Attention {
             ),
             None => (q_all, k_all),
         };
+        if batch.paged {
+            return self.forward_paged(layer, batch, items, q_all, k_all, v_all);
+        }
         let dtype = q_all.dtype();
         let mut outs = Vec::with_capacity(items.len());
         for (item, sp) in items.iter_mut().zip(&batch.spans) {
@@ -425,6 +543,106 @@ impl Attention {
         } else {
             Ok(Tensor::cat(outs, 0))
         }
+    }
+
+    /// [`Attention::forward`] on the CPU: RoPE on the host, the new keys and values written
+    /// into each item's pages, then one [`attend::attend`] task per (query row, KV head),
+    /// reading the pages in place, on rayon's pool.
+    fn forward_paged(
+        &self,
+        layer: usize,
+        batch: &Batch,
+        items: &mut [BatchItem<'_>],
+        q_all: Tensor<2>,
+        k_all: Tensor<2>,
+        v_all: Tensor<2>,
+    ) -> Result<Tensor<2>, EngineError> {
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let group = nh / nkv.max(1);
+        let [rows, _] = q_all.dims();
+        let device = q_all.device();
+        let host = |t: Tensor<2>| {
+            t.into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| inference(format!("{e:?}")))
+        };
+        let (mut q, mut k, v) = (host(q_all)?, host(k_all)?, host(v_all)?);
+        if nkv == 0
+            || group * nkv != nh
+            || q.len() != rows * nh * hd
+            || k.len() != rows * nkv * hd
+            || v.len() != k.len()
+        {
+            return Err(inference("attention inputs do not match the layer's shape"));
+        }
+        let spec = attend::Spec {
+            head_dim: hd,
+            kv_heads: nkv,
+            group,
+            scale: self.scale as f32,
+            softcap: self.softcap.map(|c| c as f32),
+        };
+        let window = *batch
+            .windows
+            .get(self.window)
+            .ok_or_else(|| inference(format!("no window {}", self.window)))?;
+        let mut row_span = Vec::with_capacity(rows);
+        for ((si, item), sp) in items.iter_mut().enumerate().zip(&batch.spans) {
+            let (cos, sin) = sp
+                .host_rope
+                .get(self.rope)
+                .ok_or_else(|| inference(format!("no RoPE schedule {}", self.rope)))?;
+            let rd = cos.len() / sp.n.max(1);
+            for i in 0..sp.n {
+                let (c, s) = (&cos[i * rd..(i + 1) * rd], &sin[i * rd..(i + 1) * rd]);
+                let row = sp.offset + i;
+                for head in q[row * nh * hd..(row + 1) * nh * hd].chunks_exact_mut(hd) {
+                    rope::rotate(head, c, s);
+                }
+                for head in k[row * nkv * hd..(row + 1) * nkv * hd].chunks_exact_mut(hd) {
+                    rope::rotate(head, c, s);
+                }
+                row_span.push(si);
+            }
+            item.cache
+                .append_pages(layer, &spec, sp.past, sp.n, (&k, &v, sp.offset))?;
+        }
+        if row_span.len() != rows {
+            return Err(inference("the batch's spans do not cover its rows"));
+        }
+        let caches: Vec<&[Page]> = items.iter().map(|it| it.cache.pages(layer)).collect();
+        let task = |t: usize, out: &mut [f32]| {
+            let (row, h) = (t / nkv, t % nkv);
+            let si = row_span[row];
+            let sp = &batch.spans[si];
+            let pos = sp.past + row - sp.offset;
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let q = &q[(row * nh + h * group) * hd..(row * nh + (h + 1) * group) * hd];
+            attend::attend(&spec, caches[si], h, first..pos + 1, q, out);
+        };
+        let mut out = vec![0f32; rows * nh * hd];
+        // Multiply-adds of the step: below a few of rayon's hand-offs' worth, stay on this
+        // thread (a short decode step).
+        let work: usize = batch
+            .spans
+            .iter()
+            .map(|s| s.n * (s.past + s.n))
+            .sum::<usize>()
+            * nh
+            * hd;
+        if work < 1 << 16 {
+            out.chunks_mut(group * hd)
+                .enumerate()
+                .for_each(|(t, o)| task(t, o));
+        } else {
+            out.par_chunks_mut(group * hd)
+                .enumerate()
+                .for_each(|(t, o)| task(t, o));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(out, [rows, nh * hd]),
+            (&device, DType::F32),
+        ))
     }
 
     /// `n` query positions `q` `[heads, n, head_dim]` over `keys` and `values`

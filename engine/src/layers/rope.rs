@@ -126,6 +126,15 @@ impl Rope {
         dtype: DType,
     ) -> (Tensor<3>, Tensor<3>) {
         let hd = self.rotary_dim;
+        let (cos, sin) = self.host_tables(start, n);
+        let make =
+            |d: Vec<f32>| Tensor::<3>::from_data(TensorData::new(d, [1, n, hd]), (device, dtype));
+        (make(cos), make(sin))
+    }
+
+    /// The tables of [`Rope::tables`] as `[n, rotary_dim]` rows on the host.
+    pub fn host_tables(&self, start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let hd = self.rotary_dim;
         let inv_freq = match &self.long {
             Some((long, original)) if start + n > *original => long,
             _ => &self.short,
@@ -139,9 +148,22 @@ impl Rope {
                 sin.extend(row.iter().map(|a| ((*a as f64).sin() as f32) * self.mscale));
             }
         }
-        let make =
-            |d: Vec<f32>| Tensor::<3>::from_data(TensorData::new(d, [1, n, hd]), (device, dtype));
-        (make(cos), make(sin))
+        (cos, sin)
+    }
+}
+
+/// Rotates one head's vector `x` in place by one position's rows of [`Rope::host_tables`]:
+/// the first `cos.len()` dimensions, the rest passed through; the same `f32` operations as
+/// [`apply`] (`x·cos + rotate_half(x)·sin`).
+pub fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let rd = cos.len().min(sin.len()).min(x.len());
+    let half = rd / 2;
+    let (x1, rest) = x.split_at_mut(half);
+    let x2 = &mut rest[..half];
+    for i in 0..half {
+        let (a, b) = (x1[i], x2[i]);
+        x1[i] = a * cos[i] + (-b) * sin[i];
+        x2[i] = b * cos[half + i] + a * sin[half + i];
     }
 }
 
