@@ -3,8 +3,10 @@
 //! tables and masks) and grouped-query attention ([`Attention`]) with the options the
 //! supported architectures need: q/k RMSNorm per head, logit soft-capping, a sliding window.
 //!
-//! Projections run once per layer for the whole batch; RoPE and attention
-//! (`[kv_heads, group × n, keys]`) run per item against its own cache.
+//! Projections run once per layer for the whole batch; RoPE and attention run per item
+//! against its own cache: on the CPU over the cache's pages in place, one task per (query
+//! row, KV head) ([`attend::attend`]: no score or mask tensors, each row's bits independent of
+//! how the step is cut), on a GPU as burn ops (`[kv_heads, group × n, keys]` scores, masks).
 
 use std::sync::Arc;
 

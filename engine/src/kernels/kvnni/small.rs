@@ -113,8 +113,8 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
                         v.as_ptr().add(o * row_bytes),
                         blocks,
                         wq.as_mut_ptr().add(j * a.width),
-                        wd.as_mut_ptr().add(j * blocks),
-                        wm.as_mut_ptr().add(j * blocks),
+                        wd.as_mut_ptr().add(j),
+                        wm.as_mut_ptr().add(j),
                     );
                 }
             }
@@ -133,12 +133,12 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
                 // checked ranges and buffers.
                 unsafe {
                     match (l.min, rr, cc) {
-                        (false, 2, 4) => put(dst, at, rows, micro::<false, 2, 4>(&w, &x)),
-                        (false, 1, 4) => put(dst, at, rows, micro::<false, 1, 4>(&w, &x)),
+                        (false, 2, 4) => put(dst, at, rows, micro_t::<false, 2>(&w, &x)),
+                        (false, 1, 4) => put(dst, at, rows, micro_t::<false, 1>(&w, &x)),
                         (false, 2, _) => put(dst, at, rows, micro::<false, 2, 1>(&w, &x)),
                         (false, _, _) => put(dst, at, rows, micro::<false, 1, 1>(&w, &x)),
-                        (true, 2, 4) => put(dst, at, rows, micro::<true, 2, 4>(&w, &x)),
-                        (true, 1, 4) => put(dst, at, rows, micro::<true, 1, 4>(&w, &x)),
+                        (true, 2, 4) => put(dst, at, rows, micro_t::<true, 2>(&w, &x)),
+                        (true, 1, 4) => put(dst, at, rows, micro_t::<true, 1>(&w, &x)),
                         (true, 2, _) => put(dst, at, rows, micro::<true, 2, 1>(&w, &x)),
                         (true, _, _) => put(dst, at, rows, micro::<true, 1, 1>(&w, &x)),
                     }
@@ -151,7 +151,8 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
 }
 
 /// Decoded 32-element weight blocks of a tile of columns: column `c`'s unsigned quants at
-/// `qs + c · width`, its scales at `ds + c · blocks`, its minima at `ms + c · blocks`.
+/// `qs + c · width`; block `b`'s scale of column `c` at `ds + b · COL_TILE + c`, its minimum
+/// at `ms + b · COL_TILE + c` (block-major: one load holds a block of every column).
 struct SmallCols {
     qs: *const u8,
     ds: *const f32,
@@ -161,7 +162,8 @@ struct SmallCols {
 }
 
 /// One weight row of `blocks` blocks laid out as `l` says at `p` into `blocks · 32`
-/// unsigned bytes at `q`, `blocks` scales at `d` and `blocks` minima (0 if none) at `m`.
+/// unsigned bytes at `q`, `blocks` scales at `d` and `blocks` minima (0 if none) at `m`,
+/// block `b`'s at `d + b · COL_TILE` (block-major for the tile: [`SmallCols`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked loads and stores the caller checked")]
 unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
@@ -183,8 +185,8 @@ unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f3
             // exactly as `block_scale` widens them: every `f16` is an `f32`. Without this
             // the conversions were most of a decode step's time.
             let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
-            d.add(b).write(_mm_cvtss_f32(dm));
-            m.add(b).write(if l.min {
+            d.add(b * COL_TILE).write(_mm_cvtss_f32(dm));
+            m.add(b * COL_TILE).write(if l.min {
                 _mm_cvtss_f32(_mm_movehdup_ps(dm))
             } else {
                 0.0
@@ -277,8 +279,11 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
                 let g = fold(e[r][c], f[r][c]);
                 let h = _mm512_sub_epi32(fold(g, g), off);
                 let sumi = _mm256_cvtepi32_ps(_mm512_castsi512_si256(h));
-                // SAFETY: scales `b..b + 8` of decoded column `c < C`.
-                let dw = unsafe { _mm256_loadu_ps(w.ds.add(c * x.blocks + b)) };
+                // SAFETY: scales `b..b + 8` of decoded column `c < C` (block-major).
+                let dw: [f32; 8] =
+                    std::array::from_fn(|i| unsafe { w.ds.add((b + i) * COL_TILE + c).read() });
+                // SAFETY: 8 `f32`.
+                let dw = unsafe { _mm256_loadu_ps(dw.as_ptr()) };
                 let mut fs = [0f32; 8];
                 let mut ss = [0f32; 8];
                 let mut ms = [0f32; 8];
@@ -287,10 +292,9 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
                     _mm256_storeu_ps(fs.as_mut_ptr(), sumi);
                     _mm256_storeu_ps(ss.as_mut_ptr(), _mm256_mul_ps(dw, dx));
                     if MIN {
-                        _mm256_storeu_ps(
-                            ms.as_mut_ptr(),
-                            _mm256_loadu_ps(w.ms.add(c * x.blocks + b)),
-                        );
+                        for (i, m) in ms.iter_mut().enumerate() {
+                            *m = w.ms.add((b + i) * COL_TILE + c).read();
+                        }
                     }
                 }
                 for i in 0..8 {
@@ -303,6 +307,21 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
         }
         b += 8;
     }
+    // SAFETY: blocks `eight..blocks` of the rows and columns the caller checked.
+    unsafe { tail_blocks::<MIN, R, C>(w, x, b, &mut y) };
+    y
+}
+
+/// Blocks `b..blocks` (fewer than 8) of an `R × C` tile, one at a time, added to `y`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn tail_blocks<const MIN: bool, const R: usize, const C: usize>(
+    w: &SmallCols,
+    x: &KRows,
+    mut b: usize,
+    y: &mut [[f32; C]; R],
+) {
+    let zero = _mm512_setzero_si512();
     while b < x.blocks {
         for (r, yr) in y.iter_mut().enumerate() {
             // SAFETY: block `b < blocks` of activation row `r < R`, its two group sums and
@@ -324,8 +343,8 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
                         _mm512_zextsi256_si512(_mm256_loadu_si256(
                             w.qs.add(c * x.width + b * 32).cast(),
                         )),
-                        w.ds.add(c * x.blocks + b).read(),
-                        w.ms.add(c * x.blocks + b).read(),
+                        w.ds.add(b * COL_TILE + c).read(),
+                        w.ms.add(b * COL_TILE + c).read(),
                     )
                 };
                 let dot = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(zero, wb, xb));
@@ -338,5 +357,218 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
         }
         b += 1;
     }
-    y
+}
+
+/// Permutation indices (`permutex2var` / `permutexvar` lanes) of the transposing float
+/// stage, built once per call of [`micro_t`]'s callers.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn lanes(f: impl Fn(i32) -> i32) -> __m512i {
+    let v: [i32; 16] = std::array::from_fn(|l| f(l as i32));
+    // SAFETY: 16 `i32`.
+    #[expect(unsafe_code, reason = "an unaligned vector load from a 16-int array")]
+    unsafe {
+        _mm512_loadu_si512(v.as_ptr().cast())
+    }
+}
+
+/// `micro::<MIN, R, 4>` with the per-block float work done across the tile instead of per
+/// output: the `R × 4` outputs' integer block sums are reduced together (the last folds
+/// pair two outputs) and transposed so that one vector holds one block of every output,
+/// then the portable code's multiply-adds — block by block, in order, per output — run
+/// with one lane per output. The same integers and the same `f32` operations in the same
+/// order as [`micro`] and the portable code: only which values share a register changes.
+/// `R` is 1 or 2; columns must be a full [`COL_TILE`] of 4.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn micro_t<const MIN: bool, const R: usize>(w: &SmallCols, x: &KRows) -> [[f32; 4]; R] {
+    const C: usize = 4;
+    let zero = _mm512_setzero_si512();
+    let offset = _mm512_set1_epi32(w.offset);
+    // y: lane r·4 + c.
+    let mut y = _mm256_setzero_ps();
+    // R = 2: output p = r·4 + c; the folded sums come as H_m = [output 2m: blocks 0..8 |
+    // output 2m + 1: blocks 0..8]; T (outputs 0..4) and U (outputs 4..8) hold 4 blocks × 4
+    // outputs (lane i·4 + p mod 4), O_k two blocks × 8 outputs (lane h·8 + p, block 2k + h).
+    let t_idx = |base: i32| lanes(move |l| (l % 4 / 2) * 16 + (l % 2) * 8 + base + l / 4);
+    let (ta, tb) = (t_idx(0), t_idx(4));
+    let o_idx: [__m512i; 2] = std::array::from_fn(|k| {
+        lanes(move |l| (l % 8 / 4) * 16 + (2 * k as i32 + l / 8) * 4 + l % 4)
+    });
+    // Per-block row values (Σ x, d_x) as [row 0: blocks 0..8 | row 1: blocks 0..8] → lane
+    // h·8 + r·4 + c of O_k: element r·8 + 2k + h.
+    let row_idx: [__m512i; 4] =
+        std::array::from_fn(|k| lanes(move |l| (l % 8 / 4) * 8 + 2 * k as i32 + l / 8));
+    // Block-major column values (scales, minima) of 4 blocks → lane h·8 + r·4 + c of O_k:
+    // element (2(k mod 2) + h)·4 + c.
+    let col_idx: [__m512i; 2] =
+        std::array::from_fn(|s| lanes(move |l| (l / 8) * 4 + l % 4 + 8 * s as i32));
+    // R = 1: H_m = [output 2m | output 2m + 1], O_k four blocks × 4 outputs (lane i·4 + c,
+    // block 4k + i); per-block row values: element 4k + i.
+    let o1_idx: [__m512i; 2] = std::array::from_fn(|k| {
+        lanes(move |l| (l % 4 / 2) * 16 + (l % 2) * 8 + 4 * k as i32 + l / 4)
+    });
+    let row1_idx: [__m512i; 2] = std::array::from_fn(|k| lanes(move |l| 4 * k as i32 + l / 4));
+    let eight = x.blocks / 8 * 8;
+    let mut b = 0;
+    while b < eight {
+        // Integer sums: g[r][c] holds blocks b..b+8 two lanes each (as in `micro`).
+        let mut g = [[zero; C]; R];
+        // One column at a time keeps 2 accumulators per row live instead of 8.
+        #[expect(
+            clippy::needless_range_loop,
+            reason = "`c` also addresses the decoded column"
+        )]
+        for c in 0..C {
+            let mut ef = [[zero; 2]; R];
+            for j in 0..4 {
+                // SAFETY: blocks `b + 2j`, `b + 2j + 1 < blocks` of decoded column `c < C`.
+                let wj =
+                    unsafe { _mm512_loadu_si512(w.qs.add(c * x.width + (b + 2 * j) * 32).cast()) };
+                for (r, efr) in ef.iter_mut().enumerate() {
+                    // SAFETY: the same blocks of activation row `r < R`.
+                    let xj = unsafe {
+                        _mm512_loadu_si512(x.qs.add(r * x.width + (b + 2 * j) * 32).cast())
+                    };
+                    let dot = _mm512_dpbusd_epi32(zero, wj, xj);
+                    let half = &mut efr[j / 2];
+                    *half = if j % 2 == 0 { dot } else { fold(*half, dot) };
+                }
+            }
+            for r in 0..R {
+                g[r][c] = fold(ef[r][0], ef[r][1]);
+            }
+        }
+        let r1 = R - 1;
+        // SAFETY: group sums `2b..2b + 16` and scales `b..b + 8` of rows 0 and `R - 1`;
+        // scales and minima `b..b + 8` of the tile's 4 decoded columns (block-major).
+        let (sx, dx, dw, mw) = unsafe {
+            let sums0 = _mm512_loadu_si512(x.sums.add(b * 2).cast());
+            let sums1 = _mm512_loadu_si512(x.sums.add((r1 * x.width + b * 32) / 16).cast());
+            let ds0 = _mm256_loadu_ps(x.ds.add(b));
+            let ds1 = _mm256_loadu_ps(x.ds.add(r1 * x.blocks + b));
+            (
+                // [row 0: Σ x of blocks b..b+8 | row 1 (row 0 again when R = 1)]
+                fold(sums0, sums1),
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(_mm256_castps_pd(ds0)),
+                    _mm256_castps_pd(ds1),
+                )),
+                [
+                    _mm512_loadu_ps(w.ds.add(b * C)),
+                    _mm512_loadu_ps(w.ds.add((b + 4) * C)),
+                ],
+                [
+                    _mm512_loadu_ps(w.ms.add(b * C)),
+                    _mm512_loadu_ps(w.ms.add((b + 4) * C)),
+                ],
+            )
+        };
+        let off = _mm512_mullo_epi32(sx, offset);
+        let sxf = _mm512_cvtepi32_ps(sx);
+        if R == 2 {
+            let h = [
+                fold(g[0][0], g[0][1]),
+                fold(g[0][2], g[0][3]),
+                fold(g[r1][0], g[r1][1]),
+                fold(g[r1][2], g[r1][3]),
+            ];
+            let t = [
+                _mm512_permutex2var_epi32(h[0], ta, h[1]),
+                _mm512_permutex2var_epi32(h[0], tb, h[1]),
+            ];
+            let u = [
+                _mm512_permutex2var_epi32(h[2], ta, h[3]),
+                _mm512_permutex2var_epi32(h[2], tb, h[3]),
+            ];
+            for k in 0..4 {
+                let o = _mm512_permutex2var_epi32(t[k / 2], o_idx[k % 2], u[k / 2]);
+                let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    o,
+                    _mm512_permutexvar_epi32(row_idx[k], off),
+                ));
+                let dxk = _mm512_permutexvar_ps(row_idx[k], dx);
+                // Blocks 2k, 2k + 1: 8 block-major column values from `dw[k / 2]`.
+                let ss = _mm512_mul_ps(_mm512_permutexvar_ps(col_idx[k % 2], dw[k / 2]), dxk);
+                let (mx, ms) = if MIN {
+                    let sxk = _mm512_permutexvar_ps(row_idx[k], sxf);
+                    (
+                        _mm512_mul_ps(dxk, sxk),
+                        _mm512_permutexvar_ps(col_idx[k % 2], mw[k / 2]),
+                    )
+                } else {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                };
+                for (fs, ss, ms, mx) in [
+                    (
+                        _mm512_castps512_ps256(sumi),
+                        _mm512_castps512_ps256(ss),
+                        _mm512_castps512_ps256(ms),
+                        _mm512_castps512_ps256(mx),
+                    ),
+                    (hi(sumi), hi(ss), hi(ms), hi(mx)),
+                ] {
+                    y = _mm256_fmadd_ps(fs, ss, y);
+                    if MIN {
+                        y = _mm256_fmadd_ps(ms, mx, y);
+                    }
+                }
+            }
+        } else {
+            let h = [fold(g[0][0], g[0][1]), fold(g[0][2], g[0][3])];
+            let mut y4 = _mm256_castps256_ps128(y);
+            for k in 0..2 {
+                let o = _mm512_permutex2var_epi32(h[0], o1_idx[k], h[1]);
+                let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    o,
+                    _mm512_permutexvar_epi32(row1_idx[k], off),
+                ));
+                let dxk = _mm512_permutexvar_ps(row1_idx[k], dx);
+                let ss = _mm512_mul_ps(dw[k], dxk);
+                let (mx, ms) = if MIN {
+                    let sxk = _mm512_permutexvar_ps(row1_idx[k], sxf);
+                    (_mm512_mul_ps(dxk, sxk), mw[k])
+                } else {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                };
+                macro_rules! block {
+                    ($i:literal) => {
+                        y4 = _mm_fmadd_ps(
+                            _mm512_extractf32x4_ps::<$i>(sumi),
+                            _mm512_extractf32x4_ps::<$i>(ss),
+                            y4,
+                        );
+                        if MIN {
+                            y4 = _mm_fmadd_ps(
+                                _mm512_extractf32x4_ps::<$i>(ms),
+                                _mm512_extractf32x4_ps::<$i>(mx),
+                                y4,
+                            );
+                        }
+                    };
+                }
+                block!(0);
+                block!(1);
+                block!(2);
+                block!(3);
+            }
+            y = _mm256_castps128_ps256(y4);
+        }
+        b += 8;
+    }
+    let mut lanes_y = [0f32; 8];
+    // SAFETY: 8 `f32`.
+    unsafe { _mm256_storeu_ps(lanes_y.as_mut_ptr(), y) };
+    let mut out: [[f32; C]; R] =
+        std::array::from_fn(|r| std::array::from_fn(|c| lanes_y[r * C + c]));
+    // SAFETY: as for `micro`'s tail: blocks `eight..blocks` of the same rows and columns.
+    unsafe { tail_blocks::<MIN, R, C>(w, x, eight, &mut out) };
+    out
+}
+
+/// The upper 8 lanes of `v`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn hi(v: __m512) -> __m256 {
+    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
 }
