@@ -359,12 +359,52 @@ unsafe fn tail_blocks<const MIN: bool, const R: usize, const C: usize>(
     }
 }
 
-/// Permutation indices (`permutex2var` / `permutexvar` lanes) of the transposing float
-/// stage, built once per call of [`micro_t`]'s callers.
+/// The lane permutations of [`micro_t`]'s transposing float stage, indexed by the constants
+/// below.
+///
+/// R = 2: output `p = r·4 + c`; the folded sums come as `H_m` = [output 2m: blocks 0..8 |
+/// output 2m + 1: blocks 0..8]. `T_A`/`T_B` (on `H_0, H_1`, and the same on `H_2, H_3`) gather
+/// blocks 0..4 / 4..8 of 4 outputs (lane `i·4 + p mod 4`); `O_IDX + k mod 2` makes `O_k`, two
+/// blocks × 8 outputs (lane `h·8 + p`, block `2k + h`) from a T and a U; `ROW + k` moves
+/// per-block row values laid out as [row 0: blocks 0..8 | row 1: blocks 0..8] to `O_k`'s lanes
+/// (element `r·8 + 2k + h`); `COL + k mod 2` moves 4 blocks of block-major column values
+/// (element `(2(k mod 2) + h)·4 + c`).
+///
+/// R = 1: `H_m` = [output 2m | output 2m + 1]; `O1 + k` makes `O_k`, four blocks × 4 outputs
+/// (lane `i·4 + c`, block `4k + i`); `ROW1 + k` moves per-block row values (element `4k + i`).
+const IDX: [[i32; 16]; 14] = {
+    let mut t = [[0i32; 16]; 14];
+    let mut l = 0;
+    while l < 16 {
+        let li = l as i32;
+        let mut k = 0;
+        while k < 4 {
+            let ki = k as i32;
+            if k < 2 {
+                t[T_A + k][l] = (li % 4 / 2) * 16 + (li % 2) * 8 + 4 * ki + li / 4;
+                t[O_IDX + k][l] = (li % 8 / 4) * 16 + (2 * ki + li / 8) * 4 + li % 4;
+                t[COL + k][l] = (li / 8) * 4 + li % 4 + 8 * ki;
+                t[O1 + k][l] = (li % 4 / 2) * 16 + (li % 2) * 8 + 4 * ki + li / 4;
+                t[ROW1 + k][l] = 4 * ki + li / 4;
+            }
+            t[ROW + k][l] = (li % 8 / 4) * 8 + 2 * ki + li / 8;
+            k += 1;
+        }
+        l += 1;
+    }
+    t
+};
+const T_A: usize = 0;
+const T_B: usize = 1;
+const O_IDX: usize = 2;
+const COL: usize = 4;
+const O1: usize = 6;
+const ROW1: usize = 8;
+const ROW: usize = 10;
+
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn lanes(f: impl Fn(i32) -> i32) -> __m512i {
-    let v: [i32; 16] = std::array::from_fn(|l| f(l as i32));
+fn lanes(v: &[i32; 16]) -> __m512i {
     // SAFETY: 16 `i32`.
     #[expect(unsafe_code, reason = "an unaligned vector load from a 16-int array")]
     unsafe {
@@ -387,28 +427,14 @@ unsafe fn micro_t<const MIN: bool, const R: usize>(w: &SmallCols, x: &KRows) -> 
     let offset = _mm512_set1_epi32(w.offset);
     // y: lane r·4 + c.
     let mut y = _mm256_setzero_ps();
-    // R = 2: output p = r·4 + c; the folded sums come as H_m = [output 2m: blocks 0..8 |
-    // output 2m + 1: blocks 0..8]; T (outputs 0..4) and U (outputs 4..8) hold 4 blocks × 4
-    // outputs (lane i·4 + p mod 4), O_k two blocks × 8 outputs (lane h·8 + p, block 2k + h).
-    let t_idx = |base: i32| lanes(move |l| (l % 4 / 2) * 16 + (l % 2) * 8 + base + l / 4);
-    let (ta, tb) = (t_idx(0), t_idx(4));
-    let o_idx: [__m512i; 2] = std::array::from_fn(|k| {
-        lanes(move |l| (l % 8 / 4) * 16 + (2 * k as i32 + l / 8) * 4 + l % 4)
-    });
-    // Per-block row values (Σ x, d_x) as [row 0: blocks 0..8 | row 1: blocks 0..8] → lane
-    // h·8 + r·4 + c of O_k: element r·8 + 2k + h.
-    let row_idx: [__m512i; 4] =
-        std::array::from_fn(|k| lanes(move |l| (l % 8 / 4) * 8 + 2 * k as i32 + l / 8));
-    // Block-major column values (scales, minima) of 4 blocks → lane h·8 + r·4 + c of O_k:
-    // element (2(k mod 2) + h)·4 + c.
-    let col_idx: [__m512i; 2] =
-        std::array::from_fn(|s| lanes(move |l| (l / 8) * 4 + l % 4 + 8 * s as i32));
-    // R = 1: H_m = [output 2m | output 2m + 1], O_k four blocks × 4 outputs (lane i·4 + c,
-    // block 4k + i); per-block row values: element 4k + i.
-    let o1_idx: [__m512i; 2] = std::array::from_fn(|k| {
-        lanes(move |l| (l % 4 / 2) * 16 + (l % 2) * 8 + 4 * k as i32 + l / 4)
-    });
-    let row1_idx: [__m512i; 2] = std::array::from_fn(|k| lanes(move |l| 4 * k as i32 + l / 4));
+    // The permutations of `IDX` (see there), loaded from constants.
+    let idx = |i: usize| lanes(&IDX[i]);
+    let (ta, tb) = (idx(T_A), idx(T_B));
+    let o_idx = [idx(O_IDX), idx(O_IDX + 1)];
+    let row_idx = [idx(ROW), idx(ROW + 1), idx(ROW + 2), idx(ROW + 3)];
+    let col_idx = [idx(COL), idx(COL + 1)];
+    let o1_idx = [idx(O1), idx(O1 + 1)];
+    let row1_idx = [idx(ROW1), idx(ROW1 + 1)];
     let eight = x.blocks / 8 * 8;
     let mut b = 0;
     while b < eight {
