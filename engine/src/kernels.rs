@@ -12,7 +12,7 @@
 //! (`qdot`; `vpdpbusd` with AVX-512 VNNI). The other block types (`Q4_1`, `Q5_0`, `Q5_1`,
 //! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
 //! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
-//! block sums; their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
+//! sums per group (K-quants) or per 4 elements (32-element types); their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
 //! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`,
 //! which have AVX-512 VNNI kernels of their own (`kvnni`, bit-identical to the portable
 //! code). Work is split over output columns on rayon's

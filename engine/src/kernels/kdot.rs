@@ -14,18 +14,22 @@
 //! stores `Q8_0`/`Q8_1` scales as `f16` and rounds `Q8_K` against the signed maximum, which
 //! moves results by less than the quantization itself).
 //!
-//! **Exactness and batch invariance.** Within a block everything is exact integer
-//! arithmetic: `Σ q_w·q_x` per 16 elements (≤ 16·127·127), times the group's integer scale
-//! (|scale| ≤ 127), summed over the block (< 2³¹), so the order the compiler or the vector
-//! unit adds them in cannot matter. Then each block adds one or two fused multiply-adds to a
-//! single `f32` accumulator, blocks in order. An output element depends only on its weight
+//! **Exactness and batch invariance.** Integer parts are exact: for the K-quants `Σ q_w·q_x`
+//! per 16 elements (≤ 16·127·127), times the group's integer scale (|scale| ≤ 127), summed
+//! over the block (< 2³¹), so the order the compiler or the vector unit adds them in cannot
+//! matter; then each block adds one or two fused multiply-adds to a single `f32`
+//! accumulator, blocks in order. The 32-element types keep 16 `f32` lanes as a 512-bit
+//! `vpdpbusd` lays out two blocks (lane `(b mod 2)·8 + l`: the exact sum of elements
+//! `4l..4l+4` of block `b`), one fused multiply-add per lane and block in block order (the
+//! minimum's term on the block's first lane), the lanes summed at the end by [`reduce`], as
+//! `qdot` does for `Q8_0`/`Q4_0`: no per-block horizontal sum for the SIMD code to do. An output element depends only on its weight
 //! row and its activation row, and the code compiled for AVX2 / AVX-512 (`super::x86`)
 //! performs the same operations, so results are bitwise the same alone or batched and on
 //! any CPU.
 
 use rayon::prelude::*;
 
-use super::by_columns;
+use super::{LANES, by_columns, reduce};
 use crate::quant::iquants;
 use crate::quant::kquants::{self, GROUPS, KBlock};
 use crate::quant::legacy::{self, SmallBlock};
@@ -213,17 +217,26 @@ fn run_small(
             unpack(b, u);
         }
         for (r, y) in col.iter_mut().enumerate() {
-            let mut acc = 0f32;
+            // Lane `(b mod 2)·8 + l`: the 4-element sums `l` of block `b`, as the SIMD
+            // kernels hold them (two blocks per 16-lane vector).
+            let mut acc = [0f32; LANES];
             for (b, w) in unpacked.iter().enumerate() {
                 let (xq, dx, sums) = a.block(r, b);
                 let s = w.d * dx;
-                acc = (idot(&w.q, xq) as f32).mul_add(s, acc);
-                if let Some(m) = w.m {
+                let lanes = &mut acc[(b % 2) * 8..(b % 2) * 8 + 8];
+                for ((l, wq), xq) in lanes
+                    .iter_mut()
+                    .zip(w.q.chunks_exact(4))
+                    .zip(xq.chunks_exact(4))
+                {
+                    *l = (idot(wq, xq) as f32).mul_add(s, *l);
+                }
+                if let (Some(m), Some(l)) = (w.m, lanes.first_mut()) {
                     let sx: i32 = sums.iter().sum();
-                    acc = m.mul_add(dx * sx as f32, acc);
+                    *l = m.mul_add(dx * sx as f32, *l);
                 }
             }
-            *y = acc;
+            *y = reduce(acc);
         }
     }
 }
