@@ -14,11 +14,12 @@
 //! stores `Q8_0`/`Q8_1` scales as `f16` and rounds `Q8_K` against the signed maximum, which
 //! moves results by less than the quantization itself).
 //!
-//! **Exactness and batch invariance.** Integer parts are exact: for the K-quants `Σ q_w·q_x`
-//! per 16 elements (≤ 16·127·127), times the group's integer scale (|scale| ≤ 127), summed
-//! over the block (< 2³¹), so the order the compiler or the vector unit adds them in cannot
-//! matter; then each block adds one or two fused multiply-adds to a single `f32`
-//! accumulator, blocks in order. The 32-element types keep 16 `f32` lanes as a 512-bit
+//! **Exactness and batch invariance.** Integer parts are exact (each fits `i32` with room), so
+//! the order the compiler or the vector unit adds them in cannot matter. The K-quants keep 16
+//! `f32` lanes as the SIMD kernel holds a super-block: lane `l` the scaled 4-element sums of
+//! elements `64k + 4l..+4` of its four 64-element chunks (weights made unsigned by the type's
+//! offset) less group `l`'s offset correction, or with group `l`'s minimum term, one or two
+//! fused multiply-adds per super-block, summed at the end. The 32-element types keep 16 `f32` lanes as a 512-bit
 //! `vpdpbusd` lays out two blocks (lane `(b mod 2)·8 + l`: the exact sum of elements
 //! `4l..4l+4` of block `b`), one fused multiply-add per lane and block in block order (the
 //! minimum's term on the block's first lane), the lanes summed at the end by [`reduce`], as
@@ -262,22 +263,46 @@ fn run_k(
         for (u, b) in unpacked.iter_mut().zip(w.chunks_exact(t.block_bytes())) {
             unpack(b, u);
         }
+        // What the SIMD kernels add to the weights to make them unsigned, taken back per
+        // group as `offset · scale_g · Σ x_g`.
+        let offset = match t {
+            QType::Q6_K => 32,
+            QType::IQ4_XS => 128,
+            _ => 0,
+        };
         for (r, y) in col.iter_mut().enumerate() {
-            let mut acc = 0f32;
+            // Lane `l`: elements `64k + 4l..64k + 4l + 4` of each of the super-block's 4
+            // chunks `k` (as a 512-bit `vpdpbusd` holds them), each 4-element sum times its
+            // group's scale; the group correction (offset or minimum) of group `l`.
+            let mut acc = [0f32; LANES];
             for (b, w) in unpacked.iter().enumerate() {
                 let (xq, dx, sums) = a.block(r, b);
-                let mut sumi = 0i32;
-                for ((wq, xq), &sc) in w.q.chunks_exact(16).zip(xq.chunks_exact(16)).zip(&w.scales)
-                {
-                    sumi += sc * idot(wq, xq);
-                }
-                acc = (sumi as f32).mul_add(w.d * dx, acc);
-                if let Some(dmin) = w.dmin {
-                    let summ: i32 = w.mins.iter().zip(sums).map(|(&m, &s)| m * s).sum();
-                    acc = (summ as f32).mul_add(-(dmin * dx), acc);
+                for (l, (acc, &sum)) in acc.iter_mut().zip(sums).enumerate() {
+                    let raw: i32 = (0..4)
+                        .map(|k| {
+                            let at = 64 * k + 4 * l;
+                            let d: i32 = w.q[at..at + 4]
+                                .iter()
+                                .zip(&xq[at..at + 4])
+                                .map(|(&q, &x)| (i32::from(q) + offset) * i32::from(x))
+                                .sum();
+                            w.scales[4 * k + l / 4] * d
+                        })
+                        .sum();
+                    match w.dmin {
+                        Some(dmin) => {
+                            *acc = (raw as f32).mul_add(w.d * dx, *acc);
+                            let summ = w.mins[l] * sum;
+                            *acc = (summ as f32).mul_add(-(dmin * dx), *acc);
+                        }
+                        None => {
+                            let corr = offset * w.scales[l] * sum;
+                            *acc = ((raw - corr) as f32).mul_add(w.d * dx, *acc);
+                        }
+                    }
                 }
             }
-            *y = acc;
+            *y = reduce(acc);
         }
     }
 }

@@ -386,7 +386,8 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     x: &KRows,
 ) -> [[f32; C]; R] {
     let bb = block_bytes(T);
-    let mut y = [[0f32; C]; R];
+    // Lane `l`: see `kdot::run_k`, the definition this computes.
+    let mut y = [[_mm512_setzero_ps(); C]; R];
     // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: group `4k + l / 4`
     // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`, `Q5_K`); see [`Scales::sc`].
     let group = if T == Q6K {
@@ -443,17 +444,26 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             };
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
+                let d = _mm512_set1_ps(s.d * dx);
                 if T == Q6K || T == IQ4XS {
-                    let sumi = _mm512_reduce_add_epi32(_mm512_sub_epi32(*acc, corr));
-                    *y = (sumi as f32).mul_add(s.d * dx, *y);
+                    let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(*acc, corr));
+                    *y = _mm512_fmadd_ps(sumi, d, *y);
                 } else {
-                    let sumi = _mm512_reduce_add_epi32(*acc);
-                    let summ = _mm512_reduce_add_epi32(corr);
-                    *y = (sumi as f32).mul_add(s.d * dx, *y);
-                    *y = (summ as f32).mul_add(-(s.dmin * dx), *y);
+                    *y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), d, *y);
+                    let m = _mm512_set1_ps(-(s.dmin * dx));
+                    *y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(corr), m, *y);
                 }
             }
         }
     }
-    y
+    let mut out = [[0f32; C]; R];
+    for (o, y) in out.iter_mut().zip(&y) {
+        for (o, &y) in o.iter_mut().zip(y) {
+            let mut lanes = [0f32; 16];
+            // SAFETY: 16 `f32`.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), y) };
+            *o = super::reduce(lanes);
+        }
+    }
+    out
 }
