@@ -409,8 +409,11 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             let p = unsafe { w.add(c * x.row_bytes + b * bb) };
             // The same spot one tile of columns ahead, which the next tile reads. Past the
             // matrix's end is harmless: a prefetch never faults.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + 128).cast());
+            // Every cache line of it: a Q6_K block spans four (prefetching two of them left
+            // a single row's decode waiting on the other two, ~25 % slower).
+            for line in (0..bb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + line).cast());
+            }
             // SAFETY: as above.
             *s = unsafe { scales::<T>(p) };
         }
