@@ -25,5 +25,9 @@ fn main() {
         std::process::exit(64);
     };
     let run = target.run;
-    afl::fuzz!(|data: &[u8]| run(data));
+    if target.contained_panics {
+        afl::fuzz_nohook!(|data: &[u8]| run(data));
+    } else {
+        afl::fuzz!(|data: &[u8]| run(data));
+    }
 }
