@@ -98,6 +98,20 @@ impl JwtVerifier {
                     Algorithm::ES256
                 }
                 AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                    // An Ed25519 public key is 32 bytes. jsonwebtoken 10.4 slices `[..32]` at
+                    // verification time, so a shorter `x` would panic on every token that
+                    // names this key (found by the `jwt` fuzz target): refuse it here.
+                    let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p.x.trim_end_matches('='))
+                        .map(|x| x.len())
+                        .map_err(|_| {
+                            PolicyError::Config(format!("JWKS key {kid:?}: x is not base64url"))
+                        })?;
+                    if len != 32 {
+                        return Err(PolicyError::Config(format!(
+                            "JWKS key {kid:?}: an Ed25519 public key (x) is 32 bytes, not {len}"
+                        )));
+                    }
                     Algorithm::EdDSA
                 }
                 AlgorithmParameters::OctetKey(_) => {

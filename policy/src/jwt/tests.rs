@@ -122,6 +122,27 @@ fn refuses_oct_keys_and_kidless_keys() {
     assert!(JwtVerifier::from_jwks(&wrong_alg, settings()).is_err());
 }
 
+/// An Ed25519 key whose `x` is not 32 bytes made jsonwebtoken 10.4 panic (`[..32]` out of
+/// range) when a token named it (the `jwt` fuzz target's find): refused at load, naming the
+/// key and the length; the right length loads and verifies.
+#[test]
+fn refuses_ed25519_keys_of_the_wrong_length() {
+    for x in ["AQID", "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcH", ""] {
+        let jwks =
+            format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"short","x":"{x}"}}]}}"#);
+        let err = JwtVerifier::from_jwks(&jwks, settings())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("\"short\"") && err.contains("32 bytes"),
+            "{x:?}: {err}"
+        );
+    }
+    let ok = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ok","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    assert!(JwtVerifier::from_jwks(ok, settings()).is_ok());
+}
+
 #[test]
 fn rejects_bad_times() {
     rejected(&sign(
