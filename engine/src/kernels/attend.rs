@@ -129,11 +129,14 @@ mod x86 {
 
     impl Inner for Avx512 {
         #[inline(always)]
-        fn dots<const M: usize>(q: &[f32], planes: &[&[[f32; LANES]]; M]) -> [[f32; LANES]; M] {
+        fn dots<const M: usize, const G: usize>(
+            qs: &[&[f32]; G],
+            planes: &[&[[f32; LANES]]; M],
+        ) -> [[[f32; LANES]; M]; G] {
             // SAFETY: only reached from `v4_impl`, whose features include AVX-512F.
             #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
             unsafe {
-                dots_v4(q, planes)
+                dots_v4(qs, planes)
             }
         }
 
@@ -151,17 +154,33 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn dots_v4<const M: usize>(q: &[f32], planes: &[&[[f32; LANES]]; M]) -> [[f32; LANES]; M] {
-        let mut acc = [_mm512_setzero_ps(); M];
-        for (d, &qd) in q.iter().enumerate() {
-            let qv = _mm512_set1_ps(qd);
-            for (a, plane) in acc.iter_mut().zip(planes) {
-                if let Some(k) = plane.get(d) {
-                    *a = _mm512_fmadd_ps(qv, load(k), *a);
+    fn dots_v4<const M: usize, const G: usize>(
+        qs: &[&[f32]; G],
+        planes: &[&[[f32; LANES]]; M],
+    ) -> [[[f32; LANES]; M]; G] {
+        let mut acc = [[_mm512_setzero_ps(); M]; G];
+        let hd = qs.first().map_or(0, |q| q.len());
+        for d in 0..hd {
+            let mut k = [_mm512_setzero_ps(); M];
+            for (k, plane) in k.iter_mut().zip(planes) {
+                if let Some(row) = plane.get(d) {
+                    *k = load(row);
+                }
+            }
+            for (ag, q) in acc.iter_mut().zip(qs) {
+                let qv = _mm512_set1_ps(q.get(d).copied().unwrap_or(0.0));
+                for (a, k) in ag.iter_mut().zip(&k) {
+                    *a = _mm512_fmadd_ps(qv, *k, *a);
                 }
             }
         }
-        acc.map(|v| store(v))
+        let mut out = [[[0f32; LANES]; M]; G];
+        for (og, ag) in out.iter_mut().zip(&acc) {
+            for (o, &a) in og.iter_mut().zip(ag) {
+                *o = store(a);
+            }
+        }
+        out
     }
 
     #[target_feature(enable = "avx512f")]
@@ -205,8 +224,12 @@ mod x86 {
 /// The two inner loops of [`attend_with`], per instruction set; every implementation
 /// computes the same fused multiply-adds in the same order.
 trait Inner {
-    /// `acc[i][l] = Σ_d q[d] · planes[i][d][l]`, one fused multiply-add per `d` in order.
-    fn dots<const M: usize>(q: &[f32], planes: &[&[[f32; LANES]]; M]) -> [[f32; LANES]; M];
+    /// `acc[g][i][l] = Σ_d qs[g][d] · planes[i][d][l]`, one fused multiply-add per `d` in
+    /// order; each plane row is loaded once for the `G` query heads.
+    fn dots<const M: usize, const G: usize>(
+        qs: &[&[f32]; G],
+        planes: &[&[[f32; LANES]]; M],
+    ) -> [[[f32; LANES]; M]; G];
 
     /// `acc[c][l] = Σ_j p_j · v_j[c·LANES + l]` over `rows` `(p_j, v_j)` in order (each `v_j`
     /// `C × LANES` long), one fused multiply-add per row.
@@ -220,13 +243,20 @@ struct Portable;
 
 impl Inner for Portable {
     #[inline(always)]
-    fn dots<const M: usize>(q: &[f32], planes: &[&[[f32; LANES]]; M]) -> [[f32; LANES]; M] {
-        let mut acc = [[0f32; LANES]; M];
-        for (d, &qd) in q.iter().enumerate() {
-            for (a, plane) in acc.iter_mut().zip(planes) {
-                if let Some(k) = plane.get(d) {
-                    for (x, &k) in a.iter_mut().zip(k) {
-                        *x = qd.mul_add(k, *x);
+    fn dots<const M: usize, const G: usize>(
+        qs: &[&[f32]; G],
+        planes: &[&[[f32; LANES]]; M],
+    ) -> [[[f32; LANES]; M]; G] {
+        let mut acc = [[[0f32; LANES]; M]; G];
+        let hd = qs.first().map_or(0, |q| q.len());
+        for d in 0..hd {
+            for (ag, q) in acc.iter_mut().zip(qs) {
+                let qd = q.get(d).copied().unwrap_or(0.0);
+                for (a, plane) in ag.iter_mut().zip(planes) {
+                    if let Some(k) = plane.get(d) {
+                        for (x, &k) in a.iter_mut().zip(k) {
+                            *x = qd.mul_add(k, *x);
+                        }
                     }
                 }
             }
@@ -280,17 +310,37 @@ fn attend_with<I: Inner>(
     let span = (end_page - first_page) * PAGE;
     let skip = keys.start - first_page * PAGE;
     let mut scores = vec![0f32; spec.group * span];
-    for (qg, row) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(span)) {
+    let qs: Vec<&[f32]> = q.chunks_exact(hd).collect();
+    let mut rows: Vec<&mut [f32]> = scores.chunks_exact_mut(span).collect();
+    // Up to 3 query heads × 4 pages per tile.
+    for (qs, rows) in qs.chunks(3).zip(rows.chunks_mut(3)) {
         let mut page = first_page;
-        for dst in row.chunks_mut(4 * PAGE) {
-            match dst.len() / PAGE {
-                4 => score_pages::<I, 4>(spec, pages, page, kv_head, qg, dst),
-                3 => score_pages::<I, 3>(spec, pages, page, kv_head, qg, dst),
-                2 => score_pages::<I, 2>(spec, pages, page, kv_head, qg, dst),
-                _ => score_pages::<I, 1>(spec, pages, page, kv_head, qg, dst),
+        while page < end_page {
+            let m = (end_page - page).min(4);
+            let at = (page - first_page) * PAGE;
+            macro_rules! tile {
+                ($m:literal, $g:literal) => {
+                    score_pages::<I, $m, $g>(spec, pages, page, kv_head, qs, rows, at)
+                };
             }
-            page += 4;
+            match (m, qs.len()) {
+                (4, 3) => tile!(4, 3),
+                (4, 2) => tile!(4, 2),
+                (4, _) => tile!(4, 1),
+                (3, 3) => tile!(3, 3),
+                (3, 2) => tile!(3, 2),
+                (3, _) => tile!(3, 1),
+                (2, 3) => tile!(2, 3),
+                (2, 2) => tile!(2, 2),
+                (2, _) => tile!(2, 1),
+                (_, 3) => tile!(1, 3),
+                (_, 2) => tile!(1, 2),
+                (_, _) => tile!(1, 1),
+            }
+            page += m;
         }
+    }
+    for row in scores.chunks_exact_mut(span) {
         let probs = &mut row[skip..skip + n];
         let max = lanes_max(probs);
         for s in probs.iter_mut() {
@@ -326,30 +376,35 @@ fn attend_with<I: Inner>(
 /// `f32` lanes of a vector accumulator (one page of keys per score vector).
 const LANES: usize = PAGE;
 
-/// Scores of query head `q` against every key of `M` pages from `first` → `dst`
-/// (`[M × PAGE]`): per key, one fused multiply-add per dimension in order, `M` pages in
-/// flight so the multiply-adds do not wait on each other.
+/// Scores of the `G` query heads `qs` against every key of `M` pages from `first` into
+/// `rows[g][at..at + M × PAGE]`: per key, one fused multiply-add per dimension in order; `M`
+/// pages × `G` heads in flight, so the multiply-adds do not wait on each other and each key
+/// vector is loaded once for the `G` heads.
 #[inline(always)]
-fn score_pages<I: Inner, const M: usize>(
+fn score_pages<I: Inner, const M: usize, const G: usize>(
     spec: &Spec,
     pages: &[Page],
     first: usize,
     kv_head: usize,
-    q: &[f32],
-    dst: &mut [f32],
+    qs: &[&[f32]],
+    rows: &mut [&mut [f32]],
+    at: usize,
 ) {
     let hd = spec.head_dim;
-    let (_, at) = spec.key_at(0, kv_head, 0);
+    let (_, off) = spec.key_at(0, kv_head, 0);
     let planes: [&[[f32; PAGE]]; M] =
-        std::array::from_fn(|i| pages[first + i][at..at + hd * PAGE].as_chunks::<PAGE>().0);
-    let acc = I::dots(q, &planes);
-    for (a, dst) in acc.iter().zip(dst.chunks_exact_mut(PAGE)) {
-        for (d, &s) in dst.iter_mut().zip(a) {
-            let s = s * spec.scale;
-            *d = match spec.softcap {
-                Some(cap) => (s / cap).tanh() * cap,
-                None => s,
-            };
+        std::array::from_fn(|i| pages[first + i][off..off + hd * PAGE].as_chunks::<PAGE>().0);
+    let qs: [&[f32]; G] = std::array::from_fn(|g| qs[g]);
+    let acc = I::dots(&qs, &planes);
+    for (ag, row) in acc.iter().zip(rows.iter_mut()) {
+        for (a, dst) in ag.iter().zip(row[at..at + M * PAGE].chunks_exact_mut(PAGE)) {
+            for (d, &s) in dst.iter_mut().zip(a) {
+                let s = s * spec.scale;
+                *d = match spec.softcap {
+                    Some(cap) => (s / cap).tanh() * cap,
+                    None => s,
+                };
+            }
         }
     }
 }
