@@ -81,7 +81,9 @@ pub fn attend(
         || q.len() != width
         || out.len() != width
         || kv_head >= spec.kv_heads
-        || pages.iter().any(|p| p.len() != spec.page_len())
+        || pages[keys.start / PAGE..keys.end.div_ceil(PAGE)]
+            .iter()
+            .any(|p| p.len() != spec.page_len())
     {
         return;
     }
@@ -478,7 +480,7 @@ fn lanes_sum(xs: &[f32]) -> f32 {
 /// give about `e⁻⁸⁷`: a weight that small next to the row's maximum (weight 1) is lost in
 /// the sum anyway.
 #[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+fn exp_nonpositive(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

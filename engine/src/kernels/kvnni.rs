@@ -462,11 +462,22 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     let mut out = [[0f32; C]; R];
     for (o, y) in out.iter_mut().zip(&y) {
         for (o, &y) in o.iter_mut().zip(y) {
-            let mut lanes = [0f32; 16];
-            // SAFETY: 16 `f32`.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), y) };
-            *o = super::reduce(lanes);
+            *o = sum_lanes(y);
         }
     }
     out
+}
+
+/// The 16 lanes of `v` summed by [`super::reduce`]'s fixed tree, as the portable code sums
+/// its 16 lane accumulators.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum_lanes(v: __m512) -> f32 {
+    let mut lanes = [0f32; 16];
+    // SAFETY: 16 `f32`.
+    #[expect(unsafe_code, reason = "an unaligned vector store to a 16-float array")]
+    unsafe {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v)
+    };
+    super::reduce(lanes)
 }

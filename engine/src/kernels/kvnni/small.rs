@@ -15,9 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{KRows, LEVELS, fits, put};
+use super::{KRows, LEVELS, fits, put, sum_lanes};
 use crate::kernels::kdot::{self, Acts};
-use crate::kernels::{COL_TILE, ROW_BLOCK, reduce};
+use crate::kernels::{COL_TILE, ROW_BLOCK};
 use crate::quant::{QK, QType};
 
 /// Where a 32-element type keeps its parts (`legacy.rs` has the layouts) and what its
@@ -224,8 +224,6 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
 ) -> [[f32; C]; R] {
     let zero = _mm512_setzero_si512();
     let offset = _mm512_set1_epi8(w.offset as u8 as i8);
-    // Lanes 0–7 from element 0, 8–15 from element 1.
-    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut b = 0;
     while b < x.blocks {
@@ -261,7 +259,7 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
                     };
                     // [Σ x of block b, of block b + 1]: the two group sums of each.
                     let sx = _mm_cvtepi32_ps(_mm_hadd_epi32(s, s));
-                    let sx = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sx));
+                    let sx = spread(sx);
                     mx[r] = _mm512_mul_ps(dx[r], sx);
                 }
             }
@@ -311,10 +309,7 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
     let mut y = [[0f32; C]; R];
     for (yr, ar) in y.iter_mut().zip(&acc) {
         for (y, &a) in yr.iter_mut().zip(ar) {
-            let mut lanes = [0f32; 16];
-            // SAFETY: 16 `f32`.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), a) };
-            *y = reduce(lanes);
+            *y = sum_lanes(a);
         }
     }
     y
@@ -325,8 +320,6 @@ unsafe fn micro<const MIN: bool, const R: usize, const C: usize>(
 #[inline]
 #[expect(unsafe_code, reason = "unchecked loads the caller checked")]
 unsafe fn spread2(p: *const f32, pair: bool) -> __m512 {
-    // Lanes 0–7 from element 0, 8–15 from element 1.
-    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     // SAFETY: the caller guarantees `p[0]`, and `p[1]` when `pair`.
     let v = unsafe {
         if pair {
@@ -335,5 +328,13 @@ unsafe fn spread2(p: *const f32, pair: bool) -> __m512 {
             _mm_load_ss(p)
         }
     };
-    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(v))
+    spread(v)
+}
+
+/// `[v[0] × 8 | v[1] × 8]`: lanes 0–7 from element 0, 8–15 from element 1.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn spread(v: __m128) -> __m512 {
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
 }
