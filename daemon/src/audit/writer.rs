@@ -6,8 +6,9 @@
 //!
 //! On a failed commit the transaction is rolled back, the chain head stays where it was,
 //! every caller in the batch gets an error, and [`AuditLog::healthy`] turns false. While
-//! unhealthy the thread retries once a second with a `resumed` record, so service comes
-//! back by itself once writes succeed again.
+//! unhealthy, records are refused without a write, and the thread probes once a second
+//! with a `resumed` record (once the filesystem has [`RESUME_HEADROOM`] free), so service
+//! comes back by itself once writes succeed again, and does not flicker on a full disk.
 //!
 //! Before it appends anything the writer runs the head check ([`super::head`]): it never
 //! signs over a chain that does not extend its own last checkpoint. The first commit in
@@ -49,6 +50,11 @@ pub struct WriterSettings {
 
 /// Records in one transaction at most.
 const MAX_BATCH: usize = 4096;
+
+/// Free space the log's filesystem needs before a failed log resumes. Without it, a small
+/// commit that fits into pages SQLite already holds would bring service back for a moment
+/// on a disk that is still full.
+const RESUME_HEADROOM: u64 = 1 << 20;
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
@@ -229,6 +235,8 @@ struct WriterState {
     checkpoint_interval: Duration,
     healthy: Arc<AtomicBool>,
     failures: u64,
+    /// Probes skipped for want of [`RESUME_HEADROOM`] since the last failure.
+    starved_probes: u64,
 }
 
 impl WriterState {
@@ -301,6 +309,7 @@ impl WriterState {
             checkpoint_interval: settings.checkpoint_interval,
             healthy: Arc::new(AtomicBool::new(true)),
             failures: 0,
+            starved_probes: 0,
         };
         if !head.clean {
             tracing::warn!(
@@ -350,15 +359,27 @@ impl WriterState {
                 }
                 next = rx.try_recv().ok();
             }
-            if !batch.is_empty() {
-                if self.commit(batch, seal).is_ok() {
-                    self.maybe_rotate();
-                }
-            } else if !self.healthy.load(Ordering::Acquire)
+            // While failing, only this probe (a `resumed` record, once a second, once the
+            // filesystem has room again) can bring service back.
+            if !self.healthy.load(Ordering::Acquire)
                 && last_probe.elapsed() >= Duration::from_secs(1)
             {
                 last_probe = Instant::now();
-                let _ = self.commit(Vec::new(), false);
+                if self.has_headroom() {
+                    let _ = self.commit(Vec::new(), false);
+                }
+            }
+            if !batch.is_empty() {
+                if !self.healthy.load(Ordering::Acquire) {
+                    // Not tried: on a full disk a small commit can still fit into pages
+                    // SQLite already holds, and service would flicker on and off.
+                    refuse(
+                        batch,
+                        "the audit log is failing writes (retried once a second)",
+                    );
+                } else if self.commit(batch, seal).is_ok() {
+                    self.maybe_rotate();
+                }
             } else if self.head_seq > self.checkpointed_seq
                 && self.last_checkpoint.elapsed() >= self.checkpoint_interval
             {
@@ -370,6 +391,31 @@ impl WriterState {
                 return;
             }
         }
+    }
+
+    /// Whether the log's filesystem has [`RESUME_HEADROOM`] free for a failed log to resume
+    /// (true where it cannot be measured: the probe's commit decides then).
+    fn has_headroom(&mut self) -> bool {
+        let dir = match self.db.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let Ok(fs) = rustix::fs::statvfs(dir) else {
+            return true;
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free >= RESUME_HEADROOM {
+            return true;
+        }
+        self.starved_probes += 1;
+        if self.starved_probes % 60 == 1 {
+            tracing::warn!(
+                free_bytes = free,
+                needed_bytes = RESUME_HEADROOM,
+                "the audit log's filesystem is still (nearly) full: serving stays refused"
+            );
+        }
+        false
     }
 
     /// Final checkpoint and the clean flag.
@@ -418,6 +464,7 @@ impl WriterState {
                         "audit log writes succeed again: serving resumes"
                     );
                     self.failures = 0;
+                    self.starved_probes = 0;
                     self.healthy.store(true, Ordering::Release);
                 }
                 for (i, (_, reply)) in batch.into_iter().enumerate() {
@@ -438,11 +485,7 @@ impl WriterState {
                 }
                 self.healthy.store(false, Ordering::Release);
                 let message = e.to_string();
-                for (_, reply) in batch {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(AuditError::Unavailable(message.clone())));
-                    }
-                }
+                refuse(batch, &message);
                 Err(message)
             }
         }
@@ -621,4 +664,13 @@ impl WriterState {
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Answers every caller in `batch` with [`AuditError::Unavailable`].
+fn refuse(batch: Vec<(Record, Option<Reply>)>, message: &str) {
+    for (_, reply) in batch {
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(AuditError::Unavailable(message.to_owned())));
+        }
+    }
 }
