@@ -407,6 +407,40 @@ async fn idle_http2_connections_do_not_lock_out_a_tenant() {
     assert!(daemon.logs().contains("preface"), "{}", daemon.logs());
 }
 
+/// An idle HTTP/1.1 keep-alive connection is closed after `connection_idle_timeout`, even
+/// when `header_read_timeout` (which also ends a wait for the next request head) is longer;
+/// one that keeps sending requests stays open past it.
+#[tokio::test]
+async fn idle_http1_connections_are_closed() {
+    let pki = Pki::new(&["alice"]);
+    let cfg = TestConfig {
+        limits: "shutdown_grace = \"10s\"\nheader_read_timeout = \"120s\"\n\
+                 connection_idle_timeout = \"1s\"\n"
+            .into(),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let tls = || client_tls(&pki.ca(), Some(pki.client("alice")));
+    let mut busy = H1::connect(&daemon, tls()).await.unwrap();
+    let mut idle = H1::connect(&daemon, tls()).await.unwrap();
+    assert_eq!(idle.get("/v1/models").await.unwrap().status, 200);
+    let started = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(busy.get("/v1/models").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(
+        closed_within(&mut idle.stream, Duration::from_secs(3)).await,
+        "an idle HTTP/1.1 connection stayed open"
+    );
+    eprintln!(
+        "idle HTTP/1.1 connection closed {} ms after its last response",
+        started.elapsed().as_millis()
+    );
+    // Busy for 2.4 s, longer than the timeout, and still open.
+    assert_eq!(busy.get("/v1/models").await.unwrap().status, 200);
+}
+
 /// Bare TCP connections (no handshake) used to hold `max_connections` slots until the
 /// handshake timeout. Now they hold only pending-handshake slots, at most
 /// `max_connections_per_address` of them per client address, and a tenant connecting from

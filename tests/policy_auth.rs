@@ -471,6 +471,72 @@ async fn prompt_filters_redact_and_deny() {
     assert!(message.contains("no-zeus") && !message.to_lowercase().contains("zeus about"));
 }
 
+/// Issue 11's reproduced detector misses: a valid number inside a longer digit run (a card
+/// followed by its expiry or CVV, an IBAN followed by a currency) passed a deny rule and was
+/// not redacted, because the greedy match failed its checksum as a whole.
+#[tokio::test]
+async fn numbers_inside_longer_digit_runs_are_denied_and_redacted() {
+    let tenants = r#"
+[auth]
+key_db = "KEYDB"
+
+[[tenants]]
+name = "denies"
+models = ["test-model"]
+cert_cn = ["alice"]
+[[tenants.filters]]
+id = "no-cards"
+action = "deny"
+detector = "payment_card"
+
+[[tenants]]
+name = "redacts"
+models = ["test-model"]
+cert_cn = ["bob"]
+max_tokens = 60
+[[tenants.filters]]
+id = "cards"
+action = "redact"
+detector = "payment_card"
+apply = "prompt"
+[[tenants.filters]]
+id = "ibans"
+action = "redact"
+detector = "iban"
+apply = "prompt"
+"#;
+    let s = start(tenants, "");
+    let url = s.daemon.url("/v1/chat/completions");
+    let alice = s.daemon.client(&s.pki, "alice");
+    for prompt in [
+        "pay with 4111111111111111 12/25 please",
+        "card 4111 1111 1111 1111 123",
+    ] {
+        let (status, _, body) = post(alice.post(&url), &chat(prompt)).await;
+        assert_eq!(status, 403, "{prompt}: {body}");
+        assert_eq!(body["error"]["code"], "content_policy_violation", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-cards"),
+            "{body}"
+        );
+    }
+    let bob = s.daemon.client(&s.pki, "bob");
+    let prompt = "card 4111 1111 1111 1111 123 to DE89 3704 0044 0532 0130 00 EUR";
+    let (status, _, body) = post(bob.post(&url), &chat(prompt)).await;
+    assert_eq!(status, 200, "{body}");
+    // The test engine echoes what it was given: the model never saw either number.
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("[REDACTED:payment_card]"), "{content}");
+    assert!(content.contains("[REDACTED:iban]"), "{content}");
+    assert!(
+        !content.contains("4111") && !content.contains("3704"),
+        "{content}"
+    );
+}
+
 #[tokio::test]
 async fn token_budget_holds_under_200_concurrent_requests() {
     const BUDGET: u64 = 3000;

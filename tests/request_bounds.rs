@@ -83,6 +83,51 @@ async fn megabyte_stop_strings_are_refused_naming_stop() {
     );
 }
 
+/// Counts and sizes of the request's lists are bounded before anything else runs: 400
+/// naming the field, through the real binary.
+#[tokio::test]
+async fn oversized_lists_are_refused_naming_the_field() {
+    let pki = Pki::new(&["alice"]);
+    let daemon = Daemon::start(&pki, &TestConfig::default());
+    let client = daemon.client(&pki, "alice");
+    let url = daemon.url("/v1/chat/completions");
+    let user = json!({"role": "user", "content": "x"});
+    let part = json!({"type": "text", "text": "a"});
+    let tool = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
+    for (body, param) in [
+        (
+            json!({"model": TEST_MODEL, "messages": vec![user.clone(); 1025]}),
+            "messages",
+        ),
+        (
+            json!({"model": TEST_MODEL, "messages": [{"role": "user", "content": vec![part; 257]}]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"model": TEST_MODEL, "messages": [user.clone()], "tools": vec![tool; 129]}),
+            "tools",
+        ),
+        (
+            json!({"model": TEST_MODEL, "messages": [user.clone()], "response_format":
+                {"type": "json_schema", "json_schema": {"name": "s", "description": "s".repeat(70_000)}}}),
+            "response_format",
+        ),
+    ] {
+        let (status, resp) = post(&client, url.clone(), &body).await;
+        assert_eq!(status, 400, "{param}: {resp}");
+        assert_eq!(resp["error"]["param"], param, "{resp}");
+    }
+    // At the limit the count passes: what refuses 1,024 messages is the test model's
+    // 2,048-token context, a later check.
+    let body = json!({"model": TEST_MODEL, "messages": vec![user; 1024], "max_tokens": 4});
+    let (status, resp) = post(&client, url, &body).await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (400, Some("context_length_exceeded")),
+        "{resp}"
+    );
+}
+
 #[tokio::test]
 async fn stop_strings_match_across_token_boundaries() {
     let pki = Pki::new(&["alice"]);

@@ -24,7 +24,7 @@ enum DeviceArg {
 #[derive(Parser, Debug)]
 #[command(about = "Measure load time, TTFT, prefill and decode throughput of one model")]
 struct Args {
-    /// A Hugging Face model directory.
+    /// A Hugging Face model directory or a GGUF file.
     #[arg(long)]
     model: PathBuf,
     #[arg(long, value_enum, default_value = "auto")]
@@ -47,12 +47,12 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(args.model.join("config.json")).context("reading config.json")?,
-    )?;
-    let vocab = config["vocab_size"]
-        .as_u64()
-        .context("config.json: vocab_size")? as u32;
+    let vocab = u32::try_from(
+        airlock_engine::inspect(&args.model, false)
+            .context("reading the model's header")?
+            .vocab_size,
+    )
+    .context("vocab_size")?;
     // A fixed linear-congruential sequence: the same prompt on every run and machine.
     let mut state = 12345u64;
     let ids: Vec<u32> = (0..args.prompt_tokens)
