@@ -561,6 +561,55 @@ async fn trickled_bodies_do_not_starve_another_tenant() {
     assert_eq!(statuses, [408, 408, 429, 429, 429], "{}", daemon.logs());
 }
 
+/// The same attack by a tenant without a `max_concurrent`: its bodies may hold at most half
+/// the server's request slots (2 of 4 here), the rest are refused with 429, and another
+/// tenant is served meanwhile.
+#[tokio::test]
+async fn trickled_bodies_of_a_tenant_without_max_concurrent_hold_half_the_slots() {
+    let pki = Pki::new(&["alice", "bob"]);
+    let cfg = TestConfig {
+        limits: format!("{PATIENT}max_concurrent_requests = 4\nbody_read_timeout = \"3s\"\n"),
+        extra: format!("{}{}", tenants(&["alice"], ""), tenants(&["bob"], "")),
+        ..TestConfig::default()
+    };
+    let daemon = Daemon::start(&pki, &cfg);
+    let alice = || client_tls(&pki.ca(), Some(pki.client("alice")));
+    let mut trickles = Vec::new();
+    for _ in 0..5 {
+        let mut conn = H1::connect(&daemon, alice()).await.unwrap();
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
+                    content-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+        conn.stream.write_all(head.as_bytes()).await.unwrap();
+        conn.stream.flush().await.unwrap();
+        trickles.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // bob needs one slot; with every slot open to alice he would have none left.
+    let mut bob = H1::connect(&daemon, client_tls(&pki.ca(), Some(pki.client("bob"))))
+        .await
+        .unwrap();
+    let resp = bob
+        .send("POST", "/v1/chat/completions", &chat_body())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "bob starved by alice's uploads: {resp:?}");
+
+    let mut statuses = Vec::new();
+    for conn in &mut trickles {
+        let resp = tokio::time::timeout(Duration::from_secs(15), read_response(&mut conn.stream))
+            .await
+            .expect("no answer to a trickled request")
+            .unwrap();
+        if resp.status == 429 {
+            assert!(resp.body.contains("request bodies arriving"), "{resp:?}");
+        }
+        statuses.push(resp.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [408, 408, 429, 429, 429], "{}", daemon.logs());
+}
+
 /// `max_connection_age`: a keep-alive connection kept busy is drained once it is that old:
 /// told `Connection: close` on a response in flight, or closed between requests.
 #[tokio::test]

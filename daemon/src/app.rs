@@ -9,6 +9,8 @@ use std::time::Duration;
 use airlock_engine::{Engine, ModelInfo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+mod uploads;
+
 /// Request limits, from the `[limits]` section of the configuration.
 #[derive(Clone, Debug)]
 pub struct AppSettings {
@@ -44,6 +46,8 @@ pub struct App {
     pub(crate) settings: AppSettings,
     /// One permit per inference request in flight.
     slots: Arc<Semaphore>,
+    /// Request bodies arriving per tenant (at most half of `slots` each).
+    pub(crate) uploads: Arc<uploads::Uploads>,
     /// `system_fingerprint` in responses: the build serving them.
     pub(crate) fingerprint: String,
     /// The audit log and the settings of this configuration generation; `None` only when
@@ -85,12 +89,14 @@ impl App {
         access: Arc<crate::access::Access>,
     ) -> Arc<App> {
         let slots = Arc::new(Semaphore::new(settings.max_concurrent_requests.max(1)));
+        let uploads = uploads::Uploads::new(settings.max_concurrent_requests);
         let models = engine.models();
         Arc::new(App {
             engine,
             models,
             settings,
             slots,
+            uploads,
             fingerprint: format!("fp_airlock_{}", env!("CARGO_PKG_VERSION")),
             audit,
             access,
@@ -112,6 +118,7 @@ impl App {
         };
         if next.settings.max_concurrent_requests == previous.settings.max_concurrent_requests {
             next.slots = Arc::clone(&previous.slots);
+            next.uploads = Arc::clone(&previous.uploads);
         }
         match Arc::get_mut(&mut next.access) {
             Some(access) => access.inherit_guards(&previous.access),

@@ -6,7 +6,7 @@
 //! The phases, in order:
 //!
 //! ```text
-//! route → authn → info routes → tenant slot → server slot → body → parse
+//! route → authn → info routes → tenant slot → server slot → upload share → body → parse
 //!       → tenant → tools → prompt_filter → (embed prepare) → limits → audit (admit)
 //!       → generate → finish
 //!         ↘ tokenize (tokenizer routes)
@@ -168,9 +168,21 @@ where
     let slot = app.try_slot().ok_or(ApiError::TooManyRequests {
         limit: app.settings.max_concurrent_requests,
     })?;
-    // body: both slots are held while it arrives, so its arrival is bounded in time too
+    // upload share: one tenant has at most half the server's slots with bodies arriving, so
+    // slowly trickled bodies cannot take every slot, `max_concurrent` or not.
+    let upload =
+        match ctx.policy() {
+            Some(tenant) => Some(app.uploads.start(&tenant.name).ok_or(
+                ApiError::TooManyUploads {
+                    limit: app.uploads.share(),
+                },
+            )?),
+            None => None,
+        };
+    // body: the slots are held while it arrives, so its arrival is bounded in time too
     // (the tenant's own `body_read_timeout`, else the server's) as well as in size.
     let bytes = read_body(app, ctx, req).await?;
+    drop(upload);
     // parse: OpenAI's validation of the body (400s name the field).
     let parsed = request::parse(inference, &bytes, || {
         app.models.first().map(|m| m.id.clone())

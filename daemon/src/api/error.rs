@@ -72,6 +72,12 @@ pub enum ApiError {
     #[error("the server is at its limit of {limit} concurrent requests; retry shortly")]
     TooManyRequests { limit: usize },
 
+    /// The tenant already has half the server's request slots with bodies arriving.
+    #[error(
+        "this tenant already has {limit} request bodies arriving (half the server's request slots); retry shortly"
+    )]
+    TooManyUploads { limit: usize },
+
     /// `limits.request_deadline` passed before the response (or first token) was ready.
     #[error("the request did not complete within the server's deadline of {}s", .0.as_secs_f64())]
     Timeout(Duration),
@@ -292,6 +298,15 @@ impl ApiError {
                     SERVER,
                     None,
                     Some("server_overloaded"),
+                )
+            },
+            ApiError::TooManyUploads { .. } => Rendered {
+                retry_after: Some(1),
+                ..plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    None,
+                    Some("rate_limit_exceeded"),
                 )
             },
             ApiError::Timeout(_) => {
