@@ -298,3 +298,76 @@ async fn a_pinned_manifest_rewritten_with_the_model_is_refused_at_start() {
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("models[0].manifest_sha256"), "{stderr}");
 }
+
+/// A copy of the embedded default model whose chat template is `template`, with a fresh
+/// manifest (`airlockd model manifest`).
+fn model_with_template(root: &std::path::Path, name: &str, template: &str) -> std::path::PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/assets/default-model");
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name();
+        if file != "airlock-manifest.json" {
+            std::fs::copy(entry.path(), dir.join(&file)).unwrap();
+        }
+    }
+    let config = dir.join("tokenizer_config.json");
+    let mut tokenizer: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    tokenizer["chat_template"] = json!(template);
+    std::fs::write(&config, serde_json::to_vec(&tokenizer).unwrap()).unwrap();
+    let (status, _, stderr) = common::airlockd(&["model", "manifest", dir.to_str().unwrap()]);
+    assert!(status.success(), "{stderr}");
+    dir
+}
+
+/// Hostile chat templates in a model's files, served by the real binary: a template that
+/// loops runs out of fuel and one that explodes hits the output cap (400 naming `messages`,
+/// in seconds); one that panics the template engine is contained (500: the model's files
+/// are at fault, not the request); the daemon goes on serving.
+#[tokio::test]
+async fn hostile_chat_templates_are_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let models: String = [
+        (
+            "loops",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x",
+        ),
+        ("explodes", "{{ 'ab' * 40000000 }}"),
+        ("panics", "{{ 'x' in messages[5:9:-2] }}"),
+    ]
+    .iter()
+    .map(|(name, template)| {
+        let dir = model_with_template(root.path(), name, template);
+        format!(
+            "[[models]]\nname = \"{name}\"\npath = {:?}\ndevice = \"cpu\"\n",
+            dir.to_str().unwrap()
+        )
+    })
+    .collect();
+    let pki = Pki::new(&["alice"]);
+    let daemon = Daemon::start(
+        &pki,
+        &TestConfig {
+            models,
+            ..TestConfig::default()
+        },
+    );
+    let client = daemon.client(&pki, "alice");
+    for name in ["loops", "explodes", "panics"] {
+        let started = Instant::now();
+        let body = json!({"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        let (status, resp) = post(&client, daemon.url("/v1/chat/completions"), &body).await;
+        if name == "panics" {
+            assert_eq!(status, 500, "{name}: {resp}");
+            assert_eq!(resp["error"]["type"], "server_error", "{resp}");
+        } else {
+            assert_eq!(status, 400, "{name}: {resp}");
+            assert_eq!(resp["error"]["param"], "messages", "{name}: {resp}");
+        }
+        eprintln!("{name}: refused in {} ms", started.elapsed().as_millis());
+    }
+    let resp = client.get(daemon.url("/v1/models")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
