@@ -44,7 +44,7 @@ pub struct ModelSpec {
     /// cached position, so no sequence is ever preempted).
     pub kv_cache_bytes: Option<usize>,
     /// Quantize the projection weights (LM head included) to 8- or 4-bit blocks at load
-    /// (CPU device only; `None`: keep the file's precision).
+    /// (on a GPU, blocks in GPU memory with 8-bit values; `None`: keep the file's precision).
     pub quantize: Option<Quantize>,
     /// How embeddings are pooled when the directory has no `1_Pooling/config.json` (which
     /// wins; a contradicting setting is refused). `None`: `last`.
@@ -118,8 +118,8 @@ impl Default for Speculative {
     }
 }
 
-/// Weight quantization applied at load (CPU device only): llama.cpp-compatible 32-element
-/// blocks with an `f16` scale each.
+/// Weight quantization applied at load: llama.cpp-compatible 32-element blocks with an `f16`
+/// scale each (on a GPU, burn's block-quantized tensor: `layers::linear`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quantize {

@@ -84,7 +84,7 @@ pub struct RawModel {
     pub max_active: Option<u64>,
     #[serde(default)]
     pub max_context: Option<u64>,
-    /// `"q8"` or `"q4"`: quantize the weights at load (CPU only).
+    /// `"q8"` or `"q4"`: quantize the weights at load (on a GPU, blocks in GPU memory).
     #[serde(default)]
     pub quantize: Option<String>,
     #[serde(default)]

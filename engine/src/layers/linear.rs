@@ -8,20 +8,26 @@
 //!   checkpoint stays bf16, half the bytes per decoded token, same results as widening it to
 //!   `f32` first), a GGUF file's quantized blocks as stored (every [`crate::quant::QType`]),
 //!   or `Q8_0` / `Q4_0` blocks with `quantize`;
-//! * on a wgpu device, `W` is a burn tensor in the device's float dtype (f16 on GPUs); a
-//!   GGUF file's quantized blocks are dequantized at load. `quantize` is refused there: see
-//!   [`Linear::load_with`].
+//! * on a wgpu device, a GGUF file's `Q8_0` and `Q4_0` blocks (and `quantize = "q8"` /
+//!   `"q4"`) stay blocks in GPU memory: burn's block-quantized tensor, 8-bit values with one
+//!   `f16` scale per 32 inputs, which burn's matmul dequantizes inside its kernel
+//!   ([`gpu_blocks`]); every other weight is a burn tensor in the device's float dtype (f16
+//!   on GPUs), other block types dequantized at load.
 
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::EngineError;
 use crate::kernels::{Format, PackedMatrix};
+use crate::quant::{self, QK, QType};
 use crate::spec::Quantize;
 use crate::tensor_file::WeightDType;
 use crate::weights::Weights;
 
 enum Weight {
     Tensor(Box<Tensor<2>>),
+    /// Block-quantized on a GPU ([`gpu_blocks`]), from blocks of `Format`.
+    Blocks(Box<Tensor<2>>, Format),
     Packed(PackedMatrix),
 }
 
@@ -68,10 +74,8 @@ impl Linear {
     }
 
     /// A bias-free projection from the full tensor name `tensor` (`[out, inp]`), e.g. a tied
-    /// LM head reusing the token embeddings, at the file's precision or quantized.
-    ///
-    /// Quantization runs only on the CPU device: on wgpu it is refused with an error naming
-    /// the option (burn 0.22's block-quantized matmul is not wired up here).
+    /// LM head reusing the token embeddings, at the file's precision or quantized (on a GPU
+    /// `Q8_0`/`Q4_0` only: [`gpu_blocks`]).
     pub fn load_matrix_with(
         weights: &Weights,
         tensor: &str,
@@ -108,6 +112,18 @@ impl Linear {
                 });
             }
         }
+        if !cpu && quantize.is_none() {
+            // The file's `Q8_0`/`Q4_0` blocks as they are.
+            let raw = weights.raw(tensor, &[out, inp])?;
+            if let WeightDType::Quant(t @ (QType::Q8_0 | QType::Q4_0)) = raw.dtype
+                && let Some(w) = gpu_blocks(&raw.bytes, Format::Quant(t), out, inp, device)
+            {
+                return Ok(Linear {
+                    weight: Weight::Blocks(Box::new(w), Format::Quant(t)),
+                    bias: None,
+                });
+            }
+        }
         let w = weights.f32(tensor, &[out, inp])?;
         let weight = match (cpu, quantize) {
             (false, None) => Weight::Tensor(Box::new(Tensor::from_data(
@@ -115,11 +131,19 @@ impl Linear {
                 (device, dtype),
             ))),
             (false, Some(q)) => {
-                return Err(EngineError::Device(format!(
-                    "quantize = \"{}\" is supported on the CPU device only; remove it or set \
-                     device = \"cpu\"",
-                    q.name()
-                )));
+                let (format, blocks) = match q {
+                    Quantize::Q8 => (Format::Q8_0, quant::quantize_q8_0(&w)),
+                    Quantize::Q4 => (Format::Q4_0, quant::quantize_q4_0(&w)),
+                };
+                let refused = |reason: String| EngineError::Load {
+                    path: tensor.into(),
+                    reason: format!("quantize = \"{}\": {reason}", q.name()),
+                };
+                let blocks = blocks.map_err(|e| refused(e.to_string()))?;
+                let w = gpu_blocks(&blocks, format, out, inp, device).ok_or_else(|| {
+                    refused("its blocks have no exact 8-bit form on the GPU".into())
+                })?;
+                Weight::Blocks(Box::new(w), format)
             }
             (true, q) => {
                 let packed = match q {
@@ -139,10 +163,12 @@ impl Linear {
         Ok(Linear { weight, bias: None })
     }
 
-    /// How the weight is stored: `bf16`, `q8_0`, … on the CPU, the device dtype on a GPU.
+    /// How the weight is stored: `bf16`, `q8_0`, … on the CPU; `q8_0`/`q4_0` blocks or the
+    /// device dtype on a GPU.
     pub fn storage(&self) -> &'static str {
         match &self.weight {
             Weight::Packed(p) => p.format().name(),
+            Weight::Blocks(_, format) => format.name(),
             Weight::Tensor(t) => match t.dtype() {
                 DType::F16 => "f16",
                 DType::BF16 => "bf16",
@@ -154,7 +180,7 @@ impl Linear {
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = match &self.weight {
-            Weight::Tensor(w) => x.matmul(w.as_ref().clone().transpose()),
+            Weight::Tensor(w) | Weight::Blocks(w, _) => x.matmul(w.as_ref().clone().transpose()),
             Weight::Packed(w) => {
                 let device = x.device();
                 let dtype = x.dtype();
@@ -177,5 +203,110 @@ impl Linear {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
         }
+    }
+}
+
+/// `Q8_0` or `Q4_0` blocks (`[out, inp]`, `inp` a multiple of 32) as burn's block-quantized
+/// tensor on `device`: 8-bit values packed four to a `u32`, one `f16` scale per block of 32
+/// along the input dimension. Exact for both types: a `Q8_0` value is its byte, a `Q4_0`
+/// value `q − 8`; a negative scale (`Q4_0` makes them) is stored negated with the values
+/// negated, since burn stores scales as non-negative. `Q4_0` takes 8.5 bits per weight here,
+/// not 4.5: burn 0.22.1's packed 4-bit tensors fail to upload on wgpu. `None` when the bytes
+/// do not hold such blocks, or a block has no exact form (a negative `Q8_0` scale with a
+/// value of −128); the caller then keeps a dense tensor.
+fn gpu_blocks(
+    bytes: &[u8],
+    format: Format,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Option<Tensor<2>> {
+    let (block_bytes, q4) = match format {
+        Format::Quant(QType::Q8_0) => (2 + QK, false),
+        Format::Quant(QType::Q4_0) => (2 + QK / 2, true),
+        _ => return None,
+    };
+    if !inp.is_multiple_of(QK) || bytes.len() != out * (inp / QK) * block_bytes {
+        return None;
+    }
+    let (values, scales) = block_values(bytes, block_bytes, q4)?;
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8F)
+        .with_store(QuantStore::PackedU32(0))
+        .per_block([QK as u8], ScaleDtype::F16);
+    Some(Tensor::from_data(
+        TensorData::quantized(values, [out, inp], scheme, &scales, None),
+        device,
+    ))
+}
+
+/// The values (`i8`, 32 per block) and non-negative scales of `Q8_0` (`q4`: `Q4_0`) blocks.
+fn block_values(bytes: &[u8], block_bytes: usize, q4: bool) -> Option<(Vec<i8>, Vec<f32>)> {
+    let blocks = bytes.len() / block_bytes;
+    let mut values = Vec::with_capacity(blocks * QK);
+    let mut scales = Vec::with_capacity(blocks);
+    for block in bytes.chunks_exact(block_bytes) {
+        let d = quant::block_scale(block);
+        let sign: i8 = if d < 0.0 { -1 } else { 1 };
+        let at = values.len();
+        if q4 {
+            let qs = &block[2..2 + QK / 2];
+            values.extend(qs.iter().map(|&b| (b & 0x0f) as i8 - 8));
+            values.extend(qs.iter().map(|&b| (b >> 4) as i8 - 8));
+        } else {
+            values.extend(block[2..2 + QK].iter().map(|&b| b as i8));
+        }
+        if sign < 0 {
+            for v in &mut values[at..] {
+                *v = v.checked_neg()?;
+            }
+        }
+        scales.push(d.abs());
+    }
+    Some((values, scales))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values and scales reproduce the blocks' own dequantization exactly, negative
+    /// `Q4_0` scales included.
+    #[test]
+    fn block_values_are_exact() {
+        let x: Vec<f32> = (0..4 * QK)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * if i < 2 * QK { 0.013 } else { -0.4 })
+            .collect();
+        for (blocks, q4, deq) in [
+            (
+                quant::quantize_q8_0(&x).unwrap(),
+                false,
+                quant::dequantize_q8_0 as fn(&[u8]) -> _,
+            ),
+            (
+                quant::quantize_q4_0(&x).unwrap(),
+                true,
+                quant::dequantize_q4_0,
+            ),
+        ] {
+            let want = deq(&blocks).unwrap();
+            let block_bytes = blocks.len() / 4;
+            let (values, scales) = block_values(&blocks, block_bytes, q4).unwrap();
+            let got: Vec<f32> = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| f32::from(v) * scales[i / QK])
+                .collect();
+            assert_eq!(got, want, "q4 = {q4}");
+            assert!(scales.iter().all(|&d| d >= 0.0));
+        }
+        // Q4_0 scales are negative where a block's largest value is positive.
+        let q4 = quant::quantize_q4_0(&x).unwrap();
+        assert!(q4.chunks_exact(18).any(|b| quant::block_scale(b) < 0.0));
+        // A negative Q8_0 scale with a value of −128 has no exact form.
+        let mut odd = quant::quantize_q8_0(&x[..QK]).unwrap();
+        odd[..2].copy_from_slice(&half::f16::from_f32(-0.5).to_bits().to_le_bytes());
+        odd[2] = 0x80;
+        assert!(block_values(&odd, 2 + QK, false).is_none());
     }
 }
