@@ -27,7 +27,8 @@ fn gpu_matches_transformers() -> anyhow::Result<()> {
     if std::env::var_os(CHILD).is_some() {
         parity::check_all(DeviceChoice::Gpu, 2e-3)?;
         quantized_gguf_dequantizes_at_load()?;
-        return q8_0_and_q4_0_stay_blocks_on_the_gpu();
+        q8_0_and_q4_0_stay_blocks_on_the_gpu()?;
+        return k_quants_stay_blocks_on_the_gpu();
     }
     if !gpu_available() {
         anyhow::ensure!(!required(), "{REQUIRE} is set but there is no wgpu adapter");
@@ -156,6 +157,40 @@ fn q8_0_and_q4_0_stay_blocks_on_the_gpu() -> anyhow::Result<()> {
             "{name} ({stored}): {:?} vs {:?}",
             gpu.generated_ids,
             cpu.generated_ids
+        );
+    }
+    Ok(())
+}
+
+/// The K-quants and `IQ4_XS` stay blocks on the GPU too (8-bit values under an `f32` scale
+/// per 16, minima by a second product): the mixed K-quant file's logits match the CPU on its
+/// dequantized weights to the GPU tolerance, as exact a form as f16 tensors were.
+fn k_quants_stay_blocks_on_the_gpu() -> anyhow::Result<()> {
+    let (config, _) = mixed::k256_original()?;
+    let name = "k256-mix";
+    let gguf = mixed::fixtures().join("gguf").join(name);
+    let deq = mixed::dequantized(name, &config)?;
+    // Its first projection is `Q4_K`: the model reports the blocks.
+    let mut opts = airlock_engine::GenerateOptions::new(
+        &gguf,
+        airlock_engine::Prompt::TokenIds(vec![1, 2, 3]),
+    );
+    opts.device = DeviceChoice::Gpu;
+    opts.params.max_tokens = Some(1);
+    let device = airlock_engine::generate_once(&opts)?.device;
+    anyhow::ensure!(device.contains("q4_k weights"), "{device}");
+    for prompt in mixed::K256_PROMPTS {
+        let (gpu, gpu_ids) = mixed::run(&gguf, prompt, DeviceChoice::Gpu)?;
+        let (cpu, cpu_ids) = mixed::run(deq.path(), prompt, DeviceChoice::Cpu)?;
+        let diff = mixed::max_abs_diff(&gpu, &cpu);
+        println!("{name} on the GPU: max|Δlogit| {diff:.3e} vs the CPU on dequantized weights");
+        anyhow::ensure!(
+            !gpu.is_empty() && gpu.len() == cpu.len() && diff <= 2e-3,
+            "{name}: {diff}"
+        );
+        anyhow::ensure!(
+            gpu_ids.first() == cpu_ids.first(),
+            "{name}: {gpu_ids:?} vs {cpu_ids:?}"
         );
     }
     Ok(())

@@ -11,15 +11,18 @@
 //! * on a wgpu device, a GGUF file's `Q8_0` and `Q4_0` blocks (and `quantize = "q8"` /
 //!   `"q4"`) stay blocks in GPU memory: burn's block-quantized tensor, 8-bit values with one
 //!   `f16` scale per 32 inputs, which burn's matmul dequantizes inside its kernel
-//!   ([`gpu_blocks`]); every other weight is a burn tensor in the device's float dtype (f16
-//!   on GPUs), other block types dequantized at load.
+//!   ([`gpu_blocks`]); the K-quants (and `IQ4_XS`) likewise as 8-bit values with an `f32`
+//!   scale per 16, their minima applied by a second, 16× smaller product
+//!   ([`gpu_k_blocks`]); every other weight is a burn tensor in the device's float dtype
+//!   (f16 on GPUs), the other block types dequantized at load.
 
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::EngineError;
 use crate::kernels::{Format, PackedMatrix};
-use crate::quant::{self, QK, QType};
+use crate::quant::kquants::{self, GROUPS, KBlock};
+use crate::quant::{self, QK, QK_K, QType, iquants};
 use crate::spec::Quantize;
 use crate::tensor_file::WeightDType;
 use crate::weights::Weights;
@@ -28,6 +31,14 @@ enum Weight {
     Tensor(Box<Tensor<2>>),
     /// Block-quantized on a GPU ([`gpu_blocks`]), from blocks of `Format`.
     Blocks(Box<Tensor<2>>, Format),
+    /// K-quant blocks on a GPU ([`gpu_k_blocks`]): `W = A∘Q − M`, `A∘Q` block-quantized (16
+    /// inputs a scale) and `M` the groups' minima (`[out, inp / 16]`; `None` for the types
+    /// without), so `x·Wᵀ = x·(A∘Q)ᵀ − Σ₁₆(x)·Mᵀ`.
+    KBlocks {
+        values: Box<Tensor<2>>,
+        mins: Option<Box<Tensor<2>>>,
+        format: Format,
+    },
     Packed(PackedMatrix),
 }
 
@@ -123,6 +134,11 @@ impl Linear {
                     bias: None,
                 });
             }
+            if let WeightDType::Quant(t) = raw.dtype
+                && let Some(weight) = gpu_k_blocks(&raw.bytes, t, out, inp, device, dtype)
+            {
+                return Ok(Linear { weight, bias: None });
+            }
         }
         let w = weights.f32(tensor, &[out, inp])?;
         let weight = match (cpu, quantize) {
@@ -168,7 +184,7 @@ impl Linear {
     pub fn storage(&self) -> &'static str {
         match &self.weight {
             Weight::Packed(p) => p.format().name(),
-            Weight::Blocks(_, format) => format.name(),
+            Weight::Blocks(_, format) | Weight::KBlocks { format, .. } => format.name(),
             Weight::Tensor(t) => match t.dtype() {
                 DType::F16 => "f16",
                 DType::BF16 => "bf16",
@@ -181,6 +197,21 @@ impl Linear {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = match &self.weight {
             Weight::Tensor(w) | Weight::Blocks(w, _) => x.matmul(w.as_ref().clone().transpose()),
+            Weight::KBlocks { values, mins, .. } => {
+                let y = x.clone().matmul(values.as_ref().clone().transpose());
+                match mins {
+                    Some(m) => {
+                        let [rows, inp] = x.dims();
+                        let groups = inp / 16;
+                        let sums = x
+                            .reshape([rows, groups, 16])
+                            .sum_dim(2)
+                            .reshape([rows, groups]);
+                        y - sums.matmul(m.as_ref().clone().transpose())
+                    }
+                    None => y,
+                }
+            }
             Weight::Packed(w) => {
                 let device = x.device();
                 let dtype = x.dtype();
@@ -238,6 +269,77 @@ fn gpu_blocks(
         TensorData::quantized(values, [out, inp], scheme, &scales, None),
         device,
     ))
+}
+
+/// K-quant (`Q2_K` … `Q6_K`, `IQ4_XS`) blocks (`[out, inp]`, `inp` a multiple of 256) on
+/// `device`: every group of 16 inputs as 8-bit values `q` under one `f32` scale `d·sc` (exact:
+/// an `f16` times a small integer), block-quantized as in [`gpu_blocks`], and the groups'
+/// minima `dmin·m` as a dense `[out, inp / 16]` tensor for the types that have them; about
+/// 10–12 bits a weight where f16 takes 16. `None` for other types or bytes that do not hold
+/// such blocks.
+fn gpu_k_blocks(
+    bytes: &[u8],
+    t: QType,
+    out: usize,
+    inp: usize,
+    device: &Device,
+    dtype: DType,
+) -> Option<Weight> {
+    let unpack: fn(&[u8], &mut KBlock) = match t {
+        QType::Q2_K => kquants::unpack_q2_k,
+        QType::Q3_K => kquants::unpack_q3_k,
+        QType::Q4_K => kquants::unpack_q4_k,
+        QType::Q5_K => kquants::unpack_q5_k,
+        QType::Q6_K => kquants::unpack_q6_k,
+        QType::IQ4_XS => iquants::unpack_iq4_xs,
+        _ => return None,
+    };
+    let block_bytes = t.block_bytes();
+    if !inp.is_multiple_of(QK_K) || bytes.len() != out * (inp / QK_K) * block_bytes {
+        return None;
+    }
+    let groups = out * inp / 16;
+    let mut values: Vec<i8> = Vec::with_capacity(out * inp);
+    let mut scales = Vec::with_capacity(groups);
+    let mut mins = Vec::with_capacity(groups);
+    let mut with_mins = false;
+    let mut k = KBlock::default();
+    for block in bytes.chunks_exact(block_bytes) {
+        unpack(block, &mut k);
+        with_mins |= k.dmin.is_some();
+        for g in 0..GROUPS {
+            let a = k.d * k.scales[g] as f32;
+            let q = &k.q[16 * g..16 * (g + 1)];
+            if a < 0.0 {
+                for &v in q {
+                    values.push(v.checked_neg()?);
+                }
+            } else {
+                values.extend_from_slice(q);
+            }
+            scales.push(a.abs());
+            mins.push(k.dmin.map_or(0.0, |dm| dm * k.mins[g] as f32));
+        }
+    }
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8F)
+        .with_store(QuantStore::PackedU32(0))
+        .per_block([16], ScaleDtype::F32);
+    let values = Tensor::from_data(
+        TensorData::quantized(values, [out, inp], scheme, &scales, None),
+        device,
+    );
+    let mins = with_mins.then(|| {
+        Box::new(Tensor::from_data(
+            TensorData::new(mins, [out, inp / 16]),
+            (device, dtype),
+        ))
+    });
+    Some(Weight::KBlocks {
+        values: Box::new(values),
+        mins,
+        format: Format::Quant(t),
+    })
 }
 
 /// The values (`i8`, 32 per block) and non-negative scales of `Q8_0` (`q4`: `Q4_0`) blocks.
