@@ -83,6 +83,20 @@ pub struct TypeShare {
     pub count_share: f64,
 }
 
+/// Bytes `parameters` weights of ggml type `dtype` take on a wgpu device
+/// (`layers::linear`): `Q8_0`/`Q4_0` as 8-bit values with an `f16` scale per 32; the
+/// K-quants and `IQ4_XS` as 8-bit values with an `f32` scale per 16, plus an `f16` minimum per
+/// 16 for the types with minima; anything else `f16`.
+fn gpu_bytes(dtype: &str, parameters: u64) -> u64 {
+    let (num, den) = match dtype {
+        "Q8_0" | "Q4_0" => (17, 16),
+        "Q2_K" | "Q4_K" | "Q5_K" => (22, 16),
+        "Q3_K" | "Q6_K" | "IQ4_XS" => (20, 16),
+        _ => (2, 1),
+    };
+    parameters * num / den
+}
+
 /// Bytes one cached position takes across all layers, per compute precision.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct KvBytes {
@@ -275,6 +289,10 @@ fn build(
         wgpu_f16: kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, 2),
     };
     let ctx = config.context_length as u64;
+    let gpu_weights: u64 = types
+        .iter()
+        .map(|t| gpu_bytes(&t.dtype, t.parameters))
+        .sum();
     let stored = match types.as_slice() {
         [only] => format!("{} as stored", only.dtype),
         _ => "as stored (mixed types)".to_owned(),
@@ -289,10 +307,10 @@ fn build(
         },
         MemoryNeed {
             device: "wgpu",
-            weights: "F16 (dequantized at load)".to_owned(),
-            weights_bytes: parameters * 2,
+            weights: "GPU blocks or F16".to_owned(),
+            weights_bytes: gpu_weights,
             kv_bytes_full_context: kv.wgpu_f16 as u64 * ctx,
-            total_bytes: parameters * 2 + kv.wgpu_f16 as u64 * ctx,
+            total_bytes: gpu_weights + kv.wgpu_f16 as u64 * ctx,
         },
     ];
     // Decoding reads one row of the embedding table, unless the table is also the output
