@@ -222,6 +222,7 @@ class Daemon:
         fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
         status = self.status()
         return {"rss_kib": rss, "fds": fds, "kv_bytes": status["engine"]["kv_cache_bytes"],
+                "prefix_bytes": status["engine"].get("prefix_cache_bytes", 0),
                 "requests_in_flight": status["requests_in_flight"], "ready": status.get("ready")}
 
     def stop(self) -> int:
@@ -450,7 +451,7 @@ class Soak:
                 if time.monotonic() >= next_report:
                     s = self.d.sample()
                     print(f"  {time.monotonic() - started:6.0f} s  {n} requests  rss {s['rss_kib']} KiB  "
-                          f"fds {s['fds']}  kv {s['kv_bytes']} B  in flight {s['requests_in_flight']}  "
+                          f"fds {s['fds']}  kv {s['kv_bytes']} B  prefixes {s['prefix_bytes']} B  in flight {s['requests_in_flight']}  "
                           f"problems {self.events['problems']}", flush=True)
                     next_report += 30
         stop.set()
@@ -525,7 +526,8 @@ def main() -> int:
     print()
     print("| | start | end | change |")
     print("|---|---|---|---|")
-    for k, label in [("rss_kib", "RSS (KiB)"), ("fds", "open fds"), ("kv_bytes", "KV cache (bytes)")]:
+    for k, label in [("rss_kib", "RSS (KiB)"), ("fds", "open fds"), ("kv_bytes", "KV cache (bytes)"),
+                     ("prefix_bytes", "cached prefixes (bytes)")]:
         print(f"| {label} | {first[k]} | {last[k]} | {last[k] - first[k]:+} |")
     print()
     print("| kind | requests | statuses | p50 ms | p99 ms |")

@@ -49,6 +49,10 @@ pub struct EngineLoad {
     pub queued: usize,
     pub active_sequences: usize,
     pub kv_cache_bytes: usize,
+    /// KV blocks kept for prefix reuse, held by no sequence (given up whenever one needs
+    /// the blocks). Absent from older daemons' answers.
+    #[serde(default)]
+    pub prefix_cache_bytes: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +93,7 @@ impl Report {
                 queued: engine.queued,
                 active_sequences: engine.active,
                 kv_cache_bytes: engine.kv_cache_bytes,
+                prefix_cache_bytes: engine.prefix_cache_bytes,
             },
             tokens_per_second_last_minute: m.tokens_per_second(),
             audit: AuditStatus {
@@ -131,11 +136,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "requests in flight: {}; engine: {} active sequences, {} queued, KV cache {} bytes",
+            "requests in flight: {}; engine: {} active sequences, {} queued, KV cache {} bytes \
+             (+ {} bytes of cached prefixes)",
             self.requests_in_flight,
             self.engine.active_sequences,
             self.engine.queued,
-            self.engine.kv_cache_bytes
+            self.engine.kv_cache_bytes,
+            self.engine.prefix_cache_bytes
         );
         let _ = writeln!(
             out,
