@@ -214,14 +214,18 @@ class Daemon:
         return json.loads(conn.getresponse().read())
 
     def sample(self) -> dict:
-        """RSS (KiB), open fds and KV-cache bytes now."""
-        rss = 0
+        """RSS (KiB; and its anonymous part: the file-backed rest is mostly the binary's
+        code paged in as paths run), open fds and KV-cache bytes now."""
+        rss = anon = 0
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
+            elif line.startswith("RssAnon:"):
+                anon = int(line.split()[1])
         fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
         status = self.status()
-        return {"rss_kib": rss, "fds": fds, "kv_bytes": status["engine"]["kv_cache_bytes"],
+        return {"rss_kib": rss, "anon_kib": anon, "fds": fds,
+                "kv_bytes": status["engine"]["kv_cache_bytes"],
                 "prefix_bytes": status["engine"].get("prefix_cache_bytes", 0),
                 "requests_in_flight": status["requests_in_flight"], "ready": status.get("ready")}
 
@@ -450,7 +454,7 @@ class Soak:
                 n += 1
                 if time.monotonic() >= next_report:
                     s = self.d.sample()
-                    print(f"  {time.monotonic() - started:6.0f} s  {n} requests  rss {s['rss_kib']} KiB  "
+                    print(f"  {time.monotonic() - started:6.0f} s  {n} requests  rss {s['rss_kib']} KiB (anon {s['anon_kib']})  "
                           f"fds {s['fds']}  kv {s['kv_bytes']} B  prefixes {s['prefix_bytes']} B  in flight {s['requests_in_flight']}  "
                           f"problems {self.events['problems']}", flush=True)
                     next_report += 30
@@ -526,7 +530,8 @@ def main() -> int:
     print()
     print("| | start | end | change |")
     print("|---|---|---|---|")
-    for k, label in [("rss_kib", "RSS (KiB)"), ("fds", "open fds"), ("kv_bytes", "KV cache (bytes)"),
+    for k, label in [("rss_kib", "RSS (KiB)"), ("anon_kib", "of which anonymous (KiB)"),
+                     ("fds", "open fds"), ("kv_bytes", "KV cache (bytes)"),
                      ("prefix_bytes", "cached prefixes (bytes)")]:
         print(f"| {label} | {first[k]} | {last[k]} | {last[k] - first[k]:+} |")
     print()
