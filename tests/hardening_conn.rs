@@ -508,6 +508,49 @@ async fn bare_tcp_connections_do_not_lock_out_a_tenant() {
     );
 }
 
+/// alice opens five connections that each send a request head and one byte of a 1,000-byte
+/// body; meanwhile bob must be served (200). Returns the answers alice's requests get, which
+/// come once their slots are refused or their `body_read_timeout` passes.
+async fn trickle_beside_bob(pki: &Pki, daemon: &Daemon) -> Vec<Response> {
+    let alice = || client_tls(&pki.ca(), Some(pki.client("alice")));
+    let mut trickles = Vec::new();
+    for _ in 0..5 {
+        let mut conn = H1::connect(daemon, alice()).await.unwrap();
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
+                    content-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+        conn.stream.write_all(head.as_bytes()).await.unwrap();
+        conn.stream.flush().await.unwrap();
+        trickles.push(conn);
+    }
+    // Give the daemon time to take (or refuse) a slot for each of them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut bob = H1::connect(daemon, client_tls(&pki.ca(), Some(pki.client("bob"))))
+        .await
+        .unwrap();
+    let resp = bob
+        .send("POST", "/v1/chat/completions", &chat_body())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "bob starved by alice's uploads: {resp:?}");
+
+    let mut answers = Vec::new();
+    for conn in &mut trickles {
+        let resp = tokio::time::timeout(Duration::from_secs(15), read_response(&mut conn.stream))
+            .await
+            .expect("no answer to a trickled request")
+            .unwrap();
+        answers.push(resp);
+    }
+    answers
+}
+
+fn sorted_statuses(answers: &[Response]) -> Vec<u16> {
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    statuses
+}
+
 /// A tenant trickling request bodies used to take every `max_concurrent_requests` slot;
 /// now its requests beyond its own `max_concurrent` are refused before taking a server slot,
 /// the ones it holds end at `body_read_timeout`, and another tenant is served meanwhile.
@@ -524,41 +567,16 @@ async fn trickled_bodies_do_not_starve_another_tenant() {
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
-    let alice = || client_tls(&pki.ca(), Some(pki.client("alice")));
-    let mut trickles = Vec::new();
-    for _ in 0..5 {
-        let mut conn = H1::connect(&daemon, alice()).await.unwrap();
-        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
-                    content-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
-        conn.stream.write_all(head.as_bytes()).await.unwrap();
-        conn.stream.flush().await.unwrap();
-        trickles.push(conn);
+    let answers = trickle_beside_bob(&pki, &daemon).await;
+    for resp in answers.iter().filter(|r| r.status == 408) {
+        assert!(resp.body.contains("body_read_timeout"), "{resp:?}");
     }
-    // Give the daemon time to take (or refuse) a slot for each of them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut bob = H1::connect(&daemon, client_tls(&pki.ca(), Some(pki.client("bob"))))
-        .await
-        .unwrap();
-    let resp = bob
-        .send("POST", "/v1/chat/completions", &chat_body())
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 200, "bob starved by alice's uploads: {resp:?}");
-
-    let mut statuses = Vec::new();
-    for conn in &mut trickles {
-        let resp = tokio::time::timeout(Duration::from_secs(15), read_response(&mut conn.stream))
-            .await
-            .expect("no answer to a trickled request")
-            .unwrap();
-        statuses.push(resp.status);
-        if resp.status == 408 {
-            assert!(resp.body.contains("body_read_timeout"), "{resp:?}");
-        }
-    }
-    statuses.sort_unstable();
-    assert_eq!(statuses, [408, 408, 429, 429, 429], "{}", daemon.logs());
+    assert_eq!(
+        sorted_statuses(&answers),
+        [408, 408, 429, 429, 429],
+        "{}",
+        daemon.logs()
+    );
 }
 
 /// The same attack by a tenant without a `max_concurrent`: its bodies may hold at most half
@@ -573,41 +591,17 @@ async fn trickled_bodies_of_a_tenant_without_max_concurrent_hold_half_the_slots(
         ..TestConfig::default()
     };
     let daemon = Daemon::start(&pki, &cfg);
-    let alice = || client_tls(&pki.ca(), Some(pki.client("alice")));
-    let mut trickles = Vec::new();
-    for _ in 0..5 {
-        let mut conn = H1::connect(&daemon, alice()).await.unwrap();
-        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
-                    content-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
-        conn.stream.write_all(head.as_bytes()).await.unwrap();
-        conn.stream.flush().await.unwrap();
-        trickles.push(conn);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
     // bob needs one slot; with every slot open to alice he would have none left.
-    let mut bob = H1::connect(&daemon, client_tls(&pki.ca(), Some(pki.client("bob"))))
-        .await
-        .unwrap();
-    let resp = bob
-        .send("POST", "/v1/chat/completions", &chat_body())
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 200, "bob starved by alice's uploads: {resp:?}");
-
-    let mut statuses = Vec::new();
-    for conn in &mut trickles {
-        let resp = tokio::time::timeout(Duration::from_secs(15), read_response(&mut conn.stream))
-            .await
-            .expect("no answer to a trickled request")
-            .unwrap();
-        if resp.status == 429 {
-            assert!(resp.body.contains("request bodies arriving"), "{resp:?}");
-        }
-        statuses.push(resp.status);
+    let answers = trickle_beside_bob(&pki, &daemon).await;
+    for resp in answers.iter().filter(|r| r.status == 429) {
+        assert!(resp.body.contains("request bodies arriving"), "{resp:?}");
     }
-    statuses.sort_unstable();
-    assert_eq!(statuses, [408, 408, 429, 429, 429], "{}", daemon.logs());
+    assert_eq!(
+        sorted_statuses(&answers),
+        [408, 408, 429, 429, 429],
+        "{}",
+        daemon.logs()
+    );
 }
 
 /// `max_connection_age`: a keep-alive connection kept busy is drained once it is that old:

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod counts;
 pub mod dev;
 pub mod identity;
 pub mod keys;

@@ -5,8 +5,9 @@
 //! operator gave it a `max_concurrent`. Bodies on working links arrive in milliseconds, so
 //! the share only binds a tenant that uploads slowly and in bulk.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use crate::counts::{Counts, Held};
 
 /// Bodies arriving per tenant, shared by every request of one configuration generation
 /// (and carried over a reload with the server's slots).
@@ -14,15 +15,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct Uploads {
     /// Bodies one tenant may have arriving at once.
     share: usize,
-    arriving: Mutex<HashMap<String, usize>>,
+    arriving: Arc<Counts<String>>,
 }
 
 /// One body arriving; the count drops with it.
-#[derive(Debug)]
-pub struct Upload {
-    uploads: Arc<Uploads>,
-    tenant: String,
-}
+pub type Upload = Held<String>;
 
 impl Uploads {
     /// The share for `max_concurrent_requests` server slots: half of them rounded up, at
@@ -30,7 +27,7 @@ impl Uploads {
     pub fn new(max_concurrent_requests: usize) -> Arc<Uploads> {
         Arc::new(Uploads {
             share: max_concurrent_requests.div_ceil(2).max(1),
-            arriving: Mutex::new(HashMap::new()),
+            arriving: Counts::new(),
         })
     }
 
@@ -41,33 +38,8 @@ impl Uploads {
 
     /// Counts one more body of `tenant` arriving, or `None` when the tenant already has its
     /// share arriving.
-    pub fn start(self: &Arc<Self>, tenant: &str) -> Option<Upload> {
-        let mut arriving = self.arriving.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = arriving.entry(tenant.to_owned()).or_insert(0);
-        if *n >= self.share {
-            return None;
-        }
-        *n += 1;
-        Some(Upload {
-            uploads: Arc::clone(self),
-            tenant: tenant.to_owned(),
-        })
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        let mut arriving = self
-            .uploads
-            .arriving
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = arriving.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                arriving.remove(&self.tenant);
-            }
-        }
+    pub fn start(&self, tenant: &str) -> Option<Upload> {
+        self.arriving.take(tenant.to_owned(), self.share).ok()
     }
 }
 
@@ -87,7 +59,7 @@ mod tests {
         drop(held);
         assert!(uploads.start("a").is_some(), "finished bodies are released");
         drop(other);
-        assert!(uploads.arriving.lock().unwrap().is_empty());
+        assert!(uploads.arriving.is_empty());
         assert_eq!(
             [1, 2, 3, 256].map(|n| Uploads::new(n).share()),
             [1, 1, 2, 128]

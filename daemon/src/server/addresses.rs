@@ -6,26 +6,29 @@
 //! Trusted proxies (proxy mode) and Unix-socket peers are exempt: every client of a proxy
 //! shares its address.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use crate::config::{Config, ListenerMode};
+use crate::counts::{Counts, Held};
 use crate::identity::forwarded::is_trusted_peer;
 
-/// Open and pending connections per client address. Entries exist only while an address
-/// holds a connection, so the table is bounded by the connections themselves.
-#[derive(Debug, Default)]
+/// Open and pending connections per client address.
+#[derive(Debug)]
 pub struct AddressTable {
-    held: Mutex<HashMap<IpAddr, usize>>,
+    held: Arc<Counts<IpAddr>>,
+}
+
+impl Default for AddressTable {
+    fn default() -> Self {
+        AddressTable {
+            held: Counts::new(),
+        }
+    }
 }
 
 /// One connection's place in the table; released on drop.
-#[derive(Debug)]
-pub struct AddressSlot {
-    table: Arc<AddressTable>,
-    key: IpAddr,
-}
+pub type AddressSlot = Held<IpAddr>;
 
 /// Refused: the address already holds `held` connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +41,7 @@ impl AddressTable {
     /// Counts a new connection from `peer` against `config`'s per-address cap. `Ok(None)`:
     /// the peer is exempt.
     pub fn admit(
-        self: &Arc<Self>,
+        &self,
         peer: Option<SocketAddr>,
         config: &Config,
     ) -> Result<Option<AddressSlot>, AddressFull> {
@@ -51,43 +54,16 @@ impl AddressTable {
             return Ok(None);
         }
         let limit = config.limits.max_connections_per_address.get();
-        let key = key(addr.ip());
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(key).or_insert(0);
-        if *count >= limit {
-            return Err(AddressFull {
-                held: *count,
-                limit,
-            });
-        }
-        *count += 1;
-        Ok(Some(AddressSlot {
-            table: Arc::clone(self),
-            key,
-        }))
+        self.held
+            .take(key(addr.ip()), limit)
+            .map(Some)
+            .map_err(|held| AddressFull { held, limit })
     }
 
     /// Connections `ip` holds now.
     #[cfg(test)]
     fn held(&self, ip: IpAddr) -> usize {
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.get(&key(ip)).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self
-            .table
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
+        self.held.held(&key(ip))
     }
 }
 

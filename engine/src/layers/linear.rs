@@ -261,14 +261,48 @@ fn gpu_blocks(
         return None;
     }
     let (values, scales) = block_values(bytes, block_bytes, q4)?;
+    Some(eight_bit_blocks(
+        values,
+        [out, inp],
+        QK,
+        ScaleDtype::F16,
+        &scales,
+        device,
+    ))
+}
+
+/// `values` (`shape`) under one non-negative scale per `block` inputs as burn's
+/// block-quantized tensor on `device`: 8-bit values packed four to a `u32`.
+fn eight_bit_blocks(
+    values: Vec<i8>,
+    shape: [usize; 2],
+    block: usize,
+    scale: ScaleDtype,
+    scales: &[f32],
+    device: &Device,
+) -> Tensor<2> {
     let scheme = QuantScheme::default()
         .with_value(QuantValue::Q8F)
         .with_store(QuantStore::PackedU32(0))
-        .per_block([QK as u8], ScaleDtype::F16);
-    Some(Tensor::from_data(
-        TensorData::quantized(values, [out, inp], scheme, &scales, None),
+        .per_block([block as u8], scale);
+    Tensor::from_data(
+        TensorData::quantized(values, shape, scheme, scales, None),
         device,
-    ))
+    )
+}
+
+/// Appends `q` under scale `d` to `values` as burn stores blocks, with a non-negative scale
+/// (a negative one negates the values); returns that scale. `None` when a value has no
+/// negation in `i8` (−128).
+fn push_signed(values: &mut Vec<i8>, q: impl IntoIterator<Item = i8>, d: f32) -> Option<f32> {
+    if d < 0.0 {
+        for v in q {
+            values.push(v.checked_neg()?);
+        }
+    } else {
+        values.extend(q);
+    }
+    Some(d.abs())
 }
 
 /// K-quant (`Q2_K` … `Q6_K`, `IQ4_XS`) blocks (`[out, inp]`, `inp` a multiple of 256) on
@@ -308,27 +342,12 @@ fn gpu_k_blocks(
         unpack(block, &mut k);
         with_mins |= k.dmin.is_some();
         for g in 0..GROUPS {
-            let a = k.d * k.scales[g] as f32;
-            let q = &k.q[16 * g..16 * (g + 1)];
-            if a < 0.0 {
-                for &v in q {
-                    values.push(v.checked_neg()?);
-                }
-            } else {
-                values.extend_from_slice(q);
-            }
-            scales.push(a.abs());
+            let q = k.q[16 * g..16 * (g + 1)].iter().copied();
+            scales.push(push_signed(&mut values, q, k.d * k.scales[g] as f32)?);
             mins.push(k.dmin.map_or(0.0, |dm| dm * k.mins[g] as f32));
         }
     }
-    let scheme = QuantScheme::default()
-        .with_value(QuantValue::Q8F)
-        .with_store(QuantStore::PackedU32(0))
-        .per_block([16], ScaleDtype::F32);
-    let values = Tensor::from_data(
-        TensorData::quantized(values, [out, inp], scheme, &scales, None),
-        device,
-    );
+    let values = eight_bit_blocks(values, [out, inp], 16, ScaleDtype::F32, &scales, device);
     let mins = with_mins.then(|| {
         Box::new(Tensor::from_data(
             TensorData::new(mins, [out, inp / 16]),
@@ -349,21 +368,15 @@ fn block_values(bytes: &[u8], block_bytes: usize, q4: bool) -> Option<(Vec<i8>, 
     let mut scales = Vec::with_capacity(blocks);
     for block in bytes.chunks_exact(block_bytes) {
         let d = quant::block_scale(block);
-        let sign: i8 = if d < 0.0 { -1 } else { 1 };
-        let at = values.len();
-        if q4 {
+        let scale = if q4 {
             let qs = &block[2..2 + QK / 2];
-            values.extend(qs.iter().map(|&b| (b & 0x0f) as i8 - 8));
-            values.extend(qs.iter().map(|&b| (b >> 4) as i8 - 8));
+            let lo = qs.iter().map(|&b| (b & 0x0f) as i8 - 8);
+            let hi = qs.iter().map(|&b| (b >> 4) as i8 - 8);
+            push_signed(&mut values, lo.chain(hi), d)
         } else {
-            values.extend(block[2..2 + QK].iter().map(|&b| b as i8));
-        }
-        if sign < 0 {
-            for v in &mut values[at..] {
-                *v = v.checked_neg()?;
-            }
-        }
-        scales.push(d.abs());
+            push_signed(&mut values, block[2..2 + QK].iter().map(|&b| b as i8), d)
+        };
+        scales.push(scale?);
     }
     Some((values, scales))
 }
