@@ -264,14 +264,18 @@ def figures(result: dict) -> dict:
     }
 
 
+SCENARIOS = ["max", "5000", "1000", "unloaded"]
+
+
 def scenarios(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     d = f"{args.duration}s"
-    return [
-        ("max (64 conns)", ["-c", "64", "-z", d]),
-        ("5000/s fixed", ["-c", "64", "-q", "5000", "--latency-correction", "-z", d]),
-        ("1000/s fixed", ["-c", "64", "-q", "1000", "--latency-correction", "-z", d]),
-        ("unloaded (1 conn, 100/s)", ["-c", "1", "-q", "100", "--latency-correction", "-z", d]),
-    ]
+    every = {
+        "max": ("max (64 conns)", ["-c", "64", "-z", d]),
+        "5000": ("5000/s fixed", ["-c", "64", "-q", "5000", "--latency-correction", "-z", d]),
+        "1000": ("1000/s fixed", ["-c", "64", "-q", "1000", "--latency-correction", "-z", d]),
+        "unloaded": ("unloaded (1 conn, 100/s)", ["-c", "1", "-q", "100", "--latency-correction", "-z", d]),
+    }
+    return [every[name] for name in (args.scenario or SCENARIOS)]
 
 
 def version(cmd: list[str]) -> str:
@@ -290,6 +294,9 @@ def main() -> None:
     p.add_argument("--label", default="", help="a heading for the report (e.g. the commit)")
     p.add_argument("--log-level", default="info", help="logging.level (default info: the access log is on)")
     p.add_argument("--no-token-budget", action="store_true", help="drop the tenant's tokens_per_minute (no prompt token count)")
+    p.add_argument(
+        "--scenario", action="append", choices=SCENARIOS, help="run only this scenario (repeatable; default all four)"
+    )
     p.add_argument("--hold", type=float, default=0, help="after setup, wait this many seconds before measuring (to attach perf)")
     args = p.parse_args()
 
