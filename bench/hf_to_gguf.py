@@ -15,7 +15,7 @@ Follows llama.cpp's convert_hf_to_gguf.py conventions (LlamaModel / Qwen2Model):
   * 1-D tensors (norms, biases, rope_freqs) stay F32; 2-D tensors get --outtype
     (falling back to F16 where a row is not a multiple of the 32-element block).
 
-Requires: pip install -r bench/requirements-gguf.txt (gguf, numpy, torch, safetensors).
+Requires: pip install -r bench/requirements-gguf.txt (gguf, numpy; safetensors are read with numpy alone).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import struct
 import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
 import gguf
 
@@ -78,12 +78,35 @@ def open_tensors(model_dir: Path):
         files = [model_dir / f for f in sorted(set(wm.values()))]
     else:
         die(f"{model_dir}: no model.safetensors nor model.safetensors.index.json")
-    import torch  # only here, so fixture scripts can import the rest without torch
-
     for f in files:
-        with safe_open(f, framework="pt") as st:
-            for name in st.keys():
-                yield name, st.get_tensor(name).to(torch.float32).numpy()
+        yield from read_safetensors(f)
+
+
+# safetensors dtypes this converter reads, as (numpy dtype of the stored bits, to float32).
+_DTYPES = {
+    "F32": (np.float32, lambda a: a),
+    "F16": (np.float16, lambda a: a.astype(np.float32)),
+    # bfloat16 is the upper half of a float32: widen the bits, no rounding involved.
+    "BF16": (np.uint16, lambda a: (a.astype(np.uint32) << 16).view(np.float32)),
+}
+
+
+def read_safetensors(path: Path):
+    """Yields (name, float32 array) from one .safetensors file, read with numpy alone (the
+    format is an 8-byte header length, a JSON header, then each tensor's bytes)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            die(f"{path}: tensor {name}: dtype {info['dtype']} is not supported (F32, F16, BF16)")
+        stored, widen = _DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        raw = np.frombuffer(data[start:end], dtype=stored).reshape(info["shape"])
+        yield name, widen(raw)
 
 
 def llama3_rope_factors(hp: dict, rs: dict, head_dim: int) -> np.ndarray:

@@ -105,6 +105,22 @@ fn inspect_a_q4_0_gguf_file() {
     assert!(d["note"].as_str().unwrap().starts_with("estimate"), "{d}");
 }
 
+/// Llama 3.x GGUF files carry their RoPE scaling as a `rope_freqs.weight` tensor, whose
+/// values a header-only read never has: inspect must not refuse them (it once did, for every
+/// such file).
+#[test]
+fn inspect_a_gguf_file_with_rope_factors() {
+    let r = inspect_json(
+        &fixture("gguf/llama3_ropescaling_bf16-f16/model.gguf"),
+        &["--no-bandwidth"],
+    );
+    assert_eq!(r["architecture"], "llama");
+    assert_eq!(r["tensor_count"], 21);
+    assert_eq!(r["parameters"], 102_728);
+    assert_eq!(r["layers"], 2);
+    assert_eq!(type_row(&r, "F32").0, 6);
+}
+
 #[test]
 fn inspect_a_k_quant_mix_directory() {
     let r = inspect_json(&fixture("gguf/k256-mix"), &["--no-bandwidth"]);

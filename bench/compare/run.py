@@ -506,9 +506,10 @@ def inspected_params(binary: Path, gguf: Path) -> int:
 
 
 def quantize_supported() -> bool:
-    """Whether this checkout's config accepts `quantize` in [[models]]."""
-    raw = REPO / "daemon/src/config/raw.rs"
-    return raw.is_file() and re.search(r"\bquantize\b", raw.read_text()) is not None
+    """Whether this checkout's config accepts `quantize` in [[models]] (older checkouts, which
+    the script can also measure, did not)."""
+    config = REPO / "daemon/src/config"
+    return any(re.search(r"\bquantize\b", f.read_text()) for f in config.rglob("*.rs"))
 
 
 # ---------------------------------------------------------------------------------------------

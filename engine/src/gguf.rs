@@ -263,6 +263,11 @@ impl GgufFile {
             .ok_or_else(|| self.err("metadata `general.architecture`: missing or not a string"))
     }
 
+    /// Whether the tensors' data was read ([`Self::open_header`] reads none).
+    pub fn holds_data(&self) -> bool {
+        !self.map.is_empty()
+    }
+
     /// A tensor's bytes, as stored.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         self.map.get(t.start..t.end).unwrap_or(&[])

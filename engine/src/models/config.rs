@@ -549,6 +549,11 @@ impl<'a> GgufMeta<'a> {
                 t.dtype, t.shape
             )));
         }
+        if !self.file.holds_data() {
+            // A header read alone (`model inspect`): the tensor's presence decides the
+            // scaling kind, as it does when serving; its values are never read there.
+            return Ok(Some(vec![1.0; n]));
+        }
         let factors: Vec<f64> = self
             .file
             .bytes(t)
