@@ -79,7 +79,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_airlockd(airlockd: str, work: Path, log_level: str = "info", token_budget: bool = True, extra: str = "") -> tuple[subprocess.Popen, int, str]:
+def setup_airlockd(
+    airlockd: str,
+    work: Path,
+    log_level: str = "info",
+    token_budget: bool = True,
+    extra: str = "",
+    admin_port: int | None = None,
+) -> tuple[subprocess.Popen, int, str]:
     run([airlockd, "certs", "init", "--dir", str(work), "--tenant", TENANT])
     run([airlockd, "audit", "keygen", "--dir", str(work / "audit")])
     config = work / "airlockd.toml"
@@ -109,6 +116,7 @@ max_active = 8
 
 [logging]
 level = "{log_level}"
+{f'[admin]{chr(10)}address = "127.0.0.1:{admin_port}"' if admin_port else ""}
 
 [audit]
 db = "audit.db"
@@ -227,6 +235,33 @@ def oha(args: argparse.Namespace, work: Path, url: str, extra: list[str], auth: 
     return json.loads(out.stdout)
 
 
+def commit_buckets(admin_port: int) -> dict[float, int]:
+    """The audit log's commit-duration histogram from the admin listener: cumulative count
+    per upper bound in seconds (`+Inf` as infinity)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
+    out = {}
+    for m in re.finditer(r'^airlock_audit_commit_duration_seconds_bucket\{le="([^"]+)"\} (\d+)', text, re.M):
+        out[float(m.group(1))] = int(m.group(2))
+    return out
+
+
+def commit_figures(before: dict[float, int], after: dict[float, int]) -> dict:
+    """Commits during a scenario, and the histogram bounds their p99 and slowest fell under."""
+    bounds = sorted(after)
+    cum = [after[b] - before.get(b, 0) for b in bounds]
+    total = cum[-1] if cum else 0
+
+    def bound(q: float) -> float:
+        for b, c in zip(bounds, cum):
+            if c >= q * total:
+                return b * 1000
+        return float("inf")
+
+    return {"commits": total, "p99_ms": bound(0.99) if total else 0.0, "max_ms": bound(1.0) if total else 0.0}
+
+
 def cpu_seconds(root: int) -> float:
     """User + system CPU time of process `root` and its children (nginx's workers), every
     thread included, exited ones too (the kernel folds them into the process's figures)."""
@@ -304,7 +339,10 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     rows: dict[str, dict[str, dict]] = {}
     try:
-        daemon, port, key = setup_airlockd(args.airlockd, work, args.log_level, not args.no_token_budget)
+        admin_port = free_port()
+        daemon, port, key = setup_airlockd(
+            args.airlockd, work, args.log_level, not args.no_token_budget, admin_port=admin_port
+        )
         procs.append(daemon)
         nginx, nport = setup_nginx(work)
         procs.append(nginx)
@@ -326,8 +364,12 @@ def main() -> None:
             oha(args, work, url, ["-c", "64", "-z", "2s"], auth)
             for label, extra in scenarios(args):
                 before = cpu_seconds(pids[name])
+                commits_before = commit_buckets(admin_port) if name == "airlockd" else {}
                 result = figures(oha(args, work, url, extra, auth))
                 used = cpu_seconds(pids[name]) - before
+                if name == "airlockd":
+                    # The audit log's own tail: a request waits for one or two commits.
+                    result["audit"] = commit_figures(commits_before, commit_buckets(admin_port))
                 # The server's own CPU per answered request: a figure that, unlike req/s,
                 # does not depend on how the load tool and the server share the cores.
                 result["cpu_us"] = used * 1e6 / result["answered"] if result["answered"] else 0.0
@@ -348,8 +390,8 @@ def main() -> None:
     if args.label:
         lines += [f"### {args.label}", ""]
     lines += [
-        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | airlockd CPU µs/req | nginx req/s | nginx p50 ms | nginx p99 ms | nginx CPU µs/req | non-200 or error (airlockd/nginx) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | airlockd CPU µs/req | audit commits: p99 / slowest ≤ ms | nginx req/s | nginx p50 ms | nginx p99 ms | nginx CPU µs/req | non-200 or error (airlockd/nginx) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, by in rows.items():
         a, n = by.get("airlockd"), by.get("nginx")
@@ -357,8 +399,15 @@ def main() -> None:
         def cell(r, k, fmt):
             return format(r[k], fmt) if r else "–"
 
+        def commits(r):
+            if not r or "audit" not in r:
+                return "–"
+            c = r["audit"]
+            return f"{c['p99_ms']:g} / {c['max_ms']:g} ({c['commits']} commits)"
+
         lines.append(
             f"| {label} | {cell(a, 'rps', '.0f')} | {cell(a, 'p50_ms', '.3f')} | {cell(a, 'p99_ms', '.3f')} | {cell(a, 'cpu_us', '.0f')} "
+            f"| {commits(a)} "
             f"| {cell(n, 'rps', '.0f')} | {cell(n, 'p50_ms', '.3f')} | {cell(n, 'p99_ms', '.3f')} | {cell(n, 'cpu_us', '.0f')} "
             f"| {a['bad'] if a else '–'}/{n['bad'] if n else '–'} |"
         )
