@@ -248,59 +248,80 @@ struct Scales {
 #[inline]
 unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
     // SAFETY: the caller guarantees one whole block at `p`.
-    let block = unsafe { std::slice::from_raw_parts(p, block_bytes(T)) };
-    if T == Q6K {
-        // SAFETY: bytes 192..208 of a 210-byte block.
-        let sc = unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast())) };
-        Scales {
-            d: block_scale(&block[208..]),
-            dmin: 0.0,
-            sc,
-            corr: _mm512_slli_epi32::<5>(sc),
-        }
-    } else if T == IQ4XS {
-        // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
-        // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
-        let high = u16::from_le_bytes([block[2], block[3]]);
-        let mut ls = [0i32; 16];
-        for (s, ls) in ls.iter_mut().take(8).enumerate() {
-            let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
-            *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
-        }
-        // SAFETY: 16 `i32`.
-        let sc = unsafe { _mm512_loadu_si512(ls.as_ptr().cast()) };
-        // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
-        let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-        Scales {
-            d: block_scale(block),
-            dmin: 0.0,
-            sc,
-            corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
-        }
-    } else {
-        // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
-        // with word operations into 8 scale bytes then 8 minimum bytes.
-        const LOW6: u32 = 0x3f3f_3f3f;
-        const LOW4: u32 = 0x0f0f_0f0f;
-        const LOW2: u32 = 0x0303_0303;
-        let word =
-            |i: usize| u32::from_le_bytes(block[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]));
-        let (u0, u1, u2) = (word(0), word(1), word(2));
-        let sc = [
-            u0 & LOW6,
-            (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4),
-            u1 & LOW6,
-            ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4),
-        ];
-        // SAFETY: 16 bytes.
-        let v = unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.as_ptr().cast())) };
-        // Group `g`'s minimum is sub-block `g / 2`'s, in lane `8 + g / 2`.
-        let mins = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-        Scales {
-            d: block_scale(block),
-            dmin: block_scale(&block[2..]),
-            sc: v,
-            corr: _mm512_permutexvar_epi32(mins, v),
+    unsafe { scales_body::<T>(p) }
+}
+
+/// The body of [`scales`]. Not a `#[target_feature]` function itself, so that it can be
+/// `#[inline(always)]` (Rust refuses the two together); it runs under its caller's features.
+/// A single-row tile inlines it: left to `#[inline]`, LLVM kept it out of line there and
+/// returned its vectors through the stack, 14 % of a Q4_K decode (`kernel-bench --rows 1`:
+/// Q4_K stack 30–32 → 37–38 tok/s, Q5_K 24–27 → 28). Wider tiles call it through [`scales`]
+/// as before: inlined into them it cost them 1–10 % (more vectors live at once).
+#[expect(
+    unsafe_code,
+    reason = "unchecked loads inside a block the caller checked"
+)]
+#[inline(always)]
+unsafe fn scales_body<const T: u8>(p: *const u8) -> Scales {
+    // SAFETY: the AVX-512 intrinsics below run inside `k_micro` or `scales`, which enable them.
+    unsafe {
+        // SAFETY: the caller guarantees one whole block at `p`.
+        let block = std::slice::from_raw_parts(p, block_bytes(T));
+        if T == Q6K {
+            // SAFETY: bytes 192..208 of a 210-byte block.
+            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast()));
+            Scales {
+                d: block_scale(&block[208..]),
+                dmin: 0.0,
+                sc,
+                corr: _mm512_slli_epi32::<5>(sc),
+            }
+        } else if T == IQ4XS {
+            // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
+            // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
+            let high = u16::from_le_bytes([block[2], block[3]]);
+            let mut ls = [0i32; 16];
+            for (s, ls) in ls.iter_mut().take(8).enumerate() {
+                let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
+                *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
+            }
+            // SAFETY: 16 `i32`.
+            let sc = _mm512_loadu_si512(ls.as_ptr().cast());
+            // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
+            let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+            Scales {
+                d: block_scale(block),
+                dmin: 0.0,
+                sc,
+                corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
+            }
+        } else {
+            // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
+            // with word operations into 8 scale bytes then 8 minimum bytes.
+            const LOW6: u32 = 0x3f3f_3f3f;
+            const LOW4: u32 = 0x0f0f_0f0f;
+            const LOW2: u32 = 0x0303_0303;
+            let word = |i: usize| {
+                u32::from_le_bytes(block[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]))
+            };
+            let (u0, u1, u2) = (word(0), word(1), word(2));
+            let sc = [
+                u0 & LOW6,
+                (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4),
+                u1 & LOW6,
+                ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4),
+            ];
+            // SAFETY: 16 bytes.
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.as_ptr().cast()));
+            // Group `g`'s minimum is sub-block `g / 2`'s, in lane `8 + g / 2`.
+            let mins =
+                _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+            Scales {
+                d: block_scale(block),
+                dmin: block_scale(&block[2..]),
+                sc: v,
+                corr: _mm512_permutexvar_epi32(mins, v),
+            }
         }
     }
 }
@@ -415,7 +436,13 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + line).cast());
             }
             // SAFETY: as above.
-            *s = unsafe { scales::<T>(p) };
+            *s = unsafe {
+                if R == 1 {
+                    scales_body::<T>(p)
+                } else {
+                    scales::<T>(p)
+                }
+            };
         }
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for k in 0..4 {
