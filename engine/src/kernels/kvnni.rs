@@ -254,9 +254,10 @@ unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
 /// The body of [`scales`]. Not a `#[target_feature]` function itself, so that it can be
 /// `#[inline(always)]` (Rust refuses the two together); it runs under its caller's features.
 /// A single-row tile inlines it: left to `#[inline]`, LLVM kept it out of line there and
-/// returned its vectors through the stack, 14 % of a Q4_K decode (`kernel-bench --rows 1`:
-/// Q4_K stack 30–32 → 37–38 tok/s, Q5_K 24–27 → 28). Wider tiles call it through [`scales`]
-/// as before: inlined into them it cost them 1–10 % (more vectors live at once).
+/// returned its vectors through the stack, 14 % of a Q4_K decode (`kernel-bench --rows 1`,
+/// alternated twice: Q4_K stack 29–30 → 33–37 tok/s, Q5_K 25 → 28–32, Q6_K unchanged). Wider
+/// tiles call it through [`scales`] as before: inlined into them it cost them 1–10 % (more
+/// vectors live at once).
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
