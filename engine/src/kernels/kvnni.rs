@@ -143,7 +143,7 @@ impl KRows {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
 fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let rows = a.rows;
@@ -192,7 +192,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
 
 /// The `rr × cc` tile of K-quant `T` at weight row `w`, activation rows `x`, into `dst` at
 /// `at`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
 unsafe fn tile<const T: u8>(
     dst: &mut [f32],
@@ -327,6 +327,73 @@ unsafe fn scales_body<const T: u8>(p: *const u8) -> Scales {
     }
 }
 
+/// The scales of four `Q4_K` / `Q5_K` super-blocks, at `p + c · stride` for `c` in `0..4`
+/// (the same block of a tile's four weight rows), decoded together: [`scales_body`]'s word
+/// operations run once on the four blocks' scale bytes side by side, one block per 128-bit
+/// lane, and one `vcvtph2ps` widens the four `d` and `dmin`, where decoding the blocks one
+/// by one took ≈ 35 instructions each. Multi-row tiles only (see `k_micro`): `kernel-bench`,
+/// 2 threads, alternated twice: `Q4_K` 16 rows 79–80 → 86–87 tok/s, 512 rows 76–77 → 84;
+/// `Q5_K` 16 rows 68 → 70–72, 512 rows 64–66 → 68–71.
+#[expect(
+    unsafe_code,
+    reason = "unchecked loads inside blocks the caller checked"
+)]
+#[inline(always)]
+unsafe fn scales_x4(p: *const u8, stride: usize) -> [Scales; 4] {
+    const LOW6: i32 = 0x3f3f_3f3f;
+    const LOW4: i32 = 0x0f0f_0f0f;
+    const HIGH2: i32 = 0x3030_3030;
+    // SAFETY: the caller guarantees a whole block at each `p + c · stride` and runs this
+    // under AVX-512 F/BW/VL and F16C.
+    unsafe {
+        let head = |c: usize| _mm_loadu_si128(p.add(c * stride).cast());
+        // Lane `c`, block `c`'s first 16 bytes: dwords [d | dmin, u0, u1, u2].
+        let v = _mm512_inserti32x4::<3>(
+            _mm512_inserti32x4::<2>(
+                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(head(0)), head(1)),
+                head(2),
+            ),
+            head(3),
+        );
+        // Per lane, as `scales_body`: [u0 & LOW6, (u2 & LOW4) | ((u0 >> 2) & HIGH2),
+        // u1 & LOW6, ((u2 >> 4) & LOW4) | ((u1 >> 2) & HIGH2)]: 8 scale bytes, 8 minima.
+        let a = _mm512_shuffle_epi32::<0b11_10_11_01>(v); // [u0, u2, u1, u2]
+        let b = _mm512_shuffle_epi32::<0b10_10_01_01>(v); // [u0, u0, u1, u1]
+        let low = _mm512_and_si512(
+            _mm512_srlv_epi32(a, _mm512_set4_epi32(4, 0, 0, 0)),
+            _mm512_set4_epi32(LOW4, LOW6, LOW4, LOW6),
+        );
+        let high = _mm512_and_si512(
+            _mm512_srli_epi32::<2>(b),
+            _mm512_set4_epi32(HIGH2, 0, HIGH2, 0),
+        );
+        let sc = _mm512_or_si512(low, high);
+        // [d₀, dmin₀, d₁, dmin₁, …] from each lane's first dword.
+        let dm = _mm512_permutexvar_epi32(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            v,
+        );
+        let mut d = [0f32; 8];
+        _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(_mm512_castsi512_si128(dm)));
+        let mins = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+        let at = |c: usize, lane: __m128i| {
+            let sc = _mm512_cvtepu8_epi32(lane);
+            Scales {
+                d: d[2 * c],
+                dmin: d[2 * c + 1],
+                sc,
+                corr: _mm512_permutexvar_epi32(mins, sc),
+            }
+        };
+        [
+            at(0, _mm512_extracti32x4_epi32::<0>(sc)),
+            at(1, _mm512_extracti32x4_epi32::<1>(sc)),
+            at(2, _mm512_extracti32x4_epi32::<2>(sc)),
+            at(3, _mm512_extracti32x4_epi32::<3>(sc)),
+        ]
+    }
+}
+
 /// Weights `64k..64k + 64` of the super-block at `p` as unsigned bytes, in element order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[expect(
@@ -401,7 +468,7 @@ unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
 }
 
 /// An `R × C` tile: activation rows × weight columns, every super-block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
 unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     w: *const u8,
@@ -426,6 +493,12 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             corr: _mm512_setzero_si512(),
         };
         let mut s = [zero; C];
+        // A multi-row tile decodes its four columns' `Q4_K` / `Q5_K` scales together. A
+        // single row keeps decoding them one column at a time, each right after its
+        // column's prefetches: in `kernel-bench --rows 1` (weights from DRAM) the joint
+        // decoding, or the same prefetches issued as one burst, made it 15–30 % slower, though
+        // faster with the weights in cache (`--hot`): the burst held up the block's own loads.
+        let joint = R > 1 && C == 4 && (T == Q4K || T == Q5K);
         for (c, s) in s.iter_mut().enumerate() {
             // SAFETY: the caller guarantees `C` weight rows of `blocks` super-blocks at `w`.
             let p = unsafe { w.add(c * x.row_bytes + b * bb) };
@@ -436,14 +509,21 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             for line in (0..bb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + line).cast());
             }
+            if !joint {
+                // SAFETY: as above.
+                *s = unsafe {
+                    if R == 1 {
+                        scales_body::<T>(p)
+                    } else {
+                        scales::<T>(p)
+                    }
+                };
+            }
+        }
+        if joint {
             // SAFETY: as above.
-            *s = unsafe {
-                if R == 1 {
-                    scales_body::<T>(p)
-                } else {
-                    scales::<T>(p)
-                }
-            };
+            let four = unsafe { scales_x4(w.add(b * bb), x.row_bytes) };
+            s.copy_from_slice(&four[..C]);
         }
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for k in 0..4 {
