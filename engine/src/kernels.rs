@@ -607,6 +607,34 @@ fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
     run(d, job, first, dst)
 }
 
+/// Asks for the cache line at `p`, which a kernel reads next (the same spot one tile of
+/// weight rows ahead): into L2 (`prefetcht1`) when the kernel multiplies a single
+/// activation row, into L1 (`prefetcht0`) when it multiplies several. A single row streams
+/// its weights from DRAM with little work per byte, and on this VM one core then holds only
+/// ~10 GB/s in flight; prefetches into L1 take the L1's few miss buffers, which the
+/// kernel's own loads wait for. `kernel-bench --rows 1` (1B shapes, weights from DRAM, 2
+/// threads, alternated twice): Q6_K 23–24 → 28–32 tok/s, bf16 12–13 → 15–16, Q8_0 20–21 →
+/// 21–24, Q5_0 20–25 → 26–27; Q4_K was 10 % slower with `T1` and keeps `T0`; with 16 or 512
+/// rows `T1` gave nothing or lost up to 10 %. A prefetch never faults: `p` may lie past the
+/// matrix's end.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[expect(
+    unsafe_code,
+    reason = "an SSE intrinsic outside a #[target_feature] function"
+)]
+fn prefetch_ahead(p: *const u8, one_row: bool) {
+    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
+    // SAFETY: SSE is part of the x86-64 baseline; a prefetch reads nothing and never faults.
+    unsafe {
+        if one_row {
+            _mm_prefetch::<_MM_HINT_T1>(p.cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -507,7 +507,7 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             // Every cache line of it: a Q6_K block spans four (prefetching two of them left
             // a single row's decode waiting on the other two, ~25 % slower).
             for line in (0..bb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes + line).cast());
+                super::prefetch_ahead(p.wrapping_add(C * x.row_bytes + line), R == 1 && T == Q6K);
             }
             if !joint {
                 // SAFETY: as above.

@@ -255,7 +255,7 @@ unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
             let at = c * t.row_bytes + k * elem;
             // The same spot one tile of columns ahead (see `q_micro`), once per cache line.
             if t.prefetch && (F == F32 || s % 2 == 0) {
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at + C * t.row_bytes).cast());
+                super::prefetch_ahead(w.wrapping_add(at + C * t.row_bytes), R == 1);
             }
             // SAFETY: the caller guarantees `C` weight rows of `inp` elements at `w`; a
             // whole step reads elements `k..k + LANES ≤ inp` of one.
@@ -437,7 +437,7 @@ unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
                 // (without it a single row's `Q4_0` down projection streamed at ~25 GB/s,
                 // with it ~50). Past the matrix's end is harmless: a prefetch never faults,
                 // and `wrapping_add` makes no claim on the address.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(C * x.row_bytes).cast());
+                super::prefetch_ahead(p.wrapping_add(C * x.row_bytes), R == 1);
                 let s0 = u32::from(u16::from_le_bytes([p.read(), p.add(1).read()]));
                 let (q0, q1, s1) = if Q4 {
                     let q0 = _mm_loadu_si128(p.add(2).cast());

@@ -118,6 +118,7 @@ pub(super) fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]
                         wq.as_mut_ptr().add(j * a.width),
                         wd.as_mut_ptr().add(j * blocks),
                         wm.as_mut_ptr().add(j * blocks),
+                        rows == 1,
                     );
                 }
             }
@@ -164,10 +165,20 @@ struct SmallCols {
 }
 
 /// One weight row of `blocks` blocks laid out as `l` says at `p` into `blocks · 32`
-/// unsigned bytes at `q`, `blocks` scales at `d` and `blocks` minima (0 if none) at `m`.
+/// unsigned bytes at `q`, `blocks` scales at `d` and `blocks` minima (0 if none) at `m`;
+/// `one_row`: the tile will be multiplied by a single activation row (see
+/// [`crate::kernels::prefetch_ahead`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked loads and stores the caller checked")]
-unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f32, m: *mut f32) {
+unsafe fn decode(
+    l: &Layout,
+    p: *const u8,
+    blocks: usize,
+    q: *mut u8,
+    d: *mut f32,
+    m: *mut f32,
+    one_row: bool,
+) {
     let nib = _mm_set1_epi8(0x0f);
     let sixteen = _mm256_set1_epi8(16);
     // SAFETY: 16 bytes.
@@ -181,7 +192,7 @@ unsafe fn decode(l: &Layout, p: *const u8, blocks: usize, q: *mut u8, d: *mut f3
         // `m`; `l` describes offsets inside one block.
         unsafe {
             let p = p.add(b * l.bytes);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead).cast());
+            crate::kernels::prefetch_ahead(p.wrapping_add(ahead), one_row);
             // The scale and the minimum (or the next two bytes) widened in one instruction,
             // exactly as `block_scale` widens them: every `f16` is an `f32`. Without this
             // the conversions were most of a decode step's time.
