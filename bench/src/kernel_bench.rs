@@ -242,7 +242,7 @@ fn random_blocks(t: QType, out: usize, inp: usize) -> anyhow::Result<PackedMatri
         }
     }
     Ok(PackedMatrix::from_blocks(
-        bytes,
+        &bytes,
         out,
         inp,
         Format::Quant(t),

@@ -223,10 +223,10 @@ impl PackedMatrix {
         Self::pack(w, out, inp, format)
     }
 
-    /// Wraps blocks already in a [`QType`]'s layout (e.g. read from a GGUF file), rows of
-    /// `inp / block_elems` blocks each.
+    /// Copies blocks already in a [`QType`]'s layout (e.g. read from a GGUF file), rows of
+    /// `inp / block_elems` blocks each, into a buffer of its own ([`on_huge_pages`]).
     pub fn from_blocks(
-        bytes: Vec<u8>,
+        bytes: &[u8],
         out: usize,
         inp: usize,
         format: Format,

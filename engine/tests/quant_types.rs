@@ -96,7 +96,7 @@ fn quantized(x: &[f32], block: usize) -> Vec<f32> {
 fn dot_products_match_the_dequantized_weights() -> anyhow::Result<()> {
     let rows = 3;
     for (t, out, inp, blocks, w) in fixtures()? {
-        let m = PackedMatrix::from_blocks(blocks, out, inp, Format::Quant(t))?;
+        let m = PackedMatrix::from_blocks(&blocks, out, inp, Format::Quant(t))?;
         assert_eq!(m.format(), Format::Quant(t));
         let x = activations(rows * inp, inp as u64 + t.ggml_id() as u64);
         let y = m
@@ -171,9 +171,9 @@ fn blocks_must_be_whole_and_match_the_shape() {
     for t in QType::ALL {
         let n = t.block_elems();
         let bytes = vec![0u8; 2 * t.block_bytes()];
-        assert!(PackedMatrix::from_blocks(bytes.clone(), 2, n, Format::Quant(t)).is_ok());
-        assert!(PackedMatrix::from_blocks(bytes.clone(), 1, n, Format::Quant(t)).is_err());
-        assert!(PackedMatrix::from_blocks(bytes, 2, n / 2, Format::Quant(t)).is_err());
+        assert!(PackedMatrix::from_blocks(&bytes, 2, n, Format::Quant(t)).is_ok());
+        assert!(PackedMatrix::from_blocks(&bytes, 1, n, Format::Quant(t)).is_err());
+        assert!(PackedMatrix::from_blocks(&bytes, 2, n / 2, Format::Quant(t)).is_err());
         assert!(t.dequantize(&vec![0u8; t.block_bytes() + 1]).is_err());
         assert_eq!(QType::from_ggml(t.ggml_id()), Some(t));
     }

@@ -237,9 +237,9 @@ fn f16_conversion_matches_half_for_every_value() {
 fn blocks_from_a_file_are_taken_as_is() {
     let w = data(4 * 64, 10);
     let q = quant::quantize_q4_0(&w).unwrap();
-    let m = PackedMatrix::from_blocks(q.clone(), 4, 64, Format::Q4_0).unwrap();
+    let m = PackedMatrix::from_blocks(&q, 4, 64, Format::Q4_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q4_0(&q).unwrap());
-    assert!(PackedMatrix::from_blocks(q, 4, 32, Format::Q4_0).is_err());
+    assert!(PackedMatrix::from_blocks(&q, 4, 32, Format::Q4_0).is_err());
 }
 
 /// Byte offsets of the `f16` scale fields in a block of `t`.
@@ -264,7 +264,7 @@ fn random_blocks(t: QType, out: usize, inp: usize, seed: u32) -> PackedMatrix {
             block[at..at + 2].copy_from_slice(&d.to_le_bytes());
         }
     }
-    PackedMatrix::from_blocks(bytes, out, inp, Format::Quant(t)).unwrap()
+    PackedMatrix::from_blocks(&bytes, out, inp, Format::Quant(t)).unwrap()
 }
 
 #[test]

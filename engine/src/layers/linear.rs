@@ -112,10 +112,12 @@ impl Linear {
             if let Some(format) = stored
                 && wanted.is_none_or(|w| w == format)
             {
-                let packed = PackedMatrix::from_blocks(raw.bytes.into_owned(), out, inp, format)
-                    .map_err(|e| EngineError::Load {
-                        path: tensor.into(),
-                        reason: e.to_string(),
+                let packed =
+                    PackedMatrix::from_blocks(&raw.bytes, out, inp, format).map_err(|e| {
+                        EngineError::Load {
+                            path: tensor.into(),
+                            reason: e.to_string(),
+                        }
                     })?;
                 return Ok(Linear {
                     weight: Weight::Packed(packed),
