@@ -38,6 +38,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::pages;
 use crate::quant::{self, QK, QType};
 
 /// Activation rows one pass over a weight block serves.
@@ -86,15 +87,14 @@ enum Data {
     Quant(QType, Vec<u8>),
 }
 
-/// A copy is weights too: on huge pages like the original ([`on_huge_pages`]).
+/// A copy is weights too: on huge pages like the original ([`pages`]).
 impl Clone for Data {
     fn clone(&self) -> Self {
-        let copy = |v: &[u16]| on_huge_pages(v.len(), v.iter().copied());
         match self {
-            Data::F32(v) => Data::F32(on_huge_pages(v.len(), v.iter().copied())),
-            Data::Bf16(v) => Data::Bf16(copy(v)),
-            Data::F16(v) => Data::F16(copy(v)),
-            Data::Quant(t, v) => Data::Quant(*t, on_huge_pages(v.len(), v.iter().copied())),
+            Data::F32(v) => Data::F32(pages::copy(v)),
+            Data::Bf16(v) => Data::Bf16(pages::copy(v)),
+            Data::F16(v) => Data::F16(pages::copy(v)),
+            Data::Quant(t, v) => Data::Quant(*t, pages::copy(v)),
         }
     }
 }
@@ -106,40 +106,6 @@ pub struct PackedMatrix {
     out: usize,
     inp: usize,
 }
-
-/// `items` (`len` of them) in a new buffer that Linux is asked to back with transparent huge
-/// pages: a decode step streams every weight once, and with 4 KiB pages it pays a TLB miss
-/// and a page walk per 4 KiB, where llama.cpp's weights, `mmap`ed from the page cache, sit in
-/// large folios. The system's THP setting is commonly `madvise`, so the buffer asks for them
-/// (`MADV_HUGEPAGE`) before its first write; where they are off or unavailable this changes
-/// nothing. Measured in `docs/engine.md` ("Weights on huge pages").
-fn on_huge_pages<T: Copy>(len: usize, items: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(len);
-    advise_huge_pages(v.as_mut_ptr().cast::<u8>(), len * size_of::<T>());
-    v.extend(items);
-    v
-}
-
-/// `madvise(MADV_HUGEPAGE)` on the whole 4 KiB pages inside `bytes` bytes at `p`, a buffer
-/// the caller owns and has not written yet; at least one 2 MiB page's worth, else nothing.
-#[cfg(target_os = "linux")]
-#[expect(unsafe_code, reason = "madvise on memory this buffer owns")]
-fn advise_huge_pages(p: *mut u8, bytes: usize) {
-    const PAGE: usize = 4096;
-    const HUGE: usize = 2 << 20;
-    let start = (p as usize).next_multiple_of(PAGE);
-    let end = (p as usize + bytes) & !(PAGE - 1);
-    if end < start + HUGE {
-        return;
-    }
-    // SAFETY: `start..end` lies inside the caller's allocation; MADV_HUGEPAGE changes how the
-    // kernel backs those pages, never what they hold. A failure (THP disabled) changes nothing
-    // either, so its result is ignored.
-    let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: *mut u8, _: usize) {}
 
 /// Why a matrix cannot be packed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,12 +140,12 @@ impl PackedMatrix {
             });
         }
         let data = match format {
-            Format::F32 => Data::F32(on_huge_pages(w.len(), w.iter().copied())),
-            Format::Bf16 => Data::Bf16(on_huge_pages(
+            Format::F32 => Data::F32(pages::copy(w)),
+            Format::Bf16 => Data::Bf16(pages::collect(
                 w.len(),
                 w.iter().map(|&v| bf16::from_f32(v).to_bits()),
             )),
-            Format::F16 => Data::F16(on_huge_pages(
+            Format::F16 => Data::F16(pages::collect(
                 w.len(),
                 w.iter().map(|&v| f16::from_f32(v).to_bits()),
             )),
@@ -191,8 +157,8 @@ impl PackedMatrix {
                     QType::Q8_0 => quant::quantize_q8_0(w),
                     _ => quant::quantize_q4_0(w),
                 };
-                let q = q.map_err(|_| ragged_err(format, inp))?;
-                Data::Quant(t, on_huge_pages(q.len(), q.iter().copied()))
+                // The quantizers write their blocks on huge pages already ([`pages`]).
+                Data::Quant(t, q.map_err(|_| ragged_err(format, inp))?)
             }
             Format::Quant(_) => {
                 return Err(PackError::NoQuantizer {
@@ -224,7 +190,7 @@ impl PackedMatrix {
     }
 
     /// Copies blocks already in a [`QType`]'s layout (e.g. read from a GGUF file), rows of
-    /// `inp / block_elems` blocks each, into a buffer of its own ([`on_huge_pages`]).
+    /// `inp / block_elems` blocks each, into a buffer of its own ([`pages`]).
     pub fn from_blocks(
         bytes: &[u8],
         out: usize,
@@ -247,7 +213,7 @@ impl PackedMatrix {
             });
         }
         Ok(PackedMatrix {
-            data: Data::Quant(t, on_huge_pages(bytes.len(), bytes.iter().copied())),
+            data: Data::Quant(t, pages::copy(bytes)),
             out,
             inp,
         })

@@ -25,6 +25,7 @@ mod layers;
 mod loader;
 mod manifest;
 mod models;
+mod pages;
 pub mod quant;
 mod sampling;
 mod scheduler;

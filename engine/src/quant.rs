@@ -70,10 +70,11 @@ pub fn block_scale(block: &[u8]) -> f32 {
     }
 }
 
-/// Quantizes `x` (a multiple of [`QK`] long) to `Q8_0` blocks.
+/// Quantizes `x` (a multiple of [`QK`] long) to `Q8_0` blocks, in a buffer on huge pages
+/// (`engine/src/pages.rs`): what `quantize = "q8"` keeps as the weights.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>, QuantError> {
     let blocks = check_len(x.len())?;
-    let mut out = Vec::with_capacity(blocks * Q8_0_BLOCK_BYTES);
+    let mut out = crate::pages::with_capacity(blocks * Q8_0_BLOCK_BYTES);
     for b in x.chunks_exact(QK) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -85,10 +86,11 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>, QuantError> {
     Ok(out)
 }
 
-/// Quantizes `x` (a multiple of [`QK`] long) to `Q4_0` blocks.
+/// Quantizes `x` (a multiple of [`QK`] long) to `Q4_0` blocks, in a buffer on huge pages
+/// (`engine/src/pages.rs`): what `quantize = "q4"` keeps as the weights.
 pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>, QuantError> {
     let blocks = check_len(x.len())?;
-    let mut out = Vec::with_capacity(blocks * Q4_0_BLOCK_BYTES);
+    let mut out = crate::pages::with_capacity(blocks * Q4_0_BLOCK_BYTES);
     for b in x.chunks_exact(QK) {
         // The signed value of largest magnitude maps to −8, so the full [−8, 7] range is used.
         let max = b
