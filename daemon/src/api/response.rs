@@ -42,30 +42,33 @@ pub fn ratelimit_headers(
     headers: &mut http::HeaderMap,
     status: &airlock_policy::ratelimit::RateStatus,
 ) {
+    use http::HeaderName;
+    // Names built at compile time: a `&str` name is validated and lowercased per insert.
+    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
     // Counts become header values directly (no intermediate `String`); a reset time is
     // formatted once and its buffer becomes the value without a copy.
     let seconds = |d: std::time::Duration| {
         http::HeaderValue::try_from(format!("{:.3}s", d.as_secs_f64())).ok()
     };
-    let mut put = |name: &'static str, value: Option<http::HeaderValue>| {
+    let mut put = |name: HeaderName, value: Option<http::HeaderValue>| {
         if let Some(v) = value {
             headers.insert(name, v);
         }
     };
     if let Some(limit) = status.limit_requests {
-        put("x-ratelimit-limit-requests", Some(limit.into()));
-        put(
-            "x-ratelimit-remaining-requests",
-            Some(status.remaining_requests.into()),
-        );
-        put("x-ratelimit-reset-requests", seconds(status.reset_requests));
+        put(LIMIT_REQUESTS, Some(limit.into()));
+        put(REMAINING_REQUESTS, Some(status.remaining_requests.into()));
+        put(RESET_REQUESTS, seconds(status.reset_requests));
     }
     if let Some(limit) = status.limit_tokens {
-        put("x-ratelimit-limit-tokens", Some(limit.into()));
-        put(
-            "x-ratelimit-remaining-tokens",
-            Some(status.remaining_tokens.into()),
-        );
-        put("x-ratelimit-reset-tokens", seconds(status.reset_tokens));
+        put(LIMIT_TOKENS, Some(limit.into()));
+        put(REMAINING_TOKENS, Some(status.remaining_tokens.into()));
+        put(RESET_TOKENS, seconds(status.reset_tokens));
     }
 }

@@ -10,7 +10,7 @@
 //! The row's `seq` column is thus authenticated too, and the body also names its own `seq`,
 //! which lets `verify` tell reordering from modification.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Domain separator of record hashes.
@@ -65,22 +65,27 @@ impl Kind {
 }
 
 /// A record before the writer numbers it: its kind and fields.
+///
+/// The fields are a short list (a request's records have 10–25) with unique, static keys,
+/// in the order they were set: a hash map would cost more per field (a hashed, allocated
+/// key) than the scan that keeps keys unique, and the encoding sorts them anyway.
 #[derive(Clone, Debug)]
 pub struct Record {
     pub kind: Kind,
-    pub fields: Map<String, Value>,
+    fields: Vec<(&'static str, Value)>,
 }
 
 impl Record {
     pub fn new(kind: Kind) -> Record {
         Record {
             kind,
-            fields: Map::new(),
+            fields: Vec::with_capacity(24),
         }
     }
 
-    /// Sets a field; `None` and empty values are left out so records stay small.
-    pub fn set(&mut self, key: &str, value: impl Into<Value>) -> &mut Record {
+    /// Sets a field (replacing an earlier value of the same key); `None` and empty values
+    /// are left out so records stay small.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) -> &mut Record {
         let value = value.into();
         let empty = match &value {
             Value::Null => true,
@@ -88,13 +93,17 @@ impl Record {
             Value::Array(a) => a.is_empty(),
             _ => false,
         };
-        if !empty {
-            self.fields.insert(key.to_owned(), value);
+        if empty {
+            return self;
+        }
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.fields.push((key, value)),
         }
         self
     }
 
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Record {
+    pub fn with(mut self, key: &'static str, value: impl Into<Value>) -> Record {
         self.set(key, value);
         self
     }
@@ -120,7 +129,7 @@ impl Record {
         let mut entries: Vec<(&str, &Value)> = self
             .fields
             .iter()
-            .map(|(k, v)| (k.as_str(), v))
+            .map(|(k, v)| (*k, v))
             .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
             .collect();
         entries.extend(own);

@@ -51,11 +51,14 @@ pub struct WriterSettings {
 /// How long the writer keeps looking for the next record, yielding the CPU between looks,
 /// before it sleeps on the queue. Under load the next record (another request's admission,
 /// this one's completion) is almost always there within it, and a writer that never sleeps
-/// spares every request the cost of waking it: on the 2-vCPU VM of bench/gateway it raised
-/// the gateway's max throughput by 3–12 % against nginx in four paired rounds and lowered the
-/// p99 at 5,000 req/s in five of six (bench/results/gateway.md, "The audit writer looks before
-/// it sleeps"). Idle, it costs at most this much CPU per commit.
-const SPIN: Duration = Duration::from_micros(50);
+/// spares every request the cost of waking it: on the 2-vCPU VM of bench/gateway a 50 µs
+/// look raised the gateway's max throughput by 3–12 % against nginx in four paired rounds
+/// and lowered the p99 at 5,000 req/s in five of six; 300 µs also covers a short request's
+/// way from its admission to its completion record (engine round trip included), which cut
+/// the unloaded p50 by 0.2–0.3 ms (12–17 %) in three paired rounds with no change in CPU
+/// per request (bench/results/gateway.md). Idle, it costs at most this much CPU per commit,
+/// and it yields to any thread that has work.
+const SPIN: Duration = Duration::from_micros(300);
 
 /// The next message, or the tick's timeout: looks for [`SPIN`], then sleeps.
 fn next_message(rx: &Receiver<Msg>, tick: Duration) -> Result<Msg, RecvTimeoutError> {
