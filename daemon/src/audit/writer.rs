@@ -51,18 +51,29 @@ pub struct WriterSettings {
 /// How long the writer keeps looking for the next record, yielding the CPU between looks,
 /// before it sleeps on the queue. Under load the next record (another request's admission,
 /// this one's completion) is almost always there within it, and a writer that never sleeps
-/// spares every request the cost of waking it: on the 2-vCPU VM of bench/gateway a 50 µs
-/// look raised the gateway's max throughput by 3–12 % against nginx in four paired rounds
-/// and lowered the p99 at 5,000 req/s in five of six; 300 µs also covers a short request's
-/// way from its admission to its completion record (engine round trip included), which cut
-/// the unloaded p50 by 0.2–0.3 ms (12–17 %) in three paired rounds with no change in CPU
-/// per request (bench/results/gateway.md). Idle, it costs at most this much CPU per commit,
-/// and it yields to any thread that has work.
-const SPIN: Duration = Duration::from_micros(300);
+/// spares every request the cost of waking it: on the 2-vCPU VM of bench/gateway it raised
+/// the gateway's max throughput by 3–12 % against nginx in four paired rounds and lowered the
+/// p99 at 5,000 req/s in five of six (bench/results/gateway.md, "The audit writer looks before
+/// it sleeps"). Idle, it costs at most this much CPU per commit.
+const SPIN: Duration = Duration::from_micros(50);
 
-/// The next message, or the tick's timeout: looks for [`SPIN`], then sleeps.
-fn next_message(rx: &Receiver<Msg>, tick: Duration) -> Result<Msg, RecvTimeoutError> {
-    let until = Instant::now() + SPIN;
+/// The look after a commit of at most [`LONE_BATCH`] records: light load, where a request's
+/// completion record follows its admission after one engine round trip, longer than
+/// [`SPIN`]. Looking this long saves that request a wake-up of the writer (unloaded p50
+/// −12 to −17 % in three paired rounds); after larger batches it would only burn CPU (max
+/// throughput −3 to −8 % with it after every commit), so it is not used there.
+const SPIN_LIGHT: Duration = Duration::from_micros(300);
+
+/// Commits of at most this many records count as light load.
+const LONE_BATCH: usize = 2;
+
+/// The next message, or the tick's timeout: looks for `spin`, then sleeps.
+fn next_message(
+    rx: &Receiver<Msg>,
+    tick: Duration,
+    spin: Duration,
+) -> Result<Msg, RecvTimeoutError> {
+    let until = Instant::now() + spin;
     loop {
         match rx.try_recv() {
             Ok(msg) => return Ok(msg),
@@ -355,8 +366,15 @@ impl WriterState {
     fn run(mut self, rx: &Receiver<Msg>) {
         let tick = Duration::from_millis(250);
         let mut last_probe = Instant::now();
+        // Records in the last batch: how long to look for the next one.
+        let mut last_batch = 0;
         loop {
-            let first = match next_message(rx, tick) {
+            let spin = if last_batch <= LONE_BATCH {
+                SPIN_LIGHT
+            } else {
+                SPIN
+            };
+            let first = match next_message(rx, tick, spin) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
@@ -384,6 +402,7 @@ impl WriterState {
                 }
                 next = rx.try_recv().ok();
             }
+            last_batch = batch.len();
             // While failing, only this probe (a `resumed` record, once a second, once the
             // filesystem has room again) can bring service back.
             if !self.healthy.load(Ordering::Acquire)
