@@ -41,7 +41,7 @@ use hyper::{Request, Response};
 pub use ctx::RequestCtx;
 
 use crate::api::request::{self, Inference};
-use crate::api::response::ratelimit_headers;
+use crate::api::response::{LIMIT_REQUESTS, LIMIT_TOKENS, ratelimit_headers};
 use crate::api::route::{self, Route};
 use crate::api::{ApiError, BoxBody, body, endpoints};
 use crate::app::App;
@@ -116,8 +116,8 @@ where
     // The tenant's limits on every response after authentication, refusals included. A
     // rate-limit refusal already carries the figures from its own decision.
     if let Some(policy) = policy
-        && !resp.headers().contains_key("x-ratelimit-limit-requests")
-        && !resp.headers().contains_key("x-ratelimit-limit-tokens")
+        && !resp.headers().contains_key(LIMIT_REQUESTS)
+        && !resp.headers().contains_key(LIMIT_TOKENS)
     {
         let status = ctx.shared_status.unwrap_or_else(|| policy.limiter.status());
         ratelimit_headers(resp.headers_mut(), &status);

@@ -37,26 +37,31 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     resp
 }
 
+/// The rate-limit headers (OpenAI's names), built at compile time: a `&str` name is
+/// validated and lowercased on every insert.
+pub const LIMIT_REQUESTS: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-reset-requests");
+pub const LIMIT_TOKENS: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: http::HeaderName = http::HeaderName::from_static("x-ratelimit-reset-tokens");
+
 /// OpenAI's `x-ratelimit-*` headers; a limit the tenant does not have is left out.
 pub fn ratelimit_headers(
     headers: &mut http::HeaderMap,
     status: &airlock_policy::ratelimit::RateStatus,
 ) {
-    use http::HeaderName;
-    // Names built at compile time: a `&str` name is validated and lowercased per insert.
-    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-    const REMAINING_REQUESTS: HeaderName =
-        HeaderName::from_static("x-ratelimit-remaining-requests");
-    const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-    const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
     // Counts become header values directly (no intermediate `String`); a reset time is
     // formatted once and its buffer becomes the value without a copy.
     let seconds = |d: std::time::Duration| {
         http::HeaderValue::try_from(format!("{:.3}s", d.as_secs_f64())).ok()
     };
-    let mut put = |name: HeaderName, value: Option<http::HeaderValue>| {
+    let mut put = |name: http::HeaderName, value: Option<http::HeaderValue>| {
         if let Some(v) = value {
             headers.insert(name, v);
         }

@@ -432,12 +432,14 @@ fn record_outcome(
         return;
     };
     let reason = reason.as_str();
-    let (prompt, completion) = (usage.prompt_tokens as u64, usage.completion_tokens as u64);
     let (ttft, decode) = (timings.time_to_first_token_ms, timings.decode_tokens_per_s);
     span.record_all(&fields.value_set(&[
         (&f_reason, Some(&reason as &dyn tracing::Value)),
-        (&f_prompt, Some(&prompt as &dyn tracing::Value)),
-        (&f_completion, Some(&completion as &dyn tracing::Value)),
+        (&f_prompt, Some(&usage.prompt_tokens as &dyn tracing::Value)),
+        (
+            &f_completion,
+            Some(&usage.completion_tokens as &dyn tracing::Value),
+        ),
         (&f_ttft, Some(&ttft as &dyn tracing::Value)),
         (&f_decode, Some(&decode as &dyn tracing::Value)),
     ]));
