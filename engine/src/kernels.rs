@@ -9,7 +9,9 @@
 //! reads `W` once and prefill does several multiply-adds per load; the next tile's weights
 //! are prefetched while one is computed. `Q8_0` / `Q4_0` quantize each activation row to
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
-//! (`qdot`; `vpdpbusd` with AVX-512 VNNI). The other block types (`Q4_1`, `Q5_0`, `Q5_1`,
+//! (`qdot`; `vpdpbusd` with AVX-512 VNNI), on weights repacked at load into panels of 16
+//! output columns, one column per vector lane, so a tile of up to 8 rows × 16 columns sums
+//! each block exactly in integers and pays one float multiply-add per block and column. The other block types (`Q4_1`, `Q5_0`, `Q5_1`,
 //! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
 //! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
 //! sums per group (K-quants) or per 4 elements (32-element types); their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
@@ -22,8 +24,10 @@
 //! **Batch invariance.** One kernel serves every row count (decode, batched decode, prefill),
 //! and each output element is computed by the same sequence of `f32` operations whatever
 //! the other rows are: 16 lane accumulators fed in `k` order with fused multiply-adds
-//! (element `k` in lane `k mod 16`; for the quantized formats, exact integer block sums,
-//! even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree. Tiling rows
+//! (element `k` in lane `k mod 16`; for the K-quants and other block types, exact integer
+//! block sums, even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree;
+//! for `Q8_0` / `Q4_0`, one accumulator per output fed each block's exact integer sum in
+//! block order (`qdot`). Tiling rows
 //! and columns and splitting columns over threads only change which values sit in registers
 //! together, never the arithmetic, and quantizing an activation row looks at that row only,
 //! so a sequence's logits are bitwise the same alone or in a batch. The SIMD kernels and the
@@ -85,6 +89,8 @@ enum Data {
     Bf16(Vec<u16>),
     F16(Vec<u16>),
     Quant(QType, Vec<u8>),
+    /// `Q8_0` / `Q4_0` blocks repacked into panels of 16 columns ([`qdot::to_panels`]).
+    Panels(qdot::Weights, Vec<u8>),
 }
 
 /// A copy is weights too: on huge pages like the original ([`pages`]).
@@ -95,6 +101,7 @@ impl Clone for Data {
             Data::Bf16(v) => Data::Bf16(pages::copy(v)),
             Data::F16(v) => Data::F16(pages::copy(v)),
             Data::Quant(t, v) => Data::Quant(*t, pages::copy(v)),
+            Data::Panels(k, v) => Data::Panels(*k, pages::copy(v)),
         }
     }
 }
@@ -157,8 +164,8 @@ impl PackedMatrix {
                     QType::Q8_0 => quant::quantize_q8_0(w),
                     _ => quant::quantize_q4_0(w),
                 };
-                // The quantizers write their blocks on huge pages already ([`pages`]).
-                Data::Quant(t, q.map_err(|_| ragged_err(format, inp))?)
+                let q = q.map_err(|_| ragged_err(format, inp))?;
+                panels(t, &q, out, inp)
             }
             Format::Quant(_) => {
                 return Err(PackError::NoQuantizer {
@@ -212,11 +219,11 @@ impl PackedMatrix {
                 got: bytes.len(),
             });
         }
-        Ok(PackedMatrix {
-            data: Data::Quant(t, pages::copy(bytes)),
-            out,
-            inp,
-        })
+        let data = match t {
+            QType::Q8_0 | QType::Q4_0 => panels(t, bytes, out, inp),
+            _ => Data::Quant(t, pages::copy(bytes)),
+        };
+        Ok(PackedMatrix { data, out, inp })
     }
 
     pub fn format(&self) -> Format {
@@ -225,6 +232,7 @@ impl PackedMatrix {
             Data::Bf16(_) => Format::Bf16,
             Data::F16(_) => Format::F16,
             Data::Quant(t, _) => Format::Quant(t),
+            Data::Panels(k, _) => Format::Quant(k.qtype()),
         }
     }
 
@@ -238,7 +246,7 @@ impl PackedMatrix {
         match &self.data {
             Data::F32(v) => v.len() * 4,
             Data::Bf16(v) | Data::F16(v) => v.len() * 2,
-            Data::Quant(_, v) => v.len(),
+            Data::Quant(_, v) | Data::Panels(_, v) => v.len(),
         }
     }
 
@@ -247,6 +255,11 @@ impl PackedMatrix {
         if let Data::Quant(t, v) = &self.data {
             // Whole blocks by construction (`pack` / `from_blocks`).
             return t.dequantize(v).unwrap_or_default();
+        }
+        if let Data::Panels(k, v) = &self.data {
+            let blocks = self.inp / QK;
+            let raw = qdot::from_panels(v, *k, self.out, blocks);
+            return k.qtype().dequantize(&raw).unwrap_or_default();
         }
         let mut out = Vec::with_capacity(self.out * self.inp);
         let mut buf = [0f32; QK];
@@ -271,12 +284,7 @@ impl PackedMatrix {
         }
         let inp = self.inp;
         match &self.data {
-            Data::Quant(QType::Q8_0, v) => {
-                Some(qdot::matmul(v, qdot::Weights::Q8_0, self.out, inp, x, rows))
-            }
-            Data::Quant(QType::Q4_0, v) => {
-                Some(qdot::matmul(v, qdot::Weights::Q4_0, self.out, inp, x, rows))
-            }
+            Data::Panels(k, v) => Some(qdot::matmul(v, *k, self.out, inp, x, rows)),
             Data::Quant(t, v) => Some(kdot::matmul(v, *t, self.out, inp, x, rows)),
             Data::F32(v) => Some(self.matmul_wide(&F32Blocks { v, inp }, x, rows)),
             Data::Bf16(v) => Some(self.matmul_wide(&Bf16Blocks { v, inp }, x, rows)),
@@ -307,15 +315,17 @@ impl PackedMatrix {
                 Data::F32(v) => x86::Wide::F32(v),
                 Data::Bf16(v) => x86::Wide::Bf16(v),
                 Data::F16(v) => x86::Wide::F16(v),
-                Data::Quant(..) => x86::Wide::None,
+                Data::Quant(..) | Data::Panels(..) => x86::Wide::None,
             };
             if !matches!(wide, x86::Wide::None) {
-                return by_columns(self.out, rows, |first, dst| {
+                return by_columns(self.out, rows, COL_TILE, |first, dst| {
                     x86::run_wide(&wide, self.inp, &job, first, dst)
                 });
             }
         }
-        by_columns(self.out, rows, |first, dst| run_best(d, &job, first, dst))
+        by_columns(self.out, rows, COL_TILE, |first, dst| {
+            run_best(d, &job, first, dst)
+        })
     }
 
     /// Block `b` of row `o` of a 16/32-bit matrix as `f32` (zero past the end of a ragged
@@ -326,20 +336,25 @@ impl PackedMatrix {
             Data::F32(v) => F32Blocks { v, inp }.decode(o, b, w),
             Data::Bf16(v) => Bf16Blocks { v, inp }.decode(o, b, w),
             Data::F16(v) => F16Blocks { v, inp }.decode(o, b, w),
-            Data::Quant(..) => w.fill(0.0),
+            Data::Quant(..) | Data::Panels(..) => w.fill(0.0),
         }
     }
 }
 
 /// Runs `f(first, dst)` over runs of output columns on rayon's pool, `dst` being the
 /// transposed result `[n, rows]` of columns `first..first + n`, and returns `[rows, out]`.
-/// The split only decides which thread computes an element, never how.
-fn by_columns(out: usize, rows: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+/// Every run but the last is a multiple of `align` columns (a kernel's register tile or
+/// panel), so every `first` is too. The split only decides which thread computes an
+/// element, never how.
+fn by_columns(
+    out: usize,
+    rows: usize,
+    align: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let threads = rayon::current_num_threads().max(1);
     // Whole register tiles of columns, enough runs to balance, few enough to amortize.
-    let chunk = (out / (threads * 8))
-        .clamp(8, 256)
-        .next_multiple_of(COL_TILE);
+    let chunk = (out / (threads * 8)).clamp(8, 256).next_multiple_of(align);
     let mut yt = vec![0f32; out * rows];
     yt.par_chunks_mut(chunk * rows)
         .enumerate()
@@ -536,6 +551,15 @@ macro_rules! rows_pass {
 rows_pass!(pass1, a0 x0);
 rows_pass!(pass2, a0 x0, a1 x1);
 rows_pass!(pass4, a0 x0, a1 x1, a2 x2, a3 x3);
+
+/// `Q8_0` / `Q4_0` blocks `[out, inp / 32]` as panels ([`qdot::to_panels`]).
+fn panels(t: QType, blocks: &[u8], out: usize, inp: usize) -> Data {
+    let kind = match t {
+        QType::Q8_0 => qdot::Weights::Q8_0,
+        _ => qdot::Weights::Q4_0,
+    };
+    Data::Panels(kind, qdot::to_panels(blocks, kind, out, inp / QK))
+}
 
 fn ragged_err(format: Format, inp: usize) -> PackError {
     PackError::Ragged {

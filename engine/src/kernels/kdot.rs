@@ -30,7 +30,7 @@
 
 use rayon::prelude::*;
 
-use super::{LANES, by_columns, reduce};
+use super::{COL_TILE, LANES, by_columns, reduce};
 use crate::quant::iquants;
 use crate::quant::kquants::{self, GROUPS, KBlock};
 use crate::quant::legacy::{self, SmallBlock};
@@ -150,7 +150,7 @@ pub(super) fn matmul(
     rows: usize,
 ) -> Vec<f32> {
     let a = quantize(x, rows, inp, act_block(t));
-    by_columns(out, rows, |first, dst| {
+    by_columns(out, rows, COL_TILE, |first, dst| {
         #[cfg(target_arch = "x86_64")]
         if super::vnni() && super::kvnni::supports(t) {
             return super::kvnni::run(v, t, &a, first, dst);

@@ -1,21 +1,38 @@
 //! `Q8_0` / `Q4_0` weights times activations quantized per row to 8 bits, as llama.cpp
 //! does: each 32-element block of an activation row becomes 32 × `i8` and an `f32` scale,
 //! a block's dot product is computed exactly in integers and then scaled,
-//! `acc = f32(Σ w·x) · (d_w · d_x) + acc`, blocks in order, in 16 lanes (lane `j` of an even
-//! block and lane `8 + j` of an odd one hold its elements `4j..4j+4`), lanes summed by a
-//! fixed tree.
+//! `acc = f32(Σ w·x) · (d_w · d_x) + acc` (one fused multiply-add), blocks in order, one
+//! accumulator per output. `Σ w·x` of a block is at most 32 · 128 · 127 < 2²⁴ in
+//! magnitude, so its `f32` is exact too.
 //!
-//! Quantizing a row looks at that row only, so the result of a row stays the same alone or
-//! batched. The portable code below and the VNNI kernel in [`super::x86`] compute the same
-//! integers and the same `f32` operations, so they agree bit for bit.
+//! **Panels.** The weights are kept in panels of [`PANEL`] output columns (repacked once at
+//! load, [`to_panels`]): per block, the 16 columns' `f16` scales side by side, then their
+//! quants in 4-byte groups, column `c`'s bytes `4g..4g + 4` of the block at lane `c` of group
+//! `g`. One 512-bit load is then one group of 16 columns, `vpdpbusd` with the activation's
+//! 4 bytes broadcast adds 4 products to each column's own lane, and after a block's 8 (or,
+//! for `Q4_0`'s nibbles, 4 × 2) groups lane `c` holds column `c`'s exact block sum: the
+//! float epilogue is one conversion and one fused multiply-add per block and 16 columns,
+//! where a row-major layout needs one per 4 elements or a horizontal sum per block.
+//! `Q8_0` quants are stored as `w + 128` (unsigned, what `vpdpbusd` multiplies), `Q4_0`
+//! nibbles as in the file (`w + 8`); the offset's share, `offset · Σx`, is taken back by
+//! starting each block's sum at the activations' precomputed `−offset · Σx`.
+//!
+//! Quantizing a row looks at that row only, and a panel's lanes never mix columns, so the
+//! result of a row stays the same alone or batched. The portable code below and the VNNI
+//! kernel in [`super::x86`] compute the same integers and the same `f32` operations, so
+//! they agree bit for bit.
 //!
 //! Accuracy: the activations' rounding (≤ half a step of `amax / 127` per element) comes on
 //! top of the weights' own; llama.cpp makes the same trade for these formats.
 
 use rayon::prelude::*;
 
-use super::{QK, by_columns, f16_bits_to_f32, reduce};
-use crate::quant::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use super::{QK, by_columns, f16_bits_to_f32};
+use crate::pages;
+use crate::quant::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QType};
+
+/// Output columns per panel: the 16 `i32`/`f32` lanes of one 512-bit vector.
+pub(super) const PANEL: usize = 16;
 
 /// Which block format the weights are in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +42,15 @@ pub(super) enum Weights {
 }
 
 impl Weights {
+    /// The GGUF block type.
+    pub(super) fn qtype(self) -> QType {
+        match self {
+            Weights::Q8_0 => QType::Q8_0,
+            Weights::Q4_0 => QType::Q4_0,
+        }
+    }
+
+    /// Bytes of one GGUF block (an `f16` scale, then the quants).
     pub(super) fn block_bytes(self) -> usize {
         match self {
             Weights::Q8_0 => Q8_0_BLOCK_BYTES,
@@ -32,15 +58,86 @@ impl Weights {
         }
     }
 
-    /// The kernels read weights as unsigned bytes, `w + offset` (`Q8_0`: `i8 + 128`,
-    /// `Q4_0`: the stored nibble, `q − 8 + 8`); the offset's share, `offset · Σx`, is taken
-    /// back by starting each lane at `−offset · Σx` over its 4 elements.
+    /// Bytes of one block of a panel: [`PANEL`] blocks.
+    pub(super) fn panel_block_bytes(self) -> usize {
+        PANEL * self.block_bytes()
+    }
+
+    /// 4-byte quant groups per block and column.
+    fn groups(self) -> usize {
+        (self.block_bytes() - 2) / 4
+    }
+
+    /// The kernels read weights as unsigned bytes, `w + offset` (`Q8_0`: stored so,
+    /// `Q4_0`: the nibble as in the file); the offset's share, `offset · Σx`, is taken back
+    /// by starting each block's sum at `−offset · Σx`.
     fn offset(self) -> i32 {
         match self {
             Weights::Q8_0 => 128,
             Weights::Q4_0 => 8,
         }
     }
+}
+
+/// GGUF blocks `[out, blocks]` (row-major, as a file or the load-time quantizers hold
+/// them) as panels (see the module docs), on huge pages ([`pages`]). Columns past `out` in
+/// the last panel are zero (scale 0). `v` must hold `out · blocks` whole blocks.
+pub(super) fn to_panels(v: &[u8], kind: Weights, out: usize, blocks: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let panels = out.div_ceil(PANEL);
+    let mut p = pages::with_capacity(panels * blocks * kind.panel_block_bytes());
+    // Column `c` of panel `pi`, block `b`; `None` past `out` (or past `v`).
+    let block = |pi: usize, c: usize, b: usize| {
+        let o = pi * PANEL + c;
+        (o < out)
+            .then(|| v.get((o * blocks + b) * bb..(o * blocks + b + 1) * bb))
+            .flatten()
+    };
+    for pi in 0..panels {
+        for b in 0..blocks {
+            for c in 0..PANEL {
+                p.extend_from_slice(block(pi, c, b).map_or(&[0, 0][..], |k| &k[..2]));
+            }
+            for g in 0..kind.groups() {
+                for c in 0..PANEL {
+                    match block(pi, c, b) {
+                        Some(k) => {
+                            p.extend(k[2 + 4 * g..2 + 4 * g + 4].iter().map(|&q| match kind {
+                                Weights::Q8_0 => q ^ 0x80,
+                                Weights::Q4_0 => q,
+                            }))
+                        }
+                        None => p.extend_from_slice(&[0; 4]),
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// The GGUF blocks `[out, blocks]` of panels made by [`to_panels`].
+pub(super) fn from_panels(p: &[u8], kind: Weights, out: usize, blocks: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let pb = kind.panel_block_bytes();
+    let mut v = Vec::with_capacity(out * blocks * bb);
+    for o in 0..out {
+        let (pi, c) = (o / PANEL, o % PANEL);
+        for b in 0..blocks {
+            let Some(k) = p.get((pi * blocks + b) * pb..(pi * blocks + b + 1) * pb) else {
+                return v;
+            };
+            v.extend_from_slice(&k[2 * c..2 * c + 2]);
+            for g in 0..kind.groups() {
+                let at = 2 * PANEL + 4 * (g * PANEL + c);
+                v.extend(k[at..at + 4].iter().map(|&q| match kind {
+                    Weights::Q8_0 => q ^ 0x80,
+                    Weights::Q4_0 => q,
+                }));
+            }
+        }
+    }
+    v
 }
 
 /// Activation rows quantized for one call.
@@ -51,7 +148,7 @@ pub(super) struct Acts {
     pub(super) qs: Vec<i8>,
     /// `[rows, blocks]` scales.
     pub(super) ds: Vec<f32>,
-    /// `[rows, blocks, 8]`: `−offset · Σ` of each lane's 4 quants.
+    /// `[rows, blocks]`: `−offset · Σ` of each block's quants.
     pub(super) corr: Vec<i32>,
 }
 
@@ -66,7 +163,7 @@ pub(super) fn quantize(x: &[f32], rows: usize, blocks: usize, kind: Weights) -> 
         blocks,
         qs: vec![0; n * QK],
         ds: vec![0.0; n],
-        corr: vec![0; n * 8],
+        corr: vec![0; n],
     };
     let offset = kind.offset();
     let width = blocks * QK;
@@ -77,13 +174,13 @@ pub(super) fn quantize(x: &[f32], rows: usize, blocks: usize, kind: Weights) -> 
     if rows >= 8 {
         a.qs.par_chunks_mut(width)
             .zip(a.ds.par_chunks_mut(blocks))
-            .zip(a.corr.par_chunks_mut(blocks * 8))
+            .zip(a.corr.par_chunks_mut(blocks))
             .zip(x.par_chunks(width))
             .for_each(row);
     } else {
         a.qs.chunks_mut(width)
             .zip(a.ds.chunks_mut(blocks))
-            .zip(a.corr.chunks_mut(blocks * 8))
+            .zip(a.corr.chunks_mut(blocks))
             .zip(x.chunks(width))
             .for_each(row);
     }
@@ -99,7 +196,7 @@ fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [f32], corr: &mut [i32], offs
     // in two additions that vectorize (`f32::round` is a library call here).
     const MAGIC: f32 = 12_582_912.0;
     let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK));
-    for (((x, q), d), c) in blocks.zip(ds.iter_mut()).zip(corr.chunks_exact_mut(8)) {
+    for (((x, q), d), c) in blocks.zip(ds.iter_mut()).zip(corr.iter_mut()) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         *d = amax / 127.0;
         let id = if *d != 0.0 { 1.0 / *d } else { 0.0 };
@@ -107,13 +204,11 @@ fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [f32], corr: &mut [i32], offs
         for (q, &v) in q.iter_mut().zip(x) {
             *q = ((v * id + MAGIC) - MAGIC) as i8;
         }
-        for (c, l) in c.iter_mut().zip(q.chunks_exact(4)) {
-            *c = -offset * l.iter().map(|&q| i32::from(q)).sum::<i32>();
-        }
+        *c = -offset * q.iter().map(|&q| i32::from(q)).sum::<i32>();
     }
 }
 
-/// `x` (`rows × inp`, `inp` a multiple of 32) times the `[out, inp]` blocks `v`ᵀ.
+/// `x` (`rows × inp`, `inp` a multiple of 32) times the `[out, inp]` weights in panels `v`ᵀ.
 pub(super) fn matmul(
     v: &[u8],
     kind: Weights,
@@ -123,7 +218,7 @@ pub(super) fn matmul(
     rows: usize,
 ) -> Vec<f32> {
     let a = quantize(x, rows, inp / QK, kind);
-    by_columns(out, rows, |first, dst| {
+    by_columns(out, rows, PANEL, |first, dst| {
         #[cfg(target_arch = "x86_64")]
         if super::vnni() {
             return super::x86::run_quant(v, kind, &a, first, dst);
@@ -134,55 +229,47 @@ pub(super) fn matmul(
     })
 }
 
-/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`).
+/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`); `first` is
+/// a multiple of [`PANEL`] ([`by_columns`] splits so).
 pub(super) fn run_portable(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
-    let row_bytes = a.blocks * kind.block_bytes();
-    for (j, col) in dst.chunks_exact_mut(a.rows).enumerate() {
+    let pb = kind.panel_block_bytes();
+    let panel_bytes = a.blocks * pb;
+    for (j, col) in dst.chunks_exact_mut(a.rows.max(1)).enumerate() {
         let o = first + j;
-        let Some(w) = v.get(o * row_bytes..(o + 1) * row_bytes) else {
+        let Some(p) = v.get(o / PANEL * panel_bytes..(o / PANEL + 1) * panel_bytes) else {
             return;
         };
         for (r, y) in col.iter_mut().enumerate() {
-            *y = dot(w, kind, a, r);
+            *y = dot(p, kind, o % PANEL, a, r);
         }
     }
 }
 
-/// Weight row `w` · activation row `r`.
-fn dot(w: &[u8], kind: Weights, a: &Acts, r: usize) -> f32 {
-    let bb = kind.block_bytes();
-    let mut acc = [0f32; 16];
-    let mut wq = [0i32; QK];
-    for (b, block) in w.chunks_exact(bb).enumerate() {
+/// Column `c` of panel `p` · activation row `r`.
+fn dot(p: &[u8], kind: Weights, c: usize, a: &Acts, r: usize) -> f32 {
+    let pb = kind.panel_block_bytes();
+    let mut acc = 0f32;
+    for (b, block) in p.chunks_exact(pb).enumerate() {
         let i = r * a.blocks + b;
         let (Some(xq), Some(&dx)) = (a.qs.get(i * QK..(i + 1) * QK), a.ds.get(i)) else {
             return f32::NAN;
         };
-        let dw = f16_bits_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        match kind {
-            Weights::Q8_0 => {
-                for (q, &b) in wq.iter_mut().zip(&block[2..]) {
-                    *q = i32::from(b as i8);
-                }
-            }
-            Weights::Q4_0 => {
-                let (lo, hi) = wq.split_at_mut(QK / 2);
-                for ((l, h), &b) in lo.iter_mut().zip(hi).zip(&block[2..]) {
-                    *l = i32::from(b & 0x0f) - 8;
-                    *h = i32::from(b >> 4) - 8;
+        let dw = f16_bits_to_f32(u16::from_le_bytes([block[2 * c], block[2 * c + 1]]));
+        let mut sum = 0i32;
+        for g in 0..kind.groups() {
+            let at = 2 * PANEL + 4 * (g * PANEL + c);
+            for (e, &q) in block[at..at + 4].iter().enumerate() {
+                let k = 4 * g + e;
+                match kind {
+                    Weights::Q8_0 => sum += (i32::from(q) - 128) * i32::from(xq[k]),
+                    Weights::Q4_0 => {
+                        sum += (i32::from(q & 0x0f) - 8) * i32::from(xq[k]);
+                        sum += (i32::from(q >> 4) - 8) * i32::from(xq[k + QK / 2]);
+                    }
                 }
             }
         }
-        let s = dw * dx;
-        let lanes = &mut acc[b % 2 * 8..][..8];
-        for ((acc, w4), x4) in lanes
-            .iter_mut()
-            .zip(wq.chunks_exact(4))
-            .zip(xq.chunks_exact(4))
-        {
-            let d: i32 = w4.iter().zip(x4).map(|(&w, &x)| w * i32::from(x)).sum();
-            *acc = (d as f32).mul_add(s, *acc);
-        }
+        acc = (sum as f32).mul_add(dw * dx, acc);
     }
-    reduce(acc)
+    acc
 }

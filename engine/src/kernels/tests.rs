@@ -50,19 +50,24 @@ fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
     };
     let quant = |v: &[u8], kind| {
         let a = qdot::quantize(x, rows, blocks, kind);
-        by_columns(out, rows, |first, dst| {
+        by_columns(out, rows, qdot::PANEL, |first, dst| {
             qdot::run_portable(v, kind, &a, first, dst)
         })
     };
     match &m.data {
-        Data::F32(v) => by_columns(out, rows, |f, d| run(&F32Blocks { v, inp }, &job, f, d)),
-        Data::Bf16(v) => by_columns(out, rows, |f, d| run(&Bf16Blocks { v, inp }, &job, f, d)),
-        Data::F16(v) => by_columns(out, rows, |f, d| run(&F16Blocks { v, inp }, &job, f, d)),
-        Data::Quant(QType::Q8_0, v) => quant(v, qdot::Weights::Q8_0),
-        Data::Quant(QType::Q4_0, v) => quant(v, qdot::Weights::Q4_0),
+        Data::F32(v) => by_columns(out, rows, COL_TILE, |f, d| {
+            run(&F32Blocks { v, inp }, &job, f, d)
+        }),
+        Data::Bf16(v) => by_columns(out, rows, COL_TILE, |f, d| {
+            run(&Bf16Blocks { v, inp }, &job, f, d)
+        }),
+        Data::F16(v) => by_columns(out, rows, COL_TILE, |f, d| {
+            run(&F16Blocks { v, inp }, &job, f, d)
+        }),
+        Data::Panels(k, v) => quant(v, *k),
         Data::Quant(t, v) => {
             let a = kdot::quantize(x, rows, inp, kdot::act_block(*t));
-            by_columns(out, rows, |first, dst| {
+            by_columns(out, rows, COL_TILE, |first, dst| {
                 kdot::run_portable(v, *t, &a, first, dst)
             })
         }
@@ -240,6 +245,11 @@ fn blocks_from_a_file_are_taken_as_is() {
     let m = PackedMatrix::from_blocks(&q, 4, 64, Format::Q4_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q4_0(&q).unwrap());
     assert!(PackedMatrix::from_blocks(&q, 4, 32, Format::Q4_0).is_err());
+    // Repacked into panels of 16 columns and back: three panels, the last one padded.
+    let w = data(37 * 96, 11);
+    let q = quant::quantize_q8_0(&w).unwrap();
+    let m = PackedMatrix::from_blocks(&q, 37, 96, Format::Q8_0).unwrap();
+    assert_eq!(m.to_f32(), quant::dequantize_q8_0(&q).unwrap());
 }
 
 /// Byte offsets of the `f16` scale fields in a block of `t`.
@@ -348,7 +358,7 @@ fn weights_and_their_copies_ask_for_huge_pages() {
     let middle = |m: &PackedMatrix| match &m.data {
         Data::F32(v) => v.as_ptr() as usize + v.len() * 2,
         Data::Bf16(v) | Data::F16(v) => v.as_ptr() as usize + v.len(),
-        Data::Quant(_, v) => v.as_ptr() as usize + v.len() / 2,
+        Data::Quant(_, v) | Data::Panels(_, v) => v.as_ptr() as usize + v.len() / 2,
     };
     for (name, m) in [
         ("f32", &f32s),

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::kdot;
-use super::qdot::{Acts, Weights};
+use super::qdot::{Acts, PANEL, Weights};
 use super::{Blocks, COL_TILE, Job, LANES, QK, ROW_BLOCK, reduce, run};
 use crate::quant::QType;
 
@@ -332,33 +332,36 @@ pub(super) fn run_quant(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &m
 fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
     let rows = a.rows;
     let blocks = a.blocks;
-    let bb = kind.block_bytes();
-    let row_bytes = blocks * bb;
+    let panel_bytes = blocks * kind.panel_block_bytes();
     let n = dst.len() / rows.max(1);
-    // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
-    // `blocks` blocks, `dst` exactly `[n, rows]`.
+    let panels = (first + n).div_ceil(PANEL);
+    // The one bounds check: whole panels `first / 16..panels` (`first` is a panel's first
+    // column, `by_columns` splits so), `rows` activation rows of `blocks` blocks, `dst`
+    // exactly `[n, rows]`.
     if rows == 0
-        || (first + n) * row_bytes > v.len()
+        || !first.is_multiple_of(PANEL)
+        || panels * panel_bytes > v.len()
         || a.qs.len() < rows * blocks * QK
         || a.ds.len() < rows * blocks
-        || a.corr.len() < rows * blocks * 8
+        || a.corr.len() < rows * blocks
         || dst.len() != n * rows
     {
         return;
     }
     for rb in (0..rows).step_by(ROW_BLOCK) {
         let re = (rb + ROW_BLOCK).min(rows);
-        let mut c = 0;
-        while c < n {
-            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
-            // SAFETY: rows `first..first + n` lie inside `v` (checked above), `c < n`.
-            let w = unsafe { v.as_ptr().add((first + c) * row_bytes) };
+        for pi in first / PANEL..panels {
+            let c0 = pi * PANEL - first;
+            let cols = (n - c0).min(PANEL);
+            // SAFETY: panels `..panels` lie inside `v` (checked above).
+            let w = unsafe { v.as_ptr().add(pi * panel_bytes) };
             let mut r = rb;
             while r < re {
                 let rr = match re - r {
                     1 => 1,
                     2 | 3 => 2,
-                    _ => 4,
+                    4..=7 => 4,
+                    _ => 8,
                 };
                 let x = QRows {
                     // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
@@ -367,31 +370,35 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
                     // SAFETY: as above.
                     ds: unsafe { a.ds.as_ptr().add(r * blocks) },
                     // SAFETY: as above.
-                    corr: unsafe { a.corr.as_ptr().add(r * blocks * 8) },
+                    corr: unsafe { a.corr.as_ptr().add(r * blocks) },
                     blocks,
-                    row_bytes,
                 };
-                let at = c * rows + r;
-                // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
+                let mut put = |acc: &[__m512]| {
+                    for (i, &v) in acc.iter().enumerate() {
+                        let mut lanes = [0f32; PANEL];
+                        // SAFETY: `lanes` holds exactly 16 `f32`.
+                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+                        for (c, &y) in lanes.iter().enumerate().take(cols) {
+                            dst[(c0 + c) * rows + r + i] = y;
+                        }
+                    }
+                };
+                // SAFETY: the panel at `w` holds `blocks` blocks and the `rr` activation rows
+                // at `x` lie inside the checked ranges.
                 unsafe {
-                    match (kind, rr, cc) {
-                        (Weights::Q8_0, 4, 4) => put(dst, at, rows, q_micro::<false, 4, 4>(w, &x)),
-                        (Weights::Q8_0, 2, 4) => put(dst, at, rows, q_micro::<false, 2, 4>(w, &x)),
-                        (Weights::Q8_0, 1, 4) => put(dst, at, rows, q_micro::<false, 1, 4>(w, &x)),
-                        (Weights::Q8_0, 4, _) => put(dst, at, rows, q_micro::<false, 4, 1>(w, &x)),
-                        (Weights::Q8_0, 2, _) => put(dst, at, rows, q_micro::<false, 2, 1>(w, &x)),
-                        (Weights::Q8_0, _, _) => put(dst, at, rows, q_micro::<false, 1, 1>(w, &x)),
-                        (Weights::Q4_0, 4, 4) => put(dst, at, rows, q_micro::<true, 4, 4>(w, &x)),
-                        (Weights::Q4_0, 2, 4) => put(dst, at, rows, q_micro::<true, 2, 4>(w, &x)),
-                        (Weights::Q4_0, 1, 4) => put(dst, at, rows, q_micro::<true, 1, 4>(w, &x)),
-                        (Weights::Q4_0, 4, _) => put(dst, at, rows, q_micro::<true, 4, 1>(w, &x)),
-                        (Weights::Q4_0, 2, _) => put(dst, at, rows, q_micro::<true, 2, 1>(w, &x)),
-                        (Weights::Q4_0, _, _) => put(dst, at, rows, q_micro::<true, 1, 1>(w, &x)),
+                    match (kind, rr) {
+                        (Weights::Q8_0, 8) => put(&panel_micro::<false, 8>(w, &x)),
+                        (Weights::Q8_0, 4) => put(&panel_micro::<false, 4>(w, &x)),
+                        (Weights::Q8_0, 2) => put(&panel_micro::<false, 2>(w, &x)),
+                        (Weights::Q8_0, _) => put(&panel_micro::<false, 1>(w, &x)),
+                        (Weights::Q4_0, 8) => put(&panel_micro::<true, 8>(w, &x)),
+                        (Weights::Q4_0, 4) => put(&panel_micro::<true, 4>(w, &x)),
+                        (Weights::Q4_0, 2) => put(&panel_micro::<true, 2>(w, &x)),
+                        (Weights::Q4_0, _) => put(&panel_micro::<true, 1>(w, &x)),
                     }
                 }
                 r += rr;
             }
-            c += cc;
         }
     }
 }
@@ -402,119 +409,69 @@ struct QRows {
     ds: *const f32,
     corr: *const i32,
     blocks: usize,
-    row_bytes: usize,
 }
 
-/// Integer dot products per block: `vpdpbusd` of the weights as unsigned bytes (`Q8_0`
-/// offset by 128, `Q4_0` nibbles as stored) with the signed activation bytes, started from
-/// the activations' precomputed offset correction, so each 4-element lane holds the exact
-/// `Σ w·x`; then `acc = f32(dot) · (d_w · d_x) + acc`. Two blocks per 512-bit vector: even
-/// blocks in lanes 0–7, odd ones in lanes 8–15 (an odd last block leaves 8–15 untouched),
-/// then the 16 lanes are summed by [`reduce`], as [`super::qdot`]'s portable code does.
+/// One panel (16 output columns, one per lane) against `R` activation rows: per block,
+/// the block's 8 weight groups are loaded once (`Q4_0`: 4 loads, low and high nibbles) and
+/// used for every row; each row's sum starts at its precomputed `−offset · Σx` and takes
+/// one `vpdpbusd` per group with the row's 4 activation bytes broadcast, so lane `c` ends
+/// with column `c`'s exact `Σ w·x`; then `acc = f32(sum) · (d_w · d_x) + acc`, as
+/// [`super::qdot`]'s portable code does per column.
+/// Panel blocks between the one a kernel reads and the one it prefetches.
+const AHEAD: usize = 4;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn q_micro<const Q4: bool, const R: usize, const C: usize>(
-    w: *const u8,
-    x: &QRows,
-) -> [[f32; C]; R] {
-    let bb = if Q4 { 2 + QK / 2 } else { 2 + QK };
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut wu = [_mm512_setzero_si512(); C];
-    let mut dw = [_mm512_setzero_ps(); C];
-    let flip = _mm512_set1_epi8(-128);
-    let nib = _mm256_set1_epi8(0x0f);
-    // Lanes 0–7 from element 0, 8–15 from element 1.
-    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let mut b = 0;
-    while b < x.blocks {
-        let pair = b + 1 < x.blocks;
-        for c in 0..C {
-            // SAFETY: the caller guarantees `C` weight rows of `blocks` blocks at `w`; the
-            // second block is read only when `b + 1 < blocks`.
-            unsafe {
-                let p = w.add(c * x.row_bytes + b * bb);
-                // The same spot one tile of columns ahead, which the next tile reads
-                // (without it a single row's `Q4_0` down projection streamed at ~25 GB/s,
-                // with it ~50). Past the matrix's end is harmless: a prefetch never faults,
-                // and `wrapping_add` makes no claim on the address.
-                super::prefetch_ahead(p.wrapping_add(C * x.row_bytes), R == 1);
-                let s0 = u32::from(u16::from_le_bytes([p.read(), p.add(1).read()]));
-                let (q0, q1, s1) = if Q4 {
-                    let q0 = _mm_loadu_si128(p.add(2).cast());
-                    if pair {
-                        let p1 = p.add(bb);
-                        let s1 = u16::from_le_bytes([p1.read(), p1.add(1).read()]);
-                        (q0, _mm_loadu_si128(p1.add(2).cast()), u32::from(s1))
-                    } else {
-                        (q0, _mm_setzero_si128(), 0)
-                    }
-                } else {
-                    let q0 = _mm256_loadu_si256(p.add(2).cast());
-                    let (q1, s1) = if pair {
-                        let p1 = p.add(bb);
-                        let s1 = u16::from_le_bytes([p1.read(), p1.add(1).read()]);
-                        (_mm256_loadu_si256(p1.add(2).cast()), u32::from(s1))
-                    } else {
-                        (_mm256_setzero_si256(), 0)
-                    };
-                    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
-                    wu[c] = _mm512_xor_si512(both, flip);
-                    (_mm_setzero_si128(), _mm_setzero_si128(), s1)
-                };
-                if Q4 {
-                    // [q0 | q1] → low nibbles [l0 | l1], high [h0 | h1] → [l0, h0, l1, h1].
-                    let v = _mm256_set_m128i(q1, q0);
-                    let l = _mm256_and_si256(v, nib);
-                    let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
-                    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h);
-                    wu[c] = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
+unsafe fn panel_micro<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [__m512; R] {
+    let pb = PANEL * if Q4 { 2 + QK / 2 } else { 2 + QK };
+    let mut acc = [_mm512_setzero_ps(); R];
+    let nib = _mm512_set1_epi8(0x0f);
+    let mut wv = [_mm512_setzero_si512(); 8];
+    for b in 0..x.blocks {
+        // SAFETY: the caller guarantees `blocks` panel blocks at `w` and `R` activation
+        // rows of `blocks` blocks at `x`.
+        unsafe {
+            let p = w.add(b * pb);
+            // The panel is read front to back; ask for the block `AHEAD` blocks on (see
+            // `prefetch_ahead`; past the panel's end is harmless).
+            for line in (0..pb).step_by(64) {
+                super::prefetch_ahead(p.wrapping_add(AHEAD * pb + line), R == 1);
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+            let q = p.add(2 * PANEL);
+            if Q4 {
+                for g in 0..4 {
+                    let raw = _mm512_loadu_si512(q.add(64 * g).cast());
+                    wv[g] = _mm512_and_si512(raw, nib);
+                    wv[g + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib);
                 }
-                let scales = _mm_cvtph_ps(_mm_cvtsi32_si128((s0 | (s1 << 16)) as i32));
-                dw[c] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(scales));
+            } else {
+                for (g, wg) in wv.iter_mut().enumerate() {
+                    *wg = _mm512_loadu_si512(q.add(64 * g).cast());
+                }
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let i = r * x.blocks + b;
+                let xq = x.qs.add(i * QK).cast::<i32>();
+                // Group `g` multiplies activation elements `4g..4g + 4` (for `Q4_0`'s high
+                // nibbles, groups 4–7, elements 16 + 4(g − 4).. = 4g.. too). Two chains of
+                // `vpdpbusd` halve the latency a single row waits on; integer sums are exact
+                // in any order.
+                let mut even = _mm512_set1_epi32(x.corr.add(i).read());
+                let mut odd = _mm512_setzero_si512();
+                for g in (0..8).step_by(2) {
+                    let x0 = _mm512_set1_epi32(xq.add(g).read_unaligned());
+                    let x1 = _mm512_set1_epi32(xq.add(g + 1).read_unaligned());
+                    even = _mm512_dpbusd_epi32(even, wv[g], x0);
+                    odd = _mm512_dpbusd_epi32(odd, wv[g + 1], x1);
+                }
+                let sum = _mm512_add_epi32(even, odd);
+                let s = _mm512_mul_ps(dw, _mm512_set1_ps(x.ds.add(i).read()));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, *a);
             }
         }
-        for (r, row) in acc.iter_mut().enumerate() {
-            let i = r * x.blocks + b;
-            // SAFETY: the caller guarantees `R` activation rows of `blocks` blocks; the
-            // second block is read only when `b + 1 < blocks`.
-            let (xq, corr, dx) = unsafe {
-                let qp = x.qs.add(i * QK);
-                let cp = x.corr.add(i * 8);
-                let d0 = x.ds.add(i).read();
-                if pair {
-                    let d1 = x.ds.add(i + 1).read();
-                    (
-                        _mm512_loadu_si512(qp.cast()),
-                        _mm512_loadu_si512(cp.cast()),
-                        _mm512_permutexvar_ps(
-                            spread,
-                            _mm512_castps128_ps512(_mm_set_ps(0.0, 0.0, d1, d0)),
-                        ),
-                    )
-                } else {
-                    (
-                        _mm512_castsi256_si512(_mm256_loadu_si256(qp.cast())),
-                        _mm512_castsi256_si512(_mm256_loadu_si256(cp.cast())),
-                        _mm512_castps256_ps512(_mm256_set1_ps(d0)),
-                    )
-                }
-            };
-            let lanes: __mmask16 = if pair { 0xffff } else { 0x00ff };
-            for ((a, &wc), &d) in row.iter_mut().zip(&wu).zip(&dw) {
-                let dot = _mm512_dpbusd_epi32(corr, wc, xq);
-                let f = _mm512_cvtepi32_ps(dot);
-                *a = _mm512_mask3_fmadd_ps(f, _mm512_mul_ps(d, dx), *a, lanes);
-            }
-        }
-        b += 2;
     }
-    let mut y = [[0f32; C]; R];
-    for (yr, ar) in y.iter_mut().zip(&acc) {
-        for (y, &a) in yr.iter_mut().zip(ar) {
-            *y = hsum16(a);
-        }
-    }
-    y
+    acc
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
