@@ -639,6 +639,15 @@ fn vnni() -> bool {
     })
 }
 
+/// Whether the CPU converts `f16` in vectors (F16C, which every AVX2 CPU but a few early
+/// ones has), for the AVX2 `Q8_0`/`Q4_0` kernel's block scales.
+#[cfg(target_arch = "x86_64")]
+fn f16c() -> bool {
+    use std::sync::OnceLock;
+    static F16C: OnceLock<bool> = OnceLock::new();
+    *F16C.get_or_init(|| is_x86_feature_detected!("f16c"))
+}
+
 /// [`run`] compiled for the best instruction set this CPU has.
 fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -222,7 +222,7 @@ pub(super) fn matmul(
         #[cfg(target_arch = "x86_64")]
         if super::vnni() {
             return super::x86::run_quant(v, kind, &a, first, dst);
-        } else if super::simd_level() >= 1 {
+        } else if super::simd_level() >= 1 && super::f16c() {
             return super::x86::run_quant_v3(v, kind, &a, first, dst);
         }
         run_portable(v, kind, &a, first, dst)

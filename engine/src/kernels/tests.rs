@@ -105,6 +105,43 @@ fn simd_kernels_match_the_portable_code_bit_for_bit() {
     }
 }
 
+/// The AVX2 `Q8_0`/`Q4_0` kernel, which `matmul_t` skips on a CPU with AVX-512 VNNI, against
+/// the portable code, bit for bit; weights from random bytes (`Q8_0` quants of −128, which
+/// no quantizer writes, included).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_panels_match_the_portable_code_bit_for_bit() {
+    if simd_level() < 1 || !f16c() {
+        return;
+    }
+    for (t, kind) in [
+        (QType::Q8_0, qdot::Weights::Q8_0),
+        (QType::Q4_0, qdot::Weights::Q4_0),
+    ] {
+        for (out, inp) in [(13, 64), (37, 96), (70, 32 * 19)] {
+            let m = random_blocks(t, out, inp, out as u32);
+            let Data::Panels(_, v) = &m.data else {
+                panic!("{t} is kept in panels");
+            };
+            for rows in [1, 2, 3, 67] {
+                let x = data(rows * inp, 7);
+                let a = qdot::quantize(&x, rows, inp / QK, kind);
+                let got = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                    x86::run_quant_v3(v, kind, &a, first, dst)
+                });
+                let want = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                    qdot::run_portable(v, kind, &a, first, dst)
+                });
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{t} {out}x{inp}, {rows} rows"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn every_format_matches_its_own_dequantized_weights() {
     for (out, inp) in [(37, 64), (5, 96), (70, 32)] {

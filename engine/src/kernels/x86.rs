@@ -44,16 +44,140 @@ pub(super) fn run_v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f
     unsafe { v3(d, job, first, dst) }
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
-    super::qdot::run_portable(v, kind, a, first, dst)
-}
-
-/// The portable quantized kernel compiled for AVX2 + FMA (same operations, same bits).
+/// Output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix in panels
+/// against quantized activations, with AVX2 (no VNNI): each 256-bit vector holds half a
+/// panel, 8 columns. Callers check `simd_level() >= 1` and `f16c()`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
 pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
-    // SAFETY: `qdot::matmul` calls this only when `simd_level` detected AVX2 and FMA.
+    // SAFETY: `qdot::matmul` calls this only when `simd_level` detected AVX2 and FMA and
+    // `f16c` detected F16C, every feature `quant_v3` enables.
     unsafe { quant_v3(v, kind, a, first, dst) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
+fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+    let rows = a.rows;
+    let blocks = a.blocks;
+    let panel_bytes = blocks * kind.panel_block_bytes();
+    let n = dst.len() / rows.max(1);
+    let panels = (first + n).div_ceil(PANEL);
+    // The one bounds check, as `quant_v4`'s.
+    if rows == 0
+        || !first.is_multiple_of(PANEL)
+        || panels * panel_bytes > v.len()
+        || a.qs.len() < rows * blocks * QK
+        || a.ds.len() < rows * blocks
+        || a.corr.len() < rows * blocks
+        || dst.len() != n * rows
+    {
+        return;
+    }
+    for rb in (0..rows).step_by(ROW_BLOCK) {
+        let re = (rb + ROW_BLOCK).min(rows);
+        for pi in first / PANEL..panels {
+            let c0 = pi * PANEL - first;
+            let cols = (n - c0).min(PANEL);
+            // SAFETY: panels `..panels` lie inside `v` (checked above).
+            let w = unsafe { v.as_ptr().add(pi * panel_bytes) };
+            let mut r = rb;
+            while r < re {
+                let rr = if re - r >= 2 { 2 } else { 1 };
+                let x = QRows {
+                    // SAFETY: row `r + rr - 1 < rows` (checked above).
+                    qs: unsafe { a.qs.as_ptr().add(r * blocks * QK) },
+                    // SAFETY: as above.
+                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
+                    // SAFETY: as above.
+                    corr: unsafe { a.corr.as_ptr().add(r * blocks) },
+                    blocks,
+                };
+                let mut put = |acc: &[[__m256; 2]]| {
+                    for (i, halves) in acc.iter().enumerate() {
+                        let mut lanes = [0f32; PANEL];
+                        // SAFETY: `lanes` holds exactly 16 `f32`.
+                        unsafe {
+                            _mm256_storeu_ps(lanes.as_mut_ptr(), halves[0]);
+                            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), halves[1]);
+                        }
+                        for (c, &y) in lanes.iter().enumerate().take(cols) {
+                            dst[(c0 + c) * rows + r + i] = y;
+                        }
+                    }
+                };
+                // SAFETY: the panel at `w` holds `blocks` blocks and the `rr` activation rows
+                // at `x` lie inside the checked ranges.
+                unsafe {
+                    match (kind, rr) {
+                        (Weights::Q8_0, 2) => put(&panel_avx2::<false, 2>(w, &x)),
+                        (Weights::Q8_0, _) => put(&panel_avx2::<false, 1>(w, &x)),
+                        (Weights::Q4_0, 2) => put(&panel_avx2::<true, 2>(w, &x)),
+                        (Weights::Q4_0, _) => put(&panel_avx2::<true, 1>(w, &x)),
+                    }
+                }
+                r += rr;
+            }
+        }
+    }
+}
+
+/// [`panel_micro`] for AVX2, half a panel per vector and no `vpdpbusd`: `vpmaddubsw` then
+/// `vpmaddwd` give each lane the exact sum of 4 products (no 16-bit pair can saturate:
+/// `Q4_0` nibbles are at most 15; `Q8_0` multiplies `|w|` ≤ 128 by `x·sign(w)`, |x| ≤ 127,
+/// so its offset correction is not needed), then the same conversion and fused multiply-add
+/// per block and column.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[expect(unsafe_code, reason = "unchecked vector loads")]
+unsafe fn panel_avx2<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [[__m256; 2]; R] {
+    let pb = PANEL * if Q4 { 2 + QK / 2 } else { 2 + QK };
+    let groups = if Q4 { 4 } else { 8 };
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let nib = _mm256_set1_epi8(0x0f);
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    for b in 0..x.blocks {
+        // SAFETY: the caller guarantees `blocks` panel blocks at `w` and `R` activation
+        // rows of `blocks` blocks at `x`.
+        unsafe {
+            let p = w.add(b * pb);
+            let q = p.add(2 * PANEL);
+            for h in 0..2 {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
+                let mut sum = [_mm256_setzero_si256(); R];
+                for (r, s) in sum.iter_mut().enumerate() {
+                    if Q4 {
+                        *s = _mm256_set1_epi32(x.corr.add(r * x.blocks + b).read());
+                    }
+                }
+                for g in 0..groups {
+                    let raw = _mm256_loadu_si256(q.add(64 * g + 32 * h).cast());
+                    for (r, s) in sum.iter_mut().enumerate() {
+                        let xq = x.qs.add((r * x.blocks + b) * QK).cast::<i32>();
+                        let lo = _mm256_set1_epi32(xq.add(g).read_unaligned());
+                        let d = if Q4 {
+                            let hi = _mm256_set1_epi32(xq.add(g + 4).read_unaligned());
+                            let l = _mm256_maddubs_epi16(_mm256_and_si256(raw, nib), lo);
+                            let u = _mm256_srli_epi16::<4>(raw);
+                            let h = _mm256_maddubs_epi16(_mm256_and_si256(u, nib), hi);
+                            _mm256_add_epi32(_mm256_madd_epi16(l, ones), _mm256_madd_epi16(h, ones))
+                        } else {
+                            let wq = _mm256_xor_si256(raw, flip);
+                            let p =
+                                _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(lo, wq));
+                            _mm256_madd_epi16(p, ones)
+                        };
+                        *s = _mm256_add_epi32(*s, d);
+                    }
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let dx = _mm256_set1_ps(x.ds.add(r * x.blocks + b).read());
+                    let f = _mm256_cvtepi32_ps(sum[r]);
+                    a[h] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, dx), a[h]);
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// A 16/32-bit weight matrix `[out, inp]`, row-major.
