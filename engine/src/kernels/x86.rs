@@ -55,70 +55,33 @@ pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst:
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
+#[expect(
+    unsafe_code,
+    reason = "calling the micro-kernel inside the bounds `panel_tiles` checked"
+)]
 fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
-    let rows = a.rows;
-    let blocks = a.blocks;
-    let panel_bytes = blocks * kind.panel_block_bytes();
-    let n = dst.len() / rows.max(1);
-    let panels = (first + n).div_ceil(PANEL);
-    // The one bounds check, as `quant_v4`'s.
-    if rows == 0
-        || !first.is_multiple_of(PANEL)
-        || panels * panel_bytes > v.len()
-        || a.qs.len() < rows * blocks * QK
-        || a.ds.len() < rows * blocks
-        || a.corr.len() < rows * blocks
-        || dst.len() != n * rows
-    {
-        return;
-    }
-    for rb in (0..rows).step_by(ROW_BLOCK) {
-        let re = (rb + ROW_BLOCK).min(rows);
-        for pi in first / PANEL..panels {
-            let c0 = pi * PANEL - first;
-            let cols = (n - c0).min(PANEL);
-            // SAFETY: panels `..panels` lie inside `v` (checked above).
-            let w = unsafe { v.as_ptr().add(pi * panel_bytes) };
-            let mut r = rb;
-            while r < re {
-                let rr = if re - r >= 2 { 2 } else { 1 };
-                let x = QRows {
-                    // SAFETY: row `r + rr - 1 < rows` (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * blocks * QK) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    corr: unsafe { a.corr.as_ptr().add(r * blocks) },
-                    blocks,
-                };
-                let mut put = |acc: &[[__m256; 2]]| {
-                    for (i, halves) in acc.iter().enumerate() {
-                        let mut lanes = [0f32; PANEL];
-                        // SAFETY: `lanes` holds exactly 16 `f32`.
-                        unsafe {
-                            _mm256_storeu_ps(lanes.as_mut_ptr(), halves[0]);
-                            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), halves[1]);
-                        }
-                        for (c, &y) in lanes.iter().enumerate().take(cols) {
-                            dst[(c0 + c) * rows + r + i] = y;
-                        }
-                    }
-                };
-                // SAFETY: the panel at `w` holds `blocks` blocks and the `rr` activation rows
-                // at `x` lie inside the checked ranges.
+    panel_tiles(v, kind, a, first, dst, 2, |t, dst| {
+        let put = |dst: &mut [f32], acc: &[[__m256; 2]]| {
+            for (i, halves) in acc.iter().enumerate() {
+                let mut lanes = [0f32; PANEL];
+                // SAFETY: `lanes` holds exactly 16 `f32`.
                 unsafe {
-                    match (kind, rr) {
-                        (Weights::Q8_0, 2) => put(&panel_avx2::<false, 2>(w, &x)),
-                        (Weights::Q8_0, _) => put(&panel_avx2::<false, 1>(w, &x)),
-                        (Weights::Q4_0, 2) => put(&panel_avx2::<true, 2>(w, &x)),
-                        (Weights::Q4_0, _) => put(&panel_avx2::<true, 1>(w, &x)),
-                    }
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), halves[0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), halves[1]);
                 }
-                r += rr;
+                t.put(dst, i, &lanes);
+            }
+        };
+        // SAFETY: `panel_tiles` hands over a whole panel and `rr` rows inside its bounds.
+        unsafe {
+            match (kind, t.rr) {
+                (Weights::Q8_0, 2) => put(dst, &panel_avx2::<false, 2>(t.w, &t.x)),
+                (Weights::Q8_0, _) => put(dst, &panel_avx2::<false, 1>(t.w, &t.x)),
+                (Weights::Q4_0, 2) => put(dst, &panel_avx2::<true, 2>(t.w, &t.x)),
+                (Weights::Q4_0, _) => put(dst, &panel_avx2::<true, 1>(t.w, &t.x)),
             }
         }
-    }
+    });
 }
 
 /// [`panel_micro`] for AVX2, half a panel per vector and no `vpdpbusd`: `vpmaddubsw` then
@@ -452,16 +415,91 @@ pub(super) fn run_quant(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &m
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked loads inside bounds checked here")]
+#[expect(
+    unsafe_code,
+    reason = "calling the micro-kernel inside the bounds `panel_tiles` checked"
+)]
 fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+    panel_tiles(v, kind, a, first, dst, 8, |t, dst| {
+        let put = |dst: &mut [f32], acc: &[__m512]| {
+            for (i, &v) in acc.iter().enumerate() {
+                let mut lanes = [0f32; PANEL];
+                // SAFETY: `lanes` holds exactly 16 `f32`.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+                t.put(dst, i, &lanes);
+            }
+        };
+        // SAFETY: `panel_tiles` hands over a whole panel and `rr` rows inside its bounds.
+        unsafe {
+            match (kind, t.rr) {
+                (Weights::Q8_0, 8) => put(dst, &panel_micro::<false, 8>(t.w, &t.x)),
+                (Weights::Q8_0, 4) => put(dst, &panel_micro::<false, 4>(t.w, &t.x)),
+                (Weights::Q8_0, 2) => put(dst, &panel_micro::<false, 2>(t.w, &t.x)),
+                (Weights::Q8_0, _) => put(dst, &panel_micro::<false, 1>(t.w, &t.x)),
+                (Weights::Q4_0, 8) => put(dst, &panel_micro::<true, 8>(t.w, &t.x)),
+                (Weights::Q4_0, 4) => put(dst, &panel_micro::<true, 4>(t.w, &t.x)),
+                (Weights::Q4_0, 2) => put(dst, &panel_micro::<true, 2>(t.w, &t.x)),
+                (Weights::Q4_0, _) => put(dst, &panel_micro::<true, 1>(t.w, &t.x)),
+            }
+        }
+    });
+}
+
+/// Quantized activation rows at a tile's first row.
+struct QRows {
+    qs: *const i8,
+    ds: *const f32,
+    corr: *const i32,
+    blocks: usize,
+}
+
+/// One panel of weights against `rr` activation rows, and where the results go.
+struct PanelTile {
+    /// The panel's first byte; `x.blocks` panel blocks follow.
+    w: *const u8,
+    x: QRows,
+    rr: usize,
+    /// The tile's first row.
+    r: usize,
+    /// Activation rows in the call (`dst` is `[n, rows]`).
+    rows: usize,
+    /// The panel's first column, relative to the call's `first`.
+    c0: usize,
+    /// Columns of the panel inside the call (16, or fewer in the matrix's last panel).
+    cols: usize,
+}
+
+impl PanelTile {
+    /// Row `r + i`'s results for the panel's 16 columns, the padded ones dropped.
+    fn put(&self, dst: &mut [f32], i: usize, lanes: &[f32; PANEL]) {
+        for (c, &y) in lanes.iter().enumerate().take(self.cols) {
+            if let Some(d) = dst.get_mut((self.c0 + c) * self.rows + self.r + i) {
+                *d = y;
+            }
+        }
+    }
+}
+
+/// Walks output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix in
+/// panels: after one bounds check (whole panels inside `v`, `first` a panel's first column,
+/// as [`super::by_columns`] splits, `rows` activation rows of `blocks` blocks, `dst` exactly
+/// `[n, rows]`), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of the
+/// most rows up to `max_rows` (a power of two) that remain; `f` computes a tile and puts it.
+#[expect(unsafe_code, reason = "pointer offsets inside the bounds checked here")]
+fn panel_tiles(
+    v: &[u8],
+    kind: Weights,
+    a: &Acts,
+    first: usize,
+    dst: &mut [f32],
+    max_rows: usize,
+    mut f: impl FnMut(&PanelTile, &mut [f32]),
+) {
     let rows = a.rows;
     let blocks = a.blocks;
     let panel_bytes = blocks * kind.panel_block_bytes();
     let n = dst.len() / rows.max(1);
     let panels = (first + n).div_ceil(PANEL);
-    // The one bounds check: whole panels `first / 16..panels` (`first` is a panel's first
-    // column, `by_columns` splits so), `rows` activation rows of `blocks` blocks, `dst`
-    // exactly `[n, rows]`.
     if rows == 0
         || !first.is_multiple_of(PANEL)
         || panels * panel_bytes > v.len()
@@ -476,63 +514,33 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
         let re = (rb + ROW_BLOCK).min(rows);
         for pi in first / PANEL..panels {
             let c0 = pi * PANEL - first;
-            let cols = (n - c0).min(PANEL);
-            // SAFETY: panels `..panels` lie inside `v` (checked above).
-            let w = unsafe { v.as_ptr().add(pi * panel_bytes) };
             let mut r = rb;
             while r < re {
-                let rr = match re - r {
-                    1 => 1,
-                    2 | 3 => 2,
-                    4..=7 => 4,
-                    _ => 8,
+                let rr = 1 << (re - r).min(max_rows).ilog2();
+                let t = PanelTile {
+                    // SAFETY: panels `..panels` lie inside `v` (checked above).
+                    w: unsafe { v.as_ptr().add(pi * panel_bytes) },
+                    x: QRows {
+                        // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
+                        // rows (checked above).
+                        qs: unsafe { a.qs.as_ptr().add(r * blocks * QK) },
+                        // SAFETY: as above.
+                        ds: unsafe { a.ds.as_ptr().add(r * blocks) },
+                        // SAFETY: as above.
+                        corr: unsafe { a.corr.as_ptr().add(r * blocks) },
+                        blocks,
+                    },
+                    rr,
+                    r,
+                    rows,
+                    c0,
+                    cols: (n - c0).min(PANEL),
                 };
-                let x = QRows {
-                    // SAFETY: row `r + rr - 1 < rows`; the activation arrays hold `rows`
-                    // rows (checked above).
-                    qs: unsafe { a.qs.as_ptr().add(r * blocks * QK) },
-                    // SAFETY: as above.
-                    ds: unsafe { a.ds.as_ptr().add(r * blocks) },
-                    // SAFETY: as above.
-                    corr: unsafe { a.corr.as_ptr().add(r * blocks) },
-                    blocks,
-                };
-                let mut put = |acc: &[__m512]| {
-                    for (i, &v) in acc.iter().enumerate() {
-                        let mut lanes = [0f32; PANEL];
-                        // SAFETY: `lanes` holds exactly 16 `f32`.
-                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-                        for (c, &y) in lanes.iter().enumerate().take(cols) {
-                            dst[(c0 + c) * rows + r + i] = y;
-                        }
-                    }
-                };
-                // SAFETY: the panel at `w` holds `blocks` blocks and the `rr` activation rows
-                // at `x` lie inside the checked ranges.
-                unsafe {
-                    match (kind, rr) {
-                        (Weights::Q8_0, 8) => put(&panel_micro::<false, 8>(w, &x)),
-                        (Weights::Q8_0, 4) => put(&panel_micro::<false, 4>(w, &x)),
-                        (Weights::Q8_0, 2) => put(&panel_micro::<false, 2>(w, &x)),
-                        (Weights::Q8_0, _) => put(&panel_micro::<false, 1>(w, &x)),
-                        (Weights::Q4_0, 8) => put(&panel_micro::<true, 8>(w, &x)),
-                        (Weights::Q4_0, 4) => put(&panel_micro::<true, 4>(w, &x)),
-                        (Weights::Q4_0, 2) => put(&panel_micro::<true, 2>(w, &x)),
-                        (Weights::Q4_0, _) => put(&panel_micro::<true, 1>(w, &x)),
-                    }
-                }
+                f(&t, dst);
                 r += rr;
             }
         }
     }
-}
-
-/// Quantized activation rows at a tile's first row.
-struct QRows {
-    qs: *const i8,
-    ds: *const f32,
-    corr: *const i32,
-    blocks: usize,
 }
 
 /// One panel (16 output columns, one per lane) against `R` activation rows: per block,
