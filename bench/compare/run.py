@@ -57,7 +57,8 @@ LLAMA_CPP_COMMITS = {"0.3.36": "0c1e57098bba43ac29e6e3b677cdceebdd22334f"}
 SAME_FILE = "same GGUF file"
 FORMATS = {"f32": None, "f16": None, "q8_0": "q8", "q4_0": "q4", "q4_k_m": SAME_FILE}
 # llama.cpp's `enum llama_ftype` for the types made with its quantizer (llama_model_quantize).
-QUANTIZER_FTYPES = {"q4_k_m": 15}
+# With --gguf every one of them is a same-file format (a real model's file requantized).
+QUANTIZER_FTYPES = {"q4_k_m": 15, "q8_0": 7, "q4_0": 2}
 
 
 def die(message: str) -> None:
@@ -580,8 +581,9 @@ def table(rows: list[tuple[str, Figures | None, Figures | None, str]], args) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF model directory (default /tmp/airlock-llama-1b, generated if absent)")
-    ap.add_argument("--gguf", help="instead of --model: a GGUF file (e.g. a real model) that the "
-                    "same-file formats (q4_k_m) are quantized from; only those formats are run")
+    ap.add_argument("--gguf", help="instead of --model: a GGUF file (e.g. a real model) that "
+                    "llama.cpp's quantizer requantizes to each of --formats (q4_k_m, q8_0, q4_0; "
+                    "default q4_k_m); both engines then load the same file")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
     ap.add_argument("--formats", help="GGUF types to compare, comma-separated: f32,f16,q8_0,q4_0 "
@@ -608,8 +610,8 @@ def main() -> None:
     args.streams = sorted({int(s) for s in args.streams.split(",")})
     default_formats = "q4_k_m" if args.gguf else ("f16" if args.device == "gpu" else "f32,f16,q8_0")
     formats = (args.formats or default_formats).split(",")
-    if args.gguf and any(FORMATS.get(f) != SAME_FILE for f in formats):
-        die(f"--gguf: only the same-file formats ({', '.join(k for k, v in FORMATS.items() if v == SAME_FILE)})")
+    if args.gguf and any(f not in QUANTIZER_FTYPES for f in formats):
+        die(f"--gguf: only the types llama.cpp's quantizer makes here ({', '.join(QUANTIZER_FTYPES)})")
     for f in formats:
         if f not in FORMATS:
             die(f"--formats: unknown type {f!r} (known: {', '.join(FORMATS)})")
@@ -643,7 +645,7 @@ def main() -> None:
         q = FORMATS[f]
         lcpp = air = None
         notes = []
-        if q == SAME_FILE:
+        if q == SAME_FILE or args.gguf:
             if L is None:
                 die(f"{f}: the file is made with llama.cpp's quantizer, so llama.cpp cannot be skipped")
             src = model if args.gguf else convert(model, "f16", Path(args.work), args.reconvert)
