@@ -165,7 +165,10 @@ impl PackedMatrix {
                     _ => quant::quantize_q4_0(w),
                 };
                 let q = q.map_err(|_| ragged_err(format, inp))?;
-                panels(t, &q, out, inp)
+                match qdot::Weights::of(t) {
+                    Some(k) => Data::Panels(k, qdot::to_panels(&q, k, out, inp / QK)),
+                    None => Data::Quant(t, q),
+                }
             }
             Format::Quant(_) => {
                 return Err(PackError::NoQuantizer {
@@ -219,9 +222,9 @@ impl PackedMatrix {
                 got: bytes.len(),
             });
         }
-        let data = match t {
-            QType::Q8_0 | QType::Q4_0 => panels(t, bytes, out, inp),
-            _ => Data::Quant(t, pages::copy(bytes)),
+        let data = match qdot::Weights::of(t) {
+            Some(k) => Data::Panels(k, qdot::to_panels(bytes, k, out, inp / QK)),
+            None => Data::Quant(t, pages::copy(bytes)),
         };
         Ok(PackedMatrix { data, out, inp })
     }
@@ -552,15 +555,6 @@ rows_pass!(pass1, a0 x0);
 rows_pass!(pass2, a0 x0, a1 x1);
 rows_pass!(pass4, a0 x0, a1 x1, a2 x2, a3 x3);
 
-/// `Q8_0` / `Q4_0` blocks `[out, inp / 32]` as panels ([`qdot::to_panels`]).
-fn panels(t: QType, blocks: &[u8], out: usize, inp: usize) -> Data {
-    let kind = match t {
-        QType::Q8_0 => qdot::Weights::Q8_0,
-        _ => qdot::Weights::Q4_0,
-    };
-    Data::Panels(kind, qdot::to_panels(blocks, kind, out, inp / QK))
-}
-
 fn ragged_err(format: Format, inp: usize) -> PackError {
     PackError::Ragged {
         format: format.name(),
@@ -640,12 +634,10 @@ fn vnni() -> bool {
 }
 
 /// Whether the CPU converts `f16` in vectors (F16C, which every AVX2 CPU but a few early
-/// ones has), for the AVX2 `Q8_0`/`Q4_0` kernel's block scales.
+/// ones has), for the AVX2 `Q8_0`/`Q4_0` kernel's block scales (std caches the answer).
 #[cfg(target_arch = "x86_64")]
 fn f16c() -> bool {
-    use std::sync::OnceLock;
-    static F16C: OnceLock<bool> = OnceLock::new();
-    *F16C.get_or_init(|| is_x86_feature_detected!("f16c"))
+    is_x86_feature_detected!("f16c")
 }
 
 /// [`run`] compiled for the best instruction set this CPU has.

@@ -42,6 +42,15 @@ pub(super) enum Weights {
 }
 
 impl Weights {
+    /// The panel format of a GGUF block type, if it has one.
+    pub(super) fn of(t: QType) -> Option<Weights> {
+        match t {
+            QType::Q8_0 => Some(Weights::Q8_0),
+            QType::Q4_0 => Some(Weights::Q4_0),
+            _ => None,
+        }
+    }
+
     /// The GGUF block type.
     pub(super) fn qtype(self) -> QType {
         match self {
@@ -51,7 +60,7 @@ impl Weights {
     }
 
     /// Bytes of one GGUF block (an `f16` scale, then the quants).
-    pub(super) fn block_bytes(self) -> usize {
+    pub(super) const fn block_bytes(self) -> usize {
         match self {
             Weights::Q8_0 => Q8_0_BLOCK_BYTES,
             Weights::Q4_0 => Q4_0_BLOCK_BYTES,
@@ -59,12 +68,12 @@ impl Weights {
     }
 
     /// Bytes of one block of a panel: [`PANEL`] blocks.
-    pub(super) fn panel_block_bytes(self) -> usize {
+    pub(super) const fn panel_block_bytes(self) -> usize {
         PANEL * self.block_bytes()
     }
 
     /// 4-byte quant groups per block and column.
-    fn groups(self) -> usize {
+    pub(super) const fn groups(self) -> usize {
         (self.block_bytes() - 2) / 4
     }
 

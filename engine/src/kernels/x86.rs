@@ -92,8 +92,8 @@ fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
 unsafe fn panel_avx2<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [[__m256; 2]; R] {
-    let pb = PANEL * if Q4 { 2 + QK / 2 } else { 2 + QK };
-    let groups = if Q4 { 4 } else { 8 };
+    let pb = weights(Q4).panel_block_bytes();
+    let groups = weights(Q4).groups();
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     let nib = _mm256_set1_epi8(0x0f);
     let flip = _mm256_set1_epi8(-128);
@@ -543,19 +543,24 @@ fn panel_tiles(
     }
 }
 
+/// Panel blocks between the one a kernel reads and the one it prefetches.
+const AHEAD: usize = 4;
+
+/// The weights' block type of a micro-kernel instantiated for `Q4` (`Q4_0`) or not (`Q8_0`).
+const fn weights(q4: bool) -> Weights {
+    if q4 { Weights::Q4_0 } else { Weights::Q8_0 }
+}
+
 /// One panel (16 output columns, one per lane) against `R` activation rows: per block,
 /// the block's 8 weight groups are loaded once (`Q4_0`: 4 loads, low and high nibbles) and
 /// used for every row; each row's sum starts at its precomputed `−offset · Σx` and takes
 /// one `vpdpbusd` per group with the row's 4 activation bytes broadcast, so lane `c` ends
 /// with column `c`'s exact `Σ w·x`; then `acc = f32(sum) · (d_w · d_x) + acc`, as
 /// [`super::qdot`]'s portable code does per column.
-/// Panel blocks between the one a kernel reads and the one it prefetches.
-const AHEAD: usize = 4;
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
 unsafe fn panel_micro<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [__m512; R] {
-    let pb = PANEL * if Q4 { 2 + QK / 2 } else { 2 + QK };
+    let pb = weights(Q4).panel_block_bytes();
     let mut acc = [_mm512_setzero_ps(); R];
     let nib = _mm512_set1_epi8(0x0f);
     let mut wv = [_mm512_setzero_si512(); 8];
