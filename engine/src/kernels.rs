@@ -11,13 +11,17 @@
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
 //! (`qdot`; `vpdpbusd` with AVX-512 VNNI), on weights repacked at load into panels of 16
 //! output columns, one column per vector lane, so a tile of up to 8 rows × 16 columns sums
-//! each block exactly in integers and pays one float multiply-add per block and column. The other block types (`Q4_1`, `Q5_0`, `Q5_1`,
-//! the K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element
-//! block as llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer
-//! sums per group (K-quants) or per 4 elements (32-element types); their portable code is compiled for AVX2 / AVX-512 as is, except `Q4_K`,
-//! `Q6_K` and `Q5_0` (most of a `Q4_K_M` file), `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`,
-//! which have AVX-512 VNNI kernels of their own (`kvnni`, bit-identical to the portable
-//! code). Work is split over output columns on rayon's
+//! each block exactly in integers and pays one float multiply-add per block and column.
+//! `Q4_K` / `Q6_K` (most of a `Q4_K_M` file) are kept in panels the same way (`kpanel`),
+//! against activations quantized per 256-element super-block (`Q8_K`): exact integer sums
+//! per sub-block, one `vpmulld` for 16 columns' scales, one or two float multiply-adds per
+//! super-block and column. The other block types (`Q4_1`, `Q5_0`, `Q5_1`, the other
+//! K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element block as
+//! llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer sums per group
+//! (K-quants) or per 4 elements (32-element types); their portable code is compiled for
+//! AVX2 / AVX-512 as is, except `Q5_0` (the rest of a `Q4_K_M` file), `Q5_K`, `Q4_1`,
+//! `Q5_1`, `IQ4_NL` and `IQ4_XS`, which have AVX-512 VNNI kernels of their own (`kvnni`,
+//! bit-identical to the portable code). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!
@@ -27,7 +31,7 @@
 //! (element `k` in lane `k mod 16`; for the K-quants and other block types, exact integer
 //! block sums, even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree;
 //! for `Q8_0` / `Q4_0`, one accumulator per output fed each block's exact integer sum in
-//! block order (`qdot`). Tiling rows
+//! block order (`qdot`), for `Q4_K` / `Q6_K` each super-block's (`kpanel`). Tiling rows
 //! and columns and splitting columns over threads only change which values sit in registers
 //! together, never the arithmetic, and quantizing an activation row looks at that row only,
 //! so a sequence's logits are bitwise the same alone or in a batch. The SIMD kernels and the
@@ -91,6 +95,8 @@ enum Data {
     Quant(QType, Vec<u8>),
     /// `Q8_0` / `Q4_0` blocks repacked into panels of 16 columns ([`qdot::to_panels`]).
     Panels(qdot::Weights, Vec<u8>),
+    /// `Q4_K` / `Q6_K` blocks repacked into panels of 16 columns ([`kpanel::to_panels`]).
+    KPanels(kpanel::Kind, Vec<u8>),
 }
 
 /// A copy is weights too: on huge pages like the original ([`pages`]).
@@ -102,6 +108,7 @@ impl Clone for Data {
             Data::F16(v) => Data::F16(pages::copy(v)),
             Data::Quant(t, v) => Data::Quant(*t, pages::copy(v)),
             Data::Panels(k, v) => Data::Panels(*k, pages::copy(v)),
+            Data::KPanels(k, v) => Data::KPanels(*k, pages::copy(v)),
         }
     }
 }
@@ -222,9 +229,11 @@ impl PackedMatrix {
                 got: bytes.len(),
             });
         }
-        let data = match qdot::Weights::of(t) {
-            Some(k) => Data::Panels(k, qdot::to_panels(bytes, k, out, inp / QK)),
-            None => Data::Quant(t, pages::copy(bytes)),
+        let blocks = inp / t.block_elems();
+        let data = match (qdot::Weights::of(t), kpanel::Kind::of(t)) {
+            (Some(k), _) => Data::Panels(k, qdot::to_panels(bytes, k, out, blocks)),
+            (_, Some(k)) => Data::KPanels(k, kpanel::to_panels(bytes, k, out, blocks)),
+            _ => Data::Quant(t, pages::copy(bytes)),
         };
         Ok(PackedMatrix { data, out, inp })
     }
@@ -236,6 +245,7 @@ impl PackedMatrix {
             Data::F16(_) => Format::F16,
             Data::Quant(t, _) => Format::Quant(t),
             Data::Panels(k, _) => Format::Quant(k.qtype()),
+            Data::KPanels(k, _) => Format::Quant(k.qtype()),
         }
     }
 
@@ -249,7 +259,7 @@ impl PackedMatrix {
         match &self.data {
             Data::F32(v) => v.len() * 4,
             Data::Bf16(v) | Data::F16(v) => v.len() * 2,
-            Data::Quant(_, v) | Data::Panels(_, v) => v.len(),
+            Data::Quant(_, v) | Data::Panels(_, v) | Data::KPanels(_, v) => v.len(),
         }
     }
 
@@ -263,6 +273,9 @@ impl PackedMatrix {
             let blocks = self.inp / QK;
             let raw = qdot::from_panels(v, *k, self.out, blocks);
             return k.qtype().dequantize(&raw).unwrap_or_default();
+        }
+        if let Data::KPanels(k, v) = &self.data {
+            return kpanel::to_f32(v, *k, self.out, self.inp / quant::QK_K);
         }
         let mut out = Vec::with_capacity(self.out * self.inp);
         let mut buf = [0f32; QK];
@@ -288,6 +301,7 @@ impl PackedMatrix {
         let inp = self.inp;
         match &self.data {
             Data::Panels(k, v) => Some(qdot::matmul(v, *k, self.out, inp, x, rows)),
+            Data::KPanels(k, v) => Some(kpanel::matmul(v, *k, self.out, inp, x, rows)),
             Data::Quant(t, v) => Some(kdot::matmul(v, *t, self.out, inp, x, rows)),
             Data::F32(v) => Some(self.matmul_wide(&F32Blocks { v, inp }, x, rows)),
             Data::Bf16(v) => Some(self.matmul_wide(&Bf16Blocks { v, inp }, x, rows)),
@@ -318,7 +332,7 @@ impl PackedMatrix {
                 Data::F32(v) => x86::Wide::F32(v),
                 Data::Bf16(v) => x86::Wide::Bf16(v),
                 Data::F16(v) => x86::Wide::F16(v),
-                Data::Quant(..) | Data::Panels(..) => x86::Wide::None,
+                Data::Quant(..) | Data::Panels(..) | Data::KPanels(..) => x86::Wide::None,
             };
             if !matches!(wide, x86::Wide::None) {
                 return by_columns(self.out, rows, COL_TILE, |first, dst| {
@@ -339,7 +353,7 @@ impl PackedMatrix {
             Data::F32(v) => F32Blocks { v, inp }.decode(o, b, w),
             Data::Bf16(v) => Bf16Blocks { v, inp }.decode(o, b, w),
             Data::F16(v) => F16Blocks { v, inp }.decode(o, b, w),
-            Data::Quant(..) | Data::Panels(..) => w.fill(0.0),
+            Data::Quant(..) | Data::Panels(..) | Data::KPanels(..) => w.fill(0.0),
         }
     }
 }
@@ -684,6 +698,7 @@ mod x86;
 
 pub mod attend;
 mod kdot;
+mod kpanel;
 #[cfg(target_arch = "x86_64")]
 mod kvnni;
 mod qdot;

@@ -1,5 +1,5 @@
-//! Weights in the block types beyond `Q8_0` / `Q4_0` (those have [`super::qdot`]'s VNNI
-//! kernels) times activations quantized per block, as llama.cpp pairs them:
+//! Weights in the block types beyond `Q8_0` / `Q4_0` / `Q4_K` / `Q6_K` (those are kept in
+//! panels: [`super::qdot`], [`super::kpanel`]) times activations quantized per block, as llama.cpp pairs them:
 //!
 //! * `Q5_0`, `IQ4_NL` (32-element blocks): activations as `Q8_0`, a scale and 32 × `i8`
 //!   per block; block product `d_w·d_x·Σ q_w·q_x`.
@@ -53,7 +53,7 @@ pub(super) struct Acts {
 impl Acts {
     /// Block `b` of row `r`: quants, scale, and the group sums.
     #[inline(always)]
-    fn block(&self, r: usize, b: usize) -> (&[i8], f32, &[i32]) {
+    pub(super) fn block(&self, r: usize, b: usize) -> (&[i8], f32, &[i32]) {
         let start = r * self.width + b * self.block;
         let qs = self.qs.get(start..start + self.block).unwrap_or_default();
         let d = self
@@ -165,7 +165,10 @@ pub(super) fn matmul(
     })
 }
 
-/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`).
+/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`). `Q8_0`,
+/// `Q4_0`, `Q4_K` and `Q6_K` matrices are kept in panels and never come here
+/// ([`super::qdot`], [`super::kpanel`]); their arms define these types' row-major products
+/// all the same.
 #[inline(always)]
 pub(super) fn run_portable(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     match t {

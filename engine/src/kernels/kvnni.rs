@@ -1,6 +1,7 @@
-//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q4_K`, `Q5_K` and `Q6_K`
-//! (most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio) and
-//! `IQ4_XS` here, and the 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a
+//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q5_K` (most of a `Q5_K_M`
+//! file) and `IQ4_XS` here (`Q4_K` / `Q6_K`, most of a `Q4_K_M` file, the default download
+//! of Ollama and LM Studio, are kept in [`super::kpanel`]'s panels), and the
+//! 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a
 //! multiple of 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
 //! against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per
 //! super-block, plus the sum of each 16 quants).
@@ -12,14 +13,14 @@
 //! 4 columns' loads in flight.
 //!
 //! **Same bits as the portable code.** Per super-block the portable code computes, exactly
-//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q4_K` / `Q5_K` the minima's
+//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q5_K` the minima's
 //! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
 //! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q4_K` / `Q5_K`: the 4- or 5-bit value as stored; `Q6_K`: the 6-bit value `q + 32`;
+//! (`Q5_K`: the 5-bit value as stored;
 //! `IQ4_XS`: the table level + 128; an offset is taken back as `offset · sc_g · Σ_{i∈g} x_i`
 //! from the activations' group sums), each 4-element lane is multiplied by its group's
 //! scale, and the lanes are summed: integer additions in another order give the same integer
-//! (no partial sum can overflow: |lane| ≤ 4·63·127·128 (`Q6_K`) or 4·255·127·32 (`IQ4_XS`)
+//! (no partial sum can overflow: |lane| ≤ 4·255·127·32 (`IQ4_XS`)
 //! per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
 //! code's, in its order.
 
@@ -50,16 +51,12 @@ pub(super) fn supports(t: QType) -> bool {
 }
 
 /// [`k_micro`]'s type parameter: which K-quant.
-const Q4K: u8 = 0;
 const Q5K: u8 = 1;
-const Q6K: u8 = 2;
 const IQ4XS: u8 = 3;
 
 fn kind(t: QType) -> Option<u8> {
     match t {
-        QType::Q4_K => Some(Q4K),
         QType::Q5_K => Some(Q5K),
-        QType::Q6_K => Some(Q6K),
         QType::IQ4_XS => Some(IQ4XS),
         _ => None,
     }
@@ -68,10 +65,8 @@ fn kind(t: QType) -> Option<u8> {
 /// Bytes of one super-block of K-quant `T`.
 const fn block_bytes(t: u8) -> usize {
     match t {
-        Q4K => 144,
         Q5K => 176,
-        IQ4XS => 136,
-        _ => 210,
+        _ => 136,
     }
 }
 
@@ -177,9 +172,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                 // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
                 unsafe {
                     match kind {
-                        Q4K => tile::<Q4K>(dst, at, rows, (rr, cc), w, &x),
                         Q5K => tile::<Q5K>(dst, at, rows, (rr, cc), w, &x),
-                        Q6K => tile::<Q6K>(dst, at, rows, (rr, cc), w, &x),
                         _ => tile::<IQ4XS>(dst, at, rows, (rr, cc), w, &x),
                     }
                 }
@@ -229,17 +222,17 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
 #[derive(Clone, Copy)]
 struct Scales {
     d: f32,
-    /// `Q4_K` / `Q5_K`'s `dmin`; 0 for `Q6_K`.
+    /// `Q5_K`'s `dmin`; 0 for `IQ4_XS`.
     dmin: f32,
-    /// `Q6_K`: lane `g` holds group `g`'s scale. `Q4_K` / `Q5_K`: lanes 0–7 the 8 sub-block scales,
+    /// `IQ4_XS`: lanes 0–7 the 8 sub-block scales. `Q5_K`: lanes 0–7 the 8 sub-block scales,
     /// lanes 8–15 the 8 minima (a sub-block is two groups).
     sc: __m512i,
-    /// Lane `g`: what multiplies the activations' group sum `g`: `Q4_K` / `Q5_K`'s minimum, or
-    /// `Q6_K`'s offset correction `32 · sc_g`.
+    /// Lane `g`: what multiplies the activations' group sum `g`: `Q5_K`'s minimum, or
+    /// `IQ4_XS`'s offset correction `128 · sc_g`.
     corr: __m512i,
 }
 
-/// The scales of the super-block of K-quant `T` at `p` (`Q5_K`'s are laid out as `Q4_K`'s).
+/// The scales of the super-block of K-quant `T` at `p`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[expect(
     unsafe_code,
@@ -254,8 +247,9 @@ unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
 /// The body of [`scales`]. Not a `#[target_feature]` function itself, so that it can be
 /// `#[inline(always)]` (Rust refuses the two together); it runs under its caller's features.
 /// A single-row tile inlines it: left to `#[inline]`, LLVM kept it out of line there and
-/// returned its vectors through the stack, 14 % of a Q4_K decode (`kernel-bench --rows 1`,
-/// alternated twice: Q4_K stack 29–30 → 33–37 tok/s, Q5_K 25 → 28–32, Q6_K unchanged). Wider
+/// returned its vectors through the stack, 14 % of a `Q4_K` decode when this kernel served
+/// `Q4_K` (`kernel-bench --rows 1`, alternated twice: `Q4_K` stack 29–30 → 33–37 tok/s,
+/// `Q5_K` 25 → 28–32). Wider
 /// tiles call it through [`scales`] as before: inlined into them it cost them 1–10 % (more
 /// vectors live at once).
 #[expect(
@@ -268,16 +262,7 @@ unsafe fn scales_body<const T: u8>(p: *const u8) -> Scales {
     unsafe {
         // SAFETY: the caller guarantees one whole block at `p`.
         let block = std::slice::from_raw_parts(p, block_bytes(T));
-        if T == Q6K {
-            // SAFETY: bytes 192..208 of a 210-byte block.
-            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(192).cast()));
-            Scales {
-                d: block_scale(&block[208..]),
-                dmin: 0.0,
-                sc,
-                corr: _mm512_slli_epi32::<5>(sc),
-            }
-        } else if T == IQ4XS {
+        if T == IQ4XS {
             // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
             // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
             let high = u16::from_le_bytes([block[2], block[3]]);
@@ -327,7 +312,7 @@ unsafe fn scales_body<const T: u8>(p: *const u8) -> Scales {
     }
 }
 
-/// The scales of four `Q4_K` / `Q5_K` super-blocks, at `p + c · stride` for `c` in `0..4`
+/// The scales of four `Q5_K` super-blocks, at `p + c · stride` for `c` in `0..4`
 /// (the same block of a tile's four weight rows), decoded together: [`scales_body`]'s word
 /// operations run once on the four blocks' scale bytes side by side, one block per 128-bit
 /// lane, and one `vcvtph2ps` widens the four `d` and `dmin`, where decoding the blocks one
@@ -403,34 +388,7 @@ unsafe fn scales_x4(p: *const u8, stride: usize) -> [Scales; 4] {
 #[inline]
 unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
     let nib = _mm512_set1_epi8(0x0f);
-    if T == Q6K {
-        // Half `h = k / 2` of 128 elements: `ql[64h..64h + 64]` holds groups t = 0, 1 in its
-        // low nibbles and t = 2, 3 in its high ones; bits `2t` of `qh[32h..32h + 32]` are the
-        // top two bits of group t.
-        let h = k / 2;
-        // SAFETY: `ql` is bytes 0..128, `qh` 128..192 of the block.
-        let (ql, qh) = unsafe {
-            (
-                _mm512_loadu_si512(p.add(64 * h).cast()),
-                _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast())),
-            )
-        };
-        // Shift counts per 16-bit word: the low 256 bits take group 2·(k % 2)'s, the high
-        // ones group 2·(k % 2) + 1's.
-        let (lo, shift) = if k.is_multiple_of(2) {
-            (ql, (0, 2))
-        } else {
-            (_mm512_srli_epi16::<4>(ql), (4, 6))
-        };
-        let lo = _mm512_and_si512(lo, nib);
-        let shift = _mm512_mask_blend_epi16(
-            0xffff_0000,
-            _mm512_set1_epi16(shift.0),
-            _mm512_set1_epi16(shift.1),
-        );
-        let hi = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), _mm512_set1_epi8(3));
-        _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hi))
-    } else if T == IQ4XS {
+    if T == IQ4XS {
         // Sub-blocks 2k and 2k + 1 are `qs[32k..32k + 16]` and `qs[32k + 16..32k + 32]`, each
         // laid out as an `IQ4_NL` block: element `j` in byte `j`'s low nibble, `j + 16` in
         // its high one.
@@ -446,15 +404,11 @@ unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
         _mm512_shuffle_epi8(_mm512_broadcast_i32x4(levels), idx)
     } else {
         // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
-        let qs = if T == Q5K { 48 } else { 16 };
-        // SAFETY: `qs` is bytes 16..144 (`Q4_K`) or 48..176 (`Q5_K`) of the block.
-        let v = unsafe { _mm256_loadu_si256(p.add(qs + 32 * k).cast()) };
+        // SAFETY: `qs` is bytes 48..176 of the block.
+        let v = unsafe { _mm256_loadu_si256(p.add(48 + 32 * k).cast()) };
         let v = _mm512_castsi256_si512(v);
         let both = _mm512_inserti64x4::<1>(v, _mm512_castsi512_si256(_mm512_srli_epi16::<4>(v)));
         let low = _mm512_and_si512(both, nib);
-        if T != Q5K {
-            return low;
-        }
         // `Q5_K`'s fifth bits: bit `s` of `qh[l]` for element `l` of sub-block `s`.
         // SAFETY: `qh` is bytes 16..48 of the block.
         let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
@@ -477,14 +431,10 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     let bb = block_bytes(T);
     // Lane `l`: see `kdot::run_k`, the definition this computes.
     let mut y = [[_mm512_setzero_ps(); C]; R];
-    // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: group `4k + l / 4`
-    // (`Q6_K`), sub-block `2k + l / 8` (`Q4_K`, `Q5_K`); see [`Scales::sc`].
-    let group = if T == Q6K {
-        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
-    } else {
-        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-    };
-    let step = if T == Q6K { 4 } else { 2 };
+    // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: sub-block `2k + l / 8`;
+    // see [`Scales::sc`].
+    let group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let step = 2;
     for b in 0..x.blocks {
         let zero = Scales {
             d: 0.0,
@@ -493,21 +443,22 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             corr: _mm512_setzero_si512(),
         };
         let mut s = [zero; C];
-        // A multi-row tile decodes its four columns' `Q4_K` / `Q5_K` scales together. A
+        // A multi-row tile decodes its four columns' `Q5_K` scales together. A
         // single row keeps decoding them one column at a time, each right after its
         // column's prefetches: in `kernel-bench --rows 1` (weights from DRAM) the joint
         // decoding, or the same prefetches issued as one burst, made it 15–30 % slower, though
         // faster with the weights in cache (`--hot`): the burst held up the block's own loads.
-        let joint = R > 1 && C == 4 && (T == Q4K || T == Q5K);
+        let joint = R > 1 && C == 4 && T == Q5K;
         for (c, s) in s.iter_mut().enumerate() {
             // SAFETY: the caller guarantees `C` weight rows of `blocks` super-blocks at `w`.
             let p = unsafe { w.add(c * x.row_bytes + b * bb) };
             // The same spot one tile of columns ahead, which the next tile reads. Past the
             // matrix's end is harmless: a prefetch never faults.
-            // Every cache line of it: a Q6_K block spans four (prefetching two of them left
-            // a single row's decode waiting on the other two, ~25 % slower).
+            // Every cache line of it (when this kernel served `Q6_K`, whose blocks span
+            // four, prefetching two of them left a single row's decode ~25 % slower). Into
+            // L1 even for a single row: `Q4_K` was 10 % slower with `T1`.
             for line in (0..bb).step_by(64) {
-                super::prefetch_ahead(p.wrapping_add(C * x.row_bytes + line), R == 1 && T == Q6K);
+                super::prefetch_ahead(p.wrapping_add(C * x.row_bytes + line), false);
             }
             if !joint {
                 // SAFETY: as above.
@@ -556,7 +507,7 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
                 let d = _mm512_set1_ps(s.d * dx);
-                if T == Q6K || T == IQ4XS {
+                if T == IQ4XS {
                     let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(*acc, corr));
                     *y = _mm512_fmadd_ps(sumi, d, *y);
                 } else {

@@ -65,6 +65,12 @@ fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
             run(&F16Blocks { v, inp }, &job, f, d)
         }),
         Data::Panels(k, v) => quant(v, *k),
+        Data::KPanels(k, v) => {
+            let a = kdot::quantize(x, rows, inp, quant::QK_K);
+            by_columns(out, rows, qdot::PANEL, |first, dst| {
+                kpanel::run_portable(v, *k, &a, first, dst)
+            })
+        }
         Data::Quant(t, v) => {
             let a = kdot::quantize(x, rows, inp, kdot::act_block(*t));
             by_columns(out, rows, COL_TILE, |first, dst| {
@@ -131,6 +137,40 @@ fn avx2_panels_match_the_portable_code_bit_for_bit() {
                 });
                 let want = by_columns(out, rows, qdot::PANEL, |first, dst| {
                     qdot::run_portable(v, kind, &a, first, dst)
+                });
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{t} {out}x{inp}, {rows} rows"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX2 `Q4_K`/`Q6_K` panel kernel, which `matmul_t` skips on a CPU with AVX-512 VNNI,
+/// against the portable code, bit for bit, on random blocks (6-bit `Q6_K` quants of 0 and
+/// 63, and scales of −128, included).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_k_panels_match_the_portable_code_bit_for_bit() {
+    if simd_level() < 1 || !f16c() {
+        return;
+    }
+    for t in [QType::Q4_K, QType::Q6_K] {
+        for (out, inp) in [(13, 256), (37, 512), (70, 256 * 9)] {
+            let m = random_blocks(t, out, inp, out as u32);
+            let Data::KPanels(kind, v) = &m.data else {
+                panic!("{t} is kept in panels");
+            };
+            for rows in [1, 2, 3, 67] {
+                let x = data(rows * inp, 7);
+                let a = kdot::quantize(&x, rows, inp, quant::QK_K);
+                let got = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                    kpanel::x86::run_avx2(v, *kind, &a, first, dst)
+                });
+                let want = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                    kpanel::run_portable(v, *kind, &a, first, dst)
                 });
                 assert_eq!(
                     got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -287,6 +327,19 @@ fn blocks_from_a_file_are_taken_as_is() {
     let q = quant::quantize_q8_0(&w).unwrap();
     let m = PackedMatrix::from_blocks(&q, 37, 96, Format::Q8_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q8_0(&q).unwrap());
+    // `Q4_K` / `Q6_K` panels (scales unpacked to bytes, 6-bit quants split into nibbles and
+    // top bits) expand to the file's values, bit for bit.
+    for t in [QType::Q4_K, QType::Q6_K] {
+        let bytes = random_block_bytes(t, 37, 512, 3);
+        let m = PackedMatrix::from_blocks(&bytes, 37, 512, Format::Quant(t)).unwrap();
+        assert!(matches!(m.data, Data::KPanels(..)), "{t}");
+        let want = t.dequantize(&bytes).unwrap();
+        assert_eq!(
+            m.to_f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{t}"
+        );
+    }
 }
 
 /// Byte offsets of the `f16` scale fields in a block of `t`.
@@ -302,6 +355,12 @@ fn f16_fields(t: QType) -> &'static [usize] {
 
 /// `[out, inp]` blocks of `t`: random bytes with finite scales, as a GGUF file holds them.
 fn random_blocks(t: QType, out: usize, inp: usize, seed: u32) -> PackedMatrix {
+    let bytes = random_block_bytes(t, out, inp, seed);
+    PackedMatrix::from_blocks(&bytes, out, inp, Format::Quant(t)).unwrap()
+}
+
+/// The bytes of [`random_blocks`].
+fn random_block_bytes(t: QType, out: usize, inp: usize, seed: u32) -> Vec<u8> {
     let n = out * inp / t.block_elems();
     let noise = data(n * t.block_bytes(), seed);
     let mut bytes: Vec<u8> = noise.iter().map(|v| (v.to_bits() >> 7) as u8).collect();
@@ -311,7 +370,7 @@ fn random_blocks(t: QType, out: usize, inp: usize, seed: u32) -> PackedMatrix {
             block[at..at + 2].copy_from_slice(&d.to_le_bytes());
         }
     }
-    PackedMatrix::from_blocks(&bytes, out, inp, Format::Quant(t)).unwrap()
+    bytes
 }
 
 #[test]
@@ -395,7 +454,9 @@ fn weights_and_their_copies_ask_for_huge_pages() {
     let middle = |m: &PackedMatrix| match &m.data {
         Data::F32(v) => v.as_ptr() as usize + v.len() * 2,
         Data::Bf16(v) | Data::F16(v) => v.as_ptr() as usize + v.len(),
-        Data::Quant(_, v) | Data::Panels(_, v) => v.as_ptr() as usize + v.len() / 2,
+        Data::Quant(_, v) | Data::Panels(_, v) | Data::KPanels(_, v) => {
+            v.as_ptr() as usize + v.len() / 2
+        }
     };
     for (name, m) in [
         ("f32", &f32s),
