@@ -7,7 +7,7 @@
 //! quantized formats) × 4 output columns, each weight vector widened once and used for
 //! every row of the tile, each activation vector for every column, so a batched decode step
 //! reads `W` once and prefill does several multiply-adds per load; the next tile's weights
-//! are prefetched while one is computed. `Q8_0` / `Q4_0` quantize each activation row to
+//! are prefetched while one is computed. `Q8_0` / `Q4_0` / `Q5_0` quantize each activation row to
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
 //! (`qdot`; `vpdpbusd` with AVX-512 VNNI), on weights repacked at load into panels of 16
 //! output columns, one column per vector lane, so a tile of up to 8 rows × 16 columns sums
@@ -15,13 +15,12 @@
 //! `Q4_K` / `Q6_K` (most of a `Q4_K_M` file) are kept in panels the same way (`kpanel`),
 //! against activations quantized per 256-element super-block (`Q8_K`): exact integer sums
 //! per sub-block, one `vpmulld` for 16 columns' scales, one or two float multiply-adds per
-//! super-block and column. The other block types (`Q4_1`, `Q5_0`, `Q5_1`, the other
-//! K-quants, `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element block as
-//! llama.cpp pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer sums per group
-//! (K-quants) or per 4 elements (32-element types); their portable code is compiled for
-//! AVX2 / AVX-512 as is, except `Q5_0` (the rest of a `Q4_K_M` file), `Q5_K`, `Q4_1`,
-//! `Q5_1`, `IQ4_NL` and `IQ4_XS`, which have AVX-512 VNNI kernels of their own (`kvnni`,
-//! bit-identical to the portable code). Work is split over output columns on rayon's
+//! super-block and column. The other block types (`Q4_1`, `Q5_1`, the other K-quants,
+//! `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element block as llama.cpp
+//! pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer sums per group (K-quants)
+//! or per 4 elements (32-element types); their portable code is compiled for AVX2 / AVX-512
+//! as is, except `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`, which have AVX-512 VNNI
+//! kernels of their own (`kvnni`, bit-identical to the portable code). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!
@@ -30,7 +29,7 @@
 //! the other rows are: 16 lane accumulators fed in `k` order with fused multiply-adds
 //! (element `k` in lane `k mod 16`; for the K-quants and other block types, exact integer
 //! block sums, even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree;
-//! for `Q8_0` / `Q4_0`, one accumulator per output fed each block's exact integer sum in
+//! for `Q8_0` / `Q4_0` / `Q5_0`, one accumulator per output fed each block's exact integer sum in
 //! block order (`qdot`), for `Q4_K` / `Q6_K` each super-block's (`kpanel`). Tiling rows
 //! and columns and splitting columns over threads only change which values sit in registers
 //! together, never the arithmetic, and quantizing an activation row looks at that row only,

@@ -1,8 +1,8 @@
 //! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q5_K` (most of a `Q5_K_M`
 //! file) and `IQ4_XS` here (`Q4_K` / `Q6_K`, most of a `Q4_K_M` file, the default download
-//! of Ollama and LM Studio, are kept in [`super::kpanel`]'s panels), and the
-//! 32-element types `Q5_0` (what `Q4_K_M` holds where a row is not a
-//! multiple of 256), `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
+//! of Ollama and LM Studio, are kept in [`super::kpanel`]'s panels, and `Q5_0`, what a
+//! `Q4_K_M` file holds where a row is not a multiple of 256, in [`super::qdot`]'s), and the
+//! 32-element types `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
 //! against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per
 //! super-block, plus the sum of each 16 quants).
 //!

@@ -1,4 +1,4 @@
-//! `Q8_0` / `Q4_0` weights times activations quantized per row to 8 bits, as llama.cpp
+//! `Q8_0` / `Q4_0` / `Q5_0` weights times activations quantized per row to 8 bits, as llama.cpp
 //! does: each 32-element block of an activation row becomes 32 × `i8` and an `f32` scale,
 //! a block's dot product is computed exactly in integers and then scaled,
 //! `acc = f32(Σ w·x) · (d_w · d_x) + acc` (one fused multiply-add), blocks in order, one
@@ -15,11 +15,16 @@
 //! where a row-major layout needs one per 4 elements or a horizontal sum per block.
 //! `Q8_0` quants are stored as `w + 128` (unsigned, what `vpdpbusd` multiplies), `Q4_0`
 //! nibbles as in the file (`w + 8`); the offset's share, `offset · Σx`, is taken back by
-//! starting each block's sum at the activations' precomputed `−offset · Σx`.
+//! starting each block's sum at the activations' precomputed `−offset · Σx`. `Q5_0` (`w + 16`,
+//! 5 bits) keeps its nibbles as `Q4_0`'s and its 32 fifth bits as the block's first group
+//! (lane `c`: column `c`'s `u32`, bit `j` for element `j`); the kernels move each group's 4
+//! bits to bit 4 of its 4 bytes (`vpshufb` + a bit test), so the panels take the file's
+//! bytes exactly. Most models under 1B parameters are mostly `Q5_0` in a `Q4_K_M` file
+//! (llama.cpp's fallback wherever a row is not a multiple of 256: SmolLM2's 576).
 //!
 //! Quantizing a row looks at that row only, and a panel's lanes never mix columns, so the
 //! result of a row stays the same alone or batched. The portable code below and the VNNI
-//! kernel in [`super::x86`] compute the same integers and the same `f32` operations, so
+//! and AVX2 kernels in [`super::x86`] compute the same integers and the same `f32` operations, so
 //! they agree bit for bit.
 //!
 //! Accuracy: the activations' rounding (≤ half a step of `amax / 127` per element) comes on
@@ -29,6 +34,7 @@ use rayon::prelude::*;
 
 use super::{QK, by_columns, f16_bits_to_f32};
 use crate::pages;
+use crate::quant::legacy::Q5_0_BLOCK_BYTES;
 use crate::quant::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QType};
 
 /// Output columns per panel: the 16 `i32`/`f32` lanes of one 512-bit vector.
@@ -39,6 +45,9 @@ pub(super) const PANEL: usize = 16;
 pub(super) enum Weights {
     Q8_0,
     Q4_0,
+    /// `Q4_0`'s nibbles plus a fifth bit per element: what a `Q4_K_M` file holds wherever
+    /// a row is not a multiple of 256 (most models under 1B parameters).
+    Q5_0,
 }
 
 impl Weights {
@@ -47,6 +56,7 @@ impl Weights {
         match t {
             QType::Q8_0 => Some(Weights::Q8_0),
             QType::Q4_0 => Some(Weights::Q4_0),
+            QType::Q5_0 => Some(Weights::Q5_0),
             _ => None,
         }
     }
@@ -56,6 +66,7 @@ impl Weights {
         match self {
             Weights::Q8_0 => QType::Q8_0,
             Weights::Q4_0 => QType::Q4_0,
+            Weights::Q5_0 => QType::Q5_0,
         }
     }
 
@@ -64,6 +75,7 @@ impl Weights {
         match self {
             Weights::Q8_0 => Q8_0_BLOCK_BYTES,
             Weights::Q4_0 => Q4_0_BLOCK_BYTES,
+            Weights::Q5_0 => Q5_0_BLOCK_BYTES,
         }
     }
 
@@ -72,7 +84,7 @@ impl Weights {
         PANEL * self.block_bytes()
     }
 
-    /// 4-byte quant groups per block and column.
+    /// 4-byte quant groups per block and column (`Q5_0`: its fifth bits, then its nibbles).
     pub(super) const fn groups(self) -> usize {
         (self.block_bytes() - 2) / 4
     }
@@ -84,6 +96,7 @@ impl Weights {
         match self {
             Weights::Q8_0 => 128,
             Weights::Q4_0 => 8,
+            Weights::Q5_0 => 16,
         }
     }
 }
@@ -113,7 +126,7 @@ pub(super) fn to_panels(v: &[u8], kind: Weights, out: usize, blocks: usize) -> V
                         Some(k) => {
                             p.extend(k[2 + 4 * g..2 + 4 * g + 4].iter().map(|&q| match kind {
                                 Weights::Q8_0 => q ^ 0x80,
-                                Weights::Q4_0 => q,
+                                Weights::Q4_0 | Weights::Q5_0 => q,
                             }))
                         }
                         None => p.extend_from_slice(&[0; 4]),
@@ -141,7 +154,7 @@ pub(super) fn from_panels(p: &[u8], kind: Weights, out: usize, blocks: usize) ->
                 let at = 2 * PANEL + 4 * (g * PANEL + c);
                 v.extend(k[at..at + 4].iter().map(|&q| match kind {
                     Weights::Q8_0 => q ^ 0x80,
-                    Weights::Q4_0 => q,
+                    Weights::Q4_0 | Weights::Q5_0 => q,
                 }));
             }
         }
@@ -264,16 +277,27 @@ fn dot(p: &[u8], kind: Weights, c: usize, a: &Acts, r: usize) -> f32 {
             return f32::NAN;
         };
         let dw = f16_bits_to_f32(u16::from_le_bytes([block[2 * c], block[2 * c + 1]]));
-        let mut sum = 0i32;
-        for g in 0..kind.groups() {
+        let group = |g: usize| {
             let at = 2 * PANEL + 4 * (g * PANEL + c);
-            for (e, &q) in block[at..at + 4].iter().enumerate() {
-                let k = 4 * g + e;
+            [block[at], block[at + 1], block[at + 2], block[at + 3]]
+        };
+        // `Q5_0`: bit `j` of group 0 is element `j`'s fifth bit, its nibbles follow.
+        let (qh, first) = match kind {
+            Weights::Q5_0 => (u32::from_le_bytes(group(0)), 1),
+            _ => (0, 0),
+        };
+        let fifth = |k: usize| (((qh >> k) & 1) << 4) as u8;
+        let mut sum = 0i32;
+        for g in first..kind.groups() {
+            for (e, q) in group(g).into_iter().enumerate() {
+                let k = 4 * (g - first) + e;
                 match kind {
                     Weights::Q8_0 => sum += (i32::from(q) - 128) * i32::from(xq[k]),
-                    Weights::Q4_0 => {
-                        sum += (i32::from(q & 0x0f) - 8) * i32::from(xq[k]);
-                        sum += (i32::from(q >> 4) - 8) * i32::from(xq[k + QK / 2]);
+                    Weights::Q4_0 | Weights::Q5_0 => {
+                        let (lo, hi) = (q & 0x0f | fifth(k), q >> 4 | fifth(k + QK / 2));
+                        let off = kind.offset();
+                        sum += (i32::from(lo) - off) * i32::from(xq[k]);
+                        sum += (i32::from(hi) - off) * i32::from(xq[k + QK / 2]);
                     }
                 }
             }

@@ -123,6 +123,7 @@ fn avx2_panels_match_the_portable_code_bit_for_bit() {
     for (t, kind) in [
         (QType::Q8_0, qdot::Weights::Q8_0),
         (QType::Q4_0, qdot::Weights::Q4_0),
+        (QType::Q5_0, qdot::Weights::Q5_0),
     ] {
         for (out, inp) in [(13, 64), (37, 96), (70, 32 * 19)] {
             let m = random_blocks(t, out, inp, out as u32);
@@ -327,12 +328,15 @@ fn blocks_from_a_file_are_taken_as_is() {
     let q = quant::quantize_q8_0(&w).unwrap();
     let m = PackedMatrix::from_blocks(&q, 37, 96, Format::Q8_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q8_0(&q).unwrap());
-    // `Q4_K` / `Q6_K` panels (scales unpacked to bytes, 6-bit quants split into nibbles and
-    // top bits) expand to the file's values, bit for bit.
-    for t in [QType::Q4_K, QType::Q6_K] {
+    // `Q5_0` panels and `Q4_K` / `Q6_K` ones (scales unpacked to bytes, 6-bit quants split
+    // into nibbles and top bits) expand to the file's values, bit for bit.
+    for t in [QType::Q5_0, QType::Q4_K, QType::Q6_K] {
         let bytes = random_block_bytes(t, 37, 512, 3);
         let m = PackedMatrix::from_blocks(&bytes, 37, 512, Format::Quant(t)).unwrap();
-        assert!(matches!(m.data, Data::KPanels(..)), "{t}");
+        assert!(
+            matches!(m.data, Data::KPanels(..) | Data::Panels(..)),
+            "{t}"
+        );
         let want = t.dequantize(&bytes).unwrap();
         assert_eq!(
             m.to_f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -75,10 +75,12 @@ fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
         // SAFETY: `panel_tiles` hands over a whole panel and `rr` rows inside its bounds.
         unsafe {
             match (kind, t.rr) {
-                (Weights::Q8_0, 2) => put(dst, &panel_avx2::<false, 2>(t.w, &t.x)),
-                (Weights::Q8_0, _) => put(dst, &panel_avx2::<false, 1>(t.w, &t.x)),
-                (Weights::Q4_0, 2) => put(dst, &panel_avx2::<true, 2>(t.w, &t.x)),
-                (Weights::Q4_0, _) => put(dst, &panel_avx2::<true, 1>(t.w, &t.x)),
+                (Weights::Q8_0, 2) => put(dst, &panel_avx2::<Q8, 2>(t.w, &t.x)),
+                (Weights::Q8_0, _) => put(dst, &panel_avx2::<Q8, 1>(t.w, &t.x)),
+                (Weights::Q4_0, 2) => put(dst, &panel_avx2::<Q4, 2>(t.w, &t.x)),
+                (Weights::Q4_0, _) => put(dst, &panel_avx2::<Q4, 1>(t.w, &t.x)),
+                (Weights::Q5_0, 2) => put(dst, &panel_avx2::<Q5, 2>(t.w, &t.x)),
+                (Weights::Q5_0, _) => put(dst, &panel_avx2::<Q5, 1>(t.w, &t.x)),
             }
         }
     });
@@ -91,9 +93,11 @@ fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
 /// per block and column.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn panel_avx2<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [[__m256; 2]; R] {
-    let pb = weights(Q4).panel_block_bytes();
-    let groups = weights(Q4).groups();
+unsafe fn panel_avx2<const W: u8, const R: usize>(w: *const u8, x: &QRows) -> [[__m256; 2]; R] {
+    let pb = weights(W).panel_block_bytes();
+    // `Q5_0`'s first group is its fifth bits.
+    let first = usize::from(W == Q5);
+    let groups = weights(W).groups();
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     let nib = _mm256_set1_epi8(0x0f);
     let flip = _mm256_set1_epi8(-128);
@@ -108,20 +112,47 @@ unsafe fn panel_avx2<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) ->
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
                 let mut sum = [_mm256_setzero_si256(); R];
                 for (r, s) in sum.iter_mut().enumerate() {
-                    if Q4 {
+                    if W != Q8 {
                         *s = _mm256_set1_epi32(x.corr.add(r * x.blocks + b).read());
                     }
                 }
-                for g in 0..groups {
+                let qh = _mm256_loadu_si256(q.add(32 * h).cast());
+                for g in first..groups {
                     let raw = _mm256_loadu_si256(q.add(64 * g + 32 * h).cast());
+                    let (mut wl, mut wh) = (
+                        _mm256_and_si256(raw, nib),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib),
+                    );
+                    if W == Q5 {
+                        // Bit 4 of each byte: see `fifth_bits`.
+                        let fifth = |high: bool| {
+                            let (byte, bits) = fifth_bits(g - first, high);
+                            let bits = _mm256_set1_epi32(bits);
+                            let base = _mm256_setr_epi32(
+                                0,
+                                0x0404_0404,
+                                0x0808_0808,
+                                0x0c0c_0c0c,
+                                0,
+                                0x0404_0404,
+                                0x0808_0808,
+                                0x0c0c_0c0c,
+                            );
+                            let idx = _mm256_add_epi32(_mm256_set1_epi32(byte), base);
+                            let v = _mm256_shuffle_epi8(qh, idx);
+                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+                            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+                        };
+                        wl = _mm256_or_si256(wl, fifth(false));
+                        wh = _mm256_or_si256(wh, fifth(true));
+                    }
                     for (r, s) in sum.iter_mut().enumerate() {
                         let xq = x.qs.add((r * x.blocks + b) * QK).cast::<i32>();
-                        let lo = _mm256_set1_epi32(xq.add(g).read_unaligned());
-                        let d = if Q4 {
-                            let hi = _mm256_set1_epi32(xq.add(g + 4).read_unaligned());
-                            let l = _mm256_maddubs_epi16(_mm256_and_si256(raw, nib), lo);
-                            let u = _mm256_srli_epi16::<4>(raw);
-                            let h = _mm256_maddubs_epi16(_mm256_and_si256(u, nib), hi);
+                        let lo = _mm256_set1_epi32(xq.add(g - first).read_unaligned());
+                        let d = if W != Q8 {
+                            let hi = _mm256_set1_epi32(xq.add(g - first + 4).read_unaligned());
+                            let l = _mm256_maddubs_epi16(wl, lo);
+                            let h = _mm256_maddubs_epi16(wh, hi);
                             _mm256_add_epi32(_mm256_madd_epi16(l, ones), _mm256_madd_epi16(h, ones))
                         } else {
                             let wq = _mm256_xor_si256(raw, flip);
@@ -432,14 +463,18 @@ fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
         // SAFETY: `panel_tiles` hands over a whole panel and `rr` rows inside its bounds.
         unsafe {
             match (kind, t.rr) {
-                (Weights::Q8_0, 8) => put(dst, &panel_micro::<false, 8>(t.w, &t.x)),
-                (Weights::Q8_0, 4) => put(dst, &panel_micro::<false, 4>(t.w, &t.x)),
-                (Weights::Q8_0, 2) => put(dst, &panel_micro::<false, 2>(t.w, &t.x)),
-                (Weights::Q8_0, _) => put(dst, &panel_micro::<false, 1>(t.w, &t.x)),
-                (Weights::Q4_0, 8) => put(dst, &panel_micro::<true, 8>(t.w, &t.x)),
-                (Weights::Q4_0, 4) => put(dst, &panel_micro::<true, 4>(t.w, &t.x)),
-                (Weights::Q4_0, 2) => put(dst, &panel_micro::<true, 2>(t.w, &t.x)),
-                (Weights::Q4_0, _) => put(dst, &panel_micro::<true, 1>(t.w, &t.x)),
+                (Weights::Q8_0, 8) => put(dst, &panel_micro::<Q8, 8>(t.w, &t.x)),
+                (Weights::Q8_0, 4) => put(dst, &panel_micro::<Q8, 4>(t.w, &t.x)),
+                (Weights::Q8_0, 2) => put(dst, &panel_micro::<Q8, 2>(t.w, &t.x)),
+                (Weights::Q8_0, _) => put(dst, &panel_micro::<Q8, 1>(t.w, &t.x)),
+                (Weights::Q4_0, 8) => put(dst, &panel_micro::<Q4, 8>(t.w, &t.x)),
+                (Weights::Q4_0, 4) => put(dst, &panel_micro::<Q4, 4>(t.w, &t.x)),
+                (Weights::Q4_0, 2) => put(dst, &panel_micro::<Q4, 2>(t.w, &t.x)),
+                (Weights::Q4_0, _) => put(dst, &panel_micro::<Q4, 1>(t.w, &t.x)),
+                (Weights::Q5_0, 8) => put(dst, &panel_micro::<Q5, 8>(t.w, &t.x)),
+                (Weights::Q5_0, 4) => put(dst, &panel_micro::<Q5, 4>(t.w, &t.x)),
+                (Weights::Q5_0, 2) => put(dst, &panel_micro::<Q5, 2>(t.w, &t.x)),
+                (Weights::Q5_0, _) => put(dst, &panel_micro::<Q5, 1>(t.w, &t.x)),
             }
         }
     });
@@ -546,9 +581,40 @@ fn panel_tiles(
 /// Panel blocks between the one a kernel reads and the one it prefetches.
 const AHEAD: usize = 4;
 
-/// The weights' block type of a micro-kernel instantiated for `Q4` (`Q4_0`) or not (`Q8_0`).
-const fn weights(q4: bool) -> Weights {
-    if q4 { Weights::Q4_0 } else { Weights::Q8_0 }
+/// The panel micro-kernels' type parameter: which block type.
+const Q8: u8 = 0;
+const Q4: u8 = 1;
+const Q5: u8 = 2;
+
+/// The weights' block type of a micro-kernel instantiated for `W`.
+const fn weights(w: u8) -> Weights {
+    match w {
+        Q4 => Weights::Q4_0,
+        Q5 => Weights::Q5_0,
+        _ => Weights::Q8_0,
+    }
+}
+
+/// `Q5_0`'s fifth bits for the 4-element group `g` (or, `high`, `g + 4`: the elements
+/// `16 + 4g..`) of each 32-bit lane of `qh` (a panel's fifth-bit group, lane `c` column `c`'s
+/// `u32`), as bit 4 of the group's 4 bytes: `vpshufb` copies the lane's byte holding bits
+/// `4g..4g + 4` (or `16 + 4g..`) to all 4 bytes, and byte `i` keeps bit `i` of its nibble.
+/// Returns the byte shuffle and the bit of each byte to test.
+fn fifth_bits(g: usize, high: bool) -> (i32, i32) {
+    let byte = (g / 2 + if high { 2 } else { 0 }) as i32;
+    let bits = if g.is_multiple_of(2) {
+        0x0804_0201
+    } else {
+        0x8040_2010_u32 as i32
+    };
+    (byte * 0x0101_0101, bits)
+}
+
+/// `vpshufb` indices that keep each byte inside its 32-bit lane: `4d` in every byte of
+/// dword `d` of each 128-bit lane (the shuffle indexes within 128-bit lanes).
+#[target_feature(enable = "avx512f")]
+fn dword_base512() -> __m512i {
+    _mm512_set4_epi32(0x0c0c_0c0c, 0x0808_0808, 0x0404_0404, 0)
 }
 
 /// One panel (16 output columns, one per lane) against `R` activation rows: per block,
@@ -559,8 +625,8 @@ const fn weights(q4: bool) -> Weights {
 /// [`super::qdot`]'s portable code does per column.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn panel_micro<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -> [__m512; R] {
-    let pb = weights(Q4).panel_block_bytes();
+unsafe fn panel_micro<const W: u8, const R: usize>(w: *const u8, x: &QRows) -> [__m512; R] {
+    let pb = weights(W).panel_block_bytes();
     let mut acc = [_mm512_setzero_ps(); R];
     let nib = _mm512_set1_epi8(0x0f);
     let mut wv = [_mm512_setzero_si512(); 8];
@@ -576,7 +642,30 @@ unsafe fn panel_micro<const Q4: bool, const R: usize>(w: *const u8, x: &QRows) -
             }
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
             let q = p.add(2 * PANEL);
-            if Q4 {
+            if W == Q5 {
+                // The fifth bits' group, then the nibbles as `Q4_0`'s.
+                let qh = _mm512_loadu_si512(q.cast());
+                let sixteen = _mm512_set1_epi8(16);
+                for g in 0..4 {
+                    let raw = _mm512_loadu_si512(q.add(64 * (g + 1)).cast());
+                    for (high, wg) in [(false, g), (true, g + 4)] {
+                        // Bit 4 of each byte: see `fifth_bits`.
+                        let (byte, bits) = fifth_bits(g, high);
+                        let idx = _mm512_add_epi32(_mm512_set1_epi32(byte), dword_base512());
+                        let set = _mm512_test_epi8_mask(
+                            _mm512_shuffle_epi8(qh, idx),
+                            _mm512_set1_epi32(bits),
+                        );
+                        let v = if high {
+                            _mm512_srli_epi16::<4>(raw)
+                        } else {
+                            raw
+                        };
+                        let v = _mm512_and_si512(v, nib);
+                        wv[wg] = _mm512_mask_add_epi8(v, set, v, sixteen);
+                    }
+                }
+            } else if W == Q4 {
                 for g in 0..4 {
                     let raw = _mm512_loadu_si512(q.add(64 * g).cast());
                     wv[g] = _mm512_and_si512(raw, nib);

@@ -1,4 +1,5 @@
-//! The 32-element block types (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`) against [`super::kdot`]'s `Q8_0`
+//! The 32-element block types `Q4_1`, `Q5_1`, `IQ4_NL` (`Q5_0` is kept in [`super::super::qdot`]'s
+//! panels) against [`super::kdot`]'s `Q8_0`
 //! activations (one `f32` scale and 32 × `i8` per block, plus the sum of each 16 quants).
 //!
 //! The portable code (`kdot::run_small`) keeps 16 lane accumulators, two blocks per vector as
@@ -27,12 +28,12 @@ struct Layout {
     bytes: usize,
     /// An `f16` minimum follows the `f16` scale (`Q4_1`, `Q5_1`).
     min: bool,
-    /// Byte offset of the `u32` of fifth bits, bit `j` for element `j` (`Q5_0`, `Q5_1`).
+    /// Byte offset of the `u32` of fifth bits, bit `j` for element `j` (`Q5_1`).
     qh: Option<usize>,
     /// Byte offset of the 16 bytes of nibbles (element `j`: byte `j`'s low nibble, `j + 16`:
     /// its high one).
     qs: usize,
-    /// What a decoded byte exceeds the portable code's `i8` quant by (`Q5_0`: its `q − 16`).
+    /// What a decoded byte exceeds the portable code's `i8` quant by (`IQ4_NL`: 128).
     offset: i32,
     /// The nibbles index `KVALUES` (`IQ4_NL`), decoded as the level + `offset` ([`LEVELS`]).
     table: bool,
@@ -40,14 +41,6 @@ struct Layout {
 
 fn layout(t: QType) -> Option<Layout> {
     Some(match t {
-        QType::Q5_0 => Layout {
-            bytes: 22,
-            min: false,
-            qh: Some(2),
-            qs: 6,
-            offset: 16,
-            table: false,
-        },
         QType::Q4_1 => Layout {
             bytes: 20,
             min: true,
