@@ -184,38 +184,37 @@ fn store<const R: usize>(lanes: &mut [[f32; PANEL]; 8], acc: [__m512; R]) {
 #[inline]
 unsafe fn group<const Q6: bool>(p: *const u8, s: usize, q: usize) -> __m512i {
     let nib = _mm512_set1_epi8(0x0f);
+    let (nibbles, high, top) = group_at(Q6, s, q);
     // SAFETY: the caller guarantees a whole panel block at `p`.
     unsafe {
-        if Q6 {
-            // Group `4s + q` of 64: low nibbles in group `n` (the high ones past 128
-            // elements), top bits at `2t` of group `h`.
-            let g = 4 * s + q;
-            let raw = _mm512_loadu_si512(p.add(at::Q6K_QL + 64 * (g % 32)).cast());
-            let lo = if g < 32 {
-                _mm512_and_si512(raw, nib)
-            } else {
-                _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib)
-            };
-            let top = _mm512_loadu_si512(p.add(at::Q6K_QH + 64 * (g % 16)).cast());
-            // Bits `2t..2t + 2` of each byte to bits 4–5 (the 16-bit shifts move bits across
-            // bytes only outside the mask).
-            let top = match g / 16 {
-                0 => _mm512_slli_epi16::<4>(top),
-                1 => _mm512_slli_epi16::<2>(top),
-                2 => top,
-                _ => _mm512_srli_epi16::<2>(top),
-            };
-            _mm512_or_si512(lo, _mm512_and_si512(top, _mm512_set1_epi8(0x30)))
+        let raw = _mm512_loadu_si512(p.add(nibbles).cast());
+        let lo = if high {
+            _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib)
         } else {
-            // Sub-block `s = 2k + h`: nibble `h` of group `(k, q)`.
-            let raw = _mm512_loadu_si512(p.add(at::Q4K_QS + 64 * (8 * (s / 2) + q)).cast());
-            if s.is_multiple_of(2) {
-                _mm512_and_si512(raw, nib)
-            } else {
-                _mm512_and_si512(_mm512_srli_epi16::<4>(raw), nib)
-            }
-        }
+            _mm512_and_si512(raw, nib)
+        };
+        let Some((top, shift)) = top else {
+            return lo;
+        };
+        // Bits `shift..shift + 2` of each byte to bits 4–5 (the 16-bit shifts move bits
+        // across bytes only outside the mask).
+        let top = _mm512_loadu_si512(p.add(top).cast());
+        let top = match shift {
+            0 => _mm512_slli_epi16::<4>(top),
+            2 => _mm512_slli_epi16::<2>(top),
+            4 => top,
+            _ => _mm512_srli_epi16::<2>(top),
+        };
+        _mm512_or_si512(lo, _mm512_and_si512(top, _mm512_set1_epi8(0x30)))
     }
+}
+
+/// Where the 4-element group `q` of sub-block `s` lies in a panel block, for column 0 (lane
+/// `c` is `4c` bytes on): [`super::place`] of its first element.
+#[inline(always)]
+fn group_at(q6: bool, s: usize, q: usize) -> (usize, bool, Option<(usize, usize)>) {
+    let kind = if q6 { Kind::Q6K } else { Kind::Q4K };
+    super::place(kind, 0, s * (QK_K / kind.subs()) + 4 * q)
 }
 
 /// Pair `j` of the 16 columns' per-sub-block bytes at `p + at` (scales or minima), widened:
@@ -456,31 +455,25 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
 )]
 #[inline]
 unsafe fn group_avx2<const Q6: bool>(p: *const u8, s: usize, q: usize, nib: __m256i) -> __m256i {
+    let (nibbles, high, top) = group_at(Q6, s, q);
     // SAFETY: the caller guarantees a whole panel block around `p`.
     unsafe {
-        if Q6 {
-            let g = 4 * s + q;
-            let raw = _mm256_loadu_si256(p.add(at::Q6K_QL + 64 * (g % 32)).cast());
-            let lo = if g < 32 {
-                _mm256_and_si256(raw, nib)
-            } else {
-                _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
-            };
-            let top = _mm256_loadu_si256(p.add(at::Q6K_QH + 64 * (g % 16)).cast());
-            let top = match g / 16 {
-                0 => _mm256_slli_epi16::<4>(top),
-                1 => _mm256_slli_epi16::<2>(top),
-                2 => top,
-                _ => _mm256_srli_epi16::<2>(top),
-            };
-            _mm256_or_si256(lo, _mm256_and_si256(top, _mm256_set1_epi8(0x30)))
+        let raw = _mm256_loadu_si256(p.add(nibbles).cast());
+        let lo = if high {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
         } else {
-            let raw = _mm256_loadu_si256(p.add(at::Q4K_QS + 64 * (8 * (s / 2) + q)).cast());
-            if s.is_multiple_of(2) {
-                _mm256_and_si256(raw, nib)
-            } else {
-                _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nib)
-            }
-        }
+            _mm256_and_si256(raw, nib)
+        };
+        let Some((top, shift)) = top else {
+            return lo;
+        };
+        let top = _mm256_loadu_si256(p.add(top).cast());
+        let top = match shift {
+            0 => _mm256_slli_epi16::<4>(top),
+            2 => _mm256_slli_epi16::<2>(top),
+            4 => top,
+            _ => _mm256_srli_epi16::<2>(top),
+        };
+        _mm256_or_si256(lo, _mm256_and_si256(top, _mm256_set1_epi8(0x30)))
     }
 }
