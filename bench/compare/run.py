@@ -55,10 +55,17 @@ LLAMA_CPP_COMMITS = {"0.3.36": "0c1e57098bba43ac29e6e3b677cdceebdd22334f"}
 # SAME_FILE: both engines load the one GGUF file llama.cpp's quantizer wrote (Airlock names
 # it as a file in `[[models]] path`), e.g. Q4_K_M's mix of Q4_K, Q6_K, Q5_0 and Q8_0 tensors.
 SAME_FILE = "same GGUF file"
-FORMATS = {"f32": None, "f16": None, "q8_0": "q8", "q4_0": "q4", "q4_k_m": SAME_FILE}
+FORMATS = {
+    "f32": None,
+    "f16": None,
+    "q8_0": "q8",
+    "q4_0": "q4",
+    "q4_k_m": SAME_FILE,
+    "q5_k_m": SAME_FILE,
+}
 # llama.cpp's `enum llama_ftype` for the types made with its quantizer (llama_model_quantize).
 # With --gguf every one of them is a same-file format (a real model's file requantized).
-QUANTIZER_FTYPES = {"q4_k_m": 15, "q8_0": 7, "q4_0": 2}
+QUANTIZER_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q8_0": 7, "q4_0": 2}
 
 
 def die(message: str) -> None:
@@ -582,11 +589,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF model directory (default /tmp/airlock-llama-1b, generated if absent)")
     ap.add_argument("--gguf", help="instead of --model: a GGUF file (e.g. a real model) that "
-                    "llama.cpp's quantizer requantizes to each of --formats (q4_k_m, q8_0, q4_0; "
+                    "llama.cpp's quantizer requantizes to each of --formats (q4_k_m, q5_k_m, q8_0, q4_0; "
                     "default q4_k_m); both engines then load the same file")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
-    ap.add_argument("--formats", help="GGUF types to compare, comma-separated: f32,f16,q8_0,q4_0 "
+    ap.add_argument("--formats", help="GGUF types to compare, comma-separated: f32,f16,q8_0,q4_0,"
+                    "q4_k_m,q5_k_m "
                     "(default: f32,f16,q8_0 on CPU, f16 on GPU)")
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=512)

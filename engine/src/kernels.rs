@@ -12,15 +12,15 @@
 //! (`qdot`; `vpdpbusd` with AVX-512 VNNI), on weights repacked at load into panels of 16
 //! output columns, one column per vector lane, so a tile of up to 8 rows × 16 columns sums
 //! each block exactly in integers and pays one float multiply-add per block and column.
-//! `Q4_K` / `Q6_K` (most of a `Q4_K_M` file) are kept in panels the same way (`kpanel`),
+//! `Q4_K` / `Q5_K` / `Q6_K` (most of a `Q4_K_M` / `Q5_K_M` file) are kept in panels the same way (`kpanel`),
 //! against activations quantized per 256-element super-block (`Q8_K`): exact integer sums
 //! per sub-block, one `vpmulld` for 16 columns' scales, one or two float multiply-adds per
 //! super-block and column. The other block types (`Q4_1`, `Q5_1`, the other K-quants,
 //! `IQ4_NL`, `IQ4_XS`) take activations quantized per 32- or 256-element block as llama.cpp
 //! pairs them (`kdot`: `Q8_0`, `Q8_1`, `Q8_K`), with exact integer sums per group (K-quants)
 //! or per 4 elements (32-element types); their portable code is compiled for AVX2 / AVX-512
-//! as is, except `Q5_K`, `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`, which have AVX-512 VNNI
-//! kernels of their own (`kvnni`, bit-identical to the portable code). Work is split over output columns on rayon's
+//! as is, except `Q4_1`, `Q5_1`, `IQ4_NL` and `IQ4_XS`, which have AVX-512 VNNI kernels of
+//! their own (`kvnni`, bit-identical to the portable code). Work is split over output columns on rayon's
 //! global pool, the one burn's Flex backend uses too, so the two never oversubscribe the
 //! cores.
 //!
@@ -30,7 +30,7 @@
 //! (element `k` in lane `k mod 16`; for the K-quants and other block types, exact integer
 //! block sums, even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree;
 //! for `Q8_0` / `Q4_0` / `Q5_0`, one accumulator per output fed each block's exact integer sum in
-//! block order (`qdot`), for `Q4_K` / `Q6_K` each super-block's (`kpanel`). Tiling rows
+//! block order (`qdot`), for `Q4_K` / `Q5_K` / `Q6_K` each super-block's (`kpanel`). Tiling rows
 //! and columns and splitting columns over threads only change which values sit in registers
 //! together, never the arithmetic, and quantizing an activation row looks at that row only,
 //! so a sequence's logits are bitwise the same alone or in a batch. The SIMD kernels and the
@@ -92,9 +92,9 @@ enum Data {
     Bf16(Vec<u16>),
     F16(Vec<u16>),
     Quant(QType, Vec<u8>),
-    /// `Q8_0` / `Q4_0` blocks repacked into panels of 16 columns ([`qdot::to_panels`]).
+    /// `Q8_0` / `Q4_0` / `Q5_0` blocks repacked into panels of 16 columns ([`qdot::to_panels`]).
     Panels(qdot::Weights, Vec<u8>),
-    /// `Q4_K` / `Q6_K` blocks repacked into panels of 16 columns ([`kpanel::to_panels`]).
+    /// `Q4_K` / `Q5_K` / `Q6_K` blocks repacked into panels of 16 columns ([`kpanel::to_panels`]).
     KPanels(kpanel::Kind, Vec<u8>),
 }
 

@@ -1,4 +1,4 @@
-//! Weights in the block types beyond `Q8_0` / `Q4_0` / `Q5_0` / `Q4_K` / `Q6_K` (those are kept in
+//! Weights in the block types beyond `Q8_0` / `Q4_0` / `Q5_0` / `Q4_K` / `Q5_K` / `Q6_K` (those are kept in
 //! panels: [`super::qdot`], [`super::kpanel`]) times activations quantized per block, as llama.cpp pairs them:
 //!
 //! * `Q5_0`, `IQ4_NL` (32-element blocks): activations as `Q8_0`, a scale and 32 × `i8`
@@ -166,7 +166,7 @@ pub(super) fn matmul(
 }
 
 /// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`). `Q8_0`,
-/// `Q4_0`, `Q5_0`, `Q4_K` and `Q6_K` matrices are kept in panels and never come here
+/// `Q4_0`, `Q5_0`, `Q4_K`, `Q5_K` and `Q6_K` matrices are kept in panels and never come here
 /// ([`super::qdot`], [`super::kpanel`]); their arms define these types' row-major products
 /// all the same.
 #[inline(always)]

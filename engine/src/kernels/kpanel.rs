@@ -1,13 +1,13 @@
-//! `Q4_K` / `Q6_K` weights (most of a `Q4_K_M` file, Ollama's and LM Studio's default
-//! download) in panels of 16 output columns, as [`super::qdot`] keeps `Q8_0` / `Q4_0`,
+//! `Q4_K` / `Q5_K` / `Q6_K` weights (most of a `Q4_K_M` or `Q5_K_M` file, Ollama's and LM
+//! Studio's default downloads) in panels of 16 output columns, as [`super::qdot`] keeps `Q8_0` / `Q4_0`,
 //! times activations quantized per 256-element super-block ([`super::kdot`]'s `Q8_K`: a
 //! scale and 256 × `i8` per super-block, plus the sum of each 16 quants).
 //!
 //! **The arithmetic.** Per output, super-block by super-block (element `e`'s weight being
-//! `d·sc_s·q_e − dmin·m_s` for `Q4_K`'s 8 sub-blocks `s` of 32, `d·sc_s·(q_e − 32)` for
+//! `d·sc_s·q_e − dmin·m_s` for `Q4_K`'s and `Q5_K`'s 8 sub-blocks `s` of 32, `d·sc_s·(q_e − 32)` for
 //! `Q6_K`'s 16 sub-blocks of 16, `q` unsigned as stored):
 //!
-//! * `Q4_K`: `sumi = Σ_s sc_s · Σ_{e∈s} q_e·x_e`, `summ = Σ_s m_s · Σ_{e∈s} x_e`, then
+//! * `Q4_K`, `Q5_K`: `sumi = Σ_s sc_s · Σ_{e∈s} q_e·x_e`, `summ = Σ_s m_s · Σ_{e∈s} x_e`, then
 //!   `acc = f32(sumi)·(d·d_x) + acc` and `acc = f32(summ)·(−(dmin·d_x)) + acc`;
 //! * `Q6_K`: `sumi = Σ_s sc_s · Σ_{e∈s} q_e·x_e − 32 · Σ_s sc_s · Σ_{e∈s} x_e`, then
 //!   `acc = f32(sumi)·(d·d_x) + acc`;
@@ -29,6 +29,9 @@
 //!   6 bits to bytes): group `(k, g)`, `k < 4`, `g < 8`: low nibbles elements `64k + 4g..+4`
 //!   (sub-block `2k`), high nibbles `64k + 32 + 4g..+4` (sub-block `2k + 1`), the file's own
 //!   pairing;
+//! * `Q5_K` (2,880 bytes; the file's 2,816 plus the unpacked scales): as `Q4_K`, then 8 groups of
+//!   fifth bits (group `g`, byte `i`: bit `s` is element `32s + 4g + i`'s, the file's
+//!   `qh[4g + i]`);
 //! * `Q6_K` (3,360 bytes, the file's size): 32 groups of low nibbles (group `n`: elements
 //!   `4n..+4` low, `128 + 4n..+4` high), then 16 groups of top bits (group `h`: bits `2t..2t + 2`
 //!   of byte `i` the top two bits of element `64t + 4h + i`).
@@ -54,6 +57,8 @@ pub(super) mod x86;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
     Q4K,
+    /// `Q4_K` plus a fifth bit per element (most of a `Q5_K_M` file).
+    Q5K,
     Q6K,
 }
 
@@ -69,6 +74,8 @@ pub(super) mod at {
     pub(crate) const Q4K_MIN: usize = 192;
     /// `Q4_K`: 32 groups of nibbles.
     pub(crate) const Q4K_QS: usize = 320;
+    /// `Q5_K` (laid out as `Q4_K` up to here): 8 groups of fifth bits.
+    pub(crate) const Q5K_QH: usize = 2368;
     /// `Q6_K`: 8 pairs of signed sub-block scales.
     pub(crate) const Q6K_SC: usize = 32;
     /// `Q6_K`: 32 groups of low nibbles.
@@ -82,6 +89,7 @@ impl Kind {
     pub(super) fn of(t: QType) -> Option<Kind> {
         match t {
             QType::Q4_K => Some(Kind::Q4K),
+            QType::Q5_K => Some(Kind::Q5K),
             QType::Q6_K => Some(Kind::Q6K),
             _ => None,
         }
@@ -91,6 +99,7 @@ impl Kind {
     pub(super) fn qtype(self) -> QType {
         match self {
             Kind::Q4K => QType::Q4_K,
+            Kind::Q5K => QType::Q5_K,
             Kind::Q6K => QType::Q6_K,
         }
     }
@@ -99,6 +108,7 @@ impl Kind {
     const fn column_bytes(self) -> usize {
         match self {
             Kind::Q4K => 148,
+            Kind::Q5K => 180,
             Kind::Q6K => 210,
         }
     }
@@ -111,7 +121,7 @@ impl Kind {
     /// Sub-blocks per super-block (each with its own scale).
     pub(super) const fn subs(self) -> usize {
         match self {
-            Kind::Q4K => 8,
+            Kind::Q4K | Kind::Q5K => 8,
             Kind::Q6K => 16,
         }
     }
@@ -119,7 +129,7 @@ impl Kind {
     /// Where the sub-block scales' pairs start.
     const fn scales_at(self) -> usize {
         match self {
-            Kind::Q4K => at::Q4K_SC,
+            Kind::Q4K | Kind::Q5K => at::Q4K_SC,
             Kind::Q6K => at::Q6K_SC,
         }
     }
@@ -127,6 +137,7 @@ impl Kind {
     fn unpack(self, block: &[u8], out: &mut KBlock) {
         match self {
             Kind::Q4K => kquants::unpack_q4_k(block, out),
+            Kind::Q5K => kquants::unpack_q5_k(block, out),
             Kind::Q6K => kquants::unpack_q6_k(block, out),
         }
     }
@@ -134,8 +145,21 @@ impl Kind {
     /// Byte offset of the `f16` `d` in a GGUF block.
     const fn d_at(self) -> usize {
         match self {
-            Kind::Q4K => 0,
+            Kind::Q4K | Kind::Q5K => 0,
             Kind::Q6K => 208,
+        }
+    }
+
+    /// Whether the type has minima (and a `dmin`): `Q4_K`, `Q5_K`.
+    pub(super) fn has_min(self) -> bool {
+        self != Kind::Q6K
+    }
+
+    /// The bits per element kept in a top-bits group: `Q5_K` 1, `Q6_K` 2 (`Q4_K` has none).
+    fn top_mask(self) -> u8 {
+        match self {
+            Kind::Q6K => 3,
+            _ => 1,
         }
     }
 }
@@ -174,7 +198,7 @@ impl Column {
             c.min[s] = k.mins[per * s] as u8;
         }
         let offset = match kind {
-            Kind::Q4K => {
+            Kind::Q4K | Kind::Q5K => {
                 c.dmin.copy_from_slice(&block[2..4]);
                 0
             }
@@ -196,7 +220,7 @@ impl Column {
         for g in 0..16 {
             let s = g / per;
             match kind {
-                Kind::Q4K => {
+                Kind::Q4K | Kind::Q5K => {
                     k.scales[g] = i32::from(self.sc[s]);
                     k.mins[g] = i32::from(self.min[s]);
                 }
@@ -204,7 +228,7 @@ impl Column {
             }
         }
         match kind {
-            Kind::Q4K => {
+            Kind::Q4K | Kind::Q5K => {
                 k.dmin = Some(f16_bits_to_f32(u16::from_le_bytes(self.dmin)));
                 for (q, &v) in k.q.iter_mut().zip(&self.q) {
                     *q = v as i8;
@@ -221,15 +245,17 @@ impl Column {
 }
 
 /// Where, in a panel block, column `c`'s 4-element group holding element `e` sits, and
-/// which of its parts: `(low-nibble byte, high nibble?, top-bits byte and shift)` (`Q6_K`'s
-/// top bits only).
+/// which of its parts: `(low-nibble byte, high nibble?, top-bits byte and shift)` (`Q5_K`'s
+/// fifth bit, `Q6_K`'s top two bits).
 fn place(kind: Kind, c: usize, e: usize) -> (usize, bool, Option<(usize, usize)>) {
     let i = e % 4;
     match kind {
-        Kind::Q4K => {
-            // Sub-block `s = 2k + h`, element `4g + i` of it.
+        Kind::Q4K | Kind::Q5K => {
+            // Sub-block `s = 2k + h`, element `4g + i` of it; `Q5_K`'s fifth bit is bit `s`
+            // of byte `i` of group `g`'s top bits (the file's `qh[4g + i]`).
             let (k, h, g) = (e / 64, (e / 32) % 2, (e % 32) / 4);
-            (at::Q4K_QS + ((8 * k + g) * PANEL + c) * 4 + i, h == 1, None)
+            let top = (kind == Kind::Q5K).then(|| (at::Q5K_QH + (g * PANEL + c) * 4 + i, e / 32));
+            (at::Q4K_QS + ((8 * k + g) * PANEL + c) * 4 + i, h == 1, top)
         }
         Kind::Q6K => {
             let n = (e % 128) / 4;
@@ -246,13 +272,13 @@ fn place(kind: Kind, c: usize, e: usize) -> (usize, bool, Option<(usize, usize)>
 /// Writes `col` as column `c` of the panel block `p`.
 fn put(kind: Kind, p: &mut [u8], c: usize, col: &Column) {
     p[at::D + 2 * c..at::D + 2 * c + 2].copy_from_slice(&col.d);
-    if kind == Kind::Q4K {
+    if kind.has_min() {
         p[at::DMIN + 2 * c..at::DMIN + 2 * c + 2].copy_from_slice(&col.dmin);
     }
     for s in 0..kind.subs() {
         let pair = (s / 2 * PANEL + c) * 2 + s % 2;
         p[kind.scales_at() + pair] = col.sc[s];
-        if kind == Kind::Q4K {
+        if kind.has_min() {
             p[at::Q4K_MIN + pair] = col.min[s];
         }
     }
@@ -270,21 +296,21 @@ fn put(kind: Kind, p: &mut [u8], c: usize, col: &Column) {
 fn get(kind: Kind, p: &[u8], c: usize) -> Column {
     let mut col = Column::EMPTY;
     col.d.copy_from_slice(&p[at::D + 2 * c..at::D + 2 * c + 2]);
-    if kind == Kind::Q4K {
+    if kind.has_min() {
         col.dmin
             .copy_from_slice(&p[at::DMIN + 2 * c..at::DMIN + 2 * c + 2]);
     }
     for s in 0..kind.subs() {
         let pair = (s / 2 * PANEL + c) * 2 + s % 2;
         col.sc[s] = p[kind.scales_at() + pair];
-        if kind == Kind::Q4K {
+        if kind.has_min() {
             col.min[s] = p[at::Q4K_MIN + pair];
         }
     }
     for (e, q) in col.q.iter_mut().enumerate() {
         let (lo, high, top) = place(kind, c, e);
         let nibble = if high { p[lo] >> 4 } else { p[lo] & 0x0f };
-        let top = top.map_or(0, |(hb, shift)| ((p[hb] >> shift) & 3) << 4);
+        let top = top.map_or(0, |(hb, shift)| ((p[hb] >> shift) & kind.top_mask()) << 4);
         *q = nibble | top;
     }
     col
@@ -395,23 +421,29 @@ fn panel_row(p: &[u8], kind: Kind, a: &Acts, r: usize) -> [f32; PANEL] {
         let scale = |s: usize, c: usize| {
             let v = blk[kind.scales_at() + (s / 2 * PANEL + c) * 2 + s % 2];
             match kind {
-                Kind::Q4K => i32::from(v),
+                Kind::Q4K | Kind::Q5K => i32::from(v),
                 Kind::Q6K => i32::from(v as i8),
             }
         };
         match kind {
-            Kind::Q4K => {
+            Kind::Q4K | Kind::Q5K => {
+                let q5 = kind == Kind::Q5K;
                 for k in 0..4 {
                     let (mut lo, mut hi) = ([0i32; PANEL], [0i32; PANEL]);
                     for g in 0..8 {
                         let q = &blk[at::Q4K_QS + (8 * k + g) * 64..][..64];
+                        // `Q5_K`: bit `s` of the top-bits byte is sub-block `s`'s fifth bit.
+                        let top = blk.get(at::Q5K_QH + g * 64..).unwrap_or_default();
                         let xl = &xq[64 * k + 4 * g..][..4];
                         let xh = &xq[64 * k + 32 + 4 * g..][..4];
                         for c in 0..PANEL {
                             for i in 0..4 {
                                 let w = q[4 * c + i];
-                                lo[c] += i32::from(w & 0x0f) * i32::from(xl[i]);
-                                hi[c] += i32::from(w >> 4) * i32::from(xh[i]);
+                                let t = if q5 { top[4 * c + i] >> (2 * k) } else { 0 };
+                                let (wl, wh) =
+                                    ((w & 0x0f) | ((t & 1) << 4), (w >> 4) | ((t & 2) << 3));
+                                lo[c] += i32::from(wl) * i32::from(xl[i]);
+                                hi[c] += i32::from(wh) * i32::from(xh[i]);
                             }
                         }
                     }
@@ -461,7 +493,7 @@ fn panel_row(p: &[u8], kind: Kind, a: &Acts, r: usize) -> [f32; PANEL] {
                 blk[at::D + 2 * c + 1],
             ]));
             match kind {
-                Kind::Q4K => {
+                Kind::Q4K | Kind::Q5K => {
                     let dmin = f16_bits_to_f32(u16::from_le_bytes([
                         blk[at::DMIN + 2 * c],
                         blk[at::DMIN + 2 * c + 1],

@@ -1,10 +1,9 @@
-//! AVX-512 VNNI micro-kernels for the common GGUF block types: `Q5_K` (most of a `Q5_K_M`
-//! file) and `IQ4_XS` here (`Q4_K` / `Q6_K`, most of a `Q4_K_M` file, the default download
-//! of Ollama and LM Studio, are kept in [`super::kpanel`]'s panels, and `Q5_0`, what a
-//! `Q4_K_M` file holds where a row is not a multiple of 256, in [`super::qdot`]'s), and the
-//! 32-element types `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. The 256-element types run
-//! against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8` per
-//! super-block, plus the sum of each 16 quants).
+//! AVX-512 VNNI micro-kernels for the GGUF block types not kept in panels: `IQ4_XS` here and
+//! the 32-element types `Q4_1`, `Q5_1` and `IQ4_NL` in [`small`]. (`Q4_K`, `Q5_K`, `Q6_K` —
+//! most of a `Q4_K_M` / `Q5_K_M` file, the default downloads of Ollama and LM Studio — are
+//! kept in [`super::kpanel`]'s panels, `Q8_0`, `Q4_0` and `Q5_0` in [`super::qdot`]'s.)
+//! `IQ4_XS` runs against [`super::kdot`]'s `Q8_K` activations (one `f32` scale and 256 × `i8`
+//! per super-block, plus the sum of each 16 quants).
 //!
 //! The portable code ([`super::kdot::run_portable`]) unpacks a whole weight row into bytes
 //! and takes 16-element dot products one group at a time; this kernel reads the stored
@@ -12,17 +11,15 @@
 //! output columns, so prefill reuses every decoded weight vector for 4 rows and decode keeps
 //! 4 columns' loads in flight.
 //!
-//! **Same bits as the portable code.** Per super-block the portable code computes, exactly
-//! in `i32`, `sumi = Σ_g sc_g · Σ_{i∈g} q_i·x_i` (and for `Q5_K` the minima's
-//! `summ = Σ_g m_g · Σ_{i∈g} x_i`), then one or two fused multiply-adds into a single `f32`
-//! accumulator, super-blocks in order. Here the weights enter `vpdpbusd` as unsigned bytes
-//! (`Q5_K`: the 5-bit value as stored;
-//! `IQ4_XS`: the table level + 128; an offset is taken back as `offset · sc_g · Σ_{i∈g} x_i`
-//! from the activations' group sums), each 4-element lane is multiplied by its group's
-//! scale, and the lanes are summed: integer additions in another order give the same integer
-//! (no partial sum can overflow: |lane| ≤ 4·255·127·32 (`IQ4_XS`)
-//! per chunk, four chunks, sixteen lanes < 2³¹), and the `f32` operations are the portable
-//! code's, in its order.
+//! **Same bits as the portable code.** Per super-block the portable code keeps 16 `f32` lanes
+//! (see `kdot::run_k`): lane `l` the scaled 4-element sums of elements `64k + 4l..+4` of the
+//! four 64-element chunks less group `l`'s offset correction, one fused multiply-add per
+//! super-block, the lanes summed at the end. Here the weights enter `vpdpbusd` as unsigned
+//! bytes (the table level + 128; the offset is taken back as `128 · sc_g · Σ_{i∈g} x_i` from
+//! the activations' group sums), each 4-element lane is multiplied by its group's scale:
+//! integer additions in another order give the same integer (no partial sum can overflow:
+//! |lane| ≤ 4·255·127·32 per chunk, four chunks < 2³¹), and the `f32` operations are the
+//! portable code's, in its order.
 
 use std::arch::x86_64::*;
 
@@ -47,28 +44,11 @@ const LEVELS: [u8; 16] = {
 
 /// Whether this module has a kernel for weights of type `t`.
 pub(super) fn supports(t: QType) -> bool {
-    kind(t).is_some() || small::supports(t)
+    t == QType::IQ4_XS || small::supports(t)
 }
 
-/// [`k_micro`]'s type parameter: which K-quant.
-const Q5K: u8 = 1;
-const IQ4XS: u8 = 3;
-
-fn kind(t: QType) -> Option<u8> {
-    match t {
-        QType::Q5_K => Some(Q5K),
-        QType::IQ4_XS => Some(IQ4XS),
-        _ => None,
-    }
-}
-
-/// Bytes of one super-block of K-quant `T`.
-const fn block_bytes(t: u8) -> usize {
-    match t {
-        Q5K => 176,
-        _ => 136,
-    }
-}
+/// Bytes of one `IQ4_XS` super-block.
+const BLOCK_BYTES: usize = 136;
 
 /// Output columns `first..first + dst.len() / rows` of a matrix `v` of a type [`supports`]
 /// accepts into `dst` (`[n, rows]`). Callers check `vnni()` and [`supports`].
@@ -147,10 +127,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     let n = dst.len() / rows.max(1);
     // The one bounds check: weight rows `first..first + n`, `rows` activation rows of
     // `blocks` super-blocks with their scales and group sums, `dst` exactly `[n, rows]`.
-    let Some(kind) = kind(t) else {
-        return kdot::run_portable(v, t, a, first, dst);
-    };
-    if !fits(a, QK_K, row_bytes, v.len(), first, dst.len()) {
+    if t != QType::IQ4_XS || !fits(a, QK_K, row_bytes, v.len(), first, dst.len()) {
         return kdot::run_portable(v, t, a, first, dst);
     }
     for rb in (0..rows).step_by(ROW_BLOCK) {
@@ -170,12 +147,7 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
                 let x = KRows::at(a, r, blocks, row_bytes);
                 let at = c * rows + r;
                 // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked ranges.
-                unsafe {
-                    match kind {
-                        Q5K => tile::<Q5K>(dst, at, rows, (rr, cc), w, &x),
-                        _ => tile::<IQ4XS>(dst, at, rows, (rr, cc), w, &x),
-                    }
-                }
+                unsafe { tile(dst, at, rows, (rr, cc), w, &x) }
                 r += rr;
             }
             c += cc;
@@ -183,11 +155,10 @@ fn run_v4(v: &[u8], t: QType, a: &Acts, first: usize, dst: &mut [f32]) {
     }
 }
 
-/// The `rr × cc` tile of K-quant `T` at weight row `w`, activation rows `x`, into `dst` at
-/// `at`.
+/// The `rr × cc` tile at weight row `w`, activation rows `x`, into `dst` at `at`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn tile<const T: u8>(
+unsafe fn tile(
     dst: &mut [f32],
     at: usize,
     rows: usize,
@@ -198,12 +169,12 @@ unsafe fn tile<const T: u8>(
     // SAFETY: the caller guarantees `rr` activation rows at `x` and `cc` weight rows at `w`.
     unsafe {
         match (rr, cc) {
-            (4, 4) => put(dst, at, rows, k_micro::<T, 4, 4>(w, x)),
-            (2, 4) => put(dst, at, rows, k_micro::<T, 2, 4>(w, x)),
-            (1, 4) => put(dst, at, rows, k_micro::<T, 1, 4>(w, x)),
-            (4, _) => put(dst, at, rows, k_micro::<T, 4, 1>(w, x)),
-            (2, _) => put(dst, at, rows, k_micro::<T, 2, 1>(w, x)),
-            _ => put(dst, at, rows, k_micro::<T, 1, 1>(w, x)),
+            (4, 4) => put(dst, at, rows, k_micro::<4, 4>(w, x)),
+            (2, 4) => put(dst, at, rows, k_micro::<2, 4>(w, x)),
+            (1, 4) => put(dst, at, rows, k_micro::<1, 4>(w, x)),
+            (4, _) => put(dst, at, rows, k_micro::<4, 1>(w, x)),
+            (2, _) => put(dst, at, rows, k_micro::<2, 1>(w, x)),
+            _ => put(dst, at, rows, k_micro::<1, 1>(w, x)),
         }
     }
 }
@@ -222,160 +193,58 @@ fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, 
 #[derive(Clone, Copy)]
 struct Scales {
     d: f32,
-    /// `Q5_K`'s `dmin`; 0 for `IQ4_XS`.
-    dmin: f32,
-    /// `IQ4_XS`: lanes 0–7 the 8 sub-block scales. `Q5_K`: lanes 0–7 the 8 sub-block scales,
-    /// lanes 8–15 the 8 minima (a sub-block is two groups).
+    /// Lanes 0–7: the 8 sub-block scales.
     sc: __m512i,
-    /// Lane `g`: what multiplies the activations' group sum `g`: `Q5_K`'s minimum, or
-    /// `IQ4_XS`'s offset correction `128 · sc_g`.
+    /// Lane `g`: the offset correction `128 · sc_g` that multiplies the activations' group
+    /// sum `g`.
     corr: __m512i,
 }
 
-/// The scales of the super-block of K-quant `T` at `p`.
+/// The scales of the super-block at `p`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn scales<const T: u8>(p: *const u8) -> Scales {
+unsafe fn scales(p: *const u8) -> Scales {
     // SAFETY: the caller guarantees one whole block at `p`.
-    unsafe { scales_body::<T>(p) }
+    unsafe { scales_body(p) }
 }
 
 /// The body of [`scales`]. Not a `#[target_feature]` function itself, so that it can be
 /// `#[inline(always)]` (Rust refuses the two together); it runs under its caller's features.
 /// A single-row tile inlines it: left to `#[inline]`, LLVM kept it out of line there and
-/// returned its vectors through the stack, 14 % of a `Q4_K` decode when this kernel served
-/// `Q4_K` (`kernel-bench --rows 1`, alternated twice: `Q4_K` stack 29–30 → 33–37 tok/s,
-/// `Q5_K` 25 → 28–32). Wider
-/// tiles call it through [`scales`] as before: inlined into them it cost them 1–10 % (more
-/// vectors live at once).
+/// returned its vectors through the stack (14 % of a `Q4_K` decode when this kernel served
+/// `Q4_K`). Wider tiles call it through [`scales`]: inlined into them it cost them 1–10 %
+/// (more vectors live at once).
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline(always)]
-unsafe fn scales_body<const T: u8>(p: *const u8) -> Scales {
+unsafe fn scales_body(p: *const u8) -> Scales {
     // SAFETY: the AVX-512 intrinsics below run inside `k_micro` or `scales`, which enable them.
     unsafe {
         // SAFETY: the caller guarantees one whole block at `p`.
-        let block = std::slice::from_raw_parts(p, block_bytes(T));
-        if T == IQ4XS {
-            // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
-            // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
-            let high = u16::from_le_bytes([block[2], block[3]]);
-            let mut ls = [0i32; 16];
-            for (s, ls) in ls.iter_mut().take(8).enumerate() {
-                let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
-                *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
-            }
-            // SAFETY: 16 `i32`.
-            let sc = _mm512_loadu_si512(ls.as_ptr().cast());
-            // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
-            let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-            Scales {
-                d: block_scale(block),
-                dmin: 0.0,
-                sc,
-                corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
-            }
-        } else {
-            // The 12 bytes of 6-bit scales and minima (see `kquants::scale_min_k4`) rearranged
-            // with word operations into 8 scale bytes then 8 minimum bytes.
-            const LOW6: u32 = 0x3f3f_3f3f;
-            const LOW4: u32 = 0x0f0f_0f0f;
-            const LOW2: u32 = 0x0303_0303;
-            let word = |i: usize| {
-                u32::from_le_bytes(block[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]))
-            };
-            let (u0, u1, u2) = (word(0), word(1), word(2));
-            let sc = [
-                u0 & LOW6,
-                (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4),
-                u1 & LOW6,
-                ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4),
-            ];
-            // SAFETY: 16 bytes.
-            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.as_ptr().cast()));
-            // Group `g`'s minimum is sub-block `g / 2`'s, in lane `8 + g / 2`.
-            let mins =
-                _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-            Scales {
-                d: block_scale(block),
-                dmin: block_scale(&block[2..]),
-                sc: v,
-                corr: _mm512_permutexvar_epi32(mins, v),
-            }
+        let block = std::slice::from_raw_parts(p, BLOCK_BYTES);
+        // Sub-block `s`'s scale: 4 low bits in nibble `s` of `scales_l` (bytes 4..8), 2 high
+        // bits in bits `2s` of `scales_h` (bytes 2..4), minus 32.
+        let high = u16::from_le_bytes([block[2], block[3]]);
+        let mut ls = [0i32; 16];
+        for (s, ls) in ls.iter_mut().take(8).enumerate() {
+            let low = (block[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
+            *ls = i32::from(low | (((high >> (2 * s)) & 3) as u8) << 4) - 32;
         }
-    }
-}
-
-/// The scales of four `Q5_K` super-blocks, at `p + c · stride` for `c` in `0..4`
-/// (the same block of a tile's four weight rows), decoded together: [`scales_body`]'s word
-/// operations run once on the four blocks' scale bytes side by side, one block per 128-bit
-/// lane, and one `vcvtph2ps` widens the four `d` and `dmin`, where decoding the blocks one
-/// by one took ≈ 35 instructions each. Multi-row tiles only (see `k_micro`): `kernel-bench`,
-/// 2 threads, alternated twice: `Q4_K` 16 rows 79–80 → 86–87 tok/s, 512 rows 76–77 → 84;
-/// `Q5_K` 16 rows 68 → 70–72, 512 rows 64–66 → 68–71.
-#[expect(
-    unsafe_code,
-    reason = "unchecked loads inside blocks the caller checked"
-)]
-#[inline(always)]
-unsafe fn scales_x4(p: *const u8, stride: usize) -> [Scales; 4] {
-    const LOW6: i32 = 0x3f3f_3f3f;
-    const LOW4: i32 = 0x0f0f_0f0f;
-    const HIGH2: i32 = 0x3030_3030;
-    // SAFETY: the caller guarantees a whole block at each `p + c · stride` and runs this
-    // under AVX-512 F/BW/VL and F16C.
-    unsafe {
-        let head = |c: usize| _mm_loadu_si128(p.add(c * stride).cast());
-        // Lane `c`, block `c`'s first 16 bytes: dwords [d | dmin, u0, u1, u2].
-        let v = _mm512_inserti32x4::<3>(
-            _mm512_inserti32x4::<2>(
-                _mm512_inserti32x4::<1>(_mm512_castsi128_si512(head(0)), head(1)),
-                head(2),
-            ),
-            head(3),
-        );
-        // Per lane, as `scales_body`: [u0 & LOW6, (u2 & LOW4) | ((u0 >> 2) & HIGH2),
-        // u1 & LOW6, ((u2 >> 4) & LOW4) | ((u1 >> 2) & HIGH2)]: 8 scale bytes, 8 minima.
-        let a = _mm512_shuffle_epi32::<0b11_10_11_01>(v); // [u0, u2, u1, u2]
-        let b = _mm512_shuffle_epi32::<0b10_10_01_01>(v); // [u0, u0, u1, u1]
-        let low = _mm512_and_si512(
-            _mm512_srlv_epi32(a, _mm512_set4_epi32(4, 0, 0, 0)),
-            _mm512_set4_epi32(LOW4, LOW6, LOW4, LOW6),
-        );
-        let high = _mm512_and_si512(
-            _mm512_srli_epi32::<2>(b),
-            _mm512_set4_epi32(HIGH2, 0, HIGH2, 0),
-        );
-        let sc = _mm512_or_si512(low, high);
-        // [d₀, dmin₀, d₁, dmin₁, …] from each lane's first dword.
-        let dm = _mm512_permutexvar_epi32(
-            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-            v,
-        );
-        let mut d = [0f32; 8];
-        _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(_mm512_castsi512_si128(dm)));
-        let mins = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-        let at = |c: usize, lane: __m128i| {
-            let sc = _mm512_cvtepu8_epi32(lane);
-            Scales {
-                d: d[2 * c],
-                dmin: d[2 * c + 1],
-                sc,
-                corr: _mm512_permutexvar_epi32(mins, sc),
-            }
-        };
-        [
-            at(0, _mm512_extracti32x4_epi32::<0>(sc)),
-            at(1, _mm512_extracti32x4_epi32::<1>(sc)),
-            at(2, _mm512_extracti32x4_epi32::<2>(sc)),
-            at(3, _mm512_extracti32x4_epi32::<3>(sc)),
-        ]
+        // SAFETY: 16 `i32`.
+        let sc = _mm512_loadu_si512(ls.as_ptr().cast());
+        // Group `g`'s scale is sub-block `g / 2`'s; the levels are offset by 128.
+        let sub = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        Scales {
+            d: block_scale(block),
+            sc,
+            corr: _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(sub, sc)),
+        }
     }
 }
 
@@ -386,49 +255,27 @@ unsafe fn scales_x4(p: *const u8, stride: usize) -> [Scales; 4] {
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn chunk<const T: u8>(p: *const u8, k: usize) -> __m512i {
-    let nib = _mm512_set1_epi8(0x0f);
-    if T == IQ4XS {
-        // Sub-blocks 2k and 2k + 1 are `qs[32k..32k + 16]` and `qs[32k + 16..32k + 32]`, each
-        // laid out as an `IQ4_NL` block: element `j` in byte `j`'s low nibble, `j + 16` in
-        // its high one.
-        // SAFETY: `qs` is bytes 8..136 of the block.
-        let v = unsafe { _mm256_loadu_si256(p.add(8 + 32 * k).cast()) };
-        let lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0f));
-        // 128-bit lanes [lo₀, lo₁, hi₀, hi₁] → [lo₀, hi₀, lo₁, hi₁]: element order.
-        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-        let idx = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
-        // SAFETY: 16 bytes.
-        let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
-        _mm512_shuffle_epi8(_mm512_broadcast_i32x4(levels), idx)
-    } else {
-        // Sub-blocks 2k and 2k + 1: the low and the high nibbles of `qs[32k..32k + 32]`.
-        // SAFETY: `qs` is bytes 48..176 of the block.
-        let v = unsafe { _mm256_loadu_si256(p.add(48 + 32 * k).cast()) };
-        let v = _mm512_castsi256_si512(v);
-        let both = _mm512_inserti64x4::<1>(v, _mm512_castsi512_si256(_mm512_srli_epi16::<4>(v)));
-        let low = _mm512_and_si512(both, nib);
-        // `Q5_K`'s fifth bits: bit `s` of `qh[l]` for element `l` of sub-block `s`.
-        // SAFETY: `qh` is bytes 16..48 of the block.
-        let qh = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16).cast())) };
-        let bits = _mm512_inserti64x4::<1>(
-            _mm512_set1_epi8((1u8 << (2 * k)) as i8),
-            _mm256_set1_epi8((1u8 << (2 * k + 1)) as i8),
-        );
-        let high = _mm512_test_epi8_mask(qh, bits);
-        _mm512_mask_add_epi8(low, high, low, _mm512_set1_epi8(16))
-    }
+unsafe fn chunk(p: *const u8, k: usize) -> __m512i {
+    // Sub-blocks 2k and 2k + 1 are `qs[32k..32k + 16]` and `qs[32k + 16..32k + 32]`, each
+    // laid out as an `IQ4_NL` block: element `j` in byte `j`'s low nibble, `j + 16` in
+    // its high one.
+    // SAFETY: `qs` is bytes 8..136 of the block.
+    let v = unsafe { _mm256_loadu_si256(p.add(8 + 32 * k).cast()) };
+    let lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0f));
+    // 128-bit lanes [lo₀, lo₁, hi₀, hi₁] → [lo₀, hi₀, lo₁, hi₁]: element order.
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    let idx = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
+    // SAFETY: 16 bytes.
+    let levels = unsafe { _mm_loadu_si128(LEVELS.as_ptr().cast()) };
+    _mm512_shuffle_epi8(_mm512_broadcast_i32x4(levels), idx)
 }
 
 /// An `R × C` tile: activation rows × weight columns, every super-block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
-    w: *const u8,
-    x: &KRows,
-) -> [[f32; C]; R] {
-    let bb = block_bytes(T);
+unsafe fn k_micro<const R: usize, const C: usize>(w: *const u8, x: &KRows) -> [[f32; C]; R] {
+    let bb = BLOCK_BYTES;
     // Lane `l`: see `kdot::run_k`, the definition this computes.
     let mut y = [[_mm512_setzero_ps(); C]; R];
     // Lane `l` of chunk `k` holds elements `64k + 4l..64k + 4l + 4`: sub-block `2k + l / 8`;
@@ -438,17 +285,10 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
     for b in 0..x.blocks {
         let zero = Scales {
             d: 0.0,
-            dmin: 0.0,
             sc: _mm512_setzero_si512(),
             corr: _mm512_setzero_si512(),
         };
         let mut s = [zero; C];
-        // A multi-row tile decodes its four columns' `Q5_K` scales together. A
-        // single row keeps decoding them one column at a time, each right after its
-        // column's prefetches: in `kernel-bench --rows 1` (weights from DRAM) the joint
-        // decoding, or the same prefetches issued as one burst, made it 15–30 % slower, though
-        // faster with the weights in cache (`--hot`): the burst held up the block's own loads.
-        let joint = R > 1 && C == 4 && T == Q5K;
         for (c, s) in s.iter_mut().enumerate() {
             // SAFETY: the caller guarantees `C` weight rows of `blocks` super-blocks at `w`.
             let p = unsafe { w.add(c * x.row_bytes + b * bb) };
@@ -460,21 +300,8 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             for line in (0..bb).step_by(64) {
                 super::prefetch_ahead(p.wrapping_add(C * x.row_bytes + line), false);
             }
-            if !joint {
-                // SAFETY: as above.
-                *s = unsafe {
-                    if R == 1 {
-                        scales_body::<T>(p)
-                    } else {
-                        scales::<T>(p)
-                    }
-                };
-            }
-        }
-        if joint {
             // SAFETY: as above.
-            let four = unsafe { scales_x4(w.add(b * bb), x.row_bytes) };
-            s.copy_from_slice(&four[..C]);
+            *s = unsafe { if R == 1 { scales_body(p) } else { scales(p) } };
         }
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for k in 0..4 {
@@ -487,7 +314,7 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             let idx = _mm512_add_epi32(group, _mm512_set1_epi32(step * k as i32));
             for (c, s) in s.iter().enumerate() {
                 // SAFETY: as above.
-                let wk = unsafe { chunk::<T>(w.add(c * x.row_bytes + b * bb), k) };
+                let wk = unsafe { chunk(w.add(c * x.row_bytes + b * bb), k) };
                 let sk = _mm512_permutexvar_epi32(idx, s.sc);
                 for (acc, xk) in acc.iter_mut().zip(&xk) {
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wk, *xk);
@@ -507,14 +334,8 @@ unsafe fn k_micro<const T: u8, const R: usize, const C: usize>(
             for ((y, acc), s) in yr.iter_mut().zip(acc).zip(&s) {
                 let corr = _mm512_mullo_epi32(s.corr, sums);
                 let d = _mm512_set1_ps(s.d * dx);
-                if T == IQ4XS {
-                    let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(*acc, corr));
-                    *y = _mm512_fmadd_ps(sumi, d, *y);
-                } else {
-                    *y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), d, *y);
-                    let m = _mm512_set1_ps(-(s.dmin * dx));
-                    *y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(corr), m, *y);
-                }
+                let sumi = _mm512_cvtepi32_ps(_mm512_sub_epi32(*acc, corr));
+                *y = _mm512_fmadd_ps(sumi, d, *y);
             }
         }
     }

@@ -149,7 +149,7 @@ fn avx2_panels_match_the_portable_code_bit_for_bit() {
     }
 }
 
-/// The AVX2 `Q4_K`/`Q6_K` panel kernel, which `matmul_t` skips on a CPU with AVX-512 VNNI,
+/// The AVX2 `Q4_K`/`Q5_K`/`Q6_K` panel kernel, which `matmul_t` skips on a CPU with AVX-512 VNNI,
 /// against the portable code, bit for bit, on random blocks (6-bit `Q6_K` quants of 0 and
 /// 63, and scales of −128, included).
 #[cfg(target_arch = "x86_64")]
@@ -158,7 +158,7 @@ fn avx2_k_panels_match_the_portable_code_bit_for_bit() {
     if simd_level() < 1 || !f16c() {
         return;
     }
-    for t in [QType::Q4_K, QType::Q6_K] {
+    for t in [QType::Q4_K, QType::Q5_K, QType::Q6_K] {
         for (out, inp) in [(13, 256), (37, 512), (70, 256 * 9)] {
             let m = random_blocks(t, out, inp, out as u32);
             let Data::KPanels(kind, v) = &m.data else {
@@ -328,9 +328,9 @@ fn blocks_from_a_file_are_taken_as_is() {
     let q = quant::quantize_q8_0(&w).unwrap();
     let m = PackedMatrix::from_blocks(&q, 37, 96, Format::Q8_0).unwrap();
     assert_eq!(m.to_f32(), quant::dequantize_q8_0(&q).unwrap());
-    // `Q5_0` panels and `Q4_K` / `Q6_K` ones (scales unpacked to bytes, 6-bit quants split
+    // `Q5_0` panels and `Q4_K` / `Q5_K` / `Q6_K` ones (scales unpacked to bytes, 6-bit quants split
     // into nibbles and top bits) expand to the file's values, bit for bit.
-    for t in [QType::Q5_0, QType::Q4_K, QType::Q6_K] {
+    for t in [QType::Q5_0, QType::Q4_K, QType::Q5_K, QType::Q6_K] {
         let bytes = random_block_bytes(t, 37, 512, 3);
         let m = PackedMatrix::from_blocks(&bytes, 37, 512, Format::Quant(t)).unwrap();
         assert!(

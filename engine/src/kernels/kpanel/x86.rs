@@ -1,4 +1,4 @@
-//! The x86 kernels for `Q4_K` / `Q6_K` panels ([`super`], whose docs give the layout and the
+//! The x86 kernels for `Q4_K` / `Q5_K` / `Q6_K` panels ([`super`], whose docs give the layout and the
 //! arithmetic these compute bit for bit): AVX-512 VNNI, and AVX2 for CPUs without it.
 
 use std::arch::x86_64::*;
@@ -31,6 +31,19 @@ pub(in super::super) fn run_avx2(v: &[u8], kind: Kind, a: &Acts, first: usize, d
     // SAFETY: `kpanel::matmul` calls this only when `simd_level` detected AVX2 and FMA and
     // `f16c` detected F16C, every feature `run_v3` enables.
     unsafe { run_v3(v, kind, a, first, dst) }
+}
+
+/// The micro-kernels' type parameter: which K-quant.
+const Q4: u8 = 0;
+const Q5: u8 = 1;
+const Q6: u8 = 2;
+
+const fn kind(t: u8) -> Kind {
+    match t {
+        Q4 => Kind::Q4K,
+        Q5 => Kind::Q5K,
+        _ => Kind::Q6K,
+    }
 }
 
 /// Activation rows at a tile's first row.
@@ -149,14 +162,18 @@ fn run_v4(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
         // bounds.
         unsafe {
             match (kind, rr) {
-                (Kind::Q4K, 8) => store(lanes, micro::<false, 8>(w, x)),
-                (Kind::Q4K, 4) => store(lanes, micro::<false, 4>(w, x)),
-                (Kind::Q4K, 2) => store(lanes, micro::<false, 2>(w, x)),
-                (Kind::Q4K, _) => store(lanes, micro::<false, 1>(w, x)),
-                (Kind::Q6K, 8) => store(lanes, micro::<true, 8>(w, x)),
-                (Kind::Q6K, 4) => store(lanes, micro::<true, 4>(w, x)),
-                (Kind::Q6K, 2) => store(lanes, micro::<true, 2>(w, x)),
-                (Kind::Q6K, _) => store(lanes, micro::<true, 1>(w, x)),
+                (Kind::Q4K, 8) => store(lanes, micro::<Q4, 8>(w, x)),
+                (Kind::Q4K, 4) => store(lanes, micro::<Q4, 4>(w, x)),
+                (Kind::Q4K, 2) => store(lanes, micro::<Q4, 2>(w, x)),
+                (Kind::Q4K, _) => store(lanes, micro::<Q4, 1>(w, x)),
+                (Kind::Q5K, 8) => store(lanes, micro::<Q5, 8>(w, x)),
+                (Kind::Q5K, 4) => store(lanes, micro::<Q5, 4>(w, x)),
+                (Kind::Q5K, 2) => store(lanes, micro::<Q5, 2>(w, x)),
+                (Kind::Q5K, _) => store(lanes, micro::<Q5, 1>(w, x)),
+                (Kind::Q6K, 8) => store(lanes, micro::<Q6, 8>(w, x)),
+                (Kind::Q6K, 4) => store(lanes, micro::<Q6, 4>(w, x)),
+                (Kind::Q6K, 2) => store(lanes, micro::<Q6, 2>(w, x)),
+                (Kind::Q6K, _) => store(lanes, micro::<Q6, 1>(w, x)),
             }
         }
     });
@@ -175,16 +192,16 @@ fn store<const R: usize>(lanes: &mut [[f32; PANEL]; 8], acc: [__m512; R]) {
 }
 
 /// The 4-element weight group `q` of sub-block `s` of the panel block at `p`, 16 columns,
-/// as unsigned bytes (`Q6`: 6 bits, `q + 32`; else `Q4_K`'s nibbles).
+/// as unsigned bytes (`Q6_K`: 6 bits, `q + 32`; `Q5_K`: 5 bits; `Q4_K`: its nibbles).
 #[target_feature(enable = "avx512f,avx512bw")]
 #[expect(
     unsafe_code,
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn group<const Q6: bool>(p: *const u8, s: usize, q: usize) -> __m512i {
+unsafe fn group<const T: u8>(p: *const u8, s: usize, q: usize) -> __m512i {
     let nib = _mm512_set1_epi8(0x0f);
-    let (nibbles, high, top) = group_at(Q6, s, q);
+    let (nibbles, high, top) = group_at(T, s, q);
     // SAFETY: the caller guarantees a whole panel block at `p`.
     unsafe {
         let raw = _mm512_loadu_si512(p.add(nibbles).cast());
@@ -196,9 +213,14 @@ unsafe fn group<const Q6: bool>(p: *const u8, s: usize, q: usize) -> __m512i {
         let Some((top, shift)) = top else {
             return lo;
         };
+        let top = _mm512_loadu_si512(p.add(top).cast());
+        if T == Q5 {
+            // Bit `shift` of each byte is its element's fifth.
+            let set = _mm512_test_epi8_mask(top, _mm512_set1_epi8((1u8 << shift).cast_signed()));
+            return _mm512_mask_add_epi8(lo, set, lo, _mm512_set1_epi8(16));
+        }
         // Bits `shift..shift + 2` of each byte to bits 4–5 (the 16-bit shifts move bits
         // across bytes only outside the mask).
-        let top = _mm512_loadu_si512(p.add(top).cast());
         let top = match shift {
             0 => _mm512_slli_epi16::<4>(top),
             2 => _mm512_slli_epi16::<2>(top),
@@ -212,8 +234,8 @@ unsafe fn group<const Q6: bool>(p: *const u8, s: usize, q: usize) -> __m512i {
 /// Where the 4-element group `q` of sub-block `s` lies in a panel block, for column 0 (lane
 /// `c` is `4c` bytes on): [`super::place`] of its first element.
 #[inline(always)]
-fn group_at(q6: bool, s: usize, q: usize) -> (usize, bool, Option<(usize, usize)>) {
-    let kind = if q6 { Kind::Q6K } else { Kind::Q4K };
+fn group_at(t: u8, s: usize, q: usize) -> (usize, bool, Option<(usize, usize)>) {
+    let kind = kind(t);
     super::place(kind, 0, s * (QK_K / kind.subs()) + 4 * q)
 }
 
@@ -238,11 +260,11 @@ unsafe fn pair(p: *const u8, at: usize, j: usize) -> __m512i {
 /// [`kpanel`]'s docs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn micro<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> [__m512; R] {
-    let kind = if Q6 { Kind::Q6K } else { Kind::Q4K };
+unsafe fn micro<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [__m512; R] {
+    let kind = kind(T);
     let pb = kind.panel_block_bytes();
-    let (pairs, per) = if Q6 { (8, 4) } else { (4, 8) };
-    let scales_at = if Q6 { at::Q6K_SC } else { at::Q4K_SC };
+    let (pairs, per) = if T == Q6 { (8, 4) } else { (4, 8) };
+    let scales_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_SC };
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..x.blocks {
         // SAFETY: the caller guarantees `blocks` panel blocks at `w` and `R` activation rows
@@ -256,7 +278,7 @@ unsafe fn micro<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> [__m5
             }
             let mut xp = [[0i32; 8]; R];
             for (r, xp) in xp.iter_mut().enumerate() {
-                *xp = x.pairs(Q6, r, b);
+                *xp = x.pairs(T == Q6, r, b);
             }
             let mut raw = [_mm512_setzero_si512(); R];
             for j in 0..pairs {
@@ -270,7 +292,7 @@ unsafe fn micro<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> [__m5
                     let s = 2 * j + h;
                     let mut wv = [_mm512_setzero_si512(); 8];
                     for (q, wq) in wv.iter_mut().enumerate().take(per) {
-                        *wq = group::<Q6>(p, s, q);
+                        *wq = group::<T>(p, s, q);
                     }
                     for (r, raw) in raw.iter_mut().enumerate() {
                         let xq = x.qs.add(r * x.width + b * QK_K + s * 4 * per).cast::<i32>();
@@ -286,14 +308,14 @@ unsafe fn micro<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> [__m5
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(at::D).cast()));
             // What multiplies the pairs of group sums: `Q6_K` its scales, `Q4_K` its minima
             // (unsigned 6-bit, so widening them as signed keeps them).
-            let m_at = if Q6 { at::Q6K_SC } else { at::Q4K_MIN };
+            let m_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_MIN };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let mut corr = _mm512_setzero_si512();
                 for (j, &xp) in xp[r].iter().enumerate().take(pairs) {
                     corr = _mm512_dpwssd_epi32(corr, pair(p, m_at, j), _mm512_set1_epi32(xp));
                 }
                 let dx = _mm512_set1_ps(x.ds.add(r * x.blocks + b).read());
-                if Q6 {
+                if T == Q6 {
                     let sumi = _mm512_sub_epi32(raw[r], _mm512_slli_epi32::<5>(corr));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(d, dx), *acc);
                 } else {
@@ -332,10 +354,12 @@ fn run_v3(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
         // bounds.
         unsafe {
             match (kind, rr) {
-                (Kind::Q4K, 2) => store(lanes, &micro_avx2::<false, 2>(w, x)),
-                (Kind::Q4K, _) => store(lanes, &micro_avx2::<false, 1>(w, x)),
-                (Kind::Q6K, 2) => store(lanes, &micro_avx2::<true, 2>(w, x)),
-                (Kind::Q6K, _) => store(lanes, &micro_avx2::<true, 1>(w, x)),
+                (Kind::Q4K, 2) => store(lanes, &micro_avx2::<Q4, 2>(w, x)),
+                (Kind::Q4K, _) => store(lanes, &micro_avx2::<Q4, 1>(w, x)),
+                (Kind::Q5K, 2) => store(lanes, &micro_avx2::<Q5, 2>(w, x)),
+                (Kind::Q5K, _) => store(lanes, &micro_avx2::<Q5, 1>(w, x)),
+                (Kind::Q6K, 2) => store(lanes, &micro_avx2::<Q6, 2>(w, x)),
+                (Kind::Q6K, _) => store(lanes, &micro_avx2::<Q6, 1>(w, x)),
             }
         }
     });
@@ -353,12 +377,19 @@ fn run_v3(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
     clippy::needless_range_loop,
     reason = "pair `j` also addresses the panel's bytes and names two sub-blocks"
 )]
-unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> [[__m256; 2]; R] {
-    let kind = if Q6 { Kind::Q6K } else { Kind::Q4K };
+unsafe fn micro_avx2<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [[__m256; 2]; R] {
+    let kind = kind(T);
     let pb = kind.panel_block_bytes();
-    let (pairs, per) = if Q6 { (8, 4) } else { (4, 8) };
-    let scales_at = if Q6 { at::Q6K_SC } else { at::Q4K_SC };
-    let m_at = if Q6 { at::Q6K_SC } else { at::Q4K_MIN };
+    let (pairs, per) = if T == Q6 { (8, 4) } else { (4, 8) };
+    let scales_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_SC };
+    let m_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_MIN };
+    // Groups whose `vpmaddubsw` pair sums (at most 2·w_max·127) add up in 16 bits: 8 of
+    // `Q4_K`'s 4 bits, 4 of `Q5_K`'s 5, 2 of `Q6_K`'s 6.
+    let run = match T {
+        Q4 => 8,
+        Q5 => 4,
+        _ => 2,
+    };
     let nib = _mm256_set1_epi8(0x0f);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..x.blocks {
@@ -371,7 +402,7 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
             }
             let mut xp = [[0i32; 8]; R];
             for (r, xp) in xp.iter_mut().enumerate() {
-                *xp = x.pairs(Q6, r, b);
+                *xp = x.pairs(T == Q6, r, b);
             }
             for h in 0..2 {
                 // Columns `8h..8h + 8`: bytes `32h..32h + 32` of each group, `16h..16h + 16`
@@ -383,7 +414,7 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
                         _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(at + 32 * j + 16 * h).cast()))
                     };
                     let sc = pair(scales_at);
-                    let m = if Q6 { sc } else { pair(m_at) };
+                    let m = if T == Q6 { sc } else { pair(m_at) };
                     for (r, corr) in corr.iter_mut().enumerate() {
                         let xv = _mm256_set1_epi32(xp[r][j]);
                         *corr = _mm256_add_epi32(*corr, _mm256_madd_epi16(m, xv));
@@ -397,7 +428,7 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
                         let s = 2 * j + e;
                         let mut wv = [_mm256_setzero_si256(); 8];
                         for (q, wq) in wv.iter_mut().enumerate().take(per) {
-                            *wq = group_avx2::<Q6>(p.add(32 * h), s, q, nib);
+                            *wq = group_avx2::<T>(p.add(32 * h), s, q, nib);
                         }
                         for (r, raw) in raw.iter_mut().enumerate() {
                             let xq = x.qs.add(r * x.width + b * QK_K + s * 4 * per).cast::<i32>();
@@ -405,9 +436,9 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
                             for (q, wq) in wv.iter().enumerate().take(per) {
                                 let xv = _mm256_set1_epi32(xq.add(q).read_unaligned());
                                 let d = _mm256_maddubs_epi16(*wq, xv);
-                                if Q6 && q == 2 {
-                                    // Two groups' pair sums so far: take them out before a
-                                    // third could exceed `i16`.
+                                if q > 0 && q % run == 0 {
+                                    // `run` groups' pair sums so far: take them out before
+                                    // one more could exceed `i16`.
                                     *raw = _mm256_add_epi32(*raw, _mm256_madd_epi16(sum, scale));
                                     sum = d;
                                 } else {
@@ -421,7 +452,7 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(at::D + 16 * h).cast()));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let dx = _mm256_set1_ps(x.ds.add(r * x.blocks + b).read());
-                    if Q6 {
+                    if T == Q6 {
                         let sumi = _mm256_sub_epi32(raw[r], _mm256_slli_epi32::<5>(corr[r]));
                         acc[h] =
                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(d, dx), acc[h]);
@@ -454,8 +485,8 @@ unsafe fn micro_avx2<const Q6: bool, const R: usize>(w: *const u8, x: &Rows) -> 
     reason = "unchecked loads inside a block the caller checked"
 )]
 #[inline]
-unsafe fn group_avx2<const Q6: bool>(p: *const u8, s: usize, q: usize, nib: __m256i) -> __m256i {
-    let (nibbles, high, top) = group_at(Q6, s, q);
+unsafe fn group_avx2<const T: u8>(p: *const u8, s: usize, q: usize, nib: __m256i) -> __m256i {
+    let (nibbles, high, top) = group_at(T, s, q);
     // SAFETY: the caller guarantees a whole panel block around `p`.
     unsafe {
         let raw = _mm256_loadu_si256(p.add(nibbles).cast());
@@ -468,6 +499,11 @@ unsafe fn group_avx2<const Q6: bool>(p: *const u8, s: usize, q: usize, nib: __m2
             return lo;
         };
         let top = _mm256_loadu_si256(p.add(top).cast());
+        if T == Q5 {
+            let bit = _mm256_set1_epi8((1u8 << shift).cast_signed());
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(top, bit), bit);
+            return _mm256_or_si256(lo, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+        }
         let top = match shift {
             0 => _mm256_slli_epi16::<4>(top),
             2 => _mm256_slli_epi16::<2>(top),
