@@ -43,6 +43,8 @@
 //! super-block and 16 columns. The row-major kernel it replaces needed a scale multiply and
 //! a decode per 64 elements and column, and a horizontal sum at the end.
 
+use rayon::prelude::*;
+
 use super::kdot::{self, Acts};
 use super::qdot::PANEL;
 use super::{by_columns, f16_bits_to_f32};
@@ -126,8 +128,22 @@ impl Kind {
         }
     }
 
+    /// 4-element groups per sub-block.
+    pub(super) const fn groups(self) -> usize {
+        QK_K / self.subs() / 4
+    }
+
+    /// Where the pairs of what multiplies the activations' group sums start: `Q4_K` /
+    /// `Q5_K`'s minima, `Q6_K`'s scales (its offset correction).
+    pub(super) const fn corr_at(self) -> usize {
+        match self {
+            Kind::Q4K | Kind::Q5K => at::Q4K_MIN,
+            Kind::Q6K => at::Q6K_SC,
+        }
+    }
+
     /// Where the sub-block scales' pairs start.
-    const fn scales_at(self) -> usize {
+    pub(super) const fn scales_at(self) -> usize {
         match self {
             Kind::Q4K | Kind::Q5K => at::Q4K_SC,
             Kind::Q6K => at::Q6K_SC,
@@ -269,6 +285,12 @@ fn place(kind: Kind, c: usize, e: usize) -> (usize, bool, Option<(usize, usize)>
     }
 }
 
+/// Byte offset, inside the pairs of per-sub-block bytes (scales or minima), of column `c`'s
+/// sub-block `s`: lane `c` of pair `s / 2`, its byte `s % 2`.
+const fn pair_at(s: usize, c: usize) -> usize {
+    (s / 2 * PANEL + c) * 2 + s % 2
+}
+
 /// Writes `col` as column `c` of the panel block `p`.
 fn put(kind: Kind, p: &mut [u8], c: usize, col: &Column) {
     p[at::D + 2 * c..at::D + 2 * c + 2].copy_from_slice(&col.d);
@@ -276,18 +298,21 @@ fn put(kind: Kind, p: &mut [u8], c: usize, col: &Column) {
         p[at::DMIN + 2 * c..at::DMIN + 2 * c + 2].copy_from_slice(&col.dmin);
     }
     for s in 0..kind.subs() {
-        let pair = (s / 2 * PANEL + c) * 2 + s % 2;
+        let pair = pair_at(s, c);
         p[kind.scales_at() + pair] = col.sc[s];
         if kind.has_min() {
             p[at::Q4K_MIN + pair] = col.min[s];
         }
     }
-    for (e, &q) in col.q.iter().enumerate() {
-        let (lo, high, top) = place(kind, c, e);
-        let nibble = q & 0x0f;
-        p[lo] |= if high { nibble << 4 } else { nibble };
-        if let Some((hb, shift)) = top {
-            p[hb] |= (q >> 4) << shift;
+    // A group's 4 elements sit in 4 consecutive bytes: one `place` per group.
+    for (g, quad) in col.q.chunks_exact(4).enumerate() {
+        let (lo, high, top) = place(kind, c, 4 * g);
+        for (i, &q) in quad.iter().enumerate() {
+            let nibble = q & 0x0f;
+            p[lo + i] |= if high { nibble << 4 } else { nibble };
+            if let Some((hb, shift)) = top {
+                p[hb + i] |= (q >> 4) << shift;
+            }
         }
     }
 }
@@ -301,7 +326,7 @@ fn get(kind: Kind, p: &[u8], c: usize) -> Column {
             .copy_from_slice(&p[at::DMIN + 2 * c..at::DMIN + 2 * c + 2]);
     }
     for s in 0..kind.subs() {
-        let pair = (s / 2 * PANEL + c) * 2 + s % 2;
+        let pair = pair_at(s, c);
         col.sc[s] = p[kind.scales_at() + pair];
         if kind.has_min() {
             col.min[s] = p[at::Q4K_MIN + pair];
@@ -327,7 +352,9 @@ pub(super) fn to_panels(v: &[u8], kind: Kind, out: usize, blocks: usize) -> Vec<
         panels * blocks * pb,
         std::iter::repeat_n(0u8, panels * blocks * pb),
     );
-    for (i, dst) in p.chunks_exact_mut(pb).enumerate() {
+    // Panel blocks are independent: repacked on the pool (a 1B `Q4_K_M` file's ~1.2 G
+    // weights are most of its load time).
+    p.par_chunks_exact_mut(pb).enumerate().for_each(|(i, dst)| {
         let (pi, b) = (i / blocks.max(1), i % blocks.max(1));
         for c in 0..PANEL {
             let o = pi * PANEL + c;
@@ -338,7 +365,7 @@ pub(super) fn to_panels(v: &[u8], kind: Kind, out: usize, blocks: usize) -> Vec<
                 put(kind, dst, c, &Column::from_block(kind, block));
             }
         }
-    }
+    });
     p
 }
 
@@ -419,7 +446,7 @@ fn panel_row(p: &[u8], kind: Kind, a: &Acts, r: usize) -> [f32; PANEL] {
         let mut raw = [0i32; PANEL];
         let mut corr = [0i32; PANEL];
         let scale = |s: usize, c: usize| {
-            let v = blk[kind.scales_at() + (s / 2 * PANEL + c) * 2 + s % 2];
+            let v = blk[kind.scales_at() + pair_at(s, c)];
             match kind {
                 Kind::Q4K | Kind::Q5K => i32::from(v),
                 Kind::Q6K => i32::from(v as i8),
@@ -454,7 +481,7 @@ fn panel_row(p: &[u8], kind: Kind, a: &Acts, r: usize) -> [f32; PANEL] {
                 for s in 0..8 {
                     let xs = sums[2 * s] + sums[2 * s + 1];
                     for (c, corr) in corr.iter_mut().enumerate() {
-                        let m = blk[at::Q4K_MIN + (s / 2 * PANEL + c) * 2 + s % 2];
+                        let m = blk[at::Q4K_MIN + pair_at(s, c)];
                         *corr += i32::from(m) * xs;
                     }
                 }

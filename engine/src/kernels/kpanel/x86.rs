@@ -263,8 +263,8 @@ unsafe fn pair(p: *const u8, at: usize, j: usize) -> __m512i {
 unsafe fn micro<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [__m512; R] {
     let kind = kind(T);
     let pb = kind.panel_block_bytes();
-    let (pairs, per) = if T == Q6 { (8, 4) } else { (4, 8) };
-    let scales_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_SC };
+    let (pairs, per) = (kind.subs() / 2, kind.groups());
+    let scales_at = kind.scales_at();
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..x.blocks {
         // SAFETY: the caller guarantees `blocks` panel blocks at `w` and `R` activation rows
@@ -308,7 +308,7 @@ unsafe fn micro<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [__m512;
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(at::D).cast()));
             // What multiplies the pairs of group sums: `Q6_K` its scales, `Q4_K` its minima
             // (unsigned 6-bit, so widening them as signed keeps them).
-            let m_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_MIN };
+            let m_at = kind.corr_at();
             for (r, acc) in acc.iter_mut().enumerate() {
                 let mut corr = _mm512_setzero_si512();
                 for (j, &xp) in xp[r].iter().enumerate().take(pairs) {
@@ -380,9 +380,8 @@ fn run_v3(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
 unsafe fn micro_avx2<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [[__m256; 2]; R] {
     let kind = kind(T);
     let pb = kind.panel_block_bytes();
-    let (pairs, per) = if T == Q6 { (8, 4) } else { (4, 8) };
-    let scales_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_SC };
-    let m_at = if T == Q6 { at::Q6K_SC } else { at::Q4K_MIN };
+    let (pairs, per) = (kind.subs() / 2, kind.groups());
+    let (scales_at, m_at) = (kind.scales_at(), kind.corr_at());
     // Groups whose `vpmaddubsw` pair sums (at most 2·w_max·127) add up in 16 bits: 8 of
     // `Q4_K`'s 4 bits, 4 of `Q5_K`'s 5, 2 of `Q6_K`'s 6.
     let run = match T {
