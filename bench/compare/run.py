@@ -65,7 +65,7 @@ FORMATS = {
 }
 # llama.cpp's `enum llama_ftype` for the types made with its quantizer (llama_model_quantize).
 # With --gguf every one of them is a same-file format (a real model's file requantized).
-QUANTIZER_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q8_0": 7, "q4_0": 2}
+QUANTIZER_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q8_0": 7, "q4_0": 2, "f16": 1}
 
 
 def die(message: str) -> None:

@@ -2,15 +2,15 @@
 //! or any GGUF block type of [`QType`]), `f32` accumulation.
 //!
 //! Decoding is bound by how many weight bytes cross the memory bus, so the weights stay in
-//! their compact form and are widened in registers. With AVX-512 the 16/32-bit formats run
-//! register-blocked micro-kernels (`x86`): a tile of up to 6 activation rows (4 for the
-//! quantized formats) × 4 output columns, each weight vector widened once and used for
-//! every row of the tile, each activation vector for every column, so a batched decode step
-//! reads `W` once and prefill does several multiply-adds per load; the next tile's weights
-//! are prefetched while one is computed. `Q8_0` / `Q4_0` / `Q5_0` quantize each activation row to
+//! their compact form and are widened in registers. The common formats are repacked at load
+//! into panels of 16 output columns, one column per vector lane, so that a register tile of
+//! several activation rows × 16 or 32 columns loads each weight once for all its rows:
+//! a batched decode step reads `W` once and prefill does many multiply-adds per load.
+//! `f32` / `bf16` / `f16` (`wpanel`): per `k`, 16 columns' weights widened to `f32` and one
+//! fused multiply-add per row and column with the row's `x_k` broadcast, up to 12 rows × 32
+//! columns per tile. `Q8_0` / `Q4_0` / `Q5_0` quantize each activation row to
 //! 8 bits per 32-element block and take integer dot products per block, as llama.cpp does
-//! (`qdot`; `vpdpbusd` with AVX-512 VNNI), on weights repacked at load into panels of 16
-//! output columns, one column per vector lane, so a tile of up to 8 rows × 16 columns sums
+//! (`qdot`; `vpdpbusd` with AVX-512 VNNI), so a tile of up to 8 rows × 16 columns sums
 //! each block exactly in integers and pays one float multiply-add per block and column.
 //! `Q4_K` / `Q5_K` / `Q6_K` (most of a `Q4_K_M` / `Q5_K_M` file) are kept in panels the same way (`kpanel`),
 //! against activations quantized per 256-element super-block (`Q8_K`): exact integer sums
@@ -26,38 +26,35 @@
 //!
 //! **Batch invariance.** One kernel serves every row count (decode, batched decode, prefill),
 //! and each output element is computed by the same sequence of `f32` operations whatever
-//! the other rows are: 16 lane accumulators fed in `k` order with fused multiply-adds
-//! (element `k` in lane `k mod 16`; for the K-quants and other block types, exact integer
-//! block sums, even blocks in lanes 0–7 and odd ones in 8–15), then summed in a fixed tree;
-//! for `Q8_0` / `Q4_0` / `Q5_0`, one accumulator per output fed each block's exact integer sum in
-//! block order (`qdot`), for `Q4_K` / `Q5_K` / `Q6_K` each super-block's (`kpanel`). Tiling rows
-//! and columns and splitting columns over threads only change which values sit in registers
-//! together, never the arithmetic, and quantizing an activation row looks at that row only,
-//! so a sequence's logits are bitwise the same alone or in a batch. The SIMD kernels and the
-//! portable code compute the same operations, so they agree bit for bit too (tested). No
-//! `k`-blocked GEMM: it would sum in an order that depends on the shape.
+//! the other rows are: for `f32` / `bf16` / `f16`, one accumulator fed element by element
+//! in `k` order with fused multiply-adds (`wpanel`); for `Q8_0` / `Q4_0` / `Q5_0`, one
+//! accumulator per output fed each block's exact integer sum in block order (`qdot`), for
+//! `Q4_K` / `Q5_K` / `Q6_K` each super-block's (`kpanel`); for the other block types, 16
+//! lane accumulators of exact integer block sums (even blocks in lanes 0–7 and odd ones in
+//! 8–15) summed in a fixed tree (`kdot`). Tiling rows and columns and splitting columns
+//! over threads only change which values sit in registers together, never the arithmetic,
+//! and quantizing an activation row looks at that row only, so a sequence's logits are
+//! bitwise the same alone or in a batch. The SIMD kernels and the portable code compute the
+//! same operations, so they agree bit for bit too (tested). No `k`-blocked GEMM: it would
+//! sum in an order that depends on the shape.
 //!
 //! The instruction set is picked once at run time (AVX-512 [+ VNNI], else AVX2+FMA, else
-//! portable code). Without AVX-512 the kernels are plain Rust that the compiler vectorizes
-//! for the chosen target (the portable path computes the same fused multiply-adds in
-//! software: correct, slow).
+//! portable code). The portable code is plain Rust that the compiler vectorizes (on x86
+//! without FMA it computes the same fused multiply-adds in software: correct, slow).
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use wpanel::Elem;
+
 use crate::pages;
 use crate::quant::{self, QK, QType};
 
-/// Activation rows one pass over a weight block serves.
-pub const ROWS_PER_PASS: usize = 4;
-/// Activation rows kept hot in cache while a thread walks its output rows.
-const ROW_TILE: usize = 16;
-/// Output columns one register tile of the AVX-512 kernels covers.
+/// Output columns one register tile of the `kdot` / `kvnni` kernels covers.
 const COL_TILE: usize = 4;
-/// Activation rows kept in L2 while the AVX-512 kernels walk a run of columns.
+/// Activation rows kept in L2 while the quantized kernels walk a run of columns.
 const ROW_BLOCK: usize = 64;
-/// `f32` lanes of one accumulator; element `k` of a dot product always lands in lane
-/// `k mod LANES`, whatever the instruction set.
+/// `f32` lanes of one `kdot` accumulator, whatever the instruction set.
 const LANES: usize = 16;
 
 /// How a packed matrix stores its elements.
@@ -88,9 +85,8 @@ impl Format {
 }
 
 enum Data {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-    F16(Vec<u16>),
+    /// `f32` / `bf16` / `f16` in panels of 16 columns ([`wpanel::to_panels`]).
+    Wide(wpanel::Elem, Vec<u8>),
     Quant(QType, Vec<u8>),
     /// `Q8_0` / `Q4_0` / `Q5_0` blocks repacked into panels of 16 columns ([`qdot::to_panels`]).
     Panels(qdot::Weights, Vec<u8>),
@@ -102,9 +98,7 @@ enum Data {
 impl Clone for Data {
     fn clone(&self) -> Self {
         match self {
-            Data::F32(v) => Data::F32(pages::copy(v)),
-            Data::Bf16(v) => Data::Bf16(pages::copy(v)),
-            Data::F16(v) => Data::F16(pages::copy(v)),
+            Data::Wide(e, v) => Data::Wide(*e, pages::copy(v)),
             Data::Quant(t, v) => Data::Quant(*t, pages::copy(v)),
             Data::Panels(k, v) => Data::Panels(*k, pages::copy(v)),
             Data::KPanels(k, v) => Data::KPanels(*k, pages::copy(v)),
@@ -153,15 +147,9 @@ impl PackedMatrix {
             });
         }
         let data = match format {
-            Format::F32 => Data::F32(pages::copy(w)),
-            Format::Bf16 => Data::Bf16(pages::collect(
-                w.len(),
-                w.iter().map(|&v| bf16::from_f32(v).to_bits()),
-            )),
-            Format::F16 => Data::F16(pages::collect(
-                w.len(),
-                w.iter().map(|&v| f16::from_f32(v).to_bits()),
-            )),
+            Format::F32 => Data::Wide(Elem::F32, wpanel::to_panels(w, Elem::F32, out, inp)),
+            Format::Bf16 => Data::Wide(Elem::Bf16, wpanel::to_panels(w, Elem::Bf16, out, inp)),
+            Format::F16 => Data::Wide(Elem::F16, wpanel::to_panels(w, Elem::F16, out, inp)),
             Format::Quant(t @ (QType::Q8_0 | QType::Q4_0)) => {
                 if !inp.is_multiple_of(QK) {
                     return Err(ragged_err(format, inp));
@@ -239,9 +227,9 @@ impl PackedMatrix {
 
     pub fn format(&self) -> Format {
         match self.data {
-            Data::F32(_) => Format::F32,
-            Data::Bf16(_) => Format::Bf16,
-            Data::F16(_) => Format::F16,
+            Data::Wide(Elem::F32, _) => Format::F32,
+            Data::Wide(Elem::Bf16, _) => Format::Bf16,
+            Data::Wide(Elem::F16, _) => Format::F16,
             Data::Quant(t, _) => Format::Quant(t),
             Data::Panels(k, _) => Format::Quant(k.qtype()),
             Data::KPanels(k, _) => Format::Quant(k.qtype()),
@@ -256,36 +244,23 @@ impl PackedMatrix {
     /// Bytes of weight data, what one pass over the matrix reads.
     pub fn bytes(&self) -> usize {
         match &self.data {
-            Data::F32(v) => v.len() * 4,
-            Data::Bf16(v) | Data::F16(v) => v.len() * 2,
+            Data::Wide(e, _) => self.out * self.inp * e.bytes(),
             Data::Quant(_, v) | Data::Panels(_, v) | Data::KPanels(_, v) => v.len(),
         }
     }
 
     /// The matrix as `f32`, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
-        if let Data::Quant(t, v) = &self.data {
+        match &self.data {
+            Data::Wide(e, v) => wpanel::to_f32(v, *e, self.out, self.inp),
             // Whole blocks by construction (`pack` / `from_blocks`).
-            return t.dequantize(v).unwrap_or_default();
-        }
-        if let Data::Panels(k, v) = &self.data {
-            let blocks = self.inp / QK;
-            let raw = qdot::from_panels(v, *k, self.out, blocks);
-            return k.qtype().dequantize(&raw).unwrap_or_default();
-        }
-        if let Data::KPanels(k, v) = &self.data {
-            return kpanel::to_f32(v, *k, self.out, self.inp / quant::QK_K);
-        }
-        let mut out = Vec::with_capacity(self.out * self.inp);
-        let mut buf = [0f32; QK];
-        for o in 0..self.out {
-            for b in 0..self.inp.div_ceil(QK) {
-                let n = (self.inp - b * QK).min(QK);
-                self.decode_block(o, b, &mut buf);
-                out.extend_from_slice(&buf[..n]);
+            Data::Quant(t, v) => t.dequantize(v).unwrap_or_default(),
+            Data::Panels(k, v) => {
+                let raw = qdot::from_panels(v, *k, self.out, self.inp / QK);
+                k.qtype().dequantize(&raw).unwrap_or_default()
             }
+            Data::KPanels(k, v) => kpanel::to_f32(v, *k, self.out, self.inp / quant::QK_K),
         }
-        out
     }
 
     /// `x`: `[rows, inp]` row-major → `[rows, out]`. Returns `None` when `x.len()` is not
@@ -302,57 +277,94 @@ impl PackedMatrix {
             Data::Panels(k, v) => Some(qdot::matmul(v, *k, self.out, inp, x, rows)),
             Data::KPanels(k, v) => Some(kpanel::matmul(v, *k, self.out, inp, x, rows)),
             Data::Quant(t, v) => Some(kdot::matmul(v, *t, self.out, inp, x, rows)),
-            Data::F32(v) => Some(self.matmul_wide(&F32Blocks { v, inp }, x, rows)),
-            Data::Bf16(v) => Some(self.matmul_wide(&Bf16Blocks { v, inp }, x, rows)),
-            Data::F16(v) => Some(self.matmul_wide(&F16Blocks { v, inp }, x, rows)),
+            Data::Wide(e, v) => Some(wpanel::matmul(v, *e, self.out, inp, x, rows)),
         }
     }
+}
 
-    /// The 16/32-bit formats: `x` (`rows × inp`, checked by the caller).
-    fn matmul_wide<D: Blocks>(&self, d: &D, x: &[f32], rows: usize) -> Vec<f32> {
-        // Zero-padded copy of `x` to whole blocks, so every block is handled alike.
-        let blocks = self.inp.div_ceil(QK);
-        let width = blocks * QK;
-        let padded;
-        let xs: &[f32] = if width == self.inp {
-            x
-        } else {
-            let mut p = vec![0f32; rows * width];
-            for (dst, src) in p.chunks_exact_mut(width).zip(x.chunks_exact(self.inp)) {
-                dst[..self.inp].copy_from_slice(src);
-            }
-            padded = p;
-            &padded
+/// Runs `f(first, cols)` over runs of output columns on rayon's pool, `cols` being columns
+/// `first..first + cols.len()` of the row-major result `[rows, out]`, which it returns. Runs
+/// are split as [`by_columns`] splits them (multiples of `align` but the last). The panel
+/// kernels write each tile's rows straight into the result, 16 columns at a time: no
+/// transposed copy, no scatter (both were ~16 % of a small model's prefill).
+fn by_panels(
+    out: usize,
+    rows: usize,
+    align: usize,
+    f: impl Fn(usize, &mut Cols<'_>) + Sync,
+) -> Vec<f32> {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (out / (threads * 8)).clamp(8, 256).next_multiple_of(align);
+    let mut y = vec![0f32; out * rows];
+    let shared = Shared(y.as_mut_ptr());
+    (0..out.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        let first = i * chunk;
+        let mut cols = Cols {
+            y: shared.ptr(),
+            out,
+            rows,
+            first,
+            n: chunk.min(out - first),
+            _y: std::marker::PhantomData,
         };
-        let job = Job { xs, rows, blocks };
-        #[cfg(target_arch = "x86_64")]
-        if simd_level() == 2 {
-            let wide = match &self.data {
-                Data::F32(v) => x86::Wide::F32(v),
-                Data::Bf16(v) => x86::Wide::Bf16(v),
-                Data::F16(v) => x86::Wide::F16(v),
-                Data::Quant(..) | Data::Panels(..) | Data::KPanels(..) => x86::Wide::None,
-            };
-            if !matches!(wide, x86::Wide::None) {
-                return by_columns(self.out, rows, COL_TILE, |first, dst| {
-                    x86::run_wide(&wide, self.inp, &job, first, dst)
-                });
-            }
-        }
-        by_columns(self.out, rows, COL_TILE, |first, dst| {
-            run_best(d, &job, first, dst)
-        })
+        f(first, &mut cols);
+    });
+    y
+}
+
+/// The result's buffer, shared by [`by_panels`]' runs, each writing only its own columns.
+struct Shared(*mut f32);
+
+impl Shared {
+    /// The buffer (a method, so that closures capture the `Sync` wrapper, not the pointer).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the runs of `by_panels` write disjoint columns of the buffer (see `Cols::put`),
+// and the buffer outlives them (`for_each` returns after every run).
+#[expect(
+    unsafe_code,
+    reason = "a pointer shared by runs that write disjoint elements"
+)]
+unsafe impl Sync for Shared {}
+
+/// Columns `first..first + n` of a row-major `[rows, out]` result: one run of
+/// [`by_panels`], which no other run writes.
+pub(super) struct Cols<'a> {
+    y: *mut f32,
+    out: usize,
+    rows: usize,
+    first: usize,
+    n: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl Cols<'_> {
+    /// Columns in the run.
+    pub(super) fn len(&self) -> usize {
+        self.n
     }
 
-    /// Block `b` of row `o` of a 16/32-bit matrix as `f32` (zero past the end of a ragged
-    /// row).
-    fn decode_block(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        let inp = self.inp;
-        match &self.data {
-            Data::F32(v) => F32Blocks { v, inp }.decode(o, b, w),
-            Data::Bf16(v) => Bf16Blocks { v, inp }.decode(o, b, w),
-            Data::F16(v) => F16Blocks { v, inp }.decode(o, b, w),
-            Data::Quant(..) | Data::Panels(..) | Data::KPanels(..) => w.fill(0.0),
+    /// `vals` into row `r` from the run's column `c` on; what falls past the run's last
+    /// column (a matrix's padded last panel) or outside the rows is dropped.
+    #[inline]
+    #[expect(unsafe_code, reason = "a write into the run's own columns")]
+    pub(super) fn put(&mut self, r: usize, c: usize, vals: &[f32]) {
+        if r >= self.rows || c >= self.n {
+            return;
+        }
+        let k = vals.len().min(self.n - c);
+        // SAFETY: row `r < rows`, columns `first + c..first + c + k ≤ first + n ≤ out`:
+        // inside the `[rows, out]` buffer, and inside this run's columns, which no other
+        // run writes; `vals` is a separate slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                vals.as_ptr(),
+                self.y.add(r * self.out + self.first + c),
+                k,
+            );
         }
     }
 }
@@ -399,174 +411,6 @@ fn by_columns(
         });
     y
 }
-
-/// The activations of one call, zero-padded to whole blocks.
-struct Job<'a> {
-    xs: &'a [f32],
-    rows: usize,
-    blocks: usize,
-}
-
-/// A weight matrix readable one 32-element block at a time.
-trait Blocks: Sync {
-    /// Block `b` of output row `o` as `f32`; zero past the row's end.
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]);
-}
-
-/// Widens a 16/32-bit row slice with `f`, zero-filling a partial last block.
-#[inline(always)]
-fn widen<T: Copy>(
-    v: &[T],
-    inp: usize,
-    o: usize,
-    b: usize,
-    w: &mut [f32; QK],
-    f: impl Fn(T) -> f32,
-) {
-    let start = o * inp + b * QK;
-    let n = (inp - b * QK).min(QK);
-    match v.get(start..start + QK).filter(|_| n == QK) {
-        Some(src) => {
-            for (d, &s) in w.iter_mut().zip(src) {
-                *d = f(s);
-            }
-        }
-        None => {
-            let src = v.get(start..start + n).unwrap_or_default();
-            w.fill(0.0);
-            for (d, &s) in w.iter_mut().zip(src) {
-                *d = f(s);
-            }
-        }
-    }
-}
-
-struct F32Blocks<'a> {
-    v: &'a [f32],
-    inp: usize,
-}
-impl Blocks for F32Blocks<'_> {
-    #[inline(always)]
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        widen(self.v, self.inp, o, b, w, |s| s);
-    }
-}
-
-struct Bf16Blocks<'a> {
-    v: &'a [u16],
-    inp: usize,
-}
-impl Blocks for Bf16Blocks<'_> {
-    #[inline(always)]
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        widen(self.v, self.inp, o, b, w, |s| {
-            f32::from_bits(u32::from(s) << 16)
-        });
-    }
-}
-
-struct F16Blocks<'a> {
-    v: &'a [u16],
-    inp: usize,
-}
-impl Blocks for F16Blocks<'_> {
-    #[inline(always)]
-    fn decode(&self, o: usize, b: usize, w: &mut [f32; QK]) {
-        widen(self.v, self.inp, o, b, w, f16_bits_to_f32);
-    }
-}
-
-/// Output rows `first..first + dst.len() / rows` into `dst` (`[n, rows]`).
-#[inline(always)]
-fn run<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    let rows = job.rows;
-    let width = job.blocks * QK;
-    let n = dst.len() / rows;
-    let blocks = job.blocks;
-    for tile in (0..rows).step_by(ROW_TILE) {
-        let tile_end = (tile + ROW_TILE).min(rows);
-        for j in 0..n {
-            let o = first + j;
-            let out = &mut dst[j * rows..(j + 1) * rows];
-            let mut r = tile;
-            while r < tile_end {
-                let x = &job.xs[r * width..];
-                let out = &mut out[r..];
-                // Four rows keep their 8 accumulators in AVX-512 registers; more would spill.
-                match tile_end - r {
-                    1 => {
-                        pass1(d, o, blocks, x, width, out);
-                        r += 1;
-                    }
-                    2 | 3 => {
-                        pass2(d, o, blocks, x, width, out);
-                        r += 2;
-                    }
-                    _ => {
-                        pass4(d, o, blocks, x, width, out);
-                        r += ROWS_PER_PASS;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `a += w · x` lane-wise, fused: the block's first half, then its second half, into the
-/// same [`LANES`] accumulators (the order the AVX-512 kernels use too).
-#[inline(always)]
-fn fma_block(a: &mut [f32; LANES], w: &[f32; QK], x: &[f32; QK]) {
-    for half in 0..QK / LANES {
-        let at = half * LANES;
-        for ((a, &w), &x) in a.iter_mut().zip(&w[at..at + LANES]).zip(&x[at..at + LANES]) {
-            *a = w.mul_add(x, *a);
-        }
-    }
-}
-
-/// `fn $name`: dot products of weight row `o` with as many activation rows as accumulators
-/// are named (rows at `x[r·width..]`), written out per row so the accumulators stay in
-/// registers.
-macro_rules! rows_pass {
-    ($name:ident, $($acc:ident $xr:ident),+) => {
-        #[inline(always)]
-        fn $name<D: Blocks>(
-            d: &D,
-            o: usize,
-            blocks: usize,
-            x: &[f32],
-            width: usize,
-            out: &mut [f32],
-        ) {
-            let mut rows = x.chunks(width);
-            let mut n = blocks;
-            $(
-                let $xr: &[[f32; QK]] = rows.next().unwrap_or_default().as_chunks::<QK>().0;
-                n = n.min($xr.len());
-                let mut $acc = [0f32; LANES];
-            )+
-            let mut w = [0f32; QK];
-            // `b < n ≤ len` for every row: the indexing below cannot fail, and without a
-            // branch per row the accumulators stay in registers.
-            for b in 0..n {
-                d.decode(o, b, &mut w);
-                $(
-                    fma_block(&mut $acc, &w, &$xr[b]);
-                )+
-            }
-            let mut out = out.iter_mut();
-            $(
-                if let Some(dst) = out.next() {
-                    *dst = reduce($acc);
-                }
-            )+
-        }
-    };
-}
-
-rows_pass!(pass1, a0 x0);
-rows_pass!(pass2, a0 x0, a1 x1);
-rows_pass!(pass4, a0 x0, a1 x1, a2 x2, a3 x3);
 
 fn ragged_err(format: Format, inp: usize) -> PackError {
     PackError::Ragged {
@@ -653,17 +497,6 @@ fn f16c() -> bool {
     is_x86_feature_detected!("f16c")
 }
 
-/// [`run`] compiled for the best instruction set this CPU has.
-fn run_best<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match simd_level() {
-        2 => return x86::run_v4(d, job, first, dst),
-        1 => return x86::run_v3(d, job, first, dst),
-        _ => {}
-    }
-    run(d, job, first, dst)
-}
-
 /// Asks for the cache line at `p`, which a kernel reads next (the same spot one tile of
 /// weight rows ahead): into L2 (`prefetcht1`) when the kernel multiplies a single
 /// activation row, into L1 (`prefetcht0`) when it multiplies several. A single row streams
@@ -701,6 +534,7 @@ mod kpanel;
 #[cfg(target_arch = "x86_64")]
 mod kvnni;
 mod qdot;
+mod wpanel;
 
 #[cfg(test)]
 mod tests;

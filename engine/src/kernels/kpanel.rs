@@ -47,7 +47,7 @@ use rayon::prelude::*;
 
 use super::kdot::{self, Acts};
 use super::qdot::PANEL;
-use super::{by_columns, f16_bits_to_f32};
+use super::{Cols, by_panels, f16_bits_to_f32};
 use crate::pages;
 use crate::quant::kquants::{self, KBlock};
 use crate::quant::{QK_K, QType};
@@ -395,7 +395,7 @@ pub(super) fn matmul(
     rows: usize,
 ) -> Vec<f32> {
     let a = kdot::quantize(x, rows, inp, QK_K);
-    by_columns(out, rows, PANEL, |first, dst| {
+    by_panels(out, rows, PANEL, |first, dst| {
         #[cfg(target_arch = "x86_64")]
         if super::vnni() {
             return x86::run(v, kind, &a, first, dst);
@@ -406,27 +406,18 @@ pub(super) fn matmul(
     })
 }
 
-/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`); `first` is
-/// a multiple of [`PANEL`] ([`by_columns`] splits so).
+/// Output columns `first..first + dst.len()` into `dst`; `first` is a multiple of
+/// [`PANEL`] ([`by_panels`] splits so).
 #[inline(always)]
-pub(super) fn run_portable(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
-    let rows = a.rows.max(1);
+pub(super) fn run_portable(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     let blocks = a.width / QK_K;
     let panel_bytes = blocks * kind.panel_block_bytes();
-    let n = dst.len() / rows;
+    let n = dst.len();
     for pi in first / PANEL..(first + n).div_ceil(PANEL) {
         let p = v.get(pi * panel_bytes..(pi + 1) * panel_bytes);
         for r in 0..a.rows {
             let lanes = p.map_or([f32::NAN; PANEL], |p| panel_row(p, kind, a, r));
-            for (c, &y) in lanes.iter().enumerate() {
-                let o = pi * PANEL + c;
-                if o >= first
-                    && o < first + n
-                    && let Some(d) = dst.get_mut((o - first) * rows + r)
-                {
-                    *d = y;
-                }
-            }
+            dst.put(r, pi * PANEL - first, &lanes);
         }
     }
 }

@@ -32,7 +32,7 @@
 
 use rayon::prelude::*;
 
-use super::{QK, by_columns, f16_bits_to_f32};
+use super::{Cols, QK, by_panels, f16_bits_to_f32};
 use crate::pages;
 use crate::quant::legacy::Q5_0_BLOCK_BYTES;
 use crate::quant::{Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES, QType};
@@ -240,7 +240,7 @@ pub(super) fn matmul(
     rows: usize,
 ) -> Vec<f32> {
     let a = quantize(x, rows, inp / QK, kind);
-    by_columns(out, rows, PANEL, |first, dst| {
+    by_panels(out, rows, PANEL, |first, dst| {
         #[cfg(target_arch = "x86_64")]
         if super::vnni() {
             return super::x86::run_quant(v, kind, &a, first, dst);
@@ -251,18 +251,18 @@ pub(super) fn matmul(
     })
 }
 
-/// Output columns `first..first + dst.len() / rows` into `dst` (`[n, rows]`); `first` is
-/// a multiple of [`PANEL`] ([`by_columns`] splits so).
-pub(super) fn run_portable(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+/// Output columns `first..first + dst.len()` into `dst`; `first` is a multiple of
+/// [`PANEL`] ([`by_panels`] splits so).
+pub(super) fn run_portable(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     let pb = kind.panel_block_bytes();
     let panel_bytes = a.blocks * pb;
-    for (j, col) in dst.chunks_exact_mut(a.rows.max(1)).enumerate() {
+    for j in 0..dst.len() {
         let o = first + j;
         let Some(p) = v.get(o / PANEL * panel_bytes..(o / PANEL + 1) * panel_bytes) else {
             return;
         };
-        for (r, y) in col.iter_mut().enumerate() {
-            *y = dot(p, kind, o % PANEL, a, r);
+        for r in 0..a.rows {
+            dst.put(r, j, &[dot(p, kind, o % PANEL, a, r)]);
         }
     }
 }

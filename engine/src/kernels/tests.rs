@@ -37,37 +37,24 @@ fn dequantized_activations(x: &[f32], rows: usize, inp: usize) -> Vec<f32> {
 /// `m · x` by the portable code only, whatever this CPU has.
 fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
     let (out, inp) = (m.out, m.inp);
-    let blocks = inp.div_ceil(QK);
-    let width = blocks * QK;
-    let mut xs = vec![0f32; rows * width];
-    for (dst, src) in xs.chunks_exact_mut(width).zip(x.chunks_exact(inp)) {
-        dst[..inp].copy_from_slice(src);
-    }
-    let job = Job {
-        xs: &xs,
-        rows,
-        blocks,
-    };
+    let blocks = inp / QK;
     let quant = |v: &[u8], kind| {
         let a = qdot::quantize(x, rows, blocks, kind);
-        by_columns(out, rows, qdot::PANEL, |first, dst| {
+        by_panels(out, rows, qdot::PANEL, |first, dst| {
             qdot::run_portable(v, kind, &a, first, dst)
         })
     };
     match &m.data {
-        Data::F32(v) => by_columns(out, rows, COL_TILE, |f, d| {
-            run(&F32Blocks { v, inp }, &job, f, d)
-        }),
-        Data::Bf16(v) => by_columns(out, rows, COL_TILE, |f, d| {
-            run(&Bf16Blocks { v, inp }, &job, f, d)
-        }),
-        Data::F16(v) => by_columns(out, rows, COL_TILE, |f, d| {
-            run(&F16Blocks { v, inp }, &job, f, d)
-        }),
+        Data::Wide(e, v) => {
+            let a = wpanel::Acts { x, rows, inp };
+            by_panels(out, rows, wpanel::PANEL, |first, dst| {
+                wpanel::run_portable(v, *e, &a, first, dst)
+            })
+        }
         Data::Panels(k, v) => quant(v, *k),
         Data::KPanels(k, v) => {
             let a = kdot::quantize(x, rows, inp, quant::QK_K);
-            by_columns(out, rows, qdot::PANEL, |first, dst| {
+            by_panels(out, rows, qdot::PANEL, |first, dst| {
                 kpanel::run_portable(v, *k, &a, first, dst)
             })
         }
@@ -84,9 +71,17 @@ fn portable(m: &PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
 fn simd_kernels_match_the_portable_code_bit_for_bit() {
     // Widths with partial and empty last 16-lane steps; column counts off the 4-column
     // tile; row counts off every row tile, and past the 64-row block.
-    for (out, inp) in [(13, 64), (6, 45), (9, 16), (5, 33), (70, 96), (3, 7)] {
+    for (out, inp) in [
+        (13, 64),
+        (6, 45),
+        (9, 16),
+        (5, 33),
+        (70, 96),
+        (3, 7),
+        (161, 40),
+    ] {
         let w = data(out * inp, 11);
-        for rows in [1, 2, 3, 5, 8, 67] {
+        for rows in [1, 2, 3, 5, 8, 13, 67] {
             let x = data(rows * inp, 12);
             for format in [
                 Format::F32,
@@ -101,6 +96,40 @@ fn simd_kernels_match_the_portable_code_bit_for_bit() {
                 };
                 let got = m.matmul_t(&x, rows).unwrap();
                 let want = portable(&m, &x, rows);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{format:?} {out}x{inp}, {rows} rows"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX2 `f32`/`bf16`/`f16` panel kernel, which `matmul_t` skips on a CPU with AVX-512,
+/// against the portable code, bit for bit, with widths and column counts off every tile.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_wide_panels_match_the_portable_code_bit_for_bit() {
+    if simd_level() < 1 || !f16c() {
+        return;
+    }
+    for (out, inp) in [(13, 64), (6, 45), (70, 96), (3, 7), (129, 33)] {
+        let w = data(out * inp, 21);
+        for format in [Format::F32, Format::Bf16, Format::F16] {
+            let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
+            let Data::Wide(e, v) = &m.data else {
+                panic!("{format:?} is kept in panels");
+            };
+            for rows in [1, 2, 3, 5, 7, 67] {
+                let x = data(rows * inp, 22);
+                let a = wpanel::Acts { x: &x, rows, inp };
+                let got = by_panels(out, rows, wpanel::PANEL, |first, dst| {
+                    wpanel::x86::run_avx2(v, *e, &a, first, dst)
+                });
+                let want = by_panels(out, rows, wpanel::PANEL, |first, dst| {
+                    wpanel::run_portable(v, *e, &a, first, dst)
+                });
                 assert_eq!(
                     got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -133,10 +162,10 @@ fn avx2_panels_match_the_portable_code_bit_for_bit() {
             for rows in [1, 2, 3, 67] {
                 let x = data(rows * inp, 7);
                 let a = qdot::quantize(&x, rows, inp / QK, kind);
-                let got = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                let got = by_panels(out, rows, qdot::PANEL, |first, dst| {
                     x86::run_quant_v3(v, kind, &a, first, dst)
                 });
-                let want = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                let want = by_panels(out, rows, qdot::PANEL, |first, dst| {
                     qdot::run_portable(v, kind, &a, first, dst)
                 });
                 assert_eq!(
@@ -167,10 +196,10 @@ fn avx2_k_panels_match_the_portable_code_bit_for_bit() {
             for rows in [1, 2, 3, 67] {
                 let x = data(rows * inp, 7);
                 let a = kdot::quantize(&x, rows, inp, quant::QK_K);
-                let got = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                let got = by_panels(out, rows, qdot::PANEL, |first, dst| {
                     kpanel::x86::run_avx2(v, *kind, &a, first, dst)
                 });
-                let want = by_columns(out, rows, qdot::PANEL, |first, dst| {
+                let want = by_panels(out, rows, qdot::PANEL, |first, dst| {
                     kpanel::run_portable(v, *kind, &a, first, dst)
                 });
                 assert_eq!(
@@ -456,9 +485,7 @@ fn weights_and_their_copies_ask_for_huge_pages() {
     let blocks = random_blocks(QType::Q4_K, 4096, 1024, 5);
     let small = PackedMatrix::pack(&w[..64 * 256], 64, 256, Format::F32).unwrap();
     let middle = |m: &PackedMatrix| match &m.data {
-        Data::F32(v) => v.as_ptr() as usize + v.len() * 2,
-        Data::Bf16(v) | Data::F16(v) => v.as_ptr() as usize + v.len(),
-        Data::Quant(_, v) | Data::Panels(_, v) | Data::KPanels(_, v) => {
+        Data::Wide(_, v) | Data::Quant(_, v) | Data::Panels(_, v) | Data::KPanels(_, v) => {
             v.as_ptr() as usize + v.len() / 2
         }
     };

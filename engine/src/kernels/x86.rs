@@ -1,14 +1,12 @@
-//! x86-64 kernels: the generic [`run`] compiled for AVX2 / AVX-512, and register-blocked
-//! AVX-512 micro-kernels written with intrinsics.
+//! x86-64 kernels for `Q8_0` / `Q4_0` / `Q5_0` in panels ([`super::qdot`], which gives the
+//! layout and the arithmetic these compute bit for bit: AVX-512 VNNI and AVX2), and the
+//! portable code of the other block types ([`super::kdot`]) compiled for AVX2 / AVX-512.
 //!
-//! A micro-kernel computes an `R × C` tile (activation rows × output columns) with one
-//! vector accumulator per element: each weight vector is loaded and widened once and
-//! multiplied into all `R` rows, each activation vector into all `C` columns, so a batch of
-//! rows reads the weights once (decode) and prefill reuses every load `R` or `C` times
-//! instead of once. An element's own arithmetic never depends on `R`, `C` or the tile it
-//! sits in: the same lanes, fed in the same `k` order, summed by the same tree as the
-//! portable code ([`super::fma_block`], [`super::qdot`]), so the result is bitwise the same
-//! alone, batched, or on a machine without AVX-512.
+//! A panel micro-kernel computes a tile of activation rows × 16 output columns, one column
+//! per vector lane: each weight group is loaded once and used for every row, so a batch of
+//! rows reads the weights once (decode) and prefill reuses every load. An element's own
+//! arithmetic never depends on the tile it sits in, so the result is bitwise the same alone,
+//! batched, or on a machine without AVX-512.
 //!
 //! Unsafe code is confined to raw loads: each driver checks once that every tile it will
 //! visit lies inside its slices, then the micro-kernels index without checks.
@@ -17,38 +15,14 @@ use std::arch::x86_64::*;
 
 use super::kdot;
 use super::qdot::{Acts, PANEL, Weights};
-use super::{Blocks, COL_TILE, Job, LANES, QK, ROW_BLOCK, reduce, run};
+use super::{Cols, QK, ROW_BLOCK};
 use crate::quant::QType;
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-fn v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    run(d, job, first, dst)
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    run(d, job, first, dst)
-}
-
-#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_v4<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v4`
-    // enables.
-    unsafe { v4(d, job, first, dst) }
-}
-
-#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_v3<D: Blocks>(d: &D, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    // SAFETY: `run_best` calls this only when `simd_level` detected every feature `v3`
-    // enables.
-    unsafe { v3(d, job, first, dst) }
-}
-
-/// Output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix in panels
+/// Output columns `first..first + dst.len()` of a `Q8_0`/`Q4_0` matrix in panels
 /// against quantized activations, with AVX2 (no VNNI): each 256-bit vector holds half a
 /// panel, 8 columns. Callers check `simd_level() >= 1` and `f16c()`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     // SAFETY: `qdot::matmul` calls this only when `simd_level` detected AVX2 and FMA and
     // `f16c` detected F16C, every feature `quant_v3` enables.
     unsafe { quant_v3(v, kind, a, first, dst) }
@@ -59,9 +33,9 @@ pub(super) fn run_quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst:
     unsafe_code,
     reason = "calling the micro-kernel inside the bounds `panel_tiles` checked"
 )]
-fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+fn quant_v3(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     panel_tiles(v, kind, a, first, dst, 2, |t, dst| {
-        let put = |dst: &mut [f32], acc: &[[__m256; 2]]| {
+        let put = |dst: &mut Cols<'_>, acc: &[[__m256; 2]]| {
             for (i, halves) in acc.iter().enumerate() {
                 let mut lanes = [0f32; PANEL];
                 // SAFETY: `lanes` holds exactly 16 `f32`.
@@ -174,272 +148,10 @@ unsafe fn panel_avx2<const W: u8, const R: usize>(w: *const u8, x: &QRows) -> [[
     acc
 }
 
-/// A 16/32-bit weight matrix `[out, inp]`, row-major.
-pub(super) enum Wide<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [u16]),
-    F16(&'a [u16]),
-    /// Not a 16/32-bit matrix.
-    None,
-}
-
-const F32: u8 = 0;
-const BF16: u8 = 1;
-const F16: u8 = 2;
-
-/// Output columns `first..first + dst.len() / rows` of a 16/32-bit matrix into `dst`
-/// (`[n, rows]`). Callers check `simd_level() == 2`.
-#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_wide(w: &Wide<'_>, inp: usize, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    // SAFETY: `matmul_wide` calls this only when `simd_level` detected AVX-512 F/BW/VL,
-    // AVX2 and FMA, every feature `wide_v4` enables.
-    unsafe { wide_v4(w, inp, job, first, dst) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-fn wide_v4(w: &Wide<'_>, inp: usize, job: &Job<'_>, first: usize, dst: &mut [f32]) {
-    let (base, elem, len) = match w {
-        Wide::F32(v) => (v.as_ptr().cast::<u8>(), 4, v.len()),
-        Wide::Bf16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
-        Wide::F16(v) => (v.as_ptr().cast::<u8>(), 2, v.len()),
-        Wide::None => return,
-    };
-    let rows = job.rows;
-    let width = job.blocks * QK;
-    let n = dst.len() / rows.max(1);
-    // The one bounds check: weight rows `first..first + n` of `inp` elements, activation
-    // rows of `width` ≥ `inp` elements (zero-padded to whole blocks), `dst` exactly `[n, rows]`.
-    if rows == 0
-        || width < inp
-        || (first + n) * inp > len
-        || job.xs.len() < rows * width
-        || dst.len() != n * rows
-    {
-        return;
-    }
-    let t = Tile {
-        inp,
-        width,
-        full: inp / LANES,
-        steps: width / LANES,
-        row_bytes: inp * elem,
-        prefetch: rows <= ROW_BLOCK,
-    };
-    match w {
-        Wide::F32(_) => wide_tiles::<F32>(base, &t, job.xs, rows, first, n, dst),
-        Wide::Bf16(_) => wide_tiles::<BF16>(base, &t, job.xs, rows, first, n, dst),
-        Wide::F16(_) => wide_tiles::<F16>(base, &t, job.xs, rows, first, n, dst),
-        Wide::None => {}
-    }
-}
-
-/// The `k` geometry of one call.
-struct Tile {
-    inp: usize,
-    /// Activation row stride (`inp` rounded up to whole blocks).
-    width: usize,
-    /// Steps of [`LANES`] weights that are all inside the row.
-    full: usize,
-    /// All steps, the last ones partial or empty, as the portable code's zero-padded blocks.
-    steps: usize,
-    row_bytes: usize,
-    /// Prefetch the next tile's weights: worth it when the weights stream from memory
-    /// once (decode); prefill reads each from cache once per row block and is compute-bound.
-    prefetch: bool,
-}
-
-/// Walks `dst` in `R × C` tiles, rows in L2-sized blocks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[expect(
-    unsafe_code,
-    reason = "unchecked loads inside bounds checked by `wide_v4`"
-)]
-fn wide_tiles<const F: u8>(
-    base: *const u8,
-    t: &Tile,
-    xs: &[f32],
-    rows: usize,
-    first: usize,
-    n: usize,
-    dst: &mut [f32],
-) {
-    for rb in (0..rows).step_by(ROW_BLOCK) {
-        let re = (rb + ROW_BLOCK).min(rows);
-        let mut c = 0;
-        while c < n {
-            let cc = if n - c >= COL_TILE { COL_TILE } else { 1 };
-            // SAFETY: `wide_v4` checked that rows `first..first + n` of `row_bytes` bytes
-            // lie inside the weights, and `c < n`.
-            let w = unsafe { base.add((first + c) * t.row_bytes) };
-            let mut r = rb;
-            while r < re {
-                let rr = match re - r {
-                    1 => 1,
-                    2 | 3 => 2,
-                    4 | 5 => 4,
-                    _ => 6,
-                };
-                // SAFETY: row `r + rr - 1 < rows`, and `wide_v4` checked `xs` holds `rows`
-                // rows of `width`.
-                let x = unsafe { xs.as_ptr().add(r * t.width) };
-                let at = c * rows + r;
-                // SAFETY: the tile's `rr` rows and `cc` columns are inside the checked
-                // ranges (see above).
-                unsafe {
-                    match (rr, cc) {
-                        (6, 4) => put(dst, at, rows, wide_micro::<F, 6, 4>(w, x, t)),
-                        (4, 4) => put(dst, at, rows, wide_micro::<F, 4, 4>(w, x, t)),
-                        (2, 4) => put(dst, at, rows, wide_micro::<F, 2, 4>(w, x, t)),
-                        (1, 4) => put(dst, at, rows, wide_micro::<F, 1, 4>(w, x, t)),
-                        (6, _) => put(dst, at, rows, wide_micro::<F, 6, 1>(w, x, t)),
-                        (4, _) => put(dst, at, rows, wide_micro::<F, 4, 1>(w, x, t)),
-                        (2, _) => put(dst, at, rows, wide_micro::<F, 2, 1>(w, x, t)),
-                        _ => put(dst, at, rows, wide_micro::<F, 1, 1>(w, x, t)),
-                    }
-                }
-                r += rr;
-            }
-            c += cc;
-        }
-    }
-}
-
-/// Stores an `R × C` tile into `dst` (`[n, rows]`) at column-major offset `at`.
-#[inline(always)]
-fn put<const R: usize, const C: usize>(dst: &mut [f32], at: usize, rows: usize, v: [[f32; C]; R]) {
-    for (r, row) in v.iter().enumerate() {
-        for (c, &y) in row.iter().enumerate() {
-            if let Some(d) = dst.get_mut(at + c * rows + r) {
-                *d = y;
-            }
-        }
-    }
-}
-
-/// `LANES` weights of format `F` at `p` (all inside the row), widened to `f32`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-#[expect(unsafe_code, reason = "raw vector load")]
-unsafe fn load_w<const F: u8>(p: *const u8) -> __m512 {
-    // SAFETY: the caller guarantees `LANES` elements at `p` are inside the weights.
-    unsafe {
-        match F {
-            F32 => _mm512_loadu_ps(p.cast()),
-            BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                _mm256_loadu_si256(p.cast()),
-            ))),
-            _ => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-        }
-    }
-}
-
-/// The first `count` (< `LANES`, maybe 0) weights at `p`, the other lanes zero, as the
-/// portable code's zero-filled partial block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-#[expect(unsafe_code, reason = "raw masked vector load")]
-unsafe fn load_w_part<const F: u8>(p: *const u8, count: usize) -> __m512 {
-    let m: __mmask16 = (1u16 << count.min(LANES - 1)) - 1;
-    // SAFETY: masked-off lanes are not read; the caller guarantees the `count` lanes
-    // are inside the weights.
-    unsafe {
-        match F {
-            F32 => _mm512_maskz_loadu_ps(m, p.cast()),
-            BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                _mm256_maskz_loadu_epi16(m, p.cast()),
-            ))),
-            _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())),
-        }
-    }
-}
-
-/// Dot products of weight rows `w + c·row_bytes` (`c < C`) with activation rows
-/// `x + r·width` (`r < R`). Per element: one 16-lane accumulator, `k` in order, element `k`
-/// in lane `k mod 16`, summed by [`reduce`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn wide_micro<const F: u8, const R: usize, const C: usize>(
-    w: *const u8,
-    x: *const f32,
-    t: &Tile,
-) -> [[f32; C]; R] {
-    let elem = if F == F32 { 4 } else { 2 };
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut wv = [_mm512_setzero_ps(); C];
-    // Whole steps first, without a branch, then the partial or empty ones.
-    for s in 0..t.full {
-        let k = s * LANES;
-        for (c, v) in wv.iter_mut().enumerate() {
-            let at = c * t.row_bytes + k * elem;
-            // The same spot one tile of columns ahead (see `q_micro`), once per cache line.
-            if t.prefetch && (F == F32 || s % 2 == 0) {
-                super::prefetch_ahead(w.wrapping_add(at + C * t.row_bytes), R == 1);
-            }
-            // SAFETY: the caller guarantees `C` weight rows of `inp` elements at `w`; a
-            // whole step reads elements `k..k + LANES ≤ inp` of one.
-            *v = unsafe { load_w::<F>(w.add(at)) };
-        }
-        // SAFETY: the caller guarantees `R` activation rows of `width ≥ k + LANES`
-        // elements at `x`.
-        unsafe { fma_rows(&mut acc, &wv, x, t.width, k) };
-    }
-    for s in t.full..t.steps {
-        let k = s * LANES;
-        let left = t.inp.saturating_sub(k);
-        for (c, v) in wv.iter_mut().enumerate() {
-            *v = if left == 0 {
-                _mm512_setzero_ps()
-            } else {
-                // SAFETY: as above, reading only the `inp - k < LANES` elements left.
-                unsafe { load_w_part::<F>(w.add(c * t.row_bytes + k * elem), left) }
-            };
-        }
-        // SAFETY: as above.
-        unsafe { fma_rows(&mut acc, &wv, x, t.width, k) };
-    }
-    let mut y = [[0f32; C]; R];
-    for (yr, ar) in y.iter_mut().zip(&acc) {
-        for (y, &a) in yr.iter_mut().zip(ar) {
-            *y = hsum16(a);
-        }
-    }
-    y
-}
-
-/// `acc[r][c] += w[c] · x[r]`, `x[r]` being `LANES` activations at `x + r·width + k`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-#[expect(unsafe_code, reason = "unchecked vector loads")]
-unsafe fn fma_rows<const R: usize, const C: usize>(
-    acc: &mut [[__m512; C]; R],
-    w: &[__m512; C],
-    x: *const f32,
-    width: usize,
-    k: usize,
-) {
-    for (r, row) in acc.iter_mut().enumerate() {
-        // SAFETY: the caller guarantees `R` rows of `width ≥ k + LANES` elements at `x`.
-        let xv = unsafe { _mm512_loadu_ps(x.add(r * width + k)) };
-        for (a, &wc) in row.iter_mut().zip(w) {
-            *a = _mm512_fmadd_ps(wc, xv, *a);
-        }
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[inline]
-#[expect(unsafe_code, reason = "store to a local array")]
-fn hsum16(v: __m512) -> f32 {
-    let mut a = [0f32; LANES];
-    // SAFETY: `a` holds exactly 16 `f32`.
-    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-    reduce(a)
-}
-
-/// Output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix `v` against
+/// Output columns `first..first + dst.len()` of a `Q8_0`/`Q4_0` matrix `v` against
 /// quantized activations. Callers check `vnni()`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(super) fn run_quant(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+pub(super) fn run_quant(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     // SAFETY: `qdot::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
     // AVX2 and FMA, every feature `quant_v4` enables.
     unsafe { quant_v4(v, kind, a, first, dst) }
@@ -450,9 +162,9 @@ pub(super) fn run_quant(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &m
     unsafe_code,
     reason = "calling the micro-kernel inside the bounds `panel_tiles` checked"
 )]
-fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut [f32]) {
+fn quant_v4(v: &[u8], kind: Weights, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     panel_tiles(v, kind, a, first, dst, 8, |t, dst| {
-        let put = |dst: &mut [f32], acc: &[__m512]| {
+        let put = |dst: &mut Cols<'_>, acc: &[__m512]| {
             for (i, &v) in acc.iter().enumerate() {
                 let mut lanes = [0f32; PANEL];
                 // SAFETY: `lanes` holds exactly 16 `f32`.
@@ -496,29 +208,21 @@ struct PanelTile {
     rr: usize,
     /// The tile's first row.
     r: usize,
-    /// Activation rows in the call (`dst` is `[n, rows]`).
-    rows: usize,
     /// The panel's first column, relative to the call's `first`.
     c0: usize,
-    /// Columns of the panel inside the call (16, or fewer in the matrix's last panel).
-    cols: usize,
 }
 
 impl PanelTile {
     /// Row `r + i`'s results for the panel's 16 columns, the padded ones dropped.
-    fn put(&self, dst: &mut [f32], i: usize, lanes: &[f32; PANEL]) {
-        for (c, &y) in lanes.iter().enumerate().take(self.cols) {
-            if let Some(d) = dst.get_mut((self.c0 + c) * self.rows + self.r + i) {
-                *d = y;
-            }
-        }
+    #[inline]
+    fn put(&self, dst: &mut Cols<'_>, i: usize, lanes: &[f32; PANEL]) {
+        dst.put(self.r + i, self.c0, lanes);
     }
 }
 
 /// Walks output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix in
 /// panels: after one bounds check (whole panels inside `v`, `first` a panel's first column,
-/// as [`super::by_columns`] splits, `rows` activation rows of `blocks` blocks, `dst` exactly
-/// `[n, rows]`), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of the
+/// as [`super::by_panels`] splits, `rows` activation rows of `blocks` blocks), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of the
 /// most rows up to `max_rows` (a power of two) that remain; `f` computes a tile and puts it.
 #[expect(unsafe_code, reason = "pointer offsets inside the bounds checked here")]
 fn panel_tiles(
@@ -526,22 +230,20 @@ fn panel_tiles(
     kind: Weights,
     a: &Acts,
     first: usize,
-    dst: &mut [f32],
+    dst: &mut Cols<'_>,
     max_rows: usize,
-    mut f: impl FnMut(&PanelTile, &mut [f32]),
+    mut f: impl FnMut(&PanelTile, &mut Cols<'_>),
 ) {
     let rows = a.rows;
     let blocks = a.blocks;
     let panel_bytes = blocks * kind.panel_block_bytes();
-    let n = dst.len() / rows.max(1);
-    let panels = (first + n).div_ceil(PANEL);
+    let panels = (first + dst.len()).div_ceil(PANEL);
     if rows == 0
         || !first.is_multiple_of(PANEL)
         || panels * panel_bytes > v.len()
         || a.qs.len() < rows * blocks * QK
         || a.ds.len() < rows * blocks
         || a.corr.len() < rows * blocks
-        || dst.len() != n * rows
     {
         return;
     }
@@ -567,9 +269,7 @@ fn panel_tiles(
                     },
                     rr,
                     r,
-                    rows,
                     c0,
-                    cols: (n - c0).min(PANEL),
                 };
                 f(&t, dst);
                 r += rr;

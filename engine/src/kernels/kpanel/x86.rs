@@ -3,9 +3,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::ROW_BLOCK;
 use super::super::kdot::Acts;
 use super::super::qdot::PANEL;
+use super::super::{Cols, ROW_BLOCK};
 use super::{Kind, at};
 use crate::kernels::kpanel;
 use crate::quant::QK_K;
@@ -15,10 +15,10 @@ use crate::quant::QK_K;
 /// 126–129 / 159 tok/s, `Q4_K` within noise (161–169 / 197–198 → 171–175 / 192–206).
 const MAX_ROWS: usize = 8;
 
-/// Output columns `first..first + dst.len() / rows` of the panels `v` into `dst`
-/// (`[n, rows]`) with AVX-512 VNNI. Callers check `vnni()`.
+/// Output columns `first..first + dst.len()` of the panels `v` into `dst` with AVX-512
+/// VNNI. Callers check `vnni()`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(in super::super) fn run(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
+pub(in super::super) fn run(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     // SAFETY: `kpanel::matmul` calls this only when `vnni` detected AVX-512 F/BW/VL/VNNI,
     // AVX2, FMA and F16C, every feature `run_v4` enables.
     unsafe { run_v4(v, kind, a, first, dst) }
@@ -27,7 +27,7 @@ pub(in super::super) fn run(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &
 /// [`run`] with AVX2 (no VNNI): half a panel, 8 columns, per 256-bit vector. Callers check
 /// `simd_level() >= 1` and `f16c()`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-pub(in super::super) fn run_avx2(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
+pub(in super::super) fn run_avx2(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     // SAFETY: `kpanel::matmul` calls this only when `simd_level` detected AVX2 and FMA and
     // `f16c` detected F16C, every feature `run_v3` enables.
     unsafe { run_v3(v, kind, a, first, dst) }
@@ -88,9 +88,8 @@ impl Rows {
 }
 
 /// The drivers' walk: after one bounds check (whole panels inside `v`, `first` a panel's
-/// first column, as [`super::super::by_columns`] splits, `rows` activation rows of whole
-/// super-blocks with their scales and group sums, `dst` exactly `[n, rows]`; else the
-/// portable code), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of
+/// first column, as [`super::super::by_panels`] splits, `rows` activation rows of whole
+/// super-blocks with their scales and group sums; else the portable code), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of
 /// the most rows up to `max_rows` (a power of two, at most 8) that remain; `tile` computes
 /// one into its first `rr` rows of lanes.
 #[inline(always)]
@@ -99,15 +98,14 @@ fn tiles(
     kind: Kind,
     a: &Acts,
     first: usize,
-    dst: &mut [f32],
+    dst: &mut Cols<'_>,
     max_rows: usize,
     mut tile: impl FnMut(*const u8, &Rows, usize, &mut [[f32; PANEL]; 8]),
 ) {
     let rows = a.rows;
     let blocks = a.width / QK_K;
     let panel_bytes = blocks * kind.panel_block_bytes();
-    let n = dst.len() / rows.max(1);
-    let panels = (first + n).div_ceil(PANEL);
+    let panels = (first + dst.len()).div_ceil(PANEL);
     if rows == 0
         || a.block != QK_K
         || !a.width.is_multiple_of(QK_K)
@@ -116,7 +114,6 @@ fn tiles(
         || a.qs.len() < rows * a.width
         || a.ds.len() < rows * blocks
         || a.sums.len() < rows * a.width / 16
-        || dst.len() != n * rows
     {
         return kpanel::run_portable(v, kind, a, first, dst);
     }
@@ -139,11 +136,7 @@ fn tiles(
                 };
                 tile(w, &x, rr, &mut lanes);
                 for (i, lanes) in lanes.iter().enumerate().take(rr) {
-                    for (c, &y) in lanes.iter().enumerate().take((n - c0).min(PANEL)) {
-                        if let Some(d) = dst.get_mut((c0 + c) * rows + r + i) {
-                            *d = y;
-                        }
-                    }
+                    dst.put(r + i, c0, lanes);
                 }
                 r += rr;
             }
@@ -156,7 +149,7 @@ fn tiles(
     unsafe_code,
     reason = "calling the micro-kernel inside the bounds `tiles` checked"
 )]
-fn run_v4(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
+fn run_v4(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     tiles(v, kind, a, first, dst, MAX_ROWS, |w, x, rr, lanes| {
         // SAFETY: `tiles` hands over a whole panel at `w` and `rr` rows at `x` inside its
         // bounds.
@@ -339,7 +332,7 @@ unsafe fn micro<const T: u8, const R: usize>(w: *const u8, x: &Rows) -> [__m512;
     unsafe_code,
     reason = "calling the micro-kernel inside the bounds `tiles` checked"
 )]
-fn run_v3(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut [f32]) {
+fn run_v3(v: &[u8], kind: Kind, a: &Acts, first: usize, dst: &mut Cols<'_>) {
     tiles(v, kind, a, first, dst, 2, |w, x, rr, lanes| {
         let store = |lanes: &mut [[f32; PANEL]; 8], acc: &[[__m256; 2]]| {
             for (l, halves) in lanes.iter_mut().zip(acc) {
