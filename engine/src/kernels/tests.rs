@@ -275,7 +275,8 @@ fn ragged_widths_work_for_16_and_32_bit_formats_only() {
 fn rows_are_bitwise_the_same_alone_or_in_any_batch() {
     let (out, inp) = (300, 128);
     let w = data(out * inp, 5);
-    let rows = 37;
+    // Past 2 bands of 48 rows per thread: `by_tiles` then splits rows too.
+    let rows = 37 + 2 * 48 * rayon::current_num_threads();
     let x = data(rows * inp, 6);
     for format in [
         Format::F32,
@@ -286,7 +287,7 @@ fn rows_are_bitwise_the_same_alone_or_in_any_batch() {
     ] {
         let m = PackedMatrix::pack(&w, out, inp, format).unwrap();
         let all = m.matmul_t(&x, rows).unwrap();
-        for r in [0, 1, 5, 17, 36] {
+        for r in [0, 1, 5, 17, 36, rows / 2, rows - 1] {
             let alone = m.matmul_t(&x[r * inp..(r + 1) * inp], 1).unwrap();
             let all_bits: Vec<u32> = all[r * out..(r + 1) * out]
                 .iter()

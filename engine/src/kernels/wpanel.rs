@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::{Cols, by_panels, f16_bits_to_f32};
+use super::{Cols, by_tiles, f16_bits_to_f32};
 use crate::pages;
 use half::{bf16, f16};
 
@@ -125,8 +125,12 @@ pub(super) fn matmul(
     x: &[f32],
     rows: usize,
 ) -> Vec<f32> {
-    let a = Acts { x, rows, inp };
-    by_panels(out, rows, 2 * PANEL, |first, dst| {
+    by_tiles(out, rows, 2 * PANEL, |band, first, dst| {
+        let a = Acts {
+            x: x.get(band.start * inp..band.end * inp).unwrap_or_default(),
+            rows: band.len(),
+            inp,
+        };
         #[cfg(target_arch = "x86_64")]
         match super::simd_level() {
             2 => return x86::run(v, elem, &a, first, dst),
