@@ -589,7 +589,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF model directory (default /tmp/airlock-llama-1b, generated if absent)")
     ap.add_argument("--gguf", help="instead of --model: a GGUF file (e.g. a real model) that "
-                    "llama.cpp's quantizer requantizes to each of --formats (q4_k_m, q5_k_m, q8_0, q4_0; "
+                    "llama.cpp's quantizer requantizes to each of --formats (q4_k_m, q5_k_m, q8_0, q4_0, f16; "
                     "default q4_k_m); both engines then load the same file")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
