@@ -300,10 +300,10 @@ fn by_panels(
 
 /// [`by_panels`] for kernels that also take a range of activation rows: `f(rows, first,
 /// cols)`, `cols` being that range's rows of the columns. A long prompt (at least 2 bands of
-/// 48 rows per thread: the engine prefills in chunks of 256) is split into 2 bands of rows per thread × 2 runs of columns, so that
-/// the activations are read twice and each weight 2 × threads times, instead of the
-/// activations once per run of 256 columns or fewer (9 runs of a small model's 576-wide
-/// projections, 8–32 of a 1B model's).
+/// 48 rows per thread: the engine prefills in chunks of 256) is split into 2 bands of rows
+/// per thread × 2 runs of columns, so that the activations are read twice and each weight
+/// 2 × threads times, instead of the activations once per run of 256 columns or fewer (9
+/// runs of a small model's 576-wide projections, 8–32 of a 1B model's).
 fn by_tiles(
     out: usize,
     rows: usize,
@@ -387,8 +387,8 @@ impl Cols<'_> {
         self.n
     }
 
-    /// `vals` into row `r` (of the run's rows) from the run's column `c` on; what falls past the run's last
-    /// column (a matrix's padded last panel) or outside the rows is dropped.
+    /// `vals` into row `r` (of the run's rows) from the run's column `c` on; what falls past
+    /// the run's last column (a matrix's padded last panel) or outside the rows is dropped.
     #[inline]
     #[expect(unsafe_code, reason = "a write into the run's own columns")]
     pub(super) fn put(&mut self, r: usize, c: usize, vals: &[f32]) {

@@ -220,10 +220,11 @@ impl PanelTile {
     }
 }
 
-/// Walks output columns `first..first + dst.len() / rows` of a `Q8_0`/`Q4_0` matrix in
-/// panels: after one bounds check (whole panels inside `v`, `first` a panel's first column,
-/// as [`super::by_panels`] splits, `rows` activation rows of `blocks` blocks), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of the
-/// most rows up to `max_rows` (a power of two) that remain; `f` computes a tile and puts it.
+/// Walks output columns `first..first + dst.len()` of a `Q8_0`/`Q4_0` matrix in panels:
+/// after one bounds check (whole panels inside `v`, `first` a panel's first column, as
+/// [`super::by_panels`] splits, `rows` activation rows of `blocks` blocks), runs of
+/// [`ROW_BLOCK`] rows, and in each, every panel against tiles of the most rows up to
+/// `max_rows` (a power of two) that remain; `f` computes a tile and puts it.
 #[expect(unsafe_code, reason = "pointer offsets inside the bounds checked here")]
 fn panel_tiles(
     v: &[u8],

@@ -89,9 +89,10 @@ impl Rows {
 
 /// The drivers' walk: after one bounds check (whole panels inside `v`, `first` a panel's
 /// first column, as [`super::super::by_panels`] splits, `rows` activation rows of whole
-/// super-blocks with their scales and group sums; else the portable code), runs of [`ROW_BLOCK`] rows, and in each, every panel against tiles of
-/// the most rows up to `max_rows` (a power of two, at most 8) that remain; `tile` computes
-/// one into its first `rr` rows of lanes.
+/// super-blocks with their scales and group sums; else the portable code), runs of
+/// [`ROW_BLOCK`] rows, and in each, every panel against tiles of the most rows up to
+/// `max_rows` (a power of two, at most 8) that remain; `tile` computes one into its first
+/// `rr` rows of lanes.
 #[inline(always)]
 fn tiles(
     v: &[u8],

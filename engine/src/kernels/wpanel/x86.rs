@@ -42,7 +42,8 @@ const fn elem_bytes(e: u8) -> usize {
     if e == F32 { 4 } else { 2 }
 }
 
-/// Output columns `first..first + dst.len()` of the panels `v` into `dst` with AVX-512. Callers check `simd_level() == 2`.
+/// Output columns `first..first + dst.len()` of the panels `v` into `dst` with AVX-512.
+/// Callers check `simd_level() == 2`.
 #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
 pub(in super::super) fn run(v: &[u8], elem: Elem, a: &Acts<'_>, first: usize, dst: &mut Cols<'_>) {
     // SAFETY: `wpanel::matmul` calls this only when `simd_level` detected AVX-512 F/BW/VL,
@@ -90,10 +91,11 @@ impl Tile {
     }
 }
 
-/// Walks output columns `first..first + dst.len() / rows` of the panels `v`: after one
-/// bounds check (whole panels inside `v`, `first` a panel's first column, as
-/// [`super::super::by_panels`] splits, `rows` activation rows of `inp`), bands of [`BAND`] rows, in each groups of [`GROUP`] panels, and in each
-/// group tiles of `shape(rows left)` = (rows, most panels); `f` computes a tile and puts it.
+/// Walks output columns `first..first + dst.len()` of the panels `v`: after one bounds check
+/// (whole panels inside `v`, `first` a panel's first column, as [`super::super::by_tiles`]
+/// splits, `rows` activation rows of `inp`), bands of [`BAND`] rows, in each groups of
+/// [`GROUP`] panels, and in each group tiles of `shape(rows left)` = (rows, most panels); `f`
+/// computes a tile and puts it.
 #[expect(unsafe_code, reason = "pointer offsets inside the bounds checked here")]
 fn tiles(
     v: &[u8],
