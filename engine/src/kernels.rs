@@ -293,30 +293,37 @@ fn by_panels(
     align: usize,
     f: impl Fn(usize, &mut Cols<'_>) + Sync,
 ) -> Vec<f32> {
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (out / (threads * 8)).clamp(8, 256).next_multiple_of(align);
-    grid(out, rows, chunk, 1, |_, first, cols| f(first, cols))
+    grid(out, rows, run_columns(out, align), 1, |_, first, cols| {
+        f(first, cols)
+    })
 }
 
 /// [`by_panels`] for kernels that also take a range of activation rows: `f(rows, first,
 /// cols)`, `cols` being that range's rows of the columns. A long prompt (at least 2 bands of
-/// 48 rows per thread: the engine prefills in chunks of 256) is split into 2 bands of rows
-/// per thread × 2 runs of columns, so that the activations are read twice and each weight
+/// `band` rows per thread, the kernel's own row blocking; the engine prefills in chunks of
+/// 256) is split into 2 bands of rows per thread × 2 runs of columns, so that the activations are read twice and each weight
 /// 2 × threads times, instead of the activations once per run of 256 columns or fewer (9
 /// runs of a small model's 576-wide projections, 8–32 of a 1B model's).
 fn by_tiles(
     out: usize,
     rows: usize,
     align: usize,
+    band: usize,
     f: impl Fn(std::ops::Range<usize>, usize, &mut Cols<'_>) + Sync,
 ) -> Vec<f32> {
     let threads = rayon::current_num_threads().max(1);
-    if threads > 1 && rows >= 2 * 48 * threads {
+    if threads > 1 && rows >= 2 * band * threads {
         let chunk = out.div_ceil(2).next_multiple_of(align);
         return grid(out, rows, chunk, 2 * threads, f);
     }
-    let chunk = (out / (threads * 8)).clamp(8, 256).next_multiple_of(align);
-    grid(out, rows, chunk, 1, f)
+    grid(out, rows, run_columns(out, align), 1, f)
+}
+
+/// Columns per run of [`by_columns`] / [`by_panels`]: whole register tiles or panels
+/// (`align`), enough runs to balance the pool's threads, few enough to amortize.
+fn run_columns(out: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (out / (threads * 8)).clamp(8, 256).next_multiple_of(align)
 }
 
 /// Runs `f(rows, first, cols)` over `bands` bands of rows × runs of `chunk` columns.
@@ -420,9 +427,7 @@ fn by_columns(
     align: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let threads = rayon::current_num_threads().max(1);
-    // Whole register tiles of columns, enough runs to balance, few enough to amortize.
-    let chunk = (out / (threads * 8)).clamp(8, 256).next_multiple_of(align);
+    let chunk = run_columns(out, align);
     let mut yt = vec![0f32; out * rows];
     yt.par_chunks_mut(chunk * rows)
         .enumerate()

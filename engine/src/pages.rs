@@ -13,10 +13,10 @@ pub(crate) fn with_capacity<T>(len: usize) -> Vec<T> {
     v
 }
 
-/// `items` (`len` of them) in a new advised buffer.
-pub(crate) fn collect<T>(len: usize, items: impl IntoIterator<Item = T>) -> Vec<T> {
+/// `len` zeros in a new advised buffer (one fill, not an element at a time).
+pub(crate) fn zeroed<T: Clone + Default>(len: usize) -> Vec<T> {
     let mut v = with_capacity(len);
-    v.extend(items);
+    v.resize(len, T::default());
     v
 }
 

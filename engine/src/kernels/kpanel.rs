@@ -348,10 +348,7 @@ pub(super) fn to_panels(v: &[u8], kind: Kind, out: usize, blocks: usize) -> Vec<
     let bb = kind.qtype().block_bytes();
     let pb = kind.panel_block_bytes();
     let panels = out.div_ceil(PANEL);
-    let mut p = pages::collect(
-        panels * blocks * pb,
-        std::iter::repeat_n(0u8, panels * blocks * pb),
-    );
+    let mut p = pages::zeroed(panels * blocks * pb);
     // Panel blocks are independent: repacked on the pool (a 1B `Q4_K_M` file's ~1.2 G
     // weights are most of its load time).
     p.par_chunks_exact_mut(pb).enumerate().for_each(|(i, dst)| {

@@ -28,6 +28,11 @@ use half::{bf16, f16};
 /// Output columns per panel: the 16 `f32` lanes of one 512-bit vector.
 pub(super) const PANEL: usize = 16;
 
+/// Activation rows the x86 kernels keep in L2 while a thread walks its panels: 4 tiles of 12
+/// rows, 192 KiB at `inp` = 1,024 (a 1B model's 2,048: 384 KiB, beside a group's panels).
+/// Also the least rows per band when [`by_tiles`] splits a long prompt by rows.
+const BAND: usize = 48;
+
 /// How the panels store an element.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Elem {
@@ -48,15 +53,6 @@ impl Elem {
     /// Bytes of one panel of `inp` elements per column.
     pub(super) const fn panel_bytes(self, inp: usize) -> usize {
         inp * PANEL * self.bytes()
-    }
-
-    /// `v` rounded to nearest in this format, little-endian, into `dst`.
-    fn put(self, v: f32, dst: &mut [u8]) {
-        match self {
-            Elem::F32 => dst.copy_from_slice(&v.to_le_bytes()),
-            Elem::Bf16 => dst.copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes()),
-            Elem::F16 => dst.copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
-        }
     }
 
     /// Element `i` of `p` widened to `f32` (exact); 0 past the end.
@@ -80,24 +76,43 @@ impl Elem {
 pub(super) fn to_panels(w: &[f32], elem: Elem, out: usize, inp: usize) -> Vec<u8> {
     let pb = elem.panel_bytes(inp);
     let len = out.div_ceil(PANEL) * pb;
-    let mut p = pages::collect(len, std::iter::repeat_n(0u8, len));
-    let e = elem.bytes();
+    let mut p = pages::zeroed(len);
     if pb == 0 {
         return p;
     }
-    p.par_chunks_exact_mut(pb)
-        .enumerate()
-        .for_each(|(pi, dst)| {
-            for c in 0..PANEL {
-                let o = pi * PANEL + c;
-                let Some(row) = w.get(o * inp..(o + 1) * inp).filter(|_| o < out) else {
-                    continue;
-                };
-                for (k, &v) in row.iter().enumerate() {
-                    let at = (k * PANEL + c) * e;
-                    elem.put(v, &mut dst[at..at + e]);
+    // Panel `pi`'s columns, each element rounded to nearest and stored little-endian by
+    // `enc` (the format chosen once, not per element).
+    fn fill<const N: usize>(
+        dst: &mut [u8],
+        w: &[f32],
+        pi: usize,
+        out: usize,
+        inp: usize,
+        enc: impl Fn(f32) -> [u8; N],
+    ) {
+        for c in 0..PANEL {
+            let o = pi * PANEL + c;
+            let Some(row) = w.get(o * inp..(o + 1) * inp).filter(|_| o < out) else {
+                continue;
+            };
+            for (k, &v) in row.iter().enumerate() {
+                let at = (k * PANEL + c) * N;
+                if let Some(d) = dst.get_mut(at..at + N) {
+                    d.copy_from_slice(&enc(v));
                 }
             }
+        }
+    }
+    p.par_chunks_exact_mut(pb)
+        .enumerate()
+        .for_each(|(pi, dst)| match elem {
+            Elem::F32 => fill(dst, w, pi, out, inp, f32::to_le_bytes),
+            Elem::Bf16 => fill(dst, w, pi, out, inp, |v| {
+                bf16::from_f32(v).to_bits().to_le_bytes()
+            }),
+            Elem::F16 => fill(dst, w, pi, out, inp, |v| {
+                f16::from_f32(v).to_bits().to_le_bytes()
+            }),
         });
     p
 }
@@ -125,7 +140,7 @@ pub(super) fn matmul(
     x: &[f32],
     rows: usize,
 ) -> Vec<f32> {
-    by_tiles(out, rows, 2 * PANEL, |band, first, dst| {
+    by_tiles(out, rows, 2 * PANEL, BAND, |band, first, dst| {
         let a = Acts {
             x: x.get(band.start * inp..band.end * inp).unwrap_or_default(),
             rows: band.len(),

@@ -5,11 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::super::Cols;
-use super::{Acts, Elem, PANEL};
-
-/// Activation rows kept in L2 while a thread walks its panels: 4 tiles of 12 rows, 192 KiB
-/// at `inp` = 1,024 (a 1B model's 2,048: 384 KiB, beside a group's panels).
-const BAND: usize = 48;
+use super::{Acts, BAND, Elem, PANEL};
 
 /// Panels one group covers: every row tile of a band walks the group's panels, which stay in
 /// L2 meanwhile.
