@@ -142,10 +142,12 @@ mod x86 {
             }
         }
 
+        const HEADS: usize = 4;
+
         #[inline(always)]
-        fn weighted<'a, const C: usize>(
-            rows: impl Iterator<Item = (f32, &'a [f32])>,
-        ) -> [[f32; LANES]; C] {
+        fn weighted<'a, const C: usize, const G: usize>(
+            rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+        ) -> [[[f32; LANES]; C]; G] {
             // SAFETY: as in `dots`.
             #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
             unsafe {
@@ -187,17 +189,23 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn weighted_v4<'a, const C: usize>(
-        rows: impl Iterator<Item = (f32, &'a [f32])>,
-    ) -> [[f32; LANES]; C] {
-        let mut acc = [_mm512_setzero_ps(); C];
+    fn weighted_v4<'a, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    ) -> [[[f32; LANES]; C]; G] {
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
         for (p, v) in rows {
-            let pv = _mm512_set1_ps(p);
-            for (a, v) in acc.iter_mut().zip(v.as_chunks::<LANES>().0) {
-                *a = _mm512_fmadd_ps(pv, load(v), *a);
+            let mut vs = [_mm512_setzero_ps(); C];
+            for (x, v) in vs.iter_mut().zip(v.as_chunks::<LANES>().0) {
+                *x = load(v);
+            }
+            for (ag, &p) in acc.iter_mut().zip(&p) {
+                let pv = _mm512_set1_ps(p);
+                for (a, &x) in ag.iter_mut().zip(&vs) {
+                    *a = _mm512_fmadd_ps(pv, x, *a);
+                }
             }
         }
-        acc.map(|v| store(v))
+        acc.map(|ag| ag.map(|v| store(v)))
     }
 
     #[target_feature(enable = "avx512f")]
@@ -233,11 +241,17 @@ trait Inner {
         planes: &[&[[f32; LANES]]; M],
     ) -> [[[f32; LANES]; M]; G];
 
-    /// `acc[c][l] = Σ_j p_j · v_j[c·LANES + l]` over `rows` `(p_j, v_j)` in order (each `v_j`
-    /// `C × LANES` long), one fused multiply-add per row.
-    fn weighted<'a, const C: usize>(
-        rows: impl Iterator<Item = (f32, &'a [f32])>,
-    ) -> [[f32; LANES]; C];
+    /// Query heads [`Inner::weighted`] takes at once: as many as keep `HEADS × 4`
+    /// accumulator vectors in registers.
+    const HEADS: usize;
+
+    /// `acc[g][c][l] = Σ_j p_j[g] · v_j[c·LANES + l]` over `rows` `(p_j, v_j)` in order (each
+    /// `v_j` `C × LANES` long), one fused multiply-add per row and head: each value vector is
+    /// loaded once for the `G` query heads that share it, and a head's sums are the same
+    /// bits whatever `G` is.
+    fn weighted<'a, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    ) -> [[[f32; LANES]; C]; G];
 }
 
 /// The inner loops as plain Rust.
@@ -266,15 +280,20 @@ impl Inner for Portable {
         acc
     }
 
+    // AVX2 has 16 registers: one head's 4 × 2 accumulator halves and the values fill them.
+    const HEADS: usize = 1;
+
     #[inline(always)]
-    fn weighted<'a, const C: usize>(
-        rows: impl Iterator<Item = (f32, &'a [f32])>,
-    ) -> [[f32; LANES]; C] {
-        let mut acc = [[0f32; LANES]; C];
+    fn weighted<'a, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    ) -> [[[f32; LANES]; C]; G] {
+        let mut acc = [[[0f32; LANES]; C]; G];
         for (p, v) in rows {
-            for (a, v) in acc.iter_mut().zip(v.as_chunks::<LANES>().0) {
-                for (x, &v) in a.iter_mut().zip(v) {
-                    *x = p.mul_add(v, *x);
+            for (ag, p) in acc.iter_mut().zip(p) {
+                for (a, v) in ag.iter_mut().zip(v.as_chunks::<LANES>().0) {
+                    for (x, &v) in a.iter_mut().zip(v) {
+                        *x = p.mul_add(v, *x);
+                    }
                 }
             }
         }
@@ -353,25 +372,57 @@ fn attend_with<I: Inner>(
             *s /= sum;
         }
     }
-    for (og, row) in out.chunks_exact_mut(hd).zip(scores.chunks_exact(span)) {
-        let probs = &row[skip..skip + n];
-        let mut at = 0;
-        while at + 4 * LANES <= hd {
-            weighted::<I, 4>(spec, pages, kv_head, keys.start, probs, at, og);
-            at += 4 * LANES;
+    let probs: Vec<&[f32]> = scores
+        .chunks_exact(span)
+        .map(|row| &row[skip..skip + n])
+        .collect();
+    let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(hd).collect();
+    // Up to `I::HEADS` query heads at once, each value vector loaded once for them.
+    for (probs, outs) in probs.chunks(I::HEADS).zip(outs.chunks_mut(I::HEADS)) {
+        macro_rules! heads {
+            ($g:literal) => {{
+                let mut at = 0;
+                while at + 4 * LANES <= hd {
+                    weighted::<I, 4, $g>(spec, pages, kv_head, keys.start, probs, at, outs);
+                    at += 4 * LANES;
+                }
+                while at + LANES <= hd {
+                    weighted::<I, 1, $g>(spec, pages, kv_head, keys.start, probs, at, outs);
+                    at += LANES;
+                }
+                at
+            }};
         }
-        while at + LANES <= hd {
-            weighted::<I, 1>(spec, pages, kv_head, keys.start, probs, at, og);
-            at += LANES;
+        let at = match probs.len() {
+            4 => heads!(4),
+            3 => heads!(3),
+            2 => heads!(2),
+            _ => heads!(1),
+        };
+        for (og, probs) in outs.iter_mut().zip(probs) {
+            tail_dims(spec, pages, kv_head, keys.start, probs, at, og);
         }
-        for (d, o) in og.iter_mut().enumerate().skip(at) {
-            let mut acc = 0f32;
-            for (j, &p) in probs.iter().enumerate() {
-                let (page, base) = spec.value_at(keys.start + j, kv_head);
-                acc = p.mul_add(pages[page][base + d], acc);
-            }
-            *o = acc;
+    }
+}
+
+/// Dimensions `at..` of one head's output, where fewer than [`LANES`] remain: per dimension,
+/// one fused multiply-add per key in order, as the vector loops.
+fn tail_dims(
+    spec: &Spec,
+    pages: &[Page],
+    kv_head: usize,
+    first: usize,
+    probs: &[f32],
+    at: usize,
+    og: &mut [f32],
+) {
+    for (d, o) in og.iter_mut().enumerate().skip(at) {
+        let mut acc = 0f32;
+        for (j, &p) in probs.iter().enumerate() {
+            let (page, base) = spec.value_at(first + j, kv_head);
+            acc = p.mul_add(pages[page][base + d], acc);
         }
+        *o = acc;
     }
 }
 
@@ -411,28 +462,35 @@ fn score_pages<I: Inner, const M: usize, const G: usize>(
     }
 }
 
-/// Dimensions `at..at + C × LANES` of `Σ probs[j] · value[first + j]` → `out`: per dimension,
-/// one fused multiply-add per key in order, `C` vectors in flight.
+/// Dimensions `at..at + C × LANES` of `Σ probs[g][j] · value[first + j]` → `outs[g]` for the
+/// first `G` query heads of `probs` and `outs` (each at least that long): per dimension and head, one fused multiply-add per key in order, `C × G`
+/// vectors in flight.
 #[inline(always)]
-fn weighted<I: Inner, const C: usize>(
+fn weighted<I: Inner, const C: usize, const G: usize>(
     spec: &Spec,
     pages: &[Page],
     kv_head: usize,
     first: usize,
-    probs: &[f32],
+    probs: &[&[f32]],
     at: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
 ) {
-    let rows = probs.iter().enumerate().map(|(j, &p)| {
+    let n = probs.first().map_or(0, |p| p.len());
+    let rows = (0..n).map(|j| {
         let (page, base) = spec.value_at(first + j, kv_head);
-        (p, &pages[page][base + at..base + at + C * LANES])
+        (
+            std::array::from_fn(|g| probs[g][j]),
+            &pages[page][base + at..base + at + C * LANES],
+        )
     });
-    let acc = I::weighted::<C>(rows);
-    for (a, o) in acc
-        .iter()
-        .zip(out[at..at + C * LANES].chunks_exact_mut(LANES))
-    {
-        o.copy_from_slice(a);
+    let acc = I::weighted::<C, G>(rows);
+    for (ag, out) in acc.iter().zip(outs.iter_mut()) {
+        for (a, o) in ag
+            .iter()
+            .zip(out[at..at + C * LANES].chunks_exact_mut(LANES))
+        {
+            o.copy_from_slice(a);
+        }
     }
 }
 
@@ -578,6 +636,8 @@ mod tests {
     fn matches_the_textbook_definition_and_the_portable_build() {
         for (hd, kv_heads, group, softcap, len, keys) in [
             (64, 3, 3, None, 40, 0..40),
+            (64, 1, 7, None, 50, 3..50),
+            (96, 2, 6, Some(40.0), 35, 0..35),
             (80, 2, 4, None, 33, 5..33),
             (24, 1, 1, Some(50.0), 17, 16..17),
             (128, 2, 2, Some(30.0), 70, 30..62),
