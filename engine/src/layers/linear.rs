@@ -218,11 +218,7 @@ impl Linear {
                 let device = x.device();
                 let dtype = x.dtype();
                 let [rows, _] = x.dims();
-                let data = x.into_data();
-                let xs: Vec<f32> = match data.as_slice::<f32>() {
-                    Ok(s) => s.to_vec(),
-                    Err(_) => data.iter::<f32>().collect(),
-                };
+                let xs = host_rows(x);
                 let [out, _] = w.shape();
                 // `Linear` was built with `inp` columns and the model only feeds it those; a
                 // mismatch is a programming error that burn's matmul would panic on too.
@@ -236,6 +232,41 @@ impl Linear {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
         }
+    }
+}
+
+impl Linear {
+    /// `xs` (`rows` rows of this matrix's inputs, on the host) times the weights, for a CPU
+    /// matrix without a bias: what [`Linear::forward`] computes for it, without a tensor on
+    /// either side. `None` for a device tensor, a bias, or a shape that does not fit.
+    pub fn host_matmul(&self, xs: &[f32], rows: usize) -> Option<Vec<f32>> {
+        match (&self.weight, &self.bias) {
+            (Weight::Packed(w), None) => w.matmul_t(xs, rows),
+            _ => None,
+        }
+    }
+
+    /// Whether [`Linear::host_matmul`] can run this matrix.
+    pub fn on_host(&self) -> bool {
+        matches!((&self.weight, &self.bias), (Weight::Packed(_), None))
+    }
+
+    /// A bias-free CPU projection from packed weights (tests).
+    #[cfg(test)]
+    pub(crate) fn from_packed(w: PackedMatrix) -> Linear {
+        Linear {
+            weight: Weight::Packed(w),
+            bias: None,
+        }
+    }
+}
+
+/// A tensor's values on the host, row-major, as `f32`.
+pub fn host_rows(x: Tensor<2>) -> Vec<f32> {
+    let data = x.into_data();
+    match data.as_slice::<f32>() {
+        Ok(s) => s.to_vec(),
+        Err(_) => data.iter::<f32>().collect(),
     }
 }
 
