@@ -372,35 +372,43 @@ fn attend_with<I: Inner>(
             *s /= sum;
         }
     }
-    let probs: Vec<&[f32]> = scores
-        .chunks_exact(span)
-        .map(|row| &row[skip..skip + n])
-        .collect();
-    let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(hd).collect();
     // Up to `I::HEADS` query heads at once, each value vector loaded once for them.
-    for (probs, outs) in probs.chunks(I::HEADS).zip(outs.chunks_mut(I::HEADS)) {
+    for (rows, outs) in scores
+        .chunks(I::HEADS * span)
+        .zip(out.chunks_mut(I::HEADS * hd))
+    {
         macro_rules! heads {
             ($g:literal) => {{
+                let probs: [&[f32]; $g] =
+                    std::array::from_fn(|g| &rows[g * span + skip..g * span + skip + n]);
                 let mut at = 0;
                 while at + 4 * LANES <= hd {
-                    weighted::<I, 4, $g>(spec, pages, kv_head, keys.start, probs, at, outs);
+                    weighted::<I, 4, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
                     at += 4 * LANES;
                 }
                 while at + LANES <= hd {
-                    weighted::<I, 1, $g>(spec, pages, kv_head, keys.start, probs, at, outs);
+                    weighted::<I, 1, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
                     at += LANES;
                 }
                 at
             }};
         }
-        let at = match probs.len() {
+        let at = match outs.len() / hd {
             4 => heads!(4),
             3 => heads!(3),
             2 => heads!(2),
             _ => heads!(1),
         };
-        for (og, probs) in outs.iter_mut().zip(probs) {
-            tail_dims(spec, pages, kv_head, keys.start, probs, at, og);
+        for (og, row) in outs.chunks_exact_mut(hd).zip(rows.chunks_exact(span)) {
+            tail_dims(
+                spec,
+                pages,
+                kv_head,
+                keys.start,
+                &row[skip..skip + n],
+                at,
+                og,
+            );
         }
     }
 }
@@ -462,20 +470,20 @@ fn score_pages<I: Inner, const M: usize, const G: usize>(
     }
 }
 
-/// Dimensions `at..at + C × LANES` of `Σ probs[g][j] · value[first + j]` → `outs[g]` for the
-/// first `G` query heads of `probs` and `outs` (each at least that long): per dimension and head, one fused multiply-add per key in order, `C × G`
-/// vectors in flight.
+/// Dimensions `at..at + C × LANES` of `Σ probs[g][j] · value[first + j]` → head `g`'s row of
+/// `outs` (`G` rows of `head_dim`): per dimension and head, one fused multiply-add per key in
+/// order, `C × G` vectors in flight.
 #[inline(always)]
 fn weighted<I: Inner, const C: usize, const G: usize>(
     spec: &Spec,
     pages: &[Page],
     kv_head: usize,
     first: usize,
-    probs: &[&[f32]],
+    probs: &[&[f32]; G],
     at: usize,
-    outs: &mut [&mut [f32]],
+    outs: &mut [f32],
 ) {
-    let n = probs.first().map_or(0, |p| p.len());
+    let n = probs[0].len();
     let rows = (0..n).map(|j| {
         let (page, base) = spec.value_at(first + j, kv_head);
         (
@@ -484,7 +492,7 @@ fn weighted<I: Inner, const C: usize, const G: usize>(
         )
     });
     let acc = I::weighted::<C, G>(rows);
-    for (ag, out) in acc.iter().zip(outs.iter_mut()) {
+    for (ag, out) in acc.iter().zip(outs.chunks_exact_mut(spec.head_dim)) {
         for (a, o) in ag
             .iter()
             .zip(out[at..at + C * LANES].chunks_exact_mut(LANES))

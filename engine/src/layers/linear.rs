@@ -233,22 +233,25 @@ impl Linear {
             None => y,
         }
     }
-}
 
-impl Linear {
-    /// `xs` (`rows` rows of this matrix's inputs, on the host) times the weights, for a CPU
-    /// matrix without a bias: what [`Linear::forward`] computes for it, without a tensor on
-    /// either side. `None` for a device tensor, a bias, or a shape that does not fit.
-    pub fn host_matmul(&self, xs: &[f32], rows: usize) -> Option<Vec<f32>> {
+    /// The CPU matrix of a projection without a bias, which [`Linear::host_matmul`] runs.
+    fn host_matrix(&self) -> Option<&PackedMatrix> {
         match (&self.weight, &self.bias) {
-            (Weight::Packed(w), None) => w.matmul_t(xs, rows),
+            (Weight::Packed(w), None) => Some(w),
             _ => None,
         }
     }
 
+    /// `xs` (`rows` rows of this matrix's inputs, on the host) times the weights, for a CPU
+    /// matrix without a bias: what [`Linear::forward`] computes for it, without a tensor on
+    /// either side. `None` for a device tensor, a bias, or a shape that does not fit.
+    pub fn host_matmul(&self, xs: &[f32], rows: usize) -> Option<Vec<f32>> {
+        self.host_matrix()?.matmul_t(xs, rows)
+    }
+
     /// Whether [`Linear::host_matmul`] can run this matrix.
     pub fn on_host(&self) -> bool {
-        matches!((&self.weight, &self.bias), (Weight::Packed(_), None))
+        self.host_matrix().is_some()
     }
 
     /// A bias-free CPU projection from packed weights (tests).
