@@ -78,12 +78,12 @@ fn inspect_a_q4_0_gguf_file() {
     assert!((share - 78336.0 / 79616.0).abs() < 1e-9, "{share}");
     let count = r["tensor_types"][0]["count_share"].as_f64().unwrap();
     assert!((count - 16.0 / 21.0).abs() < 1e-9, "{count}");
-    // 2 (K and V) × 2 layers × 2 KV heads × 16 dims × 4 bytes (f32) / 2 bytes (f16).
+    // 2 (K and V) × 2 layers × 2 KV heads × 16 dims × 2 bytes (f16) / 4 bytes (f32).
     assert_eq!(
         r["kv_bytes_per_token"],
-        json!({"cpu_f32": 512, "wgpu_f16": 256})
+        json!({"cpu_f16": 256, "cpu_f32": 512, "wgpu_f16": 256})
     );
-    assert_eq!(memory(&r, "cpu"), (79616, 512 * 2048, 79616 + 512 * 2048));
+    assert_eq!(memory(&r, "cpu"), (79616, 256 * 2048, 79616 + 256 * 2048));
     // On a GPU the Q4_0 blocks stay blocks, 8-bit values with an f16 scale per 32 (17/16
     // bytes a weight); the F32 norms become f16.
     let gpu = 139_264 * 17 / 16 + 320 * 2;
@@ -156,6 +156,7 @@ fn inspect_safetensors_directories() {
     assert_eq!(r["tensor_types"][0]["bytes_share"], 1.0);
     assert_eq!(r["context_length"], 2048);
     assert_eq!(r["chat_template"], true);
+    assert_eq!(r["kv_bytes_per_token"]["cpu_f16"], 256);
     assert_eq!(r["kv_bytes_per_token"]["cpu_f32"], 512);
 
     // Sharded: every shard's header, through the index.
@@ -182,7 +183,7 @@ fn inspect_prints_a_table() {
         "context        2048 tokens",
         "chat template  yes",
         "Q8_0",
-        "KV cache       512 B per token on cpu (f32), 256 B on wgpu (f16)",
+        "KV cache       256 B per token on cpu (f16; 512 B with kv_cache_dtype = \"f32\"), 256 B on wgpu (f16)",
         "tokens/s",
         "estimate",
     ] {

@@ -80,7 +80,8 @@ pub fn render(r: &ModelReport) -> String {
     let kv = &r.kv_bytes_per_token;
     let _ = writeln!(
         s,
-        "KV cache       {} per token on cpu (f32), {} on wgpu (f16)",
+        "KV cache       {} per token on cpu (f16; {} with kv_cache_dtype = \"f32\"), {} on wgpu (f16)",
+        size(kv.cpu_f16 as u64),
         size(kv.cpu_f32 as u64),
         size(kv.wgpu_f16 as u64)
     );

@@ -236,7 +236,8 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                     return;
                 }
             };
-            let model = loaded;
+            let mut model = loaded;
+            model.model.set_kv_cache_dtype(spec2.kv_cache_dtype);
             let pooling = match resolve_pooling(&spec2, &model.model.config) {
                 Ok(p) => p,
                 Err(e) => {

@@ -12,7 +12,10 @@ use crate::detok::StopMatcher;
 use crate::loader::{Integrity, load_dir};
 use crate::sampling::validate;
 use crate::sequence::Sequence;
-use crate::{ChatMessage, DeviceChoice, EngineError, Prompt, Quantize, SamplingParams, TokenEvent};
+use crate::{
+    ChatMessage, DeviceChoice, EngineError, KvCacheDtype, Prompt, Quantize, SamplingParams,
+    TokenEvent,
+};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -31,6 +34,8 @@ pub struct GenerateOptions {
     pub keep_logits: bool,
     /// Quantize the projection weights at load (CPU only), as a model's `quantize` key does.
     pub quantize: Option<Quantize>,
+    /// The CPU's KV-cache element type, as a model's `kv_cache_dtype` key sets it.
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 impl GenerateOptions {
@@ -48,6 +53,7 @@ impl GenerateOptions {
             verify_manifest: false,
             keep_logits: false,
             quantize: None,
+            kv_cache_dtype: KvCacheDtype::default(),
         }
     }
 }
@@ -80,7 +86,7 @@ pub struct GenerateReport {
 /// Loads the model and generates once.
 pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineError> {
     validate(&opts.params)?;
-    let loaded = load_dir(
+    let mut loaded = load_dir(
         &opts.model_dir,
         opts.device,
         if opts.verify_manifest {
@@ -91,6 +97,7 @@ pub fn generate_once(opts: &GenerateOptions) -> Result<GenerateReport, EngineErr
         None,
         opts.quantize,
     )?;
+    loaded.model.set_kv_cache_dtype(opts.kv_cache_dtype);
     let prompt = match (&opts.prompt, opts.chat) {
         (Prompt::Text(text), true) => Prompt::Chat(
             vec![ChatMessage {

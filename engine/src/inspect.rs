@@ -100,7 +100,9 @@ fn gpu_bytes(dtype: &str, parameters: u64) -> u64 {
 /// Bytes one cached position takes across all layers, per compute precision.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct KvBytes {
-    /// The CPU backend caches in f32.
+    /// The CPU backend's default cache: `f16` pages (attention computes in `f32`).
+    pub cpu_f16: usize,
+    /// The CPU backend with `kv_cache_dtype = "f32"`.
     pub cpu_f32: usize,
     /// wgpu computes and caches in f16.
     pub wgpu_f16: usize,
@@ -285,6 +287,7 @@ fn build(
     types.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.dtype.cmp(&b.dtype)));
 
     let kv = KvBytes {
+        cpu_f16: kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, 2),
         cpu_f32: kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, 4),
         wgpu_f16: kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, 2),
     };
@@ -302,8 +305,8 @@ fn build(
             device: "cpu",
             weights: stored,
             weights_bytes: weight_bytes,
-            kv_bytes_full_context: kv.cpu_f32 as u64 * ctx,
-            total_bytes: weight_bytes + kv.cpu_f32 as u64 * ctx,
+            kv_bytes_full_context: kv.cpu_f16 as u64 * ctx,
+            total_bytes: weight_bytes + kv.cpu_f16 as u64 * ctx,
         },
         MemoryNeed {
             device: "wgpu",
@@ -368,7 +371,7 @@ pub struct Bandwidth {
 fn estimate(report: &ModelReport, bw: Bandwidth) -> DecodeEstimate {
     let bytes_per_token = report.decode_bytes_per_token;
     let full =
-        bytes_per_token + report.kv_bytes_per_token.cpu_f32 as u64 * report.context_length as u64;
+        bytes_per_token + report.kv_bytes_per_token.cpu_f16 as u64 * report.context_length as u64;
     let per_s = |bytes: u64| {
         if bytes == 0 {
             0.0

@@ -7,7 +7,8 @@
 pub const BLOCK_POSITIONS: usize = 16;
 
 /// Bytes one cached position takes across all layers: a key and a value vector per KV
-/// head per layer, `elem_bytes` per element (4 for the CPU's f32 cache, 2 for wgpu's f16).
+/// head per layer, `elem_bytes` per element (2 for an `f16` cache, the CPU's default and
+/// wgpu's; 4 for the CPU's `f32` one).
 pub fn kv_bytes_per_token(
     layers: usize,
     kv_heads: usize,

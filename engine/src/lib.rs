@@ -58,4 +58,4 @@ pub use manifest::{
     FILE_MANIFEST_SUFFIX, MANIFEST_FILE, manifest_path, verify_manifest, write_manifest,
 };
 pub use score::Scorer;
-pub use spec::{DeviceChoice, ModelSpec, Quantize, Speculative};
+pub use spec::{DeviceChoice, KvCacheDtype, ModelSpec, Quantize, Speculative};

@@ -58,6 +58,8 @@ pub struct ModelSpec {
     pub prefix_cache: bool,
     /// Prompt-lookup speculative decoding for greedy requests (`None`: off).
     pub speculative: Option<Speculative>,
+    /// The CPU backend's KV-cache element type.
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 impl ModelSpec {
@@ -85,6 +87,32 @@ impl ModelSpec {
             embeddings: None,
             prefix_cache: true,
             speculative: None,
+            kv_cache_dtype: KvCacheDtype::F16,
+        }
+    }
+}
+
+/// The element type of the CPU backend's KV cache. wgpu caches in its compute precision,
+/// `f16`, whatever this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    /// IEEE half precision, as llama.cpp's default cache (`--cache-type-k f16`): half the
+    /// memory of `f32`, so twice the positions in the same budget, and half the bytes every
+    /// decode step reads; attention still computes in `f32`.
+    #[default]
+    F16,
+    /// Single precision, the activations' own: bit for bit what an `f32` reference computes
+    /// (the parity tests against `transformers` and llama.cpp's `f32` cache use it).
+    F32,
+}
+
+impl KvCacheDtype {
+    /// Bytes one cached element takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvCacheDtype::F16 => 2,
+            KvCacheDtype::F32 => 4,
         }
     }
 }

@@ -14,8 +14,9 @@ use airlock_engine::{
     SamplingParams, TokenEvent, default_model,
 };
 
-/// Bytes of KV cache one position takes in the default model on the CPU.
-const BYTES_PER_POSITION: usize = 2 * 4 * 2 * 32 * 4;
+/// Bytes of KV cache one position takes in the default model on the CPU: K and V × 4 layers
+/// × 2 KV heads × 32 dimensions × 2 bytes (f16).
+const BYTES_PER_POSITION: usize = 2 * 4 * 2 * 32 * 2;
 
 struct Limits {
     max_queue: usize,

@@ -33,7 +33,9 @@
 
 use std::path::Path;
 
-use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use airlock_engine::{
+    DeviceChoice, GenerateOptions, KvCacheDtype, Prompt, SamplingParams, generate_once,
+};
 use serde_json::Value;
 
 mod support;
@@ -54,6 +56,8 @@ fn run(dir: &Path, prompt: &[u32]) -> anyhow::Result<(Vec<f32>, Vec<u32>)> {
     opts.device = DeviceChoice::Cpu;
     opts.verify_manifest = true;
     opts.keep_logits = true;
+    // The references were computed with an f32 KV cache.
+    opts.kv_cache_dtype = KvCacheDtype::F32;
     opts.params = SamplingParams {
         max_tokens: Some(16),
         ignore_eos: true,

@@ -21,7 +21,9 @@
 
 use std::path::PathBuf;
 
-use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use airlock_engine::{
+    DeviceChoice, GenerateOptions, KvCacheDtype, Prompt, SamplingParams, generate_once,
+};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -86,6 +88,8 @@ fn check(source: &str) -> anyhow::Result<()> {
             opts.device = DeviceChoice::Cpu;
             opts.verify_manifest = true;
             opts.keep_logits = true;
+            // The references were computed with an f32 KV cache.
+            opts.kv_cache_dtype = KvCacheDtype::F32;
             opts.params = SamplingParams {
                 max_tokens: Some(16),
                 ignore_eos: true,

@@ -12,7 +12,7 @@
 mod mixed;
 mod parity;
 
-use airlock_engine::{DeviceChoice, gpu_available};
+use airlock_engine::{DeviceChoice, KvCacheDtype, gpu_available};
 
 const CHILD: &str = "AIRLOCK_GPU_PARITY_CHILD";
 /// Set (to anything but `0`) where a wgpu adapter must exist and work, as in CI.
@@ -25,7 +25,7 @@ fn required() -> bool {
 #[test]
 fn gpu_matches_transformers() -> anyhow::Result<()> {
     if std::env::var_os(CHILD).is_some() {
-        parity::check_all(DeviceChoice::Gpu, 2e-3)?;
+        parity::check_all(DeviceChoice::Gpu, KvCacheDtype::F32, 2e-3)?;
         quantized_gguf_dequantizes_at_load()?;
         q8_0_and_q4_0_stay_blocks_on_the_gpu()?;
         return k_quants_stay_blocks_on_the_gpu();
@@ -105,13 +105,17 @@ fn quantized_gguf_dequantizes_at_load() -> anyhow::Result<()> {
 /// above: its `Q8_0` tensor takes this path, and the logits match the CPU on dequantized
 /// weights to ~1e-6.
 fn q8_0_and_q4_0_stay_blocks_on_the_gpu() -> anyhow::Result<()> {
-    use airlock_engine::{GenerateOptions, Prompt, Quantize, SamplingParams, generate_once};
+    use airlock_engine::{
+        GenerateOptions, KvCacheDtype, Prompt, Quantize, SamplingParams, generate_once,
+    };
     let prompt = [507, 12, 300, 45, 61, 2, 411];
     let run = |dir: &std::path::Path, device, quantize| {
         let mut opts = GenerateOptions::new(dir, Prompt::TokenIds(prompt.to_vec()));
         opts.device = device;
         opts.keep_logits = true;
         opts.quantize = quantize;
+        // The CPU's f32 cache, as the f32 software adapter computes.
+        opts.kv_cache_dtype = KvCacheDtype::F32;
         opts.params = SamplingParams {
             max_tokens: Some(8),
             ignore_eos: true,

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use airlock_engine::{
-    DeviceChoice, GenerateOptions, GenerateReport, Grammar, GrammarSpec, Prompt, Quantize,
+    DeviceChoice, GenerateOptions, GenerateReport, Grammar, GrammarSpec, KvCacheDtype, Prompt,
+    Quantize,
 };
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -74,6 +75,10 @@ pub struct GenerateArgs {
     /// Quantize the projection weights at load (CPU only), like a model's `quantize` key.
     #[arg(long, value_enum, value_name = "q8|q4")]
     pub quantize: Option<QuantizeArg>,
+    /// The CPU's KV-cache element type, like a model's `kv_cache_dtype` key (`f32`: what an
+    /// `f32` reference computes, for parity checks).
+    #[arg(long, value_enum, default_value_t = KvCacheArg::F16, value_name = "f16|f32")]
+    pub kv_cache_dtype: KvCacheArg,
     /// Keep generating past EOS (fixed-length runs for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -106,6 +111,21 @@ impl From<QuantizeArg> for Quantize {
         match q {
             QuantizeArg::Q8 => Quantize::Q8,
             QuantizeArg::Q4 => Quantize::Q4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KvCacheArg {
+    F16,
+    F32,
+}
+
+impl From<KvCacheArg> for KvCacheDtype {
+    fn from(d: KvCacheArg) -> Self {
+        match d {
+            KvCacheArg::F16 => KvCacheDtype::F16,
+            KvCacheArg::F32 => KvCacheDtype::F32,
         }
     }
 }
@@ -182,6 +202,7 @@ fn generate(args: GenerateArgs) -> ExitCode {
     opts.device = args.device.into();
     opts.verify_manifest = args.verify;
     opts.quantize = args.quantize.map(Quantize::from);
+    opts.kv_cache_dtype = args.kv_cache_dtype.into();
     opts.keep_logits = args.logits_out.is_some();
     opts.params.max_tokens = Some(args.max_tokens);
     opts.params.temperature = args.temperature;

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_engine::{DeviceChoice, Pooling, Quantize, Speculative};
+use airlock_engine::{DeviceChoice, KvCacheDtype, Pooling, Quantize, Speculative};
 use serde::Deserialize;
 
 use super::{Invalid, duration_field, invalid, nonzero, resolve};
@@ -105,6 +105,9 @@ pub struct RawModel {
     /// Reuse the KV cache of a tenant's earlier prompt that starts the same way (default on).
     #[serde(default)]
     pub prefix_cache: Option<bool>,
+    /// `"f16"` (default) or `"f32"`: the CPU's KV-cache element type.
+    #[serde(default)]
+    pub kv_cache_dtype: Option<String>,
     /// Prompt-lookup speculative decoding for greedy requests (default off).
     #[serde(default)]
     pub speculative: Option<RawSpeculative>,
@@ -181,6 +184,8 @@ pub enum ModelBackend {
         prefix_cache: bool,
         /// Prompt-lookup speculative decoding (`None`: off).
         speculative: Option<Speculative>,
+        /// The CPU's KV-cache element type.
+        kv_cache_dtype: KvCacheDtype,
     },
     /// The deterministic test engine. Never for production: it answers with canned text.
     Test { token_delay: Duration },
@@ -261,6 +266,16 @@ pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig
                     ));
                 }
             };
+            let kv_cache_dtype = match raw.kv_cache_dtype.as_deref() {
+                None | Some("f16") => KvCacheDtype::F16,
+                Some("f32") => KvCacheDtype::F32,
+                Some(other) => {
+                    return Err(invalid(
+                        "kv_cache_dtype",
+                        format!("`{other}` is not one of \"f16\", \"f32\""),
+                    ));
+                }
+            };
             let pooling = match raw.pooling.as_deref() {
                 None => None,
                 Some("last") => Some(Pooling::Last),
@@ -310,6 +325,7 @@ pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig
                 embeddings: raw.embeddings,
                 prefix_cache: raw.prefix_cache.unwrap_or(true),
                 speculative: raw.speculative.map(Speculative::try_from).transpose()?,
+                kv_cache_dtype,
             }
         }
         "test" => {
@@ -325,6 +341,7 @@ pub(super) fn model_config(mut raw: RawModel, base: &Path) -> Result<ModelConfig
                 ("embeddings", raw.embeddings.is_some()),
                 ("prefix_cache", raw.prefix_cache.is_some()),
                 ("speculative", raw.speculative.is_some()),
+                ("kv_cache_dtype", raw.kv_cache_dtype.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "not used with backend = \"test\""));

@@ -142,6 +142,7 @@ pub(super) fn remote(raw: &mut RawModel, base: &Path) -> Result<RemoteConfig, In
         ("max_batch_tokens", raw.max_batch_tokens.is_some()),
         ("kv_cache", raw.kv_cache.is_some()),
         ("prefix_cache", raw.prefix_cache.is_some()),
+        ("kv_cache_dtype", raw.kv_cache_dtype.is_some()),
         ("speculative", raw.speculative.is_some()),
     ] {
         if set {

@@ -237,6 +237,16 @@ fn validation_errors() {
             "backend = \"test\"\nquantize = \"q8\"",
             "models[0].quantize",
         ),
+        (
+            "backend = \"test\"",
+            "path = \"/m\"\nkv_cache_dtype = \"bf16\"",
+            "models[0].kv_cache_dtype",
+        ),
+        (
+            "backend = \"test\"",
+            "backend = \"test\"\nkv_cache_dtype = \"f32\"",
+            "models[0].kv_cache_dtype",
+        ),
         ("name = \"m\"", "name = \"two words\"", "models[0].name"),
         (
             "backend = \"test\"",

@@ -91,6 +91,7 @@ fn build_local(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupErr
                 embeddings,
                 prefix_cache,
                 speculative,
+                kv_cache_dtype,
             } => Some(ModelSpec {
                 name: m.name.clone(),
                 path: path.clone(),
@@ -108,6 +109,7 @@ fn build_local(models: &[ModelConfig]) -> Result<Arc<dyn Engine>, EngineSetupErr
                 embeddings: *embeddings,
                 prefix_cache: *prefix_cache,
                 speculative: *speculative,
+                kv_cache_dtype: *kv_cache_dtype,
             }),
             ModelBackend::Test { .. } | ModelBackend::Remote(_) => None,
         })

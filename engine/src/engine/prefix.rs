@@ -181,7 +181,7 @@ mod tests {
 
     /// A cache that claims `len` positions (no tensors: matching never reads them).
     fn cache(len: usize) -> KvCache {
-        let mut c = KvCache::new(0);
+        let mut c = KvCache::new(0, crate::KvCacheDtype::F16);
         c.set_len_for_tests(len);
         c
     }

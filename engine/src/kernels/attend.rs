@@ -18,17 +18,74 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use half::f16;
+
 use super::{reduce, simd_level};
 
 /// Positions per page of a KV cache (the budget's block size, so the memory a sequence holds
 /// is the block count the scheduler accounts for).
 pub const PAGE: usize = crate::kv::BLOCK_POSITIONS;
 
-/// One page of one layer's cache, `f32`: the keys `[kv_heads][head_dim][PAGE]` (transposed:
-/// one vector holds one dimension of the page's [`PAGE`] keys, so a query scores a whole page
-/// with one broadcast multiply-add per dimension and no horizontal sums), then the values
-/// `[kv_heads][PAGE][head_dim]`.
-pub type Page = Arc<[f32]>;
+/// One page of one layer's cache, of [`Elem`]s (`f16` or `f32`, the cache's element type):
+/// the keys `[kv_heads][head_dim][PAGE]` (transposed: one vector holds one dimension of the
+/// page's [`PAGE`] keys, so a query scores a whole page with one broadcast multiply-add per
+/// dimension and no horizontal sums), then the values `[kv_heads][PAGE][head_dim]`.
+pub type Page<E> = Arc<[E]>;
+
+/// What a cache page holds: `f16` (the default, half the memory and the bytes read) or
+/// `f32`. Attention widens every element to `f32`, exactly, before it computes.
+pub trait Elem: Copy + Default + Send + Sync + 'static {
+    /// Whether this is `f16` (the AVX-512 loops load it with `vcvtph2ps`).
+    const HALF: bool;
+    /// `self` as an `f32`, exactly.
+    fn widen(self) -> f32;
+    /// `x` rounded to this type (to nearest, ties to even).
+    fn narrow(x: f32) -> Self;
+}
+
+impl Elem for f32 {
+    const HALF: bool = false;
+
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn narrow(x: f32) -> f32 {
+        x
+    }
+}
+
+impl Elem for f16 {
+    const HALF: bool = true;
+
+    /// Exact (every half is an `f32`), from bit operations and one multiply by a power of
+    /// two, so that it vectorizes and agrees bit for bit with the hardware conversion
+    /// (`vcvtph2ps`) of the AVX-512 loops (NaN payloads aside).
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        let b = self.to_bits();
+        let magnitude = u32::from(b & 0x7fff) << 13;
+        // The exponent moves from bias 15 to bias 127: × 2¹¹² (subnormal halves included).
+        let mut v = (f32::from_bits(magnitude) * f32::from_bits(0x7780_0000)).to_bits();
+        if b & 0x7c00 == 0x7c00 {
+            v = magnitude | 0x7f80_0000;
+        }
+        f32::from_bits(v | (u32::from(b & 0x8000) << 16))
+    }
+
+    #[inline(always)]
+    fn narrow(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
+}
+
+/// A row of [`LANES`] elements widened.
+#[inline(always)]
+fn widen_row<E: Elem>(row: &[E; LANES]) -> [f32; LANES] {
+    row.map(E::widen)
+}
 
 /// The shape and options of one layer's attention.
 #[derive(Clone, Copy, Debug)]
@@ -67,9 +124,9 @@ impl Spec {
 /// Attention of the `group` query heads `q` (`[group, head_dim]`) of `kv_head` over the keys
 /// at positions `keys` of `pages` → `out` (`[group, head_dim]`). `keys` must be non-empty
 /// and lie inside `pages`; otherwise `out` is left as it is (the caller checks).
-pub fn attend(
+pub fn attend<E: Elem>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     kv_head: usize,
     keys: Range<usize>,
     q: &[f32],
@@ -103,23 +160,51 @@ mod x86 {
     use super::*;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    fn v4_impl(s: &Spec, p: &[Page], h: usize, k: Range<usize>, q: &[f32], o: &mut [f32]) {
-        attend_with::<Avx512>(s, p, h, k, q, o)
+    fn v4_impl<E: Elem>(
+        s: &Spec,
+        p: &[Page<E>],
+        h: usize,
+        k: Range<usize>,
+        q: &[f32],
+        o: &mut [f32],
+    ) {
+        attend_with::<Avx512, E>(s, p, h, k, q, o)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn v3_impl(s: &Spec, p: &[Page], h: usize, k: Range<usize>, q: &[f32], o: &mut [f32]) {
-        attend_with::<Portable>(s, p, h, k, q, o)
+    fn v3_impl<E: Elem>(
+        s: &Spec,
+        p: &[Page<E>],
+        h: usize,
+        k: Range<usize>,
+        q: &[f32],
+        o: &mut [f32],
+    ) {
+        attend_with::<Portable, E>(s, p, h, k, q, o)
     }
 
     #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-    pub(super) fn v4(s: &Spec, p: &[Page], h: usize, k: Range<usize>, q: &[f32], o: &mut [f32]) {
+    pub(super) fn v4<E: Elem>(
+        s: &Spec,
+        p: &[Page<E>],
+        h: usize,
+        k: Range<usize>,
+        q: &[f32],
+        o: &mut [f32],
+    ) {
         // SAFETY: `attend` calls this only when `simd_level` detected every feature enabled.
         unsafe { v4_impl(s, p, h, k, q, o) }
     }
 
     #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
-    pub(super) fn v3(s: &Spec, p: &[Page], h: usize, k: Range<usize>, q: &[f32], o: &mut [f32]) {
+    pub(super) fn v3<E: Elem>(
+        s: &Spec,
+        p: &[Page<E>],
+        h: usize,
+        k: Range<usize>,
+        q: &[f32],
+        o: &mut [f32],
+    ) {
         // SAFETY: `attend` calls this only when `simd_level` detected AVX2 and FMA.
         unsafe { v3_impl(s, p, h, k, q, o) }
     }
@@ -131,9 +216,9 @@ mod x86 {
 
     impl Inner for Avx512 {
         #[inline(always)]
-        fn dots<const M: usize, const G: usize>(
+        fn dots<E: Elem, const M: usize, const G: usize>(
             qs: &[&[f32]; G],
-            planes: &[&[[f32; LANES]]; M],
+            planes: &[&[[E; LANES]]; M],
         ) -> [[[f32; LANES]; M]; G] {
             // SAFETY: only reached from `v4_impl`, whose features include AVX-512F.
             #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
@@ -145,8 +230,8 @@ mod x86 {
         const HEADS: usize = 4;
 
         #[inline(always)]
-        fn weighted<'a, const C: usize, const G: usize>(
-            rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+        fn weighted<'a, E: Elem, const C: usize, const G: usize>(
+            rows: impl Iterator<Item = ([f32; G], &'a [E])>,
         ) -> [[[f32; LANES]; C]; G] {
             // SAFETY: as in `dots`.
             #[expect(unsafe_code, reason = "calling a #[target_feature] function")]
@@ -158,9 +243,9 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn dots_v4<const M: usize, const G: usize>(
+    fn dots_v4<E: Elem, const M: usize, const G: usize>(
         qs: &[&[f32]; G],
-        planes: &[&[[f32; LANES]]; M],
+        planes: &[&[[E; LANES]]; M],
     ) -> [[[f32; LANES]; M]; G] {
         let mut acc = [[_mm512_setzero_ps(); M]; G];
         let hd = qs.first().map_or(0, |q| q.len());
@@ -189,8 +274,8 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn weighted_v4<'a, const C: usize, const G: usize>(
-        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    fn weighted_v4<'a, E: Elem, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [E])>,
     ) -> [[[f32; LANES]; C]; G] {
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for (p, v) in rows {
@@ -210,11 +295,16 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn load(v: &[f32; LANES]) -> __m512 {
-        // SAFETY: `v` holds the 16 floats read.
-        #[expect(unsafe_code, reason = "an unaligned vector load from a 16-float array")]
+    fn load<E: Elem>(v: &[E; LANES]) -> __m512 {
+        // SAFETY: `v` holds the 16 elements read: 16 halves (32 bytes; `f16` is a transparent
+        // `u16`) when `E::HALF`, else 16 `f32`s (`Elem` has no other implementations).
+        #[expect(unsafe_code, reason = "an unaligned load of 16 elements, widened")]
         unsafe {
-            _mm512_loadu_ps(v.as_ptr())
+            if E::HALF {
+                _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().cast()))
+            } else {
+                _mm512_loadu_ps(v.as_ptr().cast())
+            }
         }
     }
 
@@ -236,9 +326,9 @@ mod x86 {
 trait Inner {
     /// `acc[g][i][l] = Σ_d qs[g][d] · planes[i][d][l]`, one fused multiply-add per `d` in
     /// order; each plane row is loaded once for the `G` query heads.
-    fn dots<const M: usize, const G: usize>(
+    fn dots<E: Elem, const M: usize, const G: usize>(
         qs: &[&[f32]; G],
-        planes: &[&[[f32; LANES]]; M],
+        planes: &[&[[E; LANES]]; M],
     ) -> [[[f32; LANES]; M]; G];
 
     /// Query heads [`Inner::weighted`] takes at once: as many as keep `HEADS × 4`
@@ -249,8 +339,8 @@ trait Inner {
     /// `v_j` `C × LANES` long), one fused multiply-add per row and head: each value vector is
     /// loaded once for the `G` query heads that share it, and a head's sums are the same
     /// bits whatever `G` is.
-    fn weighted<'a, const C: usize, const G: usize>(
-        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    fn weighted<'a, E: Elem, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [E])>,
     ) -> [[[f32; LANES]; C]; G];
 }
 
@@ -259,17 +349,19 @@ struct Portable;
 
 impl Inner for Portable {
     #[inline(always)]
-    fn dots<const M: usize, const G: usize>(
+    fn dots<E: Elem, const M: usize, const G: usize>(
         qs: &[&[f32]; G],
-        planes: &[&[[f32; LANES]]; M],
+        planes: &[&[[E; LANES]]; M],
     ) -> [[[f32; LANES]; M]; G] {
         let mut acc = [[[0f32; LANES]; M]; G];
         let hd = qs.first().map_or(0, |q| q.len());
         for d in 0..hd {
+            let ks: [Option<[f32; LANES]>; M] =
+                std::array::from_fn(|i| planes[i].get(d).map(widen_row));
             for (ag, q) in acc.iter_mut().zip(qs) {
                 let qd = q.get(d).copied().unwrap_or(0.0);
-                for (a, plane) in ag.iter_mut().zip(planes) {
-                    if let Some(k) = plane.get(d) {
+                for (a, k) in ag.iter_mut().zip(&ks) {
+                    if let Some(k) = k {
                         for (x, &k) in a.iter_mut().zip(k) {
                             *x = qd.mul_add(k, *x);
                         }
@@ -284,13 +376,19 @@ impl Inner for Portable {
     const HEADS: usize = 1;
 
     #[inline(always)]
-    fn weighted<'a, const C: usize, const G: usize>(
-        rows: impl Iterator<Item = ([f32; G], &'a [f32])>,
+    fn weighted<'a, E: Elem, const C: usize, const G: usize>(
+        rows: impl Iterator<Item = ([f32; G], &'a [E])>,
     ) -> [[[f32; LANES]; C]; G] {
         let mut acc = [[[0f32; LANES]; C]; G];
         for (p, v) in rows {
+            let vs: [[f32; LANES]; C] = std::array::from_fn(|c| {
+                v.as_chunks::<LANES>()
+                    .0
+                    .get(c)
+                    .map_or([0.0; LANES], widen_row)
+            });
             for (ag, p) in acc.iter_mut().zip(p) {
-                for (a, v) in ag.iter_mut().zip(v.as_chunks::<LANES>().0) {
+                for (a, v) in ag.iter_mut().zip(&vs) {
                     for (x, &v) in a.iter_mut().zip(v) {
                         *x = p.mul_add(v, *x);
                     }
@@ -302,22 +400,22 @@ impl Inner for Portable {
 }
 
 /// The arithmetic of [`attend`] with plain Rust inner loops.
-fn attend_portable(
+fn attend_portable<E: Elem>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     kv_head: usize,
     keys: Range<usize>,
     q: &[f32],
     out: &mut [f32],
 ) {
-    attend_with::<Portable>(spec, pages, kv_head, keys, q, out)
+    attend_with::<Portable, E>(spec, pages, kv_head, keys, q, out)
 }
 
 /// The arithmetic of [`attend`], compiled as is for each instruction set.
 #[inline(always)]
-fn attend_with<I: Inner>(
+fn attend_with<I: Inner, E: Elem>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     kv_head: usize,
     keys: Range<usize>,
     q: &[f32],
@@ -341,7 +439,7 @@ fn attend_with<I: Inner>(
             let at = (page - first_page) * PAGE;
             macro_rules! tile {
                 ($m:literal, $g:literal) => {
-                    score_pages::<I, $m, $g>(spec, pages, page, kv_head, qs, rows, at)
+                    score_pages::<I, E, $m, $g>(spec, pages, page, kv_head, qs, rows, at)
                 };
             }
             match (m, qs.len()) {
@@ -383,11 +481,11 @@ fn attend_with<I: Inner>(
                     std::array::from_fn(|g| &rows[g * span + skip..g * span + skip + n]);
                 let mut at = 0;
                 while at + 4 * LANES <= hd {
-                    weighted::<I, 4, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
+                    weighted::<I, E, 4, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
                     at += 4 * LANES;
                 }
                 while at + LANES <= hd {
-                    weighted::<I, 1, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
+                    weighted::<I, E, 1, $g>(spec, pages, kv_head, keys.start, &probs, at, outs);
                     at += LANES;
                 }
                 at
@@ -415,9 +513,9 @@ fn attend_with<I: Inner>(
 
 /// Dimensions `at..` of one head's output, where fewer than [`LANES`] remain: per dimension,
 /// one fused multiply-add per key in order, as the vector loops.
-fn tail_dims(
+fn tail_dims<E: Elem>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     kv_head: usize,
     first: usize,
     probs: &[f32],
@@ -428,7 +526,7 @@ fn tail_dims(
         let mut acc = 0f32;
         for (j, &p) in probs.iter().enumerate() {
             let (page, base) = spec.value_at(first + j, kv_head);
-            acc = p.mul_add(pages[page][base + d], acc);
+            acc = p.mul_add(pages[page][base + d].widen(), acc);
         }
         *o = acc;
     }
@@ -442,9 +540,9 @@ const LANES: usize = PAGE;
 /// pages × `G` heads in flight, so the multiply-adds do not wait on each other and each key
 /// vector is loaded once for the `G` heads.
 #[inline(always)]
-fn score_pages<I: Inner, const M: usize, const G: usize>(
+fn score_pages<I: Inner, E: Elem, const M: usize, const G: usize>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     first: usize,
     kv_head: usize,
     qs: &[&[f32]],
@@ -453,7 +551,7 @@ fn score_pages<I: Inner, const M: usize, const G: usize>(
 ) {
     let hd = spec.head_dim;
     let (_, off) = spec.key_at(0, kv_head, 0);
-    let planes: [&[[f32; PAGE]]; M] =
+    let planes: [&[[E; PAGE]]; M] =
         std::array::from_fn(|i| pages[first + i][off..off + hd * PAGE].as_chunks::<PAGE>().0);
     let qs: [&[f32]; G] = std::array::from_fn(|g| qs[g]);
     let acc = I::dots(&qs, &planes);
@@ -474,9 +572,9 @@ fn score_pages<I: Inner, const M: usize, const G: usize>(
 /// `outs` (`G` rows of `head_dim`): per dimension and head, one fused multiply-add per key in
 /// order, `C × G` vectors in flight.
 #[inline(always)]
-fn weighted<I: Inner, const C: usize, const G: usize>(
+fn weighted<I: Inner, E: Elem, const C: usize, const G: usize>(
     spec: &Spec,
-    pages: &[Page],
+    pages: &[Page<E>],
     kv_head: usize,
     first: usize,
     probs: &[&[f32]; G],
@@ -491,7 +589,7 @@ fn weighted<I: Inner, const C: usize, const G: usize>(
             &pages[page][base + at..base + at + C * LANES],
         )
     });
-    let acc = I::weighted::<C, G>(rows);
+    let acc = I::weighted::<E, C, G>(rows);
     for (ag, out) in acc.iter().zip(outs.chunks_exact_mut(spec.head_dim)) {
         for (a, o) in ag
             .iter()
@@ -587,14 +685,14 @@ mod tests {
     }
 
     /// A cache of `len` positions with deterministic pseudo-random keys and values.
-    fn pages(spec: &Spec, len: usize) -> Vec<Page> {
+    fn pages<E: Elem>(spec: &Spec, len: usize) -> Vec<Page<E>> {
         let mut state = 0x9e37_79b9_u32;
         (0..len.div_ceil(PAGE))
             .map(|_| {
                 (0..spec.page_len())
                     .map(|_| {
                         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                        (state >> 8) as f32 / (1 << 24) as f32 - 0.5
+                        E::narrow((state >> 8) as f32 / (1 << 24) as f32 - 0.5)
                     })
                     .collect()
             })
@@ -602,7 +700,13 @@ mod tests {
     }
 
     /// The textbook definition in f64: softmax(q·k·scale) · V.
-    fn reference(spec: &Spec, pages: &[Page], h: usize, keys: Range<usize>, q: &[f32]) -> Vec<f64> {
+    fn reference<E: Elem>(
+        spec: &Spec,
+        pages: &[Page<E>],
+        h: usize,
+        keys: Range<usize>,
+        q: &[f32],
+    ) -> Vec<f64> {
         let hd = spec.head_dim;
         let mut out = Vec::new();
         for qg in q.chunks_exact(hd) {
@@ -612,7 +716,7 @@ mod tests {
                     let d: f64 = (0..hd)
                         .map(|d| {
                             let (p, at) = spec.key_at(pos, h, d);
-                            f64::from(qg[d]) * f64::from(pages[p][at])
+                            f64::from(qg[d]) * f64::from(pages[p][at].widen())
                         })
                         .sum();
                     let s = d * f64::from(spec.scale);
@@ -631,7 +735,7 @@ mod tests {
                         .zip(&e)
                         .map(|(pos, w)| {
                             let (p, at) = spec.value_at(pos, h);
-                            w / sum * f64::from(pages[p][at + d])
+                            w / sum * f64::from(pages[p][at + d].widen())
                         })
                         .sum(),
                 );
@@ -642,6 +746,26 @@ mod tests {
 
     #[test]
     fn matches_the_textbook_definition_and_the_portable_build() {
+        check_against_reference::<f32>();
+        check_against_reference::<f16>();
+    }
+
+    /// Every half widens to the `f32` the `half` crate gives (NaNs: to a NaN), so the
+    /// portable loops read the cache as the hardware conversion of the AVX-512 loops does.
+    #[test]
+    fn halves_widen_exactly() {
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            let (got, want) = (h.widen(), h.to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
+    }
+
+    fn check_against_reference<E: Elem>() {
         for (hd, kv_heads, group, softcap, len, keys) in [
             (64, 3, 3, None, 40, 0..40),
             (64, 1, 7, None, 50, 3..50),
@@ -657,7 +781,7 @@ mod tests {
                 scale: 1.0 / (hd as f32).sqrt(),
                 softcap,
             };
-            let pages = pages(&spec, len);
+            let pages = pages::<E>(&spec, len);
             let q: Vec<f32> = (0..group * hd)
                 .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
                 .collect();
@@ -688,7 +812,7 @@ mod tests {
             scale: 0.25,
             softcap: None,
         };
-        let pages = pages(&spec, PAGE);
+        let pages = pages::<f16>(&spec, PAGE);
         let mut out = vec![7.0; 16];
         attend(&spec, &pages, 0, 0..PAGE + 1, &[0.0; 16], &mut out);
         assert_eq!(out, vec![7.0; 16]);

@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use half::f16;
 use rayon::prelude::*;
 
 use crate::EngineError;
-use crate::kernels::attend::{self, Page};
+use crate::kernels::attend::{self, Elem, Page};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::{self, Rope};
+use crate::spec::KvCacheDtype;
 use crate::weights::RowTable;
 
 pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
@@ -30,7 +32,8 @@ pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
 /// the KV budget's block size, so the memory a sequence holds is the block count the
 /// scheduler accounts for), each shared by reference count: a fork (OpenAI's `n`, a cached
 /// prompt prefix) shares every page, and the first write to a shared page copies that page
-/// only. Attention reads the pages in place ([`attend::attend`]).
+/// only. Pages hold `f16` (the default) or `f32`, the cache's [`KvCacheDtype`]; attention
+/// reads them in place ([`attend::attend`]), widening each element to `f32`.
 ///
 /// On a GPU it is a pair of `[kv_heads, capacity, head_dim]` tensors of which the first
 /// `len` positions are filled; capacity doubles when full, so a decode step writes one
@@ -38,24 +41,35 @@ pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
 pub struct KvCache {
     layers: Vec<LayerKv>,
     len: usize,
+    /// The pages' element type (the CPU's; GPU tensors are the model's compute type).
+    dtype: KvCacheDtype,
 }
 
 #[derive(Clone)]
 enum LayerKv {
     Empty,
-    Pages(Vec<Page>),
+    Half(Vec<Page<f16>>),
+    Single(Vec<Page<f32>>),
     Tensors(Box<(Tensor<3>, Tensor<3>)>),
+}
+
+/// One layer's pages, of the cache's element type.
+#[derive(Clone, Copy)]
+enum Pages<'a> {
+    Half(&'a [Page<f16>]),
+    Single(&'a [Page<f32>]),
 }
 
 /// Smallest capacity a GPU cache tensor is allocated with, in positions.
 const MIN_CAPACITY: usize = 32;
 
 impl KvCache {
-    /// An empty cache for a model of `layers` layers.
-    pub fn new(layers: usize) -> KvCache {
+    /// An empty cache for a model of `layers` layers, whose CPU pages hold `dtype`.
+    pub fn new(layers: usize, dtype: KvCacheDtype) -> KvCache {
         KvCache {
             layers: vec![LayerKv::Empty; layers],
             len: 0,
+            dtype,
         }
     }
 
@@ -72,6 +86,7 @@ impl KvCache {
         KvCache {
             layers: self.layers.clone(),
             len: self.len,
+            dtype: self.dtype,
         }
     }
 
@@ -82,8 +97,10 @@ impl KvCache {
         self.len = self.len.min(len);
         let keep = self.len.div_ceil(attend::PAGE);
         for layer in &mut self.layers {
-            if let LayerKv::Pages(pages) = layer {
-                pages.truncate(keep);
+            match layer {
+                LayerKv::Half(pages) => pages.truncate(keep),
+                LayerKv::Single(pages) => pages.truncate(keep),
+                LayerKv::Empty | LayerKv::Tensors(_) => {}
             }
         }
     }
@@ -100,11 +117,12 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// The pages of `layer` (empty before its first append).
-    fn pages(&self, layer: usize) -> &[Page] {
+    /// The pages of `layer` (none before its first append).
+    fn pages(&self, layer: usize) -> Pages<'_> {
         match self.layers.get(layer) {
-            Some(LayerKv::Pages(pages)) => pages,
-            _ => &[],
+            Some(LayerKv::Half(pages)) => Pages::Half(pages),
+            Some(LayerKv::Single(pages)) => Pages::Single(pages),
+            _ => Pages::Half(&[]),
         }
     }
 
@@ -119,46 +137,36 @@ impl KvCache {
         n: usize,
         rows: (&[f32], &[f32], usize),
     ) -> Result<(), EngineError> {
-        let (k, v, offset) = rows;
-        let hd = spec.head_dim;
-        let width = spec.kv_heads * hd;
+        let dtype = self.dtype;
         let slot = self
             .layers
             .get_mut(layer)
             .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
-        if !matches!(slot, LayerKv::Pages(_)) {
-            *slot = LayerKv::Pages(Vec::new());
-        }
-        let LayerKv::Pages(pages) = slot else {
-            return Err(inference("the cache layer is not paged"));
-        };
-        let total = past + n;
-        if pages.len() < past.div_ceil(attend::PAGE) {
-            return Err(inference(format!(
-                "the cache of layer {layer} holds fewer than {past} positions"
-            )));
-        }
-        pages.truncate(total.div_ceil(attend::PAGE));
-        while pages.len() < total.div_ceil(attend::PAGE) {
-            pages.push(vec![0f32; spec.page_len()].into());
-        }
-        for i in 0..n {
-            let pos = past + i;
-            let row = (offset + i) * width;
-            let (Some(krow), Some(vrow)) = (k.get(row..row + width), v.get(row..row + width))
-            else {
-                return Err(inference("a key or value row is outside the step"));
-            };
-            let page = Arc::make_mut(&mut pages[pos / attend::PAGE]);
-            for h in 0..spec.kv_heads {
-                for (d, &x) in krow[h * hd..(h + 1) * hd].iter().enumerate() {
-                    page[spec.key_at(pos, h, d).1] = x;
-                }
-                let (_, at) = spec.value_at(pos, h);
-                page[at..at + hd].copy_from_slice(&vrow[h * hd..(h + 1) * hd]);
+        match (dtype, &mut *slot) {
+            (KvCacheDtype::F16, LayerKv::Half(pages)) => write_pages(pages, spec, past, n, rows),
+            (KvCacheDtype::F32, LayerKv::Single(pages)) => write_pages(pages, spec, past, n, rows),
+            (_, LayerKv::Empty | LayerKv::Tensors(_)) => {
+                let mut fresh = match dtype {
+                    KvCacheDtype::F16 => LayerKv::Half(Vec::new()),
+                    KvCacheDtype::F32 => LayerKv::Single(Vec::new()),
+                };
+                let written = match &mut fresh {
+                    LayerKv::Half(pages) => write_pages(pages, spec, past, n, rows),
+                    LayerKv::Single(pages) => write_pages(pages, spec, past, n, rows),
+                    LayerKv::Empty | LayerKv::Tensors(_) => Ok(()),
+                };
+                *slot = fresh;
+                written
             }
+            _ => Err(PagesError::OtherType),
         }
-        Ok(())
+        .map_err(|e| match e {
+            PagesError::Short => inference(format!(
+                "the cache of layer {layer} holds fewer than {past} positions"
+            )),
+            PagesError::OutsideStep => inference("a key or value row is outside the step"),
+            PagesError::OtherType => inference("the cache layer's pages are not of its type"),
+        })
     }
 
     /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at positions `past..past + n` of `layer`
@@ -201,6 +209,66 @@ impl KvCache {
         *slot = LayerKv::Tensors(Box::new((kc, vc)));
         Ok(out)
     }
+}
+
+/// Whether a model on `device` computing in `dtype` caches in pages read by
+/// [`attend::attend`] (the CPU backend), not in GPU tensors.
+pub(crate) fn is_paged(device: &Device, dtype: DType) -> bool {
+    *device == Device::flex() && dtype == DType::F32
+}
+
+/// Why [`write_pages`] wrote nothing.
+enum PagesError {
+    /// The pages hold fewer than `past` positions.
+    Short,
+    /// A row of the step is missing.
+    OutsideStep,
+    /// The layer holds pages of the other element type.
+    OtherType,
+}
+
+/// Writes the keys and values of `n` new positions from `past` on into `pages`, rounded to
+/// the pages' element type: `k` and `v` are the step's rows (`[rows, kv_heads × head_dim]`),
+/// this sequence's at rows `offset..offset + n`.
+fn write_pages<E: Elem>(
+    pages: &mut Vec<Page<E>>,
+    spec: &attend::Spec,
+    past: usize,
+    n: usize,
+    rows: (&[f32], &[f32], usize),
+) -> Result<(), PagesError> {
+    let (k, v, offset) = rows;
+    let hd = spec.head_dim;
+    let width = spec.kv_heads * hd;
+    let total = past + n;
+    if pages.len() < past.div_ceil(attend::PAGE) {
+        return Err(PagesError::Short);
+    }
+    pages.truncate(total.div_ceil(attend::PAGE));
+    while pages.len() < total.div_ceil(attend::PAGE) {
+        pages.push(vec![E::default(); spec.page_len()].into());
+    }
+    for i in 0..n {
+        let pos = past + i;
+        let row = (offset + i) * width;
+        let (Some(krow), Some(vrow)) = (k.get(row..row + width), v.get(row..row + width)) else {
+            return Err(PagesError::OutsideStep);
+        };
+        let page = Arc::make_mut(&mut pages[pos / attend::PAGE]);
+        for h in 0..spec.kv_heads {
+            for (d, &x) in krow[h * hd..(h + 1) * hd].iter().enumerate() {
+                page[spec.key_at(pos, h, d).1] = E::narrow(x);
+            }
+            let (_, at) = spec.value_at(pos, h);
+            for (o, &x) in page[at..at + hd]
+                .iter_mut()
+                .zip(&vrow[h * hd..(h + 1) * hd])
+            {
+                *o = E::narrow(x);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One sequence's part of a batched forward pass.
@@ -279,7 +347,7 @@ impl Batch {
     ) -> Result<(Batch, Tensor<2>), EngineError> {
         let mut rows = Vec::new();
         let mut spans = Vec::with_capacity(items.len());
-        let paged = *shape.device == Device::flex() && shape.dtype == DType::F32;
+        let paged = is_paged(shape.device, shape.dtype);
         let mut offset = 0;
         for item in items {
             let n = item.tokens.len();
@@ -612,7 +680,7 @@ impl Attention {
         if row_span.len() != rows {
             return Err(inference("the batch's spans do not cover its rows"));
         }
-        let caches: Vec<&[Page]> = items.iter().map(|it| it.cache.pages(layer)).collect();
+        let caches: Vec<Pages<'_>> = items.iter().map(|it| it.cache.pages(layer)).collect();
         let task = |t: usize, out: &mut [f32]| {
             let (row, h) = (t / nkv, t % nkv);
             let si = row_span[row];
@@ -620,7 +688,10 @@ impl Attention {
             let pos = sp.past + row - sp.offset;
             let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let q = &q[(row * nh + h * group) * hd..(row * nh + (h + 1) * group) * hd];
-            attend::attend(&spec, caches[si], h, first..pos + 1, q, out);
+            match caches[si] {
+                Pages::Half(pages) => attend::attend(&spec, pages, h, first..pos + 1, q, out),
+                Pages::Single(pages) => attend::attend(&spec, pages, h, first..pos + 1, q, out),
+            }
         };
         let mut out = vec![0f32; rows * nh * hd];
         // Multiply-adds of the step: below a few of rayon's hand-offs' worth, stay on this

@@ -18,7 +18,7 @@ use crate::EngineError;
 use crate::gguf::GgufFile;
 use crate::layers::Loader;
 pub use crate::layers::attention::{BatchItem, KvCache, Want};
-use crate::spec::Quantize;
+use crate::spec::{KvCacheDtype, Quantize};
 use crate::weights::Weights;
 use config::{GgufMeta, HfConfig, ModelConfig};
 
@@ -195,6 +195,10 @@ pub(crate) fn llama_like_gguf_name(
 pub struct Model {
     pub config: ModelConfig,
     dtype: DType,
+    /// Whether its caches are pages (the CPU backend, `f32` compute), not GPU tensors.
+    paged: bool,
+    /// The element type of the caches' pages.
+    kv_dtype: KvCacheDtype,
     inner: Box<dyn CausalLm>,
 }
 
@@ -218,13 +222,21 @@ impl Model {
         Ok(Model {
             config,
             dtype,
+            paged: crate::layers::attention::is_paged(device, dtype),
+            kv_dtype: KvCacheDtype::default(),
             inner,
         })
     }
 
+    /// Makes [`Model::new_cache`]'s caches hold `dtype` elements (CPU only; wgpu caches in
+    /// `f16`). Caches made before keep theirs.
+    pub fn set_kv_cache_dtype(&mut self, dtype: KvCacheDtype) {
+        self.kv_dtype = dtype;
+    }
+
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers)
+        KvCache::new(self.config.num_layers, self.kv_dtype)
     }
 
     /// How the projection weights are stored (`bf16`, `q8_0`, `f16` on a GPU, …).
@@ -239,7 +251,11 @@ impl Model {
 
     /// Bytes one cached position takes across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let elem = if self.dtype == DType::F16 { 2 } else { 4 };
+        let elem = match (self.paged, self.dtype) {
+            (true, _) => self.kv_dtype.bytes(),
+            (false, DType::F16) => 2,
+            (false, _) => 4,
+        };
         crate::kv::kv_bytes_per_token(
             self.config.num_layers,
             self.config.num_kv_heads,

@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use airlock_engine::quant::QType;
-use airlock_engine::{DeviceChoice, GenerateOptions, Prompt, SamplingParams, generate_once};
+use airlock_engine::{
+    DeviceChoice, GenerateOptions, KvCacheDtype, Prompt, SamplingParams, generate_once,
+};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::Value;
 
@@ -184,6 +186,8 @@ pub fn run(
     let mut opts = GenerateOptions::new(dir, Prompt::TokenIds(prompt.to_vec()));
     opts.device = device;
     opts.keep_logits = true;
+    // The CPU's f32 cache: what the references, and the f32 software GPU, compute with.
+    opts.kv_cache_dtype = KvCacheDtype::F32;
     opts.params = SamplingParams {
         max_tokens: Some(8),
         ignore_eos: true,
