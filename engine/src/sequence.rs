@@ -73,6 +73,14 @@ impl PendingLogprobs {
             .extend(self.undecoded.drain(..).map(|entry| (entry, end)));
     }
 
+    /// Generation ended: a token whose bytes never became text (part of a character cut
+    /// off by the end) ends where the text does, so every sampled token keeps its entry.
+    fn ended(&mut self) {
+        let end = self.decoded;
+        self.waiting
+            .extend(self.undecoded.drain(..).map(|entry| (entry, end)));
+    }
+
     /// The stop matcher released `text`: the entries it completes.
     fn released(&mut self, text: &str) -> Vec<TokenLogprob> {
         self.released += text.len();
@@ -380,6 +388,7 @@ impl Sequence {
     ) -> Result<TokenEvent, EngineError> {
         let tail = self.decoder.flush(&*m.tokenizer)?;
         self.logprobs.decoded(&tail);
+        self.logprobs.ended();
         match self.stop.push(&tail) {
             StopOutcome::Stop(t) => {
                 text.push_str(&t);
@@ -468,6 +477,33 @@ fn token_logprob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every sampled token keeps its log-probability entry: one whose bytes complete a
+    /// character with the next token waits for it; one whose bytes never become text (the
+    /// last token, cut inside a character) is released when the sequence ends.
+    #[test]
+    fn every_token_keeps_its_logprob_entry() {
+        let entry = |id: u32| TokenLogprob {
+            chosen: TopLogprob {
+                id,
+                token: "\u{fffd}".into(),
+                logprob: -1.0,
+            },
+            top: Vec::new(),
+        };
+        let mut p = PendingLogprobs::default();
+        p.undecoded.push(entry(1));
+        p.decoded("");
+        assert!(p.released("").is_empty(), "half a character: nothing yet");
+        p.undecoded.push(entry(2));
+        p.decoded("é");
+        let ids = |v: Vec<TokenLogprob>| v.iter().map(|e| e.chosen.id).collect::<Vec<_>>();
+        assert_eq!(ids(p.released("é")), [1, 2]);
+        p.undecoded.push(entry(3));
+        p.decoded("");
+        p.ended();
+        assert_eq!(ids(p.released("")), [3]);
+    }
 
     /// The pass that verifies a draft computes, for each of its positions, bitwise the
     /// logits a one-token decode step there computes (and the same cache): what makes
