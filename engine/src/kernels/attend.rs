@@ -14,6 +14,8 @@
 //! multiply-add per dimension in order (one lane per key of a page), values are accumulated
 //! key by key in order, and `exp` is [`exp_nonpositive`] (only multiplies, adds and bit
 //! operations), so the AVX-512, AVX2 and portable builds of this code agree bit for bit.
+//! The cache's elements (`f16` by default, or `f32`) are widened to `f32` exactly before any
+//! of it ([`Elem`]), so the element type changes what is stored, never how it is summed.
 
 use std::ops::Range;
 use std::sync::Arc;
