@@ -142,30 +142,22 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
-        match (dtype, &mut *slot) {
+        if matches!(slot, LayerKv::Empty | LayerKv::Tensors(_)) {
+            *slot = match dtype {
+                KvCacheDtype::F16 => LayerKv::Half(Vec::new()),
+                KvCacheDtype::F32 => LayerKv::Single(Vec::new()),
+            };
+        }
+        let written = match (dtype, slot) {
             (KvCacheDtype::F16, LayerKv::Half(pages)) => write_pages(pages, spec, past, n, rows),
             (KvCacheDtype::F32, LayerKv::Single(pages)) => write_pages(pages, spec, past, n, rows),
-            (_, LayerKv::Empty | LayerKv::Tensors(_)) => {
-                let mut fresh = match dtype {
-                    KvCacheDtype::F16 => LayerKv::Half(Vec::new()),
-                    KvCacheDtype::F32 => LayerKv::Single(Vec::new()),
-                };
-                let written = match &mut fresh {
-                    LayerKv::Half(pages) => write_pages(pages, spec, past, n, rows),
-                    LayerKv::Single(pages) => write_pages(pages, spec, past, n, rows),
-                    LayerKv::Empty | LayerKv::Tensors(_) => Ok(()),
-                };
-                *slot = fresh;
-                written
-            }
-            _ => Err(PagesError::OtherType),
-        }
-        .map_err(|e| match e {
+            _ => return Err(inference("the cache layer's pages are not of its type")),
+        };
+        written.map_err(|e| match e {
             PagesError::Short => inference(format!(
                 "the cache of layer {layer} holds fewer than {past} positions"
             )),
             PagesError::OutsideStep => inference("a key or value row is outside the step"),
-            PagesError::OtherType => inference("the cache layer's pages are not of its type"),
         })
     }
 
@@ -223,8 +215,6 @@ enum PagesError {
     Short,
     /// A row of the step is missing.
     OutsideStep,
-    /// The layer holds pages of the other element type.
-    OtherType,
 }
 
 /// Writes the keys and values of `n` new positions from `past` on into `pages`, rounded to
