@@ -511,7 +511,61 @@ mod tests {
     /// (sliding window, soft-capping, bf16) and a `Q4_K_M` GGUF.
     #[test]
     fn verify_logits_are_bitwise_those_of_decode_steps() {
+        verify_rows_against_decode_steps(DeviceChoice::Cpu, 0.0);
+    }
+
+    /// On a GPU the verifying rows attend in the step's padded product (decode rows), which
+    /// may sum in another order than a step of their own: the same logits within a few
+    /// ulps, forks and truncation of the GPU's page tables included. Runs in a child process
+    /// where a wgpu adapter exists (a driver that crashes on a shader takes the child, not
+    /// the test binary); `AIRLOCK_REQUIRE_GPU_TEST` makes a missing or crashing adapter fail.
+    #[test]
+    fn verify_logits_match_decode_steps_on_the_gpu() {
+        const CHILD: &str = "AIRLOCK_GPU_VERIFY_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return verify_rows_against_decode_steps(DeviceChoice::Gpu, 1e-4);
+        }
+        let required = std::env::var("AIRLOCK_REQUIRE_GPU_TEST").is_ok_and(|v| v != "0");
+        if !crate::gpu_available() {
+            assert!(
+                !required,
+                "AIRLOCK_REQUIRE_GPU_TEST is set but there is no wgpu adapter"
+            );
+            return;
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "sequence::tests::verify_logits_match_decode_steps_on_the_gpu",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() || (out.status.code().is_none() && !required),
+            "{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() || report.contains("1 passed"),
+            "{report}"
+        );
+    }
+
+    /// [`Want::AllLogits`] rows against one-token decode steps on `device`: equal within
+    /// `tolerance` (0: bitwise), and so are the caches they leave, forked and truncated.
+    fn verify_rows_against_decode_steps(device: DeviceChoice, tolerance: f32) {
         use crate::models::{BatchItem, Want};
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| match tolerance {
+                    0.0 => x.to_bits() == y.to_bits(),
+                    t => (x - y).abs() <= t * (1.0 + y.abs()),
+                })
+        };
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let paths = [
@@ -520,7 +574,7 @@ mod tests {
             fixtures.join("gguf/qwen3_qknorm-q4_k_m"),
         ];
         for path in paths {
-            let m = load_dir(&path, DeviceChoice::Cpu, Integrity::Unverified, None, None)
+            let m = load_dir(&path, device, Integrity::Unverified, None, None)
                 .unwrap_or_else(|e| panic!("{e}"));
             let model = &m.model;
             let prompt: Vec<u32> = (0..37).map(|i| 40 + (i * 7) % 50).collect();
@@ -551,11 +605,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("no logits"));
             assert_eq!(all.len(), steps.len() * steps[0].len());
             for (i, (row, step)) in all.chunks_exact(steps[0].len()).zip(&steps).enumerate() {
-                let same = row
-                    .iter()
-                    .zip(step)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{}: position {i} differs", path.display());
+                assert!(same(row, step), "{}: position {i} differs", path.display());
             }
             // The caches hold the same positions: the next step agrees too.
             let a = model
@@ -564,7 +614,7 @@ mod tests {
             let b = model
                 .forward(&[46], &mut spec)
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(same(&a, &b), "{}", path.display());
             // Rolled back over rejected drafts, the cache continues as if they never ran.
             spec.truncate(prompt.len() + 2);
             let mut back = model.new_cache();
@@ -583,7 +633,7 @@ mod tests {
             let b = model
                 .forward(&[47], &mut spec)
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(same(&a, &b), "{}", path.display());
         }
     }
 

@@ -3,20 +3,24 @@
 //! tables and masks) and grouped-query attention ([`Attention`]) with the options the
 //! supported architectures need: q/k RMSNorm per head, logit soft-capping, a sliding window.
 //!
-//! Projections run once per layer for the whole batch; RoPE and attention run per item
-//! against its own cache: on the CPU over the cache's pages in place, one task per (query
-//! row, KV head) ([`attend::attend`]: no score or mask tensors, each row's bits independent of
-//! how the step is cut), on a GPU as burn ops (`[kv_heads, group × n, keys]` scores, masks).
+//! Projections run once per layer for the whole batch, and so do RoPE and the cache writes.
+//! Attention on the CPU reads each item's pages in place, one task per (query row, KV head)
+//! ([`attend::attend`]: no score or mask tensors, each row's bits independent of how the step
+//! is cut). On a GPU the cache is pages of one pool per model ([`crate::layers::gpu_pages`]): every
+//! one-token row of the step (the decodes) attends in one batched product over the keys
+//! gathered from the pool, padded to the longest and masked; a prompt chunk attends over its
+//! own gathered keys with a causal mask (burn ops, `[kv_heads, group × n, keys]` scores).
 
 use std::sync::Arc;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use half::f16;
 use rayon::prelude::*;
 
 use crate::EngineError;
 use crate::kernels::attend::{self, Elem, Page};
+use crate::layers::gpu_pages::{GpuPool, PageTable};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::{self, Rope};
 use crate::spec::KvCacheDtype;
@@ -35,11 +39,12 @@ pub(crate) fn inference(e: impl std::fmt::Display) -> EngineError {
 /// only. Pages hold `f16` (the default) or `f32`, the cache's [`KvCacheDtype`]; attention
 /// reads them in place ([`attend::attend`]), widening each element to `f32`.
 ///
-/// On a GPU it is a pair of `[kv_heads, capacity, head_dim]` tensors of which the first
-/// `len` positions are filled; capacity doubles when full, so a decode step writes one
-/// position in place instead of copying the whole cache.
+/// On a GPU it is a table of pages of the model's pool ([`crate::layers::gpu_pages`]), shared and copied
+/// on write the same way, one table for all layers.
 pub struct KvCache {
     layers: Vec<LayerKv>,
+    /// The GPU's pages (`None` on the CPU).
+    gpu: Option<PageTable>,
     len: usize,
     /// The pages' element type (the CPU's; GPU tensors are the model's compute type).
     dtype: KvCacheDtype,
@@ -50,7 +55,6 @@ enum LayerKv {
     Empty,
     Half(Vec<Page<f16>>),
     Single(Vec<Page<f32>>),
-    Tensors(Box<(Tensor<3>, Tensor<3>)>),
 }
 
 /// One layer's pages, of the cache's element type.
@@ -60,16 +64,22 @@ enum Pages<'a> {
     Single(&'a [Page<f32>]),
 }
 
-/// Smallest capacity a GPU cache tensor is allocated with, in positions.
-const MIN_CAPACITY: usize = 32;
-
 impl KvCache {
     /// An empty cache for a model of `layers` layers, whose CPU pages hold `dtype`.
     pub fn new(layers: usize, dtype: KvCacheDtype) -> KvCache {
         KvCache {
             layers: vec![LayerKv::Empty; layers],
+            gpu: None,
             len: 0,
             dtype,
+        }
+    }
+
+    /// An empty cache whose positions will live in pages of `pool` (a GPU model's).
+    pub fn on_gpu(layers: usize, pool: &Arc<GpuPool>) -> KvCache {
+        KvCache {
+            gpu: Some(PageTable::new(pool)),
+            ..KvCache::new(layers, KvCacheDtype::F16)
         }
     }
 
@@ -79,20 +89,19 @@ impl KvCache {
     }
 
     /// A copy for another sequence with the same prefix (OpenAI's `n`: samples forked after
-    /// one prefill). Pages and tensors are shared until either side writes its next
-    /// position, which then copies the page (or tensor) it writes to: no write is ever seen
-    /// by both.
+    /// one prefill). Pages are shared until either side writes its next position, which
+    /// then copies the page it writes to: no write is ever seen by both.
     pub fn fork(&self) -> KvCache {
         KvCache {
             layers: self.layers.clone(),
+            gpu: self.gpu.clone(),
             len: self.len,
             dtype: self.dtype,
         }
     }
 
     /// Keeps only the first `len` positions (a cached prompt prefix reused by a longer
-    /// prompt): the next append writes from `len` on. Pages past them are released; GPU
-    /// tensors keep their capacity.
+    /// prompt): the next append writes from `len` on. Pages past them are released.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         let keep = self.len.div_ceil(attend::PAGE);
@@ -100,8 +109,11 @@ impl KvCache {
             match layer {
                 LayerKv::Half(pages) => pages.truncate(keep),
                 LayerKv::Single(pages) => pages.truncate(keep),
-                LayerKv::Empty | LayerKv::Tensors(_) => {}
+                LayerKv::Empty => {}
             }
+        }
+        if let Some(table) = &mut self.gpu {
+            table.truncate(self.len);
         }
     }
 
@@ -114,6 +126,9 @@ impl KvCache {
     /// Drops every cached position (recompute preemption), keeping the layer count.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = LayerKv::Empty);
+        if let Some(table) = &mut self.gpu {
+            table.clear();
+        }
         self.len = 0;
     }
 
@@ -142,7 +157,7 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
-        if matches!(slot, LayerKv::Empty | LayerKv::Tensors(_)) {
+        if matches!(slot, LayerKv::Empty) {
             *slot = match dtype {
                 KvCacheDtype::F16 => LayerKv::Half(Vec::new()),
                 KvCacheDtype::F32 => LayerKv::Single(Vec::new()),
@@ -160,51 +175,10 @@ impl KvCache {
             PagesError::OutsideStep => inference("a key or value row is outside the step"),
         })
     }
-
-    /// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at positions `past..past + n` of `layer`
-    /// and returns the filled keys and values `[kv_heads, past + n, head_dim]` (GPU).
-    fn append(
-        &mut self,
-        layer: usize,
-        past: usize,
-        k: Tensor<3>,
-        v: Tensor<3>,
-    ) -> Result<(Tensor<3>, Tensor<3>), EngineError> {
-        let [heads, n, hd] = k.dims();
-        let total = past + n;
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| inference(format!("the cache has no layer {layer}")))?;
-        let (kc, vc) = match std::mem::replace(slot, LayerKv::Empty) {
-            LayerKv::Tensors(kv) if kv.0.dims()[1] >= total => *kv,
-            old => {
-                let cap = total.max(MIN_CAPACITY).next_power_of_two();
-                let fresh = || Tensor::<3>::zeros([heads, cap, hd], (&k.device(), k.dtype()));
-                let (mut kc, mut vc) = (fresh(), fresh());
-                if let LayerKv::Tensors(kv) = old
-                    && past > 0
-                {
-                    let (ko, vo) = *kv;
-                    kc = kc.slice_assign([0..heads, 0..past, 0..hd], ko.narrow(1, 0, past));
-                    vc = vc.slice_assign([0..heads, 0..past, 0..hd], vo.narrow(1, 0, past));
-                }
-                (kc, vc)
-            }
-        };
-        let kc = kc.slice_assign([0..heads, past..total, 0..hd], k);
-        let vc = vc.slice_assign([0..heads, past..total, 0..hd], v);
-        let out = (
-            kc.clone().narrow(1, 0, total),
-            vc.clone().narrow(1, 0, total),
-        );
-        *slot = LayerKv::Tensors(Box::new((kc, vc)));
-        Ok(out)
-    }
 }
 
-/// Whether a model on `device` computing in `dtype` caches in pages read by
-/// [`attend::attend`] (the CPU backend), not in GPU tensors.
+/// Whether a model on `device` computing in `dtype` caches in host pages read by
+/// [`attend::attend`] (the CPU backend), not in a GPU pool.
 pub(crate) fn is_paged(device: &Device, dtype: DType) -> bool {
     *device == Device::flex() && dtype == DType::F32
 }
@@ -293,15 +267,8 @@ struct Span {
     offset: usize,
     n: usize,
     past: usize,
-    /// `(cos, sin)` per RoPE schedule of the model (GPU).
-    rope: Vec<(Tensor<3>, Tensor<3>)>,
     /// `(cos, sin)` rows `[n, rotary_dim]` per RoPE schedule of the model (CPU).
     host_rope: Vec<(Vec<f32>, Vec<f32>)>,
-    /// Additive mask per attention window of the model (`None`: nothing to mask).
-    masks: Vec<Option<Tensor<3>>>,
-    /// For [`Want::AllLogits`]: attend one query row at a time, each with its one-row mask
-    /// per window (`row_masks[window][row]`), as one-token decode steps would.
-    row_masks: Option<Vec<Vec<Option<Tensor<3>>>>>,
 }
 
 /// The layout of one batched step.
@@ -312,6 +279,50 @@ pub struct Batch {
     paged: bool,
     /// [`BatchShape::windows`].
     windows: Vec<Option<usize>>,
+    /// The GPU path: where the step reads and writes the pool.
+    gpu: Option<GpuStep>,
+}
+
+/// A step's addresses in a GPU pool, the same for every layer.
+struct GpuStep {
+    pool: Arc<GpuPool>,
+    /// `(cos, sin)` `[rows, 1, rotary_dim]` per RoPE schedule: every row's position.
+    rope: Vec<(Tensor<3>, Tensor<3>)>,
+    /// The pool slot each row's key and value go to, `[rows]`.
+    write: Tensor<1, Int>,
+    /// The rows that attend as one-token decodes, together.
+    decode: Option<DecodeRows>,
+    /// The prompt chunks of more than one row, each over its own keys.
+    chunks: Vec<Chunk>,
+    /// Where each row of the step is in `[decode rows, chunk rows…]`, when that is not
+    /// the step's order.
+    order: Option<Tensor<1, Int>>,
+}
+
+/// One-token rows (decodes, and each row of a [`Want::AllLogits`] item: a one-token decode
+/// at its position) attending in one product: each over its own keys, gathered from the
+/// pool and padded to the longest with masked slots.
+struct DecodeRows {
+    /// Their rows in the step (`None`: every row, in order).
+    rows: Option<Tensor<1, Int>>,
+    count: usize,
+    /// Keys per row after padding.
+    keys: usize,
+    /// Pool slots `[count × keys]`: row `r`'s keys, then padding.
+    gather: Tensor<1, Int>,
+    /// Per window of the model, the additive mask `[count, 1, 1, keys]` (`None`: nothing
+    /// to mask).
+    masks: Vec<Option<Tensor<4>>>,
+}
+
+/// A prompt chunk of `n` > 1 rows attending causally over its item's keys.
+struct Chunk {
+    offset: usize,
+    n: usize,
+    /// Pool slots of positions `0..past + n`.
+    gather: Tensor<1, Int>,
+    /// Per window of the model, the additive mask `[1, group × n, past + n]`.
+    masks: Vec<Option<Tensor<3>>>,
 }
 
 /// What [`Batch::new`] prepares per item: the model's RoPE schedules and attention windows
@@ -327,10 +338,11 @@ pub struct BatchShape<'a> {
 }
 
 impl Batch {
-    /// Embeds every item's new tokens (rows of `embed`) and builds its RoPE tables and masks;
-    /// returns the layout and the stacked embeddings `[rows, hidden]`.
+    /// Embeds every item's new tokens (rows of `embed`) and prepares its RoPE tables (and,
+    /// on a GPU, its pages, slots and masks); returns the layout and the stacked embeddings
+    /// `[rows, hidden]`.
     pub fn new(
-        items: &[BatchItem<'_>],
+        items: &mut [BatchItem<'_>],
         embed: &RowTable,
         hidden: usize,
         shape: &BatchShape<'_>,
@@ -339,7 +351,7 @@ impl Batch {
         let mut spans = Vec::with_capacity(items.len());
         let paged = is_paged(shape.device, shape.dtype);
         let mut offset = 0;
-        for item in items {
+        for item in items.iter() {
             let n = item.tokens.len();
             if n == 0 {
                 return Err(inference("forward called with no tokens"));
@@ -363,48 +375,18 @@ impl Batch {
                     }
                 })?;
             }
-            if paged {
-                spans.push(Span {
-                    offset,
-                    n,
-                    past,
-                    rope: Vec::new(),
-                    host_rope: shape.ropes.iter().map(|r| r.host_tables(past, n)).collect(),
-                    masks: Vec::new(),
-                    row_masks: None,
-                });
-                offset += n;
-                continue;
-            }
             spans.push(Span {
                 offset,
                 n,
                 past,
-                rope: shape
-                    .ropes
-                    .iter()
-                    .map(|r| r.tables(past, n, shape.device, shape.dtype))
-                    .collect(),
-                host_rope: Vec::new(),
-                masks: shape
-                    .windows
-                    .iter()
-                    .map(|w| mask(past, n, shape.group, *w, shape.device))
-                    .collect(),
-                row_masks: (item.want == Want::AllLogits).then(|| {
-                    shape
-                        .windows
-                        .iter()
-                        .map(|w| {
-                            (0..n)
-                                .map(|i| mask(past + i, 1, shape.group, *w, shape.device))
-                                .collect()
-                        })
-                        .collect()
-                }),
+                host_rope: shape.ropes.iter().map(|r| r.host_tables(past, n)).collect(),
             });
             offset += n;
         }
+        let gpu = match paged {
+            true => None,
+            false => Some(GpuStep::new(items, &spans, shape)?),
+        };
         let x = Tensor::from_data(
             TensorData::new(rows, [offset, hidden]),
             (shape.device, shape.dtype),
@@ -413,6 +395,7 @@ impl Batch {
             spans,
             paged,
             windows: shape.windows.to_vec(),
+            gpu,
         };
         Ok((batch, x))
     }
@@ -479,6 +462,145 @@ impl Batch {
             }
         }
         Ok(out)
+    }
+}
+
+impl GpuStep {
+    /// Takes the pages every item's new positions need (copying shared ones) and lays out
+    /// the step's slots, gathers and masks.
+    fn new(
+        items: &mut [BatchItem<'_>],
+        spans: &[Span],
+        shape: &BatchShape<'_>,
+    ) -> Result<GpuStep, EngineError> {
+        let rows: usize = spans.iter().map(|s| s.n).sum();
+        let mut pool: Option<Arc<GpuPool>> = None;
+        let mut write = Vec::with_capacity(rows);
+        // One-token rows: (row in the step, the item's slots, keys it sees).
+        let mut decode: Vec<(usize, usize, usize)> = Vec::new();
+        let mut item_slots: Vec<Vec<usize>> = Vec::with_capacity(items.len());
+        let mut chunks = Vec::new();
+        let mut order = Vec::with_capacity(rows);
+        for (item, sp) in items.iter_mut().zip(spans) {
+            let table = item
+                .cache
+                .gpu
+                .as_mut()
+                .ok_or_else(|| inference("a GPU step got a cache without a page table"))?;
+            let pool = pool.get_or_insert_with(|| Arc::clone(table.pool()));
+            if !Arc::ptr_eq(pool, table.pool()) {
+                return Err(inference("a step's caches are in different KV pools"));
+            }
+            table.prepare(sp.past, sp.n)?;
+            let total = sp.past + sp.n;
+            let slots = (0..total)
+                .map(|p| table.slot(p))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| inference("a position has no page after its table was prepared"))?;
+            write.extend_from_slice(&slots[sp.past..]);
+            if sp.n == 1 || item.want == Want::AllLogits {
+                for i in 0..sp.n {
+                    decode.push((sp.offset + i, item_slots.len(), sp.past + i + 1));
+                }
+            } else {
+                chunks.push(Chunk {
+                    offset: sp.offset,
+                    n: sp.n,
+                    gather: pool.index(slots.clone()),
+                    masks: shape
+                        .windows
+                        .iter()
+                        .map(|w| mask(sp.past, sp.n, shape.group, *w, shape.device))
+                        .collect(),
+                });
+            }
+            item_slots.push(slots);
+        }
+        let pool = pool.ok_or_else(|| inference("empty batch"))?;
+        order.extend(decode.iter().map(|&(row, _, _)| row));
+        for c in &chunks {
+            order.extend(c.offset..c.offset + c.n);
+        }
+        let decode = (!decode.is_empty()).then(|| {
+            let count = decode.len();
+            let keys = decode.iter().map(|&(_, _, len)| len).max().unwrap_or(1);
+            let mut gather = Vec::with_capacity(count * keys);
+            for &(_, item, len) in &decode {
+                let slots = &item_slots[item];
+                gather.extend_from_slice(&slots[..len]);
+                gather.extend(std::iter::repeat_n(slots[0], keys - len));
+            }
+            let masks = shape
+                .windows
+                .iter()
+                .map(|w| {
+                    // Row r sees keys first..len: the last `window` of its `len`.
+                    let seen = |len: usize| (w.map_or(0, |w| len.saturating_sub(w)), len);
+                    if decode.iter().all(|&(_, _, len)| seen(len) == (0, keys)) {
+                        return None;
+                    }
+                    let mut data = Vec::with_capacity(count * keys);
+                    for &(_, _, len) in &decode {
+                        let (first, end) = seen(len);
+                        data.extend((0..keys).map(|j| {
+                            if (first..end).contains(&j) {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        }));
+                    }
+                    Some(Tensor::from_data(
+                        TensorData::new(data, [count, 1, 1, keys]),
+                        (shape.device, DType::F32),
+                    ))
+                })
+                .collect();
+            let all = count == rows && decode.iter().enumerate().all(|(i, d)| d.0 == i);
+            DecodeRows {
+                rows: (!all).then(|| pool.index(decode.iter().map(|d| d.0).collect())),
+                count,
+                keys,
+                gather: pool.index(gather),
+                masks,
+            }
+        });
+        // `order` lists the step's rows in the order attention computes them; the output
+        // needs, for each step row, its place in that order.
+        let identity = order.iter().enumerate().all(|(i, &r)| i == r);
+        let order = (!identity).then(|| {
+            let mut place = vec![0; rows];
+            for (i, &r) in order.iter().enumerate() {
+                place[r] = i;
+            }
+            pool.index(place)
+        });
+        let rope = (0..shape.ropes.len())
+            .map(|r| {
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for sp in spans {
+                    let (c, s) = &sp.host_rope[r];
+                    cos.extend_from_slice(c);
+                    sin.extend_from_slice(s);
+                }
+                let rd = cos.len() / rows.max(1);
+                let make = |d: Vec<f32>| {
+                    Tensor::<3>::from_data(
+                        TensorData::new(d, [rows, 1, rd]),
+                        (shape.device, shape.dtype),
+                    )
+                };
+                (make(cos), make(sin))
+            })
+            .collect();
+        Ok(GpuStep {
+            write: pool.index(write),
+            pool,
+            rope,
+            decode,
+            chunks,
+            order,
+        })
     }
 }
 
@@ -560,49 +682,72 @@ impl Attention {
         if batch.paged {
             return self.forward_paged(layer, batch, items, q_all, k_all, v_all);
         }
+        let step = batch
+            .gpu
+            .as_ref()
+            .ok_or_else(|| inference("a GPU step without its pages"))?;
+        let group = nh / nkv.max(1);
+        let rows = q_all.dims()[0];
         let dtype = q_all.dtype();
-        let mut outs = Vec::with_capacity(items.len());
-        for (item, sp) in items.iter_mut().zip(&batch.spans) {
-            let n = sp.n;
-            let rows_of = |t: &Tensor<2>, heads: usize| {
-                t.clone()
-                    .narrow(0, sp.offset, n)
-                    .reshape([n, heads, hd])
-                    .swap_dims(0, 1)
-            };
-            let (cos, sin) = sp
-                .rope
-                .get(self.rope)
-                .ok_or_else(|| inference(format!("no RoPE schedule {}", self.rope)))?;
-            let q = rope::apply(rows_of(&q_all, nh), cos, sin);
-            let k = rope::apply(rows_of(&k_all, nkv), cos, sin);
-            let v = rows_of(&v_all, nkv);
-            let (keys, values) = item.cache.append(layer, sp.past, k, v)?;
-            match &sp.row_masks {
-                None => {
-                    let mask = sp.masks.get(self.window).and_then(Option::as_ref);
-                    outs.push(self.attend(q, keys, values, mask, n, dtype));
-                }
-                Some(row_masks) => {
-                    // One query row at a time over the keys up to its position: the shapes
-                    // (and so the bits) of a one-token decode step there.
-                    let masks = row_masks
-                        .get(self.window)
-                        .ok_or_else(|| inference(format!("no window {}", self.window)))?;
-                    for (i, mask) in masks.iter().enumerate() {
-                        let keys_i = keys.clone().narrow(1, 0, sp.past + i + 1);
-                        let values_i = values.clone().narrow(1, 0, sp.past + i + 1);
-                        let q_i = q.clone().narrow(1, i, 1);
-                        outs.push(self.attend(q_i, keys_i, values_i, mask.as_ref(), 1, dtype));
-                    }
-                }
+        let (cos, sin) = step
+            .rope
+            .get(self.rope)
+            .ok_or_else(|| inference(format!("no RoPE schedule {}", self.rope)))?;
+        if self.window >= batch.windows.len() {
+            return Err(inference(format!("no window {}", self.window)));
+        }
+        let q = rope::apply(q_all.reshape([rows, nh, hd]), cos, sin);
+        let k = rope::apply(k_all.reshape([rows, nkv, hd]), cos, sin).reshape([rows, nkv * hd]);
+        step.pool.with_layer(layer, nkv * hd, |pages| {
+            let pages = pages.write(&step.write, k, v_all);
+            let mut outs = Vec::with_capacity(1 + step.chunks.len());
+            if let Some(d) = &step.decode {
+                let q = match &d.rows {
+                    None => q.clone(),
+                    Some(rows) => q.clone().select(0, rows.clone()),
+                };
+                let (keys, values) = pages.gather(&d.gather);
+                let heads = |t: Tensor<2>| t.reshape([d.count, d.keys, nkv, hd]).swap_dims(1, 2);
+                let mask = d.masks.get(self.window).and_then(Option::as_ref);
+                let out = self.attend(
+                    q.reshape([d.count, nkv, group, hd]),
+                    heads(keys),
+                    heads(values),
+                    mask,
+                    dtype,
+                );
+                outs.push(out.reshape([d.count, nh * hd]));
             }
-        }
-        if outs.len() == 1 {
-            outs.pop().ok_or_else(|| inference("empty batch"))
-        } else {
-            Ok(Tensor::cat(outs, 0))
-        }
+            for c in &step.chunks {
+                // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
+                let q = q.clone().narrow(0, c.offset, c.n).swap_dims(0, 1);
+                let (keys, values) = pages.gather(&c.gather);
+                let total = keys.dims()[0];
+                let heads = |t: Tensor<2>| t.reshape([total, nkv, hd]).swap_dims(0, 1);
+                let mask = c.masks.get(self.window).and_then(Option::as_ref);
+                let out = self.attend(
+                    q.reshape([nkv, group * c.n, hd]),
+                    heads(keys),
+                    heads(values),
+                    mask,
+                    dtype,
+                );
+                outs.push(
+                    out.reshape([nh, c.n, hd])
+                        .swap_dims(0, 1)
+                        .reshape([c.n, nh * hd]),
+                );
+            }
+            let out = match outs.len() {
+                1 => outs.swap_remove(0),
+                _ => Tensor::cat(outs, 0),
+            };
+            let out = match &step.order {
+                Some(place) => out.select(0, place.clone()),
+                None => out,
+            };
+            (pages, out)
+        })
     }
 
     /// [`Attention::forward`] on the CPU: RoPE on the host, the new keys and values written
@@ -708,22 +853,20 @@ impl Attention {
         ))
     }
 
-    /// `n` query positions `q` `[heads, n, head_dim]` over `keys` and `values`
-    /// `[kv_heads, keys, head_dim]`, with an additive `mask` → `[n, heads × head_dim]`.
-    fn attend(
+    /// Queries `q` `[…, kv_heads, queries, head_dim]` over `keys` and `values`
+    /// `[…, kv_heads, keys, head_dim]` with an additive `mask` (broadcast over what it has
+    /// as 1) → `[…, kv_heads, queries, head_dim]`; scores and softmax in `f32`.
+    fn attend<const D: usize>(
         &self,
-        q: Tensor<3>,
-        keys: Tensor<3>,
-        values: Tensor<3>,
-        mask: Option<&Tensor<3>>,
-        n: usize,
+        q: Tensor<D>,
+        keys: Tensor<D>,
+        values: Tensor<D>,
+        mask: Option<&Tensor<D>>,
         dtype: DType,
-    ) -> Tensor<2> {
-        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
-        let group = nh / nkv.max(1);
-        // Query heads h·group..(h+1)·group share kv head h: fold the group into rows.
-        let q = q.reshape([nkv, group * n, hd]);
-        let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(self.scale);
+    ) -> Tensor<D> {
+        let mut scores = q
+            .matmul(keys.swap_dims(D - 2, D - 1))
+            .mul_scalar(self.scale);
         if dtype != DType::F32 {
             scores = scores.cast(FloatDType::F32);
         }
@@ -733,14 +876,10 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores + mask.clone();
         }
-        let mut probs = softmax(scores, 2);
+        let mut probs = softmax(scores, D - 1);
         if dtype != DType::F32 {
             probs = probs.cast(FloatDType::F16);
         }
-        probs
-            .matmul(values)
-            .reshape([nh, n, hd])
-            .swap_dims(0, 1)
-            .reshape([n, nh * hd])
+        probs.matmul(values)
     }
 }

@@ -4,6 +4,7 @@
 //! them in its own forward pass; [`Loader`] reads their weights by name.
 
 pub mod attention;
+pub mod gpu_pages;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

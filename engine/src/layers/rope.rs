@@ -2,7 +2,7 @@
 //! per-pair factors, Phi-3's LongRoPE / "su" with short and long factor sets) and the
 //! NEOX-style rotation transformers applies (halves of each head rotated together).
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 /// Llama 3.1-style frequency-dependent RoPE scaling (`rope_scaling.rope_type == "llama3"`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,25 +114,10 @@ impl Rope {
         }
     }
 
-    /// `cos` and `sin` tables `[1, n, rotary_dim]` for positions `start..start + n`, computed
-    /// the way transformers does (f32 angles, halves duplicated). LongRoPE uses its long
-    /// factors when the sequence, `start + n` positions after this step, exceeds the
+    /// `cos` and `sin` tables, `[n, rotary_dim]` rows, for positions `start..start + n`,
+    /// computed the way transformers does (f32 angles, halves duplicated). LongRoPE uses its
+    /// long factors when the sequence, `start + n` positions after this step, exceeds the
     /// original context (transformers' per-forward choice).
-    pub fn tables(
-        &self,
-        start: usize,
-        n: usize,
-        device: &Device,
-        dtype: DType,
-    ) -> (Tensor<3>, Tensor<3>) {
-        let hd = self.rotary_dim;
-        let (cos, sin) = self.host_tables(start, n);
-        let make =
-            |d: Vec<f32>| Tensor::<3>::from_data(TensorData::new(d, [1, n, hd]), (device, dtype));
-        (make(cos), make(sin))
-    }
-
-    /// The tables of [`Rope::tables`] as `[n, rotary_dim]` rows on the host.
     pub fn host_tables(&self, start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let hd = self.rotary_dim;
         let inv_freq = match &self.long {
@@ -167,8 +152,9 @@ pub fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Rotates `x` (`[heads, n, head_dim]`) by the tables of [`Rope::tables`]: the first
-/// `rotary_dim` dimensions of each head, the rest passed through.
+/// Rotates `x` (`[rows, heads, head_dim]`) by tables `[rows, 1, rotary_dim]` of
+/// [`Rope::host_tables`] (each row's position): the first `rotary_dim` dimensions of each
+/// head, the rest passed through.
 pub fn apply(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
     let [_, _, hd] = x.dims();
     let rd = cos.dims()[2];

@@ -195,8 +195,11 @@ pub(crate) fn llama_like_gguf_name(
 pub struct Model {
     pub config: ModelConfig,
     dtype: DType,
-    /// Whether its caches are pages (the CPU backend, `f32` compute), not GPU tensors.
+    /// Whether its caches are host pages (the CPU backend, `f32` compute), not pages of a
+    /// GPU pool.
     paged: bool,
+    /// The GPU's KV pages, shared by every cache of the model (`None` on the CPU).
+    gpu_pool: Option<std::sync::Arc<crate::layers::gpu_pages::GpuPool>>,
     /// The element type of the caches' pages.
     kv_dtype: KvCacheDtype,
     inner: Box<dyn CausalLm>,
@@ -219,10 +222,14 @@ impl Model {
             quantize,
         };
         let inner = family_named(config.family)?.load(&config, &loader)?;
+        let paged = crate::layers::attention::is_paged(device, dtype);
+        let gpu_pool = (!paged)
+            .then(|| crate::layers::gpu_pages::GpuPool::new(config.num_layers, device, dtype));
         Ok(Model {
             config,
             dtype,
-            paged: crate::layers::attention::is_paged(device, dtype),
+            paged,
+            gpu_pool,
             kv_dtype: KvCacheDtype::default(),
             inner,
         })
@@ -236,7 +243,19 @@ impl Model {
 
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers, self.kv_dtype)
+        match &self.gpu_pool {
+            Some(pool) => KvCache::on_gpu(self.config.num_layers, pool),
+            None => KvCache::new(self.config.num_layers, self.kv_dtype),
+        }
+    }
+
+    /// Holds the GPU's KV pool to `blocks` pages (the KV budget's block count) as it grows,
+    /// so that the memory it takes is the budget's; no effect on the CPU, whose pages are
+    /// allocated one by one.
+    pub fn limit_kv_pages(&self, blocks: usize) {
+        if let Some(pool) = &self.gpu_pool {
+            pool.set_limit(blocks);
+        }
     }
 
     /// How the projection weights are stored (`bf16`, `q8_0`, `f16` on a GPU, …).
