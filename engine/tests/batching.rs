@@ -72,31 +72,7 @@ fn request(tenant: &str, weight: u32, ids: Vec<u32>, max_tokens: usize) -> Gener
     }
 }
 
-/// Reads a generation to its end and returns the generated token ids.
-fn collect(mut g: Generation) -> anyhow::Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    while let Some(ev) = g.blocking_next() {
-        match ev {
-            TokenEvent::Token { id, .. } => ids.push(id),
-            TokenEvent::Finished { .. } => return Ok(ids),
-            TokenEvent::Failed(e) => anyhow::bail!("{e}"),
-            TokenEvent::Started { .. } => {}
-        }
-    }
-    anyhow::bail!("generation ended without Finished")
-}
-
-/// Reads every generation on its own thread; returns their token ids in order.
-fn collect_all(gens: Vec<Generation>) -> anyhow::Result<Vec<Vec<u32>>> {
-    let handles: Vec<_> = gens
-        .into_iter()
-        .map(|g| std::thread::spawn(move || collect(g)))
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
-        .collect()
-}
+use support::{collect, collect_all};
 
 /// Waits for the worker to retire everything (it updates its counters after each step).
 fn wait_idle(e: &BurnEngine) -> airlock_engine::EngineStatus {
@@ -448,14 +424,7 @@ fn sampled(mut g: Generation) -> anyhow::Result<Sampled> {
 
 /// Reads every sample on its own thread (a slow reader must not stall its siblings).
 fn sampled_all(gens: Vec<Generation>) -> anyhow::Result<Vec<Sampled>> {
-    let handles: Vec<_> = gens
-        .into_iter()
-        .map(|g| std::thread::spawn(move || sampled(g)))
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
-        .collect()
+    support::on_threads(gens, sampled)
 }
 
 /// `n` samples of `r`'s prompt through `submit_n`.

@@ -83,14 +83,7 @@ fn run_all(e: &BurnEngine, reqs: &[GenerateRequest]) -> anyhow::Result<Vec<Outpu
         .iter()
         .map(|r| e.submit(r.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let handles: Vec<_> = gens
-        .into_iter()
-        .map(|g| std::thread::spawn(move || collect(g)))
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
-        .collect()
+    support::on_threads(gens, collect)
 }
 
 fn wait_idle(e: &BurnEngine) -> EngineStatus {

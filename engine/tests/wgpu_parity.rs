@@ -11,6 +11,7 @@
 
 mod mixed;
 mod parity;
+mod support;
 
 use airlock_engine::{DeviceChoice, KvCacheDtype, gpu_available};
 
@@ -209,8 +210,7 @@ fn k_quants_stay_blocks_on_the_gpu() -> anyhow::Result<()> {
 /// back to the budget.
 fn batched_steps_on_the_gpu_match_each_request_alone() -> anyhow::Result<()> {
     use airlock_engine::{
-        BurnEngine, Engine, GenerateRequest, Generation, ModelSpec, Prompt, SamplingParams,
-        TokenEvent, default_model,
+        BurnEngine, Engine, GenerateRequest, ModelSpec, Prompt, SamplingParams, default_model,
     };
     let dir = tempfile::tempdir()?;
     let path = default_model::install(dir.path())?;
@@ -236,18 +236,6 @@ fn batched_steps_on_the_gpu_match_each_request_alone() -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let collect = |mut g: Generation| -> anyhow::Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        while let Some(ev) = g.blocking_next() {
-            match ev {
-                TokenEvent::Token { id, .. } => ids.push(id),
-                TokenEvent::Finished { .. } => return Ok(ids),
-                TokenEvent::Failed(e) => anyhow::bail!("{e}"),
-                TokenEvent::Started { .. } => {}
-            }
-        }
-        anyhow::bail!("generation ended without Finished")
-    };
     // A shared 20-token start (a page and a bit) for the prefix cache to find.
     let prompts: Vec<Vec<u32>> = [3usize, 17, 40, 70, 16]
         .iter()
@@ -267,7 +255,7 @@ fn batched_steps_on_the_gpu_match_each_request_alone() -> anyhow::Result<()> {
     let alone_engine = engine(1, false)?;
     let alone = prompts
         .iter()
-        .map(|p| collect(alone_engine.submit(request(p.clone()))?))
+        .map(|p| support::collect(alone_engine.submit(request(p.clone()))?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     drop(alone_engine);
     let together_engine = engine(8, true)?;
@@ -276,12 +264,7 @@ fn batched_steps_on_the_gpu_match_each_request_alone() -> anyhow::Result<()> {
             .iter()
             .map(|p| together_engine.submit(request(p.clone())))
             .collect::<Result<Vec<_>, _>>()?;
-        let handles: Vec<_> = gens
-            .into_iter()
-            .map(|g| std::thread::spawn(move || collect(g)))
-            .collect();
-        for (i, h) in handles.into_iter().enumerate() {
-            let ids = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        for (i, ids) in support::collect_all(gens)?.into_iter().enumerate() {
             anyhow::ensure!(
                 ids == alone[i],
                 "{round}, prompt {i}: {ids:?} vs alone {:?}",
@@ -292,7 +275,7 @@ fn batched_steps_on_the_gpu_match_each_request_alone() -> anyhow::Result<()> {
     let prepared = together_engine.prepare("m", &Prompt::TokenIds(prompts[3].clone()))?;
     let samples = together_engine.submit_n(request(prompts[3].clone()), prepared, 3)?;
     for g in samples {
-        let ids = collect(g)?;
+        let ids = support::collect(g)?;
         anyhow::ensure!(
             ids == alone[3],
             "forked sample: {ids:?} vs alone {:?}",

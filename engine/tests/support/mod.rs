@@ -1,9 +1,10 @@
 //! Helpers the engine's tests share: the fixtures directory, reading the references' JSON,
-//! comparing vectors, deterministic prompt token ids.
+//! comparing vectors, deterministic prompt token ids, reading generations to their end.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
+use airlock_engine::{Generation, TokenEvent};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
@@ -53,5 +54,40 @@ pub fn token_ids(seed: u64, n: usize, lowest: u32, span: u32) -> Vec<u32> {
                 .wrapping_add(1442695040888963407);
             ((state >> 33) % u64::from(span)) as u32 + lowest
         })
+        .collect()
+}
+
+/// Reads a generation to its end and returns the generated token ids.
+pub fn collect(mut g: Generation) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    while let Some(ev) = g.blocking_next() {
+        match ev {
+            TokenEvent::Token { id, .. } => ids.push(id),
+            TokenEvent::Finished { .. } => return Ok(ids),
+            TokenEvent::Failed(e) => anyhow::bail!("{e}"),
+            TokenEvent::Started { .. } => {}
+        }
+    }
+    anyhow::bail!("generation ended without Finished")
+}
+
+/// Reads every generation on its own thread; returns their token ids in order.
+pub fn collect_all(gens: Vec<Generation>) -> anyhow::Result<Vec<Vec<u32>>> {
+    on_threads(gens, collect)
+}
+
+/// Reads every generation with `read` on its own thread (a slow reader must not stall the
+/// others); returns what each gave, in order.
+pub fn on_threads<T: Send + 'static>(
+    gens: Vec<Generation>,
+    read: fn(Generation) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let handles: Vec<_> = gens
+        .into_iter()
+        .map(|g| std::thread::spawn(move || read(g)))
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
         .collect()
 }
