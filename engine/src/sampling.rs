@@ -173,51 +173,79 @@ impl Sampler {
         if self.is_greedy() {
             return argmax(logits);
         }
-        // Candidates sorted by logit, best first (ties: lower id first, as argmax).
+        // Each candidate's weight exp((l − max) / T), then the filters: top-k keeps the k
+        // highest, min-p the weights ≥ min_p × the highest's (which is 1), top-p the highest
+        // whose mass reaches top_p of the whole. Only what a filter needs is ranked, never the
+        // whole vocabulary by default (temperature 1, top_p 1: no sort at all; a full sort of a
+        // 150k vocabulary per token costs milliseconds). The draw walks what is kept.
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .filter(|(_, l)| !l.is_nan())
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
-        if cand.is_empty() {
-            return 0;
-        }
-        let k = p.top_k.unwrap_or(cand.len()).min(cand.len()).max(1);
+        // Best first; ties: lower id first, as argmax.
         let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, cmp);
-            cand.truncate(k);
+        if let Some(k) = p.top_k
+            && k < cand.len()
+        {
+            cand.select_nth_unstable_by(k.max(1) - 1, cmp);
+            cand.truncate(k.max(1));
         }
-        cand.sort_unstable_by(cmp);
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, pr) in probs.iter().enumerate() {
-                acc += pr;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        if max == f32::NEG_INFINITY {
+            // Nothing possible (every logit masked out): the first candidate, as argmax.
+            return cand.iter().map(|c| c.0).min().unwrap_or(0);
         }
+        cand.iter_mut().for_each(|c| c.1 = (c.1 - max).exp());
+        // Top-p's mass is of the whole (after top-k); min-p and top-p each keep a best-first
+        // run, so together they keep the shorter.
+        let goal = p.top_p * cand.iter().map(|c| c.1).sum::<f32>();
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+            cand.retain(|c| c.1 >= p.min_p);
         }
-        let total: f32 = probs[..keep].iter().sum();
+        if p.top_p < 1.0 {
+            keep_top_mass(&mut cand, goal, cmp);
+        }
+        let total: f32 = cand.iter().map(|c| c.1).sum();
         let mut r = self.rng.random::<f32>() * total;
-        for (i, pr) in probs[..keep].iter().enumerate() {
-            if r < *pr {
-                return cand[i].0;
+        for &(id, w) in &cand {
+            if r < w {
+                return id;
             }
-            r -= pr;
+            r -= w;
         }
-        cand[keep - 1].0
+        cand.last().map_or(0, |c| c.0)
+    }
+}
+
+/// Keeps the shortest best-first run of `cand` whose weights sum to at least `goal` (all of
+/// them if rounding leaves the sum short), in that order: it ranks the best 64 first, and
+/// four times as many each time those do not reach the goal, so a peaked distribution sorts
+/// a few dozen candidates, a flat one at worst all.
+fn keep_top_mass(
+    cand: &mut Vec<(u32, f32)>,
+    goal: f32,
+    cmp: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering + Copy,
+) {
+    let mut m = cand.len().min(64);
+    loop {
+        if m < cand.len() {
+            cand.select_nth_unstable_by(m - 1, cmp);
+        }
+        cand[..m].sort_unstable_by(cmp);
+        let mut acc = 0.0;
+        if let Some(i) = cand[..m].iter().position(|c| {
+            acc += c.1;
+            acc >= goal
+        }) {
+            cand.truncate(i + 1);
+            return;
+        }
+        if m == cand.len() {
+            return;
+        }
+        m = (m * 4).min(cand.len());
     }
 }
 
@@ -359,6 +387,61 @@ pub(crate) mod tests {
         };
         let got = draw(&m, &logits, 200);
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
+    }
+
+    #[test]
+    fn draws_follow_the_softmax_at_every_temperature() {
+        let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, -4.0, 1.5, 0.2];
+        for t in [1.0f32, 0.5, 2.0] {
+            let p = SamplingParams {
+                seed: Some(3),
+                ..params(t)
+            };
+            let n = 40_000;
+            let mut seen = [0usize; 8];
+            for id in draw(&p, &logits, n) {
+                seen[id as usize] += 1;
+            }
+            let w: Vec<f64> = logits
+                .iter()
+                .map(|&l| (f64::from(l) / f64::from(t)).exp())
+                .collect();
+            let sum: f64 = w.iter().sum();
+            for (i, (&count, wi)) in seen.iter().zip(&w).enumerate() {
+                let (got, want) = (count as f64 / n as f64, wi / sum);
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "t {t}, token {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// A nucleus wider than the first ranked run (64) is found by ranking more: top-p 0.5 of
+    /// 1,000 equally likely tokens keeps exactly the 500 lowest ids (ties rank by id).
+    #[test]
+    fn a_wide_nucleus_keeps_exactly_its_share() {
+        let logits = vec![0.0f32; 1000];
+        let p = SamplingParams {
+            top_p: 0.5,
+            seed: Some(9),
+            ..params(1.0)
+        };
+        let got = draw(&p, &logits, 4000);
+        assert!(got.iter().all(|&t| t < 500));
+        assert!(got.iter().any(|&t| t >= 450) && got.iter().any(|&t| t < 50));
+        // With min-p on top, the shorter of the two runs wins.
+        let mut peaked = vec![-10.0f32; 1000];
+        peaked[700] = 0.0;
+        peaked[3] = -0.1;
+        // Top-p 0.99 needs ~560 of the tail; min-p 0.5 keeps the two near the top.
+        let both = SamplingParams {
+            min_p: 0.5,
+            top_p: 0.99,
+            ..p.clone()
+        };
+        let got = draw(&both, &peaked, 400);
+        assert!(got.iter().all(|&t| t == 700 || t == 3) && got.contains(&3));
     }
 
     /// The reference: log_softmax computed directly, in f64 (also `sequence.rs`'s tests').
