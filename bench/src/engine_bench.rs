@@ -43,6 +43,10 @@ struct Args {
     /// of `--decode-tokens` tokens on a short prompt, all submitted at once.
     #[arg(long, value_delimiter = ',')]
     streams: Vec<usize>,
+    /// Sampling temperature (0: greedy, the default; the OpenAI API's default is 1, which
+    /// adds the sampler's cost to every token). Seeded, so runs draw the same tokens.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,8 @@ fn main() -> anyhow::Result<()> {
     opts.params = SamplingParams {
         max_tokens: Some(args.decode_tokens),
         ignore_eos: true,
+        temperature: args.temperature,
+        seed: Some(1),
         ..Default::default()
     };
     let report = generate_once(&opts)?;
@@ -98,6 +104,8 @@ fn main() -> anyhow::Result<()> {
         let params = SamplingParams {
             max_tokens: Some(args.decode_tokens),
             ignore_eos: true,
+            temperature: args.temperature,
+            seed: Some(1),
             ..Default::default()
         };
         let rate = streams::concurrent_decode(&args.model, device, n.max(1), &params)?;
@@ -107,7 +115,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "reproduce:        cargo run {}-p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}{}",
+        "reproduce:        cargo run {}-p airlock-bench --bin engine-bench -- --model {} --device {} --prompt-tokens {} --decode-tokens {}{}{}{}",
         if cfg!(debug_assertions) {
             ""
         } else {
@@ -127,6 +135,11 @@ fn main() -> anyhow::Result<()> {
         } else {
             let list: Vec<String> = args.streams.iter().map(|n| n.to_string()).collect();
             format!(" --streams {}", list.join(","))
+        },
+        if args.temperature == 0.0 {
+            String::new()
+        } else {
+            format!(" --temperature {}", args.temperature)
         }
     );
     Ok(())
