@@ -627,20 +627,24 @@ fn n_samples_under_a_grammar_are_each_valid_json() -> anyhow::Result<()> {
             });
             r
         };
-        let samples = sampled_all(submit_n(&e, req(0), 3)?)?;
+        // Most random walks through a free JSON object do not close it within 60 tokens on
+        // this random-weight model (about 1 in 8 does): batches of 3 samples, seeds 3b..3b+2,
+        // until one closes (a vacuous pass otherwise); the schema's small object always does.
         let mut ended = 0;
-        for (i, s) in samples.iter().enumerate() {
-            assert_eq!(
-                s.text,
-                sampled(e.submit(req(i as u64))?)?.text,
-                "sample {i}"
-            );
-            if s.reason == airlock_engine::FinishReason::Stop {
-                let v: serde_json::Value = serde_json::from_str(&s.text)?;
-                assert!(v.is_object(), "{}", s.text);
-                ended += 1;
-            } else {
-                assert!(s.text.starts_with('{'), "{}", s.text);
+        for base in (0..16).map(|b| 3 * b) {
+            let samples = sampled_all(submit_n(&e, req(base), 3)?)?;
+            for (i, s) in (base..).zip(&samples) {
+                assert_eq!(s.text, sampled(e.submit(req(i))?)?.text, "sample {i}");
+                if s.reason == airlock_engine::FinishReason::Stop {
+                    let v: serde_json::Value = serde_json::from_str(&s.text)?;
+                    assert!(v.is_object(), "{}", s.text);
+                    ended += 1;
+                } else {
+                    assert!(s.text.starts_with('{'), "{}", s.text);
+                }
+            }
+            if ended > 0 {
+                break;
             }
         }
         match spec {
