@@ -273,9 +273,7 @@ fn start_model(spec: &ModelSpec) -> Result<ModelHandle, EngineError> {
                 .kv_cache_bytes
                 .unwrap_or(max_active * model.context_length * per_position);
             let pool = BlockPool::new(budget, per_position);
-            model
-                .model
-                .limit_kv_pages(pool.capacity_positions() / crate::kv::BLOCK_POSITIONS);
+            model.model.limit_kv_pages(pool.blocks());
             // Verification is exact where every row of a pass is computed the same whatever
             // the row count: the CPU kernels (`kernels.rs`), not wgpu's matmul.
             let speculative = spec2.speculative.filter(|_| {

@@ -43,6 +43,11 @@ impl BlockPool {
         positions.div_ceil(BLOCK_POSITIONS)
     }
 
+    /// Blocks in the whole pool.
+    pub fn blocks(&self) -> usize {
+        self.total
+    }
+
     /// Positions the whole pool can hold.
     pub fn capacity_positions(&self) -> usize {
         self.total * BLOCK_POSITIONS

@@ -68,14 +68,13 @@ impl PendingLogprobs {
             return;
         }
         self.decoded += piece.len();
-        let end = self.decoded;
-        self.waiting
-            .extend(self.undecoded.drain(..).map(|entry| (entry, end)));
+        self.settle();
     }
 
-    /// Generation ended: a token whose bytes never became text (part of a character cut
-    /// off by the end) ends where the text does, so every sampled token keeps its entry.
-    fn ended(&mut self) {
+    /// The undecoded entries end where the text emitted so far does: after each piece, and
+    /// when generation ends, where a token whose bytes never became text (part of a
+    /// character cut off by the end) keeps its entry too.
+    fn settle(&mut self) {
         let end = self.decoded;
         self.waiting
             .extend(self.undecoded.drain(..).map(|entry| (entry, end)));
@@ -388,7 +387,7 @@ impl Sequence {
     ) -> Result<TokenEvent, EngineError> {
         let tail = self.decoder.flush(&*m.tokenizer)?;
         self.logprobs.decoded(&tail);
-        self.logprobs.ended();
+        self.logprobs.settle();
         match self.stop.push(&tail) {
             StopOutcome::Stop(t) => {
                 text.push_str(&t);
@@ -501,7 +500,7 @@ mod tests {
         assert_eq!(ids(p.released("é")), [1, 2]);
         p.undecoded.push(entry(3));
         p.decoded("");
-        p.ended();
+        p.settle();
         assert_eq!(ids(p.released("")), [3]);
     }
 

@@ -223,8 +223,9 @@ fn logprobs_through_the_batched_engine_change_nothing() -> anyhow::Result<()> {
     let e = engine(dir.path(), 8, 4)?;
     let params = |logprobs: Option<usize>| SamplingParams {
         temperature: 0.9,
-        // Seed 5 draws a last token that ends inside a multi-byte character (its bytes never
-        // become text): it still has its entry.
+        // Seed 5 drew, with the sampler of its time, a last token that ends inside a
+        // multi-byte character (its bytes never become text); `sequence.rs`'s
+        // `every_token_keeps_its_logprob_entry` holds that case to its entry directly.
         seed: Some(5),
         max_tokens: Some(10),
         ignore_eos: true,

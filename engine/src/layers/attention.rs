@@ -46,7 +46,7 @@ pub struct KvCache {
     /// The GPU's pages (`None` on the CPU).
     gpu: Option<PageTable>,
     len: usize,
-    /// The pages' element type (the CPU's; GPU tensors are the model's compute type).
+    /// The pages' element type (the CPU's; GPU pages are the model's compute type).
     dtype: KvCacheDtype,
 }
 
@@ -274,12 +274,11 @@ struct Span {
 /// The layout of one batched step.
 pub struct Batch {
     spans: Vec<Span>,
-    /// The CPU path: paged caches read in place by [`attend::attend`], RoPE on the host, no
-    /// mask tensors (a window is a key range).
-    paged: bool,
     /// [`BatchShape::windows`].
     windows: Vec<Option<usize>>,
-    /// The GPU path: where the step reads and writes the pool.
+    /// The GPU path: where the step reads and writes the pool. `None` on the CPU path: host
+    /// pages read in place by [`attend::attend`], RoPE on the host, no mask tensors (a window
+    /// is a key range).
     gpu: Option<GpuStep>,
 }
 
@@ -349,7 +348,6 @@ impl Batch {
     ) -> Result<(Batch, Tensor<2>), EngineError> {
         let mut rows = Vec::new();
         let mut spans = Vec::with_capacity(items.len());
-        let paged = is_paged(shape.device, shape.dtype);
         let mut offset = 0;
         for item in items.iter() {
             let n = item.tokens.len();
@@ -383,7 +381,7 @@ impl Batch {
             });
             offset += n;
         }
-        let gpu = match paged {
+        let gpu = match is_paged(shape.device, shape.dtype) {
             true => None,
             false => Some(GpuStep::new(items, &spans, shape)?),
         };
@@ -393,7 +391,6 @@ impl Batch {
         );
         let batch = Batch {
             spans,
-            paged,
             windows: shape.windows.to_vec(),
             gpu,
         };
@@ -476,9 +473,9 @@ impl GpuStep {
         let rows: usize = spans.iter().map(|s| s.n).sum();
         let mut pool: Option<Arc<GpuPool>> = None;
         let mut write = Vec::with_capacity(rows);
-        // One-token rows: (row in the step, the item's slots, keys it sees).
+        // One-token rows: (row in the step, its item's slots in `item_slots`, keys it sees).
         let mut decode: Vec<(usize, usize, usize)> = Vec::new();
-        let mut item_slots: Vec<Vec<usize>> = Vec::with_capacity(items.len());
+        let mut item_slots: Vec<Vec<usize>> = Vec::new();
         let mut chunks = Vec::new();
         let mut order = Vec::with_capacity(rows);
         for (item, sp) in items.iter_mut().zip(spans) {
@@ -502,11 +499,12 @@ impl GpuStep {
                 for i in 0..sp.n {
                     decode.push((sp.offset + i, item_slots.len(), sp.past + i + 1));
                 }
+                item_slots.push(slots);
             } else {
                 chunks.push(Chunk {
                     offset: sp.offset,
                     n: sp.n,
-                    gather: pool.index(slots.clone()),
+                    gather: pool.index(slots),
                     masks: shape
                         .windows
                         .iter()
@@ -514,7 +512,6 @@ impl GpuStep {
                         .collect(),
                 });
             }
-            item_slots.push(slots);
         }
         let pool = pool.ok_or_else(|| inference("empty batch"))?;
         order.extend(decode.iter().map(|&(row, _, _)| row));
@@ -679,13 +676,9 @@ impl Attention {
             ),
             None => (q_all, k_all),
         };
-        if batch.paged {
+        let Some(step) = &batch.gpu else {
             return self.forward_paged(layer, batch, items, q_all, k_all, v_all);
-        }
-        let step = batch
-            .gpu
-            .as_ref()
-            .ok_or_else(|| inference("a GPU step without its pages"))?;
+        };
         let group = nh / nkv.max(1);
         let rows = q_all.dims()[0];
         let dtype = q_all.dtype();

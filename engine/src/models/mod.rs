@@ -195,10 +195,8 @@ pub(crate) fn llama_like_gguf_name(
 pub struct Model {
     pub config: ModelConfig,
     dtype: DType,
-    /// Whether its caches are host pages (the CPU backend, `f32` compute), not pages of a
-    /// GPU pool.
-    paged: bool,
-    /// The GPU's KV pages, shared by every cache of the model (`None` on the CPU).
+    /// The GPU's KV pages, shared by every cache of the model (`None`: the CPU backend, `f32`
+    /// compute, whose caches are host pages).
     gpu_pool: Option<std::sync::Arc<crate::layers::gpu_pages::GpuPool>>,
     /// The element type of the caches' pages.
     kv_dtype: KvCacheDtype,
@@ -222,13 +220,11 @@ impl Model {
             quantize,
         };
         let inner = family_named(config.family)?.load(&config, &loader)?;
-        let paged = crate::layers::attention::is_paged(device, dtype);
-        let gpu_pool = (!paged)
+        let gpu_pool = (!crate::layers::attention::is_paged(device, dtype))
             .then(|| crate::layers::gpu_pages::GpuPool::new(config.num_layers, device, dtype));
         Ok(Model {
             config,
             dtype,
-            paged,
             gpu_pool,
             kv_dtype: KvCacheDtype::default(),
             inner,
@@ -270,10 +266,10 @@ impl Model {
 
     /// Bytes one cached position takes across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let elem = match (self.paged, self.dtype) {
-            (true, _) => self.kv_dtype.bytes(),
-            (false, DType::F16) => 2,
-            (false, _) => 4,
+        let elem = match (&self.gpu_pool, self.dtype) {
+            (None, _) => self.kv_dtype.bytes(),
+            (Some(_), DType::F16) => 2,
+            (Some(_), _) => 4,
         };
         crate::kv::kv_bytes_per_token(
             self.config.num_layers,
