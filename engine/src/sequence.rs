@@ -566,12 +566,7 @@ mod tests {
                 })
         };
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let paths = [
-            crate::default_model::install(dir.path()).unwrap_or_else(|e| panic!("{e}")),
-            fixtures.join("gemma2_softcap_bf16"),
-            fixtures.join("gguf/qwen3_qknorm-q4_k_m"),
-        ];
+        let paths = crate::models::tests::layout_variants(dir.path());
         for path in paths {
             let m = load_dir(&path, device, Integrity::Unverified, None, None)
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -360,8 +360,20 @@ const SMALL_HIDDEN: usize = 1024;
 const MIN_GROUP: usize = 8;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Models whose forward passes take different paths, for tests that compare passes: the
+    /// embedded default model (installed into `dir`), Gemma 2 (sliding window, logit
+    /// soft-cap, bf16) and a `Q4_K_M` GGUF (Qwen 3's q/k norms, K-quant kernels).
+    pub(crate) fn layout_variants(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        [
+            crate::default_model::install(dir).unwrap_or_else(|e| panic!("{e}")),
+            fixtures.join("gemma2_softcap_bf16"),
+            fixtures.join("gguf/qwen3_qknorm-q4_k_m"),
+        ]
+    }
 
     /// A small model's decode step split into groups of sequences (one pass per pool thread)
     /// computes, for every sequence, bitwise the logits of that sequence's step alone, and
@@ -377,12 +389,7 @@ mod tests {
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let paths = [
-            crate::default_model::install(dir.path()).unwrap_or_else(|e| panic!("{e}")),
-            fixtures.join("gemma2_softcap_bf16"),
-            fixtures.join("gguf/qwen3_qknorm-q4_k_m"),
-        ];
+        let paths = layout_variants(dir.path());
         pool.install(|| {
             for path in paths {
                 let m = load_dir(&path, DeviceChoice::Cpu, Integrity::Unverified, None, None)
