@@ -110,7 +110,43 @@ pub(super) fn quantize(x: &[f32], rows: usize, width: usize, block: usize) -> Ac
 /// One row's quants, scales and group sums, and its activations.
 type RowParts<'a> = (((&'a mut [i8], &'a mut [f32]), &'a mut [i32]), &'a [f32]);
 
-fn quantize_row(x: &[f32], qs: &mut [i8], ds: &mut [f32], sums: &mut [i32], block: usize) {
+pub(super) fn quantize_row(
+    x: &[f32],
+    qs: &mut [i8],
+    ds: &mut [f32],
+    sums: &mut [i32],
+    block: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni()
+        && block.is_multiple_of(16)
+        && x.len() == qs.len()
+        && x.len() == ds.len() * block
+        && x.len() == sums.len() * 16
+    {
+        let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block));
+        for (((x, q), d), sums) in blocks
+            .zip(ds.iter_mut())
+            .zip(sums.chunks_exact_mut(block / 16))
+        {
+            let amax = super::x86::amax(x);
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            *d = if amax != 0.0 { 1.0 / id } else { 0.0 };
+            super::x86::round_sums(x, id, q, sums);
+        }
+        return;
+    }
+    quantize_row_portable(x, qs, ds, sums, block);
+}
+
+/// [`quantize_row`] in plain Rust (the reference the SIMD version is tested against).
+pub(super) fn quantize_row_portable(
+    x: &[f32],
+    qs: &mut [i8],
+    ds: &mut [f32],
+    sums: &mut [i32],
+    block: usize,
+) {
     // Adding and taking away 1.5 · 2²³ rounds any |t| < 2²² to an integer, ties to even.
     const MAGIC: f32 = 12_582_912.0;
     let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block));

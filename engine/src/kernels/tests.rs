@@ -507,3 +507,57 @@ fn weights_and_their_copies_ask_for_huge_pages() {
     let flags = vm_flags(middle(&small)).expect("mapping");
     assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
 }
+
+/// The activation quantizers' SIMD path gives the portable code's bytes: quants, scales and
+/// sums, over ordinary values, ties, zeros (signed), subnormals, blocks whose scale
+/// underflows or whose inverse overflows, ±∞, NaN and values near `f32::MAX`.
+#[test]
+fn activation_quantization_is_the_portable_codes_bit_for_bit() {
+    let mut x = data(256 * 6, 21);
+    let odd: [&[f32]; 8] = [
+        &[0.0, -0.0],
+        &[2.5, -2.5, 3.5, 127.0, -127.0, 0.5, 1.5],
+        &[f32::NAN, 1.0, -3.0],
+        &[f32::INFINITY, 2.0],
+        &[f32::NEG_INFINITY, -1.0],
+        &[1e-40, -3e-41, 1e-45],
+        &[1e-38, 2e-38],
+        &[f32::MAX, -f32::MAX, 1e38],
+    ];
+    // Block b of 32 (qdot) holds odd[b % 8], the rest of it ordinary or zero.
+    for (b, block) in x.chunks_exact_mut(32).enumerate() {
+        let values = odd[b % odd.len()];
+        if b % 3 == 0 {
+            block.fill(0.0);
+        }
+        for (i, &v) in values.iter().enumerate() {
+            block[(i * 5 + b) % 32] = v;
+        }
+    }
+    // A NaN in the lane (and a later step) of its block's largest value, in both halves.
+    let mut tail = vec![0.25f32; 256];
+    (tail[3], tail[19]) = (-5.0, f32::NAN);
+    (tail[32 + 20], tail[32 + 4]) = (7.0, f32::NAN);
+    x.extend(tail);
+    let n = x.len();
+    for offset in [0, 8, 16] {
+        let (mut q, mut d, mut c) = (vec![0i8; n], vec![0f32; n / 32], vec![0i32; n / 32]);
+        let (mut pq, mut pd, mut pc) = (q.clone(), d.clone(), c.clone());
+        qdot::quantize_row(&x, &mut q, &mut d, &mut c, offset);
+        qdot::quantize_row_portable(&x, &mut pq, &mut pd, &mut pc, offset);
+        assert_eq!(q, pq, "qdot quants");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&d), bits(&pd), "qdot scales");
+        assert_eq!(c, pc, "qdot corrections");
+    }
+    for block in [32, 256] {
+        let (mut q, mut d, mut s) = (vec![0i8; n], vec![0f32; n / block], vec![0i32; n / 16]);
+        let (mut pq, mut pd, mut ps) = (q.clone(), d.clone(), s.clone());
+        kdot::quantize_row(&x, &mut q, &mut d, &mut s, block);
+        kdot::quantize_row_portable(&x, &mut pq, &mut pd, &mut ps, block);
+        assert_eq!(q, pq, "kdot quants, block {block}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&d), bits(&pd), "kdot scales, block {block}");
+        assert_eq!(s, ps, "kdot sums, block {block}");
+    }
+}

@@ -426,3 +426,66 @@ pub(super) fn run_kquant_v3(v: &[u8], t: QType, a: &kdot::Acts, first: usize, ds
     // SAFETY: `kdot::matmul` calls this only when `simd_level` detected AVX2 and FMA.
     unsafe { kquant_v3(v, t, a, first, dst) }
 }
+
+/// The largest `|v|` of `x` (its length a multiple of 16), NaNs skipped, as the portable
+/// activation quantizers' `fold(0, |m, v| m.max(v.abs()))`: a maximum is exact in any order.
+/// Callers check `vnni()` (AVX-512 F among its features) and the length.
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn amax(x: &[f32]) -> f32 {
+    // SAFETY: the caller checked AVX-512 F.
+    unsafe { amax_v4(x) }
+}
+
+#[target_feature(enable = "avx512f")]
+#[expect(
+    unsafe_code,
+    reason = "unaligned loads of whole 16-lane steps inside `x`"
+)]
+fn amax_v4(x: &[f32]) -> f32 {
+    let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+    let mut m = _mm512_setzero_ps();
+    for step in x.chunks_exact(16) {
+        // SAFETY: `step` holds 16 `f32`.
+        let v = unsafe { _mm512_loadu_ps(step.as_ptr()) };
+        let v = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), magnitude));
+        // `max(v, m)` is `m` where `v` is NaN (`maxps` returns its second operand), as
+        // `f32::max` skips a NaN; `m` never holds one.
+        m = _mm512_max_ps(v, m);
+    }
+    _mm512_reduce_max_ps(m)
+}
+
+/// `q = round(v · id)` of each element, ties to even, saturated to `i8`, NaN to 0 — the
+/// portable quantizers' `((v * id + MAGIC) - MAGIC) as i8`, the same three roundings in
+/// the same order — and `sums[g]` = the sum of each 16-element group's quants. `x.len()`
+/// = `q.len()` = 16 · `sums.len()`. Callers check `vnni()` (AVX-512 F/BW) and the lengths.
+#[expect(unsafe_code, reason = "calling a #[target_feature] function")]
+pub(super) fn round_sums(x: &[f32], id: f32, q: &mut [i8], sums: &mut [i32]) {
+    // SAFETY: the caller checked AVX-512 F and BW.
+    unsafe { round_sums_v4(x, id, q, sums) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+#[expect(
+    unsafe_code,
+    reason = "unaligned loads and stores of whole 16-lane steps inside the slices"
+)]
+fn round_sums_v4(x: &[f32], id: f32, q: &mut [i8], sums: &mut [i32]) {
+    const MAGIC: f32 = 12_582_912.0;
+    let (idv, magic) = (_mm512_set1_ps(id), _mm512_set1_ps(MAGIC));
+    let (lowest, highest) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+    let steps = x.chunks_exact(16).zip(q.chunks_exact_mut(16));
+    for ((x, q), sum) in steps.zip(sums.iter_mut()) {
+        // SAFETY: `x` holds 16 `f32`.
+        let v = unsafe { _mm512_loadu_ps(x.as_ptr()) };
+        let t = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v, idv), magic), magic);
+        // `as i8`: NaN → 0, ±∞ and anything past the range → its end (`cvtps` alone would
+        // give `i32::MIN` for those).
+        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(t, t);
+        let t = _mm512_min_ps(_mm512_max_ps(t, lowest), highest);
+        let i = _mm512_maskz_cvtps_epi32(ordered, t);
+        // SAFETY: `q` holds 16 `i8`.
+        unsafe { _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(i)) };
+        *sum = _mm512_reduce_add_epi32(i);
+    }
+}
