@@ -540,13 +540,13 @@ fn activation_quantization_is_the_portable_codes_bit_for_bit() {
     (tail[32 + 20], tail[32 + 4]) = (7.0, f32::NAN);
     x.extend(tail);
     let n = x.len();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for offset in [0, 8, 16] {
         let (mut q, mut d, mut c) = (vec![0i8; n], vec![0f32; n / 32], vec![0i32; n / 32]);
         let (mut pq, mut pd, mut pc) = (q.clone(), d.clone(), c.clone());
         qdot::quantize_row(&x, &mut q, &mut d, &mut c, offset);
         qdot::quantize_row_portable(&x, &mut pq, &mut pd, &mut pc, offset);
         assert_eq!(q, pq, "qdot quants");
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&d), bits(&pd), "qdot scales");
         assert_eq!(c, pc, "qdot corrections");
     }
@@ -556,7 +556,6 @@ fn activation_quantization_is_the_portable_codes_bit_for_bit() {
         kdot::quantize_row(&x, &mut q, &mut d, &mut s, block);
         kdot::quantize_row_portable(&x, &mut pq, &mut pd, &mut ps, block);
         assert_eq!(q, pq, "kdot quants, block {block}");
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&d), bits(&pd), "kdot scales, block {block}");
         assert_eq!(s, ps, "kdot sums, block {block}");
     }
