@@ -101,14 +101,7 @@ fn main() -> anyhow::Result<()> {
         report.generated_ids.len()
     );
     for &n in &args.streams {
-        let params = SamplingParams {
-            max_tokens: Some(args.decode_tokens),
-            ignore_eos: true,
-            temperature: args.temperature,
-            seed: Some(1),
-            ..Default::default()
-        };
-        let rate = streams::concurrent_decode(&args.model, device, n.max(1), &params)?;
+        let rate = streams::concurrent_decode(&args.model, device, n.max(1), &opts.params)?;
         println!(
             "decode x{n:<3}:      {rate:.2} tok/s aggregate ({} tokens per stream, engine API)",
             args.decode_tokens

@@ -381,10 +381,9 @@ impl Batch {
             });
             offset += n;
         }
-        let gpu = match is_paged(shape.device, shape.dtype) {
-            true => None,
-            false => Some(GpuStep::new(items, &spans, shape)?),
-        };
+        let gpu = (!is_paged(shape.device, shape.dtype))
+            .then(|| GpuStep::new(items, &spans, shape))
+            .transpose()?;
         let x = Tensor::from_data(
             TensorData::new(rows, [offset, hidden]),
             (shape.device, shape.dtype),
