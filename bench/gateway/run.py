@@ -29,7 +29,13 @@ nginx serves `return 200` over mutual TLS with the same server certificate and c
   unloaded   one connection at 100 req/s (no request waits for another)
 
 Prints p50/p99 in milliseconds, the share of non-200 answers (must be 0), the tool versions
-and the command line. A benchmark: figures are printed, never asserted.
+and the command line. For airlockd also two tails read from its own histograms on the admin
+listener over each scenario: the audit log's commits, and the request path inside the daemon
+(`airlock_request_duration_seconds`: from the route to the response, before the final audit
+record; TLS, HTTP parsing and the socket are outside it). Beside the client's p99 the second
+tells time spent in the path from time spent waiting outside it. Both are bucket bounds
+(…, 1, 2, 4, 8 ms), and the details printed while running give the share of requests within
+each bound. A benchmark: figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -235,20 +241,25 @@ def oha(args: argparse.Namespace, work: Path, url: str, extra: list[str], auth: 
     return json.loads(out.stdout)
 
 
-def commit_buckets(admin_port: int) -> dict[float, int]:
-    """The audit log's commit-duration histogram from the admin listener: cumulative count
-    per upper bound in seconds (`+Inf` as infinity)."""
+def histograms(admin_port: int) -> dict[str, dict[float, int]]:
+    """Two histograms from the admin listener, each as a cumulative count per upper bound in
+    seconds (`+Inf` as infinity), summed over label sets: `commit`, the audit log's commits;
+    `request`, the request path inside the daemon (from the route to the response, before its
+    final audit record; excludes TLS, HTTP parsing and the socket)."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
-    out = {}
-    for m in re.finditer(r'^airlock_audit_commit_duration_seconds_bucket\{le="([^"]+)"\} (\d+)', text, re.M):
-        out[float(m.group(1))] = int(m.group(2))
+    out: dict[str, dict[float, int]] = {"commit": {}, "request": {}}
+    for name, key in (("airlock_audit_commit_duration_seconds", "commit"), ("airlock_request_duration_seconds", "request")):
+        for m in re.finditer(rf'^{name}_bucket\{{[^}}]*\ble="([^"]+)"[^}}]*\}} (\d+)', text, re.M):
+            le = float(m.group(1))
+            out[key][le] = out[key].get(le, 0) + int(m.group(2))
     return out
 
 
-def commit_figures(before: dict[float, int], after: dict[float, int]) -> dict:
-    """Commits during a scenario, and the histogram bounds their p99 and slowest fell under."""
+def bucket_figures(before: dict[float, int], after: dict[float, int]) -> dict:
+    """Observations during a scenario, and the histogram bounds their p99 and slowest fell
+    under."""
     bounds = sorted(after)
     cum = [after[b] - before.get(b, 0) for b in bounds]
     total = cum[-1] if cum else 0
@@ -259,7 +270,9 @@ def commit_figures(before: dict[float, int], after: dict[float, int]) -> dict:
                 return b * 1000
         return float("inf")
 
-    return {"commits": total, "p99_ms": bound(0.99) if total else 0.0, "max_ms": bound(1.0) if total else 0.0}
+    # The share of observations at or under each bound up to 8 ms (in the printed details).
+    within = {f"{b * 1000:g}ms": round(c / total, 4) for b, c in zip(bounds, cum) if total and b <= 0.008}
+    return {"count": total, "p99_ms": bound(0.99) if total else 0.0, "max_ms": bound(1.0) if total else 0.0, "within": within}
 
 
 def cpu_seconds(root: int) -> float:
@@ -356,7 +369,7 @@ def main() -> None:
         }
         if args.only:
             targets = {args.only: targets[args.only]}
-        print(f"airlockd pid {daemon.pid} on :{port}, nginx on :{nport}, work dir {work}", file=sys.stderr)
+        print(f"airlockd pid {daemon.pid} on :{port} (admin :{admin_port}), nginx on :{nport}, work dir {work}", file=sys.stderr)
         if args.hold:
             time.sleep(args.hold)
         for name, (url, auth) in targets.items():
@@ -364,12 +377,16 @@ def main() -> None:
             oha(args, work, url, ["-c", "64", "-z", "2s"], auth)
             for label, extra in scenarios(args):
                 before = cpu_seconds(pids[name])
-                commits_before = commit_buckets(admin_port) if name == "airlockd" else {}
+                hist_before = histograms(admin_port) if name == "airlockd" else {}
                 result = figures(oha(args, work, url, extra, auth))
                 used = cpu_seconds(pids[name]) - before
                 if name == "airlockd":
+                    hist_after = histograms(admin_port)
                     # The audit log's own tail: a request waits for one or two commits.
-                    result["audit"] = commit_figures(commits_before, commit_buckets(admin_port))
+                    result["audit"] = bucket_figures(hist_before["commit"], hist_after["commit"])
+                    # The request path's own tail, measured inside the daemon: beside the
+                    # client's p99 it tells time in the path from time outside it.
+                    result["inside"] = bucket_figures(hist_before["request"], hist_after["request"])
                 # The server's own CPU per answered request: a figure that, unlike req/s,
                 # does not depend on how the load tool and the server share the cores.
                 result["cpu_us"] = used * 1e6 / result["answered"] if result["answered"] else 0.0
@@ -390,8 +407,8 @@ def main() -> None:
     if args.label:
         lines += [f"### {args.label}", ""]
     lines += [
-        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | airlockd CPU µs/req | audit commits: p99 / slowest ≤ ms | nginx req/s | nginx p50 ms | nginx p99 ms | nginx CPU µs/req | non-200 or error (airlockd/nginx) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | airlockd req/s | airlockd p50 ms | airlockd p99 ms | airlockd CPU µs/req | audit commits: p99 / slowest ≤ ms | request path inside airlockd: p99 ≤ ms | nginx req/s | nginx p50 ms | nginx p99 ms | nginx CPU µs/req | non-200 or error (airlockd/nginx) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, by in rows.items():
         a, n = by.get("airlockd"), by.get("nginx")
@@ -403,11 +420,16 @@ def main() -> None:
             if not r or "audit" not in r:
                 return "–"
             c = r["audit"]
-            return f"{c['p99_ms']:g} / {c['max_ms']:g} ({c['commits']} commits)"
+            return f"{c['p99_ms']:g} / {c['max_ms']:g} ({c['count']} commits)"
+
+        def inside(r):
+            if not r or "inside" not in r:
+                return "–"
+            return f"{r['inside']['p99_ms']:g}"
 
         lines.append(
             f"| {label} | {cell(a, 'rps', '.0f')} | {cell(a, 'p50_ms', '.3f')} | {cell(a, 'p99_ms', '.3f')} | {cell(a, 'cpu_us', '.0f')} "
-            f"| {commits(a)} "
+            f"| {commits(a)} | {inside(a)} "
             f"| {cell(n, 'rps', '.0f')} | {cell(n, 'p50_ms', '.3f')} | {cell(n, 'p99_ms', '.3f')} | {cell(n, 'cpu_us', '.0f')} "
             f"| {a['bad'] if a else '–'}/{n['bad'] if n else '–'} |"
         )
